@@ -1,0 +1,169 @@
+//! The tokio task that runs a [`LinkCore`] over any byte stream.
+//!
+//! The task owns the stream: it reads, writes whatever the session wants to
+//! send (never blocking reads on a slow writer, so both directions flow at
+//! once), and fires the session's timers. Callers talk to it through a
+//! [`LinkSender`] (send an APDU, wait until it is delivered) and a
+//! [`LinkReceiver`] (APDUs from the peer).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{LinkCore, LinkError, LinkEvent, MessageId};
+
+type Reply = oneshot::Sender<Result<(), LinkError>>;
+
+struct SendRequest {
+    apdu: Vec<u8>,
+    reply: Reply,
+}
+
+/// Sends APDUs over a running link. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LinkSender {
+    tx: mpsc::Sender<SendRequest>,
+}
+
+impl LinkSender {
+    /// Sends one APDU and waits until the peer accepted it (serial: ACK;
+    /// TCP: written) or the link gave up on it.
+    pub async fn send(&self, apdu: Vec<u8>) -> Result<(), LinkError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(SendRequest { apdu, reply }).await.map_err(|_| LinkError::Closed)?;
+        rx.await.unwrap_or(Err(LinkError::Closed))
+    }
+}
+
+/// APDUs received from the peer, in order.
+#[derive(Debug)]
+pub struct LinkReceiver {
+    rx: mpsc::UnboundedReceiver<Result<Vec<u8>, LinkError>>,
+}
+
+impl LinkReceiver {
+    /// The next APDU. After the link ends this returns the reason once, then
+    /// [`LinkError::Closed`].
+    pub async fn recv(&mut self) -> Result<Vec<u8>, LinkError> {
+        self.rx.recv().await.unwrap_or(Err(LinkError::Closed))
+    }
+}
+
+/// A running link: both halves of the caller's side.
+#[derive(Debug)]
+pub struct Link {
+    pub sender: LinkSender,
+    pub receiver: LinkReceiver,
+}
+
+impl Link {
+    /// Spawns the driver task for `core` over `io`. The task ends when the
+    /// stream ends or fails, or when every sender and the receiver are dropped.
+    pub fn spawn<Io, C>(io: Io, core: C) -> Link
+    where
+        Io: AsyncRead + AsyncWrite + Send + 'static,
+        C: LinkCore + Send + 'static,
+    {
+        let (tx, cmd_rx) = mpsc::channel(32);
+        let (rx_tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(io, core, cmd_rx, rx_tx));
+        Link { sender: LinkSender { tx }, receiver: LinkReceiver { rx } }
+    }
+
+    pub async fn send(&self, apdu: Vec<u8>) -> Result<(), LinkError> {
+        self.sender.send(apdu).await
+    }
+
+    pub async fn recv(&mut self) -> Result<Vec<u8>, LinkError> {
+        self.receiver.recv().await
+    }
+}
+
+async fn run<Io, C>(
+    io: Io,
+    mut core: C,
+    mut cmd_rx: mpsc::Receiver<SendRequest>,
+    rx_tx: mpsc::UnboundedSender<Result<Vec<u8>, LinkError>>,
+) where
+    Io: AsyncRead + AsyncWrite + Send + 'static,
+    C: LinkCore + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut pending: HashMap<MessageId, Reply> = HashMap::new();
+    let mut next_id: MessageId = 0;
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let mut senders_open = true;
+
+    let end = loop {
+        while let Some(bytes) = core.poll_transmit() {
+            out.extend_from_slice(&bytes);
+        }
+        while let Some(event) = core.poll_event() {
+            match event {
+                LinkEvent::Received(apdu) => {
+                    // The receiver may be gone (a caller that only sends); keep ACKing.
+                    let _ = rx_tx.send(Ok(apdu));
+                }
+                LinkEvent::Delivered(id) => {
+                    if let Some(reply) = pending.remove(&id) {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                LinkEvent::Failed { id, error } => {
+                    tracing::warn!(%error, "link: frame not delivered");
+                    if let Some(reply) = pending.remove(&id) {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                LinkEvent::Repeated { id, cause } => tracing::debug!(id, %cause, "link: repeating frame"),
+                LinkEvent::Rejected(reason) => tracing::debug!(%reason, "link: dropped a bad frame"),
+            }
+        }
+        if let Some(e) = core.fatal_error() {
+            break e;
+        }
+        if !senders_open && rx_tx.is_closed() && pending.is_empty() && out.is_empty() {
+            break LinkError::Closed;
+        }
+        let deadline = core.poll_timeout();
+        let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            cmd = cmd_rx.recv(), if senders_open => match cmd {
+                Some(SendRequest { apdu, reply }) => {
+                    next_id += 1;
+                    match core.send(next_id, apdu, Instant::now()) {
+                        Ok(()) => { pending.insert(next_id, reply); }
+                        Err(e) => { let _ = reply.send(Err(e)); }
+                    }
+                }
+                None => senders_open = false,
+            },
+            read = rd.read(&mut buf) => match read {
+                Ok(0) => break LinkError::Closed,
+                Ok(n) => core.handle_input(&buf[..n], Instant::now()),
+                Err(e) => break e.into(),
+            },
+            written = wr.write(&out), if !out.is_empty() => match written {
+                Ok(0) => break LinkError::Closed,
+                Ok(n) => {
+                    out.drain(..n);
+                    if out.is_empty() && let Err(e) = wr.flush().await {
+                        break e.into();
+                    }
+                }
+                Err(e) => break e.into(),
+            },
+            _ = tokio::time::sleep_until(sleep_until.into()), if deadline.is_some() => {
+                core.handle_timeout(Instant::now());
+            }
+        }
+    };
+    tracing::debug!(reason = %end, "link: driver stopped");
+    for (_, reply) in pending {
+        let _ = reply.send(Err(end.clone()));
+    }
+    let _ = rx_tx.send(Err(end));
+}

@@ -1,0 +1,28 @@
+//! Link layer between posd and a card device (payment terminal or card reader).
+//!
+//! The link carries APDUs (`CLASS INSTR LEN data`) in one of two ways:
+//! serial framing with DLE stuffing, CRC-16/KERMIT and ACK/NAK (RS-232 and
+//! USB-serial), or bare APDUs on TCP. The protocol logic never does I/O and
+//! never reads a clock; tokio code drives it.
+//!
+//! # Layout
+//! - [`frame`]: serial frame encoding and the resynchronising byte decoder.
+//! - [`apdu`]: APDU length prefixes and the TCP stream splitter.
+//! - [`serial`]: sans-IO serial session (ACK/NAK, T1/T2, repeats).
+//! - [`tcp`]: sans-IO bare-APDU session for TCP.
+//! - [`core`]: the [`LinkCore`] trait both sessions implement, events and errors.
+//! - [`driver`]: the tokio task that runs a [`LinkCore`] over any byte stream.
+//! - [`transport`]: opening serial devices, TCP connections and PTY pairs.
+
+pub mod apdu;
+pub mod core;
+pub mod driver;
+pub mod frame;
+pub mod serial;
+pub mod tcp;
+pub mod transport;
+
+pub use crate::core::{LinkCore, LinkError, LinkEvent, MessageId};
+pub use driver::{Link, LinkReceiver, LinkSender};
+pub use serial::{SerialLink, SerialTiming};
+pub use tcp::TcpLink;
