@@ -1,0 +1,128 @@
+//! Fault injection, switched at run time over the control address with a
+//! one-line text protocol (`fault down`, `fault flaky 50`, `status`), so it
+//! works while the gateway listener itself is down.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The fault the simulator injects into the gateway API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// The listener refuses connections, as when the WAN is cut.
+    Down,
+    /// Requests are held unanswered until the fault changes, then processed.
+    Hang,
+    /// This percentage of calls fails with UNAVAILABLE before processing.
+    Flaky(u8),
+    /// Authorize and Reverse commit, then the answer is lost (UNAVAILABLE).
+    LoseAnswers,
+    /// Every call is delayed by this many milliseconds.
+    Latency(u64),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::None => f.write_str("none"),
+            Fault::Down => f.write_str("down"),
+            Fault::Hang => f.write_str("hang"),
+            Fault::Flaky(p) => write!(f, "flaky {p}"),
+            Fault::LoseAnswers => f.write_str("lose-answers"),
+            Fault::Latency(ms) => write!(f, "latency {ms}"),
+        }
+    }
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        match words.as_slice() {
+            ["none"] => Ok(Fault::None),
+            ["down"] => Ok(Fault::Down),
+            ["hang"] => Ok(Fault::Hang),
+            ["lose-answers"] => Ok(Fault::LoseAnswers),
+            ["flaky", pct] => match pct.parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(Fault::Flaky(p)),
+                _ => Err(format!("flaky takes a percentage from 0 to 100, not {pct:?}")),
+            },
+            ["latency", ms] => {
+                ms.parse().map(Fault::Latency).map_err(|_| format!("latency takes milliseconds, not {ms:?}"))
+            }
+            _ => Err(format!("unknown fault {s:?}: use none, down, hang, flaky PCT, lose-answers or latency MS")),
+        }
+    }
+}
+
+/// Serves the control protocol until the process ends.
+pub async fn serve(listener: TcpListener, faults: Arc<watch::Sender<Fault>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let faults = faults.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = answer(&line, &faults);
+                if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn answer(line: &str, faults: &watch::Sender<Fault>) -> String {
+    let line = line.trim();
+    if line == "status" {
+        return format!("ok fault={}", *faults.borrow());
+    }
+    match line.strip_prefix("fault ").map(str::parse::<Fault>) {
+        Some(Ok(f)) => {
+            faults.send_replace(f);
+            tracing::info!(fault = %f, "fault injection changed");
+            format!("ok fault={f}")
+        }
+        Some(Err(e)) => format!("error {e}"),
+        None => format!(
+            "error unknown command {line:?}: use `fault <none|down|hang|flaky PCT|lose-answers|latency MS>` or `status`"
+        ),
+    }
+}
+
+/// Sends one control command and returns the reply line.
+pub async fn send_command(addr: &str, command: &str) -> anyhow::Result<String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the gateway-sim control address {addr}: {e}"))?;
+    let (rd, mut wr) = stream.into_split();
+    wr.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(rd).lines();
+    let reply = lines.next_line().await?.ok_or_else(|| anyhow::anyhow!("control connection closed without a reply"))?;
+    match reply.strip_prefix("error ") {
+        Some(e) => Err(anyhow::anyhow!("{e}")),
+        None => Ok(reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_print_the_same() {
+        for s in ["none", "down", "hang", "flaky 50", "lose-answers", "latency 250"] {
+            assert_eq!(s.parse::<Fault>().unwrap().to_string(), s);
+        }
+        assert!("flaky 101".parse::<Fault>().is_err());
+        assert!("explode".parse::<Fault>().is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! The simulator's SQLite ledger: one row per transaction key.
+//!
+//! Keys are never pruned, so they outlive the longest offline expiry plus
+//! quarantine of any posd; a reversed key stays as a tombstone.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Charge {
+    pub key: String,
+    pub terminal_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// `approved`, `declined` or `reversed`.
+    pub status: String,
+    pub captured: bool,
+    pub decline_code: String,
+    pub decline_message: String,
+    pub auth_code: String,
+    pub gateway_reference: String,
+    pub masked_pan: String,
+    pub brand: String,
+    pub entry_mode: String,
+    /// True for a key first seen in a reversal (never authorized here).
+    pub tombstone: bool,
+    /// Digest of the authorization's parameters, to refuse a reused key.
+    #[serde(skip)]
+    pub request_digest: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+pub struct Ledger {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS charges (
+    key TEXT PRIMARY KEY,
+    terminal_id TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('approved', 'declined', 'reversed')),
+    captured INTEGER NOT NULL,
+    decline_code TEXT NOT NULL,
+    decline_message TEXT NOT NULL,
+    auth_code TEXT NOT NULL,
+    gateway_reference TEXT NOT NULL,
+    masked_pan TEXT NOT NULL,
+    brand TEXT NOT NULL,
+    entry_mode TEXT NOT NULL,
+    tombstone INTEGER NOT NULL,
+    request_digest TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS card_blobs (
+    digest TEXT PRIMARY KEY,
+    key TEXT NOT NULL
+);
+";
+
+fn row_to_charge(r: &Row<'_>) -> rusqlite::Result<Charge> {
+    Ok(Charge {
+        key: r.get(0)?,
+        terminal_id: r.get(1)?,
+        amount_minor: r.get(2)?,
+        currency: r.get(3)?,
+        status: r.get(4)?,
+        captured: r.get(5)?,
+        decline_code: r.get(6)?,
+        decline_message: r.get(7)?,
+        auth_code: r.get(8)?,
+        gateway_reference: r.get(9)?,
+        masked_pan: r.get(10)?,
+        brand: r.get(11)?,
+        entry_mode: r.get(12)?,
+        tombstone: r.get(13)?,
+        request_digest: r.get(14)?,
+        created_at: r.get(15)?,
+    })
+}
+
+const COLUMNS: &str = "key, terminal_id, amount_minor, currency, status, captured, decline_code, decline_message, \
+                       auth_code, gateway_reference, masked_pan, brand, entry_mode, tombstone, request_digest, created_at";
+
+impl Ledger {
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing ledger for reading (the `ledger` subcommand).
+    pub fn open_read_only(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    pub fn get(&self, key: &str) -> rusqlite::Result<Option<Charge>> {
+        self.conn.query_row(&format!("SELECT {COLUMNS} FROM charges WHERE key = ?1"), [key], row_to_charge).optional()
+    }
+
+    pub fn all(&self) -> rusqlite::Result<Vec<Charge>> {
+        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM charges ORDER BY created_at, key"))?;
+        stmt.query_map([], row_to_charge)?.collect()
+    }
+
+    /// Records a new charge and the card blob it used, atomically.
+    pub fn insert(&mut self, c: &Charge, blob_digest: Option<&str>) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO charges ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+            params![
+                c.key,
+                c.terminal_id,
+                c.amount_minor,
+                c.currency,
+                c.status,
+                c.captured,
+                c.decline_code,
+                c.decline_message,
+                c.auth_code,
+                c.gateway_reference,
+                c.masked_pan,
+                c.brand,
+                c.entry_mode,
+                c.tombstone,
+                c.request_digest,
+                c.created_at
+            ],
+        )?;
+        if let Some(d) = blob_digest {
+            tx.execute("INSERT OR IGNORE INTO card_blobs (digest, key) VALUES (?1, ?2)", params![d, c.key])?;
+        }
+        tx.commit()
+    }
+
+    /// The key a card blob was first used under, if any.
+    pub fn blob_owner(&self, digest: &str) -> rusqlite::Result<Option<String>> {
+        self.conn.query_row("SELECT key FROM card_blobs WHERE digest = ?1", [digest], |r| r.get(0)).optional()
+    }
+
+    pub fn mark_reversed(&mut self, key: &str) -> rusqlite::Result<()> {
+        self.conn.execute("UPDATE charges SET status = 'reversed' WHERE key = ?1", [key])?;
+        Ok(())
+    }
+}

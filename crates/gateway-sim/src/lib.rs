@@ -1,0 +1,122 @@
+//! A simulated central gateway for tests, demos and technicians.
+//!
+//! A real gRPC server (`pos.gateway.v1`) with its own SQLite ledger. It
+//! decrypts the reader's card blob, decides by the test-amount rules,
+//! deduplicates by transaction key, tombstones reversed keys, and injects
+//! faults switched at run time over a separate control address.
+//!
+//! # Layout
+//! - [`ledger`]: the SQLite ledger.
+//! - [`service`]: the gRPC service and the test-amount rules.
+//! - [`control`]: faults and the control protocol.
+//! - [`start`]: runs both listeners; takes the gateway listener down and up
+//!   again as the `down` fault comes and goes.
+
+pub mod control;
+pub mod ledger;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pos_cardcrypt::BaseKey;
+use pos_proto::gateway::gateway_server::GatewayServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use control::Fault;
+
+pub struct Options {
+    pub listen: String,
+    pub control: String,
+    pub db: PathBuf,
+    pub base_key: BaseKey,
+}
+
+/// A running simulator.
+pub struct Running {
+    /// The gateway API's actual address (after binding port 0).
+    pub listen_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    pub faults: Arc<watch::Sender<Fault>>,
+}
+
+/// Opens the ledger, binds both listeners and serves in background tasks.
+pub async fn start(opts: Options) -> anyhow::Result<Running> {
+    let ledger = ledger::Ledger::open(&opts.db)
+        .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", opts.db.display()))?;
+    let listener =
+        TcpListener::bind(&opts.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
+    let control = TcpListener::bind(&opts.control)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on control address {}: {e}", opts.control))?;
+    let listen_addr = listener.local_addr()?;
+    let control_addr = control.local_addr()?;
+    let (faults, _) = watch::channel(Fault::None);
+    let faults = Arc::new(faults);
+    let service =
+        Arc::new(service::GatewayService::new(Arc::new(Mutex::new(ledger)), faults.subscribe(), opts.base_key));
+    tokio::spawn(control::serve(control, faults.clone()));
+    tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe()));
+    Ok(Running { listen_addr, control_addr, faults })
+}
+
+/// Serves the gateway API while the fault is not `down`; while it is, the
+/// listener is closed so connections are refused.
+async fn supervise(
+    first: TcpListener,
+    addr: SocketAddr,
+    service: Arc<service::GatewayService>,
+    mut faults: watch::Receiver<Fault>,
+) {
+    let mut listener = Some(first);
+    loop {
+        if faults.wait_for(|f| *f != Fault::Down).await.is_err() {
+            return;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match rebind(addr).await {
+                Some(l) => l,
+                None => return,
+            },
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = GatewayServer::from_arc(service.clone());
+        let server = tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
+            TcpListenerStream::new(l),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        if faults.wait_for(|f| *f == Fault::Down).await.is_err() {
+            return;
+        }
+        tracing::info!("gateway going down: closing the listener");
+        let _ = stop_tx.send(());
+        let abort = server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+async fn rebind(addr: SocketAddr) -> Option<TcpListener> {
+    for _ in 0..50 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "gateway back up");
+                return Some(l);
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot rebind the gateway listener yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracing::error!(%addr, "giving up rebinding the gateway listener");
+    None
+}

@@ -1,0 +1,292 @@
+//! The simulated gateway's gRPC service.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pos_cardcrypt::{BaseKey, Binding};
+use pos_proto::gateway::{
+    AuthorizeRequest, AuthorizeResponse, EntryMode, GetTransactionRequest, Outcome, ReverseRequest, Transaction,
+    gateway_server::Gateway,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::control::Fault;
+use crate::ledger::{Charge, Ledger};
+
+pub struct GatewayService {
+    ledger: Arc<Mutex<Ledger>>,
+    faults: watch::Receiver<Fault>,
+    base_key: BaseKey,
+    /// Accumulator that makes `flaky N` fail exactly N of every 100 calls.
+    flaky_acc: Mutex<u32>,
+}
+
+/// The decision a test amount triggers, by its last two digits (Stripe's
+/// physical test card rules).
+pub fn decide(amount_minor: i64) -> Option<(&'static str, &'static str)> {
+    match amount_minor.rem_euclid(100) {
+        1 => Some(("call_issuer", "Call the card issuer")),
+        5 => Some(("generic_decline", "The card was declined")),
+        55 => Some(("incorrect_pin", "Incorrect PIN")),
+        60 => Some(("online_or_offline_pin_required", "PIN required")),
+        65 => Some(("withdrawal_count_limit_exceeded", "Card usage limit exceeded")),
+        75 => Some(("pin_try_exceeded", "PIN tries exceeded")),
+        _ => None,
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn sha_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+fn to_proto(c: &Charge) -> Transaction {
+    let outcome = match c.status.as_str() {
+        "approved" => Outcome::Approved,
+        "declined" => Outcome::Declined,
+        _ => Outcome::Reversed,
+    };
+    Transaction {
+        transaction_key: c.key.clone(),
+        outcome: outcome as i32,
+        decline_code: c.decline_code.clone(),
+        decline_message: c.decline_message.clone(),
+        auth_code: c.auth_code.clone(),
+        gateway_reference: c.gateway_reference.clone(),
+        captured: c.captured,
+        amount_minor: c.amount_minor,
+        currency: c.currency.clone(),
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> Status {
+    Status::internal(format!("ledger error: {e}"))
+}
+
+fn valid_currency(c: &str) -> bool {
+    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+impl GatewayService {
+    pub fn new(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, base_key: BaseKey) -> Self {
+        Self { ledger, faults, base_key, flaky_acc: Mutex::new(0) }
+    }
+
+    /// Applies the injected fault before a call is processed.
+    async fn before_call(&self) -> Result<(), Status> {
+        let mut faults = self.faults.clone();
+        loop {
+            let fault = *faults.borrow_and_update();
+            match fault {
+                Fault::Hang => {
+                    if faults.changed().await.is_err() {
+                        return Err(Status::unavailable("gateway shutting down"));
+                    }
+                }
+                Fault::Down => return Err(Status::unavailable("gateway down (injected)")),
+                Fault::Latency(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    return Ok(());
+                }
+                Fault::Flaky(pct) => {
+                    let mut acc = self.flaky_acc.lock().unwrap();
+                    *acc += pct as u32;
+                    if *acc >= 100 {
+                        *acc -= 100;
+                        return Err(Status::unavailable("transient gateway error (injected)"));
+                    }
+                    return Ok(());
+                }
+                Fault::None | Fault::LoseAnswers => return Ok(()),
+            }
+        }
+    }
+
+    /// Applies `lose-answers` after a mutating call committed.
+    fn after_commit(&self) -> Result<(), Status> {
+        if *self.faults.borrow() == Fault::LoseAnswers {
+            return Err(Status::unavailable("answer lost after commit (injected)"));
+        }
+        Ok(())
+    }
+
+    fn authorize_committed(&self, r: &AuthorizeRequest) -> Result<Charge, Status> {
+        if r.transaction_key.is_empty() || r.transaction_key.len() > 255 {
+            return Err(Status::invalid_argument("transaction_key must be 1-255 characters"));
+        }
+        if r.amount_minor <= 0 {
+            return Err(Status::invalid_argument("amount_minor must be positive"));
+        }
+        if !valid_currency(&r.currency) {
+            return Err(Status::invalid_argument("currency must be an ISO 4217 code such as EUR"));
+        }
+        if r.encrypted_card.is_empty() {
+            return Err(Status::invalid_argument("encrypted_card is required"));
+        }
+        let amount = r.amount_minor.to_be_bytes();
+        let capture = [r.capture as u8];
+        let digest = sha_hex(&[r.terminal_id.as_bytes(), &amount, r.currency.as_bytes(), &r.encrypted_card, &capture]);
+        let blob_digest = sha_hex(&[&r.encrypted_card]);
+        let mut ledger = self.ledger.lock().unwrap();
+        if let Some(existing) = ledger.get(&r.transaction_key).map_err(db_err)? {
+            if existing.status == "reversed" || existing.request_digest == digest {
+                return Ok(existing);
+            }
+            let field = if existing.amount_minor != r.amount_minor {
+                "amount_minor"
+            } else if existing.currency != r.currency {
+                "currency"
+            } else if existing.terminal_id != r.terminal_id {
+                "terminal_id"
+            } else if existing.captured != r.capture {
+                "capture"
+            } else {
+                "encrypted_card"
+            };
+            return Err(Status::already_exists(format!(
+                "transaction key {} was already used with a different {field}",
+                r.transaction_key
+            )));
+        }
+        let binding = Binding {
+            amount_minor: r.amount_minor,
+            currency: &r.currency,
+            terminal_id: &r.terminal_id,
+            transaction_key: &r.transaction_key,
+        };
+        let decision = match ledger.blob_owner(&blob_digest).map_err(db_err)? {
+            Some(owner) if owner != r.transaction_key => {
+                Err(("card_data_replayed", "This card data was already used for another payment"))
+            }
+            _ => match pos_cardcrypt::decrypt(&self.base_key, &r.encrypted_card, &binding) {
+                Err(_) => Err(("invalid_card_data", "The card data does not belong to this payment")),
+                Ok(card) => decide(r.amount_minor).map_or(Ok(pos_cardcrypt::mask_pan(&card.pan)), Err),
+            },
+        };
+        let entry_mode = EntryMode::try_from(r.entry_mode).unwrap_or(EntryMode::Unspecified).as_str_name();
+        let base = Charge {
+            key: r.transaction_key.clone(),
+            terminal_id: r.terminal_id.clone(),
+            amount_minor: r.amount_minor,
+            currency: r.currency.clone(),
+            status: String::new(),
+            captured: false,
+            decline_code: String::new(),
+            decline_message: String::new(),
+            auth_code: String::new(),
+            gateway_reference: format!("gw_{}", uuid::Uuid::now_v7().simple()),
+            masked_pan: r.masked_pan.clone(),
+            brand: r.brand.clone(),
+            entry_mode: entry_mode.trim_start_matches("ENTRY_MODE_").to_lowercase(),
+            tombstone: false,
+            request_digest: digest,
+            created_at: now_rfc3339(),
+        };
+        let charge = match decision {
+            Ok(masked) => Charge {
+                status: "approved".into(),
+                captured: r.capture,
+                auth_code: sha_hex(&[r.transaction_key.as_bytes()])[..6].to_uppercase(),
+                masked_pan: masked,
+                ..base
+            },
+            Err((code, message)) => {
+                Charge { status: "declined".into(), decline_code: code.into(), decline_message: message.into(), ..base }
+            }
+        };
+        ledger.insert(&charge, Some(&blob_digest)).map_err(db_err)?;
+        Ok(charge)
+    }
+
+    fn reverse_committed(&self, r: &ReverseRequest) -> Result<Charge, Status> {
+        if r.transaction_key.is_empty() {
+            return Err(Status::invalid_argument("transaction_key is required"));
+        }
+        let mut ledger = self.ledger.lock().unwrap();
+        match ledger.get(&r.transaction_key).map_err(db_err)? {
+            Some(c) if c.status == "approved" => {
+                ledger.mark_reversed(&c.key).map_err(db_err)?;
+                Ok(Charge { status: "reversed".into(), ..c })
+            }
+            // Declined or already reversed: nothing to undo; acknowledge.
+            Some(c) => Ok(c),
+            None => {
+                let tombstone = Charge {
+                    key: r.transaction_key.clone(),
+                    terminal_id: r.terminal_id.clone(),
+                    amount_minor: r.amount_minor,
+                    currency: r.currency.clone(),
+                    status: "reversed".into(),
+                    captured: false,
+                    decline_code: String::new(),
+                    decline_message: format!("reversed before authorization ({})", r.reason),
+                    auth_code: String::new(),
+                    gateway_reference: String::new(),
+                    masked_pan: String::new(),
+                    brand: String::new(),
+                    entry_mode: String::new(),
+                    tombstone: true,
+                    request_digest: String::new(),
+                    created_at: now_rfc3339(),
+                };
+                ledger.insert(&tombstone, None).map_err(db_err)?;
+                Ok(tombstone)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn authorize(&self, request: Request<AuthorizeRequest>) -> Result<Response<AuthorizeResponse>, Status> {
+        self.before_call().await?;
+        let charge = self.authorize_committed(request.get_ref())?;
+        tracing::info!(key = %charge.key, status = %charge.status, amount = charge.amount_minor, "authorize");
+        self.after_commit()?;
+        Ok(Response::new(AuthorizeResponse { transaction: Some(to_proto(&charge)) }))
+    }
+
+    async fn get_transaction(&self, request: Request<GetTransactionRequest>) -> Result<Response<Transaction>, Status> {
+        self.before_call().await?;
+        let key = &request.get_ref().transaction_key;
+        match self.ledger.lock().unwrap().get(key).map_err(db_err)? {
+            Some(c) => Ok(Response::new(to_proto(&c))),
+            None => Err(Status::not_found(format!("no transaction under key {key}"))),
+        }
+    }
+
+    async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<Transaction>, Status> {
+        self.before_call().await?;
+        let charge = self.reverse_committed(request.get_ref())?;
+        tracing::info!(key = %charge.key, status = %charge.status, reason = %request.get_ref().reason, "reverse");
+        self.after_commit()?;
+        Ok(Response::new(to_proto(&charge)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide;
+
+    #[test]
+    fn test_amount_rules() {
+        assert_eq!(decide(1200), None);
+        assert_eq!(decide(1234), None);
+        assert_eq!(decide(1201).unwrap().0, "call_issuer");
+        assert_eq!(decide(1205).unwrap().0, "generic_decline");
+        assert_eq!(decide(1255).unwrap().0, "incorrect_pin");
+        assert_eq!(decide(1260).unwrap().0, "online_or_offline_pin_required");
+        assert_eq!(decide(1265).unwrap().0, "withdrawal_count_limit_exceeded");
+        assert_eq!(decide(1275).unwrap().0, "pin_try_exceeded");
+    }
+}

@@ -1,0 +1,347 @@
+//! The payment state machine, with no I/O: given a payment's status and what
+//! happened, [`next`] says the new status and what must be done about it.
+//!
+//! The daemon commits each [`Transition`] (status, audit entry, data) to its
+//! store *before* it performs the transition's [`Effect`]s or reports it, so a
+//! crash at any point leaves a status from which [`recovery`] knows the safe
+//! way on.
+//!
+//! ```text
+//! CREATED -> COLLECTING -(card read, stored)-> CARD_READ -(about to send)-> AUTHORIZING
+//! COLLECTING -> CANCELED | FAILED          CARD_READ | AUTHORIZING -(not sent)-> FAILED
+//! AUTHORIZING -> CAPTURED | AUTHORIZED | DECLINED
+//! AUTHORIZING -(answer lost)-> UNKNOWN -(status query)-> CAPTURED | AUTHORIZED | DECLINED
+//! UNKNOWN -(still unknown)-> REVERSAL_PENDING -(acknowledged)-> REVERSED
+//! ```
+
+use std::fmt;
+
+/// Where a payment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Created,
+    Collecting,
+    CardRead,
+    Authorizing,
+    Unknown,
+    Authorized,
+    Captured,
+    Declined,
+    Canceled,
+    Failed,
+    ReversalPending,
+    Reversed,
+}
+
+impl Status {
+    pub const ALL: [Status; 12] = [
+        Status::Created,
+        Status::Collecting,
+        Status::CardRead,
+        Status::Authorizing,
+        Status::Unknown,
+        Status::Authorized,
+        Status::Captured,
+        Status::Declined,
+        Status::Canceled,
+        Status::Failed,
+        Status::ReversalPending,
+        Status::Reversed,
+    ];
+
+    /// Stable name, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Collecting => "collecting",
+            Status::CardRead => "card_read",
+            Status::Authorizing => "authorizing",
+            Status::Unknown => "unknown",
+            Status::Authorized => "authorized",
+            Status::Captured => "captured",
+            Status::Declined => "declined",
+            Status::Canceled => "canceled",
+            Status::Failed => "failed",
+            Status::ReversalPending => "reversal_pending",
+            Status::Reversed => "reversed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The register has its answer: the payment will not change from the
+    /// register's point of view (approved, or definitely not charged).
+    pub fn is_settled_for_register(self) -> bool {
+        !matches!(self, Status::Created | Status::Collecting | Status::CardRead | Status::Authorizing | Status::Unknown)
+    }
+
+    /// Nothing more will ever happen to the payment without a new request.
+    pub fn is_final(self) -> bool {
+        self.is_settled_for_register() && self != Status::ReversalPending
+    }
+
+    /// The customer paid.
+    pub fn is_approved(self) -> bool {
+        matches!(self, Status::Authorized | Status::Captured)
+    }
+
+    /// Only these statuses may hold the encrypted card data: it is needed to
+    /// send the authorization and nowhere after. The store deletes it on any
+    /// transition out of them, in the same commit.
+    pub fn keeps_card_data(self) -> bool {
+        matches!(self, Status::CardRead | Status::Authorizing)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened to a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The payment is recorded; ask the reader for a card.
+    Start,
+    /// The reader returned card data (stored in the same commit).
+    CardRead,
+    /// The reader could not collect a card.
+    CollectFailed { code: String, message: String },
+    /// The register (or the customer at the reader) canceled.
+    Cancel { by: String },
+    /// The authorization request is about to go out.
+    Sending,
+    /// The gateway could not be reached; the request never left posd.
+    NotSent { message: String },
+    /// The gateway approved.
+    Approved { captured: bool },
+    /// The gateway declined.
+    Declined { code: String, message: String },
+    /// The request may have reached the gateway, but no answer came back.
+    AnswerLost { message: String },
+    /// The status query did not settle the outcome.
+    StillUnknown { message: String },
+    /// The gateway acknowledged the reversal.
+    ReversalAcknowledged,
+    /// posd restarted and found the payment before any request was sent.
+    Interrupted,
+}
+
+/// What the daemon must do after committing a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    CollectCard,
+    CancelCollection,
+    SendAuthorization,
+    QueryStatus,
+    SendReversal,
+    ShowResult { approved: bool },
+}
+
+/// Why a payment failed or was declined, stored with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Status,
+    pub to: Status,
+    /// Audit log text.
+    pub cause: String,
+    /// A decline reason (to DECLINED) or failure reason (to FAILED / REVERSAL_PENDING).
+    pub reason: Option<Reason>,
+    pub effects: Vec<Effect>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a payment in status {from} cannot take {input}")]
+pub struct TransitionError {
+    pub from: Status,
+    pub input: String,
+}
+
+fn reason(code: &str, message: impl Into<String>) -> Option<Reason> {
+    Some(Reason { code: code.to_string(), message: message.into() })
+}
+
+/// The one place that decides how a payment moves.
+pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> {
+    use Effect::*;
+    use Status::*;
+    let t = |to: Status, cause: String, reason: Option<Reason>, effects: Vec<Effect>| {
+        Ok(Transition { from, to, cause, reason, effects })
+    };
+    match (from, input) {
+        (Created, Input::Start) => t(Collecting, "reader asked for a card".into(), None, vec![CollectCard]),
+        (Collecting, Input::CardRead) => t(CardRead, "card read; encrypted card data stored".into(), None, vec![]),
+        (Collecting, Input::CollectFailed { code, message }) => {
+            t(Failed, format!("reader: {message}"), reason(code, message.clone()), vec![])
+        }
+        (Created | Collecting, Input::Cancel { by }) => t(
+            Canceled,
+            format!("canceled by {by}"),
+            reason("canceled", format!("canceled by {by}")),
+            vec![CancelCollection],
+        ),
+        (CardRead, Input::Sending) => {
+            t(Authorizing, "authorization request sent to the gateway".into(), None, vec![SendAuthorization])
+        }
+        (CardRead | Authorizing, Input::NotSent { message }) => t(
+            Failed,
+            format!("gateway unreachable, nothing sent: {message}"),
+            reason("gateway_unreachable", format!("The payment gateway cannot be reached: {message}")),
+            vec![ShowResult { approved: false }],
+        ),
+        (Authorizing | Unknown, Input::Approved { captured }) => t(
+            if *captured { Captured } else { Authorized },
+            "gateway approved".into(),
+            None,
+            vec![ShowResult { approved: true }],
+        ),
+        (Authorizing | Unknown, Input::Declined { code, message }) => t(
+            Declined,
+            format!("gateway declined: {code}"),
+            reason(code, message.clone()),
+            vec![ShowResult { approved: false }],
+        ),
+        (Authorizing, Input::AnswerLost { message }) => {
+            t(Unknown, format!("no answer from the gateway: {message}"), None, vec![QueryStatus])
+        }
+        (Unknown, Input::StillUnknown { message }) => t(
+            ReversalPending,
+            format!("outcome still unknown ({message}); reversal queued"),
+            reason("outcome_unknown", "The gateway did not answer; the payment is being reversed. Nothing is charged."),
+            vec![SendReversal, ShowResult { approved: false }],
+        ),
+        (ReversalPending, Input::ReversalAcknowledged) => {
+            t(Reversed, "gateway acknowledged the reversal".into(), None, vec![])
+        }
+        (Created | Collecting | CardRead, Input::Interrupted) => t(
+            Failed,
+            "posd restarted before the authorization was sent".into(),
+            reason("interrupted", "posd restarted during the payment; nothing was charged"),
+            vec![],
+        ),
+        _ => Err(TransitionError { from, input: format!("{input:?}") }),
+    }
+}
+
+/// What posd does with a payment it finds after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing can have reached the gateway: end it as [`Input::Interrupted`].
+    Interrupt,
+    /// A request may be at the gateway: settle it by status query (AUTHORIZING
+    /// first moves to UNKNOWN).
+    QueryStatus,
+    /// Keep retrying the reversal.
+    Reverse,
+    /// Nothing to do.
+    None,
+}
+
+pub fn recovery(status: Status) -> Recovery {
+    match status {
+        Status::Created | Status::Collecting | Status::CardRead => Recovery::Interrupt,
+        Status::Authorizing | Status::Unknown => Recovery::QueryStatus,
+        Status::ReversalPending => Recovery::Reverse,
+        _ => Recovery::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_inputs() -> Vec<Input> {
+        vec![
+            Input::Start,
+            Input::CardRead,
+            Input::CollectFailed { code: "c".into(), message: "m".into() },
+            Input::Cancel { by: "register".into() },
+            Input::Sending,
+            Input::NotSent { message: "m".into() },
+            Input::Approved { captured: true },
+            Input::Approved { captured: false },
+            Input::Declined { code: "generic_decline".into(), message: "m".into() },
+            Input::AnswerLost { message: "m".into() },
+            Input::StillUnknown { message: "m".into() },
+            Input::ReversalAcknowledged,
+            Input::Interrupted,
+        ]
+    }
+
+    #[test]
+    fn names_roundtrip() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn final_statuses_take_no_input() {
+        for s in Status::ALL.into_iter().filter(|s| s.is_final()) {
+            for i in all_inputs() {
+                assert!(next(s, &i).is_err(), "{s} took {i:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_is_never_a_decline_and_never_approved_without_the_gateway() {
+        let t = next(Status::Authorizing, &Input::AnswerLost { message: "deadline".into() }).unwrap();
+        assert_eq!(t.to, Status::Unknown);
+        assert_eq!(t.effects, vec![Effect::QueryStatus]);
+        let t = next(Status::Unknown, &Input::StillUnknown { message: "x".into() }).unwrap();
+        assert_eq!(t.to, Status::ReversalPending);
+        assert!(t.effects.contains(&Effect::SendReversal));
+        assert!(!t.to.is_approved());
+    }
+
+    #[test]
+    fn not_sent_is_only_possible_before_the_answer_is_in_doubt() {
+        assert!(next(Status::Unknown, &Input::NotSent { message: "x".into() }).is_err());
+        assert_eq!(next(Status::CardRead, &Input::NotSent { message: "x".into() }).unwrap().to, Status::Failed);
+    }
+
+    #[test]
+    fn cancel_only_while_collecting() {
+        assert_eq!(next(Status::Collecting, &Input::Cancel { by: "register".into() }).unwrap().to, Status::Canceled);
+        for s in [Status::CardRead, Status::Authorizing, Status::Unknown] {
+            assert!(next(s, &Input::Cancel { by: "register".into() }).is_err());
+        }
+    }
+
+    #[test]
+    fn card_data_is_kept_only_until_the_request_is_out() {
+        let keepers: Vec<Status> = Status::ALL.into_iter().filter(|s| s.keeps_card_data()).collect();
+        assert_eq!(keepers, vec![Status::CardRead, Status::Authorizing]);
+    }
+
+    #[test]
+    fn recovery_never_interrupts_a_payment_that_may_be_at_the_gateway() {
+        for s in [Status::Authorizing, Status::Unknown] {
+            assert_eq!(recovery(s), Recovery::QueryStatus);
+            assert!(next(s, &Input::Interrupted).is_err());
+        }
+    }
+
+    #[test]
+    fn every_register_settled_status_is_reached_only_with_a_reason_or_approval() {
+        for s in Status::ALL {
+            for i in all_inputs() {
+                if let Ok(t) = next(s, &i)
+                    && matches!(t.to, Status::Failed | Status::Declined | Status::ReversalPending | Status::Canceled)
+                {
+                    assert!(t.reason.is_some(), "{s} --{i:?}--> {} has no reason", t.to);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! `posctl`: the command-line client of posd.
+//!
+//! Exit codes: 0 success (for `pay`: approved, online or offline);
+//! 1 the payment was not approved (declined, canceled, failed);
+//! 2 invalid arguments; 3 posd could not be reached; 4 posd refused the request.
+
+mod money;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pos_proto::terminal::payment_terminal_client::PaymentTerminalClient;
+use pos_proto::terminal::{self as pb};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+const EXIT_NOT_APPROVED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 3;
+const EXIT_REFUSED: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "posctl",
+    version,
+    about = "Command-line client of posd",
+    after_help = "Exit codes: 0 success (pay: approved), 1 not approved, 2 invalid arguments, 3 posd unreachable, 4 request refused by posd."
+)]
+struct Cli {
+    /// posd's address (HOST:PORT).
+    #[arg(long, env = "POSD_ADDR", default_value = "127.0.0.1:50051", global = true)]
+    addr: String,
+    /// Print JSON for scripts instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Takes a card payment and shows its progress live.
+    Pay {
+        /// Amount in major units, e.g. 12.34.
+        amount: String,
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Idempotency key (default: a new random key). Repeat it to re-attach to the same payment.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value = "lane-1")]
+        terminal: String,
+        /// The register's order reference.
+        #[arg(long, default_value = "")]
+        order: String,
+        /// Leave the payment authorized for a later capture.
+        #[arg(long)]
+        manual_capture: bool,
+    },
+    /// Shows one payment with its history.
+    Payment { id: String },
+    /// Lists payments, newest first.
+    Payments {
+        #[arg(long)]
+        terminal: Option<String>,
+        /// Only this status (repeatable), e.g. captured, declined.
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Cancels a payment that is still collecting a card.
+    Cancel { id: String },
+    /// Shows a lane's devices and connectivity.
+    Status {
+        #[arg(long, default_value = "lane-1")]
+        terminal: String,
+    },
+}
+
+struct Failure(u8, String);
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        let code = if s.code() == tonic::Code::Unavailable { EXIT_UNREACHABLE } else { EXIT_REFUSED };
+        Failure(code, format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("posctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<PaymentTerminalClient<Channel>, Failure> {
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = Channel::from_shared(url).map_err(|e| Failure(EXIT_USAGE, format!("--addr {addr:?}: {e}")))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure(EXIT_UNREACHABLE, format!("cannot reach posd at {addr}: {e} (is it running? see --addr / POSD_ADDR)"))
+    })?;
+    Ok(PaymentTerminalClient::new(channel))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    // Validate arguments before touching the network.
+    let pay_amount = match &cli.command {
+        Command::Pay { amount, currency, .. } => {
+            Some(money::parse_amount(amount, currency).map_err(|e| Failure(EXIT_USAGE, e))?)
+        }
+        _ => None,
+    };
+    let mut client = connect(&cli.addr).await?;
+    match cli.command {
+        Command::Pay { currency, key, terminal, order, manual_capture, .. } => {
+            let key = key.unwrap_or_else(|| format!("posctl-{}", random_suffix()));
+            let req = pb::TakePaymentRequest {
+                idempotency_key: key,
+                order_reference: order,
+                amount: Some(pb::Money { amount_minor: pay_amount.unwrap_or_default(), currency }),
+                terminal_id: terminal,
+                capture_mode: if manual_capture { pb::CaptureMode::Manual } else { pb::CaptureMode::Automatic } as i32,
+            };
+            let mut stream = client.take_payment(req).await?.into_inner();
+            let mut last: Option<pb::PaymentEvent> = None;
+            let mut stages = Vec::new();
+            while let Some(ev) = stream.message().await? {
+                let stage = enum_name(pb::PaymentStage::try_from(ev.stage).map(|s| s.as_str_name()), "PAYMENT_STAGE_");
+                if !cli.json && stages.last() != Some(&stage) {
+                    println!("… {}", ev.message);
+                }
+                stages.push(stage);
+                last = Some(ev);
+            }
+            let ev = last.ok_or(Failure(EXIT_REFUSED, "posd ended the payment stream without an event".into()))?;
+            let p = ev.payment.unwrap_or_default();
+            if cli.json {
+                let mut v = payment_json(&p);
+                v["stages"] = json!(stages);
+                println!("{v:#}");
+            } else {
+                println!("{}", summary(&p));
+            }
+            Ok(if p.approved { 0 } else { EXIT_NOT_APPROVED })
+        }
+        Command::Payment { id } => {
+            let p = client.get_payment(pb::GetPaymentRequest { payment_id: id }).await?.into_inner();
+            if cli.json {
+                println!("{:#}", payment_json(&p));
+            } else {
+                println!("{}", summary(&p));
+                for h in &p.history {
+                    println!(
+                        "  {}  {} -> {}  {}",
+                        rfc3339(h.at.as_ref()),
+                        status_name(h.from),
+                        status_name(h.to),
+                        h.cause
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Payments { terminal, statuses, limit, page_token } => {
+            let mut st = Vec::new();
+            for s in &statuses {
+                let name = format!("PAYMENT_STATUS_{}", s.to_uppercase());
+                let v = pb::PaymentStatus::from_str_name(&name)
+                    .ok_or_else(|| Failure(EXIT_USAGE, format!("--status {s:?}: unknown status")))?;
+                st.push(v as i32);
+            }
+            let resp = client
+                .list_payments(pb::ListPaymentsRequest {
+                    terminal_id: terminal.unwrap_or_default(),
+                    statuses: st,
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if cli.json {
+                let list: Vec<Value> = resp.payments.iter().map(payment_json).collect();
+                println!("{:#}", json!({ "payments": list, "next_page_token": resp.next_page_token }));
+            } else {
+                for p in &resp.payments {
+                    println!("{}", summary(p));
+                }
+                if !resp.next_page_token.is_empty() {
+                    println!("more: --page-token {}", resp.next_page_token);
+                }
+            }
+            Ok(0)
+        }
+        Command::Cancel { id } => {
+            let p = client.cancel_payment(pb::CancelPaymentRequest { payment_id: id }).await?.into_inner();
+            if cli.json {
+                println!("{:#}", payment_json(&p));
+            } else {
+                println!("{}", summary(&p));
+            }
+            Ok(0)
+        }
+        Command::Status { terminal } => {
+            let s =
+                client.get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: terminal }).await?.into_inner();
+            if cli.json {
+                println!(
+                    "{:#}",
+                    json!({
+                        "terminal_id": s.terminal_id,
+                        "reader_connected": s.reader_connected,
+                        "reader_serial": s.reader_serial,
+                        "reader_firmware": s.reader_firmware,
+                        "printer_connected": s.printer_connected,
+                        "gateway_online": s.gateway_online,
+                        "busy_with_payment_id": s.busy_with_payment_id,
+                        "demo": s.demo,
+                        "currency": s.currency,
+                    })
+                );
+            } else {
+                let demo = if s.demo { "  [DEMO]" } else { "" };
+                println!("{} ({}){demo}", s.terminal_id, s.currency);
+                let reader = if s.reader_connected {
+                    format!("connected ({} firmware {})", s.reader_serial, s.reader_firmware)
+                } else {
+                    "not connected".into()
+                };
+                println!("  card reader: {reader}");
+                println!("  printer:     {}", if s.printer_connected { "connected" } else { "not connected" });
+                println!("  gateway:     {}", if s.gateway_online { "online" } else { "offline" });
+                if !s.busy_with_payment_id.is_empty() {
+                    println!("  busy with:   {}", s.busy_with_payment_id);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+fn enum_name(name: Result<&str, prost::UnknownEnumValue>, prefix: &str) -> String {
+    name.map(|n| n.trim_start_matches(prefix).to_lowercase()).unwrap_or_else(|_| "unknown".into())
+}
+
+fn status_name(v: i32) -> String {
+    enum_name(pb::PaymentStatus::try_from(v).map(|s| s.as_str_name()), "PAYMENT_STATUS_")
+}
+
+fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return String::new() };
+    time::OffsetDateTime::from_unix_timestamp(t.seconds)
+        .map(|d| d + time::Duration::nanoseconds(t.nanos as i64))
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn summary(p: &pb::Payment) -> String {
+    let amount = p.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
+    let demo = if p.demo { "  [DEMO]" } else { "" };
+    let card = p.card.as_ref().map(|c| format!("  {} {}", c.brand, c.masked_pan)).unwrap_or_default();
+    let outcome = if p.approved {
+        format!("APPROVED (online) auth {}", p.auth_code)
+    } else if let Some(d) = &p.decline {
+        format!("DECLINED {}: {}", d.code, d.message)
+    } else if let Some(f) = &p.failure {
+        format!("{} {}: {}", status_name(p.status).to_uppercase(), f.code, f.message)
+    } else {
+        status_name(p.status).to_uppercase()
+    };
+    format!("{}  {amount}  {outcome}{card}{demo}", p.payment_id)
+}
+
+fn payment_json(p: &pb::Payment) -> Value {
+    let card = p.card.as_ref().map(|c| {
+        json!({
+            "masked_pan": c.masked_pan,
+            "brand": c.brand,
+            "entry_mode": enum_name(pb::EntryMode::try_from(c.entry_mode).map(|e| e.as_str_name()), "ENTRY_MODE_"),
+            "wallet": enum_name(pb::Wallet::try_from(c.wallet).map(|e| e.as_str_name()), "WALLET_"),
+            "aid": c.aid,
+            "application_label": c.application_label,
+            "verification": enum_name(pb::CardholderVerification::try_from(c.verification).map(|e| e.as_str_name()), "CARDHOLDER_VERIFICATION_"),
+        })
+    });
+    json!({
+        "payment_id": p.payment_id,
+        "idempotency_key": p.idempotency_key,
+        "order_reference": p.order_reference,
+        "terminal_id": p.terminal_id,
+        "amount_minor": p.amount.as_ref().map(|m| m.amount_minor),
+        "currency": p.amount.as_ref().map(|m| m.currency.clone()),
+        "status": status_name(p.status),
+        "approved": p.approved,
+        "capture_mode": enum_name(pb::CaptureMode::try_from(p.capture_mode).map(|e| e.as_str_name()), "CAPTURE_MODE_"),
+        "card": card,
+        "decline": p.decline.as_ref().map(|d| json!({"code": d.code, "message": d.message})),
+        "failure": p.failure.as_ref().map(|f| json!({"code": f.code, "message": f.message})),
+        "auth_code": p.auth_code,
+        "gateway_reference": p.gateway_reference,
+        "demo": p.demo,
+        "created_at": rfc3339(p.created_at.as_ref()),
+        "updated_at": rfc3339(p.updated_at.as_ref()),
+        "history": p.history.iter().map(|h| json!({
+            "at": rfc3339(h.at.as_ref()),
+            "from": status_name(h.from),
+            "to": status_name(h.to),
+            "cause": h.cause,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,221 @@
+//! The register API (`pos.terminal.v1`), mapping engine errors to gRPC codes
+//! in one place.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use pos_proto::terminal as pb;
+use pos_proto::terminal::payment_terminal_server::PaymentTerminal;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::engine::{Engine, EngineError, NewPayment};
+use crate::store::{ListFilter, PaymentRecord, StoreError};
+
+pub struct TerminalApi {
+    engine: Arc<Engine>,
+}
+
+impl TerminalApi {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    fn payment_with_history(&self, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
+        let history = self.engine.store().history(&rec.id).map_err(store_status)?;
+        Ok(convert::payment(rec, &history))
+    }
+
+    fn event_now(&self, rec: &PaymentRecord) -> Result<pb::PaymentEvent, Status> {
+        Ok(pb::PaymentEvent {
+            payment_id: rec.id.clone(),
+            stage: convert::stage(rec.status) as i32,
+            message: convert::status_message(rec),
+            payment: Some(self.payment_with_history(rec)?),
+            at: Some(convert::timestamp(crate::store::now_ms())),
+        })
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "storage error");
+    Status::internal(format!("payment storage failed: {e}"))
+}
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        match e {
+            EngineError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            EngineError::AlreadyExists(m) => Status::already_exists(m),
+            EngineError::NotFound(m) => Status::not_found(m),
+            EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
+            EngineError::Unavailable(m) => Status::unavailable(m),
+            EngineError::Store(e) => store_status(e),
+        }
+    }
+}
+
+fn is_final_stage(stage: i32) -> bool {
+    use pb::PaymentStage as S;
+    matches!(S::try_from(stage), Ok(S::Approved | S::Declined | S::Canceled | S::Failed))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PaymentTerminal for TerminalApi {
+    type TakePaymentStream = EventStream;
+
+    async fn take_payment(
+        &self,
+        request: Request<pb::TakePaymentRequest>,
+    ) -> Result<Response<Self::TakePaymentStream>, Status> {
+        let r = request.into_inner();
+        let amount = r.amount.ok_or_else(|| Status::invalid_argument("amount: required"))?;
+        let manual_capture = match pb::CaptureMode::try_from(r.capture_mode) {
+            Ok(pb::CaptureMode::Unspecified | pb::CaptureMode::Automatic) => false,
+            Ok(pb::CaptureMode::Manual) => true,
+            Err(_) => return Err(Status::invalid_argument(format!("capture_mode: unknown value {}", r.capture_mode))),
+        };
+        let attached = self
+            .engine
+            .take_payment(NewPayment {
+                idempotency_key: r.idempotency_key,
+                order_reference: r.order_reference,
+                amount_minor: amount.amount_minor,
+                currency: amount.currency,
+                terminal_id: r.terminal_id,
+                manual_capture,
+            })
+            .await?;
+        let first = self.event_now(&attached.payment)?;
+        let (tx, rx) = mpsc::channel(16);
+        let engine = self.engine.clone();
+        let id = attached.payment.id.clone();
+        let done = is_final_stage(first.stage);
+        let _ = tx.send(Ok(first)).await;
+        if let (false, Some(mut events)) = (done, attached.events) {
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) => {
+                            let last = is_final_stage(ev.stage);
+                            if tx.send(Ok(ev)).await.is_err() || last {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+                // The stream closed without a final event (a storage failure):
+                // send the payment as stored.
+                if let Ok(Some(rec)) = engine.store().get(&id) {
+                    let history = engine.store().history(&id).unwrap_or_default();
+                    let _ = tx
+                        .send(Ok(pb::PaymentEvent {
+                            payment_id: id.clone(),
+                            stage: convert::stage(rec.status) as i32,
+                            message: convert::status_message(&rec),
+                            payment: Some(convert::payment(&rec, &history)),
+                            at: Some(convert::timestamp(crate::store::now_ms())),
+                        }))
+                        .await;
+                }
+            });
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_payment(&self, request: Request<pb::GetPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
+        let id = &request.get_ref().payment_id;
+        let rec = self
+            .engine
+            .store()
+            .get(id)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no payment {id}")))?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.page_size {
+            0 => 50,
+            n if n > 500 => return Err(Status::invalid_argument("page_size: at most 500")),
+            n => n as usize,
+        };
+        let mut statuses = Vec::new();
+        for s in &r.statuses {
+            let st = pb::PaymentStatus::try_from(*s)
+                .ok()
+                .and_then(convert::status_from_proto)
+                .ok_or_else(|| Status::invalid_argument(format!("statuses: unknown status {s}")))?;
+            statuses.push(st);
+        }
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            let (at, id) = r
+                .page_token
+                .split_once(':')
+                .and_then(|(a, id)| Some((a.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| Status::invalid_argument("page_token: not a token this server issued"))?;
+            Some((at, id))
+        };
+        let filter = ListFilter {
+            terminal_id: (!r.terminal_id.is_empty()).then_some(r.terminal_id),
+            statuses,
+            created_after_ms: r.created_after.as_ref().map(convert::millis),
+            created_before_ms: r.created_before.as_ref().map(convert::millis),
+            after,
+            limit: limit + 1,
+        };
+        let mut rows = self.engine.store().list(&filter).map_err(store_status)?;
+        let next_page_token = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|p| format!("{}:{}", p.created_at_ms, p.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let payments = rows.iter().map(|p| convert::payment(p, &[])).collect();
+        Ok(Response::new(pb::ListPaymentsResponse { payments, next_page_token }))
+    }
+
+    async fn cancel_payment(
+        &self,
+        request: Request<pb::CancelPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let rec = self.engine.cancel_payment(&request.get_ref().payment_id).await?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
+    async fn get_terminal_status(
+        &self,
+        request: Request<pb::GetTerminalStatusRequest>,
+    ) -> Result<Response<pb::TerminalStatus>, Status> {
+        let id = &request.get_ref().terminal_id;
+        let lane = self.engine.lane(id).ok_or_else(|| {
+            let known: Vec<&str> = self.engine.lanes().map(|l| l.id.as_str()).collect();
+            Status::not_found(format!("unknown terminal {id:?}; this posd drives {}", known.join(", ")))
+        })?;
+        let reader = lane.reader_state();
+        Ok(Response::new(pb::TerminalStatus {
+            terminal_id: lane.id.clone(),
+            reader_connected: reader.connected,
+            reader_serial: reader.serial,
+            reader_firmware: reader.firmware,
+            printer_connected: false,
+            gateway_online: self.engine.gateway().is_online(),
+            busy_with_payment_id: self.engine.busy_with(&lane.id).unwrap_or_default(),
+            demo: self.engine.demo(),
+            currency: lane.currency.clone(),
+        }))
+    }
+}

@@ -1,0 +1,167 @@
+//! Records and engine types to and from the register API's protobuf types.
+
+use pos_engine::Status;
+use pos_proto::terminal as pb;
+use prost_types::Timestamp;
+
+use crate::store::{CardInfo, HistoryEntry, PaymentRecord};
+
+pub fn timestamp(ms: i64) -> Timestamp {
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn millis(t: &Timestamp) -> i64 {
+    t.seconds * 1000 + (t.nanos as i64) / 1_000_000
+}
+
+pub fn status(s: Status) -> pb::PaymentStatus {
+    use pb::PaymentStatus as P;
+    match s {
+        Status::Created => P::Created,
+        Status::Collecting => P::Collecting,
+        Status::CardRead => P::CardRead,
+        Status::Authorizing => P::Authorizing,
+        Status::Unknown => P::Unknown,
+        Status::Authorized => P::Authorized,
+        Status::Captured => P::Captured,
+        Status::Declined => P::Declined,
+        Status::Canceled => P::Canceled,
+        Status::Failed => P::Failed,
+        Status::ReversalPending => P::ReversalPending,
+        Status::Reversed => P::Reversed,
+    }
+}
+
+pub fn status_from_proto(p: pb::PaymentStatus) -> Option<Status> {
+    Status::ALL.into_iter().find(|s| status(*s) == p)
+}
+
+/// The stage the register shows for a status.
+pub fn stage(s: Status) -> pb::PaymentStage {
+    use pb::PaymentStage as S;
+    match s {
+        Status::Created | Status::Collecting => S::PresentCard,
+        Status::CardRead | Status::Authorizing | Status::Unknown => S::Authorizing,
+        Status::Authorized | Status::Captured => S::Approved,
+        Status::Declined => S::Declined,
+        Status::Canceled => S::Canceled,
+        Status::Failed | Status::ReversalPending | Status::Reversed => S::Failed,
+    }
+}
+
+pub fn reader_stage(s: pos_proto::reader::Stage) -> pb::PaymentStage {
+    use pos_proto::reader::Stage as R;
+    match s {
+        R::PresentCard | R::Unspecified => pb::PaymentStage::PresentCard,
+        R::Reading | R::RemoveCard => pb::PaymentStage::Reading,
+        R::PinEntry => pb::PaymentStage::PinEntry,
+    }
+}
+
+pub fn entry_mode(r: i32) -> pb::EntryMode {
+    use pos_proto::reader::EntryMode as R;
+    match R::try_from(r).unwrap_or(R::Unspecified) {
+        R::Unspecified => pb::EntryMode::Unspecified,
+        R::Chip => pb::EntryMode::Chip,
+        R::Contactless => pb::EntryMode::Contactless,
+        R::Swipe => pb::EntryMode::Swipe,
+        R::Manual => pb::EntryMode::Manual,
+    }
+}
+
+pub fn gateway_entry_mode(m: pb::EntryMode) -> pos_proto::gateway::EntryMode {
+    use pos_proto::gateway::EntryMode as G;
+    match m {
+        pb::EntryMode::Unspecified => G::Unspecified,
+        pb::EntryMode::Chip => G::Chip,
+        pb::EntryMode::Contactless => G::Contactless,
+        pb::EntryMode::Swipe => G::Swipe,
+        pb::EntryMode::Manual => G::Manual,
+    }
+}
+
+pub fn wallet(r: i32) -> pb::Wallet {
+    use pos_proto::reader::Wallet as R;
+    match R::try_from(r).unwrap_or(R::None) {
+        R::None => pb::Wallet::None,
+        R::ApplePay => pb::Wallet::ApplePay,
+        R::GooglePay => pb::Wallet::GooglePay,
+    }
+}
+
+pub fn verification(r: i32) -> pb::CardholderVerification {
+    use pb::CardholderVerification as C;
+    use pos_proto::reader::Verification as R;
+    match R::try_from(r).unwrap_or(R::Unspecified) {
+        R::Unspecified => C::Unspecified,
+        R::OnlinePin => C::OnlinePin,
+        R::OfflinePin => C::OfflinePin,
+        R::Signature => C::Signature,
+        R::NoCvm => C::NoCvm,
+        R::ConsumerDevice => C::ConsumerDevice,
+    }
+}
+
+fn card(c: &CardInfo) -> pb::Card {
+    pb::Card {
+        masked_pan: c.masked_pan.clone(),
+        brand: c.brand.clone(),
+        entry_mode: c.entry_mode,
+        wallet: c.wallet,
+        aid: c.aid.clone(),
+        application_label: c.application_label.clone(),
+        verification: c.verification,
+    }
+}
+
+pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
+    let (decline, failure) = match r.status {
+        Status::Declined => {
+            (Some(pb::Decline { code: r.reason_code.clone(), message: r.reason_message.clone() }), None)
+        }
+        Status::Failed | Status::ReversalPending | Status::Reversed | Status::Canceled => {
+            (None, Some(pb::Failure { code: r.reason_code.clone(), message: r.reason_message.clone() }))
+        }
+        _ => (None, None),
+    };
+    pb::Payment {
+        payment_id: r.id.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        order_reference: r.order_reference.clone(),
+        terminal_id: r.terminal_id.clone(),
+        amount: Some(pb::Money { amount_minor: r.amount_minor, currency: r.currency.clone() }),
+        capture_mode: if r.manual_capture { pb::CaptureMode::Manual } else { pb::CaptureMode::Automatic } as i32,
+        status: status(r.status) as i32,
+        card: r.card.as_ref().map(card),
+        decline,
+        failure,
+        auth_code: r.auth_code.clone(),
+        gateway_reference: r.gateway_reference.clone(),
+        demo: r.demo,
+        created_at: Some(timestamp(r.created_at_ms)),
+        updated_at: Some(timestamp(r.updated_at_ms)),
+        history: history
+            .iter()
+            .map(|h| pb::PaymentTransition {
+                at: Some(timestamp(h.at_ms)),
+                from: status(h.from) as i32,
+                to: status(h.to) as i32,
+                cause: h.cause.clone(),
+            })
+            .collect(),
+        approved: r.status.is_approved(),
+    }
+}
+
+/// Text for the register's display.
+pub fn status_message(r: &PaymentRecord) -> String {
+    let demo = if r.demo { " (DEMO)" } else { "" };
+    match r.status {
+        Status::Created | Status::Collecting => format!("Present card{demo}"),
+        Status::CardRead | Status::Authorizing | Status::Unknown => format!("Authorizing{demo}"),
+        Status::Authorized | Status::Captured => format!("Approved{demo}"),
+        Status::Declined => format!("Declined: {}{demo}", r.reason_message),
+        Status::Canceled => format!("Canceled{demo}"),
+        Status::Failed | Status::ReversalPending | Status::Reversed => format!("Not paid: {}{demo}", r.reason_message),
+    }
+}

@@ -1,0 +1,234 @@
+//! Start-up: lock the state directory, open the database, recover, start the
+//! lanes and the API; in demo mode also the simulated reader and gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pos_link::transport::PtyMaster;
+use pos_link::{Link, SerialLink, SerialTiming};
+use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::config::{Config, GatewayConfig, LaneConfig, ReaderConfig};
+use crate::engine::{Engine, EngineSettings};
+use crate::gateway::{Gateway, GatewaySettings};
+use crate::lane::Lane;
+use crate::store::{StateLock, Store};
+
+/// Command-line choices that shape the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub demo: bool,
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub gateway: Option<String>,
+    pub gateway_timeout_ms: Option<u64>,
+    pub reader: Option<String>,
+    pub printer: Option<String>,
+    /// Demo reader: milliseconds until the card is presented and for the PIN.
+    pub demo_reader_delay_ms: u64,
+}
+
+pub const NO_CONFIG: &str = "posd: no configuration given.\n\
+    For a store lane:   posd --config /etc/posd/posd.toml\n\
+    To try posd with a simulated card reader and gateway:   posd --demo\n\
+    (posd never falls back to demo mode by itself, so a misconfigured lane cannot approve against a simulator.)";
+
+fn demo_config(o: &Options) -> Config {
+    Config {
+        state_dir: o.state_dir.clone().unwrap_or_else(|| PathBuf::from("posd-demo-state")),
+        listen: o.listen.clone().unwrap_or_else(|| "127.0.0.1:50051".into()),
+        store_id: "demo".into(),
+        gateway: GatewayConfig {
+            url: o.gateway.clone().unwrap_or_default(),
+            connect_timeout_ms: 3000,
+            request_timeout_ms: o.gateway_timeout_ms.unwrap_or(30_000),
+            status_attempts: 3,
+        },
+        lanes: vec![LaneConfig {
+            id: "lane-1".into(),
+            currency: "EUR".into(),
+            reader: ReaderConfig::from_arg(o.reader.as_deref().unwrap_or("")),
+            printer: o.printer.clone(),
+        }],
+    }
+}
+
+/// The configuration in force: the file (or demo defaults) plus overrides.
+pub fn resolve(o: &Options) -> anyhow::Result<Config> {
+    let mut cfg = match (&o.config, o.demo) {
+        (Some(_), true) => anyhow::bail!("--demo and --config exclude each other"),
+        (None, false) => anyhow::bail!("{NO_CONFIG}"),
+        (None, true) => return Ok(demo_config(o)),
+        (Some(path), false) => Config::load(path)?,
+    };
+    if let Some(d) = &o.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if let Some(l) = &o.listen {
+        cfg.listen = l.clone();
+    }
+    if let Some(g) = &o.gateway {
+        cfg.gateway.url = g.clone();
+    }
+    if let Some(t) = o.gateway_timeout_ms {
+        cfg.gateway.request_timeout_ms = t;
+    }
+    if o.reader.is_some() || o.printer.is_some() {
+        if cfg.lanes.len() != 1 {
+            anyhow::bail!("--reader and --printer apply to a single lane; the config has {}", cfg.lanes.len());
+        }
+        if let Some(r) = &o.reader {
+            cfg.lanes[0].reader = ReaderConfig::from_arg(r);
+        }
+        if let Some(p) = &o.printer {
+            cfg.lanes[0].printer = Some(p.clone());
+        }
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let mut cfg = resolve(&o)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
+    let _lock = StateLock::acquire(&cfg.state_dir)?;
+    let store = Arc::new(Store::open(&cfg.state_dir.join("posd.db"))?);
+
+    let mut demo_notes = Vec::new();
+    // Keeps the demo reader's PTY alive for the life of the daemon.
+    let mut _demo_reader = None;
+    if o.demo {
+        if cfg.gateway.url.is_empty() {
+            let sim = gateway_sim::start(gateway_sim::Options {
+                listen: "127.0.0.1:0".into(),
+                control: "127.0.0.1:0".into(),
+                db: cfg.state_dir.join("gateway-sim.db"),
+                base_key: pos_cardcrypt::BaseKey::test_key(),
+            })
+            .await?;
+            cfg.gateway.url = format!("http://{}", sim.listen_addr);
+            demo_notes.push(format!(
+                "gateway: built-in gateway-sim on {} (control {}; ledger {})",
+                sim.listen_addr,
+                sim.control_addr,
+                cfg.state_dir.join("gateway-sim.db").display()
+            ));
+        } else {
+            demo_notes.push(format!("gateway: {}", cfg.gateway.url));
+        }
+        if o.reader.is_none() {
+            let pty = PtyMaster::open()?;
+            let path = pty.slave_path().to_path_buf();
+            let delay = Duration::from_millis(o.demo_reader_delay_ms);
+            let opts = firmware_sim::reader::ReaderOptions {
+                serial: "DEMO-READER-0001".into(),
+                present_delay: Some(delay),
+                pin_delay: delay,
+                ..Default::default()
+            };
+            _demo_reader = Some(tokio::spawn(async move {
+                let reason =
+                    firmware_sim::reader::serve(Link::spawn(pty, SerialLink::new(SerialTiming::default())), &opts)
+                        .await;
+                tracing::warn!(%reason, "demo reader stopped");
+            }));
+            cfg.lanes[0].reader = ReaderConfig::from_arg(&path.to_string_lossy());
+            demo_notes.push(format!("card reader: built-in simulated reader on PTY {}", path.display()));
+        }
+    }
+
+    let gateway = Arc::new(Gateway::new(GatewaySettings {
+        url: cfg.gateway.url.clone(),
+        connect_timeout: cfg.gateway.connect_timeout(),
+        request_timeout: cfg.gateway.request_timeout(),
+    })?);
+    let mut lanes = Vec::new();
+    for l in &cfg.lanes {
+        if let Some(p) = &l.printer {
+            tracing::warn!(lane = %l.id, printer = %p, "receipt printing is not implemented yet; the printer is not used");
+        }
+        lanes.push(Lane::spawn(l.id.clone(), l.currency.clone(), l.reader.line(&l.id)?));
+    }
+    let engine = Engine::new(
+        store,
+        gateway.clone(),
+        lanes,
+        EngineSettings {
+            store_id: cfg.store_id.clone(),
+            demo: o.demo,
+            collect_timeout: Duration::from_secs(120),
+            status_attempts: cfg.gateway.status_attempts,
+            status_backoff: Duration::from_millis(500),
+            reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+        },
+    );
+    engine.recover().await?;
+    tokio::spawn(engine.clone().reversal_worker());
+    tokio::spawn(probe_gateway(gateway));
+
+    let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine));
+    let router = tonic::transport::Server::builder().add_service(service);
+    let shutdown = shutdown_signal();
+    if let Some(path) = cfg.listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener =
+            tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
+        announce(&format!("unix:{path}"), o.demo, &demo_notes);
+        router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await?;
+    } else {
+        let addr: SocketAddr = cfg
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--listen {:?}: expected HOST:PORT or unix:PATH ({e})", cfg.listen))?;
+        if o.demo && !addr.ip().is_loopback() {
+            anyhow::bail!("demo mode listens on loopback only, not {addr}");
+        }
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let actual = listener.local_addr()?;
+        announce(&actual.to_string(), o.demo, &demo_notes);
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?;
+    }
+    tracing::info!("posd stopped");
+    Ok(())
+}
+
+fn announce(addr: &str, demo: bool, notes: &[String]) {
+    println!("posd listening on {addr}");
+    if demo {
+        println!();
+        println!("  *** posd DEMO MODE: simulated card reader and gateway run inside this process. ***");
+        println!("  *** No real money moves. Every payment, status and receipt says DEMO.           ***");
+        for n in notes {
+            println!("  {n}");
+        }
+        let addr_arg = if addr == "127.0.0.1:50051" { String::new() } else { format!(" --addr {addr}") };
+        println!();
+        println!("  Take a payment from another terminal:   cargo run -p posctl --{addr_arg} pay 12.34");
+        println!("  A declined one (cents 05):              cargo run -p posctl --{addr_arg} pay 12.05");
+        println!();
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Keeps the gateway's online state current between payments.
+async fn probe_gateway(gateway: Arc<Gateway>) {
+    loop {
+        let _ = gateway.transaction("posd-connectivity-probe").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}

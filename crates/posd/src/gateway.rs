@@ -1,0 +1,143 @@
+//! Client of the central gateway.
+//!
+//! The one distinction that matters for money: whether a request *cannot*
+//! have reached the gateway. Each call opens its own connection first; only
+//! a failure to connect is [`AuthOutcome::NotSent`]. Once the request is on
+//! a connection, anything but a well-formed answer is [`AuthOutcome::Unknown`]
+//! and is settled by a status query under the same key, never by resending
+//! under a new one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pos_proto::gateway::gateway_client::GatewayClient as Client;
+use pos_proto::gateway::{AuthorizeRequest, GetTransactionRequest, ReverseRequest, Transaction};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub url: String,
+    pub connect_timeout: Duration,
+    /// How long to wait for an answer once a request is sent.
+    pub request_timeout: Duration,
+}
+
+/// What came of an authorization request.
+#[derive(Debug)]
+pub enum AuthOutcome {
+    /// The gateway's answer.
+    Answer(Transaction),
+    /// The gateway refused the request as malformed; nothing was charged.
+    Rejected(String),
+    /// No connection could be made: the request never left posd.
+    NotSent(String),
+    /// The request may have reached the gateway, but no answer came back.
+    Unknown(String),
+}
+
+pub struct Gateway {
+    endpoint: Endpoint,
+    settings: GatewaySettings,
+    online: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(settings: GatewaySettings) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(settings.url.clone())
+            .map_err(|e| anyhow::anyhow!("invalid gateway URL {:?}: {e}", settings.url))?
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true);
+        Ok(Self { endpoint, settings, online: AtomicBool::new(false) })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.settings.url
+    }
+
+    /// True when the last contact with the gateway succeeded.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    fn set_online(&self, online: bool) {
+        if self.online.swap(online, Ordering::Relaxed) != online {
+            tracing::info!(online, url = %self.settings.url, "gateway connectivity changed");
+        }
+    }
+
+    async fn connect(&self) -> Result<Client<Channel>, String> {
+        match self.endpoint.connect().await {
+            Ok(channel) => Ok(Client::new(channel)),
+            Err(e) => {
+                self.set_online(false);
+                Err(format!("cannot connect to {}: {}", self.settings.url, source_chain(&e)))
+            }
+        }
+    }
+
+    pub async fn authorize(&self, req: AuthorizeRequest) -> AuthOutcome {
+        let mut client = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return AuthOutcome::NotSent(e),
+        };
+        match tokio::time::timeout(self.settings.request_timeout, client.authorize(req)).await {
+            Err(_) => {
+                self.set_online(false);
+                AuthOutcome::Unknown(format!("no answer within {:?}", self.settings.request_timeout))
+            }
+            Ok(Ok(resp)) => {
+                self.set_online(true);
+                match resp.into_inner().transaction {
+                    Some(t) => AuthOutcome::Answer(t),
+                    None => AuthOutcome::Unknown("answer without a transaction".into()),
+                }
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                self.set_online(true);
+                AuthOutcome::Rejected(status.message().to_string())
+            }
+            Ok(Err(status)) => AuthOutcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+
+    /// The gateway's record under a key: `Ok(None)` when it has none.
+    pub async fn transaction(&self, key: &str) -> Result<Option<Transaction>, String> {
+        let mut client = self.connect().await?;
+        let req = GetTransactionRequest { transaction_key: key.to_string() };
+        match tokio::time::timeout(self.settings.request_timeout, client.get_transaction(req)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.settings.request_timeout)),
+            Ok(Ok(resp)) => {
+                self.set_online(true);
+                Ok(Some(resp.into_inner()))
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                self.set_online(true);
+                Ok(None)
+            }
+            Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+
+    pub async fn reverse(&self, req: ReverseRequest) -> Result<Transaction, String> {
+        let mut client = self.connect().await?;
+        match tokio::time::timeout(self.settings.request_timeout, client.reverse(req)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.settings.request_timeout)),
+            Ok(Ok(resp)) => {
+                self.set_online(true);
+                Ok(resp.into_inner())
+            }
+            Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,244 @@
+//! One lane's card reader: keeps the link up (reconnecting after an unplug),
+//! asks for device info, and routes the reader's messages to the payment that
+//! is collecting.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pos_link::transport::{SerialSettings, open_serial};
+use pos_link::{Link, SerialLink, SerialTiming, TcpLink, apdu};
+use pos_proto::reader::{
+    self, Cancel, CardResult, CollectCard, FailReason, GetDeviceInfo, HostMessage, ReaderMessage, ShowResult, Stage,
+    host_message, reader_message,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+
+/// How posd reaches a reader.
+#[derive(Debug, Clone)]
+pub enum ReaderLine {
+    Serial(SerialSettings),
+    Tcp(String),
+}
+
+impl std::fmt::Display for ReaderLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReaderLine::Serial(s) => write!(f, "serial {} @ {} baud", s.path.display(), s.baud),
+            ReaderLine::Tcp(a) => write!(f, "tcp {a}"),
+        }
+    }
+}
+
+/// What the collecting payment hears from the reader.
+#[derive(Debug)]
+pub enum ReaderEvent {
+    Progress { stage: Stage, text: String },
+    Card(Box<CardResult>),
+    Failed { reason: FailReason, message: String },
+    Disconnected(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReaderState {
+    pub connected: bool,
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+type Collector = (String, mpsc::UnboundedSender<ReaderEvent>);
+
+pub struct Lane {
+    pub id: String,
+    pub currency: String,
+    pub line: ReaderLine,
+    cmd_tx: mpsc::Sender<HostMessage>,
+    collector: Arc<Mutex<Option<Collector>>>,
+    state: Arc<Mutex<ReaderState>>,
+}
+
+impl Lane {
+    /// Starts the lane's reader task.
+    pub fn spawn(id: String, currency: String, line: ReaderLine) -> Arc<Lane> {
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let lane = Arc::new(Lane {
+            id,
+            currency,
+            line,
+            cmd_tx,
+            collector: Arc::new(Mutex::new(None)),
+            state: Arc::new(Mutex::new(ReaderState::default())),
+        });
+        tokio::spawn(run(lane.id.clone(), lane.line.clone(), cmd_rx, lane.collector.clone(), lane.state.clone()));
+        lane
+    }
+
+    pub fn reader_state(&self) -> ReaderState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// Asks the reader for a card; the returned channel carries what follows.
+    pub async fn collect(&self, req: CollectCard) -> Result<mpsc::UnboundedReceiver<ReaderEvent>, String> {
+        if !self.state.lock().unwrap().connected {
+            return Err(format!("the card reader of {} is not connected ({})", self.id, self.line));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.collector.lock().unwrap() = Some((req.payment_id.clone(), tx));
+        self.send(host_message::Body::CollectCard(req)).await?;
+        Ok(rx)
+    }
+
+    /// Stops routing reader messages for this payment.
+    pub fn release(&self, payment_id: &str) {
+        let mut c = self.collector.lock().unwrap();
+        if c.as_ref().is_some_and(|(id, _)| id == payment_id) {
+            *c = None;
+        }
+    }
+
+    pub async fn cancel(&self, payment_id: &str) {
+        self.release(payment_id);
+        if let Err(e) = self.send(host_message::Body::Cancel(Cancel { payment_id: payment_id.into() })).await {
+            tracing::warn!(lane = %self.id, error = %e, "could not tell the reader to cancel");
+        }
+    }
+
+    pub async fn show_result(&self, payment_id: &str, approved: bool, text: &str) {
+        let msg = ShowResult { payment_id: payment_id.into(), approved, display_text: text.into() };
+        if let Err(e) = self.send(host_message::Body::ShowResult(msg)).await {
+            tracing::debug!(lane = %self.id, error = %e, "could not show the result on the reader");
+        }
+    }
+
+    async fn send(&self, body: host_message::Body) -> Result<(), String> {
+        self.cmd_tx.send(HostMessage { body: Some(body) }).await.map_err(|_| "the reader task has stopped".to_string())
+    }
+}
+
+async fn open(line: &ReaderLine) -> Result<Link, String> {
+    match line {
+        ReaderLine::Serial(s) => {
+            let port = open_serial(s).map_err(|e| e.to_string())?;
+            Ok(Link::spawn(port, SerialLink::new(SerialTiming::default())))
+        }
+        ReaderLine::Tcp(addr) => {
+            let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("connecting to {addr} timed out"))?
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            Ok(Link::spawn(stream, TcpLink::new()))
+        }
+    }
+}
+
+fn encode(msg: HostMessage) -> Vec<u8> {
+    apdu::build(reader::APDU_CLASS, reader::INSTR_HOST, &msg.encode_to_vec()).expect("host messages are small")
+}
+
+fn decode(bytes: &[u8]) -> Option<reader_message::Body> {
+    let (h, data) = apdu::parse(bytes).ok()?;
+    if h.class != reader::APDU_CLASS || h.instr != reader::INSTR_READER {
+        return None;
+    }
+    ReaderMessage::decode(data).ok()?.body
+}
+
+async fn run(
+    lane: String,
+    line: ReaderLine,
+    mut cmd_rx: mpsc::Receiver<HostMessage>,
+    collector: Arc<Mutex<Option<Collector>>>,
+    state: Arc<Mutex<ReaderState>>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut last_error = String::new();
+    loop {
+        let mut link = match open(&line).await {
+            Ok(link) => link,
+            Err(e) => {
+                if e != last_error {
+                    tracing::warn!(%lane, error = %e, "card reader unavailable; retrying");
+                    last_error = e;
+                }
+                // Commands meant for a reader that is not there are void.
+                while cmd_rx.try_recv().is_ok() {}
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        last_error.clear();
+        state.lock().unwrap().connected = true;
+        tracing::info!(%lane, %line, "card reader link up");
+        let mut pending = Some(encode(HostMessage { body: Some(host_message::Body::GetDeviceInfo(GetDeviceInfo {})) }));
+        let reason = loop {
+            if let Some(apdu) = pending.take() {
+                if let Err(e) = link.send(apdu).await {
+                    break e.to_string();
+                }
+                continue;
+            }
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(m) => pending = Some(encode(m)),
+                    None => return,
+                },
+                got = link.recv() => match got {
+                    Ok(bytes) => route(&lane, &bytes, &collector, &state),
+                    Err(e) => break e.to_string(),
+                },
+            }
+        };
+        tracing::warn!(%lane, %reason, "card reader link down");
+        *state.lock().unwrap() = ReaderState::default();
+        if let Some((_, tx)) = collector.lock().unwrap().take() {
+            let _ = tx.send(ReaderEvent::Disconnected(reason));
+        }
+    }
+}
+
+fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: &Mutex<ReaderState>) {
+    let Some(body) = decode(bytes) else {
+        tracing::warn!(%lane, len = bytes.len(), "ignoring an APDU that is not a reader message");
+        return;
+    };
+    let (payment_id, event) = match body {
+        reader_message::Body::DeviceInfo(d) => {
+            tracing::info!(%lane, serial = %d.serial, firmware = %d.firmware_version, healthy = d.healthy, "card reader identified");
+            let mut s = state.lock().unwrap();
+            *s = ReaderState {
+                connected: true,
+                serial: d.serial,
+                model: d.model,
+                firmware: d.firmware_version,
+                healthy: d.healthy,
+                detail: d.health_detail,
+            };
+            return;
+        }
+        reader_message::Body::Progress(p) => {
+            let stage = Stage::try_from(p.stage).unwrap_or(Stage::Unspecified);
+            (p.payment_id, ReaderEvent::Progress { stage, text: p.display_text })
+        }
+        reader_message::Body::CardResult(c) => (c.payment_id.clone(), ReaderEvent::Card(Box::new(c))),
+        reader_message::Body::CollectFailed(f) => (
+            f.payment_id,
+            ReaderEvent::Failed {
+                reason: FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified),
+                message: f.message,
+            },
+        ),
+    };
+    let c = collector.lock().unwrap();
+    match c.as_ref() {
+        Some((id, tx)) if *id == payment_id => {
+            let _ = tx.send(event);
+        }
+        _ => tracing::debug!(%lane, %payment_id, "reader message for a payment that is no longer collecting"),
+    }
+}

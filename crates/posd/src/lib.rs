@@ -1,0 +1,20 @@
+//! posd: the lane payment daemon.
+//!
+//! # Layout
+//! - [`config`]: TOML configuration, overrides and the demo setup.
+//! - [`store`]: SQLite, the source of truth for payments and their audit log.
+//! - [`engine`]: runs payments through the `pos-engine` state machine,
+//!   committing each transition before acting on it; recovery; reversals.
+//! - [`lane`]: one lane's card reader over the link layer.
+//! - [`gateway`]: the central gateway client (sent / not sent / unknown).
+//! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
+//! - [`daemon`]: start-up, demo mode and serving.
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod daemon;
+pub mod engine;
+pub mod gateway;
+pub mod lane;
+pub mod store;

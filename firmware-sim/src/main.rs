@@ -1,0 +1,195 @@
+//! `firmware-sim`: simulated lane devices for tests, demos and technicians.
+//!
+//! ```text
+//! firmware-sim reader --pty-link PATH [card options]   # a PTY; PATH links to its device
+//! firmware-sim reader --tcp ADDR [card options]        # a TCP listener (bare APDUs)
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use firmware_sim::reader::{self, CardProfile, ReaderOptions};
+use pos_cardcrypt::BaseKey;
+use pos_link::transport::PtyMaster;
+use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
+use pos_proto::reader::{EntryMode, Verification, Wallet};
+
+#[derive(Parser)]
+#[command(
+    name = "firmware-sim",
+    version,
+    about = "Simulated lane devices (card reader) at the other end of a PTY or TCP line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A host-authorized card reader speaking pos.reader.v1 over the link layer.
+    Reader(ReaderArgs),
+}
+
+#[derive(Args)]
+#[group(id = "line", required = true, multiple = false, args = ["pty_link", "tcp"])]
+struct ReaderArgs {
+    /// Create a PTY and a symlink at PATH to its device; posd opens PATH as a serial device.
+    #[arg(long, value_name = "PATH")]
+    pty_link: Option<PathBuf>,
+    /// Listen on ADDR (port 0: any free port; the address is printed) for bare APDUs.
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<String>,
+    /// Card brand reported.
+    #[arg(long, default_value = "visa")]
+    brand: String,
+    /// Test card number (never leaves the reader unencrypted).
+    #[arg(long, default_value = "4242424242424242")]
+    pan: String,
+    #[arg(long, value_enum, default_value_t = Entry::Chip)]
+    entry_mode: Entry,
+    #[arg(long, value_enum, default_value_t = WalletArg::None)]
+    wallet: WalletArg,
+    #[arg(long, value_enum, default_value_t = Verify::OnlinePin)]
+    verification: Verify,
+    /// The chip failed and the card was swiped instead.
+    #[arg(long)]
+    fallback: bool,
+    /// Milliseconds until the customer presents the card.
+    #[arg(long, default_value_t = 1500)]
+    present_delay_ms: u64,
+    /// Milliseconds the customer takes for the PIN.
+    #[arg(long, default_value_t = 1000)]
+    pin_delay_ms: u64,
+    /// Never present a card (the payment waits until canceled).
+    #[arg(long)]
+    no_card: bool,
+    /// Reader serial number (also selects its encryption key).
+    #[arg(long, default_value = "SIM-READER-0001")]
+    serial: String,
+    /// Base key file (32 bytes or 64 hex digits); default: the built-in test key.
+    #[arg(long)]
+    base_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Entry {
+    Chip,
+    Contactless,
+    Swipe,
+    Manual,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WalletArg {
+    None,
+    ApplePay,
+    GooglePay,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Verify {
+    OnlinePin,
+    OfflinePin,
+    Signature,
+    /// No cardholder verification.
+    #[value(name = "no-cvm")]
+    None,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "firmware_sim=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Reader(args) = Cli::parse().command;
+    match run_reader(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("firmware-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
+    let base_key = match &a.base_key_file {
+        Some(p) => {
+            BaseKey::from_file_contents(&std::fs::read(p)?).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => BaseKey::test_key(),
+    };
+    if !pos_cardcrypt::luhn_valid(&a.pan) || !(13..=19).contains(&a.pan.len()) {
+        anyhow::bail!("--pan must be a Luhn-valid card number of 13 to 19 digits");
+    }
+    Ok(ReaderOptions {
+        serial: a.serial.clone(),
+        card: CardProfile {
+            pan: a.pan.clone(),
+            brand: a.brand.clone(),
+            entry_mode: match a.entry_mode {
+                Entry::Chip => EntryMode::Chip,
+                Entry::Contactless => EntryMode::Contactless,
+                Entry::Swipe => EntryMode::Swipe,
+                Entry::Manual => EntryMode::Manual,
+            },
+            wallet: match a.wallet {
+                WalletArg::None => Wallet::None,
+                WalletArg::ApplePay => Wallet::ApplePay,
+                WalletArg::GooglePay => Wallet::GooglePay,
+            },
+            verification: match a.verification {
+                Verify::OnlinePin => Verification::OnlinePin,
+                Verify::OfflinePin => Verification::OfflinePin,
+                Verify::Signature => Verification::Signature,
+                Verify::None => Verification::NoCvm,
+            },
+            fallback: a.fallback,
+            ..CardProfile::default()
+        },
+        present_delay: (!a.no_card).then(|| Duration::from_millis(a.present_delay_ms)),
+        pin_delay: Duration::from_millis(a.pin_delay_ms),
+        base_key,
+        ..ReaderOptions::default()
+    })
+}
+
+async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
+    let opts = options(&args)?;
+    if let Some(link_path) = &args.pty_link {
+        let pty = PtyMaster::open()?;
+        match link_path.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link_path)
+                .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", link_path.display()))?,
+            Ok(_) => anyhow::bail!("{} exists and is not a symlink; not replacing it", link_path.display()),
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(pty.slave_path(), link_path)
+            .map_err(|e| anyhow::anyhow!("cannot create symlink {}: {e}", link_path.display()))?;
+        println!("firmware-sim reader on {} (device {})", link_path.display(), pty.slave_path().display());
+        let link = Link::spawn(pty, SerialLink::new(SerialTiming::default()));
+        let reason = reader::serve(link, &opts).await;
+        let _ = std::fs::remove_file(link_path);
+        anyhow::bail!("link ended: {reason}");
+    }
+    let addr = args.tcp.as_deref().expect("clap requires --pty-link or --tcp");
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    println!("firmware-sim reader listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tracing::info!(%peer, "reader: host connected");
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let reason = reader::serve(Link::spawn(stream, TcpLink::new()), &opts).await;
+            tracing::info!(%peer, %reason, "reader: host disconnected");
+        });
+    }
+}
