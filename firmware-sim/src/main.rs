@@ -34,13 +34,12 @@ enum Command {
 }
 
 #[derive(Args)]
-#[group(id = "line", required = true, multiple = false, args = ["pty_link", "tcp"])]
 struct ReaderArgs {
     /// Create a PTY and a symlink at PATH to its device; posd opens PATH as a serial device.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", required_unless_present = "tcp", conflicts_with = "tcp")]
     pty_link: Option<PathBuf>,
     /// Listen on ADDR (port 0: any free port; the address is printed) for bare APDUs.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", required_unless_present = "pty_link")]
     tcp: Option<String>,
     /// Card brand reported.
     #[arg(long, default_value = "visa")]

@@ -1,1 +1,342 @@
-//! Helpers shared by the end-to-end tests (see `tests/tests/`).
+//! Harness for the end-to-end tests in `tests/tests/`: starts gateway-sim,
+//! firmware-sim and posd as separate processes on loopback and PTYs, and
+//! scans everything posd left behind for card numbers.
+//!
+//! The binaries are the workspace's own (`target/<profile>/`); `cargo test
+//! --workspace` builds them, because every binary crate has tests of its own.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use pos_proto::terminal::payment_terminal_client::PaymentTerminalClient;
+use pos_proto::terminal::{self as pb};
+use tonic::transport::Channel;
+
+/// How long any start-up or condition may take before a test fails. It
+/// bounds failures only; passing runs never wait for it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build --workspace --bins`) first",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose stdout lines are collected; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stderr appended to `log` and waits for a stdout line
+    /// starting with `ready`; returns the rest of that line.
+    pub fn start(mut cmd: Command, log: &Path, ready: &str) -> (Proc, String) {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        cmd.stdout(Stdio::piped()).stderr(log_file).stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut proc = Proc { child, lines };
+        let rest = proc.wait_line(ready).unwrap_or_else(|| {
+            let status = proc.child.try_wait().ok().flatten();
+            panic!(
+                "{cmd:?} did not print {ready:?} (exit: {status:?}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
+        (proc, rest)
+    }
+
+    fn wait_line(&mut self, prefix: &str) -> Option<String> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion, returning its status and stdout.
+pub fn run(cmd: &mut Command) -> (ExitStatus, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Waits until `check` returns `Some`, polling; fails the test after [`PATIENCE`].
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One lane: gateway-sim, a firmware-sim reader on a PTY, and posd.
+pub struct Lane {
+    pub dir: tempfile::TempDir,
+    pub gateway_addr: String,
+    pub control_addr: String,
+    pub posd_addr: String,
+    gateway: Proc,
+    reader: Option<Proc>,
+    posd: Option<Proc>,
+    reader_args: Vec<String>,
+    /// Every API response a test saw, for the leak scan.
+    pub responses: Vec<String>,
+    pub gateway_timeout_ms: u64,
+}
+
+impl Lane {
+    /// Starts everything; `reader_args` go to `firmware-sim reader`.
+    pub fn start(reader_args: &[&str]) -> Lane {
+        Self::start_with(reader_args, 1500)
+    }
+
+    pub fn start_with(reader_args: &[&str], gateway_timeout_ms: u64) -> Lane {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin("gateway-sim"));
+        cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
+        let log = dir.path().join("gateway-sim.log");
+        let (mut gateway, gateway_addr) = Proc::start(cmd, &log, "gateway-sim listening on ");
+        let control_addr = gateway.wait_line("gateway-sim control on ").expect("control address");
+        let mut lane = Lane {
+            dir,
+            gateway_addr,
+            control_addr,
+            posd_addr: String::new(),
+            gateway,
+            reader: None,
+            posd: None,
+            reader_args: reader_args.iter().map(|s| s.to_string()).collect(),
+            responses: Vec::new(),
+            gateway_timeout_ms,
+        };
+        lane.start_reader();
+        lane.start_posd();
+        lane
+    }
+
+    pub fn reader_link(&self) -> PathBuf {
+        self.dir.path().join("reader-link")
+    }
+
+    pub fn posd_log(&self) -> PathBuf {
+        self.dir.path().join("posd.log")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("posd-state")
+    }
+
+    pub fn start_reader(&mut self) {
+        let mut cmd = Command::new(bin("firmware-sim"));
+        cmd.arg("reader").arg("--pty-link").arg(self.reader_link());
+        cmd.args(["--present-delay-ms", "0", "--pin-delay-ms", "0"]).args(&self.reader_args);
+        let log = self.dir.path().join("firmware-sim.log");
+        self.reader = Some(Proc::start(cmd, &log, "firmware-sim reader on ").0);
+    }
+
+    /// Pulls the reader's plug: the simulator process dies, its PTY closes.
+    pub fn kill_reader(&mut self) {
+        if let Some(mut r) = self.reader.take() {
+            r.kill();
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        let path = self.dir.path().join("posd.toml");
+        let text = format!(
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n\n[gateway]\nurl = \"http://{gw}\"\n\
+             request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
+             reader = {{ device = {link:?} }}\n",
+            state = self.state_dir(),
+            gw = self.gateway_addr,
+            timeout = self.gateway_timeout_ms,
+            link = self.reader_link(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn posd_command(&self) -> Command {
+        let mut cmd = Command::new(bin("posd"));
+        cmd.arg("--config").arg(self.config_path()).env("RUST_LOG", "posd=debug,pos_link=debug");
+        cmd
+    }
+
+    pub fn start_posd(&mut self) {
+        let (p, addr) = Proc::start(self.posd_command(), &self.posd_log(), "posd listening on ");
+        self.posd = Some(p);
+        self.posd_addr = addr;
+    }
+
+    /// Kills posd with SIGKILL (no shutdown path runs) and starts it again.
+    pub fn restart_posd(&mut self) {
+        if let Some(mut p) = self.posd.take() {
+            p.kill();
+        }
+        self.start_posd();
+    }
+
+    pub async fn client(&self) -> PaymentTerminalClient<Channel> {
+        PaymentTerminalClient::connect(format!("http://{}", self.posd_addr)).await.expect("connect to posd")
+    }
+
+    /// Waits until posd's reader link is up.
+    pub async fn ready(&mut self) {
+        let mut client = self.client().await;
+        let status = eventually("the reader to connect", async || {
+            let s = client
+                .get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: "lane-1".into() })
+                .await
+                .ok()?
+                .into_inner();
+            (s.reader_connected && !s.reader_serial.is_empty()).then_some(s)
+        })
+        .await;
+        self.responses.push(format!("{status:?}"));
+    }
+
+    /// Sets a gateway-sim fault through its command-line control client.
+    pub fn fault(&self, fault: &str) {
+        let (status, out, err) = run(Command::new(bin("gateway-sim"))
+            .args(["ctl", "--addr", &self.control_addr, "fault"])
+            .args(fault.split(' ')));
+        assert!(status.success(), "gateway-sim ctl fault {fault}: {out}{err}");
+    }
+
+    /// The gateway-sim ledger, through `gateway-sim ledger --json`.
+    pub fn ledger(&self) -> Vec<serde_json::Value> {
+        let (status, out, err) = run(Command::new(bin("gateway-sim"))
+            .arg("ledger")
+            .arg("--db")
+            .arg(self.dir.path().join("ledger.db"))
+            .arg("--json"));
+        assert!(status.success(), "gateway-sim ledger: {err}");
+        serde_json::from_str(&out).expect("ledger JSON")
+    }
+
+    /// Takes a payment through the API and returns every event of its stream.
+    pub async fn pay(&mut self, key: &str, amount_minor: i64) -> Vec<pb::PaymentEvent> {
+        let events = take(&mut self.client().await, key, amount_minor).await.expect("TakePayment accepted");
+        self.responses.push(format!("{events:?}"));
+        events
+    }
+
+    /// Stops everything and fails the test if posd left a card number in its
+    /// database files, its log, or any API response the test saw.
+    pub fn finish(mut self) {
+        if let Some(mut p) = self.posd.take() {
+            p.kill();
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state_dir())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("posd.db")));
+        assert!(files.iter().any(|p| p.ends_with("posd.db")), "posd.db not found in {:?}", self.state_dir());
+        files.push(self.posd_log());
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            assert_eq!(card_numbers(&bytes), Vec::<String>::new(), "card number found in {}", f.display());
+        }
+        for r in &self.responses {
+            assert_eq!(card_numbers(r.as_bytes()), Vec::<String>::new(), "card number in an API response: {r}");
+        }
+        drop(self.gateway);
+    }
+}
+
+/// Starts a payment and collects its events until the stream ends.
+pub async fn take(
+    client: &mut PaymentTerminalClient<Channel>,
+    key: &str,
+    amount_minor: i64,
+) -> Result<Vec<pb::PaymentEvent>, tonic::Status> {
+    let mut stream = client.take_payment(request(key, amount_minor)).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.message().await? {
+        events.push(ev);
+    }
+    Ok(events)
+}
+
+pub fn request(key: &str, amount_minor: i64) -> pb::TakePaymentRequest {
+    pb::TakePaymentRequest {
+        idempotency_key: key.into(),
+        order_reference: format!("order-{key}"),
+        amount: Some(pb::Money { amount_minor, currency: "EUR".into() }),
+        terminal_id: "lane-1".into(),
+        capture_mode: pb::CaptureMode::Automatic as i32,
+    }
+}
+
+/// The payment in the last event of a stream.
+pub fn final_payment(events: &[pb::PaymentEvent]) -> pb::Payment {
+    events.last().and_then(|e| e.payment.clone()).expect("a final event with the payment")
+}
+
+pub fn status(p: &pb::Payment) -> pb::PaymentStatus {
+    pb::PaymentStatus::try_from(p.status).unwrap()
+}
+
+/// Every Luhn-valid run of 13 to 19 ASCII digits in `bytes`.
+pub fn card_numbers(bytes: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut run = String::new();
+    for &b in bytes.iter().chain(std::iter::once(&b' ')) {
+        if b.is_ascii_digit() {
+            run.push(b as char);
+            continue;
+        }
+        if (13..=19).contains(&run.len()) && pos_cardcrypt::luhn_valid(&run) {
+            found.push(run.clone());
+        }
+        run.clear();
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_leak_scan_finds_card_numbers_and_ignores_other_numbers() {
+        assert_eq!(super::card_numbers(b"pan=4242424242424242;"), vec!["4242424242424242"]);
+        assert_eq!(super::card_numbers(b"4242424242424242D3012"), vec!["4242424242424242"]);
+        assert!(super::card_numbers(b"4242424242424241 1234 424242******4242").is_empty());
+    }
+}

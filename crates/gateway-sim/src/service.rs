@@ -184,7 +184,7 @@ impl GatewayService {
             decline_code: String::new(),
             decline_message: String::new(),
             auth_code: String::new(),
-            gateway_reference: format!("gw_{}", uuid::Uuid::now_v7().simple()),
+            gateway_reference: format!("gw_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
             masked_pan: r.masked_pan.clone(),
             brand: r.brand.clone(),
             entry_mode: entry_mode.trim_start_matches("ENTRY_MODE_").to_lowercase(),

@@ -130,7 +130,7 @@ impl Engine {
         let _admission = self.admission.lock().await;
         let now = now_ms();
         let candidate = PaymentRecord {
-            id: format!("pay_{}", uuid::Uuid::now_v7().simple()),
+            id: format!("pay_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
             idempotency_key: req.idempotency_key.clone(),
             order_reference: req.order_reference.clone(),
             terminal_id: req.terminal_id.clone(),
@@ -138,7 +138,7 @@ impl Engine {
             currency: req.currency.clone(),
             manual_capture: req.manual_capture,
             status: Status::Created,
-            gateway_key: uuid::Uuid::now_v7().to_string(),
+            gateway_key: pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()),
             card: None,
             reason_code: String::new(),
             reason_message: String::new(),

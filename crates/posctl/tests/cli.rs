@@ -1,0 +1,31 @@
+//! posctl's documented exit codes for bad input and an unreachable daemon.
+
+use std::process::Command;
+
+fn posctl(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_posctl")).args(args).env_remove("POSD_ADDR").output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn an_amount_with_too_many_decimals_is_a_usage_error() {
+    let (code, err) = posctl(&["pay", "12.345"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("2 decimal places"), "{err}");
+}
+
+#[test]
+fn yen_takes_no_decimals() {
+    let (code, err) = posctl(&["pay", "100.5", "--currency", "JPY"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("JPY has 0 decimal places"), "{err}");
+}
+
+#[test]
+fn an_unreachable_daemon_is_exit_code_3() {
+    // Nothing listens on a port we just bound and released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, err) = posctl(&["--addr", &format!("127.0.0.1:{port}"), "status"]);
+    assert_eq!(code, Some(3));
+    assert!(err.contains("cannot reach posd"), "{err}");
+}

@@ -1,0 +1,298 @@
+//! A cashier's register takes card payments through posd: the end-to-end
+//! cases of the payment issue, over loopback gRPC and a PTY card reader,
+//! with gateway-sim, firmware-sim and posd as separate processes.
+
+use std::process::Command;
+
+use pos_proto::terminal::{self as pb};
+use posd_e2e::{Lane, bin, eventually, final_payment, request, run, status, take};
+
+fn stages(events: &[pb::PaymentEvent]) -> Vec<pb::PaymentStage> {
+    events.iter().map(|e| pb::PaymentStage::try_from(e.stage).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn approved_payment_with_progress_and_exactly_one_charge() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let events = lane.pay("k-approve", 1234).await;
+    let p = final_payment(&events);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+    assert!(p.approved);
+    let s = stages(&events);
+    for expected in [
+        pb::PaymentStage::PresentCard,
+        pb::PaymentStage::Reading,
+        pb::PaymentStage::PinEntry,
+        pb::PaymentStage::Authorizing,
+    ] {
+        assert!(s.contains(&expected), "missing {expected:?} in {s:?}");
+    }
+    assert_eq!(s.last(), Some(&pb::PaymentStage::Approved));
+    let card = p.card.clone().unwrap();
+    assert_eq!(card.masked_pan, "424242******4242");
+    assert_eq!(card.brand, "visa");
+    assert!(!p.auth_code.is_empty());
+    let history: Vec<i32> = p.history.iter().map(|h| h.to).collect();
+    use pb::PaymentStatus as S;
+    assert_eq!(
+        history,
+        [S::Created, S::Collecting, S::CardRead, S::Authorizing, S::Captured].map(|s| s as i32).to_vec(),
+        "every transition is in the audit log"
+    );
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0]["amount_minor"], 1234);
+    assert_eq!(ledger[0]["status"], "approved");
+    assert_eq!(ledger[0]["terminal_id"], "e2e/lane-1");
+    assert_eq!(ledger[0]["masked_pan"], "424242******4242");
+    assert_ne!(ledger[0]["key"], "k-approve", "the register's key is never the gateway key");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn every_test_amount_decline_code_is_reported() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let cases = [
+        (1201, "call_issuer"),
+        (1205, "generic_decline"),
+        (1255, "incorrect_pin"),
+        (1260, "online_or_offline_pin_required"),
+        (1265, "withdrawal_count_limit_exceeded"),
+        (1275, "pin_try_exceeded"),
+    ];
+    for (amount, code) in cases {
+        let events = lane.pay(&format!("k-decline-{amount}"), amount).await;
+        let p = final_payment(&events);
+        assert_eq!(status(&p), pb::PaymentStatus::Declined, "{amount}");
+        assert!(!p.approved);
+        assert_eq!(p.decline.as_ref().unwrap().code, code);
+        assert_eq!(stages(&events).last(), Some(&pb::PaymentStage::Declined));
+    }
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), cases.len());
+    assert!(ledger.iter().all(|c| c["status"] == "declined"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn posctl_pay_approves_and_declines_with_exit_codes() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let posctl = |args: &[&str]| run(Command::new(bin("posctl")).args(["--addr", &lane.posd_addr]).args(args));
+    let (st, out, err) = posctl(&["pay", "12.34"]);
+    assert!(st.success(), "pay 12.34: {out}{err}");
+    assert!(out.contains("APPROVED"), "{out}");
+    let (st, out, _) = posctl(&["pay", "12.05"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(out.contains("generic_decline"), "{out}");
+    let (st, out, _) = posctl(&["pay", "12.34", "--json", "--key", "json-1"]);
+    assert!(st.success());
+    let v: serde_json::Value = serde_json::from_str(&out).expect("pay --json prints one JSON object");
+    assert_eq!(v["status"], "captured");
+    assert_eq!(v["amount_minor"], 1234);
+    assert!(v["created_at"].as_str().unwrap().ends_with('Z'), "RFC 3339 times");
+    let (st, out, _) = posctl(&["payments", "--json"]);
+    assert!(st.success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["payments"].as_array().unwrap().len(), 3);
+    let (st, out, _) = posctl(&["status", "--json"]);
+    assert!(st.success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["reader_connected"], true);
+    assert_eq!(v["gateway_online"], true);
+    let (st, _, err) = posctl(&["pay", "12.345"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    lane.responses.push(out);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn cancel_while_collecting_charges_nothing() {
+    let mut lane = Lane::start(&["--no-card"]);
+    lane.ready().await;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(request("k-cancel", 1000)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let id = first.payment_id.clone();
+    let mut c2 = lane.client().await;
+    eventually("the payment to be collecting", async || {
+        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
+        (status(&p) == pb::PaymentStatus::Collecting).then_some(())
+    })
+    .await;
+    let canceled =
+        client.cancel_payment(pb::CancelPaymentRequest { payment_id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(status(&canceled), pb::PaymentStatus::Canceled);
+    let mut last = first;
+    while let Some(ev) = stream.message().await.unwrap() {
+        last = ev;
+    }
+    assert_eq!(last.stage, pb::PaymentStage::Canceled as i32);
+    // Canceling twice is harmless; a finished payment cannot be canceled.
+    assert!(client.cancel_payment(pb::CancelPaymentRequest { payment_id: id }).await.is_ok());
+    assert!(lane.ledger().is_empty());
+    lane.responses.push(format!("{canceled:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn same_key_same_parameters_returns_the_same_payment_also_after_a_restart() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let first = final_payment(&lane.pay("k-idem", 2500).await);
+    let again = final_payment(&lane.pay("k-idem", 2500).await);
+    assert_eq!(again.payment_id, first.payment_id);
+    assert_eq!(status(&again), pb::PaymentStatus::Captured);
+    lane.restart_posd();
+    lane.ready().await;
+    let after_restart = final_payment(&lane.pay("k-idem", 2500).await);
+    assert_eq!(after_restart.payment_id, first.payment_id);
+    assert_eq!(after_restart.auth_code, first.auth_code);
+    assert_eq!(lane.ledger().len(), 1, "one charge, however often the register asks");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn same_key_with_a_different_amount_is_already_exists_naming_the_field() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.pay("k-conflict", 1000).await;
+    let err = take(&mut lane.client().await, "k-conflict", 1001).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains("amount"), "{}", err.message());
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_second_payment_on_a_busy_terminal_is_refused() {
+    let mut lane = Lane::start(&["--no-card"]);
+    lane.ready().await;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(request("k-busy-1", 1000)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let err = take(&mut lane.client().await, "k-busy-2", 2000).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("busy"), "{}", err.message());
+    // The running payment's own key re-attaches instead.
+    let mut again = client.take_payment(request("k-busy-1", 1000)).await.unwrap().into_inner();
+    assert_eq!(again.message().await.unwrap().unwrap().payment_id, first.payment_id);
+    let mut c2 = lane.client().await;
+    let id = first.payment_id.clone();
+    eventually("the payment to be collecting", async || {
+        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
+        (status(&p) == pb::PaymentStatus::Collecting).then_some(())
+    })
+    .await;
+    client.cancel_payment(pb::CancelPaymentRequest { payment_id: first.payment_id }).await.unwrap();
+    lane.finish();
+}
+
+#[tokio::test]
+async fn gateway_hang_leads_to_a_status_query_then_a_reversal_and_exactly_one_ledger_entry() {
+    let mut lane = Lane::start_with(&[], 300);
+    lane.ready().await;
+    lane.fault("hang");
+    let events = lane.pay("k-hang", 4200).await;
+    let p = final_payment(&events);
+    assert!(!p.approved, "a lost answer is never an approval");
+    assert_eq!(status(&p), pb::PaymentStatus::ReversalPending);
+    assert_eq!(p.failure.as_ref().unwrap().code, "outcome_unknown");
+    let causes: Vec<&str> = p.history.iter().map(|h| h.cause.as_str()).collect();
+    assert!(causes.iter().any(|c| c.starts_with("no answer from the gateway")), "{causes:?}");
+    lane.fault("none");
+    let mut client = lane.client().await;
+    let id = p.payment_id.clone();
+    let reversed = eventually("the reversal to be acknowledged", async || {
+        let p = client.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
+        (status(&p) == pb::PaymentStatus::Reversed).then_some(p)
+    })
+    .await;
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "exactly one ledger entry: {ledger:?}");
+    assert_eq!(ledger[0]["amount_minor"], 4200);
+    assert_eq!(ledger[0]["status"], "reversed", "the customer is not charged");
+    lane.responses.push(format!("{reversed:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn answer_lost_after_commit_is_settled_by_status_query_without_a_second_charge() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("lose-answers");
+    let p = final_payment(&lane.pay("k-lost", 3300).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured, "the status query finds the approval");
+    assert!(p.approved);
+    let statuses: Vec<i32> = p.history.iter().map(|h| h.to).collect();
+    assert!(statuses.contains(&(pb::PaymentStatus::Unknown as i32)), "went through UNKNOWN");
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0]["status"], "approved");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn reader_unplugged_mid_collection_fails_clearly_and_is_not_approved() {
+    let mut lane = Lane::start(&["--no-card"]);
+    lane.ready().await;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(request("k-unplug", 1500)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let mut c2 = lane.client().await;
+    let id = first.payment_id.clone();
+    eventually("the payment to be collecting", async || {
+        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
+        (status(&p) == pb::PaymentStatus::Collecting).then_some(())
+    })
+    .await;
+    lane.kill_reader();
+    let mut events = vec![first];
+    while let Some(ev) = stream.message().await.unwrap() {
+        events.push(ev);
+    }
+    let p = final_payment(&events);
+    assert_eq!(status(&p), pb::PaymentStatus::Failed);
+    assert!(!p.approved);
+    assert_eq!(p.failure.as_ref().unwrap().code, "reader_disconnected");
+    assert!(lane.ledger().is_empty());
+    // The reader comes back: posd reconnects by itself.
+    lane.start_reader();
+    lane.ready().await;
+    lane.responses.push(format!("{events:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn gateway_down_before_sending_fails_without_a_charge() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let p = final_payment(&lane.pay("k-down", 1800).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Failed);
+    assert_eq!(p.failure.as_ref().unwrap().code, "gateway_unreachable");
+    lane.fault("none");
+    let p = final_payment(&lane.pay("k-up-again", 1800).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_second_posd_on_the_same_state_directory_refuses_to_start() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let (st, _, err) = run(&mut lane.posd_command());
+    assert_eq!(st.code(), Some(2));
+    assert!(err.contains("another posd is already running"), "{err}");
+    lane.finish();
+}
+
+#[test]
+fn posd_without_config_or_demo_refuses_and_says_what_to_do() {
+    let (st, _, err) = run(&mut Command::new(bin("posd")));
+    assert_eq!(st.code(), Some(2));
+    assert!(err.contains("--demo") && err.contains("--config"), "{err}");
+}
