@@ -119,6 +119,8 @@ pub struct Lane {
     /// Every API response a test saw, for the leak scan.
     pub responses: Vec<String>,
     pub gateway_timeout_ms: u64,
+    reader_tcp: bool,
+    reader_addr: String,
 }
 
 impl Lane {
@@ -128,6 +130,15 @@ impl Lane {
     }
 
     pub fn start_with(reader_args: &[&str], gateway_timeout_ms: u64) -> Lane {
+        Self::build(reader_args, gateway_timeout_ms, false)
+    }
+
+    /// A lane whose reader is reached over TCP (bare APDUs) instead of a PTY.
+    pub fn start_tcp_reader(reader_args: &[&str]) -> Lane {
+        Self::build(reader_args, 1500, true)
+    }
+
+    fn build(reader_args: &[&str], gateway_timeout_ms: u64, reader_tcp: bool) -> Lane {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
@@ -145,6 +156,8 @@ impl Lane {
             reader_args: reader_args.iter().map(|s| s.to_string()).collect(),
             responses: Vec::new(),
             gateway_timeout_ms,
+            reader_tcp,
+            reader_addr: String::new(),
         };
         lane.start_reader();
         lane.start_posd();
@@ -165,10 +178,25 @@ impl Lane {
 
     pub fn start_reader(&mut self) {
         let mut cmd = Command::new(bin("firmware-sim"));
-        cmd.arg("reader").arg("--pty-link").arg(self.reader_link());
-        cmd.args(["--present-delay-ms", "0", "--pin-delay-ms", "0"]).args(&self.reader_args);
+        cmd.arg("reader");
+        if self.reader_tcp {
+            cmd.args(["--tcp", "127.0.0.1:0"]);
+        } else {
+            cmd.arg("--pty-link").arg(self.reader_link());
+        }
+        for (flag, zero) in [("--present-delay-ms", "0"), ("--pin-delay-ms", "0")] {
+            if !self.reader_args.iter().any(|a| a == flag) {
+                cmd.args([flag, zero]);
+            }
+        }
+        cmd.args(&self.reader_args);
         let log = self.dir.path().join("firmware-sim.log");
-        self.reader = Some(Proc::start(cmd, &log, "firmware-sim reader on ").0);
+        let ready = if self.reader_tcp { "firmware-sim reader listening on " } else { "firmware-sim reader on " };
+        let (proc, rest) = Proc::start(cmd, &log, ready);
+        if self.reader_tcp {
+            self.reader_addr = rest;
+        }
+        self.reader = Some(proc);
     }
 
     /// Pulls the reader's plug: the simulator process dies, its PTY closes.
@@ -183,11 +211,15 @@ impl Lane {
         let text = format!(
             "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n\n[gateway]\nurl = \"http://{gw}\"\n\
              request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
-             reader = {{ device = {link:?} }}\n",
+             reader = {reader}\n",
             state = self.state_dir(),
             gw = self.gateway_addr,
             timeout = self.gateway_timeout_ms,
-            link = self.reader_link(),
+            reader = if self.reader_tcp {
+                format!("{{ tcp = {:?} }}", self.reader_addr)
+            } else {
+                format!("{{ device = {:?} }}", self.reader_link())
+            },
         );
         std::fs::write(&path, text).unwrap();
         path
@@ -205,11 +237,16 @@ impl Lane {
         self.posd_addr = addr;
     }
 
-    /// Kills posd with SIGKILL (no shutdown path runs) and starts it again.
-    pub fn restart_posd(&mut self) {
+    /// Kills posd with SIGKILL: no shutdown path runs, as in a power cut.
+    pub fn kill_posd(&mut self) {
         if let Some(mut p) = self.posd.take() {
             p.kill();
         }
+    }
+
+    /// Kills posd with SIGKILL and starts it again.
+    pub fn restart_posd(&mut self) {
+        self.kill_posd();
         self.start_posd();
     }
 

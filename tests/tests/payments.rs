@@ -296,3 +296,163 @@ fn posd_without_config_or_demo_refuses_and_says_what_to_do() {
     assert_eq!(st.code(), Some(2));
     assert!(err.contains("--demo") && err.contains("--config"), "{err}");
 }
+
+#[tokio::test]
+async fn a_register_that_disconnects_mid_payment_re_attaches_with_the_same_key() {
+    let mut lane = Lane::start(&["--present-delay-ms", "400"]);
+    lane.ready().await;
+    let first_id = {
+        let mut client = lane.client().await;
+        let mut stream = client.take_payment(request("k-reattach", 2100)).await.unwrap().into_inner();
+        stream.message().await.unwrap().unwrap().payment_id
+        // The stream and the connection are dropped here, mid-payment.
+    };
+    let events = lane.pay("k-reattach", 2100).await;
+    let p = final_payment(&events);
+    assert_eq!(p.payment_id, first_id);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured, "the payment ran on without its caller");
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn power_cut_while_authorizing_is_settled_by_status_query_after_restart() {
+    // posd waits long for the gateway, so it is killed in AUTHORIZING.
+    let mut lane = Lane::start_with(&[], 60_000);
+    lane.ready().await;
+    lane.fault("hang");
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(request("k-powercut", 5100)).await.unwrap().into_inner();
+    let id = stream.message().await.unwrap().unwrap().payment_id;
+    let mut c2 = lane.client().await;
+    eventually("the payment to be authorizing", async || {
+        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
+        (status(&p) == pb::PaymentStatus::Authorizing).then_some(())
+    })
+    .await;
+    lane.kill_posd();
+    // The held request reaches the gateway after posd died, and is approved.
+    lane.fault("none");
+    eventually("the gateway to commit the delayed request", async || {
+        (lane.ledger().iter().any(|c| c["amount_minor"] == 5100 && c["status"] == "approved")).then_some(())
+    })
+    .await;
+    lane.start_posd();
+    let mut client = lane.client().await;
+    let p = eventually("recovery to settle the payment", async || {
+        let p = client.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
+        pos_proto::terminal::PaymentStatus::try_from(p.status)
+            .is_ok_and(|s| s != pb::PaymentStatus::Authorizing && s != pb::PaymentStatus::Unknown)
+            .then_some(p)
+    })
+    .await;
+    assert_eq!(status(&p), pb::PaymentStatus::Captured, "an approved payment is never reported as failed");
+    let causes: Vec<&str> = p.history.iter().map(|h| h.cause.as_str()).collect();
+    assert!(causes.iter().any(|c| c.contains("restarted while waiting for the gateway")), "{causes:?}");
+    assert_eq!(lane.ledger().len(), 1);
+    lane.responses.push(format!("{p:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn power_cut_while_collecting_ends_the_payment_without_a_charge() {
+    let mut lane = Lane::start(&["--no-card"]);
+    lane.ready().await;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(request("k-cut-collect", 700)).await.unwrap().into_inner();
+    let id = stream.message().await.unwrap().unwrap().payment_id;
+    lane.restart_posd();
+    let mut client = lane.client().await;
+    let p = client.get_payment(pb::GetPaymentRequest { payment_id: id }).await.unwrap().into_inner();
+    assert_eq!(status(&p), pb::PaymentStatus::Failed);
+    assert_eq!(p.failure.as_ref().unwrap().code, "interrupted");
+    assert!(lane.ledger().is_empty());
+    lane.responses.push(format!("{p:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_reader_on_tcp_takes_payments_too() {
+    let mut lane = Lane::start_tcp_reader(&["--entry-mode", "contactless", "--wallet", "apple-pay"]);
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-tcp", 999).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+    let card = p.card.unwrap();
+    assert_eq!(card.entry_mode, pb::EntryMode::Contactless as i32);
+    assert_eq!(card.wallet, pb::Wallet::ApplePay as i32);
+    assert_eq!(card.verification, pb::CardholderVerification::ConsumerDevice as i32);
+    assert_eq!(lane.ledger()[0]["entry_mode"], "contactless");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn list_payments_filters_and_pages() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    for (i, amount) in [1000, 1005, 1100, 1200, 1305].iter().enumerate() {
+        lane.pay(&format!("k-list-{i}"), *amount).await;
+    }
+    let mut client = lane.client().await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_payments(pb::ListPaymentsRequest { page_size: 2, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.payments.len() <= 2);
+        seen.extend(page.payments.iter().map(|p| p.idempotency_key.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ["k-list-4", "k-list-3", "k-list-2", "k-list-1", "k-list-0"], "newest first, each once");
+    let declined = client
+        .list_payments(pb::ListPaymentsRequest {
+            statuses: vec![pb::PaymentStatus::Declined as i32],
+            terminal_id: "lane-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(declined.payments.len(), 2);
+    let bad = client
+        .list_payments(pb::ListPaymentsRequest { page_token: "garbage".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    lane.responses.push(format!("{declined:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn invalid_requests_name_the_field() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let mut client = lane.client().await;
+    let cases = [
+        (request("", 100), "idempotency_key"),
+        (request(&"k".repeat(256), 100), "idempotency_key"),
+        (request("k-neg", -5), "amount.amount_minor"),
+        (pb::TakePaymentRequest { terminal_id: "lane-9".into(), ..request("k-lane", 100) }, "terminal_id"),
+        (
+            pb::TakePaymentRequest {
+                amount: Some(pb::Money { amount_minor: 100, currency: "USD".into() }),
+                ..request("k-usd", 100)
+            },
+            "amount.currency",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = client.take_payment(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+    }
+    let err = client.get_payment(pb::GetPaymentRequest { payment_id: "pay_nope".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(lane.ledger().is_empty());
+    lane.finish();
+}

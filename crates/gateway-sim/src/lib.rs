@@ -57,8 +57,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let control_addr = control.local_addr()?;
     let (faults, _) = watch::channel(Fault::None);
     let faults = Arc::new(faults);
-    let service =
-        Arc::new(service::GatewayService::new(Arc::new(Mutex::new(ledger)), faults.subscribe(), opts.base_key));
+    let service = service::GatewayService::new(Arc::new(Mutex::new(ledger)), faults.subscribe(), opts.base_key);
     tokio::spawn(control::serve(control, faults.clone()));
     tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe()));
     Ok(Running { listen_addr, control_addr, faults })
@@ -69,7 +68,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
 async fn supervise(
     first: TcpListener,
     addr: SocketAddr,
-    service: Arc<service::GatewayService>,
+    service: service::GatewayService,
     mut faults: watch::Receiver<Fault>,
 ) {
     let mut listener = Some(first);
@@ -85,7 +84,7 @@ async fn supervise(
             },
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = GatewayServer::from_arc(service.clone());
+        let svc = GatewayServer::new(service.clone());
         let server = tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
             TcpListenerStream::new(l),
             async {

@@ -15,7 +15,16 @@ use tonic::{Request, Response, Status};
 use crate::control::Fault;
 use crate::ledger::{Charge, Ledger};
 
+/// The gateway API. Each call runs in a task of its own, so a request that
+/// reached the gateway is processed even if the caller goes away (as a real
+/// gateway does); with `hang`, a held request is processed once the fault
+/// clears, after the caller gave up: a late, delayed delivery.
+#[derive(Clone)]
 pub struct GatewayService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     ledger: Arc<Mutex<Ledger>>,
     faults: watch::Receiver<Fault>,
     base_key: BaseKey,
@@ -79,9 +88,20 @@ fn valid_currency(c: &str) -> bool {
 
 impl GatewayService {
     pub fn new(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, base_key: BaseKey) -> Self {
-        Self { ledger, faults, base_key, flaky_acc: Mutex::new(0) }
+        Self { inner: Arc::new(Inner { ledger, faults, base_key, flaky_acc: Mutex::new(0) }) }
     }
 
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Arc<Inner>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Status>> + Send>>,
+    ) -> Result<T, Status> {
+        tokio::spawn(work(self.inner.clone()))
+            .await
+            .map_err(|e| Status::internal(format!("gateway task failed: {e}")))?
+    }
+}
+
+impl Inner {
     /// Applies the injected fault before a call is processed.
     async fn before_call(&self) -> Result<(), Status> {
         let mut faults = self.faults.clone();
@@ -249,28 +269,47 @@ impl GatewayService {
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn authorize(&self, request: Request<AuthorizeRequest>) -> Result<Response<AuthorizeResponse>, Status> {
-        self.before_call().await?;
-        let charge = self.authorize_committed(request.get_ref())?;
-        tracing::info!(key = %charge.key, status = %charge.status, amount = charge.amount_minor, "authorize");
-        self.after_commit()?;
+        let req = request.into_inner();
+        let charge = self
+            .detached(|g| {
+                Box::pin(async move {
+                    g.before_call().await?;
+                    let charge = g.authorize_committed(&req)?;
+                    tracing::info!(key = %charge.key, status = %charge.status, amount = charge.amount_minor, "authorize");
+                    g.after_commit()?;
+                    Ok(charge)
+                })
+            })
+            .await?;
         Ok(Response::new(AuthorizeResponse { transaction: Some(to_proto(&charge)) }))
     }
 
     async fn get_transaction(&self, request: Request<GetTransactionRequest>) -> Result<Response<Transaction>, Status> {
-        self.before_call().await?;
-        let key = &request.get_ref().transaction_key;
-        match self.ledger.lock().unwrap().get(key).map_err(db_err)? {
-            Some(c) => Ok(Response::new(to_proto(&c))),
-            None => Err(Status::not_found(format!("no transaction under key {key}"))),
-        }
+        let key = request.into_inner().transaction_key;
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                match g.ledger.lock().unwrap().get(&key).map_err(db_err)? {
+                    Some(c) => Ok(Response::new(to_proto(&c))),
+                    None => Err(Status::not_found(format!("no transaction under key {key}"))),
+                }
+            })
+        })
+        .await
     }
 
     async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<Transaction>, Status> {
-        self.before_call().await?;
-        let charge = self.reverse_committed(request.get_ref())?;
-        tracing::info!(key = %charge.key, status = %charge.status, reason = %request.get_ref().reason, "reverse");
-        self.after_commit()?;
-        Ok(Response::new(to_proto(&charge)))
+        let req = request.into_inner();
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                let charge = g.reverse_committed(&req)?;
+                tracing::info!(key = %charge.key, status = %charge.status, reason = %req.reason, "reverse");
+                g.after_commit()?;
+                Ok(Response::new(to_proto(&charge)))
+            })
+        })
+        .await
     }
 }
 
