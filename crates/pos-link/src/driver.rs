@@ -96,17 +96,21 @@ async fn run<Io, C>(
     let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
     let mut senders_open = true;
+    // Bytes queued for writing and bytes written, counted since the start:
+    // a received APDU is handed up only once the bytes queued before it
+    // (its ACK) are written.
+    let mut queued_total: u64 = 0;
+    let mut written_total: u64 = 0;
+    let mut held: std::collections::VecDeque<(u64, Vec<u8>)> = std::collections::VecDeque::new();
 
     let end = loop {
         while let Some(bytes) = core.poll_transmit() {
+            queued_total += bytes.len() as u64;
             out.extend_from_slice(&bytes);
         }
         while let Some(event) = core.poll_event() {
             match event {
-                LinkEvent::Received(apdu) => {
-                    // The receiver may be gone (a caller that only sends); keep ACKing.
-                    let _ = rx_tx.send(Ok(apdu));
-                }
+                LinkEvent::Received(apdu) => held.push_back((queued_total, apdu)),
                 LinkEvent::Delivered(id) => {
                     if let Some(reply) = pending.remove(&id) {
                         let _ = reply.send(Ok(()));
@@ -122,6 +126,11 @@ async fn run<Io, C>(
                 LinkEvent::Rejected(reason) => tracing::debug!(%reason, "link: dropped a bad frame"),
             }
         }
+        while held.front().is_some_and(|(mark, _)| *mark <= written_total) {
+            let (_, apdu) = held.pop_front().expect("checked above");
+            // The receiver may be gone (a caller that only sends); keep ACKing.
+            let _ = rx_tx.send(Ok(apdu));
+        }
         if let Some(e) = core.fatal_error() {
             break e;
         }
@@ -131,6 +140,14 @@ async fn run<Io, C>(
         let deadline = core.poll_timeout();
         let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
+            // Bytes that already arrived are read before any timer fires, so a
+            // slow task does not turn a good frame into a T1 or T2 error.
+            biased;
+            read = rd.read(&mut buf) => match read {
+                Ok(0) => break LinkError::Closed,
+                Ok(n) => core.handle_input(&buf[..n], Instant::now()),
+                Err(e) => break e.into(),
+            },
             cmd = cmd_rx.recv(), if senders_open => match cmd {
                 Some(SendRequest { apdu, reply }) => {
                     next_id += 1;
@@ -141,15 +158,11 @@ async fn run<Io, C>(
                 }
                 None => senders_open = false,
             },
-            read = rd.read(&mut buf) => match read {
-                Ok(0) => break LinkError::Closed,
-                Ok(n) => core.handle_input(&buf[..n], Instant::now()),
-                Err(e) => break e.into(),
-            },
             written = wr.write(&out), if !out.is_empty() => match written {
                 Ok(0) => break LinkError::Closed,
                 Ok(n) => {
                     out.drain(..n);
+                    written_total += n as u64;
                     if out.is_empty() && let Err(e) = wr.flush().await {
                         break e.into();
                     }

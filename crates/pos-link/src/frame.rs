@@ -113,12 +113,14 @@ impl FrameDecoder {
 
     /// True while a frame has started but not ended (T1 applies).
     pub fn in_frame(&self) -> bool {
-        !matches!(self.state, State::Idle | State::Dle)
+        !matches!(self.state, State::Idle | State::Dle | State::Skip | State::SkipDle | State::SkipCrc(_))
     }
 
-    /// Drops a partial frame (after an inter-byte timeout) and waits for the next start.
+    /// Drops a partial frame (after an inter-byte timeout). Whatever is left
+    /// of it is skipped up to its end or the next frame start, so its payload
+    /// bytes are never taken for ACK or NAK.
     pub fn abort_frame(&mut self) {
-        self.state = State::Idle;
+        self.state = State::Skip;
         self.buf = Vec::new();
     }
 
@@ -144,7 +146,7 @@ impl FrameDecoder {
             }
             (State::BodyDle, b) => {
                 self.buf.clear();
-                (State::Idle, Some(Decoded::Bad(FrameError::BadEscape(b))))
+                (State::Skip, Some(Decoded::Bad(FrameError::BadEscape(b))))
             }
             (State::CrcLo, b) => (State::CrcHi(b), None),
             (State::CrcHi(lo), hi) => {
@@ -220,6 +222,18 @@ mod tests {
         assert_eq!(
             d.push_all(&stream),
             vec![Decoded::Bad(FrameError::Truncated), Decoded::Frame(vec![0x05, 0x01, 0x00])]
+        );
+    }
+
+    #[test]
+    fn payload_of_a_dropped_frame_is_not_taken_for_ack_or_nak() {
+        let mut d = FrameDecoder::default();
+        // A bad escape, then the rest of that frame holds ACK and NAK bytes.
+        let mut stream = vec![DLE, STX, 0x01, DLE, 0x42, ACK, NAK, 0x00, DLE, ETX, 0x12, 0x34];
+        stream.extend(encode_frame(&[0x80, 0x00, 0x00]));
+        assert_eq!(
+            d.push_all(&stream),
+            vec![Decoded::Bad(FrameError::BadEscape(0x42)), Decoded::Frame(vec![0x80, 0x00, 0x00])]
         );
     }
 

@@ -31,6 +31,8 @@ struct InFlight {
     frame: Vec<u8>,
     repeats: u8,
     ack_deadline: Instant,
+    /// The latest copy was handed to the driver; only then can an ACK or NAK be for it.
+    handed_out: bool,
 }
 
 /// One end of a framed serial link. Sends one frame at a time; queued APDUs
@@ -42,7 +44,8 @@ pub struct SerialLink {
     last_rx: Option<Instant>,
     queue: VecDeque<(MessageId, Vec<u8>)>,
     in_flight: Option<InFlight>,
-    transmit: VecDeque<Vec<u8>>,
+    /// Bytes to write; the flag marks a copy of the in-flight frame.
+    transmit: VecDeque<(Vec<u8>, bool)>,
     events: VecDeque<LinkEvent>,
 }
 
@@ -69,8 +72,9 @@ impl SerialLink {
         }
         if let Some((id, apdu)) = self.queue.pop_front() {
             let frame = frame::encode_frame(&apdu);
-            self.transmit.push_back(frame.clone());
-            self.in_flight = Some(InFlight { id, frame, repeats: 0, ack_deadline: now + self.timing.ack_timeout });
+            self.transmit.push_back((frame.clone(), true));
+            self.in_flight =
+                Some(InFlight { id, frame, repeats: 0, ack_deadline: now + self.timing.ack_timeout, handed_out: false });
         }
     }
 
@@ -79,7 +83,8 @@ impl SerialLink {
         if f.repeats < self.timing.max_repeats {
             f.repeats += 1;
             f.ack_deadline = now + self.timing.ack_timeout;
-            self.transmit.push_back(f.frame.clone());
+            f.handed_out = false;
+            self.transmit.push_back((f.frame.clone(), true));
             self.events.push_back(LinkEvent::Repeated { id: f.id, cause });
         } else {
             let attempts = f.repeats + 1;
@@ -92,7 +97,7 @@ impl SerialLink {
     }
 
     fn reject(&mut self, error: FrameError) {
-        self.transmit.push_back(vec![NAK]);
+        self.transmit.push_back((vec![NAK], false));
         self.events.push_back(LinkEvent::Rejected(error));
     }
 
@@ -123,17 +128,24 @@ impl LinkCore for SerialLink {
             match self.decoder.push(b) {
                 None => {}
                 Some(Decoded::Frame(apdu)) => {
-                    self.transmit.push_back(vec![ACK]);
+                    self.transmit.push_back((vec![ACK], false));
                     self.events.push_back(LinkEvent::Received(apdu));
                 }
                 Some(Decoded::Bad(e)) => self.reject(e),
+                // An ACK or NAK counts only for a frame the peer can have seen:
+                // a late ACK of a repeated frame must not confirm the next one.
                 Some(Decoded::Ack) => {
-                    if let Some(f) = self.in_flight.take() {
+                    if self.in_flight.as_ref().is_some_and(|f| f.handed_out) {
+                        let f = self.in_flight.take().expect("checked above");
                         self.events.push_back(LinkEvent::Delivered(f.id));
                         self.start_next(now);
                     }
                 }
-                Some(Decoded::Nak) => self.repeat_or_fail(RetryCause::Nak, now),
+                Some(Decoded::Nak) => {
+                    if self.in_flight.as_ref().is_some_and(|f| f.handed_out) {
+                        self.repeat_or_fail(RetryCause::Nak, now);
+                    }
+                }
             }
         }
     }
@@ -149,7 +161,11 @@ impl LinkCore for SerialLink {
     }
 
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.transmit.pop_front()
+        let (bytes, is_frame) = self.transmit.pop_front()?;
+        if is_frame && let Some(f) = self.in_flight.as_mut() {
+            f.handed_out = true;
+        }
+        Some(bytes)
     }
 
     fn poll_event(&mut self) -> Option<LinkEvent> {

@@ -1,6 +1,7 @@
 //! Sans-IO session for bare APDUs on TCP: no framing bytes, no CRC, no ACK.
-//! A sent APDU counts as delivered once written; the application layer's own
-//! replies (`80 00`, `84 xx`) confirm it.
+//! A sent APDU counts as delivered once handed to the driver, which writes
+//! in order; the application layer's own replies (`80 00`, `84 xx`) are the
+//! real confirmation.
 
 use std::collections::VecDeque;
 use std::time::Instant;

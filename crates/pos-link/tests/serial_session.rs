@@ -179,3 +179,23 @@ fn malformed_apdu_is_refused_at_send() {
     assert!(matches!(l.send(1, vec![0x06, 0x01, 0x05, 0x00], t0), Err(LinkError::Apdu(_))));
     assert!(drain_tx(&mut l).is_empty());
 }
+
+#[test]
+fn a_late_ack_of_a_repeated_frame_does_not_confirm_the_next_one() {
+    let (mut l, t0) = link();
+    let second = vec![0x80, 0x00, 0x00];
+    l.send(1, APDU.to_vec(), t0).unwrap();
+    l.send(2, second.clone(), t0).unwrap();
+    drain_tx(&mut l);
+    let t2 = t0 + Duration::from_secs(5);
+    l.handle_timeout(t2);
+    assert_eq!(drain_tx(&mut l), vec![encode_frame(APDU)], "first frame repeated after T2");
+    // The peer ACKs both copies; the ACKs arrive together.
+    l.handle_input(&[ACK, ACK], t2 + Duration::from_millis(10));
+    let events = drain_ev(&mut l);
+    assert!(events.contains(&LinkEvent::Delivered(1)));
+    assert!(!events.contains(&LinkEvent::Delivered(2)), "the second frame was not even sent: {events:?}");
+    assert_eq!(drain_tx(&mut l), vec![encode_frame(&second)]);
+    l.handle_input(&[ACK], t2 + Duration::from_millis(20));
+    assert_eq!(drain_ev(&mut l), vec![LinkEvent::Delivered(2)]);
+}
