@@ -19,5 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("pos_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
     println!("cargo:rerun-if-env-changed=PROTOC");
+    for p in &protos {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
     Ok(())
 }

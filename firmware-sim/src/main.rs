@@ -65,6 +65,9 @@ struct ReaderArgs {
     /// Never present a card (the payment waits until canceled).
     #[arg(long)]
     no_card: bool,
+    /// The reader's encryption keys are missing: card results carry no card data.
+    #[arg(long)]
+    no_keys: bool,
     /// Reader serial number (also selects its encryption key).
     #[arg(long, default_value = "SIM-READER-0001")]
     serial: String,
@@ -155,6 +158,7 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
         present_delay: (!a.no_card).then(|| Duration::from_millis(a.present_delay_ms)),
         pin_delay: Duration::from_millis(a.pin_delay_ms),
         base_key,
+        keys_loaded: !a.no_keys,
         ..ReaderOptions::default()
     })
 }

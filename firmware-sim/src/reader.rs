@@ -53,6 +53,8 @@ pub struct ReaderOptions {
     /// Time the customer takes to enter the PIN (online or offline PIN only).
     pub pin_delay: Duration,
     pub base_key: BaseKey,
+    /// False simulates a reader whose keys are missing: no card data is delivered.
+    pub keys_loaded: bool,
 }
 
 impl Default for ReaderOptions {
@@ -65,6 +67,7 @@ impl Default for ReaderOptions {
             present_delay: Some(Duration::from_millis(1500)),
             pin_delay: Duration::from_millis(1000),
             base_key: BaseKey::test_key(),
+            keys_loaded: true,
         }
     }
 }
@@ -117,8 +120,13 @@ pub async fn serve(mut link: Link, opts: &ReaderOptions) -> LinkError {
             }
         };
         for body in out {
+            // A message the host did not take is lost, as on a real reader;
+            // the reader keeps serving (the host cancels and asks again).
             if let Err(e) = link.send(encode(body)).await {
-                return e;
+                if matches!(e, LinkError::Closed | LinkError::Io(_)) {
+                    return e;
+                }
+                tracing::warn!(error = %e, "reader: message not delivered");
             }
         }
     }
@@ -151,7 +159,15 @@ fn handle_host(
             health_detail: "ready".into(),
         })],
         host_message::Body::CollectCard(req) => {
-            if !matches!(state, Collecting::Idle) {
+            let current = match state {
+                Collecting::Presenting(r) | Collecting::EnteringPin(r) => Some(r.payment_id.as_str()),
+                Collecting::Idle => None,
+            };
+            if current == Some(req.payment_id.as_str()) {
+                // A repeat (the host's frame was sent twice): already collecting.
+                return vec![];
+            }
+            if current.is_some() {
                 return vec![reader_message::Body::CollectFailed(CollectFailed {
                     payment_id: req.payment_id,
                     reason: FailReason::DeviceError as i32,
@@ -173,11 +189,12 @@ fn handle_host(
                 Collecting::Presenting(r) | Collecting::EnteringPin(r) => Some(r.payment_id.clone()),
                 Collecting::Idle => None,
             };
-            if current.as_deref() == Some(c.payment_id.as_str()) {
+            // An empty payment id cancels whatever is being collected.
+            if current.is_some() && (c.payment_id.is_empty() || current.as_deref() == Some(c.payment_id.as_str())) {
                 *state = Collecting::Idle;
                 *timer = None;
                 vec![reader_message::Body::CollectFailed(CollectFailed {
-                    payment_id: c.payment_id,
+                    payment_id: current.unwrap_or_default(),
                     reason: FailReason::Canceled as i32,
                     message: "canceled".into(),
                 })]
@@ -237,7 +254,11 @@ fn card_result(req: &CollectCard, opts: &ReaderOptions) -> reader_message::Body 
         wallet: card.wallet as i32,
         aid: card.aid.clone(),
         application_label: card.application_label.clone(),
-        encrypted_card: pos_cardcrypt::encrypt(&opts.base_key, &opts.serial, &data, &binding),
+        encrypted_card: if opts.keys_loaded {
+            pos_cardcrypt::encrypt(&opts.base_key, &opts.serial, &data, &binding)
+        } else {
+            Vec::new()
+        },
         fallback: card.fallback,
         cashback_minor: req.cashback_minor,
         verification: verification as i32,

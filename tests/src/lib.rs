@@ -121,6 +121,10 @@ pub struct Lane {
     pub gateway_timeout_ms: u64,
     reader_tcp: bool,
     reader_addr: String,
+    /// TOML appended to posd's config (e.g. `[lane.offline]` limits).
+    pub extra_config: String,
+    /// Environment for the next posd start (e.g. `POSD_FAILPOINT`).
+    pub posd_env: Vec<(String, String)>,
 }
 
 impl Lane {
@@ -138,7 +142,28 @@ impl Lane {
         Self::build(reader_args, 1500, true)
     }
 
+    /// A lane with extra posd configuration (appended TOML).
+    pub fn start_configured(reader_args: &[&str], extra_config: &str) -> Lane {
+        Self::build_with(reader_args, 1500, false, extra_config, true)
+    }
+
+    /// Like [`Lane::start_configured`], but the gateway is down before posd
+    /// first starts, so posd has never reached it.
+    pub fn start_never_online(reader_args: &[&str], extra_config: &str) -> Lane {
+        Self::build_with(reader_args, 1500, false, extra_config, false)
+    }
+
     fn build(reader_args: &[&str], gateway_timeout_ms: u64, reader_tcp: bool) -> Lane {
+        Self::build_with(reader_args, gateway_timeout_ms, reader_tcp, "", true)
+    }
+
+    fn build_with(
+        reader_args: &[&str],
+        gateway_timeout_ms: u64,
+        reader_tcp: bool,
+        extra_config: &str,
+        gateway_up: bool,
+    ) -> Lane {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
@@ -158,7 +183,13 @@ impl Lane {
             gateway_timeout_ms,
             reader_tcp,
             reader_addr: String::new(),
+            extra_config: String::new(),
+            posd_env: Vec::new(),
         };
+        lane.extra_config = extra_config.to_string();
+        if !gateway_up {
+            lane.fault("down");
+        }
         lane.start_reader();
         lane.start_posd();
         lane
@@ -211,10 +242,12 @@ impl Lane {
         let text = format!(
             "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n\n[gateway]\nurl = \"http://{gw}\"\n\
              request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
-             reader = {reader}\n",
+             reader = {reader}\n\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
+             ageing_interval = \"50ms\"\n{extra}\n",
             state = self.state_dir(),
             gw = self.gateway_addr,
             timeout = self.gateway_timeout_ms,
+            extra = self.extra_config,
             reader = if self.reader_tcp {
                 format!("{{ tcp = {:?} }}", self.reader_addr)
             } else {
@@ -228,6 +261,7 @@ impl Lane {
     pub fn posd_command(&self) -> Command {
         let mut cmd = Command::new(bin("posd"));
         cmd.arg("--config").arg(self.config_path()).env("RUST_LOG", "posd=debug,pos_link=debug");
+        cmd.envs(self.posd_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
 
@@ -244,6 +278,41 @@ impl Lane {
         }
     }
 
+    /// Waits for posd to end by itself (a failpoint) and returns its exit status.
+    pub fn wait_posd_exit(&mut self) -> std::process::ExitStatus {
+        let mut p = self.posd.take().expect("posd running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = p.child.try_wait().expect("wait for posd") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "posd did not stop at the failpoint");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub async fn sync(&self) -> pb::SyncStatus {
+        self.client().await.get_sync_status(pb::GetSyncStatusRequest {}).await.expect("sync status").into_inner()
+    }
+
+    /// All stored register events.
+    pub async fn events(&self) -> Vec<pb::TerminalEvent> {
+        events_from(&mut self.client().await, 0, None).await
+    }
+
+    /// Waits until a payment reaches `want`.
+    pub async fn wait_status(&mut self, payment_id: &str, want: pb::PaymentStatus) -> pb::Payment {
+        let mut client = self.client().await;
+        let p = eventually(&format!("payment {payment_id} to be {want:?}"), async || {
+            let p =
+                client.get_payment(pb::GetPaymentRequest { payment_id: payment_id.into() }).await.ok()?.into_inner();
+            (status(&p) == want).then_some(p)
+        })
+        .await;
+        self.responses.push(format!("{p:?}"));
+        p
+    }
+
     /// Kills posd with SIGKILL and starts it again.
     pub fn restart_posd(&mut self) {
         self.kill_posd();
@@ -254,8 +323,20 @@ impl Lane {
         PaymentTerminalClient::connect(format!("http://{}", self.posd_addr)).await.expect("connect to posd")
     }
 
-    /// Waits until posd's reader link is up.
+    /// Waits until posd's reader link is up and posd has reached the gateway
+    /// (so it is ready to take payments offline).
     pub async fn ready(&mut self) {
+        self.reader_ready().await;
+        let mut client = self.client().await;
+        eventually("posd to reach the gateway", async || {
+            let s = client.get_sync_status(pb::GetSyncStatusRequest {}).await.ok()?.into_inner();
+            s.last_online_at.is_some().then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until posd's reader link is up.
+    pub async fn reader_ready(&mut self) {
         let mut client = self.client().await;
         let status = eventually("the reader to connect", async || {
             let s = client
@@ -315,6 +396,31 @@ impl Lane {
             assert_eq!(card_numbers(r.as_bytes()), Vec::<String>::new(), "card number in an API response: {r}");
         }
         drop(self.gateway);
+    }
+}
+
+/// Register events after `from`: the stored backlog, then live ones until
+/// `count` events arrived (or, without a count, until 300 ms pass quietly).
+pub async fn events_from(
+    client: &mut PaymentTerminalClient<Channel>,
+    from: u64,
+    count: Option<usize>,
+) -> Vec<pb::TerminalEvent> {
+    let mut stream = client.stream_events(pb::StreamEventsRequest { from_cursor: from }).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    loop {
+        if count.is_some_and(|c| out.len() >= c) {
+            return out;
+        }
+        let wait = if count.is_some() { PATIENCE } else { Duration::from_millis(300) };
+        match tokio::time::timeout(wait, stream.message()).await {
+            Ok(Ok(Some(e))) => out.push(e),
+            Ok(_) => return out,
+            Err(_) => {
+                assert!(count.is_none(), "only {} of {:?} events arrived", out.len(), count);
+                return out;
+            }
+        }
     }
 }
 

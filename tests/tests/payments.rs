@@ -266,13 +266,15 @@ async fn reader_unplugged_mid_collection_fails_clearly_and_is_not_approved() {
 }
 
 #[tokio::test]
-async fn gateway_down_before_sending_fails_without_a_charge() {
-    let mut lane = Lane::start(&[]);
+async fn gateway_down_with_offline_disabled_fails_without_a_charge() {
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nenabled = false\n");
     lane.ready().await;
     lane.fault("down");
     let p = final_payment(&lane.pay("k-down", 1800).await);
     assert_eq!(status(&p), pb::PaymentStatus::Failed);
-    assert_eq!(p.failure.as_ref().unwrap().code, "gateway_unreachable");
+    let failure = p.failure.as_ref().unwrap();
+    assert_eq!(failure.code, "offline_disabled");
+    assert!(failure.message.contains("cannot be reached"), "{}", failure.message);
     lane.fault("none");
     let p = final_payment(&lane.pay("k-up-again", 1800).await);
     assert_eq!(status(&p), pb::PaymentStatus::Captured);

@@ -25,6 +25,11 @@ pub enum Fault {
     LoseAnswers,
     /// Every call is delayed by this many milliseconds.
     Latency(u64),
+    /// Every call is refused as unauthenticated, as with expired credentials.
+    ExpiredCredentials,
+    /// A repeated transaction key is answered ALREADY_EXISTS instead of
+    /// replaying the first answer (as some gateways do).
+    ConflictOnRepeat,
 }
 
 impl fmt::Display for Fault {
@@ -36,6 +41,8 @@ impl fmt::Display for Fault {
             Fault::Flaky(p) => write!(f, "flaky {p}"),
             Fault::LoseAnswers => f.write_str("lose-answers"),
             Fault::Latency(ms) => write!(f, "latency {ms}"),
+            Fault::ExpiredCredentials => f.write_str("expired-credentials"),
+            Fault::ConflictOnRepeat => f.write_str("conflict-on-repeat"),
         }
     }
 }
@@ -50,6 +57,8 @@ impl FromStr for Fault {
             ["down"] => Ok(Fault::Down),
             ["hang"] => Ok(Fault::Hang),
             ["lose-answers"] => Ok(Fault::LoseAnswers),
+            ["expired-credentials"] => Ok(Fault::ExpiredCredentials),
+            ["conflict-on-repeat"] => Ok(Fault::ConflictOnRepeat),
             ["flaky", pct] => match pct.parse::<u8>() {
                 Ok(p) if p <= 100 => Ok(Fault::Flaky(p)),
                 _ => Err(format!("flaky takes a percentage from 0 to 100, not {pct:?}")),
@@ -57,7 +66,9 @@ impl FromStr for Fault {
             ["latency", ms] => {
                 ms.parse().map(Fault::Latency).map_err(|_| format!("latency takes milliseconds, not {ms:?}"))
             }
-            _ => Err(format!("unknown fault {s:?}: use none, down, hang, flaky PCT, lose-answers or latency MS")),
+            _ => Err(format!(
+                "unknown fault {s:?}: use none, down, hang, flaky PCT, lose-answers, latency MS, expired-credentials or conflict-on-repeat"
+            )),
         }
     }
 }
@@ -119,7 +130,16 @@ mod tests {
 
     #[test]
     fn faults_parse_and_print_the_same() {
-        for s in ["none", "down", "hang", "flaky 50", "lose-answers", "latency 250"] {
+        for s in [
+            "none",
+            "down",
+            "hang",
+            "flaky 50",
+            "lose-answers",
+            "latency 250",
+            "expired-credentials",
+            "conflict-on-repeat",
+        ] {
             assert_eq!(s.parse::<Fault>().unwrap().to_string(), s);
         }
         assert!("flaky 101".parse::<Fault>().is_err());

@@ -112,9 +112,20 @@ impl Ledger {
         stmt.query_map([], row_to_charge)?.collect()
     }
 
+    /// Runs `f` in one transaction (one disk sync for a whole batch).
+    pub fn batch<R>(&mut self, f: impl FnOnce(&mut Ledger) -> R) -> rusqlite::Result<R> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = f(self);
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        Ok(r)
+    }
+
     /// Records a new charge and the card blob it used, atomically.
     pub fn insert(&mut self, c: &Charge, blob_digest: Option<&str>) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         tx.execute(
             &format!("INSERT INTO charges ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
             params![

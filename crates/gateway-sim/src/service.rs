@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use pos_cardcrypt::{BaseKey, Binding};
 use pos_proto::gateway::{
-    AuthorizeRequest, AuthorizeResponse, EntryMode, GetTransactionRequest, Outcome, ReverseRequest, Transaction,
-    gateway_server::Gateway,
+    AuthorizeRequest, AuthorizeResponse, EntryMode, ForwardBatchRequest, ForwardBatchResponse, ForwardResult,
+    GetTransactionRequest, Outcome, ReverseRequest, Transaction, gateway_server::Gateway,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -46,6 +46,10 @@ pub fn decide(amount_minor: i64) -> Option<(&'static str, &'static str)> {
     }
 }
 
+/// Test amount whose item the gateway refuses as belonging to another
+/// merchant account (cents 98): an item error, not a decline.
+pub const ACCOUNT_MISMATCH_CENTS: i64 = 98;
+
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
@@ -75,6 +79,15 @@ fn to_proto(c: &Charge) -> Transaction {
         captured: c.captured,
         amount_minor: c.amount_minor,
         currency: c.currency.clone(),
+    }
+}
+
+fn item_error_code(s: &Status) -> &'static str {
+    match s.code() {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::FailedPrecondition => "account_mismatch",
+        _ => "internal",
     }
 }
 
@@ -114,6 +127,9 @@ impl Inner {
                     }
                 }
                 Fault::Down => return Err(Status::unavailable("gateway down (injected)")),
+                Fault::ExpiredCredentials => {
+                    return Err(Status::unauthenticated("credentials expired (injected)"));
+                }
                 Fault::Latency(ms) => {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     return Ok(());
@@ -127,7 +143,7 @@ impl Inner {
                     }
                     return Ok(());
                 }
-                Fault::None | Fault::LoseAnswers => return Ok(()),
+                Fault::None | Fault::LoseAnswers | Fault::ConflictOnRepeat => return Ok(()),
             }
         }
     }
@@ -141,6 +157,12 @@ impl Inner {
     }
 
     fn authorize_committed(&self, r: &AuthorizeRequest) -> Result<Charge, Status> {
+        let mut ledger = self.ledger.lock().unwrap();
+        self.authorize_in(&mut ledger, r)
+    }
+
+    /// Decides one authorization against the ledger (in the caller's transaction, if any).
+    fn authorize_in(&self, ledger: &mut Ledger, r: &AuthorizeRequest) -> Result<Charge, Status> {
         if r.transaction_key.is_empty() || r.transaction_key.len() > 255 {
             return Err(Status::invalid_argument("transaction_key must be 1-255 characters"));
         }
@@ -157,8 +179,19 @@ impl Inner {
         let capture = [r.capture as u8];
         let digest = sha_hex(&[r.terminal_id.as_bytes(), &amount, r.currency.as_bytes(), &r.encrypted_card, &capture]);
         let blob_digest = sha_hex(&[&r.encrypted_card]);
-        let mut ledger = self.ledger.lock().unwrap();
+        if r.amount_minor.rem_euclid(100) == ACCOUNT_MISMATCH_CENTS {
+            return Err(Status::failed_precondition(format!(
+                "account mismatch: terminal {} does not belong to this merchant account",
+                r.terminal_id
+            )));
+        }
         if let Some(existing) = ledger.get(&r.transaction_key).map_err(db_err)? {
+            if *self.faults.borrow() == Fault::ConflictOnRepeat {
+                return Err(Status::already_exists(format!(
+                    "transaction key {} already exists (injected conflict)",
+                    r.transaction_key
+                )));
+            }
             if existing.status == "reversed" || existing.request_digest == digest {
                 return Ok(existing);
             }
@@ -282,6 +315,50 @@ impl Gateway for GatewayService {
             })
             .await?;
         Ok(Response::new(AuthorizeResponse { transaction: Some(to_proto(&charge)) }))
+    }
+
+    async fn forward_batch(
+        &self,
+        request: Request<ForwardBatchRequest>,
+    ) -> Result<Response<ForwardBatchResponse>, Status> {
+        let items = request.into_inner().items;
+        if items.len() > 1000 {
+            return Err(Status::invalid_argument("at most 1000 items per batch"));
+        }
+        let results = self
+            .detached(|g| {
+                Box::pin(async move {
+                    g.before_call().await?;
+                    let results = {
+                        let mut ledger = g.ledger.lock().unwrap();
+                        ledger
+                            .batch(|l| {
+                                items
+                                    .iter()
+                                    .map(|r| match g.authorize_in(l, r) {
+                                        Ok(c) => ForwardResult {
+                                            transaction_key: c.key.clone(),
+                                            transaction: Some(to_proto(&c)),
+                                            ..Default::default()
+                                        },
+                                        Err(s) => ForwardResult {
+                                            transaction_key: r.transaction_key.clone(),
+                                            transaction: None,
+                                            error_code: item_error_code(&s).into(),
+                                            error_message: s.message().into(),
+                                        },
+                                    })
+                                    .collect::<Vec<_>>()
+                            })
+                            .map_err(db_err)?
+                    };
+                    tracing::info!(items = results.len(), "forward batch");
+                    g.after_commit()?;
+                    Ok(results)
+                })
+            })
+            .await?;
+        Ok(Response::new(ForwardBatchResponse { results }))
     }
 
     async fn get_transaction(&self, request: Request<GetTransactionRequest>) -> Result<Response<Transaction>, Status> {

@@ -12,7 +12,13 @@
 //! AUTHORIZING -> CAPTURED | AUTHORIZED | DECLINED
 //! AUTHORIZING -(answer lost)-> UNKNOWN -(status query)-> CAPTURED | AUTHORIZED | DECLINED
 //! UNKNOWN -(still unknown)-> REVERSAL_PENDING -(acknowledged)-> REVERSED
+//! CARD_READ | AUTHORIZING -(not sent, eligible)-> OFFLINE_APPROVED (queued)
+//! OFFLINE_APPROVED -> FORWARDING -> CAPTURED | AUTHORIZED | OFFLINE_DECLINED | QUARANTINED
+//!                                 | OFFLINE_APPROVED (link error: retried under the same key)
+//! OFFLINE_APPROVED -(too old)-> EXPIRED
 //! ```
+
+pub mod offline;
 
 use std::fmt;
 
@@ -31,10 +37,20 @@ pub enum Status {
     Failed,
     ReversalPending,
     Reversed,
+    /// Approved offline: the register was told "approved"; queued for the gateway.
+    OfflineApproved,
+    /// A forwarding attempt is (or may be) at the gateway.
+    Forwarding,
+    /// The gateway declined a payment approved offline: the merchant's loss.
+    OfflineDeclined,
+    /// The gateway refused the item itself (malformed, account mismatch): a person must look.
+    Quarantined,
+    /// Not forwarded in time; the card data is deleted.
+    Expired,
 }
 
 impl Status {
-    pub const ALL: [Status; 12] = [
+    pub const ALL: [Status; 17] = [
         Status::Created,
         Status::Collecting,
         Status::CardRead,
@@ -47,6 +63,11 @@ impl Status {
         Status::Failed,
         Status::ReversalPending,
         Status::Reversed,
+        Status::OfflineApproved,
+        Status::Forwarding,
+        Status::OfflineDeclined,
+        Status::Quarantined,
+        Status::Expired,
     ];
 
     /// Stable name, as stored in the database.
@@ -64,6 +85,11 @@ impl Status {
             Status::Failed => "failed",
             Status::ReversalPending => "reversal_pending",
             Status::Reversed => "reversed",
+            Status::OfflineApproved => "offline_approved",
+            Status::Forwarding => "forwarding",
+            Status::OfflineDeclined => "offline_declined",
+            Status::Quarantined => "quarantined",
+            Status::Expired => "expired",
         }
     }
 
@@ -79,19 +105,25 @@ impl Status {
 
     /// Nothing more will ever happen to the payment without a new request.
     pub fn is_final(self) -> bool {
-        self.is_settled_for_register() && self != Status::ReversalPending
+        self.is_settled_for_register() && !self.is_unsent() && self != Status::ReversalPending
     }
 
-    /// The customer paid.
+    /// The register treats the payment as paid.
     pub fn is_approved(self) -> bool {
-        matches!(self, Status::Authorized | Status::Captured)
+        matches!(self, Status::Authorized | Status::Captured) || self.is_unsent()
+    }
+
+    /// Approved offline and not yet settled with the gateway: the outbox.
+    pub fn is_unsent(self) -> bool {
+        matches!(self, Status::OfflineApproved | Status::Forwarding | Status::Quarantined)
     }
 
     /// Only these statuses may hold the encrypted card data: it is needed to
-    /// send the authorization and nowhere after. The store deletes it on any
-    /// transition out of them, in the same commit.
+    /// send the authorization (online, or forwarded from the outbox) and
+    /// nowhere after. The store deletes it on any transition out of them, in
+    /// the same commit.
     pub fn keeps_card_data(self) -> bool {
-        matches!(self, Status::CardRead | Status::Authorizing)
+        matches!(self, Status::CardRead | Status::Authorizing) || self.is_unsent()
     }
 }
 
@@ -128,6 +160,18 @@ pub enum Input {
     ReversalAcknowledged,
     /// posd restarted and found the payment before any request was sent.
     Interrupted,
+    /// The gateway could not be reached and the payment is eligible offline.
+    ApprovedOffline,
+    /// The gateway could not be reached and offline approval was refused.
+    OfflineRefused { code: String, message: String },
+    /// A forwarding attempt for a queued payment is about to go out.
+    ForwardSending,
+    /// A forwarding attempt failed on the link; the payment waits in the queue again.
+    ForwardRetry { message: String },
+    /// The gateway refused the queued item itself.
+    Quarantine { code: String, message: String },
+    /// The queued payment passed the expiry age.
+    Expire { message: String },
 }
 
 /// What the daemon must do after committing a transition.
@@ -198,6 +242,37 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
             reason("gateway_unreachable", format!("The payment gateway cannot be reached: {message}")),
             vec![ShowResult { approved: false }],
         ),
+        (CardRead | Authorizing, Input::ApprovedOffline) => t(
+            OfflineApproved,
+            "gateway unreachable, nothing sent; approved offline and queued for forwarding".into(),
+            None,
+            vec![ShowResult { approved: true }],
+        ),
+        (CardRead | Authorizing, Input::OfflineRefused { code, message }) => t(
+            Failed,
+            format!("gateway unreachable and offline approval refused: {code}"),
+            reason(code, message.clone()),
+            vec![ShowResult { approved: false }],
+        ),
+        (OfflineApproved, Input::ForwardSending) => t(Forwarding, "forwarding to the gateway".into(), None, vec![]),
+        (Forwarding, Input::ForwardRetry { message }) => {
+            t(OfflineApproved, format!("forwarding failed, will retry under the same key: {message}"), None, vec![])
+        }
+        (Forwarding, Input::Approved { captured }) => {
+            t(if *captured { Captured } else { Authorized }, "forwarded; gateway approved".into(), None, vec![])
+        }
+        (Forwarding, Input::Declined { code, message }) => t(
+            OfflineDeclined,
+            format!("forwarded; gateway declined: {code}"),
+            reason(code, format!("Approved offline but declined when forwarded: {message}")),
+            vec![],
+        ),
+        (Forwarding, Input::Quarantine { code, message }) => {
+            t(Quarantined, format!("gateway refused the item: {code}"), reason(code, message.clone()), vec![])
+        }
+        (OfflineApproved, Input::Expire { message }) => {
+            t(Expired, format!("expired unsent: {message}"), reason("expired", message.clone()), vec![])
+        }
         (Authorizing | Unknown, Input::Approved { captured }) => t(
             if *captured { Captured } else { Authorized },
             "gateway approved".into(),
@@ -242,6 +317,9 @@ pub enum Recovery {
     QueryStatus,
     /// Keep retrying the reversal.
     Reverse,
+    /// A forwarding attempt was cut short: back to the queue (the same key
+    /// makes a repeat safe).
+    Requeue,
     /// Nothing to do.
     None,
 }
@@ -251,6 +329,7 @@ pub fn recovery(status: Status) -> Recovery {
         Status::Created | Status::Collecting | Status::CardRead => Recovery::Interrupt,
         Status::Authorizing | Status::Unknown => Recovery::QueryStatus,
         Status::ReversalPending => Recovery::Reverse,
+        Status::Forwarding => Recovery::Requeue,
         _ => Recovery::None,
     }
 }
@@ -274,6 +353,12 @@ mod tests {
             Input::StillUnknown { message: "m".into() },
             Input::ReversalAcknowledged,
             Input::Interrupted,
+            Input::ApprovedOffline,
+            Input::OfflineRefused { code: "amount_over_limit".into(), message: "m".into() },
+            Input::ForwardSending,
+            Input::ForwardRetry { message: "m".into() },
+            Input::Quarantine { code: "account_mismatch".into(), message: "m".into() },
+            Input::Expire { message: "m".into() },
         ]
     }
 
@@ -319,9 +404,44 @@ mod tests {
     }
 
     #[test]
-    fn card_data_is_kept_only_until_the_request_is_out() {
+    fn card_data_is_kept_only_until_the_gateway_has_answered() {
         let keepers: Vec<Status> = Status::ALL.into_iter().filter(|s| s.keeps_card_data()).collect();
-        assert_eq!(keepers, vec![Status::CardRead, Status::Authorizing]);
+        assert_eq!(
+            keepers,
+            vec![
+                Status::CardRead,
+                Status::Authorizing,
+                Status::OfflineApproved,
+                Status::Forwarding,
+                Status::Quarantined
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_payment_that_was_never_sent_is_approved_offline() {
+        for s in Status::ALL {
+            let ok = next(s, &Input::ApprovedOffline).is_ok();
+            assert_eq!(ok, matches!(s, Status::CardRead | Status::Authorizing), "{s}");
+        }
+        // A lost answer never turns into an offline approval.
+        assert!(next(Status::Unknown, &Input::ApprovedOffline).is_err());
+    }
+
+    #[test]
+    fn a_forwarded_decline_is_the_merchants_loss_not_a_plain_decline() {
+        let t =
+            next(Status::Forwarding, &Input::Declined { code: "generic_decline".into(), message: "m".into() }).unwrap();
+        assert_eq!(t.to, Status::OfflineDeclined);
+        assert!(!t.to.is_approved() && t.to.is_final());
+    }
+
+    #[test]
+    fn forwarding_cut_short_is_requeued_and_retried_under_the_same_key() {
+        assert_eq!(recovery(Status::Forwarding), Recovery::Requeue);
+        let t = next(Status::Forwarding, &Input::ForwardRetry { message: "m".into() }).unwrap();
+        assert_eq!(t.to, Status::OfflineApproved);
+        assert_eq!(recovery(Status::OfflineApproved), Recovery::None);
     }
 
     #[test]
@@ -337,7 +457,16 @@ mod tests {
         for s in Status::ALL {
             for i in all_inputs() {
                 if let Ok(t) = next(s, &i)
-                    && matches!(t.to, Status::Failed | Status::Declined | Status::ReversalPending | Status::Canceled)
+                    && matches!(
+                        t.to,
+                        Status::Failed
+                            | Status::Declined
+                            | Status::ReversalPending
+                            | Status::Canceled
+                            | Status::OfflineDeclined
+                            | Status::Quarantined
+                            | Status::Expired
+                    )
                 {
                     assert!(t.reason.is_some(), "{s} --{i:?}--> {} has no reason", t.to);
                 }

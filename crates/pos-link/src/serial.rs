@@ -73,8 +73,13 @@ impl SerialLink {
         if let Some((id, apdu)) = self.queue.pop_front() {
             let frame = frame::encode_frame(&apdu);
             self.transmit.push_back((frame.clone(), true));
-            self.in_flight =
-                Some(InFlight { id, frame, repeats: 0, ack_deadline: now + self.timing.ack_timeout, handed_out: false });
+            self.in_flight = Some(InFlight {
+                id,
+                frame,
+                repeats: 0,
+                ack_deadline: now + self.timing.ack_timeout,
+                handed_out: false,
+            });
         }
     }
 
@@ -99,6 +104,10 @@ impl SerialLink {
     fn reject(&mut self, error: FrameError) {
         self.transmit.push_back((vec![NAK], false));
         self.events.push_back(LinkEvent::Rejected(error));
+    }
+
+    fn peer_has_seen_in_flight(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.handed_out)
     }
 
     fn t1_expired(&self, now: Instant) -> bool {
@@ -134,18 +143,13 @@ impl LinkCore for SerialLink {
                 Some(Decoded::Bad(e)) => self.reject(e),
                 // An ACK or NAK counts only for a frame the peer can have seen:
                 // a late ACK of a repeated frame must not confirm the next one.
-                Some(Decoded::Ack) => {
-                    if self.in_flight.as_ref().is_some_and(|f| f.handed_out) {
-                        let f = self.in_flight.take().expect("checked above");
-                        self.events.push_back(LinkEvent::Delivered(f.id));
-                        self.start_next(now);
-                    }
+                Some(Decoded::Ack) if self.peer_has_seen_in_flight() => {
+                    let f = self.in_flight.take().expect("checked by the guard");
+                    self.events.push_back(LinkEvent::Delivered(f.id));
+                    self.start_next(now);
                 }
-                Some(Decoded::Nak) => {
-                    if self.in_flight.as_ref().is_some_and(|f| f.handed_out) {
-                        self.repeat_or_fail(RetryCause::Nak, now);
-                    }
-                }
+                Some(Decoded::Nak) if self.peer_has_seen_in_flight() => self.repeat_or_fail(RetryCause::Nak, now),
+                Some(Decoded::Ack | Decoded::Nak) => {}
             }
         }
     }

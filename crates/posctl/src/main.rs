@@ -78,6 +78,21 @@ enum Command {
         #[arg(long, default_value = "lane-1")]
         terminal: String,
     },
+    /// Shows the offline queue; with --now, forwards it now.
+    Sync {
+        /// Forward queued payments now instead of waiting for the next attempt.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Prints register events after a cursor, then follows new ones.
+    Events {
+        /// Print events with a cursor greater than this (0: all retained).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop after the events already stored instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
 }
 
 struct Failure(u8, String);
@@ -209,6 +224,86 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Sync { now } => {
+            let s = if now {
+                client.sync_now(pb::SyncNowRequest {}).await?.into_inner()
+            } else {
+                client.get_sync_status(pb::GetSyncStatusRequest {}).await?.into_inner()
+            };
+            if cli.json {
+                let totals: serde_json::Map<String, Value> =
+                    s.stored_totals.iter().map(|m| (m.currency.clone(), json!(m.amount_minor))).collect();
+                println!(
+                    "{:#}",
+                    json!({
+                        "online": s.online,
+                        "queue_depth": s.queue_depth,
+                        "quarantined": s.quarantined,
+                        "oldest_age_s": s.oldest_age_s,
+                        "stored_totals": totals,
+                        "last_error": s.last_error,
+                        "paused": s.paused,
+                        "last_online_at": rfc3339(s.last_online_at.as_ref()),
+                    })
+                );
+            } else {
+                println!("gateway:     {}", if s.online { "online" } else { "OFFLINE" });
+                println!("queued:      {} payments ({} quarantined)", s.queue_depth, s.quarantined);
+                for m in &s.stored_totals {
+                    println!("  stored:    {}", money::format_amount(m.amount_minor, &m.currency));
+                }
+                println!("oldest:      {} s", s.oldest_age_s);
+                if s.paused {
+                    println!("forwarding:  PAUSED");
+                }
+                if !s.last_error.is_empty() {
+                    println!("last error:  {}", s.last_error);
+                }
+                if now {
+                    println!("forwarding started");
+                }
+            }
+            Ok(0)
+        }
+        Command::Events { from, no_follow } => {
+            let mut stream = client.stream_events(pb::StreamEventsRequest { from_cursor: from }).await?.into_inner();
+            loop {
+                let next = if no_follow {
+                    // Stored events arrive at once; a quiet moment means the backlog is done.
+                    match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await {
+                        Ok(m) => m?,
+                        Err(_) => None,
+                    }
+                } else {
+                    stream.message().await?
+                };
+                let Some(e) = next else { break };
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({
+                            "cursor": e.cursor,
+                            "at": rfc3339(e.at.as_ref()),
+                            "kind": e.kind,
+                            "terminal_id": e.terminal_id,
+                            "payment_id": e.payment_id,
+                            "message": e.message,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{:>6}  {}  {:<20} {} {}  {}",
+                        e.cursor,
+                        rfc3339(e.at.as_ref()),
+                        e.kind,
+                        e.terminal_id,
+                        e.payment_id,
+                        e.message
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Status { terminal } => {
             let s =
                 client.get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: terminal }).await?.into_inner();
@@ -273,7 +368,11 @@ fn summary(p: &pb::Payment) -> String {
     let amount = p.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
     let demo = if p.demo { "  [DEMO]" } else { "" };
     let card = p.card.as_ref().map(|c| format!("  {} {}", c.brand, c.masked_pan)).unwrap_or_default();
-    let outcome = if p.approved {
+    let outcome = if p.approved && p.offline && p.auth_code.is_empty() {
+        "APPROVED OFFLINE (queued for the gateway)".to_string()
+    } else if p.approved && p.offline {
+        format!("APPROVED OFFLINE, forwarded, auth {}", p.auth_code)
+    } else if p.approved {
         format!("APPROVED (online) auth {}", p.auth_code)
     } else if let Some(d) = &p.decline {
         format!("DECLINED {}: {}", d.code, d.message)
@@ -306,6 +405,7 @@ fn payment_json(p: &pb::Payment) -> Value {
         "currency": p.amount.as_ref().map(|m| m.currency.clone()),
         "status": status_name(p.status),
         "approved": p.approved,
+        "offline": p.offline,
         "capture_mode": enum_name(pb::CaptureMode::try_from(p.capture_mode).map(|e| e.as_str_name()), "CAPTURE_MODE_"),
         "card": card,
         "decline": p.decline.as_ref().map(|d| json!({"code": d.code, "message": d.message})),

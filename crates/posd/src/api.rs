@@ -53,6 +53,13 @@ impl From<EngineError> for Status {
             EngineError::NotFound(m) => Status::not_found(m),
             EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
             EngineError::Unavailable(m) => Status::unavailable(m),
+            EngineError::Store(StoreError::Db(rusqlite::Error::SqliteFailure(f, _)))
+                if f.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                Status::resource_exhausted(
+                    "the payment database is full; new payments are refused and queued payments are kept. Free disk space, then restart posd.",
+                )
+            }
             EngineError::Store(e) => store_status(e),
         }
     }
@@ -65,9 +72,76 @@ fn is_final_stage(stage: i32) -> bool {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 
+type TerminalEventStream = Pin<Box<dyn Stream<Item = Result<pb::TerminalEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl PaymentTerminal for TerminalApi {
     type TakePaymentStream = EventStream;
+    type StreamEventsStream = TerminalEventStream;
+
+    async fn get_sync_status(&self, _: Request<pb::GetSyncStatusRequest>) -> Result<Response<pb::SyncStatus>, Status> {
+        let report = self.engine.sync_report().map_err(store_status)?;
+        Ok(Response::new(convert::sync_status(&report)))
+    }
+
+    async fn sync_now(&self, _: Request<pb::SyncNowRequest>) -> Result<Response<pb::SyncStatus>, Status> {
+        self.engine.sync_now();
+        let report = self.engine.sync_report().map_err(store_status)?;
+        Ok(Response::new(convert::sync_status(&report)))
+    }
+
+    async fn stream_events(
+        &self,
+        request: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let from = i64::try_from(request.get_ref().from_cursor)
+            .map_err(|_| Status::invalid_argument("from_cursor: out of range"))?;
+        // Subscribe first, then read the stored backlog: an event committed in
+        // between is in both and is skipped by cursor, so none is missed.
+        let mut live = self.engine.subscribe_events();
+        let engine = self.engine.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut last = from;
+            loop {
+                // Catch up from the database (at start, and after lagging behind).
+                loop {
+                    let batch = match engine.store().events_after(last, 500) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(store_status(e))).await;
+                            return;
+                        }
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for e in batch {
+                        last = e.cursor;
+                        if tx.send(Ok(convert::event(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(e) if e.cursor <= last => continue,
+                        Ok(e) if e.cursor == last + 1 => {
+                            last = e.cursor;
+                            if tx.send(Ok(convert::event(&e))).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A gap (an event committed by another writer first) or
+                        // lag: read what is missing from the database.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn take_payment(
         &self,

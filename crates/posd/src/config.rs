@@ -23,6 +23,99 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(rename = "lane")]
     pub lanes: Vec<LaneConfig>,
+    /// Offline store-and-forward: ageing and forwarding.
+    #[serde(default)]
+    pub offline: OfflineConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// A duration written as `500ms`, `30s`, `15m`, `12h` or `30d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_span(&text).map(Span).map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_span(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 =
+        num.parse().map_err(|_| format!("{text:?} is not a duration: write e.g. 500ms, 30s, 15m, 12h or 30d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    /// Alert when the oldest unsent payment is older than this (default 12h).
+    pub alert_after: Span,
+    /// Take no new offline payments while the oldest unsent one is older (default 24h).
+    pub stop_after: Span,
+    /// Expire unsent payments older than this (default 72h).
+    pub expire_after: Span,
+    /// Payments per forwarding call (default 200).
+    pub batch_size: usize,
+    /// First and longest wait between forwarding attempts after a link error.
+    pub retry_first: Span,
+    pub retry_max: Span,
+    /// How often the gateway's reachability is checked (default 5s).
+    pub health_interval: Span,
+    /// How often the queue's age is checked (default 1s).
+    pub ageing_interval: Span,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        let h = |n: u64| Span(Duration::from_secs(n * 3600));
+        Self {
+            alert_after: h(12),
+            stop_after: h(24),
+            expire_after: h(72),
+            batch_size: 200,
+            retry_first: Span(Duration::from_millis(500)),
+            retry_max: Span(Duration::from_secs(30)),
+            health_interval: Span(Duration::from_secs(5)),
+            ageing_interval: Span(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Per-lane offline limits; amounts in minor units of the lane's currency.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneOfflineConfig {
+    pub enabled: Option<bool>,
+    pub max_payment_minor: Option<i64>,
+    pub max_total_minor: Option<i64>,
+    pub max_payments: Option<u32>,
+    pub max_per_card: Option<u32>,
+    /// Offline only if the gateway was reached within this long (default 30d).
+    pub readiness: Option<Span>,
+    /// Currencies allowed offline (default: the lane's currency).
+    pub currencies: Option<Vec<String>>,
+    /// Brands allowed offline (default: all).
+    pub brands: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Caps the database at this many pages (tests use it to fill the disk).
+    pub max_page_count: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +141,30 @@ pub struct LaneConfig {
     /// Receipt printer device (printing arrives with the ESC/POS work).
     #[serde(default)]
     pub printer: Option<String>,
+    #[serde(default)]
+    pub offline: LaneOfflineConfig,
+}
+
+impl LaneConfig {
+    /// The lane's offline policy: its overrides on the defaults, with the
+    /// global ageing thresholds.
+    pub fn offline_policy(&self, global: &OfflineConfig) -> pos_engine::offline::OfflinePolicy {
+        let d = pos_engine::offline::OfflinePolicy::defaults_for(&self.currency);
+        let o = &self.offline;
+        pos_engine::offline::OfflinePolicy {
+            enabled: o.enabled.unwrap_or(d.enabled),
+            max_payment_minor: o.max_payment_minor.unwrap_or(d.max_payment_minor),
+            max_total_minor: o.max_total_minor.unwrap_or(d.max_total_minor),
+            max_payments: o.max_payments.unwrap_or(d.max_payments),
+            max_per_card: o.max_per_card.unwrap_or(d.max_per_card),
+            readiness: o.readiness.map(|s| s.0).unwrap_or(d.readiness),
+            currencies: o.currencies.clone().unwrap_or(d.currencies),
+            brands: o.brands.clone().unwrap_or(d.brands),
+            alert_after: global.alert_after.0,
+            stop_after: global.stop_after.0,
+            expire_after: global.expire_after.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +250,13 @@ impl Config {
             }
             lane.reader.line(&lane.id)?;
         }
+        let o = &self.offline;
+        if !(o.alert_after.0 <= o.stop_after.0 && o.stop_after.0 <= o.expire_after.0) {
+            anyhow::bail!("[offline]: alert_after <= stop_after <= expire_after must hold");
+        }
+        if o.batch_size == 0 || o.batch_size > 1000 {
+            anyhow::bail!("[offline] batch_size must be 1 to 1000, not {}", o.batch_size);
+        }
         Ok(())
     }
 }
@@ -159,6 +283,16 @@ mod tests {
         let bad = text.replace("[gateway]", "[gateway]\nretries = 5");
         let err = toml::from_str::<Config>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `retries`"), "{err}");
+    }
+
+    #[test]
+    fn spans_parse_with_units() {
+        assert_eq!(parse_span("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_span("12h").unwrap(), Duration::from_secs(43_200));
+        assert_eq!(parse_span("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert!(parse_span("12").is_err());
+        assert!(parse_span("h").is_err());
+        assert!(parse_span("5 weeks").is_err());
     }
 
     #[test]

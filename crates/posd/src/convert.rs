@@ -29,6 +29,11 @@ pub fn status(s: Status) -> pb::PaymentStatus {
         Status::Failed => P::Failed,
         Status::ReversalPending => P::ReversalPending,
         Status::Reversed => P::Reversed,
+        Status::OfflineApproved => P::OfflineApproved,
+        Status::Forwarding => P::Forwarding,
+        Status::OfflineDeclined => P::OfflineDeclined,
+        Status::Quarantined => P::Quarantined,
+        Status::Expired => P::Expired,
     }
 }
 
@@ -43,9 +48,10 @@ pub fn stage(s: Status) -> pb::PaymentStage {
         Status::Created | Status::Collecting => S::PresentCard,
         Status::CardRead | Status::Authorizing | Status::Unknown => S::Authorizing,
         Status::Authorized | Status::Captured => S::Approved,
-        Status::Declined => S::Declined,
+        Status::OfflineApproved | Status::Forwarding | Status::Quarantined => S::Approved,
+        Status::Declined | Status::OfflineDeclined => S::Declined,
         Status::Canceled => S::Canceled,
-        Status::Failed | Status::ReversalPending | Status::Reversed => S::Failed,
+        Status::Failed | Status::ReversalPending | Status::Reversed | Status::Expired => S::Failed,
     }
 }
 
@@ -116,10 +122,15 @@ fn card(c: &CardInfo) -> pb::Card {
 
 pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
     let (decline, failure) = match r.status {
-        Status::Declined => {
+        Status::Declined | Status::OfflineDeclined => {
             (Some(pb::Decline { code: r.reason_code.clone(), message: r.reason_message.clone() }), None)
         }
-        Status::Failed | Status::ReversalPending | Status::Reversed | Status::Canceled => {
+        Status::Failed
+        | Status::ReversalPending
+        | Status::Reversed
+        | Status::Canceled
+        | Status::Quarantined
+        | Status::Expired => {
             (None, Some(pb::Failure { code: r.reason_code.clone(), message: r.reason_message.clone() }))
         }
         _ => (None, None),
@@ -150,6 +161,7 @@ pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
             })
             .collect(),
         approved: r.status.is_approved(),
+        offline: r.offline,
     }
 }
 
@@ -159,9 +171,44 @@ pub fn status_message(r: &PaymentRecord) -> String {
     match r.status {
         Status::Created | Status::Collecting => format!("Present card{demo}"),
         Status::CardRead | Status::Authorizing | Status::Unknown => format!("Authorizing{demo}"),
+        Status::Authorized | Status::Captured if r.offline => format!("Approved (offline, forwarded){demo}"),
         Status::Authorized | Status::Captured => format!("Approved{demo}"),
+        Status::OfflineApproved | Status::Forwarding => format!("Approved OFFLINE{demo}"),
+        Status::Quarantined => format!("Approved OFFLINE; held for review: {}{demo}", r.reason_message),
         Status::Declined => format!("Declined: {}{demo}", r.reason_message),
+        Status::OfflineDeclined => {
+            format!("Approved offline, then declined by the gateway: {}{demo}", r.reason_message)
+        }
         Status::Canceled => format!("Canceled{demo}"),
+        Status::Expired => format!("Approved offline, expired unsent{demo}"),
         Status::Failed | Status::ReversalPending | Status::Reversed => format!("Not paid: {}{demo}", r.reason_message),
+    }
+}
+
+pub fn event(e: &crate::store::EventRecord) -> pb::TerminalEvent {
+    pb::TerminalEvent {
+        cursor: e.cursor as u64,
+        at: Some(timestamp(e.at_ms)),
+        kind: e.kind.clone(),
+        terminal_id: e.terminal_id.clone(),
+        payment_id: e.payment_id.clone(),
+        message: e.message.clone(),
+    }
+}
+
+pub fn sync_status(r: &crate::engine::SyncReport) -> pb::SyncStatus {
+    pb::SyncStatus {
+        online: r.online,
+        queue_depth: r.queue_depth,
+        stored_totals: r
+            .totals
+            .iter()
+            .map(|(currency, amount_minor)| pb::Money { amount_minor: *amount_minor, currency: currency.clone() })
+            .collect(),
+        oldest_age_s: r.oldest_age.as_secs(),
+        last_error: r.last_error.clone(),
+        paused: r.paused,
+        quarantined: r.quarantined,
+        last_online_at: r.last_online_ms.map(timestamp),
     }
 }

@@ -12,7 +12,7 @@ use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::config::{Config, GatewayConfig, LaneConfig, ReaderConfig};
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{Engine, EngineSettings, ForwardSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::lane::Lane;
 use crate::store::{StateLock, Store};
@@ -53,7 +53,10 @@ fn demo_config(o: &Options) -> Config {
             currency: "EUR".into(),
             reader: ReaderConfig::from_arg(o.reader.as_deref().unwrap_or("")),
             printer: o.printer.clone(),
+            offline: Default::default(),
         }],
+        offline: Default::default(),
+        store: Default::default(),
     }
 }
 
@@ -98,9 +101,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
-    let store = Arc::new(Store::open(&cfg.state_dir.join("posd.db"))?);
+    let store = Arc::new(Store::open_with(&cfg.state_dir.join("posd.db"), cfg.store.max_page_count)?);
 
     let mut demo_notes = Vec::new();
+    let demo_banner = o.demo.then_some(o.gateway.is_none());
     // Keeps the demo reader's PTY alive for the life of the daemon.
     let mut _demo_reader = None;
     if o.demo {
@@ -153,7 +157,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         if let Some(p) = &l.printer {
             tracing::warn!(lane = %l.id, printer = %p, "receipt printing is not implemented yet; the printer is not used");
         }
-        lanes.push(Lane::spawn(l.id.clone(), l.currency.clone(), l.reader.line(&l.id)?));
+        lanes.push(Lane::spawn(
+            l.id.clone(),
+            l.currency.clone(),
+            l.reader.line(&l.id)?,
+            l.offline_policy(&cfg.offline),
+        ));
     }
     let engine = Engine::new(
         store,
@@ -166,20 +175,31 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             status_attempts: cfg.gateway.status_attempts,
             status_backoff: Duration::from_millis(500),
             reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+            forward: ForwardSettings {
+                batch_size: cfg.offline.batch_size,
+                retry_first: cfg.offline.retry_first.0,
+                retry_max: cfg.offline.retry_max.0,
+                health_interval: cfg.offline.health_interval.0,
+                ageing_interval: cfg.offline.ageing_interval.0,
+                expire_after: cfg.offline.expire_after.0,
+                alert_after: cfg.offline.alert_after.0,
+                stop_after: cfg.offline.stop_after.0,
+            },
         },
     );
     engine.recover().await?;
     tokio::spawn(engine.clone().reversal_worker());
-    tokio::spawn(probe_gateway(gateway));
+    tokio::spawn(engine.clone().forwarder());
+    tokio::spawn(engine.clone().monitor());
 
-    let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine));
+    let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine.clone()));
     let router = tonic::transport::Server::builder().add_service(service);
     let shutdown = shutdown_signal();
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
-        announce(&format!("unix:{path}"), o.demo, &demo_notes);
+        announce(&format!("unix:{path}"), demo_banner, &demo_notes);
         router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await?;
     } else {
         let addr: SocketAddr = cfg
@@ -192,19 +212,24 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let actual = listener.local_addr()?;
-        announce(&actual.to_string(), o.demo, &demo_notes);
+        announce(&actual.to_string(), demo_banner, &demo_notes);
         router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?;
     }
+    engine.shutdown_warning();
     tracing::info!("posd stopped");
     Ok(())
 }
 
-fn announce(addr: &str, demo: bool, notes: &[String]) {
+fn announce(addr: &str, demo: Option<bool>, notes: &[String]) {
     println!("posd listening on {addr}");
-    if demo {
+    if let Some(simulated_gateway) = demo {
         println!();
-        println!("  *** posd DEMO MODE: simulated card reader and gateway run inside this process. ***");
-        println!("  *** No real money moves. Every payment, status and receipt says DEMO.           ***");
+        println!("  *** posd DEMO MODE: every payment, status and receipt says DEMO. ***");
+        if simulated_gateway {
+            println!("  *** The gateway is simulated inside this process: no real money moves. ***");
+        } else {
+            println!("  *** CAUTION: payments go to the real gateway named below.            ***");
+        }
         for n in notes {
             println!("  {n}");
         }
@@ -223,12 +248,4 @@ async fn shutdown_signal() {
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
     tracing::info!("shutting down");
-}
-
-/// Keeps the gateway's online state current between payments.
-async fn probe_gateway(gateway: Arc<Gateway>) {
-    loop {
-        let _ = gateway.transaction("posd-connectivity-probe").await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    }
 }

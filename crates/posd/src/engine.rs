@@ -1,21 +1,29 @@
 //! The payment engine at run time: admits payments, runs each in a task it
 //! owns (not the gRPC call's), commits every transition before acting on it,
-//! recovers after a restart, and retries reversals until acknowledged.
+//! approves offline within limits, forwards the outbox, recovers after a
+//! restart, and retries reversals until acknowledged.
+//!
+//! Background tasks: [`Engine::reversal_worker`], [`Engine::forwarder`],
+//! [`Engine::monitor`] (gateway reachability and queue ageing).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pos_engine::{Effect, Input, Recovery, Status, next};
-use pos_proto::gateway::{AuthorizeRequest, Outcome, ReverseRequest, Transaction};
+use pos_engine::offline::{self, AgeLevel, Entry, OfflineCandidate, QueueState};
+use pos_engine::{Effect, Input, Recovery, Status, TransitionError, next};
+use pos_proto::gateway::{AuthorizeRequest, ForwardResult, Outcome, ReverseRequest, Transaction};
 use pos_proto::reader::{CardResult, CollectCard, FailReason};
 use pos_proto::terminal as pb;
 use tokio::sync::{Notify, broadcast, mpsc};
 
+use crate::clock::AgeClock;
 use crate::convert;
-use crate::gateway::{AuthOutcome, Gateway};
+use crate::failpoint;
+use crate::gateway::{AuthOutcome, BatchOutcome, Gateway};
 use crate::lane::{Lane, ReaderEvent};
-use crate::store::{CardInfo, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::store::{CardInfo, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +42,15 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
+/// Why a step could not be taken.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("refused by the payment state machine: {0}")]
+    Refused(#[from] TransitionError),
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Prefix of the terminal id sent to the gateway ("<store>/<lane>").
@@ -46,6 +63,19 @@ pub struct EngineSettings {
     pub status_backoff: Duration,
     /// First and longest wait between reversal attempts.
     pub reversal_backoff: (Duration, Duration),
+    pub forward: ForwardSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    pub batch_size: usize,
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    pub health_interval: Duration,
+    pub ageing_interval: Duration,
+    pub expire_after: Duration,
+    pub alert_after: Duration,
+    pub stop_after: Duration,
 }
 
 /// A payment the register asked for.
@@ -64,6 +94,28 @@ struct Live {
     cancel: mpsc::Sender<()>,
 }
 
+#[derive(Debug, Default, Clone)]
+struct SyncState {
+    last_error: String,
+    paused: bool,
+    age_level: Option<AgeLevel>,
+}
+
+/// The queue as the register sees it.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub online: bool,
+    pub queue_depth: u32,
+    pub quarantined: u32,
+    pub totals: Vec<(String, i64)>,
+    pub oldest_age: Duration,
+    pub last_error: String,
+    pub paused: bool,
+    pub last_online_ms: Option<i64>,
+}
+
+const LAST_ONLINE: &str = "gateway_last_online_ms";
+
 pub struct Engine {
     store: Arc<Store>,
     gateway: Arc<Gateway>,
@@ -71,9 +123,17 @@ pub struct Engine {
     settings: EngineSettings,
     /// Serialises admission: idempotency lookup, busy check and insert.
     admission: tokio::sync::Mutex<()>,
+    /// Serialises offline decisions, so limits hold across lanes.
+    offline_gate: tokio::sync::Mutex<()>,
     live: Mutex<HashMap<String, Live>>,
     busy: Mutex<HashMap<String, String>>,
     reversals: Notify,
+    forward_wake: Notify,
+    events: broadcast::Sender<EventRecord>,
+    clock: AgeClock,
+    sync: Mutex<SyncState>,
+    /// Set when a database write failed: new payments are refused (fail closed).
+    store_failed: AtomicBool,
 }
 
 /// A register's view of a payment stream: the payment now, and what follows.
@@ -84,15 +144,22 @@ pub struct Attached {
 
 impl Engine {
     pub fn new(store: Arc<Store>, gateway: Arc<Gateway>, lanes: Vec<Arc<Lane>>, settings: EngineSettings) -> Arc<Self> {
+        let clock = AgeClock::start(&store);
         Arc::new(Self {
             store,
             gateway,
             lanes: lanes.into_iter().map(|l| (l.id.clone(), l)).collect(),
             settings,
             admission: tokio::sync::Mutex::new(()),
+            offline_gate: tokio::sync::Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             reversals: Notify::new(),
+            forward_wake: Notify::new(),
+            events: broadcast::channel(1024).0,
+            clock,
+            sync: Mutex::new(SyncState::default()),
+            store_failed: AtomicBool::new(false),
         })
     }
 
@@ -120,14 +187,56 @@ impl Engine {
         self.busy.lock().unwrap().get(terminal).cloned()
     }
 
+    /// Live register events (after those already stored).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<EventRecord> {
+        self.events.subscribe()
+    }
+
     fn gateway_terminal(&self, terminal: &str) -> String {
         format!("{}/{terminal}", self.settings.store_id)
+    }
+
+    fn note_store_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Db(_)) && !self.store_failed.swap(true, Ordering::SeqCst) {
+            tracing::error!(error = %e, "database write failed: refusing new payments until posd is restarted with a healthy database");
+        }
+    }
+
+    /// Appends and publishes an event that is not part of a payment transition.
+    fn emit(&self, kind: &'static str, terminal_id: &str, payment_id: &str, message: String) {
+        let e = NewEvent { kind, terminal_id: terminal_id.into(), payment_id: payment_id.into(), message };
+        match self.store.append_event(&e) {
+            Ok(rec) => {
+                let _ = self.events.send(rec);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, kind, "cannot record an event");
+                self.note_store_error(&err);
+            }
+        }
     }
 
     /// Starts a payment, or attaches to the one under the same key.
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let lane = self.validate(&req)?;
         let _admission = self.admission.lock().await;
+        if let Some(existing) = self.store.get_by_key(&req.idempotency_key)? {
+            compare(&existing, &req)?;
+            return Ok(self.attach(existing));
+        }
+        if self.store_failed.load(Ordering::SeqCst) {
+            return Err(EngineError::Unavailable(
+                "posd cannot write its payment database (disk full or damaged); new payments are refused. \
+                 Queued payments are kept. Free space or repair, then restart posd."
+                    .into(),
+            ));
+        }
+        if let Some(busy) = self.busy_with(&lane.id) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "terminal {} is busy with payment {busy}; wait for it to finish or cancel it",
+                lane.id
+            )));
+        }
         let now = now_ms();
         let candidate = PaymentRecord {
             id: format!("pay_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
@@ -147,35 +256,33 @@ impl Engine {
             demo: self.settings.demo,
             created_at_ms: now,
             updated_at_ms: now,
+            offline: false,
+            queued_at_ms: None,
+            forward_attempts: 0,
+            last_error: String::new(),
         };
-        // A known key re-attaches (or conflicts) below, busy or not.
-        if let Some(busy) = self.busy_with(&lane.id)
-            && self.store.get_by_key(&req.idempotency_key)?.is_none()
-        {
-            return Err(EngineError::FailedPrecondition(format!(
-                "terminal {} is busy with payment {busy}; wait for it to finish or cancel it",
-                lane.id
-            )));
-        }
-        match self.store.insert_or_get(&candidate)? {
-            Err(existing) => {
+        let created = match self.store.insert_or_get(&candidate) {
+            Ok(Ok(created)) => created,
+            Ok(Err(existing)) => {
                 compare(&existing, &req)?;
-                Ok(self.attach(existing))
+                return Ok(self.attach(existing));
             }
-            Ok(created) => {
-                let (events, _) = broadcast::channel(64);
-                let (cancel, cancel_rx) = mpsc::channel(1);
-                let rx = events.subscribe();
-                self.live.lock().unwrap().insert(created.id.clone(), Live { events, cancel });
-                self.busy.lock().unwrap().insert(created.terminal_id.clone(), created.id.clone());
-                tracing::info!(payment = %created.id, terminal = %created.terminal_id, amount = created.amount_minor, currency = %created.currency, "payment created");
-                let engine = self.clone();
-                let lane = lane.clone();
-                let rec = created.clone();
-                tokio::spawn(async move { engine.run_payment(lane, rec, cancel_rx).await });
-                Ok(Attached { payment: created, events: Some(rx) })
+            Err(e) => {
+                self.note_store_error(&e);
+                return Err(e.into());
             }
-        }
+        };
+        let (events, _) = broadcast::channel(64);
+        let (cancel, cancel_rx) = mpsc::channel(1);
+        let rx = events.subscribe();
+        self.live.lock().unwrap().insert(created.id.clone(), Live { events, cancel });
+        self.busy.lock().unwrap().insert(created.terminal_id.clone(), created.id.clone());
+        tracing::info!(payment = %created.id, terminal = %created.terminal_id, amount = created.amount_minor, currency = %created.currency, "payment created");
+        let engine = self.clone();
+        let lane = lane.clone();
+        let rec = created.clone();
+        tokio::spawn(async move { engine.run_payment(lane, rec, cancel_rx).await });
+        Ok(Attached { payment: created, events: Some(rx) })
     }
 
     fn validate(&self, req: &NewPayment) -> Result<Arc<Lane>, EngineError> {
@@ -255,13 +362,13 @@ impl Engine {
     /// Commits a transition, publishes it, and performs its fire-and-forget
     /// effects. Request/response effects (collect, authorize, query) are
     /// performed by the caller, which awaits their results.
-    async fn step(&self, rec: &PaymentRecord, input: Input, update: Update) -> Result<PaymentRecord, StoreError> {
-        let t = next(rec.status, &input).map_err(|e| {
-            tracing::error!(payment = %rec.id, error = %e, "invalid transition");
-            StoreError::Conflict { id: rec.id.clone(), expected: rec.status, actual: rec.status }
-        })?;
-        let new = self.store.apply(&rec.id, &t, update)?;
+    async fn step(&self, rec: &PaymentRecord, input: Input, update: Update) -> Result<PaymentRecord, StepError> {
+        let t = next(rec.status, &input)?;
+        let (new, event) = self.store.apply(&rec.id, &t, update).inspect_err(|e| self.note_store_error(e))?;
         tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
+        if let Some(e) = event {
+            let _ = self.events.send(e);
+        }
         self.publish(&new, convert::stage(new.status), convert::status_message(&new));
         for effect in &t.effects {
             match effect {
@@ -313,22 +420,44 @@ impl Engine {
 
     async fn run_payment(self: Arc<Self>, lane: Arc<Lane>, rec: PaymentRecord, mut cancel: mpsc::Receiver<()>) {
         let id = rec.id.clone();
-        if let Err(e) = self.drive(&lane, rec, &mut cancel).await {
-            // Storage failed: fail closed. Nothing more is done for this
-            // payment until a restart recovers it from what was committed.
-            tracing::error!(payment = %id, error = %e, "payment stopped: storage failure");
-            lane.release(&id);
-            if let Ok(Some(rec)) = self.store.get(&id) {
-                self.publish(&rec, pb::PaymentStage::Failed, format!("Payment storage failed: {e}"));
+        let Err(e) = self.drive(&lane, rec, &mut cancel).await else { return };
+        lane.release(&id);
+        let stored = self.store.get(&id).ok().flatten();
+        let may_be_at_gateway = stored
+            .as_ref()
+            .is_none_or(|r| !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead));
+        tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
+        match stored {
+            Some(rec) if !may_be_at_gateway => {
+                // Nothing was sent: the register may safely try again.
+                lane.cancel(&id).await;
+                self.publish(
+                    &rec,
+                    pb::PaymentStage::Failed,
+                    format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
+                );
                 self.settle(&rec);
-            } else {
+            }
+            Some(rec) => {
+                // The request may be at the gateway: do not let the register
+                // retry as if nothing happened. The lane stays busy; a restart
+                // settles the payment by status query.
+                self.publish(
+                    &rec,
+                    pb::PaymentStage::Authorizing,
+                    format!(
+                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; check payment {id} after posd restarts."
+                    ),
+                );
                 self.live.lock().unwrap().remove(&id);
-                self.busy.lock().unwrap().retain(|_, p| *p != id);
+            }
+            None => {
+                self.live.lock().unwrap().remove(&id);
             }
         }
     }
 
-    async fn drive(&self, lane: &Lane, rec: PaymentRecord, cancel: &mut mpsc::Receiver<()>) -> Result<(), StoreError> {
+    async fn drive(&self, lane: &Lane, rec: PaymentRecord, cancel: &mut mpsc::Receiver<()>) -> Result<(), StepError> {
         let rec = self.step(&rec, Input::Start, Update::default()).await?;
         let request = CollectCard {
             payment_id: rec.id.clone(),
@@ -348,71 +477,98 @@ impl Engine {
         };
         let deadline = tokio::time::sleep(self.settings.collect_timeout);
         tokio::pin!(deadline);
-        let card = loop {
+        let outcome = loop {
             tokio::select! {
                 ev = reader.recv() => match ev {
                     Some(ReaderEvent::Progress { stage, text }) => {
                         self.publish(&rec, convert::reader_stage(stage), text);
                     }
-                    Some(ReaderEvent::Card(card)) => break card,
+                    Some(ReaderEvent::Card(card)) => break Ok(card),
                     Some(ReaderEvent::Failed { reason: FailReason::Canceled, .. }) => {
-                        lane.release(&rec.id);
-                        self.step(&rec, Input::Cancel { by: "the customer at the reader".into() }, Update::default()).await?;
-                        return Ok(());
+                        break Err(Input::Cancel { by: "the customer at the reader".into() });
                     }
                     Some(ReaderEvent::Failed { reason, message }) => {
-                        lane.release(&rec.id);
                         let code = match reason {
                             FailReason::Timeout => "reader_timeout",
                             FailReason::CardError => "card_error",
                             _ => "reader_error",
                         };
-                        self.step(&rec, Input::CollectFailed { code: code.into(), message }, Update::default()).await?;
-                        return Ok(());
+                        break Err(Input::CollectFailed { code: code.into(), message });
                     }
                     Some(ReaderEvent::Disconnected(reason)) => {
                         let message = format!("the card reader disconnected: {reason}");
-                        self.step(&rec, Input::CollectFailed { code: "reader_disconnected".into(), message }, Update::default()).await?;
-                        return Ok(());
+                        break Err(Input::CollectFailed { code: "reader_disconnected".into(), message });
                     }
                     None => {
                         let message = "the card reader stopped answering".to_string();
-                        self.step(&rec, Input::CollectFailed { code: "reader_disconnected".into(), message }, Update::default()).await?;
-                        return Ok(());
+                        break Err(Input::CollectFailed { code: "reader_disconnected".into(), message });
                     }
                 },
-                Some(()) = cancel.recv() => {
-                    self.step(&rec, Input::Cancel { by: "the register".into() }, Update::default()).await?;
-                    return Ok(());
-                }
+                Some(()) = cancel.recv() => break Err(Input::Cancel { by: "the register".into() }),
                 () = &mut deadline => {
-                    lane.cancel(&rec.id).await;
                     let message = format!("no card within {:?}", self.settings.collect_timeout);
-                    self.step(&rec, Input::CollectFailed { code: "reader_timeout".into(), message }, Update::default()).await?;
-                    return Ok(());
+                    break Err(Input::CollectFailed { code: "reader_timeout".into(), message });
                 }
             }
         };
-        lane.release(&rec.id);
-        self.authorize(rec, *card).await
+        match outcome {
+            Ok(card) => {
+                lane.release(&rec.id);
+                self.authorize(rec, *card).await
+            }
+            Err(input) => {
+                // Whatever ended the collection, the reader must stop too.
+                let register_cancel = matches!(&input, Input::Cancel { by } if by == "the register");
+                if !register_cancel {
+                    lane.cancel(&rec.id).await;
+                }
+                self.step(&rec, input, Update::default()).await?;
+                Ok(())
+            }
+        }
     }
 
-    async fn authorize(&self, rec: PaymentRecord, card: CardResult) -> Result<(), StoreError> {
+    async fn authorize(&self, rec: PaymentRecord, card: CardResult) -> Result<(), StepError> {
         if card.encrypted_card.is_empty() {
             let input = Input::CollectFailed {
-                code: "reader_error".into(),
-                message: "the reader returned no card data".into(),
+                code: "card_data_unavailable".into(),
+                message: "the reader delivered no encrypted card data (keys unavailable)".into(),
             };
             self.step(&rec, input, Update::default()).await?;
             return Ok(());
         }
         let info = card_info(&card);
-        let blob = card.encrypted_card;
+        let blob = card.encrypted_card.clone();
         let rec = self
             .step(&rec, Input::CardRead, Update { card: Some((info.clone(), blob.clone())), ..Default::default() })
             .await?;
         let rec = self.step(&rec, Input::Sending, Update::default()).await?;
-        let request = AuthorizeRequest {
+        let request = self.authorize_request(&rec, &info, blob);
+        match self.gateway.authorize(request).await {
+            AuthOutcome::Answer(tx) => {
+                failpoint::hit("online_after_response");
+                if !self.apply_answer(&rec, tx).await? {
+                    let input = Input::AnswerLost { message: "the gateway's answer did not settle the payment".into() };
+                    let rec = self.step(&rec, input, Update::default()).await?;
+                    self.settle_unknown(rec).await?;
+                }
+            }
+            AuthOutcome::Rejected(message) => {
+                let input = Input::Declined { code: "gateway_rejected".into(), message };
+                self.step(&rec, input, Update::default()).await?;
+            }
+            AuthOutcome::NotSent(message) => self.offline_or_fail(rec, &card, message).await?,
+            AuthOutcome::Unknown(message) => {
+                tracing::warn!(payment = %rec.id, %message, "gateway answer lost; asking for the outcome");
+                let rec = self.step(&rec, Input::AnswerLost { message }, Update::default()).await?;
+                self.settle_unknown(rec).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn authorize_request(&self, rec: &PaymentRecord, info: &CardInfo, blob: Vec<u8>) -> AuthorizeRequest {
+        AuthorizeRequest {
             transaction_key: rec.gateway_key.clone(),
             terminal_id: self.gateway_terminal(&rec.terminal_id),
             amount_minor: rec.amount_minor,
@@ -423,22 +579,74 @@ impl Engine {
             entry_mode: convert::gateway_entry_mode(pb::EntryMode::try_from(info.entry_mode).unwrap_or_default())
                 as i32,
             capture: !rec.manual_capture,
+        }
+    }
+
+    /// The request never left posd: approve offline if the lane's rules allow.
+    async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
+        let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
+        let _gate = self.offline_gate.lock().await;
+        let summary = self.store.queue_summary()?;
+        let total = summary.totals.iter().find(|(c, _)| *c == rec.currency).map_or(0, |(_, t)| *t);
+        let same_card =
+            if card.card_fingerprint.is_empty() { 0 } else { self.store.queued_for_card(&card.card_fingerprint)? };
+        let now = self.clock.now_ms();
+        let queue = QueueState {
+            count: summary.count,
+            total_minor: total,
+            same_card,
+            oldest_age: summary.oldest_queued_at_ms.map(|t| Duration::from_millis((now - t).max(0) as u64)),
+            since_online: self.store.meta(LAST_ONLINE)?.map(|t| Duration::from_millis((now_ms() - t).max(0) as u64)),
         };
-        match self.gateway.authorize(request).await {
-            AuthOutcome::Answer(tx) => {
-                self.apply_answer(&rec, tx).await?;
+        let entry = match pb::EntryMode::try_from(convert::entry_mode(card.entry_mode) as i32) {
+            Ok(pb::EntryMode::Chip) => Entry::Chip,
+            Ok(pb::EntryMode::Contactless) => Entry::Contactless,
+            Ok(pb::EntryMode::Swipe) => Entry::Swipe,
+            Ok(pb::EntryMode::Manual) => Entry::Manual,
+            _ => Entry::Unknown,
+        };
+        let candidate = OfflineCandidate {
+            amount_minor: rec.amount_minor,
+            currency: &rec.currency,
+            brand: &card.brand,
+            entry,
+            fallback: card.fallback,
+            cashback_minor: card.cashback_minor,
+            refund: false,
+            card_data: !card.encrypted_card.is_empty(),
+        };
+        match offline::eligibility(&lane.offline, &candidate, &queue) {
+            Ok(()) => {
+                let update = Update {
+                    queued_at_ms: Some(now),
+                    last_error: Some(why.clone()),
+                    event: Some(NewEvent {
+                        kind: "approved_offline",
+                        terminal_id: rec.terminal_id.clone(),
+                        payment_id: rec.id.clone(),
+                        message: format!("approved offline and queued ({why})"),
+                    }),
+                    ..Default::default()
+                };
+                let t = next(rec.status, &Input::ApprovedOffline)?;
+                let (new, event) = self.store.apply(&rec.id, &t, update).inspect_err(|e| self.note_store_error(e))?;
+                failpoint::hit("offline_after_persist");
+                tracing::warn!(payment = %new.id, %why, "gateway unreachable: approved offline");
+                if let Some(e) = event {
+                    let _ = self.events.send(e);
+                }
+                self.publish(&new, pb::PaymentStage::Approved, convert::status_message(&new));
+                lane.show_result(&new.id, true, &convert::status_message(&new)).await;
+                self.settle(&new);
+                self.forward_wake.notify_one();
             }
-            AuthOutcome::Rejected(message) => {
-                let input = Input::Declined { code: "gateway_rejected".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            AuthOutcome::NotSent(message) => {
-                self.step(&rec, Input::NotSent { message }, Update::default()).await?;
-            }
-            AuthOutcome::Unknown(message) => {
-                tracing::warn!(payment = %rec.id, %message, "gateway answer lost; asking for the outcome");
-                let rec = self.step(&rec, Input::AnswerLost { message }, Update::default()).await?;
-                self.settle_unknown(rec).await?;
+            Err(refusal) => {
+                let message = format!(
+                    "The gateway cannot be reached ({why}) and the payment may not be taken offline: {}",
+                    refusal.message
+                );
+                self.step(&rec, Input::OfflineRefused { code: refusal.code.into(), message }, Update::default())
+                    .await?;
             }
         }
         Ok(())
@@ -446,7 +654,7 @@ impl Engine {
 
     /// Applies the gateway's answer for a payment in AUTHORIZING or UNKNOWN.
     /// Returns false when the answer does not settle it.
-    async fn apply_answer(&self, rec: &PaymentRecord, tx: Transaction) -> Result<bool, StoreError> {
+    async fn apply_answer(&self, rec: &PaymentRecord, tx: Transaction) -> Result<bool, StepError> {
         match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
             Outcome::Approved => {
                 let update = Update {
@@ -467,25 +675,27 @@ impl Engine {
     }
 
     /// Settles a payment whose answer was lost: ask for the outcome under
-    /// the same key; if it stays unknown, queue a reversal.
-    async fn settle_unknown(&self, rec: PaymentRecord) -> Result<(), StoreError> {
-        let mut last = String::from("no attempt made");
+    /// the same key for the whole attempt budget (a delayed request may still
+    /// arrive); if it stays unknown, queue a reversal.
+    async fn settle_unknown(&self, rec: PaymentRecord) -> Result<(), StepError> {
+        let mut last = String::from("no status query was made");
         for attempt in 0..self.settings.status_attempts {
             if attempt > 0 {
                 tokio::time::sleep(self.settings.status_backoff * attempt).await;
             }
             match self.gateway.transaction(&rec.gateway_key).await {
-                Ok(Some(tx)) => {
-                    if self.apply_answer(&rec, tx).await? {
+                Ok(Some(tx)) => match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
+                    Outcome::Reversed => {
+                        last = "the gateway holds the key as reversed".into();
+                        break;
+                    }
+                    Outcome::Unspecified => last = "the gateway answered without an outcome".into(),
+                    _ => {
+                        self.apply_answer(&rec, tx).await?;
                         return Ok(());
                     }
-                    last = "the gateway holds the key as reversed".into();
-                    break;
-                }
-                Ok(None) => {
-                    last = "the gateway has no record of the request".into();
-                    break;
-                }
+                },
+                Ok(None) => last = "the gateway has no record of the request (yet)".into(),
                 Err(e) => last = e,
             }
         }
@@ -495,16 +705,21 @@ impl Engine {
 
     /// Finishes what a previous run left: called once before serving.
     pub async fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        let unsent = self.store.queue_summary()?.count;
+        if unsent > 0 {
+            tracing::warn!(unsent, "offline payments are waiting to be forwarded");
+        }
         for rec in self.store.unfinished()? {
-            match pos_engine::recovery(rec.status) {
-                Recovery::Interrupt => {
-                    self.step(&rec, Input::Interrupted, Update::default()).await?;
-                }
+            let result = match pos_engine::recovery(rec.status) {
+                Recovery::Interrupt => self.step(&rec, Input::Interrupted, Update::default()).await.map(drop),
                 Recovery::QueryStatus => {
                     let rec = if rec.status == Status::Authorizing {
                         let input =
                             Input::AnswerLost { message: "posd restarted while waiting for the gateway".into() };
-                        self.step(&rec, input, Update::default()).await?
+                        match self.step(&rec, input, Update::default()).await {
+                            Ok(r) => r,
+                            Err(e) => return Err(store_error(e)),
+                        }
                     } else {
                         rec
                     };
@@ -515,10 +730,19 @@ impl Engine {
                             tracing::error!(error = %e, "recovery failed");
                         }
                     });
+                    Ok(())
                 }
-                Recovery::Reverse => self.reversals.notify_one(),
-                Recovery::None => {}
-            }
+                Recovery::Requeue => {
+                    let input = Input::ForwardRetry { message: "posd restarted during forwarding".into() };
+                    self.step(&rec, input, Update::default()).await.map(drop)
+                }
+                Recovery::Reverse => {
+                    self.reversals.notify_one();
+                    Ok(())
+                }
+                Recovery::None => Ok(()),
+            };
+            result.map_err(store_error)?;
         }
         Ok(())
     }
@@ -529,15 +753,17 @@ impl Engine {
         let (first, longest) = self.settings.reversal_backoff;
         let mut backoff = first;
         loop {
-            let pending = self
-                .store
-                .list(&crate::store::ListFilter {
-                    statuses: vec![Status::ReversalPending],
-                    limit: 100,
-                    ..Default::default()
-                })
-                .unwrap_or_default();
+            let filter =
+                crate::store::ListFilter { statuses: vec![Status::ReversalPending], limit: 100, ..Default::default() };
             let mut failed = false;
+            let pending = match self.store.list(&filter) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read pending reversals; will retry");
+                    failed = true;
+                    Vec::new()
+                }
+            };
             for rec in pending {
                 let req = ReverseRequest {
                     transaction_key: rec.gateway_key.clone(),
@@ -547,11 +773,15 @@ impl Engine {
                     terminal_id: self.gateway_terminal(&rec.terminal_id),
                 };
                 match self.gateway.reverse(req).await {
-                    Ok(_) => {
+                    Ok(tx) if matches!(Outcome::try_from(tx.outcome), Ok(Outcome::Reversed | Outcome::Declined)) => {
                         if let Err(e) = self.step(&rec, Input::ReversalAcknowledged, Update::default()).await {
                             tracing::error!(payment = %rec.id, error = %e, "could not record the reversal");
                             failed = true;
                         }
+                    }
+                    Ok(tx) => {
+                        tracing::error!(payment = %rec.id, outcome = tx.outcome, "ALERT: the gateway did not reverse the charge; will retry");
+                        failed = true;
                     }
                     Err(e) => {
                         tracing::warn!(payment = %rec.id, error = %e, "reversal not acknowledged; will retry");
@@ -570,6 +800,364 @@ impl Engine {
                 self.reversals.notified().await;
             }
         }
+    }
+
+    /// Wakes the forwarder now ("sync now").
+    pub fn sync_now(&self) {
+        self.sync.lock().unwrap().paused = false;
+        self.forward_wake.notify_one();
+    }
+
+    pub fn sync_report(&self) -> Result<SyncReport, StoreError> {
+        let s = self.store.queue_summary()?;
+        let state = self.sync.lock().unwrap().clone();
+        let now = self.clock.now_ms();
+        Ok(SyncReport {
+            online: self.gateway.is_online(),
+            queue_depth: s.count,
+            quarantined: s.quarantined,
+            totals: s.totals,
+            oldest_age: s
+                .oldest_queued_at_ms
+                .map_or(Duration::ZERO, |t| Duration::from_millis((now - t).max(0) as u64)),
+            last_error: state.last_error,
+            paused: state.paused,
+            last_online_ms: self.store.meta(LAST_ONLINE)?,
+        })
+    }
+
+    /// Forwards the outbox: FIFO, in batches, the same key on every attempt,
+    /// backoff with jitter on link errors. Runs for the life of the process.
+    pub async fn forwarder(self: Arc<Self>) {
+        let f = self.settings.forward.clone();
+        let mut backoff = f.retry_first;
+        let mut wait: Option<Duration> = None;
+        loop {
+            if let Some(d) = wait.take() {
+                tokio::select! {
+                    () = self.forward_wake.notified() => backoff = f.retry_first,
+                    () = tokio::time::sleep(jitter(d)) => {}
+                }
+            }
+            let batch = match self.store.outbox_batch(f.batch_size) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    wait = Some(f.retry_max);
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.forward_wake.notified() => {}
+                    () = tokio::time::sleep(f.health_interval) => {}
+                }
+                continue;
+            }
+            match self.forward_once(batch).await {
+                Ok(None) => backoff = f.retry_first,
+                Ok(Some(auth)) => {
+                    wait = Some(if auth { f.retry_max } else { backoff });
+                    backoff = (backoff * 2).min(f.retry_max);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "forwarding stopped by a storage error");
+                    wait = Some(f.retry_max);
+                }
+            }
+        }
+    }
+
+    /// One forwarding round. `Ok(Some(auth))`: the link failed (auth: credentials).
+    async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
+        let mut claims = Vec::with_capacity(batch.len());
+        for (rec, _) in &batch {
+            claims.push((rec.id.clone(), next(rec.status, &Input::ForwardSending)?, Update::default()));
+        }
+        let claimed: Vec<(PaymentRecord, Vec<u8>)> = self
+            .store
+            .apply_batch(claims)
+            .inspect_err(|e| self.note_store_error(e))?
+            .into_iter()
+            .zip(batch)
+            .filter_map(|(r, (_, blob))| r.ok().map(|(rec, _)| (rec, blob)))
+            .collect();
+        failpoint::hit("forward_after_claim");
+        let requests = claimed
+            .iter()
+            .map(|(rec, blob)| self.authorize_request(rec, &rec.card.clone().unwrap_or_default(), blob.clone()))
+            .collect();
+        match self.gateway.forward_batch(requests).await {
+            BatchOutcome::Results(results) => {
+                failpoint::hit("forward_after_response");
+                self.apply_forward_results(claimed, results).await?;
+                let mut s = self.sync.lock().unwrap();
+                s.last_error.clear();
+                s.paused = false;
+                Ok(None)
+            }
+            BatchOutcome::LinkError { message, auth } => {
+                tracing::warn!(items = claimed.len(), %message, auth, "forwarding failed; payments stay queued");
+                let items = claimed
+                    .iter()
+                    .map(|(rec, _)| {
+                        let t = next(rec.status, &Input::ForwardRetry { message: message.clone() });
+                        (rec.id.clone(), t, Update { last_error: Some(message.clone()), ..Default::default() })
+                    })
+                    .filter_map(|(id, t, u)| t.ok().map(|t| (id, t, u)))
+                    .collect();
+                self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?;
+                let first_pause = {
+                    let mut s = self.sync.lock().unwrap();
+                    s.last_error = message.clone();
+                    let first = auth && !s.paused;
+                    s.paused = auth;
+                    first
+                };
+                if first_pause {
+                    tracing::error!(%message, "ALERT: forwarding paused: the gateway refuses posd's credentials");
+                    self.emit("forwarding_paused", "", "", format!("forwarding paused: {message}"));
+                } else if !auth {
+                    self.emit("forward_failed", "", "", format!("{} payments stay queued: {message}", claimed.len()));
+                }
+                Ok(Some(auth))
+            }
+        }
+    }
+
+    async fn apply_forward_results(
+        &self,
+        claimed: Vec<(PaymentRecord, Vec<u8>)>,
+        results: Vec<ForwardResult>,
+    ) -> Result<(), StepError> {
+        let mut items = Vec::with_capacity(claimed.len());
+        for ((rec, _), r) in claimed.into_iter().zip(results) {
+            let tx = match (r.transaction, r.error_code.as_str()) {
+                (Some(tx), _) => Some(tx),
+                // A gateway that answers a repeated key with "conflict":
+                // the charge exists, so ask for it instead of failing.
+                (None, "already_exists") => self.gateway.transaction(&rec.gateway_key).await.ok().flatten(),
+                (None, _) => None,
+            };
+            let (input, event) = match tx.as_ref().map(|t| Outcome::try_from(t.outcome).unwrap_or(Outcome::Unspecified))
+            {
+                Some(Outcome::Approved) => (
+                    Input::Approved { captured: tx.as_ref().is_some_and(|t| t.captured) },
+                    ("forwarded", "forwarded; the gateway approved".to_string()),
+                ),
+                Some(Outcome::Declined) => {
+                    let t = tx.as_ref().expect("matched Some");
+                    tracing::error!(payment = %rec.id, code = %t.decline_code, "ALERT: a payment approved offline was declined when forwarded");
+                    (
+                        Input::Declined { code: t.decline_code.clone(), message: t.decline_message.clone() },
+                        (
+                            "offline_declined",
+                            format!("declined when forwarded: {} (the merchant's loss)", t.decline_code),
+                        ),
+                    )
+                }
+                other => {
+                    let (code, message) = match other {
+                        Some(_) => {
+                            ("reversed_at_gateway".to_string(), "the gateway holds this key as reversed".to_string())
+                        }
+                        None if r.error_code.is_empty() => {
+                            ("no_result".to_string(), "the gateway returned no result".to_string())
+                        }
+                        None => (r.error_code.clone(), r.error_message.clone()),
+                    };
+                    tracing::error!(payment = %rec.id, %code, %message, "ALERT: queued payment quarantined");
+                    (
+                        Input::Quarantine { code: code.clone(), message: message.clone() },
+                        ("quarantined", format!("{code}: {message}")),
+                    )
+                }
+            };
+            let t = next(rec.status, &input)?;
+            let answer = tx.unwrap_or_default();
+            let update = Update {
+                auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
+                gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
+                event: Some(NewEvent {
+                    kind: event.0,
+                    terminal_id: rec.terminal_id.clone(),
+                    payment_id: rec.id.clone(),
+                    message: event.1,
+                }),
+                ..Default::default()
+            };
+            items.push((rec.id.clone(), t, update));
+        }
+        for r in self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))? {
+            match r {
+                Ok((rec, event)) => {
+                    tracing::info!(payment = %rec.id, status = %rec.status, "forwarding result stored");
+                    if let Some(e) = event {
+                        let _ = self.events.send(e);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "forwarding result not stored"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gateway reachability (health checks plus real calls) and queue ageing.
+    pub async fn monitor(self: Arc<Self>) {
+        let f = self.settings.forward.clone();
+        let mut online = self.gateway.subscribe_online();
+        let mut health = tokio::time::interval(f.health_interval);
+        let mut ageing = tokio::time::interval(f.ageing_interval);
+        let mut was_online: Option<bool> = None;
+        let mut last_recorded = 0i64;
+        loop {
+            tokio::select! {
+                _ = health.tick() => self.gateway.probe().await,
+                _ = online.changed() => {}
+                _ = ageing.tick() => {
+                    self.age_queue(&f);
+                    continue;
+                }
+            }
+            let now_online = *online.borrow_and_update();
+            if was_online != Some(now_online) {
+                if was_online.is_some() || !now_online {
+                    let (kind, text) = if now_online {
+                        ("online", "the gateway is reachable")
+                    } else {
+                        ("offline", "the gateway cannot be reached")
+                    };
+                    self.emit(kind, "", "", text.into());
+                }
+                was_online = Some(now_online);
+                if now_online {
+                    self.forward_wake.notify_one();
+                }
+            }
+            if now_online && now_ms() - last_recorded > 60_000 {
+                last_recorded = now_ms();
+                if let Err(e) = self.store.set_meta(LAST_ONLINE, last_recorded) {
+                    tracing::warn!(error = %e, "cannot record the gateway's last contact");
+                }
+            }
+        }
+    }
+
+    fn age_queue(&self, f: &ForwardSettings) {
+        self.clock.check(&self.store);
+        let now = self.clock.now_ms();
+        // Expire what is too old to forward.
+        match self.store.queued_before(now - f.expire_after.as_millis() as i64) {
+            Ok(old) => {
+                let items: Vec<_> = old
+                    .iter()
+                    .filter_map(|rec| {
+                        let message = format!("not forwarded within {}", human(f.expire_after));
+                        let t = next(rec.status, &Input::Expire { message: message.clone() }).ok()?;
+                        let event = NewEvent {
+                            kind: "expired",
+                            terminal_id: rec.terminal_id.clone(),
+                            payment_id: rec.id.clone(),
+                            message,
+                        };
+                        Some((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }))
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    tracing::error!(count = items.len(), "ALERT: queued payments expired unsent");
+                    match self.store.apply_batch(items) {
+                        Ok(results) => {
+                            for (_, e) in results.into_iter().flatten() {
+                                if let Some(e) = e {
+                                    let _ = self.events.send(e);
+                                }
+                            }
+                        }
+                        Err(e) => self.note_store_error(&e),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot check the queue's age"),
+        }
+        let Ok(summary) = self.store.queue_summary() else { return };
+        let level = summary.oldest_queued_at_ms.map(|t| {
+            let age = Duration::from_millis((now - t).max(0) as u64);
+            let policy = offline::OfflinePolicy {
+                alert_after: f.alert_after,
+                stop_after: f.stop_after,
+                expire_after: f.expire_after,
+                ..offline::OfflinePolicy::defaults_for("")
+            };
+            (offline::age_level(&policy, age), age)
+        });
+        let previous = {
+            let mut s = self.sync.lock().unwrap();
+            std::mem::replace(&mut s.age_level, level.map(|(l, _)| l))
+        };
+        if let Some((level, age)) = level
+            && previous.is_none_or(|p| level > p)
+        {
+            match level {
+                AgeLevel::Alert => {
+                    tracing::warn!(age_s = age.as_secs(), "ALERT: offline payments are waiting too long");
+                    self.emit("queue_age_alert", "", "", format!("the oldest unsent payment is {} old", human(age)));
+                }
+                AgeLevel::Stop => {
+                    tracing::error!(
+                        age_s = age.as_secs(),
+                        "ALERT: no new offline payments until the queue is forwarded"
+                    );
+                    self.emit(
+                        "queue_age_stop",
+                        "",
+                        "",
+                        format!("the oldest unsent payment is {} old; new offline payments are refused", human(age)),
+                    );
+                }
+                AgeLevel::Fresh | AgeLevel::Expire => {}
+            }
+        }
+        // Card data of settled payments must not linger in the WAL.
+        self.store.checkpoint();
+    }
+
+    /// Warns about unsent payments at shutdown.
+    pub fn shutdown_warning(&self) {
+        if let Ok(s) = self.store.queue_summary()
+            && s.count > 0
+        {
+            tracing::warn!(unsent = s.count, "shutting down with offline payments not yet forwarded; they are kept");
+            self.emit(
+                "shutdown_with_unsent",
+                "",
+                "",
+                format!("posd stopped with {} payments not yet forwarded", s.count),
+            );
+        }
+    }
+}
+
+fn store_error(e: StepError) -> StoreError {
+    match e {
+        StepError::Store(s) => s,
+        StepError::Refused(t) => StoreError::Conflict { id: String::new(), expected: t.from, actual: t.from },
+    }
+}
+
+/// Spreads retries: 80-120 % of `d`.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = RandomState::new().hash_one(std::time::Instant::now()) % 401;
+    d * (800 + r as u32) / 1000
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
     }
 }
 
@@ -598,24 +1186,43 @@ fn compare(existing: &PaymentRecord, req: &NewPayment) -> Result<(), EngineError
     }
 }
 
+/// A masked PAN as first 6, `*`s, last 4; anything else is masked fully.
+fn well_masked(masked: &str) -> String {
+    let chars: Vec<char> = masked.chars().collect();
+    let n = chars.len();
+    let ok = (13..=19).contains(&n)
+        && chars.iter().enumerate().all(|(i, c)| if i < 6 || i >= n - 4 { c.is_ascii_digit() } else { *c == '*' });
+    if ok {
+        return masked.to_string();
+    }
+    let digits: String = chars.iter().filter(|c| c.is_ascii_digit()).collect();
+    tracing::error!("the reader sent a badly masked card number; masking it");
+    if digits.len() >= 13 && digits.len() == n { pos_cardcrypt::mask_pan(&digits) } else { "*".repeat(n.max(4)) }
+}
+
 fn card_info(c: &CardResult) -> CardInfo {
-    // Defence in depth: a reader that sent more than first 6 / last 4 digits
-    // is masked here, before anything is stored or shown.
-    let digits = c.masked_pan.chars().filter(char::is_ascii_digit).count();
-    let masked_pan = if digits > 10 {
-        tracing::error!("the reader sent an unmasked card number; masking it");
-        pos_cardcrypt::mask_pan(&c.masked_pan)
-    } else {
-        c.masked_pan.clone()
-    };
+    use crate::lane::scrub;
     CardInfo {
-        masked_pan,
-        brand: c.brand.clone(),
+        masked_pan: well_masked(&c.masked_pan),
+        brand: scrub(&c.brand),
         entry_mode: convert::entry_mode(c.entry_mode) as i32,
         wallet: convert::wallet(c.wallet) as i32,
-        aid: c.aid.clone(),
-        application_label: c.application_label.clone(),
+        aid: scrub(&c.aid),
+        application_label: scrub(&c.application_label),
         verification: convert::verification(c.verification) as i32,
-        fingerprint: c.card_fingerprint.clone(),
+        fingerprint: scrub(&c.card_fingerprint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::well_masked;
+
+    #[test]
+    fn masked_pans_keep_first_six_and_last_four_only() {
+        assert_eq!(well_masked("424242******4242"), "424242******4242");
+        assert_eq!(well_masked("4242424242424242"), "424242******4242");
+        assert_eq!(well_masked("4242424242******"), "****************");
+        assert_eq!(well_masked("garbage"), "*******");
     }
 }

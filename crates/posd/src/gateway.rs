@@ -7,11 +7,13 @@
 //! and is settled by a status query under the same key, never by resending
 //! under a new one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pos_proto::gateway::gateway_client::GatewayClient as Client;
-use pos_proto::gateway::{AuthorizeRequest, GetTransactionRequest, ReverseRequest, Transaction};
+use pos_proto::gateway::{
+    AuthorizeRequest, ForwardBatchRequest, ForwardResult, GetTransactionRequest, ReverseRequest, Transaction,
+};
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Clone)]
@@ -35,10 +37,24 @@ pub enum AuthOutcome {
     Unknown(String),
 }
 
+/// What came of a forwarding batch.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    /// One result per item, in order.
+    Results(Vec<ForwardResult>),
+    /// The call failed as a whole; `auth` marks credential errors, which
+    /// pause forwarding instead of being retried at once.
+    LinkError { message: String, auth: bool },
+}
+
+fn is_auth_error(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+}
+
 pub struct Gateway {
     endpoint: Endpoint,
     settings: GatewaySettings,
-    online: AtomicBool,
+    online: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -47,7 +63,7 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("invalid gateway URL {:?}: {e}", settings.url))?
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true);
-        Ok(Self { endpoint, settings, online: AtomicBool::new(false) })
+        Ok(Self { endpoint, settings, online: watch::Sender::new(false) })
     }
 
     pub fn url(&self) -> &str {
@@ -56,12 +72,63 @@ impl Gateway {
 
     /// True when the last contact with the gateway succeeded.
     pub fn is_online(&self) -> bool {
-        self.online.load(Ordering::Relaxed)
+        *self.online.borrow()
+    }
+
+    /// Follows the online state as calls and health checks find it.
+    pub fn subscribe_online(&self) -> watch::Receiver<bool> {
+        self.online.subscribe()
     }
 
     fn set_online(&self, online: bool) {
-        if self.online.swap(online, Ordering::Relaxed) != online {
+        if self.online.send_replace(online) != online {
             tracing::info!(online, url = %self.settings.url, "gateway connectivity changed");
+        }
+    }
+
+    /// Health check: a status query for a key that never exists.
+    pub async fn probe(&self) {
+        if let Err(e) = self.transaction("posd-connectivity-probe").await {
+            tracing::debug!(error = %e, "gateway health check failed");
+            self.set_online(false);
+        }
+    }
+
+    /// Forwards queued payments in one call.
+    pub async fn forward_batch(&self, items: Vec<AuthorizeRequest>) -> BatchOutcome {
+        let n = items.len();
+        let mut client = match self.connect().await {
+            Ok(c) => c,
+            Err(message) => return BatchOutcome::LinkError { message, auth: false },
+        };
+        let call = client.forward_batch(ForwardBatchRequest { items });
+        match tokio::time::timeout(self.settings.request_timeout, call).await {
+            Err(_) => {
+                self.set_online(false);
+                BatchOutcome::LinkError {
+                    message: format!("no answer within {:?}", self.settings.request_timeout),
+                    auth: false,
+                }
+            }
+            Ok(Ok(resp)) => {
+                self.set_online(true);
+                let results = resp.into_inner().results;
+                if results.len() != n {
+                    return BatchOutcome::LinkError {
+                        message: format!("the gateway answered {} results for {n} items", results.len()),
+                        auth: false,
+                    };
+                }
+                BatchOutcome::Results(results)
+            }
+            Ok(Err(s)) => {
+                let auth = is_auth_error(s.code());
+                if auth {
+                    // It answered: the link is up, the credentials are not.
+                    self.set_online(true);
+                }
+                BatchOutcome::LinkError { message: format!("{:?}: {}", s.code(), s.message()), auth }
+            }
         }
     }
 
@@ -92,9 +159,15 @@ impl Gateway {
                     None => AuthOutcome::Unknown("answer without a transaction".into()),
                 }
             }
-            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+            Ok(Err(status))
+                if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) =>
+            {
                 self.set_online(true);
                 AuthOutcome::Rejected(status.message().to_string())
+            }
+            // Refused before processing (credentials): nothing was charged.
+            Ok(Err(status)) if is_auth_error(status.code()) => {
+                AuthOutcome::NotSent(format!("the gateway refused the credentials: {}", status.message()))
             }
             Ok(Err(status)) => AuthOutcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
         }

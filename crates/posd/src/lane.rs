@@ -55,6 +55,8 @@ pub struct Lane {
     pub id: String,
     pub currency: String,
     pub line: ReaderLine,
+    /// Offline approval limits of this lane.
+    pub offline: pos_engine::offline::OfflinePolicy,
     cmd_tx: mpsc::Sender<HostMessage>,
     collector: Arc<Mutex<Option<Collector>>>,
     state: Arc<Mutex<ReaderState>>,
@@ -62,12 +64,18 @@ pub struct Lane {
 
 impl Lane {
     /// Starts the lane's reader task.
-    pub fn spawn(id: String, currency: String, line: ReaderLine) -> Arc<Lane> {
+    pub fn spawn(
+        id: String,
+        currency: String,
+        line: ReaderLine,
+        offline: pos_engine::offline::OfflinePolicy,
+    ) -> Arc<Lane> {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let lane = Arc::new(Lane {
             id,
             currency,
             line,
+            offline,
             cmd_tx,
             collector: Arc::new(Mutex::new(None)),
             state: Arc::new(Mutex::new(ReaderState::default())),
@@ -162,10 +170,14 @@ async fn run(
             Err(e) => {
                 if e != last_error {
                     tracing::warn!(%lane, error = %e, "card reader unavailable; retrying");
-                    last_error = e;
+                    last_error = e.clone();
                 }
-                // Commands meant for a reader that is not there are void.
+                // Commands meant for a reader that is not there are void; a
+                // payment waiting for one hears that the reader is gone.
                 while cmd_rx.try_recv().is_ok() {}
+                if let Some((_, tx)) = collector.lock().unwrap().take() {
+                    let _ = tx.send(ReaderEvent::Disconnected(e.clone()));
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -173,11 +185,18 @@ async fn run(
         };
         backoff = Duration::from_millis(200);
         last_error.clear();
-        state.lock().unwrap().connected = true;
-        tracing::info!(%lane, %line, "card reader link up");
-        let mut pending = Some(encode(HostMessage { body: Some(host_message::Body::GetDeviceInfo(GetDeviceInfo {})) }));
+        tracing::info!(%lane, %line, "card reader link open; asking it to identify");
+        // The reader counts as connected once it has identified itself. A
+        // collection left over from before (a posd restart) is canceled first.
+        let mut pending: std::collections::VecDeque<Vec<u8>> = [
+            host_message::Body::Cancel(Cancel { payment_id: String::new() }),
+            host_message::Body::GetDeviceInfo(GetDeviceInfo {}),
+        ]
+        .into_iter()
+        .map(|b| encode(HostMessage { body: Some(b) }))
+        .collect();
         let reason = loop {
-            if let Some(apdu) = pending.take() {
+            if let Some(apdu) = pending.pop_front() {
                 if let Err(e) = link.send(apdu).await {
                     break e.to_string();
                 }
@@ -185,7 +204,7 @@ async fn run(
             }
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
-                    Some(m) => pending = Some(encode(m)),
+                    Some(m) => pending.push_back(encode(m)),
                     None => return,
                 },
                 got = link.recv() => match got {
@@ -213,11 +232,11 @@ fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: 
             let mut s = state.lock().unwrap();
             *s = ReaderState {
                 connected: true,
-                serial: d.serial,
-                model: d.model,
-                firmware: d.firmware_version,
+                serial: scrub(&d.serial),
+                model: scrub(&d.model),
+                firmware: scrub(&d.firmware_version),
                 healthy: d.healthy,
-                detail: d.health_detail,
+                detail: scrub(&d.health_detail),
             };
             return;
         }
@@ -240,5 +259,39 @@ fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: 
             let _ = tx.send(event);
         }
         _ => tracing::debug!(%lane, %payment_id, "reader message for a payment that is no longer collecting"),
+    }
+}
+
+/// Text from a device, made safe to store, log and show: any run of 13 or
+/// more digits (a card number by mistake) is masked.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 13 {
+            out.extend(std::iter::repeat_n('*', run.len()));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scrub_masks_long_digit_runs_only() {
+        assert_eq!(super::scrub("PAN 4242424242424242 ok"), "PAN **************** ok");
+        assert_eq!(super::scrub("Amount 12.34, trace 123456"), "Amount 12.34, trace 123456");
     }
 }

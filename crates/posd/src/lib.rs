@@ -11,10 +11,12 @@
 //! - [`daemon`]: start-up, demo mode and serving.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod engine;
+pub mod failpoint;
 pub mod gateway;
 pub mod lane;
 pub mod store;

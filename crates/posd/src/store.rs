@@ -58,6 +58,42 @@ pub struct PaymentRecord {
     pub demo: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Approved offline (store-and-forward).
+    pub offline: bool,
+    /// Ageing-clock time it entered the outbox.
+    pub queued_at_ms: Option<i64>,
+    pub forward_attempts: i64,
+    pub last_error: String,
+}
+
+/// One entry of the register's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub cursor: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub terminal_id: String,
+    pub payment_id: String,
+    pub message: String,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub terminal_id: String,
+    pub payment_id: String,
+    pub message: String,
+}
+
+/// The outbox's totals, for limits and sync status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub count: u32,
+    pub quarantined: u32,
+    /// (currency, total minor units), sorted by currency.
+    pub totals: Vec<(String, i64)>,
+    pub oldest_queued_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +110,12 @@ pub struct Update {
     pub card: Option<(CardInfo, Vec<u8>)>,
     pub auth_code: Option<String>,
     pub gateway_reference: Option<String>,
+    /// Entering the outbox: the ageing-clock time (sets the FIFO position once).
+    pub queued_at_ms: Option<i64>,
+    /// A forwarding attempt's error, kept for support.
+    pub last_error: Option<String>,
+    /// An event for the register, appended in the same commit.
+    pub event: Option<NewEvent>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -91,7 +133,8 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE payments (
     id TEXT PRIMARY KEY,
     idempotency_key TEXT NOT NULL UNIQUE,
@@ -132,11 +175,37 @@ CREATE TABLE payment_events (
     cause TEXT NOT NULL
 );
 CREATE INDEX payment_events_by_payment ON payment_events (payment_id, seq);
-"];
+",
+    "
+-- Offline store-and-forward. Additive only: queued payments are never rewritten.
+ALTER TABLE payments ADD COLUMN offline INTEGER NOT NULL DEFAULT 0;
+-- FIFO position in the outbox, set once when approved offline.
+ALTER TABLE payments ADD COLUMN queue_seq INTEGER;
+-- Ageing-clock time the payment entered the outbox.
+ALTER TABLE payments ADD COLUMN queued_at_ms INTEGER;
+ALTER TABLE payments ADD COLUMN forward_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE payments ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+CREATE INDEX payments_outbox ON payments (status, queue_seq);
+-- The register's resumable event stream.
+CREATE TABLE events (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    terminal_id TEXT NOT NULL,
+    payment_id TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+",
+];
 
 const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
     gateway_key, masked_pan, brand, entry_mode, wallet, aid, application_label, verification, card_fingerprint, \
-    reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms";
+    reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms, offline, \
+    queued_at_ms, forward_attempts, last_error";
 
 fn status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Status> {
     let s: String = r.get(i)?;
@@ -178,6 +247,10 @@ fn row_to_payment(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
         demo: r.get(21)?,
         created_at_ms: r.get(22)?,
         updated_at_ms: r.get(23)?,
+        offline: r.get(24)?,
+        queued_at_ms: r.get(25)?,
+        forward_attempts: r.get(26)?,
+        last_error: r.get(27)?,
     })
 }
 
@@ -188,13 +261,18 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating) the database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens with an optional cap on the database size in pages.
+    pub fn open_with(path: &Path, max_page_count: Option<u64>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(%mode, "SQLite refused WAL mode");
         }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")?;
         let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction()?;
@@ -202,6 +280,9 @@ impl Store {
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
             tx.commit()?;
             tracing::info!(version = i + 1, "database migrated");
+        }
+        if let Some(max) = max_page_count {
+            let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
         }
         Ok(Self { conn: Mutex::new(conn) })
     }
@@ -254,9 +335,157 @@ impl Store {
     /// Commits one transition: the status (only if it is still `t.from`), its
     /// reason, the update's data, and an audit entry. Card data is dropped in
     /// the same commit when the new status may not keep it.
-    pub fn apply(&self, id: &str, t: &Transition, update: Update) -> Result<PaymentRecord, StoreError> {
+    pub fn apply(
+        &self,
+        id: &str,
+        t: &Transition,
+        update: Update,
+    ) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let out = apply_in(&tx, id, t, update)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Commits many transitions at once (one disk sync). A transition whose
+    /// `from` is stale is skipped and reported; the others are committed.
+    #[allow(clippy::type_complexity)]
+    pub fn apply_batch(
+        &self,
+        items: Vec<(String, Transition, Update)>,
+    ) -> Result<Vec<Result<(PaymentRecord, Option<EventRecord>), StoreError>>, StoreError> {
+        let mut conn = self.conn();
+        let mut tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(items.len());
+        for (id, t, u) in items {
+            let sp = tx.savepoint()?;
+            match apply_in(&sp, &id, &t, u) {
+                Ok(r) => {
+                    sp.commit()?;
+                    out.push(Ok(r));
+                }
+                Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Appends an event that concerns no payment transition.
+    pub fn append_event(&self, e: &NewEvent) -> Result<EventRecord, StoreError> {
+        let conn = self.conn();
+        insert_event(&conn, e)
+    }
+
+    /// Events with a cursor above `after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT cursor, at_ms, kind, terminal_id, payment_id, message FROM events WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok(EventRecord {
+                cursor: r.get(0)?,
+                at_ms: r.get(1)?,
+                kind: r.get(2)?,
+                terminal_id: r.get(3)?,
+                payment_id: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The next queued payments to forward, in FIFO order, with their card data.
+    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let blob: Option<Vec<u8>> = r.get(28)?;
+            Ok((row_to_payment(r)?, blob.unwrap_or_default()))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Queued payments older than `queued_before_ms` (for expiry).
+    pub fn queued_before(&self, queued_before_ms: i64) -> Result<Vec<PaymentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE status = 'offline_approved' AND queued_at_ms < ?1 ORDER BY queue_seq"
+        ))?;
+        let rows = stmt.query_map([queued_before_ms], row_to_payment)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Totals of the unsent offline payments.
+    pub fn queue_summary(&self) -> Result<QueueSummary, StoreError> {
+        let conn = self.conn();
+        const UNSENT: &str = "status IN ('offline_approved', 'forwarding', 'quarantined')";
+        let (count, quarantined, oldest): (u32, u32, Option<i64>) = conn.query_row(
+            &format!(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'quarantined'), 0), MIN(queued_at_ms) FROM payments WHERE {UNSENT}"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT currency, SUM(amount_minor) FROM payments WHERE {UNSENT} GROUP BY currency ORDER BY currency"
+        ))?;
+        let totals = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(QueueSummary { count, quarantined, totals, oldest_queued_at_ms: oldest })
+    }
+
+    /// Unsent offline payments of one card (by the reader's fingerprint).
+    pub fn queued_for_card(&self, fingerprint: &str) -> Result<u32, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM payments WHERE status IN ('offline_approved', 'forwarding', 'quarantined') \
+             AND card_fingerprint = ?1",
+            [fingerprint],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreError> {
+    let at_ms = now_ms();
+    conn.execute(
+        "INSERT INTO events (at_ms, kind, terminal_id, payment_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at_ms, e.kind, e.terminal_id, e.payment_id, e.message],
+    )?;
+    Ok(EventRecord {
+        cursor: conn.last_insert_rowid(),
+        at_ms,
+        kind: e.kind.to_string(),
+        terminal_id: e.terminal_id.clone(),
+        payment_id: e.payment_id.clone(),
+        message: e.message.clone(),
+    })
+}
+
+/// One transition inside the caller's transaction.
+fn apply_in(
+    tx: &Connection,
+    id: &str,
+    t: &Transition,
+    update: Update,
+) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
+    {
         let current: String = tx
             .query_row("SELECT status FROM payments WHERE id = ?1", [id], |r| r.get(0))
             .optional()?
@@ -307,9 +536,34 @@ impl Store {
             "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, now, t.from.as_str(), t.to.as_str(), t.cause],
         )?;
+        if t.to == Status::OfflineApproved {
+            tx.execute(
+                "UPDATE payments SET offline = 1, \
+                 queue_seq = COALESCE(queue_seq, (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments)), \
+                 queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1",
+                params![id, update.queued_at_ms.unwrap_or(now)],
+            )?;
+        }
+        if t.to == Status::Forwarding {
+            tx.execute("UPDATE payments SET forward_attempts = forward_attempts + 1 WHERE id = ?1", [id])?;
+        }
+        if let Some(e) = &update.last_error {
+            tx.execute("UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
+        }
+        let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
         let rec = tx.query_row(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"), [id], row_to_payment)?;
-        tx.commit()?;
-        Ok(rec)
+        Ok((rec, event))
+    }
+}
+
+impl Store {
+    /// Moves the WAL into the database and truncates it, so deleted card
+    /// data does not linger there (secure_delete wipes it in the database).
+    pub fn checkpoint(&self) {
+        let conn = self.conn();
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -452,6 +706,10 @@ mod tests {
             demo: false,
             created_at_ms: now_ms(),
             updated_at_ms: now_ms(),
+            offline: false,
+            queued_at_ms: None,
+            forward_attempts: 0,
+            last_error: String::new(),
         }
     }
 
@@ -481,11 +739,11 @@ mod tests {
             (Input::Sending, Update::default()),
         ] {
             let t = next(st, &input).unwrap();
-            st = s.apply("pay_k", &t, update).unwrap().status;
+            st = s.apply("pay_k", &t, update).unwrap().0.status;
         }
         assert_eq!(s.encrypted_card("pay_k").unwrap(), Some(vec![1, 2, 3]));
         let t = next(st, &Input::Approved { captured: true }).unwrap();
-        assert_eq!(s.apply("pay_k", &t, Update::default()).unwrap().status, Status::Captured);
+        assert_eq!(s.apply("pay_k", &t, Update::default()).unwrap().0.status, Status::Captured);
         assert_eq!(s.encrypted_card("pay_k").unwrap(), None);
         let h = s.history("pay_k").unwrap();
         assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));

@@ -1,0 +1,54 @@
+//! The ageing clock: how old a queued payment is, immune to wall-clock jumps.
+//!
+//! While posd runs, time advances with the monotonic clock. At start-up it
+//! resumes from the later of the wall clock and the last time posd saw
+//! (persisted), so a clock set backwards never makes a queued payment younger.
+//! Jumps between the wall clock and the ageing clock are logged.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::store::{Store, now_ms};
+
+const HIGH_WATER: &str = "ageing_clock_high_water_ms";
+/// A difference between wall and ageing clock above this is logged as a jump.
+const JUMP_MS: i64 = 5 * 60 * 1000;
+
+pub struct AgeClock {
+    base_ms: i64,
+    base: Instant,
+    last_logged_drift: Mutex<i64>,
+}
+
+impl AgeClock {
+    pub fn start(store: &Store) -> Self {
+        let wall = now_ms();
+        let high_water = store.meta(HIGH_WATER).ok().flatten().unwrap_or(0);
+        if high_water > wall + JUMP_MS {
+            tracing::warn!(
+                behind_s = (high_water - wall) / 1000,
+                "the wall clock is behind the last time posd recorded; ageing continues from the later time"
+            );
+        }
+        Self { base_ms: wall.max(high_water), base: Instant::now(), last_logged_drift: Mutex::new(0) }
+    }
+
+    /// Milliseconds on the ageing clock (Unix epoch based, never backwards).
+    pub fn now_ms(&self) -> i64 {
+        self.base_ms + self.base.elapsed().as_millis() as i64
+    }
+
+    /// Logs a wall-clock jump once per jump and persists the high-water mark.
+    pub fn check(&self, store: &Store) {
+        let now = self.now_ms();
+        let drift = now_ms() - now;
+        let mut last = self.last_logged_drift.lock().unwrap();
+        if drift.abs() > JUMP_MS && (drift - *last).abs() > JUMP_MS {
+            tracing::warn!(drift_s = drift / 1000, "wall clock jumped; queued payments age by the monotonic clock");
+            *last = drift;
+        }
+        if let Err(e) = store.set_meta(HIGH_WATER, now) {
+            tracing::warn!(error = %e, "cannot persist the ageing clock");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Offline store-and-forward, end to end: when the gateway cannot be reached
+//! posd approves within limits, queues durably, and forwards each payment
+//! exactly once when the link returns. The numbered cases are those of
+//! `shared/reference/offline-payments.md`.
+
+use pos_proto::terminal::{self as pb};
+use posd_e2e::{Lane, events_from, final_payment, request, status, take};
+
+fn approved_by_amount(ledger: &[serde_json::Value], amount: i64) -> usize {
+    ledger.iter().filter(|c| c["amount_minor"] == amount && c["status"] == "approved").count()
+}
+
+#[tokio::test]
+async fn case_4_wan_down_before_sending_approves_offline_then_forwards_exactly_once() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let events = lane.pay("k-off-1", 1800).await;
+    let p = final_payment(&events);
+    assert_eq!(status(&p), pb::PaymentStatus::OfflineApproved);
+    assert!(p.approved && p.offline, "an offline approval is an approval for the register");
+    assert_eq!(events.last().unwrap().stage, pb::PaymentStage::Approved as i32);
+    assert!(p.auth_code.is_empty(), "offline approvals have no authorisation code");
+    let sync = lane.sync().await;
+    assert_eq!(sync.queue_depth, 1);
+    assert_eq!(sync.stored_totals, vec![pb::Money { amount_minor: 1800, currency: "EUR".into() }]);
+    assert!(lane.ledger().is_empty());
+    lane.fault("none");
+    let forwarded = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+    assert!(forwarded.offline && forwarded.approved && !forwarded.auth_code.is_empty());
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(approved_by_amount(&ledger, 1800), 1);
+    let kinds: Vec<String> = lane.events().await.into_iter().map(|e| e.kind).collect();
+    for k in ["offline", "approved_offline", "online", "forwarded"] {
+        assert!(kinds.iter().any(|x| x == k), "missing {k} in {kinds:?}");
+    }
+    assert_eq!(lane.sync().await.queue_depth, 0);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_4_each_offline_refusal_has_its_own_reason() {
+    let limits =
+        "[lane.offline]\nmax_payment_minor = 5000\nmax_total_minor = 8000\nmax_payments = 3\nmax_per_card = 5\n";
+    let mut lane = Lane::start_configured(&[], limits);
+    lane.ready().await;
+    lane.fault("down");
+    let mut outcome = async |key: &str, amount: i64| {
+        let p = final_payment(&lane.pay(key, amount).await);
+        match status(&p) {
+            pb::PaymentStatus::OfflineApproved => "ok".to_string(),
+            pb::PaymentStatus::Failed => p.failure.unwrap().code,
+            s => format!("{s:?}"),
+        }
+    };
+    assert_eq!(outcome("r1", 6000).await, "amount_over_limit");
+    assert_eq!(outcome("r2", 4000).await, "ok");
+    assert_eq!(outcome("r3", 4500).await, "store_full_total");
+    assert_eq!(outcome("r4", 3000).await, "ok");
+    assert_eq!(outcome("r5", 500).await, "ok");
+    assert_eq!(outcome("r6", 100).await, "store_full_count");
+    lane.finish();
+
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nmax_per_card = 2\n");
+    lane.ready().await;
+    lane.fault("down");
+    for key in ["c1", "c2"] {
+        assert_eq!(status(&final_payment(&lane.pay(key, 1000).await)), pb::PaymentStatus::OfflineApproved);
+    }
+    let p = final_payment(&lane.pay("c3", 1000).await);
+    assert_eq!(p.failure.unwrap().code, "card_limit");
+    lane.finish();
+
+    for (reader, config, code) in [
+        (vec![], "[lane.offline]\ncurrencies = [\"USD\"]\n", "currency_not_allowed"),
+        (vec![], "[lane.offline]\nbrands = [\"mastercard\"]\n", "brand_not_allowed"),
+        (vec![], "[lane.offline]\nenabled = false\n", "offline_disabled"),
+        (vec!["--entry-mode", "swipe"], "", "entry_mode_not_allowed"),
+        (vec!["--entry-mode", "manual"], "", "entry_mode_not_allowed"),
+        (vec!["--fallback"], "", "fallback_not_allowed"),
+        (vec!["--no-keys"], "", "card_data_unavailable"),
+    ] {
+        let mut lane = Lane::start_configured(&reader, config);
+        lane.ready().await;
+        lane.fault("down");
+        let p = final_payment(&lane.pay("refused", 1000).await);
+        assert_eq!(status(&p), pb::PaymentStatus::Failed, "{code}");
+        assert_eq!(p.failure.as_ref().unwrap().code, code);
+        assert!(!p.approved);
+        lane.finish();
+    }
+}
+
+#[tokio::test]
+async fn case_4_a_terminal_that_never_reached_the_gateway_is_not_ready_for_offline() {
+    let mut lane = Lane::start_never_online(&[], "");
+    lane.reader_ready().await;
+    let p = final_payment(&lane.pay("never-online", 1000).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Failed);
+    assert_eq!(p.failure.unwrap().code, "offline_not_ready");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_7_a_forwarded_offline_payment_that_is_declined_is_visible_as_the_merchants_loss() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let p = final_payment(&lane.pay("k-loss", 1205).await);
+    assert_eq!(status(&p), pb::PaymentStatus::OfflineApproved);
+    lane.fault("none");
+    let p = lane.wait_status(&p.payment_id, pb::PaymentStatus::OfflineDeclined).await;
+    assert!(!p.approved);
+    assert_eq!(p.decline.unwrap().code, "generic_decline");
+    let events = lane.events().await;
+    assert!(events.iter().any(|e| e.kind == "offline_declined" && e.payment_id == p.payment_id), "{events:?}");
+    assert_eq!(lane.ledger()[0]["status"], "declined");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_8_expired_credentials_pause_forwarding_and_an_account_mismatch_is_quarantined() {
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nmax_per_card = 10\n");
+    lane.ready().await;
+    lane.fault("down");
+    let good = final_payment(&lane.pay("k-good", 1000).await);
+    let mismatch = final_payment(&lane.pay("k-mismatch", 1298).await);
+    lane.fault("expired-credentials");
+    let mut client = lane.client().await;
+    client.sync_now(pb::SyncNowRequest {}).await.unwrap();
+    let paused = posd_e2e::eventually("forwarding to pause", async || {
+        let s = client.get_sync_status(pb::GetSyncStatusRequest {}).await.ok()?.into_inner();
+        s.paused.then_some(s)
+    })
+    .await;
+    assert_eq!(paused.queue_depth, 2, "nothing quarantined or lost while paused");
+    assert!(paused.last_error.contains("credentials"), "{}", paused.last_error);
+    assert!(lane.events().await.iter().any(|e| e.kind == "forwarding_paused"));
+    lane.fault("none");
+    client.sync_now(pb::SyncNowRequest {}).await.unwrap();
+    lane.wait_status(&good.payment_id, pb::PaymentStatus::Captured).await;
+    let q = lane.wait_status(&mismatch.payment_id, pb::PaymentStatus::Quarantined).await;
+    assert_eq!(q.failure.unwrap().code, "account_mismatch");
+    let sync = lane.sync().await;
+    assert_eq!((sync.queue_depth, sync.quarantined), (1, 1));
+    assert!(lane.events().await.iter().any(|e| e.kind == "quarantined" && e.payment_id == mismatch.payment_id));
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_2_a_retry_answered_conflict_although_the_charge_exists_is_settled_by_status_query() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let p = final_payment(&lane.pay("k-conflict-retry", 2200).await);
+    // The forwarded batch commits at the gateway, but its answer is lost.
+    lane.fault("lose-answers");
+    lane.client().await.sync_now(pb::SyncNowRequest {}).await.unwrap();
+    posd_e2e::eventually("the gateway to commit the forwarded payment", async || {
+        (approved_by_amount(&lane.ledger(), 2200) == 1).then_some(())
+    })
+    .await;
+    // The retry under the same key is answered "already exists".
+    lane.fault("conflict-on-repeat");
+    lane.client().await.sync_now(pb::SyncNowRequest {}).await.unwrap();
+    let done = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+    assert!(done.approved);
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_5_link_flapping_while_the_queue_drains_yields_one_charge_per_payment() {
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nmax_per_card = 100\n");
+    lane.ready().await;
+    let faults = ["down", "none", "flaky 50", "down", "none", "down"];
+    let mut amounts = Vec::new();
+    for i in 0..18i64 {
+        if i % 3 == 0 {
+            lane.fault(faults[(i / 3) as usize]);
+        }
+        let amount = 1000 + i * 100;
+        let events = lane.pay(&format!("flap-{i}"), amount).await;
+        let p = final_payment(&events);
+        if p.approved {
+            amounts.push(amount);
+        }
+    }
+    lane.fault("none");
+    let mut client = lane.client().await;
+    client.sync_now(pb::SyncNowRequest {}).await.unwrap();
+    posd_e2e::eventually("the queue to drain", async || {
+        let s = client.get_sync_status(pb::GetSyncStatusRequest {}).await.ok()?.into_inner();
+        (s.queue_depth == 0).then_some(())
+    })
+    .await;
+    // Settle any online payment whose answer was lost to the flaky link.
+    let list = client
+        .list_payments(pb::ListPaymentsRequest { page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .payments;
+    for p in &list {
+        if status(p) == pb::PaymentStatus::ReversalPending {
+            lane.wait_status(&p.payment_id, pb::PaymentStatus::Reversed).await;
+        }
+    }
+    let ledger = lane.ledger();
+    for amount in &amounts {
+        assert_eq!(approved_by_amount(&ledger, *amount), 1, "amount {amount}: {ledger:?}");
+    }
+    let approved_total = ledger.iter().filter(|c| c["status"] == "approved").count();
+    assert_eq!(approved_total, amounts.len(), "no charge without an approved local payment");
+    assert!(amounts.len() >= 12, "most payments approve (online or offline): {}", amounts.len());
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_6_power_cut_after_an_offline_approval_is_persisted() {
+    let mut lane = Lane::start(&[]);
+    lane.posd_env = vec![("POSD_FAILPOINT".into(), "offline_after_persist".into())];
+    lane.restart_posd();
+    lane.ready().await;
+    lane.fault("down");
+    let cut = take(&mut lane.client().await, "k-cut-1", 1500).await;
+    let heard_approved = cut.is_ok_and(|e| e.last().and_then(|x| x.payment.as_ref()).is_some_and(|p| p.approved));
+    assert!(!heard_approved, "the register never heard approved");
+    assert!(!lane.wait_posd_exit().success());
+    lane.posd_env.clear();
+    lane.start_posd();
+    lane.ready().await;
+    let again = final_payment(&lane.pay("k-cut-1", 1500).await);
+    assert_eq!(status(&again), pb::PaymentStatus::OfflineApproved, "the committed approval stands");
+    lane.fault("none");
+    lane.wait_status(&again.payment_id, pb::PaymentStatus::Captured).await;
+    assert_eq!(approved_by_amount(&lane.ledger(), 1500), 1);
+    lane.finish();
+}
+
+async fn forwarding_cut(failpoint: &str) {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let p = final_payment(&lane.pay("k-fwd-cut", 2700).await);
+    assert_eq!(status(&p), pb::PaymentStatus::OfflineApproved);
+    // The gateway comes back while posd is down; posd starts with the
+    // failpoint armed and stops at it on its first forwarding round.
+    lane.kill_posd();
+    lane.fault("none");
+    lane.posd_env = vec![("POSD_FAILPOINT".into(), failpoint.into())];
+    lane.start_posd();
+    assert!(!lane.wait_posd_exit().success(), "posd stops at {failpoint}");
+    lane.posd_env.clear();
+    lane.start_posd();
+    let done = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+    assert!(done.history.iter().any(|h| h.cause.contains("restarted during forwarding")), "{:?}", done.history);
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "exactly once: {ledger:?}");
+    assert_eq!(approved_by_amount(&ledger, 2700), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_6_power_cut_during_forwarding_before_sending() {
+    forwarding_cut("forward_after_claim").await;
+}
+
+#[tokio::test]
+async fn case_6_power_cut_after_the_gateway_committed_before_posd_stored_the_answer() {
+    forwarding_cut("forward_after_response").await;
+}
+
+#[tokio::test]
+async fn case_6_power_cut_after_an_online_authorization_was_answered() {
+    let mut lane = Lane::start(&[]);
+    lane.posd_env = vec![("POSD_FAILPOINT".into(), "online_after_response".into())];
+    lane.restart_posd();
+    lane.ready().await;
+    let id = {
+        let mut client = lane.client().await;
+        let mut stream = client.take_payment(request("k-online-cut", 3100)).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        while let Ok(Some(_)) = stream.message().await {}
+        first.payment_id
+    };
+    assert!(!lane.wait_posd_exit().success());
+    lane.posd_env.clear();
+    lane.start_posd();
+    let p = lane.wait_status(&id, pb::PaymentStatus::Captured).await;
+    assert!(p.approved);
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_9_ageing_alerts_stops_new_offline_payments_and_expires() {
+    let ageing = "alert_after = \"300ms\"\nstop_after = \"700ms\"\nexpire_after = \"1500ms\"\n[lane.offline]\nmax_per_card = 10\n";
+    let mut lane = Lane::start_configured(&[], ageing);
+    lane.ready().await;
+    lane.fault("down");
+    let first = final_payment(&lane.pay("k-age-1", 1000).await);
+    assert_eq!(status(&first), pb::PaymentStatus::OfflineApproved);
+    let mut client = lane.client().await;
+    let kinds =
+        async |client: &mut _| events_from(client, 0, None).await.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    posd_e2e::eventually("the ageing alerts", async || {
+        let k = kinds(&mut client).await;
+        (k.contains(&"queue_age_alert".to_string()) && k.contains(&"queue_age_stop".to_string())).then_some(())
+    })
+    .await;
+    let refused = final_payment(&lane.pay("k-age-2", 1000).await);
+    assert_eq!(refused.failure.unwrap().code, "queue_too_old");
+    let expired = lane.wait_status(&first.payment_id, pb::PaymentStatus::Expired).await;
+    assert!(!expired.approved);
+    assert!(kinds(&mut client).await.contains(&"expired".to_string()));
+    lane.fault("none");
+    assert!(lane.ledger().is_empty(), "an expired payment is never forwarded");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_10_the_same_key_sent_concurrently_makes_one_payment() {
+    let mut lane = Lane::start(&["--present-delay-ms", "100"]);
+    lane.ready().await;
+    let (mut a, mut b) = (lane.client().await, lane.client().await);
+    let (ra, rb) = tokio::join!(take(&mut a, "k-same", 4400), take(&mut b, "k-same", 4400));
+    let (pa, pb_) = (final_payment(&ra.unwrap()), final_payment(&rb.unwrap()));
+    assert_eq!(pa.payment_id, pb_.payment_id);
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_11_a_cancel_racing_an_approval_never_ends_both_ways() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    for i in 0..5 {
+        let mut client = lane.client().await;
+        let amount = 1000 + i * 100;
+        let mut stream = client.take_payment(request(&format!("k-race-{i}"), amount)).await.unwrap().into_inner();
+        let id = stream.message().await.unwrap().unwrap().payment_id;
+        let cancel = lane.client().await.cancel_payment(pb::CancelPaymentRequest { payment_id: id.clone() }).await;
+        let mut last = None;
+        while let Ok(Some(e)) = stream.message().await {
+            last = e.payment;
+        }
+        let p = lane.client().await.get_payment(pb::GetPaymentRequest { payment_id: id }).await.unwrap().into_inner();
+        let charged = approved_by_amount(&lane.ledger(), amount) == 1;
+        match cancel {
+            Ok(c) => {
+                assert_eq!(status(c.get_ref()), pb::PaymentStatus::Canceled);
+                assert_eq!(status(&p), pb::PaymentStatus::Canceled);
+                assert!(!charged, "a canceled payment is never charged");
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+                assert_eq!(status(&p), pb::PaymentStatus::Captured);
+                assert!(charged);
+            }
+        }
+        if let Some(last) = last {
+            assert_eq!(last.status, p.status, "the stream's last word is the stored status");
+        }
+    }
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_17_a_half_failing_link_leaves_every_payment_consistent() {
+    let mut lane = Lane::start_with(&[], 500);
+    lane.ready().await;
+    lane.fault("flaky 50");
+    let mut outcomes = Vec::new();
+    for i in 0..10i64 {
+        let p = final_payment(&lane.pay(&format!("k-flaky-{i}"), 2000 + i).await);
+        outcomes.push((2000 + i, p));
+    }
+    lane.fault("none");
+    for (_, p) in &outcomes {
+        if status(p) == pb::PaymentStatus::ReversalPending {
+            lane.wait_status(&p.payment_id, pb::PaymentStatus::Reversed).await;
+        }
+        if status(p) == pb::PaymentStatus::OfflineApproved {
+            lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+        }
+    }
+    let ledger = lane.ledger();
+    for (amount, p) in &outcomes {
+        let expected = usize::from(p.approved);
+        assert_eq!(approved_by_amount(&ledger, *amount), expected, "{amount}: {:?}", status(p));
+    }
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_register_resuming_its_event_stream_at_any_cursor_misses_and_repeats_nothing() {
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nmax_per_card = 10\n");
+    lane.ready().await;
+    lane.fault("down");
+    for i in 0..4 {
+        lane.pay(&format!("k-ev-{i}"), 1000 + i).await;
+    }
+    lane.fault("none");
+    let mut client = lane.client().await;
+    posd_e2e::eventually("the queue to drain", async || {
+        let s = client.get_sync_status(pb::GetSyncStatusRequest {}).await.ok()?.into_inner();
+        (s.queue_depth == 0).then_some(())
+    })
+    .await;
+    let all = lane.events().await;
+    assert!(all.len() >= 10, "{all:?}");
+    assert!(all.windows(2).all(|w| w[1].cursor > w[0].cursor), "cursors increase");
+    for cut in [0, 1, all.len() / 3, all.len() / 2, all.len() - 1] {
+        let from = if cut == 0 { 0 } else { all[cut - 1].cursor };
+        let resumed = events_from(&mut client, from, Some(all.len() - cut)).await;
+        assert_eq!(resumed, all[cut..].to_vec(), "resumed after cursor {from}");
+    }
+    // Live events continue the same sequence.
+    let mut stream = client
+        .stream_events(pb::StreamEventsRequest { from_cursor: all.last().unwrap().cursor })
+        .await
+        .unwrap()
+        .into_inner();
+    lane.fault("down");
+    lane.pay("k-ev-live", 1500).await;
+    let next = stream.message().await.unwrap().unwrap();
+    assert!(next.cursor > all.last().unwrap().cursor);
+    lane.finish();
+}
