@@ -352,10 +352,22 @@ impl Lane {
 
     /// Sets a gateway-sim fault through its command-line control client.
     pub fn fault(&self, fault: &str) {
-        let (status, out, err) = run(Command::new(bin("gateway-sim"))
-            .args(["ctl", "--addr", &self.control_addr, "fault"])
-            .args(fault.split(' ')));
-        assert!(status.success(), "gateway-sim ctl fault {fault}: {out}{err}");
+        self.ctl(&std::iter::once("fault").chain(fault.split(' ')).collect::<Vec<_>>());
+    }
+
+    /// Runs `gateway-sim ctl --addr CONTROL <args>` and returns its output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let (status, out, err) =
+            run(Command::new(bin("gateway-sim")).args(["ctl", "--addr", &self.control_addr]).args(args));
+        assert!(status.success(), "gateway-sim ctl {args:?}: {out}{err}");
+        out
+    }
+
+    /// Runs posctl against this lane's posd.
+    pub fn posctl(&mut self, args: &[&str]) -> (ExitStatus, String, String) {
+        let r = run(Command::new(bin("posctl")).args(["--addr", &self.posd_addr]).args(args));
+        self.responses.push(r.1.clone());
+        r
     }
 
     /// The gateway-sim ledger, through `gateway-sim ledger --json`.

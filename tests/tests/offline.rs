@@ -430,3 +430,129 @@ async fn a_register_resuming_its_event_stream_at_any_cursor_misses_and_repeats_n
     assert!(next.cursor > all.last().unwrap().cursor);
     lane.finish();
 }
+
+#[tokio::test]
+async fn gateway_events_are_applied_once_across_redelivery_and_restart() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-dispute", 6100).await);
+    let key = lane.ledger()[0]["key"].as_str().unwrap().to_string();
+    lane.ctl(&["emit", "dispute_opened", &key]);
+    lane.ctl(&["emit", "settlement_closed"]);
+    lane.ctl(&["redeliver"]);
+    // Events arrive in order: once this one is in, all before it were handled.
+    lane.ctl(&["emit", "refund_settled", &key]);
+    let count = |events: &[pb::TerminalEvent], kind: &str| events.iter().filter(|e| e.kind == kind).count();
+    let mut client = lane.client().await;
+    let events = posd_e2e::eventually("the gateway events to arrive", async || {
+        let ev = events_from(&mut client, 0, None).await;
+        (count(&ev, "gateway_refund_settled") == 1).then_some(ev)
+    })
+    .await;
+    assert_eq!(count(&events, "gateway_dispute_opened"), 1, "a redelivered event is applied once");
+    assert_eq!(count(&events, "gateway_settlement_closed"), 1);
+    let dispute = events.iter().find(|e| e.kind == "gateway_dispute_opened").unwrap();
+    assert_eq!(dispute.payment_id, p.payment_id, "the event names the local payment");
+    lane.restart_posd();
+    lane.ready().await;
+    lane.ctl(&["redeliver"]);
+    lane.ctl(&["emit", "settlement_closed"]);
+    let mut client = lane.client().await;
+    let events = posd_e2e::eventually("the new settlement event", async || {
+        let ev = events_from(&mut client, 0, None).await;
+        (count(&ev, "gateway_settlement_closed") == 2).then_some(ev)
+    })
+    .await;
+    assert_eq!(count(&events, "gateway_dispute_opened"), 1, "still once after a restart and another redelivery");
+    assert_eq!(count(&events, "gateway_refund_settled"), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn posctl_sync_and_events_for_scripts() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let (st, out, err) = lane.posctl(&["pay", "7.00"]);
+    assert!(st.success(), "an offline approval exits 0: {out}{err}");
+    assert!(out.contains("OFFLINE"), "{out}");
+    let (st, out, _) = lane.posctl(&["sync", "--json"]);
+    assert!(st.success());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["online"], false);
+    assert_eq!(v["queue_depth"], 1);
+    assert_eq!(v["stored_totals"]["EUR"], 700);
+    assert!(v["oldest_age_s"].is_u64());
+    assert!(v["last_error"].as_str().unwrap().contains("connect"), "{v}");
+    lane.fault("none");
+    let (st, _, _) = lane.posctl(&["sync", "--now"]);
+    assert!(st.success());
+    let mut client = lane.client().await;
+    posd_e2e::eventually("the queue to drain", async || {
+        let s = client.get_sync_status(pb::GetSyncStatusRequest {}).await.ok()?.into_inner();
+        (s.queue_depth == 0).then_some(())
+    })
+    .await;
+    let (st, out, _) = lane.posctl(&["events", "--no-follow", "--json"]);
+    assert!(st.success());
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"approved_offline") && kinds.contains(&"forwarded"), "{kinds:?}");
+    let second = events[1]["cursor"].as_u64().unwrap();
+    let (_, out, _) = lane.posctl(&["events", "--no-follow", "--json", "--from", &second.to_string()]);
+    assert_eq!(out.lines().count(), events.len() - 2, "--from resumes after the cursor");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_12_a_full_disk_refuses_new_payments_and_loses_nothing_queued() {
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nmax_per_card = 1000\n");
+    lane.ready().await;
+    lane.fault("down");
+    for i in 0..2 {
+        assert_eq!(
+            status(&final_payment(&lane.pay(&format!("k-full-{i}"), 100).await)),
+            pb::PaymentStatus::OfflineApproved
+        );
+    }
+    lane.kill_posd();
+    let pages: u64 = {
+        let db = rusqlite::Connection::open_with_flags(
+            lane.state_dir().join("posd.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap()
+    };
+    lane.extra_config = format!("[lane.offline]\nmax_per_card = 1000\n[store]\nmax_page_count = {pages}\n");
+    lane.start_posd();
+    lane.reader_ready().await;
+    let mut refusal = None;
+    for i in 0..200 {
+        match take(&mut lane.client().await, &format!("k-fill-{i}"), 100).await {
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                refusal = Some(e);
+                break;
+            }
+            Err(e) => lane.responses.push(format!("{e:?}")),
+            Ok(events) => lane.responses.push(format!("{events:?}")),
+        }
+    }
+    let refusal = refusal.expect("the database filled up and posd refused new payments");
+    assert!(refusal.message().contains("database"), "{}", refusal.message());
+    let queued = lane.sync().await.queue_depth;
+    assert!(queued >= 2, "queued payments are kept: {queued}");
+    lane.kill_posd();
+    lane.extra_config = "[lane.offline]\nmax_per_card = 1000\n".into();
+    lane.fault("none");
+    lane.start_posd();
+    let mut client = lane.client().await;
+    posd_e2e::eventually("the queue to drain", async || {
+        let s = client.get_sync_status(pb::GetSyncStatusRequest {}).await.ok()?.into_inner();
+        (s.queue_depth == 0).then_some(())
+    })
+    .await;
+    let approved = lane.ledger().iter().filter(|c| c["status"] == "approved").count();
+    assert_eq!(approved as u32, queued, "every queued payment forwarded once");
+    lane.finish();
+}

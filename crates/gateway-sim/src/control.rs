@@ -73,16 +73,27 @@ impl FromStr for Fault {
     }
 }
 
+/// What the control protocol acts on.
+#[derive(Clone)]
+pub struct Controls {
+    pub faults: Arc<watch::Sender<Fault>>,
+    pub ledger: Arc<std::sync::Mutex<crate::ledger::Ledger>>,
+    /// Bumped when gateway events are appended.
+    pub events: Arc<watch::Sender<u64>>,
+    /// True while the gateway listener accepts connections.
+    pub listening: watch::Receiver<bool>,
+}
+
 /// Serves the control protocol until the process ends.
-pub async fn serve(listener: TcpListener, faults: Arc<watch::Sender<Fault>>) {
+pub async fn serve(listener: TcpListener, controls: Controls) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let faults = faults.clone();
+        let controls = controls.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut lines = BufReader::new(rd).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let reply = answer(&line, &faults);
+                let reply = answer(&line, &controls).await;
                 if wr.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                     break;
                 }
@@ -91,8 +102,62 @@ pub async fn serve(listener: TcpListener, faults: Arc<watch::Sender<Fault>>) {
     }
 }
 
-fn answer(line: &str, faults: &watch::Sender<Fault>) -> String {
+const EVENT_KINDS: [&str; 3] = ["refund_settled", "dispute_opened", "settlement_closed"];
+
+/// `emit KIND [KEY]` and `redeliver`: gateway events (webhooks).
+fn events_command(line: &str, c: &Controls) -> Option<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut ledger = c.ledger.lock().unwrap();
+    let reply = match words.as_slice() {
+        ["emit", kind, rest @ ..] if rest.len() <= 1 => {
+            if !EVENT_KINDS.contains(kind) {
+                return Some(format!("error unknown event kind {kind:?}: use {}", EVENT_KINDS.join(", ")));
+            }
+            let key = rest.first().copied().unwrap_or("");
+            let (amount_minor, currency) = match ledger.get(key) {
+                Ok(Some(charge)) => (charge.amount_minor, charge.currency),
+                _ if key.is_empty() => (0, String::new()),
+                _ => return Some(format!("error no charge under key {key:?}")),
+            };
+            let row = crate::ledger::GatewayEventRow {
+                sequence: 0,
+                event_id: format!("evt_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+                kind: kind.to_string(),
+                key: key.to_string(),
+                amount_minor,
+                currency,
+                message: format!("{kind} (simulated)"),
+            };
+            match ledger.append_event(&row) {
+                Ok(seq) => format!("ok event {} sequence {seq}", row.event_id),
+                Err(e) => format!("error {e}"),
+            }
+        }
+        ["redeliver"] => match ledger.distinct_events() {
+            Ok(all) => {
+                let mut n = 0;
+                for e in &all {
+                    if ledger.append_event(e).is_ok() {
+                        n += 1;
+                    }
+                }
+                format!("ok redelivered {n} events")
+            }
+            Err(e) => format!("error {e}"),
+        },
+        _ => return None,
+    };
+    drop(ledger);
+    c.events.send_modify(|v| *v += 1);
+    Some(reply)
+}
+
+async fn answer(line: &str, c: &Controls) -> String {
+    let faults = &c.faults;
     let line = line.trim();
+    if let Some(reply) = events_command(line, c) {
+        return reply;
+    }
     if line == "status" {
         return format!("ok fault={}", *faults.borrow());
     }
@@ -100,11 +165,16 @@ fn answer(line: &str, faults: &watch::Sender<Fault>) -> String {
         Some(Ok(f)) => {
             faults.send_replace(f);
             tracing::info!(fault = %f, "fault injection changed");
+            // Reply once the fault is in effect: the listener closed for
+            // `down`, open again for anything else.
+            let mut listening = c.listening.clone();
+            let want = f != Fault::Down;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), listening.wait_for(|l| *l == want)).await;
             format!("ok fault={f}")
         }
         Some(Err(e)) => format!("error {e}"),
         None => format!(
-            "error unknown command {line:?}: use `fault <none|down|hang|flaky PCT|lose-answers|latency MS>` or `status`"
+            "error unknown command {line:?}: use `fault <none|down|hang|flaky PCT|lose-answers|latency MS|expired-credentials|conflict-on-repeat>`, `emit <refund_settled|dispute_opened|settlement_closed> [KEY]`, `redeliver` or `status`"
         ),
     }
 }

@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS charges (
     request_digest TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS gateway_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    message TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS card_blobs (
     digest TEXT PRIMARY KEY,
     key TEXT NOT NULL
@@ -161,5 +170,65 @@ impl Ledger {
     pub fn mark_reversed(&mut self, key: &str) -> rusqlite::Result<()> {
         self.conn.execute("UPDATE charges SET status = 'reversed' WHERE key = ?1", [key])?;
         Ok(())
+    }
+}
+
+/// A notification the gateway sends about a charge (a webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayEventRow {
+    pub sequence: i64,
+    pub event_id: String,
+    pub kind: String,
+    pub key: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub message: String,
+}
+
+impl Ledger {
+    /// Appends an event; `event_id` is new, or a redelivery of an old one.
+    pub fn append_event(&mut self, e: &GatewayEventRow) -> rusqlite::Result<i64> {
+        self.conn.execute(
+            "INSERT INTO gateway_events (event_id, kind, key, amount_minor, currency, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.event_id, e.kind, e.key, e.amount_minor, e.currency, e.message],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn events_after(&self, after: i64) -> rusqlite::Result<Vec<GatewayEventRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, event_id, kind, key, amount_minor, currency, message FROM gateway_events WHERE seq > ?1 ORDER BY seq LIMIT 500",
+        )?;
+        stmt.query_map([after], |r| {
+            Ok(GatewayEventRow {
+                sequence: r.get(0)?,
+                event_id: r.get(1)?,
+                kind: r.get(2)?,
+                key: r.get(3)?,
+                amount_minor: r.get(4)?,
+                currency: r.get(5)?,
+                message: r.get(6)?,
+            })
+        })?
+        .collect()
+    }
+
+    /// Every distinct event once, in first-delivery order (for redelivery).
+    pub fn distinct_events(&self) -> rusqlite::Result<Vec<GatewayEventRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT MIN(seq), event_id, kind, key, amount_minor, currency, message FROM gateway_events GROUP BY event_id ORDER BY MIN(seq)",
+        )?;
+        stmt.query_map([], |r| {
+            Ok(GatewayEventRow {
+                sequence: r.get(0)?,
+                event_id: r.get(1)?,
+                kind: r.get(2)?,
+                key: r.get(3)?,
+                amount_minor: r.get(4)?,
+                currency: r.get(5)?,
+                message: r.get(6)?,
+            })
+        })?
+        .collect()
     }
 }

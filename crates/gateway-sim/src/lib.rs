@@ -57,9 +57,12 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let control_addr = control.local_addr()?;
     let (faults, _) = watch::channel(Fault::None);
     let faults = Arc::new(faults);
-    let service = service::GatewayService::new(Arc::new(Mutex::new(ledger)), faults.subscribe(), opts.base_key);
-    tokio::spawn(control::serve(control, faults.clone()));
-    tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe()));
+    let ledger = Arc::new(Mutex::new(ledger));
+    let events = Arc::new(watch::Sender::new(0u64));
+    let service = service::GatewayService::new(ledger.clone(), faults.subscribe(), opts.base_key, events.subscribe());
+    let (listening_tx, listening) = watch::channel(false);
+    tokio::spawn(control::serve(control, control::Controls { faults: faults.clone(), ledger, events, listening }));
+    tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe(), listening_tx));
     Ok(Running { listen_addr, control_addr, faults })
 }
 
@@ -70,6 +73,7 @@ async fn supervise(
     addr: SocketAddr,
     service: service::GatewayService,
     mut faults: watch::Receiver<Fault>,
+    listening: watch::Sender<bool>,
 ) {
     let mut listener = Some(first);
     loop {
@@ -83,6 +87,7 @@ async fn supervise(
                 None => return,
             },
         };
+        listening.send_replace(true);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let svc = GatewayServer::new(service.clone());
         let server = tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
@@ -96,6 +101,15 @@ async fn supervise(
         }
         tracing::info!("gateway going down: closing the listener");
         let _ = stop_tx.send(());
+        // `down` is in effect once a new connection is refused; requests
+        // already on a connection may still finish.
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        listening.send_replace(false);
         let abort = server.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
             abort.abort();

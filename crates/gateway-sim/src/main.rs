@@ -54,13 +54,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CtlAction {
-    /// Sets the injected fault: none, down, hang, flaky PCT, lose-answers, latency MS.
+    /// Sets the injected fault: none, down, hang, flaky PCT, lose-answers, latency MS,
+    /// expired-credentials, conflict-on-repeat.
     Fault {
         #[arg(num_args = 1..=2, required = true)]
         fault: Vec<String>,
     },
     /// Prints the current fault.
     Status,
+    /// Emits a gateway event (webhook): refund_settled, dispute_opened or settlement_closed.
+    Emit {
+        kind: String,
+        /// The charge's transaction key (not for settlement_closed).
+        key: Option<String>,
+    },
+    /// Delivers every event again (with the same event ids), as webhook retries do.
+    Redeliver,
 }
 
 #[tokio::main]
@@ -87,6 +96,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let line = match action {
                 CtlAction::Fault { fault } => format!("fault {}", fault.join(" ")),
                 CtlAction::Status => "status".to_string(),
+                CtlAction::Emit { kind, key } => {
+                    format!("emit {kind} {}", key.unwrap_or_default()).trim_end().to_string()
+                }
+                CtlAction::Redeliver => "redeliver".to_string(),
             };
             println!("{}", gateway_sim::control::send_command(&addr, &line).await?);
             Ok(())

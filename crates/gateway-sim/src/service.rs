@@ -25,6 +25,8 @@ pub struct GatewayService {
 }
 
 struct Inner {
+    /// Bumped when gateway events are appended.
+    events: watch::Receiver<u64>,
     ledger: Arc<Mutex<Ledger>>,
     faults: watch::Receiver<Fault>,
     base_key: BaseKey,
@@ -100,8 +102,13 @@ fn valid_currency(c: &str) -> bool {
 }
 
 impl GatewayService {
-    pub fn new(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, base_key: BaseKey) -> Self {
-        Self { inner: Arc::new(Inner { ledger, faults, base_key, flaky_acc: Mutex::new(0) }) }
+    pub fn new(
+        ledger: Arc<Mutex<Ledger>>,
+        faults: watch::Receiver<Fault>,
+        base_key: BaseKey,
+        events: watch::Receiver<u64>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { events, ledger, faults, base_key, flaky_acc: Mutex::new(0) }) }
     }
 
     async fn detached<T: Send + 'static>(
@@ -299,8 +306,61 @@ impl Inner {
     }
 }
 
+type GatewayEventStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pos_proto::gateway::GatewayEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Gateway for GatewayService {
+    type StreamEventsStream = GatewayEventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<pos_proto::gateway::GatewayEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        self.inner.before_call().await?;
+        let mut after = i64::try_from(request.get_ref().after_sequence)
+            .map_err(|_| Status::invalid_argument("after_sequence out of range"))?;
+        let inner = self.inner.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut changed = inner.events.clone();
+            loop {
+                changed.borrow_and_update();
+                let found = inner.ledger.lock().unwrap().events_after(after);
+                let rows = match found {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(db_err(e))).await;
+                        return;
+                    }
+                };
+                let caught_up = rows.len() < 500;
+                for r in rows {
+                    after = r.sequence;
+                    let e = pos_proto::gateway::GatewayEvent {
+                        sequence: r.sequence as u64,
+                        event_id: r.event_id,
+                        kind: r.kind,
+                        transaction_key: r.key,
+                        amount_minor: r.amount_minor,
+                        currency: r.currency,
+                        message: r.message,
+                    };
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                if caught_up {
+                    tokio::select! {
+                        r = changed.changed() => if r.is_err() { return },
+                        () = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn authorize(&self, request: Request<AuthorizeRequest>) -> Result<Response<AuthorizeResponse>, Status> {
         let req = request.into_inner();
         let charge = self

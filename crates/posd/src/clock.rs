@@ -52,3 +52,31 @@ impl AgeClock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_set_backwards_across_a_restart_never_makes_the_queue_younger() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.db")).unwrap();
+        // posd last ran "a day in the future": the wall clock was set back since.
+        let later = now_ms() + 86_400_000;
+        store.set_meta(HIGH_WATER, later).unwrap();
+        let clock = AgeClock::start(&store);
+        assert!(clock.now_ms() >= later);
+        clock.check(&store);
+        assert!(store.meta(HIGH_WATER).unwrap().unwrap() >= later, "the high-water mark never goes back");
+    }
+
+    #[test]
+    fn the_ageing_clock_advances_monotonically() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("posd.db")).unwrap();
+        let clock = AgeClock::start(&store);
+        let a = clock.now_ms();
+        let b = clock.now_ms();
+        assert!(b >= a);
+    }
+}

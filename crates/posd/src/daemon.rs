@@ -191,6 +191,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     tokio::spawn(engine.clone().reversal_worker());
     tokio::spawn(engine.clone().forwarder());
     tokio::spawn(engine.clone().monitor());
+    tokio::spawn(engine.clone().gateway_events());
 
     let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine.clone()));
     let router = tonic::transport::Server::builder().add_service(service);

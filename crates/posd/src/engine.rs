@@ -1121,6 +1121,45 @@ impl Engine {
         self.store.checkpoint();
     }
 
+    /// Follows the gateway's event stream (its webhooks), applying each
+    /// event id once and re-emitting it to the register. Resumes after the
+    /// last sequence seen, across reconnects and restarts.
+    pub async fn gateway_events(self: Arc<Self>) {
+        let f = self.settings.forward.clone();
+        let mut backoff = f.retry_first;
+        loop {
+            let after = self.store.meta("gateway_event_sequence").ok().flatten().unwrap_or(0).max(0) as u64;
+            let reason = match self.gateway.events(after).await {
+                Err(e) => e,
+                Ok(mut stream) => {
+                    backoff = f.retry_first;
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(e)) => match self.store.apply_gateway_event(&e) {
+                                Ok(Some(rec)) => {
+                                    tracing::info!(kind = %e.kind, event = %e.event_id, "gateway event applied");
+                                    let _ = self.events.send(rec);
+                                }
+                                Ok(None) => {
+                                    tracing::debug!(event = %e.event_id, "gateway event redelivered; already applied")
+                                }
+                                Err(err) => {
+                                    self.note_store_error(&err);
+                                    break format!("cannot store a gateway event: {err}");
+                                }
+                            },
+                            Ok(None) => break "the gateway closed its event stream".to_string(),
+                            Err(s) => break format!("{:?}: {}", s.code(), s.message()),
+                        }
+                    }
+                }
+            };
+            tracing::debug!(%reason, "gateway event stream interrupted; reconnecting");
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(f.retry_max);
+        }
+    }
+
     /// Warns about unsent payments at shutdown.
     pub fn shutdown_warning(&self) {
         if let Ok(s) = self.store.queue_summary()

@@ -94,6 +94,20 @@ impl Gateway {
         }
     }
 
+    /// The gateway's event stream after a sequence number.
+    pub async fn events(
+        &self,
+        after_sequence: u64,
+    ) -> Result<tonic::Streaming<pos_proto::gateway::GatewayEvent>, String> {
+        let mut client = self.connect().await?;
+        let req = pos_proto::gateway::GatewayEventsRequest { after_sequence };
+        match tokio::time::timeout(self.settings.request_timeout, client.stream_events(req)).await {
+            Err(_) => Err("no answer to the event stream request".into()),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+
     /// Forwards queued payments in one call.
     pub async fn forward_batch(&self, items: Vec<AuthorizeRequest>) -> BatchOutcome {
         let n = items.len();

@@ -200,6 +200,16 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 );
 ",
+    "
+-- Gateway events (webhooks) applied, by id: each is applied once.
+CREATE TABLE gateway_events (
+    event_id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    transaction_key TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+",
 ];
 
 const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
@@ -408,6 +418,43 @@ impl Store {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// Applies a gateway event once: records its id and appends the
+    /// register event, in one commit; a redelivery only advances the cursor.
+    pub fn apply_gateway_event(&self, e: &pos_proto::gateway::GatewayEvent) -> Result<Option<EventRecord>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO gateway_events (event_id, sequence, kind, transaction_key, received_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, now_ms()],
+        )? == 1;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('gateway_event_sequence', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+            [e.sequence as i64],
+        )?;
+        let event = if inserted {
+            let payment: Option<(String, String)> = tx
+                .query_row("SELECT id, terminal_id FROM payments WHERE gateway_key = ?1", [&e.transaction_key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let (payment_id, terminal_id) = payment.unwrap_or_default();
+            let kind = match e.kind.as_str() {
+                "refund_settled" => "gateway_refund_settled",
+                "dispute_opened" => "gateway_dispute_opened",
+                "settlement_closed" => "gateway_settlement_closed",
+                _ => "gateway_event",
+            };
+            let message = format!("{} ({}): {}", e.kind, e.event_id, e.message);
+            Some(insert_event(&tx, &NewEvent { kind, terminal_id, payment_id, message })?)
+        } else {
+            None
+        };
+        tx.commit()?;
+        Ok(event)
     }
 
     /// The next queued payments to forward, in FIFO order, with their card data.
