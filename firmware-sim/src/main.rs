@@ -68,6 +68,10 @@ struct ReaderArgs {
     /// The reader's encryption keys are missing: card results carry no card data.
     #[arg(long)]
     no_keys: bool,
+    /// Pull the plug right after the card result is delivered (the reader drops
+    /// while the gateway decides).
+    #[arg(long)]
+    unplug_after_card: bool,
     /// Reader serial number (also selects its encryption key).
     #[arg(long, default_value = "SIM-READER-0001")]
     serial: String,
@@ -159,6 +163,7 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
         pin_delay: Duration::from_millis(a.pin_delay_ms),
         base_key,
         keys_loaded: !a.no_keys,
+        unplug_after_card: a.unplug_after_card,
         ..ReaderOptions::default()
     })
 }

@@ -55,6 +55,8 @@ pub struct ReaderOptions {
     pub base_key: BaseKey,
     /// False simulates a reader whose keys are missing: no card data is delivered.
     pub keys_loaded: bool,
+    /// End the link right after a card result was delivered.
+    pub unplug_after_card: bool,
 }
 
 impl Default for ReaderOptions {
@@ -68,6 +70,7 @@ impl Default for ReaderOptions {
             pin_delay: Duration::from_millis(1000),
             base_key: BaseKey::test_key(),
             keys_loaded: true,
+            unplug_after_card: false,
         }
     }
 }
@@ -120,6 +123,7 @@ pub async fn serve(mut link: Link, opts: &ReaderOptions) -> LinkError {
             }
         };
         for body in out {
+            let card = matches!(body, reader_message::Body::CardResult(_));
             // A message the host did not take is lost, as on a real reader;
             // the reader keeps serving (the host cancels and asks again).
             if let Err(e) = link.send(encode(body)).await {
@@ -127,6 +131,9 @@ pub async fn serve(mut link: Link, opts: &ReaderOptions) -> LinkError {
                     return e;
                 }
                 tracing::warn!(error = %e, "reader: message not delivered");
+            } else if card && opts.unplug_after_card {
+                tracing::warn!("reader: unplugged after the card result (simulated)");
+                return LinkError::Closed;
             }
         }
     }

@@ -278,16 +278,21 @@ impl Lane {
         }
     }
 
-    /// Waits for posd to end by itself (a failpoint) and returns its exit status.
-    pub fn wait_posd_exit(&mut self) -> std::process::ExitStatus {
+    pub fn posd_pid(&self) -> u32 {
+        self.posd.as_ref().expect("posd running").child.id()
+    }
+
+    /// Waits for posd to end by itself (a failpoint, a signal) and returns
+    /// its exit status. Async, so the test's own connections keep running.
+    pub async fn wait_posd_exit(&mut self) -> std::process::ExitStatus {
         let mut p = self.posd.take().expect("posd running");
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(st) = p.child.try_wait().expect("wait for posd") {
                 return st;
             }
-            assert!(Instant::now() < deadline, "posd did not stop at the failpoint");
-            std::thread::sleep(Duration::from_millis(10));
+            assert!(Instant::now() < deadline, "posd did not stop");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

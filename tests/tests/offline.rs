@@ -228,7 +228,7 @@ async fn case_6_power_cut_after_an_offline_approval_is_persisted() {
     let cut = take(&mut lane.client().await, "k-cut-1", 1500).await;
     let heard_approved = cut.is_ok_and(|e| e.last().and_then(|x| x.payment.as_ref()).is_some_and(|p| p.approved));
     assert!(!heard_approved, "the register never heard approved");
-    assert!(!lane.wait_posd_exit().success());
+    assert!(!lane.wait_posd_exit().await.success());
     lane.posd_env.clear();
     lane.start_posd();
     lane.ready().await;
@@ -252,7 +252,7 @@ async fn forwarding_cut(failpoint: &str) {
     lane.fault("none");
     lane.posd_env = vec![("POSD_FAILPOINT".into(), failpoint.into())];
     lane.start_posd();
-    assert!(!lane.wait_posd_exit().success(), "posd stops at {failpoint}");
+    assert!(!lane.wait_posd_exit().await.success(), "posd stops at {failpoint}");
     lane.posd_env.clear();
     lane.start_posd();
     let done = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
@@ -286,7 +286,7 @@ async fn case_6_power_cut_after_an_online_authorization_was_answered() {
         while let Ok(Some(_)) = stream.message().await {}
         first.payment_id
     };
-    assert!(!lane.wait_posd_exit().success());
+    assert!(!lane.wait_posd_exit().await.success());
     lane.posd_env.clear();
     lane.start_posd();
     let p = lane.wait_status(&id, pb::PaymentStatus::Captured).await;
@@ -554,5 +554,36 @@ async fn case_12_a_full_disk_refuses_new_payments_and_loses_nothing_queued() {
     .await;
     let approved = lane.ledger().iter().filter(|c| c["status"] == "approved").count();
     assert_eq!(approved as u32, queued, "every queued payment forwarded once");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn case_3_the_reader_dropping_after_the_card_read_still_reports_the_approval() {
+    let mut lane = Lane::start(&["--unplug-after-card"]);
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-drop", 3900).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured, "approved at the gateway means approved");
+    assert!(p.approved);
+    assert_eq!(approved_by_amount(&lane.ledger(), 3900), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn shutting_down_with_unsent_payments_warns_and_keeps_them() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    final_payment(&lane.pay("k-shutdown", 1100).await);
+    let pid = lane.posd_pid();
+    let (st, _, _) = posd_e2e::run(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]));
+    assert!(st.success());
+    let exit = lane.wait_posd_exit().await;
+    assert!(exit.success(), "a clean shutdown: {exit:?}");
+    let log = std::fs::read_to_string(lane.posd_log()).unwrap();
+    assert!(log.contains("shutting down with offline payments not yet forwarded"), "{log}");
+    lane.start_posd();
+    let events = lane.events().await;
+    assert!(events.iter().any(|e| e.kind == "shutdown_with_unsent"));
+    assert_eq!(lane.sync().await.queue_depth, 1, "nothing lost");
     lane.finish();
 }

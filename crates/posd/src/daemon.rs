@@ -32,6 +32,9 @@ pub struct Options {
     pub demo_reader_delay_ms: u64,
 }
 
+/// How long a graceful stop waits for connected clients.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 pub const NO_CONFIG: &str = "posd: no configuration given.\n\
     For a store lane:   posd --config /etc/posd/posd.toml\n\
     To try posd with a simulated card reader and gateway:   posd --demo\n\
@@ -195,13 +198,31 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 
     let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine.clone()));
     let router = tonic::transport::Server::builder().add_service(service);
-    let shutdown = shutdown_signal();
+    // A signal starts a graceful stop; clients still connected after the
+    // grace period (a register holding an event stream) do not hold posd up.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopping = |grace: Duration| {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let shutdown = stopping(Duration::ZERO);
+    let hard_stop = stopping(SHUTDOWN_GRACE);
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
         announce(&format!("unix:{path}"), demo_banner, &demo_notes);
-        router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await?;
+        tokio::select! {
+            r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown) => r?,
+            () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
+        }
     } else {
         let addr: SocketAddr = cfg
             .listen
@@ -214,7 +235,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let actual = listener.local_addr()?;
         announce(&actual.to_string(), demo_banner, &demo_notes);
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?;
+        tokio::select! {
+            r = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown) => r?,
+            () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
+        }
     }
     engine.shutdown_warning();
     tracing::info!("posd stopped");

@@ -277,6 +277,7 @@ impl Store {
     /// Opens with an optional cap on the database size in pages.
     pub fn open_with(path: &Path, max_page_count: Option<u64>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -509,9 +510,16 @@ impl Store {
     }
 }
 
+/// Executes a statement through the connection's statement cache (the
+/// forwarder runs the same few statements thousands of times).
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreError> {
     let at_ms = now_ms();
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO events (at_ms, kind, terminal_id, payment_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![at_ms, e.kind, e.terminal_id, e.payment_id, e.message],
     )?;
@@ -534,7 +542,8 @@ fn apply_in(
 ) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
     {
         let current: String = tx
-            .query_row("SELECT status FROM payments WHERE id = ?1", [id], |r| r.get(0))
+            .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
             .optional()?
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
@@ -542,18 +551,17 @@ fn apply_in(
             return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
         }
         let now = now_ms();
-        tx.execute(
-            "UPDATE payments SET status = ?2, updated_at_ms = ?3 WHERE id = ?1",
-            params![id, t.to.as_str(), now],
-        )?;
+        exec(tx, "UPDATE payments SET status = ?2, updated_at_ms = ?3 WHERE id = ?1", params![id, t.to.as_str(), now])?;
         if let Some(r) = &t.reason {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE payments SET reason_code = ?2, reason_message = ?3 WHERE id = ?1",
                 params![id, r.code, r.message],
             )?;
         }
         if let Some((c, blob)) = &update.card {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE payments SET masked_pan = ?2, brand = ?3, entry_mode = ?4, wallet = ?5, aid = ?6, \
                  application_label = ?7, verification = ?8, card_fingerprint = ?9, encrypted_card = ?10 WHERE id = ?1",
                 params![
@@ -571,20 +579,22 @@ fn apply_in(
             )?;
         }
         if let Some(a) = &update.auth_code {
-            tx.execute("UPDATE payments SET auth_code = ?2 WHERE id = ?1", params![id, a])?;
+            exec(tx, "UPDATE payments SET auth_code = ?2 WHERE id = ?1", params![id, a])?;
         }
         if let Some(g) = &update.gateway_reference {
-            tx.execute("UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
+            exec(tx, "UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
         }
         if !t.to.keeps_card_data() {
-            tx.execute("UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [id])?;
+            exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [id])?;
         }
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, now, t.from.as_str(), t.to.as_str(), t.cause],
         )?;
         if t.to == Status::OfflineApproved {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE payments SET offline = 1, \
                  queue_seq = COALESCE(queue_seq, (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments)), \
                  queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1",
@@ -592,13 +602,15 @@ fn apply_in(
             )?;
         }
         if t.to == Status::Forwarding {
-            tx.execute("UPDATE payments SET forward_attempts = forward_attempts + 1 WHERE id = ?1", [id])?;
+            exec(tx, "UPDATE payments SET forward_attempts = forward_attempts + 1 WHERE id = ?1", [id])?;
         }
         if let Some(e) = &update.last_error {
-            tx.execute("UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
+            exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
         }
         let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
-        let rec = tx.query_row(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"), [id], row_to_payment)?;
+        let rec = tx
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"))?
+            .query_row([id], row_to_payment)?;
         Ok((rec, event))
     }
 }
@@ -804,6 +816,34 @@ mod tests {
         let t = next(Status::Created, &Input::Start).unwrap();
         s.apply("pay_k", &t, Update::default()).unwrap();
         assert!(matches!(s.apply("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
+    }
+
+    #[test]
+    fn a_migration_keeps_queued_payments_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.db");
+        {
+            // A database as the version before the last migration left it,
+            // with a payment waiting in the outbox.
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len() - 1)).unwrap();
+            conn.execute(
+                "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+                 manual_capture, status, gateway_key, encrypted_card, demo, created_at_ms, updated_at_ms, offline, \
+                 queue_seq, queued_at_ms) VALUES ('pay_q', 'k', '', 'lane-1', 700, 'EUR', 0, 'offline_approved', 'gk', \
+                 X'0102', 0, 1, 1, 1, 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let q = s.get("pay_q").unwrap().unwrap();
+        assert_eq!((q.status, q.amount_minor, q.offline), (Status::OfflineApproved, 700, true));
+        assert_eq!(s.encrypted_card("pay_q").unwrap(), Some(vec![1, 2]));
+        assert_eq!(s.queue_summary().unwrap().count, 1);
     }
 
     #[test]

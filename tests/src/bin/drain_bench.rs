@@ -1,0 +1,166 @@
+//! Benchmark: drain queued offline payments into gateway-sim, which adds
+//! 5 ms of latency to every call; batched forwarding against one payment per
+//! call, measured in the same run. Prints a markdown table.
+//!
+//! ```sh
+//! cargo run --release -p posd-e2e --bin drain-bench            # 10,000 payments
+//! cargo run --release -p posd-e2e --bin drain-bench -- 2000     # fewer
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pos_cardcrypt::{BaseKey, Binding, CardData};
+use pos_engine::{Input, Status, next};
+use posd::engine::{Engine, EngineSettings, ForwardSettings};
+use posd::gateway::{Gateway, GatewaySettings};
+use posd::lane::{Lane, ReaderLine};
+use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
+
+const STORE_ID: &str = "bench";
+const LATENCY_MS: u64 = 5;
+
+/// Puts `n` payments in the outbox, each with card data bound to it.
+fn seed(store: &Store, n: usize) {
+    let key = BaseKey::test_key();
+    let card = CardData { pan: "4242424242424242".into(), expiry: "3012".into(), track2_equivalent: "t2".into() };
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let gateway_key = pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes());
+        let rec = PaymentRecord {
+            id: format!("pay_bench_{i:06}"),
+            idempotency_key: format!("bench-{i}"),
+            order_reference: String::new(),
+            terminal_id: "lane-1".into(),
+            amount_minor: 1000 + 100 * (i as i64 % 50),
+            currency: "EUR".into(),
+            manual_capture: false,
+            status: Status::Created,
+            gateway_key,
+            card: None,
+            reason_code: String::new(),
+            reason_message: String::new(),
+            auth_code: String::new(),
+            gateway_reference: String::new(),
+            demo: false,
+            created_at_ms: now_ms(),
+            updated_at_ms: now_ms(),
+            offline: false,
+            queued_at_ms: None,
+            forward_attempts: 0,
+            last_error: String::new(),
+        };
+        store.insert_or_get(&rec).expect("insert").expect("new payment");
+        let binding = Binding {
+            amount_minor: rec.amount_minor,
+            currency: "EUR",
+            terminal_id: "bench/lane-1",
+            transaction_key: &rec.gateway_key,
+        };
+        let blob = pos_cardcrypt::encrypt(&key, "BENCH-READER", &card, &binding);
+        ids.push((rec.id.clone(), blob));
+    }
+    let info =
+        CardInfo { masked_pan: "424242******4242".into(), brand: "visa".into(), entry_mode: 1, ..Default::default() };
+    let mut status = Status::Created;
+    for input in [Input::Start, Input::CardRead, Input::Sending, Input::ApprovedOffline] {
+        let t = next(status, &input).unwrap();
+        let items = ids
+            .iter()
+            .map(|(id, blob)| {
+                let card = matches!(input, Input::CardRead).then(|| (info.clone(), blob.clone()));
+                (id.clone(), t.clone(), Update { card, queued_at_ms: Some(now_ms()), ..Default::default() })
+            })
+            .collect();
+        for r in store.apply_batch(items).expect("seed batch") {
+            r.expect("seed transition");
+        }
+        status = t.to;
+    }
+}
+
+/// Drains `n` seeded payments with `batch_size` per call; returns the elapsed time.
+async fn drain(n: usize, batch_size: usize) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = gateway_sim::start(gateway_sim::Options {
+        listen: "127.0.0.1:0".into(),
+        control: "127.0.0.1:0".into(),
+        db: dir.path().join("ledger.db"),
+        base_key: BaseKey::test_key(),
+    })
+    .await
+    .expect("gateway-sim");
+    sim.faults.send_replace(gateway_sim::Fault::Latency(LATENCY_MS));
+    let store = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    seed(&store, n);
+    let gateway = Arc::new(
+        Gateway::new(GatewaySettings {
+            url: format!("http://{}", sim.listen_addr),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(30),
+        })
+        .unwrap(),
+    );
+    // No reader is needed to forward; the lane's line points nowhere.
+    let policy = pos_engine::offline::OfflinePolicy::defaults_for("EUR");
+    let lane = Lane::spawn("lane-1".into(), "EUR".into(), ReaderLine::Tcp("127.0.0.1:9".into()), policy);
+    let engine = Engine::new(
+        store.clone(),
+        gateway,
+        vec![lane],
+        EngineSettings {
+            store_id: STORE_ID.into(),
+            demo: false,
+            collect_timeout: Duration::from_secs(60),
+            status_attempts: 3,
+            status_backoff: Duration::from_millis(500),
+            reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+            forward: ForwardSettings {
+                batch_size,
+                retry_first: Duration::from_millis(50),
+                retry_max: Duration::from_secs(1),
+                health_interval: Duration::from_secs(5),
+                ageing_interval: Duration::from_secs(3600),
+                alert_after: Duration::from_secs(12 * 3600),
+                stop_after: Duration::from_secs(24 * 3600),
+                expire_after: Duration::from_secs(72 * 3600),
+            },
+        },
+    );
+    tokio::spawn(engine.clone().forwarder());
+    let start = Instant::now();
+    engine.sync_now();
+    loop {
+        let left = store.queue_summary().unwrap().count;
+        if left == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "drain did not finish: {left} left");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed();
+    let captured = store
+        .list(&posd::store::ListFilter { statuses: vec![Status::Captured], limit: n + 1, ..Default::default() })
+        .unwrap()
+        .len();
+    assert_eq!(captured, n, "every payment forwarded and approved");
+    let ledger = gateway_sim::ledger::Ledger::open_read_only(&dir.path().join("ledger.db")).unwrap().all().unwrap();
+    assert_eq!(ledger.len(), n, "exactly one charge per payment");
+    elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args().nth(1).map(|a| a.parse().expect("count")).unwrap_or(10_000);
+    let single_n = (n / 20).clamp(50, 500);
+    let batched = drain(n, 200).await;
+    let single = drain(single_n, 1).await;
+    let rate = |count: usize, d: Duration| count as f64 / d.as_secs_f64();
+    let (rb, rs) = (rate(n, batched), rate(single_n, single));
+    println!("| drain ({LATENCY_MS} ms added gateway latency per call) | payments | seconds | payments/s |");
+    println!("|---|---:|---:|---:|");
+    println!("| batched, 200 per call | {n} | {:.2} | {rb:.0} |", batched.as_secs_f64());
+    println!("| one per call | {single_n} | {:.2} | {rs:.0} |", single.as_secs_f64());
+    println!();
+    println!("speed-up: {:.1}x (target: >= 2,000/s and >= 10x)", rb / rs);
+}
