@@ -270,7 +270,7 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (Forwarding, Input::Quarantine { code, message }) => {
             t(Quarantined, format!("gateway refused the item: {code}"), reason(code, message.clone()), vec![])
         }
-        (OfflineApproved, Input::Expire { message }) => {
+        (OfflineApproved | Quarantined, Input::Expire { message }) => {
             t(Expired, format!("expired unsent: {message}"), reason("expired", message.clone()), vec![])
         }
         (Authorizing | Unknown, Input::Approved { captured }) => t(

@@ -75,6 +75,8 @@ pub struct OfflineCandidate<'a> {
     pub refund: bool,
     /// True when the reader delivered encrypted card data.
     pub card_data: bool,
+    /// True when the reader gave a card fingerprint (needed for the per-card limit).
+    pub card_identified: bool,
 }
 
 /// What is already stored, as seen when the candidate asks.
@@ -132,6 +134,12 @@ pub fn eligibility(p: &OfflinePolicy, c: &OfflineCandidate<'_>, q: &QueueState) 
         return refuse(
             "card_data_unavailable",
             "The reader delivered no encrypted card data (keys unavailable)".into(),
+        );
+    }
+    if !c.card_identified {
+        return refuse(
+            "card_unidentified",
+            "The reader gave no card fingerprint, so the per-card limit cannot be applied".into(),
         );
     }
     if !p.currencies.iter().any(|x| x == c.currency) {
@@ -227,6 +235,7 @@ mod tests {
             cashback_minor: 0,
             refund: false,
             card_data: true,
+            card_identified: true,
         }
     }
 
@@ -256,6 +265,10 @@ mod tests {
         assert_eq!(
             code(eligibility(&p, &OfflineCandidate { card_data: false, ..c.clone() }, &q)),
             "card_data_unavailable"
+        );
+        assert_eq!(
+            code(eligibility(&p, &OfflineCandidate { card_identified: false, ..c.clone() }, &q)),
+            "card_unidentified"
         );
         assert_eq!(
             code(eligibility(&p, &OfflineCandidate { currency: "USD", ..c.clone() }, &q)),

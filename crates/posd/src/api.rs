@@ -96,6 +96,13 @@ impl PaymentTerminal for TerminalApi {
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let from = i64::try_from(request.get_ref().from_cursor)
             .map_err(|_| Status::invalid_argument("from_cursor: out of range"))?;
+        let newest = self.engine.store().last_event_cursor().map_err(store_status)?;
+        if from > newest {
+            return Err(Status::invalid_argument(format!(
+                "from_cursor: {from} is beyond the newest event ({newest}); this posd's events were reset \
+                 (reinstall?): resume from 0"
+            )));
+        }
         // Subscribe first, then read the stored backlog: an event committed in
         // between is in both and is skipped by cursor, so none is missed.
         let mut live = self.engine.subscribe_events();
@@ -124,7 +131,11 @@ impl PaymentTerminal for TerminalApi {
                     }
                 }
                 loop {
-                    match live.recv().await {
+                    let received = tokio::select! {
+                        r = live.recv() => r,
+                        () = tx.closed() => return,
+                    };
+                    match received {
                         Ok(e) if e.cursor <= last => continue,
                         Ok(e) if e.cursor == last + 1 => {
                             last = e.cursor;
@@ -250,6 +261,7 @@ impl PaymentTerminal for TerminalApi {
             created_before_ms: r.created_before.as_ref().map(convert::millis),
             after,
             limit: limit + 1,
+            oldest_first: false,
         };
         let mut rows = self.engine.store().list(&filter).map_err(store_status)?;
         let next_page_token = if rows.len() > limit {

@@ -13,6 +13,8 @@ use crate::store::{Store, now_ms};
 const HIGH_WATER: &str = "ageing_clock_high_water_ms";
 /// A difference between wall and ageing clock above this is logged as a jump.
 const JUMP_MS: i64 = 5 * 60 * 1000;
+/// A start-up this far after the last recorded time is logged.
+const FORWARD_JUMP_MS: i64 = 24 * 3600 * 1000;
 
 pub struct AgeClock {
     base_ms: i64,
@@ -28,6 +30,12 @@ impl AgeClock {
             tracing::warn!(
                 behind_s = (high_water - wall) / 1000,
                 "the wall clock is behind the last time posd recorded; ageing continues from the later time"
+            );
+        } else if high_water > 0 && wall > high_water + FORWARD_JUMP_MS {
+            tracing::warn!(
+                ahead_s = (wall - high_water) / 1000,
+                "the wall clock is far ahead of the last time posd recorded (a long stop, or the clock was set forward); \
+                 queued payments age by it; those already sent wait for the gateway's answer instead of expiring"
             );
         }
         Self { base_ms: wall.max(high_water), base: Instant::now(), last_logged_drift: Mutex::new(0) }

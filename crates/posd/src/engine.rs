@@ -585,11 +585,11 @@ impl Engine {
     /// The request never left posd: approve offline if the lane's rules allow.
     async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
         let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
-        let _gate = self.offline_gate.lock().await;
+        let gate = self.offline_gate.lock().await;
         let summary = self.store.queue_summary()?;
         let total = summary.totals.iter().find(|(c, _)| *c == rec.currency).map_or(0, |(_, t)| *t);
-        let same_card =
-            if card.card_fingerprint.is_empty() { 0 } else { self.store.queued_for_card(&card.card_fingerprint)? };
+        let fingerprint = crate::lane::scrub(&card.card_fingerprint);
+        let same_card = if fingerprint.is_empty() { 0 } else { self.store.queued_for_card(&fingerprint)? };
         let now = self.clock.now_ms();
         let queue = QueueState {
             count: summary.count,
@@ -614,6 +614,7 @@ impl Engine {
             cashback_minor: card.cashback_minor,
             refund: false,
             card_data: !card.encrypted_card.is_empty(),
+            card_identified: !fingerprint.is_empty(),
         };
         match offline::eligibility(&lane.offline, &candidate, &queue) {
             Ok(()) => {
@@ -630,6 +631,8 @@ impl Engine {
                 };
                 let t = next(rec.status, &Input::ApprovedOffline)?;
                 let (new, event) = self.store.apply(&rec.id, &t, update).inspect_err(|e| self.note_store_error(e))?;
+                // The limits held for this commit; no other lane waits on reader I/O.
+                drop(gate);
                 failpoint::hit("offline_after_persist");
                 tracing::warn!(payment = %new.id, %why, "gateway unreachable: approved offline");
                 if let Some(e) = event {
@@ -641,6 +644,7 @@ impl Engine {
                 self.forward_wake.notify_one();
             }
             Err(refusal) => {
+                drop(gate);
                 let message = format!(
                     "The gateway cannot be reached ({why}) and the payment may not be taken offline: {}",
                     refusal.message
@@ -753,8 +757,12 @@ impl Engine {
         let (first, longest) = self.settings.reversal_backoff;
         let mut backoff = first;
         loop {
-            let filter =
-                crate::store::ListFilter { statuses: vec![Status::ReversalPending], limit: 100, ..Default::default() };
+            let filter = crate::store::ListFilter {
+                statuses: vec![Status::ReversalPending],
+                limit: 100,
+                oldest_first: true,
+                ..Default::default()
+            };
             let mut failed = false;
             let pending = match self.store.list(&filter) {
                 Ok(p) => p,
@@ -820,7 +828,7 @@ impl Engine {
             oldest_age: s
                 .oldest_queued_at_ms
                 .map_or(Duration::ZERO, |t| Duration::from_millis((now - t).max(0) as u64)),
-            last_error: state.last_error,
+            last_error: if state.last_error.is_empty() { self.gateway.last_error() } else { state.last_error },
             paused: state.paused,
             last_online_ms: self.store.meta(LAST_ONLINE)?,
         })
@@ -847,7 +855,9 @@ impl Engine {
                     continue;
                 }
             };
-            if batch.is_empty() {
+            // Nothing is claimed while the gateway is known to be unreachable:
+            // the health checks wake the forwarder when it comes back.
+            if batch.is_empty() || !self.gateway.is_online() {
                 tokio::select! {
                     () = self.forward_wake.notified() => {}
                     () = tokio::time::sleep(f.health_interval) => {}
@@ -862,6 +872,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "forwarding stopped by a storage error");
+                    self.requeue_stranded();
                     wait = Some(f.retry_max);
                 }
             }
@@ -907,17 +918,18 @@ impl Engine {
                     .filter_map(|(id, t, u)| t.ok().map(|t| (id, t, u)))
                     .collect();
                 self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?;
-                let first_pause = {
+                let (first_pause, new_error) = {
                     let mut s = self.sync.lock().unwrap();
+                    let new_error = s.last_error != message;
                     s.last_error = message.clone();
                     let first = auth && !s.paused;
                     s.paused = auth;
-                    first
+                    (first, new_error)
                 };
                 if first_pause {
                     tracing::error!(%message, "ALERT: forwarding paused: the gateway refuses posd's credentials");
                     self.emit("forwarding_paused", "", "", format!("forwarding paused: {message}"));
-                } else if !auth {
+                } else if !auth && new_error {
                     self.emit("forward_failed", "", "", format!("{} payments stay queued: {message}", claimed.len()));
                 }
                 Ok(Some(auth))
@@ -925,66 +937,100 @@ impl Engine {
         }
     }
 
+    /// Stores a forwarding round's answers. Results are matched to payments by
+    /// transaction key and checked against the local amount and currency; only
+    /// an error about the item itself (malformed, account mismatch) quarantines
+    /// it; anything unclear puts it back in the queue under the same key.
     async fn apply_forward_results(
         &self,
         claimed: Vec<(PaymentRecord, Vec<u8>)>,
         results: Vec<ForwardResult>,
     ) -> Result<(), StepError> {
+        let mut by_key: HashMap<String, ForwardResult> =
+            results.into_iter().map(|r| (r.transaction_key.clone(), r)).collect();
         let mut items = Vec::with_capacity(claimed.len());
-        for ((rec, _), r) in claimed.into_iter().zip(results) {
+        for (rec, _) in claimed {
+            let r = by_key.remove(&rec.gateway_key).unwrap_or_default();
             let tx = match (r.transaction, r.error_code.as_str()) {
-                (Some(tx), _) => Some(tx),
-                // A gateway that answers a repeated key with "conflict":
-                // the charge exists, so ask for it instead of failing.
-                (None, "already_exists") => self.gateway.transaction(&rec.gateway_key).await.ok().flatten(),
-                (None, _) => None,
-            };
-            let (input, event) = match tx.as_ref().map(|t| Outcome::try_from(t.outcome).unwrap_or(Outcome::Unspecified))
-            {
-                Some(Outcome::Approved) => (
-                    Input::Approved { captured: tx.as_ref().is_some_and(|t| t.captured) },
-                    ("forwarded", "forwarded; the gateway approved".to_string()),
-                ),
-                Some(Outcome::Declined) => {
-                    let t = tx.as_ref().expect("matched Some");
-                    tracing::error!(payment = %rec.id, code = %t.decline_code, "ALERT: a payment approved offline was declined when forwarded");
-                    (
-                        Input::Declined { code: t.decline_code.clone(), message: t.decline_message.clone() },
-                        (
-                            "offline_declined",
-                            format!("declined when forwarded: {} (the merchant's loss)", t.decline_code),
-                        ),
-                    )
+                (Some(tx), _) => Ok(tx),
+                // A gateway that answers a repeated key with "conflict": the
+                // charge exists, so ask for it instead of failing.
+                (None, "already_exists") => match self.gateway.transaction(&rec.gateway_key).await {
+                    Ok(Some(tx)) => Ok(tx),
+                    Ok(None) => Err(Retry("the gateway reports a conflict but has no record".into())),
+                    Err(e) => Err(Retry(format!("status query after a conflict failed: {e}"))),
+                },
+                (None, code @ ("invalid_argument" | "account_mismatch")) => {
+                    Err(Quarantine(code.to_string(), r.error_message.clone()))
                 }
-                other => {
-                    let (code, message) = match other {
-                        Some(_) => {
-                            ("reversed_at_gateway".to_string(), "the gateway holds this key as reversed".to_string())
-                        }
-                        None if r.error_code.is_empty() => {
-                            ("no_result".to_string(), "the gateway returned no result".to_string())
-                        }
-                        None => (r.error_code.clone(), r.error_message.clone()),
-                    };
+                (None, "") => Err(Retry("the gateway returned no result for this payment".into())),
+                (None, other) => Err(Retry(format!("gateway error {other}: {}", r.error_message))),
+            };
+            let tx = tx.and_then(|t| {
+                if t.amount_minor != 0 && (t.amount_minor != rec.amount_minor || t.currency != rec.currency) {
+                    Err(Retry(format!(
+                        "the gateway's record ({} {}) does not match the payment ({} {})",
+                        t.amount_minor, t.currency, rec.amount_minor, rec.currency
+                    )))
+                } else {
+                    Ok(t)
+                }
+            });
+            let (input, event) = match tx {
+                Ok(t) => match Outcome::try_from(t.outcome).unwrap_or(Outcome::Unspecified) {
+                    Outcome::Approved => (
+                        Input::Approved { captured: t.captured },
+                        Some(("forwarded", "forwarded; the gateway approved".to_string(), t)),
+                    ),
+                    Outcome::Declined => {
+                        tracing::error!(payment = %rec.id, code = %t.decline_code, "ALERT: a payment approved offline was declined when forwarded");
+                        (
+                            Input::Declined { code: t.decline_code.clone(), message: t.decline_message.clone() },
+                            Some((
+                                "offline_declined",
+                                format!("declined when forwarded: {} (the merchant's loss)", t.decline_code),
+                                t,
+                            )),
+                        )
+                    }
+                    Outcome::Reversed => {
+                        let message = "the gateway holds this payment's key as reversed".to_string();
+                        tracing::error!(payment = %rec.id, "ALERT: queued payment quarantined: {message}");
+                        (
+                            Input::Quarantine { code: "reversed_at_gateway".into(), message: message.clone() },
+                            Some(("quarantined", format!("reversed_at_gateway: {message}"), t)),
+                        )
+                    }
+                    Outcome::Unspecified => {
+                        (Input::ForwardRetry { message: "the gateway answered without an outcome".into() }, None)
+                    }
+                },
+                Err(Quarantine(code, message)) => {
                     tracing::error!(payment = %rec.id, %code, %message, "ALERT: queued payment quarantined");
                     (
                         Input::Quarantine { code: code.clone(), message: message.clone() },
-                        ("quarantined", format!("{code}: {message}")),
+                        Some(("quarantined", format!("{code}: {message}"), Transaction::default())),
                     )
+                }
+                Err(Retry(message)) => {
+                    tracing::warn!(payment = %rec.id, %message, "forwarding result unclear; payment stays queued");
+                    (Input::ForwardRetry { message }, None)
                 }
             };
             let t = next(rec.status, &input)?;
-            let answer = tx.unwrap_or_default();
-            let update = Update {
-                auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
-                gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
-                event: Some(NewEvent {
-                    kind: event.0,
-                    terminal_id: rec.terminal_id.clone(),
-                    payment_id: rec.id.clone(),
-                    message: event.1,
-                }),
-                ..Default::default()
+            let update = match event {
+                Some((kind, message, answer)) => Update {
+                    auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
+                    gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
+                    event: Some(NewEvent {
+                        kind,
+                        terminal_id: rec.terminal_id.clone(),
+                        payment_id: rec.id.clone(),
+                        message,
+                    }),
+                    ..Default::default()
+                },
+                None => Update { last_error: Some(t.cause.clone()), ..Default::default() },
             };
             items.push((rec.id.clone(), t, update));
         }
@@ -1000,6 +1046,26 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Puts payments left in FORWARDING (a round cut short by a storage
+    /// error) back in the queue; the same key makes the repeat safe.
+    fn requeue_stranded(&self) {
+        let filter = crate::store::ListFilter { statuses: vec![Status::Forwarding], limit: 1000, ..Default::default() };
+        let Ok(stranded) = self.store.list(&filter) else { return };
+        let items: Vec<_> = stranded
+            .iter()
+            .filter_map(|rec| {
+                let t =
+                    next(rec.status, &Input::ForwardRetry { message: "forwarding round interrupted".into() }).ok()?;
+                Some((rec.id.clone(), t, Update::default()))
+            })
+            .collect();
+        if !items.is_empty()
+            && let Err(e) = self.store.apply_batch(items)
+        {
+            tracing::error!(error = %e, "cannot put interrupted payments back in the queue");
+        }
     }
 
     /// Gateway reachability (health checks plus real calls) and queue ageing.
@@ -1182,6 +1248,15 @@ fn store_error(e: StepError) -> StoreError {
         StepError::Refused(t) => StoreError::Conflict { id: String::new(), expected: t.from, actual: t.from },
     }
 }
+
+/// What to do with a forwarded payment whose answer did not settle it.
+enum Unsettled {
+    /// Back to the queue, to be sent again under the same key.
+    Retry(String),
+    /// The gateway refused the item itself: hold it for a person.
+    Quarantine(String, String),
+}
+use Unsettled::{Quarantine, Retry};
 
 /// Spreads retries: 80-120 % of `d`.
 fn jitter(d: Duration) -> Duration {

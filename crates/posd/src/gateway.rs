@@ -55,6 +55,8 @@ pub struct Gateway {
     endpoint: Endpoint,
     settings: GatewaySettings,
     online: watch::Sender<bool>,
+    /// Why the gateway was last found unreachable; empty once it answers.
+    last_error: std::sync::Mutex<String>,
 }
 
 impl Gateway {
@@ -62,8 +64,13 @@ impl Gateway {
         let endpoint = Endpoint::from_shared(settings.url.clone())
             .map_err(|e| anyhow::anyhow!("invalid gateway URL {:?}: {e}", settings.url))?
             .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true);
-        Ok(Self { endpoint, settings, online: watch::Sender::new(false) })
+            .tcp_nodelay(true)
+            // A WAN that drops without closing connections must not leave the
+            // gateway event stream waiting forever.
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        Ok(Self { endpoint, settings, online: watch::Sender::new(false), last_error: Default::default() })
     }
 
     pub fn url(&self) -> &str {
@@ -80,18 +87,36 @@ impl Gateway {
         self.online.subscribe()
     }
 
+    /// Why the gateway was last found unreachable (empty while it answers).
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().unwrap().clone()
+    }
+
     fn set_online(&self, online: bool) {
+        if online {
+            self.last_error.lock().unwrap().clear();
+        }
         if self.online.send_replace(online) != online {
             tracing::info!(online, url = %self.settings.url, "gateway connectivity changed");
         }
     }
 
     /// Health check: a status query for a key that never exists.
+    /// Any answer from the gateway, even a refusal of posd's credentials,
+    /// means it is reachable.
     pub async fn probe(&self) {
-        if let Err(e) = self.transaction("posd-connectivity-probe").await {
-            tracing::debug!(error = %e, "gateway health check failed");
-            self.set_online(false);
-        }
+        let online = match self.connect().await {
+            Err(_) => false,
+            Ok(mut client) => {
+                let req = GetTransactionRequest { transaction_key: "posd-connectivity-probe".into() };
+                match tokio::time::timeout(self.settings.request_timeout, client.get_transaction(req)).await {
+                    Err(_) => false,
+                    Ok(Ok(_)) => true,
+                    Ok(Err(s)) => !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+                }
+            }
+        };
+        self.set_online(online);
     }
 
     /// The gateway's event stream after a sequence number.
@@ -151,7 +176,9 @@ impl Gateway {
             Ok(channel) => Ok(Client::new(channel)),
             Err(e) => {
                 self.set_online(false);
-                Err(format!("cannot connect to {}: {}", self.settings.url, source_chain(&e)))
+                let message = format!("cannot connect to {}: {}", self.settings.url, source_chain(&e));
+                *self.last_error.lock().unwrap() = message.clone();
+                Err(message)
             }
         }
     }

@@ -93,6 +93,7 @@ pub struct QueueSummary {
     pub quarantined: u32,
     /// (currency, total minor units), sorted by currency.
     pub totals: Vec<(String, i64)>,
+    /// Oldest payment waiting for the link (quarantined ones wait for a person).
     pub oldest_queued_at_ms: Option<i64>,
 }
 
@@ -127,6 +128,8 @@ pub struct ListFilter {
     /// Continue after this (created_at_ms, id), newest first.
     pub after: Option<(i64, String)>,
     pub limit: usize,
+    /// Oldest first instead (work queues); `after` is not used with it.
+    pub oldest_first: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -409,6 +412,11 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The newest event's cursor (0 when there is none).
+    pub fn last_event_cursor(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
@@ -471,11 +479,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Queued payments older than `queued_before_ms` (for expiry).
+    /// Queued payments older than `queued_before_ms` that may expire: never
+    /// sent (a payment whose forwarding may have reached the gateway waits for
+    /// the gateway's answer instead), or quarantined (refused by the gateway).
     pub fn queued_before(&self, queued_before_ms: i64) -> Result<Vec<PaymentRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM payments WHERE status = 'offline_approved' AND queued_at_ms < ?1 ORDER BY queue_seq"
+            "SELECT {COLUMNS} FROM payments WHERE queued_at_ms < ?1 AND \
+             ((status = 'offline_approved' AND forward_attempts = 0) OR status = 'quarantined') ORDER BY queue_seq"
         ))?;
         let rows = stmt.query_map([queued_before_ms], row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -487,7 +498,8 @@ impl Store {
         const UNSENT: &str = "status IN ('offline_approved', 'forwarding', 'quarantined')";
         let (count, quarantined, oldest): (u32, u32, Option<i64>) = conn.query_row(
             &format!(
-                "SELECT COUNT(*), COALESCE(SUM(status = 'quarantined'), 0), MIN(queued_at_ms) FROM payments WHERE {UNSENT}"
+                "SELECT COUNT(*), COALESCE(SUM(status = 'quarantined'), 0), \
+                 MIN(CASE WHEN status = 'quarantined' THEN NULL ELSE queued_at_ms END) FROM payments WHERE {UNSENT}"
             ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -695,7 +707,8 @@ impl Store {
             sql += &format!(" AND (created_at_ms, id) < (?{}, ?{})", args.len() - 1, args.len());
         }
         args.push((f.limit as i64).into());
-        sql += &format!(" ORDER BY created_at_ms DESC, id DESC LIMIT ?{}", args.len());
+        let order = if f.oldest_first { "ASC" } else { "DESC" };
+        sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT ?{}", args.len());
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_payment)?;
