@@ -197,7 +197,22 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     tokio::spawn(engine.clone().gateway_events());
 
     let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine.clone()));
-    let router = tonic::transport::Server::builder().add_service(service);
+    // grpc.health.v1: the API as a whole, and one service name per lane
+    // ("posd.lane.<id>", SERVING while its card reader is connected).
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PaymentTerminalServer<crate::api::TerminalApi>>().await;
+    tokio::spawn(report_health(engine.clone(), health));
+    // Server reflection, v1 and v1alpha (grpcurl and Python clients use the latter).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pos_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(service)
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
     // A signal starts a graceful stop; clients still connected after the
     // grace period (a register holding an event stream) do not hold posd up.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -243,6 +258,28 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     engine.shutdown_warning();
     tracing::info!("posd stopped");
     Ok(())
+}
+
+/// Keeps the health service current: NOT_SERVING for the API while posd
+/// refuses payments (database failure), and per lane by its reader.
+async fn report_health(engine: Arc<Engine>, health: tonic_health::server::HealthReporter) {
+    use tonic_health::ServingStatus;
+    let mut last: std::collections::HashMap<String, ServingStatus> = Default::default();
+    loop {
+        let api = if engine.refusing_payments() { ServingStatus::NotServing } else { ServingStatus::Serving };
+        let mut states = vec![("pos.terminal.v1.PaymentTerminal".to_string(), api)];
+        for lane in engine.lanes() {
+            let s = if lane.reader_state().connected { ServingStatus::Serving } else { ServingStatus::NotServing };
+            states.push((format!("posd.lane.{}", lane.id), s));
+        }
+        for (name, status) in states {
+            if last.get(&name) != Some(&status) {
+                health.set_service_status(name.clone(), status).await;
+                last.insert(name, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn announce(addr: &str, demo: Option<bool>, notes: &[String]) {

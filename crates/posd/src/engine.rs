@@ -183,6 +183,11 @@ impl Engine {
         self.settings.demo
     }
 
+    /// True while posd refuses new payments because its database failed.
+    pub fn refusing_payments(&self) -> bool {
+        self.store_failed.load(Ordering::SeqCst)
+    }
+
     pub fn busy_with(&self, terminal: &str) -> Option<String> {
         self.busy.lock().unwrap().get(terminal).cloned()
     }
