@@ -14,9 +14,13 @@ pub struct Charge {
     pub terminal_id: String,
     pub amount_minor: i64,
     pub currency: String,
-    /// `approved`, `declined` or `reversed`.
+    /// `approved`, `declined`, `reversed` or `voided`.
     pub status: String,
     pub captured: bool,
+    /// Amount captured (the whole amount for automatic capture).
+    pub captured_minor: i64,
+    /// Amount refunded so far.
+    pub refunded_minor: i64,
     pub decline_code: String,
     pub decline_message: String,
     pub auth_code: String,
@@ -43,8 +47,10 @@ CREATE TABLE IF NOT EXISTS charges (
     terminal_id TEXT NOT NULL,
     amount_minor INTEGER NOT NULL,
     currency TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('approved', 'declined', 'reversed')),
+    status TEXT NOT NULL CHECK (status IN ('approved', 'declined', 'reversed', 'voided')),
     captured INTEGER NOT NULL,
+    captured_minor INTEGER NOT NULL DEFAULT 0,
+    refunded_minor INTEGER NOT NULL DEFAULT 0,
     decline_code TEXT NOT NULL,
     decline_message TEXT NOT NULL,
     auth_code TEXT NOT NULL,
@@ -64,6 +70,15 @@ CREATE TABLE IF NOT EXISTS gateway_events (
     amount_minor INTEGER NOT NULL,
     currency TEXT NOT NULL,
     message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_key TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    amount_minor INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL,
+    decline_code TEXT NOT NULL,
+    decline_message TEXT NOT NULL,
+    refunded_after INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS card_blobs (
     digest TEXT PRIMARY KEY,
@@ -89,11 +104,14 @@ fn row_to_charge(r: &Row<'_>) -> rusqlite::Result<Charge> {
         tombstone: r.get(13)?,
         request_digest: r.get(14)?,
         created_at: r.get(15)?,
+        captured_minor: r.get(16)?,
+        refunded_minor: r.get(17)?,
     })
 }
 
 const COLUMNS: &str = "key, terminal_id, amount_minor, currency, status, captured, decline_code, decline_message, \
-                       auth_code, gateway_reference, masked_pan, brand, entry_mode, tombstone, request_digest, created_at";
+                       auth_code, gateway_reference, masked_pan, brand, entry_mode, tombstone, request_digest, created_at, \
+                       captured_minor, refunded_minor";
 
 impl Ledger {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
@@ -136,7 +154,7 @@ impl Ledger {
     pub fn insert(&mut self, c: &Charge, blob_digest: Option<&str>) -> rusqlite::Result<()> {
         let tx = self.conn.savepoint()?;
         tx.execute(
-            &format!("INSERT INTO charges ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+            &format!("INSERT INTO charges ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"),
             params![
                 c.key,
                 c.terminal_id,
@@ -153,7 +171,9 @@ impl Ledger {
                 c.entry_mode,
                 c.tombstone,
                 c.request_digest,
-                c.created_at
+                c.created_at,
+                c.captured_minor,
+                c.refunded_minor
             ],
         )?;
         if let Some(d) = blob_digest {
@@ -165,6 +185,52 @@ impl Ledger {
     /// The key a card blob was first used under, if any.
     pub fn blob_owner(&self, digest: &str) -> rusqlite::Result<Option<String>> {
         self.conn.query_row("SELECT key FROM card_blobs WHERE digest = ?1", [digest], |r| r.get(0)).optional()
+    }
+
+    pub fn set_status(&mut self, key: &str, status: &str) -> rusqlite::Result<()> {
+        self.conn.execute("UPDATE charges SET status = ?2 WHERE key = ?1", params![key, status])?;
+        Ok(())
+    }
+
+    pub fn set_captured(&mut self, key: &str, amount: i64) -> rusqlite::Result<()> {
+        self.conn
+            .execute("UPDATE charges SET captured = 1, captured_minor = ?2 WHERE key = ?1", params![key, amount])?;
+        Ok(())
+    }
+
+    /// A refund already decided under this key: (succeeded, code, message, refunded after).
+    pub fn refund(&self, refund_key: &str) -> rusqlite::Result<Option<(bool, String, String, i64, String, i64)>> {
+        self.conn
+            .query_row(
+                "SELECT succeeded, decline_code, decline_message, refunded_after, key, amount_minor FROM refunds WHERE refund_key = ?1",
+                [refund_key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()
+    }
+
+    /// Records a refund decision, and the charge's new refunded total, atomically.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_refund(
+        &mut self,
+        refund_key: &str,
+        key: &str,
+        amount: i64,
+        succeeded: bool,
+        code: &str,
+        message: &str,
+        refunded_after: i64,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.savepoint()?;
+        tx.execute(
+            "INSERT INTO refunds (refund_key, key, amount_minor, succeeded, decline_code, decline_message, refunded_after) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![refund_key, key, amount, succeeded, code, message, refunded_after],
+        )?;
+        if succeeded {
+            tx.execute("UPDATE charges SET refunded_minor = ?2 WHERE key = ?1", params![key, refunded_after])?;
+        }
+        tx.commit()
     }
 
     pub fn mark_reversed(&mut self, key: &str) -> rusqlite::Result<()> {

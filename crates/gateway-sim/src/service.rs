@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use pos_cardcrypt::{BaseKey, Binding};
 use pos_proto::gateway::{
-    AuthorizeRequest, AuthorizeResponse, EntryMode, ForwardBatchRequest, ForwardBatchResponse, ForwardResult,
-    GetTransactionRequest, Outcome, ReverseRequest, Transaction, gateway_server::Gateway,
+    AuthorizeRequest, AuthorizeResponse, CaptureRequest, EntryMode, ForwardBatchRequest, ForwardBatchResponse,
+    ForwardResult, GetTransactionRequest, Outcome, RefundRequest, RefundResult, ReverseRequest, Transaction,
+    VoidRequest, gateway_server::Gateway,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -69,6 +70,7 @@ fn to_proto(c: &Charge) -> Transaction {
     let outcome = match c.status.as_str() {
         "approved" => Outcome::Approved,
         "declined" => Outcome::Declined,
+        "voided" => Outcome::Voided,
         _ => Outcome::Reversed,
     };
     Transaction {
@@ -81,6 +83,8 @@ fn to_proto(c: &Charge) -> Transaction {
         captured: c.captured,
         amount_minor: c.amount_minor,
         currency: c.currency.clone(),
+        captured_minor: c.captured_minor,
+        refunded_minor: c.refunded_minor,
     }
 }
 
@@ -251,11 +255,14 @@ impl Inner {
             tombstone: false,
             request_digest: digest,
             created_at: now_rfc3339(),
+            captured_minor: 0,
+            refunded_minor: 0,
         };
         let charge = match decision {
             Ok(masked) => Charge {
                 status: "approved".into(),
                 captured: r.capture,
+                captured_minor: if r.capture { r.amount_minor } else { 0 },
                 auth_code: sha_hex(&[r.transaction_key.as_bytes()])[..6].to_uppercase(),
                 masked_pan: masked,
                 ..base
@@ -266,6 +273,95 @@ impl Inner {
         };
         ledger.insert(&charge, Some(&blob_digest)).map_err(db_err)?;
         Ok(charge)
+    }
+
+    fn capture_committed(&self, r: &CaptureRequest) -> Result<Charge, Status> {
+        let mut ledger = self.ledger.lock().unwrap();
+        let c = ledger
+            .get(&r.transaction_key)
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("no transaction under key {}", r.transaction_key)))?;
+        if c.status != "approved" {
+            return Err(Status::failed_precondition(format!("the charge is {}, not approved", c.status)));
+        }
+        if c.captured {
+            return if c.captured_minor == r.amount_minor {
+                Ok(c)
+            } else {
+                Err(Status::failed_precondition(format!("already captured with {}", c.captured_minor)))
+            };
+        }
+        if r.amount_minor <= 0 || r.amount_minor > c.amount_minor {
+            return Err(Status::invalid_argument(format!(
+                "amount_minor must be 1 to the authorized {}",
+                c.amount_minor
+            )));
+        }
+        ledger.set_captured(&c.key, r.amount_minor).map_err(db_err)?;
+        Ok(Charge { captured: true, captured_minor: r.amount_minor, ..c })
+    }
+
+    fn void_committed(&self, r: &VoidRequest) -> Result<Charge, Status> {
+        let mut ledger = self.ledger.lock().unwrap();
+        let c = ledger
+            .get(&r.transaction_key)
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("no transaction under key {}", r.transaction_key)))?;
+        match (c.status.as_str(), c.captured) {
+            ("voided", _) => Ok(c),
+            ("approved", false) => {
+                ledger.set_status(&c.key, "voided").map_err(db_err)?;
+                Ok(Charge { status: "voided".into(), ..c })
+            }
+            ("approved", true) => Err(Status::failed_precondition("the charge is captured; refund it instead")),
+            (s, _) => Err(Status::failed_precondition(format!("the charge is {s}"))),
+        }
+    }
+
+    fn refund_committed(&self, r: &RefundRequest) -> Result<RefundResult, Status> {
+        if r.refund_key.is_empty() {
+            return Err(Status::invalid_argument("refund_key is required"));
+        }
+        let mut ledger = self.ledger.lock().unwrap();
+        let result = |succeeded, code: &str, message: &str, refunded_minor| RefundResult {
+            refund_key: r.refund_key.clone(),
+            succeeded,
+            decline_code: code.into(),
+            decline_message: message.into(),
+            refunded_minor,
+        };
+        if let Some((ok, code, message, after, key, amount)) = ledger.refund(&r.refund_key).map_err(db_err)? {
+            if key != r.transaction_key || amount != r.amount_minor {
+                return Err(Status::already_exists(format!(
+                    "refund key {} was already used for another refund",
+                    r.refund_key
+                )));
+            }
+            return Ok(result(ok, &code, &message, after));
+        }
+        let c = ledger
+            .get(&r.transaction_key)
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("no transaction under key {}", r.transaction_key)))?;
+        let (ok, code, message) = if c.status != "approved" || !c.captured {
+            (false, "not_captured", format!("the charge is {} and not captured", c.status))
+        } else if r.currency != c.currency {
+            (false, "currency_mismatch", format!("the charge is in {}", c.currency))
+        } else if r.amount_minor <= 0 || c.refunded_minor + r.amount_minor > c.captured_minor {
+            (
+                false,
+                "refund_exceeds_capture",
+                format!(
+                    "{} refunded of {} captured; {} more is too much",
+                    c.refunded_minor, c.captured_minor, r.amount_minor
+                ),
+            )
+        } else {
+            (true, "", String::new())
+        };
+        let after = if ok { c.refunded_minor + r.amount_minor } else { c.refunded_minor };
+        ledger.record_refund(&r.refund_key, &c.key, r.amount_minor, ok, code, &message, after).map_err(db_err)?;
+        Ok(result(ok, code, &message, after))
     }
 
     fn reverse_committed(&self, r: &ReverseRequest) -> Result<Charge, Status> {
@@ -298,6 +394,8 @@ impl Inner {
                     tombstone: true,
                     request_digest: String::new(),
                     created_at: now_rfc3339(),
+                    captured_minor: 0,
+                    refunded_minor: 0,
                 };
                 ledger.insert(&tombstone, None).map_err(db_err)?;
                 Ok(tombstone)
@@ -419,6 +517,46 @@ impl Gateway for GatewayService {
             })
             .await?;
         Ok(Response::new(ForwardBatchResponse { results }))
+    }
+
+    async fn capture(&self, request: Request<CaptureRequest>) -> Result<Response<Transaction>, Status> {
+        let req = request.into_inner();
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                let c = g.capture_committed(&req)?;
+                g.after_commit()?;
+                Ok(Response::new(to_proto(&c)))
+            })
+        })
+        .await
+    }
+
+    async fn void(&self, request: Request<VoidRequest>) -> Result<Response<Transaction>, Status> {
+        let req = request.into_inner();
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                let c = g.void_committed(&req)?;
+                g.after_commit()?;
+                Ok(Response::new(to_proto(&c)))
+            })
+        })
+        .await
+    }
+
+    async fn refund(&self, request: Request<RefundRequest>) -> Result<Response<RefundResult>, Status> {
+        let req = request.into_inner();
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                let r = g.refund_committed(&req)?;
+                tracing::info!(refund = %req.refund_key, key = %req.transaction_key, succeeded = r.succeeded, "refund");
+                g.after_commit()?;
+                Ok(Response::new(r))
+            })
+        })
+        .await
     }
 
     async fn get_transaction(&self, request: Request<GetTransactionRequest>) -> Result<Response<Transaction>, Status> {

@@ -47,10 +47,12 @@ pub enum Status {
     Quarantined,
     /// Not forwarded in time; the card data is deleted.
     Expired,
+    /// Voided before capture; nothing is charged.
+    Voided,
 }
 
 impl Status {
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 18] = [
         Status::Created,
         Status::Collecting,
         Status::CardRead,
@@ -68,6 +70,7 @@ impl Status {
         Status::OfflineDeclined,
         Status::Quarantined,
         Status::Expired,
+        Status::Voided,
     ];
 
     /// Stable name, as stored in the database.
@@ -90,6 +93,7 @@ impl Status {
             Status::OfflineDeclined => "offline_declined",
             Status::Quarantined => "quarantined",
             Status::Expired => "expired",
+            Status::Voided => "voided",
         }
     }
 
@@ -105,7 +109,9 @@ impl Status {
 
     /// Nothing more will ever happen to the payment without a new request.
     pub fn is_final(self) -> bool {
-        self.is_settled_for_register() && !self.is_unsent() && self != Status::ReversalPending
+        self.is_settled_for_register()
+            && !self.is_unsent()
+            && !matches!(self, Status::ReversalPending | Status::Authorized)
     }
 
     /// The register treats the payment as paid.
@@ -172,6 +178,10 @@ pub enum Input {
     Quarantine { code: String, message: String },
     /// The queued payment passed the expiry age.
     Expire { message: String },
+    /// The gateway captured the authorized payment.
+    Capture,
+    /// The gateway voided the authorized payment.
+    Void { reason: String },
 }
 
 /// What the daemon must do after committing a transition.
@@ -270,6 +280,10 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (Forwarding, Input::Quarantine { code, message }) => {
             t(Quarantined, format!("gateway refused the item: {code}"), reason(code, message.clone()), vec![])
         }
+        (Authorized, Input::Capture) => t(Captured, "captured".into(), None, vec![]),
+        (Authorized, Input::Void { reason: why }) => {
+            t(Voided, format!("voided: {why}"), reason("voided", format!("Voided before capture: {why}")), vec![])
+        }
         (OfflineApproved | Quarantined, Input::Expire { message }) => {
             t(Expired, format!("expired unsent: {message}"), reason("expired", message.clone()), vec![])
         }
@@ -359,6 +373,8 @@ mod tests {
             Input::ForwardRetry { message: "m".into() },
             Input::Quarantine { code: "account_mismatch".into(), message: "m".into() },
             Input::Expire { message: "m".into() },
+            Input::Capture,
+            Input::Void { reason: "m".into() },
         ]
     }
 
@@ -466,6 +482,7 @@ mod tests {
                             | Status::OfflineDeclined
                             | Status::Quarantined
                             | Status::Expired
+                            | Status::Voided
                     )
                 {
                     assert!(t.reason.is_some(), "{s} --{i:?}--> {} has no reason", t.to);

@@ -73,6 +73,24 @@ enum Command {
     },
     /// Cancels a payment that is still collecting a card.
     Cancel { id: String },
+    /// Captures an authorized payment (manual capture); without AMOUNT, all of it.
+    Capture { id: String, amount: Option<String> },
+    /// Voids an authorized payment before capture.
+    Void {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Refunds a captured payment; without AMOUNT, everything not yet refunded.
+    Refund {
+        id: String,
+        amount: Option<String>,
+        /// Idempotency key of the refund (default: a new random key).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Shows a lane's devices and connectivity.
     Status {
         #[arg(long, default_value = "lane-1")]
@@ -215,6 +233,48 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Capture { id, amount } => {
+            let amount_minor = minor_for(&mut client, &id, amount.as_deref()).await?;
+            let p =
+                client.capture_payment(pb::CapturePaymentRequest { payment_id: id, amount_minor }).await?.into_inner();
+            print_payment(&p, cli.json);
+            Ok(0)
+        }
+        Command::Void { id, reason } => {
+            let p = client.void_payment(pb::VoidPaymentRequest { payment_id: id, reason }).await?.into_inner();
+            print_payment(&p, cli.json);
+            Ok(0)
+        }
+        Command::Refund { id, amount, key, reason } => {
+            let amount_minor = minor_for(&mut client, &id, amount.as_deref()).await?;
+            let idempotency_key = key.unwrap_or_else(|| format!("posctl-refund-{}", random_suffix()));
+            let r = client
+                .refund_payment(pb::RefundPaymentRequest { idempotency_key, payment_id: id, amount_minor, reason })
+                .await?
+                .into_inner();
+            let status = enum_name(pb::RefundStatus::try_from(r.status).map(|s| s.as_str_name()), "REFUND_STATUS_");
+            let amount =
+                r.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
+            if cli.json {
+                println!(
+                    "{:#}",
+                    json!({
+                        "refund_id": r.refund_id,
+                        "idempotency_key": r.idempotency_key,
+                        "payment_id": r.payment_id,
+                        "amount_minor": r.amount.as_ref().map(|m| m.amount_minor),
+                        "currency": r.amount.as_ref().map(|m| m.currency.clone()),
+                        "status": status,
+                        "failure": r.failure.as_ref().map(|f| json!({"code": f.code, "message": f.message})),
+                        "created_at": rfc3339(r.created_at.as_ref()),
+                    })
+                );
+            } else {
+                let why = r.failure.as_ref().map(|f| format!(": {} {}", f.code, f.message)).unwrap_or_default();
+                println!("{}  {amount}  {}{why}", r.refund_id, status.to_uppercase());
+            }
+            Ok(if status == "succeeded" { 0 } else { EXIT_NOT_APPROVED })
+        }
         Command::Cancel { id } => {
             let p = client.cancel_payment(pb::CancelPaymentRequest { payment_id: id }).await?.into_inner();
             if cli.json {
@@ -342,6 +402,27 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// An amount typed for an existing payment, in its currency's minor units
+/// (0 when none is given: "all of it").
+async fn minor_for(
+    client: &mut PaymentTerminalClient<Channel>,
+    id: &str,
+    amount: Option<&str>,
+) -> Result<i64, Failure> {
+    let Some(text) = amount else { return Ok(0) };
+    let p = client.get_payment(pb::GetPaymentRequest { payment_id: id.into() }).await?.into_inner();
+    let currency = p.amount.map(|m| m.currency).unwrap_or_default();
+    money::parse_amount(text, &currency).map_err(|e| Failure(EXIT_USAGE, e))
+}
+
+fn print_payment(p: &pb::Payment, json: bool) {
+    if json {
+        println!("{:#}", payment_json(p));
+    } else {
+        println!("{}", summary(p));
+    }
+}
+
 fn random_suffix() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}-{:x}", nanos, std::process::id())
@@ -406,6 +487,8 @@ fn payment_json(p: &pb::Payment) -> Value {
         "status": status_name(p.status),
         "approved": p.approved,
         "offline": p.offline,
+        "captured_minor": p.captured_minor,
+        "refunded_minor": p.refunded_minor,
         "capture_mode": enum_name(pb::CaptureMode::try_from(p.capture_mode).map(|e| e.as_str_name()), "CAPTURE_MODE_"),
         "card": card,
         "decline": p.decline.as_ref().map(|d| json!({"code": d.code, "message": d.message})),

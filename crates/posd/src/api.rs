@@ -26,7 +26,8 @@ impl TerminalApi {
 
     fn payment_with_history(&self, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
         let history = self.engine.store().history(&rec.id).map_err(store_status)?;
-        Ok(convert::payment(rec, &history))
+        let refunds = self.engine.store().refunds_of(&rec.id).map_err(store_status)?;
+        Ok(convert::with_refunds(convert::payment(rec, &history), &refunds))
     }
 
     fn event_now(&self, rec: &PaymentRecord) -> Result<pb::PaymentEvent, Status> {
@@ -78,6 +79,30 @@ type TerminalEventStream = Pin<Box<dyn Stream<Item = Result<pb::TerminalEvent, S
 impl PaymentTerminal for TerminalApi {
     type TakePaymentStream = EventStream;
     type StreamEventsStream = TerminalEventStream;
+
+    async fn capture_payment(
+        &self,
+        request: Request<pb::CapturePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let r = request.into_inner();
+        let rec = self.engine.capture_payment(&r.payment_id, r.amount_minor).await?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
+    async fn void_payment(&self, request: Request<pb::VoidPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
+        let r = request.into_inner();
+        let rec = self.engine.void_payment(&r.payment_id, &r.reason).await?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
+    async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {
+        let r = request.into_inner();
+        if r.reason.chars().count() > 255 {
+            return Err(Status::invalid_argument("reason: must be at most 255 characters"));
+        }
+        let refund = self.engine.refund_payment(&r.idempotency_key, &r.payment_id, r.amount_minor, &r.reason).await?;
+        Ok(Response::new(convert::refund(&refund)))
+    }
 
     async fn get_sync_status(&self, _: Request<pb::GetSyncStatusRequest>) -> Result<Response<pb::SyncStatus>, Status> {
         let report = self.engine.sync_report().map_err(store_status)?;

@@ -34,6 +34,7 @@ pub fn status(s: Status) -> pb::PaymentStatus {
         Status::OfflineDeclined => P::OfflineDeclined,
         Status::Quarantined => P::Quarantined,
         Status::Expired => P::Expired,
+        Status::Voided => P::Voided,
     }
 }
 
@@ -50,7 +51,7 @@ pub fn stage(s: Status) -> pb::PaymentStage {
         Status::Authorized | Status::Captured => S::Approved,
         Status::OfflineApproved | Status::Forwarding | Status::Quarantined => S::Approved,
         Status::Declined | Status::OfflineDeclined => S::Declined,
-        Status::Canceled => S::Canceled,
+        Status::Canceled | Status::Voided => S::Canceled,
         Status::Failed | Status::ReversalPending | Status::Reversed | Status::Expired => S::Failed,
     }
 }
@@ -130,7 +131,8 @@ pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
         | Status::Reversed
         | Status::Canceled
         | Status::Quarantined
-        | Status::Expired => {
+        | Status::Expired
+        | Status::Voided => {
             (None, Some(pb::Failure { code: r.reason_code.clone(), message: r.reason_message.clone() }))
         }
         _ => (None, None),
@@ -162,6 +164,9 @@ pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
             .collect(),
         approved: r.status.is_approved(),
         offline: r.offline,
+        captured_minor: r.captured_minor,
+        refunded_minor: 0,
+        refunds: vec![],
     }
 }
 
@@ -180,6 +185,7 @@ pub fn status_message(r: &PaymentRecord) -> String {
             format!("Approved offline, then declined by the gateway: {}{demo}", r.reason_message)
         }
         Status::Canceled => format!("Canceled{demo}"),
+        Status::Voided => format!("Voided{demo}"),
         Status::Expired => format!("Approved offline, expired unsent{demo}"),
         Status::Failed | Status::ReversalPending | Status::Reversed => format!("Not paid: {}{demo}", r.reason_message),
     }
@@ -211,4 +217,32 @@ pub fn sync_status(r: &crate::engine::SyncReport) -> pb::SyncStatus {
         quarantined: r.quarantined,
         last_online_at: r.last_online_ms.map(timestamp),
     }
+}
+
+pub fn refund(r: &crate::store::RefundRecord) -> pb::Refund {
+    let status = match r.status.as_str() {
+        "pending" => pb::RefundStatus::Pending,
+        "succeeded" => pb::RefundStatus::Succeeded,
+        "failed" => pb::RefundStatus::Failed,
+        _ => pb::RefundStatus::Unspecified,
+    };
+    pb::Refund {
+        refund_id: r.id.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        payment_id: r.payment_id.clone(),
+        amount: Some(pb::Money { amount_minor: r.amount_minor, currency: r.currency.clone() }),
+        status: status as i32,
+        failure: (r.status == "failed")
+            .then(|| pb::Failure { code: r.failure_code.clone(), message: r.failure_message.clone() }),
+        reason: r.reason.clone(),
+        created_at: Some(timestamp(r.created_at_ms)),
+        updated_at: Some(timestamp(r.updated_at_ms)),
+    }
+}
+
+/// Adds a payment's refunds and refunded total.
+pub fn with_refunds(mut p: pb::Payment, refunds: &[crate::store::RefundRecord]) -> pb::Payment {
+    p.refunded_minor = refunds.iter().filter(|r| r.status == "succeeded").map(|r| r.amount_minor).sum();
+    p.refunds = refunds.iter().map(refund).collect();
+    p
 }

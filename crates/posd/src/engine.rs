@@ -265,6 +265,7 @@ impl Engine {
             queued_at_ms: None,
             forward_attempts: 0,
             last_error: String::new(),
+            captured_minor: 0,
         };
         let created = match self.store.insert_or_get(&candidate) {
             Ok(Ok(created)) => created,
@@ -679,7 +680,7 @@ impl Engine {
                 self.step(rec, input, Update::default()).await?;
                 Ok(true)
             }
-            Outcome::Reversed | Outcome::Unspecified => Ok(false),
+            Outcome::Reversed | Outcome::Voided | Outcome::Unspecified => Ok(false),
         }
     }
 
@@ -694,7 +695,7 @@ impl Engine {
             }
             match self.gateway.transaction(&rec.gateway_key).await {
                 Ok(Some(tx)) => match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
-                    Outcome::Reversed => {
+                    Outcome::Reversed | Outcome::Voided => {
                         last = "the gateway holds the key as reversed".into();
                         break;
                     }
@@ -717,6 +718,16 @@ impl Engine {
         let unsent = self.store.queue_summary()?.count;
         if unsent > 0 {
             tracing::warn!(unsent, "offline payments are waiting to be forwarded");
+        }
+        for refund in self.store.pending_refunds()? {
+            if let Some(rec) = self.store.get(&refund.payment_id)? {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.send_refund(refund, &rec).await {
+                        tracing::warn!(error = %e, "a pending refund is still unsettled");
+                    }
+                });
+            }
         }
         for rec in self.store.unfinished()? {
             let result = match pos_engine::recovery(rec.status) {
@@ -813,6 +824,180 @@ impl Engine {
                 self.reversals.notified().await;
             }
         }
+    }
+
+    /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
+    /// call comes first: a repeat after a crash is answered from its record.
+    pub async fn capture_payment(&self, id: &str, amount_minor: i64) -> Result<PaymentRecord, EngineError> {
+        let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        let amount = if amount_minor == 0 { rec.amount_minor } else { amount_minor };
+        if amount < 0 || amount > rec.amount_minor {
+            return Err(EngineError::InvalidArgument {
+                field: "amount_minor",
+                message: format!(
+                    "must be 0 (everything) or 1 to the authorized {}, not {amount_minor}",
+                    rec.amount_minor
+                ),
+            });
+        }
+        match rec.status {
+            Status::Captured if rec.captured_minor == amount => return Ok(rec),
+            Status::Authorized => {}
+            Status::OfflineApproved | Status::Forwarding => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "payment {id} was approved offline and is not forwarded yet; capture it once it is AUTHORIZED"
+                )));
+            }
+            s => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "payment {id} is {s}; only an AUTHORIZED payment (manual capture) can be captured"
+                )));
+            }
+        }
+        let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
+        let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
+        let update = Update { captured_minor: Some(captured), ..Default::default() };
+        Ok(self.step(&rec, Input::Capture, update).await.map_err(step_error)?)
+    }
+
+    /// Voids an AUTHORIZED payment; nothing is charged.
+    pub async fn void_payment(&self, id: &str, reason: &str) -> Result<PaymentRecord, EngineError> {
+        let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        match rec.status {
+            Status::Voided => return Ok(rec),
+            Status::Authorized => {}
+            s => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "payment {id} is {s}; only an AUTHORIZED payment can be voided (refund a captured one)"
+                )));
+            }
+        }
+        self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
+        let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
+        Ok(self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)?)
+    }
+
+    /// Refunds (part of) a captured payment, idempotently by the register's key.
+    pub async fn refund_payment(
+        &self,
+        key: &str,
+        payment_id: &str,
+        amount_minor: i64,
+        reason: &str,
+    ) -> Result<crate::store::RefundRecord, EngineError> {
+        use crate::store::{RefundRecord, Reservation};
+        let key_len = key.chars().count();
+        if key_len == 0 || key_len > 255 {
+            return Err(EngineError::InvalidArgument {
+                field: "idempotency_key",
+                message: "must be 1 to 255 characters".into(),
+            });
+        }
+        if amount_minor < 0 {
+            return Err(EngineError::InvalidArgument {
+                field: "amount_minor",
+                message: format!("must be 0 (everything not refunded) or positive, not {amount_minor}"),
+            });
+        }
+        let rec =
+            self.store.get(payment_id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {payment_id}")))?;
+        let refunded: i64 =
+            self.store.refunds_of(payment_id)?.iter().filter(|r| r.status != "failed").map(|r| r.amount_minor).sum();
+        let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
+        let now = now_ms();
+        let candidate = RefundRecord {
+            id: format!("ref_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+            idempotency_key: key.to_string(),
+            payment_id: payment_id.to_string(),
+            amount_minor: amount,
+            currency: rec.currency.clone(),
+            refund_key: pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()),
+            status: "pending".into(),
+            reason: reason.to_string(),
+            failure_code: String::new(),
+            failure_message: String::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let refund = match self.store.reserve_refund(&candidate)? {
+            Reservation::Existing(r) => {
+                if r.payment_id != payment_id || (amount_minor != 0 && r.amount_minor != amount_minor) {
+                    return Err(EngineError::AlreadyExists(format!(
+                        "refund key {key:?} was already used for refund {} ({} of payment {})",
+                        r.id, r.amount_minor, r.payment_id
+                    )));
+                }
+                if r.status != "pending" {
+                    return Ok(r);
+                }
+                r
+            }
+            Reservation::Created(r) => r,
+            Reservation::NotCaptured(s) => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "payment {payment_id} is {s}; only a captured payment can be refunded"
+                )));
+            }
+            Reservation::Exceeds { captured, committed } => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "refunding {amount} would exceed the captured {captured} ({committed} already refunded or pending)"
+                )));
+            }
+        };
+        if amount <= 0 {
+            return Err(EngineError::FailedPrecondition(format!("payment {payment_id} is fully refunded")));
+        }
+        self.send_refund(refund, &rec).await
+    }
+
+    /// Sends a pending refund under its own key and stores the outcome.
+    async fn send_refund(
+        &self,
+        refund: crate::store::RefundRecord,
+        rec: &PaymentRecord,
+    ) -> Result<crate::store::RefundRecord, EngineError> {
+        let req = pos_proto::gateway::RefundRequest {
+            refund_key: refund.refund_key.clone(),
+            transaction_key: rec.gateway_key.clone(),
+            amount_minor: refund.amount_minor,
+            currency: refund.currency.clone(),
+        };
+        let event = |kind: &'static str, message: String| NewEvent {
+            kind,
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message,
+        };
+        let (succeeded, failure) = match self.gateway.refund(req).await {
+            Ok(r) if r.succeeded => (true, None),
+            Ok(r) => (false, Some((r.decline_code, r.decline_message))),
+            Err(crate::gateway::CallError::NotSent(m)) => (
+                false,
+                Some((
+                    "gateway_unreachable".to_string(),
+                    format!("refunds need the gateway and are never taken offline: {m}"),
+                )),
+            ),
+            Err(crate::gateway::CallError::Refused(m)) => (false, Some(("gateway_rejected".to_string(), m))),
+            Err(crate::gateway::CallError::Unknown(m)) => {
+                return Err(EngineError::Unavailable(format!(
+                    "the refund's outcome is unknown ({m}); call again with the same idempotency key to learn it (refund {})",
+                    refund.id
+                )));
+            }
+        };
+        let (kind, message) = match &failure {
+            None => ("refund_succeeded", format!("refunded {} {}", refund.amount_minor, refund.currency)),
+            Some((code, m)) => ("refund_failed", format!("refund of {} failed: {code}: {m}", refund.amount_minor)),
+        };
+        let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+        let (stored, ev) = self
+            .store
+            .finish_refund(&refund.id, succeeded, failure_ref, &event(kind, message))
+            .inspect_err(|e| self.note_store_error(e))?;
+        let _ = self.events.send(ev);
+        tracing::info!(refund = %stored.id, payment = %rec.id, status = %stored.status, "refund settled");
+        Ok(stored)
     }
 
     /// Wakes the forwarder now ("sync now").
@@ -998,7 +1183,7 @@ impl Engine {
                             )),
                         )
                     }
-                    Outcome::Reversed => {
+                    Outcome::Reversed | Outcome::Voided => {
                         let message = "the gateway holds this payment's key as reversed".to_string();
                         tracing::error!(payment = %rec.id, "ALERT: queued payment quarantined: {message}");
                         (
@@ -1244,6 +1429,25 @@ impl Engine {
                 format!("posd stopped with {} payments not yet forwarded", s.count),
             );
         }
+    }
+}
+
+fn call_error(e: crate::gateway::CallError) -> EngineError {
+    match e {
+        crate::gateway::CallError::NotSent(m) => {
+            EngineError::Unavailable(format!("the gateway cannot be reached ({m}); this needs the gateway"))
+        }
+        crate::gateway::CallError::Refused(m) => EngineError::FailedPrecondition(format!("the gateway refused: {m}")),
+        crate::gateway::CallError::Unknown(m) => {
+            EngineError::Unavailable(format!("no answer from the gateway ({m}); repeating the same request is safe"))
+        }
+    }
+}
+
+fn step_error(e: StepError) -> EngineError {
+    match e {
+        StepError::Store(s) => EngineError::Store(s),
+        StepError::Refused(t) => EngineError::FailedPrecondition(t.to_string()),
     }
 }
 

@@ -47,6 +47,17 @@ pub enum BatchOutcome {
     LinkError { message: String, auth: bool },
 }
 
+/// Why a capture, void or refund call did not succeed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The request never left posd.
+    NotSent(String),
+    /// The gateway refused it (wrong state, unknown key, bad amount).
+    Refused(String),
+    /// It may have been processed; repeating the same call is safe.
+    Unknown(String),
+}
+
 fn is_auth_error(code: tonic::Code) -> bool {
     matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
 }
@@ -130,6 +141,58 @@ impl Gateway {
             Err(_) => Err("no answer to the event stream request".into()),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+
+    /// Captures an authorized charge.
+    pub async fn capture(&self, key: &str, amount_minor: i64) -> Result<Transaction, CallError> {
+        let mut client = self.connect().await.map_err(CallError::NotSent)?;
+        let req = pos_proto::gateway::CaptureRequest { transaction_key: key.into(), amount_minor };
+        self.finish(tokio::time::timeout(self.settings.request_timeout, client.capture(req)).await)
+    }
+
+    /// Voids an authorized charge.
+    pub async fn void(&self, key: &str) -> Result<Transaction, CallError> {
+        let mut client = self.connect().await.map_err(CallError::NotSent)?;
+        let req = pos_proto::gateway::VoidRequest { transaction_key: key.into() };
+        self.finish(tokio::time::timeout(self.settings.request_timeout, client.void(req)).await)
+    }
+
+    /// Refunds (part of) a captured charge under the refund's own key.
+    pub async fn refund(
+        &self,
+        req: pos_proto::gateway::RefundRequest,
+    ) -> Result<pos_proto::gateway::RefundResult, CallError> {
+        let mut client = self.connect().await.map_err(CallError::NotSent)?;
+        self.finish(tokio::time::timeout(self.settings.request_timeout, client.refund(req)).await)
+    }
+
+    fn finish<T>(
+        &self,
+        r: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CallError> {
+        match r {
+            Err(_) => {
+                self.set_online(false);
+                Err(CallError::Unknown(format!("no answer within {:?}", self.settings.request_timeout)))
+            }
+            Ok(Ok(resp)) => {
+                self.set_online(true);
+                Ok(resp.into_inner())
+            }
+            Ok(Err(s)) => match s.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::NotFound
+                | tonic::Code::AlreadyExists => {
+                    self.set_online(true);
+                    Err(CallError::Refused(s.message().to_string()))
+                }
+                c if is_auth_error(c) => {
+                    Err(CallError::NotSent(format!("the gateway refused the credentials: {}", s.message())))
+                }
+                c => Err(CallError::Unknown(format!("{c:?}: {}", s.message()))),
+            },
         }
     }
 

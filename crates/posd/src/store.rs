@@ -64,6 +64,59 @@ pub struct PaymentRecord {
     pub queued_at_ms: Option<i64>,
     pub forward_attempts: i64,
     pub last_error: String,
+    /// Amount captured (the whole amount for automatic capture).
+    pub captured_minor: i64,
+}
+
+/// A refund of (part of) a captured payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRecord {
+    pub id: String,
+    pub idempotency_key: String,
+    pub payment_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub refund_key: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub reason: String,
+    pub failure_code: String,
+    pub failure_message: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What reserving a refund found.
+#[derive(Debug)]
+pub enum Reservation {
+    /// Recorded as pending: send it.
+    Created(RefundRecord),
+    /// The idempotency key is known: this refund.
+    Existing(RefundRecord),
+    /// More than the captured amount would be refunded.
+    Exceeds { captured: i64, committed: i64 },
+    /// The payment is not captured.
+    NotCaptured(Status),
+}
+
+const REFUND_COLUMNS: &str = "id, idempotency_key, payment_id, amount_minor, currency, refund_key, status, reason, \
+    failure_code, failure_message, created_at_ms, updated_at_ms";
+
+fn row_to_refund(r: &Row<'_>) -> rusqlite::Result<RefundRecord> {
+    Ok(RefundRecord {
+        id: r.get(0)?,
+        idempotency_key: r.get(1)?,
+        payment_id: r.get(2)?,
+        amount_minor: r.get(3)?,
+        currency: r.get(4)?,
+        refund_key: r.get(5)?,
+        status: r.get(6)?,
+        reason: r.get(7)?,
+        failure_code: r.get(8)?,
+        failure_message: r.get(9)?,
+        created_at_ms: r.get(10)?,
+        updated_at_ms: r.get(11)?,
+    })
 }
 
 /// One entry of the register's event stream.
@@ -115,6 +168,8 @@ pub struct Update {
     pub queued_at_ms: Option<i64>,
     /// A forwarding attempt's error, kept for support.
     pub last_error: Option<String>,
+    /// Entering CAPTURED: the amount captured (default: the whole amount).
+    pub captured_minor: Option<i64>,
     /// An event for the register, appended in the same commit.
     pub event: Option<NewEvent>,
 }
@@ -213,12 +268,32 @@ CREATE TABLE gateway_events (
     received_at_ms INTEGER NOT NULL
 );
 ",
+    "
+-- Captures and refunds.
+ALTER TABLE payments ADD COLUMN captured_minor INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE refunds (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    payment_id TEXT NOT NULL REFERENCES payments (id),
+    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
+    currency TEXT NOT NULL,
+    -- posd's key for the gateway, reused on every retry.
+    refund_key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    reason TEXT NOT NULL,
+    failure_code TEXT NOT NULL DEFAULT '',
+    failure_message TEXT NOT NULL DEFAULT '',
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX refunds_by_payment ON refunds (payment_id, created_at_ms);
+",
 ];
 
 const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
     gateway_key, masked_pan, brand, entry_mode, wallet, aid, application_label, verification, card_fingerprint, \
     reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms, offline, \
-    queued_at_ms, forward_attempts, last_error";
+    queued_at_ms, forward_attempts, last_error, captured_minor";
 
 fn status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Status> {
     let s: String = r.get(i)?;
@@ -264,6 +339,7 @@ fn row_to_payment(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
         queued_at_ms: r.get(25)?,
         forward_attempts: r.get(26)?,
         last_error: r.get(27)?,
+        captured_minor: r.get(28)?,
     })
 }
 
@@ -412,6 +488,104 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records a refund as pending if the payment is captured and the
+    /// captured amount covers it with every pending and succeeded refund; or
+    /// returns the refund already under the idempotency key.
+    pub fn reserve_refund(&self, r: &RefundRecord) -> Result<Reservation, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(existing) = tx
+            .query_row(
+                &format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE idempotency_key = ?1"),
+                [&r.idempotency_key],
+                row_to_refund,
+            )
+            .optional()?
+        {
+            return Ok(Reservation::Existing(existing));
+        }
+        let (status, captured): (String, i64) = tx
+            .query_row("SELECT status, captured_minor FROM payments WHERE id = ?1", [&r.payment_id], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(r.payment_id.clone()))?;
+        let status = Status::parse(&status).ok_or(StoreError::Corrupt(status))?;
+        if status != Status::Captured {
+            return Ok(Reservation::NotCaptured(status));
+        }
+        let committed: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE payment_id = ?1 AND status != 'failed'",
+            [&r.payment_id],
+            |row| row.get(0),
+        )?;
+        if committed + r.amount_minor > captured {
+            return Ok(Reservation::Exceeds { captured, committed });
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                r.id,
+                r.idempotency_key,
+                r.payment_id,
+                r.amount_minor,
+                r.currency,
+                r.refund_key,
+                r.status,
+                r.reason,
+                r.failure_code,
+                r.failure_message,
+                r.created_at_ms,
+                r.updated_at_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Reservation::Created(r.clone()))
+    }
+
+    /// Settles a pending refund, with its event, in one commit.
+    pub fn finish_refund(
+        &self,
+        id: &str,
+        succeeded: bool,
+        failure: Option<(&str, &str)>,
+        event: &NewEvent,
+    ) -> Result<(RefundRecord, EventRecord), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let (code, message) = failure.unwrap_or(("", ""));
+        tx.execute(
+            "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
+             WHERE id = ?1 AND status = 'pending'",
+            params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
+        )?;
+        let event = insert_event(&tx, event)?;
+        let r = tx.query_row(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"), [id], row_to_refund)?;
+        tx.commit()?;
+        Ok((r, event))
+    }
+
+    pub fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at_ms, id"
+        ))?;
+        let rows = stmt.query_map([payment_id], row_to_refund)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Refunds whose outcome is not known yet (sent again at start-up).
+    pub fn pending_refunds(&self) -> Result<Vec<RefundRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'pending' ORDER BY created_at_ms"
+        ))?;
+        let rows = stmt.query_map([], row_to_refund)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The newest event's cursor (0 when there is none).
     pub fn last_event_cursor(&self) -> Result<i64, StoreError> {
         Ok(self.conn().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)
@@ -473,7 +647,7 @@ impl Store {
             "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
         ))?;
         let rows = stmt.query_map([limit as i64], |r| {
-            let blob: Option<Vec<u8>> = r.get(28)?;
+            let blob: Option<Vec<u8>> = r.get(29)?;
             Ok((row_to_payment(r)?, blob.unwrap_or_default()))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -611,6 +785,13 @@ fn apply_in(
                  queue_seq = COALESCE(queue_seq, (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments)), \
                  queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1",
                 params![id, update.queued_at_ms.unwrap_or(now)],
+            )?;
+        }
+        if t.to == Status::Captured {
+            exec(
+                tx,
+                "UPDATE payments SET captured_minor = COALESCE(?2, amount_minor) WHERE id = ?1",
+                params![id, update.captured_minor],
             )?;
         }
         if t.to == Status::Forwarding {
@@ -782,6 +963,7 @@ mod tests {
             queued_at_ms: None,
             forward_attempts: 0,
             last_error: String::new(),
+            captured_minor: 0,
         }
     }
 

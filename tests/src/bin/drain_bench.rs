@@ -49,6 +49,7 @@ fn seed(store: &Store, n: usize) {
             queued_at_ms: None,
             forward_attempts: 0,
             last_error: String::new(),
+            captured_minor: 0,
         };
         store.insert_or_get(&rec).expect("insert").expect("new payment");
         let binding = Binding {

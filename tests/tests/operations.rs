@@ -1,0 +1,192 @@
+//! Capture, void and refund: the state rules, idempotency, and the rule that
+//! refunds never exceed what was captured; checked against the gateway-sim ledger.
+
+use pos_proto::terminal::{self as pb};
+use posd_e2e::{Lane, final_payment, status, take};
+
+async fn manual(lane: &mut Lane, key: &str, amount: i64) -> pb::Payment {
+    let mut req = posd_e2e::request(key, amount);
+    req.capture_mode = pb::CaptureMode::Manual as i32;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(req).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(e) = stream.message().await.unwrap() {
+        last = e.payment;
+    }
+    last.unwrap()
+}
+
+fn charge<'a>(ledger: &'a [serde_json::Value], amount: i64) -> &'a serde_json::Value {
+    ledger.iter().find(|c| c["amount_minor"] == amount).expect("a charge with that amount")
+}
+
+#[tokio::test]
+async fn a_manual_payment_is_captured_partly_and_repeating_the_capture_is_harmless() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = manual(&mut lane, "k-manual", 10_000).await;
+    assert_eq!(status(&p), pb::PaymentStatus::Authorized);
+    assert!(p.approved);
+    assert_eq!(charge(&lane.ledger(), 10_000)["captured"], false);
+    let mut client = lane.client().await;
+    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 8_000 };
+    let captured = client.capture_payment(capture.clone()).await.unwrap().into_inner();
+    assert_eq!(status(&captured), pb::PaymentStatus::Captured);
+    assert_eq!(captured.captured_minor, 8_000);
+    let again = client.capture_payment(capture).await.unwrap().into_inner();
+    assert_eq!(again.captured_minor, 8_000);
+    let other = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 9_000 };
+    assert_eq!(client.capture_payment(other).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let too_much = manual(&mut lane, "k-manual-2", 500).await;
+    let err = client
+        .capture_payment(pb::CapturePaymentRequest { payment_id: too_much.payment_id, amount_minor: 501 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("amount_minor"), "{}", err.message());
+    let c = charge(&lane.ledger(), 10_000).clone();
+    assert_eq!((c["captured"].as_bool(), c["captured_minor"].as_i64()), (Some(true), Some(8_000)));
+    lane.responses.push(format!("{captured:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_void_before_capture_charges_nothing_and_only_authorized_payments_void() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = manual(&mut lane, "k-void", 4_000).await;
+    let mut client = lane.client().await;
+    let voided = client
+        .void_payment(pb::VoidPaymentRequest { payment_id: p.payment_id.clone(), reason: "order canceled".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status(&voided), pb::PaymentStatus::Voided);
+    assert!(!voided.approved);
+    assert_eq!(charge(&lane.ledger(), 4_000)["status"], "voided");
+    // Voiding again is harmless; capturing a voided payment is refused.
+    client
+        .void_payment(pb::VoidPaymentRequest { payment_id: p.payment_id.clone(), reason: String::new() })
+        .await
+        .unwrap();
+    let err = client
+        .capture_payment(pb::CapturePaymentRequest { payment_id: p.payment_id, amount_minor: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    // A captured payment is refunded, not voided.
+    let auto = final_payment(&lane.pay("k-void-captured", 2_000).await);
+    let err = client
+        .void_payment(pb::VoidPaymentRequest { payment_id: auto.payment_id, reason: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("refund"), "{}", err.message());
+    lane.responses.push(format!("{voided:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn refunds_are_idempotent_and_never_exceed_the_captured_amount() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-refund", 1_000).await);
+    let mut client = lane.client().await;
+    let refund = |key: &str, amount: i64| pb::RefundPaymentRequest {
+        idempotency_key: key.into(),
+        payment_id: p.payment_id.clone(),
+        amount_minor: amount,
+        reason: "returned goods".into(),
+    };
+    let r1 = client.refund_payment(refund("r1", 300)).await.unwrap().into_inner();
+    assert_eq!(r1.status, pb::RefundStatus::Succeeded as i32);
+    let r1_again = client.refund_payment(refund("r1", 300)).await.unwrap().into_inner();
+    assert_eq!(r1_again.refund_id, r1.refund_id, "the same key returns the same refund");
+    assert_eq!(client.refund_payment(refund("r1", 400)).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+    let over = client.refund_payment(refund("r2", 800)).await.unwrap_err();
+    assert_eq!(over.code(), tonic::Code::FailedPrecondition);
+    assert!(over.message().contains("exceed"), "{}", over.message());
+    let rest = client.refund_payment(refund("r3", 0)).await.unwrap().into_inner();
+    assert_eq!(rest.amount.unwrap().amount_minor, 700, "0 refunds everything not yet refunded");
+    assert_eq!(client.refund_payment(refund("r4", 1)).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let after =
+        client.get_payment(pb::GetPaymentRequest { payment_id: p.payment_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(after.refunded_minor, 1_000);
+    assert_eq!(after.refunds.len(), 2);
+    assert_eq!(charge(&lane.ledger(), 1_000)["refunded_minor"], 1_000);
+    let events = lane.events().await;
+    assert_eq!(events.iter().filter(|e| e.kind == "refund_succeeded").count(), 2);
+    lane.responses.push(format!("{after:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn refunds_need_the_gateway_and_a_captured_payment() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let declined = final_payment(&lane.pay("k-declined", 1_205).await);
+    let captured = final_payment(&lane.pay("k-captured", 1_300).await);
+    let mut client = lane.client().await;
+    let err = client
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "rd".into(),
+            payment_id: declined.payment_id,
+            amount_minor: 0,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    lane.fault("down");
+    let r = client
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "r-offline".into(),
+            payment_id: captured.payment_id.clone(),
+            amount_minor: 100,
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, pb::RefundStatus::Failed as i32, "never refunded offline");
+    assert_eq!(r.failure.unwrap().code, "gateway_unreachable");
+    lane.fault("none");
+    let ok = client
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "r-online".into(),
+            payment_id: captured.payment_id,
+            amount_minor: 1_300,
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.status, pb::RefundStatus::Succeeded as i32, "a failed refund reserves nothing");
+    let unknown = take(&mut lane.client().await, "k-after", 100).await.unwrap();
+    assert!(final_payment(&unknown).approved);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn posctl_capture_void_and_refund() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let (st, out, err) = lane.posctl(&["pay", "20.00", "--manual-capture", "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["payment_id"].as_str().unwrap().to_string();
+    let (st, out, _) = lane.posctl(&["capture", &id, "15.50", "--json"]);
+    assert!(st.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["status"].as_str(), v["captured_minor"].as_i64()), (Some("captured"), Some(1550)));
+    let (st, out, _) = lane.posctl(&["refund", &id, "5.50", "--key", "cli-r1", "--json"]);
+    assert!(st.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["status"].as_str(), v["amount_minor"].as_i64()), (Some("succeeded"), Some(550)));
+    let (st, _, _) = lane.posctl(&["refund", &id, "10.01"]);
+    assert_eq!(st.code(), Some(4), "refused by posd: over the captured amount");
+    let (_, out, _) = lane.posctl(&["pay", "3.00", "--manual-capture", "--json"]);
+    let id2 = serde_json::from_str::<serde_json::Value>(&out).unwrap()["payment_id"].as_str().unwrap().to_string();
+    let (st, out, _) = lane.posctl(&["void", &id2, "--reason", "customer left"]);
+    assert!(st.success() && out.contains("VOIDED"), "{out}");
+    lane.finish();
+}
