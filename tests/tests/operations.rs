@@ -16,7 +16,7 @@ async fn manual(lane: &mut Lane, key: &str, amount: i64) -> pb::Payment {
     last.unwrap()
 }
 
-fn charge<'a>(ledger: &'a [serde_json::Value], amount: i64) -> &'a serde_json::Value {
+fn charge(ledger: &[serde_json::Value], amount: i64) -> &serde_json::Value {
     ledger.iter().find(|c| c["amount_minor"] == amount).expect("a charge with that amount")
 }
 

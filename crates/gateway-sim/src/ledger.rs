@@ -37,6 +37,19 @@ pub struct Charge {
     pub created_at: String,
 }
 
+/// A refund decision kept for replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRefund {
+    pub succeeded: bool,
+    pub decline_code: String,
+    pub decline_message: String,
+    /// The charge's refunded total after this refund.
+    pub refunded_after: i64,
+    /// The charge refunded.
+    pub key: String,
+    pub amount_minor: i64,
+}
+
 pub struct Ledger {
     conn: Connection,
 }
@@ -198,13 +211,22 @@ impl Ledger {
         Ok(())
     }
 
-    /// A refund already decided under this key: (succeeded, code, message, refunded after).
-    pub fn refund(&self, refund_key: &str) -> rusqlite::Result<Option<(bool, String, String, i64, String, i64)>> {
+    /// A refund already decided under this key.
+    pub fn refund(&self, refund_key: &str) -> rusqlite::Result<Option<StoredRefund>> {
         self.conn
             .query_row(
                 "SELECT succeeded, decline_code, decline_message, refunded_after, key, amount_minor FROM refunds WHERE refund_key = ?1",
                 [refund_key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| {
+                    Ok(StoredRefund {
+                        succeeded: r.get(0)?,
+                        decline_code: r.get(1)?,
+                        decline_message: r.get(2)?,
+                        refunded_after: r.get(3)?,
+                        key: r.get(4)?,
+                        amount_minor: r.get(5)?,
+                    })
+                },
             )
             .optional()
     }

@@ -330,14 +330,14 @@ impl Inner {
             decline_message: message.into(),
             refunded_minor,
         };
-        if let Some((ok, code, message, after, key, amount)) = ledger.refund(&r.refund_key).map_err(db_err)? {
-            if key != r.transaction_key || amount != r.amount_minor {
+        if let Some(s) = ledger.refund(&r.refund_key).map_err(db_err)? {
+            if s.key != r.transaction_key || s.amount_minor != r.amount_minor {
                 return Err(Status::already_exists(format!(
                     "refund key {} was already used for another refund",
                     r.refund_key
                 )));
             }
-            return Ok(result(ok, &code, &message, after));
+            return Ok(result(s.succeeded, &s.decline_code, &s.decline_message, s.refunded_after));
         }
         let c = ledger
             .get(&r.transaction_key)

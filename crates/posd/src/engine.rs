@@ -857,7 +857,7 @@ impl Engine {
         let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
         let update = Update { captured_minor: Some(captured), ..Default::default() };
-        Ok(self.step(&rec, Input::Capture, update).await.map_err(step_error)?)
+        self.step(&rec, Input::Capture, update).await.map_err(step_error)
     }
 
     /// Voids an AUTHORIZED payment; nothing is charged.
@@ -874,7 +874,7 @@ impl Engine {
         }
         self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
-        Ok(self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)?)
+        self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
     }
 
     /// Refunds (part of) a captured payment, idempotently by the register's key.
