@@ -18,6 +18,7 @@
 //! OFFLINE_APPROVED -(too old)-> EXPIRED
 //! ```
 
+pub mod money;
 pub mod offline;
 
 use std::fmt;

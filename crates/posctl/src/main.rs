@@ -102,6 +102,8 @@ enum Command {
         #[arg(long)]
         now: bool,
     },
+    /// Prints a shell completion script: `posctl completions bash > /etc/bash_completion.d/posctl`.
+    Completions { shell: clap_complete::Shell },
     /// Prints register events after a cursor, then follows new ones.
     Events {
         /// Print events with a cursor greater than this (0: all retained).
@@ -144,6 +146,11 @@ async fn connect(addr: &str) -> Result<PaymentTerminalClient<Channel>, Failure> 
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "posctl", &mut std::io::stdout());
+        return Ok(0);
+    }
     // Validate arguments before touching the network.
     let pay_amount = match &cli.command {
         Command::Pay { amount, currency, .. } => {
@@ -364,6 +371,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
         Command::Status { terminal } => {
             let s =
                 client.get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: terminal }).await?.into_inner();

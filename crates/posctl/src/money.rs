@@ -1,18 +1,13 @@
 //! Amounts typed by people ("12.34") to integer minor units, by the
 //! currency's ISO 4217 exponent. Never through floating point.
 
-/// Minor-unit exponent of an ISO 4217 currency (2 unless listed).
-pub fn exponent(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
-        | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
+/// Minor-unit exponent of an ISO 4217 currency.
+pub fn exponent(currency: &str) -> Result<u32, String> {
+    pos_engine::money::exponent(currency).ok_or_else(|| format!("{currency:?} is not an ISO 4217 currency code"))
 }
 
 pub fn parse_amount(text: &str, currency: &str) -> Result<i64, String> {
-    let exp = exponent(currency);
+    let exp = exponent(currency)?;
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("amount {text:?}: write it as digits with an optional decimal point, e.g. 12.34"));
@@ -38,7 +33,7 @@ pub fn parse_amount(text: &str, currency: &str) -> Result<i64, String> {
 }
 
 pub fn format_amount(minor: i64, currency: &str) -> String {
-    let exp = exponent(currency);
+    let exp = exponent(currency).unwrap_or(2);
     if exp == 0 {
         return format!("{minor} {currency}");
     }
@@ -61,6 +56,7 @@ mod tests {
         assert!(parse_amount("12.5", "JPY").is_err());
         assert_eq!(parse_amount("1.234", "KWD"), Ok(1234));
         assert!(parse_amount("12.345", "EUR").is_err());
+        assert!(parse_amount("12.34", "XYZ").is_err());
         for bad in ["", "-1", "1,00", "abc", "0", "0.00", "12.", ".5", "99999999999999999999"] {
             assert!(parse_amount(bad, "EUR").is_err(), "{bad}");
         }

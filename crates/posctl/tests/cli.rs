@@ -29,3 +29,18 @@ fn an_unreachable_daemon_is_exit_code_3() {
     assert_eq!(code, Some(3));
     assert!(err.contains("cannot reach posd"), "{err}");
 }
+
+#[test]
+fn completions_are_printed_without_a_daemon() {
+    let out = Command::new(env!("CARGO_BIN_EXE_posctl")).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("posctl") && script.contains("refund") && script.contains("sync"), "{script}");
+}
+
+#[test]
+fn an_unknown_currency_is_a_usage_error() {
+    let (code, err) = posctl(&["pay", "1.00", "--currency", "XYZ"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("ISO 4217"), "{err}");
+}

@@ -41,26 +41,52 @@ impl TerminalApi {
     }
 }
 
+/// The error domain in every `google.rpc.ErrorInfo` posd sends.
+pub const ERROR_DOMAIN: &str = "posd.pos.terminal.v1";
+
+/// A status with `google.rpc` details: an `ErrorInfo` with a stable reason
+/// code, and for field errors a `BadRequest` naming the field.
+fn rich(code: tonic::Code, reason: &str, message: String, field: Option<&str>) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    if let Some(f) = field {
+        details.add_bad_request_violation(f, message.clone());
+    }
+    Status::with_error_details(code, message, details)
+}
+
+/// A bad request field, with its `BadRequest` detail.
+pub fn invalid(field: &str, message: impl Into<String>) -> Status {
+    let message = message.into();
+    rich(tonic::Code::InvalidArgument, "INVALID_FIELD", format!("{field}: {message}"), Some(field))
+}
+
 fn store_status(e: StoreError) -> Status {
     tracing::error!(error = %e, "storage error");
-    Status::internal(format!("payment storage failed: {e}"))
+    if let StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) = &e
+        && f.code == rusqlite::ErrorCode::DiskFull
+    {
+        return rich(
+            tonic::Code::ResourceExhausted,
+            "DATABASE_FULL",
+            "the payment database is full; new payments are refused and queued payments are kept. \
+             Free disk space, then restart posd."
+                .into(),
+            None,
+        );
+    }
+    rich(tonic::Code::Internal, "DATABASE_ERROR", format!("payment storage failed: {e}"), None)
 }
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
+        use tonic::Code;
         match e {
-            EngineError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            EngineError::AlreadyExists(m) => Status::already_exists(m),
-            EngineError::NotFound(m) => Status::not_found(m),
-            EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
-            EngineError::Unavailable(m) => Status::unavailable(m),
-            EngineError::Store(StoreError::Db(rusqlite::Error::SqliteFailure(f, _)))
-                if f.code == rusqlite::ErrorCode::DiskFull =>
-            {
-                Status::resource_exhausted(
-                    "the payment database is full; new payments are refused and queued payments are kept. Free disk space, then restart posd.",
-                )
-            }
+            EngineError::InvalidArgument { field, message } => invalid(field, message),
+            EngineError::AlreadyExists(m) => rich(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", m, None),
+            EngineError::NotFound(m) => rich(Code::NotFound, "NOT_FOUND", m, None),
+            EngineError::FailedPrecondition(reason, m) => rich(Code::FailedPrecondition, reason, m, None),
+            EngineError::Unavailable(reason, m) => rich(Code::Unavailable, reason, m, None),
             EngineError::Store(e) => store_status(e),
         }
     }
@@ -98,7 +124,7 @@ impl PaymentTerminal for TerminalApi {
     async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {
         let r = request.into_inner();
         if r.reason.chars().count() > 255 {
-            return Err(Status::invalid_argument("reason: must be at most 255 characters"));
+            return Err(invalid("reason", "must be at most 255 characters"));
         }
         let refund = self.engine.refund_payment(&r.idempotency_key, &r.payment_id, r.amount_minor, &r.reason).await?;
         Ok(Response::new(convert::refund(&refund)))
@@ -119,14 +145,16 @@ impl PaymentTerminal for TerminalApi {
         &self,
         request: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let from = i64::try_from(request.get_ref().from_cursor)
-            .map_err(|_| Status::invalid_argument("from_cursor: out of range"))?;
+        let from = i64::try_from(request.get_ref().from_cursor).map_err(|_| invalid("from_cursor", "out of range"))?;
         let newest = self.engine.store().last_event_cursor().map_err(store_status)?;
         if from > newest {
-            return Err(Status::invalid_argument(format!(
-                "from_cursor: {from} is beyond the newest event ({newest}); this posd's events were reset \
-                 (reinstall?): resume from 0"
-            )));
+            return Err(invalid(
+                "from_cursor",
+                format!(
+                    "{from} is beyond the newest event ({newest}); this posd's events were reset (reinstall?): \
+                     resume from 0"
+                ),
+            ));
         }
         // Subscribe first, then read the stored backlog: an event committed in
         // between is in both and is skipped by cursor, so none is missed.
@@ -184,11 +212,11 @@ impl PaymentTerminal for TerminalApi {
         request: Request<pb::TakePaymentRequest>,
     ) -> Result<Response<Self::TakePaymentStream>, Status> {
         let r = request.into_inner();
-        let amount = r.amount.ok_or_else(|| Status::invalid_argument("amount: required"))?;
+        let amount = r.amount.ok_or_else(|| invalid("amount", "required"))?;
         let manual_capture = match pb::CaptureMode::try_from(r.capture_mode) {
             Ok(pb::CaptureMode::Unspecified | pb::CaptureMode::Automatic) => false,
             Ok(pb::CaptureMode::Manual) => true,
-            Err(_) => return Err(Status::invalid_argument(format!("capture_mode: unknown value {}", r.capture_mode))),
+            Err(_) => return Err(invalid("capture_mode", format!("unknown value {}", r.capture_mode))),
         };
         let attached = self
             .engine
@@ -247,7 +275,7 @@ impl PaymentTerminal for TerminalApi {
             .store()
             .get(id)
             .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("no payment {id}")))?;
+            .ok_or_else(|| Status::from(EngineError::NotFound(format!("no payment {id}"))))?;
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
@@ -258,7 +286,7 @@ impl PaymentTerminal for TerminalApi {
         let r = request.into_inner();
         let limit = match r.page_size {
             0 => 50,
-            n if n > 500 => return Err(Status::invalid_argument("page_size: at most 500")),
+            n if n > 500 => return Err(invalid("page_size", "at most 500")),
             n => n as usize,
         };
         let mut statuses = Vec::new();
@@ -266,7 +294,7 @@ impl PaymentTerminal for TerminalApi {
             let st = pb::PaymentStatus::try_from(*s)
                 .ok()
                 .and_then(convert::status_from_proto)
-                .ok_or_else(|| Status::invalid_argument(format!("statuses: unknown status {s}")))?;
+                .ok_or_else(|| invalid("statuses", format!("unknown status {s}")))?;
             statuses.push(st);
         }
         let after = if r.page_token.is_empty() {
@@ -276,7 +304,7 @@ impl PaymentTerminal for TerminalApi {
                 .page_token
                 .split_once(':')
                 .and_then(|(a, id)| Some((a.parse::<i64>().ok()?, id.to_string())))
-                .ok_or_else(|| Status::invalid_argument("page_token: not a token this server issued"))?;
+                .ok_or_else(|| invalid("page_token", "not a token this server issued"))?;
             Some((at, id))
         };
         let filter = ListFilter {
@@ -314,7 +342,10 @@ impl PaymentTerminal for TerminalApi {
         let id = &request.get_ref().terminal_id;
         let lane = self.engine.lane(id).ok_or_else(|| {
             let known: Vec<&str> = self.engine.lanes().map(|l| l.id.as_str()).collect();
-            Status::not_found(format!("unknown terminal {id:?}; this posd drives {}", known.join(", ")))
+            Status::from(EngineError::NotFound(format!(
+                "unknown terminal {id:?}; this posd drives {}",
+                known.join(", ")
+            )))
         })?;
         let reader = lane.reader_state();
         Ok(Response::new(pb::TerminalStatus {

@@ -241,7 +241,7 @@ impl Config {
             if !seen.insert(&lane.id) {
                 anyhow::bail!("lane {} is configured twice", lane.id);
             }
-            if lane.currency.len() != 3 || !lane.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            if pos_engine::money::exponent(&lane.currency).is_none() {
                 anyhow::bail!(
                     "lane {}: currency must be an ISO 4217 code such as EUR, not {:?}",
                     lane.id,

@@ -34,10 +34,12 @@ pub enum EngineError {
     AlreadyExists(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// The request does not fit the payment's state; the reason is a stable code.
+    #[error("{1}")]
+    FailedPrecondition(&'static str, String),
+    /// posd or the gateway cannot serve it now; the reason is a stable code.
+    #[error("{1}")]
+    Unavailable(&'static str, String),
     #[error("payment storage failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -231,16 +233,17 @@ impl Engine {
         }
         if self.store_failed.load(Ordering::SeqCst) {
             return Err(EngineError::Unavailable(
+                "DATABASE_UNAVAILABLE",
                 "posd cannot write its payment database (disk full or damaged); new payments are refused. \
                  Queued payments are kept. Free space or repair, then restart posd."
                     .into(),
             ));
         }
         if let Some(busy) = self.busy_with(&lane.id) {
-            return Err(EngineError::FailedPrecondition(format!(
-                "terminal {} is busy with payment {busy}; wait for it to finish or cancel it",
-                lane.id
-            )));
+            return Err(EngineError::FailedPrecondition(
+                "TERMINAL_BUSY",
+                format!("terminal {} is busy with payment {busy}; wait for it to finish or cancel it", lane.id),
+            ));
         }
         let now = now_ms();
         let candidate = PaymentRecord {
@@ -303,6 +306,15 @@ impl Engine {
         if req.amount_minor <= 0 {
             return invalid("amount.amount_minor", format!("must be positive, not {}", req.amount_minor));
         }
+        if req.amount_minor > pos_engine::money::MAX_AMOUNT_MINOR {
+            return invalid(
+                "amount.amount_minor",
+                format!("{} is more than posd accepts ({})", req.amount_minor, pos_engine::money::MAX_AMOUNT_MINOR),
+            );
+        }
+        if pos_engine::money::exponent(&req.currency).is_none() {
+            return invalid("amount.currency", format!("{:?} is not an ISO 4217 currency code", req.currency));
+        }
         let Some(lane) = self.lanes.get(&req.terminal_id) else {
             let known: Vec<&str> = self.lanes.keys().map(String::as_str).collect();
             return invalid(
@@ -334,15 +346,19 @@ impl Engine {
             return Ok(rec);
         }
         if !matches!(rec.status, Status::Created | Status::Collecting) {
-            return Err(EngineError::FailedPrecondition(format!(
-                "payment {id} is {}; only a payment that is still collecting a card can be canceled",
-                rec.status
-            )));
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!(
+                    "payment {id} is {}; only a payment that is still collecting a card can be canceled",
+                    rec.status
+                ),
+            ));
         }
         let (cancel, mut events) = {
             let live = self.live.lock().unwrap();
-            let l =
-                live.get(id).ok_or_else(|| EngineError::FailedPrecondition(format!("payment {id} is not running")))?;
+            let l = live.get(id).ok_or_else(|| {
+                EngineError::FailedPrecondition("WRONG_STATE", format!("payment {id} is not running"))
+            })?;
             (l.cancel.clone(), l.events.subscribe())
         };
         let _ = cancel.try_send(());
@@ -361,7 +377,10 @@ impl Engine {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Canceled => Ok(rec),
-            s => Err(EngineError::FailedPrecondition(format!("payment {id} could not be canceled: it is {s}"))),
+            s => Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!("payment {id} could not be canceled: it is {s}"),
+            )),
         }
     }
 
@@ -844,14 +863,18 @@ impl Engine {
             Status::Captured if rec.captured_minor == amount => return Ok(rec),
             Status::Authorized => {}
             Status::OfflineApproved | Status::Forwarding => {
-                return Err(EngineError::FailedPrecondition(format!(
-                    "payment {id} was approved offline and is not forwarded yet; capture it once it is AUTHORIZED"
-                )));
+                return Err(EngineError::FailedPrecondition(
+                    "NOT_FORWARDED_YET",
+                    format!(
+                        "payment {id} was approved offline and is not forwarded yet; capture it once it is AUTHORIZED"
+                    ),
+                ));
             }
             s => {
-                return Err(EngineError::FailedPrecondition(format!(
-                    "payment {id} is {s}; only an AUTHORIZED payment (manual capture) can be captured"
-                )));
+                return Err(EngineError::FailedPrecondition(
+                    "WRONG_STATE",
+                    format!("payment {id} is {s}; only an AUTHORIZED payment (manual capture) can be captured"),
+                ));
             }
         }
         let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
@@ -867,9 +890,10 @@ impl Engine {
             Status::Voided => return Ok(rec),
             Status::Authorized => {}
             s => {
-                return Err(EngineError::FailedPrecondition(format!(
-                    "payment {id} is {s}; only an AUTHORIZED payment can be voided (refund a captured one)"
-                )));
+                return Err(EngineError::FailedPrecondition(
+                    "WRONG_STATE",
+                    format!("payment {id} is {s}; only an AUTHORIZED payment can be voided (refund a captured one)"),
+                ));
             }
         }
         self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
@@ -934,18 +958,25 @@ impl Engine {
             }
             Reservation::Created(r) => r,
             Reservation::NotCaptured(s) => {
-                return Err(EngineError::FailedPrecondition(format!(
-                    "payment {payment_id} is {s}; only a captured payment can be refunded"
-                )));
+                return Err(EngineError::FailedPrecondition(
+                    "WRONG_STATE",
+                    format!("payment {payment_id} is {s}; only a captured payment can be refunded"),
+                ));
             }
             Reservation::Exceeds { captured, committed } => {
-                return Err(EngineError::FailedPrecondition(format!(
-                    "refunding {amount} would exceed the captured {captured} ({committed} already refunded or pending)"
-                )));
+                return Err(EngineError::FailedPrecondition(
+                    "REFUND_EXCEEDS_CAPTURE",
+                    format!(
+                        "refunding {amount} would exceed the captured {captured} ({committed} already refunded or pending)"
+                    ),
+                ));
             }
         };
         if amount <= 0 {
-            return Err(EngineError::FailedPrecondition(format!("payment {payment_id} is fully refunded")));
+            return Err(EngineError::FailedPrecondition(
+                "REFUND_EXCEEDS_CAPTURE",
+                format!("payment {payment_id} is fully refunded"),
+            ));
         }
         self.send_refund(refund, &rec).await
     }
@@ -980,10 +1011,13 @@ impl Engine {
             ),
             Err(crate::gateway::CallError::Refused(m)) => (false, Some(("gateway_rejected".to_string(), m))),
             Err(crate::gateway::CallError::Unknown(m)) => {
-                return Err(EngineError::Unavailable(format!(
-                    "the refund's outcome is unknown ({m}); call again with the same idempotency key to learn it (refund {})",
-                    refund.id
-                )));
+                return Err(EngineError::Unavailable(
+                    "OUTCOME_UNKNOWN",
+                    format!(
+                        "the refund's outcome is unknown ({m}); call again with the same idempotency key to learn it (refund {})",
+                        refund.id
+                    ),
+                ));
             }
         };
         let (kind, message) = match &failure {
@@ -1434,20 +1468,24 @@ impl Engine {
 
 fn call_error(e: crate::gateway::CallError) -> EngineError {
     match e {
-        crate::gateway::CallError::NotSent(m) => {
-            EngineError::Unavailable(format!("the gateway cannot be reached ({m}); this needs the gateway"))
+        crate::gateway::CallError::NotSent(m) => EngineError::Unavailable(
+            "GATEWAY_UNREACHABLE",
+            format!("the gateway cannot be reached ({m}); this needs the gateway"),
+        ),
+        crate::gateway::CallError::Refused(m) => {
+            EngineError::FailedPrecondition("GATEWAY_REFUSED", format!("the gateway refused: {m}"))
         }
-        crate::gateway::CallError::Refused(m) => EngineError::FailedPrecondition(format!("the gateway refused: {m}")),
-        crate::gateway::CallError::Unknown(m) => {
-            EngineError::Unavailable(format!("no answer from the gateway ({m}); repeating the same request is safe"))
-        }
+        crate::gateway::CallError::Unknown(m) => EngineError::Unavailable(
+            "OUTCOME_UNKNOWN",
+            format!("no answer from the gateway ({m}); repeating the same request is safe"),
+        ),
     }
 }
 
 fn step_error(e: StepError) -> EngineError {
     match e {
         StepError::Store(s) => EngineError::Store(s),
-        StepError::Refused(t) => EngineError::FailedPrecondition(t.to_string()),
+        StepError::Refused(t) => EngineError::FailedPrecondition("WRONG_STATE", t.to_string()),
     }
 }
 
