@@ -190,3 +190,77 @@ async fn posctl_capture_void_and_refund() {
     assert!(st.success() && out.contains("VOIDED"), "{out}");
     lane.finish();
 }
+
+#[tokio::test]
+async fn report_totals_equal_the_sum_of_the_payments_they_cover() {
+    let mut lane = Lane::start_configured(&[], "[lane.offline]\nmax_per_card = 10\n");
+    lane.ready().await;
+    let approved = final_payment(&lane.pay("rep-a", 1_000).await);
+    final_payment(&lane.pay("rep-b", 2_500).await);
+    final_payment(&lane.pay("rep-declined", 1_205).await);
+    let voided = manual(&mut lane, "rep-void", 700).await;
+    let mut client = lane.client().await;
+    client.void_payment(pb::VoidPaymentRequest { payment_id: voided.payment_id, reason: String::new() }).await.unwrap();
+    client
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "rep-r".into(),
+            payment_id: approved.payment_id.clone(),
+            amount_minor: 400,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    lane.fault("down");
+    final_payment(&lane.pay("rep-offline", 900).await);
+    // The business day of these payments (UTC, cutover 00:00 by default).
+    let day = approved.created_at.as_ref().map(|t| {
+        let secs = t.seconds;
+        let days = secs.div_euclid(86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}")
+    });
+    let report = client
+        .get_report(pb::GetReportRequest { business_day: day.clone().unwrap(), terminal_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let payments = client
+        .list_payments(pb::ListPaymentsRequest { page_size: 500, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .payments;
+    let sum = |f: fn(&pb::ReportRow) -> i64| report.rows.iter().map(f).sum::<i64>();
+    let approved_payments: Vec<&pb::Payment> = payments.iter().filter(|p| p.approved).collect();
+    assert_eq!(sum(|r| r.approvals as i64), approved_payments.len() as i64);
+    assert_eq!(
+        sum(|r| r.approved_minor),
+        approved_payments.iter().map(|p| p.amount.as_ref().unwrap().amount_minor).sum::<i64>()
+    );
+    assert_eq!(sum(|r| r.declines as i64), 1);
+    assert_eq!(sum(|r| r.voids as i64), 1);
+    assert_eq!((sum(|r| r.refunds as i64), sum(|r| r.refunded_minor)), (1, 400));
+    assert_eq!((sum(|r| r.offline_pending as i64), sum(|r| r.offline_pending_minor)), (1, 900));
+    assert_eq!(report.time_zone, "UTC");
+    let csv_lines: Vec<&str> = report.csv.lines().collect();
+    assert!(csv_lines[0].starts_with("terminal_id,currency,brand,entry_mode,approvals"));
+    assert_eq!(csv_lines.len(), report.rows.len() + 1);
+    let (st, out, _) = lane.posctl(&["report", "--day", day.as_deref().unwrap(), "--csv"]);
+    assert!(st.success());
+    assert_eq!(out, report.csv, "posctl exports the same CSV");
+    let bad = client
+        .get_report(pb::GetReportRequest { business_day: "26.11.2026".into(), terminal_id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    lane.finish();
+}

@@ -102,6 +102,17 @@ enum Command {
         #[arg(long)]
         now: bool,
     },
+    /// Prints a business day's totals per terminal, brand and entry mode.
+    Report {
+        /// The business day, YYYY-MM-DD (default: the current one).
+        #[arg(long)]
+        day: Option<String>,
+        #[arg(long)]
+        terminal: Option<String>,
+        /// Print CSV (for spreadsheets) instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Prints a shell completion script: `posctl completions bash > /etc/bash_completion.d/posctl`.
     Completions { shell: clap_complete::Shell },
     /// Prints register events after a cursor, then follows new ones.
@@ -372,6 +383,61 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Report { day, terminal, csv } => {
+            let r = client
+                .get_report(pb::GetReportRequest {
+                    business_day: day.unwrap_or_default(),
+                    terminal_id: terminal.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if csv {
+                print!("{}", r.csv);
+            } else if cli.json {
+                let rows: Vec<Value> = r
+                    .rows
+                    .iter()
+                    .map(|x| {
+                        json!({
+                            "terminal_id": x.terminal_id, "currency": x.currency, "brand": x.brand,
+                            "entry_mode": enum_name(pb::EntryMode::try_from(x.entry_mode).map(|e| e.as_str_name()), "ENTRY_MODE_"),
+                            "approvals": x.approvals, "approved_minor": x.approved_minor, "declines": x.declines,
+                            "refunds": x.refunds, "refunded_minor": x.refunded_minor, "voids": x.voids,
+                            "offline_pending": x.offline_pending, "offline_pending_minor": x.offline_pending_minor,
+                            "offline_forwarded": x.offline_forwarded, "offline_declined": x.offline_declined,
+                            "offline_declined_minor": x.offline_declined_minor,
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{:#}",
+                    json!({
+                        "business_day": r.business_day, "time_zone": r.time_zone, "cutover": r.cutover,
+                        "starts_at": rfc3339(r.starts_at.as_ref()), "ends_at": rfc3339(r.ends_at.as_ref()), "rows": rows,
+                    })
+                );
+            } else {
+                println!("business day {} ({} from {})", r.business_day, r.time_zone, r.cutover);
+                for x in &r.rows {
+                    println!(
+                        "  {} {} {:<10} approvals {} ({})  declines {}  refunds {} ({})  voids {}  offline pending {} forwarded {} declined {}",
+                        x.terminal_id,
+                        x.currency,
+                        x.brand,
+                        x.approvals,
+                        money::format_amount(x.approved_minor, &x.currency),
+                        x.declines,
+                        x.refunds,
+                        money::format_amount(x.refunded_minor, &x.currency),
+                        x.voids,
+                        x.offline_pending,
+                        x.offline_forwarded,
+                        x.offline_declined
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Status { terminal } => {
             let s =
                 client.get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: terminal }).await?.into_inner();

@@ -17,11 +17,12 @@ use crate::store::{ListFilter, PaymentRecord, StoreError};
 
 pub struct TerminalApi {
     engine: Arc<Engine>,
+    reports: crate::report::ReportSettings,
 }
 
 impl TerminalApi {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, reports: crate::report::ReportSettings) -> Self {
+        Self { engine, reports }
     }
 
     fn payment_with_history(&self, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
@@ -105,6 +106,23 @@ type TerminalEventStream = Pin<Box<dyn Stream<Item = Result<pb::TerminalEvent, S
 impl PaymentTerminal for TerminalApi {
     type TakePaymentStream = EventStream;
     type StreamEventsStream = TerminalEventStream;
+
+    async fn get_report(&self, request: Request<pb::GetReportRequest>) -> Result<Response<pb::Report>, Status> {
+        let r = request.into_inner();
+        let day = if r.business_day.is_empty() {
+            self.reports.business_day(crate::store::now_ms())
+        } else {
+            r.business_day.parse().map_err(|_| invalid("business_day", "must be a date as YYYY-MM-DD"))?
+        };
+        let terminal = (!r.terminal_id.is_empty()).then_some(r.terminal_id.as_str());
+        if let Some(t) = terminal
+            && self.engine.lane(t).is_none()
+        {
+            return Err(invalid("terminal_id", format!("unknown terminal {t:?}")));
+        }
+        let report = crate::report::build(self.engine.store(), &self.reports, day, terminal).map_err(store_status)?;
+        Ok(Response::new(report))
+    }
 
     async fn capture_payment(
         &self,

@@ -28,6 +28,24 @@ pub struct Config {
     pub offline: OfflineConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// Business days for reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// IANA time zone business days are counted in (default "UTC").
+    pub time_zone: String,
+    /// Local time a business day starts, HH:MM (default "00:00").
+    pub cutover: String,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { time_zone: "UTC".into(), cutover: "00:00".into() }
+    }
 }
 
 /// A duration written as `500ms`, `30s`, `15m`, `12h` or `30d`.
@@ -254,6 +272,7 @@ impl Config {
         if !(o.alert_after.0 <= o.stop_after.0 && o.stop_after.0 <= o.expire_after.0) {
             anyhow::bail!("[offline]: alert_after <= stop_after <= expire_after must hold");
         }
+        crate::report::ReportSettings::new(&self.report.time_zone, &self.report.cutover)?;
         if o.batch_size == 0 || o.batch_size > 1000 {
             anyhow::bail!("[offline] batch_size must be 1 to 1000, not {}", o.batch_size);
         }

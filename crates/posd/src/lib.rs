@@ -19,4 +19,5 @@ pub mod engine;
 pub mod failpoint;
 pub mod gateway;
 pub mod lane;
+pub mod report;
 pub mod store;

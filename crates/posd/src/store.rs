@@ -576,6 +576,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Refunds made in `[start, end)`.
+    pub fn refunds_between(&self, start_ms: i64, end_ms: i64) -> Result<Vec<RefundRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE created_at_ms >= ?1 AND created_at_ms < ?2 ORDER BY created_at_ms"
+        ))?;
+        let rows = stmt.query_map([start_ms, end_ms], row_to_refund)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Refunds whose outcome is not known yet (sent again at start-up).
     pub fn pending_refunds(&self) -> Result<Vec<RefundRecord>, StoreError> {
         let conn = self.conn();
