@@ -264,3 +264,26 @@ async fn report_totals_equal_the_sum_of_the_payments_they_cover() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     lane.finish();
 }
+
+#[tokio::test]
+async fn the_caller_is_audited_and_refunds_can_be_restricted_to_configured_clients() {
+    let mut lane = Lane::start_configured(&[], "[api]\nrefunds_allowed_from = [\"uid=4242\"]\n");
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-audit", 1_000).await);
+    assert!(p.history[0].cause.contains("tcp 127.0.0.1:"), "{:?}", p.history[0]);
+    let err = lane
+        .client()
+        .await
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "r-denied".into(),
+            payment_id: p.payment_id.clone(),
+            amount_minor: 100,
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("ip=127.0.0.1"), "{}", err.message());
+    assert_eq!(charge(&lane.ledger(), 1_000)["refunded_minor"], 0);
+    lane.finish();
+}

@@ -18,11 +18,13 @@ use crate::store::{ListFilter, PaymentRecord, StoreError};
 pub struct TerminalApi {
     engine: Arc<Engine>,
     reports: crate::report::ReportSettings,
+    /// Callers allowed to refund ("uid=N", "ip=ADDR"); empty: every caller.
+    refunds_allowed_from: Vec<String>,
 }
 
 impl TerminalApi {
-    pub fn new(engine: Arc<Engine>, reports: crate::report::ReportSettings) -> Self {
-        Self { engine, reports }
+    pub fn new(engine: Arc<Engine>, reports: crate::report::ReportSettings, refunds_allowed_from: Vec<String>) -> Self {
+        Self { engine, reports, refunds_allowed_from }
     }
 
     fn payment_with_history(&self, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
@@ -93,6 +95,30 @@ impl From<EngineError> for Status {
     }
 }
 
+/// Who called: Unix peer credentials, or the TCP peer. `key` is what
+/// `refunds_allowed_from` matches ("uid=N" or "ip=ADDR").
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key: String,
+    pub description: String,
+}
+
+pub fn caller<T>(request: &Request<T>) -> Caller {
+    if let Some(info) = request.extensions().get::<tonic::transport::server::UdsConnectInfo>()
+        && let Some(cred) = info.peer_cred
+    {
+        let pid = cred.pid().map(|p| format!(" pid={p}")).unwrap_or_default();
+        return Caller {
+            key: format!("uid={}", cred.uid()),
+            description: format!("unix uid={} gid={}{pid}", cred.uid(), cred.gid()),
+        };
+    }
+    match request.remote_addr() {
+        Some(addr) => Caller { key: format!("ip={}", addr.ip()), description: format!("tcp {addr}") },
+        None => Caller { key: "unknown".into(), description: "unknown caller".into() },
+    }
+}
+
 fn is_final_stage(stage: i32) -> bool {
     use pb::PaymentStage as S;
     matches!(S::try_from(stage), Ok(S::Approved | S::Declined | S::Canceled | S::Failed))
@@ -128,23 +154,37 @@ impl PaymentTerminal for TerminalApi {
         &self,
         request: Request<pb::CapturePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
-        let rec = self.engine.capture_payment(&r.payment_id, r.amount_minor).await?;
+        let rec = self.engine.capture_payment(&r.payment_id, r.amount_minor, &who.description).await?;
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
     async fn void_payment(&self, request: Request<pb::VoidPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
-        let rec = self.engine.void_payment(&r.payment_id, &r.reason).await?;
+        let rec = self.engine.void_payment(&r.payment_id, &r.reason, &who.description).await?;
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
     async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {
+        let who = caller(&request);
+        if !self.refunds_allowed_from.is_empty() && !self.refunds_allowed_from.contains(&who.key) {
+            return Err(rich(
+                tonic::Code::PermissionDenied,
+                "REFUND_NOT_ALLOWED",
+                format!("refunds are not allowed from {} ({}); see refunds_allowed_from", who.key, who.description),
+                None,
+            ));
+        }
         let r = request.into_inner();
         if r.reason.chars().count() > 255 {
             return Err(invalid("reason", "must be at most 255 characters"));
         }
-        let refund = self.engine.refund_payment(&r.idempotency_key, &r.payment_id, r.amount_minor, &r.reason).await?;
+        let refund = self
+            .engine
+            .refund_payment(&r.idempotency_key, &r.payment_id, r.amount_minor, &r.reason, &who.description)
+            .await?;
         Ok(Response::new(convert::refund(&refund)))
     }
 
@@ -229,6 +269,7 @@ impl PaymentTerminal for TerminalApi {
         &self,
         request: Request<pb::TakePaymentRequest>,
     ) -> Result<Response<Self::TakePaymentStream>, Status> {
+        let who = caller(&request);
         let r = request.into_inner();
         let amount = r.amount.ok_or_else(|| invalid("amount", "required"))?;
         let manual_capture = match pb::CaptureMode::try_from(r.capture_mode) {
@@ -245,6 +286,7 @@ impl PaymentTerminal for TerminalApi {
                 currency: amount.currency,
                 terminal_id: r.terminal_id,
                 manual_capture,
+                caller: who.description,
             })
             .await?;
         let first = self.event_now(&attached.payment)?;

@@ -30,6 +30,18 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub report: ReportConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// Who may do what through the register API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Callers allowed to refund: "uid=N" (Unix socket peer) or "ip=ADDR"
+    /// (TCP peer). Empty (the default): every caller may refund.
+    #[serde(default)]
+    pub refunds_allowed_from: Vec<String>,
 }
 
 /// Business days for reports.

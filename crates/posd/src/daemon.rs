@@ -61,6 +61,7 @@ fn demo_config(o: &Options) -> Config {
         offline: Default::default(),
         store: Default::default(),
         report: Default::default(),
+        api: Default::default(),
     }
 }
 
@@ -198,7 +199,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     tokio::spawn(engine.clone().gateway_events());
 
     let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
-    let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(engine.clone(), reports));
+    let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(
+        engine.clone(),
+        reports,
+        cfg.api.refunds_allowed_from.clone(),
+    ));
     // grpc.health.v1: the API as a whole, and one service name per lane
     // ("posd.lane.<id>", SERVING while its card reader is connected).
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -89,6 +89,8 @@ pub struct NewPayment {
     pub currency: String,
     pub terminal_id: String,
     pub manual_capture: bool,
+    /// Who asked (Unix peer credentials or TCP peer), for the audit log.
+    pub caller: String,
 }
 
 struct Live {
@@ -270,7 +272,7 @@ impl Engine {
             last_error: String::new(),
             captured_minor: 0,
         };
-        let created = match self.store.insert_or_get(&candidate) {
+        let created = match self.store.insert_or_get(&candidate, &req.caller) {
             Ok(Ok(created)) => created,
             Ok(Err(existing)) => {
                 compare(&existing, &req)?;
@@ -847,7 +849,12 @@ impl Engine {
 
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
     /// call comes first: a repeat after a crash is answered from its record.
-    pub async fn capture_payment(&self, id: &str, amount_minor: i64) -> Result<PaymentRecord, EngineError> {
+    pub async fn capture_payment(
+        &self,
+        id: &str,
+        amount_minor: i64,
+        caller: &str,
+    ) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         let amount = if amount_minor == 0 { rec.amount_minor } else { amount_minor };
         if amount < 0 || amount > rec.amount_minor {
@@ -877,6 +884,7 @@ impl Engine {
                 ));
             }
         }
+        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}"))?;
         let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
         let update = Update { captured_minor: Some(captured), ..Default::default() };
@@ -884,7 +892,7 @@ impl Engine {
     }
 
     /// Voids an AUTHORIZED payment; nothing is charged.
-    pub async fn void_payment(&self, id: &str, reason: &str) -> Result<PaymentRecord, EngineError> {
+    pub async fn void_payment(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Voided => return Ok(rec),
@@ -896,6 +904,7 @@ impl Engine {
                 ));
             }
         }
+        self.store.audit(&rec.id, &format!("void requested by {caller}"))?;
         self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
@@ -908,6 +917,7 @@ impl Engine {
         payment_id: &str,
         amount_minor: i64,
         reason: &str,
+        caller: &str,
     ) -> Result<crate::store::RefundRecord, EngineError> {
         use crate::store::{RefundRecord, Reservation};
         let key_len = key.chars().count();
@@ -956,7 +966,11 @@ impl Engine {
                 }
                 r
             }
-            Reservation::Created(r) => r,
+            Reservation::Created(r) => {
+                self.store
+                    .audit(payment_id, &format!("refund {} of {} requested by {caller}", r.id, r.amount_minor))?;
+                r
+            }
             Reservation::NotCaptured(s) => {
                 return Err(EngineError::FailedPrecondition(
                     "WRONG_STATE",

@@ -383,7 +383,11 @@ impl Store {
 
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
     /// the existing payment instead when the idempotency key is taken.
-    pub fn insert_or_get(&self, p: &PaymentRecord) -> Result<Result<PaymentRecord, PaymentRecord>, StoreError> {
+    pub fn insert_or_get(
+        &self,
+        p: &PaymentRecord,
+        caller: &str,
+    ) -> Result<Result<PaymentRecord, PaymentRecord>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         if let Some(existing) = tx
@@ -416,7 +420,7 @@ impl Store {
         )?;
         tx.execute(
             "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, '', ?3, ?4)",
-            params![p.id, p.created_at_ms, p.status.as_str(), "payment requested by the register"],
+            params![p.id, p.created_at_ms, p.status.as_str(), format!("payment requested by the register ({caller})")],
         )?;
         tx.commit()?;
         Ok(Ok(p.clone()))
@@ -594,6 +598,20 @@ impl Store {
         ))?;
         let rows = stmt.query_map([], row_to_refund)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Adds an audit line to a payment's log without changing its status.
+    pub fn audit(&self, payment_id: &str, cause: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let status: String = conn
+            .query_row("SELECT status FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(payment_id.to_string()))?;
+        conn.execute(
+            "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![payment_id, now_ms(), status, cause],
+        )?;
+        Ok(())
     }
 
     /// The newest event's cursor (0 when there is none).
@@ -986,16 +1004,16 @@ mod tests {
     #[test]
     fn same_key_returns_the_existing_payment() {
         let (_d, s) = open();
-        assert!(s.insert_or_get(&sample("k")).unwrap().is_ok());
+        assert!(s.insert_or_get(&sample("k"), "test").unwrap().is_ok());
         let mut other = sample("k");
         other.id = "pay_other".into();
-        assert_eq!(s.insert_or_get(&other).unwrap().unwrap_err().id, "pay_k");
+        assert_eq!(s.insert_or_get(&other, "test").unwrap().unwrap_err().id, "pay_k");
     }
 
     #[test]
     fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
         let (_d, s) = open();
-        s.insert_or_get(&sample("k")).unwrap().unwrap();
+        s.insert_or_get(&sample("k"), "test").unwrap().unwrap();
         let mut st = Status::Created;
         for (input, update) in [
             (Input::Start, Update::default()),
@@ -1017,7 +1035,7 @@ mod tests {
     #[test]
     fn a_stale_transition_is_refused() {
         let (_d, s) = open();
-        s.insert_or_get(&sample("k")).unwrap().unwrap();
+        s.insert_or_get(&sample("k"), "test").unwrap().unwrap();
         let t = next(Status::Created, &Input::Start).unwrap();
         s.apply("pay_k", &t, Update::default()).unwrap();
         assert!(matches!(s.apply("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
@@ -1055,7 +1073,7 @@ mod tests {
     fn migrations_are_idempotent_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("posd.db");
-        Store::open(&path).unwrap().insert_or_get(&sample("k")).unwrap().unwrap();
+        Store::open(&path).unwrap().insert_or_get(&sample("k"), "test").unwrap().unwrap();
         let s = Store::open(&path).unwrap();
         assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
     }
@@ -1075,7 +1093,7 @@ mod tests {
             let mut p = sample(&format!("k{i}"));
             p.created_at_ms = 1000 + i;
             p.terminal_id = if i % 2 == 0 { "lane-1".into() } else { "lane-2".into() };
-            s.insert_or_get(&p).unwrap().unwrap();
+            s.insert_or_get(&p, "test").unwrap().unwrap();
         }
         let page = s.list(&ListFilter { limit: 2, ..Default::default() }).unwrap();
         assert_eq!(page.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>(), ["k4", "k3"]);

@@ -51,7 +51,7 @@ fn seed(store: &Store, n: usize) {
             last_error: String::new(),
             captured_minor: 0,
         };
-        store.insert_or_get(&rec).expect("insert").expect("new payment");
+        store.insert_or_get(&rec, "bench").expect("insert").expect("new payment");
         let binding = Binding {
             amount_minor: rec.amount_minor,
             currency: "EUR",
