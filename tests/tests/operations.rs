@@ -287,3 +287,35 @@ async fn the_caller_is_audited_and_refunds_can_be_restricted_to_configured_clien
     assert_eq!(charge(&lane.ledger(), 1_000)["refunded_minor"], 0);
     lane.finish();
 }
+
+#[tokio::test]
+async fn end_of_day_closes_the_batch_with_the_gateway() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let a = final_payment(&lane.pay("eod-a", 1_000).await);
+    final_payment(&lane.pay("eod-b", 2_000).await);
+    final_payment(&lane.pay("eod-declined", 3_005).await);
+    lane.client()
+        .await
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "eod-r".into(),
+            payment_id: a.payment_id,
+            amount_minor: 300,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let (st, out, err) = lane.posctl(&["end-of-day", "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["totals"][0]["currency"], "EUR");
+    assert_eq!(v["totals"][0]["count"], 2);
+    assert_eq!(v["totals"][0]["captured_minor"], 3_000);
+    assert_eq!(v["totals"][0]["refunded_minor"], 300);
+    // A second close has nothing left to settle.
+    let (_, out, _) = lane.posctl(&["end-of-day", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["totals"].as_array().unwrap().len(), 0);
+    assert!(lane.events().await.iter().any(|e| e.kind == "batch_closed"));
+    lane.finish();
+}

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS charges (
     captured INTEGER NOT NULL,
     captured_minor INTEGER NOT NULL DEFAULT 0,
     refunded_minor INTEGER NOT NULL DEFAULT 0,
+    batch_id TEXT,
     decline_code TEXT NOT NULL,
     decline_message TEXT NOT NULL,
     auth_code TEXT NOT NULL,
@@ -253,6 +254,26 @@ impl Ledger {
             tx.execute("UPDATE charges SET refunded_minor = ?2 WHERE key = ?1", params![key, refunded_after])?;
         }
         tx.commit()
+    }
+
+    /// Puts every captured, unbatched charge of a terminal into a new batch;
+    /// returns (currency, count, captured, refunded) per currency.
+    pub fn close_batch(&mut self, terminal_id: &str, batch_id: &str) -> rusqlite::Result<Vec<(String, u32, i64, i64)>> {
+        let tx = self.conn.savepoint()?;
+        tx.execute(
+            "UPDATE charges SET batch_id = ?2 WHERE terminal_id = ?1 AND status = 'approved' AND captured = 1 AND batch_id IS NULL",
+            params![terminal_id, batch_id],
+        )?;
+        let totals = {
+            let mut stmt = tx.prepare(
+                "SELECT currency, COUNT(*), SUM(captured_minor), SUM(refunded_minor) FROM charges WHERE batch_id = ?1 \
+                 GROUP BY currency ORDER BY currency",
+            )?;
+            stmt.query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(totals)
     }
 
     pub fn mark_reversed(&mut self, key: &str) -> rusqlite::Result<()> {

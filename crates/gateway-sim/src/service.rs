@@ -519,6 +519,35 @@ impl Gateway for GatewayService {
         Ok(Response::new(ForwardBatchResponse { results }))
     }
 
+    async fn close_batch(
+        &self,
+        request: Request<pos_proto::gateway::CloseBatchRequest>,
+    ) -> Result<Response<pos_proto::gateway::BatchResult>, Status> {
+        let terminal = request.into_inner().terminal_id;
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                let batch_id = format!("batch_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
+                let totals = g.ledger.lock().unwrap().close_batch(&terminal, &batch_id).map_err(db_err)?;
+                tracing::info!(%terminal, %batch_id, "batch closed");
+                g.after_commit()?;
+                Ok(Response::new(pos_proto::gateway::BatchResult {
+                    batch_id,
+                    totals: totals
+                        .into_iter()
+                        .map(|(currency, count, captured_minor, refunded_minor)| pos_proto::gateway::BatchTotal {
+                            currency,
+                            count,
+                            captured_minor,
+                            refunded_minor,
+                        })
+                        .collect(),
+                }))
+            })
+        })
+        .await
+    }
+
     async fn capture(&self, request: Request<CaptureRequest>) -> Result<Response<Transaction>, Status> {
         let req = request.into_inner();
         self.detached(|g| {

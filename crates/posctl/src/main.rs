@@ -113,6 +113,11 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// End of day: closes the lane's batch with the gateway and prints the totals.
+    EndOfDay {
+        #[arg(long, default_value = "lane-1")]
+        terminal: String,
+    },
     /// Prints a shell completion script: `posctl completions bash > /etc/bash_completion.d/posctl`.
     Completions { shell: clap_complete::Shell },
     /// Prints register events after a cursor, then follows new ones.
@@ -383,6 +388,37 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::EndOfDay { terminal } => {
+            let b = client.close_batch(pb::CloseBatchRequest { terminal_id: terminal }).await?.into_inner();
+            if cli.json {
+                let totals: Vec<Value> = b
+                    .totals
+                    .iter()
+                    .map(|t| json!({"currency": t.currency, "count": t.count, "captured_minor": t.captured_minor, "refunded_minor": t.refunded_minor}))
+                    .collect();
+                println!(
+                    "{:#}",
+                    json!({"batch_id": b.batch_id, "terminal_id": b.terminal_id, "closed_at": rfc3339(b.closed_at.as_ref()), "totals": totals, "offline_unsent": b.offline_unsent})
+                );
+            } else {
+                println!("batch {} closed for {} at {}", b.batch_id, b.terminal_id, rfc3339(b.closed_at.as_ref()));
+                for t in &b.totals {
+                    println!(
+                        "  {} payments  {}  refunded {}",
+                        t.count,
+                        money::format_amount(t.captured_minor, &t.currency),
+                        money::format_amount(t.refunded_minor, &t.currency)
+                    );
+                }
+                if b.offline_unsent > 0 {
+                    println!(
+                        "  {} offline payments not yet forwarded (they settle in a later batch)",
+                        b.offline_unsent
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Report { day, terminal, csv } => {
             let r = client
                 .get_report(pb::GetReportRequest {

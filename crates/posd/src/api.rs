@@ -133,6 +133,12 @@ impl PaymentTerminal for TerminalApi {
     type TakePaymentStream = EventStream;
     type StreamEventsStream = TerminalEventStream;
 
+    async fn close_batch(&self, request: Request<pb::CloseBatchRequest>) -> Result<Response<pb::BatchSummary>, Status> {
+        let who = caller(&request);
+        let summary = self.engine.close_batch(&request.get_ref().terminal_id, &who.description).await?;
+        Ok(Response::new(summary))
+    }
+
     async fn get_report(&self, request: Request<pb::GetReportRequest>) -> Result<Response<pb::Report>, Status> {
         let r = request.into_inner();
         let day = if r.business_day.is_empty() {

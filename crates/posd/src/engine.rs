@@ -1048,6 +1048,56 @@ impl Engine {
         Ok(stored)
     }
 
+    /// End of day: closes the lane's batch with the gateway and records it.
+    pub async fn close_batch(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
+        if self.lanes.get(terminal).is_none() {
+            return Err(EngineError::InvalidArgument {
+                field: "terminal_id",
+                message: format!("unknown terminal {terminal:?}"),
+            });
+        }
+        let result = self.gateway.close_batch(&self.gateway_terminal(terminal)).await.map_err(call_error)?;
+        let unsent = self
+            .store
+            .list(&crate::store::ListFilter {
+                terminal_id: Some(terminal.to_string()),
+                statuses: vec![Status::OfflineApproved, Status::Forwarding, Status::Quarantined],
+                limit: 100_000,
+                ..Default::default()
+            })?
+            .len() as u32;
+        let totals: Vec<pb::BatchCurrencyTotal> = result
+            .totals
+            .iter()
+            .map(|t| pb::BatchCurrencyTotal {
+                currency: t.currency.clone(),
+                count: t.count,
+                captured_minor: t.captured_minor,
+                refunded_minor: t.refunded_minor,
+            })
+            .collect();
+        let text: Vec<String> =
+            totals.iter().map(|t| format!("{} x {} {}", t.count, t.captured_minor, t.currency)).collect();
+        self.emit(
+            "batch_closed",
+            terminal,
+            "",
+            format!(
+                "batch {} closed by {caller}: {}{}",
+                result.batch_id,
+                if text.is_empty() { "nothing to settle".to_string() } else { text.join(", ") },
+                if unsent > 0 { format!("; {unsent} offline payments not yet forwarded") } else { String::new() }
+            ),
+        );
+        Ok(pb::BatchSummary {
+            batch_id: result.batch_id,
+            terminal_id: terminal.to_string(),
+            closed_at: Some(convert::timestamp(now_ms())),
+            totals,
+            offline_unsent: unsent,
+        })
+    }
+
     /// Wakes the forwarder now ("sync now").
     pub fn sync_now(&self) {
         self.sync.lock().unwrap().paused = false;

@@ -167,6 +167,13 @@ impl Gateway {
         self.finish(tokio::time::timeout(self.settings.request_timeout, client.refund(req)).await)
     }
 
+    /// Closes a terminal's batch.
+    pub async fn close_batch(&self, terminal_id: &str) -> Result<pos_proto::gateway::BatchResult, CallError> {
+        let mut client = self.connect().await.map_err(CallError::NotSent)?;
+        let req = pos_proto::gateway::CloseBatchRequest { terminal_id: terminal_id.into() };
+        self.finish(tokio::time::timeout(self.settings.request_timeout, client.close_batch(req)).await)
+    }
+
     fn finish<T>(
         &self,
         r: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
