@@ -1050,7 +1050,7 @@ impl Engine {
 
     /// End of day: closes the lane's batch with the gateway and records it.
     pub async fn close_batch(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
-        if self.lanes.get(terminal).is_none() {
+        if !self.lanes.contains_key(terminal) {
             return Err(EngineError::InvalidArgument {
                 field: "terminal_id",
                 message: format!("unknown terminal {terminal:?}"),
