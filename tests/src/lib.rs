@@ -278,6 +278,24 @@ impl Lane {
         }
     }
 
+    /// Runs posd until it ends by itself (a failpoint it reaches at once,
+    /// possibly before it prints its address) and returns the exit status.
+    pub async fn run_posd_until_exit(&mut self) -> std::process::ExitStatus {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.posd_log()).unwrap();
+        let mut child = self.posd_command().stdout(Stdio::null()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("posd did not stop by itself");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn posd_pid(&self) -> u32 {
         self.posd.as_ref().expect("posd running").child.id()
     }
