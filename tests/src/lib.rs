@@ -406,7 +406,9 @@ impl Lane {
 
     /// Takes a payment through the API and returns every event of its stream.
     pub async fn pay(&mut self, key: &str, amount_minor: i64) -> Vec<pb::PaymentEvent> {
-        let events = take(&mut self.client().await, key, amount_minor).await.expect("TakePayment accepted");
+        let events = take(&mut self.client().await, key, amount_minor)
+            .await
+            .unwrap_or_else(|e| panic!("TakePayment {key} refused: {:?} {}", e.code(), e.message()));
         self.responses.push(format!("{events:?}"));
         events
     }

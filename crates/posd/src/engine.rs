@@ -396,7 +396,7 @@ impl Engine {
         if let Some(e) = event {
             let _ = self.events.send(e);
         }
-        self.publish(&new, convert::stage(new.status), convert::status_message(&new));
+        self.announce(&new, convert::stage(new.status), convert::status_message(&new));
         for effect in &t.effects {
             match effect {
                 Effect::CancelCollection => {
@@ -413,10 +413,21 @@ impl Engine {
                 Effect::CollectCard | Effect::SendAuthorization | Effect::QueryStatus => {}
             }
         }
-        if new.status.is_settled_for_register() {
-            self.settle(&new);
-        }
         Ok(new)
+    }
+
+    /// Publishes a payment's new state. When the register has its answer,
+    /// the lane is freed *before* the final event goes out, so a register that
+    /// starts its next payment on that event never finds the lane busy.
+    fn announce(&self, rec: &PaymentRecord, stage: pb::PaymentStage, message: String) {
+        let settled = rec.status.is_settled_for_register();
+        if settled {
+            self.free_lane(rec);
+        }
+        self.publish(rec, stage, message);
+        if settled {
+            self.live.lock().unwrap().remove(&rec.id);
+        }
     }
 
     fn publish(&self, rec: &PaymentRecord, stage: pb::PaymentStage, message: String) {
@@ -437,8 +448,7 @@ impl Engine {
     }
 
     /// The register has its answer: free the lane and end the live stream.
-    fn settle(&self, rec: &PaymentRecord) {
-        self.live.lock().unwrap().remove(&rec.id);
+    fn free_lane(&self, rec: &PaymentRecord) {
         let mut busy = self.busy.lock().unwrap();
         if busy.get(&rec.terminal_id) == Some(&rec.id) {
             busy.remove(&rec.terminal_id);
@@ -457,13 +467,14 @@ impl Engine {
         match stored {
             Some(rec) if !may_be_at_gateway => {
                 // Nothing was sent: the register may safely try again.
-                lane.cancel(&id).await;
+                self.free_lane(&rec);
                 self.publish(
                     &rec,
                     pb::PaymentStage::Failed,
                     format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
                 );
-                self.settle(&rec);
+                self.live.lock().unwrap().remove(&id);
+                lane.cancel(&id).await;
             }
             Some(rec) => {
                 // The request may be at the gateway: do not let the register
@@ -665,10 +676,9 @@ impl Engine {
                 if let Some(e) = event {
                     let _ = self.events.send(e);
                 }
-                self.publish(&new, pb::PaymentStage::Approved, convert::status_message(&new));
-                lane.show_result(&new.id, true, &convert::status_message(&new)).await;
-                self.settle(&new);
+                self.announce(&new, pb::PaymentStage::Approved, convert::status_message(&new));
                 self.forward_wake.notify_one();
+                lane.show_result(&new.id, true, &convert::status_message(&new)).await;
             }
             Err(refusal) => {
                 drop(gate);
