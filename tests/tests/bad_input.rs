@@ -315,13 +315,7 @@ async fn a_busy_terminal_is_a_precondition_failure_with_its_own_reason() {
     let first = stream.message().await.unwrap().unwrap();
     let err = posd_e2e::take(&mut lane.client().await, "k-second", 200).await.unwrap_err();
     check(&Case { name: "busy", status: err, code: Code::FailedPrecondition, reason: "TERMINAL_BUSY", field: None });
-    let mut c2 = lane.client().await;
-    let id = first.payment_id.clone();
-    posd_e2e::eventually("the payment to be collecting", async || {
-        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
-        (posd_e2e::status(&p) == pb::PaymentStatus::Collecting).then_some(())
-    })
-    .await;
+    lane.wait_status(&first.payment_id, pb::PaymentStatus::Collecting).await;
     c.cancel_payment(pb::CancelPaymentRequest { payment_id: first.payment_id }).await.unwrap();
     lane.finish();
 }

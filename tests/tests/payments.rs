@@ -116,12 +116,7 @@ async fn cancel_while_collecting_charges_nothing() {
     let mut stream = client.take_payment(request("k-cancel", 1000)).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     let id = first.payment_id.clone();
-    let mut c2 = lane.client().await;
-    eventually("the payment to be collecting", async || {
-        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
-        (status(&p) == pb::PaymentStatus::Collecting).then_some(())
-    })
-    .await;
+    lane.wait_status(&id, pb::PaymentStatus::Collecting).await;
     let canceled =
         client.cancel_payment(pb::CancelPaymentRequest { payment_id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(status(&canceled), pb::PaymentStatus::Canceled);
@@ -179,13 +174,7 @@ async fn a_second_payment_on_a_busy_terminal_is_refused() {
     // The running payment's own key re-attaches instead.
     let mut again = client.take_payment(request("k-busy-1", 1000)).await.unwrap().into_inner();
     assert_eq!(again.message().await.unwrap().unwrap().payment_id, first.payment_id);
-    let mut c2 = lane.client().await;
-    let id = first.payment_id.clone();
-    eventually("the payment to be collecting", async || {
-        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
-        (status(&p) == pb::PaymentStatus::Collecting).then_some(())
-    })
-    .await;
+    lane.wait_status(&first.payment_id, pb::PaymentStatus::Collecting).await;
     client.cancel_payment(pb::CancelPaymentRequest { payment_id: first.payment_id }).await.unwrap();
     lane.finish();
 }
@@ -241,13 +230,7 @@ async fn reader_unplugged_mid_collection_fails_clearly_and_is_not_approved() {
     let mut client = lane.client().await;
     let mut stream = client.take_payment(request("k-unplug", 1500)).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    let mut c2 = lane.client().await;
-    let id = first.payment_id.clone();
-    eventually("the payment to be collecting", async || {
-        let p = c2.get_payment(pb::GetPaymentRequest { payment_id: id.clone() }).await.ok()?.into_inner();
-        (status(&p) == pb::PaymentStatus::Collecting).then_some(())
-    })
-    .await;
+    lane.wait_status(&first.payment_id, pb::PaymentStatus::Collecting).await;
     lane.kill_reader();
     let mut events = vec![first];
     while let Some(ev) = stream.message().await.unwrap() {

@@ -294,6 +294,18 @@ pub struct GatewayEventRow {
     pub message: String,
 }
 
+fn row_to_event(r: &Row<'_>) -> rusqlite::Result<GatewayEventRow> {
+    Ok(GatewayEventRow {
+        sequence: r.get(0)?,
+        event_id: r.get(1)?,
+        kind: r.get(2)?,
+        key: r.get(3)?,
+        amount_minor: r.get(4)?,
+        currency: r.get(5)?,
+        message: r.get(6)?,
+    })
+}
+
 impl Ledger {
     /// Appends an event; `event_id` is new, or a redelivery of an old one.
     pub fn append_event(&mut self, e: &GatewayEventRow) -> rusqlite::Result<i64> {
@@ -308,18 +320,7 @@ impl Ledger {
         let mut stmt = self.conn.prepare(
             "SELECT seq, event_id, kind, key, amount_minor, currency, message FROM gateway_events WHERE seq > ?1 ORDER BY seq LIMIT 500",
         )?;
-        stmt.query_map([after], |r| {
-            Ok(GatewayEventRow {
-                sequence: r.get(0)?,
-                event_id: r.get(1)?,
-                kind: r.get(2)?,
-                key: r.get(3)?,
-                amount_minor: r.get(4)?,
-                currency: r.get(5)?,
-                message: r.get(6)?,
-            })
-        })?
-        .collect()
+        stmt.query_map([after], row_to_event)?.collect()
     }
 
     /// Every distinct event once, in first-delivery order (for redelivery).
@@ -327,17 +328,6 @@ impl Ledger {
         let mut stmt = self.conn.prepare(
             "SELECT MIN(seq), event_id, kind, key, amount_minor, currency, message FROM gateway_events GROUP BY event_id ORDER BY MIN(seq)",
         )?;
-        stmt.query_map([], |r| {
-            Ok(GatewayEventRow {
-                sequence: r.get(0)?,
-                event_id: r.get(1)?,
-                kind: r.get(2)?,
-                key: r.get(3)?,
-                amount_minor: r.get(4)?,
-                currency: r.get(5)?,
-                message: r.get(6)?,
-            })
-        })?
-        .collect()
+        stmt.query_map([], row_to_event)?.collect()
     }
 }
