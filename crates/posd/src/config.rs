@@ -209,7 +209,7 @@ pub struct ReaderConfig {
 }
 
 fn default_listen() -> String {
-    "127.0.0.1:50051".into()
+    "unix:/run/posd/posd.sock".into()
 }
 fn default_store_id() -> String {
     "posd".into()
@@ -288,8 +288,117 @@ impl Config {
         if o.batch_size == 0 || o.batch_size > 1000 {
             anyhow::bail!("[offline] batch_size must be 1 to 1000, not {}", o.batch_size);
         }
+        if let Some(rest) = self.gateway.url.strip_prefix("http://") {
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                anyhow::bail!("[gateway] url: plain http:// is allowed only on loopback; use https:// for {host}");
+            }
+        }
         Ok(())
     }
+}
+
+/// One finding of `posd check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub error: bool,
+    /// 1-based line and column, when known.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+    pub fix: String,
+}
+
+impl Finding {
+    pub fn render(&self, path: &Path) -> String {
+        let at = self.at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default();
+        let level = if self.error { "error" } else { "warning" };
+        format!("{}{at}: {level}: {}\n  fix: {}", path.display(), self.message, self.fix)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Where `needle` first appears in the file, as line and column.
+fn find(text: &str, needle: &str) -> Option<(usize, usize)> {
+    text.find(needle).map(|o| line_col(text, o))
+}
+
+/// Validates a config file for `posd check-config`: errors (the file would
+/// not start posd) and warnings (devices or files missing on this machine).
+pub fn check(path: &Path) -> Vec<Finding> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![Finding {
+                error: true,
+                at: None,
+                message: format!("cannot read the file: {e}"),
+                fix: "check the path (the default is /etc/posd/posd.toml) and that you may read it".into(),
+            }];
+        }
+    };
+    let cfg: Config = match toml::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = e.message().to_string();
+            let fix = if message.contains("unknown field") {
+                "remove the key or correct its spelling; systemd/posd.toml lists every key with its default"
+            } else if message.contains("missing field") {
+                "add the key; systemd/posd.toml shows it with an example"
+            } else {
+                "correct the value to the form the message names (see systemd/posd.toml)"
+            };
+            return vec![Finding {
+                error: true,
+                at: e.span().map(|s| line_col(&text, s.start)),
+                message,
+                fix: fix.into(),
+            }];
+        }
+    };
+    let mut findings = Vec::new();
+    if let Err(e) = cfg.validate() {
+        let message = e.to_string();
+        let needle = ["currency", "reader", "time_zone", "cutover", "batch_size", "url", "lane"]
+            .into_iter()
+            .find(|k| message.contains(k))
+            .unwrap_or("");
+        findings.push(Finding {
+            error: true,
+            at: if needle.is_empty() { None } else { find(&text, needle) },
+            message,
+            fix: "correct the value as the message says".into(),
+        });
+    }
+    for lane in &cfg.lanes {
+        if let Some(d) = &lane.reader.device
+            && !d.exists()
+        {
+            findings.push(Finding {
+                error: false,
+                at: find(&text, &d.to_string_lossy()),
+                message: format!("lane {}: the reader device {} does not exist on this machine", lane.id, d.display()),
+                fix: "plug the reader in, or check the udev rule that names it (systemd/60-posd.rules)".into(),
+            });
+        }
+        if let Some(p) = &lane.printer
+            && !Path::new(p).exists()
+        {
+            findings.push(Finding {
+                error: false,
+                at: find(&text, p),
+                message: format!("lane {}: the printer device {p} does not exist on this machine", lane.id),
+                fix: "plug the printer in, or check the udev rule that names it".into(),
+            });
+        }
+    }
+    findings
 }
 
 #[cfg(test)]

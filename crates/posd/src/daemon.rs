@@ -225,6 +225,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
     });
     let stopping = |grace: Duration| {
@@ -240,7 +241,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
+        restrict_socket(path)?;
         announce(&format!("unix:{path}"), demo_banner, &demo_notes);
+        tokio::spawn(supervise(engine.clone()));
         tokio::select! {
             r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown) => r?,
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
@@ -257,6 +260,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let actual = listener.local_addr()?;
         announce(&actual.to_string(), demo_banner, &demo_notes);
+        tokio::spawn(supervise(engine.clone()));
         tokio::select! {
             r = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown) => r?,
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
@@ -287,6 +291,40 @@ async fn report_health(engine: Arc<Engine>, health: tonic_health::server::Health
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Tells systemd posd is ready, keeps STATUS= current, and pets the watchdog
+/// only while the engine is healthy (so a hung posd is restarted).
+async fn supervise(engine: Arc<Engine>) {
+    use sd_notify::NotifyState;
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&engine.status_line())]);
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map(|w| w / 2).unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
+    let mut last_status = String::new();
+    loop {
+        tokio::time::sleep(period).await;
+        let status = engine.status_line();
+        if status != last_status {
+            let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+            last_status = status;
+        }
+        if watchdog.is_some() && engine.healthy() {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        }
+    }
+}
+
+/// The API socket: mode 0660, group posd-clients when that group exists.
+fn restrict_socket(path: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| anyhow::anyhow!("cannot set the mode of {path}: {e}"))?;
+    match nix::unistd::Group::from_name("posd-clients") {
+        Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid))
+            .map_err(|e| anyhow::anyhow!("cannot give {path} to group posd-clients: {e}"))?,
+        _ => tracing::warn!(socket = path, "group posd-clients does not exist; only posd's own group may call the API"),
+    }
+    Ok(())
 }
 
 fn announce(addr: &str, demo: Option<bool>, notes: &[String]) {

@@ -138,6 +138,8 @@ pub struct Engine {
     sync: Mutex<SyncState>,
     /// Set when a database write failed: new payments are refused (fail closed).
     store_failed: AtomicBool,
+    /// Last time (ms) the monitor loop went round; the watchdog checks it.
+    heartbeat: std::sync::atomic::AtomicI64,
 }
 
 /// A register's view of a payment stream: the payment now, and what follows.
@@ -164,6 +166,7 @@ impl Engine {
             clock,
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
+            heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
         })
     }
 
@@ -185,6 +188,23 @@ impl Engine {
 
     pub fn demo(&self) -> bool {
         self.settings.demo
+    }
+
+    /// True while the main loops run and the database works: the watchdog's question.
+    pub fn healthy(&self) -> bool {
+        let beat = self.heartbeat.load(Ordering::Relaxed);
+        let limit = (self.settings.forward.ageing_interval.as_millis() as i64 * 3).max(10_000);
+        !self.refusing_payments() && now_ms() - beat < limit
+    }
+
+    /// One line for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let lanes = self.lanes.len();
+        let up = self.lanes.values().filter(|l| l.reader_state().connected).count();
+        let queue = self.store.queue_summary().map(|s| s.count).unwrap_or(0);
+        let gateway = if self.gateway.is_online() { "online" } else { "OFFLINE" };
+        let refusing = if self.refusing_payments() { "; REFUSING PAYMENTS (database)" } else { "" };
+        format!("readers {up}/{lanes} connected; gateway {gateway}; {queue} offline payments queued{refusing}")
     }
 
     /// True while posd refuses new payments because its database failed.
@@ -1380,6 +1400,7 @@ impl Engine {
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
                     self.age_queue(&f);
+                    self.heartbeat.store(now_ms(), Ordering::Relaxed);
                     continue;
                 }
             }

@@ -8,6 +8,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "posd", version, about = "Lane payment daemon: card readers, gateway, register gRPC API")]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Run with a built-in simulated card reader and gateway (never implicit).
     #[arg(long)]
     demo: bool,
@@ -37,6 +39,16 @@ struct Cli {
     demo_reader_delay_ms: u64,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Validates a configuration file: each error and warning with file, line and the fix.
+    /// Exit 0 when posd would start with it (warnings allowed), 1 otherwise.
+    CheckConfig {
+        #[arg(default_value = "/etc/posd/posd.toml")]
+        path: PathBuf,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -45,6 +57,15 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::CheckConfig { path }) = &cli.command {
+        let findings = posd::config::check(path);
+        for f in &findings {
+            eprintln!("{}", f.render(path));
+        }
+        let errors = findings.iter().filter(|f| f.error).count();
+        println!("{}: {errors} errors, {} warnings", path.display(), findings.len() - errors);
+        return if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let options = posd::daemon::Options {
         demo: cli.demo,
         config: cli.config,

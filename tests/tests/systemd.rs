@@ -1,0 +1,118 @@
+//! The service files and what systemd sees of posd: the unit verifies and
+//! scores at most 2.0 exposure; check-config explains errors with file, line
+//! and fix; posd reports READY, STATUS and the watchdog over NOTIFY_SOCKET.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use posd_e2e::{Lane, bin, run};
+
+fn systemd_file(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd").join(name)
+}
+
+/// The unit with ExecStart pointing at the freshly built posd.
+fn unit_for_checks(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(systemd_file("posd.service")).unwrap();
+    let patched = text.replace("ExecStart=/usr/bin/posd", &format!("ExecStart={}", bin("posd").display()));
+    assert_ne!(text, patched, "the unit's ExecStart is /usr/bin/posd");
+    let path = dir.join("posd.service");
+    std::fs::write(&path, patched).unwrap();
+    path
+}
+
+#[test]
+fn the_unit_verifies_cleanly_and_is_hardened_to_at_most_2_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_for_checks(dir.path());
+    let (st, out, err) = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
+    assert!(st.success(), "systemd-analyze verify failed: {out}{err}");
+    assert!(err.trim().is_empty(), "systemd-analyze verify warned: {err}");
+    let (st, out, err) = run(Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit));
+    assert!(st.success(), "{err}");
+    let line = out.lines().find(|l| l.contains("Overall exposure level")).expect("an exposure line");
+    let score: f64 = line.split("posd.service:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{out}");
+    let unit_text = std::fs::read_to_string(systemd_file("posd.service")).unwrap();
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "User=posd",
+        "DevicePolicy=closed",
+        "ProtectSystem=strict",
+        "StateDirectory=posd",
+        "ConfigurationDirectory=posd",
+        "RuntimeDirectory=posd",
+        "SupplementaryGroups=dialout lp",
+    ] {
+        assert!(unit_text.contains(key), "the unit lacks {key}");
+    }
+}
+
+#[test]
+fn the_companion_files_name_what_the_unit_needs() {
+    let sysusers = std::fs::read_to_string(systemd_file("posd.sysusers")).unwrap();
+    for line in ["u posd", "m posd dialout", "m posd lp", "g posd-clients"] {
+        assert!(sysusers.contains(line), "sysusers lacks {line}");
+    }
+    let udev = std::fs::read_to_string(systemd_file("60-posd.rules")).unwrap();
+    assert!(udev.contains("ENV{ID_MM_DEVICE_IGNORE}=\"1\"") && udev.contains("SYMLINK+=\"pos/lane1-reader\""));
+    assert!(std::fs::read_to_string(systemd_file("posd.tmpfiles")).unwrap().contains("/etc/posd/credentials"));
+}
+
+#[test]
+fn check_config_accepts_the_example_and_warns_about_absent_devices() {
+    let (st, out, err) = run(Command::new(bin("posd")).arg("check-config").arg(systemd_file("posd.toml")));
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("0 errors"), "{out}");
+    assert!(err.contains("warning: lane lane-1: the reader device /dev/pos/lane1-reader does not exist"), "{err}");
+    assert!(err.contains("fix:"), "{err}");
+}
+
+#[test]
+fn check_config_names_file_line_and_fix_for_each_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.toml");
+    let example = std::fs::read_to_string(systemd_file("posd.toml")).unwrap();
+    std::fs::write(&path, example.replace("[gateway]\n", "[gateway]\nretries = 3\n")).unwrap();
+    let (st, _, err) = run(Command::new(bin("posd")).arg("check-config").arg(&path));
+    assert_eq!(st.code(), Some(1));
+    let line = example.lines().position(|l| l == "[gateway]").unwrap() + 2;
+    assert!(err.contains(&format!("posd.toml:{line}:1: error: unknown field `retries`")), "{err}");
+    assert!(err.contains("fix: remove the key"), "{err}");
+    std::fs::write(&path, example.replace("https://gateway.example.net:443", "http://gateway.example.net")).unwrap();
+    let (st, _, err) = run(Command::new(bin("posd")).arg("check-config").arg(&path));
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("plain http:// is allowed only on loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn posd_tells_systemd_it_is_ready_its_status_and_pets_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut lane = Lane::start(&[]);
+    lane.kill_posd();
+    lane.posd_env = vec![
+        ("NOTIFY_SOCKET".into(), socket_path.to_string_lossy().into_owned()),
+        ("WATCHDOG_USEC".into(), "2000000".into()),
+    ];
+    lane.start_posd();
+    let mut seen = String::new();
+    let deadline = Instant::now() + posd_e2e::PATIENCE;
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1") && seen.contains("STATUS=readers 1/1 connected")) {
+        assert!(Instant::now() < deadline, "systemd messages so far: {seen}");
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(seen.contains("STATUS=readers"), "{seen}");
+    lane.finish();
+}
