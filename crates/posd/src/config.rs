@@ -32,6 +32,29 @@ pub struct Config {
     pub report: ReportConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Logging (RUST_LOG, when set, wins).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace (default info).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// The `[log] level` of a config file, read before logging starts.
+pub fn log_level(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    value.get("log")?.get("level")?.as_str().map(str::to_string)
 }
 
 /// Who may do what through the register API.

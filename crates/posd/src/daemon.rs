@@ -62,6 +62,7 @@ fn demo_config(o: &Options) -> Config {
         store: Default::default(),
         report: Default::default(),
         api: Default::default(),
+        log: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
 //! - [`daemon`]: start-up, demo mode and serving.
 
+pub mod admin;
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -47,16 +47,49 @@ enum Command {
         #[arg(default_value = "/etc/posd/posd.toml")]
         path: PathBuf,
     },
+    /// Copies the live database to PATH (SQLite online backup; safe while posd runs).
+    Backup { path: PathBuf },
+    /// Prints the payments of business days FROM..=TO (YYYY-MM-DD) as CSV.
+    Export {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Exits 3 (and says how many) while offline payments wait to be forwarded;
+    /// the package's removal script runs it so a queue is never thrown away.
+    CheckQueue,
+}
+
+/// Logging: to journald (structured fields) when systemd runs posd, in human
+/// form on a terminal. The level comes from RUST_LOG, else the config's
+/// `[log] level`, else info.
+fn init_logging(config: Option<&std::path::Path>) {
+    use tracing_subscriber::prelude::*;
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| config.and_then(posd::config::log_level))
+        .unwrap_or_else(|| "info".into());
+    let directives = if level.contains('=') { level } else { format!("posd={level},pos_link={level}") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "posd=info".into());
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some().then(tracing_journald::layer).and_then(Result::ok);
+    match journald {
+        Some(layer) => tracing_subscriber::registry().with(filter).with(layer).init(),
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "posd=info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.config.as_deref());
     if let Some(Command::CheckConfig { path }) = &cli.command {
         let findings = posd::config::check(path);
         for f in &findings {
@@ -65,6 +98,31 @@ async fn main() -> ExitCode {
         let errors = findings.iter().filter(|f| f.error).count();
         println!("{}: {errors} errors, {} warnings", path.display(), findings.len() - errors);
         return if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    if let Some(cmd) = &cli.command {
+        let located = posd::admin::locate(cli.config.as_deref(), cli.state_dir.as_deref());
+        let result = located.and_then(|(dir, report)| match cmd {
+            Command::Backup { path } => posd::admin::backup(&dir, path).map(|m| (m, 0)),
+            Command::Export { from, to } => posd::admin::export(&dir, &report, from, to).map(|csv| (csv, 0)),
+            Command::CheckQueue => posd::admin::unsent(&dir).map(|n| match n {
+                0 => ("no offline payments are waiting".to_string(), 0),
+                n => (format!("{n} offline payments are not yet forwarded; keep posd running until they are"), 3),
+            }),
+            Command::CheckConfig { .. } => unreachable!("handled above"),
+        });
+        return match result {
+            Ok((text, code)) => {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+                ExitCode::from(code)
+            }
+            Err(e) => {
+                eprintln!("posd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let options = posd::daemon::Options {
         demo: cli.demo,
