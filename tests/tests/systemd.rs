@@ -116,3 +116,39 @@ async fn posd_tells_systemd_it_is_ready_its_status_and_pets_the_watchdog() {
     assert!(seen.contains("STATUS=readers"), "{seen}");
     lane.finish();
 }
+
+#[tokio::test]
+async fn the_api_on_a_unix_socket_is_group_only_and_posctl_reaches_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut lane = Lane::start(&[]);
+    lane.kill_posd();
+    let socket = lane.dir.path().join("posd.sock");
+    // The harness config listens on TCP; this posd listens on the socket instead.
+    let mut cmd = lane.posd_command();
+    cmd.args(["--listen", &format!("unix:{}", socket.display())]);
+    let (mut posd, addr) = posd_e2e::Proc::start(cmd, &lane.posd_log(), "posd listening on ");
+    assert_eq!(addr, format!("unix:{}", socket.display()));
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the API socket is for the owner and posd-clients only");
+    let deadline = Instant::now() + posd_e2e::PATIENCE;
+    loop {
+        let (st, out, err) = run(Command::new(bin("posctl")).args(["--addr", &addr, "status", "--json"]));
+        assert!(st.success(), "posctl over the Unix socket: {out}{err}");
+        if out.contains("\"reader_connected\": true") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (st, out, _) = run(Command::new(bin("posctl")).args(["--addr", &addr, "pay", "4.00"]));
+    assert!(st.success(), "{out}");
+    let (_, out, _) = run(Command::new(bin("posctl")).args(["--addr", &addr, "payments", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = v["payments"][0]["payment_id"].as_str().unwrap().to_string();
+    let (_, out, _) = run(Command::new(bin("posctl")).args(["--addr", &addr, "payment", &id, "--json"]));
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cause = p["history"][0]["cause"].as_str().unwrap();
+    assert!(cause.contains("unix uid="), "the audit log names the Unix peer: {cause}");
+    posd.kill();
+    lane.finish();
+}

@@ -27,7 +27,7 @@ const EXIT_REFUSED: u8 = 4;
     after_help = "Exit codes: 0 success (pay: approved), 1 not approved, 2 invalid arguments, 3 posd unreachable, 4 request refused by posd."
 )]
 struct Cli {
-    /// posd's address (HOST:PORT).
+    /// posd's address: HOST:PORT or unix:PATH (e.g. unix:/run/posd/posd.sock).
     #[arg(long, env = "POSD_ADDR", default_value = "127.0.0.1:50051", global = true)]
     addr: String,
     /// Print JSON for scripts instead of text.
@@ -152,12 +152,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Connects to posd at HOST:PORT, http(s)://HOST:PORT, or unix:PATH.
 async fn connect(addr: &str) -> Result<PaymentTerminalClient<Channel>, Failure> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Failure(EXIT_UNREACHABLE, format!("cannot reach posd at {addr}: {e} (is it running? see --addr / POSD_ADDR)"))
+    };
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let path = path.to_string();
+        // The URI is required by the API but unused: the connector dials the socket.
+        let endpoint = tonic::transport::Endpoint::from_static("http://posd.local");
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        return Ok(PaymentTerminalClient::new(channel));
+    }
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let endpoint = Channel::from_shared(url).map_err(|e| Failure(EXIT_USAGE, format!("--addr {addr:?}: {e}")))?;
-    let channel = endpoint.connect().await.map_err(|e| {
-        Failure(EXIT_UNREACHABLE, format!("cannot reach posd at {addr}: {e} (is it running? see --addr / POSD_ADDR)"))
-    })?;
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     Ok(PaymentTerminalClient::new(channel))
 }
 
