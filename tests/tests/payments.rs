@@ -241,9 +241,17 @@ async fn reader_unplugged_mid_collection_fails_clearly_and_is_not_approved() {
     assert!(!p.approved);
     assert_eq!(p.failure.as_ref().unwrap().code, "reader_disconnected");
     assert!(lane.ledger().is_empty());
-    // The reader comes back: posd reconnects by itself.
+    // The reader comes back: posd reconnects by itself, and says so.
     lane.start_reader();
     lane.ready().await;
+    let mut client = lane.client().await;
+    let kinds = eventually("reader events", async || {
+        let events = posd_e2e::events_from(&mut client, 0, None).await;
+        let kinds: Vec<String> = events.into_iter().filter(|e| e.kind.starts_with("reader_")).map(|e| e.kind).collect();
+        (kinds.len() >= 3).then_some(kinds)
+    })
+    .await;
+    assert_eq!(kinds[..3], ["reader_connected", "reader_disconnected", "reader_connected"]);
     lane.responses.push(format!("{events:?}"));
     lane.finish();
 }

@@ -1394,12 +1394,14 @@ impl Engine {
         let mut ageing = tokio::time::interval(f.ageing_interval);
         let mut was_online: Option<bool> = None;
         let mut last_recorded = 0i64;
+        let mut readers: HashMap<String, bool> = HashMap::new();
         loop {
             tokio::select! {
                 _ = health.tick() => self.gateway.probe().await,
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
                     self.age_queue(&f);
+                    self.report_readers(&mut readers);
                     self.heartbeat.store(now_ms(), Ordering::Relaxed);
                     continue;
                 }
@@ -1424,6 +1426,26 @@ impl Engine {
                 if let Err(e) = self.store.set_meta(LAST_ONLINE, last_recorded) {
                     tracing::warn!(error = %e, "cannot record the gateway's last contact");
                 }
+            }
+        }
+    }
+
+    /// Emits an event when a lane's reader connects or disconnects (the lane
+    /// task reopens an unplugged device by itself, with backoff).
+    fn report_readers(&self, seen: &mut HashMap<String, bool>) {
+        for lane in self.lanes.values() {
+            let state = lane.reader_state();
+            let before = seen.insert(lane.id.clone(), state.connected);
+            if before.is_some_and(|b| b != state.connected) || (before.is_none() && state.connected) {
+                let (kind, message) = if state.connected {
+                    (
+                        "reader_connected",
+                        format!("card reader {} (firmware {}) connected", state.serial, state.firmware),
+                    )
+                } else {
+                    ("reader_disconnected", format!("card reader on {} disconnected; reopening", lane.line))
+                };
+                self.emit(kind, &lane.id, "", message);
             }
         }
     }
