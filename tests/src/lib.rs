@@ -65,7 +65,8 @@ impl Proc {
         (proc, rest)
     }
 
-    fn wait_line(&mut self, prefix: &str) -> Option<String> {
+    /// The rest of the next stdout line starting with `prefix` (lines before it are skipped).
+    pub fn wait_line(&mut self, prefix: &str) -> Option<String> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -294,6 +295,11 @@ impl Lane {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The rest of posd's next stdout line starting with `prefix`.
+    pub fn posd_line(&mut self, prefix: &str) -> Option<String> {
+        self.posd.as_mut().expect("posd running").wait_line(prefix)
     }
 
     pub fn posd_pid(&self) -> u32 {

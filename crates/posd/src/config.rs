@@ -34,6 +34,16 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback address for `GET /metrics`, e.g. "127.0.0.1:9464"; unset: no metrics.
+    pub listen: Option<String>,
 }
 
 /// Logging (RUST_LOG, when set, wins).
@@ -310,6 +320,12 @@ impl Config {
         crate::report::ReportSettings::new(&self.report.time_zone, &self.report.cutover)?;
         if o.batch_size == 0 || o.batch_size > 1000 {
             anyhow::bail!("[offline] batch_size must be 1 to 1000, not {}", o.batch_size);
+        }
+        if let Some(m) = &self.metrics.listen {
+            let ok = m.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+            if !ok {
+                anyhow::bail!("[metrics] listen must be a loopback HOST:PORT such as 127.0.0.1:9464, not {m:?}");
+            }
         }
         if let Some(rest) = self.gateway.url.strip_prefix("http://") {
             let host = rest.split(['/', ':']).next().unwrap_or("");

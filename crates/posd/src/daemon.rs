@@ -63,6 +63,7 @@ fn demo_config(o: &Options) -> Config {
         report: Default::default(),
         api: Default::default(),
         log: Default::default(),
+        metrics: Default::default(),
     }
 }
 
@@ -199,6 +200,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     tokio::spawn(engine.clone().monitor());
     tokio::spawn(engine.clone().gateway_events());
 
+    let metrics_addr = match &cfg.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+            let actual = listener.local_addr()?;
+            tokio::spawn(crate::metrics::serve(listener, engine.clone()));
+            Some(actual)
+        }
+        None => None,
+    };
     let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
     let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(
         engine.clone(),
@@ -244,6 +256,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
         restrict_socket(path)?;
         announce(&format!("unix:{path}"), demo_banner, &demo_notes);
+        if let Some(m) = metrics_addr {
+            println!("posd metrics on http://{m}/metrics");
+        }
         tokio::spawn(supervise(engine.clone()));
         tokio::select! {
             r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown) => r?,
@@ -261,6 +276,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let actual = listener.local_addr()?;
         announce(&actual.to_string(), demo_banner, &demo_notes);
+        if let Some(m) = metrics_addr {
+            println!("posd metrics on http://{m}/metrics");
+        }
         tokio::spawn(supervise(engine.clone()));
         tokio::select! {
             r = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown) => r?,

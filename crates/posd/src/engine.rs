@@ -140,6 +140,7 @@ pub struct Engine {
     store_failed: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
     heartbeat: std::sync::atomic::AtomicI64,
+    latencies: crate::metrics::Latencies,
 }
 
 /// A register's view of a payment stream: the payment now, and what follows.
@@ -167,6 +168,7 @@ impl Engine {
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
             heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
+            latencies: Default::default(),
         })
     }
 
@@ -188,6 +190,10 @@ impl Engine {
 
     pub fn demo(&self) -> bool {
         self.settings.demo
+    }
+
+    pub fn latencies(&self) -> &crate::metrics::Latencies {
+        &self.latencies
     }
 
     /// True while the main loops run and the database works: the watchdog's question.
@@ -443,6 +449,10 @@ impl Engine {
         let settled = rec.status.is_settled_for_register();
         if settled {
             self.free_lane(rec);
+            if self.live.lock().unwrap().contains_key(&rec.id) {
+                let took = (now_ms() - rec.created_at_ms).max(0) as u64;
+                self.latencies.end_to_end.observe(Duration::from_millis(took));
+            }
         }
         self.publish(rec, stage, message);
         if settled {
@@ -535,13 +545,17 @@ impl Engine {
         };
         let deadline = tokio::time::sleep(self.settings.collect_timeout);
         tokio::pin!(deadline);
+        let asked = std::time::Instant::now();
         let outcome = loop {
             tokio::select! {
                 ev = reader.recv() => match ev {
                     Some(ReaderEvent::Progress { stage, text }) => {
                         self.publish(&rec, convert::reader_stage(stage), text);
                     }
-                    Some(ReaderEvent::Card(card)) => break Ok(card),
+                    Some(ReaderEvent::Card(card)) => {
+                        self.latencies.reader.observe(asked.elapsed());
+                        break Ok(card);
+                    }
                     Some(ReaderEvent::Failed { reason: FailReason::Canceled, .. }) => {
                         break Err(Input::Cancel { by: "the customer at the reader".into() });
                     }
@@ -602,7 +616,12 @@ impl Engine {
             .await?;
         let rec = self.step(&rec, Input::Sending, Update::default()).await?;
         let request = self.authorize_request(&rec, &info, blob);
-        match self.gateway.authorize(request).await {
+        let sent = std::time::Instant::now();
+        let outcome = self.gateway.authorize(request).await;
+        if !matches!(outcome, AuthOutcome::NotSent(_)) {
+            self.latencies.gateway.observe(sent.elapsed());
+        }
+        match outcome {
             AuthOutcome::Answer(tx) => {
                 failpoint::hit("online_after_response");
                 if !self.apply_answer(&rec, tx).await? {

@@ -20,5 +20,6 @@ pub mod engine;
 pub mod failpoint;
 pub mod gateway;
 pub mod lane;
+pub mod metrics;
 pub mod report;
 pub mod store;

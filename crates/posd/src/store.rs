@@ -614,6 +614,14 @@ impl Store {
         Ok(())
     }
 
+    /// Payments per status.
+    pub fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The newest event's cursor (0 when there is none).
     pub fn last_event_cursor(&self) -> Result<i64, StoreError> {
         Ok(self.conn().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)

@@ -1,0 +1,137 @@
+//! Prometheus text metrics on an optional loopback address: payments by
+//! status, the offline queue, device and gateway states, and latency
+//! histograms (card reader, gateway, end to end).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine::Engine;
+
+const BOUNDS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS_MS.len()],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        for (bound, bucket) in BOUNDS_MS.iter().zip(&self.buckets) {
+            if ms <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (bound, bucket) in BOUNDS_MS.iter().zip(&self.buckets) {
+            out.push_str(&format!(
+                "{name}_bucket{{le=\"{}\"}} {}\n",
+                *bound as f64 / 1000.0,
+                bucket.load(Ordering::Relaxed)
+            ));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!("{name}_sum {}\n", self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0));
+        out.push_str(&format!("{name}_count {count}\n"));
+    }
+}
+
+/// The latencies the engine records.
+#[derive(Default)]
+pub struct Latencies {
+    /// From asking the reader for a card to its card result.
+    pub reader: Histogram,
+    /// One authorization call to the gateway.
+    pub gateway: Histogram,
+    /// From the register's request to its answer.
+    pub end_to_end: Histogram,
+}
+
+/// The metrics text.
+pub fn render(engine: &Engine) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP posd_payments Payments in the database by status.\n# TYPE posd_payments gauge\n");
+    for (status, n) in engine.store().count_by_status().unwrap_or_default() {
+        out.push_str(&format!("posd_payments{{status=\"{status}\"}} {n}\n"));
+    }
+    if let Ok(s) = engine.sync_report() {
+        out.push_str("# HELP posd_offline_queue_depth Offline approvals not yet settled with the gateway.\n");
+        out.push_str(&format!("# TYPE posd_offline_queue_depth gauge\nposd_offline_queue_depth {}\n", s.queue_depth));
+        out.push_str("# HELP posd_offline_oldest_age_seconds Age of the oldest unsent offline payment.\n");
+        out.push_str(&format!(
+            "# TYPE posd_offline_oldest_age_seconds gauge\nposd_offline_oldest_age_seconds {}\n",
+            s.oldest_age.as_secs()
+        ));
+        out.push_str("# HELP posd_gateway_online 1 while the central gateway answers.\n");
+        out.push_str(&format!("# TYPE posd_gateway_online gauge\nposd_gateway_online {}\n", u8::from(s.online)));
+    }
+    out.push_str(
+        "# HELP posd_reader_connected 1 while a lane's card reader is connected.\n# TYPE posd_reader_connected gauge\n",
+    );
+    out.push_str("# HELP posd_printer_connected 1 while a lane's printer answers (printing is not implemented yet).\n");
+    out.push_str("# TYPE posd_printer_connected gauge\n");
+    for lane in engine.lanes() {
+        out.push_str(&format!(
+            "posd_reader_connected{{lane=\"{}\"}} {}\n",
+            lane.id,
+            u8::from(lane.reader_state().connected)
+        ));
+        out.push_str(&format!("posd_printer_connected{{lane=\"{}\"}} 0\n", lane.id));
+    }
+    let l = engine.latencies();
+    l.reader.render("posd_reader_latency_seconds", "From asking the reader for a card to its result.", &mut out);
+    l.gateway.render("posd_gateway_latency_seconds", "One authorization call to the gateway.", &mut out);
+    l.end_to_end.render("posd_payment_latency_seconds", "From the register's request to its answer.", &mut out);
+    out
+}
+
+/// Serves `GET /metrics` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut len = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if read != Ok(true) {
+                return;
+            }
+            let request = String::from_utf8_lossy(&buf[..len]);
+            let response = if request.starts_with("GET /metrics ") {
+                let body = render(&engine);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
