@@ -319,3 +319,28 @@ async fn end_of_day_closes_the_batch_with_the_gateway() {
     assert!(lane.events().await.iter().any(|e| e.kind == "batch_closed"));
     lane.finish();
 }
+
+#[tokio::test]
+async fn a_refund_whose_answer_times_out_is_settled_by_repeating_it_under_the_same_key() {
+    let mut lane = Lane::start_with(&[], 300);
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-refund-timeout", 2_000).await);
+    lane.fault("hang");
+    let mut client = lane.client().await;
+    let req = pb::RefundPaymentRequest {
+        idempotency_key: "r-timeout".into(),
+        payment_id: p.payment_id.clone(),
+        amount_minor: 500,
+        reason: String::new(),
+    };
+    let err = client.refund_payment(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{}", err.message());
+    assert!(err.message().contains("same idempotency key"), "{}", err.message());
+    lane.fault("none");
+    let settled = client.refund_payment(req.clone()).await.unwrap().into_inner();
+    assert_eq!(settled.status, pb::RefundStatus::Succeeded as i32);
+    let again = client.refund_payment(req).await.unwrap().into_inner();
+    assert_eq!(again.refund_id, settled.refund_id);
+    assert_eq!(charge(&lane.ledger(), 2_000)["refunded_minor"], 500, "refunded once");
+    lane.finish();
+}

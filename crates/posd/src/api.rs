@@ -90,6 +90,7 @@ impl From<EngineError> for Status {
             EngineError::NotFound(m) => rich(Code::NotFound, "NOT_FOUND", m, None),
             EngineError::FailedPrecondition(reason, m) => rich(Code::FailedPrecondition, reason, m, None),
             EngineError::Unavailable(reason, m) => rich(Code::Unavailable, reason, m, None),
+            EngineError::DeadlineExceeded(reason, m) => rich(Code::DeadlineExceeded, reason, m, None),
             EngineError::Store(e) => store_status(e),
         }
     }

@@ -40,6 +40,9 @@ pub enum EngineError {
     /// posd or the gateway cannot serve it now; the reason is a stable code.
     #[error("{1}")]
     Unavailable(&'static str, String),
+    /// The gateway did not answer in time; the outcome is unknown.
+    #[error("{1}")]
+    DeadlineExceeded(&'static str, String),
     #[error("payment storage failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -1074,13 +1077,10 @@ impl Engine {
             ),
             Err(crate::gateway::CallError::Refused(m)) => (false, Some(("gateway_rejected".to_string(), m))),
             Err(crate::gateway::CallError::Unknown(m)) => {
-                return Err(EngineError::Unavailable(
-                    "OUTCOME_UNKNOWN",
-                    format!(
-                        "the refund's outcome is unknown ({m}); call again with the same idempotency key to learn it (refund {})",
-                        refund.id
-                    ),
-                ));
+                return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
+            }
+            Err(crate::gateway::CallError::TimedOut(m)) => {
+                return Err(EngineError::DeadlineExceeded("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
             }
         };
         let (kind, message) = match &failure {
@@ -1602,6 +1602,12 @@ impl Engine {
     }
 }
 
+fn unknown_refund(why: &str, refund_id: &str) -> String {
+    format!(
+        "the refund's outcome is unknown ({why}); call again with the same idempotency key to learn it (refund {refund_id})"
+    )
+}
+
 fn call_error(e: crate::gateway::CallError) -> EngineError {
     match e {
         crate::gateway::CallError::NotSent(m) => EngineError::Unavailable(
@@ -1614,6 +1620,10 @@ fn call_error(e: crate::gateway::CallError) -> EngineError {
         crate::gateway::CallError::Unknown(m) => EngineError::Unavailable(
             "OUTCOME_UNKNOWN",
             format!("no answer from the gateway ({m}); repeating the same request is safe"),
+        ),
+        crate::gateway::CallError::TimedOut(m) => EngineError::DeadlineExceeded(
+            "OUTCOME_UNKNOWN",
+            format!("the gateway did not answer in time ({m}); repeating the same request is safe"),
         ),
     }
 }

@@ -56,6 +56,8 @@ pub enum CallError {
     Refused(String),
     /// It may have been processed; repeating the same call is safe.
     Unknown(String),
+    /// No answer in time; it may have been processed; repeating it is safe.
+    TimedOut(String),
 }
 
 fn is_auth_error(code: tonic::Code) -> bool {
@@ -181,7 +183,7 @@ impl Gateway {
         match r {
             Err(_) => {
                 self.set_online(false);
-                Err(CallError::Unknown(format!("no answer within {:?}", self.settings.request_timeout)))
+                Err(CallError::TimedOut(format!("no answer within {:?}", self.settings.request_timeout)))
             }
             Ok(Ok(resp)) => {
                 self.set_online(true);
