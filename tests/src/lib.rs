@@ -126,6 +126,9 @@ pub struct Lane {
     pub extra_config: String,
     /// Environment for the next posd start (e.g. `POSD_FAILPOINT`).
     pub posd_env: Vec<(String, String)>,
+    gateway_scheme: &'static str,
+    gateway_host: String,
+    extra_ca: Option<PathBuf>,
 }
 
 impl Lane {
@@ -158,6 +161,33 @@ impl Lane {
         Self::build_with(reader_args, gateway_timeout_ms, reader_tcp, "", true)
     }
 
+    /// A lane whose gateway speaks TLS with a certificate from a private CA
+    /// that posd is configured to trust (`[gateway] ca_file`).
+    pub fn start_with_tls_gateway() -> Lane {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "posd test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("gw.pem"), dir.path().join("gw.key"));
+        std::fs::write(&ca, ca_cert.pem()).unwrap();
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        let mut lane = Self::build_inner(dir, &[], 1500, false, "", true, Some((cert, key)));
+        lane.gateway_scheme = "https";
+        lane.gateway_host = "localhost".into();
+        lane.extra_ca = Some(ca);
+        lane.start_posd();
+        lane
+    }
+
     fn build_with(
         reader_args: &[&str],
         gateway_timeout_ms: u64,
@@ -166,8 +196,26 @@ impl Lane {
         gateway_up: bool,
     ) -> Lane {
         let dir = tempfile::tempdir().unwrap();
+        let mut lane =
+            Self::build_inner(dir, reader_args, gateway_timeout_ms, reader_tcp, extra_config, gateway_up, None);
+        lane.start_posd();
+        lane
+    }
+
+    fn build_inner(
+        dir: tempfile::TempDir,
+        reader_args: &[&str],
+        gateway_timeout_ms: u64,
+        reader_tcp: bool,
+        extra_config: &str,
+        gateway_up: bool,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Lane {
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
+        if let Some((cert, key)) = &tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         let log = dir.path().join("gateway-sim.log");
         let (mut gateway, gateway_addr) = Proc::start(cmd, &log, "gateway-sim listening on ");
         let control_addr = gateway.wait_line("gateway-sim control on ").expect("control address");
@@ -186,13 +234,15 @@ impl Lane {
             reader_addr: String::new(),
             extra_config: String::new(),
             posd_env: Vec::new(),
+            gateway_scheme: "http",
+            gateway_host: "127.0.0.1".into(),
+            extra_ca: None,
         };
         lane.extra_config = extra_config.to_string();
         if !gateway_up {
             lane.fault("down");
         }
         lane.start_reader();
-        lane.start_posd();
         lane
     }
 
@@ -241,13 +291,18 @@ impl Lane {
     pub fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("posd.toml");
         let text = format!(
-            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n\n[gateway]\nurl = \"http://{gw}\"\n\
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
              request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
              reader = {reader}\n\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
              ageing_interval = \"50ms\"\n{extra}\n",
             state = self.state_dir(),
-            gw = self.gateway_addr,
+            gw = match self.gateway_addr.rsplit_once(':') {
+                Some((_, port)) => format!("{}:{port}", self.gateway_host),
+                None => self.gateway_addr.clone(),
+            },
             timeout = self.gateway_timeout_ms,
+            scheme = self.gateway_scheme,
+            ca = self.extra_ca.as_ref().map(|c| format!("ca_file = {c:?}\n")).unwrap_or_default(),
             extra = self.extra_config,
             reader = if self.reader_tcp {
                 format!("{{ tcp = {:?} }}", self.reader_addr)

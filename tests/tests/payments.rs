@@ -449,3 +449,13 @@ async fn invalid_requests_name_the_field() {
     assert!(lane.ledger().is_empty());
     lane.finish();
 }
+
+#[tokio::test]
+async fn an_https_gateway_with_a_private_ca_takes_payments_over_tls() {
+    let mut lane = Lane::start_with_tls_gateway();
+    lane.ready().await;
+    let p = final_payment(&lane.pay("k-tls", 1234).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}

@@ -34,6 +34,8 @@ pub struct Options {
     pub control: String,
     pub db: PathBuf,
     pub base_key: BaseKey,
+    /// Serve TLS with this certificate chain and key (PEM).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A running simulator.
@@ -62,7 +64,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let service = service::GatewayService::new(ledger.clone(), faults.subscribe(), opts.base_key, events.subscribe());
     let (listening_tx, listening) = watch::channel(false);
     tokio::spawn(control::serve(control, control::Controls { faults: faults.clone(), ledger, events, listening }));
-    tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe(), listening_tx));
+    let tls = opts.tls.map(|(cert, key)| {
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key))
+    });
+    tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe(), listening_tx, tls));
     Ok(Running { listen_addr, control_addr, faults })
 }
 
@@ -74,6 +79,7 @@ async fn supervise(
     service: service::GatewayService,
     mut faults: watch::Receiver<Fault>,
     listening: watch::Sender<bool>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) {
     let mut listener = Some(first);
     loop {
@@ -90,12 +96,20 @@ async fn supervise(
         listening.send_replace(true);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let svc = GatewayServer::new(service.clone());
-        let server = tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
-            TcpListenerStream::new(l),
-            async {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = match builder.tls_config(tls.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid TLS certificate or key");
+                    return;
+                }
+            };
+        }
+        let server =
+            tokio::spawn(builder.add_service(svc).serve_with_incoming_shutdown(TcpListenerStream::new(l), async {
                 let _ = stop_rx.await;
-            },
-        ));
+            }));
         if faults.wait_for(|f| *f == Fault::Down).await.is_err() {
             return;
         }

@@ -26,6 +26,12 @@ struct Cli {
     /// Ledger database file (created if missing).
     #[arg(long, default_value = "gateway-sim.db")]
     db: PathBuf,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// File with the card-encryption base key (32 bytes or 64 hex digits);
     /// default: the built-in test key the simulated readers use.
     #[arg(long)]
@@ -128,6 +134,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 control: cli.control,
                 db: cli.db,
                 base_key,
+                tls: match (&cli.tls_cert, &cli.tls_key) {
+                    (Some(c), Some(k)) => Some((
+                        std::fs::read(c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?,
+                        std::fs::read(k).map_err(|e| anyhow::anyhow!("{}: {e}", k.display()))?,
+                    )),
+                    _ => None,
+                },
             })
             .await?;
             println!("gateway-sim listening on {}", running.listen_addr);

@@ -33,6 +33,7 @@ async fn rebound_replayed_and_repeated_requests() {
         control: "127.0.0.1:0".into(),
         db: dir.path().join("ledger.db"),
         base_key: BaseKey::test_key(),
+        tls: None,
     })
     .await
     .unwrap();

@@ -193,6 +193,10 @@ pub struct GatewayConfig {
     /// Status queries after a lost answer before a reversal is queued.
     #[serde(default = "default_status_attempts")]
     pub status_attempts: u32,
+    /// PEM file of the CA that signed a private gateway's certificate (https only);
+    /// unset: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

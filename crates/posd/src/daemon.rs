@@ -50,6 +50,7 @@ fn demo_config(o: &Options) -> Config {
             connect_timeout_ms: 3000,
             request_timeout_ms: o.gateway_timeout_ms.unwrap_or(30_000),
             status_attempts: 3,
+            ca_file: None,
         },
         lanes: vec![LaneConfig {
             id: "lane-1".into(),
@@ -121,6 +122,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 control: "127.0.0.1:0".into(),
                 db: cfg.state_dir.join("gateway-sim.db"),
                 base_key: pos_cardcrypt::BaseKey::test_key(),
+                tls: None,
             })
             .await?;
             cfg.gateway.url = format!("http://{}", sim.listen_addr);
@@ -158,6 +160,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         url: cfg.gateway.url.clone(),
         connect_timeout: cfg.gateway.connect_timeout(),
         request_timeout: cfg.gateway.request_timeout(),
+        ca_pem: cfg
+            .gateway
+            .ca_file
+            .as_ref()
+            .map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("[gateway] ca_file {}: {e}", p.display())))
+            .transpose()?,
     })?);
     let mut lanes = Vec::new();
     for l in &cfg.lanes {

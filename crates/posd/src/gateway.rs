@@ -22,6 +22,8 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     /// How long to wait for an answer once a request is sent.
     pub request_timeout: Duration,
+    /// A private CA for an https gateway (PEM); otherwise the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// What came of an authorization request.
@@ -83,6 +85,15 @@ impl Gateway {
             .http2_keep_alive_interval(Duration::from_secs(15))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let endpoint = if settings.url.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = &settings.ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("gateway TLS settings: {e}"))?
+        } else {
+            endpoint
+        };
         Ok(Self { endpoint, settings, online: watch::Sender::new(false), last_error: Default::default() })
     }
 

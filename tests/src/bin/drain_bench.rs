@@ -88,6 +88,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
         control: "127.0.0.1:0".into(),
         db: dir.path().join("ledger.db"),
         base_key: BaseKey::test_key(),
+        tls: None,
     })
     .await
     .expect("gateway-sim");
@@ -99,6 +100,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
             url: format!("http://{}", sim.listen_addr),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
+            ca_pem: None,
         })
         .unwrap(),
     );
