@@ -153,8 +153,6 @@ pub enum Input {
     Cancel { by: String },
     /// The authorization request is about to go out.
     Sending,
-    /// The gateway could not be reached; the request never left posd.
-    NotSent { message: String },
     /// The gateway approved.
     Approved { captured: bool },
     /// The gateway declined.
@@ -247,12 +245,6 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (CardRead, Input::Sending) => {
             t(Authorizing, "authorization request sent to the gateway".into(), None, vec![SendAuthorization])
         }
-        (CardRead | Authorizing, Input::NotSent { message }) => t(
-            Failed,
-            format!("gateway unreachable, nothing sent: {message}"),
-            reason("gateway_unreachable", format!("The payment gateway cannot be reached: {message}")),
-            vec![ShowResult { approved: false }],
-        ),
         (CardRead | Authorizing, Input::ApprovedOffline) => t(
             OfflineApproved,
             "gateway unreachable, nothing sent; approved offline and queued for forwarding".into(),
@@ -360,7 +352,6 @@ mod tests {
             Input::CollectFailed { code: "c".into(), message: "m".into() },
             Input::Cancel { by: "register".into() },
             Input::Sending,
-            Input::NotSent { message: "m".into() },
             Input::Approved { captured: true },
             Input::Approved { captured: false },
             Input::Declined { code: "generic_decline".into(), message: "m".into() },
@@ -407,9 +398,10 @@ mod tests {
     }
 
     #[test]
-    fn not_sent_is_only_possible_before_the_answer_is_in_doubt() {
-        assert!(next(Status::Unknown, &Input::NotSent { message: "x".into() }).is_err());
-        assert_eq!(next(Status::CardRead, &Input::NotSent { message: "x".into() }).unwrap().to, Status::Failed);
+    fn an_offline_refusal_is_only_possible_before_the_answer_is_in_doubt() {
+        let refused = Input::OfflineRefused { code: "amount_over_limit".into(), message: "x".into() };
+        assert!(next(Status::Unknown, &refused).is_err());
+        assert_eq!(next(Status::CardRead, &refused).unwrap().to, Status::Failed);
     }
 
     #[test]

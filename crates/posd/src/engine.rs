@@ -787,7 +787,7 @@ impl Engine {
     }
 
     /// Finishes what a previous run left: called once before serving.
-    pub async fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
         let unsent = self.store.queue_summary()?.count;
         if unsent > 0 {
             tracing::warn!(unsent, "offline payments are waiting to be forwarded");
@@ -809,10 +809,7 @@ impl Engine {
                     let rec = if rec.status == Status::Authorizing {
                         let input =
                             Input::AnswerLost { message: "posd restarted while waiting for the gateway".into() };
-                        match self.step(&rec, input, Update::default()).await {
-                            Ok(r) => r,
-                            Err(e) => return Err(store_error(e)),
-                        }
+                        self.step(&rec, input, Update::default()).await?
                     } else {
                         rec
                     };
@@ -835,7 +832,7 @@ impl Engine {
                 }
                 Recovery::None => Ok(()),
             };
-            result.map_err(store_error)?;
+            result?;
         }
         Ok(())
     }
@@ -1632,13 +1629,6 @@ fn step_error(e: StepError) -> EngineError {
     match e {
         StepError::Store(s) => EngineError::Store(s),
         StepError::Refused(t) => EngineError::FailedPrecondition("WRONG_STATE", t.to_string()),
-    }
-}
-
-fn store_error(e: StepError) -> StoreError {
-    match e {
-        StepError::Store(s) => s,
-        StepError::Refused(t) => StoreError::Conflict { id: String::new(), expected: t.from, actual: t.from },
     }
 }
 

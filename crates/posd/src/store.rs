@@ -932,10 +932,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Payments a restart must look at: not final, oldest first.
+    /// Payments a restart must act on (their status has a recovery), oldest first.
     pub fn unfinished(&self) -> Result<Vec<PaymentRecord>, StoreError> {
-        let unfinished: Vec<&str> =
-            pos_engine::Status::ALL.iter().filter(|s| !s.is_final()).map(|s| s.as_str()).collect();
+        let unfinished: Vec<&str> = Status::ALL
+            .iter()
+            .filter(|s| pos_engine::recovery(**s) != pos_engine::Recovery::None)
+            .map(|s| s.as_str())
+            .collect();
         let marks = (1..=unfinished.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
         let conn = self.conn();
         let mut stmt = conn
