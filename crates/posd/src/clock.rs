@@ -46,16 +46,19 @@ impl AgeClock {
         self.base_ms + self.base.elapsed().as_millis() as i64
     }
 
-    /// Logs a wall-clock jump once per jump and persists the high-water mark.
-    pub fn check(&self, store: &Store) {
-        let now = self.now_ms();
-        let drift = now_ms() - now;
+    /// Logs a wall-clock jump, once per jump. No I/O.
+    pub fn check(&self) {
+        let drift = now_ms() - self.now_ms();
         let mut last = self.last_logged_drift.lock().unwrap();
         if drift.abs() > JUMP_MS && (drift - *last).abs() > JUMP_MS {
             tracing::warn!(drift_s = drift / 1000, "wall clock jumped; queued payments age by the monotonic clock");
             *last = drift;
         }
-        if let Err(e) = store.set_meta(HIGH_WATER, now) {
+    }
+
+    /// Persists the high-water mark a restart resumes from.
+    pub fn persist(&self, store: &Store) {
+        if let Err(e) = store.set_meta(HIGH_WATER, self.now_ms()) {
             tracing::warn!(error = %e, "cannot persist the ageing clock");
         }
     }
@@ -74,7 +77,8 @@ mod tests {
         store.set_meta(HIGH_WATER, later).unwrap();
         let clock = AgeClock::start(&store);
         assert!(clock.now_ms() >= later);
-        clock.check(&store);
+        clock.check();
+        clock.persist(&store);
         assert!(store.meta(HIGH_WATER).unwrap().unwrap() >= later, "the high-water mark never goes back");
     }
 

@@ -122,6 +122,7 @@ pub struct SyncReport {
 }
 
 const LAST_ONLINE: &str = "gateway_last_online_ms";
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Engine {
     store: Arc<Store>,
@@ -144,6 +145,8 @@ pub struct Engine {
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
     heartbeat: std::sync::atomic::AtomicI64,
     latencies: crate::metrics::Latencies,
+    /// When the monitor last persisted the clock and checkpointed the WAL.
+    last_housekeeping: Mutex<Option<std::time::Instant>>,
 }
 
 /// A register's view of a payment stream: the payment now, and what follows.
@@ -172,6 +175,7 @@ impl Engine {
             store_failed: AtomicBool::new(false),
             heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
             latencies: Default::default(),
+            last_housekeeping: Mutex::new(None),
         })
     }
 
@@ -1467,7 +1471,7 @@ impl Engine {
     }
 
     fn age_queue(&self, f: &ForwardSettings) {
-        self.clock.check(&self.store);
+        self.clock.check();
         let now = self.clock.now_ms();
         // Expire what is too old to forward.
         match self.store.queued_before(now - f.expire_after.as_millis() as i64) {
@@ -1540,8 +1544,21 @@ impl Engine {
                 AgeLevel::Fresh | AgeLevel::Expire => {}
             }
         }
-        // Card data of settled payments must not linger in the WAL.
-        self.store.checkpoint();
+        // Housekeeping with disk writes, at most once a minute: the ageing
+        // clock's high-water mark, and a WAL checkpoint so the card data of
+        // settled payments does not linger there.
+        let due = {
+            let mut last = self.last_housekeeping.lock().unwrap();
+            let due = last.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            self.clock.persist(&self.store);
+            self.store.checkpoint();
+        }
     }
 
     /// Follows the gateway's event stream (its webhooks), applying each
