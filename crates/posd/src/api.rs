@@ -28,20 +28,21 @@ impl TerminalApi {
     }
 
     fn payment_with_history(&self, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
-        let history = self.engine.store().history(&rec.id).map_err(store_status)?;
-        let refunds = self.engine.store().refunds_of(&rec.id).map_err(store_status)?;
-        Ok(convert::with_refunds(convert::payment(rec, &history), &refunds))
+        stored_payment(self.engine.store(), rec)
     }
+}
 
-    fn event_now(&self, rec: &PaymentRecord) -> Result<pb::PaymentEvent, Status> {
-        Ok(pb::PaymentEvent {
-            payment_id: rec.id.clone(),
-            stage: convert::stage(rec.status) as i32,
-            message: convert::status_message(rec),
-            payment: Some(self.payment_with_history(rec)?),
-            at: Some(convert::timestamp(crate::store::now_ms())),
-        })
-    }
+/// A payment as the API shows it: with its audit history and refunds.
+fn stored_payment(store: &crate::store::Store, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
+    let history = store.history(&rec.id).map_err(store_status)?;
+    let refunds = store.refunds_of(&rec.id).map_err(store_status)?;
+    Ok(convert::with_refunds(convert::payment(rec, &history), &refunds))
+}
+
+/// The event that tells a register where a payment stands now.
+fn event_now(store: &crate::store::Store, rec: &PaymentRecord) -> Result<pb::PaymentEvent, Status> {
+    let payment = stored_payment(store, rec)?;
+    Ok(convert::payment_event(rec, convert::stage(rec.status), convert::status_message(rec), payment))
 }
 
 /// The error domain in every `google.rpc.ErrorInfo` posd sends.
@@ -296,7 +297,7 @@ impl PaymentTerminal for TerminalApi {
                 caller: who.description,
             })
             .await?;
-        let first = self.event_now(&attached.payment)?;
+        let first = event_now(self.engine.store(), &attached.payment)?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();
         let id = attached.payment.id.clone();
@@ -319,16 +320,7 @@ impl PaymentTerminal for TerminalApi {
                 // The stream closed without a final event (a storage failure):
                 // send the payment as stored.
                 if let Ok(Some(rec)) = engine.store().get(&id) {
-                    let history = engine.store().history(&id).unwrap_or_default();
-                    let _ = tx
-                        .send(Ok(pb::PaymentEvent {
-                            payment_id: id.clone(),
-                            stage: convert::stage(rec.status) as i32,
-                            message: convert::status_message(&rec),
-                            payment: Some(convert::payment(&rec, &history)),
-                            at: Some(convert::timestamp(crate::store::now_ms())),
-                        }))
-                        .await;
+                    let _ = tx.send(event_now(engine.store(), &rec)).await;
                 }
             });
         }

@@ -246,3 +246,19 @@ pub fn with_refunds(mut p: pb::Payment, refunds: &[crate::store::RefundRecord]) 
     p.refunds = refunds.iter().map(refund).collect();
     p
 }
+
+/// A progress event of a payment.
+pub fn payment_event(
+    r: &PaymentRecord,
+    stage: pb::PaymentStage,
+    message: String,
+    payment: pb::Payment,
+) -> pb::PaymentEvent {
+    pb::PaymentEvent {
+        payment_id: r.id.clone(),
+        stage: stage as i32,
+        message,
+        payment: Some(payment),
+        at: Some(timestamp(crate::store::now_ms())),
+    }
+}

@@ -474,13 +474,7 @@ impl Engine {
             } else {
                 vec![]
             };
-            let _ = l.events.send(pb::PaymentEvent {
-                payment_id: rec.id.clone(),
-                stage: stage as i32,
-                message,
-                payment: Some(convert::payment(rec, &history)),
-                at: Some(convert::timestamp(now_ms())),
-            });
+            let _ = l.events.send(convert::payment_event(rec, stage, message, convert::payment(rec, &history)));
         }
     }
 

@@ -49,16 +49,20 @@ pub enum BatchOutcome {
     LinkError { message: String, auth: bool },
 }
 
-/// Why a capture, void or refund call did not succeed.
-#[derive(Debug)]
+/// Why a capture, void, refund or reversal call did not succeed.
+#[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The request never left posd.
+    #[error("not sent: {0}")]
     NotSent(String),
     /// The gateway refused it (wrong state, unknown key, bad amount).
+    #[error("refused by the gateway: {0}")]
     Refused(String),
     /// It may have been processed; repeating the same call is safe.
+    #[error("outcome unknown: {0}")]
     Unknown(String),
     /// No answer in time; it may have been processed; repeating it is safe.
+    #[error("no answer in time: {0}")]
     TimedOut(String),
 }
 
@@ -315,16 +319,9 @@ impl Gateway {
         }
     }
 
-    pub async fn reverse(&self, req: ReverseRequest) -> Result<Transaction, String> {
-        let mut client = self.connect().await?;
-        match tokio::time::timeout(self.settings.request_timeout, client.reverse(req)).await {
-            Err(_) => Err(format!("no answer within {:?}", self.settings.request_timeout)),
-            Ok(Ok(resp)) => {
-                self.set_online(true);
-                Ok(resp.into_inner())
-            }
-            Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
-        }
+    pub async fn reverse(&self, req: ReverseRequest) -> Result<Transaction, CallError> {
+        let mut client = self.connect().await.map_err(CallError::NotSent)?;
+        self.finish(tokio::time::timeout(self.settings.request_timeout, client.reverse(req)).await)
     }
 }
 
