@@ -282,28 +282,18 @@ impl Engine {
         }
         let now = now_ms();
         let candidate = PaymentRecord {
-            id: format!("pay_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
-            idempotency_key: req.idempotency_key.clone(),
             order_reference: req.order_reference.clone(),
-            terminal_id: req.terminal_id.clone(),
-            amount_minor: req.amount_minor,
-            currency: req.currency.clone(),
             manual_capture: req.manual_capture,
-            status: Status::Created,
-            gateway_key: pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()),
-            card: None,
-            reason_code: String::new(),
-            reason_message: String::new(),
-            auth_code: String::new(),
-            gateway_reference: String::new(),
             demo: self.settings.demo,
-            created_at_ms: now,
-            updated_at_ms: now,
-            offline: false,
-            queued_at_ms: None,
-            forward_attempts: 0,
-            last_error: String::new(),
-            captured_minor: 0,
+            ..PaymentRecord::created(
+                format!("pay_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+                req.idempotency_key.clone(),
+                pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()),
+                req.terminal_id.clone(),
+                req.amount_minor,
+                req.currency.clone(),
+                now,
+            )
         };
         let created = match self.store.insert_or_get(&candidate, &req.caller) {
             Ok(Ok(created)) => created,

@@ -119,6 +119,44 @@ fn row_to_refund(r: &Row<'_>) -> rusqlite::Result<RefundRecord> {
     })
 }
 
+impl PaymentRecord {
+    /// A new payment in CREATED: no card, no outcome, not queued.
+    pub fn created(
+        id: String,
+        idempotency_key: String,
+        gateway_key: String,
+        terminal_id: String,
+        amount_minor: i64,
+        currency: String,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            idempotency_key,
+            order_reference: String::new(),
+            terminal_id,
+            amount_minor,
+            currency,
+            manual_capture: false,
+            status: Status::Created,
+            gateway_key,
+            card: None,
+            reason_code: String::new(),
+            reason_message: String::new(),
+            auth_code: String::new(),
+            gateway_reference: String::new(),
+            demo: false,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            offline: false,
+            queued_at_ms: None,
+            forward_attempts: 0,
+            last_error: String::new(),
+            captured_minor: 0,
+        }
+    }
+}
+
 /// One entry of the register's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
@@ -981,28 +1019,16 @@ mod tests {
 
     fn sample(key: &str) -> PaymentRecord {
         PaymentRecord {
-            id: format!("pay_{key}"),
-            idempotency_key: key.into(),
             order_reference: "order-1".into(),
-            terminal_id: "lane-1".into(),
-            amount_minor: 1234,
-            currency: "EUR".into(),
-            manual_capture: false,
-            status: Status::Created,
-            gateway_key: format!("gw-{key}"),
-            card: None,
-            reason_code: String::new(),
-            reason_message: String::new(),
-            auth_code: String::new(),
-            gateway_reference: String::new(),
-            demo: false,
-            created_at_ms: now_ms(),
-            updated_at_ms: now_ms(),
-            offline: false,
-            queued_at_ms: None,
-            forward_attempts: 0,
-            last_error: String::new(),
-            captured_minor: 0,
+            ..PaymentRecord::created(
+                format!("pay_{key}"),
+                key.into(),
+                format!("gw-{key}"),
+                "lane-1".into(),
+                1234,
+                "EUR".into(),
+                now_ms(),
+            )
         }
     }
 

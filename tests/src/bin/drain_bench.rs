@@ -27,30 +27,15 @@ fn seed(store: &Store, n: usize) {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let gateway_key = pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes());
-        let rec = PaymentRecord {
-            id: format!("pay_bench_{i:06}"),
-            idempotency_key: format!("bench-{i}"),
-            order_reference: String::new(),
-            terminal_id: "lane-1".into(),
-            amount_minor: 1000 + 100 * (i as i64 % 50),
-            currency: "EUR".into(),
-            manual_capture: false,
-            status: Status::Created,
+        let rec = PaymentRecord::created(
+            format!("pay_bench_{i:06}"),
+            format!("bench-{i}"),
             gateway_key,
-            card: None,
-            reason_code: String::new(),
-            reason_message: String::new(),
-            auth_code: String::new(),
-            gateway_reference: String::new(),
-            demo: false,
-            created_at_ms: now_ms(),
-            updated_at_ms: now_ms(),
-            offline: false,
-            queued_at_ms: None,
-            forward_attempts: 0,
-            last_error: String::new(),
-            captured_minor: 0,
-        };
+            "lane-1".into(),
+            1000 + 100 * (i as i64 % 50),
+            "EUR".into(),
+            now_ms(),
+        );
         store.insert_or_get(&rec, "bench").expect("insert").expect("new payment");
         let binding = Binding {
             amount_minor: rec.amount_minor,
