@@ -115,6 +115,8 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
             },
         },
     );
+    // The monitor's health check tells the forwarder the gateway is up, as in posd.
+    tokio::spawn(engine.clone().monitor());
     tokio::spawn(engine.clone().forwarder());
     let start = Instant::now();
     engine.sync_now();
