@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! CREATED -> COLLECTING -(card read, stored)-> CARD_READ -(about to send)-> AUTHORIZING
-//! COLLECTING -> CANCELED | FAILED          CARD_READ | AUTHORIZING -(not sent)-> FAILED
+//! COLLECTING -> CANCELED | FAILED          CARD_READ | AUTHORIZING -(not sent, offline refused)-> FAILED
 //! AUTHORIZING -> CAPTURED | AUTHORIZED | DECLINED
 //! AUTHORIZING -(answer lost)-> UNKNOWN -(status query)-> CAPTURED | AUTHORIZED | DECLINED
 //! UNKNOWN -(still unknown)-> REVERSAL_PENDING -(acknowledged)-> REVERSED
