@@ -129,6 +129,60 @@ pub struct Lane {
     gateway_scheme: &'static str,
     gateway_host: String,
     extra_ca: Option<PathBuf>,
+    /// TLS settings for API clients, when posd serves the API over TLS.
+    pub api_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Extra top-level keys for posd's config (before any table).
+    pub top_config: String,
+    /// Extra keys for posd's `[gateway]` table.
+    pub gateway_config: String,
+    /// Extra posctl arguments (its `--tls-*` options).
+    pub posctl_args: Vec<String>,
+}
+
+/// A private certificate authority for tests, issuing PEM files.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate (PEM) and where it was written.
+    pub pem: String,
+    pub path: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        let path = dir.join(format!("{name}.pem").replace(' ', "-"));
+        std::fs::write(&path, &pem).unwrap();
+        TestCa { issuer: rcgen::Issuer::new(params, key), pem, path }
+    }
+
+    /// Issues a certificate for `names` (DNS names or IP addresses) with the
+    /// common name `cn`; writes `<stem>.pem` and `<stem>.key` into `dir`.
+    pub fn issue(&self, dir: &Path, stem: &str, cn: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// Client TLS settings that trust this CA, optionally with an identity.
+    pub fn client_tls(&self, identity: Option<&(PathBuf, PathBuf)>) -> tonic::transport::ClientTlsConfig {
+        let mut tls =
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&self.pem));
+        if let Some((c, k)) = identity {
+            tls = tls
+                .identity(tonic::transport::Identity::from_pem(std::fs::read(c).unwrap(), std::fs::read(k).unwrap()));
+        }
+        tls
+    }
 }
 
 impl Lane {
@@ -157,34 +211,31 @@ impl Lane {
         Self::build_with(reader_args, 1500, false, extra_config, false)
     }
 
+    /// Everything but posd, which the test starts (after setting its
+    /// environment, say) with [`Lane::start_posd`].
+    pub fn prepare(reader_args: &[&str], extra_config: &str) -> Lane {
+        Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, false, extra_config, true, &[])
+    }
+
     fn build(reader_args: &[&str], gateway_timeout_ms: u64, reader_tcp: bool) -> Lane {
         Self::build_with(reader_args, gateway_timeout_ms, reader_tcp, "", true)
     }
 
     /// A lane whose gateway speaks TLS with a certificate from a private CA
-    /// that posd is configured to trust (`[gateway] ca_file`).
-    pub fn start_with_tls_gateway() -> Lane {
+    /// that posd is configured to trust (`[gateway] ca_file`). With
+    /// `client_ca`, the gateway also requires client certificates from it.
+    pub fn start_with_tls_gateway(client_ca: Option<&Path>, extra_config: &str) -> Lane {
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "posd test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
-        let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("gw.pem"), dir.path().join("gw.key"));
-        std::fs::write(&ca, ca_cert.pem()).unwrap();
-        std::fs::write(&cert, leaf.pem()).unwrap();
-        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-        let mut lane = Self::build_inner(dir, &[], 1500, false, "", true, Some((cert, key)));
+        let ca = TestCa::new(dir.path(), "gateway CA");
+        let (cert, key) = ca.issue(dir.path(), "gw", "gateway", &["localhost"]);
+        let mut gateway_args = vec!["--tls-cert".into(), cert, "--tls-key".into(), key];
+        if let Some(c) = client_ca {
+            gateway_args.extend(["--tls-client-ca".into(), c.to_path_buf()]);
+        }
+        let mut lane = Self::build_inner(dir, &[], 1500, false, extra_config, true, &gateway_args);
         lane.gateway_scheme = "https";
         lane.gateway_host = "localhost".into();
-        lane.extra_ca = Some(ca);
-        lane.start_posd();
+        lane.extra_ca = Some(ca.path);
         lane
     }
 
@@ -197,7 +248,7 @@ impl Lane {
     ) -> Lane {
         let dir = tempfile::tempdir().unwrap();
         let mut lane =
-            Self::build_inner(dir, reader_args, gateway_timeout_ms, reader_tcp, extra_config, gateway_up, None);
+            Self::build_inner(dir, reader_args, gateway_timeout_ms, reader_tcp, extra_config, gateway_up, &[]);
         lane.start_posd();
         lane
     }
@@ -209,13 +260,11 @@ impl Lane {
         reader_tcp: bool,
         extra_config: &str,
         gateway_up: bool,
-        tls: Option<(PathBuf, PathBuf)>,
+        gateway_args: &[PathBuf],
     ) -> Lane {
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
-        if let Some((cert, key)) = &tls {
-            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-        }
+        cmd.args(gateway_args);
         let log = dir.path().join("gateway-sim.log");
         let (mut gateway, gateway_addr) = Proc::start(cmd, &log, "gateway-sim listening on ");
         let control_addr = gateway.wait_line("gateway-sim control on ").expect("control address");
@@ -237,6 +286,10 @@ impl Lane {
             gateway_scheme: "http",
             gateway_host: "127.0.0.1".into(),
             extra_ca: None,
+            api_tls: None,
+            posctl_args: Vec::new(),
+            gateway_config: String::new(),
+            top_config: String::new(),
         };
         lane.extra_config = extra_config.to_string();
         if !gateway_up {
@@ -291,7 +344,7 @@ impl Lane {
     pub fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("posd.toml");
         let text = format!(
-            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
+            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n{top}\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
              request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
              reader = {reader}\n\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
              ageing_interval = \"50ms\"\n{extra}\n",
@@ -301,8 +354,10 @@ impl Lane {
                 None => self.gateway_addr.clone(),
             },
             timeout = self.gateway_timeout_ms,
+            top = self.top_config,
             scheme = self.gateway_scheme,
-            ca = self.extra_ca.as_ref().map(|c| format!("ca_file = {c:?}\n")).unwrap_or_default(),
+            ca =
+                self.extra_ca.as_ref().map(|c| format!("ca_file = {c:?}\n")).unwrap_or_default() + &self.gateway_config,
             extra = self.extra_config,
             reader = if self.reader_tcp {
                 format!("{{ tcp = {:?} }}", self.reader_addr)
@@ -361,6 +416,12 @@ impl Lane {
         self.posd.as_ref().expect("posd running").child.id()
     }
 
+    /// Asks posd to stop, as systemd does: SIGTERM.
+    pub fn terminate_posd(&self) {
+        let (st, _, err) = run(Command::new("kill").args(["-TERM", &self.posd_pid().to_string()]));
+        assert!(st.success(), "kill -TERM posd: {err}");
+    }
+
     /// Waits for posd to end by itself (a failpoint, a signal) and returns
     /// its exit status. Async, so the test's own connections keep running.
     pub async fn wait_posd_exit(&mut self) -> std::process::ExitStatus {
@@ -404,7 +465,13 @@ impl Lane {
     }
 
     pub async fn client(&self) -> PaymentTerminalClient<Channel> {
-        PaymentTerminalClient::connect(format!("http://{}", self.posd_addr)).await.expect("connect to posd")
+        let url =
+            if self.posd_addr.contains("://") { self.posd_addr.clone() } else { format!("http://{}", self.posd_addr) };
+        let mut endpoint = Channel::from_shared(url).unwrap();
+        if let Some(tls) = &self.api_tls {
+            endpoint = endpoint.tls_config(tls.clone()).unwrap();
+        }
+        PaymentTerminalClient::new(endpoint.connect().await.expect("connect to posd"))
     }
 
     /// Waits until posd's reader link is up and posd has reached the gateway
@@ -449,7 +516,7 @@ impl Lane {
 
     /// Runs posctl against this lane's posd.
     pub fn posctl(&mut self, args: &[&str]) -> (ExitStatus, String, String) {
-        let r = run(Command::new(bin("posctl")).args(["--addr", &self.posd_addr]).args(args));
+        let r = run(Command::new(bin("posctl")).args(["--addr", &self.posd_addr]).args(&self.posctl_args).args(args));
         self.responses.push(r.1.clone());
         r
     }

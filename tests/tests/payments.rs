@@ -452,7 +452,8 @@ async fn invalid_requests_name_the_field() {
 
 #[tokio::test]
 async fn an_https_gateway_with_a_private_ca_takes_payments_over_tls() {
-    let mut lane = Lane::start_with_tls_gateway();
+    let mut lane = Lane::start_with_tls_gateway(None, "");
+    lane.start_posd();
     lane.ready().await;
     let p = final_payment(&lane.pay("k-tls", 1234).await);
     assert_eq!(status(&p), pb::PaymentStatus::Captured);

@@ -47,6 +47,7 @@ fn the_unit_verifies_cleanly_and_is_hardened_to_at_most_2_0() {
         "ConfigurationDirectory=posd",
         "RuntimeDirectory=posd",
         "SupplementaryGroups=dialout lp",
+        "LoadCredential=posd:/etc/posd/credentials",
     ] {
         assert!(unit_text.contains(key), "the unit lacks {key}");
     }
@@ -70,6 +71,36 @@ fn check_config_accepts_the_example_and_warns_about_absent_devices() {
     assert!(out.contains("0 errors"), "{out}");
     assert!(err.contains("warning: lane lane-1: the reader device /dev/pos/lane1-reader does not exist"), "{err}");
     assert!(err.contains("fix:"), "{err}");
+}
+
+#[test]
+fn check_config_finds_credentials_where_the_unit_loads_them_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.toml");
+    let example = std::fs::read_to_string(systemd_file("posd.toml")).unwrap();
+    let with_tls = example
+        .replace("listen = \"unix:/run/posd/posd.sock\"", "listen = \"0.0.0.0:50051\"")
+        .replace("# [api.tls]\n# cert_file", "[api.tls]\ncert_file")
+        .replace("# key_file", "key_file")
+        .replace("# client_ca_file", "client_ca_file");
+    std::fs::write(&path, &with_tls).unwrap();
+    let (st, out, err) =
+        run(Command::new(bin("posd")).arg("check-config").arg(&path).env_remove("CREDENTIALS_DIRECTORY"));
+    assert!(st.success(), "{out}{err}");
+    assert!(err.contains("[api.tls] key_file: /etc/posd/credentials/api.key does not exist"), "{err}");
+    assert!(err.contains("[api.tls] cert_file: /etc/posd/tls/posd.pem does not exist"), "{err}");
+
+    // TCP beyond loopback without TLS, or a key inline, is an error.
+    let open = with_tls.replace("[api.tls]\ncert_file", "# [api.tls]\n# cert_file");
+    let open = open.replace("\nkey_file", "\n# key_file").replace("\nclient_ca_file", "\n# client_ca_file");
+    std::fs::write(&path, open).unwrap();
+    let (st, _, err) = run(Command::new(bin("posd")).arg("check-config").arg(&path));
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("needs [api.tls]"), "{err}");
+    std::fs::write(&path, with_tls.replace("\"credential:posd_api.key\"", "\"-----BEGIN PRIVATE KEY-----\"")).unwrap();
+    let (st, _, err) = run(Command::new(bin("posd")).arg("check-config").arg(&path));
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("neither an absolute path nor credential:NAME"), "{err}");
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub struct Options {
     pub base_key: BaseKey,
     /// Serve TLS with this certificate chain and key (PEM).
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// With TLS: require client certificates signed by this CA (PEM).
+    pub client_ca: Option<Vec<u8>>,
 }
 
 /// A running simulator.
@@ -64,8 +66,13 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let service = service::GatewayService::new(ledger.clone(), faults.subscribe(), opts.base_key, events.subscribe());
     let (listening_tx, listening) = watch::channel(false);
     tokio::spawn(control::serve(control, control::Controls { faults: faults.clone(), ledger, events, listening }));
+    let client_ca = opts.client_ca;
     let tls = opts.tls.map(|(cert, key)| {
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key))
+        let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+        match client_ca {
+            Some(ca) => tls.client_ca_root(tonic::transport::Certificate::from_pem(ca)),
+            None => tls,
+        }
     });
     tokio::spawn(supervise(listener, listen_addr, service, faults.subscribe(), listening_tx, tls));
     Ok(Running { listen_addr, control_addr, faults })

@@ -32,6 +32,9 @@ struct Cli {
     /// The TLS certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// File with the card-encryption base key (32 bytes or 64 hex digits);
     /// default: the built-in test key the simulated readers use.
     #[arg(long)]
@@ -141,6 +144,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )),
                     _ => None,
                 },
+                client_ca: cli
+                    .tls_client_ca
+                    .as_ref()
+                    .map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+                    .transpose()?,
             })
             .await?;
             println!("gateway-sim listening on {}", running.listen_addr);

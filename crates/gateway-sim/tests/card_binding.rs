@@ -34,6 +34,7 @@ async fn rebound_replayed_and_repeated_requests() {
         db: dir.path().join("ledger.db"),
         base_key: BaseKey::test_key(),
         tls: None,
+        client_ca: None,
     })
     .await
     .unwrap();

@@ -27,14 +27,50 @@ const EXIT_REFUSED: u8 = 4;
     after_help = "Exit codes: 0 success (pay: approved), 1 not approved, 2 invalid arguments, 3 posd unreachable, 4 request refused by posd."
 )]
 struct Cli {
-    /// posd's address: HOST:PORT or unix:PATH (e.g. unix:/run/posd/posd.sock).
+    /// posd's address: HOST:PORT, https://HOST:PORT (TLS) or unix:PATH (e.g. unix:/run/posd/posd.sock).
     #[arg(long, env = "POSD_ADDR", default_value = "127.0.0.1:50051", global = true)]
     addr: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The register's credentials for posd's TLS API (an https:// address).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// CA certificate that signed posd's server certificate (PEM).
+    #[arg(long, env = "POSCTL_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), signed by the CA posd trusts for registers.
+    #[arg(long, env = "POSCTL_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, env = "POSCTL_TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn config(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, Failure> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        if self.tls_ca.is_none() && self.tls_cert.is_none() {
+            return Ok(None);
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Failure(EXIT_USAGE, format!("cannot read {}: {e}", p.display())))
+        };
+        let mut tls = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(tls))
+    }
 }
 
 #[derive(Subcommand)]
@@ -135,9 +171,28 @@ struct Failure(u8, String);
 
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
+        // A status with a source was made here from a broken connection
+        // (posd refused the TLS handshake, say): posd never answered.
+        if let Some(source) = std::error::Error::source(&s) {
+            return Failure(EXIT_UNREACHABLE, format!("posd closed the connection: {}", causes(source)));
+        }
         let code = if s.code() == tonic::Code::Unavailable { EXIT_UNREACHABLE } else { EXIT_REFUSED };
         Failure(code, format!("{:?}: {}", s.code(), s.message()))
     }
+}
+
+/// An error with its causes, "outer: inner: innermost", repeats left out.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = cause.source();
+    }
+    out
 }
 
 #[tokio::main]
@@ -153,10 +208,11 @@ async fn main() -> ExitCode {
 }
 
 /// Connects to posd at HOST:PORT, http(s)://HOST:PORT, or unix:PATH.
-async fn connect(addr: &str) -> Result<PaymentTerminalClient<Channel>, Failure> {
+async fn connect(addr: &str, tls: &TlsArgs) -> Result<PaymentTerminalClient<Channel>, Failure> {
     let unreachable = |e: &dyn std::fmt::Display| {
         Failure(EXIT_UNREACHABLE, format!("cannot reach posd at {addr}: {e} (is it running? see --addr / POSD_ADDR)"))
     };
+    let unreachable = |e: &tonic::transport::Error| unreachable(&causes(e));
     if let Some(path) = addr.strip_prefix("unix:") {
         let path = path.to_string();
         // The URI is required by the API but unused: the connector dials the socket.
@@ -173,7 +229,19 @@ async fn connect(addr: &str) -> Result<PaymentTerminalClient<Channel>, Failure> 
         return Ok(PaymentTerminalClient::new(channel));
     }
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = Channel::from_shared(url).map_err(|e| Failure(EXIT_USAGE, format!("--addr {addr:?}: {e}")))?;
+    let mut endpoint = Channel::from_shared(url).map_err(|e| Failure(EXIT_USAGE, format!("--addr {addr:?}: {e}")))?;
+    match tls.config()? {
+        Some(config) if addr.starts_with("https://") => {
+            endpoint = endpoint.tls_config(config).map_err(|e| Failure(EXIT_USAGE, format!("TLS settings: {e}")))?;
+        }
+        Some(_) => return Err(Failure(EXIT_USAGE, format!("--tls-* options need an https:// --addr, not {addr:?}"))),
+        None if addr.starts_with("https://") => {
+            endpoint = endpoint
+                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+                .map_err(|e| Failure(EXIT_USAGE, format!("TLS settings: {e}")))?;
+        }
+        None => {}
+    }
     let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     Ok(PaymentTerminalClient::new(channel))
 }
@@ -191,7 +259,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         _ => None,
     };
-    let mut client = connect(&cli.addr).await?;
+    let mut client = connect(&cli.addr, &cli.tls).await?;
     match cli.command {
         Command::Pay { currency, key, terminal, order, manual_capture, .. } => {
             let key = key.unwrap_or_else(|| format!("posctl-{}", random_suffix()));

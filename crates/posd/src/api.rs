@@ -97,8 +97,9 @@ impl From<EngineError> for Status {
     }
 }
 
-/// Who called: Unix peer credentials, or the TCP peer. `key` is what
-/// `refunds_allowed_from` matches ("uid=N" or "ip=ADDR").
+/// Who called: Unix peer credentials, the subject of a TLS client
+/// certificate, or the TCP peer. `key` is what `refunds_allowed_from`
+/// matches ("uid=N", "cn=NAME" or "ip=ADDR").
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub key: String,
@@ -113,6 +114,24 @@ pub fn caller<T>(request: &Request<T>) -> Caller {
         return Caller {
             key: format!("uid={}", cred.uid()),
             description: format!("unix uid={} gid={}{pid}", cred.uid(), cred.gid()),
+        };
+    }
+    let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+    if let Some(certs) = request.peer_certs()
+        && let Some(leaf) = certs.first()
+    {
+        // The TLS layer verified the chain; the subject names the register.
+        return match x509_parser::parse_x509_certificate(leaf) {
+            Ok((_, cert)) => {
+                let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or("");
+                Caller {
+                    key: format!("cn={cn}"),
+                    description: format!("tls subject \"{}\" from {peer}", cert.subject()),
+                }
+            }
+            Err(_) => {
+                Caller { key: "unknown".into(), description: format!("tls (unreadable certificate) from {peer}") }
+            }
         };
     }
     match request.remote_addr() {

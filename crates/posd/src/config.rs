@@ -36,6 +36,15 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// On stop, how long payments in progress may take to finish before those
+    /// still waiting for a card are canceled and the rest parked for recovery
+    /// (default 15s; keep it well below the unit's TimeoutStopSec=30s).
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Span,
+}
+
+fn default_stop_timeout() -> Span {
+    Span(crate::daemon::DEFAULT_STOP_TIMEOUT)
 }
 
 /// Prometheus metrics.
@@ -71,10 +80,98 @@ pub fn log_level(path: &Path) -> Option<String> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Callers allowed to refund: "uid=N" (Unix socket peer) or "ip=ADDR"
-    /// (TCP peer). Empty (the default): every caller may refund.
+    /// Callers allowed to refund: "uid=N" (Unix socket peer), "cn=NAME" (the
+    /// common name of a TLS client certificate) or "ip=ADDR" (plain TCP peer).
+    /// Empty (the default): every caller may refund.
     #[serde(default)]
     pub refunds_allowed_from: Vec<String>,
+    /// TLS for a TCP `listen` address, with required client certificates.
+    #[serde(default)]
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// The register API over TCP: posd's certificate, and the CA whose
+/// certificates registers must present (a client without one is refused).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// posd's certificate chain (PEM).
+    pub cert_file: FileRef,
+    /// posd's private key (PEM): a secret, best given as `credential:NAME`.
+    pub key_file: FileRef,
+    /// The CA that signs the registers' client certificates (PEM).
+    pub client_ca_file: FileRef,
+}
+
+/// A file posd reads at start: an absolute path, or `credential:NAME` for a
+/// credential systemd hands the service (`LoadCredential=`), read from
+/// `$CREDENTIALS_DIRECTORY/NAME`. Secrets (private keys) come only from files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct FileRef(pub String);
+
+/// The environment variable systemd sets for a service with credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The shipped unit's `LoadCredential=posd:/etc/posd/credentials` hands posd
+/// every file `F` of that directory as the credential `posd_F`.
+const CREDENTIALS_SOURCE: &str = "/etc/posd/credentials";
+const CREDENTIAL_PREFIX: &str = "posd_";
+
+impl FileRef {
+    /// Where the file is on this machine.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        match self.0.strip_prefix("credential:") {
+            Some(name) => {
+                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                    anyhow::bail!("{:?}: a credential name is a plain file name such as posd_api.key", self.0);
+                }
+                let dir = std::env::var_os(CREDENTIALS_DIRECTORY).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{:?} names a systemd credential, but posd was not given any (no ${CREDENTIALS_DIRECTORY}); \
+                         start posd through its unit, whose LoadCredential= loads /etc/posd/credentials",
+                        self.0
+                    )
+                })?;
+                Ok(Path::new(&dir).join(name))
+            }
+            None if Path::new(&self.0).is_absolute() => Ok(PathBuf::from(&self.0)),
+            None => anyhow::bail!("{:?}: write an absolute path, or credential:NAME for a systemd credential", self.0),
+        }
+    }
+
+    /// Checks the form only (absolute path or `credential:NAME`), not that the
+    /// file exists: `check-config` may run outside the service.
+    pub fn check_form(&self, key: &str) -> anyhow::Result<()> {
+        let ok = match self.0.strip_prefix("credential:") {
+            Some(name) => !name.is_empty() && !name.contains('/') && name != "." && name != "..",
+            None => Path::new(&self.0).is_absolute(),
+        };
+        if !ok {
+            anyhow::bail!(
+                "{key}: {:?} is neither an absolute path nor credential:NAME (a file systemd's LoadCredential= hands posd)",
+                self.0
+            );
+        }
+        Ok(())
+    }
+
+    /// Where `check-config`, run outside the service, finds the file: a
+    /// credential `posd_F` is the file `F` of /etc/posd/credentials.
+    fn installed_path(&self) -> Option<PathBuf> {
+        match self.0.strip_prefix("credential:") {
+            Some(name) if std::env::var_os(CREDENTIALS_DIRECTORY).is_none() => {
+                name.strip_prefix(CREDENTIAL_PREFIX).map(|f| Path::new(CREDENTIALS_SOURCE).join(f))
+            }
+            _ => self.path().ok(),
+        }
+    }
+
+    /// The file's contents, with an error that names the key and the file.
+    pub fn read(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        let path = self.path().map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        std::fs::read(&path).map_err(|e| anyhow::anyhow!("{key}: cannot read {}: {e}", path.display()))
+    }
 }
 
 /// Business days for reports.
@@ -196,7 +293,13 @@ pub struct GatewayConfig {
     /// PEM file of the CA that signed a private gateway's certificate (https only);
     /// unset: the system's trusted roots.
     #[serde(default)]
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<FileRef>,
+    /// posd's client certificate for a gateway that requires one (PEM; https only).
+    #[serde(default)]
+    pub client_cert_file: Option<FileRef>,
+    /// Its private key: a secret, best given as `credential:NAME`.
+    #[serde(default)]
+    pub client_key_file: Option<FileRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,6 +441,37 @@ impl Config {
                 anyhow::bail!("[gateway] url: plain http:// is allowed only on loopback; use https:// for {host}");
             }
         }
+        for (key, file) in self.files() {
+            file.check_form(key)?;
+        }
+        let g = &self.gateway;
+        if g.client_cert_file.is_some() != g.client_key_file.is_some() {
+            anyhow::bail!("[gateway] client_cert_file and client_key_file go together: give both or neither");
+        }
+        if (g.client_cert_file.is_some() || g.ca_file.is_some()) && !g.url.starts_with("https://") {
+            anyhow::bail!("[gateway] ca_file and client certificates apply to an https:// url only");
+        }
+        self.check_listen()
+    }
+
+    /// The API: a Unix socket, or TCP; TCP beyond loopback needs `[api.tls]`.
+    fn check_listen(&self) -> anyhow::Result<()> {
+        if self.listen.starts_with("unix:") {
+            if self.api.tls.is_some() {
+                anyhow::bail!("[api.tls] applies to a TCP listen address, not {:?}", self.listen);
+            }
+            return Ok(());
+        }
+        let addr: std::net::SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("listen {:?}: expected HOST:PORT or unix:PATH ({e})", self.listen))?;
+        if self.api.tls.is_none() && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "listen {addr}: the register API beyond loopback needs [api.tls] (server certificate, \
+                 key and the CA of the registers' client certificates), or listen on unix:PATH"
+            );
+        }
         Ok(())
     }
 }
@@ -432,6 +566,7 @@ pub fn check(path: &Path) -> Vec<Finding> {
         }
         if let Some(p) = &lane.printer
             && !Path::new(p).exists()
+            && !p.starts_with("tcp:")
         {
             findings.push(Finding {
                 error: false,
@@ -441,7 +576,51 @@ pub fn check(path: &Path) -> Vec<Finding> {
             });
         }
     }
+    findings.extend(cfg.files().into_iter().filter_map(|(key, file)| {
+        let found = file.installed_path();
+        let missing = match &found {
+            Some(p) => !p.exists(),
+            None => true,
+        };
+        missing.then(|| Finding {
+            error: false,
+            at: find(&text, &file.0),
+            message: match &found {
+                Some(p) => format!("{key}: {} does not exist on this machine", p.display()),
+                None => format!("{key}: the credential {:?} cannot be checked outside the service", file.0),
+            },
+            fix: if file.0.starts_with("credential:") {
+                format!(
+                    "put the file in {CREDENTIALS_SOURCE} (credential:{CREDENTIAL_PREFIX}F is the file F there; \
+                     mode 0600, owner root)"
+                )
+            } else {
+                "install the file, or correct the path".into()
+            },
+        })
+    }));
     findings
+}
+
+impl Config {
+    /// Every file the configuration names, with its key.
+    pub fn files(&self) -> Vec<(&'static str, &FileRef)> {
+        let g = &self.gateway;
+        let mut files: Vec<(&'static str, &FileRef)> = [
+            ("[gateway] ca_file", &g.ca_file),
+            ("[gateway] client_cert_file", &g.client_cert_file),
+            ("[gateway] client_key_file", &g.client_key_file),
+        ]
+        .into_iter()
+        .filter_map(|(k, f)| f.as_ref().map(|f| (k, f)))
+        .collect();
+        if let Some(t) = &self.api.tls {
+            files.push(("[api.tls] cert_file", &t.cert_file));
+            files.push(("[api.tls] key_file", &t.key_file));
+            files.push(("[api.tls] client_ca_file", &t.client_ca_file));
+        }
+        files
+    }
 }
 
 #[cfg(test)]
@@ -466,6 +645,44 @@ mod tests {
         let bad = text.replace("[gateway]", "[gateway]\nretries = 5");
         let err = toml::from_str::<Config>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `retries`"), "{err}");
+    }
+
+    #[test]
+    fn files_are_absolute_paths_or_systemd_credentials() {
+        for ok in ["/etc/posd/tls/posd.pem", "credential:posd_api.key"] {
+            FileRef(ok.into()).check_form("k").unwrap();
+        }
+        for bad in ["posd.pem", "credential:", "credential:../x", "credential:a/b", "-----BEGIN PRIVATE KEY-----"] {
+            assert!(FileRef(bad.into()).check_form("k").is_err(), "{bad}");
+        }
+        if std::env::var_os(CREDENTIALS_DIRECTORY).is_none() {
+            let installed = FileRef("credential:posd_api.key".into()).installed_path();
+            assert_eq!(installed, Some(PathBuf::from("/etc/posd/credentials/api.key")));
+        }
+    }
+
+    #[test]
+    fn the_api_beyond_loopback_needs_tls() {
+        let base = r#"
+            state_dir = "/var/lib/posd"
+            listen = "LISTEN"
+            [gateway]
+            url = "https://gateway.example:443"
+            [[lane]]
+            id = "lane-1"
+            currency = "EUR"
+            reader = { tcp = "127.0.0.1:9" }
+        "#;
+        let tls =
+            "\n[api.tls]\ncert_file = \"/c.pem\"\nkey_file = \"credential:posd_k\"\nclient_ca_file = \"/ca.pem\"\n";
+        let cfg =
+            |listen: &str, extra: &str| toml::from_str::<Config>(&(base.replace("LISTEN", listen) + extra)).unwrap();
+        assert!(cfg("127.0.0.1:50051", "").validate().is_ok());
+        assert!(cfg("unix:/run/posd/posd.sock", "").validate().is_ok());
+        let open = cfg("0.0.0.0:50051", "").validate().unwrap_err().to_string();
+        assert!(open.contains("needs [api.tls]"), "{open}");
+        assert!(cfg("0.0.0.0:50051", tls).validate().is_ok());
+        assert!(cfg("unix:/run/posd/posd.sock", tls).validate().is_err());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct Options {
     pub demo_reader_delay_ms: u64,
 }
 
+/// How long a graceful stop waits for payments in progress (`stop_timeout`).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long a graceful stop waits for connected clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -51,6 +54,8 @@ fn demo_config(o: &Options) -> Config {
             request_timeout_ms: o.gateway_timeout_ms.unwrap_or(30_000),
             status_attempts: 3,
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         },
         lanes: vec![LaneConfig {
             id: "lane-1".into(),
@@ -65,6 +70,7 @@ fn demo_config(o: &Options) -> Config {
         api: Default::default(),
         log: Default::default(),
         metrics: Default::default(),
+        stop_timeout: crate::config::Span(DEFAULT_STOP_TIMEOUT),
     }
 }
 
@@ -123,6 +129,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 db: cfg.state_dir.join("gateway-sim.db"),
                 base_key: pos_cardcrypt::BaseKey::test_key(),
                 tls: None,
+                client_ca: None,
             })
             .await?;
             cfg.gateway.url = format!("http://{}", sim.listen_addr);
@@ -160,12 +167,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         url: cfg.gateway.url.clone(),
         connect_timeout: cfg.gateway.connect_timeout(),
         request_timeout: cfg.gateway.request_timeout(),
-        ca_pem: cfg
-            .gateway
-            .ca_file
-            .as_ref()
-            .map(|p| std::fs::read(p).map_err(|e| anyhow::anyhow!("[gateway] ca_file {}: {e}", p.display())))
-            .transpose()?,
+        ca_pem: cfg.gateway.ca_file.as_ref().map(|f| f.read("[gateway] ca_file")).transpose()?,
+        identity: match (&cfg.gateway.client_cert_file, &cfg.gateway.client_key_file) {
+            (Some(c), Some(k)) => Some((c.read("[gateway] client_cert_file")?, k.read("[gateway] client_key_file")?)),
+            _ => None,
+        },
     })?);
     let mut lanes = Vec::new();
     for l in &cfg.lanes {
@@ -236,18 +242,39 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             .register_encoded_file_descriptor_set(pos_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.api.tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        // Client certificates are required: a register without one signed by
+        // client_ca_file fails the handshake and never reaches the API.
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                t.cert_file.read("[api.tls] cert_file")?,
+                t.key_file.read("[api.tls] key_file")?,
+            ))
+            .client_ca_root(Certificate::from_pem(t.client_ca_file.read("[api.tls] client_ca_file")?))
+            .client_auth_optional(false);
+        server = server.tls_config(tls).map_err(|e| anyhow::anyhow!("[api.tls]: {e}"))?;
+    }
+    let router = server
         .add_service(service)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    // A signal starts a graceful stop; clients still connected after the
-    // grace period (a register holding an event stream) do not hold posd up.
+    // A signal starts a graceful stop: new payments are refused, payments in
+    // progress finish or are parked (within `stop_timeout`), then the API
+    // closes; clients still connected after a short grace period (a register
+    // holding an event stream) do not hold posd up.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-        let _ = stop_tx.send(true);
+    tokio::spawn({
+        let engine = engine.clone();
+        let bound = cfg.stop_timeout.0;
+        async move {
+            shutdown_signal().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            engine.drain(bound).await;
+            let _ = stop_tx.send(true);
+        }
     });
     let stopping = |grace: Duration| {
         let mut rx = stop_rx.clone();
@@ -273,6 +300,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
         }
     } else {
+        let scheme = if cfg.api.tls.is_some() { "https://" } else { "" };
         let addr: SocketAddr = cfg
             .listen
             .parse()
@@ -283,7 +311,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let actual = listener.local_addr()?;
-        announce(&actual.to_string(), demo_banner, &demo_notes);
+        announce(&format!("{scheme}{actual}"), demo_banner, &demo_notes);
         if let Some(m) = metrics_addr {
             println!("posd metrics on http://{m}/metrics");
         }

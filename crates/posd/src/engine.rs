@@ -142,6 +142,8 @@ pub struct Engine {
     sync: Mutex<SyncState>,
     /// Set when a database write failed: new payments are refused (fail closed).
     store_failed: AtomicBool,
+    /// Set when posd begins to stop: new payments are refused.
+    stopping: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
     heartbeat: std::sync::atomic::AtomicI64,
     latencies: crate::metrics::Latencies,
@@ -173,6 +175,7 @@ impl Engine {
             clock,
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
             latencies: Default::default(),
             last_housekeeping: Mutex::new(None),
@@ -265,6 +268,13 @@ impl Engine {
         if let Some(existing) = self.store.get_by_key(&req.idempotency_key)? {
             compare(&existing, &req)?;
             return Ok(self.attach(existing));
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(EngineError::Unavailable(
+                "SHUTTING_DOWN",
+                "posd is stopping (a restart or shutdown of the service); take the payment again once it is back"
+                    .into(),
+            ));
         }
         if self.store_failed.load(Ordering::SeqCst) {
             return Err(EngineError::Unavailable(
@@ -1581,6 +1591,48 @@ impl Engine {
             tracing::debug!(%reason, "gateway event stream interrupted; reconnecting");
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(f.retry_max);
+        }
+    }
+
+    /// The first part of a graceful stop: refuses new payments and lets those
+    /// in progress finish within `bound`. Payments still waiting for a card
+    /// then are canceled (nothing was charged); any still waiting for the
+    /// gateway are left as they are stored, and the next start settles them
+    /// by status query, as after a power cut.
+    pub async fn drain(&self, bound: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let running = |engine: &Self| engine.live.lock().unwrap().keys().cloned().collect::<Vec<_>>();
+        let first = running(self);
+        if first.is_empty() {
+            return;
+        }
+        tracing::info!(payments = ?first, bound = ?bound, "stopping: waiting for payments in progress");
+        let deadline = tokio::time::Instant::now() + bound;
+        while !running(self).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for id in running(self) {
+            let Ok(Some(rec)) = self.store.get(&id) else { continue };
+            if matches!(rec.status, Status::Created | Status::Collecting) {
+                tracing::warn!(payment = %id, "stopping: canceling a payment still waiting for a card");
+                match self.cancel_payment(&id).await {
+                    Ok(_) => self.emit(
+                        "payment_canceled_on_stop",
+                        &rec.terminal_id,
+                        &id,
+                        format!("payment {id} still waited for a card when posd stopped; it was canceled, nothing was charged"),
+                    ),
+                    Err(e) => tracing::error!(payment = %id, error = %e, "stopping: cannot cancel"),
+                }
+            } else {
+                tracing::warn!(payment = %id, status = %rec.status, "stopping: payment parked; it is settled at the next start");
+                self.emit(
+                    "payment_parked_on_stop",
+                    &rec.terminal_id,
+                    &id,
+                    format!("payment {id} was {} when posd stopped; posd settles it when it starts again", rec.status),
+                );
+            }
         }
     }
 

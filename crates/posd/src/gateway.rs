@@ -24,6 +24,8 @@ pub struct GatewaySettings {
     pub request_timeout: Duration,
     /// A private CA for an https gateway (PEM); otherwise the system's roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// posd's client certificate and key (PEM) for a gateway that requires one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// What came of an authorization request.
@@ -94,6 +96,9 @@ impl Gateway {
             if let Some(pem) = &settings.ca_pem {
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
+            if let Some((cert, key)) = &settings.identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
             endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("gateway TLS settings: {e}"))?
         } else {
             endpoint
@@ -129,9 +134,10 @@ impl Gateway {
         }
     }
 
-    /// Health check: a status query for a key that never exists.
-    /// Any answer from the gateway, even a refusal of posd's credentials,
-    /// means it is reachable.
+    /// Health check: a status query for a key that never exists. Any answer
+    /// from the gateway itself, even a refusal of posd's credentials, means it
+    /// is reachable; a connection closed under the call (a TLS handshake the
+    /// gateway rejected, say) does not.
     pub async fn probe(&self) {
         let online = match self.connect().await {
             Err(_) => false,
@@ -140,7 +146,17 @@ impl Gateway {
                 match tokio::time::timeout(self.settings.request_timeout, client.get_transaction(req)).await {
                     Err(_) => false,
                     Ok(Ok(_)) => true,
-                    Ok(Err(s)) => !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded),
+                    Ok(Err(s)) => {
+                        // A status the gateway sent has no source; one made
+                        // from a broken connection carries its transport error.
+                        let answered = std::error::Error::source(&s).is_none()
+                            && !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded);
+                        if !answered {
+                            *self.last_error.lock().unwrap() =
+                                format!("{} did not answer: {}", self.settings.url, source_chain(&s));
+                        }
+                        answered
+                    }
                 }
             }
         };

@@ -74,6 +74,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
         db: dir.path().join("ledger.db"),
         base_key: BaseKey::test_key(),
         tls: None,
+        client_ca: None,
     })
     .await
     .expect("gateway-sim");
@@ -86,6 +87,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
             ca_pem: None,
+            identity: None,
         })
         .unwrap(),
     );
