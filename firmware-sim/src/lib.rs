@@ -5,4 +5,10 @@
 //!   the link layer; presents a configurable test card after configurable
 //!   human delays and encrypts the card data like a real P2PE reader.
 
+//! - [`printer`]: an ESC/POS receipt printer with status replies, a receive
+//!   buffer with XON/XOFF, run-time faults, and [`paper`], which renders each
+//!   job to text and PNG.
+
+pub mod paper;
+pub mod printer;
 pub mod reader;

@@ -3,6 +3,7 @@
 //! ```text
 //! firmware-sim reader --pty-link PATH [card options]   # a PTY; PATH links to its device
 //! firmware-sim reader --tcp ADDR [card options]        # a TCP listener (bare APDUs)
+//! firmware-sim printer --pty-link PATH | --tcp ADDR --out DIR [--control ADDR]
 //! ```
 
 use std::path::PathBuf;
@@ -31,6 +32,37 @@ struct Cli {
 enum Command {
     /// A host-authorized card reader speaking pos.reader.v1 over the link layer.
     Reader(ReaderArgs),
+    /// An ESC/POS receipt printer; each job is saved as text and PNG in --out.
+    Printer(PrinterArgs),
+}
+
+#[derive(Args)]
+struct PrinterArgs {
+    /// Create a PTY and a symlink at PATH to its device (a serial printer).
+    #[arg(long, value_name = "PATH", required_unless_present = "tcp", conflicts_with = "tcp")]
+    pty_link: Option<PathBuf>,
+    /// Listen on ADDR like a network printer (port 9100; port 0: any free port).
+    #[arg(long, value_name = "ADDR", required_unless_present = "pty_link")]
+    tcp: Option<String>,
+    /// Directory for the printed jobs (job-NNNN.txt, job-NNNN.png).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Characters per line in font A: 32 (58 mm paper), 42 or 48 (80 mm).
+    #[arg(long, default_value_t = 48, value_parser = clap::builder::TypedValueParser::try_map(clap::builder::PossibleValuesParser::new(["32", "42", "48"]), |s| s.parse::<u32>()))]
+    columns: u32,
+    /// Receive buffer in bytes (real printers: 4096, or 45 by DIP switch).
+    #[arg(long, default_value_t = 4096)]
+    buffer: usize,
+    /// Print this many bytes per second (default: as fast as they arrive).
+    #[arg(long)]
+    print_rate: Option<u32>,
+    /// Serial flow control by XON/XOFF: XOFF when the buffer is nearly full.
+    #[arg(long)]
+    xon_xoff: bool,
+    /// Take technician commands on ADDR, one per line: paper ok|near-end|out,
+    /// paper out-after-lines N, cover open|closed, offline, online, drawer open|closed, status.
+    #[arg(long, value_name = "ADDR")]
+    control: Option<String>,
 }
 
 #[derive(Args)]
@@ -114,8 +146,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Reader(args) = Cli::parse().command;
-    match run_reader(args).await {
+    let result = match Cli::parse().command {
+        Command::Reader(args) => run_reader(args).await,
+        Command::Printer(args) => run_printer(args).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("firmware-sim: {e:#}");
@@ -168,18 +203,65 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
     })
 }
 
+/// A PTY whose slave device is reachable at `link_path` (a symlink).
+fn linked_pty(link_path: &std::path::Path) -> anyhow::Result<PtyMaster> {
+    let pty = PtyMaster::open()?;
+    match link_path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link_path)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", link_path.display()))?,
+        Ok(_) => anyhow::bail!("{} exists and is not a symlink; not replacing it", link_path.display()),
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(pty.slave_path(), link_path)
+        .map_err(|e| anyhow::anyhow!("cannot create symlink {}: {e}", link_path.display()))?;
+    Ok(pty)
+}
+
+async fn run_printer(args: PrinterArgs) -> anyhow::Result<()> {
+    use firmware_sim::printer::{self, Printer, PrinterOptions};
+    std::fs::create_dir_all(&args.out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.out.display()))?;
+    let sim = Printer::new(PrinterOptions {
+        columns: args.columns,
+        out: args.out.clone(),
+        buffer: args.buffer.max(16),
+        print_rate: args.print_rate,
+        xon_xoff: args.xon_xoff,
+    });
+    if let Some(addr) = &args.control {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for control on {addr}: {e}"))?;
+        println!("firmware-sim printer control on {}", listener.local_addr()?);
+        tokio::spawn(printer::control(listener, sim.clone()));
+    }
+    if let Some(link_path) = &args.pty_link {
+        let pty = linked_pty(link_path)?;
+        println!("firmware-sim printer on {} (device {})", link_path.display(), pty.slave_path().display());
+        // The PTY never closes (the simulator holds the device open too):
+        // jobs end at their cut.
+        let result = printer::serve(pty, sim).await;
+        let _ = std::fs::remove_file(link_path);
+        return result.map_err(|e| anyhow::anyhow!("printer line failed: {e}"));
+    }
+    let addr = args.tcp.as_deref().expect("clap requires --pty-link or --tcp");
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    println!("firmware-sim printer listening on {}", listener.local_addr()?);
+    loop {
+        // One host at a time, as a network printer's port 9100 serves them.
+        let (stream, peer) = listener.accept().await?;
+        tracing::info!(%peer, "printer: host connected");
+        if let Err(e) = printer::serve(stream, sim.clone()).await {
+            tracing::warn!(%peer, error = %e, "printer: connection failed");
+        }
+        tracing::info!(%peer, "printer: host disconnected");
+    }
+}
+
 async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
     let opts = options(&args)?;
     if let Some(link_path) = &args.pty_link {
-        let pty = PtyMaster::open()?;
-        match link_path.symlink_metadata() {
-            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link_path)
-                .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", link_path.display()))?,
-            Ok(_) => anyhow::bail!("{} exists and is not a symlink; not replacing it", link_path.display()),
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(pty.slave_path(), link_path)
-            .map_err(|e| anyhow::anyhow!("cannot create symlink {}: {e}", link_path.display()))?;
+        let pty = linked_pty(link_path)?;
         println!("firmware-sim reader on {} (device {})", link_path.display(), pty.slave_path().display());
         let link = Link::spawn(pty, SerialLink::new(SerialTiming::default()));
         let reason = reader::serve(link, &opts).await;
