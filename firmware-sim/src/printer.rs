@@ -185,8 +185,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
     let mut rt_tail: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 4096];
     let tick = Duration::from_millis(10);
-    let per_tick = opts.print_rate.map(|r| (r as usize / 100).max(1));
     let mut timer = tokio::time::interval(tick);
+    // Bytes the print head may take now (it earns print_rate per second).
+    let mut credit = 0f64;
+    let mut last = tokio::time::Instant::now();
     let mut open = true;
     while open || !buffer.is_empty() || !ops.is_empty() {
         let condition = *printer.condition.borrow();
@@ -212,10 +214,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
                         if c == 0x04 {
                             tx.write_all(&[condition.real_time(n)]).await?;
                         } else if n == 2 {
-                            // Recover after clearing the buffers: the rest of the job is dropped.
+                            // Recover after clearing the buffers: the rest of
+                            // the job is dropped; what was printed is torn off.
                             buffer.clear();
                             ops.clear();
                             decoder = Decoder::new();
+                            if paper.printed {
+                                printer.save(&mut paper)?;
+                            }
+                            paper = Paper::new(opts.columns);
                         }
                         i += 3;
                         continue;
@@ -235,14 +242,24 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
                     tx.write_all(&printer.condition.borrow().asb()).await?;
                 }
             }
-            _ = timer.tick(), if per_tick.is_some() => {}
+            _ = timer.tick(), if opts.print_rate.is_some() => {}
             // Nothing to read (closed): let the loop drain what is left.
             () = std::future::ready(()), if !open => {}
         }
         // Print: move bytes from the buffer through the decoder, at the
         // printer's pace, while nothing stops it.
+        let now = tokio::time::Instant::now();
+        let allowance = match opts.print_rate {
+            Some(rate) => {
+                credit = (credit + now.duration_since(last).as_secs_f64() * f64::from(rate)).min(f64::from(rate));
+                credit as usize
+            }
+            None => usize::MAX,
+        };
+        last = now;
         if !printer.condition.borrow().stopped() {
-            let take = per_tick.unwrap_or(usize::MAX).min(buffer.len());
+            let take = allowance.min(buffer.len());
+            credit -= take as f64;
             if take > 0 {
                 let bytes: Vec<u8> = buffer.drain(..take).collect();
                 ops.extend(decoder.push(&bytes));

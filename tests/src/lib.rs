@@ -131,6 +131,8 @@ pub struct Lane {
     extra_ca: Option<PathBuf>,
     /// TLS settings for API clients, when posd serves the API over TLS.
     pub api_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Extra keys for the lane's `[[lane]]` table (e.g. its printer).
+    pub lane_config: String,
     /// Extra top-level keys for posd's config (before any table).
     pub top_config: String,
     /// Extra keys for posd's `[gateway]` table.
@@ -290,6 +292,7 @@ impl Lane {
             posctl_args: Vec::new(),
             gateway_config: String::new(),
             top_config: String::new(),
+            lane_config: String::new(),
         };
         lane.extra_config = extra_config.to_string();
         if !gateway_up {
@@ -346,7 +349,7 @@ impl Lane {
         let text = format!(
             "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n{top}\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
              request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
-             reader = {reader}\n\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
+             reader = {reader}\n{lane}\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
              ageing_interval = \"50ms\"\n{extra}\n",
             state = self.state_dir(),
             gw = match self.gateway_addr.rsplit_once(':') {
@@ -355,6 +358,7 @@ impl Lane {
             },
             timeout = self.gateway_timeout_ms,
             top = self.top_config,
+            lane = self.lane_config,
             scheme = self.gateway_scheme,
             ca =
                 self.extra_ca.as_ref().map(|c| format!("ca_file = {c:?}\n")).unwrap_or_default() + &self.gateway_config,

@@ -27,6 +27,18 @@ const TWO: &[&str] = &[
 /// and overflow, far above any lane's sale).
 pub const MAX_AMOUNT_MINOR: i64 = 100_000_000_000;
 
+/// An amount for people: "12.34 EUR", "1234 JPY", "1.234 KWD".
+pub fn format(minor: i64, currency: &str) -> String {
+    let exp = exponent(currency).unwrap_or(2);
+    if exp == 0 {
+        return format!("{minor} {currency}");
+    }
+    let scale = 10i64.pow(exp);
+    let sign = if minor < 0 { "-" } else { "" };
+    let m = minor.unsigned_abs();
+    format!("{sign}{}.{:0width$} {currency}", m / scale as u64, m % scale as u64, width = exp as usize)
+}
+
 /// The number of decimals of an ISO 4217 currency, or `None` for an unknown code.
 pub fn exponent(code: &str) -> Option<u32> {
     if TWO.contains(&code) {

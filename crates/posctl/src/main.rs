@@ -39,6 +39,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CopyArg {
+    Customer,
+    Merchant,
+}
+
 /// The register's credentials for posd's TLS API (an https:// address).
 #[derive(clap::Args)]
 struct TlsArgs {
@@ -151,6 +157,17 @@ enum Command {
     },
     /// End of day: closes the lane's batch with the gateway and prints the totals.
     EndOfDay {
+        #[arg(long, default_value = "lane-1")]
+        terminal: String,
+    },
+    /// Prints (or reprints) a payment's receipt and waits for the printer.
+    Receipt {
+        payment_id: String,
+        #[arg(long, value_enum, default_value_t = CopyArg::Customer)]
+        copy: CopyArg,
+    },
+    /// Opens the lane's cash drawer.
+    Drawer {
         #[arg(long, default_value = "lane-1")]
         terminal: String,
     },
@@ -473,6 +490,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Completions { .. } => unreachable!("handled before connecting"),
+        Command::Receipt { payment_id, copy } => {
+            let copy = match copy {
+                CopyArg::Customer => pb::ReceiptCopy::Customer,
+                CopyArg::Merchant => pb::ReceiptCopy::Merchant,
+            };
+            let r = client
+                .print_receipt(pb::PrintReceiptRequest { payment_id: payment_id.clone(), copy: copy as i32 })
+                .await?
+                .into_inner();
+            if cli.json {
+                println!("{:#}", json!({"payment_id": payment_id, "terminal_id": r.terminal_id, "reprint": r.reprint}));
+            } else {
+                let what = if r.reprint { "reprinted" } else { "printed" };
+                println!("receipt of {payment_id} {what} on {}", r.terminal_id);
+            }
+            Ok(0)
+        }
+        Command::Drawer { terminal } => {
+            client.open_drawer(pb::OpenDrawerRequest { terminal_id: terminal.clone() }).await?;
+            if cli.json {
+                println!("{:#}", json!({"terminal_id": terminal, "drawer": "opened"}));
+            } else {
+                println!("drawer of {terminal} opened");
+            }
+            Ok(0)
+        }
         Command::EndOfDay { terminal } => {
             let b = client.close_batch(pb::CloseBatchRequest { terminal_id: terminal }).await?.into_inner();
             if cli.json {

@@ -33,14 +33,7 @@ pub fn parse_amount(text: &str, currency: &str) -> Result<i64, String> {
 }
 
 pub fn format_amount(minor: i64, currency: &str) -> String {
-    let exp = exponent(currency).unwrap_or(2);
-    if exp == 0 {
-        return format!("{minor} {currency}");
-    }
-    let scale = 10i64.pow(exp);
-    let sign = if minor < 0 { "-" } else { "" };
-    let m = minor.abs();
-    format!("{sign}{}.{:0width$} {currency}", m / scale, m % scale, width = exp as usize)
+    pos_engine::money::format(minor, currency)
 }
 
 #[cfg(test)]

@@ -413,6 +413,31 @@ impl PaymentTerminal for TerminalApi {
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
+    async fn print_receipt(
+        &self,
+        request: Request<pb::PrintReceiptRequest>,
+    ) -> Result<Response<pb::PrintReceiptResponse>, Status> {
+        let r = request.into_inner();
+        let copy = match pb::ReceiptCopy::try_from(r.copy) {
+            Ok(pb::ReceiptCopy::Merchant) => crate::receipt::Copy::Merchant,
+            Ok(_) => crate::receipt::Copy::Customer,
+            Err(_) => return Err(invalid("copy", format!("unknown receipt copy {}", r.copy))),
+        };
+        let (terminal_id, reprint) = self.engine.print_receipt(&r.payment_id, copy).await?;
+        Ok(Response::new(pb::PrintReceiptResponse { terminal_id, reprint }))
+    }
+
+    async fn open_drawer(
+        &self,
+        request: Request<pb::OpenDrawerRequest>,
+    ) -> Result<Response<pb::OpenDrawerResponse>, Status> {
+        let who = caller(&request);
+        let terminal = request.into_inner().terminal_id;
+        self.engine.open_drawer(&terminal).await?;
+        tracing::info!(terminal = %terminal, caller = %who.description, "cash drawer opened");
+        Ok(Response::new(pb::OpenDrawerResponse {}))
+    }
+
     async fn get_terminal_status(
         &self,
         request: Request<pb::GetTerminalStatusRequest>,
@@ -426,12 +451,33 @@ impl PaymentTerminal for TerminalApi {
             )))
         })?;
         let reader = lane.reader_state();
+        let printer = lane.printer.as_ref().map(|p| p.status());
         Ok(Response::new(pb::TerminalStatus {
             terminal_id: lane.id.clone(),
             reader_connected: reader.connected,
             reader_serial: reader.serial,
             reader_firmware: reader.firmware,
-            printer_connected: false,
+            printer_connected: printer.as_ref().is_some_and(|p| p.connected),
+            printer: Some(match &printer {
+                None => pb::PrinterStatus { detail: "no printer configured".into(), ..Default::default() },
+                Some(p) => pb::PrinterStatus {
+                    configured: true,
+                    connected: p.connected,
+                    ready: p.connected && p.state.ready(),
+                    paper: if !p.connected {
+                        pb::PaperLevel::Unspecified
+                    } else {
+                        match p.state.paper {
+                            pos_escpos::PaperLevel::Ok => pb::PaperLevel::Ok,
+                            pos_escpos::PaperLevel::NearEnd => pb::PaperLevel::NearEnd,
+                            pos_escpos::PaperLevel::Out => pb::PaperLevel::Out,
+                        }
+                    } as i32,
+                    cover_open: p.state.cover_open,
+                    drawer_open: p.state.drawer_pin3_high,
+                    detail: p.describe(),
+                },
+            }),
             gateway_online: self.engine.gateway().is_online(),
             busy_with_payment_id: self.engine.busy_with(&lane.id).unwrap_or_default(),
             demo: self.engine.demo(),

@@ -36,6 +36,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub receipt: ReceiptConfig,
     /// On stop, how long payments in progress may take to finish before those
     /// still waiting for a card are canceled and the rest parked for recovery
     /// (default 15s; keep it well below the unit's TimeoutStopSec=30s).
@@ -308,9 +310,9 @@ pub struct LaneConfig {
     pub id: String,
     pub currency: String,
     pub reader: ReaderConfig,
-    /// Receipt printer device (printing arrives with the ESC/POS work).
+    /// The lane's receipt printer (and the cash drawer behind it).
     #[serde(default)]
-    pub printer: Option<String>,
+    pub printer: Option<PrinterConfig>,
     #[serde(default)]
     pub offline: LaneOfflineConfig,
 }
@@ -346,6 +348,108 @@ pub struct ReaderConfig {
     pub tcp: Option<String>,
     #[serde(default = "default_baud")]
     pub baud: u32,
+}
+
+/// A receipt printer: exactly one of `device` (serial), `usb` or `tcp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterConfig {
+    /// Serial device, e.g. /dev/pos/lane1-printer.
+    pub device: Option<PathBuf>,
+    /// USB printer class device, e.g. /dev/usb/lp0.
+    pub usb: Option<PathBuf>,
+    /// Network printer, e.g. 192.0.2.20:9100.
+    pub tcp: Option<String>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Serial flow control: "xon-xoff" (default), "rts-cts" or "none".
+    #[serde(default = "default_flow")]
+    pub flow_control: String,
+    /// Characters per line: 32 (58 mm paper), 42 or 48 (80 mm, default).
+    #[serde(default = "default_columns")]
+    pub columns: usize,
+}
+
+fn default_flow() -> String {
+    "xon-xoff".into()
+}
+fn default_columns() -> usize {
+    48
+}
+
+impl PrinterConfig {
+    pub fn line(&self, lane: &str) -> anyhow::Result<crate::printer::PrinterLine> {
+        use crate::printer::PrinterLine;
+        use pos_link::transport::FlowControl;
+        if pos_escpos::Width::from_columns(self.columns).is_none() {
+            anyhow::bail!("lane {lane}: printer columns must be 32, 42 or 48, not {}", self.columns);
+        }
+        match (&self.device, &self.usb, &self.tcp) {
+            (Some(d), None, None) => {
+                let flow_control = match self.flow_control.as_str() {
+                    "xon-xoff" => FlowControl::Software,
+                    "rts-cts" => FlowControl::Hardware,
+                    "none" => FlowControl::None,
+                    other => anyhow::bail!(
+                        "lane {lane}: printer flow_control must be xon-xoff, rts-cts or none, not {other:?}"
+                    ),
+                };
+                Ok(PrinterLine::Serial(SerialSettings {
+                    baud: self.baud,
+                    stop_bits: 1,
+                    flow_control,
+                    ..SerialSettings::new(d)
+                }))
+            }
+            (None, Some(u), None) => Ok(PrinterLine::Usb(u.clone())),
+            (None, None, Some(a)) => Ok(PrinterLine::Tcp(a.clone())),
+            _ => anyhow::bail!("lane {lane}: printer needs exactly one of `device` (serial), `usb` or `tcp`"),
+        }
+    }
+
+    /// Parses `--printer`: a serial device path, `usb:PATH` or `tcp:HOST:PORT`.
+    pub fn from_arg(arg: &str) -> Self {
+        let mut c = PrinterConfig {
+            device: None,
+            usb: None,
+            tcp: None,
+            baud: default_baud(),
+            flow_control: default_flow(),
+            columns: default_columns(),
+        };
+        if let Some(a) = arg.strip_prefix("tcp:") {
+            c.tcp = Some(a.into());
+        } else if let Some(p) = arg.strip_prefix("usb:") {
+            c.usb = Some(p.into());
+        } else {
+            c.device = Some(arg.into());
+        }
+        c
+    }
+
+    /// The device file, for check-config (none for TCP).
+    pub fn path(&self) -> Option<&Path> {
+        self.device.as_deref().or(self.usb.as_deref())
+    }
+}
+
+/// What every receipt says around the payment, and when posd prints by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptConfig {
+    /// Lines at the top; the first prints large (the store's name).
+    pub header: Vec<String>,
+    /// Lines at the bottom.
+    pub footer: Vec<String>,
+    /// Copies printed by themselves when a payment ends (approved or
+    /// declined): "customer", "merchant"; empty: only on request.
+    pub auto_print: Vec<String>,
+}
+
+impl Default for ReceiptConfig {
+    fn default() -> Self {
+        Self { header: vec!["posd".into()], footer: vec!["Thank you".into()], auto_print: vec!["customer".into()] }
+    }
 }
 
 fn default_listen() -> String {
@@ -419,6 +523,14 @@ impl Config {
                 );
             }
             lane.reader.line(&lane.id)?;
+            if let Some(p) = &lane.printer {
+                p.line(&lane.id)?;
+            }
+        }
+        for copy in &self.receipt.auto_print {
+            if !matches!(copy.as_str(), "customer" | "merchant") {
+                anyhow::bail!("[receipt] auto_print takes \"customer\" and \"merchant\", not {copy:?}");
+            }
         }
         let o = &self.offline;
         if !(o.alert_after.0 <= o.stop_after.0 && o.stop_after.0 <= o.expire_after.0) {
@@ -564,14 +676,13 @@ pub fn check(path: &Path) -> Vec<Finding> {
                 fix: "plug the reader in, or check the udev rule that names it (systemd/60-posd.rules)".into(),
             });
         }
-        if let Some(p) = &lane.printer
-            && !Path::new(p).exists()
-            && !p.starts_with("tcp:")
+        if let Some(p) = lane.printer.as_ref().and_then(PrinterConfig::path)
+            && !p.exists()
         {
             findings.push(Finding {
                 error: false,
-                at: find(&text, p),
-                message: format!("lane {}: the printer device {p} does not exist on this machine", lane.id),
+                at: find(&text, &p.to_string_lossy()),
+                message: format!("lane {}: the printer device {} does not exist on this machine", lane.id, p.display()),
                 fix: "plug the printer in, or check the udev rule that names it".into(),
             });
         }

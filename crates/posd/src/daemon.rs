@@ -61,7 +61,7 @@ fn demo_config(o: &Options) -> Config {
             id: "lane-1".into(),
             currency: "EUR".into(),
             reader: ReaderConfig::from_arg(o.reader.as_deref().unwrap_or("")),
-            printer: o.printer.clone(),
+            printer: o.printer.as_deref().map(crate::config::PrinterConfig::from_arg),
             offline: Default::default(),
         }],
         offline: Default::default(),
@@ -70,6 +70,7 @@ fn demo_config(o: &Options) -> Config {
         api: Default::default(),
         log: Default::default(),
         metrics: Default::default(),
+        receipt: crate::config::ReceiptConfig { header: vec!["posd DEMO".into()], ..Default::default() },
         stop_timeout: crate::config::Span(DEFAULT_STOP_TIMEOUT),
     }
 }
@@ -102,7 +103,7 @@ pub fn resolve(o: &Options) -> anyhow::Result<Config> {
             cfg.lanes[0].reader = ReaderConfig::from_arg(r);
         }
         if let Some(p) = &o.printer {
-            cfg.lanes[0].printer = Some(p.clone());
+            cfg.lanes[0].printer = Some(crate::config::PrinterConfig::from_arg(p));
         }
     }
     cfg.validate()?;
@@ -175,14 +176,19 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     })?);
     let mut lanes = Vec::new();
     for l in &cfg.lanes {
-        if let Some(p) = &l.printer {
-            tracing::warn!(lane = %l.id, printer = %p, "receipt printing is not implemented yet; the printer is not used");
-        }
+        let printer = match &l.printer {
+            Some(p) => Some(crate::printer::Printer::spawn(
+                p.line(&l.id)?,
+                pos_escpos::Width::from_columns(p.columns).unwrap_or(pos_escpos::Width::Cols48),
+            )),
+            None => None,
+        };
         lanes.push(Lane::spawn(
             l.id.clone(),
             l.currency.clone(),
             l.reader.line(&l.id)?,
             l.offline_policy(&cfg.offline),
+            printer,
         ));
     }
     let engine = Engine::new(
@@ -206,6 +212,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 alert_after: cfg.offline.alert_after.0,
                 stop_after: cfg.offline.stop_after.0,
             },
+            receipt: crate::receipt::ReceiptSettings {
+                header: cfg.receipt.header.clone(),
+                footer: cfg.receipt.footer.clone(),
+                tz: crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?.tz,
+            },
+            auto_print: cfg
+                .receipt
+                .auto_print
+                .iter()
+                .map(|c| if c == "merchant" { crate::receipt::Copy::Merchant } else { crate::receipt::Copy::Customer })
+                .collect(),
         },
     );
     engine.recover().await?;
@@ -213,6 +230,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     tokio::spawn(engine.clone().forwarder());
     tokio::spawn(engine.clone().monitor());
     tokio::spawn(engine.clone().gateway_events());
+    tokio::spawn(engine.clone().printer_events());
 
     let metrics_addr = match &cfg.metrics.listen {
         Some(addr) => {

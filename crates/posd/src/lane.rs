@@ -57,6 +57,8 @@ pub struct Lane {
     pub line: ReaderLine,
     /// Offline approval limits of this lane.
     pub offline: pos_engine::offline::OfflinePolicy,
+    /// The lane's receipt printer, when it has one.
+    pub printer: Option<crate::printer::Printer>,
     cmd_tx: mpsc::Sender<HostMessage>,
     collector: Arc<Mutex<Option<Collector>>>,
     state: Arc<Mutex<ReaderState>>,
@@ -69,6 +71,7 @@ impl Lane {
         currency: String,
         line: ReaderLine,
         offline: pos_engine::offline::OfflinePolicy,
+        printer: Option<crate::printer::Printer>,
     ) -> Arc<Lane> {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let lane = Arc::new(Lane {
@@ -76,6 +79,7 @@ impl Lane {
             currency,
             line,
             offline,
+            printer,
             cmd_tx,
             collector: Arc::new(Mutex::new(None)),
             state: Arc::new(Mutex::new(ReaderState::default())),

@@ -21,5 +21,7 @@ pub mod failpoint;
 pub mod gateway;
 pub mod lane;
 pub mod metrics;
+pub mod printer;
+pub mod receipt;
 pub mod report;
 pub mod store;

@@ -511,6 +511,18 @@ impl Store {
         insert_event(&conn, e)
     }
 
+    /// True when an event of `kind` about `payment_id` whose message starts
+    /// with `prefix` was recorded (e.g. a receipt already printed).
+    pub fn has_event(&self, kind: &str, payment_id: &str, prefix: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM events WHERE kind = ?1 AND payment_id = ?2 AND substr(message, 1, length(?3)) = ?3",
+            params![kind, payment_id, prefix],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
     /// Events with a cursor above `after`, oldest first, at most `limit`.
     pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let conn = self.conn();

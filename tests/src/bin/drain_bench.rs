@@ -93,7 +93,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
     );
     // No reader is needed to forward; the lane's line points nowhere.
     let policy = pos_engine::offline::OfflinePolicy::defaults_for("EUR");
-    let lane = Lane::spawn("lane-1".into(), "EUR".into(), ReaderLine::Tcp("127.0.0.1:9".into()), policy);
+    let lane = Lane::spawn("lane-1".into(), "EUR".into(), ReaderLine::Tcp("127.0.0.1:9".into()), policy, None);
     let engine = Engine::new(
         store.clone(),
         gateway,
@@ -115,6 +115,8 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
                 stop_after: Duration::from_secs(24 * 3600),
                 expire_after: Duration::from_secs(72 * 3600),
             },
+            receipt: posd::receipt::ReceiptSettings { header: vec![], footer: vec![], tz: jiff::tz::TimeZone::UTC },
+            auto_print: vec![],
         },
     );
     // The monitor's health check tells the forwarder the gateway is up, as in posd.
