@@ -80,7 +80,9 @@ pub fn render(engine: &Engine) -> String {
     out.push_str(
         "# HELP posd_reader_connected 1 while a lane's card reader is connected.\n# TYPE posd_reader_connected gauge\n",
     );
-    out.push_str("# HELP posd_printer_connected 1 while a lane's printer answers (printing is not implemented yet).\n");
+    out.push_str(
+        "# HELP posd_printer_connected 1 while a lane's printer answers; posd_printer_ready 1 while it can print.\n",
+    );
     out.push_str("# TYPE posd_printer_connected gauge\n");
     for lane in engine.lanes() {
         out.push_str(&format!(
@@ -88,7 +90,13 @@ pub fn render(engine: &Engine) -> String {
             lane.id,
             u8::from(lane.reader_state().connected)
         ));
-        out.push_str(&format!("posd_printer_connected{{lane=\"{}\"}} 0\n", lane.id));
+        let printer = lane.printer.as_ref().map(|p| p.status()).unwrap_or_default();
+        out.push_str(&format!("posd_printer_connected{{lane=\"{}\"}} {}\n", lane.id, u8::from(printer.connected)));
+        out.push_str(&format!(
+            "posd_printer_ready{{lane=\"{}\"}} {}\n",
+            lane.id,
+            u8::from(printer.connected && printer.state.ready())
+        ));
     }
     let l = engine.latencies();
     l.reader.render("posd_reader_latency_seconds", "From asking the reader for a card to its result.", &mut out);
