@@ -50,6 +50,11 @@ pub struct Condition {
     pub paper_out_after_lines: Option<u32>,
 }
 
+/// `b` when `on`, else nothing: one flag of a status byte.
+fn bit(on: bool, b: u8) -> u8 {
+    if on { b } else { 0 }
+}
+
 impl Condition {
     /// Printing stops while any of these holds.
     fn stopped(&self) -> bool {
@@ -57,7 +62,6 @@ impl Condition {
     }
 
     fn real_time(&self, n: u8) -> u8 {
-        let bit = |on: bool, b: u8| if on { b } else { 0 };
         0x12 | match n {
             1 => bit(self.drawer_open, 0x04) | bit(self.stopped(), 0x08),
             2 => bit(self.cover_open, 0x04) | bit(self.paper_out, 0x20),
@@ -67,11 +71,10 @@ impl Condition {
     }
 
     fn paper_byte(&self) -> u8 {
-        (if self.paper_near_end { 0x03 } else { 0 }) | (if self.paper_out { 0x0c } else { 0 })
+        bit(self.paper_near_end, 0x03) | bit(self.paper_out, 0x0c)
     }
 
     fn asb(&self) -> [u8; 4] {
-        let bit = |on: bool, b: u8| if on { b } else { 0 };
         [
             0x10 | bit(self.drawer_open, 0x04) | bit(self.stopped(), 0x08) | bit(self.cover_open, 0x20),
             0,

@@ -60,9 +60,14 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn config(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, Failure> {
+    /// TLS settings for `addr`: none for plain addresses (where `--tls-*`
+    /// makes no sense), the system roots plus the given files for https.
+    fn config(&self, addr: &str) -> Result<Option<tonic::transport::ClientTlsConfig>, Failure> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        if self.tls_ca.is_none() && self.tls_cert.is_none() {
+        if !addr.starts_with("https://") {
+            if self.tls_ca.is_some() || self.tls_cert.is_some() {
+                return Err(Failure(EXIT_USAGE, format!("--tls-* options need an https:// --addr, not {addr:?}")));
+            }
             return Ok(None);
         }
         let read = |p: &std::path::Path| {
@@ -247,17 +252,8 @@ async fn connect(addr: &str, tls: &TlsArgs) -> Result<PaymentTerminalClient<Chan
     }
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let mut endpoint = Channel::from_shared(url).map_err(|e| Failure(EXIT_USAGE, format!("--addr {addr:?}: {e}")))?;
-    match tls.config()? {
-        Some(config) if addr.starts_with("https://") => {
-            endpoint = endpoint.tls_config(config).map_err(|e| Failure(EXIT_USAGE, format!("TLS settings: {e}")))?;
-        }
-        Some(_) => return Err(Failure(EXIT_USAGE, format!("--tls-* options need an https:// --addr, not {addr:?}"))),
-        None if addr.starts_with("https://") => {
-            endpoint = endpoint
-                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
-                .map_err(|e| Failure(EXIT_USAGE, format!("TLS settings: {e}")))?;
-        }
-        None => {}
+    if let Some(config) = tls.config(addr)? {
+        endpoint = endpoint.tls_config(config).map_err(|e| Failure(EXIT_USAGE, format!("TLS settings: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     Ok(PaymentTerminalClient::new(channel))

@@ -458,26 +458,7 @@ impl PaymentTerminal for TerminalApi {
             reader_serial: reader.serial,
             reader_firmware: reader.firmware,
             printer_connected: printer.as_ref().is_some_and(|p| p.connected),
-            printer: Some(match &printer {
-                None => pb::PrinterStatus { detail: "no printer configured".into(), ..Default::default() },
-                Some(p) => pb::PrinterStatus {
-                    configured: true,
-                    connected: p.connected,
-                    ready: p.connected && p.state.ready(),
-                    paper: if !p.connected {
-                        pb::PaperLevel::Unspecified
-                    } else {
-                        match p.state.paper {
-                            pos_escpos::PaperLevel::Ok => pb::PaperLevel::Ok,
-                            pos_escpos::PaperLevel::NearEnd => pb::PaperLevel::NearEnd,
-                            pos_escpos::PaperLevel::Out => pb::PaperLevel::Out,
-                        }
-                    } as i32,
-                    cover_open: p.state.cover_open,
-                    drawer_open: p.state.drawer_pin3_high,
-                    detail: p.describe(),
-                },
-            }),
+            printer: Some(convert::printer_status(printer.as_ref())),
             gateway_online: self.engine.gateway().is_online(),
             busy_with_payment_id: self.engine.busy_with(&lane.id).unwrap_or_default(),
             demo: self.engine.demo(),

@@ -123,11 +123,11 @@ const CREDENTIAL_PREFIX: &str = "posd_";
 impl FileRef {
     /// Where the file is on this machine.
     pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if !self.well_formed() {
+            anyhow::bail!("{:?} is neither an absolute path nor credential:NAME", self.0);
+        }
         match self.0.strip_prefix("credential:") {
             Some(name) => {
-                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                    anyhow::bail!("{:?}: a credential name is a plain file name such as posd_api.key", self.0);
-                }
                 let dir = std::env::var_os(CREDENTIALS_DIRECTORY).ok_or_else(|| {
                     anyhow::anyhow!(
                         "{:?} names a systemd credential, but posd was not given any (no ${CREDENTIALS_DIRECTORY}); \
@@ -137,25 +137,28 @@ impl FileRef {
                 })?;
                 Ok(Path::new(&dir).join(name))
             }
-            None if Path::new(&self.0).is_absolute() => Ok(PathBuf::from(&self.0)),
-            None => anyhow::bail!("{:?}: write an absolute path, or credential:NAME for a systemd credential", self.0),
+            None => Ok(PathBuf::from(&self.0)),
         }
     }
 
     /// Checks the form only (absolute path or `credential:NAME`), not that the
     /// file exists: `check-config` may run outside the service.
     pub fn check_form(&self, key: &str) -> anyhow::Result<()> {
-        let ok = match self.0.strip_prefix("credential:") {
-            Some(name) => !name.is_empty() && !name.contains('/') && name != "." && name != "..",
-            None => Path::new(&self.0).is_absolute(),
-        };
-        if !ok {
+        if !self.well_formed() {
             anyhow::bail!(
                 "{key}: {:?} is neither an absolute path nor credential:NAME (a file systemd's LoadCredential= hands posd)",
                 self.0
             );
         }
         Ok(())
+    }
+
+    /// An absolute path, or `credential:` and a plain file name.
+    fn well_formed(&self) -> bool {
+        match self.0.strip_prefix("credential:") {
+            Some(name) => !name.is_empty() && !name.contains('/') && name != "." && name != "..",
+            None => Path::new(&self.0).is_absolute(),
+        }
     }
 
     /// Where `check-config`, run outside the service, finds the file: a
@@ -443,12 +446,16 @@ pub struct ReceiptConfig {
     pub footer: Vec<String>,
     /// Copies printed by themselves when a payment ends (approved or
     /// declined): "customer", "merchant"; empty: only on request.
-    pub auto_print: Vec<String>,
+    pub auto_print: Vec<crate::receipt::Copy>,
 }
 
 impl Default for ReceiptConfig {
     fn default() -> Self {
-        Self { header: vec!["posd".into()], footer: vec!["Thank you".into()], auto_print: vec!["customer".into()] }
+        Self {
+            header: vec!["posd".into()],
+            footer: vec!["Thank you".into()],
+            auto_print: vec![crate::receipt::Copy::Customer],
+        }
     }
 }
 
@@ -525,11 +532,6 @@ impl Config {
             lane.reader.line(&lane.id)?;
             if let Some(p) = &lane.printer {
                 p.line(&lane.id)?;
-            }
-        }
-        for copy in &self.receipt.auto_print {
-            if !matches!(copy.as_str(), "customer" | "merchant") {
-                anyhow::bail!("[receipt] auto_print takes \"customer\" and \"merchant\", not {copy:?}");
             }
         }
         let o = &self.offline;

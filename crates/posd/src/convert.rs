@@ -262,3 +262,25 @@ pub fn payment_event(
         at: Some(timestamp(crate::store::now_ms())),
     }
 }
+
+/// A lane's printer as the API shows it (`None`: no printer configured).
+pub fn printer_status(p: Option<&crate::printer::PrinterStatus>) -> pb::PrinterStatus {
+    let Some(p) = p else {
+        return pb::PrinterStatus { detail: "no printer configured".into(), ..Default::default() };
+    };
+    let paper = match (p.connected, p.state.paper) {
+        (false, _) => pb::PaperLevel::Unspecified,
+        (true, pos_escpos::PaperLevel::Ok) => pb::PaperLevel::Ok,
+        (true, pos_escpos::PaperLevel::NearEnd) => pb::PaperLevel::NearEnd,
+        (true, pos_escpos::PaperLevel::Out) => pb::PaperLevel::Out,
+    };
+    pb::PrinterStatus {
+        configured: true,
+        connected: p.connected,
+        ready: p.connected && p.state.ready(),
+        paper: paper as i32,
+        cover_open: p.state.cover_open,
+        drawer_open: p.state.drawer_pin3_high,
+        detail: p.describe(),
+    }
+}

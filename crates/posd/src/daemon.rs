@@ -191,6 +191,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             printer,
         ));
     }
+    let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
     let engine = Engine::new(
         store,
         gateway.clone(),
@@ -215,14 +216,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             receipt: crate::receipt::ReceiptSettings {
                 header: cfg.receipt.header.clone(),
                 footer: cfg.receipt.footer.clone(),
-                tz: crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?.tz,
+                tz: reports.tz.clone(),
             },
-            auto_print: cfg
-                .receipt
-                .auto_print
-                .iter()
-                .map(|c| if c == "merchant" { crate::receipt::Copy::Merchant } else { crate::receipt::Copy::Customer })
-                .collect(),
+            auto_print: cfg.receipt.auto_print.clone(),
         },
     );
     engine.recover().await?;
@@ -243,7 +239,6 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
     let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(
         engine.clone(),
         reports,

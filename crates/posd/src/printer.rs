@@ -271,13 +271,18 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
     /// Applies an unsolicited reply (ASB) to the status.
     fn note(&mut self, r: Reply) {
         if let Reply::Asb(state) = r {
-            self.status.send_if_modified(|s| {
-                let next = PrinterStatus { connected: true, state, detail: String::new() };
-                let changed = *s != next;
-                *s = next;
-                changed
-            });
+            self.publish(state);
         }
+    }
+
+    /// The printer answered with `state`; watchers hear only of changes.
+    fn publish(&self, state: PrinterState) {
+        self.status.send_if_modified(|s| {
+            let next = PrinterStatus { connected: true, state, detail: String::new() };
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
     }
 
     /// Asks DLE EOT 1, 2, 3 and 4 and publishes the result. A printer that
@@ -305,12 +310,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 }
             }
         }
-        self.status.send_if_modified(|s| {
-            let next = PrinterStatus { connected: true, state, detail: String::new() };
-            let changed = *s != next;
-            *s = next;
-            changed
-        });
+        self.publish(state);
         Ok(state)
     }
 
@@ -336,11 +336,8 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                 Err(_) => return self.abandon(PrintError::Timeout(bound)).await,
                 Ok(None) => return Err(PrintError::Line("the printer line closed".into())),
                 Ok(Some(Reply::EndOfJob(paper))) => {
-                    self.status.send_if_modified(|s| {
-                        let changed = s.state.paper != paper;
-                        s.state.paper = paper;
-                        changed
-                    });
+                    let state = self.status.borrow().state;
+                    self.publish(PrinterState { paper, ..state });
                     return Ok(());
                 }
                 Ok(Some(Reply::Asb(state))) => {

@@ -13,7 +13,8 @@ pub struct ReceiptSettings {
     pub tz: jiff::tz::TimeZone,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Copy {
     Customer,
     Merchant,
@@ -24,6 +25,13 @@ impl Copy {
         match self {
             Copy::Customer => "customer",
             Copy::Merchant => "merchant",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Copy::Customer => "Customer copy",
+            Copy::Merchant => "Merchant copy",
         }
     }
 }
@@ -120,15 +128,10 @@ pub fn payment_receipt(
     if copy == Copy::Merchant && signature && rec.status.is_approved() {
         r.feed(2).line("Signature:").feed(2).rule('_');
     }
-    r.feed(1).align(Align::Center).line(&format!("{} copy", capitalised(copy.name())));
+    r.feed(1).align(Align::Center).line(copy.label());
     for line in &s.footer {
         r.line(line);
     }
     r.feed(3).cut();
     r
-}
-
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
