@@ -118,3 +118,25 @@ async fn paper_out_mid_job_fails_the_receipt_not_the_payment_and_a_reprint_succe
     assert!(sim.next_job().contains("* REPRINT *"));
     lane.finish();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_printer_with_a_small_buffer_gets_every_byte_through_xon_xoff() {
+    // 256-byte buffer, the head prints 1000 bytes/s, the line runs at 38400
+    // baud (3840 bytes/s): without flow control most of a receipt is lost.
+    let args = ["--buffer", "256", "--print-rate", "1000", "--xon-xoff"];
+    let (mut lane, mut sim) = lane_with_printer(&args, 38_400, "");
+    lane.ready().await;
+    printer_ready(&lane).await;
+    let p = final_payment(&lane.pay("slow-printer", 1234).await);
+    let (st, out, err) = lane.posctl(&["receipt", &p.payment_id, "--copy", "merchant"]);
+    assert!(st.success(), "{out}{err}");
+    let text = sim.next_job();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for want in ["A C M E   S T O R E", "S A L E", "Merchant copy", "Thank you"] {
+        assert!(lines.contains(&want), "{want:?} missing:\n{text}");
+    }
+    let report = sim.ctl("status");
+    assert!(report.contains(" 0 bytes lost to overflow"), "{report}");
+    assert!(!report.contains(" 0 XOFF sent"), "the buffer never filled, so flow control was not exercised: {report}");
+    lane.finish();
+}

@@ -253,13 +253,12 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         match self.rate {
             // Small paced chunks: the printer's XOFF (or CTS) stops the line
             // within a few bytes, never after a burst it has no room for.
+            // After a stall (XOFF, CTS low) the schedule restarts from now:
+            // catching up would burst faster than the line runs.
             Some(rate) => {
-                let started = Instant::now();
-                let mut sent = 0u64;
                 for chunk in bytes.chunks(16) {
                     self.tx.write_all(chunk).await.map_err(|e| format!("write failed: {e}"))?;
-                    sent += chunk.len() as u64;
-                    let due = started + Duration::from_micros(sent * 1_000_000 / rate);
+                    let due = Instant::now() + Duration::from_micros(chunk.len() as u64 * 1_000_000 / rate);
                     tokio::time::sleep_until(due).await;
                 }
             }
