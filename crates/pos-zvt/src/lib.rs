@@ -1,0 +1,24 @@
+//! ZVT, the register-to-terminal protocol of most payment terminals in
+//! German-speaking countries, without I/O.
+//!
+//! The link layer (serial framing with DLE stuffing, CRC and ACK/NAK, or bare
+//! APDUs on TCP) is `pos-link`'s; this crate is the application layer:
+//! - [`message`]: every command and answer as a typed [`Message`], decoded
+//!   from and encoded to an APDU byte for byte;
+//! - [`bmp`]: the tagged fields, kept as sent and read through typed accessors
+//!   (masked PANs with `E` nibbles, BCD amounts, LLVAR/LLLVAR text);
+//! - [`tlv`]: the BER-TLV container of BMP 06;
+//! - [`codes`]: clear texts for result and intermediate status codes.
+//!
+//! Nothing is lost in decoding: a field this crate cannot measure (an unknown
+//! tag) ends the field list and the rest is kept as [`bmp::Unparsed`], so a
+//! message always encodes back to the bytes it came from.
+
+pub mod bcd;
+pub mod bmp;
+pub mod codes;
+pub mod message;
+pub mod tlv;
+
+pub use bmp::{Bmp, Bmps};
+pub use message::{DecodeError, EncodeError, Message};
