@@ -8,7 +8,11 @@
 //! - [`printer`]: an ESC/POS receipt printer with status replies, a receive
 //!   buffer with XON/XOFF, run-time faults, and [`paper`], which renders each
 //!   job to text and PNG.
+//! - [`zvt`]: a ZVT payment terminal that authorizes by itself, with
+//!   scenarios (approve, decline, cancel, offline, busy, slow, disconnect,
+//!   initialisation required), line faults, a journal and a batch.
 
 pub mod paper;
 pub mod printer;
 pub mod reader;
+pub mod zvt;

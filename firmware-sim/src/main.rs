@@ -4,6 +4,7 @@
 //! firmware-sim reader --pty-link PATH [card options]   # a PTY; PATH links to its device
 //! firmware-sim reader --tcp ADDR [card options]        # a TCP listener (bare APDUs)
 //! firmware-sim printer --pty-link PATH | --tcp ADDR --out DIR [--control ADDR]
+//! firmware-sim zvt --pty-link PATH | --tcp ADDR [--control ADDR] [--scenario NAME]
 //! ```
 
 use std::path::PathBuf;
@@ -34,6 +35,53 @@ enum Command {
     Reader(ReaderArgs),
     /// An ESC/POS receipt printer; each job is saved as text and PNG in --out.
     Printer(PrinterArgs),
+    /// A ZVT payment terminal that authorizes by itself (serial framing on a PTY, bare APDUs on TCP).
+    Zvt(ZvtArgs),
+}
+
+#[derive(Args)]
+struct ZvtArgs {
+    /// Create a PTY and a symlink at PATH to its device (a serial terminal).
+    #[arg(long, value_name = "PATH", required_unless_present = "tcp", conflicts_with = "tcp")]
+    pty_link: Option<PathBuf>,
+    /// Listen on ADDR like a terminal's ECR port (20007; port 0: any free port).
+    #[arg(long, value_name = "ADDR", required_unless_present = "pty_link")]
+    tcp: Option<String>,
+    /// How transactions end: approve, decline [HEX], cancel, offline, busy,
+    /// slow, disconnect, init-required (changeable at run time on --control).
+    #[arg(long, default_value = "approve", num_args = 1..=2, value_delimiter = ' ')]
+    scenario: Vec<String>,
+    /// Take technician commands on ADDR, one per line: scenario NAME [ARG],
+    /// fault drop-ack|bad-crc|coalesce|none, status.
+    #[arg(long, value_name = "ADDR")]
+    control: Option<String>,
+    /// Receipts to the register: block (06 D3 when permitted), lines (06 D1), none.
+    #[arg(long, value_enum, default_value_t = ReceiptsArg::Block)]
+    receipts: ReceiptsArg,
+    /// Milliseconds between the customer's steps (card, PIN, host).
+    #[arg(long, default_value_t = 300)]
+    step_ms: u64,
+    /// Intermediate statuses sent by the slow scenario, one per step.
+    #[arg(long, default_value_t = 10)]
+    slow_steps: u32,
+    /// Milliseconds to wait for the register's 80 00 (T3).
+    #[arg(long, default_value_t = 5000)]
+    t3_ms: u64,
+    /// Keep a result the register never confirmed instead of reversing it.
+    #[arg(long)]
+    keep_unconfirmed: bool,
+    /// The terminal's password (6 digits).
+    #[arg(long, default_value_t = 123456)]
+    password: u32,
+    #[arg(long, default_value_t = 52_523_535)]
+    terminal_id: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReceiptsArg {
+    Block,
+    Lines,
+    None,
 }
 
 #[derive(Args)]
@@ -149,6 +197,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Reader(args) => run_reader(args).await,
         Command::Printer(args) => run_printer(args).await,
+        Command::Zvt(args) => run_zvt(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -281,5 +330,61 @@ async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
             let reason = reader::serve(Link::spawn(stream, TcpLink::new()), &opts).await;
             tracing::info!(%peer, %reason, "reader: host disconnected");
         });
+    }
+}
+
+async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
+    use firmware_sim::zvt::{self, FaultyIo, Receipts, Scenario, Terminal, ZvtOptions};
+    let words: Vec<&str> = args.scenario.iter().map(String::as_str).collect();
+    let scenario = Scenario::parse(&words).map_err(|e| anyhow::anyhow!("--scenario: {e}"))?;
+    let password = pos_zvt::message::password(args.password)
+        .ok_or_else(|| anyhow::anyhow!("--password must have at most 6 digits"))?;
+    let terminal = Terminal::new(
+        ZvtOptions {
+            password,
+            terminal_id: args.terminal_id,
+            t3: Duration::from_millis(args.t3_ms),
+            step: Duration::from_millis(args.step_ms),
+            slow_steps: args.slow_steps,
+            receipts: match args.receipts {
+                ReceiptsArg::Block => Receipts::Block,
+                ReceiptsArg::Lines => Receipts::Lines,
+                ReceiptsArg::None => Receipts::None,
+            },
+            keep_unconfirmed: args.keep_unconfirmed,
+            ..ZvtOptions::default()
+        },
+        scenario,
+    );
+    if let Some(addr) = &args.control {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for control on {addr}: {e}"))?;
+        println!("firmware-sim zvt control on {}", listener.local_addr()?);
+        tokio::spawn(zvt::control(listener, terminal.clone()));
+    }
+    if let Some(link_path) = &args.pty_link {
+        loop {
+            // A dropped line comes back as a new device behind the same path,
+            // as a USB-serial adapter does when replugged.
+            let pty = linked_pty(link_path)?;
+            println!("firmware-sim zvt on {} (device {})", link_path.display(), pty.slave_path().display());
+            let io = FaultyIo::new(pty, terminal.faults.clone(), true);
+            let reason = zvt::serve(Link::spawn(io, SerialLink::new(SerialTiming::default())), terminal.clone()).await;
+            tracing::warn!(%reason, "zvt: line ended");
+        }
+    }
+    let addr = args.tcp.as_deref().expect("clap requires --pty-link or --tcp");
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    println!("firmware-sim zvt listening on {}", listener.local_addr()?);
+    loop {
+        // One register at a time, as a terminal's ECR port serves them.
+        let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tracing::info!(%peer, "zvt: register connected");
+        let io = FaultyIo::new(stream, terminal.faults.clone(), false);
+        let reason = zvt::serve(Link::spawn(io, TcpLink::new()), terminal.clone()).await;
+        tracing::info!(%peer, %reason, "zvt: register disconnected");
     }
 }
