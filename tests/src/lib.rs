@@ -122,6 +122,10 @@ pub struct Lane {
     pub gateway_timeout_ms: u64,
     reader_tcp: bool,
     reader_addr: String,
+    /// The lane's card device is a ZVT payment terminal (`firmware-sim zvt`).
+    zvt: bool,
+    /// The ZVT terminal simulator's control address.
+    pub terminal_control: String,
     /// TOML appended to posd's config (e.g. `[lane.offline]` limits).
     pub extra_config: String,
     /// Environment for the next posd start (e.g. `POSD_FAILPOINT`).
@@ -213,6 +217,37 @@ impl Lane {
         Self::build_with(reader_args, 1500, false, extra_config, false)
     }
 
+    /// A lane whose card device is a ZVT payment terminal (firmware-sim zvt,
+    /// `args` added), on a PTY or over TCP, with ZVT timers scaled down
+    /// (T3 1 s, T4 1.5 s). posd is not started yet.
+    pub fn prepare_zvt(args: &[&str], tcp: bool, extra_config: &str) -> Lane {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lane = Self::build_inner(dir, args, 1500, tcp, extra_config, true, &[]);
+        // build_inner started a reader; the lane gets a terminal instead.
+        lane.kill_reader();
+        lane.zvt = true;
+        lane.start_reader();
+        lane
+    }
+
+    /// A ZVT lane with posd running.
+    pub fn start_zvt(args: &[&str], tcp: bool) -> Lane {
+        let mut lane = Self::prepare_zvt(args, tcp, "");
+        lane.start_posd();
+        lane
+    }
+
+    /// Sends a technician command to the ZVT terminal simulator; returns its answer.
+    pub fn terminal(&self, command: &str) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(&self.terminal_control).unwrap();
+        writeln!(s, "{command}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(line.starts_with("ok "), "{command}: {line}");
+        line
+    }
+
     /// Everything but posd, which the test starts (after setting its
     /// environment, say) with [`Lane::start_posd`].
     pub fn prepare(reader_args: &[&str], extra_config: &str) -> Lane {
@@ -283,6 +318,8 @@ impl Lane {
             gateway_timeout_ms,
             reader_tcp,
             reader_addr: String::new(),
+            zvt: false,
+            terminal_control: String::new(),
             extra_config: String::new(),
             posd_env: Vec::new(),
             gateway_scheme: "http",
@@ -315,23 +352,44 @@ impl Lane {
     }
 
     pub fn start_reader(&mut self) {
+        let kind = if self.zvt { "zvt" } else { "reader" };
         let mut cmd = Command::new(bin("firmware-sim"));
-        cmd.arg("reader");
+        cmd.arg(kind);
         if self.reader_tcp {
             cmd.args(["--tcp", "127.0.0.1:0"]);
         } else {
             cmd.arg("--pty-link").arg(self.reader_link());
         }
-        for (flag, zero) in [("--present-delay-ms", "0"), ("--pin-delay-ms", "0")] {
+        let defaults: &[(&str, &str)] = if self.zvt {
+            &[("--step-ms", "20"), ("--control", "127.0.0.1:0")]
+        } else {
+            &[("--present-delay-ms", "0"), ("--pin-delay-ms", "0")]
+        };
+        for (flag, value) in defaults {
             if !self.reader_args.iter().any(|a| a == flag) {
-                cmd.args([flag, zero]);
+                cmd.args([flag, value]);
             }
         }
         cmd.args(&self.reader_args);
         let log = self.dir.path().join("firmware-sim.log");
-        let ready = if self.reader_tcp { "firmware-sim reader listening on " } else { "firmware-sim reader on " };
-        let (proc, rest) = Proc::start(cmd, &log, ready);
-        if self.reader_tcp {
+        let (first, ready) = if self.zvt {
+            (
+                "firmware-sim zvt control on ",
+                if self.reader_tcp { "firmware-sim zvt listening on " } else { "firmware-sim zvt on " },
+            )
+        } else if self.reader_tcp {
+            ("firmware-sim reader listening on ", "")
+        } else {
+            ("firmware-sim reader on ", "")
+        };
+        let (mut proc, rest) = Proc::start(cmd, &log, first);
+        if self.zvt {
+            self.terminal_control = rest;
+            let line = proc.wait_line(ready).expect("the terminal's line");
+            if self.reader_tcp {
+                self.reader_addr = line;
+            }
+        } else if self.reader_tcp {
             self.reader_addr = rest;
         }
         self.reader = Some(proc);
@@ -363,10 +421,14 @@ impl Lane {
             ca =
                 self.extra_ca.as_ref().map(|c| format!("ca_file = {c:?}\n")).unwrap_or_default() + &self.gateway_config,
             extra = self.extra_config,
-            reader = if self.reader_tcp {
-                format!("{{ tcp = {:?} }}", self.reader_addr)
-            } else {
-                format!("{{ device = {:?} }}", self.reader_link())
+            reader = match (self.reader_tcp, self.zvt) {
+                (true, false) => format!("{{ tcp = {:?} }}", self.reader_addr),
+                (false, false) => format!("{{ device = {:?} }}", self.reader_link()),
+                (true, true) =>
+                    format!("{{ kind = \"zvt\", tcp = {:?}, t3_ms = 1000, t4_ms = 1500 }}", self.reader_addr),
+                (false, true) => {
+                    format!("{{ kind = \"zvt\", device = {:?}, t3_ms = 1000, t4_ms = 1500 }}", self.reader_link())
+                }
             },
         );
         std::fs::write(&path, text).unwrap();

@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS refunds (
     decline_message TEXT NOT NULL,
     refunded_after INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS terminal_records (
+    record_key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS card_blobs (
     digest TEXT PRIMARY KEY,
     key TEXT NOT NULL
@@ -209,6 +213,21 @@ impl Ledger {
     pub fn set_captured(&mut self, key: &str, amount: i64) -> rusqlite::Result<()> {
         self.conn
             .execute("UPDATE charges SET captured = 1, captured_minor = ?2 WHERE key = ?1", params![key, amount])?;
+        Ok(())
+    }
+
+    /// The digest of a terminal record already stored under this key.
+    pub fn terminal_record(&self, record_key: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row("SELECT digest FROM terminal_records WHERE record_key = ?1", [record_key], |r| r.get(0))
+            .optional()
+    }
+
+    pub fn insert_terminal_record(&mut self, record_key: &str, digest: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO terminal_records (record_key, digest) VALUES (?1, ?2)",
+            params![record_key, digest],
+        )?;
         Ok(())
     }
 

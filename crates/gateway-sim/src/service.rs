@@ -364,6 +364,97 @@ impl Inner {
         Ok(result(ok, code, &message, after))
     }
 
+    /// Stores what a payment terminal decided by itself, without deciding
+    /// again: a sale becomes a captured charge (entry mode "terminal"), a
+    /// reversal voids it, a refund adds to its refunded total.
+    fn record_terminal_committed(
+        &self,
+        r: &pos_proto::gateway::TerminalRecord,
+    ) -> Result<pos_proto::gateway::TerminalRecordAck, Status> {
+        use pos_proto::gateway::{TerminalRecordAck, TerminalRecordKind as K};
+        if r.record_key.is_empty() || r.transaction_key.is_empty() {
+            return Err(Status::invalid_argument("record_key and transaction_key are required"));
+        }
+        if r.amount_minor <= 0 {
+            return Err(Status::invalid_argument("amount_minor must be positive"));
+        }
+        let kind = K::try_from(r.kind).unwrap_or(K::Unspecified);
+        let digest = format!(
+            "{}|{}|{}|{}|{}|{}",
+            r.transaction_key,
+            r.terminal_id,
+            kind.as_str_name(),
+            r.amount_minor,
+            r.currency,
+            r.terminal_receipt_no
+        );
+        let mut ledger = self.ledger.lock().unwrap();
+        if let Some(stored) = ledger.terminal_record(&r.record_key).map_err(db_err)? {
+            if stored != digest {
+                return Err(Status::already_exists(format!(
+                    "record key {} was already used for another record",
+                    r.record_key
+                )));
+            }
+            return Ok(TerminalRecordAck { duplicate: true });
+        }
+        let existing = ledger.get(&r.transaction_key).map_err(db_err)?;
+        match (kind, &existing) {
+            (K::Sale, None) => {}
+            (K::Sale, Some(_)) => {
+                return Err(Status::already_exists(format!("key {} is already a charge", r.transaction_key)));
+            }
+            (K::Reversal | K::Refund, Some(c)) if c.entry_mode == "terminal" => {}
+            (K::Reversal | K::Refund, _) => {
+                return Err(Status::not_found(format!("no terminal sale under key {}", r.transaction_key)));
+            }
+            (K::Unspecified, _) => return Err(Status::invalid_argument("kind is required")),
+        }
+        ledger
+            .batch(|l| -> rusqlite::Result<()> {
+                match (kind, existing) {
+                    (K::Sale, _) => l.insert(
+                        &Charge {
+                            key: r.transaction_key.clone(),
+                            terminal_id: r.terminal_id.clone(),
+                            amount_minor: r.amount_minor,
+                            currency: r.currency.clone(),
+                            status: "approved".into(),
+                            captured: true,
+                            captured_minor: r.amount_minor,
+                            refunded_minor: 0,
+                            decline_code: String::new(),
+                            decline_message: String::new(),
+                            auth_code: r.auth_code.clone(),
+                            gateway_reference: format!("terminal receipt {}", r.terminal_receipt_no),
+                            masked_pan: r.masked_pan.clone(),
+                            brand: r.brand.clone(),
+                            entry_mode: "terminal".into(),
+                            tombstone: false,
+                            request_digest: digest.clone(),
+                            created_at: now_rfc3339(),
+                        },
+                        None,
+                    )?,
+                    (K::Reversal, _) => l.set_status(&r.transaction_key, "voided")?,
+                    (_, Some(c)) => l.record_refund(
+                        &r.record_key,
+                        &c.key,
+                        r.amount_minor,
+                        true,
+                        "",
+                        "",
+                        c.refunded_minor + r.amount_minor,
+                    )?,
+                    (_, None) => unreachable!("checked above"),
+                }
+                l.insert_terminal_record(&r.record_key, &digest)
+            })
+            .map_err(db_err)?
+            .map_err(db_err)?;
+        Ok(TerminalRecordAck { duplicate: false })
+    }
+
     fn reverse_committed(&self, r: &ReverseRequest) -> Result<Charge, Status> {
         if r.transaction_key.is_empty() {
             return Err(Status::invalid_argument("transaction_key is required"));
@@ -569,6 +660,23 @@ impl Gateway for GatewayService {
                 let c = g.void_committed(&req)?;
                 g.after_commit()?;
                 Ok(Response::new(to_proto(&c)))
+            })
+        })
+        .await
+    }
+
+    async fn record_terminal_transaction(
+        &self,
+        request: Request<pos_proto::gateway::TerminalRecord>,
+    ) -> Result<Response<pos_proto::gateway::TerminalRecordAck>, Status> {
+        let req = request.into_inner();
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                let ack = g.record_terminal_committed(&req)?;
+                tracing::info!(record = %req.record_key, key = %req.transaction_key, kind = req.kind, duplicate = ack.duplicate, "terminal record");
+                g.after_commit()?;
+                Ok(Response::new(ack))
             })
         })
         .await

@@ -16,6 +16,11 @@
 //! OFFLINE_APPROVED -> FORWARDING -> CAPTURED | AUTHORIZED | OFFLINE_DECLINED | QUARANTINED
 //!                                 | OFFLINE_APPROVED (link error: retried under the same key)
 //! OFFLINE_APPROVED -(too old)-> EXPIRED
+//!
+//! A payment terminal that authorizes by itself (ZVT):
+//! CREATED -> COLLECTING -(result stored, before 80 00)-> CONFIRMING -(80 00 sent)-> CAPTURED -(reversed)-> VOIDED
+//! COLLECTING -> DECLINED | CANCELED | FAILED
+//! COLLECTING | CONFIRMING -(line lost)-> UNKNOWN -(asked the terminal)-> CAPTURED | FAILED (not booked)
 //! ```
 
 pub mod money;
@@ -30,6 +35,10 @@ pub enum Status {
     Collecting,
     CardRead,
     Authorizing,
+    /// The payment terminal approved; posd stored its result and is
+    /// confirming it (80 00). Not yet settled: the terminal reverses a result
+    /// it never sees confirmed.
+    Confirming,
     Unknown,
     Authorized,
     Captured,
@@ -53,11 +62,12 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 19] = [
         Status::Created,
         Status::Collecting,
         Status::CardRead,
         Status::Authorizing,
+        Status::Confirming,
         Status::Unknown,
         Status::Authorized,
         Status::Captured,
@@ -81,6 +91,7 @@ impl Status {
             Status::Collecting => "collecting",
             Status::CardRead => "card_read",
             Status::Authorizing => "authorizing",
+            Status::Confirming => "confirming",
             Status::Unknown => "unknown",
             Status::Authorized => "authorized",
             Status::Captured => "captured",
@@ -105,14 +116,24 @@ impl Status {
     /// The register has its answer: the payment will not change from the
     /// register's point of view (approved, or definitely not charged).
     pub fn is_settled_for_register(self) -> bool {
-        !matches!(self, Status::Created | Status::Collecting | Status::CardRead | Status::Authorizing | Status::Unknown)
+        !matches!(
+            self,
+            Status::Created
+                | Status::Collecting
+                | Status::CardRead
+                | Status::Authorizing
+                | Status::Confirming
+                | Status::Unknown
+        )
     }
 
-    /// Nothing more will ever happen to the payment without a new request.
+    /// Nothing more will ever happen to the payment's status. (A captured
+    /// payment may still be reversed at a payment terminal; refunds of it
+    /// are kept apart from its status.)
     pub fn is_final(self) -> bool {
         self.is_settled_for_register()
             && !self.is_unsent()
-            && !matches!(self, Status::ReversalPending | Status::Authorized)
+            && !matches!(self, Status::ReversalPending | Status::Authorized | Status::Captured)
     }
 
     /// The register treats the payment as paid.
@@ -181,6 +202,23 @@ pub enum Input {
     Capture,
     /// The gateway voided the authorized payment.
     Void { reason: String },
+    /// The payment is recorded; ask the payment terminal for it.
+    StartOnTerminal,
+    /// The terminal approved (its result stored in the same commit).
+    TerminalApproved,
+    /// posd confirmed the stored result to the terminal (80 00 sent), or
+    /// the terminal confirmed it booked the payment when asked.
+    TerminalConfirmed,
+    /// The terminal declined.
+    TerminalDeclined { code: String, message: String },
+    /// The line to the terminal failed after it took the command: it may
+    /// have approved.
+    TerminalLost { message: String },
+    /// Asked after a lost line or a restart, the terminal shows it did not
+    /// book the payment.
+    TerminalNotBooked { message: String },
+    /// The terminal reversed the payment (a void on the register's request).
+    TerminalReversed { reason: String },
 }
 
 /// What the daemon must do after committing a transition.
@@ -304,6 +342,33 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (ReversalPending, Input::ReversalAcknowledged) => {
             t(Reversed, "gateway acknowledged the reversal".into(), None, vec![])
         }
+        (Created, Input::StartOnTerminal) => {
+            t(Collecting, "payment terminal asked to take the payment".into(), None, vec![])
+        }
+        (Collecting | Unknown, Input::TerminalApproved) => {
+            t(Confirming, "payment terminal approved; result stored before confirming it".into(), None, vec![])
+        }
+        (Confirming | Unknown, Input::TerminalConfirmed) => {
+            t(Captured, "payment terminal's result confirmed; record queued for the gateway".into(), None, vec![])
+        }
+        (Collecting | Unknown, Input::TerminalDeclined { code, message }) => {
+            t(Declined, format!("payment terminal declined: {code}"), reason(code, message.clone()), vec![])
+        }
+        (Collecting | Confirming, Input::TerminalLost { message }) => {
+            t(Unknown, format!("line to the payment terminal lost: {message}"), None, vec![])
+        }
+        (Unknown | Confirming, Input::TerminalNotBooked { message }) => t(
+            Failed,
+            "the payment terminal shows the payment was not booked".into(),
+            reason("terminal_not_booked", message.clone()),
+            vec![],
+        ),
+        (Captured, Input::TerminalReversed { reason: why }) => t(
+            Voided,
+            format!("reversed at the payment terminal: {why}"),
+            reason("voided", format!("Reversed at the payment terminal: {why}")),
+            vec![],
+        ),
         (Created | Collecting | CardRead, Input::Interrupted) => t(
             Failed,
             "posd restarted before the authorization was sent".into(),
@@ -327,8 +392,21 @@ pub enum Recovery {
     /// A forwarding attempt was cut short: back to the queue (the same key
     /// makes a repeat safe).
     Requeue,
+    /// Ask the payment terminal what it booked (Repeat Receipt).
+    AskTerminal,
     /// Nothing to do.
     None,
+}
+
+/// What posd does after a restart with a payment taken on a payment
+/// terminal that authorizes by itself: anything the terminal may have booked
+/// is settled by asking the terminal, never by a guess.
+pub fn recovery_on_terminal(status: Status) -> Recovery {
+    match status {
+        Status::Created => Recovery::Interrupt,
+        Status::Collecting | Status::Confirming | Status::Unknown => Recovery::AskTerminal,
+        _ => Recovery::None,
+    }
 }
 
 pub fn recovery(status: Status) -> Recovery {
@@ -367,7 +445,35 @@ mod tests {
             Input::Expire { message: "m".into() },
             Input::Capture,
             Input::Void { reason: "m".into() },
+            Input::StartOnTerminal,
+            Input::TerminalApproved,
+            Input::TerminalConfirmed,
+            Input::TerminalDeclined { code: "zvt_05".into(), message: "m".into() },
+            Input::TerminalLost { message: "m".into() },
+            Input::TerminalNotBooked { message: "m".into() },
+            Input::TerminalReversed { reason: "m".into() },
         ]
+    }
+
+    #[test]
+    fn a_terminal_result_is_approved_only_once_confirmed_and_never_failed_when_in_doubt() {
+        let t = next(Status::Collecting, &Input::TerminalApproved).unwrap();
+        assert_eq!(t.to, Status::Confirming);
+        assert!(!t.to.is_approved() && !t.to.is_settled_for_register());
+        assert_eq!(next(Status::Confirming, &Input::TerminalConfirmed).unwrap().to, Status::Captured);
+        // A lost line after the result is a doubt, not a failure.
+        let lost = next(Status::Confirming, &Input::TerminalLost { message: "m".into() }).unwrap();
+        assert_eq!(lost.to, Status::Unknown);
+        // Only the terminal's own answer settles the doubt.
+        assert_eq!(next(Status::Unknown, &Input::TerminalConfirmed).unwrap().to, Status::Captured);
+        assert_eq!(
+            next(Status::Unknown, &Input::TerminalNotBooked { message: "m".into() }).unwrap().to,
+            Status::Failed
+        );
+        for s in [Status::Collecting, Status::Confirming, Status::Unknown] {
+            assert_eq!(recovery_on_terminal(s), Recovery::AskTerminal);
+        }
+        assert_eq!(recovery_on_terminal(Status::Created), Recovery::Interrupt);
     }
 
     #[test]

@@ -54,6 +54,46 @@ pub fn exponent(code: &str) -> Option<u32> {
     }
 }
 
+/// ISO 4217 numeric codes of the currencies payment terminals in Europe
+/// and the larger markets use (ZVT sends currencies as numbers).
+const NUMERIC: &[(&str, u16)] = &[
+    ("AUD", 36),
+    ("BGN", 975),
+    ("BRL", 986),
+    ("CAD", 124),
+    ("CHF", 756),
+    ("CNY", 156),
+    ("CZK", 203),
+    ("DKK", 208),
+    ("EUR", 978),
+    ("GBP", 826),
+    ("HKD", 344),
+    ("HUF", 348),
+    ("ILS", 376),
+    ("INR", 356),
+    ("ISK", 352),
+    ("JPY", 392),
+    ("KRW", 410),
+    ("KWD", 414),
+    ("MXN", 484),
+    ("NOK", 578),
+    ("NZD", 554),
+    ("PLN", 985),
+    ("RON", 946),
+    ("RSD", 941),
+    ("SEK", 752),
+    ("SGD", 702),
+    ("TRY", 949),
+    ("UAH", 980),
+    ("USD", 840),
+    ("ZAR", 710),
+];
+
+/// The ISO 4217 numeric code of a currency posd knows it for.
+pub fn numeric(code: &str) -> Option<u16> {
+    NUMERIC.iter().find(|(c, _)| *c == code).map(|(_, n)| *n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +105,16 @@ mod tests {
         assert_eq!(exponent("KWD"), Some(3));
         assert_eq!(exponent("eur"), None);
         assert_eq!(exponent("XXX"), None);
+    }
+
+    #[test]
+    fn numeric_codes_belong_to_known_currencies() {
+        assert_eq!(numeric("EUR"), Some(978));
+        assert_eq!(numeric("CHF"), Some(756));
+        for (code, n) in NUMERIC {
+            assert!(exponent(code).is_some(), "{code}");
+            assert!((1..1000).contains(n), "{code}");
+        }
+        assert_eq!(numeric("XXX"), None);
     }
 }

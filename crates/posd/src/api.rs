@@ -36,7 +36,11 @@ impl TerminalApi {
 fn stored_payment(store: &crate::store::Store, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
     let history = store.history(&rec.id).map_err(store_status)?;
     let refunds = store.refunds_of(&rec.id).map_err(store_status)?;
-    Ok(convert::with_refunds(convert::payment(rec, &history), &refunds))
+    let mut p = convert::with_refunds(convert::payment(rec, &history), &refunds);
+    if rec.device == "zvt" {
+        p.terminal = store.terminal_result(&rec.id).map_err(store_status)?.map(|t| convert::terminal(&t));
+    }
+    Ok(p)
 }
 
 /// The event that tells a register where a payment stands now.

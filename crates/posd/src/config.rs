@@ -345,12 +345,30 @@ impl LaneConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReaderConfig {
+    /// `reader` (default): a host-authorized card reader (pos.reader.v1);
+    /// `zvt`: a payment terminal that authorizes by itself.
+    #[serde(default = "default_kind")]
+    pub kind: String,
     /// Serial device path, e.g. /dev/pos/lane1-reader.
     pub device: Option<PathBuf>,
     /// Or a TCP address, e.g. 192.0.2.10:20007.
     pub tcp: Option<String>,
     #[serde(default = "default_baud")]
     pub baud: u32,
+    /// ZVT: the terminal's password (6 digits; default 123456).
+    #[serde(default)]
+    pub password: Option<u32>,
+    /// ZVT: T3, the wait for the terminal's 80 00 (default 5 s).
+    #[serde(default)]
+    pub t3_ms: Option<u64>,
+    /// ZVT: T4, from 80 00 to the command's end, restarted by every
+    /// intermediate status (default 180 s).
+    #[serde(default)]
+    pub t4_ms: Option<u64>,
+}
+
+fn default_kind() -> String {
+    "reader".into()
 }
 
 /// A receipt printer: exactly one of `device` (serial), `usb` or `tcp`.
@@ -481,18 +499,60 @@ fn default_baud() -> u32 {
 impl ReaderConfig {
     pub fn line(&self, lane: &str) -> anyhow::Result<ReaderLine> {
         match (&self.device, &self.tcp) {
-            (Some(d), None) => Ok(ReaderLine::Serial(SerialSettings { baud: self.baud, ..SerialSettings::new(d) })),
+            // ZVT lines run 8N2 (PA00P016); the native reader 8N1.
+            (Some(d), None) => Ok(ReaderLine::Serial(SerialSettings {
+                baud: self.baud,
+                stop_bits: if self.kind == "zvt" { 2 } else { 1 },
+                ..SerialSettings::new(d)
+            })),
             (None, Some(a)) => Ok(ReaderLine::Tcp(a.clone())),
             _ => anyhow::bail!("lane {lane}: reader needs exactly one of `device` (serial) or `tcp`"),
         }
     }
 
+    /// The lane's card device, checked.
+    pub fn device(&self, lane: &str, currency: &str) -> anyhow::Result<crate::lane::CardDevice> {
+        use crate::lane::CardDevice;
+        let line = self.line(lane)?;
+        match self.kind.as_str() {
+            "reader" => {
+                if self.password.is_some() || self.t3_ms.is_some() || self.t4_ms.is_some() {
+                    anyhow::bail!("lane {lane}: password, t3_ms and t4_ms apply to kind = \"zvt\" only");
+                }
+                Ok(CardDevice::Reader(line))
+            }
+            "zvt" => {
+                let password = pos_zvt::message::password(self.password.unwrap_or(123_456))
+                    .ok_or_else(|| anyhow::anyhow!("lane {lane}: the ZVT password has at most 6 digits"))?;
+                let currency_number = pos_engine::money::numeric(currency).ok_or_else(|| {
+                    anyhow::anyhow!("lane {lane}: posd does not know the ISO 4217 number of {currency} for ZVT")
+                })?;
+                let t3 = Duration::from_millis(self.t3_ms.unwrap_or(5_000));
+                let t4 = Duration::from_millis(self.t4_ms.unwrap_or(180_000));
+                if t3.is_zero() || t4 < t3 {
+                    anyhow::bail!("lane {lane}: t3_ms must be positive and t4_ms at least t3_ms");
+                }
+                Ok(CardDevice::Zvt(crate::zvt::ZvtSettings {
+                    line,
+                    password,
+                    currency: currency_number,
+                    t3,
+                    t4,
+                    // The terminal waits T3 for our 80 00: store well within it.
+                    commit_bound: t3 * 3 / 5,
+                }))
+            }
+            other => anyhow::bail!("lane {lane}: reader kind must be \"reader\" or \"zvt\", not {other:?}"),
+        }
+    }
+
     /// Parses the `--reader` override: a device path, or `tcp:HOST:PORT`.
     pub fn from_arg(arg: &str) -> Self {
-        match arg.strip_prefix("tcp:") {
-            Some(addr) => Self { device: None, tcp: Some(addr.into()), baud: default_baud() },
-            None => Self { device: Some(arg.into()), tcp: None, baud: default_baud() },
-        }
+        let (device, tcp) = match arg.strip_prefix("tcp:") {
+            Some(addr) => (None, Some(addr.into())),
+            None => (Some(arg.into()), None),
+        };
+        Self { kind: default_kind(), device, tcp, baud: default_baud(), password: None, t3_ms: None, t4_ms: None }
     }
 }
 
@@ -529,7 +589,7 @@ impl Config {
                     lane.currency
                 );
             }
-            lane.reader.line(&lane.id)?;
+            lane.reader.device(&lane.id, &lane.currency)?;
             if let Some(p) = &lane.printer {
                 p.line(&lane.id)?;
             }
@@ -810,9 +870,31 @@ mod tests {
 
     #[test]
     fn reader_needs_exactly_one_line() {
-        let r = ReaderConfig { device: Some("/dev/x".into()), tcp: Some("h:1".into()), baud: 9600 };
+        let r = ReaderConfig { device: Some("/dev/x".into()), tcp: Some("h:1".into()), ..ReaderConfig::from_arg("") };
         assert!(r.line("lane-1").is_err());
         assert!(matches!(ReaderConfig::from_arg("tcp:127.0.0.1:20007").line("l").unwrap(), ReaderLine::Tcp(_)));
         assert!(matches!(ReaderConfig::from_arg("/dev/ttyUSB0").line("l").unwrap(), ReaderLine::Serial(_)));
+    }
+
+    #[test]
+    fn a_zvt_lane_is_checked() {
+        let zvt = |extra: &str| {
+            toml::from_str::<ReaderConfig>(&format!("kind = \"zvt\"\ntcp = \"127.0.0.1:20007\"\n{extra}")).unwrap()
+        };
+        let crate::lane::CardDevice::Zvt(s) = zvt("").device("l", "EUR").unwrap() else { panic!("not zvt") };
+        assert_eq!((s.password, s.currency, s.t4), ([0x12, 0x34, 0x56], 978, Duration::from_secs(180)));
+        assert!(zvt("password = 1234567").device("l", "EUR").unwrap_err().to_string().contains("6 digits"));
+        assert!(zvt("").device("l", "XPF").unwrap_err().to_string().contains("ISO 4217 number"));
+        assert!(zvt("t3_ms = 5000\nt4_ms = 100").device("l", "EUR").is_err());
+        let serial = toml::from_str::<ReaderConfig>("kind = \"zvt\"\ndevice = \"/dev/ttyS0\"").unwrap();
+        let crate::lane::CardDevice::Zvt(s) = serial.device("l", "EUR").unwrap() else { panic!("not zvt") };
+        assert!(
+            matches!(s.line, ReaderLine::Serial(ref p) if p.stop_bits == 2 && p.baud == 9600),
+            "ZVT runs 8N2 at 9600"
+        );
+        let odd = toml::from_str::<ReaderConfig>("kind = \"chip-and-pin\"\ntcp = \"h:1\"").unwrap();
+        assert!(odd.device("l", "EUR").unwrap_err().to_string().contains("\"reader\" or \"zvt\""));
+        let reader = toml::from_str::<ReaderConfig>("tcp = \"h:1\"\nt4_ms = 10").unwrap();
+        assert!(reader.device("l", "EUR").unwrap_err().to_string().contains("zvt"));
     }
 }

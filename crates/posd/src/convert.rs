@@ -21,6 +21,7 @@ pub fn status(s: Status) -> pb::PaymentStatus {
         Status::Collecting => P::Collecting,
         Status::CardRead => P::CardRead,
         Status::Authorizing => P::Authorizing,
+        Status::Confirming => P::Confirming,
         Status::Unknown => P::Unknown,
         Status::Authorized => P::Authorized,
         Status::Captured => P::Captured,
@@ -47,7 +48,7 @@ pub fn stage(s: Status) -> pb::PaymentStage {
     use pb::PaymentStage as S;
     match s {
         Status::Created | Status::Collecting => S::PresentCard,
-        Status::CardRead | Status::Authorizing | Status::Unknown => S::Authorizing,
+        Status::CardRead | Status::Authorizing | Status::Confirming | Status::Unknown => S::Authorizing,
         Status::Authorized | Status::Captured => S::Approved,
         Status::OfflineApproved | Status::Forwarding | Status::Quarantined => S::Approved,
         Status::Declined | Status::OfflineDeclined => S::Declined,
@@ -167,6 +168,18 @@ pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
         captured_minor: r.captured_minor,
         refunded_minor: 0,
         refunds: vec![],
+        terminal: None,
+    }
+}
+
+/// What a payment terminal reported, for the register.
+pub fn terminal(t: &crate::store::TerminalResult) -> pb::TerminalAuthorization {
+    pb::TerminalAuthorization {
+        receipt_no: t.receipt_no.map_or(0, u32::from),
+        trace: t.trace.unwrap_or(0),
+        terminal_tid: t.terminal_tid.clone(),
+        offline: t.offline,
+        receipt_lines: t.lines.clone(),
     }
 }
 
@@ -175,7 +188,7 @@ pub fn status_message(r: &PaymentRecord) -> String {
     let demo = if r.demo { " (DEMO)" } else { "" };
     match r.status {
         Status::Created | Status::Collecting => format!("Present card{demo}"),
-        Status::CardRead | Status::Authorizing | Status::Unknown => format!("Authorizing{demo}"),
+        Status::CardRead | Status::Authorizing | Status::Confirming | Status::Unknown => format!("Authorizing{demo}"),
         Status::Authorized | Status::Captured if r.offline => format!("Approved (offline, forwarded){demo}"),
         Status::Authorized | Status::Captured => format!("Approved{demo}"),
         Status::OfflineApproved | Status::Forwarding => format!("Approved OFFLINE{demo}"),

@@ -186,7 +186,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         lanes.push(Lane::spawn(
             l.id.clone(),
             l.currency.clone(),
-            l.reader.line(&l.id)?,
+            l.reader.device(&l.id, &l.currency)?,
             l.offline_policy(&cfg.offline),
             printer,
         ));
@@ -224,6 +224,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     engine.recover().await?;
     tokio::spawn(engine.clone().reversal_worker());
     tokio::spawn(engine.clone().forwarder());
+    tokio::spawn(engine.clone().record_forwarder());
     tokio::spawn(engine.clone().monitor());
     tokio::spawn(engine.clone().gateway_events());
     tokio::spawn(engine.clone().printer_events());

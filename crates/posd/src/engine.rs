@@ -18,6 +18,8 @@ use pos_proto::reader::{CardResult, CollectCard, FailReason};
 use pos_proto::terminal as pb;
 use tokio::sync::{Notify, broadcast, mpsc};
 
+mod terminal;
+
 use crate::clock::AgeClock;
 use crate::convert;
 use crate::failpoint;
@@ -141,6 +143,8 @@ pub struct Engine {
     busy: Mutex<HashMap<String, String>>,
     reversals: Notify,
     forward_wake: Notify,
+    /// Wakes the gateway-records sender (terminal payments to record).
+    record_wake: Notify,
     events: broadcast::Sender<EventRecord>,
     clock: AgeClock,
     sync: Mutex<SyncState>,
@@ -175,6 +179,7 @@ impl Engine {
             busy: Mutex::new(HashMap::new()),
             reversals: Notify::new(),
             forward_wake: Notify::new(),
+            record_wake: Notify::new(),
             events: broadcast::channel(1024).0,
             clock,
             sync: Mutex::new(SyncState::default()),
@@ -299,6 +304,7 @@ impl Engine {
             order_reference: req.order_reference.clone(),
             manual_capture: req.manual_capture,
             demo: self.settings.demo,
+            device: lane.device_kind().into(),
             ..PaymentRecord::created(
                 format!("pay_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
                 req.idempotency_key.clone(),
@@ -498,9 +504,11 @@ impl Engine {
         };
         lane.release(&id);
         let stored = self.store.get(&id).ok().flatten();
-        let may_be_at_gateway = stored
-            .as_ref()
-            .is_none_or(|r| !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead));
+        // A payment terminal decides by itself once it has the payment.
+        let may_be_at_gateway = stored.as_ref().is_none_or(|r| {
+            !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead)
+                || (r.device == "zvt" && r.status != Status::Created)
+        });
         tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
         match stored {
             Some(rec) if !may_be_at_gateway => {
@@ -534,6 +542,9 @@ impl Engine {
     }
 
     async fn drive(&self, lane: &Lane, rec: PaymentRecord, cancel: &mut mpsc::Receiver<()>) -> Result<(), StepError> {
+        if let Some(zvt) = &lane.zvt {
+            return self.drive_terminal(lane, zvt, rec, cancel).await;
+        }
         let rec = self.step(&rec, Input::Start, Update::default()).await?;
         let request = CollectCard {
             payment_id: rec.id.clone(),
@@ -808,6 +819,19 @@ impl Engine {
             }
         }
         for rec in self.store.unfinished()? {
+            if rec.device == "zvt" {
+                match pos_engine::recovery_on_terminal(rec.status) {
+                    Recovery::Interrupt => {
+                        self.step(&rec, Input::Interrupted, Update::default()).await?;
+                    }
+                    Recovery::AskTerminal => {
+                        tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
+                        self.recover_on_terminal(rec);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             let result = match pos_engine::recovery(rec.status) {
                 Recovery::Interrupt => self.step(&rec, Input::Interrupted, Update::default()).await.map(drop),
                 Recovery::QueryStatus => {
@@ -835,7 +859,7 @@ impl Engine {
                     self.reversals.notify_one();
                     Ok(())
                 }
-                Recovery::None => Ok(()),
+                Recovery::None | Recovery::AskTerminal => Ok(()),
             };
             result?;
         }

@@ -207,6 +207,14 @@ impl Gateway {
         self.finish(tokio::time::timeout(self.settings.request_timeout, client.close_batch(req)).await)
     }
 
+    /// Records a payment a terminal authorized by itself; `Ok(true)` when
+    /// the gateway already had the record.
+    pub async fn record_terminal(&self, record: pos_proto::gateway::TerminalRecord) -> Result<bool, CallError> {
+        let mut client = self.connect().await.map_err(CallError::NotSent)?;
+        let call = client.record_terminal_transaction(record);
+        self.finish(tokio::time::timeout(self.settings.request_timeout, call).await).map(|ack| ack.duplicate)
+    }
+
     fn finish<T>(
         &self,
         r: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,

@@ -30,6 +30,15 @@ impl std::fmt::Display for ReaderLine {
     }
 }
 
+/// A lane's card device.
+#[derive(Debug, Clone)]
+pub enum CardDevice {
+    /// A host-authorized card reader: posd sends its card data to the gateway.
+    Reader(ReaderLine),
+    /// A payment terminal that authorizes by itself (ZVT).
+    Zvt(crate::zvt::ZvtSettings),
+}
+
 /// What the collecting payment hears from the reader.
 #[derive(Debug)]
 pub enum ReaderEvent {
@@ -59,6 +68,8 @@ pub struct Lane {
     pub offline: pos_engine::offline::OfflinePolicy,
     /// The lane's receipt printer, when it has one.
     pub printer: Option<crate::printer::Printer>,
+    /// The payment terminal, when the lane's card device is one (ZVT).
+    pub zvt: Option<Arc<crate::zvt::ZvtTerminal>>,
     cmd_tx: mpsc::Sender<HostMessage>,
     collector: Arc<Mutex<Option<Collector>>>,
     state: Arc<Mutex<ReaderState>>,
@@ -69,23 +80,38 @@ impl Lane {
     pub fn spawn(
         id: String,
         currency: String,
-        line: ReaderLine,
+        device: CardDevice,
         offline: pos_engine::offline::OfflinePolicy,
         printer: Option<crate::printer::Printer>,
     ) -> Arc<Lane> {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let state = Arc::new(Mutex::new(ReaderState::default()));
+        let (line, zvt) = match device {
+            CardDevice::Reader(line) => (line, None),
+            CardDevice::Zvt(settings) => {
+                (settings.line.clone(), Some(crate::zvt::ZvtTerminal::spawn(id.clone(), settings, state.clone())))
+            }
+        };
         let lane = Arc::new(Lane {
             id,
             currency,
             line,
             offline,
             printer,
+            zvt,
             cmd_tx,
             collector: Arc::new(Mutex::new(None)),
-            state: Arc::new(Mutex::new(ReaderState::default())),
+            state,
         });
-        tokio::spawn(run(lane.id.clone(), lane.line.clone(), cmd_rx, lane.collector.clone(), lane.state.clone()));
+        if lane.zvt.is_none() {
+            tokio::spawn(run(lane.id.clone(), lane.line.clone(), cmd_rx, lane.collector.clone(), lane.state.clone()));
+        }
         lane
+    }
+
+    /// `zvt` for a payment terminal that authorizes by itself, else `reader`.
+    pub fn device_kind(&self) -> &'static str {
+        if self.zvt.is_some() { "zvt" } else { "reader" }
     }
 
     pub fn reader_state(&self) -> ReaderState {

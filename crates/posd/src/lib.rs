@@ -5,7 +5,8 @@
 //! - [`store`]: SQLite, the source of truth for payments and their audit log.
 //! - [`engine`]: runs payments through the `pos-engine` state machine,
 //!   committing each transition before acting on it; recovery; reversals.
-//! - [`lane`]: one lane's card reader over the link layer.
+//! - [`lane`]: one lane's card reader over the link layer; [`zvt`]: the
+//!   register side of ZVT for lanes whose payment terminal authorizes itself.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
 //! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
 //! - [`daemon`]: start-up, demo mode and serving.
@@ -25,3 +26,4 @@ pub mod printer;
 pub mod receipt;
 pub mod report;
 pub mod store;
+pub mod zvt;

@@ -66,6 +66,36 @@ pub struct PaymentRecord {
     pub last_error: String,
     /// Amount captured (the whole amount for automatic capture).
     pub captured_minor: i64,
+    /// The card device that took it: `reader` (the gateway authorizes) or
+    /// `zvt` (a payment terminal authorizes by itself).
+    pub device: String,
+}
+
+/// What a payment terminal that authorizes by itself reported (no card
+/// data beyond the masked PAN, which lives with the payment's card).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminalResult {
+    pub result_code: u8,
+    pub receipt_no: Option<u16>,
+    pub trace: Option<u32>,
+    pub offline: bool,
+    pub terminal_tid: String,
+    /// The terminal's receipt lines as sent; receipts are separated by an
+    /// empty string entry when more than one came.
+    pub lines: Vec<String>,
+}
+
+/// A record waiting for (or sent to) the gateway's ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRecord {
+    pub seq: i64,
+    pub record_key: String,
+    pub payment_id: String,
+    /// `sale`, `reversal` or `refund`.
+    pub kind: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub created_at_ms: i64,
 }
 
 /// A refund of (part of) a captured payment.
@@ -153,6 +183,7 @@ impl PaymentRecord {
             forward_attempts: 0,
             last_error: String::new(),
             captured_minor: 0,
+            device: "reader".into(),
         }
     }
 }
@@ -210,6 +241,11 @@ pub struct Update {
     pub captured_minor: Option<i64>,
     /// An event for the register, appended in the same commit.
     pub event: Option<NewEvent>,
+    /// A payment terminal's result, stored in the same commit.
+    pub terminal: Option<TerminalResult>,
+    /// A record for the gateway's ledger (`sale`, `reversal`), queued in the
+    /// same commit.
+    pub record: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -326,12 +362,40 @@ CREATE TABLE refunds (
 );
 CREATE INDEX refunds_by_payment ON refunds (payment_id, created_at_ms);
 ",
+    "
+-- Payment terminals that authorize by themselves (ZVT).
+ALTER TABLE payments ADD COLUMN device TEXT NOT NULL DEFAULT 'reader';
+CREATE TABLE terminal_results (
+    payment_id TEXT PRIMARY KEY REFERENCES payments (id),
+    result_code INTEGER NOT NULL,
+    receipt_no INTEGER,
+    trace INTEGER,
+    offline INTEGER NOT NULL,
+    terminal_tid TEXT NOT NULL,
+    -- Receipt lines as the terminal sent them, one per line.
+    lines TEXT NOT NULL DEFAULT ''
+);
+-- Records for the gateway's ledger, sent in order, each once (by key).
+CREATE TABLE gateway_records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_key TEXT NOT NULL UNIQUE,
+    payment_id TEXT NOT NULL REFERENCES payments (id),
+    kind TEXT NOT NULL CHECK (kind IN ('sale', 'reversal', 'refund')),
+    amount_minor INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    sent_at_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, seq);
+",
 ];
 
 const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
     gateway_key, masked_pan, brand, entry_mode, wallet, aid, application_label, verification, card_fingerprint, \
     reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms, offline, \
-    queued_at_ms, forward_attempts, last_error, captured_minor";
+    queued_at_ms, forward_attempts, last_error, captured_minor, device";
 
 fn status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Status> {
     let s: String = r.get(i)?;
@@ -378,6 +442,7 @@ fn row_to_payment(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
         forward_attempts: r.get(26)?,
         last_error: r.get(27)?,
         captured_minor: r.get(28)?,
+        device: r.get(29)?,
     })
 }
 
@@ -440,8 +505,8 @@ impl Store {
         }
         tx.execute(
             "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
-             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             params![
                 p.id,
                 p.idempotency_key,
@@ -453,7 +518,8 @@ impl Store {
                 p.status.as_str(),
                 p.gateway_key,
                 p.demo,
-                p.created_at_ms
+                p.created_at_ms,
+                p.device
             ],
         )?;
         tx.execute(
@@ -726,6 +792,81 @@ impl Store {
         Ok(event)
     }
 
+    /// A payment terminal's result for a payment, with its receipt lines.
+    pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines FROM terminal_results \
+                 WHERE payment_id = ?1",
+                [payment_id],
+                |r| {
+                    let lines: String = r.get(5)?;
+                    Ok(TerminalResult {
+                        result_code: r.get(0)?,
+                        receipt_no: r.get(1)?,
+                        trace: r.get(2)?,
+                        offline: r.get(3)?,
+                        terminal_tid: r.get(4)?,
+                        lines: if lines.is_empty() { vec![] } else { lines.split('\n').map(str::to_string).collect() },
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Adds receipt lines the terminal sent after its result.
+    pub fn append_receipt_lines(&self, payment_id: &str, lines: &[String]) -> Result<(), StoreError> {
+        let conn = self.conn();
+        exec(
+            &conn,
+            "UPDATE terminal_results SET lines = CASE WHEN lines = '' THEN ?2 ELSE lines || char(10) || char(10) || ?2 END \
+             WHERE payment_id = ?1",
+            params![payment_id, lines.join("\n")],
+        )?;
+        Ok(())
+    }
+
+    /// Records for the gateway's ledger not yet acknowledged, oldest first.
+    pub fn pending_records(&self, limit: usize) -> Result<Vec<GatewayRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, record_key, payment_id, kind, amount_minor, currency, created_at_ms FROM gateway_records \
+             WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(GatewayRecord {
+                seq: r.get(0)?,
+                record_key: r.get(1)?,
+                payment_id: r.get(2)?,
+                kind: r.get(3)?,
+                amount_minor: r.get(4)?,
+                currency: r.get(5)?,
+                created_at_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The gateway acknowledged the record (`error` empty), or the attempt failed.
+    pub fn record_attempt(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        if error.is_empty() {
+            exec(
+                &conn,
+                "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
+                params![seq, now_ms()],
+            )?;
+        } else {
+            exec(
+                &conn,
+                "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+                params![seq, error],
+            )?;
+        }
+        Ok(())
+    }
+
     /// The next queued payments to forward, in FIFO order, with their card data.
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StoreError> {
         let conn = self.conn();
@@ -733,7 +874,7 @@ impl Store {
             "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
         ))?;
         let rows = stmt.query_map([limit as i64], |r| {
-            let blob: Option<Vec<u8>> = r.get(29)?;
+            let blob: Option<Vec<u8>> = r.get(30)?;
             Ok((row_to_payment(r)?, blob.unwrap_or_default()))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -886,6 +1027,22 @@ fn apply_in(
         if let Some(e) = &update.last_error {
             exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
         }
+        if let Some(r) = &update.terminal {
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, \
+                 terminal_tid, lines) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, r.result_code, r.receipt_no, r.trace, r.offline, r.terminal_tid, r.lines.join("\n")],
+            )?;
+        }
+        if let Some(kind) = update.record {
+            exec(
+                tx,
+                "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+                 SELECT gateway_key || ':' || ?2, id, ?2, captured_minor, currency, ?3 FROM payments WHERE id = ?1",
+                params![id, kind, now],
+            )?;
+        }
         let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
         let rec = tx
             .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"))?
@@ -986,7 +1143,10 @@ impl Store {
     pub fn unfinished(&self) -> Result<Vec<PaymentRecord>, StoreError> {
         let unfinished: Vec<&str> = Status::ALL
             .iter()
-            .filter(|s| pos_engine::recovery(**s) != pos_engine::Recovery::None)
+            .filter(|s| {
+                pos_engine::recovery(**s) != pos_engine::Recovery::None
+                    || pos_engine::recovery_on_terminal(**s) != pos_engine::Recovery::None
+            })
             .map(|s| s.as_str())
             .collect();
         let marks = (1..=unfinished.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");

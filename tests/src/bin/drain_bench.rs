@@ -14,7 +14,7 @@ use pos_cardcrypt::{BaseKey, Binding, CardData};
 use pos_engine::{Input, Status, next};
 use posd::engine::{Engine, EngineSettings, ForwardSettings};
 use posd::gateway::{Gateway, GatewaySettings};
-use posd::lane::{Lane, ReaderLine};
+use posd::lane::{CardDevice, Lane, ReaderLine};
 use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
 
 const STORE_ID: &str = "bench";
@@ -93,7 +93,13 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
     );
     // No reader is needed to forward; the lane's line points nowhere.
     let policy = pos_engine::offline::OfflinePolicy::defaults_for("EUR");
-    let lane = Lane::spawn("lane-1".into(), "EUR".into(), ReaderLine::Tcp("127.0.0.1:9".into()), policy, None);
+    let lane = Lane::spawn(
+        "lane-1".into(),
+        "EUR".into(),
+        CardDevice::Reader(ReaderLine::Tcp("127.0.0.1:9".into())),
+        policy,
+        None,
+    );
     let engine = Engine::new(
         store.clone(),
         gateway,

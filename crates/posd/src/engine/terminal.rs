@@ -1,0 +1,427 @@
+//! Payments on a payment terminal that authorizes by itself (ZVT).
+//!
+//! The terminal decides with its own acquirer; posd records what it decided.
+//! A result (04 0F) is committed — CONFIRMING, with the terminal's receipt
+//! number — before posd sends the `80 00` that completes the payment at the
+//! terminal, and becomes CAPTURED once that `80 00` is out. Whenever posd
+//! cannot know what the terminal booked (the line failed mid-payment, posd
+//! restarted), it asks the terminal (Repeat Receipt) and reports exactly
+//! what the terminal shows, once — or leaves the payment UNKNOWN for a
+//! person, never guessing "approved". Approved payments are recorded in the
+//! chain's ledger through the gateway-records outbox, each exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pos_engine::{Input, Status};
+use pos_proto::gateway::{TerminalRecord, TerminalRecordKind};
+use pos_proto::terminal as pb;
+use pos_zvt::{Bmps, Message, codes};
+use tokio::sync::mpsc;
+
+use super::{Engine, StepError};
+use crate::failpoint;
+use crate::lane::Lane;
+use crate::store::{CardInfo, NewEvent, PaymentRecord, TerminalResult, Update};
+use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
+
+/// The terminal's last receipt number posd saw, per lane.
+fn last_receipt_key(lane: &str) -> String {
+    format!("zvt_last_receipt:{lane}")
+}
+
+/// The register's stage for a terminal's intermediate status.
+fn stage(code: u8) -> pb::PaymentStage {
+    match codes::progress(code) {
+        codes::Progress::WaitingForCard => pb::PaymentStage::PresentCard,
+        codes::Progress::Pin => pb::PaymentStage::PinEntry,
+        codes::Progress::Authorizing => pb::PaymentStage::Authorizing,
+        codes::Progress::Other => pb::PaymentStage::Reading,
+    }
+}
+
+fn terminal_result(o: &Outcome) -> TerminalResult {
+    TerminalResult {
+        result_code: o.result_code,
+        receipt_no: o.receipt_no,
+        trace: o.trace,
+        offline: o.offline,
+        terminal_tid: o.terminal_tid.clone(),
+        lines: vec![],
+    }
+}
+
+fn card(o: &Outcome) -> Option<(CardInfo, Vec<u8>)> {
+    (!o.masked_pan.is_empty()).then(|| {
+        (CardInfo { masked_pan: o.masked_pan.clone(), brand: o.card_name.clone(), ..CardInfo::default() }, vec![])
+    })
+}
+
+/// What a Repeat Receipt brought back.
+struct Repeated {
+    last: Option<Outcome>,
+    ending: Ending,
+}
+
+impl Engine {
+    fn last_receipt(&self, lane: &str) -> Result<Option<u16>, StepError> {
+        Ok(self.store.meta(&last_receipt_key(lane))?.and_then(|n| u16::try_from(n).ok()))
+    }
+
+    fn note_receipt(&self, lane: &str, o: &Outcome) {
+        if let Some(r) = o.receipt_no
+            && let Err(e) = self.store.set_meta(&last_receipt_key(lane), i64::from(r))
+        {
+            tracing::warn!(%lane, error = %e, "cannot remember the terminal's receipt number");
+        }
+    }
+
+    /// Takes one payment on the lane's payment terminal.
+    pub(super) async fn drive_terminal(
+        &self,
+        lane: &Lane,
+        zvt: &ZvtTerminal,
+        rec: PaymentRecord,
+        cancel: &mut mpsc::Receiver<()>,
+    ) -> Result<(), StepError> {
+        let before = self.last_receipt(&lane.id)?;
+        let mut rec = self.step(&rec, Input::StartOnTerminal, Update::default()).await?;
+        let command = Message::authorization(rec.amount_minor as u64, zvt.settings.currency);
+        let (mut events, abort) = zvt.run(command).await;
+        let mut register_cancel = false;
+        let ending = loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
+                    Some(ZvtEvent::Progress { code, text }) => self.publish(&rec, stage(code), text),
+                    Some(ZvtEvent::Result { outcome, confirm }) => {
+                        self.note_receipt(&lane.id, &outcome);
+                        match self.store_result(&rec, &outcome).await {
+                            Ok(new) => {
+                                rec = new;
+                                failpoint::hit("zvt_result_stored");
+                                let _ = confirm.send(true);
+                            }
+                            Err(e) => {
+                                // Not stored: the terminal hears "goods not issued" and reverses.
+                                let _ = confirm.send(false);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Some(ZvtEvent::Confirmed) if rec.status == Status::Confirming => {
+                        rec = self.confirm(&rec, None).await?;
+                    }
+                    Some(ZvtEvent::Confirmed) => {}
+                    Some(ZvtEvent::Receipt(lines)) => self.keep_lines(&rec, &lines),
+                    Some(ZvtEvent::Done(ending)) => break ending,
+                },
+                Some(()) = cancel.recv(), if rec.status == Status::Collecting && !register_cancel => {
+                    register_cancel = true;
+                    abort.abort();
+                }
+            }
+        };
+        match (rec.status, ending) {
+            (Status::Collecting, Ending::Aborted { code: 0x6C, .. }) => {
+                let by = if register_cancel { "the register" } else { "the customer at the payment terminal" };
+                self.step(&rec, Input::Cancel { by: by.into() }, Update::default()).await?;
+            }
+            (Status::Collecting, Ending::Aborted { code, text } | Ending::Refused { code, text }) => {
+                let (code, message) = match code {
+                    codes::INITIALISATION_REQUIRED => (
+                        "terminal_not_initialised".to_string(),
+                        format!(
+                            "The payment terminal must be initialised before it takes payments ({text}); \
+                             a technician runs its initialisation, then take the payment again. Nothing was charged."
+                        ),
+                    ),
+                    0xA0 | 0x9C => (
+                        "terminal_busy".to_string(),
+                        format!("The payment terminal is busy ({text}); take the payment again. Nothing was charged."),
+                    ),
+                    _ => (
+                        format!("terminal_{code:02x}"),
+                        format!("The payment terminal ended the payment: {text}. Nothing was charged."),
+                    ),
+                };
+                self.step(&rec, Input::CollectFailed { code, message }, Update::default()).await?;
+            }
+            (Status::Collecting, Ending::Lost { message, started: false }) => {
+                let message =
+                    format!("The payment terminal did not take the payment ({message}). Nothing was charged.");
+                let input = Input::CollectFailed { code: "terminal_unavailable".into(), message };
+                self.step(&rec, input, Update::default()).await?;
+            }
+            // The terminal may have booked it: ask, never guess.
+            (Status::Collecting | Status::Confirming, ending) => {
+                let message = match ending {
+                    Ending::Lost { message, .. } => message,
+                    other => format!("the terminal ended without a result ({other:?})"),
+                };
+                tracing::warn!(payment = %rec.id, %message, "payment terminal outcome in doubt; asking the terminal");
+                let rec = self.step(&rec, Input::TerminalLost { message }, Update::default()).await?;
+                self.resolve_on_terminal(lane, zvt, rec, before).await?;
+            }
+            // Settled (captured, declined) before the command ended.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Commits a terminal's result, before posd confirms it to the terminal.
+    async fn store_result(&self, rec: &PaymentRecord, o: &Outcome) -> Result<PaymentRecord, StepError> {
+        if rec.status != Status::Collecting {
+            // A second result for the same command (a repeat): nothing new to store.
+            return Ok(rec.clone());
+        }
+        let update = Update {
+            card: card(o),
+            auth_code: Some(o.auth_code.clone()),
+            terminal: Some(terminal_result(o)),
+            ..Update::default()
+        };
+        let input = if o.result_code == 0 {
+            Input::TerminalApproved
+        } else {
+            Input::TerminalDeclined {
+                code: format!("zvt_{:02x}", o.result_code),
+                message: codes::result_text(o.result_code),
+            }
+        };
+        self.step(rec, input, update).await
+    }
+
+    /// The terminal booked the payment: CAPTURED, with its record for the
+    /// gateway in the same commit. `result` is stored too when posd learns
+    /// it only now (asked after a lost line).
+    async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
+        let mut update = Update { record: Some("sale"), ..Update::default() };
+        if let Some(o) = result {
+            update.card = card(o);
+            update.auth_code = Some(o.auth_code.clone());
+            update.terminal = Some(terminal_result(o));
+        }
+        let terminal_offline = result
+            .map(|o| o.offline)
+            .unwrap_or_else(|| self.store.terminal_result(&rec.id).ok().flatten().is_some_and(|t| t.offline));
+        if terminal_offline {
+            update.event = Some(NewEvent {
+                kind: "terminal_approved_offline",
+                terminal_id: rec.terminal_id.clone(),
+                payment_id: rec.id.clone(),
+                message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
+            });
+        }
+        let new = self.step(rec, Input::TerminalConfirmed, update).await?;
+        self.record_wake.notify_one();
+        Ok(new)
+    }
+
+    fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
+        let lines: Vec<String> = lines.iter().map(|l| crate::lane::scrub(l)).collect();
+        if let Err(e) = self.store.append_receipt_lines(&rec.id, &lines) {
+            tracing::warn!(payment = %rec.id, error = %e, "cannot keep the terminal's receipt lines");
+        }
+    }
+
+    /// Asks the terminal what it booked for a payment in doubt and settles
+    /// the payment by its answer. `before`: the terminal's last receipt
+    /// number posd saw before the payment started.
+    pub(super) async fn resolve_on_terminal(
+        &self,
+        lane: &Lane,
+        zvt: &ZvtTerminal,
+        rec: PaymentRecord,
+        before: Option<u16>,
+    ) -> Result<(), StepError> {
+        self.publish(&rec, pb::PaymentStage::Authorizing, "Checking with the payment terminal what it booked".into());
+        let stored = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no);
+        let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
+        for attempt in 0..self.settings.status_attempts.max(1) * 4 {
+            if attempt > 0 {
+                tokio::time::sleep(self.settings.status_backoff).await;
+            }
+            let Repeated { last, ending } = repeat_receipt(zvt).await;
+            verdict = match ending {
+                Ending::Completed { .. } => judge(rec.amount_minor as u64, stored, before, last.as_ref()),
+                Ending::Aborted { code, text } | Ending::Refused { code, text } => Verdict::Undetermined(format!(
+                    "the payment terminal cannot repeat its last receipt ({code:02X} {text}); check its journal"
+                )),
+                // Not reachable (yet): try again.
+                Ending::Lost { message, .. } => {
+                    verdict = Verdict::Undetermined(format!("the payment terminal could not be asked: {message}"));
+                    continue;
+                }
+            };
+            if let Some(o) = &last {
+                self.note_receipt(&lane.id, o);
+            }
+            break;
+        }
+        tracing::info!(payment = %rec.id, ?verdict, "payment terminal asked");
+        match verdict {
+            Verdict::Booked(o) => {
+                self.confirm(&rec, (rec.status == Status::Unknown).then_some(&o)).await?;
+            }
+            Verdict::NotBooked(message) => {
+                self.step(&rec, Input::TerminalNotBooked { message }, Update::default()).await?;
+            }
+            Verdict::Undetermined(message) => {
+                let rec = if rec.status == Status::Confirming {
+                    self.step(&rec, Input::TerminalLost { message: message.clone() }, Update::default()).await?
+                } else {
+                    rec
+                };
+                // The payment stays UNKNOWN for a person; the register hears
+                // why and the lane is free for the next customer.
+                self.emit("terminal_outcome_unknown", &rec.terminal_id, &rec.id, message.clone());
+                self.free_lane(&rec);
+                self.publish(
+                    &rec,
+                    pb::PaymentStage::Authorizing,
+                    format!("Outcome unknown: {message}. Do not take this payment again before checking."),
+                );
+                self.live.lock().unwrap().remove(&rec.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles, after a restart, a payment the terminal may have booked.
+    pub(super) fn recover_on_terminal(self: &Arc<Self>, rec: PaymentRecord) {
+        let Some(lane) = self.lanes.get(&rec.terminal_id).cloned() else {
+            tracing::error!(payment = %rec.id, terminal = %rec.terminal_id, "a terminal payment of a lane no longer configured");
+            return;
+        };
+        let Some(zvt) = lane.zvt.clone() else {
+            tracing::error!(payment = %rec.id, "a terminal payment on a lane that has no payment terminal now");
+            return;
+        };
+        // The lane takes no new payment until the terminal has answered: a
+        // new transaction would hide the one in doubt.
+        self.busy.lock().unwrap().insert(rec.terminal_id.clone(), rec.id.clone());
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let before = engine.last_receipt(&lane.id)?;
+                let rec = if rec.status == Status::Collecting {
+                    let message = "posd restarted while the payment terminal had the payment".to_string();
+                    engine.step(&rec, Input::TerminalLost { message }, Update::default()).await?
+                } else {
+                    rec.clone()
+                };
+                engine.resolve_on_terminal(&lane, &zvt, rec, before).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(payment = %rec.id, error = %e, "recovery on the payment terminal failed");
+            }
+            engine.free_lane(&rec);
+        });
+    }
+
+    /// Sends the gateway-records outbox, oldest first, each record once
+    /// (the record key makes a repeat harmless). Runs for the life of the
+    /// process.
+    pub async fn record_forwarder(self: Arc<Self>) {
+        let f = &self.settings.forward;
+        let mut backoff = f.retry_first;
+        loop {
+            let pending = match self.store.pending_records(50) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the gateway records");
+                    vec![]
+                }
+            };
+            if pending.is_empty() {
+                tokio::select! {
+                    () = self.record_wake.notified() => {}
+                    () = tokio::time::sleep(f.retry_max) => {}
+                }
+                continue;
+            }
+            let mut failed = false;
+            for r in pending {
+                let request = match self.terminal_record(&r) {
+                    Ok(req) => req,
+                    Err(e) => {
+                        tracing::error!(record = %r.record_key, error = %e, "cannot build a gateway record");
+                        failed = true;
+                        break;
+                    }
+                };
+                match self.gateway.record_terminal(request).await {
+                    Ok(duplicate) => {
+                        tracing::info!(record = %r.record_key, duplicate, "terminal payment recorded at the gateway");
+                        let _ = self.store.record_attempt(r.seq, "");
+                        backoff = f.retry_first;
+                    }
+                    Err(e) => {
+                        tracing::warn!(record = %r.record_key, error = %e, "recording at the gateway failed; will retry");
+                        let _ = self.store.record_attempt(r.seq, &e.to_string());
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                tokio::select! {
+                    () = self.record_wake.notified() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(f.retry_max);
+            }
+        }
+    }
+
+    fn terminal_record(&self, r: &crate::store::GatewayRecord) -> Result<TerminalRecord, StepError> {
+        let p =
+            self.store.get(&r.payment_id)?.ok_or_else(|| crate::store::StoreError::NotFound(r.payment_id.clone()))?;
+        let t = self.store.terminal_result(&r.payment_id)?.unwrap_or_default();
+        let kind = match r.kind.as_str() {
+            "sale" => TerminalRecordKind::Sale,
+            "reversal" => TerminalRecordKind::Reversal,
+            _ => TerminalRecordKind::Refund,
+        };
+        let card = p.card.clone().unwrap_or_default();
+        Ok(TerminalRecord {
+            record_key: r.record_key.clone(),
+            transaction_key: p.gateway_key.clone(),
+            terminal_id: self.gateway_terminal(&p.terminal_id),
+            kind: kind as i32,
+            amount_minor: r.amount_minor,
+            currency: r.currency.clone(),
+            masked_pan: card.masked_pan,
+            brand: card.brand,
+            auth_code: p.auth_code.clone(),
+            terminal_receipt_no: t.receipt_no.map_or(0, u32::from),
+            terminal_trace: t.trace.unwrap_or(0),
+            terminal_offline: t.offline,
+            occurred_at_ms: r.created_at_ms,
+        })
+    }
+}
+
+/// Runs Repeat Receipt and keeps the terminal's last result.
+async fn repeat_receipt(zvt: &ZvtTerminal) -> Repeated {
+    let (mut events, _abort) = zvt.run(Message::RepeatReceipt(zvt.with_password(Bmps::default()))).await;
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + zvt.settings.t4 + Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ZvtEvent::Result { outcome, confirm })) => {
+                // A repeat changes nothing at the terminal: confirm at once.
+                let _ = confirm.send(true);
+                last = Some(outcome);
+            }
+            Ok(Some(ZvtEvent::Done(ending))) => return Repeated { last, ending },
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                let message = "the payment terminal did not finish Repeat Receipt".to_string();
+                return Repeated { last, ending: Ending::Lost { message, started: true } };
+            }
+        }
+    }
+}
