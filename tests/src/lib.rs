@@ -222,12 +222,7 @@ impl Lane {
     /// (T3 1 s, T4 1.5 s). posd is not started yet.
     pub fn prepare_zvt(args: &[&str], tcp: bool, extra_config: &str) -> Lane {
         let dir = tempfile::tempdir().unwrap();
-        let mut lane = Self::build_inner(dir, args, 1500, tcp, extra_config, true, &[]);
-        // build_inner started a reader; the lane gets a terminal instead.
-        lane.kill_reader();
-        lane.zvt = true;
-        lane.start_reader();
-        lane
+        Self::build_inner(dir, args, 1500, tcp, extra_config, true, &[], true)
     }
 
     /// A ZVT lane with posd running.
@@ -251,7 +246,7 @@ impl Lane {
     /// Everything but posd, which the test starts (after setting its
     /// environment, say) with [`Lane::start_posd`].
     pub fn prepare(reader_args: &[&str], extra_config: &str) -> Lane {
-        Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, false, extra_config, true, &[])
+        Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, false, extra_config, true, &[], false)
     }
 
     fn build(reader_args: &[&str], gateway_timeout_ms: u64, reader_tcp: bool) -> Lane {
@@ -269,7 +264,7 @@ impl Lane {
         if let Some(c) = client_ca {
             gateway_args.extend(["--tls-client-ca".into(), c.to_path_buf()]);
         }
-        let mut lane = Self::build_inner(dir, &[], 1500, false, extra_config, true, &gateway_args);
+        let mut lane = Self::build_inner(dir, &[], 1500, false, extra_config, true, &gateway_args, false);
         lane.gateway_scheme = "https";
         lane.gateway_host = "localhost".into();
         lane.extra_ca = Some(ca.path);
@@ -285,7 +280,7 @@ impl Lane {
     ) -> Lane {
         let dir = tempfile::tempdir().unwrap();
         let mut lane =
-            Self::build_inner(dir, reader_args, gateway_timeout_ms, reader_tcp, extra_config, gateway_up, &[]);
+            Self::build_inner(dir, reader_args, gateway_timeout_ms, reader_tcp, extra_config, gateway_up, &[], false);
         lane.start_posd();
         lane
     }
@@ -298,6 +293,7 @@ impl Lane {
         extra_config: &str,
         gateway_up: bool,
         gateway_args: &[PathBuf],
+        zvt: bool,
     ) -> Lane {
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
@@ -318,7 +314,7 @@ impl Lane {
             gateway_timeout_ms,
             reader_tcp,
             reader_addr: String::new(),
-            zvt: false,
+            zvt,
             terminal_control: String::new(),
             extra_config: String::new(),
             posd_env: Vec::new(),
