@@ -287,7 +287,10 @@ async fn send_for_ack(link: &mut Link, t: &Terminal, m: Message) -> Result<Answe
         match Message::decode(&apdu) {
             Ok(Message::Ack) | Ok(Message::Nak(0x00)) => return Ok(Answer::Ack),
             Ok(Message::Nak(code)) => return Ok(Answer::Nak(code)),
-            Ok(Message::AbortRequest) => return Ok(Answer::Abort),
+            Ok(Message::AbortRequest) => {
+                tracing::info!("zvt: the register asked to abort (06 B0)");
+                return Ok(Answer::Abort);
+            }
             Ok(other) => tracing::warn!(got = other.name(), "zvt: expected 80 00 from the register"),
             Err(e) => tracing::warn!(error = %e, "zvt: undecodable APDU while waiting for 80 00"),
         }
@@ -302,6 +305,7 @@ async fn pause(link: &mut Link, d: Duration) -> Result<bool, Stop> {
             Err(_) => return Ok(false),
             Ok(r) => {
                 if matches!(Message::decode(&r?), Ok(Message::AbortRequest)) {
+                    tracing::info!("zvt: the register asked to abort (06 B0)");
                     send(link, Message::Ack).await?;
                     return Ok(true);
                 }

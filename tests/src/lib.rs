@@ -145,6 +145,19 @@ pub struct Lane {
     pub posctl_args: Vec<String>,
 }
 
+/// The lane's card device and its line.
+#[derive(Clone, Copy)]
+struct Device {
+    /// TCP instead of a PTY.
+    tcp: bool,
+    /// A ZVT payment terminal instead of the native reader.
+    zvt: bool,
+}
+
+impl Device {
+    const PTY_READER: Device = Device { tcp: false, zvt: false };
+}
+
 /// A private certificate authority for tests, issuing PEM files.
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -222,7 +235,7 @@ impl Lane {
     /// (T3 1 s, T4 1.5 s). posd is not started yet.
     pub fn prepare_zvt(args: &[&str], tcp: bool, extra_config: &str) -> Lane {
         let dir = tempfile::tempdir().unwrap();
-        Self::build_inner(dir, args, 1500, tcp, extra_config, true, &[], true)
+        Self::build_inner(dir, args, 1500, Device { tcp, zvt: true }, extra_config, true, &[])
     }
 
     /// A ZVT lane with posd running.
@@ -246,7 +259,7 @@ impl Lane {
     /// Everything but posd, which the test starts (after setting its
     /// environment, say) with [`Lane::start_posd`].
     pub fn prepare(reader_args: &[&str], extra_config: &str) -> Lane {
-        Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, false, extra_config, true, &[], false)
+        Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, Device::PTY_READER, extra_config, true, &[])
     }
 
     fn build(reader_args: &[&str], gateway_timeout_ms: u64, reader_tcp: bool) -> Lane {
@@ -264,7 +277,7 @@ impl Lane {
         if let Some(c) = client_ca {
             gateway_args.extend(["--tls-client-ca".into(), c.to_path_buf()]);
         }
-        let mut lane = Self::build_inner(dir, &[], 1500, false, extra_config, true, &gateway_args, false);
+        let mut lane = Self::build_inner(dir, &[], 1500, Device::PTY_READER, extra_config, true, &gateway_args);
         lane.gateway_scheme = "https";
         lane.gateway_host = "localhost".into();
         lane.extra_ca = Some(ca.path);
@@ -279,8 +292,15 @@ impl Lane {
         gateway_up: bool,
     ) -> Lane {
         let dir = tempfile::tempdir().unwrap();
-        let mut lane =
-            Self::build_inner(dir, reader_args, gateway_timeout_ms, reader_tcp, extra_config, gateway_up, &[], false);
+        let mut lane = Self::build_inner(
+            dir,
+            reader_args,
+            gateway_timeout_ms,
+            Device { tcp: reader_tcp, zvt: false },
+            extra_config,
+            gateway_up,
+            &[],
+        );
         lane.start_posd();
         lane
     }
@@ -289,12 +309,12 @@ impl Lane {
         dir: tempfile::TempDir,
         reader_args: &[&str],
         gateway_timeout_ms: u64,
-        reader_tcp: bool,
+        device: Device,
         extra_config: &str,
         gateway_up: bool,
         gateway_args: &[PathBuf],
-        zvt: bool,
     ) -> Lane {
+        let Device { tcp: reader_tcp, zvt } = device;
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
         cmd.args(gateway_args);

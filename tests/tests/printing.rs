@@ -140,3 +140,61 @@ async fn a_slow_printer_with_a_small_buffer_gets_every_byte_through_xon_xoff() {
     assert!(!report.contains(" 0 XOFF sent"), "the buffer never filled, so flow control was not exercised: {report}");
     lane.finish();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zvt_terminal_s_receipt_lines_and_the_end_of_day_slip_print_as_sent() {
+    let receipt = "[receipt]\nheader = [\"ACME STORE\"]\nfooter = [\"Thank you\"]\nauto_print = [\"customer\"]\n";
+    let mut lane = Lane::prepare_zvt(&[], false, receipt);
+    let mut sim = PrinterSim::start(&lane, &[]);
+    lane.lane_config = format!("printer = {{ device = {:?} }}\n", lane.dir.path().join("printer-link"));
+    lane.start_posd();
+    lane.ready().await;
+    lane.reader_ready().await;
+    printer_ready(&lane).await;
+    let p = final_payment(&lane.pay("zvt-receipt", 1234).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+    let text = sim.next_job();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    // The terminal's lines, as it sent them, between the store's header and footer.
+    for want in [
+        "A C M E   S T O R E",
+        "Kartenzahlung",
+        "Betrag         EUR 12,34",
+        "Zahlung erfolgt",
+        "Customer copy",
+        "Thank you",
+    ] {
+        assert!(lines.contains(&want), "{want:?} missing:\n{text}");
+    }
+    assert!(posd_e2e::card_numbers(text.as_bytes()).is_empty());
+
+    let (st, out, err) = lane.posctl(&["end-of-day"]);
+    assert!(st.success(), "{out}{err}");
+    let slip = sim.next_job();
+    for want in ["E N D   O F   D A Y", "Kassenschnitt", "Kassenschnitt erfolgreich", "Summe EUR          12,34"] {
+        assert!(slip.lines().map(str::trim).any(|l| l == want), "{want:?} missing:\n{slip}");
+    }
+    let events = lane.events().await;
+    assert!(events.iter().any(|e| e.kind == "slip_printed"), "{events:?}");
+    lane.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_end_of_day_slip_prints_the_gateway_batch_totals() {
+    let (mut lane, mut sim) = lane_with_printer(&[], 115_200, "");
+    lane.ready().await;
+    printer_ready(&lane).await;
+    for (key, amount) in [("eod-1", 1000), ("eod-2", 250)] {
+        assert_eq!(status(&final_payment(&lane.pay(key, amount).await)), pb::PaymentStatus::Captured);
+    }
+    let (st, out, err) = lane.posctl(&["end-of-day"]);
+    assert!(st.success(), "{out}{err}");
+    let slip = sim.next_job();
+    let field = |name: &str| {
+        slip.lines().map(str::trim).find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_string())
+    };
+    assert_eq!(field("Payments (2)").as_deref(), Some("12.50 EUR"), "{slip}");
+    assert_eq!(field("NET").as_deref(), Some("12.50 EUR"), "{slip}");
+    assert!(slip.contains("Terminal") && slip.contains("Batch"), "{slip}");
+    lane.finish();
+}

@@ -38,12 +38,17 @@ async fn approved_and_recorded(transport_tcp: bool, args: &[&str]) {
     let stages: Vec<i32> = events.iter().map(|e| e.stage).collect();
     assert!(stages.contains(&(pb::PaymentStage::PresentCard as i32)), "{stages:?}");
     assert!(stages.contains(&(pb::PaymentStage::PinEntry as i32)), "{stages:?}");
-    let p = payment(&lane, &p.payment_id).await;
+    // The receipt follows the result (after 80 00), so it may come a moment later.
+    let p = posd_e2e::eventually("the terminal's receipt lines", async || {
+        let p = payment(&lane, &p.payment_id).await;
+        let lines = &p.terminal.as_ref()?.receipt_lines;
+        lines.iter().any(|l| l.contains("Zahlung erfolgt")).then_some(p)
+    })
+    .await;
     assert_eq!(p.card.as_ref().unwrap().masked_pan, "672559******1000");
     let t = p.terminal.as_ref().expect("the terminal's authorization");
     assert_eq!(t.receipt_no, 1);
     assert!(!t.offline);
-    assert!(t.receipt_lines.iter().any(|l| l.contains("Zahlung erfolgt")), "{:?}", t.receipt_lines);
     let history: Vec<i32> = p.history.iter().map(|h| h.to).collect();
     let confirming = history.iter().position(|s| *s == pb::PaymentStatus::Confirming as i32).expect("CONFIRMING");
     assert_eq!(history[confirming + 1], pb::PaymentStatus::Captured as i32);
@@ -60,8 +65,9 @@ async fn a_payment_on_a_zvt_terminal_over_a_pty_is_approved_and_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_payment_on_a_zvt_terminal_over_tcp_is_approved_and_recorded() {
-    approved_and_recorded(true, &[]).await;
+async fn a_payment_on_a_zvt_terminal_over_tcp_is_approved_and_recorded_with_print_lines() {
+    // Receipts as 06 D1 print lines here; as one 06 D3 block over the PTY.
+    approved_and_recorded(true, &["--receipts", "lines"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,6 +116,31 @@ async fn initialisation_required_is_a_clear_error() {
     let f = p.failure.as_ref().unwrap();
     assert_eq!(f.code, "terminal_not_initialised");
     assert!(f.message.contains("initialised") && f.message.contains("Nothing was charged"), "{}", f.message);
+
+    lane.terminal("scenario busy");
+    let p = final_payment(&lane.pay("busy", 900).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Failed);
+    assert_eq!(p.failure.as_ref().unwrap().code, "terminal_busy", "{}", reason(&p));
+    lane.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_register_cancels_a_payment_running_on_the_terminal() {
+    // A slow customer; the register cancels: posd sends Abort (06 B0) and
+    // the terminal ends the payment with 06 1E 6C.
+    let mut lane = Lane::start_zvt(&["--scenario", "slow", "--step-ms", "200"], false);
+    ready(&mut lane).await;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(posd_e2e::request("register-cancel", 800)).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().expect("a first event");
+    let id = first.payment.as_ref().unwrap().payment_id.clone();
+    let canceled = client.cancel_payment(pb::CancelPaymentRequest { payment_id: id.clone() }).await;
+    assert!(canceled.is_ok(), "{canceled:?}");
+    let p = payment(&lane, &id).await;
+    assert_eq!(status(&p), pb::PaymentStatus::Canceled);
+    assert!(reason(&p).contains("the register"), "{}", reason(&p));
+    let log = std::fs::read_to_string(lane.dir.path().join("firmware-sim.log")).unwrap();
+    assert!(log.contains("the register asked to abort (06 B0)"), "the terminal was asked to abort:\n{log}");
     lane.finish();
 }
 
@@ -192,8 +223,9 @@ async fn crash_before_confirming(keep_unconfirmed: bool) -> (Lane, pb::Payment) 
     let list = client.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
     let id = list.payments[0].payment_id.clone();
     let p = posd_e2e::eventually("the payment to be settled by asking the terminal", async || {
-        let p = payment(&lane, &id).await;
+        // Events first: the payment read after them is at least as new.
         let events = lane.events().await;
+        let p = payment(&lane, &id).await;
         let settled = status(&p) == pb::PaymentStatus::Captured
             || events.iter().any(|e| e.kind == "terminal_outcome_unknown" && e.payment_id == id);
         settled.then_some(p)
@@ -226,5 +258,55 @@ async fn crash_between_storing_the_result_and_confirming_it_a_reversed_payment_i
     let e = events.iter().find(|e| e.kind == "terminal_outcome_unknown").unwrap();
     assert!(e.message.contains("check the terminal's journal"), "{}", e.message);
     assert!(lane.ledger().iter().all(|c| c["amount_minor"] != 4200), "nothing recorded at the gateway");
+    lane.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reversal_refund_and_end_of_day_over_tcp() {
+    reversal_refund_and_end_of_day(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reversal_refund_and_end_of_day_over_a_pty() {
+    reversal_refund_and_end_of_day(false).await;
+}
+
+/// Reversal, refund and end-of-day run on the terminal and reach the ledger.
+async fn reversal_refund_and_end_of_day(tcp: bool) {
+    let mut lane = Lane::start_zvt(&[], tcp);
+    ready(&mut lane).await;
+    let a = final_payment(&lane.pay("to-reverse", 1000).await);
+    let b = final_payment(&lane.pay("to-refund", 2500).await);
+    assert_eq!((status(&a), status(&b)), (pb::PaymentStatus::Captured, pb::PaymentStatus::Captured));
+
+    let (st, out, err) = lane.posctl(&["void", &a.payment_id, "--reason", "wrong item"]);
+    assert!(st.success(), "{out}{err}");
+    let a = payment(&lane, &a.payment_id).await;
+    assert_eq!(status(&a), pb::PaymentStatus::Voided);
+
+    let (st, out, err) = lane.posctl(&["refund", &b.payment_id, "5.00"]);
+    assert!(st.success(), "{out}{err}");
+    let b = payment(&lane, &b.payment_id).await;
+    assert_eq!(b.refunded_minor, 500);
+
+    // The ledger has each record once: the reversal voided A, the refund is on B.
+    posd_e2e::eventually("the reversal and the refund to reach the ledger", async || {
+        let ledger = lane.ledger();
+        let a_voided = ledger.iter().any(|c| c["amount_minor"] == 1000 && c["status"] == "voided");
+        let b_refunded = ledger.iter().any(|c| c["amount_minor"] == 2500 && c["refunded_minor"] == 500);
+        (a_voided && b_refunded && ledger.len() == 2).then_some(())
+    })
+    .await;
+
+    let (st, out, err) = lane.posctl(&["--json", "end-of-day"]);
+    assert!(st.success(), "{out}{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The terminal's own total: B less its refund; A was reversed.
+    assert_eq!(summary["totals"][0]["captured_minor"], 2000, "{summary}");
+
+    // After the terminal's end-of-day a reversal is no longer possible.
+    let (st, _, err) = lane.posctl(&["void", &b.payment_id]);
+    assert!(!st.success());
+    assert!(err.contains("did not reverse") && err.contains("refund it instead"), "{err}");
     lane.finish();
 }

@@ -122,7 +122,8 @@ enum Command {
     Cancel { id: String },
     /// Captures an authorized payment (manual capture); without AMOUNT, all of it.
     Capture { id: String, amount: Option<String> },
-    /// Voids an authorized payment before capture.
+    /// Voids an authorized payment before capture; on a ZVT lane, reverses
+    /// a captured payment at the payment terminal (before its end-of-day).
     Void {
         id: String,
         #[arg(long, default_value = "")]
@@ -160,7 +161,8 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
-    /// End of day: closes the lane's batch with the gateway and prints the totals.
+    /// End of day: closes the lane's batch with the gateway (or the ZVT
+    /// payment terminal), prints the totals and the lane's slip.
     EndOfDay {
         #[arg(long, default_value = "lane-1")]
         terminal: String,

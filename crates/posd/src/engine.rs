@@ -810,6 +810,20 @@ impl Engine {
         }
         for refund in self.store.pending_refunds()? {
             if let Some(rec) = self.store.get(&refund.payment_id)? {
+                if rec.device == "zvt" {
+                    // Asking the terminal again would take a second refund.
+                    self.emit(
+                        "terminal_refund_unknown",
+                        &rec.terminal_id,
+                        &rec.id,
+                        format!(
+                            "refund {} of {} was running on the payment terminal when posd stopped; \
+                             check the terminal's journal before refunding again",
+                            refund.id, refund.amount_minor
+                        ),
+                    );
+                    continue;
+                }
                 let engine = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = engine.send_refund(refund, &rec).await {
@@ -974,6 +988,11 @@ impl Engine {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Voided => return Ok(rec),
+            Status::Captured if rec.device == "zvt" => {
+                self.store.audit(&rec.id, &format!("reversal requested by {caller}"))?;
+                let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
+                return self.reverse_on_terminal(rec, why).await;
+            }
             Status::Authorized => {}
             s => {
                 return Err(EngineError::FailedPrecondition(
@@ -1079,6 +1098,9 @@ impl Engine {
         refund: crate::store::RefundRecord,
         rec: &PaymentRecord,
     ) -> Result<crate::store::RefundRecord, EngineError> {
+        if rec.device == "zvt" {
+            return self.refund_on_terminal(refund, rec).await;
+        }
         let req = pos_proto::gateway::RefundRequest {
             refund_key: refund.refund_key.clone(),
             transaction_key: rec.gateway_key.clone(),
@@ -1116,7 +1138,7 @@ impl Engine {
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, succeeded, failure_ref, &event(kind, message))
+            .finish_refund(&refund.id, succeeded, failure_ref, &event(kind, message), false)
             .inspect_err(|e| self.note_store_error(e))?;
         let _ = self.events.send(ev);
         tracing::info!(refund = %stored.id, payment = %rec.id, status = %stored.status, "refund settled");
@@ -1130,6 +1152,9 @@ impl Engine {
                 field: "terminal_id",
                 message: format!("unknown terminal {terminal:?}"),
             });
+        }
+        if self.lanes.get(terminal).is_some_and(|l| l.zvt.is_some()) {
+            return self.end_of_day_on_terminal(terminal, caller).await;
         }
         let result = self.gateway.close_batch(&self.gateway_terminal(terminal)).await.map_err(call_error)?;
         let unsent = self
@@ -1164,13 +1189,15 @@ impl Engine {
                 if unsent > 0 { format!("; {unsent} offline payments not yet forwarded") } else { String::new() }
             ),
         );
-        Ok(pb::BatchSummary {
+        let summary = pb::BatchSummary {
             batch_id: result.batch_id,
             terminal_id: terminal.to_string(),
             closed_at: Some(convert::timestamp(now_ms())),
             totals,
             offline_unsent: unsent,
-        })
+        };
+        self.print_slip(&summary, &[]).await;
+        Ok(summary)
     }
 
     /// Wakes the forwarder now ("sync now").
@@ -1691,7 +1718,20 @@ impl Engine {
         let marker = format!("{} receipt", copy.name());
         let reprint = self.store.has_event("receipt_printed", id, &marker)?;
         let refunds = self.store.refunds_of(id)?;
-        let job = crate::receipt::payment_receipt(&self.settings.receipt, printer.width, &rec, &refunds, copy, reprint);
+        let lines = if rec.device == "zvt" {
+            self.store.terminal_result(id)?.map(|t| t.lines).unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let job = crate::receipt::payment_receipt(
+            &self.settings.receipt,
+            printer.width,
+            &rec,
+            &refunds,
+            copy,
+            reprint,
+            &lines,
+        );
         match printer.print(job.into_bytes()).await {
             Ok(()) => {
                 self.emit("receipt_printed", &rec.terminal_id, id, format!("{marker} printed"));
@@ -1715,6 +1755,23 @@ impl Engine {
     pub async fn open_drawer(&self, terminal: &str) -> Result<(), EngineError> {
         let printer = self.printer_of(terminal)?;
         printer.print(pos_escpos::cmd::drawer_kick(false, 100, 100).to_vec()).await.map_err(print_error)
+    }
+
+    /// Prints the end-of-day slip on the lane's printer, when it has one. A
+    /// printer fault does not undo the end-of-day: it is reported as an
+    /// event, and the batch's totals stay in the answer and the event log.
+    async fn print_slip(&self, b: &pb::BatchSummary, terminal_lines: &[String]) {
+        let Ok(printer) = self.printer_of(&b.terminal_id) else { return };
+        let job = crate::receipt::end_of_day_slip(&self.settings.receipt, printer.width, b, terminal_lines);
+        match printer.print(job.into_bytes()).await {
+            Ok(()) => self.emit("slip_printed", &b.terminal_id, "", format!("end-of-day slip {} printed", b.batch_id)),
+            Err(e) => self.emit(
+                "slip_failed",
+                &b.terminal_id,
+                "",
+                format!("end-of-day slip {} not printed: {e}; the batch is closed all the same", b.batch_id),
+            ),
+        }
     }
 
     fn printer_of(&self, terminal: &str) -> Result<&crate::printer::Printer, EngineError> {

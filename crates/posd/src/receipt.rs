@@ -58,16 +58,8 @@ fn entry_mode(v: i32) -> &'static str {
     }
 }
 
-/// A payment's receipt. Refunds are listed with their own amounts.
-pub fn payment_receipt(
-    s: &ReceiptSettings,
-    width: Width,
-    rec: &PaymentRecord,
-    refunds: &[crate::store::RefundRecord],
-    copy: Copy,
-    reprint: bool,
-) -> Receipt {
-    let mut r = Receipt::new(width);
+/// The store's header lines, with the demo and reprint markings.
+fn header(r: &mut Receipt, s: &ReceiptSettings, demo: bool, reprint: bool) {
     r.align(Align::Center).bold(true);
     for (i, line) in s.header.iter().enumerate() {
         if i == 0 {
@@ -77,11 +69,43 @@ pub fn payment_receipt(
         }
     }
     r.bold(false);
-    if rec.demo {
+    if demo {
         r.bold(true).line("*** DEMO - NO MONEY MOVED ***").bold(false);
     }
     if reprint {
         r.line("* REPRINT *");
+    }
+}
+
+fn footer(r: &mut Receipt, s: &ReceiptSettings) {
+    for line in &s.footer {
+        r.line(line);
+    }
+    r.feed(3).cut();
+}
+
+/// A payment's receipt. Refunds are listed with their own amounts. A
+/// payment terminal's own receipt lines (ZVT), when it sent any, are
+/// printed as sent instead of posd's card details.
+pub fn payment_receipt(
+    s: &ReceiptSettings,
+    width: Width,
+    rec: &PaymentRecord,
+    refunds: &[crate::store::RefundRecord],
+    copy: Copy,
+    reprint: bool,
+    terminal_lines: &[String],
+) -> Receipt {
+    let mut r = Receipt::new(width);
+    header(&mut r, s, rec.demo, reprint);
+    if !terminal_lines.is_empty() {
+        r.feed(1).align(Align::Left);
+        for line in terminal_lines {
+            r.line(line);
+        }
+        r.rule('-').align(Align::Center).line(copy.label());
+        footer(&mut r, s);
+        return r;
     }
     r.feed(1).size(2, 1).bold(true).line(title(rec)).bold(false).size(1, 1);
     if rec.offline && rec.status.is_approved() {
@@ -129,9 +153,53 @@ pub fn payment_receipt(
         r.feed(2).line("Signature:").feed(2).rule('_');
     }
     r.feed(1).align(Align::Center).line(copy.label());
-    for line in &s.footer {
-        r.line(line);
+    footer(&mut r, s);
+    r
+}
+
+/// The end-of-day slip: the batch's totals per currency, and the payment
+/// terminal's own slip lines (ZVT) as sent.
+pub fn end_of_day_slip(
+    s: &ReceiptSettings,
+    width: Width,
+    b: &pos_proto::terminal::BatchSummary,
+    terminal_lines: &[String],
+) -> Receipt {
+    let mut r = Receipt::new(width);
+    header(&mut r, s, false, false);
+    r.feed(1).size(2, 1).bold(true).line("END OF DAY").bold(false).size(1, 1);
+    r.align(Align::Left).rule('-');
+    let at = b
+        .closed_at
+        .as_ref()
+        .and_then(|t| jiff::Timestamp::from_second(t.seconds).ok())
+        .map(|t| s.tz.to_datetime(t).strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default();
+    r.columns2("Date", &at);
+    r.columns2("Terminal", &b.terminal_id);
+    r.columns2("Batch", &b.batch_id);
+    r.rule('-');
+    if b.totals.is_empty() {
+        r.line("Nothing to settle");
     }
-    r.feed(3).cut();
+    for t in &b.totals {
+        r.columns2(&format!("Payments ({})", t.count), &pos_engine::money::format(t.captured_minor, &t.currency));
+        if t.refunded_minor != 0 {
+            r.columns2("Refunds", &format!("-{}", pos_engine::money::format(t.refunded_minor, &t.currency)));
+        }
+        r.bold(true).columns2("NET", &pos_engine::money::format(t.captured_minor - t.refunded_minor, &t.currency));
+        r.bold(false);
+    }
+    if b.offline_unsent > 0 {
+        r.line(&format!("{} offline payments not yet forwarded", b.offline_unsent));
+    }
+    if !terminal_lines.is_empty() {
+        r.rule('-');
+        for line in terminal_lines {
+            r.line(line);
+        }
+    }
+    r.rule('-');
+    footer(&mut r, s);
     r
 }

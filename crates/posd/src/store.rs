@@ -666,12 +666,16 @@ impl Store {
     }
 
     /// Settles a pending refund, with its event, in one commit.
+    /// Settles a pending refund. With `record`, a succeeded refund also
+    /// queues its record for the gateway's ledger (a payment terminal's
+    /// refund), in the same commit.
     pub fn finish_refund(
         &self,
         id: &str,
         succeeded: bool,
         failure: Option<(&str, &str)>,
         event: &NewEvent,
+        record: bool,
     ) -> Result<(RefundRecord, EventRecord), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -682,6 +686,13 @@ impl Store {
             params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
         )?;
         let event = insert_event(&tx, event)?;
+        if succeeded && record {
+            tx.execute(
+                "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+                 SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+        }
         let r = tx.query_row(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"), [id], row_to_refund)?;
         tx.commit()?;
         Ok((r, event))

@@ -16,13 +16,13 @@ use std::time::Duration;
 use pos_engine::{Input, Status};
 use pos_proto::gateway::{TerminalRecord, TerminalRecordKind};
 use pos_proto::terminal as pb;
-use pos_zvt::{Bmps, Message, codes};
+use pos_zvt::{Bmp, Bmps, Message, codes};
 use tokio::sync::mpsc;
 
-use super::{Engine, StepError};
+use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
 use crate::lane::Lane;
-use crate::store::{CardInfo, NewEvent, PaymentRecord, TerminalResult, Update};
+use crate::store::{CardInfo, NewEvent, PaymentRecord, RefundRecord, TerminalResult, Update};
 use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
 /// The terminal's last receipt number posd saw, per lane.
@@ -401,6 +401,282 @@ impl Engine {
             terminal_offline: t.offline,
             occurred_at_ms: r.created_at_ms,
         })
+    }
+}
+
+/// Holds a lane for an administrative command (refund, reversal,
+/// end-of-day) so no payment starts on the terminal meanwhile.
+struct LaneHold<'a> {
+    engine: &'a Engine,
+    terminal: String,
+}
+
+impl Drop for LaneHold<'_> {
+    fn drop(&mut self) {
+        self.engine.busy.lock().unwrap().remove(&self.terminal);
+    }
+}
+
+impl Engine {
+    fn hold_lane(&self, terminal: &str, what: &str) -> Result<(LaneHold<'_>, Arc<ZvtTerminal>), EngineError> {
+        let zvt = self
+            .lanes
+            .get(terminal)
+            .and_then(|l| l.zvt.clone())
+            .ok_or_else(|| EngineError::NotFound(format!("terminal {terminal} has no payment terminal")))?;
+        let mut busy = self.busy.lock().unwrap();
+        if let Some(other) = busy.get(terminal) {
+            return Err(EngineError::FailedPrecondition(
+                "TERMINAL_BUSY",
+                format!("terminal {terminal} is busy with {other}; try again when it is done"),
+            ));
+        }
+        busy.insert(terminal.to_string(), what.to_string());
+        Ok((LaneHold { engine: self, terminal: terminal.to_string() }, zvt))
+    }
+
+    /// Refunds on the payment terminal (the customer presents the card
+    /// there). A succeeded refund is queued for the gateway's ledger in the
+    /// same commit that settles it, before the terminal hears 80 00.
+    pub(super) async fn refund_on_terminal(
+        &self,
+        refund: RefundRecord,
+        rec: &PaymentRecord,
+    ) -> Result<RefundRecord, EngineError> {
+        let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id)?;
+        let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
+        let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
+        let mut settled: Option<RefundRecord> = None;
+        let event = |kind: &'static str, message: String| NewEvent {
+            kind,
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message,
+        };
+        let ending = loop {
+            match events.recv().await {
+                Some(ZvtEvent::Result { outcome, confirm }) if settled.is_none() => {
+                    self.note_receipt(&rec.terminal_id, &outcome);
+                    let ok = outcome.result_code == 0;
+                    let text = codes::result_text(outcome.result_code);
+                    let failure_code = format!("zvt_{:02x}", outcome.result_code);
+                    let failure = (!ok).then_some((failure_code.as_str(), text.as_str()));
+                    let (kind, message) = if ok {
+                        (
+                            "refund_succeeded",
+                            format!("refunded {} {} on the payment terminal", refund.amount_minor, refund.currency),
+                        )
+                    } else {
+                        ("refund_failed", format!("the payment terminal refused the refund: {text}"))
+                    };
+                    match self.store.finish_refund(&refund.id, ok, failure, &event(kind, message), true) {
+                        Ok((stored, ev)) => {
+                            let _ = self.events.send(ev);
+                            let _ = confirm.send(true);
+                            self.record_wake.notify_one();
+                            settled = Some(stored);
+                        }
+                        Err(e) => {
+                            let _ = confirm.send(false);
+                            self.note_store_error(&e);
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Some(ZvtEvent::Result { confirm, .. }) => {
+                    let _ = confirm.send(true);
+                }
+                Some(ZvtEvent::Done(ending)) => break ending,
+                Some(_) => {}
+                None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
+            }
+        };
+        if let Some(stored) = settled {
+            return Ok(stored);
+        }
+        match ending {
+            Ending::Lost { message, started: true } => Err(EngineError::Unavailable(
+                "OUTCOME_UNKNOWN",
+                format!(
+                    "the line to the payment terminal failed during refund {} ({message}); check the terminal's \
+                     journal before refunding again",
+                    refund.id
+                ),
+            )),
+            ending => {
+                let (code, text) = match ending {
+                    Ending::Aborted { code, text } | Ending::Refused { code, text } => {
+                        (format!("zvt_{code:02x}"), text)
+                    }
+                    Ending::Lost { message, .. } => ("terminal_unavailable".to_string(), message),
+                    Ending::Completed { .. } => {
+                        ("terminal_no_result".to_string(), "the terminal sent no result".into())
+                    }
+                };
+                let message = format!("the payment terminal did not refund: {text}");
+                let (stored, ev) = self
+                    .store
+                    .finish_refund(&refund.id, false, Some((&code, &text)), &event("refund_failed", message), false)
+                    .inspect_err(|e| self.note_store_error(e))?;
+                let _ = self.events.send(ev);
+                Ok(stored)
+            }
+        }
+    }
+
+    /// Reverses a captured payment on its terminal (same day, before the
+    /// terminal's end-of-day), by the receipt number the terminal gave it.
+    pub(super) async fn reverse_on_terminal(
+        &self,
+        rec: PaymentRecord,
+        why: String,
+    ) -> Result<PaymentRecord, EngineError> {
+        let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &rec.id)?;
+        let receipt = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no).ok_or_else(|| {
+            EngineError::FailedPrecondition(
+                "NO_TERMINAL_RECEIPT",
+                format!("payment {} has no terminal receipt number to reverse; refund it instead", rec.id),
+            )
+        })?;
+        let fields = [Bmp::receipt_no(receipt)];
+        let (mut events, _abort) = zvt.run(Message::Reversal(zvt.with_password(fields.into_iter().collect()))).await;
+        let mut reversed: Option<PaymentRecord> = None;
+        let mut refused: Option<String> = None;
+        let ending = loop {
+            match events.recv().await {
+                Some(ZvtEvent::Result { outcome, confirm }) if reversed.is_none() && refused.is_none() => {
+                    self.note_receipt(&rec.terminal_id, &outcome);
+                    if outcome.result_code != 0 {
+                        refused = Some(codes::result_text(outcome.result_code));
+                        let _ = confirm.send(true);
+                        continue;
+                    }
+                    let update = Update { record: Some("reversal"), ..Update::default() };
+                    match self.step(&rec, Input::TerminalReversed { reason: why.clone() }, update).await {
+                        Ok(new) => {
+                            let _ = confirm.send(true);
+                            self.record_wake.notify_one();
+                            reversed = Some(new);
+                        }
+                        Err(e) => {
+                            let _ = confirm.send(false);
+                            return Err(step_error(e));
+                        }
+                    }
+                }
+                Some(ZvtEvent::Result { confirm, .. }) => {
+                    let _ = confirm.send(true);
+                }
+                Some(ZvtEvent::Done(ending)) => break ending,
+                Some(_) => {}
+                None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
+            }
+        };
+        if let Some(new) = reversed {
+            return Ok(new);
+        }
+        let text = match (refused, ending) {
+            (Some(text), _) => text,
+            (None, Ending::Aborted { text, .. } | Ending::Refused { text, .. }) => text,
+            (None, Ending::Lost { message, started: true }) => {
+                return Err(EngineError::Unavailable(
+                    "OUTCOME_UNKNOWN",
+                    format!(
+                        "the line to the payment terminal failed during the reversal ({message}); check its journal"
+                    ),
+                ));
+            }
+            (None, Ending::Lost { message, .. }) => {
+                return Err(EngineError::Unavailable("TERMINAL_UNAVAILABLE", message));
+            }
+            (None, Ending::Completed { .. }) => "the terminal sent no result".into(),
+        };
+        Err(EngineError::FailedPrecondition(
+            "TERMINAL_REFUSED",
+            format!("the payment terminal did not reverse payment {}: {text}; refund it instead", rec.id),
+        ))
+    }
+
+    /// End-of-day on the payment terminal: it settles its batch with its
+    /// acquirer; posd reports the terminal's total and prints its slip.
+    pub(super) async fn end_of_day_on_terminal(
+        &self,
+        terminal: &str,
+        caller: &str,
+    ) -> Result<pb::BatchSummary, EngineError> {
+        let (_hold, zvt) = self.hold_lane(terminal, "end-of-day")?;
+        let lane = self.lanes.get(terminal).cloned().expect("held lanes exist");
+        let (mut events, _abort) = zvt.run(Message::EndOfDay(zvt.with_password(Bmps::default()))).await;
+        let mut total: Option<u64> = None;
+        let mut lines: Vec<String> = Vec::new();
+        let ending = loop {
+            match events.recv().await {
+                Some(ZvtEvent::Result { outcome, confirm }) => {
+                    let _ = confirm.send(true);
+                    if outcome.result_code == 0 {
+                        total = outcome.amount;
+                    }
+                }
+                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| crate::lane::scrub(x))),
+                Some(ZvtEvent::Done(ending)) => break ending,
+                Some(_) => {}
+                None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
+            }
+        };
+        match ending {
+            Ending::Completed { .. } => {}
+            Ending::Aborted { text, .. } | Ending::Refused { text, .. } => {
+                return Err(EngineError::FailedPrecondition(
+                    "TERMINAL_REFUSED",
+                    format!("the payment terminal did not close its batch: {text}"),
+                ));
+            }
+            Ending::Lost { message, .. } => {
+                return Err(EngineError::Unavailable(
+                    "TERMINAL_UNAVAILABLE",
+                    format!("end-of-day on the payment terminal failed: {message}"),
+                ));
+            }
+        }
+        let now = crate::store::now_ms();
+        let key = format!("zvt_batch_closed_at:{terminal}");
+        let since = self.store.meta(&key)?.unwrap_or(0);
+        let count = self
+            .store
+            .list(&crate::store::ListFilter {
+                terminal_id: Some(terminal.to_string()),
+                statuses: vec![Status::Captured],
+                created_after_ms: Some(since),
+                limit: 100_000,
+                ..Default::default()
+            })?
+            .len() as u32;
+        self.store.set_meta(&key, now)?;
+        let batch_id = format!("zvt_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
+        let captured = total.unwrap_or(0) as i64;
+        self.emit(
+            "batch_closed",
+            terminal,
+            "",
+            format!(
+                "end-of-day on the payment terminal by {caller}: {}",
+                pos_engine::money::format(captured, &lane.currency)
+            ),
+        );
+        let summary = pb::BatchSummary {
+            batch_id,
+            terminal_id: terminal.to_string(),
+            closed_at: Some(crate::convert::timestamp(now)),
+            totals: vec![pb::BatchCurrencyTotal {
+                currency: lane.currency.clone(),
+                count,
+                captured_minor: captured,
+                refunded_minor: 0,
+            }],
+            offline_unsent: 0,
+        };
+        self.print_slip(&summary, &lines).await;
+        Ok(summary)
     }
 }
 
