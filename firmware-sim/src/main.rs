@@ -70,6 +70,9 @@ struct ZvtArgs {
     /// Keep a result the register never confirmed instead of reversing it.
     #[arg(long)]
     keep_unconfirmed: bool,
+    /// Refuse Repeat Receipt (84 83), as some terminals do.
+    #[arg(long)]
+    no_repeat_receipt: bool,
     /// The terminal's password (6 digits).
     #[arg(long, default_value_t = 123456)]
     password: u32,
@@ -352,6 +355,7 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
                 ReceiptsArg::None => Receipts::None,
             },
             keep_unconfirmed: args.keep_unconfirmed,
+            repeat_receipt: !args.no_repeat_receipt,
             ..ZvtOptions::default()
         },
         scenario,

@@ -91,6 +91,8 @@ pub struct ZvtOptions {
     pub receipts: Receipts,
     /// Keep a result the register never acknowledged instead of reversing it.
     pub keep_unconfirmed: bool,
+    /// Answer Repeat Receipt (06 20); some terminals do not support it.
+    pub repeat_receipt: bool,
 }
 
 impl Default for ZvtOptions {
@@ -105,6 +107,7 @@ impl Default for ZvtOptions {
             slow_steps: 10,
             receipts: Receipts::Block,
             keep_unconfirmed: false,
+            repeat_receipt: true,
         }
     }
 }
@@ -679,6 +682,9 @@ async fn end_of_day(link: &mut Link, t: &Terminal) -> Result<(), Stop> {
 
 /// The last transaction's result and receipt again.
 async fn repeat_receipt(link: &mut Link, t: &Terminal) -> Result<(), Stop> {
+    if !t.opts.repeat_receipt {
+        return Ok(send(link, Message::Nak(0x83)).await?);
+    }
     send(link, Message::Ack).await?;
     let last = t.state.lock().unwrap().journal.last().cloned();
     let Some(txn) = last else {

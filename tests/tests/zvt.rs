@@ -114,6 +114,11 @@ async fn customer_cancel_on_the_terminal_cancels_the_payment() {
     let p = final_payment(&lane.pay("cancel", 900).await);
     assert_eq!(status(&p), pb::PaymentStatus::Canceled);
     assert!(reason(&p).contains("customer at the payment terminal"), "{}", reason(&p));
+    // Terminals are known to leave a Status Enquiry unanswered after a
+    // customer cancel; posd does not depend on one: the next payment runs.
+    lane.terminal("scenario approve");
+    let next = final_payment(&lane.pay("after-cancel", 901).await);
+    assert_eq!(status(&next), pb::PaymentStatus::Captured, "{}", reason(&next));
     lane.finish();
 }
 
@@ -316,5 +321,39 @@ async fn reversal_refund_and_end_of_day(tcp: bool) {
     let (st, _, err) = lane.posctl(&["void", &b.payment_id]);
     assert!(!st.success());
     assert!(err.contains("did not reverse") && err.contains("refund it instead"), "{err}");
+    lane.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_amount_with_dle_bytes_crosses_the_serial_line_stuffed() {
+    // 10.10 EUR is BCD 00 00 00 00 10 10: two DLE bytes to stuff in the frame.
+    let mut lane = Lane::start_zvt(&[], false);
+    ready(&mut lane).await;
+    let p = final_payment(&lane.pay("dle", 1010).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured, "{}", reason(&p));
+    let entry = recorded(&lane, &p).await;
+    assert_eq!(entry["amount_minor"], 1010, "the terminal charged exactly the amount sent");
+    lane.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminal_without_repeat_receipt_leaves_a_doubt_to_a_person_never_a_guess() {
+    let mut lane = Lane::start_zvt(&["--no-repeat-receipt"], true);
+    ready(&mut lane).await;
+    lane.terminal("scenario disconnect");
+    let events = lane.pay("no-repeat", 1500).await;
+    let last = events.last().unwrap();
+    assert!(last.message.contains("Outcome unknown"), "{}", last.message);
+    assert!(events.iter().any(|e| e.message.contains("check its journal")), "the register heard why: {events:?}");
+    let id = last.payment.as_ref().unwrap().payment_id.clone();
+    let p = payment(&lane, &id).await;
+    assert_eq!(status(&p), pb::PaymentStatus::Unknown);
+    assert!(!p.approved);
+    let events = lane.events().await;
+    let e = events.iter().find(|e| e.kind == "terminal_outcome_unknown" && e.payment_id == id).unwrap();
+    assert!(e.message.contains("cannot repeat its last receipt"), "{}", e.message);
+    // The lane is free for the next customer.
+    let next = final_payment(&lane.pay("next", 1600).await);
+    assert_eq!(status(&next), pb::PaymentStatus::Captured, "{}", reason(&next));
     lane.finish();
 }

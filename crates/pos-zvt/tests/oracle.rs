@@ -214,3 +214,79 @@ fn quirk_the_oracle_writes_variable_lengths_without_the_f_nibbles() {
     let (t, _) = packets::StatusInformation::zvt_deserialize(&ours_bytes).unwrap();
     assert_eq!(t.additional_text.as_deref(), Some("Hallo"));
 }
+
+// ---- the other commands both implement ----
+
+#[test]
+fn diagnosis_read_card_and_the_pre_authorisation_family_both_ways() {
+    // Theirs -> ours.
+    let d = packets::Diagnosis { tlv: Some(packets::tlv::Diagnosis { diagnosis_type: Some(2) }) };
+    let Message::Diagnosis(f) = ours(&d.zvt_serialize()) else { panic!() };
+    let items = f.tlv().unwrap().unwrap();
+    assert_eq!(tlv::Tlv::find(&items, 0x1B).and_then(|t| t.bytes()), Some(&[2][..]));
+    let r = packets::ReadCard { timeout_sec: 15, card_type: Some(0x10), dialog_control: Some(2), tlv: None };
+    let Message::ReadCard(m) = ours(&r.zvt_serialize()) else { panic!() };
+    assert_eq!((m.timeout, m.fields.payment_type(), m.fields.get(0xFC)), (15, Some(0x10), Some(&[2][..])));
+    let res = packets::Reservation {
+        amount: Some(2500),
+        currency: Some(978),
+        payment_type: Some(0x40),
+        expiry_date: None,
+        card_number: None,
+        timeout: None,
+        maximum_no_of_status_info: None,
+        pump_no: None,
+        trace_number: None,
+        aid_authorization_attribute: None,
+        additional_text: None,
+        zvt_card_type: None,
+        tlv: None,
+    };
+    let Message::PreAuthorization(f) = ours(&res.zvt_serialize()) else { panic!() };
+    assert_eq!((f.amount(), f.currency(), f.payment_type()), (Some(2500), Some(978), Some(0x40)));
+    let pr = packets::PartialReversal {
+        receipt_no: Some(491),
+        amount: Some(1295),
+        payment_type: Some(0x40),
+        currency: Some(978),
+        tlv: None,
+    };
+    let Message::PartialReversal(f) = ours(&pr.zvt_serialize()) else { panic!() };
+    assert_eq!((f.receipt_no(), f.amount()), (Some(491), Some(1295)));
+    let par = packets::PreAuthReversal { payment_type: Some(0x40), currency: Some(978), receipt_no: Some(231) };
+    let Message::BookTotal(f) = ours(&par.zvt_serialize()) else { panic!() };
+    assert_eq!((f.receipt_no(), f.currency()), (Some(231), Some(978)));
+
+    // Ours -> theirs.
+    let diag = Message::Diagnosis([Bmp::tlv(&[tlv::Tlv::primitive(0x1B, [2])]).unwrap()].into_iter().collect());
+    let (t, _) = packets::Diagnosis::zvt_deserialize(&diag.encode().unwrap()).unwrap();
+    assert_eq!(t.tlv.and_then(|x| x.diagnosis_type), Some(2));
+    let read = Message::ReadCard(pos_zvt::message::ReadCard {
+        timeout: 15,
+        fields: [Bmp::payment_type(0x10), Bmp::new(0xFC, [2])].into_iter().collect(),
+    });
+    let (t, _) = packets::ReadCard::zvt_deserialize(&read.encode().unwrap()).unwrap();
+    assert_eq!((t.timeout_sec, t.card_type, t.dialog_control), (15, Some(0x10), Some(2)));
+    let pre = Message::PreAuthorization(
+        [Bmp::amount(2500), Bmp::currency(978), Bmp::payment_type(0x40)].into_iter().collect(),
+    );
+    let (t, _) = packets::Reservation::zvt_deserialize(&pre.encode().unwrap()).unwrap();
+    assert_eq!((t.amount, t.currency, t.payment_type), (Some(2500), Some(978), Some(0x40)));
+    let partial = Message::PartialReversal([Bmp::receipt_no(491), Bmp::amount(1295)].into_iter().collect());
+    let (t, _) = packets::PartialReversal::zvt_deserialize(&partial.encode().unwrap()).unwrap();
+    assert_eq!((t.receipt_no, t.amount), (Some(491), Some(1295)));
+    let book =
+        Message::BookTotal([Bmp::payment_type(0x40), Bmp::currency(978), Bmp::receipt_no(231)].into_iter().collect());
+    let (t, _) = packets::PreAuthReversal::zvt_deserialize(&book.encode().unwrap()).unwrap();
+    assert_eq!((t.receipt_no, t.currency), (Some(231), Some(978)));
+}
+
+#[test]
+fn quirk_the_oracle_encodes_a_software_version_as_nothing() {
+    // Its Utf8 encoding writes no bytes, so a Completion with a software
+    // version cannot come from it; it reads ours (checked above).
+    let c =
+        packets::ReceiptPrintoutCompletion { sw_version: "posd-sim 1.0".into(), terminal_status_code: 0, tlv: None };
+    let bytes = c.zvt_serialize();
+    assert!(!bytes.windows(8).any(|w| w == b"posd-sim"), "{bytes:02X?}");
+}

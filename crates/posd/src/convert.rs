@@ -188,7 +188,8 @@ pub fn status_message(r: &PaymentRecord) -> String {
     let demo = if r.demo { " (DEMO)" } else { "" };
     match r.status {
         Status::Created | Status::Collecting => format!("Present card{demo}"),
-        Status::CardRead | Status::Authorizing | Status::Confirming | Status::Unknown => format!("Authorizing{demo}"),
+        Status::CardRead | Status::Authorizing | Status::Confirming => format!("Authorizing{demo}"),
+        Status::Unknown => format!("Outcome unknown: posd is settling it; do not take this payment again{demo}"),
         Status::Authorized | Status::Captured if r.offline => format!("Approved (offline, forwarded){demo}"),
         Status::Authorized | Status::Captured => format!("Approved{demo}"),
         Status::OfflineApproved | Status::Forwarding => format!("Approved OFFLINE{demo}"),
