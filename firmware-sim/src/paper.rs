@@ -45,6 +45,21 @@ struct Bitmap {
     dots: Vec<bool>,
     /// Text form for the plain-text rendering.
     caption: Vec<String>,
+    /// A barcode's human-readable digits, drawn above and/or below it.
+    hri_above: Option<String>,
+    hri_below: Option<String>,
+}
+
+impl Bitmap {
+    fn new(width: u32, height: u32, dots: Vec<bool>, caption: Vec<String>) -> Bitmap {
+        Bitmap { width, height, dots, caption, hri_above: None, hri_below: None }
+    }
+
+    /// Dots the band takes on paper: the picture, its HRI lines, a margin.
+    fn band_height(&self) -> u32 {
+        let hri_lines = u32::from(self.hri_above.is_some()) + u32::from(self.hri_below.is_some());
+        self.height + hri_lines * FONT_A.1 + 8
+    }
 }
 
 /// A band of the receipt: a line of text or a graphic.
@@ -177,7 +192,7 @@ impl Paper {
                     .flat_map(|y| (0..w as usize).map(move |x| (y, x)))
                     .map(|(y, x)| data.get(y * stride + x / 8).is_some_and(|b| b & (0x80 >> (x % 8)) != 0))
                     .collect();
-                self.graphic(Bitmap { width: w, height: h, dots, caption: vec![format!("[image {w}x{h}]")] });
+                self.graphic(Bitmap::new(w, h, dots, vec![format!("[image {w}x{h}]")]));
             }
             _ => {}
         }
@@ -264,11 +279,15 @@ impl Paper {
                 let width = bits.len() as u32 * m;
                 let dots =
                     (0..h).flat_map(|_| bits.iter().flat_map(|&b| std::iter::repeat_n(b == 1, m as usize))).collect();
-                Bitmap { width, height: h, dots, caption }
+                Bitmap {
+                    hri_above: (self.hri & 1 != 0).then(|| hri.clone()),
+                    hri_below: (self.hri & 2 != 0).then(|| hri.clone()),
+                    ..Bitmap::new(width, h, dots, caption)
+                }
             }
             None => {
                 caption = vec![format!("[unprintable {name} {hri}]")];
-                Bitmap { width: 0, height: 0, dots: vec![], caption }
+                Bitmap::new(0, 0, vec![], caption)
             }
         };
         self.graphic(bitmap);
@@ -287,9 +306,9 @@ impl Paper {
                     .flat_map(|y| (0..size).map(move |x| (x, y)))
                     .map(|(x, y)| colors[((y / m) * n + x / m) as usize] == qrcode::Color::Dark)
                     .collect();
-                Bitmap { width: size, height: size, dots, caption: vec![format!("[QR {text}]")] }
+                Bitmap::new(size, size, dots, vec![format!("[QR {text}]")])
             }
-            Err(_) => Bitmap { width: 0, height: 0, dots: vec![], caption: vec![format!("[unprintable QR {text}]")] },
+            Err(_) => Bitmap::new(0, 0, vec![], vec![format!("[unprintable QR {text}]")]),
         };
         self.graphic(bitmap);
     }
@@ -351,7 +370,7 @@ impl Paper {
                 .iter()
                 .map(|b| match b {
                     Band::Line { height, .. } => *height,
-                    Band::Graphic { bitmap, .. } => bitmap.height + 8,
+                    Band::Graphic { bitmap, .. } => bitmap.band_height(),
                     Band::Feed(d) => *d,
                 })
                 .sum::<u32>();
@@ -368,14 +387,31 @@ impl Paper {
                     y += height;
                 }
                 Band::Graphic { bitmap, x } => {
+                    let top = y;
+                    // HRI characters in font A, centred on the barcode.
+                    let mut hri = |text: &str, at: u32| {
+                        let len = text.chars().count() as u32 * FONT_A.0;
+                        let left = (margin + x + bitmap.width / 2).saturating_sub(len / 2);
+                        for (i, ch) in text.chars().enumerate() {
+                            canvas.glyph(left + i as u32 * FONT_A.0, at, FONT_A.0, FONT_A.1, ch, Style::default());
+                        }
+                    };
+                    let mut bars = top + 4;
+                    if let Some(t) = &bitmap.hri_above {
+                        hri(t, bars);
+                        bars += FONT_A.1;
+                    }
+                    if let Some(t) = &bitmap.hri_below {
+                        hri(t, bars + bitmap.height);
+                    }
                     for by in 0..bitmap.height {
                         for bx in 0..bitmap.width {
                             if bitmap.dots[(by * bitmap.width + bx) as usize] {
-                                canvas.set(margin + x + bx, y + 4 + by);
+                                canvas.set(margin + x + bx, bars + by);
                             }
                         }
                     }
-                    y += bitmap.height + 8;
+                    y += bitmap.band_height();
                 }
                 Band::Feed(d) => y += d,
             }
@@ -540,5 +576,38 @@ mod tests {
                 && text.contains("[QR https://example.com]"),
             "{text}"
         );
+    }
+
+    /// Black dots per row of a rendered PNG.
+    fn dark_rows(png_bytes: &[u8]) -> Vec<u32> {
+        let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let stride = info.line_size;
+        (0..info.height as usize)
+            .map(|y| {
+                (0..info.width as usize).filter(|x| buf[y * stride + x / 8] & (0x80 >> (x % 8)) == 0).count() as u32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hri_digits_are_drawn_under_the_barcode_in_the_picture() {
+        let picture = |hri: u8| {
+            let mut paper = Paper::new(48);
+            let bytes = [&[0x1D, b'H', hri][..], b"\x1dk\x02400638133393\x00"].concat();
+            for op in Decoder::new().push(&bytes) {
+                paper.apply(&op);
+            }
+            dark_rows(&paper.png())
+        };
+        let (plain, below) = (picture(0), picture(2));
+        assert_eq!(below.len() as u32, plain.len() as u32 + FONT_A.1, "one text line taller");
+        // Under the bars (the rows the plain barcode does not have) there are
+        // the digits' dots, about 13 characters' worth.
+        let bars_end = plain.iter().rposition(|&n| n > 0).unwrap();
+        let text_dots: u32 = below[bars_end + 1..].iter().sum();
+        assert!(text_dots > 13 * 10, "{text_dots} dots of HRI text");
     }
 }

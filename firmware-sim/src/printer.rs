@@ -208,6 +208,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
                 let mut kept = Vec::with_capacity(bytes.len());
                 let mut i = 0;
                 while i < bytes.len() {
+                    // DLE DC4 1 m t: a drawer pulse in real time, even offline or out of paper.
+                    if bytes[i] == DLE && bytes.get(i + 1) == Some(&0x14) && bytes.get(i + 2).is_none_or(|&f| f == 1) {
+                        if i + 4 >= bytes.len() {
+                            rt_tail = bytes[i..].to_vec();
+                            break;
+                        }
+                        printer.condition.send_modify(|c| c.drawer_open = true);
+                        tracing::info!("printer: drawer kicked open (real time)");
+                        i += 5;
+                        continue;
+                    }
                     if bytes[i] == DLE && i + 1 < bytes.len() && matches!(bytes[i + 1], 0x04 | 0x05) {
                         if i + 2 >= bytes.len() {
                             rt_tail = bytes[i..].to_vec();

@@ -106,6 +106,11 @@ async fn paper_out_mid_job_fails_the_receipt_not_the_payment_and_a_reprint_succe
     let now = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
     assert_eq!(now.history, p.history, "the payment did not change");
 
+    // The cash drawer still opens: its pulse is a real-time command.
+    let (st, out, err) = lane.posctl(&["drawer"]);
+    assert!(st.success(), "the drawer opens out of paper: {out}{err}");
+    posd_e2e::eventually("the drawer to open", async || sim.ctl("status").contains("drawer open").then_some(())).await;
+
     sim.ctl("paper ok");
     printer_ready(&lane).await;
     let (st, out, err) = lane.posctl(&["receipt", &p.payment_id]);

@@ -58,4 +58,12 @@ pub mod cmd {
         let units = |ms: u16| (ms / 2).clamp(1, 255) as u8;
         [ESC, b'p', u8::from(pin5), units(on_ms), units(off_ms)]
     }
+
+    /// Drawer kick in real time (`DLE DC4 1 m t`): the printer pulses at
+    /// once, even offline, out of paper or with a full buffer (serial
+    /// printers), where `ESC p` would wait in the buffer. On and off times
+    /// are `t` x 100 ms, t from 1 to 8.
+    pub fn drawer_pulse_now(pin5: bool, on_ms: u16) -> [u8; 5] {
+        [DLE, 0x14, 1, u8::from(pin5), (on_ms / 100).clamp(1, 8) as u8]
+    }
 }

@@ -278,6 +278,9 @@ mod tests {
     fn the_drawer_kick_always_carries_its_pulse_times() {
         assert_eq!(crate::cmd::drawer_kick(true, 0, 1000), [0x1b, b'p', 1, 1, 255]);
         assert_eq!(crate::cmd::drawer_kick(false, 100, 200), [0x1b, b'p', 0, 50, 100]);
+        assert_eq!(crate::cmd::drawer_pulse_now(false, 200), [0x10, 0x14, 1, 0, 2]);
+        assert_eq!(crate::cmd::drawer_pulse_now(true, 5000), [0x10, 0x14, 1, 1, 8]);
+        assert_eq!(crate::cmd::drawer_pulse_now(false, 0), [0x10, 0x14, 1, 0, 1]);
         assert_eq!(crate::cmd::status_request(4), [0x10, 0x04, 0x04], "no stray byte after n");
     }
 

@@ -1754,7 +1754,8 @@ impl Engine {
     /// Opens the lane's cash drawer.
     pub async fn open_drawer(&self, terminal: &str) -> Result<(), EngineError> {
         let printer = self.printer_of(terminal)?;
-        printer.print(pos_escpos::cmd::drawer_kick(false, 100, 100).to_vec()).await.map_err(print_error)
+        // In real time: a drawer opens even when the printer is out of paper.
+        printer.real_time(pos_escpos::cmd::drawer_pulse_now(false, 100).to_vec()).await.map_err(print_error)
     }
 
     /// Prints the end-of-day slip on the lane's printer, when it has one. A

@@ -77,6 +77,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 struct Job {
     bytes: Vec<u8>,
+    /// Real-time commands (a drawer pulse): written at once, whatever the
+    /// printer's state, with no end-of-job confirmation.
+    real_time: bool,
     reply: oneshot::Sender<Result<(), PrintError>>,
 }
 
@@ -111,9 +114,19 @@ impl Printer {
 
     /// Prints one job; the result says whether the printer confirmed it.
     pub async fn print(&self, bytes: Vec<u8>) -> Result<(), PrintError> {
+        self.submit(bytes, false).await
+    }
+
+    /// Sends real-time commands (a drawer pulse) at once: they act even
+    /// when the printer is out of paper or offline.
+    pub async fn real_time(&self, bytes: Vec<u8>) -> Result<(), PrintError> {
+        self.submit(bytes, true).await
+    }
+
+    async fn submit(&self, bytes: Vec<u8>, real_time: bool) -> Result<(), PrintError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job { bytes, reply })
+            .send(Job { bytes, real_time, reply })
             .await
             .map_err(|_| PrintError::NotConnected("the printer task stopped".into()))?;
         rx.await.map_err(|_| PrintError::NotConnected("the printer task stopped".into()))?
@@ -222,7 +235,14 @@ async fn session(
                 },
                 job = jobs.recv() => {
                     let Some(job) = job else { return Ok(()) };
-                    let result = io.print(&job.bytes).await;
+                    let result = if job.real_time {
+                        timeout(STATUS_TIMEOUT, io.write(&job.bytes))
+                            .await
+                            .map_err(|_| PrintError::Line("the printer holds the line (flow control)".into()))
+                            .and_then(|r| r.map_err(PrintError::Line))
+                    } else {
+                        io.print(&job.bytes).await
+                    };
                     let broken = matches!(result, Err(PrintError::Line(_)));
                     let _ = job.reply.send(result.clone());
                     if broken {
