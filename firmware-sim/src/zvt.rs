@@ -484,7 +484,21 @@ async fn transaction(link: &mut Link, t: &Terminal, kind: Kind, amount: u64) -> 
         txn
     };
     let result = status_information(t, &txn, rc);
-    match send_for_ack(link, t, result).await? {
+    let answer = match send_for_ack(link, t, result).await {
+        Ok(a) => a,
+        Err(e) => {
+            // The register vanished after the result went out: unconfirmed.
+            if rc == 0 {
+                if t.opts.keep_unconfirmed {
+                    t.state.lock().unwrap().journal.push(txn);
+                } else {
+                    auto_reverse(t, txn);
+                }
+            }
+            return Err(e);
+        }
+    };
+    match answer {
         Answer::Ack => {}
         Answer::Nak(code) => {
             // "Goods not issued": the terminal reverses at once.

@@ -22,7 +22,9 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// Path of one of the workspace's binaries.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    // Tests run from target/<profile>/deps, the harness binaries from target/<profile>.
+    let parent = exe.parent().expect("target/<profile>");
+    let dir = if parent.ends_with("deps") { parent.parent().expect("target/<profile>") } else { parent };
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -371,7 +371,9 @@ CREATE TABLE terminal_results (
     receipt_no INTEGER,
     trace INTEGER,
     offline INTEGER NOT NULL,
-    terminal_tid TEXT NOT NULL,
+    -- The terminal's id, 8 digits, kept as a number: as text beside the
+    -- payment id it would read as one long digit run in the file.
+    terminal_tid INTEGER,
     -- Receipt lines as the terminal sent them, one per line.
     lines TEXT NOT NULL DEFAULT ''
 );
@@ -818,7 +820,7 @@ impl Store {
                         receipt_no: r.get(1)?,
                         trace: r.get(2)?,
                         offline: r.get(3)?,
-                        terminal_tid: r.get(4)?,
+                        terminal_tid: r.get::<_, Option<i64>>(4)?.map(|t| format!("{t:08}")).unwrap_or_default(),
                         lines: if lines.is_empty() { vec![] } else { lines.split('\n').map(str::to_string).collect() },
                     })
                 },
@@ -1043,7 +1045,15 @@ fn apply_in(
                 tx,
                 "INSERT OR REPLACE INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, \
                  terminal_tid, lines) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, r.result_code, r.receipt_no, r.trace, r.offline, r.terminal_tid, r.lines.join("\n")],
+                params![
+                    id,
+                    r.result_code,
+                    r.receipt_no,
+                    r.trace,
+                    r.offline,
+                    r.terminal_tid.parse::<i64>().ok(),
+                    r.lines.join("\n")
+                ],
             )?;
         }
         if let Some(kind) = update.record {

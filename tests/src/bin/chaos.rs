@@ -1,0 +1,522 @@
+//! Crash-consistency chaos run: posd, gateway-sim and firmware-sim as
+//! separate processes; a random workload of payments and refunds on several
+//! lanes (three native readers on PTYs, one ZVT terminal on a PTY); at random
+//! moments posd is killed with SIGKILL and restarted, the gateway refuses,
+//! hangs, fails half its calls or loses answers after committing them, and
+//! the ZVT line drops ACKs and corrupts CRCs. Afterwards posd's database and
+//! the gateway's ledger are checked against each other and against what the
+//! register was told.
+//!
+//! ```text
+//! cargo run -p posd-e2e --bin chaos -- --kills 50 [--seed N] [--lanes 3]
+//! ```
+//!
+//! Prints the counts and each invariant's result; exits 1 on any violation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pos_proto::terminal as pb;
+use pos_proto::terminal::payment_terminal_client::PaymentTerminalClient;
+use posd_e2e::{Lane, Proc, bin, card_numbers};
+use tonic::transport::Channel;
+
+/// A small deterministic generator (xorshift64*), so a seed replays the
+/// workload's choices (not the kill timing, which races the processes).
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// A random tag in letters: keys must not hold long digit runs, which
+    /// the leak scan would take for card numbers.
+    fn tag(&mut self) -> String {
+        let mut v = self.next();
+        (0..10)
+            .map(|_| {
+                let c = char::from(b'a' + (v % 26) as u8);
+                v /= 26;
+                c
+            })
+            .collect()
+    }
+}
+
+struct Options {
+    kills: u32,
+    seed: u64,
+    lanes: u32,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options { kills: 50, seed: 0x5EED, lanes: 3 };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("{name} needs a number"))
+        };
+        match a.as_str() {
+            "--kills" => o.kills = value("--kills")? as u32,
+            "--seed" => o.seed = value("--seed")?.max(1),
+            "--lanes" => o.lanes = value("--lanes")?.clamp(1, 8) as u32,
+            other => {
+                return Err(format!("unknown argument {other:?}; usage: chaos [--kills N] [--seed N] [--lanes N]"));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// What the register was told, per payment.
+#[derive(Default)]
+struct Told {
+    /// Payment ids whose stream ended with "approved".
+    approved: HashSet<String>,
+    /// Refund ids reported succeeded, with their payment and amount.
+    refunds: HashMap<String, (String, i64)>,
+    payments: u64,
+    interrupted: u64,
+    /// Payments refused before they started, by gRPC code and reason.
+    refused: BTreeMap<String, u64>,
+    /// Per lane: payments tried, reported approved.
+    by_lane: BTreeMap<String, (u64, u64)>,
+    api_responses: Vec<String>,
+}
+
+#[derive(Default)]
+struct Counts {
+    kills: AtomicU64,
+    gateway_faults: AtomicU64,
+    line_faults: AtomicU64,
+}
+
+const OFFLINE_LIMITS: &str = "offline = { max_payment_minor = 1000000, max_total_minor = 1000000000, max_payments = 100000, max_per_card = 100000 }";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    // Lane 1 comes with the harness; lanes 2.. get readers of their own, and
+    // lane "zvt" a ZVT terminal that keeps results it never saw confirmed.
+    let mut lane = Lane::prepare(&[], "");
+    lane.lane_config = format!("{OFFLINE_LIMITS}\n");
+    let dir = lane.dir.path().to_path_buf();
+    let mut devices: Vec<Proc> = Vec::new();
+    let mut extra = String::new();
+    for i in 2..=o.lanes {
+        let link = dir.join(format!("reader-{i}"));
+        let mut cmd = Command::new(bin("firmware-sim"));
+        cmd.arg("reader").arg("--pty-link").arg(&link).args(["--present-delay-ms", "0", "--pin-delay-ms", "0"]);
+        let (p, _) = Proc::start(cmd, &dir.join(format!("reader-{i}.log")), "firmware-sim reader on ");
+        devices.push(p);
+        extra += &format!(
+            "[[lane]]\nid = \"lane-{i}\"\ncurrency = \"EUR\"\nreader = {{ device = {link:?} }}\n{OFFLINE_LIMITS}\n"
+        );
+    }
+    let zvt_link = dir.join("zvt-link");
+    let mut cmd = Command::new(bin("firmware-sim"));
+    cmd.arg("zvt").arg("--pty-link").arg(&zvt_link);
+    cmd.args(["--control", "127.0.0.1:0", "--step-ms", "5", "--t3-ms", "800", "--keep-unconfirmed"]);
+    let (zvt_proc, zvt_control) = Proc::start(cmd, &dir.join("zvt.log"), "firmware-sim zvt control on ");
+    devices.push(zvt_proc);
+    extra += &format!(
+        "[[lane]]\nid = \"zvt\"\ncurrency = \"EUR\"\nreader = {{ kind = \"zvt\", device = {zvt_link:?}, t3_ms = 1000, t4_ms = 3000 }}\n"
+    );
+    lane.extra_config = extra;
+    lane.start_posd();
+    let addr = Arc::new(Mutex::new(lane.posd_addr.clone()));
+    let told = Arc::new(Mutex::new(Told::default()));
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut lanes: Vec<String> = (1..=o.lanes).map(|i| format!("lane-{i}")).collect();
+    lanes.push("zvt".into());
+    let mut workers = Vec::new();
+    for (n, id) in lanes.iter().enumerate() {
+        let (addr, told, stop, id) = (addr.clone(), told.clone(), stop.clone(), id.clone());
+        let rng = Rng(o.seed.wrapping_add(n as u64 * 7919) | 1);
+        workers.push(tokio::spawn(workload(id, addr, told, stop, rng)));
+    }
+
+    // The chaos: kill posd, flap the gateway, disturb the ZVT line.
+    let mut rng = Rng(o.seed ^ 0xC4A0_5EED);
+    let faults = ["none", "down", "hang", "flaky 50", "lose-answers", "none", "none"];
+    while counts.kills.load(Ordering::SeqCst) < u64::from(o.kills) {
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
+        match rng.below(10) {
+            0..=5 => {
+                lane.kill_posd();
+                counts.kills.fetch_add(1, Ordering::SeqCst);
+                lane.start_posd();
+                *addr.lock().unwrap() = lane.posd_addr.clone();
+            }
+            6..=8 => {
+                let f = faults[rng.below(faults.len() as u64) as usize];
+                lane.fault(f);
+                counts.gateway_faults.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {
+                let f = if rng.below(2) == 0 { "fault drop-ack" } else { "fault bad-crc" };
+                terminal(&zvt_control, f);
+                counts.line_faults.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    lane.fault("none");
+    for w in workers {
+        let _ = w.await;
+    }
+    // One clean restart, then let recovery and forwarding finish.
+    lane.kill_posd();
+    lane.start_posd();
+    let settled = settle(&lane).await;
+    lane.terminate_posd();
+    let _ = lane.wait_posd_exit().await;
+
+    let told = std::mem::take(&mut *told.lock().unwrap());
+    let report = check(&lane, &told, settled);
+    println!("chaos run: seed {}, {} lanes + 1 ZVT lane, {:.1} s", o.seed, o.lanes, started.elapsed().as_secs_f64());
+    println!(
+        "  kills {}, gateway faults {}, ZVT line faults {}, payments {} ({} reported approved, {} interrupted by a kill), refunds reported {}",
+        counts.kills.load(Ordering::SeqCst),
+        counts.gateway_faults.load(Ordering::SeqCst),
+        counts.line_faults.load(Ordering::SeqCst),
+        told.payments,
+        told.approved.len(),
+        told.interrupted,
+        told.refunds.len()
+    );
+    for (lane, (tried, approved)) in &told.by_lane {
+        println!("  lane {lane}: {tried} payments, {approved} reported approved");
+    }
+    for (reason, n) in &told.refused {
+        println!("  refused {n}: {reason}");
+    }
+    let mut failed = false;
+    for (name, result) in &report {
+        match result {
+            Ok(detail) => println!("  ok    {name}: {detail}"),
+            Err(detail) => {
+                failed = true;
+                println!("  FAIL  {name}: {detail}");
+            }
+        }
+    }
+    drop(devices);
+    if failed {
+        println!("chaos: invariants violated; the run's files are kept in {}", dir.display());
+        std::mem::forget(lane);
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn terminal(control: &str, command: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    if let Ok(mut s) = std::net::TcpStream::connect(control) {
+        let _ = writeln!(s, "{command}");
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+    }
+}
+
+async fn connect(addr: &Mutex<String>) -> Option<PaymentTerminalClient<Channel>> {
+    let url = format!("http://{}", addr.lock().unwrap());
+    let channel = tokio::time::timeout(Duration::from_secs(2), Channel::from_shared(url).ok()?.connect()).await;
+    Some(PaymentTerminalClient::new(channel.ok()?.ok()?))
+}
+
+/// One lane's register: payments (mostly approvable amounts, some declines)
+/// and, on gateway lanes, partial refunds of approved ones.
+async fn workload(lane: String, addr: Arc<Mutex<String>>, told: Arc<Mutex<Told>>, stop: Arc<AtomicBool>, mut rng: Rng) {
+    let mut captured: Vec<(String, i64)> = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(mut client) = connect(&addr).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if lane != "zvt" && !captured.is_empty() && rng.below(5) == 0 {
+            let (id, amount) = captured.swap_remove(rng.below(captured.len() as u64) as usize);
+            let part = 1 + rng.below(amount as u64 / 2) as i64;
+            let key = format!("{lane}-refund-{n}-{}", rng.tag());
+            let req = pb::RefundPaymentRequest {
+                payment_id: id.clone(),
+                idempotency_key: key,
+                amount_minor: part,
+                reason: "chaos".into(),
+            };
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(20), client.refund_payment(req)).await {
+                let r = r.into_inner();
+                let mut t = told.lock().unwrap();
+                t.api_responses.push(format!("{r:?}"));
+                if r.status == pb::RefundStatus::Succeeded as i32 {
+                    t.refunds.insert(r.refund_id.clone(), (id, part));
+                }
+            }
+            continue;
+        }
+        n += 1;
+        let cents = [0, 0, 0, 0, 0, 0, 5][rng.below(7) as usize];
+        let amount = (1 + rng.below(50) as i64) * 100 + cents;
+        let key = format!("{lane}-{n}-{}", rng.tag());
+        let req = pb::TakePaymentRequest {
+            idempotency_key: key,
+            terminal_id: lane.clone(),
+            amount: Some(pb::Money { amount_minor: amount, currency: "EUR".into() }),
+            ..Default::default()
+        };
+        let events = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut stream = client.take_payment(req).await?.into_inner();
+            let mut events = Vec::new();
+            while let Some(ev) = stream.message().await? {
+                events.push(ev);
+            }
+            Ok::<_, tonic::Status>(events)
+        })
+        .await;
+        let refused = {
+            let mut refused = false;
+            let mut t = told.lock().unwrap();
+            t.payments += 1;
+            t.by_lane.entry(lane.clone()).or_default().0 += 1;
+            match events {
+                Ok(Ok(events)) => {
+                    let last = events.last().and_then(|e| e.payment.clone());
+                    t.api_responses.push(format!("{events:?}"));
+                    match last {
+                        Some(p) if p.approved => {
+                            t.by_lane.entry(lane.clone()).or_default().1 += 1;
+                            t.approved.insert(p.payment_id.clone());
+                            if p.status == pb::PaymentStatus::Captured as i32 {
+                                captured.push((p.payment_id, amount));
+                            }
+                        }
+                        Some(_) => {}
+                        None => t.interrupted += 1,
+                    }
+                }
+                // Refused before it started (busy lane, posd stopping or gone).
+                Ok(Err(status)) if status.code() != tonic::Code::Unknown => {
+                    let reason =
+                        format!("{:?} {}", status.code(), status.message().split(';').next().unwrap_or_default());
+                    let reason: String = reason.chars().take(60).collect();
+                    *t.refused.entry(reason).or_default() += 1;
+                    refused = true;
+                }
+                // posd died under the stream: the register would look the
+                // payment up; the check covers it.
+                _ => t.interrupted += 1,
+            }
+            refused
+        };
+        if refused {
+            // A register waits a moment before it tries again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Waits until no payment is in flight and the offline queue is empty.
+async fn settle(lane: &Lane) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let busy = open_db(lane).and_then(|db| {
+            db.query_row(
+                "SELECT COUNT(*) FROM payments WHERE status NOT IN \
+                 ('captured','authorized','declined','canceled','failed','reversed','offline_declined','expired','voided')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| e.to_string())
+        });
+        let records = open_db(lane).and_then(|db| {
+            db.query_row("SELECT COUNT(*) FROM gateway_records WHERE sent_at_ms IS NULL", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| e.to_string())
+        });
+        if let (Ok(0), Ok(0)) = (&busy, &records) {
+            return Ok("every payment final, queues empty".into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("after 120 s: {busy:?} payments not final, {records:?} gateway records unsent"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn open_db(lane: &Lane) -> Result<rusqlite::Connection, String> {
+    rusqlite::Connection::open_with_flags(
+        lane.state_dir().join("posd.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())
+}
+
+struct Payment {
+    status: String,
+    gateway_key: String,
+    captured: i64,
+    device: String,
+}
+
+type Report = Vec<(&'static str, Result<String, String>)>;
+
+fn check(lane: &Lane, told: &Told, settled: Result<String, String>) -> Report {
+    let mut report: Report = vec![("nothing stuck after recovery", settled)];
+    let db = match open_db(lane) {
+        Ok(db) => db,
+        Err(e) => return vec![("posd database readable", Err(e))],
+    };
+    let payments: BTreeMap<String, Payment> = db
+        .prepare("SELECT id, status, gateway_key, captured_minor, device FROM payments")
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Payment { status: r.get(1)?, gateway_key: r.get(2)?, captured: r.get(3)?, device: r.get(4)? },
+                ))
+            })?
+            .collect()
+        })
+        .unwrap_or_default();
+    let refunds: Vec<(String, String, i64, String, String)> = db
+        .prepare("SELECT id, payment_id, amount_minor, status, refund_key FROM refunds")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
+        .unwrap_or_default();
+    let ledger = lane.ledger();
+    let charges: HashMap<String, &serde_json::Value> =
+        ledger.iter().map(|c| (c["key"].as_str().unwrap_or_default().to_string(), c)).collect();
+    let by_key: HashMap<&str, (&String, &Payment)> =
+        payments.iter().map(|(id, p)| (p.gateway_key.as_str(), (id, p))).collect();
+
+    // Every payment the register was told approved is at the gateway once.
+    let mut missing = Vec::new();
+    for id in &told.approved {
+        match payments.get(id) {
+            None => missing.push(format!("{id}: not in posd")),
+            Some(p) => match charges.get(&p.gateway_key) {
+                Some(c) if c["status"] != "declined" || p.status == "offline_declined" => {}
+                Some(c) => missing.push(format!("{id}: {} at the gateway but told approved", c["status"])),
+                None => missing.push(format!("{id}: {} in posd, absent from the ledger", p.status)),
+            },
+        }
+    }
+    report.push((
+        "every payment reported approved exists exactly once at the gateway",
+        if missing.is_empty() { Ok(format!("{} payments", told.approved.len())) } else { Err(missing.join("; ")) },
+    ));
+
+    // No charge without a payment that took it, no charge for a payment that failed.
+    let mut orphans = Vec::new();
+    for (key, c) in &charges {
+        let live = c["status"] == "approved";
+        match by_key.get(key.as_str()) {
+            None if live => orphans.push(format!("{key}: charged, unknown to posd")),
+            Some((id, p)) if live && !matches!(p.status.as_str(), "captured" | "authorized") => {
+                orphans.push(format!("{id}: charged at the gateway but {} in posd", p.status));
+            }
+            _ => {}
+        }
+    }
+    report.push((
+        "no charge without an approved payment (no duplicate, no orphan)",
+        if orphans.is_empty() { Ok(format!("{} charges", charges.len())) } else { Err(orphans.join("; ")) },
+    ));
+
+    // Refunds: never more than captured, posd and the gateway agree.
+    let mut over = Vec::new();
+    let mut refunded: HashMap<&str, i64> = HashMap::new();
+    for (_, payment, amount, status, _) in &refunds {
+        if status == "succeeded" {
+            *refunded.entry(payment.as_str()).or_default() += amount;
+        }
+        if status == "pending" {
+            over.push(format!("refund of {payment} still pending"));
+        }
+    }
+    for (id, sum) in &refunded {
+        let p = &payments[*id];
+        if *sum > p.captured {
+            over.push(format!("{id}: {sum} refunded of {} captured", p.captured));
+        }
+        let at_gateway = charges.get(&p.gateway_key).and_then(|c| c["refunded_minor"].as_i64()).unwrap_or(0);
+        if p.device == "reader" && at_gateway != *sum {
+            over.push(format!("{id}: {sum} refunded in posd, {at_gateway} at the gateway"));
+        }
+    }
+    for c in &ledger {
+        if c["refunded_minor"].as_i64() > c["captured_minor"].as_i64() {
+            over.push(format!("{}: the gateway refunded more than it captured", c["key"]));
+        }
+    }
+    for (refund, (payment, _)) in &told.refunds {
+        if !refunds.iter().any(|r| &r.0 == refund && &r.1 == payment && r.3 == "succeeded") {
+            over.push(format!("refund {refund} reported succeeded but not stored so"));
+        }
+    }
+    report.push((
+        "refunds never exceed captures; posd and the gateway agree",
+        if over.is_empty() { Ok(format!("{} refunds", refunds.len())) } else { Err(over.join("; ")) },
+    ));
+
+    let integrity = |path: &std::path::Path| -> Result<String, String> {
+        let c = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+        c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).map_err(|e| e.to_string())
+    };
+    let mut integ = Vec::new();
+    for path in [lane.state_dir().join("posd.db"), lane.dir.path().join("ledger.db")] {
+        match integrity(&path) {
+            Ok(s) if s == "ok" => {}
+            other => integ.push(format!("{}: {other:?}", path.display())),
+        }
+    }
+    report.push((
+        "PRAGMA integrity_check",
+        if integ.is_empty() { Ok("ok (posd, gateway)".into()) } else { Err(integ.join("; ")) },
+    ));
+
+    // No card data in posd's files or anything the register saw.
+    let mut leaks = Vec::new();
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(lane.state_dir()).into_iter().flatten().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        scanned += 1;
+        if !card_numbers(&bytes).is_empty() {
+            leaks.push(entry.path().display().to_string());
+        }
+    }
+    if !card_numbers(&std::fs::read(lane.posd_log()).unwrap_or_default()).is_empty() {
+        leaks.push("posd.log".into());
+    }
+    if told.api_responses.iter().any(|r| !card_numbers(r.as_bytes()).is_empty()) {
+        leaks.push("an API response".into());
+    }
+    report.push((
+        "no card number in posd's database files, log or API responses",
+        if leaks.is_empty() {
+            Ok(format!("{scanned} files, the log, {} responses", told.api_responses.len()))
+        } else {
+            Err(leaks.join(", "))
+        },
+    ));
+    report
+}
