@@ -290,7 +290,9 @@ async fn reversal_refund_and_end_of_day(tcp: bool) {
     ready(&mut lane).await;
     let a = final_payment(&lane.pay("to-reverse", 1000).await);
     let b = final_payment(&lane.pay("to-refund", 2500).await);
+    let c = final_payment(&lane.pay("kept", 700).await);
     assert_eq!((status(&a), status(&b)), (pb::PaymentStatus::Captured, pb::PaymentStatus::Captured));
+    assert_eq!(status(&c), pb::PaymentStatus::Captured);
 
     let (st, out, err) = lane.posctl(&["void", &a.payment_id, "--reason", "wrong item"]);
     assert!(st.success(), "{out}{err}");
@@ -301,24 +303,27 @@ async fn reversal_refund_and_end_of_day(tcp: bool) {
     assert!(st.success(), "{out}{err}");
     let b = payment(&lane, &b.payment_id).await;
     assert_eq!(b.refunded_minor, 500);
+    // A refunded payment is not reversed as well: that would pay back twice.
+    let (st, _, err) = lane.posctl(&["void", &b.payment_id]);
+    assert!(!st.success() && err.contains("pay back twice"), "{err}");
 
     // The ledger has each record once: the reversal voided A, the refund is on B.
     posd_e2e::eventually("the reversal and the refund to reach the ledger", async || {
         let ledger = lane.ledger();
         let a_voided = ledger.iter().any(|c| c["amount_minor"] == 1000 && c["status"] == "voided");
         let b_refunded = ledger.iter().any(|c| c["amount_minor"] == 2500 && c["refunded_minor"] == 500);
-        (a_voided && b_refunded && ledger.len() == 2).then_some(())
+        (a_voided && b_refunded && ledger.len() == 3).then_some(())
     })
     .await;
 
     let (st, out, err) = lane.posctl(&["--json", "end-of-day"]);
     assert!(st.success(), "{out}{err}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // The terminal's own total: B less its refund; A was reversed.
-    assert_eq!(summary["totals"][0]["captured_minor"], 2000, "{summary}");
+    // The terminal's own total: B less its refund, and C; A was reversed.
+    assert_eq!(summary["totals"][0]["captured_minor"], 2700, "{summary}");
 
     // After the terminal's end-of-day a reversal is no longer possible.
-    let (st, _, err) = lane.posctl(&["void", &b.payment_id]);
+    let (st, _, err) = lane.posctl(&["void", &c.payment_id]);
     assert!(!st.success());
     assert!(err.contains("did not reverse") && err.contains("refund it instead"), "{err}");
     lane.finish();

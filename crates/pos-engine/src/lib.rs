@@ -21,6 +21,7 @@
 //! CREATED -> COLLECTING -(result stored, before 80 00)-> CONFIRMING -(80 00 sent)-> CAPTURED -(reversed)-> VOIDED
 //! COLLECTING -> DECLINED | CANCELED | FAILED
 //! COLLECTING | CONFIRMING -(line lost)-> UNKNOWN -(asked the terminal)-> CAPTURED | FAILED (not booked)
+//! (a stored approval is never failed: CONFIRMING settles as CAPTURED or stays in doubt)
 //! ```
 
 pub mod money;
@@ -345,19 +346,20 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (Created, Input::StartOnTerminal) => {
             t(Collecting, "payment terminal asked to take the payment".into(), None, vec![])
         }
-        (Collecting | Unknown, Input::TerminalApproved) => {
+        (Collecting, Input::TerminalApproved) => {
             t(Confirming, "payment terminal approved; result stored before confirming it".into(), None, vec![])
         }
         (Confirming | Unknown, Input::TerminalConfirmed) => {
             t(Captured, "payment terminal's result confirmed; record queued for the gateway".into(), None, vec![])
         }
-        (Collecting | Unknown, Input::TerminalDeclined { code, message }) => {
+        (Collecting, Input::TerminalDeclined { code, message }) => {
             t(Declined, format!("payment terminal declined: {code}"), reason(code, message.clone()), vec![])
         }
         (Collecting | Confirming, Input::TerminalLost { message }) => {
             t(Unknown, format!("line to the payment terminal lost: {message}"), None, vec![])
         }
-        (Unknown | Confirming, Input::TerminalNotBooked { message }) => t(
+        // Never from CONFIRMING: posd holds the terminal's approval then.
+        (Unknown, Input::TerminalNotBooked { message }) => t(
             Failed,
             "the payment terminal shows the payment was not booked".into(),
             reason("terminal_not_booked", message.clone()),
@@ -470,6 +472,8 @@ mod tests {
             next(Status::Unknown, &Input::TerminalNotBooked { message: "m".into() }).unwrap().to,
             Status::Failed
         );
+        // The terminal's stored approval is never turned into "not charged".
+        assert!(next(Status::Confirming, &Input::TerminalNotBooked { message: "m".into() }).is_err());
         for s in [Status::Collecting, Status::Confirming, Status::Unknown] {
             assert_eq!(recovery_on_terminal(s), Recovery::AskTerminal);
         }

@@ -527,6 +527,14 @@ impl ReaderConfig {
                 let currency_number = pos_engine::money::numeric(currency).ok_or_else(|| {
                     anyhow::anyhow!("lane {lane}: posd does not know the ISO 4217 number of {currency} for ZVT")
                 })?;
+                // ZVT's Registration cannot tell a currency 3xx/6xx from the
+                // fields that may follow it.
+                if pos_zvt::Message::registration(password, 0, currency_number, &[[0x06, 0xD3]]).encode().is_err() {
+                    anyhow::bail!(
+                        "lane {lane}: posd cannot drive a ZVT terminal in {currency}: its ISO number \
+                         {currency_number} cannot be told apart from the fields after it in ZVT's Registration"
+                    );
+                }
                 let t3 = Duration::from_millis(self.t3_ms.unwrap_or(5_000));
                 let t4 = Duration::from_millis(self.t4_ms.unwrap_or(180_000));
                 if t3.is_zero() || t4 < t3 {
@@ -890,6 +898,10 @@ mod tests {
         assert_eq!((s.password, s.currency, s.t4), ([0x12, 0x34, 0x56], 978, Duration::from_secs(180)));
         assert!(zvt("password = 1234567").device("l", "EUR").unwrap_err().to_string().contains("6 digits"));
         assert!(zvt("").device("l", "XPF").unwrap_err().to_string().contains("ISO 4217 number"));
+        for ambiguous in ["HUF", "JPY", "ISK"] {
+            let e = zvt("").device("l", ambiguous).unwrap_err().to_string();
+            assert!(e.contains("cannot be told apart"), "{ambiguous}: {e}");
+        }
         assert!(zvt("t3_ms = 5000\nt4_ms = 100").device("l", "EUR").is_err());
         let serial = toml::from_str::<ReaderConfig>("kind = \"zvt\"\ndevice = \"/dev/ttyS0\"").unwrap();
         let crate::lane::CardDevice::Zvt(s) = serial.device("l", "EUR").unwrap() else { panic!("not zvt") };

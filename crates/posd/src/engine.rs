@@ -1061,6 +1061,17 @@ impl Engine {
                 if r.status != "pending" {
                     return Ok(r);
                 }
+                if rec.device == "zvt" {
+                    // Asking the terminal again could refund twice.
+                    return Err(EngineError::Unavailable(
+                        "OUTCOME_UNKNOWN",
+                        format!(
+                            "refund {} ran on the payment terminal without a known outcome; check the terminal's \
+                             journal before refunding again",
+                            r.id
+                        ),
+                    ));
+                }
                 r
             }
             Reservation::Created(r) => {

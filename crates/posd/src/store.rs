@@ -388,9 +388,11 @@ CREATE TABLE gateway_records (
     created_at_ms INTEGER NOT NULL,
     sent_at_ms INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT ''
+    last_error TEXT NOT NULL DEFAULT '',
+    -- The gateway refused the record itself: a person looks; later records go on.
+    refused INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, seq);
+CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, refused, seq);
 ",
 ];
 
@@ -845,7 +847,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, record_key, payment_id, kind, amount_minor, currency, created_at_ms FROM gateway_records \
-             WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?1",
+             WHERE sent_at_ms IS NULL AND refused = 0 ORDER BY seq LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
             Ok(GatewayRecord {
@@ -861,10 +863,17 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The gateway acknowledged the record (`error` empty), or the attempt failed.
-    pub fn record_attempt(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+    /// The gateway acknowledged the record (`error` empty), or the attempt
+    /// failed; a `refused` record is not sent again.
+    pub fn record_attempt(&self, seq: i64, error: &str, refused: bool) -> Result<(), StoreError> {
         let conn = self.conn();
-        if error.is_empty() {
+        if refused {
+            exec(
+                &conn,
+                "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2, refused = 1 WHERE seq = ?1",
+                params![seq, error],
+            )?;
+        } else if error.is_empty() {
             exec(
                 &conn,
                 "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
@@ -1043,8 +1052,10 @@ fn apply_in(
         if let Some(r) = &update.terminal {
             exec(
                 tx,
-                "INSERT OR REPLACE INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, \
-                 terminal_tid, lines) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, terminal_tid, lines) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (payment_id) DO UPDATE SET \
+                 result_code = excluded.result_code, receipt_no = excluded.receipt_no, trace = excluded.trace, \
+                 offline = excluded.offline, terminal_tid = excluded.terminal_tid",
                 params![
                     id,
                     r.result_code,

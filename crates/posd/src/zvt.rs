@@ -10,8 +10,9 @@
 //! issued") and the terminal reverses.
 //!
 //! Timers (all configurable, so tests run them scaled down): T3 for the
-//! terminal's `80 00` to a command and for each of our replies, T4 from the
-//! `80 00` to the end of the command, restarted by every 04 FF and 04 0F.
+//! terminal's `80 00` to a command, T4 from the `80 00` to the end of the
+//! command, restarted by every 04 FF and 04 0F (an 04 FF that announces a
+//! longer timeout extends it).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +42,8 @@ pub struct ZvtSettings {
 /// What a command's Status-Information (04 0F) said.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
-    pub result_code: u8,
+    /// BMP 27; `None` when the terminal sent none (nothing to go by).
+    pub result_code: Option<u8>,
     pub amount: Option<u64>,
     pub receipt_no: Option<u16>,
     pub trace: Option<u32>,
@@ -57,9 +59,13 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    pub fn approved(&self) -> bool {
+        self.result_code == Some(0)
+    }
+
     fn from_fields(f: &Bmps) -> Outcome {
         Outcome {
-            result_code: f.result_code().unwrap_or(0xFF),
+            result_code: f.result_code(),
             amount: f.amount(),
             receipt_no: f.receipt_no(),
             trace: f.trace(),
@@ -243,8 +249,15 @@ async fn run(lane: String, s: ZvtSettings, mut jobs: mpsc::Receiver<Job>, state:
                         let decoded = Message::decode(&apdu);
                         let name = decoded.as_ref().map(|m| m.name()).unwrap_or("undecodable");
                         tracing::info!(%lane, message = name, "payment terminal sent something unasked");
-                        let is_answer = matches!(decoded, Ok(Message::Ack | Message::Nak(_)));
-                        if !is_answer && let Err(e) = send(&link, &Message::Ack).await {
+                        // A result nobody asked for is not booked: "goods not issued".
+                        let reply = match decoded {
+                            Ok(Message::Ack | Message::Nak(_)) => None,
+                            Ok(Message::StatusInformation(_)) => Some(Message::Nak(0x66)),
+                            _ => Some(Message::Ack),
+                        };
+                        if let Some(r) = reply
+                            && let Err(e) = send(&link, &r).await
+                        {
                             break e.to_string();
                         }
                     }
@@ -258,7 +271,8 @@ async fn run(lane: String, s: ZvtSettings, mut jobs: mpsc::Receiver<Job>, state:
 }
 
 async fn send(link: &Link, m: &Message) -> Result<(), LinkError> {
-    link.send(m.encode().expect("posd builds valid ZVT messages")).await
+    let bytes = m.encode().map_err(|e| LinkError::Io(format!("cannot encode {}: {e}", m.name())))?;
+    link.send(bytes).await
 }
 
 /// Registration with the config posd needs: the ECR prints payment and
@@ -270,6 +284,9 @@ async fn register(link: &mut Link, s: &ZvtSettings) -> Result<String, String> {
         | config::INTERMEDIATE_STATUS
         | config::ECR_CONTROLS_PAYMENT;
     let command = Message::registration(s.password, bits, s.currency, &[[0x06, 0xD3]]);
+    if let Err(e) = command.encode() {
+        return Err(format!("cannot build the registration: {e}"));
+    }
     let (events, _rx) = mpsc::unbounded_channel();
     match exchange(link, s, &command, &events, None).await {
         Ending::Completed { terminal_id } => Ok(terminal_id),
@@ -294,27 +311,26 @@ async fn exchange(
     if let Err(e) = send(link, command).await {
         return lost(format!("sending {} failed: {e}", command.name()), false);
     }
-    // T3: the terminal accepts (80 00) or refuses (84 xx).
-    match recv_until(link, Instant::now() + s.t3).await {
+    // T3: the terminal accepts (80 00, with data on some terminals) or
+    // refuses (84 xx). A terminal message instead means it has started.
+    let mut first = match recv_until(link, Instant::now() + s.t3).await {
         Err(e) => return lost(e, false),
         Ok(None) => {
             return lost(format!("the terminal did not accept {} within {:?} (T3)", command.name(), s.t3), false);
         }
-        Ok(Some(Message::Ack | Message::Nak(0x00))) => {}
+        Ok(Some(Message::Ack | Message::Nak(0x00))) => None,
+        Ok(Some(Message::Vendor(r))) if (r.class, r.instr) == (0x80, 0x00) => None,
         Ok(Some(Message::Nak(code))) => return Ending::Refused { code, text: codes::result_text(code) },
-        Ok(Some(other)) => {
-            return lost(
-                format!("the terminal answered {} with {} instead of 80 00", command.name(), other.name()),
-                false,
-            );
-        }
-    }
+        Ok(Some(other)) => Some(other),
+    };
     let mut t4 = Instant::now() + s.t4;
     let mut print_lines: Vec<String> = Vec::new();
+    // Also set once a result came: an abort request would come too late.
     let mut aborted = false;
     loop {
         let got = tokio::select! {
-            r = recv_until(link, t4) => r,
+            r = async { Ok(first.take()) }, if first.is_some() => r,
+            r = recv_until(link, t4), if first.is_none() => r,
             Some(()) = async { abort.as_mut()?.recv().await }, if !aborted => {
                 aborted = true;
                 tracing::info!("asking the payment terminal to abort");
@@ -338,19 +354,23 @@ async fn exchange(
         let mut reply = Message::Ack;
         match msg {
             Message::Intermediate(i) => {
-                t4 = Instant::now() + s.t4;
+                // The timeout byte is BCD minutes; it may only extend T4.
+                let announced = i
+                    .timeout
+                    .and_then(|t| pos_zvt::bcd::decode(&[t]))
+                    .map_or(Duration::ZERO, |m| Duration::from_secs(m * 60));
+                t4 = Instant::now() + s.t4.max(announced);
                 let _ = events.send(ZvtEvent::Progress { code: i.status, text: codes::intermediate_text(i.status) });
             }
             Message::StatusInformation(f) => {
                 t4 = Instant::now() + s.t4;
+                aborted = true;
                 let outcome = Outcome::from_fields(&f);
                 let (confirm, answer) = oneshot::channel();
-                let stored = if events.send(ZvtEvent::Result { outcome, confirm }).is_ok() {
-                    matches!(tokio::time::timeout(s.commit_bound, answer).await, Ok(Ok(true)))
-                } else {
-                    // Nobody to store it (registration, end-of-day internals).
-                    true
-                };
+                // Nobody listening (the caller went away) means nobody
+                // stores it: the terminal must not book it.
+                let stored = events.send(ZvtEvent::Result { outcome, confirm }).is_ok()
+                    && matches!(tokio::time::timeout(s.commit_bound, answer).await, Ok(Ok(true)));
                 if !stored {
                     tracing::error!("the terminal's result could not be stored; answering 84 66 (goods not issued)");
                     reply = Message::Nak(0x66);
@@ -435,9 +455,9 @@ pub enum Verdict {
 /// on. Everything else is left to a person, never guessed.
 pub fn judge(amount: u64, stored: Option<u16>, before: Option<u16>, last: Option<&Outcome>) -> Verdict {
     let Some(last) = last else {
-        return Verdict::NotBooked("the terminal has no transaction at all".into());
+        return Verdict::Undetermined("the terminal repeated no result; check its journal".into());
     };
-    let approved_amount = last.result_code == 0 && last.amount == Some(amount);
+    let approved_amount = last.approved() && last.amount == Some(amount);
     match (stored, last.receipt_no) {
         (Some(s), Some(r)) if s == r && approved_amount => Verdict::Booked(last.clone()),
         (Some(s), Some(r)) => Verdict::Undetermined(format!(
@@ -446,7 +466,7 @@ pub fn judge(amount: u64, stored: Option<u16>, before: Option<u16>, last: Option
         (None, Some(r)) if before == Some(r) => Verdict::NotBooked(format!(
             "the terminal's last transaction is still receipt {r}, from before this payment; nothing was charged"
         )),
-        (None, Some(r)) if approved_amount && before.is_some_and(|b| r == b.wrapping_add(1)) => {
+        (None, Some(r)) if approved_amount && before.is_some_and(|b| r == b % 9999 + 1) => {
             Verdict::Booked(last.clone())
         }
         (_, r) => Verdict::Undetermined(format!(
@@ -461,7 +481,7 @@ mod tests {
     use super::*;
 
     fn sale(receipt: u16, amount: u64) -> Outcome {
-        Outcome { result_code: 0, amount: Some(amount), receipt_no: Some(receipt), ..Outcome::default() }
+        Outcome { result_code: Some(0), amount: Some(amount), receipt_no: Some(receipt), ..Outcome::default() }
     }
 
     #[test]
@@ -481,8 +501,11 @@ mod tests {
         assert!(matches!(judge(1234, None, Some(6), Some(&sale(8, 1234))), Verdict::Undetermined(_)));
         // Without a receipt number from before, nothing new is guessed.
         assert!(matches!(judge(1234, None, None, Some(&sale(1, 1234))), Verdict::Undetermined(_)));
-        // No transaction at all: not booked.
-        assert!(matches!(judge(1234, None, None, None), Verdict::NotBooked(_)));
+        // No result repeated: left to a person, even with a stored result.
+        assert!(matches!(judge(1234, None, None, None), Verdict::Undetermined(_)));
+        assert!(matches!(judge(1234, Some(7), None, None), Verdict::Undetermined(_)));
+        // The receipt number after 9999 is 1.
+        assert!(matches!(judge(1234, None, Some(9999), Some(&sale(1, 1234))), Verdict::Booked(_)));
     }
 
     #[test]

@@ -30,6 +30,12 @@ fn last_receipt_key(lane: &str) -> String {
     format!("zvt_last_receipt:{lane}")
 }
 
+/// The lane's last receipt number when a payment started, kept with it, so
+/// every later look at the payment judges it against the same number.
+fn before_key(payment: &str) -> String {
+    format!("zvt_before:{payment}")
+}
+
 /// The register's stage for a terminal's intermediate status.
 fn stage(code: u8) -> pb::PaymentStage {
     match codes::progress(code) {
@@ -42,7 +48,7 @@ fn stage(code: u8) -> pb::PaymentStage {
 
 fn terminal_result(o: &Outcome) -> TerminalResult {
     TerminalResult {
-        result_code: o.result_code,
+        result_code: o.result_code.unwrap_or(0xFF),
         receipt_no: o.receipt_no,
         trace: o.trace,
         offline: o.offline,
@@ -68,12 +74,34 @@ impl Engine {
         Ok(self.store.meta(&last_receipt_key(lane))?.and_then(|n| u16::try_from(n).ok()))
     }
 
-    fn note_receipt(&self, lane: &str, o: &Outcome) {
-        if let Some(r) = o.receipt_no
+    /// Remembers the terminal's latest receipt number — only one the
+    /// terminal has confirmed, or shown when asked.
+    fn note_receipt_no(&self, lane: &str, receipt: Option<u16>) {
+        if let Some(r) = receipt
             && let Err(e) = self.store.set_meta(&last_receipt_key(lane), i64::from(r))
         {
             tracing::warn!(%lane, error = %e, "cannot remember the terminal's receipt number");
         }
+    }
+
+    /// Why posd must not let the terminal book this result, if it must not:
+    /// no result code, another amount than asked, or a second, different
+    /// result for a payment that already has one.
+    fn unacceptable(&self, rec: &PaymentRecord, o: &Outcome) -> Option<String> {
+        if o.result_code.is_none() {
+            return Some("the result carries no result code".into());
+        }
+        if o.approved() && o.amount.is_some_and(|a| a != rec.amount_minor as u64) {
+            return Some(format!("the terminal approved {:?} instead of {}", o.amount, rec.amount_minor));
+        }
+        if rec.status != Status::Collecting {
+            let stored = self.store.terminal_result(&rec.id).ok().flatten();
+            let same = stored.is_some_and(|t| t.receipt_no == o.receipt_no && (t.result_code == 0) == o.approved());
+            if !same {
+                return Some(format!("a second, different result for a payment that is {}", rec.status));
+            }
+        }
+        None
     }
 
     /// Takes one payment on the lane's payment terminal.
@@ -85,21 +113,32 @@ impl Engine {
         cancel: &mut mpsc::Receiver<()>,
     ) -> Result<(), StepError> {
         let before = self.last_receipt(&lane.id)?;
+        self.store.set_meta(&before_key(&rec.id), before.map_or(-1, i64::from))?;
         let mut rec = self.step(&rec, Input::StartOnTerminal, Update::default()).await?;
         let command = Message::authorization(rec.amount_minor as u64, zvt.settings.currency);
         let (mut events, abort) = zvt.run(command).await;
         let mut register_cancel = false;
+        // A result posd answered with 84 66: the terminal reverses it.
+        let mut refused: Option<String> = None;
         let ending = loop {
             tokio::select! {
                 ev = events.recv() => match ev {
                     None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
                     Some(ZvtEvent::Progress { code, text }) => self.publish(&rec, stage(code), text),
                     Some(ZvtEvent::Result { outcome, confirm }) => {
-                        self.note_receipt(&lane.id, &outcome);
+                        if let Some(why) = self.unacceptable(&rec, &outcome) {
+                            // "Goods not issued": the terminal reverses it.
+                            tracing::error!(payment = %rec.id, %why, "refusing the payment terminal's result");
+                            let _ = confirm.send(false);
+                            refused.get_or_insert(why);
+                            continue;
+                        }
                         match self.store_result(&rec, &outcome).await {
                             Ok(new) => {
                                 rec = new;
                                 failpoint::hit("zvt_result_stored");
+                                // If the driver gave up waiting, the terminal heard
+                                // 84 66; the payment then stays in doubt below.
                                 let _ = confirm.send(true);
                             }
                             Err(e) => {
@@ -111,6 +150,9 @@ impl Engine {
                     }
                     Some(ZvtEvent::Confirmed) if rec.status == Status::Confirming => {
                         rec = self.confirm(&rec, None).await?;
+                        if let Ok(Some(t)) = self.store.terminal_result(&rec.id) {
+                            self.note_receipt_no(&lane.id, t.receipt_no);
+                        }
                     }
                     Some(ZvtEvent::Confirmed) => {}
                     Some(ZvtEvent::Receipt(lines)) => self.keep_lines(&rec, &lines),
@@ -123,6 +165,14 @@ impl Engine {
             }
         };
         match (rec.status, ending) {
+            (Status::Collecting, _) if refused.is_some() => {
+                let message = format!(
+                    "posd refused the payment terminal's result ({}); the terminal reverses it. Nothing was charged.",
+                    refused.unwrap_or_default()
+                );
+                let input = Input::CollectFailed { code: "terminal_result_refused".into(), message };
+                self.step(&rec, input, Update::default()).await?;
+            }
             (Status::Collecting, Ending::Aborted { code: 0x6C, .. }) => {
                 let by = if register_cancel { "the register" } else { "the customer at the payment terminal" };
                 self.step(&rec, Input::Cancel { by: by.into() }, Update::default()).await?;
@@ -161,7 +211,7 @@ impl Engine {
                 };
                 tracing::warn!(payment = %rec.id, %message, "payment terminal outcome in doubt; asking the terminal");
                 let rec = self.step(&rec, Input::TerminalLost { message }, Update::default()).await?;
-                self.resolve_on_terminal(lane, zvt, rec, before).await?;
+                self.resolve_on_terminal(lane, zvt, rec).await?;
             }
             // Settled (captured, declined) before the command ended.
             _ => {}
@@ -181,13 +231,11 @@ impl Engine {
             terminal: Some(terminal_result(o)),
             ..Update::default()
         };
-        let input = if o.result_code == 0 {
+        let code = o.result_code.unwrap_or(0xFF);
+        let input = if o.approved() {
             Input::TerminalApproved
         } else {
-            Input::TerminalDeclined {
-                code: format!("zvt_{:02x}", o.result_code),
-                message: codes::result_text(o.result_code),
-            }
+            Input::TerminalDeclined { code: format!("zvt_{code:02x}"), message: codes::result_text(code) }
         };
         self.step(rec, input, update).await
     }
@@ -226,17 +274,18 @@ impl Engine {
     }
 
     /// Asks the terminal what it booked for a payment in doubt and settles
-    /// the payment by its answer. `before`: the terminal's last receipt
-    /// number posd saw before the payment started.
+    /// the payment by its answer, judged against the receipt number stored
+    /// with the payment (its result's, or the lane's last one when it
+    /// started): the same every time posd asks.
     pub(super) async fn resolve_on_terminal(
         &self,
         lane: &Lane,
         zvt: &ZvtTerminal,
         rec: PaymentRecord,
-        before: Option<u16>,
     ) -> Result<(), StepError> {
         self.publish(&rec, pb::PaymentStage::Authorizing, "Checking with the payment terminal what it booked".into());
         let stored = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no);
+        let before = self.store.meta(&before_key(&rec.id))?.and_then(|n| u16::try_from(n).ok());
         let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
         for attempt in 0..self.settings.status_attempts.max(1) * 4 {
             if attempt > 0 {
@@ -254,9 +303,8 @@ impl Engine {
                     continue;
                 }
             };
-            if let Some(o) = &last {
-                self.note_receipt(&lane.id, o);
-            }
+            // The terminal's own last receipt: what later payments compare with.
+            self.note_receipt_no(&lane.id, last.as_ref().and_then(|o| o.receipt_no));
             break;
         }
         tracing::info!(payment = %rec.id, ?verdict, "payment terminal asked");
@@ -304,14 +352,13 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let result = async {
-                let before = engine.last_receipt(&lane.id)?;
                 let rec = if rec.status == Status::Collecting {
                     let message = "posd restarted while the payment terminal had the payment".to_string();
                     engine.step(&rec, Input::TerminalLost { message }, Update::default()).await?
                 } else {
                     rec.clone()
                 };
-                engine.resolve_on_terminal(&lane, &zvt, rec, before).await
+                engine.resolve_on_terminal(&lane, &zvt, rec).await
             }
             .await;
             if let Err(e) = result {
@@ -347,20 +394,22 @@ impl Engine {
                 let request = match self.terminal_record(&r) {
                     Ok(req) => req,
                     Err(e) => {
-                        tracing::error!(record = %r.record_key, error = %e, "cannot build a gateway record");
-                        failed = true;
-                        break;
+                        self.record_refused(&r, &format!("cannot build it: {e}"));
+                        continue;
                     }
                 };
                 match self.gateway.record_terminal(request).await {
                     Ok(duplicate) => {
                         tracing::info!(record = %r.record_key, duplicate, "terminal payment recorded at the gateway");
-                        let _ = self.store.record_attempt(r.seq, "");
+                        let _ = self.store.record_attempt(r.seq, "", false);
                         backoff = f.retry_first;
                     }
+                    // The gateway refused the record itself: retrying cannot
+                    // help, and must not hold back the records after it.
+                    Err(crate::gateway::CallError::Refused(m)) => self.record_refused(&r, &m),
                     Err(e) => {
                         tracing::warn!(record = %r.record_key, error = %e, "recording at the gateway failed; will retry");
-                        let _ = self.store.record_attempt(r.seq, &e.to_string());
+                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false);
                         failed = true;
                         break;
                     }
@@ -374,6 +423,17 @@ impl Engine {
                 backoff = (backoff * 2).min(f.retry_max);
             }
         }
+    }
+
+    fn record_refused(&self, r: &crate::store::GatewayRecord, why: &str) {
+        tracing::error!(record = %r.record_key, %why, "a terminal payment's record was refused; a person must look");
+        let _ = self.store.record_attempt(r.seq, why, true);
+        self.emit(
+            "record_refused",
+            "",
+            &r.payment_id,
+            format!("the gateway's ledger refused record {} ({why}); it is kept for a person", r.record_key),
+        );
     }
 
     fn terminal_record(&self, r: &crate::store::GatewayRecord) -> Result<TerminalRecord, StepError> {
@@ -409,21 +469,28 @@ impl Engine {
 struct LaneHold<'a> {
     engine: &'a Engine,
     terminal: String,
+    what: String,
 }
 
 impl Drop for LaneHold<'_> {
     fn drop(&mut self) {
-        self.engine.busy.lock().unwrap().remove(&self.terminal);
+        let mut busy = self.engine.busy.lock().unwrap();
+        if busy.get(&self.terminal) == Some(&self.what) {
+            busy.remove(&self.terminal);
+        }
     }
 }
 
 impl Engine {
-    fn hold_lane(&self, terminal: &str, what: &str) -> Result<(LaneHold<'_>, Arc<ZvtTerminal>), EngineError> {
+    /// Takes the lane for an administrative command; checked and taken
+    /// under the admission lock, as a new payment takes it.
+    async fn hold_lane(&self, terminal: &str, what: &str) -> Result<(LaneHold<'_>, Arc<ZvtTerminal>), EngineError> {
         let zvt = self
             .lanes
             .get(terminal)
             .and_then(|l| l.zvt.clone())
             .ok_or_else(|| EngineError::NotFound(format!("terminal {terminal} has no payment terminal")))?;
+        let _admission = self.admission.lock().await;
         let mut busy = self.busy.lock().unwrap();
         if let Some(other) = busy.get(terminal) {
             return Err(EngineError::FailedPrecondition(
@@ -432,7 +499,18 @@ impl Engine {
             ));
         }
         busy.insert(terminal.to_string(), what.to_string());
-        Ok((LaneHold { engine: self, terminal: terminal.to_string() }, zvt))
+        Ok((LaneHold { engine: self, terminal: terminal.to_string(), what: what.to_string() }, zvt))
+    }
+
+    /// A refund or reversal was stored as done, but the terminal never had
+    /// the 80 00 that completes it: it may have undone it. A person checks.
+    fn confirmation_lost(&self, rec: &PaymentRecord, what: &str) -> EngineError {
+        let message = format!(
+            "{what} was stored as done, but the payment terminal did not get posd's confirmation and may have \
+             undone it; check the terminal's journal"
+        );
+        self.emit("terminal_confirmation_lost", &rec.terminal_id, &rec.id, message.clone());
+        EngineError::Unavailable("OUTCOME_UNKNOWN", message)
     }
 
     /// Refunds on the payment terminal (the customer presents the card
@@ -443,10 +521,12 @@ impl Engine {
         refund: RefundRecord,
         rec: &PaymentRecord,
     ) -> Result<RefundRecord, EngineError> {
-        let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id)?;
+        let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id).await?;
         let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
         let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
         let mut settled: Option<RefundRecord> = None;
+        let mut confirmed = false;
+        let mut receipt = None;
         let event = |kind: &'static str, message: String| NewEvent {
             kind,
             terminal_id: rec.terminal_id.clone(),
@@ -456,10 +536,11 @@ impl Engine {
         let ending = loop {
             match events.recv().await {
                 Some(ZvtEvent::Result { outcome, confirm }) if settled.is_none() => {
-                    self.note_receipt(&rec.terminal_id, &outcome);
-                    let ok = outcome.result_code == 0;
-                    let text = codes::result_text(outcome.result_code);
-                    let failure_code = format!("zvt_{:02x}", outcome.result_code);
+                    receipt = outcome.receipt_no;
+                    let ok = outcome.approved() && outcome.amount.is_none_or(|a| a == refund.amount_minor as u64);
+                    let code = outcome.result_code.unwrap_or(0xFF);
+                    let text = codes::result_text(code);
+                    let failure_code = format!("zvt_{code:02x}");
                     let failure = (!ok).then_some((failure_code.as_str(), text.as_str()));
                     let (kind, message) = if ok {
                         (
@@ -483,8 +564,13 @@ impl Engine {
                         }
                     }
                 }
+                // A second result is not booked.
                 Some(ZvtEvent::Result { confirm, .. }) => {
-                    let _ = confirm.send(true);
+                    let _ = confirm.send(false);
+                }
+                Some(ZvtEvent::Confirmed) => {
+                    confirmed = true;
+                    self.note_receipt_no(&rec.terminal_id, receipt);
                 }
                 Some(ZvtEvent::Done(ending)) => break ending,
                 Some(_) => {}
@@ -492,6 +578,9 @@ impl Engine {
             }
         };
         if let Some(stored) = settled {
+            if stored.status == "succeeded" && !confirmed {
+                return Err(self.confirmation_lost(rec, &format!("refund {}", stored.id)));
+            }
             return Ok(stored);
         }
         match ending {
@@ -531,7 +620,14 @@ impl Engine {
         rec: PaymentRecord,
         why: String,
     ) -> Result<PaymentRecord, EngineError> {
-        let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &rec.id)?;
+        let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &rec.id).await?;
+        let refunds = self.store.refunds_of(&rec.id)?;
+        if let Some(r) = refunds.iter().find(|r| r.status != "failed") {
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!("payment {} has refund {} ({}); a reversal would pay back twice", rec.id, r.id, r.status),
+            ));
+        }
         let receipt = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no).ok_or_else(|| {
             EngineError::FailedPrecondition(
                 "NO_TERMINAL_RECEIPT",
@@ -542,12 +638,14 @@ impl Engine {
         let (mut events, _abort) = zvt.run(Message::Reversal(zvt.with_password(fields.into_iter().collect()))).await;
         let mut reversed: Option<PaymentRecord> = None;
         let mut refused: Option<String> = None;
+        let mut confirmed = false;
+        let mut reversal_receipt = None;
         let ending = loop {
             match events.recv().await {
                 Some(ZvtEvent::Result { outcome, confirm }) if reversed.is_none() && refused.is_none() => {
-                    self.note_receipt(&rec.terminal_id, &outcome);
-                    if outcome.result_code != 0 {
-                        refused = Some(codes::result_text(outcome.result_code));
+                    reversal_receipt = outcome.receipt_no;
+                    if !outcome.approved() {
+                        refused = Some(codes::result_text(outcome.result_code.unwrap_or(0xFF)));
                         let _ = confirm.send(true);
                         continue;
                     }
@@ -564,8 +662,13 @@ impl Engine {
                         }
                     }
                 }
+                // A second result is not booked.
                 Some(ZvtEvent::Result { confirm, .. }) => {
-                    let _ = confirm.send(true);
+                    let _ = confirm.send(false);
+                }
+                Some(ZvtEvent::Confirmed) => {
+                    confirmed = true;
+                    self.note_receipt_no(&rec.terminal_id, reversal_receipt);
                 }
                 Some(ZvtEvent::Done(ending)) => break ending,
                 Some(_) => {}
@@ -573,6 +676,9 @@ impl Engine {
             }
         };
         if let Some(new) = reversed {
+            if !confirmed {
+                return Err(self.confirmation_lost(&new, &format!("the reversal of payment {}", new.id)));
+            }
             return Ok(new);
         }
         let text = match (refused, ending) {
@@ -604,7 +710,7 @@ impl Engine {
         terminal: &str,
         caller: &str,
     ) -> Result<pb::BatchSummary, EngineError> {
-        let (_hold, zvt) = self.hold_lane(terminal, "end-of-day")?;
+        let (_hold, zvt) = self.hold_lane(terminal, "end-of-day").await?;
         let lane = self.lanes.get(terminal).cloned().expect("held lanes exist");
         let (mut events, _abort) = zvt.run(Message::EndOfDay(zvt.with_password(Bmps::default()))).await;
         let mut total: Option<u64> = None;
@@ -613,7 +719,7 @@ impl Engine {
             match events.recv().await {
                 Some(ZvtEvent::Result { outcome, confirm }) => {
                     let _ = confirm.send(true);
-                    if outcome.result_code == 0 {
+                    if outcome.approved() {
                         total = outcome.amount;
                     }
                 }
