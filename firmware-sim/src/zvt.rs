@@ -479,7 +479,7 @@ async fn transaction(link: &mut Link, t: &Terminal, kind: Kind, amount: u64) -> 
         };
         s.next_trace += 1;
         if rc == 0 {
-            s.next_receipt += 1;
+            s.next_receipt = s.next_receipt % 9999 + 1;
         }
         txn
     };
@@ -539,7 +539,7 @@ fn auto_reverse(t: &Terminal, mut txn: Txn) {
     let mut s = t.state.lock().unwrap();
     txn.reversed = true;
     let reversal = Txn { kind: Kind::AutoReversal(txn.receipt_no), receipt_no: s.next_receipt, ..txn.clone() };
-    s.next_receipt += 1;
+    s.next_receipt = s.next_receipt % 9999 + 1;
     s.journal.push(txn);
     s.journal.push(reversal);
 }
@@ -633,7 +633,7 @@ async fn reversal(link: &mut Link, t: &Terminal, w: WithPassword) -> Result<(), 
             trace: s.next_trace,
             ..original.clone()
         };
-        s.next_receipt += 1;
+        s.next_receipt = s.next_receipt % 9999 + 1;
         s.next_trace += 1;
         txn
     };

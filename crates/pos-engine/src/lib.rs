@@ -220,6 +220,10 @@ pub enum Input {
     TerminalNotBooked { message: String },
     /// The terminal reversed the payment (a void on the register's request).
     TerminalReversed { reason: String },
+    /// posd told the terminal not to book its stored result ("goods not
+    /// issued": the result came too late to be confirmed); the terminal
+    /// reverses it.
+    TerminalRefused { message: String },
 }
 
 /// What the daemon must do after committing a transition.
@@ -365,6 +369,12 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
             reason("terminal_not_booked", message.clone()),
             vec![],
         ),
+        (Confirming, Input::TerminalRefused { message }) => t(
+            Failed,
+            "posd refused the payment terminal's result; the terminal reverses it".into(),
+            reason("terminal_result_refused", message.clone()),
+            vec![],
+        ),
         (Captured, Input::TerminalReversed { reason: why }) => t(
             Voided,
             format!("reversed at the payment terminal: {why}"),
@@ -454,6 +464,7 @@ mod tests {
             Input::TerminalLost { message: "m".into() },
             Input::TerminalNotBooked { message: "m".into() },
             Input::TerminalReversed { reason: "m".into() },
+            Input::TerminalRefused { message: "m".into() },
         ]
     }
 

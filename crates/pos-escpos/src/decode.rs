@@ -150,6 +150,12 @@ impl Decoder {
     pub fn pending(&self) -> usize {
         self.buf.len() + self.skip
     }
+
+    /// Bytes kept in memory (a body being skipped is counted by
+    /// [`pending`](Self::pending) but not kept).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 fn merge_text(ops: Vec<Op>) -> Vec<Op> {

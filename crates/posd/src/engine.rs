@@ -838,6 +838,8 @@ impl Engine {
                     Recovery::Interrupt => {
                         self.step(&rec, Input::Interrupted, Update::default()).await?;
                     }
+                    // Already left for a person: asking again changes nothing.
+                    Recovery::AskTerminal if self.store.has_event("terminal_outcome_unknown", &rec.id, "")? => {}
                     Recovery::AskTerminal => {
                         tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
                         self.recover_on_terminal(rec);

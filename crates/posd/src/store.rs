@@ -246,6 +246,8 @@ pub struct Update {
     /// A record for the gateway's ledger (`sale`, `reversal`), queued in the
     /// same commit.
     pub record: Option<&'static str>,
+    /// A `meta` value set in the same commit (a lane's last terminal receipt).
+    pub meta: Option<(String, i64)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -669,8 +671,7 @@ impl Store {
         Ok(Reservation::Created(r.clone()))
     }
 
-    /// Settles a pending refund, with its event, in one commit.
-    /// Settles a pending refund. With `record`, a succeeded refund also
+    /// Settles a pending refund, with its event, in one commit. With `record`, a succeeded refund also
     /// queues its record for the gateway's ledger (a payment terminal's
     /// refund), in the same commit.
     pub fn finish_refund(
@@ -1074,6 +1075,9 @@ fn apply_in(
                  SELECT gateway_key || ':' || ?2, id, ?2, captured_minor, currency, ?3 FROM payments WHERE id = ?1",
                 params![id, kind, now],
             )?;
+        }
+        if let Some((key, value)) = &update.meta {
+            exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
         }
         let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
         let rec = tx

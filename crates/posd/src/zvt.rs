@@ -101,6 +101,9 @@ pub enum ZvtEvent {
     Result { outcome: Outcome, confirm: oneshot::Sender<bool> },
     /// The 80 00 for the last result reached the terminal.
     Confirmed,
+    /// posd answered the last result with 84 66 ("goods not issued"), and
+    /// the terminal got it: it reverses that result.
+    Refused,
     /// A receipt, as lines (06 D1 up to the last line, or one 06 D3).
     Receipt(Vec<String>),
     /// The command is over.
@@ -378,9 +381,7 @@ async fn exchange(
                 if let Err(e) = send(link, &reply).await {
                     return lost(format!("confirming the result failed: {e}"), true);
                 }
-                if stored {
-                    let _ = events.send(ZvtEvent::Confirmed);
-                }
+                let _ = events.send(if stored { ZvtEvent::Confirmed } else { ZvtEvent::Refused });
                 continue;
             }
             Message::PrintLine(p) => {

@@ -74,6 +74,17 @@ impl Engine {
         Ok(self.store.meta(&last_receipt_key(lane))?.and_then(|n| u16::try_from(n).ok()))
     }
 
+    /// Asks the terminal for its last receipt (Repeat Receipt) only to learn
+    /// its number.
+    async fn resync_receipt(&self, lane: &Lane, zvt: &ZvtTerminal) {
+        let Repeated { last, ending } = repeat_receipt(zvt).await;
+        if matches!(ending, Ending::Completed { .. }) {
+            self.note_receipt_no(&lane.id, last.as_ref().and_then(|o| o.receipt_no));
+        } else {
+            tracing::warn!(lane = %lane.id, ?ending, "could not learn the payment terminal's last receipt number");
+        }
+    }
+
     /// Remembers the terminal's latest receipt number — only one the
     /// terminal has confirmed, or shown when asked.
     fn note_receipt_no(&self, lane: &str, receipt: Option<u16>) {
@@ -120,6 +131,8 @@ impl Engine {
         let mut register_cancel = false;
         // A result posd answered with 84 66: the terminal reverses it.
         let mut refused: Option<String> = None;
+        // The stored result posd could not confirm in time (84 66 went out).
+        let mut refused_late = false;
         let ending = loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -150,11 +163,9 @@ impl Engine {
                     }
                     Some(ZvtEvent::Confirmed) if rec.status == Status::Confirming => {
                         rec = self.confirm(&rec, None).await?;
-                        if let Ok(Some(t)) = self.store.terminal_result(&rec.id) {
-                            self.note_receipt_no(&lane.id, t.receipt_no);
-                        }
                     }
                     Some(ZvtEvent::Confirmed) => {}
+                    Some(ZvtEvent::Refused) => refused_late = rec.status == Status::Confirming,
                     Some(ZvtEvent::Receipt(lines)) => self.keep_lines(&rec, &lines),
                     Some(ZvtEvent::Done(ending)) => break ending,
                 },
@@ -164,7 +175,18 @@ impl Engine {
                 }
             }
         };
+        // The terminal reverses what posd refused, under receipt numbers
+        // posd did not see: learn its last one again before the lane is free.
+        if refused.is_some() || refused_late {
+            self.resync_receipt(lane, zvt).await;
+        }
         match (rec.status, ending) {
+            (Status::Confirming, _) if refused_late => {
+                let message = "posd could not confirm the payment terminal's approval in time and told it not to \
+                               book it; the terminal reverses it. Nothing was charged."
+                    .to_string();
+                self.step(&rec, Input::TerminalRefused { message }, Update::default()).await?;
+            }
             (Status::Collecting, _) if refused.is_some() => {
                 let message = format!(
                     "posd refused the payment terminal's result ({}); the terminal reverses it. Nothing was charged.",
@@ -245,11 +267,18 @@ impl Engine {
     /// it only now (asked after a lost line).
     async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
         let mut update = Update { record: Some("sale"), ..Update::default() };
-        if let Some(o) = result {
-            update.card = card(o);
-            update.auth_code = Some(o.auth_code.clone());
-            update.terminal = Some(terminal_result(o));
-        }
+        let receipt = match result {
+            Some(o) => {
+                update.card = card(o);
+                update.auth_code = Some(o.auth_code.clone());
+                update.terminal = Some(terminal_result(o));
+                o.receipt_no
+            }
+            None => self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no),
+        };
+        // The lane's last receipt moves in the same commit: a crash between
+        // the two would leave later payments judged against a stale number.
+        update.meta = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
         let terminal_offline = result
             .map(|o| o.offline)
             .unwrap_or_else(|| self.store.terminal_result(&rec.id).ok().flatten().is_some_and(|t| t.offline));
@@ -776,6 +805,8 @@ impl Engine {
             totals: vec![pb::BatchCurrencyTotal {
                 currency: lane.currency.clone(),
                 count,
+                // The terminal reports its batch's net total (sales less
+                // refunds), not the two apart.
                 captured_minor: captured,
                 refunded_minor: 0,
             }],
