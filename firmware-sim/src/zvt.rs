@@ -169,6 +169,9 @@ enum Stop {
     Line(LinkError),
     /// The scenario drops the line.
     Disconnect,
+    /// The register registered again in the middle of a transaction (it
+    /// restarted): the transaction ends and the registration is served.
+    Reset(Registration),
 }
 
 impl From<LinkError> for Stop {
@@ -266,10 +269,15 @@ pub async fn serve(mut link: Link, t: Arc<Terminal>) -> String {
             }
         };
         tracing::info!(command = msg.name(), "zvt: command");
-        match handle(&mut link, &t, msg).await {
-            Ok(()) => {}
-            Err(Stop::Line(e)) => return e.to_string(),
-            Err(Stop::Disconnect) => return "the scenario dropped the line".into(),
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match handle(&mut link, &t, msg).await {
+                Ok(()) => {}
+                Err(Stop::Line(e)) => return e.to_string(),
+                Err(Stop::Disconnect) => return "the scenario dropped the line".into(),
+                // The transaction ended; serve the new registration.
+                Err(Stop::Reset(r)) => next = Some(Message::Registration(r)),
+            }
         }
     }
 }
@@ -294,6 +302,10 @@ async fn send_for_ack(link: &mut Link, t: &Terminal, m: Message) -> Result<Answe
                 tracing::info!("zvt: the register asked to abort (06 B0)");
                 return Ok(Answer::Abort);
             }
+            Ok(Message::Registration(r)) => {
+                tracing::warn!("zvt: the register registered again mid-transaction; ending the transaction");
+                return Err(Stop::Reset(r));
+            }
             Ok(other) => tracing::warn!(got = other.name(), "zvt: expected 80 00 from the register"),
             Err(e) => tracing::warn!(error = %e, "zvt: undecodable APDU while waiting for 80 00"),
         }
@@ -306,13 +318,18 @@ async fn pause(link: &mut Link, d: Duration) -> Result<bool, Stop> {
     loop {
         match tokio::time::timeout_at(deadline, link.recv()).await {
             Err(_) => return Ok(false),
-            Ok(r) => {
-                if matches!(Message::decode(&r?), Ok(Message::AbortRequest)) {
+            Ok(r) => match Message::decode(&r?) {
+                Ok(Message::AbortRequest) => {
                     tracing::info!("zvt: the register asked to abort (06 B0)");
                     send(link, Message::Ack).await?;
                     return Ok(true);
                 }
-            }
+                Ok(Message::Registration(r)) => {
+                    tracing::warn!("zvt: the register registered again mid-transaction; ending the transaction");
+                    return Err(Stop::Reset(r));
+                }
+                _ => {}
+            },
         }
     }
 }

@@ -352,7 +352,9 @@ fn parse_gs(b: &[u8]) -> Step {
             }
             let (bytes_per_row, rows) = (u16le(b[4], b[5]), u16le(b[6], b[7]));
             let len = usize::from(bytes_per_row) * usize::from(rows);
-            with_body(b, 8, len, true, |_, d| Op::Image { width: bytes_per_row * 8, height: rows, data: d.to_vec() })
+            // Wider than any paper (and than u16 dots) for a bogus row length: clipped when rendered.
+            let width = bytes_per_row.saturating_mul(8);
+            with_body(b, 8, len, true, |_, d| Op::Image { width, height: rows, data: d.to_vec() })
         }
         // GS * x y: downloaded bit image of x*y*8 bytes.
         b'*' => {
@@ -554,5 +556,16 @@ mod tests {
             }
             proptest::prop_assert!(d.buf.len() <= 2048);
         }
+    }
+
+    /// Found by fuzzing (fuzz/artifacts/escpos): a raster image whose row
+    /// length times 8 dots overflows; it decodes, clipped, without a panic.
+    #[test]
+    fn a_raster_image_wider_than_any_paper_does_not_overflow() {
+        let mut d = Decoder::new();
+        let mut bytes = vec![0x1D, b'v', b'0', 0, 0xFF, 0xFF, 1, 0];
+        bytes.extend(vec![0u8; 0xFFFF]);
+        let ops = d.push(&bytes);
+        assert!(ops.iter().any(|op| matches!(op, Op::Image { width: u16::MAX, height: 1, .. })), "{:?}", ops.len());
     }
 }

@@ -297,14 +297,23 @@ fn measure(d: &[u8]) -> Result<(usize, usize), String> {
         Class::LllVar => {
             (4, bcd::read_var_prefix(&d[1..], 3).ok_or_else(|| format!("BMP {tag:02X}: bad LLLVAR length"))?)
         }
+        // Only the shortest length form is measured: a field keeps its data
+        // without the length, so a longer form could not be sent back as it
+        // came. Such a field is kept with the rest as unparsed, byte for byte.
         Class::Tlv => match d.get(1) {
             None => return Err(truncated()),
             Some(&n) if n < 0x80 => (2, usize::from(n)),
-            Some(0x81) => (3, usize::from(*d.get(2).ok_or_else(truncated)?)),
+            Some(0x81) => match *d.get(2).ok_or_else(truncated)? {
+                n @ 0x80.. => (3, usize::from(n)),
+                _ => return Err("BMP 06: TLV length not in its shortest form".into()),
+            },
             Some(0x82) => {
                 let hi = *d.get(2).ok_or_else(truncated)?;
                 let lo = *d.get(3).ok_or_else(truncated)?;
-                (4, usize::from(u16::from_be_bytes([hi, lo])))
+                match usize::from(u16::from_be_bytes([hi, lo])) {
+                    n @ 0x100.. => (4, n),
+                    _ => return Err("BMP 06: TLV length not in its shortest form".into()),
+                }
             }
             Some(_) => return Err(format!("BMP 06: bad TLV length byte {:02X}", d[1])),
         },

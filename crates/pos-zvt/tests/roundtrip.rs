@@ -130,3 +130,15 @@ fn a_long_form_length_for_a_short_apdu_is_accepted_and_sent_short() {
     assert_eq!(m, Message::Vendor(Raw { class: 0xFC, instr: 0xFF, data: vec![0x01] }));
     assert_eq!(m.encode().unwrap(), [0xFC, 0xFF, 0x01, 0x01]);
 }
+
+/// Found by fuzzing (fuzz/artifacts/zvt_codec): a Registration whose TLV
+/// length came in a longer form than needed (`06 82 00 00`). The field is
+/// kept as unparsed bytes, so the message still encodes back as it came.
+#[test]
+fn a_tlv_length_in_a_longer_form_is_kept_as_sent() {
+    let bytes = [0x06, 0x00, 0x0E, 0x00, 0xF4, 0xD0, 0x58, 0x06, 0x00, 0x06, 0x82, 0x00, 0x00, 0x00, 0x00, 0x49, 0x21];
+    let m = Message::decode(&bytes).unwrap();
+    assert_eq!(m.encode().unwrap(), bytes);
+    let Message::Registration(r) = &m else { panic!("{m:?}") };
+    assert!(r.fields.unparsed.as_ref().is_some_and(|u| u.reason.contains("shortest form")), "{r:?}");
+}

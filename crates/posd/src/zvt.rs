@@ -220,6 +220,14 @@ async fn run(lane: String, s: ZvtSettings, mut jobs: mpsc::Receiver<Job>, state:
         };
         backoff = Duration::from_millis(200);
         last_error.clear();
+        // ZVT has no message ids: what the terminal still sends for earlier
+        // commands (registrations repeated while it was busy, the end of a
+        // transaction from before a restart) must not be taken for the next
+        // command's answers. Acknowledge it until the line is quiet.
+        if let Err(e) = drain(&mut link).await {
+            tracing::warn!(%lane, error = %e, "payment terminal line failed after registration");
+            continue;
+        }
         tracing::info!(%lane, line = %s.line, terminal = %identity, "payment terminal registered");
         *state.lock().unwrap() = ReaderState {
             connected: true,
@@ -273,6 +281,27 @@ async fn run(lane: String, s: ZvtSettings, mut jobs: mpsc::Receiver<Job>, state:
     }
 }
 
+/// How long the line must stay quiet after registration before commands run.
+const QUIET: Duration = Duration::from_millis(150);
+
+async fn drain(link: &mut Link) -> Result<(), String> {
+    loop {
+        match recv_until(link, Instant::now() + QUIET).await? {
+            None => return Ok(()),
+            Some(Message::Ack | Message::Nak(_)) => {}
+            // A result nobody waits for is not booked.
+            Some(m @ Message::StatusInformation(_)) => {
+                tracing::warn!(message = m.name(), "stale terminal message refused (84 66)");
+                send(link, &Message::Nak(0x66)).await.map_err(|e| e.to_string())?;
+            }
+            Some(m) => {
+                tracing::info!(message = m.name(), "stale terminal message acknowledged");
+                send(link, &Message::Ack).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
 async fn send(link: &Link, m: &Message) -> Result<(), LinkError> {
     let bytes = m.encode().map_err(|e| LinkError::Io(format!("cannot encode {}: {e}", m.name())))?;
     link.send(bytes).await
@@ -316,15 +345,27 @@ async fn exchange(
     }
     // T3: the terminal accepts (80 00, with data on some terminals) or
     // refuses (84 xx). A terminal message instead means it has started.
-    let mut first = match recv_until(link, Instant::now() + s.t3).await {
-        Err(e) => return lost(e, false),
-        Ok(None) => {
-            return lost(format!("the terminal did not accept {} within {:?} (T3)", command.name(), s.t3), false);
+    // The end of an earlier command (06 0F, 06 1E: a terminal still
+    // finishing what it did before posd restarted) is acknowledged and not
+    // taken for this command's.
+    let t3 = Instant::now() + s.t3;
+    let mut first = loop {
+        match recv_until(link, t3).await {
+            Err(e) => return lost(e, false),
+            Ok(None) => {
+                return lost(format!("the terminal did not accept {} within {:?} (T3)", command.name(), s.t3), false);
+            }
+            Ok(Some(Message::Ack | Message::Nak(0x00))) => break None,
+            Ok(Some(Message::Vendor(r))) if (r.class, r.instr) == (0x80, 0x00) => break None,
+            Ok(Some(Message::Nak(code))) => return Ending::Refused { code, text: codes::result_text(code) },
+            Ok(Some(stale @ (Message::Completion(_) | Message::Abort(_)))) => {
+                tracing::warn!(message = stale.name(), "the end of an earlier command; acknowledged");
+                if let Err(e) = send(link, &Message::Ack).await {
+                    return lost(format!("acknowledging the terminal failed: {e}"), false);
+                }
+            }
+            Ok(Some(other)) => break Some(other),
         }
-        Ok(Some(Message::Ack | Message::Nak(0x00))) => None,
-        Ok(Some(Message::Vendor(r))) if (r.class, r.instr) == (0x80, 0x00) => None,
-        Ok(Some(Message::Nak(code))) => return Ending::Refused { code, text: codes::result_text(code) },
-        Ok(Some(other)) => Some(other),
     };
     let mut t4 = Instant::now() + s.t4;
     let mut print_lines: Vec<String> = Vec::new();
