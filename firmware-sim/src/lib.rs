@@ -12,6 +12,7 @@
 //!   scenarios (approve, decline, cancel, offline, busy, slow, disconnect,
 //!   initialisation required), line faults, a journal and a batch.
 
+pub mod control;
 pub mod paper;
 pub mod printer;
 pub mod reader;

@@ -341,34 +341,19 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
 
 /// Serves the control port: one command per line, answered with the state.
 pub async fn control(listener: tokio::net::TcpListener, printer: Arc<Printer>) {
-    use tokio::io::AsyncBufReadExt;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
-        let printer = printer.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let reply = if line.trim() == "status" {
-                    format!("ok {}\n", printer.status_line())
-                } else {
-                    let mut result = Ok(());
-                    printer.condition.send_if_modified(|c| {
-                        let before = *c;
-                        result = c.command(&line);
-                        *c != before
-                    });
-                    match result {
-                        Ok(()) => format!("ok {}\n", printer.status_line()),
-                        Err(e) => format!("error {e}\n"),
-                    }
-                };
-                if w.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    crate::control::serve(listener, printer, |printer, line| {
+        if line.trim() != "status" {
+            let mut result = Ok(());
+            printer.condition.send_if_modified(|c| {
+                let before = *c;
+                result = c.command(line);
+                *c != before
+            });
+            result?;
+        }
+        Ok(printer.status_line())
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -736,24 +736,7 @@ async fn repeat_receipt(link: &mut Link, t: &Terminal) -> Result<(), Stop> {
 
 /// Technician commands, one per line (see [`Terminal::command`]).
 pub async fn control(listener: tokio::net::TcpListener, t: Arc<Terminal>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
-        let t = t.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let reply = match t.command(&line) {
-                    Ok(()) => format!("ok {}\n", t.status_line()),
-                    Err(e) => format!("error {e}\n"),
-                };
-                if w.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    crate::control::serve(listener, t, |t, line| t.command(line).map(|()| t.status_line())).await;
 }
 
 /// The terminal's side of the line, with the armed faults applied to what

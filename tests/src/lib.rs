@@ -91,6 +91,18 @@ impl Drop for Proc {
     }
 }
 
+/// Sends one command to a simulator's control port and returns its answer,
+/// which must be `ok ...`.
+pub fn control(addr: &str, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    writeln!(s, "{command}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(line.starts_with("ok "), "{command}: {line}");
+    line
+}
+
 /// Runs a command to completion, returning its status and stdout.
 pub fn run(cmd: &mut Command) -> (ExitStatus, String, String) {
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -249,13 +261,7 @@ impl Lane {
 
     /// Sends a technician command to the ZVT terminal simulator; returns its answer.
     pub fn terminal(&self, command: &str) -> String {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::net::TcpStream::connect(&self.terminal_control).unwrap();
-        writeln!(s, "{command}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        assert!(line.starts_with("ok "), "{command}: {line}");
-        line
+        control(&self.terminal_control, command)
     }
 
     /// Everything but posd, which the test starts (after setting its

@@ -25,13 +25,7 @@ impl PrinterSim {
 
     /// Sends a technician command; returns the printer's answer.
     fn ctl(&self, command: &str) -> String {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::net::TcpStream::connect(&self.control).unwrap();
-        writeln!(s, "{command}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        assert!(line.starts_with("ok "), "{command}: {line}");
-        line
+        posd_e2e::control(&self.control, command)
     }
 
     /// Waits for the next saved job and returns its text.

@@ -156,7 +156,9 @@ impl Lane {
     }
 }
 
-async fn open(line: &ReaderLine) -> Result<Link, String> {
+/// Opens a card device's line (the native reader's or a ZVT terminal's:
+/// both use the same framing).
+pub(crate) async fn open(line: &ReaderLine) -> Result<Link, String> {
     match line {
         ReaderLine::Serial(s) => {
             let port = open_serial(s).map_err(|e| e.to_string())?;

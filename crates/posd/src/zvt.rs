@@ -172,28 +172,11 @@ impl ZvtTerminal {
     }
 }
 
-async fn open(line: &ReaderLine) -> Result<Link, String> {
-    match line {
-        ReaderLine::Serial(s) => {
-            let port = pos_link::transport::open_serial(s).map_err(|e| e.to_string())?;
-            Ok(Link::spawn(port, pos_link::SerialLink::new(pos_link::SerialTiming::default())))
-        }
-        ReaderLine::Tcp(addr) => {
-            let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| format!("connecting to {addr} timed out"))?
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            Ok(Link::spawn(stream, pos_link::TcpLink::new()))
-        }
-    }
-}
-
 async fn run(lane: String, s: ZvtSettings, mut jobs: mpsc::Receiver<Job>, state: Arc<Mutex<ReaderState>>) {
     let mut backoff = Duration::from_millis(200);
     let mut last_error = String::new();
     loop {
-        let connected = match open(&s.line).await {
+        let connected = match crate::lane::open(&s.line).await {
             Ok(mut link) => match register(&mut link, &s).await {
                 Ok(identity) => Ok((link, identity)),
                 Err(e) => Err(format!("registration failed: {e}")),
