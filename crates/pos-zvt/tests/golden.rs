@@ -2,7 +2,7 @@
 //! and compared byte for byte: serial frames through pos-link's framing, TCP
 //! APDUs bare. And the other way: each decodes to the message it should.
 
-use pos_link::frame::encode_frame;
+use pos_link::frame::{Decoded, FrameDecoder, encode_frame};
 use pos_zvt::message::{Completion, DEFAULT_PASSWORD, Message, WithPassword, config};
 use pos_zvt::{Bmp, Bmps};
 
@@ -10,16 +10,13 @@ fn hex(s: &str) -> Vec<u8> {
     s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
 }
 
-/// The APDU inside a serial frame (strip DLE STX, DLE ETX CRC, unstuff).
+/// The APDU inside a serial frame, by pos-link's own decoder (which also
+/// checks the CRC).
 fn unframe(frame: &[u8]) -> Vec<u8> {
-    let body = &frame[2..frame.len() - 4];
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < body.len() {
-        out.push(body[i]);
-        i += if body[i] == 0x10 { 2 } else { 1 };
+    match FrameDecoder::new(1024).push_all(frame).as_slice() {
+        [Decoded::Frame(apdu)] => apdu.clone(),
+        other => panic!("{frame:02X?} is not one good frame: {other:?}"),
     }
-    out
 }
 
 fn check_serial(golden: &str, message: Message) {

@@ -37,7 +37,7 @@ fn stored_payment(store: &crate::store::Store, rec: &PaymentRecord) -> Result<pb
     let history = store.history(&rec.id).map_err(store_status)?;
     let refunds = store.refunds_of(&rec.id).map_err(store_status)?;
     let mut p = convert::with_refunds(convert::payment(rec, &history), &refunds);
-    if rec.device == "zvt" {
+    if rec.on_terminal() {
         p.terminal = store.terminal_result(&rec.id).map_err(store_status)?.map(|t| convert::terminal(&t));
     }
     Ok(p)

@@ -507,7 +507,7 @@ impl Engine {
         // A payment terminal decides by itself once it has the payment.
         let may_be_at_gateway = stored.as_ref().is_none_or(|r| {
             !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead)
-                || (r.device == "zvt" && r.status != Status::Created)
+                || (r.on_terminal() && r.status != Status::Created)
         });
         tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
         match stored {
@@ -810,7 +810,7 @@ impl Engine {
         }
         for refund in self.store.pending_refunds()? {
             if let Some(rec) = self.store.get(&refund.payment_id)? {
-                if rec.device == "zvt" {
+                if rec.on_terminal() {
                     // Asking the terminal again would take a second refund.
                     self.emit(
                         "terminal_refund_unknown",
@@ -833,7 +833,7 @@ impl Engine {
             }
         }
         for rec in self.store.unfinished()? {
-            if rec.device == "zvt" {
+            if rec.on_terminal() {
                 match pos_engine::recovery_on_terminal(rec.status) {
                     Recovery::Interrupt => {
                         self.step(&rec, Input::Interrupted, Update::default()).await?;
@@ -990,7 +990,7 @@ impl Engine {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Voided => return Ok(rec),
-            Status::Captured if rec.device == "zvt" => {
+            Status::Captured if rec.on_terminal() => {
                 self.store.audit(&rec.id, &format!("reversal requested by {caller}"))?;
                 let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
                 return self.reverse_on_terminal(rec, why).await;
@@ -1063,7 +1063,7 @@ impl Engine {
                 if r.status != "pending" {
                     return Ok(r);
                 }
-                if rec.device == "zvt" {
+                if rec.on_terminal() {
                     // Asking the terminal again could refund twice.
                     return Err(EngineError::Unavailable(
                         "OUTCOME_UNKNOWN",
@@ -1111,7 +1111,7 @@ impl Engine {
         refund: crate::store::RefundRecord,
         rec: &PaymentRecord,
     ) -> Result<crate::store::RefundRecord, EngineError> {
-        if rec.device == "zvt" {
+        if rec.on_terminal() {
             return self.refund_on_terminal(refund, rec).await;
         }
         let req = pos_proto::gateway::RefundRequest {
@@ -1731,7 +1731,7 @@ impl Engine {
         let marker = format!("{} receipt", copy.name());
         let reprint = self.store.has_event("receipt_printed", id, &marker)?;
         let refunds = self.store.refunds_of(id)?;
-        let lines = if rec.device == "zvt" {
+        let lines = if rec.on_terminal() {
             self.store.terminal_result(id)?.map(|t| t.lines).unwrap_or_default()
         } else {
             vec![]

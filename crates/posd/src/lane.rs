@@ -111,7 +111,7 @@ impl Lane {
 
     /// `zvt` for a payment terminal that authorizes by itself, else `reader`.
     pub fn device_kind(&self) -> &'static str {
-        if self.zvt.is_some() { "zvt" } else { "reader" }
+        if self.zvt.is_some() { crate::store::DEVICE_ZVT } else { "reader" }
     }
 
     pub fn reader_state(&self) -> ReaderState {

@@ -67,8 +67,19 @@ pub struct PaymentRecord {
     /// Amount captured (the whole amount for automatic capture).
     pub captured_minor: i64,
     /// The card device that took it: `reader` (the gateway authorizes) or
-    /// `zvt` (a payment terminal authorizes by itself).
+    /// [`DEVICE_ZVT`] (a payment terminal authorizes by itself).
     pub device: String,
+}
+
+/// `PaymentRecord::device` of a payment taken on a ZVT payment terminal.
+pub const DEVICE_ZVT: &str = "zvt";
+
+impl PaymentRecord {
+    /// Taken on a payment terminal that authorizes by itself: refunds,
+    /// reversals and recovery go to the terminal, not the gateway.
+    pub fn on_terminal(&self) -> bool {
+        self.device == DEVICE_ZVT
+    }
 }
 
 /// What a payment terminal that authorizes by itself reported (no card

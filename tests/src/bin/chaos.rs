@@ -347,29 +347,25 @@ async fn settle(lane: &Lane) -> Result<String, String> {
              ('captured','authorized','declined','canceled','failed','reversed','offline_declined','expired','voided')";
         let parked = "status = 'unknown' AND device = 'zvt' AND id IN \
              (SELECT payment_id FROM events WHERE kind = 'terminal_outcome_unknown')";
-        let busy = open_db(lane).and_then(|db| {
-            db.query_row(&format!("SELECT COUNT(*) FROM payments WHERE {not_final} AND NOT ({parked})"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(|e| e.to_string())
+        // One connection per look, three counts.
+        let counts = open_db(lane).and_then(|db| {
+            let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(|e| e.to_string());
+            Ok((
+                count(&format!("SELECT COUNT(*) FROM payments WHERE {not_final} AND NOT ({parked})"))?,
+                count(&format!("SELECT COUNT(*) FROM payments WHERE {parked}"))?,
+                count("SELECT COUNT(*) FROM gateway_records WHERE sent_at_ms IS NULL")?,
+            ))
         });
-        let left = open_db(lane)
-            .and_then(|db| {
-                db.query_row(&format!("SELECT COUNT(*) FROM payments WHERE {parked}"), [], |r| r.get::<_, i64>(0))
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap_or(0);
-        let records = open_db(lane).and_then(|db| {
-            db.query_row("SELECT COUNT(*) FROM gateway_records WHERE sent_at_ms IS NULL", [], |r| r.get::<_, i64>(0))
-                .map_err(|e| e.to_string())
-        });
-        if let (Ok(0), Ok(0)) = (&busy, &records) {
-            return Ok(format!(
-                "every payment final, queues empty ({left} ZVT payments the terminal could not confirm left to a person)"
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("after 120 s: {busy:?} payments not final, {records:?} gateway records unsent"));
+        match counts {
+            Ok((0, left, 0)) => {
+                return Ok(format!(
+                    "every payment final, queues empty ({left} ZVT payments the terminal could not confirm left to a person)"
+                ));
+            }
+            other if Instant::now() > deadline => {
+                return Err(format!("after 120 s: (not final, left to a person, records unsent) = {other:?}"));
+            }
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

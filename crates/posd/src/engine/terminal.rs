@@ -267,21 +267,18 @@ impl Engine {
     /// it only now (asked after a lost line).
     async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
         let mut update = Update { record: Some("sale"), ..Update::default() };
-        let receipt = match result {
+        let (receipt, terminal_offline) = match result {
             Some(o) => {
                 update.card = card(o);
                 update.auth_code = Some(o.auth_code.clone());
                 update.terminal = Some(terminal_result(o));
-                o.receipt_no
+                (o.receipt_no, o.offline)
             }
-            None => self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no),
+            None => self.store.terminal_result(&rec.id)?.map_or((None, false), |t| (t.receipt_no, t.offline)),
         };
         // The lane's last receipt moves in the same commit: a crash between
         // the two would leave later payments judged against a stale number.
         update.meta = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
-        let terminal_offline = result
-            .map(|o| o.offline)
-            .unwrap_or_else(|| self.store.terminal_result(&rec.id).ok().flatten().is_some_and(|t| t.offline));
         if terminal_offline {
             update.event = Some(NewEvent {
                 kind: "terminal_approved_offline",
