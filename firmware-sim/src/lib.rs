@@ -11,9 +11,13 @@
 //! - [`zvt`]: a ZVT payment terminal that authorizes by itself, with
 //!   scenarios (approve, decline, cancel, offline, busy, slow, disconnect,
 //!   initialisation required), line faults, a journal and a batch.
+//! - [`line`]: faults armed on a device's line (dropped ACK, bad CRC,
+//!   silence) and [`transcript`], the record of every frame for support.
 
 pub mod control;
+pub mod line;
 pub mod paper;
 pub mod printer;
 pub mod reader;
+pub mod transcript;
 pub mod zvt;

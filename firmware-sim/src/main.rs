@@ -9,10 +9,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use firmware_sim::reader::{self, CardProfile, ReaderOptions};
+use firmware_sim::line::{FaultyIo, Line};
+use firmware_sim::reader::{self, CardProfile, Customer, Desk, Fault, ReaderOptions, Step};
+use firmware_sim::transcript::Transcript;
 use pos_cardcrypt::BaseKey;
 use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
@@ -78,6 +81,9 @@ struct ZvtArgs {
     password: u32,
     #[arg(long, default_value_t = 52_523_535)]
     terminal_id: u32,
+    /// Append every frame, both ways, to FILE (card data redacted).
+    #[arg(long, value_name = "FILE")]
+    transcript: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +167,9 @@ struct ReaderArgs {
     /// Base key file (32 bytes or 64 hex digits); default: the built-in test key.
     #[arg(long)]
     base_key_file: Option<PathBuf>,
+    /// Append every frame, both ways, to FILE (card data redacted).
+    #[arg(long, value_name = "FILE")]
+    transcript: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -223,34 +232,42 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
     }
     Ok(ReaderOptions {
         serial: a.serial.clone(),
-        card: CardProfile {
-            pan: a.pan.clone(),
-            brand: a.brand.clone(),
-            entry_mode: match a.entry_mode {
-                Entry::Chip => EntryMode::Chip,
-                Entry::Contactless => EntryMode::Contactless,
-                Entry::Swipe => EntryMode::Swipe,
-                Entry::Manual => EntryMode::Manual,
+        customer: Customer {
+            card: CardProfile {
+                pan: a.pan.clone(),
+                brand: a.brand.clone(),
+                entry_mode: match a.entry_mode {
+                    Entry::Chip => EntryMode::Chip,
+                    Entry::Contactless => EntryMode::Contactless,
+                    Entry::Swipe => EntryMode::Swipe,
+                    Entry::Manual => EntryMode::Manual,
+                },
+                wallet: match a.wallet {
+                    WalletArg::None => Wallet::None,
+                    WalletArg::ApplePay => Wallet::ApplePay,
+                    WalletArg::GooglePay => Wallet::GooglePay,
+                },
+                verification: match a.verification {
+                    Verify::OnlinePin => Verification::OnlinePin,
+                    Verify::OfflinePin => Verification::OfflinePin,
+                    Verify::Signature => Verification::Signature,
+                    Verify::None => Verification::NoCvm,
+                },
+                fallback: a.fallback,
+                ..CardProfile::default()
             },
-            wallet: match a.wallet {
-                WalletArg::None => Wallet::None,
-                WalletArg::ApplePay => Wallet::ApplePay,
-                WalletArg::GooglePay => Wallet::GooglePay,
+            present_after: (!a.no_card).then(|| Duration::from_millis(a.present_delay_ms)),
+            pin_after: Duration::from_millis(a.pin_delay_ms),
+            // Unplugged after the card result: for good (the process ends).
+            faults: if a.unplug_after_card {
+                vec![(Step::Card, Fault::Disconnect { back_after: Duration::ZERO })]
+            } else {
+                Vec::new()
             },
-            verification: match a.verification {
-                Verify::OnlinePin => Verification::OnlinePin,
-                Verify::OfflinePin => Verification::OfflinePin,
-                Verify::Signature => Verification::Signature,
-                Verify::None => Verification::NoCvm,
-            },
-            fallback: a.fallback,
-            ..CardProfile::default()
+            ..Customer::default()
         },
-        present_delay: (!a.no_card).then(|| Duration::from_millis(a.present_delay_ms)),
-        pin_delay: Duration::from_millis(a.pin_delay_ms),
         base_key,
         keys_loaded: !a.no_keys,
-        unplug_after_card: a.unplug_after_card,
         ..ReaderOptions::default()
     })
 }
@@ -310,13 +327,26 @@ async fn run_printer(args: PrinterArgs) -> anyhow::Result<()> {
     }
 }
 
+fn transcript(path: &Option<PathBuf>, device: &'static str) -> anyhow::Result<Option<Arc<Transcript>>> {
+    path.as_ref()
+        .map(|p| {
+            Transcript::create(p, device)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("cannot open the transcript {}: {e}", p.display()))
+        })
+        .transpose()
+}
+
 async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
     let opts = options(&args)?;
+    let transcript = transcript(&args.transcript, "reader")?.map(|t| (t, reader::describe as _));
+    let desk = Desk::new(opts.customer.clone());
     if let Some(link_path) = &args.pty_link {
         let pty = linked_pty(link_path)?;
         println!("firmware-sim reader on {} (device {})", link_path.display(), pty.slave_path().display());
-        let link = Link::spawn(pty, SerialLink::new(SerialTiming::default()));
-        let reason = reader::serve(link, &opts).await;
+        let io = FaultyIo::new(pty, desk.faults.clone(), true);
+        let line = Line::new(Link::spawn(io, SerialLink::new(SerialTiming::default())), transcript);
+        let reason = reader::serve(line, &opts, &desk).await;
         let _ = std::fs::remove_file(link_path);
         anyhow::bail!("link ended: {reason}");
     }
@@ -328,16 +358,20 @@ async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
         let (stream, peer) = listener.accept().await?;
         stream.set_nodelay(true)?;
         tracing::info!(%peer, "reader: host connected");
-        let opts = opts.clone();
+        let (opts, desk, transcript) = (opts.clone(), desk.clone(), transcript.clone());
         tokio::spawn(async move {
-            let reason = reader::serve(Link::spawn(stream, TcpLink::new()), &opts).await;
+            let io = FaultyIo::new(stream, desk.faults.clone(), false);
+            let line = Line::new(Link::spawn(io, TcpLink::new()), transcript);
+            let reason = reader::serve(line, &opts, &desk).await;
             tracing::info!(%peer, %reason, "reader: host disconnected");
         });
     }
 }
 
 async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
-    use firmware_sim::zvt::{self, FaultyIo, Receipts, Scenario, Terminal, ZvtOptions};
+    use firmware_sim::zvt::{self, Receipts, Scenario, Terminal, ZvtOptions};
+    let transcript = transcript(&args.transcript, "zvt")?;
+    let traced = |link| Line::new(link, transcript.clone().map(|t| (t, zvt::describe as _)));
     let words: Vec<&str> = args.scenario.iter().map(String::as_str).collect();
     let scenario = Scenario::parse(&words).map_err(|e| anyhow::anyhow!("--scenario: {e}"))?;
     let password = pos_zvt::message::password(args.password)
@@ -373,8 +407,9 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
             // as a USB-serial adapter does when replugged.
             let pty = linked_pty(link_path)?;
             println!("firmware-sim zvt on {} (device {})", link_path.display(), pty.slave_path().display());
-            let io = FaultyIo::new(pty, terminal.faults.clone(), true);
-            let reason = zvt::serve(Link::spawn(io, SerialLink::new(SerialTiming::default())), terminal.clone()).await;
+            let io = FaultyIo::new(pty, terminal.faults.clone(), true).with_transcript(transcript.clone());
+            let reason =
+                zvt::serve(traced(Link::spawn(io, SerialLink::new(SerialTiming::default()))), terminal.clone()).await;
             tracing::warn!(%reason, "zvt: line ended");
         }
     }
@@ -387,8 +422,8 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
         let (stream, peer) = listener.accept().await?;
         stream.set_nodelay(true)?;
         tracing::info!(%peer, "zvt: register connected");
-        let io = FaultyIo::new(stream, terminal.faults.clone(), false);
-        let reason = zvt::serve(Link::spawn(io, TcpLink::new()), terminal.clone()).await;
+        let io = FaultyIo::new(stream, terminal.faults.clone(), false).with_transcript(transcript.clone());
+        let reason = zvt::serve(traced(Link::spawn(io, TcpLink::new())), terminal.clone()).await;
         tracing::info!(%peer, %reason, "zvt: register disconnected");
     }
 }

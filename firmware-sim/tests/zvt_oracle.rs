@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use firmware_sim::line::{FaultyIo, Line};
 use firmware_sim::zvt::{self as sim, Scenario, Terminal, ZvtOptions};
 use futures::StreamExt;
 use pos_link::{Link, TcpLink};
@@ -19,8 +20,8 @@ async fn terminal() -> (Arc<Terminal>, std::net::SocketAddr) {
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let io = sim::FaultyIo::new(stream, served.faults.clone(), false);
-            sim::serve(Link::spawn(io, TcpLink::new()), served.clone()).await;
+            let io = FaultyIo::new(stream, served.faults.clone(), false);
+            sim::serve(Line::plain(Link::spawn(io, TcpLink::new())), served.clone()).await;
         }
     });
     (t, addr)

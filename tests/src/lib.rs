@@ -15,6 +15,8 @@ use pos_proto::terminal::payment_terminal_client::PaymentTerminalClient;
 use pos_proto::terminal::{self as pb};
 use tonic::transport::Channel;
 
+pub mod measure;
+
 /// How long any start-up or condition may take before a test fails. It
 /// bounds failures only; passing runs never wait for it.
 pub const PATIENCE: Duration = Duration::from_secs(60);

@@ -25,7 +25,7 @@ use pos_cardcrypt::BaseKey;
 use pos_proto::gateway::gateway_server::GatewayServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use control::Fault;
 
@@ -113,10 +113,12 @@ async fn supervise(
                 }
             };
         }
-        let server =
-            tokio::spawn(builder.add_service(svc).serve_with_incoming_shutdown(TcpListenerStream::new(l), async {
+        let server = tokio::spawn(builder.add_service(svc).serve_with_incoming_shutdown(
+            TcpIncoming::from(l).with_nodelay(Some(true)),
+            async {
                 let _ = stop_rx.await;
-            }));
+            },
+        ));
         if faults.wait_for(|f| *f == Fault::Down).await.is_err() {
             return;
         }

@@ -7,6 +7,8 @@
 //! [`LinkReceiver`] (APDUs from the peer).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -51,6 +53,26 @@ impl LinkReceiver {
     }
 }
 
+/// Bytes that crossed a line, both ways, counted since the counters were
+/// made. One set can outlive many links (a device that reconnects).
+#[derive(Debug, Default)]
+pub struct LineCounters {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl LineCounters {
+    /// Bytes written to the line (frames, stuffing, ACKs and NAKs).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from the line.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
 /// A running link: both halves of the caller's side.
 #[derive(Debug)]
 pub struct Link {
@@ -66,9 +88,18 @@ impl Link {
         Io: AsyncRead + AsyncWrite + Send + 'static,
         C: LinkCore + Send + 'static,
     {
+        Self::spawn_counted(io, core, Arc::default())
+    }
+
+    /// [`Link::spawn`], adding the bytes it moves to `counters`.
+    pub fn spawn_counted<Io, C>(io: Io, core: C, counters: Arc<LineCounters>) -> Link
+    where
+        Io: AsyncRead + AsyncWrite + Send + 'static,
+        C: LinkCore + Send + 'static,
+    {
         let (tx, cmd_rx) = mpsc::channel(32);
         let (rx_tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(io, core, cmd_rx, rx_tx));
+        tokio::spawn(run(io, core, cmd_rx, rx_tx, counters));
         Link { sender: LinkSender { tx }, receiver: LinkReceiver { rx } }
     }
 
@@ -86,6 +117,7 @@ async fn run<Io, C>(
     mut core: C,
     mut cmd_rx: mpsc::Receiver<SendRequest>,
     rx_tx: mpsc::UnboundedSender<Result<Vec<u8>, LinkError>>,
+    counters: Arc<LineCounters>,
 ) where
     Io: AsyncRead + AsyncWrite + Send + 'static,
     C: LinkCore + Send + 'static,
@@ -145,7 +177,10 @@ async fn run<Io, C>(
             biased;
             read = rd.read(&mut buf) => match read {
                 Ok(0) => break LinkError::Closed,
-                Ok(n) => core.handle_input(&buf[..n], Instant::now()),
+                Ok(n) => {
+                    counters.received.fetch_add(n as u64, Ordering::Relaxed);
+                    core.handle_input(&buf[..n], Instant::now());
+                }
                 Err(e) => break e.into(),
             },
             cmd = cmd_rx.recv(), if senders_open => match cmd {
@@ -163,6 +198,7 @@ async fn run<Io, C>(
                 Ok(n) => {
                     out.drain(..n);
                     written_total += n as u64;
+                    counters.sent.fetch_add(n as u64, Ordering::Relaxed);
                     if out.is_empty() && let Err(e) = wr.flush().await {
                         break e.into();
                     }

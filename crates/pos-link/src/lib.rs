@@ -23,6 +23,6 @@ pub mod tcp;
 pub mod transport;
 
 pub use crate::core::{LinkCore, LinkError, LinkEvent, MessageId};
-pub use driver::{Link, LinkReceiver, LinkSender};
+pub use driver::{LineCounters, Link, LinkReceiver, LinkSender};
 pub use serial::{SerialLink, SerialTiming};
 pub use tcp::TcpLink;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming};
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, GatewayConfig, LaneConfig, ReaderConfig};
 use crate::engine::{Engine, EngineSettings, ForwardSettings};
@@ -147,16 +148,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             let pty = PtyMaster::open()?;
             let path = pty.slave_path().to_path_buf();
             let delay = Duration::from_millis(o.demo_reader_delay_ms);
+            let customer =
+                firmware_sim::reader::Customer { present_after: Some(delay), pin_after: delay, ..Default::default() };
             let opts = firmware_sim::reader::ReaderOptions {
                 serial: "DEMO-READER-0001".into(),
-                present_delay: Some(delay),
-                pin_delay: delay,
+                customer: customer.clone(),
                 ..Default::default()
             };
             _demo_reader = Some(tokio::spawn(async move {
-                let reason =
-                    firmware_sim::reader::serve(Link::spawn(pty, SerialLink::new(SerialTiming::default())), &opts)
-                        .await;
+                let desk = firmware_sim::reader::Desk::new(customer);
+                let line = firmware_sim::line::Line::plain(Link::spawn(pty, SerialLink::new(SerialTiming::default())));
+                let reason = firmware_sim::reader::serve(line, &opts, &desk).await;
                 tracing::warn!(%reason, "demo reader stopped");
             }));
             cfg.lanes[0].reader = ReaderConfig::from_arg(&path.to_string_lossy());
@@ -331,7 +333,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
         tokio::spawn(supervise(engine.clone()));
         tokio::select! {
-            r = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown) => r?,
+            // Without TCP_NODELAY, Nagle's algorithm holds the last frame of an
+            // answer until the register's delayed ACK: tens of milliseconds.
+            r = router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown) => r?,
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
         }
     }

@@ -105,6 +105,8 @@ pub struct NewPayment {
 struct Live {
     events: broadcast::Sender<pb::PaymentEvent>,
     cancel: mpsc::Sender<()>,
+    /// When the register's request arrived.
+    received: std::time::Instant,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -272,6 +274,7 @@ impl Engine {
 
     /// Starts a payment, or attaches to the one under the same key.
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
+        let received = std::time::Instant::now();
         let lane = self.validate(&req)?;
         let _admission = self.admission.lock().await;
         if let Some(existing) = self.store.get_by_key(&req.idempotency_key)? {
@@ -329,7 +332,7 @@ impl Engine {
         let (events, _) = broadcast::channel(64);
         let (cancel, cancel_rx) = mpsc::channel(1);
         let rx = events.subscribe();
-        self.live.lock().unwrap().insert(created.id.clone(), Live { events, cancel });
+        self.live.lock().unwrap().insert(created.id.clone(), Live { events, cancel, received });
         self.busy.lock().unwrap().insert(created.terminal_id.clone(), created.id.clone());
         tracing::info!(payment = %created.id, terminal = %created.terminal_id, amount = created.amount_minor, currency = %created.currency, "payment created");
         let engine = self.clone();
@@ -466,9 +469,8 @@ impl Engine {
         let settled = rec.status.is_settled_for_register();
         if settled {
             self.free_lane(rec);
-            if self.live.lock().unwrap().contains_key(&rec.id) {
-                let took = (now_ms() - rec.created_at_ms).max(0) as u64;
-                self.latencies.end_to_end.observe(Duration::from_millis(took));
+            if let Some(l) = self.live.lock().unwrap().get(&rec.id) {
+                self.latencies.end_to_end.observe(l.received.elapsed());
             }
         }
         self.publish(rec, stage, message);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pos_link::transport::{SerialSettings, open_serial};
-use pos_link::{Link, SerialLink, SerialTiming, TcpLink, apdu};
+use pos_link::{LineCounters, Link, SerialLink, SerialTiming, TcpLink, apdu};
 use pos_proto::reader::{
     self, Cancel, CardResult, CollectCard, FailReason, GetDeviceInfo, HostMessage, ReaderMessage, ShowResult, Stage,
     host_message, reader_message,
@@ -70,6 +70,8 @@ pub struct Lane {
     pub printer: Option<crate::printer::Printer>,
     /// The payment terminal, when the lane's card device is one (ZVT).
     pub zvt: Option<Arc<crate::zvt::ZvtTerminal>>,
+    /// Bytes on the card device's line, both ways, over every connection.
+    pub line_bytes: Arc<LineCounters>,
     cmd_tx: mpsc::Sender<HostMessage>,
     collector: Arc<Mutex<Option<Collector>>>,
     state: Arc<Mutex<ReaderState>>,
@@ -86,10 +88,13 @@ impl Lane {
     ) -> Arc<Lane> {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let state = Arc::new(Mutex::new(ReaderState::default()));
+        let line_bytes = Arc::new(LineCounters::default());
         let (line, zvt) = match device {
             CardDevice::Reader(line) => (line, None),
             CardDevice::Zvt(settings) => {
-                (settings.line.clone(), Some(crate::zvt::ZvtTerminal::spawn(id.clone(), settings, state.clone())))
+                let terminal =
+                    crate::zvt::ZvtTerminal::spawn(id.clone(), settings.clone(), state.clone(), line_bytes.clone());
+                (settings.line, Some(terminal))
             }
         };
         let lane = Arc::new(Lane {
@@ -99,12 +104,20 @@ impl Lane {
             offline,
             printer,
             zvt,
+            line_bytes,
             cmd_tx,
             collector: Arc::new(Mutex::new(None)),
             state,
         });
         if lane.zvt.is_none() {
-            tokio::spawn(run(lane.id.clone(), lane.line.clone(), cmd_rx, lane.collector.clone(), lane.state.clone()));
+            tokio::spawn(run(
+                lane.id.clone(),
+                lane.line.clone(),
+                cmd_rx,
+                lane.collector.clone(),
+                lane.state.clone(),
+                lane.line_bytes.clone(),
+            ));
         }
         lane
     }
@@ -158,11 +171,11 @@ impl Lane {
 
 /// Opens a card device's line (the native reader's or a ZVT terminal's:
 /// both use the same framing).
-pub(crate) async fn open(line: &ReaderLine) -> Result<Link, String> {
+pub(crate) async fn open(line: &ReaderLine, counters: &Arc<LineCounters>) -> Result<Link, String> {
     match line {
         ReaderLine::Serial(s) => {
             let port = open_serial(s).map_err(|e| e.to_string())?;
-            Ok(Link::spawn(port, SerialLink::new(SerialTiming::default())))
+            Ok(Link::spawn_counted(port, SerialLink::new(SerialTiming::default()), counters.clone()))
         }
         ReaderLine::Tcp(addr) => {
             let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
@@ -170,7 +183,7 @@ pub(crate) async fn open(line: &ReaderLine) -> Result<Link, String> {
                 .map_err(|_| format!("connecting to {addr} timed out"))?
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
-            Ok(Link::spawn(stream, TcpLink::new()))
+            Ok(Link::spawn_counted(stream, TcpLink::new(), counters.clone()))
         }
     }
 }
@@ -193,11 +206,12 @@ async fn run(
     mut cmd_rx: mpsc::Receiver<HostMessage>,
     collector: Arc<Mutex<Option<Collector>>>,
     state: Arc<Mutex<ReaderState>>,
+    line_bytes: Arc<LineCounters>,
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut last_error = String::new();
     loop {
-        let mut link = match open(&line).await {
+        let mut link = match open(&line, &line_bytes).await {
             Ok(link) => link,
             Err(e) => {
                 if e != last_error {

@@ -17,19 +17,20 @@ const BOUNDS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
 pub struct Histogram {
     buckets: [AtomicU64; BOUNDS_MS.len()],
     count: AtomicU64,
-    sum_ms: AtomicU64,
+    sum_us: AtomicU64,
 }
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let ms = d.as_millis() as u64;
+        let us = d.as_micros() as u64;
         for (bound, bucket) in BOUNDS_MS.iter().zip(&self.buckets) {
             if ms <= *bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
@@ -43,7 +44,7 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!("{name}_sum {}\n", self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0));
+        out.push_str(&format!("{name}_sum {}\n", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
         out.push_str(&format!("{name}_count {count}\n"));
     }
 }
@@ -97,6 +98,15 @@ pub fn render(engine: &Engine) -> String {
             lane.id,
             u8::from(printer.connected && printer.state.ready())
         ));
+    }
+    out.push_str(
+        "# HELP posd_card_line_bytes_total Bytes on a lane's card device line (frames, ACKs), by direction.\n",
+    );
+    out.push_str("# TYPE posd_card_line_bytes_total counter\n");
+    for lane in engine.lanes() {
+        let (sent, received) = (lane.line_bytes.sent(), lane.line_bytes.received());
+        out.push_str(&format!("posd_card_line_bytes_total{{lane=\"{}\",direction=\"out\"}} {sent}\n", lane.id));
+        out.push_str(&format!("posd_card_line_bytes_total{{lane=\"{}\",direction=\"in\"}} {received}\n", lane.id));
     }
     let l = engine.latencies();
     l.reader.render("posd_reader_latency_seconds", "From asking the reader for a card to its result.", &mut out);

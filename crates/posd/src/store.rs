@@ -407,6 +407,11 @@ CREATE TABLE gateway_records (
 );
 CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, refused, seq);
 ",
+    "
+-- Fewer pages written by each payment state change, which is a synced commit.
+-- payments_outbox (status, queue_seq) serves every lookup by status.
+DROP INDEX payments_by_status;
+",
 ];
 
 const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
@@ -988,23 +993,33 @@ fn apply_in(
     update: Update,
 ) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
     {
-        let current: String = tx
-            .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
-        if actual != t.from {
-            return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
-        }
         let now = now_ms();
-        exec(tx, "UPDATE payments SET status = ?2, updated_at_ms = ?3 WHERE id = ?1", params![id, t.to.as_str(), now])?;
-        if let Some(r) = &t.reason {
-            exec(
-                tx,
-                "UPDATE payments SET reason_code = ?2, reason_message = ?3 WHERE id = ?1",
-                params![id, r.code, r.message],
-            )?;
+        // The status moves only from the one the transition starts at; a
+        // reason replaces the previous one only when the transition has one.
+        let moved = exec(
+            tx,
+            "UPDATE payments SET status = ?2, updated_at_ms = ?3, \
+             reason_code = CASE WHEN ?5 THEN ?6 ELSE reason_code END, \
+             reason_message = CASE WHEN ?5 THEN ?7 ELSE reason_message END \
+             WHERE id = ?1 AND status = ?4",
+            params![
+                id,
+                t.to.as_str(),
+                now,
+                t.from.as_str(),
+                t.reason.is_some(),
+                t.reason.as_ref().map(|r| r.code.as_str()),
+                t.reason.as_ref().map(|r| r.message.as_str())
+            ],
+        )?;
+        if moved == 0 {
+            let current: String = tx
+                .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
+            return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
         }
         if let Some((c, blob)) = &update.card {
             exec(
@@ -1032,7 +1047,7 @@ fn apply_in(
             exec(tx, "UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
         }
         if !t.to.keeps_card_data() {
-            exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [id])?;
+            exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1 AND encrypted_card IS NOT NULL", [id])?;
         }
         exec(
             tx,

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pos_link::{Link, LinkError};
+use pos_link::{LineCounters, Link, LinkError};
 use pos_zvt::message::{Password, WithPassword, config};
 use pos_zvt::{Bmps, Message, codes, tlv};
 use tokio::sync::{mpsc, oneshot};
@@ -147,10 +147,15 @@ impl AbortHandle {
 }
 
 impl ZvtTerminal {
-    pub fn spawn(lane: String, settings: ZvtSettings, state: Arc<Mutex<ReaderState>>) -> Arc<ZvtTerminal> {
+    pub fn spawn(
+        lane: String,
+        settings: ZvtSettings,
+        state: Arc<Mutex<ReaderState>>,
+        line_bytes: Arc<LineCounters>,
+    ) -> Arc<ZvtTerminal> {
         let (jobs, rx) = mpsc::channel(4);
         let t = Arc::new(ZvtTerminal { lane: lane.clone(), settings: settings.clone(), jobs });
-        tokio::spawn(run(lane, settings, rx, state));
+        tokio::spawn(run(lane, settings, rx, state, line_bytes));
         t
     }
 
@@ -172,11 +177,17 @@ impl ZvtTerminal {
     }
 }
 
-async fn run(lane: String, s: ZvtSettings, mut jobs: mpsc::Receiver<Job>, state: Arc<Mutex<ReaderState>>) {
+async fn run(
+    lane: String,
+    s: ZvtSettings,
+    mut jobs: mpsc::Receiver<Job>,
+    state: Arc<Mutex<ReaderState>>,
+    line_bytes: Arc<LineCounters>,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut last_error = String::new();
     loop {
-        let connected = match crate::lane::open(&s.line).await {
+        let connected = match crate::lane::open(&s.line, &line_bytes).await {
             Ok(mut link) => match register(&mut link, &s).await {
                 Ok(identity) => Ok((link, identity)),
                 Err(e) => Err(format!("registration failed: {e}")),

@@ -1,0 +1,288 @@
+//! Scenario files: what the customer and the devices of one lane do,
+//! payment by payment, with faults at named steps, and what posd is expected
+//! to make of it. See `firmware-sim/README.md` for the format; the library is
+//! in `firmware-sim/scenarios/`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::reader::{CardProfile, Customer, Fault, PinOutcome, Step};
+use crate::zvt::{Plan, Scenario as ZvtOutcome};
+
+/// The card device a scenario is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Native,
+    Zvt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// What happens, in a sentence or two, for the technician.
+    pub description: String,
+    /// The failure cases it covers, by reference (e.g. "offline-payments.md case 3").
+    #[serde(default)]
+    pub covers: Vec<String>,
+    pub device: Device,
+    /// The payments, in order; later payments follow the lane's defaults.
+    #[serde(default, rename = "payment")]
+    pub payments: Vec<PaymentStep>,
+    #[serde(default)]
+    pub printer: PrinterSetup,
+    /// posd's surroundings the scenario needs (for the test runner and the technician).
+    #[serde(default)]
+    pub posd: PosdSetup,
+    /// What posd must show afterwards.
+    pub expect: Expect,
+}
+
+/// One payment as the customer and the device live it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentStep {
+    /// A named test card (see `firmware-sim lane --help`, `card` command).
+    pub card: Option<String>,
+    /// Milliseconds until the card is presented; absent: the lane's default;
+    /// `wait_for_tap = true`: only when a technician taps it.
+    pub present_after_ms: Option<u64>,
+    #[serde(default)]
+    pub wait_for_tap: bool,
+    /// `ok`, `wrong` (three wrong offline PINs) or `abandon`.
+    pub pin: Option<String>,
+    pub pin_after_ms: Option<u64>,
+    /// The customer presses cancel on the device this long after it asked for the card.
+    pub cancel_after_ms: Option<u64>,
+    /// ZVT: how the terminal ends the sale (`approve`, `decline 05`, `cancel`,
+    /// `offline`, `busy`, `slow`, `disconnect`, `drop-after-result`, `init-required`).
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub faults: Vec<FaultAt>,
+}
+
+/// A fault at a named step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAt {
+    /// Native reader: `collect`, `pin`, `card` or `result`. ZVT: `start` (armed as the sale begins).
+    pub at: String,
+    /// `drop-ack`, `bad-crc`, `silent`, `coalesce` (ZVT on TCP), `disconnect` or `reboot`.
+    pub fault: String,
+    /// `disconnect`: when the device is plugged back; `reboot`: how long it takes.
+    pub for_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterSetup {
+    /// The paper runs out after this many printed lines.
+    pub paper_out_after_lines: Option<u32>,
+    /// `ok`, `near-end` or `out` from the start.
+    pub paper: Option<String>,
+    #[serde(default)]
+    pub cover_open: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PosdSetup {
+    /// `up` (default) or `down`: the central gateway refuses connections.
+    pub gateway: Option<String>,
+    /// The lane may approve offline (with generous limits).
+    #[serde(default)]
+    pub offline_allowed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The amount the register asks for, in minor units (EUR).
+    #[serde(default = "default_amount")]
+    pub amount_minor: i64,
+    /// The payment's final status, as posd's API names it in lower case
+    /// (`captured`, `declined`, `canceled`, `failed`, `offline_approved`, ...).
+    pub status: String,
+    /// The failure or decline code, when the payment did not succeed.
+    pub code: Option<String>,
+    /// Register event kinds that must appear (e.g. `receipt_failed`).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Text every printed receipt of the payment must hold, together.
+    #[serde(default)]
+    pub receipt_contains: Vec<String>,
+    /// Charges the gateway must hold afterwards.
+    pub gateway_charges: Option<usize>,
+}
+
+fn default_amount() -> i64 {
+    1000
+}
+
+impl ScenarioFile {
+    pub fn load(path: &Path) -> Result<ScenarioFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<ScenarioFile, String> {
+        let s: ScenarioFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        // Everything is checked now, so a bad file fails before the lane starts.
+        match s.device {
+            Device::Native => {
+                s.customers(&Customer::default())?;
+            }
+            Device::Zvt => {
+                s.zvt_plans()?;
+            }
+        }
+        if let Some(p) = &s.printer.paper
+            && !["ok", "near-end", "out"].contains(&p.as_str())
+        {
+            return Err(format!("printer.paper must be ok, near-end or out, not {p:?}"));
+        }
+        if let Some(g) = &s.posd.gateway
+            && !["up", "down"].contains(&g.as_str())
+        {
+            return Err(format!("posd.gateway must be up or down, not {g:?}"));
+        }
+        Ok(s)
+    }
+
+    /// The native reader's customers, each starting from `standing`.
+    pub fn customers(&self, standing: &Customer) -> Result<Vec<Customer>, String> {
+        self.payments
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = |e: String| format!("payment {}: {e}", i + 1);
+                if p.outcome.is_some() {
+                    return Err(at("`outcome` is for ZVT terminals; a native reader's outcome comes from the gateway".into()));
+                }
+                let mut c = standing.clone();
+                if let Some(name) = &p.card {
+                    c.card = CardProfile::named(name).map_err(at)?;
+                }
+                if p.wait_for_tap {
+                    c.present_after = None;
+                } else if let Some(ms) = p.present_after_ms {
+                    c.present_after = Some(Duration::from_millis(ms));
+                }
+                if let Some(pin) = &p.pin {
+                    c.pin = PinOutcome::parse(pin).map_err(at)?;
+                }
+                if let Some(ms) = p.pin_after_ms {
+                    c.pin_after = Duration::from_millis(ms);
+                }
+                c.cancel_after = p.cancel_after_ms.map(Duration::from_millis);
+                c.faults = p
+                    .faults
+                    .iter()
+                    .map(|f| {
+                        let step = Step::parse(&f.at)?;
+                        let d = Duration::from_millis(f.for_ms.unwrap_or(1000));
+                        let fault = match f.fault.as_str() {
+                            "drop-ack" | "bad-crc" | "silent" => Fault::Line(f.fault.clone()),
+                            "disconnect" => Fault::Disconnect { back_after: d },
+                            "reboot" => Fault::Reboot { takes: d },
+                            other => {
+                                return Err(format!(
+                                    "unknown reader fault {other:?}; one of drop-ack, bad-crc, silent, disconnect, reboot"
+                                ));
+                            }
+                        };
+                        Ok((step, fault))
+                    })
+                    .collect::<Result<_, String>>()
+                    .map_err(at)?;
+                Ok(c)
+            })
+            .collect()
+    }
+
+    /// The ZVT terminal's plans, one per sale.
+    pub fn zvt_plans(&self) -> Result<Vec<Plan>, String> {
+        self.payments
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = |e: String| format!("payment {}: {e}", i + 1);
+                if p.card.is_some() || p.pin.is_some() || p.wait_for_tap || p.cancel_after_ms.is_some() {
+                    return Err(at(
+                        "a ZVT terminal reads the card itself; describe the sale with `outcome` (e.g. \"cancel\")"
+                            .into(),
+                    ));
+                }
+                let words: Vec<&str> = p.outcome.as_deref().unwrap_or("approve").split_whitespace().collect();
+                let outcome = ZvtOutcome::parse(&words).map_err(at)?;
+                let faults = p
+                    .faults
+                    .iter()
+                    .map(|f| match (f.at.as_str(), f.fault.as_str()) {
+                        ("start", name @ ("drop-ack" | "bad-crc" | "coalesce" | "silent")) => Ok(name.to_string()),
+                        ("start", other) => Err(format!(
+                            "unknown ZVT fault {other:?}; one of drop-ack, bad-crc, coalesce, silent (a dropped line is outcome \"disconnect\" or \"drop-after-result\")"
+                        )),
+                        (other, _) => Err(format!("ZVT faults are armed at \"start\", not {other:?}")),
+                    })
+                    .collect::<Result<_, String>>()
+                    .map_err(at)?;
+                Ok(Plan { outcome, faults })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_scenario_becomes_customers() {
+        let s = ScenarioFile::parse(
+            r#"
+            description = "x"
+            device = "native"
+            [[payment]]
+            card = "visa-apple-pay"
+            present_after_ms = 0
+            cancel_after_ms = 20
+            faults = [{ at = "card", fault = "disconnect", for_ms = 300 }]
+            [expect]
+            status = "canceled"
+            "#,
+        )
+        .unwrap();
+        let c = s.customers(&Customer::default()).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].card, CardProfile::named("visa-apple-pay").unwrap());
+        assert_eq!(c[0].present_after, Some(Duration::ZERO));
+        assert_eq!(c[0].cancel_after, Some(Duration::from_millis(20)));
+        assert_eq!(c[0].faults, vec![(Step::Card, Fault::Disconnect { back_after: Duration::from_millis(300) })]);
+        assert_eq!(s.expect.amount_minor, 1000);
+    }
+
+    #[test]
+    fn mistakes_are_named_before_the_lane_starts() {
+        let base = "description = \"x\"\n[expect]\nstatus = \"captured\"\n";
+        let bad = [
+            ("device = \"native\"\n[[payment]]\ncard = \"diners\"\n", "unknown card"),
+            ("device = \"native\"\n[[payment]]\nfaults = [{ at = \"later\", fault = \"silent\" }]\n", "unknown step"),
+            ("device = \"native\"\n[[payment]]\noutcome = \"approve\"\n", "for ZVT terminals"),
+            ("device = \"zvt\"\n[[payment]]\ncard = \"visa\"\n", "reads the card itself"),
+            ("device = \"zvt\"\n[[payment]]\noutcome = \"maybe\"\n", "unknown scenario"),
+            ("device = \"zvt\"\n[[payment]]\nfaults = [{ at = \"pin\", fault = \"bad-crc\" }]\n", "armed at \"start\""),
+            ("device = \"native\"\n[printer]\npaper = \"wet\"\n", "printer.paper"),
+            ("device = \"native\"\ncolour = \"red\"\n", "unknown field"),
+        ];
+        for (text, want) in bad {
+            // The device line is a top-level key: it goes before the tables.
+            let (head, tables) = text.split_once('\n').unwrap();
+            let doc = format!("{head}\n{base}{tables}");
+            let err = ScenarioFile::parse(&doc).unwrap_err();
+            assert!(err.contains(want), "{doc}\n=> {err}");
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! posd's benchmark table: a payment's round trip and the share of it spent
+//! inside posd, posd's time against the serial line time of the same frames,
+//! durable commits against raw SQLite commits, memory, and start-up time with
+//! a full database. Prints markdown tables; timing goals are reported here,
+//! never asserted in tests.
+//!
+//! ```sh
+//! cargo run --release -p posd-e2e --bin bench
+//! cargo run --release -p posd-e2e --bin bench -- --payments 500 --stored 20000
+//! ```
+//!
+//! Each payment must end CAPTURED, or the run stops: a fast wrong answer is
+//! no benchmark.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use pos_engine::{Input, Status, next};
+use pos_proto::terminal::{self as pb, payment_terminal_client::PaymentTerminalClient};
+use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
+use posd_e2e::measure::{Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate};
+use posd_e2e::{Lane, final_payment, status, take};
+use tonic::transport::Channel;
+
+struct Options {
+    /// Timed payments of the round-trip run (after the warm-up).
+    payments: usize,
+    warmup: usize,
+    /// Payments in the database for the start-up measurement.
+    stored: usize,
+    /// Commits per kind in the commit-rate run.
+    commits: usize,
+    /// posd starts per database size.
+    starts: usize,
+    /// Only these parts: `round-trip` (a, b, memory), `commits` (c), `startup` (e).
+    only: Vec<String>,
+}
+
+const PARTS: [&str; 3] = ["round-trip", "commits", "startup"];
+
+impl Options {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options { payments: 2000, warmup: 200, stored: 100_000, commits: 10_000, starts: 5, only: Vec::new() };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next().and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| format!("{name} needs a number"))
+        };
+        match a.as_str() {
+            "--payments" => o.payments = value("--payments")?.max(1),
+            "--warmup" => o.warmup = value("--warmup")?,
+            "--stored" => o.stored = value("--stored")?,
+            "--commits" => o.commits = value("--commits")?.max(5),
+            "--starts" => o.starts = value("--starts")?.max(1),
+            "--only" => {
+                let part = args.next().unwrap_or_default();
+                if !PARTS.contains(&part.as_str()) {
+                    return Err(format!("--only takes one of {}, not {part:?}", PARTS.join(", ")));
+                }
+                o.only.push(part);
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: bench [--payments N] [--warmup N] [--stored N] [--commits N] [--starts N] [--only PART]..."
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("# posd benchmarks\n\nmachine: {}\n", machine());
+    if o.runs("round-trip") {
+        round_trip(&o).await;
+    }
+    if o.runs("commits") {
+        commit_rate(o.commits);
+    }
+    if o.runs("startup") {
+        startup(&o);
+    }
+    ExitCode::SUCCESS
+}
+
+/// CPU, cores, memory and kernel, from /proc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let profile = if cfg!(debug_assertions) { "debug build (numbers mean little)" } else { "release build" };
+    format!("{model}, {cores} cores, {:.1} GiB, Linux {}, {profile}", mem_kib as f64 / 1048576.0, kernel.trim())
+}
+
+fn amount(i: usize) -> i64 {
+    // Whole euros: the gateway simulator declines some cent values.
+    1000 + 100 * (i % 50) as i64
+}
+
+/// One payment through the API; it must end CAPTURED.
+async fn pay(client: &mut PaymentTerminalClient<Channel>, key: &str, amount_minor: i64) {
+    let events = take(client, key, amount_minor).await.unwrap_or_else(|e| panic!("payment {key} refused: {e}"));
+    let p = final_payment(&events);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured, "payment {key} ended {p:?}");
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// (a) round trip, (b) line time, (e) idle and loaded memory.
+async fn round_trip(o: &Options) {
+    let mut lane = Lane::prepare(&[], "");
+    lane.top_config = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
+    lane.posd_env = vec![("RUST_LOG".into(), "info".into())];
+    lane.start_posd();
+    let metrics = lane.posd_line("posd metrics on ").expect("posd's metrics address");
+    lane.ready().await;
+    let pid = lane.posd_pid();
+    let idle_kib = rss_kib(pid);
+    let idle_fds = open_fds(pid);
+
+    let mut client = lane.client().await;
+    for i in 0..o.warmup {
+        pay(&mut client, &format!("warm-{i}"), amount(i)).await;
+    }
+    let before = Metrics::scrape(&metrics);
+    let mut times = Vec::with_capacity(o.payments);
+    let run_started = Instant::now();
+    for i in 0..o.payments {
+        let t = Instant::now();
+        pay(&mut client, &format!("bench-{i}"), amount(i)).await;
+        times.push(t.elapsed());
+    }
+    let run_took = run_started.elapsed();
+    let after = Metrics::scrape(&metrics);
+    let loaded_kib = rss_kib(pid);
+    let peak_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
+    let loaded_fds = open_fds(pid);
+    lane.kill_posd();
+
+    let n = o.payments as f64;
+    let counted = after.delta(&before, "posd_payment_latency_seconds_count");
+    assert_eq!(counted, n, "posd counted {counted} payments of the {n} timed");
+    let mean_of = |name: &str| {
+        let count = after.delta(&before, &format!("{name}_count"));
+        assert!(count > 0.0, "no {name} samples");
+        Duration::from_secs_f64(after.delta(&before, &format!("{name}_sum")) / count)
+    };
+    let inside = mean_of("posd_payment_latency_seconds");
+    let reader = mean_of("posd_reader_latency_seconds");
+    let gateway = mean_of("posd_gateway_latency_seconds");
+    let own = inside.saturating_sub(reader + gateway);
+    times.sort();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+
+    println!("## (a) Payment round trip, register → posd → PTY reader → gateway-sim\n");
+    println!(
+        "{} payments one after another on one lane after {} of warm-up, zero simulated delays; \
+         {:.0} payments/s.\n",
+        o.payments,
+        o.warmup,
+        n / run_took.as_secs_f64()
+    );
+    println!("| measure | ms |\n|---|---:|");
+    println!("| round trip p50 (register's view) | {} |", ms(quantile(&times, 0.50)));
+    println!("| round trip p99 | {} |", ms(quantile(&times, 0.99)));
+    println!("| round trip mean | {} |", ms(mean));
+    println!("| posd: request in → answer out (mean) | {} |", ms(inside));
+    println!("| of which waiting for the reader (mean) | {} |", ms(reader));
+    println!("| of which waiting for the gateway (mean) | {} |", ms(gateway));
+    println!("| posd's own time (mean) | {} |", ms(own));
+    println!(
+        "\nposd's own share of the round trip: **{:.1} %** (the rest: the reader and its line, the gateway \
+         and its network, gRPC to the register).\n",
+        100.0 * own.as_secs_f64() / mean.as_secs_f64()
+    );
+
+    let line = |dir: &str| {
+        after.delta(&before, &format!("posd_card_line_bytes_total{{lane=\"lane-1\",direction=\"{dir}\"}}")) / n
+    };
+    let (out, inn) = (line("out"), line("in"));
+    println!("## (b) posd's own time against the serial line time of the same frames\n");
+    println!(
+        "Per payment the reader line carried {out:.0} bytes out and {inn:.0} bytes in (frames, stuffing, ACKs), \
+         {:.0} in all; at 8N1 a byte takes 10 bit times.\n",
+        out + inn
+    );
+    println!("| baud | line time per payment, ms | posd's own time, ms | posd / line |\n|---:|---:|---:|---:|");
+    for baud in [9600.0, 115_200.0] {
+        let line_time = Duration::from_secs_f64((out + inn) * 10.0 / baud);
+        println!(
+            "| {baud:.0} | {} | {} | {:.3} |",
+            ms(line_time),
+            ms(own),
+            own.as_secs_f64() / line_time.as_secs_f64()
+        );
+    }
+    println!("\n## (e) Memory\n");
+    println!("| posd | RSS MiB | open fds |\n|---|---:|---:|");
+    println!("| idle after start-up (target ≤ 15 MB) | {} | {idle_fds} |", mib(idle_kib));
+    println!("| after {} payments | {} | {loaded_fds} |", o.warmup + o.payments, mib(loaded_kib));
+    println!("| peak (VmHWM) | {} | |", mib(peak_kib));
+    println!();
+}
+
+/// (c) Durable payment commits against raw SQLite commits with
+/// `synchronous=FULL`, interleaved in rounds so both see the same disk.
+fn commit_rate(commits: usize) {
+    const ROUNDS: usize = 10;
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
+    let raw = rusqlite::Connection::open(dir.path().join("raw.db")).expect("raw db");
+    let mode: String = raw.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    assert!(mode.eq_ignore_ascii_case("wal"), "journal mode {mode}");
+    raw.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, at INTEGER)")
+        .unwrap();
+    let store = Store::open(&dir.path().join("posd.db")).expect("posd store");
+
+    let per_round = commits / ROUNDS;
+    let payments_per_round = (per_round / 5).max(1);
+    let (mut raw_time, mut raw_n, mut posd_time, mut posd_n) = (Duration::ZERO, 0, Duration::ZERO, 0);
+    let mut serial = 0;
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..per_round {
+            serial += 1;
+            raw.execute("INSERT INTO t (k, at) VALUES (?1, ?2)", rusqlite::params![format!("k-{serial}"), now_ms()])
+                .unwrap();
+        }
+        raw_time += t.elapsed();
+        raw_n += per_round;
+
+        let t = Instant::now();
+        for _ in 0..payments_per_round {
+            serial += 1;
+            posd_n += commit_one_payment(&store, serial);
+        }
+        posd_time += t.elapsed();
+    }
+    let raw_rate = raw_n as f64 / raw_time.as_secs_f64();
+    let posd_rate = posd_n as f64 / posd_time.as_secs_f64();
+    println!("## (c) Durable commits\n");
+    println!(
+        "WAL, `synchronous=FULL`, a file system on the machine's disk ({}); {ROUNDS} interleaved rounds. \
+         A posd commit is one payment state change as the engine stores it (the payment row, its audit entry, \
+         any outbox and card-data change, in one transaction); a raw commit is a one-row insert.\n",
+        dir.path().display()
+    );
+    println!("| commits | count | per second |\n|---|---:|---:|");
+    println!("| raw SQLite insert | {raw_n} | {raw_rate:.0} |");
+    println!("| posd payment state change | {posd_n} | {posd_rate:.0} |");
+    println!("\nposd / raw: **{:.2}** (target ≥ 0.8)\n", posd_rate / raw_rate);
+}
+
+/// Stores one payment's life as posd does, a commit per state change;
+/// returns the number of commits.
+fn commit_one_payment(store: &Store, serial: usize) -> usize {
+    let rec = PaymentRecord::created(
+        format!("pay_commit_{serial:07}"),
+        format!("commit-{serial}"),
+        format!("K{serial:012}"),
+        "lane-1".into(),
+        amount(serial),
+        "EUR".into(),
+        now_ms(),
+    );
+    store.insert_or_get(&rec, "bench").expect("insert").expect("new payment");
+    let card = (card_info(), vec![0xA5; 160]);
+    let mut s = Status::Created;
+    let steps = [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }];
+    for input in &steps {
+        let t = next(s, input).expect("a valid transition");
+        let update = Update { card: matches!(input, Input::CardRead).then(|| card.clone()), ..Default::default() };
+        store.apply(&rec.id, &t, update).expect("commit");
+        s = t.to;
+    }
+    assert_eq!(s, Status::Captured);
+    1 + steps.len()
+}
+
+fn card_info() -> CardInfo {
+    CardInfo { masked_pan: "424242******4242".into(), brand: "visa".into(), entry_mode: 1, ..Default::default() }
+}
+
+/// (e) Start-up to READY=1 with an empty database and with `stored` payments.
+fn startup(o: &Options) {
+    let mut lane = Lane::prepare(&[], "");
+    lane.posd_env = vec![("RUST_LOG".into(), "info".into())];
+    let state = lane.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    println!("## (e) Start-up to READY\n");
+    println!(
+        "posd started {} times per database size (spawn to `READY=1` on NOTIFY_SOCKET), then stopped with SIGTERM.\n",
+        o.starts
+    );
+    println!("| payments stored | database MiB | median ms | max ms | RSS at READY MiB |\n|---:|---:|---:|---:|---:|");
+    for stored in [0, o.stored] {
+        let seeded = Instant::now();
+        if stored > 0 {
+            seed(&state.join("posd.db"), stored);
+        }
+        let seeding = seeded.elapsed();
+        let mut times = Vec::new();
+        let mut rss = 0;
+        for _ in 0..o.starts {
+            let (mut child, took) = start_until_ready(lane.posd_command(), lane.dir.path(), &lane.posd_log());
+            rss = rss.max(rss_kib(child.id()));
+            terminate(&mut child);
+            times.push(took);
+        }
+        times.sort();
+        let size: u64 = std::fs::read_dir(&state)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("posd.db"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum();
+        println!(
+            "| {stored} | {:.1} | {} | {} | {} |",
+            size as f64 / 1048576.0,
+            ms(quantile(&times, 0.5)),
+            ms(*times.last().unwrap()),
+            mib(rss)
+        );
+        if stored > 0 {
+            eprintln!("(seeding {stored} payments took {:.1} s)", seeding.as_secs_f64());
+        }
+    }
+    println!("\ntarget: ≤ 200 ms with 100,000 payments stored\n");
+}
+
+/// Puts `n` captured payments into posd's database at `path`: the rows as
+/// `Store::insert_or_get` writes them (in one transaction, to seed fast), then
+/// their life through the store's own batched transitions.
+fn seed(path: &Path, n: usize) {
+    let store = Store::open(path).expect("posd store");
+    let start = now_ms() - 30 * 24 * 3600 * 1000;
+    let mut recs = Vec::with_capacity(n);
+    {
+        let mut conn = rusqlite::Connection::open(path).expect("seed connection");
+        let tx = conn.transaction().unwrap();
+        for i in 0..n {
+            let at = start + i as i64 * 20;
+            let p = PaymentRecord::created(
+                format!("pay_seed_{i:07}"),
+                format!("seed-{i}"),
+                format!("S{i:012}"),
+                format!("lane-{}", 1 + i % 8),
+                amount(i),
+                "EUR".into(),
+                at,
+            );
+            tx.execute(
+                "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+                 manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+                rusqlite::params![
+                    p.id,
+                    p.idempotency_key,
+                    p.order_reference,
+                    p.terminal_id,
+                    p.amount_minor,
+                    p.currency,
+                    p.manual_capture,
+                    p.status.as_str(),
+                    p.gateway_key,
+                    p.demo,
+                    p.created_at_ms,
+                    p.device
+                ],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) \
+                 VALUES (?1, ?2, '', ?3, 'payment requested by the register (bench)')",
+                rusqlite::params![p.id, p.created_at_ms, p.status.as_str()],
+            )
+            .unwrap();
+            recs.push(p.id);
+        }
+        tx.commit().unwrap();
+    }
+    let mut s = Status::Created;
+    for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }] {
+        let t = next(s, &input).unwrap();
+        for chunk in recs.chunks(5000) {
+            let items = chunk
+                .iter()
+                .map(|id| {
+                    let card = matches!(input, Input::CardRead).then(|| (card_info(), vec![0xA5; 160]));
+                    (id.clone(), t.clone(), Update { card, ..Default::default() })
+                })
+                .collect();
+            for r in store.apply_batch(items).expect("seed batch") {
+                r.expect("seed transition");
+            }
+        }
+        s = t.to;
+    }
+    assert_eq!(store.count_by_status().unwrap(), vec![("captured".to_string(), n as i64)]);
+    store.checkpoint();
+}
