@@ -11,13 +11,17 @@
 //! - [`zvt`]: a ZVT payment terminal that authorizes by itself, with
 //!   scenarios (approve, decline, cancel, offline, busy, slow, disconnect,
 //!   initialisation required), line faults, a journal and a batch.
+//! - [`lane`]: one lane in a box (card device and printer), driven by
+//!   [`scenario`] files and a technician's commands.
 //! - [`line`]: faults armed on a device's line (dropped ACK, bad CRC,
 //!   silence) and [`transcript`], the record of every frame for support.
 
 pub mod control;
+pub mod lane;
 pub mod line;
 pub mod paper;
 pub mod printer;
 pub mod reader;
+pub mod scenario;
 pub mod transcript;
 pub mod zvt;

@@ -54,6 +54,71 @@ impl std::fmt::Display for LineFaults {
     }
 }
 
+/// A PTY whose slave device is reachable at `link_path` (a symlink), as a
+/// udev rule names a USB-serial adapter.
+pub fn linked_pty(link_path: &std::path::Path) -> anyhow::Result<pos_link::transport::PtyMaster> {
+    let pty = pos_link::transport::PtyMaster::open()?;
+    match link_path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link_path)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", link_path.display()))?,
+        Ok(_) => anyhow::bail!("{} exists and is not a symlink; not replacing it", link_path.display()),
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(pty.slave_path(), link_path)
+        .map_err(|e| anyhow::anyhow!("cannot create symlink {}: {e}", link_path.display()))?;
+    Ok(pty)
+}
+
+/// A byte stream whose chunks both ways go to a transcript (lines without
+/// frames, such as a printer's).
+pub struct TapIo<S> {
+    inner: S,
+    transcript: Arc<Transcript>,
+    describe: Describer,
+}
+
+impl<S> TapIo<S> {
+    pub fn new(inner: S, transcript: Arc<Transcript>, describe: Describer) -> Self {
+        TapIo { inner, transcript, describe }
+    }
+
+    fn record(&self, dir: Dir, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            let d = (self.describe)(dir, bytes);
+            self.transcript.frame(dir, d.blanked.as_deref().unwrap_or(bytes), &d.meaning);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TapIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            self.record(Dir::In, &buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TapIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.record(Dir::Out, &buf[..n]);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// What a device tells the transcript about one of its frames.
 pub struct Described {
     pub meaning: String,
@@ -92,6 +157,13 @@ impl Line {
         if let Some((t, describe)) = &self.transcript {
             let d = describe(dir, apdu);
             t.frame(dir, d.blanked.as_deref().unwrap_or(apdu), &d.meaning);
+        }
+    }
+
+    /// Writes something that is not a frame (a fault a scenario fired).
+    pub fn note(&self, text: &str) {
+        if let Some((t, _)) = &self.transcript {
+            t.note(text);
         }
     }
 

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use firmware_sim::line::{FaultyIo, Line};
+use firmware_sim::line::{FaultyIo, Line, linked_pty};
 use firmware_sim::reader::{self, CardProfile, Customer, Desk, Fault, ReaderOptions, Step};
 use firmware_sim::transcript::Transcript;
 use pos_cardcrypt::BaseKey;
-use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
 use pos_proto::reader::{EntryMode, Verification, Wallet};
 
@@ -40,6 +39,79 @@ enum Command {
     Printer(PrinterArgs),
     /// A ZVT payment terminal that authorizes by itself (serial framing on a PTY, bare APDUs on TCP).
     Zvt(ZvtArgs),
+    /// A whole lane: a card device and a receipt printer, a scenario, a control
+    /// socket and console, and a transcript of every frame. Prints posd's config for it.
+    Lane(LaneArgs),
+    /// Sends one command to a running lane (`firmware-sim lane`) and prints its answer.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct LaneArgs {
+    /// The card device: the native card reader or a ZVT payment terminal.
+    #[arg(long, value_enum, default_value_t = ReaderKind::Native)]
+    reader: ReaderKind,
+    /// The receipt printer's line.
+    #[arg(long, value_enum, default_value_t = PrinterWire::Pty)]
+    printer: PrinterWire,
+    /// The card device listens on a TCP port (any free one) instead of a PTY.
+    #[arg(long)]
+    tcp: bool,
+    /// Where the device links, transcript.log, receipts/ and control.sock go.
+    #[arg(long, default_value = "lane-sim")]
+    dir: PathBuf,
+    /// The control socket (default: DIR/control.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// A scenario file to play (see firmware-sim/scenarios/).
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+    /// Take commands on standard input (the default when it is a terminal).
+    #[arg(long)]
+    console: bool,
+    /// The card of every payment no scenario describes.
+    #[arg(long, default_value = "visa")]
+    card: String,
+    /// Milliseconds until the customer presents the card.
+    #[arg(long, default_value_t = 1500)]
+    present_after_ms: u64,
+    /// Milliseconds the customer takes for the PIN.
+    #[arg(long, default_value_t = 1000)]
+    pin_after_ms: u64,
+    /// Cards are presented only when a technician taps them (`tap`).
+    #[arg(long)]
+    manual: bool,
+    /// ZVT: milliseconds between the customer's steps (card, PIN, host).
+    #[arg(long, default_value_t = 300)]
+    step_ms: u64,
+    /// The lane's id in the printed posd config.
+    #[arg(long, default_value = "lane-1")]
+    lane_id: String,
+    #[arg(long, default_value = "EUR")]
+    currency: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReaderKind {
+    Native,
+    Zvt,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrinterWire {
+    Pty,
+    Tcp,
+    None,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The lane's control socket (DIR/control.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// The command, e.g. `tap`, `card visa-apple-pay`, `paper out`, `unplug reader`, `help`.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -210,6 +282,8 @@ async fn main() -> ExitCode {
         Command::Reader(args) => run_reader(args).await,
         Command::Printer(args) => run_printer(args).await,
         Command::Zvt(args) => run_zvt(args).await,
+        Command::Lane(args) => run_lane(args).await,
+        Command::Ctl(args) => run_ctl(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -270,20 +344,6 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
         keys_loaded: !a.no_keys,
         ..ReaderOptions::default()
     })
-}
-
-/// A PTY whose slave device is reachable at `link_path` (a symlink).
-fn linked_pty(link_path: &std::path::Path) -> anyhow::Result<PtyMaster> {
-    let pty = PtyMaster::open()?;
-    match link_path.symlink_metadata() {
-        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link_path)
-            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", link_path.display()))?,
-        Ok(_) => anyhow::bail!("{} exists and is not a symlink; not replacing it", link_path.display()),
-        Err(_) => {}
-    }
-    std::os::unix::fs::symlink(pty.slave_path(), link_path)
-        .map_err(|e| anyhow::anyhow!("cannot create symlink {}: {e}", link_path.display()))?;
-    Ok(pty)
 }
 
 async fn run_printer(args: PrinterArgs) -> anyhow::Result<()> {
@@ -425,5 +485,96 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
         let io = FaultyIo::new(stream, terminal.faults.clone(), false).with_transcript(transcript.clone());
         let reason = zvt::serve(traced(Link::spawn(io, TcpLink::new())), terminal.clone()).await;
         tracing::info!(%peer, %reason, "zvt: register disconnected");
+    }
+}
+
+async fn run_lane(args: LaneArgs) -> anyhow::Result<()> {
+    use firmware_sim::lane::{LaneOptions, SimLane, Wire};
+    use firmware_sim::scenario::{Device, ScenarioFile};
+    let scenario = args.scenario.as_deref().map(ScenarioFile::load).transpose().map_err(anyhow::Error::msg)?;
+    let customer = Customer {
+        card: CardProfile::named(&args.card).map_err(|e| anyhow::anyhow!("--card: {e}"))?,
+        present_after: (!args.manual).then(|| Duration::from_millis(args.present_after_ms)),
+        pin_after: Duration::from_millis(args.pin_after_ms),
+        ..Customer::default()
+    };
+    let opts = LaneOptions {
+        dir: args.dir.clone(),
+        device: match args.reader {
+            ReaderKind::Native => Device::Native,
+            ReaderKind::Zvt => Device::Zvt,
+        },
+        card_wire: if args.tcp { Wire::Tcp } else { Wire::Pty },
+        printer_wire: match args.printer {
+            PrinterWire::Pty => Some(Wire::Pty),
+            PrinterWire::Tcp => Some(Wire::Tcp),
+            PrinterWire::None => None,
+        },
+        reader: ReaderOptions { customer, ..ReaderOptions::default() },
+        zvt: firmware_sim::zvt::ZvtOptions { step: Duration::from_millis(args.step_ms), ..Default::default() },
+        printer_columns: 48,
+        lane_id: args.lane_id.clone(),
+        currency: args.currency.clone(),
+    };
+    let lane = SimLane::start(opts, scenario.as_ref()).await?;
+    let socket = args.socket.clone().unwrap_or_else(|| args.dir.join("control.sock"));
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("cannot listen for control on {}: {e}", socket.display()))?;
+    println!("firmware-sim lane control on {}", socket.display());
+    println!("firmware-sim lane transcript in {}", args.dir.join("transcript.log").display());
+    println!("firmware-sim lane receipts in {}", args.dir.join("receipts").display());
+    if let Some(s) = &scenario {
+        println!("firmware-sim lane scenario: {}", s.description.trim());
+    }
+    let snippet = args.dir.join("posd-lane.toml");
+    std::fs::write(&snippet, lane.posd_config())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", snippet.display()))?;
+    println!("--- posd config for this lane (add it to posd.toml; also in {}) ---", snippet.display());
+    print!("{}", lane.posd_config());
+    println!("--- end of posd config ---");
+    println!("firmware-sim lane ready");
+    tokio::spawn(lane.clone().serve_control(listener));
+    let console = args.console || std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if !console {
+        tokio::signal::ctrl_c().await?;
+        let _ = std::fs::remove_file(&socket);
+        return Ok(());
+    }
+    println!("type help for the commands; Ctrl-D ends the lane");
+    let console_lane = lane.clone();
+    tokio::task::spawn_blocking(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if line.trim() == "help" {
+                print!("{}", firmware_sim::lane::HELP.trim_start());
+                continue;
+            }
+            match console_lane.command(&line) {
+                Ok(state) => println!("ok {state}"),
+                Err(e) => println!("error {e}"),
+            }
+        }
+    })
+    .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn run_ctl(args: CtlArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(&args.socket).map_err(|e| {
+        anyhow::anyhow!("cannot reach the lane at {}: {e} (is `firmware-sim lane` running?)", args.socket.display())
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(stream, "{}", args.command.join(" "))?;
+    let mut reply = String::new();
+    std::io::BufReader::new(stream).read_line(&mut reply)?;
+    match reply.trim_end().split_once(' ').unwrap_or((reply.trim_end(), "")) {
+        ("ok", state) => {
+            println!("{state}");
+            Ok(())
+        }
+        ("error", why) => anyhow::bail!("{why}"),
+        _ => anyhow::bail!("no answer from the lane at {}", args.socket.display()),
     }
 }

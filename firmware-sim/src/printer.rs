@@ -152,6 +152,17 @@ impl Printer {
         })
     }
 
+    /// A technician command on the printer's condition (see [`Condition::command`]).
+    pub fn command(&self, line: &str) -> Result<(), String> {
+        let mut result = Ok(());
+        self.condition.send_if_modified(|c| {
+            let before = *c;
+            result = c.command(line);
+            *c != before
+        });
+        result
+    }
+
     pub fn status_line(&self) -> String {
         format!(
             "{}; {} jobs; {} bytes lost to overflow; {} XOFF sent",
@@ -171,6 +182,37 @@ impl Printer {
         println!("firmware-sim printer job {n} saved {}", text_path.display());
         Ok(())
     }
+}
+
+/// A chunk's meaning for the transcript: the text in it and how many
+/// command bytes came with it (from posd), or the status bytes (to posd).
+pub fn describe(dir: crate::transcript::Dir, bytes: &[u8]) -> crate::line::Described {
+    if dir == crate::transcript::Dir::Out {
+        return format!("status {} byte(s)", bytes.len()).into();
+    }
+    let mut texts = Vec::new();
+    let mut current = String::new();
+    let mut commands = 0;
+    for &b in bytes {
+        if (0x20..0x7F).contains(&b) {
+            current.push(char::from(b));
+        } else {
+            commands += 1;
+            if current.trim().len() > 1 {
+                texts.push(format!("{:?}", current.trim()));
+            }
+            current.clear();
+        }
+    }
+    if current.trim().len() > 1 {
+        texts.push(format!("{:?}", current.trim()));
+    }
+    format!(
+        "{} bytes: {} and {commands} other bytes",
+        bytes.len(),
+        if texts.is_empty() { "no text".into() } else { texts.join(" ") }
+    )
+    .into()
 }
 
 /// Serves one host connection until it closes.
@@ -253,7 +295,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
             }
             _ = cond_rx.changed() => {
                 if asb_mask != 0 {
-                    tx.write_all(&printer.condition.borrow().asb()).await?;
+                    let asb = printer.condition.borrow().asb();
+                    tx.write_all(&asb).await?;
                 }
             }
             _ = timer.tick(), if opts.print_rate.is_some() => {}
@@ -282,11 +325,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
         while !printer.condition.borrow().stopped() {
             let Some(op) = ops.pop_front() else { break };
             match &op {
-                Op::TransmitStatus(_) => tx.write_all(&[printer.condition.borrow().paper_byte()]).await?,
+                Op::TransmitStatus(_) => {
+                    let paper = printer.condition.borrow().paper_byte();
+                    tx.write_all(&[paper]).await?
+                }
                 Op::AsbEnable(mask) => {
                     asb_mask = *mask;
                     if asb_mask != 0 {
-                        tx.write_all(&printer.condition.borrow().asb()).await?;
+                        let asb = printer.condition.borrow().asb();
+                        tx.write_all(&asb).await?;
                     }
                 }
                 Op::DrawerKick { .. } => {
@@ -343,13 +390,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
 pub async fn control(listener: tokio::net::TcpListener, printer: Arc<Printer>) {
     crate::control::serve(listener, printer, |printer, line| {
         if line.trim() != "status" {
-            let mut result = Ok(());
-            printer.condition.send_if_modified(|c| {
-                let before = *c;
-                result = c.command(line);
-                *c != before
-            });
-            result?;
+            printer.command(line)?;
         }
         Ok(printer.status_line())
     })

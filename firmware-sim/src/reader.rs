@@ -241,6 +241,8 @@ pub enum Action {
     Tap,
     /// Press cancel on the reader.
     Cancel,
+    /// Restart: silent this long, then idle and ready, the collection forgotten.
+    Reboot(Duration),
 }
 
 /// The reader's desk: who the next customers are, what a technician asks
@@ -294,6 +296,15 @@ impl Desk {
         s.standing.present_after = if manual { None } else { Some(Duration::from_millis(1500)) };
     }
 
+    /// How later PIN entries end.
+    pub fn set_pin(&self, pin: PinOutcome) {
+        let mut s = self.state.lock().unwrap();
+        s.standing.pin = pin;
+        for c in &mut s.planned {
+            c.pin = pin;
+        }
+    }
+
     pub fn act(&self, action: Action) {
         self.state.lock().unwrap().actions.push_back(action);
         self.wake.notify_one();
@@ -302,10 +313,16 @@ impl Desk {
     pub fn status_line(&self) -> String {
         let s = self.state.lock().unwrap();
         format!(
-            "reader {}; card {} {}; {} payments; {} planned; {}",
+            "reader {}; card {} {} {:?}{}; {} payments; {} planned; {}",
             s.doing,
             s.standing.card.brand,
             pos_cardcrypt::mask_pan(&s.standing.card.pan),
+            s.standing.card.entry_mode,
+            if s.standing.card.wallet == Wallet::None {
+                String::new()
+            } else {
+                format!(" {:?}", s.standing.card.wallet)
+            },
             s.payments,
             s.planned.len(),
             self.faults.lock().unwrap()
@@ -471,6 +488,8 @@ struct Reader<'a> {
     reboot: Timer,
     /// Unplug once the pending messages are out.
     unplug: Option<Duration>,
+    /// What happened that the transcript should say (faults fired).
+    notes: Vec<String>,
 }
 
 /// What serving a line ended with.
@@ -502,6 +521,7 @@ pub async fn serve(mut line: Line, opts: &ReaderOptions, desk: &Desk) -> Ended {
         cancel: None,
         reboot: None,
         unplug: None,
+        notes: Vec::new(),
     };
     desk.doing("idle");
     loop {
@@ -537,13 +557,21 @@ pub async fn serve(mut line: Line, opts: &ReaderOptions, desk: &Desk) -> Ended {
                     out.extend(match a {
                         Action::Tap => r.tap(),
                         Action::Cancel => r.customer_cancels(),
+                        Action::Reboot(takes) => {
+                            r.reboot(takes);
+                            vec![]
+                        }
                     });
                 }
                 out
             }
         };
         for body in out {
-            if matches!(body, reader_message::Body::CardResult(_)) && r.arm(Step::Card) {
+            let withhold = matches!(body, reader_message::Body::CardResult(_)) && r.arm(Step::Card);
+            for note in r.notes.drain(..) {
+                line.note(&note);
+            }
+            if withhold {
                 continue;
             }
             // A message the host did not take is lost, as on a real reader;
@@ -554,6 +582,9 @@ pub async fn serve(mut line: Line, opts: &ReaderOptions, desk: &Desk) -> Ended {
                 }
                 tracing::warn!(error = %e, "reader: message not delivered");
             }
+        }
+        for note in r.notes.drain(..) {
+            line.note(&note);
         }
         if let Some(back_after) = r.unplug.take() {
             tracing::warn!("reader: unplugged (simulated)");
@@ -685,6 +716,14 @@ impl Reader<'_> {
         }
     }
 
+    fn reboot(&mut self, takes: Duration) {
+        tracing::warn!(?takes, "reader: rebooting");
+        self.desk.faults.lock().unwrap().silent = true;
+        self.reboot = timer_in(Some(takes));
+        self.idle();
+        self.desk.doing("rebooting");
+    }
+
     /// Arms the customer's faults for `step`. True when the message of that
     /// moment must not go out: the reader went silent, reboots, or is
     /// unplugged before it (at the `card` step the plug is pulled after it).
@@ -694,6 +733,7 @@ impl Reader<'_> {
         let mut withhold = false;
         for f in faults {
             tracing::warn!(?step, fault = ?f, "reader: scenario fault");
+            self.notes.push(format!("scenario fault at {step:?}: {f:?}"));
             match f {
                 Fault::Line(name) => {
                     let _ = self.desk.faults.lock().unwrap().arm(&name);
@@ -704,10 +744,7 @@ impl Reader<'_> {
                     withhold |= step != Step::Card;
                 }
                 Fault::Reboot { takes } => {
-                    self.desk.faults.lock().unwrap().silent = true;
-                    self.reboot = timer_in(Some(takes));
-                    self.idle();
-                    self.desk.doing("rebooting");
+                    self.reboot(takes);
                     withhold = true;
                 }
             }

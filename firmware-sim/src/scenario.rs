@@ -36,7 +36,8 @@ pub struct ScenarioFile {
     /// posd's surroundings the scenario needs (for the test runner and the technician).
     #[serde(default)]
     pub posd: PosdSetup,
-    /// What posd must show afterwards.
+    /// What posd must show for the last payment described (earlier ones set
+    /// the stage, e.g. a good sale before the one that fails).
     pub expect: Expect,
 }
 
@@ -115,6 +116,12 @@ pub struct Expect {
     pub receipt_contains: Vec<String>,
     /// Charges the gateway must hold afterwards.
     pub gateway_charges: Option<usize>,
+    /// Lines the lane's transcript must hold (e.g. that a fault fired).
+    #[serde(default)]
+    pub transcript_contains: Vec<String>,
+    /// The status of a second payment taken once the first has settled
+    /// (the lane recovered by itself).
+    pub next_payment: Option<String>,
 }
 
 fn default_amount() -> i64 {

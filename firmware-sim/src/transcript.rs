@@ -12,7 +12,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Which way a frame went, seen from the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum Dir {
 
 pub struct Transcript {
     device: &'static str,
-    out: Mutex<Box<dyn Write + Send>>,
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
 }
 
 impl Transcript {
@@ -36,7 +36,12 @@ impl Transcript {
     }
 
     pub fn to_writer(out: Box<dyn Write + Send>, device: &'static str) -> Transcript {
-        Transcript { device, out: Mutex::new(out) }
+        Transcript { device, out: Arc::new(Mutex::new(out)) }
+    }
+
+    /// The same transcript, written under another device's name.
+    pub fn device(&self, device: &'static str) -> Transcript {
+        Transcript { device, out: self.out.clone() }
     }
 
     /// One frame: its bytes (already stripped of card-data fields by the
@@ -118,7 +123,7 @@ mod tests {
     #[test]
     fn lines_carry_time_device_direction_hex_and_meaning() {
         #[derive(Clone, Default)]
-        struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+        struct Shared(Arc<Mutex<Vec<u8>>>);
         impl Write for Shared {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
                 self.0.lock().unwrap().extend_from_slice(b);
@@ -132,9 +137,11 @@ mod tests {
         let t = Transcript::to_writer(Box::new(sink.clone()), "zvt");
         t.frame(Dir::In, &[0x06, 0x01, 0x00], "Authorization");
         t.note("fault: dropping a link-level ACK");
+        t.device("printer").note("printer unplugged");
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2].ends_with(" printer --  printer unplugged"), "{}", lines[2]);
         assert!(lines[0].ends_with(" zvt     in  060100 | Authorization"), "{}", lines[0]);
         assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T', "{}", lines[0]);
         assert!(lines[1].ends_with("--  fault: dropping a link-level ACK"), "{}", lines[1]);

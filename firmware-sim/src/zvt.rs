@@ -453,6 +453,11 @@ async fn register(link: &mut Line, t: &Terminal, r: Registration) -> Result<(), 
 /// A sale or refund: card, PIN, host, result, receipts, completion.
 async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> Result<(), Stop> {
     let scenario = t.outcome_of(kind);
+    if scenario == Scenario::Busy {
+        // A planned busy sale: refused like every command of a busy terminal.
+        send(link, Message::Nak(0xA0)).await?;
+        return Ok(());
+    }
     send(link, Message::Ack).await?;
     if scenario == Scenario::InitRequired {
         send_for_ack(link, t, abort(pos_zvt::codes::INITIALISATION_REQUIRED)).await?;

@@ -159,6 +159,9 @@ pub struct Lane {
     pub gateway_config: String,
     /// Extra posctl arguments (its `--tls-*` options).
     pub posctl_args: Vec<String>,
+    /// posd's whole `[[lane]]` table head (id, currency, reader, printer),
+    /// for devices the test starts itself (`firmware-sim lane`).
+    pub lane_table: Option<String>,
 }
 
 /// The lane's card device and its line.
@@ -168,10 +171,12 @@ struct Device {
     tcp: bool,
     /// A ZVT payment terminal instead of the native reader.
     zvt: bool,
+    /// The test starts the devices itself.
+    external: bool,
 }
 
 impl Device {
-    const PTY_READER: Device = Device { tcp: false, zvt: false };
+    const PTY_READER: Device = Device { tcp: false, zvt: false, external: false };
 }
 
 /// A private certificate authority for tests, issuing PEM files.
@@ -251,7 +256,7 @@ impl Lane {
     /// (T3 1 s, T4 1.5 s). posd is not started yet.
     pub fn prepare_zvt(args: &[&str], tcp: bool, extra_config: &str) -> Lane {
         let dir = tempfile::tempdir().unwrap();
-        Self::build_inner(dir, args, 1500, Device { tcp, zvt: true }, extra_config, true, &[])
+        Self::build_inner(dir, args, 1500, Device { tcp, zvt: true, external: false }, extra_config, true, &[])
     }
 
     /// A ZVT lane with posd running.
@@ -268,6 +273,13 @@ impl Lane {
 
     /// Everything but posd, which the test starts (after setting its
     /// environment, say) with [`Lane::start_posd`].
+    /// gateway-sim only: the test starts the lane's devices itself and sets
+    /// [`Lane::lane_table`]; posd is not started yet.
+    pub fn prepare_external(extra_config: &str) -> Lane {
+        let device = Device { external: true, ..Device::PTY_READER };
+        Self::build_inner(tempfile::tempdir().unwrap(), &[], 1500, device, extra_config, true, &[])
+    }
+
     pub fn prepare(reader_args: &[&str], extra_config: &str) -> Lane {
         Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, Device::PTY_READER, extra_config, true, &[])
     }
@@ -306,7 +318,7 @@ impl Lane {
             dir,
             reader_args,
             gateway_timeout_ms,
-            Device { tcp: reader_tcp, zvt: false },
+            Device { tcp: reader_tcp, zvt: false, external: false },
             extra_config,
             gateway_up,
             &[],
@@ -324,7 +336,7 @@ impl Lane {
         gateway_up: bool,
         gateway_args: &[PathBuf],
     ) -> Lane {
-        let Device { tcp: reader_tcp, zvt } = device;
+        let Device { tcp: reader_tcp, zvt, external } = device;
         let mut cmd = Command::new(bin("gateway-sim"));
         cmd.args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--db"]).arg(dir.path().join("ledger.db"));
         cmd.args(gateway_args);
@@ -356,12 +368,15 @@ impl Lane {
             gateway_config: String::new(),
             top_config: String::new(),
             lane_config: String::new(),
+            lane_table: None,
         };
         lane.extra_config = extra_config.to_string();
         if !gateway_up {
             lane.fault("down");
         }
-        lane.start_reader();
+        if !external {
+            lane.start_reader();
+        }
         lane
     }
 
@@ -432,8 +447,7 @@ impl Lane {
         let path = self.dir.path().join("posd.toml");
         let text = format!(
             "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n{top}\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
-             request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\n\
-             reader = {reader}\n{lane}\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
+             request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n{lane_table}{lane}\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
              ageing_interval = \"50ms\"\n{extra}\n",
             state = self.state_dir(),
             gw = match self.gateway_addr.rsplit_once(':') {
@@ -447,18 +461,25 @@ impl Lane {
             ca =
                 self.extra_ca.as_ref().map(|c| format!("ca_file = {c:?}\n")).unwrap_or_default() + &self.gateway_config,
             extra = self.extra_config,
-            reader = match (self.reader_tcp, self.zvt) {
-                (true, false) => format!("{{ tcp = {:?} }}", self.reader_addr),
-                (false, false) => format!("{{ device = {:?} }}", self.reader_link()),
-                (true, true) =>
-                    format!("{{ kind = \"zvt\", tcp = {:?}, t3_ms = 1000, t4_ms = 1500 }}", self.reader_addr),
-                (false, true) => {
-                    format!("{{ kind = \"zvt\", device = {:?}, t3_ms = 1000, t4_ms = 1500 }}", self.reader_link())
-                }
-            },
+            lane_table = self.lane_table.clone().unwrap_or_else(|| format!(
+                "[[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\nreader = {}\n",
+                self.reader_line()
+            )),
         );
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// The `reader = ...` value for the lane's own simulated card device.
+    fn reader_line(&self) -> String {
+        match (self.reader_tcp, self.zvt) {
+            (true, false) => format!("{{ tcp = {:?} }}", self.reader_addr),
+            (false, false) => format!("{{ device = {:?} }}", self.reader_link()),
+            (true, true) => format!("{{ kind = \"zvt\", tcp = {:?}, t3_ms = 1000, t4_ms = 1500 }}", self.reader_addr),
+            (false, true) => {
+                format!("{{ kind = \"zvt\", device = {:?}, t3_ms = 1000, t4_ms = 1500 }}", self.reader_link())
+            }
+        }
     }
 
     pub fn posd_command(&self) -> Command {

@@ -43,10 +43,18 @@ pub struct Config {
     /// (default 15s; keep it well below the unit's TimeoutStopSec=30s).
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Span,
+    /// How long a payment waits for the customer's card before it fails
+    /// with `reader_timeout` (default 120s).
+    #[serde(default = "default_card_timeout")]
+    pub card_timeout: Span,
 }
 
 fn default_stop_timeout() -> Span {
     Span(crate::daemon::DEFAULT_STOP_TIMEOUT)
+}
+
+fn default_card_timeout() -> Span {
+    Span(crate::daemon::DEFAULT_CARD_TIMEOUT)
 }
 
 /// Prometheus metrics.

@@ -35,6 +35,8 @@ pub struct Options {
 
 /// How long a graceful stop waits for payments in progress (`stop_timeout`).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a payment waits for the customer's card (`card_timeout`).
+pub const DEFAULT_CARD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a graceful stop waits for connected clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -73,6 +75,7 @@ fn demo_config(o: &Options) -> Config {
         metrics: Default::default(),
         receipt: crate::config::ReceiptConfig { header: vec!["posd DEMO".into()], ..Default::default() },
         stop_timeout: crate::config::Span(DEFAULT_STOP_TIMEOUT),
+        card_timeout: crate::config::Span(DEFAULT_CARD_TIMEOUT),
     }
 }
 
@@ -201,7 +204,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         EngineSettings {
             store_id: cfg.store_id.clone(),
             demo: o.demo,
-            collect_timeout: Duration::from_secs(120),
+            collect_timeout: cfg.card_timeout.0,
             status_attempts: cfg.gateway.status_attempts,
             status_backoff: Duration::from_millis(500),
             reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),

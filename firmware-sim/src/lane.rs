@@ -1,0 +1,534 @@
+//! One lane in a box: a card device (the native reader or a ZVT terminal)
+//! and a receipt printer, each on a PTY or a TCP port, driven by a scenario
+//! file and by a technician's commands (console or `firmware-sim ctl`),
+//! with every frame written to one transcript.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::line::{FaultyIo, Line, TapIo, linked_pty};
+use crate::printer::{self, Printer, PrinterOptions};
+use crate::reader::{self, Action, CardProfile, Desk, Ended, PinOutcome, ReaderOptions};
+use crate::scenario::{Device, ScenarioFile};
+use crate::transcript::Transcript;
+use crate::zvt::{self, Scenario, Terminal, ZvtOptions};
+
+/// How a device is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Pty,
+    Tcp,
+}
+
+pub struct LaneOptions {
+    /// Links, the transcript, the receipts and the control socket go here.
+    pub dir: PathBuf,
+    pub device: Device,
+    pub card_wire: Wire,
+    /// `None`: no printer.
+    pub printer_wire: Option<Wire>,
+    pub reader: ReaderOptions,
+    pub zvt: ZvtOptions,
+    pub printer_columns: u32,
+    pub lane_id: String,
+    pub currency: String,
+}
+
+/// A plug: the device is connected while it is in.
+struct Plug {
+    tx: watch::Sender<bool>,
+}
+
+impl Plug {
+    fn new() -> Plug {
+        Plug { tx: watch::Sender::new(true) }
+    }
+
+    fn set(&self, plugged: bool) {
+        self.tx.send_replace(plugged);
+    }
+
+    fn is_in(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    async fn wait(&self, plugged: bool) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|p| *p == plugged).await;
+    }
+
+    /// Out now, back in after `d` (unless plugged by hand before).
+    fn out_for(self: &Arc<Self>, d: Duration) {
+        self.set(false);
+        let plug = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            plug.set(true);
+        });
+    }
+}
+
+/// The running lane.
+pub struct SimLane {
+    opts: LaneOptions,
+    desk: Arc<Desk>,
+    terminal: Arc<Terminal>,
+    printer: Option<Arc<Printer>>,
+    card_plug: Arc<Plug>,
+    printer_plug: Arc<Plug>,
+    transcript: Arc<Transcript>,
+    /// Where posd finds the devices (links or addresses), set as they start.
+    card_at: Mutex<String>,
+    printer_at: Mutex<String>,
+}
+
+impl SimLane {
+    /// Starts the devices; returns once every one of them is reachable.
+    pub async fn start(opts: LaneOptions, scenario: Option<&ScenarioFile>) -> anyhow::Result<Arc<SimLane>> {
+        std::fs::create_dir_all(opts.dir.join("receipts"))
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", opts.dir.display()))?;
+        let transcript = Arc::new(Transcript::create(&opts.dir.join("transcript.log"), "lane")?);
+        let desk = Desk::new(opts.reader.customer.clone());
+        let terminal = Terminal::new(opts.zvt.clone(), Scenario::Approve);
+        let printer = opts.printer_wire.map(|_| {
+            Printer::new(PrinterOptions {
+                columns: opts.printer_columns,
+                out: opts.dir.join("receipts"),
+                buffer: 4096,
+                print_rate: None,
+                xon_xoff: false,
+            })
+        });
+        let lane = Arc::new(SimLane {
+            opts,
+            desk,
+            terminal,
+            printer,
+            card_plug: Arc::new(Plug::new()),
+            printer_plug: Arc::new(Plug::new()),
+            transcript,
+            card_at: Mutex::default(),
+            printer_at: Mutex::default(),
+        });
+        if let Some(s) = scenario {
+            lane.apply(s)?;
+        }
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(card_device(lane.clone(), ready_tx));
+        ready_rx.await.map_err(|_| anyhow::anyhow!("the card device did not start"))??;
+        if lane.printer.is_some() {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(printer_device(lane.clone(), ready_tx));
+            ready_rx.await.map_err(|_| anyhow::anyhow!("the printer did not start"))??;
+        }
+        Ok(lane)
+    }
+
+    /// Plans a scenario's payments and sets its printer up.
+    pub fn apply(&self, s: &ScenarioFile) -> anyhow::Result<()> {
+        if s.device != self.opts.device {
+            anyhow::bail!(
+                "the scenario is written for a {:?} card device, this lane has a {:?} one",
+                s.device,
+                self.opts.device
+            );
+        }
+        match s.device {
+            Device::Native => self.desk.plan(s.customers(&self.opts.reader.customer).map_err(anyhow::Error::msg)?),
+            Device::Zvt => self.terminal.plan(s.zvt_plans().map_err(anyhow::Error::msg)?),
+        }
+        let p = &s.printer;
+        let mut commands = Vec::new();
+        if let Some(paper) = &p.paper {
+            commands.push(format!("paper {paper}"));
+        }
+        if let Some(n) = p.paper_out_after_lines {
+            commands.push(format!("paper out-after-lines {n}"));
+        }
+        if p.cover_open {
+            commands.push("cover open".into());
+        }
+        if !commands.is_empty() {
+            let printer = self
+                .printer
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the scenario sets up a printer; start the lane with one"))?;
+            for c in commands {
+                printer.command(&c).map_err(anyhow::Error::msg)?;
+            }
+        }
+        self.transcript.note(&format!("scenario: {}", s.description));
+        Ok(())
+    }
+
+    /// posd's `[[lane]]` table for this lane.
+    pub fn posd_config(&self) -> String {
+        let card_at = self.card_at.lock().unwrap().clone();
+        let place = |wire: Wire, at: &str| match wire {
+            Wire::Pty => format!("device = {at:?}"),
+            Wire::Tcp => format!("tcp = {at:?}"),
+        };
+        let reader = match self.opts.device {
+            Device::Native => format!("{{ {} }}", place(self.opts.card_wire, &card_at)),
+            Device::Zvt => format!(
+                "{{ kind = \"zvt\", {}, password = {} }}",
+                place(self.opts.card_wire, &card_at),
+                zvt_password_digits(&self.opts.zvt)
+            ),
+        };
+        let mut out =
+            format!("[[lane]]\nid = {:?}\ncurrency = {:?}\nreader = {reader}\n", self.opts.lane_id, self.opts.currency);
+        if let Some(wire) = self.opts.printer_wire {
+            out += &format!("printer = {{ {} }}\n", place(wire, &self.printer_at.lock().unwrap()));
+        }
+        out
+    }
+
+    /// One technician command; the answer is the lane's state, or why not.
+    pub fn command(&self, line: &str) -> Result<String, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let native = self.opts.device == Device::Native;
+        let need_native = |what: &str| {
+            if native {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what}: a ZVT terminal reads cards by itself; set its outcome (outcome approve|decline HEX|cancel|...)"
+                ))
+            }
+        };
+        match words.as_slice() {
+            [] | ["status"] => {}
+            ["help"] => return Ok(HELP.trim().replace('\n', "; ")),
+            ["tap"] => {
+                need_native("tap")?;
+                self.desk.act(Action::Tap);
+            }
+            ["cancel"] => {
+                need_native("cancel")?;
+                self.desk.act(Action::Cancel);
+            }
+            ["card", name] => {
+                need_native("card")?;
+                self.desk.pick_card(CardProfile::named(name)?);
+            }
+            ["pin", outcome] => {
+                need_native("pin")?;
+                let o = PinOutcome::parse(outcome)?;
+                self.desk.set_pin(o);
+            }
+            ["manual", on] => {
+                need_native("manual")?;
+                self.desk.set_manual(match *on {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("manual on|off, not {other:?}")),
+                });
+            }
+            ["outcome", rest @ ..] => {
+                if native {
+                    return Err(
+                        "a native reader's outcome comes from the gateway (test amounts); try card or pin".into()
+                    );
+                }
+                self.terminal.command(&format!("scenario {}", rest.join(" ")))?;
+            }
+            ["fault", which] => {
+                let faults = if native { &self.desk.faults } else { &self.terminal.faults };
+                faults.lock().unwrap().arm(which)?;
+            }
+            ["reboot", rest @ ..] => {
+                let ms = match rest {
+                    [] => 3000,
+                    [ms] => ms.parse().map_err(|_| format!("reboot [MS], not {ms:?}"))?,
+                    _ => return Err("reboot [MS]".into()),
+                };
+                if native {
+                    self.desk.act(Action::Reboot(Duration::from_millis(ms)));
+                } else {
+                    self.card_plug.out_for(Duration::from_millis(ms));
+                }
+            }
+            ["unplug", which] | ["plug", which] => {
+                let plugged = words[0] == "plug";
+                match *which {
+                    "reader" | "terminal" | "card" => self.card_plug.set(plugged),
+                    "printer" if self.printer.is_some() => self.printer_plug.set(plugged),
+                    "printer" => return Err("this lane has no printer".into()),
+                    other => return Err(format!("{} reader|printer, not {other:?}", words[0])),
+                }
+            }
+            ["paper", ..] | ["cover", _] | ["drawer", _] | ["offline"] | ["online"] => {
+                self.printer.as_ref().ok_or("this lane has no printer")?.command(line)?;
+            }
+            ["scenario", path] => {
+                let s = ScenarioFile::load(Path::new(path))?;
+                self.apply(&s).map_err(|e| e.to_string())?;
+            }
+            _ => return Err(format!("unknown command {line:?}; try help")),
+        }
+        if !matches!(words.as_slice(), [] | ["status"]) {
+            self.transcript.note(&format!("technician: {}", line.trim()));
+        }
+        Ok(self.status_line())
+    }
+
+    pub fn status_line(&self) -> String {
+        let card = if self.opts.device == Device::Native {
+            self.desk.status_line()
+        } else {
+            format!("terminal {}", self.terminal.status_line())
+        };
+        let plug = |p: &Plug| if p.is_in() { "plugged in" } else { "unplugged" };
+        let mut s = format!("{card}; card device {}", plug(&self.card_plug));
+        if let Some(p) = &self.printer {
+            s += &format!("; printer {}, {}", plug(&self.printer_plug), p.status_line());
+        }
+        s
+    }
+
+    /// Serves technician commands on a Unix socket, one per line, each
+    /// answered with `ok <state>` or `error <why>`.
+    pub async fn serve_control(self: Arc<Self>, listener: tokio::net::UnixListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let lane = self.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match lane.command(&line) {
+                        Ok(state) => format!("ok {state}\n"),
+                        Err(e) => format!("error {e}\n"),
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+pub const HELP: &str = "
+status                       the lane's state
+tap                          present the card now (native reader)
+cancel                       the customer presses cancel (native reader)
+card NAME                    the card of the next payments (visa, visa-apple-pay, mastercard, amex, girocard, ...)
+pin ok|wrong|abandon         how the next PIN entries end (native reader)
+manual on|off                cards only when tapped, or presented by themselves
+outcome WORDS                how the ZVT terminal ends the next sales (approve, decline 05, cancel, offline, ...)
+fault drop-ack|bad-crc|coalesce|silent|none   a fault on the card device's line
+reboot [MS]                  the card device restarts (default 3000 ms)
+unplug reader|printer        pull a plug; plug reader|printer puts it back
+paper ok|near-end|out        the printer's paper; paper out-after-lines N
+cover open|closed            the printer's cover; drawer open|closed
+scenario FILE                plan a scenario file's payments
+";
+
+fn zvt_password_digits(o: &ZvtOptions) -> u32 {
+    o.password.iter().fold(0, |n, b| n * 100 + u32::from(b >> 4) * 10 + u32::from(b & 0x0F))
+}
+
+async fn card_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>) {
+    let name = match lane.opts.device {
+        Device::Native => "reader",
+        Device::Zvt => "terminal",
+    };
+    let link_path = lane.opts.dir.join(name);
+    let mut ready = Some(ready);
+    let mut tcp_addr: Option<std::net::SocketAddr> = None;
+    loop {
+        lane.card_plug.wait(true).await;
+        let io: Box<dyn Io> = match lane.opts.card_wire {
+            Wire::Pty => match linked_pty(&link_path) {
+                Ok(pty) => {
+                    if let Some(r) = ready.take() {
+                        println!(
+                            "firmware-sim lane {name} on {} (device {})",
+                            link_path.display(),
+                            pty.slave_path().display()
+                        );
+                        *lane.card_at.lock().unwrap() = absolute(&link_path);
+                        let _ = r.send(Ok(()));
+                    }
+                    Box::new(pty)
+                }
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e));
+                        return;
+                    }
+                    tracing::error!(error = %e, "lane: cannot plug the card device back in");
+                    return;
+                }
+            },
+            Wire::Tcp => {
+                let bind = tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
+                let listener = match tokio::net::TcpListener::bind(&bind).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(anyhow::anyhow!("cannot listen on {bind}: {e}")));
+                        }
+                        return;
+                    }
+                };
+                let addr = listener.local_addr().expect("bound");
+                tcp_addr = Some(addr);
+                if let Some(r) = ready.take() {
+                    println!("firmware-sim lane {name} listening on {addr}");
+                    *lane.card_at.lock().unwrap() = addr.to_string();
+                    let _ = r.send(Ok(()));
+                }
+                // Unplugged while nobody is connected: stop listening.
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = lane.card_plug.wait(false) => continue,
+                };
+                match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        Box::new(stream)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lane: accept failed");
+                        continue;
+                    }
+                }
+            }
+        };
+        let serial = lane.opts.card_wire == Wire::Pty;
+        let transcript = Some(Arc::new(lane.transcript.device(name)));
+        let ended = match lane.opts.device {
+            Device::Native => {
+                let io = FaultyIo::new(io, lane.desk.faults.clone(), serial).with_transcript(transcript.clone());
+                let link = spawn_link(io, serial);
+                let line = Line::new(link, transcript.map(|t| (t, reader::describe as _)));
+                tokio::select! {
+                    e = reader::serve(line, &lane.opts.reader, &lane.desk) => Some(e),
+                    () = lane.card_plug.wait(false) => None,
+                }
+            }
+            Device::Zvt => {
+                let io = FaultyIo::new(io, lane.terminal.faults.clone(), serial).with_transcript(transcript.clone());
+                let link = spawn_link(io, serial);
+                let line = Line::new(link, transcript.map(|t| (t, zvt::describe as _)));
+                tokio::select! {
+                    reason = zvt::serve(line, lane.terminal.clone()) => {
+                        tracing::warn!(%reason, "lane: the terminal's line ended");
+                        None
+                    }
+                    () = lane.card_plug.wait(false) => None,
+                }
+            }
+        };
+        if lane.opts.card_wire == Wire::Pty {
+            let _ = std::fs::remove_file(&link_path);
+        }
+        match ended {
+            Some(Ended::Unplugged { back_after }) => {
+                lane.transcript.note(&format!("{name} unplugged; back in {back_after:?}"));
+                lane.card_plug.out_for(back_after);
+            }
+            Some(Ended::Line(e)) => tracing::info!(error = %e, "lane: the reader's line ended"),
+            None => {}
+        }
+        if !lane.card_plug.is_in() {
+            lane.transcript.note(&format!("{name} unplugged"));
+            println!("firmware-sim lane {name} unplugged");
+        }
+    }
+}
+
+async fn printer_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>) {
+    let printer = lane.printer.clone().expect("a lane with a printer");
+    let wire = lane.opts.printer_wire.expect("a lane with a printer");
+    let link_path = lane.opts.dir.join("printer");
+    let mut ready = Some(ready);
+    let mut tcp_addr: Option<std::net::SocketAddr> = None;
+    loop {
+        lane.printer_plug.wait(true).await;
+        let io: Box<dyn Io> = match wire {
+            Wire::Pty => match linked_pty(&link_path) {
+                Ok(pty) => {
+                    if let Some(r) = ready.take() {
+                        println!(
+                            "firmware-sim lane printer on {} (device {})",
+                            link_path.display(),
+                            pty.slave_path().display()
+                        );
+                        *lane.printer_at.lock().unwrap() = absolute(&link_path);
+                        let _ = r.send(Ok(()));
+                    }
+                    Box::new(pty)
+                }
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e));
+                    }
+                    return;
+                }
+            },
+            Wire::Tcp => {
+                let bind = tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
+                let Ok(listener) = tokio::net::TcpListener::bind(&bind).await else {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(anyhow::anyhow!("cannot listen on {bind}")));
+                    }
+                    return;
+                };
+                let addr = listener.local_addr().expect("bound");
+                tcp_addr = Some(addr);
+                if let Some(r) = ready.take() {
+                    println!("firmware-sim lane printer listening on {addr}");
+                    *lane.printer_at.lock().unwrap() = addr.to_string();
+                    let _ = r.send(Ok(()));
+                }
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    () = lane.printer_plug.wait(false) => continue,
+                };
+                match accepted {
+                    Ok((stream, _)) => Box::new(stream),
+                    Err(_) => continue,
+                }
+            }
+        };
+        let io = TapIo::new(io, Arc::new(lane.transcript.device("printer")), printer::describe);
+        tokio::select! {
+            r = printer::serve(io, printer.clone()) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "lane: the printer's line failed");
+                }
+            }
+            () = lane.printer_plug.wait(false) => {
+                lane.transcript.note("printer unplugged");
+                println!("firmware-sim lane printer unplugged");
+            }
+        }
+        if wire == Wire::Pty {
+            let _ = std::fs::remove_file(&link_path);
+        }
+    }
+}
+
+/// Any byte stream a device can sit on.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+fn spawn_link<S>(io: S, serial: bool) -> Link
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    if serial { Link::spawn(io, SerialLink::new(SerialTiming::default())) } else { Link::spawn(io, TcpLink::new()) }
+}
+
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
