@@ -85,7 +85,7 @@ impl<S> TapIo<S> {
     fn record(&self, dir: Dir, bytes: &[u8]) {
         if !bytes.is_empty() {
             let d = (self.describe)(dir, bytes);
-            self.transcript.frame(dir, d.blanked.as_deref().unwrap_or(bytes), &d.meaning);
+            self.transcript.frame(dir, d.blanked.as_deref().unwrap_or(bytes), &d.meaning, d.bcd);
         }
     }
 }
@@ -125,11 +125,13 @@ pub struct Described {
     /// The frame as the transcript shows it, when card-data fields had to be
     /// blanked; else the frame itself is shown.
     pub blanked: Option<Vec<u8>>,
+    /// The protocol writes numbers as BCD (see [`Transcript::frame`]).
+    pub bcd: bool,
 }
 
 impl From<String> for Described {
     fn from(meaning: String) -> Self {
-        Described { meaning, blanked: None }
+        Described { meaning, blanked: None, bcd: false }
     }
 }
 
@@ -156,7 +158,7 @@ impl Line {
     fn record(&self, dir: Dir, apdu: &[u8]) {
         if let Some((t, describe)) = &self.transcript {
             let d = describe(dir, apdu);
-            t.frame(dir, d.blanked.as_deref().unwrap_or(apdu), &d.meaning);
+            t.frame(dir, d.blanked.as_deref().unwrap_or(apdu), &d.meaning, d.bcd);
         }
     }
 

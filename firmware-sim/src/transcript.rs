@@ -6,9 +6,11 @@
 //! ```
 //!
 //! with card data redacted before anything is written: tagged card-data
-//! fields are blanked by the device's describer, and any run of 13 or more
-//! digits holding a Luhn-valid 13-19 digit number (in the hex or in the
-//! text) keeps only its first six and last four digits.
+//! fields are blanked by the device's describer; in the bytes, any run of
+//! 13 or more ASCII digits holding a Luhn-valid 13-19 digit number keeps
+//! only its first six and last four digits (the rest become `*`); in the
+//! text, and in the hex of protocols that carry numbers as BCD (ZVT), any
+//! such run of digits is masked the same way.
 
 use std::io::Write;
 use std::path::Path;
@@ -45,14 +47,19 @@ impl Transcript {
     }
 
     /// One frame: its bytes (already stripped of card-data fields by the
-    /// caller where it knows them) and what they mean.
-    pub fn frame(&self, dir: Dir, bytes: &[u8], meaning: &str) {
-        let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+    /// caller where it knows them) and what they mean. `bcd`: the protocol
+    /// writes numbers as BCD, so card numbers can show as digits in the hex.
+    pub fn frame(&self, dir: Dir, bytes: &[u8], meaning: &str, bcd: bool) {
+        let hex: String = redact_bytes(bytes).iter().map(|b| format!("{b:02X}")).collect();
+        let hex = if bcd { redact(&hex) } else { hex };
+        // Spaced by byte: easier to read, and no digit run spans two bytes.
+        let hex =
+            hex.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap_or("??")).collect::<Vec<_>>().join(" ");
         let dir = match dir {
             Dir::In => "in ",
             Dir::Out => "out",
         };
-        self.write(&format!("{dir} {} | {}", redact(&hex), redact(meaning)));
+        self.write(&format!("{dir} {hex} | {}", redact(meaning)));
     }
 
     /// Something that is not a frame: a fault firing, a line ending.
@@ -99,6 +106,27 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// [`redact`] for card numbers written as ASCII digits inside binary data.
+pub fn redact_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        if !out[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < out.len() && out[i].is_ascii_digit() {
+            i += 1;
+        }
+        let run = std::str::from_utf8(&bytes[start..i]).expect("ASCII digits");
+        if run.len() >= 13 && holds_card_number(run) {
+            out[start + 6..i - 4].fill(b'*');
+        }
+    }
+    out
+}
+
 fn holds_card_number(run: &str) -> bool {
     (13..=19.min(run.len())).any(|len| (0..=run.len() - len).any(|at| pos_cardcrypt::luhn_valid(&run[at..at + len])))
 }
@@ -121,6 +149,19 @@ mod tests {
     }
 
     #[test]
+    fn card_numbers_in_ascii_inside_binary_data_are_masked_too() {
+        let mut frame = vec![0x0A, 0x10];
+        frame.extend_from_slice(b"4242424242424242");
+        frame.push(0x12);
+        let out = redact_bytes(&frame);
+        assert_eq!(&out[..2], &[0x0A, 0x10]);
+        assert_eq!(&out[2..18], b"424242******4242");
+        assert_eq!(out[18], 0x12);
+        // Digits that are no card number stay, and so does a short run.
+        assert_eq!(redact_bytes(b"pay_0000000000001"), b"pay_0000000000001");
+    }
+
+    #[test]
     fn lines_carry_time_device_direction_hex_and_meaning() {
         #[derive(Clone, Default)]
         struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -135,14 +176,14 @@ mod tests {
         }
         let sink = Shared::default();
         let t = Transcript::to_writer(Box::new(sink.clone()), "zvt");
-        t.frame(Dir::In, &[0x06, 0x01, 0x00], "Authorization");
+        t.frame(Dir::In, &[0x06, 0x01, 0x00], "Authorization", true);
         t.note("fault: dropping a link-level ACK");
         t.device("printer").note("printer unplugged");
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[2].ends_with(" printer --  printer unplugged"), "{}", lines[2]);
-        assert!(lines[0].ends_with(" zvt     in  060100 | Authorization"), "{}", lines[0]);
+        assert!(lines[0].ends_with(" zvt     in  06 01 00 | Authorization"), "{}", lines[0]);
         assert!(lines[0].starts_with("20") && lines[0].as_bytes()[10] == b'T', "{}", lines[0]);
         assert!(lines[1].ends_with("--  fault: dropping a link-level ACK"), "{}", lines[1]);
     }

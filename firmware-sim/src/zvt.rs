@@ -813,7 +813,7 @@ pub fn describe(_dir: Dir, apdu: &[u8]) -> Described {
         }
         _ => None,
     };
-    Described { meaning, blanked }
+    Described { meaning, blanked, bcd: true }
 }
 
 /// Technician commands, one per line (see [`Terminal::command`]).
@@ -824,6 +824,26 @@ pub async fn control(listener: tokio::net::TcpListener, t: Arc<Terminal>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transcript_never_sees_track_data_and_knows_the_fields() {
+        let fields: Bmps = [
+            Bmp::result_code(0),
+            Bmp::amount(1000),
+            Bmp::masked_pan("424242******4242"),
+            Bmp::new(0x23, vec![0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0xD3, 0x01, 0x22]),
+        ]
+        .into_iter()
+        .collect();
+        let apdu = Message::StatusInformation(fields).encode().unwrap();
+        let d = describe(Dir::Out, &apdu);
+        let shown = d.blanked.expect("track data blanked");
+        assert_eq!(shown.len(), apdu.len());
+        assert!(shown.ends_with(&[0xFF; 11]), "{shown:02X?}");
+        assert!(d.bcd);
+        assert!(d.meaning.contains("result 00") && d.meaning.contains("amount 1000"), "{}", d.meaning);
+        assert!(d.meaning.contains("424242******4242"), "{}", d.meaning);
+    }
 
     #[test]
     fn scenarios_parse() {

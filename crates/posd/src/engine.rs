@@ -1481,7 +1481,7 @@ impl Engine {
         let mut ageing = tokio::time::interval(f.ageing_interval);
         let mut was_online: Option<bool> = None;
         let mut last_recorded = 0i64;
-        let mut readers: HashMap<String, bool> = HashMap::new();
+        let mut readers: HashMap<String, (bool, u64)> = HashMap::new();
         loop {
             tokio::select! {
                 _ = health.tick() => self.gateway.probe().await,
@@ -1519,20 +1519,22 @@ impl Engine {
 
     /// Emits an event when a lane's reader connects or disconnects (the lane
     /// task reopens an unplugged device by itself, with backoff).
-    fn report_readers(&self, seen: &mut HashMap<String, bool>) {
+    /// A disconnect and reconnect between two looks is reported as both.
+    fn report_readers(&self, seen: &mut HashMap<String, (bool, u64)>) {
         for lane in self.lanes.values() {
             let state = lane.reader_state();
-            let before = seen.insert(lane.id.clone(), state.connected);
-            if before.is_some_and(|b| b != state.connected) || (before.is_none() && state.connected) {
-                let (kind, message) = if state.connected {
-                    (
-                        "reader_connected",
-                        format!("card reader {} (firmware {}) connected", state.serial, state.firmware),
-                    )
-                } else {
-                    ("reader_disconnected", format!("card reader on {} disconnected; reopening", lane.line))
-                };
-                self.emit(kind, &lane.id, "", message);
+            let before = seen.insert(lane.id.clone(), (state.connected, state.connections));
+            let (was, flapped) = match before {
+                Some((was, connections)) => (was, state.connections > connections),
+                None => (false, false),
+            };
+            if was && (flapped || !state.connected) {
+                let message = format!("card reader on {} disconnected; reopening", lane.line);
+                self.emit("reader_disconnected", &lane.id, "", message);
+            }
+            if state.connected && (flapped || !was) {
+                let message = format!("card reader {} (firmware {}) connected", state.serial, state.firmware);
+                self.emit("reader_connected", &lane.id, "", message);
             }
         }
     }

@@ -56,6 +56,22 @@ pub struct ReaderState {
     pub firmware: String,
     pub healthy: bool,
     pub detail: String,
+    /// Times the device connected since posd started: a disconnect and
+    /// reconnect between two looks still shows.
+    pub connections: u64,
+}
+
+impl ReaderState {
+    /// The device identified itself (a repeated identification is not a new connection).
+    pub fn connect(&mut self, identified: ReaderState) {
+        let connections = self.connections + u64::from(!self.connected);
+        *self = ReaderState { connected: true, connections, ..identified };
+    }
+
+    /// The line went down, or never came up.
+    pub fn lose(&mut self, detail: String) {
+        *self = ReaderState { detail, connections: self.connections, ..ReaderState::default() };
+    }
 }
 
 type Collector = (String, mpsc::UnboundedSender<ReaderEvent>);
@@ -260,7 +276,7 @@ async fn run(
             }
         };
         tracing::warn!(%lane, %reason, "card reader link down");
-        *state.lock().unwrap() = ReaderState::default();
+        state.lock().unwrap().lose(reason.clone());
         if let Some((_, tx)) = collector.lock().unwrap().take() {
             let _ = tx.send(ReaderEvent::Disconnected(reason));
         }
@@ -275,15 +291,14 @@ fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: 
     let (payment_id, event) = match body {
         reader_message::Body::DeviceInfo(d) => {
             tracing::info!(%lane, serial = %d.serial, firmware = %d.firmware_version, healthy = d.healthy, "card reader identified");
-            let mut s = state.lock().unwrap();
-            *s = ReaderState {
-                connected: true,
+            state.lock().unwrap().connect(ReaderState {
                 serial: scrub(&d.serial),
                 model: scrub(&d.model),
                 firmware: scrub(&d.firmware_version),
                 healthy: d.healthy,
                 detail: scrub(&d.health_detail),
-            };
+                ..ReaderState::default()
+            });
             return;
         }
         reader_message::Body::Progress(p) => {

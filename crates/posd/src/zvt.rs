@@ -201,7 +201,7 @@ async fn run(
                     tracing::warn!(%lane, error = %e, "payment terminal unavailable; retrying");
                     last_error = e.clone();
                 }
-                *state.lock().unwrap() = ReaderState { detail: e.clone(), ..ReaderState::default() };
+                state.lock().unwrap().lose(e.clone());
                 // A command for a terminal that is not there did not start.
                 while let Ok(job) = jobs.try_recv() {
                     let message = format!("the payment terminal is not connected ({e})");
@@ -223,14 +223,12 @@ async fn run(
             continue;
         }
         tracing::info!(%lane, line = %s.line, terminal = %identity, "payment terminal registered");
-        *state.lock().unwrap() = ReaderState {
-            connected: true,
+        state.lock().unwrap().connect(ReaderState {
             serial: identity,
             model: "ZVT payment terminal".into(),
-            firmware: String::new(),
             healthy: true,
-            detail: String::new(),
-        };
+            ..ReaderState::default()
+        });
         let reason = loop {
             tokio::select! {
                 job = jobs.recv() => {
@@ -271,7 +269,7 @@ async fn run(
             }
         };
         tracing::warn!(%lane, %reason, "payment terminal line down");
-        *state.lock().unwrap() = ReaderState { detail: reason, ..ReaderState::default() };
+        state.lock().unwrap().lose(reason);
     }
 }
 
