@@ -89,7 +89,10 @@ pub struct SimLane {
 
 impl SimLane {
     /// Starts the devices; returns once every one of them is reachable.
-    pub async fn start(opts: LaneOptions, scenario: Option<&ScenarioFile>) -> anyhow::Result<Arc<SimLane>> {
+    pub async fn start(mut opts: LaneOptions, scenario: Option<&ScenarioFile>) -> anyhow::Result<Arc<SimLane>> {
+        if let Some(s) = scenario {
+            s.setup.apply(&mut opts.reader, &mut opts.zvt);
+        }
         std::fs::create_dir_all(opts.dir.join("receipts"))
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", opts.dir.display()))?;
         let transcript = Arc::new(Transcript::create(&opts.dir.join("transcript.log"), "lane")?);
@@ -268,6 +271,11 @@ impl SimLane {
             }
             ["scenario", path] => {
                 let s = ScenarioFile::load(Path::new(path))?;
+                if s.setup != Default::default() {
+                    return Err(
+                        "its [setup] applies when the lane starts: run firmware-sim lane --scenario FILE".into()
+                    );
+                }
                 self.apply(&s).map_err(|e| e.to_string())?;
             }
             _ => return Err(format!("unknown command {line:?}; try help")),

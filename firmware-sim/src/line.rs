@@ -248,11 +248,15 @@ impl<S> FaultyIo<S> {
             return Vec::new();
         }
         if !self.serial {
-            if buf == [0x80, 0x00, 0x00] && f.coalesce && self.held.is_empty() {
+            if f.coalesce && self.held.is_empty() && buf.starts_with(&[0x80, 0x00, 0x00]) {
                 f.coalesce = false;
                 self.fired("holding 80 00 back to send it with the next APDU");
-                self.held = buf.to_vec();
-                return Vec::new();
+                if buf.len() == 3 {
+                    self.held = buf.to_vec();
+                    return Vec::new();
+                }
+                // The next APDU is already in this write: one segment as it is.
+                return buf.to_vec();
             }
             let mut out = std::mem::take(&mut self.held);
             out.extend_from_slice(buf);

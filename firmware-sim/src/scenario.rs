@@ -31,6 +31,9 @@ pub struct ScenarioFile {
     /// The payments, in order; later payments follow the lane's defaults.
     #[serde(default, rename = "payment")]
     pub payments: Vec<PaymentStep>,
+    /// How the card device is set up, applied when the lane starts.
+    #[serde(default)]
+    pub setup: DeviceSetup,
     #[serde(default)]
     pub printer: PrinterSetup,
     /// posd's surroundings the scenario needs (for the test runner and the technician).
@@ -74,6 +77,33 @@ pub struct FaultAt {
     pub fault: String,
     /// `disconnect`: when the device is plugged back; `reboot`: how long it takes.
     pub for_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSetup {
+    /// Native reader: false when its encryption keys are missing (card
+    /// results then carry no card data).
+    pub reader_keys: Option<bool>,
+    /// ZVT: false for a terminal that refuses Repeat Receipt (84 83).
+    pub repeat_receipt: Option<bool>,
+    /// ZVT: true for a terminal that keeps a result the register never
+    /// confirmed instead of reversing it.
+    pub keep_unconfirmed: Option<bool>,
+}
+
+impl DeviceSetup {
+    pub fn apply(&self, reader: &mut crate::reader::ReaderOptions, zvt: &mut crate::zvt::ZvtOptions) {
+        if let Some(k) = self.reader_keys {
+            reader.keys_loaded = k;
+        }
+        if let Some(r) = self.repeat_receipt {
+            zvt.repeat_receipt = r;
+        }
+        if let Some(k) = self.keep_unconfirmed {
+            zvt.keep_unconfirmed = k;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -140,9 +170,15 @@ impl ScenarioFile {
         match s.device {
             Device::Native => {
                 s.customers(&Customer::default())?;
+                if s.setup.repeat_receipt.is_some() || s.setup.keep_unconfirmed.is_some() {
+                    return Err("setup.repeat_receipt and setup.keep_unconfirmed are for ZVT terminals".into());
+                }
             }
             Device::Zvt => {
                 s.zvt_plans()?;
+                if s.setup.reader_keys.is_some() {
+                    return Err("setup.reader_keys is for native readers".into());
+                }
             }
         }
         if let Some(p) = &s.printer.paper
@@ -282,6 +318,8 @@ mod tests {
             ("device = \"zvt\"\n[[payment]]\noutcome = \"maybe\"\n", "unknown scenario"),
             ("device = \"zvt\"\n[[payment]]\nfaults = [{ at = \"pin\", fault = \"bad-crc\" }]\n", "armed at \"start\""),
             ("device = \"native\"\n[printer]\npaper = \"wet\"\n", "printer.paper"),
+            ("device = \"native\"\n[setup]\nrepeat_receipt = false\n", "are for ZVT terminals"),
+            ("device = \"zvt\"\n[setup]\nreader_keys = false\n", "for native readers"),
             ("device = \"native\"\ncolour = \"red\"\n", "unknown field"),
         ];
         for (text, want) in bad {
