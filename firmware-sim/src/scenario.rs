@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::reader::{CardProfile, Customer, Fault, PinOutcome, Step};
-use crate::zvt::{Plan, Scenario as ZvtOutcome};
+use crate::zvt::{Plan, Scenario as ZvtOutcome, Step as ZvtStep};
 
 /// The card device a scenario is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,9 +71,10 @@ pub struct PaymentStep {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAt {
-    /// Native reader: `collect`, `pin`, `card` or `result`. ZVT: `start` (armed as the sale begins).
+    /// Native reader: `collect`, `pin`, `card` or `result`. ZVT: `start`,
+    /// `result`, `receipt` or `completion`.
     pub at: String,
-    /// `drop-ack`, `bad-crc`, `silent`, `coalesce` (ZVT on TCP), `disconnect` or `reboot`.
+    /// `drop-ack`, `bad-crc`, `silent`, `coalesce` (ZVT on TCP), `disconnect` or `reboot` (native).
     pub fault: String,
     /// `disconnect`: when the device is plugged back; `reboot`: how long it takes.
     pub for_ms: Option<u64>,
@@ -263,12 +264,16 @@ impl ScenarioFile {
                 let faults = p
                     .faults
                     .iter()
-                    .map(|f| match (f.at.as_str(), f.fault.as_str()) {
-                        ("start", name @ ("drop-ack" | "bad-crc" | "coalesce" | "silent")) => Ok(name.to_string()),
-                        ("start", other) => Err(format!(
-                            "unknown ZVT fault {other:?}; one of drop-ack, bad-crc, coalesce, silent (a dropped line is outcome \"disconnect\" or \"drop-after-result\")"
-                        )),
-                        (other, _) => Err(format!("ZVT faults are armed at \"start\", not {other:?}")),
+                    .map(|f| {
+                        let step = ZvtStep::parse(&f.at)?;
+                        match f.fault.as_str() {
+                            name @ ("drop-ack" | "bad-crc" | "coalesce" | "silent" | "disconnect") => {
+                                Ok((step, name.to_string()))
+                            }
+                            other => Err(format!(
+                                "unknown ZVT fault {other:?}; one of drop-ack, bad-crc, coalesce, silent, disconnect"
+                            )),
+                        }
                     })
                     .collect::<Result<_, String>>()
                     .map_err(at)?;
@@ -316,7 +321,11 @@ mod tests {
             ("device = \"native\"\n[[payment]]\noutcome = \"approve\"\n", "for ZVT terminals"),
             ("device = \"zvt\"\n[[payment]]\ncard = \"visa\"\n", "reads the card itself"),
             ("device = \"zvt\"\n[[payment]]\noutcome = \"maybe\"\n", "unknown scenario"),
-            ("device = \"zvt\"\n[[payment]]\nfaults = [{ at = \"pin\", fault = \"bad-crc\" }]\n", "armed at \"start\""),
+            ("device = \"zvt\"\n[[payment]]\nfaults = [{ at = \"pin\", fault = \"bad-crc\" }]\n", "unknown ZVT step"),
+            (
+                "device = \"zvt\"\n[[payment]]\nfaults = [{ at = \"result\", fault = \"reboot\" }]\n",
+                "unknown ZVT fault",
+            ),
             ("device = \"native\"\n[printer]\npaper = \"wet\"\n", "printer.paper"),
             ("device = \"native\"\n[setup]\nrepeat_receipt = false\n", "are for ZVT terminals"),
             ("device = \"zvt\"\n[setup]\nreader_keys = false\n", "for native readers"),

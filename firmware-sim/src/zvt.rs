@@ -149,12 +149,37 @@ struct State {
     batch_start: usize,
 }
 
-/// One sale as a scenario file describes it: how it ends and the line
-/// faults armed as it starts.
+/// Named moments of a sale at which a fault can be armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The register's Authorization arrived.
+    Start,
+    /// The result (04 0F) is about to go out.
+    Result,
+    /// The receipt is about to go out (after the register confirmed the result).
+    Receipt,
+    /// The Completion (06 0F) is about to go out.
+    Completion,
+}
+
+impl Step {
+    pub fn parse(s: &str) -> Result<Step, String> {
+        match s {
+            "start" => Ok(Step::Start),
+            "result" => Ok(Step::Result),
+            "receipt" => Ok(Step::Receipt),
+            "completion" => Ok(Step::Completion),
+            other => Err(format!("unknown ZVT step {other:?}; one of start, result, receipt, completion")),
+        }
+    }
+}
+
+/// One sale as a scenario file describes it: how it ends, and faults at
+/// named steps (a line fault's name, or `disconnect`: the line drops there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub outcome: Scenario,
-    pub faults: Vec<String>,
+    pub faults: Vec<(Step, String)>,
 }
 
 pub struct Terminal {
@@ -162,6 +187,8 @@ pub struct Terminal {
     scenario: Mutex<Scenario>,
     /// The next sales, in order; then `scenario` for every later one.
     planned: Mutex<std::collections::VecDeque<Plan>>,
+    /// The running sale's faults still to fire.
+    armed: Mutex<Vec<(Step, String)>>,
     state: Mutex<State>,
     pub faults: Arc<Mutex<LineFaults>>,
 }
@@ -200,6 +227,7 @@ impl Terminal {
             opts,
             scenario: Mutex::new(scenario),
             planned: Mutex::default(),
+            armed: Mutex::default(),
             state: Mutex::new(state),
             faults: Arc::new(Mutex::new(LineFaults::default())),
         })
@@ -214,21 +242,38 @@ impl Terminal {
         *self.planned.lock().unwrap() = plans.into();
     }
 
-    /// How this transaction ends: a sale takes the next plan (arming its
+    /// How this transaction ends: a sale takes the next plan (and its
     /// faults) when there is one.
     fn outcome_of(&self, kind: Kind) -> Scenario {
         if kind == Kind::Sale
             && let Some(plan) = self.planned.lock().unwrap().pop_front()
         {
-            let mut faults = self.faults.lock().unwrap();
-            for f in &plan.faults {
-                if let Err(e) = faults.arm(f) {
-                    tracing::warn!(error = %e, "zvt: planned fault ignored");
-                }
-            }
+            *self.armed.lock().unwrap() = plan.faults;
             return plan.outcome;
         }
+        self.armed.lock().unwrap().clear();
         self.scenario()
+    }
+
+    /// Arms the running sale's faults for `step`; `Err` when the line drops here.
+    fn at(&self, link: &Line, step: Step) -> Result<(), Stop> {
+        let due: Vec<String> = {
+            let mut armed = self.armed.lock().unwrap();
+            let (due, rest) = armed.drain(..).partition(|(s, _)| *s == step);
+            *armed = rest;
+            due.into_iter().map(|(_, f)| f).collect()
+        };
+        for f in due {
+            tracing::warn!(?step, fault = %f, "zvt: scenario fault");
+            link.note(&format!("scenario fault at {step:?}: {f}"));
+            if f == "disconnect" {
+                return Err(Stop::Disconnect);
+            }
+            if let Err(e) = self.faults.lock().unwrap().arm(&f) {
+                tracing::warn!(error = %e, "zvt: planned fault ignored");
+            }
+        }
+        Ok(())
     }
 
     pub fn journal(&self) -> Vec<Txn> {
@@ -453,6 +498,7 @@ async fn register(link: &mut Line, t: &Terminal, r: Registration) -> Result<(), 
 /// A sale or refund: card, PIN, host, result, receipts, completion.
 async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> Result<(), Stop> {
     let scenario = t.outcome_of(kind);
+    t.at(link, Step::Start)?;
     if scenario == Scenario::Busy {
         // A planned busy sale: refused like every command of a busy terminal.
         send(link, Message::Nak(0xA0)).await?;
@@ -497,6 +543,8 @@ async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> 
     send_for_ack(link, t, intermediate(0x01)).await?;
     pause(link, t.opts.step).await?;
     send_for_ack(link, t, intermediate(0x04)).await?;
+    // A line dropped here drops before the result: nothing was booked.
+    t.at(link, Step::Result)?;
     let rc = match scenario {
         Scenario::Decline(rc) => rc,
         _ => 0x00,
@@ -558,7 +606,9 @@ async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> 
     if rc == 0 {
         t.state.lock().unwrap().journal.push(txn.clone());
     }
+    t.at(link, Step::Receipt)?;
     send_receipts(link, t, &receipt_lines(t, &txn, rc)).await?;
+    t.at(link, Step::Completion)?;
     if rc == 0 {
         send_for_ack(link, t, completion()).await?;
     } else {
