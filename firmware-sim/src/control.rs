@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Serves `listener` until it fails; `answer` turns a command into the reply line.
 pub async fn serve<T, F>(listener: tokio::net::TcpListener, device: Arc<T>, answer: F)
@@ -15,18 +15,26 @@ where
     loop {
         let Ok((stream, _)) = listener.accept().await else { return };
         let device = device.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let reply = match answer(&device, &line) {
-                    Ok(state) => format!("ok {state}\n"),
-                    Err(e) => format!("error {e}\n"),
-                };
-                if w.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(answer_lines(stream, move |line| answer(&device, line)));
+    }
+}
+
+/// Answers one connection's commands, a reply line each (`ok <state>` or
+/// `error <why>`), until it closes.
+pub async fn answer_lines<S, F>(stream: S, answer: F)
+where
+    S: AsyncRead + AsyncWrite,
+    F: Fn(&str) -> Result<String, String>,
+{
+    let (r, mut w) = tokio::io::split(stream);
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = match answer(&line) {
+            Ok(state) => format!("ok {state}\n"),
+            Err(e) => format!("error {e}\n"),
+        };
+        if w.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
     }
 }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::line::{FaultyIo, Line, TapIo, linked_pty};
@@ -306,19 +305,7 @@ impl SimLane {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let lane = self.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = tokio::io::BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply = match lane.command(&line) {
-                        Ok(state) => format!("ok {state}\n"),
-                        Err(e) => format!("error {e}\n"),
-                    };
-                    if w.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(crate::control::answer_lines(stream, move |line| lane.command(line)));
         }
     }
 }
@@ -343,81 +330,110 @@ fn zvt_password_digits(o: &ZvtOptions) -> u32 {
     o.password.iter().fold(0, |n, b| n * 100 + u32::from(b >> 4) * 10 + u32::from(b & 0x0F))
 }
 
-async fn card_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>) {
+/// Where one device plugs in: a PTY behind a symlink in the lane's
+/// directory, or a TCP port (the same one each time it is plugged back).
+struct Socket {
+    name: &'static str,
+    wire: Wire,
+    link_path: PathBuf,
+    tcp_addr: Option<std::net::SocketAddr>,
+    /// Told once the device is first reachable (or cannot be).
+    ready: Option<Ready>,
+}
+
+type Ready = tokio::sync::oneshot::Sender<anyhow::Result<()>>;
+
+impl Socket {
+    fn new(name: &'static str, wire: Wire, dir: &Path, ready: Ready) -> Socket {
+        Socket { name, wire, link_path: dir.join(name), tcp_addr: None, ready: Some(ready) }
+    }
+
+    /// Waits until the device is plugged in and, on TCP, posd has connected;
+    /// `None` when it cannot be plugged in.
+    async fn connect(&mut self, plug: &Plug, posd_at: &Mutex<String>) -> Option<Box<dyn Io>> {
+        loop {
+            plug.wait(true).await;
+            match self.wire {
+                Wire::Pty => {
+                    return match linked_pty(&self.link_path) {
+                        Ok(pty) => {
+                            let place =
+                                format!("on {} (device {})", self.link_path.display(), pty.slave_path().display());
+                            self.announce(&place, absolute(&self.link_path), posd_at);
+                            Some(Box::new(pty))
+                        }
+                        Err(e) => {
+                            self.fail(e);
+                            None
+                        }
+                    };
+                }
+                Wire::Tcp => {
+                    let bind = self.tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
+                    let listener = match tokio::net::TcpListener::bind(&bind).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            self.fail(anyhow::anyhow!("cannot listen on {bind}: {e}"));
+                            return None;
+                        }
+                    };
+                    let addr = listener.local_addr().expect("a bound listener has an address");
+                    self.tcp_addr = Some(addr);
+                    self.announce(&format!("listening on {addr}"), addr.to_string(), posd_at);
+                    // Unplugged while nobody is connected: stop listening.
+                    tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => {
+                                let _ = stream.set_nodelay(true);
+                                return Some(Box::new(stream));
+                            }
+                            Err(e) => tracing::warn!(device = self.name, error = %e, "lane: accept failed"),
+                        },
+                        () = plug.wait(false) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn announce(&mut self, place: &str, for_posd: String, posd_at: &Mutex<String>) {
+        if let Some(ready) = self.ready.take() {
+            println!("firmware-sim lane {} {place}", self.name);
+            *posd_at.lock().unwrap() = for_posd;
+            let _ = ready.send(Ok(()));
+        }
+    }
+
+    fn fail(&mut self, e: anyhow::Error) {
+        match self.ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Err(e));
+            }
+            None => tracing::error!(device = self.name, error = %e, "lane: cannot plug the device back in"),
+        }
+    }
+
+    /// The device's line is gone: so is its link.
+    fn disconnected(&self) {
+        if self.wire == Wire::Pty {
+            let _ = std::fs::remove_file(&self.link_path);
+        }
+    }
+}
+
+async fn card_device(lane: Arc<SimLane>, ready: Ready) {
     let name = match lane.opts.device {
         Device::Native => "reader",
         Device::Zvt => "terminal",
     };
-    let link_path = lane.opts.dir.join(name);
-    let mut ready = Some(ready);
-    let mut tcp_addr: Option<std::net::SocketAddr> = None;
-    loop {
-        lane.card_plug.wait(true).await;
-        let io: Box<dyn Io> = match lane.opts.card_wire {
-            Wire::Pty => match linked_pty(&link_path) {
-                Ok(pty) => {
-                    if let Some(r) = ready.take() {
-                        println!(
-                            "firmware-sim lane {name} on {} (device {})",
-                            link_path.display(),
-                            pty.slave_path().display()
-                        );
-                        *lane.card_at.lock().unwrap() = absolute(&link_path);
-                        let _ = r.send(Ok(()));
-                    }
-                    Box::new(pty)
-                }
-                Err(e) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Err(e));
-                        return;
-                    }
-                    tracing::error!(error = %e, "lane: cannot plug the card device back in");
-                    return;
-                }
-            },
-            Wire::Tcp => {
-                let bind = tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
-                let listener = match tokio::net::TcpListener::bind(&bind).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Err(anyhow::anyhow!("cannot listen on {bind}: {e}")));
-                        }
-                        return;
-                    }
-                };
-                let addr = listener.local_addr().expect("bound");
-                tcp_addr = Some(addr);
-                if let Some(r) = ready.take() {
-                    println!("firmware-sim lane {name} listening on {addr}");
-                    *lane.card_at.lock().unwrap() = addr.to_string();
-                    let _ = r.send(Ok(()));
-                }
-                // Unplugged while nobody is connected: stop listening.
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    () = lane.card_plug.wait(false) => continue,
-                };
-                match accepted {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        Box::new(stream)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lane: accept failed");
-                        continue;
-                    }
-                }
-            }
-        };
+    let mut socket = Socket::new(name, lane.opts.card_wire, &lane.opts.dir, ready);
+    while let Some(io) = socket.connect(&lane.card_plug, &lane.card_at).await {
         let serial = lane.opts.card_wire == Wire::Pty;
         let transcript = Some(Arc::new(lane.transcript.device(name)));
         let ended = match lane.opts.device {
             Device::Native => {
                 let io = FaultyIo::new(io, lane.desk.faults.clone(), serial).with_transcript(transcript.clone());
-                let link = spawn_link(io, serial);
-                let line = Line::new(link, transcript.map(|t| (t, reader::describe as _)));
+                let line = Line::new(spawn_link(io, serial), transcript.map(|t| (t, reader::describe as _)));
                 tokio::select! {
                     e = reader::serve(line, &lane.opts.reader, &lane.desk) => Some(e),
                     () = lane.card_plug.wait(false) => None,
@@ -425,8 +441,7 @@ async fn card_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<any
             }
             Device::Zvt => {
                 let io = FaultyIo::new(io, lane.terminal.faults.clone(), serial).with_transcript(transcript.clone());
-                let link = spawn_link(io, serial);
-                let line = Line::new(link, transcript.map(|t| (t, zvt::describe as _)));
+                let line = Line::new(spawn_link(io, serial), transcript.map(|t| (t, zvt::describe as _)));
                 tokio::select! {
                     reason = zvt::serve(line, lane.terminal.clone()) => {
                         tracing::warn!(%reason, "lane: the terminal's line ended");
@@ -436,9 +451,7 @@ async fn card_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<any
                 }
             }
         };
-        if lane.opts.card_wire == Wire::Pty {
-            let _ = std::fs::remove_file(&link_path);
-        }
+        socket.disconnected();
         match ended {
             Some(Ended::Unplugged { back_after }) => {
                 lane.transcript.note(&format!("{name} unplugged; back in {back_after:?}"));
@@ -454,60 +467,11 @@ async fn card_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<any
     }
 }
 
-async fn printer_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>) {
+async fn printer_device(lane: Arc<SimLane>, ready: Ready) {
     let printer = lane.printer.clone().expect("a lane with a printer");
     let wire = lane.opts.printer_wire.expect("a lane with a printer");
-    let link_path = lane.opts.dir.join("printer");
-    let mut ready = Some(ready);
-    let mut tcp_addr: Option<std::net::SocketAddr> = None;
-    loop {
-        lane.printer_plug.wait(true).await;
-        let io: Box<dyn Io> = match wire {
-            Wire::Pty => match linked_pty(&link_path) {
-                Ok(pty) => {
-                    if let Some(r) = ready.take() {
-                        println!(
-                            "firmware-sim lane printer on {} (device {})",
-                            link_path.display(),
-                            pty.slave_path().display()
-                        );
-                        *lane.printer_at.lock().unwrap() = absolute(&link_path);
-                        let _ = r.send(Ok(()));
-                    }
-                    Box::new(pty)
-                }
-                Err(e) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Err(e));
-                    }
-                    return;
-                }
-            },
-            Wire::Tcp => {
-                let bind = tcp_addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
-                let Ok(listener) = tokio::net::TcpListener::bind(&bind).await else {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Err(anyhow::anyhow!("cannot listen on {bind}")));
-                    }
-                    return;
-                };
-                let addr = listener.local_addr().expect("bound");
-                tcp_addr = Some(addr);
-                if let Some(r) = ready.take() {
-                    println!("firmware-sim lane printer listening on {addr}");
-                    *lane.printer_at.lock().unwrap() = addr.to_string();
-                    let _ = r.send(Ok(()));
-                }
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    () = lane.printer_plug.wait(false) => continue,
-                };
-                match accepted {
-                    Ok((stream, _)) => Box::new(stream),
-                    Err(_) => continue,
-                }
-            }
-        };
+    let mut socket = Socket::new("printer", wire, &lane.opts.dir, ready);
+    while let Some(io) = socket.connect(&lane.printer_plug, &lane.printer_at).await {
         let io = TapIo::new(io, Arc::new(lane.transcript.device("printer")), printer::describe);
         tokio::select! {
             r = printer::serve(io, printer.clone()) => {
@@ -520,9 +484,7 @@ async fn printer_device(lane: Arc<SimLane>, ready: tokio::sync::oneshot::Sender<
                 println!("firmware-sim lane printer unplugged");
             }
         }
-        if wire == Wire::Pty {
-            let _ = std::fs::remove_file(&link_path);
-        }
+        socket.disconnected();
     }
 }
 

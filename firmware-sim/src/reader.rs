@@ -256,6 +256,8 @@ pub struct Desk {
 struct DeskState {
     planned: VecDeque<Customer>,
     standing: Customer,
+    /// How long customers take to present the card when not waiting for a tap.
+    present_after: Duration,
     actions: VecDeque<Action>,
     payments: u64,
     doing: String,
@@ -266,6 +268,7 @@ impl Desk {
         Arc::new(Desk {
             state: Mutex::new(DeskState {
                 planned: VecDeque::new(),
+                present_after: standing.present_after.unwrap_or(Duration::from_millis(1500)),
                 standing,
                 actions: VecDeque::new(),
                 payments: 0,
@@ -293,7 +296,7 @@ impl Desk {
     /// Later payments wait for `tap` (true) or present the card by themselves.
     pub fn set_manual(&self, manual: bool) {
         let mut s = self.state.lock().unwrap();
-        s.standing.present_after = if manual { None } else { Some(Duration::from_millis(1500)) };
+        s.standing.present_after = if manual { None } else { Some(s.present_after) };
     }
 
     /// How later PIN entries end.

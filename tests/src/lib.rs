@@ -93,6 +93,25 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a firmware-sim reader (no customer delays) on a PTY in `dir` for
+/// each of the lanes `lane-2` to `lane-{last}`; returns them with posd's
+/// `[[lane]]` tables for them, each ending with `lane_extra`.
+pub fn more_reader_lanes(dir: &Path, last: usize, lane_extra: &str) -> (Vec<Proc>, String) {
+    let mut readers = Vec::new();
+    let mut tables = String::new();
+    for i in 2..=last {
+        let link = dir.join(format!("reader-{i}"));
+        let mut cmd = Command::new(bin("firmware-sim"));
+        cmd.arg("reader").arg("--pty-link").arg(&link).args(["--present-delay-ms", "0", "--pin-delay-ms", "0"]);
+        let (p, _) = Proc::start(cmd, &dir.join(format!("reader-{i}.log")), "firmware-sim reader on ");
+        readers.push(p);
+        tables += &format!(
+            "[[lane]]\nid = \"lane-{i}\"\ncurrency = \"EUR\"\nreader = {{ device = {link:?} }}\n{lane_extra}\n"
+        );
+    }
+    (readers, tables)
+}
+
 /// Sends one command to a simulator's control port and returns its answer,
 /// which must be `ok ...`.
 pub fn control(addr: &str, command: &str) -> String {

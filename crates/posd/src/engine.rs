@@ -1519,22 +1519,28 @@ impl Engine {
 
     /// Emits an event when a lane's reader connects or disconnects (the lane
     /// task reopens an unplugged device by itself, with backoff).
-    /// A disconnect and reconnect between two looks is reported as both.
+    /// Every connection and disconnection since the last look is reported,
+    /// in order, however long ago it happened (a reader that came and went
+    /// between two looks, or before the first).
     fn report_readers(&self, seen: &mut HashMap<String, (bool, u64)>) {
         for lane in self.lanes.values() {
             let state = lane.reader_state();
-            let before = seen.insert(lane.id.clone(), (state.connected, state.connections));
-            let (was, flapped) = match before {
-                Some((was, connections)) => (was, state.connections > connections),
-                None => (false, false),
-            };
-            if was && (flapped || !state.connected) {
+            let (was, before) =
+                seen.insert(lane.id.clone(), (state.connected, state.connections)).unwrap_or((false, 0));
+            let new = state.connections.saturating_sub(before);
+            let disconnected = || {
                 let message = format!("card reader on {} disconnected; reopening", lane.line);
                 self.emit("reader_disconnected", &lane.id, "", message);
+            };
+            if was && (new > 0 || !state.connected) {
+                disconnected();
             }
-            if state.connected && (flapped || !was) {
+            for i in 0..new {
                 let message = format!("card reader {} (firmware {}) connected", state.serial, state.firmware);
                 self.emit("reader_connected", &lane.id, "", message);
+                if i + 1 < new || !state.connected {
+                    disconnected();
+                }
             }
         }
     }

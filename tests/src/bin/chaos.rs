@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use pos_proto::terminal as pb;
 use pos_proto::terminal::payment_terminal_client::PaymentTerminalClient;
-use posd_e2e::{Lane, Proc, bin, card_numbers};
+use posd_e2e::{Lane, Proc, bin, card_numbers, more_reader_lanes};
 use tonic::transport::Channel;
 
 /// A small deterministic generator (xorshift64*), so a seed replays the
@@ -118,18 +118,7 @@ async fn main() -> ExitCode {
     let mut lane = Lane::prepare(&[], "");
     lane.lane_config = format!("{OFFLINE_LIMITS}\n");
     let dir = lane.dir.path().to_path_buf();
-    let mut devices: Vec<Proc> = Vec::new();
-    let mut extra = String::new();
-    for i in 2..=o.lanes {
-        let link = dir.join(format!("reader-{i}"));
-        let mut cmd = Command::new(bin("firmware-sim"));
-        cmd.arg("reader").arg("--pty-link").arg(&link).args(["--present-delay-ms", "0", "--pin-delay-ms", "0"]);
-        let (p, _) = Proc::start(cmd, &dir.join(format!("reader-{i}.log")), "firmware-sim reader on ");
-        devices.push(p);
-        extra += &format!(
-            "[[lane]]\nid = \"lane-{i}\"\ncurrency = \"EUR\"\nreader = {{ device = {link:?} }}\n{OFFLINE_LIMITS}\n"
-        );
-    }
+    let (mut devices, mut extra) = more_reader_lanes(&dir, o.lanes as usize, OFFLINE_LIMITS);
     let zvt_link = dir.join("zvt-link");
     let mut cmd = Command::new(bin("firmware-sim"));
     cmd.arg("zvt").arg("--pty-link").arg(&zvt_link);

@@ -13,14 +13,14 @@
 //! hold exactly one charge per payment, or (runs of 10,000 payments or more)
 //! memory or descriptors grow.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pos_proto::terminal as pb;
 use posd_e2e::measure::{open_fds, quantile, rss_kib, start_until_ready, terminate};
-use posd_e2e::{Lane, Proc, bin, final_payment, request, status};
+use posd_e2e::{Lane, final_payment, more_reader_lanes, request, status};
 
 /// Below this many payments a run has no steady state worth judging.
 const JUDGED_FROM: usize = 10_000;
@@ -68,17 +68,8 @@ async fn main() -> ExitCode {
     let mut lane = Lane::prepare(&[], "");
     lane.posd_env = vec![("RUST_LOG".into(), "info".into())];
     let dir = lane.dir.path().to_path_buf();
-    let mut readers: Vec<Proc> = Vec::new();
-    let mut extra = String::new();
-    for i in 2..=o.lanes {
-        let link = dir.join(format!("reader-{i}"));
-        let mut cmd = Command::new(bin("firmware-sim"));
-        cmd.arg("reader").arg("--pty-link").arg(&link).args(["--present-delay-ms", "0", "--pin-delay-ms", "0"]);
-        let (p, _) = Proc::start(cmd, &dir.join(format!("reader-{i}.log")), "firmware-sim reader on ");
-        readers.push(p);
-        extra += &format!("[[lane]]\nid = \"lane-{i}\"\ncurrency = \"EUR\"\nreader = {{ device = {link:?} }}\n");
-    }
-    lane.extra_config = extra;
+    let (readers, tables) = more_reader_lanes(&dir, o.lanes, "");
+    lane.extra_config = tables;
     lane.start_posd();
     lane.ready().await;
     let pid = lane.posd_pid();
