@@ -615,6 +615,10 @@ impl Config {
                 p.line(&lane.id)?;
             }
         }
+        let card = self.card_timeout.0;
+        if card < Duration::from_secs(1) || card > Duration::from_secs(600) {
+            anyhow::bail!("card_timeout must be 1s to 10min (how long a payment waits for the card), not {card:?}");
+        }
         let o = &self.offline;
         if !(o.alert_after.0 <= o.stop_after.0 && o.stop_after.0 <= o.expire_after.0) {
             anyhow::bail!("[offline]: alert_after <= stop_after <= expire_after must hold");
@@ -836,6 +840,15 @@ mod tests {
         let cfg: Config = toml::from_str(text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.gateway.request_timeout_ms, 30_000);
+        assert_eq!(cfg.card_timeout.0, Duration::from_secs(120));
+        for (timeout, ok) in [("\"3s\"", true), ("\"0s\"", false), ("\"1h\"", false)] {
+            let with = format!("card_timeout = {timeout}\n{text}");
+            let r = toml::from_str::<Config>(&with).unwrap().validate();
+            assert_eq!(r.is_ok(), ok, "{timeout}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("card_timeout must be 1s to 10min"), "{e}");
+            }
+        }
         let bad = text.replace("[gateway]", "[gateway]\nretries = 5");
         let err = toml::from_str::<Config>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `retries`"), "{err}");
