@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
 use tokio::sync::watch;
 
-use crate::line::{FaultyIo, Line, TapIo, linked_pty};
+use crate::line::{Line, TapIo, linked_pty};
 use crate::printer::{self, Printer, PrinterOptions};
 use crate::reader::{self, Action, CardProfile, Desk, Ended, PinOutcome, ReaderOptions};
 use crate::scenario::{Device, ScenarioFile};
@@ -180,7 +179,7 @@ impl SimLane {
             Device::Zvt => format!(
                 "{{ kind = \"zvt\", {}, password = {} }}",
                 place(self.opts.card_wire, &card_at),
-                zvt_password_digits(&self.opts.zvt)
+                pos_zvt::bcd::decode(&self.opts.zvt.password).unwrap_or_default()
             ),
         };
         let mut out =
@@ -326,10 +325,6 @@ cover open|closed            the printer's cover; drawer open|closed
 scenario FILE                plan a scenario file's payments
 ";
 
-fn zvt_password_digits(o: &ZvtOptions) -> u32 {
-    o.password.iter().fold(0, |n, b| n * 100 + u32::from(b >> 4) * 10 + u32::from(b & 0x0F))
-}
-
 /// Where one device plugs in: a PTY behind a symlink in the lane's
 /// directory, or a TCP port (the same one each time it is plugged back).
 struct Socket {
@@ -432,16 +427,14 @@ async fn card_device(lane: Arc<SimLane>, ready: Ready) {
         let transcript = Some(Arc::new(lane.transcript.device(name)));
         let ended = match lane.opts.device {
             Device::Native => {
-                let io = FaultyIo::new(io, lane.desk.faults.clone(), serial).with_transcript(transcript.clone());
-                let line = Line::new(spawn_link(io, serial), transcript.map(|t| (t, reader::describe as _)));
+                let line = Line::open(io, lane.desk.faults.clone(), serial, transcript, reader::describe);
                 tokio::select! {
                     e = reader::serve(line, &lane.opts.reader, &lane.desk) => Some(e),
                     () = lane.card_plug.wait(false) => None,
                 }
             }
             Device::Zvt => {
-                let io = FaultyIo::new(io, lane.terminal.faults.clone(), serial).with_transcript(transcript.clone());
-                let line = Line::new(spawn_link(io, serial), transcript.map(|t| (t, zvt::describe as _)));
+                let line = Line::open(io, lane.terminal.faults.clone(), serial, transcript, zvt::describe);
                 tokio::select! {
                     reason = zvt::serve(line, lane.terminal.clone()) => {
                         tracing::warn!(%reason, "lane: the terminal's line ended");
@@ -491,13 +484,6 @@ async fn printer_device(lane: Arc<SimLane>, ready: Ready) {
 /// Any byte stream a device can sit on.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-fn spawn_link<S>(io: S, serial: bool) -> Link
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    if serial { Link::spawn(io, SerialLink::new(SerialTiming::default())) } else { Link::spawn(io, TcpLink::new()) }
-}
 
 fn absolute(p: &Path) -> String {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()

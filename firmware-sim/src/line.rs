@@ -150,6 +150,28 @@ impl Line {
         Line { link, transcript }
     }
 
+    /// A device's line over `io`: its faults applied (and noted in the
+    /// transcript when they fire), serial framing or bare TCP APDUs, and
+    /// every frame written down as `describe` tells it.
+    pub fn open<S>(
+        io: S,
+        faults: Arc<Mutex<LineFaults>>,
+        serial: bool,
+        transcript: Option<Arc<Transcript>>,
+        describe: Describer,
+    ) -> Line
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = FaultyIo::new(io, faults, serial).with_transcript(transcript.clone());
+        let link = if serial {
+            Link::spawn(io, pos_link::SerialLink::new(pos_link::SerialTiming::default()))
+        } else {
+            Link::spawn(io, pos_link::TcpLink::new())
+        };
+        Line::new(link, transcript.map(|t| (t, describe)))
+    }
+
     /// A line nobody writes down.
     pub fn plain(link: Link) -> Line {
         Line { link, transcript: None }

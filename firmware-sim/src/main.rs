@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use firmware_sim::line::{FaultyIo, Line, linked_pty};
+use firmware_sim::line::{Line, linked_pty};
 use firmware_sim::reader::{self, CardProfile, Customer, Desk, Fault, ReaderOptions, Step};
 use firmware_sim::transcript::Transcript;
 use pos_cardcrypt::BaseKey;
-use pos_link::{Link, SerialLink, SerialTiming, TcpLink};
 use pos_proto::reader::{EntryMode, Verification, Wallet};
 
 #[derive(Parser)]
@@ -399,13 +398,12 @@ fn transcript(path: &Option<PathBuf>, device: &'static str) -> anyhow::Result<Op
 
 async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
     let opts = options(&args)?;
-    let transcript = transcript(&args.transcript, "reader")?.map(|t| (t, reader::describe as _));
+    let transcript = transcript(&args.transcript, "reader")?;
     let desk = Desk::new(opts.customer.clone());
     if let Some(link_path) = &args.pty_link {
         let pty = linked_pty(link_path)?;
         println!("firmware-sim reader on {} (device {})", link_path.display(), pty.slave_path().display());
-        let io = FaultyIo::new(pty, desk.faults.clone(), true);
-        let line = Line::new(Link::spawn(io, SerialLink::new(SerialTiming::default())), transcript);
+        let line = Line::open(pty, desk.faults.clone(), true, transcript, reader::describe);
         let reason = reader::serve(line, &opts, &desk).await;
         let _ = std::fs::remove_file(link_path);
         anyhow::bail!("link ended: {reason}");
@@ -420,8 +418,7 @@ async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
         tracing::info!(%peer, "reader: host connected");
         let (opts, desk, transcript) = (opts.clone(), desk.clone(), transcript.clone());
         tokio::spawn(async move {
-            let io = FaultyIo::new(stream, desk.faults.clone(), false);
-            let line = Line::new(Link::spawn(io, TcpLink::new()), transcript);
+            let line = Line::open(stream, desk.faults.clone(), false, transcript, reader::describe);
             let reason = reader::serve(line, &opts, &desk).await;
             tracing::info!(%peer, %reason, "reader: host disconnected");
         });
@@ -431,7 +428,6 @@ async fn run_reader(args: ReaderArgs) -> anyhow::Result<()> {
 async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
     use firmware_sim::zvt::{self, Receipts, Scenario, Terminal, ZvtOptions};
     let transcript = transcript(&args.transcript, "zvt")?;
-    let traced = |link| Line::new(link, transcript.clone().map(|t| (t, zvt::describe as _)));
     let words: Vec<&str> = args.scenario.iter().map(String::as_str).collect();
     let scenario = Scenario::parse(&words).map_err(|e| anyhow::anyhow!("--scenario: {e}"))?;
     let password = pos_zvt::message::password(args.password)
@@ -467,9 +463,8 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
             // as a USB-serial adapter does when replugged.
             let pty = linked_pty(link_path)?;
             println!("firmware-sim zvt on {} (device {})", link_path.display(), pty.slave_path().display());
-            let io = FaultyIo::new(pty, terminal.faults.clone(), true).with_transcript(transcript.clone());
-            let reason =
-                zvt::serve(traced(Link::spawn(io, SerialLink::new(SerialTiming::default()))), terminal.clone()).await;
+            let line = Line::open(pty, terminal.faults.clone(), true, transcript.clone(), zvt::describe);
+            let reason = zvt::serve(line, terminal.clone()).await;
             tracing::warn!(%reason, "zvt: line ended");
         }
     }
@@ -482,8 +477,8 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
         let (stream, peer) = listener.accept().await?;
         stream.set_nodelay(true)?;
         tracing::info!(%peer, "zvt: register connected");
-        let io = FaultyIo::new(stream, terminal.faults.clone(), false).with_transcript(transcript.clone());
-        let reason = zvt::serve(traced(Link::spawn(io, TcpLink::new())), terminal.clone()).await;
+        let line = Line::open(stream, terminal.faults.clone(), false, transcript.clone(), zvt::describe);
+        let reason = zvt::serve(line, terminal.clone()).await;
         tracing::info!(%peer, %reason, "zvt: register disconnected");
     }
 }
@@ -527,11 +522,11 @@ async fn run_lane(args: LaneArgs) -> anyhow::Result<()> {
     if let Some(s) = &scenario {
         println!("firmware-sim lane scenario: {}", s.description.trim());
     }
+    let table = lane.posd_config();
     let snippet = args.dir.join("posd-lane.toml");
-    std::fs::write(&snippet, lane.posd_config())
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", snippet.display()))?;
+    std::fs::write(&snippet, &table).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", snippet.display()))?;
     println!("--- posd config for this lane (add it to posd.toml; also in {}) ---", snippet.display());
-    print!("{}", lane.posd_config());
+    print!("{table}");
     println!("--- end of posd config ---");
     println!("firmware-sim lane ready");
     tokio::spawn(lane.clone().serve_control(listener));

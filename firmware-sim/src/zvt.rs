@@ -520,8 +520,12 @@ async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> 
     }
     match scenario {
         Scenario::Disconnect => {
-            // Once: the terminal comes back as it was.
-            *t.scenario.lock().unwrap() = Scenario::Approve;
+            // Once: the terminal comes back approving (a planned disconnect
+            // leaves the standing outcome alone).
+            let mut standing = t.scenario.lock().unwrap();
+            if *standing == Scenario::Disconnect {
+                *standing = Scenario::Approve;
+            }
             return Err(Stop::Disconnect);
         }
         Scenario::CustomerCancel => {

@@ -93,6 +93,30 @@ impl Drop for Proc {
     }
 }
 
+/// Walks payments stored in CREATED through `inputs`, each step for all of
+/// them in batched commits (benchmark data); `update` gives each payment's
+/// data for a step (e.g. its card at `Input::CardRead`). Returns the status
+/// they end in.
+pub fn advance_all(
+    store: &posd::store::Store,
+    ids: &[String],
+    inputs: &[pos_engine::Input],
+    update: impl Fn(&str, &pos_engine::Input) -> posd::store::Update,
+) -> pos_engine::Status {
+    let mut status = pos_engine::Status::Created;
+    for input in inputs {
+        let t = pos_engine::next(status, input).expect("a valid transition");
+        for chunk in ids.chunks(5000) {
+            let items = chunk.iter().map(|id| (id.clone(), t.clone(), update(id, input))).collect();
+            for r in store.apply_batch(items).expect("a batch of transitions") {
+                r.expect("a transition");
+            }
+        }
+        status = t.to;
+    }
+    status
+}
+
 /// Starts a firmware-sim reader (no customer delays) on a PTY in `dir` for
 /// each of the lanes `lane-2` to `lane-{last}`; returns them with posd's
 /// `[[lane]]` tables for them, each ending with `lane_extra`.

@@ -525,31 +525,21 @@ impl Store {
         {
             return Ok(Err(existing));
         }
-        tx.execute(
-            "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
-             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
-            params![
-                p.id,
-                p.idempotency_key,
-                p.order_reference,
-                p.terminal_id,
-                p.amount_minor,
-                p.currency,
-                p.manual_capture,
-                p.status.as_str(),
-                p.gateway_key,
-                p.demo,
-                p.created_at_ms,
-                p.device
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, '', ?3, ?4)",
-            params![p.id, p.created_at_ms, p.status.as_str(), format!("payment requested by the register ({caller})")],
-        )?;
+        insert_in(&tx, p, caller)?;
         tx.commit()?;
         Ok(Ok(p.clone()))
+    }
+
+    /// Inserts many new payments in one commit (bulk loads, such as the
+    /// benchmarks' stored payments). A key already taken fails them all.
+    pub fn insert_batch(&self, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for p in payments {
+            insert_in(&tx, p, caller)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Commits one transition: the status (only if it is still `t.from`), its
@@ -986,6 +976,36 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreErr
 }
 
 /// One transition inside the caller's transaction.
+/// A new payment's row and its first audit entry.
+fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+         manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+        params![
+            p.id,
+            p.idempotency_key,
+            p.order_reference,
+            p.terminal_id,
+            p.amount_minor,
+            p.currency,
+            p.manual_capture,
+            p.status.as_str(),
+            p.gateway_key,
+            p.demo,
+            p.created_at_ms,
+            p.device
+        ],
+    )?;
+    exec(
+        tx,
+        "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, '', ?3, ?4)",
+        params![p.id, p.created_at_ms, p.status.as_str(), format!("payment requested by the register ({caller})")],
+    )?;
+    Ok(())
+}
+
 fn apply_in(
     tx: &Connection,
     id: &str,
@@ -1338,6 +1358,17 @@ mod tests {
         assert_eq!((q.status, q.amount_minor, q.offline), (Status::OfflineApproved, 700, true));
         assert_eq!(s.encrypted_card("pay_q").unwrap(), Some(vec![1, 2]));
         assert_eq!(s.queue_summary().unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_batch_inserts_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("posd.db")).unwrap();
+        s.insert_batch(&[sample("k"), sample("k2")], "test").unwrap();
+        assert_eq!(s.get("pay_k2").unwrap().unwrap().status, Status::Created);
+        assert_eq!(s.history("pay_k").unwrap().len(), 1, "with its first audit entry");
+        assert!(s.insert_batch(&[sample("k3"), sample("k")], "test").is_err(), "key k is taken");
+        assert!(s.get("pay_k3").unwrap().is_none(), "nothing of a failed batch is kept");
     }
 
     #[test]

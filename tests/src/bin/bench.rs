@@ -20,7 +20,7 @@ use pos_engine::{Input, Status, next};
 use pos_proto::terminal::{self as pb, payment_terminal_client::PaymentTerminalClient};
 use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::measure::{Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate};
-use posd_e2e::{Lane, final_payment, status, take};
+use posd_e2e::{Lane, advance_all, final_payment, status, take};
 use tonic::transport::Channel;
 
 struct Options {
@@ -293,7 +293,7 @@ fn commit_one_payment(store: &Store, serial: usize) -> usize {
     store.insert_or_get(&rec, "bench").expect("insert").expect("new payment");
     let card = (card_info(), vec![0xA5; 160]);
     let mut s = Status::Created;
-    let steps = [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }];
+    let steps = captured_life();
     for input in &steps {
         let t = next(s, input).expect("a valid transition");
         let update = Update { card: matches!(input, Input::CardRead).then(|| card.clone()), ..Default::default() };
@@ -302,6 +302,11 @@ fn commit_one_payment(store: &Store, serial: usize) -> usize {
     }
     assert_eq!(s, Status::Captured);
     1 + steps.len()
+}
+
+/// An online payment's life after it was created, as the engine stores it.
+fn captured_life() -> [Input; 4] {
+    [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }]
 }
 
 fn card_info() -> CardInfo {
@@ -355,74 +360,32 @@ fn startup(o: &Options) {
     println!("\ntarget: ≤ 200 ms with 100,000 payments stored\n");
 }
 
-/// Puts `n` captured payments into posd's database at `path`: the rows as
-/// `Store::insert_or_get` writes them (in one transaction, to seed fast), then
-/// their life through the store's own batched transitions.
+/// Puts `n` captured payments into posd's database at `path`: inserted in
+/// one commit, then walked through their life by the store's batched
+/// transitions.
 fn seed(path: &Path, n: usize) {
     let store = Store::open(path).expect("posd store");
     let start = now_ms() - 30 * 24 * 3600 * 1000;
-    let mut recs = Vec::with_capacity(n);
-    {
-        let mut conn = rusqlite::Connection::open(path).expect("seed connection");
-        let tx = conn.transaction().unwrap();
-        for i in 0..n {
-            let at = start + i as i64 * 20;
-            let p = PaymentRecord::created(
+    let recs: Vec<PaymentRecord> = (0..n)
+        .map(|i| {
+            PaymentRecord::created(
                 format!("pay_seed_{i:07}"),
                 format!("seed-{i}"),
                 format!("S{i:012}"),
                 format!("lane-{}", 1 + i % 8),
                 amount(i),
                 "EUR".into(),
-                at,
-            );
-            tx.execute(
-                "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
-                 manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
-                rusqlite::params![
-                    p.id,
-                    p.idempotency_key,
-                    p.order_reference,
-                    p.terminal_id,
-                    p.amount_minor,
-                    p.currency,
-                    p.manual_capture,
-                    p.status.as_str(),
-                    p.gateway_key,
-                    p.demo,
-                    p.created_at_ms,
-                    p.device
-                ],
+                start + i as i64 * 20,
             )
-            .unwrap();
-            tx.execute(
-                "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) \
-                 VALUES (?1, ?2, '', ?3, 'payment requested by the register (bench)')",
-                rusqlite::params![p.id, p.created_at_ms, p.status.as_str()],
-            )
-            .unwrap();
-            recs.push(p.id);
-        }
-        tx.commit().unwrap();
-    }
-    let mut s = Status::Created;
-    for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }] {
-        let t = next(s, &input).unwrap();
-        for chunk in recs.chunks(5000) {
-            let items = chunk
-                .iter()
-                .map(|id| {
-                    let card = matches!(input, Input::CardRead).then(|| (card_info(), vec![0xA5; 160]));
-                    (id.clone(), t.clone(), Update { card, ..Default::default() })
-                })
-                .collect();
-            for r in store.apply_batch(items).expect("seed batch") {
-                r.expect("seed transition");
-            }
-        }
-        s = t.to;
-    }
+        })
+        .collect();
+    store.insert_batch(&recs, "bench").expect("seed payments");
+    let ids: Vec<String> = recs.into_iter().map(|r| r.id).collect();
+    let status = advance_all(&store, &ids, &captured_life(), |_, input| Update {
+        card: matches!(input, Input::CardRead).then(|| (card_info(), vec![0xA5; 160])),
+        ..Default::default()
+    });
+    assert_eq!(status, Status::Captured);
     assert_eq!(store.count_by_status().unwrap(), vec![("captured".to_string(), n as i64)]);
     store.checkpoint();
 }

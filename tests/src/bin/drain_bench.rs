@@ -7,15 +7,17 @@
 //! cargo run --release -p posd-e2e --bin drain-bench -- 2000     # fewer
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pos_cardcrypt::{BaseKey, Binding, CardData};
-use pos_engine::{Input, Status, next};
+use pos_engine::{Input, Status};
 use posd::engine::{Engine, EngineSettings, ForwardSettings};
 use posd::gateway::{Gateway, GatewaySettings};
 use posd::lane::{CardDevice, Lane, ReaderLine};
 use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
+use posd_e2e::advance_all;
 
 const STORE_ID: &str = "bench";
 const LATENCY_MS: u64 = 5;
@@ -24,45 +26,42 @@ const LATENCY_MS: u64 = 5;
 fn seed(store: &Store, n: usize) {
     let key = BaseKey::test_key();
     let card = CardData { pan: "4242424242424242".into(), expiry: "3012".into(), track2_equivalent: "t2".into() };
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let gateway_key = pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes());
-        let rec = PaymentRecord::created(
-            format!("pay_bench_{i:06}"),
-            format!("bench-{i}"),
-            gateway_key,
-            "lane-1".into(),
-            1000 + 100 * (i as i64 % 50),
-            "EUR".into(),
-            now_ms(),
-        );
-        store.insert_or_get(&rec, "bench").expect("insert").expect("new payment");
-        let binding = Binding {
-            amount_minor: rec.amount_minor,
-            currency: "EUR",
-            terminal_id: "bench/lane-1",
-            transaction_key: &rec.gateway_key,
-        };
-        let blob = pos_cardcrypt::encrypt(&key, "BENCH-READER", &card, &binding);
-        ids.push((rec.id.clone(), blob));
-    }
+    let recs: Vec<PaymentRecord> = (0..n)
+        .map(|i| {
+            PaymentRecord::created(
+                format!("pay_bench_{i:06}"),
+                format!("bench-{i}"),
+                pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()),
+                "lane-1".into(),
+                1000 + 100 * (i as i64 % 50),
+                "EUR".into(),
+                now_ms(),
+            )
+        })
+        .collect();
+    store.insert_batch(&recs, "bench").expect("seed payments");
+    let blobs: HashMap<String, Vec<u8>> = recs
+        .iter()
+        .map(|rec| {
+            let binding = Binding {
+                amount_minor: rec.amount_minor,
+                currency: "EUR",
+                terminal_id: "bench/lane-1",
+                transaction_key: &rec.gateway_key,
+            };
+            (rec.id.clone(), pos_cardcrypt::encrypt(&key, "BENCH-READER", &card, &binding))
+        })
+        .collect();
     let info =
         CardInfo { masked_pan: "424242******4242".into(), brand: "visa".into(), entry_mode: 1, ..Default::default() };
-    let mut status = Status::Created;
-    for input in [Input::Start, Input::CardRead, Input::Sending, Input::ApprovedOffline] {
-        let t = next(status, &input).unwrap();
-        let items = ids
-            .iter()
-            .map(|(id, blob)| {
-                let card = matches!(input, Input::CardRead).then(|| (info.clone(), blob.clone()));
-                (id.clone(), t.clone(), Update { card, queued_at_ms: Some(now_ms()), ..Default::default() })
-            })
-            .collect();
-        for r in store.apply_batch(items).expect("seed batch") {
-            r.expect("seed transition");
-        }
-        status = t.to;
-    }
+    let ids: Vec<String> = recs.into_iter().map(|r| r.id).collect();
+    let inputs = [Input::Start, Input::CardRead, Input::Sending, Input::ApprovedOffline];
+    let status = advance_all(store, &ids, &inputs, |id, input| Update {
+        card: matches!(input, Input::CardRead).then(|| (info.clone(), blobs[id].clone())),
+        queued_at_ms: Some(now_ms()),
+        ..Default::default()
+    });
+    assert_eq!(status, Status::OfflineApproved);
 }
 
 /// Drains `n` seeded payments with `batch_size` per call; returns the elapsed time.
