@@ -26,6 +26,14 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
 }
 
+/// Bytes this process has handed to `write`-family calls so far (`wchar` of
+/// `/proc/self/io`): for SQLite, its WAL frames and checkpoints.
+pub fn written_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+    let line = text.lines().find_map(|l| l.strip_prefix("wchar:")).expect("wchar in /proc/self/io");
+    line.trim().parse().expect("wchar is a number")
+}
+
 /// One scrape of posd's `/metrics`: every sample by its full name with labels,
 /// e.g. `posd_card_line_bytes_total{lane="lane-1",direction="out"}`.
 pub struct Metrics(HashMap<String, f64>);

@@ -412,7 +412,36 @@ CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, refused, se
 -- payments_outbox (status, queue_seq) serves every lookup by status.
 DROP INDEX payments_by_status;
 ",
+    "
+-- Fewer pages written by each payment state change, which is a synced commit.
+-- The audit log is kept in one B-tree clustered by payment: an entry is one
+-- page write, where the rowid table wrote its row, its index entry and (for
+-- AUTOINCREMENT) the sqlite_sequence row. seq orders a payment's entries; the
+-- entries copied here keep theirs, new ones continue after the payment's last.
+CREATE TABLE payment_events_v7 (
+    payment_id TEXT NOT NULL REFERENCES payments (id),
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    from_status TEXT NOT NULL,
+    to_status TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    PRIMARY KEY (payment_id, seq)
+) WITHOUT ROWID;
+INSERT INTO payment_events_v7 (payment_id, seq, at_ms, from_status, to_status, cause)
+    SELECT payment_id, seq, at_ms, from_status, to_status, cause FROM payment_events;
+DROP TABLE payment_events;
+ALTER TABLE payment_events_v7 RENAME TO payment_events;
+DELETE FROM sqlite_sequence WHERE name = 'payment_events';
+-- The outbox's next FIFO position, found without reading every payment.
+CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
+",
 ];
+
+/// The next position in payment `?1`'s audit log.
+const NEXT_AUDIT_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_events WHERE payment_id = ?1";
+
+/// The outbox's next FIFO position (served by the `payments_queue` index).
+const NEXT_QUEUE_SEQ: &str = "SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments WHERE queue_seq IS NOT NULL";
 
 const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
     gateway_key, masked_pan, brand, entry_mode, wallet, aid, application_label, verification, card_fingerprint, \
@@ -746,7 +775,10 @@ impl Store {
             .optional()?
             .ok_or_else(|| StoreError::NotFound(payment_id.to_string()))?;
         conn.execute(
-            "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, ?3, ?3, ?4)",
+            &format!(
+                "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
+                 VALUES (?1, ({NEXT_AUDIT_SEQ}), ?2, ?3, ?3, ?4)"
+            ),
             params![payment_id, now_ms(), status, cause],
         )?;
         Ok(())
@@ -1000,7 +1032,7 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
     )?;
     exec(
         tx,
-        "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, '', ?3, ?4)",
+        "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) VALUES (?1, 1, ?2, '', ?3, ?4)",
         params![p.id, p.created_at_ms, p.status.as_str(), format!("payment requested by the register ({caller})")],
     )?;
     Ok(())
@@ -1071,15 +1103,20 @@ fn apply_in(
         }
         exec(
             tx,
-            "INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &format!(
+                "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
+                 VALUES (?1, ({NEXT_AUDIT_SEQ}), ?2, ?3, ?4, ?5)"
+            ),
             params![id, now, t.from.as_str(), t.to.as_str(), t.cause],
         )?;
         if t.to == Status::OfflineApproved {
             exec(
                 tx,
-                "UPDATE payments SET offline = 1, \
-                 queue_seq = COALESCE(queue_seq, (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments)), \
-                 queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1",
+                &format!(
+                    "UPDATE payments SET offline = 1, \
+                 queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
+                 queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
+                ),
                 params![id, update.queued_at_ms.unwrap_or(now)],
             )?;
         }
@@ -1358,6 +1395,64 @@ mod tests {
         assert_eq!((q.status, q.amount_minor, q.offline), (Status::OfflineApproved, 700, true));
         assert_eq!(s.encrypted_card("pay_q").unwrap(), Some(vec![1, 2]));
         assert_eq!(s.queue_summary().unwrap().count, 1);
+    }
+
+    #[test]
+    fn the_audit_log_keeps_its_order_across_migration_7() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.db");
+        {
+            // Version 6: an audit log in one sequence for all payments (with
+            // AUTOINCREMENT), and a queued payment.
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..6] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 6;
+                 INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+                 manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, offline, queue_seq, \
+                 queued_at_ms) VALUES ('pay_q', 'kq', '', 'lane-1', 700, 'EUR', 0, 'offline_approved', 'gq', 0, 1, 1, \
+                 1, 41, 1);
+                 INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+                 manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms) \
+                 VALUES ('pay_r', 'kr', '', 'lane-2', 500, 'EUR', 0, 'collecting', 'gr', 0, 1, 1);
+                 INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES
+                 ('pay_q', 1, '', 'created', 'one'), ('pay_r', 1, '', 'created', 'r-one'),
+                 ('pay_q', 2, 'created', 'collecting', 'two'), ('pay_r', 2, 'created', 'collecting', 'r-two'),
+                 ('pay_q', 3, 'collecting', 'card_read', 'three');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let causes = |id: &str| s.history(id).unwrap().into_iter().map(|e| e.cause).collect::<Vec<_>>();
+        assert_eq!(causes("pay_q"), ["one", "two", "three"]);
+        s.audit("pay_q", "four").unwrap();
+        assert_eq!(causes("pay_q"), ["one", "two", "three", "four"], "new entries come after the old ones");
+        assert_eq!(causes("pay_r"), ["r-one", "r-two"]);
+        let conn = s.conn();
+        let sequences: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'payment_events'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sequences, 0, "no sequence row is written by state changes any more");
+        drop(conn);
+
+        // The next payment entering the outbox queues behind the one there.
+        s.insert_or_get(&sample("k"), "test").unwrap().unwrap();
+        let mut st = Status::Created;
+        for input in [Input::Start, Input::CardRead, Input::ApprovedOffline] {
+            let t = next(st, &input).unwrap();
+            st = s.apply("pay_k", &t, Update::default()).unwrap().0.status;
+        }
+        assert_eq!(st, Status::OfflineApproved);
+        let queued: Vec<String> = s.outbox_batch(10).unwrap().into_iter().map(|(p, _)| p.id).collect();
+        assert_eq!(queued, ["pay_q", "pay_k"]);
+        let seq: i64 =
+            s.conn().query_row("SELECT queue_seq FROM payments WHERE id = 'pay_k'", [], |r| r.get(0)).unwrap();
+        assert_eq!(seq, 42);
+        let plan: String =
+            s.conn().query_row(&format!("EXPLAIN QUERY PLAN {NEXT_QUEUE_SEQ}"), [], |r| r.get(3)).unwrap();
+        assert!(plan.contains("payments_queue"), "the next position is read from the queue's index: {plan}");
     }
 
     #[test]

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use pos_engine::{Input, Status, next};
 use pos_proto::terminal::{self as pb, payment_terminal_client::PaymentTerminalClient};
 use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
-use posd_e2e::measure::{Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate};
+use posd_e2e::measure::{
+    Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate, written_bytes,
+};
 use posd_e2e::{Lane, advance_all, final_payment, status, take};
 use tonic::transport::Channel;
 
@@ -235,36 +237,40 @@ async fn round_trip(o: &Options) {
 fn commit_rate(commits: usize) {
     const ROUNDS: usize = 10;
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
-    let raw = rusqlite::Connection::open(dir.path().join("raw.db")).expect("raw db");
-    let mode: String = raw.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    let raw_db = rusqlite::Connection::open(dir.path().join("raw.db")).expect("raw db");
+    let mode: String = raw_db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
     assert!(mode.eq_ignore_ascii_case("wal"), "journal mode {mode}");
-    raw.execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, at INTEGER)")
+    raw_db
+        .execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, at INTEGER)")
         .unwrap();
     let store = Store::open(&dir.path().join("posd.db")).expect("posd store");
 
     let per_round = commits / ROUNDS;
     let payments_per_round = (per_round / 5).max(1);
-    let (mut raw_time, mut raw_n, mut posd_time, mut posd_n) = (Duration::ZERO, 0, Duration::ZERO, 0);
+    let (mut raw, mut posd) = (Tally::default(), Tally::default());
     let mut serial = 0;
     for _ in 0..ROUNDS {
-        let t = Instant::now();
-        for _ in 0..per_round {
-            serial += 1;
-            raw.execute("INSERT INTO t (k, at) VALUES (?1, ?2)", rusqlite::params![format!("k-{serial}"), now_ms()])
-                .unwrap();
-        }
-        raw_time += t.elapsed();
-        raw_n += per_round;
-
-        let t = Instant::now();
-        for _ in 0..payments_per_round {
-            serial += 1;
-            posd_n += commit_one_payment(&store, serial);
-        }
-        posd_time += t.elapsed();
+        raw.time(|| {
+            for _ in 0..per_round {
+                serial += 1;
+                raw_db
+                    .execute(
+                        "INSERT INTO t (k, at) VALUES (?1, ?2)",
+                        rusqlite::params![format!("k-{serial}"), now_ms()],
+                    )
+                    .unwrap();
+            }
+            per_round
+        });
+        posd.time(|| {
+            (0..payments_per_round)
+                .map(|_| {
+                    serial += 1;
+                    commit_one_payment(&store, serial)
+                })
+                .sum()
+        });
     }
-    let raw_rate = raw_n as f64 / raw_time.as_secs_f64();
-    let posd_rate = posd_n as f64 / posd_time.as_secs_f64();
     println!("## (c) Durable commits\n");
     println!(
         "WAL, `synchronous=FULL`, a file system on the machine's disk ({}); {ROUNDS} interleaved rounds. \
@@ -272,10 +278,37 @@ fn commit_rate(commits: usize) {
          any outbox and card-data change, in one transaction); a raw commit is a one-row insert.\n",
         dir.path().display()
     );
-    println!("| commits | count | per second |\n|---|---:|---:|");
-    println!("| raw SQLite insert | {raw_n} | {raw_rate:.0} |");
-    println!("| posd payment state change | {posd_n} | {posd_rate:.0} |");
-    println!("\nposd / raw: **{:.2}** (target ≥ 0.8)\n", posd_rate / raw_rate);
+    println!("| commits | count | per second | KiB written per commit |\n|---|---:|---:|---:|");
+    println!("| raw SQLite insert | {} | {:.0} | {:.1} |", raw.commits, raw.rate(), raw.kib_per_commit());
+    println!("| posd payment state change | {} | {:.0} | {:.1} |", posd.commits, posd.rate(), posd.kib_per_commit());
+    println!("\nposd / raw: **{:.2}** (target ≥ 0.8)\n", posd.rate() / raw.rate());
+}
+
+/// Commits, their time and the bytes written for them (WAL frames and
+/// checkpoints), over the rounds of the commit benchmark.
+#[derive(Default)]
+struct Tally {
+    commits: usize,
+    time: Duration,
+    bytes: u64,
+}
+
+impl Tally {
+    /// Runs `commit`, which returns how many commits it made.
+    fn time(&mut self, commit: impl FnOnce() -> usize) {
+        let (t, written) = (Instant::now(), written_bytes());
+        self.commits += commit();
+        self.time += t.elapsed();
+        self.bytes += written_bytes() - written;
+    }
+
+    fn rate(&self) -> f64 {
+        self.commits as f64 / self.time.as_secs_f64()
+    }
+
+    fn kib_per_commit(&self) -> f64 {
+        self.bytes as f64 / 1024.0 / self.commits as f64
+    }
 }
 
 /// Stores one payment's life as posd does, a commit per state change;
