@@ -413,8 +413,7 @@ CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, refused, se
 DROP INDEX payments_by_status;
 ",
     "
--- Fewer pages written by each payment state change, which is a synced commit.
--- The audit log is kept in one B-tree clustered by payment: an entry is one
+-- The audit log, kept in one B-tree clustered by payment: an entry is one
 -- page write, where the rowid table wrote its row, its index entry and (for
 -- AUTOINCREMENT) the sqlite_sequence row. seq orders a payment's entries; the
 -- entries copied here keep theirs, new ones continue after the payment's last.
@@ -437,8 +436,10 @@ CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
 ",
 ];
 
-/// The next position in payment `?1`'s audit log.
-const NEXT_AUDIT_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_events WHERE payment_id = ?1";
+/// Appends to payment `?1`'s audit log, after its last entry: at `?2`, from
+/// status `?3` to `?4`, because `?5`.
+const INSERT_AUDIT: &str = "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
+    VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_events WHERE payment_id = ?1), ?2, ?3, ?4, ?5)";
 
 /// The outbox's next FIFO position (served by the `payments_queue` index).
 const NEXT_QUEUE_SEQ: &str = "SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments WHERE queue_seq IS NOT NULL";
@@ -774,13 +775,7 @@ impl Store {
             .query_row("SELECT status FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
             .optional()?
             .ok_or_else(|| StoreError::NotFound(payment_id.to_string()))?;
-        conn.execute(
-            &format!(
-                "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
-                 VALUES (?1, ({NEXT_AUDIT_SEQ}), ?2, ?3, ?3, ?4)"
-            ),
-            params![payment_id, now_ms(), status, cause],
-        )?;
+        exec(&conn, INSERT_AUDIT, params![payment_id, now_ms(), status, status, cause])?;
         Ok(())
     }
 
@@ -1101,24 +1096,13 @@ fn apply_in(
         if !t.to.keeps_card_data() {
             exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1 AND encrypted_card IS NOT NULL", [id])?;
         }
-        exec(
-            tx,
-            &format!(
-                "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
-                 VALUES (?1, ({NEXT_AUDIT_SEQ}), ?2, ?3, ?4, ?5)"
-            ),
-            params![id, now, t.from.as_str(), t.to.as_str(), t.cause],
-        )?;
+        exec(tx, INSERT_AUDIT, params![id, now, t.from.as_str(), t.to.as_str(), t.cause])?;
         if t.to == Status::OfflineApproved {
-            exec(
-                tx,
-                &format!(
-                    "UPDATE payments SET offline = 1, \
-                 queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
+            let sql = format!(
+                "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
                  queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
-                ),
-                params![id, update.queued_at_ms.unwrap_or(now)],
-            )?;
+            );
+            exec(tx, &sql, params![id, update.queued_at_ms.unwrap_or(now)])?;
         }
         if t.to == Status::Captured {
             exec(
