@@ -25,7 +25,8 @@ fn the_benchmark_prints_every_table() {
         assert!(out.contains(heading), "no {heading} table:\n{out}");
     }
     assert!(out.contains("| 115200 |"), "{out}");
-    assert!(out.contains("posd / raw: **"), "{out}");
+    assert!(out.contains("posd / raw: one writer **") && out.contains("8 writers **"), "{out}");
+    assert!(out.contains("| 8 | posd payment write | 50 |"), "eight writers, every write counted:\n{out}");
     assert!(out.lines().any(|l| l.starts_with("| 300 |")), "start-up with 300 payments stored:\n{out}");
 }
 
@@ -35,5 +36,6 @@ fn a_small_soak_captures_every_payment_exactly_once() {
     assert!(status.success(), "{out}\n{err}");
     assert!(out.contains("gateway ledger: 200 charges, 200 distinct keys, 200 captured"), "{out}");
     assert!(out.contains("start-up to READY with 200 payments stored"), "{out}");
+    assert!(out.contains("store: 1000 payment writes in "), "five writes per payment, from posd's metrics:\n{out}");
     assert!(out.contains("not judged"), "a 200-payment run is too short to judge memory:\n{out}");
 }

@@ -67,6 +67,15 @@ pub fn render(engine: &Engine) -> String {
     for (status, n) in engine.store().count_by_status().unwrap_or_default() {
         out.push_str(&format!("posd_payments{{status=\"{status}\"}} {n}\n"));
     }
+    let (writes, commits) = engine.store().write_counts();
+    out.push_str(
+        "# HELP posd_store_writes_total Payment inserts and state changes written (each durable when answered).\n",
+    );
+    out.push_str(&format!("# TYPE posd_store_writes_total counter\nposd_store_writes_total {writes}\n"));
+    out.push_str(
+        "# HELP posd_store_commits_total Synced commits that carried them; writes of several lanes share one.\n",
+    );
+    out.push_str(&format!("# TYPE posd_store_commits_total counter\nposd_store_commits_total {commits}\n"));
     if let Ok(s) = engine.sync_report() {
         out.push_str("# HELP posd_offline_queue_depth Offline approvals not yet settled with the gateway.\n");
         out.push_str(&format!("# TYPE posd_offline_queue_depth gauge\nposd_offline_queue_depth {}\n", s.queue_depth));

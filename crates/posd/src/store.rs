@@ -6,7 +6,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pos_engine::{Status, Transition};
@@ -500,6 +501,95 @@ fn row_to_payment(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Writes waiting to share the next commit (see [`Store::write`]).
+    group: Mutex<Group>,
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// Writes queued for the next group commit, and whether a caller is
+/// committing batches now.
+#[derive(Default)]
+struct Group {
+    queue: Vec<Box<dyn Job>>,
+    leading: bool,
+}
+
+/// One caller's write inside a group commit.
+trait Job: Send {
+    /// Runs the write in the batch's transaction; `false` when it failed and
+    /// its changes are to be rolled back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller: with its own result once the batch committed, or
+    /// with the error that kept the batch from committing.
+    fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>);
+}
+
+struct Write<F, R> {
+    work: Option<F>,
+    result: Option<Result<R, StoreError>>,
+    reply: mpsc::SyncSender<Result<R, StoreError>>,
+}
+
+impl<F, R> Job for Write<F, R>
+where
+    F: FnOnce(&Connection) -> Result<R, StoreError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let work = self.work.take().expect("a write runs once");
+        let result = work(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>) {
+        let result = match (failed, self.result) {
+            (None, Some(result)) => result,
+            // Nothing of the batch is on disk, whatever the write found.
+            (Some(e), _) => Err(StoreError::Db(copy_error(e))),
+            (None, None) => unreachable!("a committed batch ran every write"),
+        };
+        // The caller waits for this answer; it is gone only if it panicked.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Runs `f`, which waits for the disk. On the daemon's multi-threaded
+/// runtime the worker first hands its other tasks to another thread, so the
+/// lanes keep running meanwhile and their writes can queue for the next
+/// group commit; elsewhere (a single-threaded runtime, no runtime) it just runs.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// The same error for every write of a batch whose commit failed.
+fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => rusqlite::Error::SqliteFailure(*code, message.clone()),
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+/// Clears the leader's flag if it panics mid-batch, so later writes find a
+/// leader; the writes it held are dropped, and their callers get an error.
+struct Leading<'a>(&'a Mutex<Group>);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            g.leading = false;
+            g.queue.clear();
+        }
+    }
 }
 
 impl Store {
@@ -529,11 +619,99 @@ impl Store {
         if let Some(max) = max_page_count {
             let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+            group: Mutex::default(),
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `work` in a synced commit, shared with the writes other lanes
+    /// queue meanwhile (group commit): the first caller to find no commit in
+    /// progress commits every queued write in one transaction, each in its
+    /// own savepoint, and the others wait for its answer. A write that fails
+    /// is rolled back alone; a commit that fails fails every write in it.
+    /// Alone, a write is one transaction and one commit, as before.
+    fn write<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        off_runtime(|| self.write_here(work))
+    }
+
+    fn write_here<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let lead = {
+            let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            g.queue.push(Box::new(Write { work: Some(work), result: None, reply }));
+            !std::mem::replace(&mut g.leading, true)
+        };
+        if lead {
+            let _leading = Leading(&self.group);
+            loop {
+                let batch = {
+                    let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+                    if g.queue.is_empty() {
+                        g.leading = false;
+                        break;
+                    }
+                    std::mem::take(&mut g.queue)
+                };
+                self.commit_batch(batch);
+            }
+        }
+        answer.recv().unwrap_or_else(|_| {
+            Err(StoreError::Db(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the write's group commit was abandoned".into()),
+            )))
+        })
+    }
+
+    fn commit_batch(&self, mut batch: Vec<Box<dyn Job>>) {
+        let mut conn = self.conn();
+        let committed = (|| {
+            let mut tx = conn.transaction()?;
+            if let [job] = batch.as_mut_slice() {
+                if !job.run(&tx) {
+                    return Ok(false);
+                }
+            } else {
+                for job in &mut batch {
+                    let mut sp = tx.savepoint()?;
+                    if !job.run(&sp) {
+                        sp.rollback()?;
+                    }
+                    sp.commit()?;
+                }
+            }
+            tx.commit().map(|()| true)
+        })();
+        drop(conn);
+        if let Ok(true) = committed {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let failed = committed.as_ref().err();
+        for job in batch {
+            job.finish(failed);
+        }
+    }
+
+    /// Writes through [`Store::write`] and the commits that carried them,
+    /// since the store was opened: their ratio is the group commit's batch size.
+    pub fn write_counts(&self) -> (u64, u64) {
+        (self.writes.load(Ordering::Relaxed), self.commits.load(Ordering::Relaxed))
     }
 
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
@@ -543,21 +721,18 @@ impl Store {
         p: &PaymentRecord,
         caller: &str,
     ) -> Result<Result<PaymentRecord, PaymentRecord>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if let Some(existing) = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"),
-                [&p.idempotency_key],
-                row_to_payment,
-            )
-            .optional()?
-        {
-            return Ok(Err(existing));
-        }
-        insert_in(&tx, p, caller)?;
-        tx.commit()?;
-        Ok(Ok(p.clone()))
+        let (p, caller) = (p.clone(), caller.to_string());
+        self.write(move |conn| {
+            if let Some(existing) = conn
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
+                .query_row([&p.idempotency_key], row_to_payment)
+                .optional()?
+            {
+                return Ok(Err(existing));
+            }
+            insert_in(conn, &p, &caller)?;
+            Ok(Ok(p))
+        })
     }
 
     /// Inserts many new payments in one commit (bulk loads, such as the
@@ -581,11 +756,8 @@ impl Store {
         t: &Transition,
         update: Update,
     ) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let out = apply_in(&tx, id, t, update)?;
-        tx.commit()?;
-        Ok(out)
+        let (id, t) = (id.to_string(), t.clone());
+        self.write(move |conn| apply_in(conn, &id, &t, update))
     }
 
     /// Commits many transitions at once (one disk sync). A transition whose
@@ -1437,6 +1609,48 @@ mod tests {
         let plan: String =
             s.conn().query_row(&format!("EXPLAIN QUERY PLAN {NEXT_QUEUE_SEQ}"), [], |r| r.get(3)).unwrap();
         assert!(plan.contains("payments_queue"), "the next position is read from the queue's index: {plan}");
+    }
+
+    #[test]
+    fn writes_queued_during_a_commit_share_the_next_one() {
+        let (_d, s) = open();
+        s.insert_or_get(&sample("k0"), "test").unwrap().unwrap();
+        let stale = next(Status::Collecting, &Input::CardRead).unwrap();
+        // Polls the queue's state (no timing involved) until `ready`.
+        let wait_for = |ready: &dyn Fn(&Group) -> bool| {
+            while !ready(&s.group.lock().unwrap()) {
+                std::thread::yield_now();
+            }
+        };
+        std::thread::scope(|scope| {
+            // The disk is busy: the first writer leads, takes its own write and waits.
+            let held = s.conn();
+            let first = scope.spawn(|| s.insert_or_get(&sample("k1"), "test"));
+            wait_for(&|g| g.leading && g.queue.is_empty());
+            let inserts: Vec<_> = (2..8)
+                .map(|i| {
+                    let s = &s;
+                    scope.spawn(move || s.insert_or_get(&sample(&format!("k{i}")), "test"))
+                })
+                .collect();
+            let refused = scope.spawn(|| s.apply("pay_k0", &stale, Update::default()));
+            wait_for(&|g| g.queue.len() == 7);
+            drop(held);
+            assert!(first.join().unwrap().unwrap().is_ok());
+            for insert in inserts {
+                assert!(insert.join().unwrap().unwrap().is_ok());
+            }
+            let refused = refused.join().unwrap();
+            assert!(matches!(refused, Err(StoreError::Conflict { actual: Status::Created, .. })), "{refused:?}");
+        });
+        assert_eq!(s.write_counts(), (9, 3), "the seven writes queued behind the first shared one commit");
+        for i in 1..8 {
+            let id = format!("pay_k{i}");
+            assert_eq!(s.get(&id).unwrap().unwrap().status, Status::Created);
+            assert_eq!(s.history(&id).unwrap().len(), 1);
+        }
+        assert_eq!(s.get("pay_k0").unwrap().unwrap().status, Status::Created, "the refused write left nothing");
+        assert_eq!(s.history("pay_k0").unwrap().len(), 1);
     }
 
     #[test]

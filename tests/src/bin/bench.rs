@@ -14,6 +14,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use pos_engine::{Input, Status, next};
@@ -233,9 +234,11 @@ async fn round_trip(o: &Options) {
 }
 
 /// (c) Durable payment commits against raw SQLite commits with
-/// `synchronous=FULL`, interleaved in rounds so both see the same disk.
+/// `synchronous=FULL`, interleaved in rounds so both see the same disk: one
+/// writer at a time, then eight at once (lanes committing together).
 fn commit_rate(commits: usize) {
     const ROUNDS: usize = 10;
+    const WRITERS: usize = 8;
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
     let raw_db = rusqlite::Connection::open(dir.path().join("raw.db")).expect("raw db");
     let mode: String = raw_db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
@@ -243,71 +246,107 @@ fn commit_rate(commits: usize) {
     raw_db
         .execute_batch("PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL, at INTEGER)")
         .unwrap();
+    // Eight raw writers share the one connection, each insert its own commit.
+    let raw_db = std::sync::Mutex::new(raw_db);
     let store = Store::open(&dir.path().join("posd.db")).expect("posd store");
 
     let per_round = commits / ROUNDS;
     let payments_per_round = (per_round / 5).max(1);
-    let (mut raw, mut posd) = (Tally::default(), Tally::default());
-    let mut serial = 0;
+    let serial = AtomicUsize::new(0);
+    let raw_insert = |serial: usize| {
+        raw_db
+            .lock()
+            .unwrap()
+            .execute("INSERT INTO t (k, at) VALUES (?1, ?2)", rusqlite::params![format!("k-{serial}"), now_ms()])
+            .unwrap();
+        1
+    };
+    let posd_payment = |serial: usize| commit_one_payment(&store, serial);
+    let mut tallies: [Tally; 4] = Default::default();
     for _ in 0..ROUNDS {
-        raw.time(|| {
-            for _ in 0..per_round {
-                serial += 1;
-                raw_db
-                    .execute(
-                        "INSERT INTO t (k, at) VALUES (?1, ?2)",
-                        rusqlite::params![format!("k-{serial}"), now_ms()],
-                    )
-                    .unwrap();
-            }
-            per_round
-        });
-        posd.time(|| {
-            (0..payments_per_round)
-                .map(|_| {
-                    serial += 1;
-                    commit_one_payment(&store, serial)
-                })
-                .sum()
-        });
+        for (tally, writers) in tallies.chunks_mut(2).zip([1, WRITERS]) {
+            tally[0].time(|| (spread(writers, per_round, &serial, raw_insert), per_round));
+            tally[1].time(|| {
+                let synced = store.write_counts().1;
+                let n = spread(writers, payments_per_round, &serial, posd_payment);
+                (n, (store.write_counts().1 - synced) as usize)
+            });
+        }
     }
     println!("## (c) Durable commits\n");
     println!(
         "WAL, `synchronous=FULL`, a file system on the machine's disk ({}); {ROUNDS} interleaved rounds. \
-         A posd commit is one payment state change as the engine stores it (the payment row, its audit entry, \
-         any outbox and card-data change, in one transaction); a raw commit is a one-row insert.\n",
+         A posd write is one payment insert or state change as the engine stores it (the payment row, its audit \
+         entry, any outbox and card-data change), durable when the call returns; a raw write is a one-row insert \
+         in its own commit. {WRITERS} writers are {WRITERS} threads at once: the raw ones share one connection, \
+         posd's share commits (group commit). Bytes are what the process handed to `write` (WAL frames and \
+         checkpoints).\n",
         dir.path().display()
     );
-    println!("| commits | count | per second | KiB written per commit |\n|---|---:|---:|---:|");
-    println!("| raw SQLite insert | {} | {:.0} | {:.1} |", raw.commits, raw.rate(), raw.kib_per_commit());
-    println!("| posd payment state change | {} | {:.0} | {:.1} |", posd.commits, posd.rate(), posd.kib_per_commit());
-    println!("\nposd / raw: **{:.2}** (target ≥ 0.8)\n", posd.rate() / raw.rate());
+    println!(
+        "| writers | writes | count | per second | KiB written per write | writes per synced commit |\n\
+         |---:|---|---:|---:|---:|---:|"
+    );
+    for (i, t) in tallies.iter().enumerate() {
+        let writers = if i < 2 { 1 } else { WRITERS };
+        let what = if i % 2 == 0 { "raw SQLite insert" } else { "posd payment write" };
+        println!(
+            "| {writers} | {what} | {} | {:.0} | {:.1} | {:.1} |",
+            t.writes,
+            t.rate(),
+            t.kib_per_write(),
+            t.writes as f64 / t.syncs as f64
+        );
+    }
+    println!(
+        "\nposd / raw: one writer **{:.2}**, {WRITERS} writers **{:.2}** (target ≥ 0.8)\n",
+        tallies[1].rate() / tallies[0].rate(),
+        tallies[3].rate() / tallies[2].rate()
+    );
 }
 
-/// Commits, their time and the bytes written for them (WAL frames and
-/// checkpoints), over the rounds of the commit benchmark.
+/// Runs `count` units over `writers` threads at once, each unit numbered
+/// from `serial`; returns the writes the units made.
+fn spread(writers: usize, count: usize, serial: &AtomicUsize, unit: impl Fn(usize) -> usize + Sync) -> usize {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..writers)
+            .map(|w| {
+                let n = count / writers + usize::from(w < count % writers);
+                let unit = &unit;
+                scope.spawn(move || (0..n).map(|_| unit(serial.fetch_add(1, Relaxed) + 1)).sum::<usize>())
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("writer thread")).sum()
+    })
+}
+
+/// Writes, their synced commits, their time and the bytes written for them,
+/// over the rounds of the commit benchmark.
 #[derive(Default)]
 struct Tally {
-    commits: usize,
+    writes: usize,
+    syncs: usize,
     time: Duration,
     bytes: u64,
 }
 
 impl Tally {
-    /// Runs `commit`, which returns how many commits it made.
-    fn time(&mut self, commit: impl FnOnce() -> usize) {
+    /// Runs `write`, which returns how many writes and synced commits it made.
+    fn time(&mut self, write: impl FnOnce() -> (usize, usize)) {
         let (t, written) = (Instant::now(), written_bytes());
-        self.commits += commit();
+        let (writes, syncs) = write();
         self.time += t.elapsed();
         self.bytes += written_bytes() - written;
+        self.writes += writes;
+        self.syncs += syncs;
     }
 
     fn rate(&self) -> f64 {
-        self.commits as f64 / self.time.as_secs_f64()
+        self.writes as f64 / self.time.as_secs_f64()
     }
 
-    fn kib_per_commit(&self) -> f64 {
-        self.bytes as f64 / 1024.0 / self.commits as f64
+    fn kib_per_write(&self) -> f64 {
+        self.bytes as f64 / 1024.0 / self.writes as f64
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pos_proto::terminal as pb;
-use posd_e2e::measure::{open_fds, quantile, rss_kib, start_until_ready, terminate};
+use posd_e2e::measure::{Metrics, open_fds, quantile, rss_kib, start_until_ready, terminate};
 use posd_e2e::{Lane, final_payment, more_reader_lanes, request, status};
 
 /// Below this many payments a run has no steady state worth judging.
@@ -70,7 +70,9 @@ async fn main() -> ExitCode {
     let dir = lane.dir.path().to_path_buf();
     let (readers, tables) = more_reader_lanes(&dir, o.lanes, "");
     lane.extra_config = tables;
+    lane.top_config = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
     lane.start_posd();
+    let metrics = lane.posd_line("posd metrics on ").expect("posd's metrics address");
     lane.ready().await;
     let pid = lane.posd_pid();
 
@@ -161,6 +163,9 @@ async fn main() -> ExitCode {
     samples.push(Sample { at: took, done: done.load(Ordering::SeqCst), rss_kib: rss_kib(pid), fds: end_fds });
     drop(connected);
 
+    let store = Metrics::scrape(&metrics);
+    let (writes, commits) = (store.get("posd_store_writes_total"), store.get("posd_store_commits_total"));
+
     // The gateway's ledger: one charge per payment.
     lane.kill_posd();
     let ledger = lane.ledger();
@@ -209,6 +214,10 @@ async fn main() -> ExitCode {
          {fd_min}..{fd_max} during it (one gateway connection per payment in flight), {end_fds} after it",
         growth * 100.0,
         MAX_GROWTH * 100.0
+    );
+    println!(
+        "store: {writes} payment writes in {commits} synced commits ({:.2} writes per commit: lanes share commits)",
+        writes / commits
     );
     println!("gateway ledger: {} charges, {} distinct keys, {captured} captured", ledger.len(), keys.len());
     println!(
