@@ -224,7 +224,7 @@ async fn run(
     state: Arc<Mutex<ReaderState>>,
     line_bytes: Arc<LineCounters>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut reconnect = Reconnect::default();
     let mut last_error = String::new();
     loop {
         let mut link = match open(&line, &line_bytes).await {
@@ -240,12 +240,11 @@ async fn run(
                 if let Some((_, tx)) = collector.lock().unwrap().take() {
                     let _ = tx.send(ReaderEvent::Disconnected(e.clone()));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                reconnect.wait().await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        reconnect.opened();
         last_error.clear();
         tracing::info!(%lane, %line, "card reader link open; asking it to identify");
         // The reader counts as connected once it has identified itself. A
@@ -280,6 +279,43 @@ async fn run(
         if let Some((_, tx)) = collector.lock().unwrap().take() {
             let _ = tx.send(ReaderEvent::Disconnected(reason));
         }
+        // A line that opens and dies at once (a PTY whose other end is gone,
+        // a port that accepts and closes) must not make posd spin.
+        reconnect.wait().await;
+    }
+}
+
+/// When to open a device line again: after 200 ms, doubling up to 5 s
+/// while opening fails or links die young, and from 200 ms again once a link
+/// has stayed up for 10 s.
+pub(crate) struct Reconnect {
+    delay: Duration,
+    opened: Option<tokio::time::Instant>,
+}
+
+impl Reconnect {
+    const FIRST: Duration = Duration::from_millis(200);
+    const LONGEST: Duration = Duration::from_secs(5);
+    const STABLE: Duration = Duration::from_secs(10);
+
+    /// A link is open (its life is measured from now).
+    pub(crate) fn opened(&mut self) {
+        self.opened = Some(tokio::time::Instant::now());
+    }
+
+    /// Waits before the next attempt.
+    pub(crate) async fn wait(&mut self) {
+        if self.opened.take().is_some_and(|at| at.elapsed() >= Self::STABLE) {
+            self.delay = Self::FIRST;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::LONGEST);
+    }
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self { delay: Self::FIRST, opened: None }
     }
 }
 
@@ -350,6 +386,31 @@ pub fn scrub(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::Reconnect;
+
+    /// The delays `wait` takes, on tokio's paused clock.
+    async fn waits(r: &mut Reconnect, n: usize, up_for: Duration) -> Vec<u64> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            r.opened();
+            tokio::time::sleep(up_for).await;
+            let t = tokio::time::Instant::now();
+            r.wait().await;
+            out.push(t.elapsed().as_millis() as u64);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn links_that_die_young_back_off_and_a_stable_one_starts_over() {
+        let mut r = Reconnect::default();
+        assert_eq!(waits(&mut r, 7, Duration::ZERO).await, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(waits(&mut r, 2, Duration::from_secs(10)).await, [200, 200], "after 10 s up");
+        assert_eq!(waits(&mut r, 3, Duration::from_secs(9)).await, [400, 800, 1600], "9 s is young");
+    }
+
     #[test]
     fn scrub_masks_long_digit_runs_only() {
         assert_eq!(super::scrub("PAN 4242424242424242 ok"), "PAN **************** ok");

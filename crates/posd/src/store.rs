@@ -556,17 +556,6 @@ where
     }
 }
 
-/// Runs `f`, which waits for the disk. On the daemon's multi-threaded
-/// runtime the worker first hands its other tasks to another thread, so the
-/// lanes keep running meanwhile and their writes can queue for the next
-/// group commit; elsewhere (a single-threaded runtime, no runtime) it just runs.
-fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// The same error for every write of a batch whose commit failed.
 fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
     match e {
@@ -636,16 +625,11 @@ impl Store {
     /// progress commits every queued write in one transaction, each in its
     /// own savepoint, and the others wait for its answer. A write that fails
     /// is rolled back alone; a commit that fails fails every write in it.
-    /// Alone, a write is one transaction and one commit, as before.
+    /// Alone, a write is one transaction and one commit, as before. Only
+    /// callers that block at the same time share: writer threads do, but the
+    /// engine writes from the runtime's async workers (two on a 2-core lane
+    /// PC), so in the daemon a write mostly commits alone.
     fn write<R, F>(&self, work: F) -> Result<R, StoreError>
-    where
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-        R: Send + 'static,
-    {
-        off_runtime(|| self.write_here(work))
-    }
-
-    fn write_here<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,

@@ -184,7 +184,7 @@ async fn run(
     state: Arc<Mutex<ReaderState>>,
     line_bytes: Arc<LineCounters>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut reconnect = crate::lane::Reconnect::default();
     let mut last_error = String::new();
     loop {
         let connected = match crate::lane::open(&s.line, &line_bytes).await {
@@ -207,12 +207,11 @@ async fn run(
                     let message = format!("the payment terminal is not connected ({e})");
                     let _ = job.events.send(ZvtEvent::Done(Ending::Lost { message, started: false }));
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                reconnect.wait().await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        reconnect.opened();
         last_error.clear();
         // ZVT has no message ids: what the terminal still sends for earlier
         // commands (registrations repeated while it was busy, the end of a
@@ -220,6 +219,7 @@ async fn run(
         // command's answers. Acknowledge it until the line is quiet.
         if let Err(e) = drain(&mut link).await {
             tracing::warn!(%lane, error = %e, "payment terminal line failed after registration");
+            reconnect.wait().await;
             continue;
         }
         tracing::info!(%lane, line = %s.line, terminal = %identity, "payment terminal registered");
@@ -270,6 +270,7 @@ async fn run(
         };
         tracing::warn!(%lane, %reason, "payment terminal line down");
         state.lock().unwrap().lose(reason);
+        reconnect.wait().await;
     }
 }
 

@@ -97,7 +97,10 @@ async fn main() -> ExitCode {
     });
     let mut clients = Vec::new();
     for _ in 0..o.lanes {
-        clients.push(lane.client().await);
+        let mut client = lane.client().await;
+        // One answered call: posd has accepted this register's connection.
+        client.get_sync_status(pb::GetSyncStatusRequest::default()).await.expect("posd answers");
+        clients.push(client);
     }
     // Quiet, with every register connected: the descriptors to come back to.
     let quiet_fds = open_fds(pid);
