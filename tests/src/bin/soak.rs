@@ -218,10 +218,7 @@ async fn main() -> ExitCode {
         growth * 100.0,
         MAX_GROWTH * 100.0
     );
-    println!(
-        "store: {writes} payment writes in {commits} synced commits ({:.2} writes per commit: lanes share commits)",
-        writes / commits
-    );
+    println!("store: {writes} payment writes in {commits} synced commits ({:.2} writes per commit)", writes / commits);
     println!("gateway ledger: {} charges, {} distinct keys, {captured} captured", ledger.len(), keys.len());
     println!(
         "start-up to READY with {} payments stored: median {:.1} ms, max {:.1} ms",
