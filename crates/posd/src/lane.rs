@@ -303,13 +303,19 @@ impl Reconnect {
         self.opened = Some(tokio::time::Instant::now());
     }
 
-    /// Waits before the next attempt.
-    pub(crate) async fn wait(&mut self) {
+    /// How long to wait before the next attempt.
+    pub(crate) fn next_delay(&mut self) -> Duration {
         if self.opened.take().is_some_and(|at| at.elapsed() >= Self::STABLE) {
             self.delay = Self::FIRST;
         }
-        tokio::time::sleep(self.delay).await;
+        let delay = self.delay;
         self.delay = (self.delay * 2).min(Self::LONGEST);
+        delay
+    }
+
+    /// Waits before the next attempt.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
     }
 }
 

@@ -69,7 +69,7 @@ pub fn render(engine: &Engine) -> String {
     }
     let (writes, commits) = engine.store().write_counts();
     out.push_str(
-        "# HELP posd_store_writes_total Payment inserts and state changes written (each durable when answered).\n",
+        "# HELP posd_store_writes_total New payments and single state changes committed (the forwarder's batches not counted).\n",
     );
     out.push_str(&format!("# TYPE posd_store_writes_total counter\nposd_store_writes_total {writes}\n"));
     out.push_str(

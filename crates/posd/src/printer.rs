@@ -156,10 +156,17 @@ fn line_rate(line: &PrinterLine) -> Option<u64> {
 }
 
 async fn run(line: PrinterLine, mut jobs: mpsc::Receiver<Job>, status: watch::Sender<PrinterStatus>) {
-    let mut backoff = Duration::from_millis(250);
+    let mut reconnect = crate::lane::Reconnect::default();
     loop {
-        let stream = match open(&line).await {
-            Ok(s) => s,
+        let detail = match open(&line).await {
+            Ok(stream) => {
+                reconnect.opened();
+                tracing::info!(%line, "printer line open");
+                let reason = session(&line, stream, &mut jobs, &status).await;
+                tracing::warn!(%line, %reason, "printer line closed");
+                status.send_modify(|s| *s = PrinterStatus { detail: reason.clone(), ..Default::default() });
+                reason
+            }
             Err(e) => {
                 let detail = format!("cannot open {line}: {e}");
                 status.send_if_modified(|s| {
@@ -167,31 +174,21 @@ async fn run(line: PrinterLine, mut jobs: mpsc::Receiver<Job>, status: watch::Se
                     *s = PrinterStatus { detail: detail.clone(), ..Default::default() };
                     changed
                 });
-                // Jobs meanwhile fail at once, with the reason.
-                let deadline = tokio::time::sleep(backoff);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        () = &mut deadline => break,
-                        job = jobs.recv() => match job {
-                            Some(j) => { let _ = j.reply.send(Err(PrintError::NotConnected(detail.clone()))); }
-                            None => return,
-                        },
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
+                detail
             }
         };
-        tracing::info!(%line, "printer line open");
-        let reason = session(&line, stream, &mut jobs, &status).await;
-        tracing::warn!(%line, %reason, "printer line closed");
-        status.send_modify(|s| *s = PrinterStatus { detail: reason.clone(), ..Default::default() });
-        if jobs.is_closed() {
-            return;
+        // Until the line is open again, jobs fail at once, with the reason.
+        let deadline = tokio::time::sleep(reconnect.next_delay());
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => break,
+                job = jobs.recv() => match job {
+                    Some(j) => { let _ = j.reply.send(Err(PrintError::NotConnected(detail.clone()))); }
+                    None => return,
+                },
+            }
         }
-        backoff = Duration::from_millis(250);
-        tokio::time::sleep(backoff).await;
     }
 }
 

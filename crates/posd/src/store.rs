@@ -716,11 +716,7 @@ impl Store {
     ) -> Result<Result<PaymentRecord, PaymentRecord>, StoreError> {
         let (p, caller) = (p.clone(), caller.to_string());
         self.write(move |conn| {
-            if let Some(existing) = conn
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
-                .query_row([&p.idempotency_key], row_to_payment)
-                .optional()?
-            {
+            if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
                 return Ok(Err(existing));
             }
             insert_in(conn, &p, &caller)?;
@@ -1167,7 +1163,13 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreErr
     })
 }
 
-/// One transition inside the caller's transaction.
+/// The payment under a register's idempotency key.
+fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<PaymentRecord>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
+        .query_row([key], row_to_payment)
+        .optional()
+}
+
 /// A new payment's row and its first audit entry.
 fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), StoreError> {
     exec(
@@ -1198,6 +1200,7 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
     Ok(())
 }
 
+/// One transition inside the caller's transaction (see [`Store::apply`]).
 fn apply_in(
     tx: &Connection,
     id: &str,
@@ -1337,10 +1340,7 @@ impl Store {
     }
 
     pub fn get_by_key(&self, key: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"), [key], row_to_payment)
-            .optional()?)
+        Ok(payment_by_key(&self.conn(), key)?)
     }
 
     /// The encrypted card data, while the payment still keeps it.

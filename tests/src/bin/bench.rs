@@ -262,13 +262,14 @@ fn commit_rate(commits: usize) {
         1
     };
     let posd_payment = |serial: usize| commit_one_payment(&store, serial);
-    let mut tallies: [Tally; 4] = Default::default();
+    // Per number of writers: the raw inserts and posd's writes.
+    let mut runs = [1, WRITERS].map(|writers| (writers, Tally::default(), Tally::default()));
     for _ in 0..ROUNDS {
-        for (tally, writers) in tallies.chunks_mut(2).zip([1, WRITERS]) {
-            tally[0].time(|| (spread(writers, per_round, &serial, raw_insert), per_round));
-            tally[1].time(|| {
+        for (writers, raw, posd) in &mut runs {
+            raw.time(|| (spread(*writers, per_round, &serial, raw_insert), per_round));
+            posd.time(|| {
                 let synced = store.write_counts().1;
-                let n = spread(writers, payments_per_round, &serial, posd_payment);
+                let n = spread(*writers, payments_per_round, &serial, posd_payment);
                 (n, (store.write_counts().1 - synced) as usize)
             });
         }
@@ -287,22 +288,19 @@ fn commit_rate(commits: usize) {
         "| writers | writes | count | per second | KiB written per write | writes per synced commit |\n\
          |---:|---|---:|---:|---:|---:|"
     );
-    for (i, t) in tallies.iter().enumerate() {
-        let writers = if i < 2 { 1 } else { WRITERS };
-        let what = if i % 2 == 0 { "raw SQLite insert" } else { "posd payment write" };
-        println!(
-            "| {writers} | {what} | {} | {:.0} | {:.1} | {:.1} |",
-            t.writes,
-            t.rate(),
-            t.kib_per_write(),
-            t.writes as f64 / t.syncs as f64
-        );
+    for (writers, raw, posd) in &runs {
+        for (what, t) in [("raw SQLite insert", raw), ("posd payment write", posd)] {
+            println!(
+                "| {writers} | {what} | {} | {:.0} | {:.1} | {:.1} |",
+                t.writes,
+                t.rate(),
+                t.kib_per_write(),
+                t.writes as f64 / t.syncs as f64
+            );
+        }
     }
-    println!(
-        "\nposd / raw: one writer **{:.2}**, {WRITERS} writers **{:.2}** (target ≥ 0.8)\n",
-        tallies[1].rate() / tallies[0].rate(),
-        tallies[3].rate() / tallies[2].rate()
-    );
+    let [one, many] = runs.map(|(_, raw, posd)| posd.rate() / raw.rate());
+    println!("\nposd / raw: one writer **{one:.2}**, {WRITERS} writers **{many:.2}** (target ≥ 0.8)\n");
 }
 
 /// Runs `count` units over `writers` threads at once, each unit numbered
