@@ -272,8 +272,20 @@ impl Engine {
         }
     }
 
-    /// Starts a payment, or attaches to the one under the same key.
+    /// Starts a payment, or attaches to the one under the same key. The
+    /// admission runs in a task of its own, to the end even if the register
+    /// hangs up meanwhile: a payment once stored always gets the task that
+    /// drives it.
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
+        let engine = Arc::clone(self);
+        match tokio::spawn(async move { engine.admit(req).await }).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping".into())),
+        }
+    }
+
+    async fn admit(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let received = std::time::Instant::now();
         let lane = self.validate(&req)?;
         let _admission = self.admission.lock().await;
@@ -318,7 +330,7 @@ impl Engine {
                 now,
             )
         };
-        let created = match self.store.insert_or_get(&candidate, &req.caller) {
+        let created = match self.store.insert_or_get_async(&candidate, &req.caller).await {
             Ok(Ok(created)) => created,
             Ok(Err(existing)) => {
                 compare(&existing, &req)?;
@@ -437,7 +449,8 @@ impl Engine {
     /// performed by the caller, which awaits their results.
     async fn step(&self, rec: &PaymentRecord, input: Input, update: Update) -> Result<PaymentRecord, StepError> {
         let t = next(rec.status, &input)?;
-        let (new, event) = self.store.apply(&rec.id, &t, update).inspect_err(|e| self.note_store_error(e))?;
+        let (new, event) =
+            self.store.apply_async(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
         tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
         if let Some(e) = event {
             let _ = self.events.send(e);
@@ -728,7 +741,8 @@ impl Engine {
                     ..Default::default()
                 };
                 let t = next(rec.status, &Input::ApprovedOffline)?;
-                let (new, event) = self.store.apply(&rec.id, &t, update).inspect_err(|e| self.note_store_error(e))?;
+                let (new, event) =
+                    self.store.apply_async(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
                 // The limits held for this commit; no other lane waits on reader I/O.
                 drop(gate);
                 failpoint::hit("offline_after_persist");
@@ -1682,6 +1696,8 @@ impl Engine {
     /// by status query, as after a power cut.
     pub async fn drain(&self, bound: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
+        // An admission past its check of `stopping` registers its payment first.
+        drop(self.admission.lock().await);
         let running = |engine: &Self| engine.live.lock().unwrap().keys().cloned().collect::<Vec<_>>();
         let first = running(self);
         if first.is_empty() {

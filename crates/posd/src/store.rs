@@ -5,9 +5,10 @@
 //! [`StateLock`] keeps a second posd off the same state directory.
 
 use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pos_engine::{Status, Transition};
@@ -525,10 +526,14 @@ trait Job: Send {
     fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>);
 }
 
+/// Hands a write's result to its caller, who waits on a channel (blocking
+/// or async); dropped unsent, it tells the caller the write was abandoned.
+type Reply<R> = Box<dyn FnOnce(Result<R, StoreError>) + Send>;
+
 struct Write<F, R> {
     work: Option<F>,
     result: Option<Result<R, StoreError>>,
-    reply: mpsc::SyncSender<Result<R, StoreError>>,
+    reply: Reply<R>,
 }
 
 impl<F, R> Job for Write<F, R>
@@ -545,14 +550,13 @@ where
     }
 
     fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>) {
-        let result = match (failed, self.result) {
+        let Write { result, reply, .. } = *self;
+        reply(match (failed, result) {
             (None, Some(result)) => result,
             // Nothing of the batch is on disk, whatever the write found.
             (Some(e), _) => Err(StoreError::Db(copy_error(e))),
             (None, None) => unreachable!("a committed batch ran every write"),
-        };
-        // The caller waits for this answer; it is gone only if it panicked.
-        let _ = self.reply.send(result);
+        });
     }
 }
 
@@ -567,14 +571,53 @@ fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
     }
 }
 
-/// Clears the leader's flag if it panics mid-batch, so later writes find a
-/// leader; the writes it held are dropped, and their callers get an error.
-struct Leading<'a>(&'a Mutex<Group>);
+/// The error a caller gets when its queued write was dropped uncommitted.
+fn abandoned<R>() -> Result<R, StoreError> {
+    Err(StoreError::Db(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("the write's group commit was abandoned".into()),
+    )))
+}
 
-impl Drop for Leading<'_> {
+/// The duty to commit the queued writes, held by one caller (or one
+/// blocking task) at a time. Dropped before the queue is empty (a panic
+/// mid-batch, or a runtime that shut down before the blocking task ran), it
+/// clears the flag so later writes find a leader; the writes it held are
+/// dropped, and their callers get an error.
+struct Leader<S: Deref<Target = Store>> {
+    store: S,
+    done: bool,
+}
+
+impl<S: Deref<Target = Store>> Leader<S> {
+    fn new(store: S) -> Self {
+        Self { store, done: false }
+    }
+
+    /// Commits batch after batch until no write is queued.
+    fn commit_queued(mut self) {
+        while let Some(batch) = self.take_batch() {
+            self.store.commit_batch(batch);
+        }
+    }
+
+    /// The writes queued now, for one commit; `None` when there are none,
+    /// and the duty is given up.
+    fn take_batch(&mut self) -> Option<Vec<Box<dyn Job>>> {
+        let mut g = self.store.group.lock().unwrap_or_else(|e| e.into_inner());
+        if g.queue.is_empty() {
+            g.leading = false;
+            self.done = true;
+            return None;
+        }
+        Some(std::mem::take(&mut g.queue))
+    }
+}
+
+impl<S: Deref<Target = Store>> Drop for Leader<S> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.done {
+            let mut g = self.store.group.lock().unwrap_or_else(|e| e.into_inner());
             g.leading = false;
             g.queue.clear();
         }
@@ -625,41 +668,60 @@ impl Store {
     /// progress commits every queued write in one transaction, each in its
     /// own savepoint, and the others wait for its answer. A write that fails
     /// is rolled back alone; a commit that fails fails every write in it.
-    /// Alone, a write is one transaction and one commit, as before. Only
-    /// callers that block at the same time share: writer threads do, but the
-    /// engine writes from the runtime's async workers (two on a 2-core lane
-    /// PC), so in the daemon a write mostly commits alone.
+    /// Alone, a write is one transaction and one commit, as before. This
+    /// blocks the calling thread; async code uses [`Store::write_async`].
     fn write<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
         let (reply, answer) = mpsc::sync_channel(1);
-        let lead = {
-            let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
-            g.queue.push(Box::new(Write { work: Some(work), result: None, reply }));
-            !std::mem::replace(&mut g.leading, true)
-        };
-        if lead {
-            let _leading = Leading(&self.group);
-            loop {
-                let batch = {
-                    let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
-                    if g.queue.is_empty() {
-                        g.leading = false;
-                        break;
-                    }
-                    std::mem::take(&mut g.queue)
-                };
+        if self.enqueue(work, Box::new(move |r| drop(reply.send(r)))) {
+            Leader::new(self).commit_queued();
+        }
+        answer.recv().unwrap_or_else(|_| abandoned())
+    }
+
+    /// [`Store::write`] for async callers. A write that finds no commit in
+    /// progress is committed at once on the caller's worker, as a blocking
+    /// call would (a commit takes a fraction of a millisecond, and a lone
+    /// lane pays no thread hand-off). Writes that find one in progress wait
+    /// without holding their workers, so the other lanes' tasks keep running
+    /// and queue theirs; those are committed together on tokio's blocking
+    /// pool. A caller that stops waiting does not stop the write: once
+    /// queued, it commits or fails as if awaited.
+    async fn write_async<R, F>(self: &Arc<Self>, work: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.enqueue(work, Box::new(move |r| drop(reply.send(r)))) {
+            let mut leader = Leader::new(Arc::clone(self));
+            if let Some(batch) = leader.take_batch() {
                 self.commit_batch(batch);
             }
+            // This worker is held for one commit at most.
+            if let Some(batch) = leader.take_batch() {
+                tokio::task::spawn_blocking(move || {
+                    leader.store.commit_batch(batch);
+                    leader.commit_queued();
+                });
+            }
         }
-        answer.recv().unwrap_or_else(|_| {
-            Err(StoreError::Db(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                Some("the write's group commit was abandoned".into()),
-            )))
-        })
+        answer.await.unwrap_or_else(|_| abandoned())
+    }
+
+    /// Queues a write for the next commit; true when no commit is in
+    /// progress and the caller is to lead.
+    fn enqueue<R, F>(&self, work: F, reply: Reply<R>) -> bool
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        g.queue.push(Box::new(Write { work: Some(work), result: None, reply }));
+        !std::mem::replace(&mut g.leading, true)
     }
 
     fn commit_batch(&self, mut batch: Vec<Box<dyn Job>>) {
@@ -709,19 +771,17 @@ impl Store {
 
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
     /// the existing payment instead when the idempotency key is taken.
-    pub fn insert_or_get(
-        &self,
+    pub fn insert_or_get(&self, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
+        self.write(insert_or_get_in(p, caller))
+    }
+
+    /// [`Store::insert_or_get`] for async callers (see [`Store::write_async`]).
+    pub async fn insert_or_get_async(
+        self: &Arc<Self>,
         p: &PaymentRecord,
         caller: &str,
-    ) -> Result<Result<PaymentRecord, PaymentRecord>, StoreError> {
-        let (p, caller) = (p.clone(), caller.to_string());
-        self.write(move |conn| {
-            if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
-                return Ok(Err(existing));
-            }
-            insert_in(conn, &p, &caller)?;
-            Ok(Ok(p))
-        })
+    ) -> Result<Inserted, StoreError> {
+        self.write_async(insert_or_get_in(p, caller)).await
     }
 
     /// Inserts many new payments in one commit (bulk loads, such as the
@@ -739,23 +799,28 @@ impl Store {
     /// Commits one transition: the status (only if it is still `t.from`), its
     /// reason, the update's data, and an audit entry. Card data is dropped in
     /// the same commit when the new status may not keep it.
-    pub fn apply(
-        &self,
-        id: &str,
-        t: &Transition,
-        update: Update,
-    ) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
+    pub fn apply(&self, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
         self.write(move |conn| apply_in(conn, &id, &t, update))
     }
 
+    /// [`Store::apply`] for async callers (see [`Store::write_async`]).
+    pub async fn apply_async(
+        self: &Arc<Self>,
+        id: &str,
+        t: &Transition,
+        update: Update,
+    ) -> Result<Applied, StoreError> {
+        let (id, t) = (id.to_string(), t.clone());
+        self.write_async(move |conn| apply_in(conn, &id, &t, update)).await
+    }
+
     /// Commits many transitions at once (one disk sync). A transition whose
     /// `from` is stale is skipped and reported; the others are committed.
-    #[allow(clippy::type_complexity)]
     pub fn apply_batch(
         &self,
         items: Vec<(String, Transition, Update)>,
-    ) -> Result<Vec<Result<(PaymentRecord, Option<EventRecord>), StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         let mut conn = self.conn();
         let mut tx = conn.transaction()?;
         let mut out = Vec::with_capacity(items.len());
@@ -1163,6 +1228,27 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreErr
     })
 }
 
+/// A new payment (`Ok`), or the one already under its idempotency key (`Err`).
+pub type Inserted = Result<PaymentRecord, PaymentRecord>;
+
+/// A committed transition: the payment as it now is, and its register event.
+pub type Applied = (PaymentRecord, Option<EventRecord>);
+
+/// The write of [`Store::insert_or_get`].
+fn insert_or_get_in(
+    p: &PaymentRecord,
+    caller: &str,
+) -> impl FnOnce(&Connection) -> Result<Inserted, StoreError> + Send + 'static {
+    let (p, caller) = (p.clone(), caller.to_string());
+    move |conn| {
+        if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
+            return Ok(Err(existing));
+        }
+        insert_in(conn, &p, &caller)?;
+        Ok(Ok(p))
+    }
+}
+
 /// The payment under a register's idempotency key.
 fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<PaymentRecord>> {
     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
@@ -1201,12 +1287,7 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
 }
 
 /// One transition inside the caller's transaction (see [`Store::apply`]).
-fn apply_in(
-    tx: &Connection,
-    id: &str,
-    t: &Transition,
-    update: Update,
-) -> Result<(PaymentRecord, Option<EventRecord>), StoreError> {
+fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
     {
         let now = now_ms();
         // The status moves only from the one the transition starts at; a
@@ -1644,6 +1725,58 @@ mod tests {
         }
         assert_eq!(s.get("pay_k0").unwrap().unwrap().status, Status::Created, "the refused write left nothing");
         assert_eq!(s.history("pay_k0").unwrap().len(), 1);
+    }
+
+    // Holding the connection across awaits stands in for a slow disk.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_writes_share_a_commit_without_holding_their_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+        // Polls the queue's state (no timing involved) until `ready`.
+        let wait_for = |ready: fn(&Group) -> bool| {
+            let s = Arc::clone(&s);
+            async move {
+                while !ready(&s.group.lock().unwrap()) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        // The disk is busy: the first write's commit waits on a blocking thread.
+        let held = s.conn();
+        let write = |i: usize| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.insert_or_get_async(&sample(&format!("k{i}")), "test").await })
+        };
+        let first = write(0);
+        wait_for(|g| g.leading && g.queue.is_empty()).await;
+        // Meanwhile the workers are free: seven more lanes queue their writes.
+        let rest: Vec<_> = (1..8).map(write).collect();
+        wait_for(|g| g.queue.len() == 7).await;
+        drop(held);
+        assert!(first.await.unwrap().unwrap().is_ok());
+        for w in rest {
+            assert!(w.await.unwrap().unwrap().is_ok());
+        }
+        assert_eq!(s.write_counts(), (8, 2), "the seven writes queued behind the first shared one commit");
+        let t = next(Status::Created, &Input::Start).unwrap();
+        let (rec, _) = s.apply_async("pay_k3", &t, Update::default()).await.unwrap();
+        assert_eq!(rec.status, t.to);
+        assert_eq!(s.get("pay_k3").unwrap().unwrap().status, t.to);
+        assert_eq!(s.write_counts(), (9, 3));
+    }
+
+    #[test]
+    fn a_leader_dropped_before_committing_abandons_the_queue() {
+        let (_d, s) = open();
+        let (reply, answer) = mpsc::sync_channel(1);
+        assert!(s.enqueue(insert_or_get_in(&sample("k1"), "test"), Box::new(move |r| drop(reply.send(r)))));
+        // As when the runtime stops before the blocking task that was to commit runs.
+        drop(Leader::new(&s));
+        assert!(answer.recv().is_err(), "the caller hears that its write was dropped");
+        assert!(s.insert_or_get(&sample("k2"), "test").unwrap().is_ok(), "the next write leads");
+        assert!(s.get("pay_k1").unwrap().is_none());
+        assert_eq!(s.write_counts(), (1, 1));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,7 @@ async fn main() -> ExitCode {
         round_trip(&o).await;
     }
     if o.runs("commits") {
-        commit_rate(o.commits);
+        commit_rate(o.commits).await;
     }
     if o.runs("startup") {
         startup(&o);
@@ -236,7 +237,7 @@ async fn round_trip(o: &Options) {
 /// (c) Durable payment commits against raw SQLite commits with
 /// `synchronous=FULL`, interleaved in rounds so both see the same disk: one
 /// writer at a time, then eight at once (lanes committing together).
-fn commit_rate(commits: usize) {
+async fn commit_rate(commits: usize) {
     const ROUNDS: usize = 10;
     const WRITERS: usize = 8;
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
@@ -248,30 +249,28 @@ fn commit_rate(commits: usize) {
         .unwrap();
     // Eight raw writers share the one connection, each insert its own commit.
     let raw_db = std::sync::Mutex::new(raw_db);
-    let store = Store::open(&dir.path().join("posd.db")).expect("posd store");
+    let store = Arc::new(Store::open(&dir.path().join("posd.db")).expect("posd store"));
 
     let per_round = commits / ROUNDS;
     let payments_per_round = (per_round / 5).max(1);
-    let serial = AtomicUsize::new(0);
+    let serial = Arc::new(AtomicUsize::new(0));
     let raw_insert = |serial: usize| {
         raw_db
             .lock()
             .unwrap()
             .execute("INSERT INTO t (k, at) VALUES (?1, ?2)", rusqlite::params![format!("k-{serial}"), now_ms()])
             .unwrap();
-        1
     };
-    let posd_payment = |serial: usize| commit_one_payment(&store, serial);
     // Per number of writers: the raw inserts and posd's writes.
     let mut runs = [1, WRITERS].map(|writers| (writers, Tally::default(), Tally::default()));
     for _ in 0..ROUNDS {
         for (writers, raw, posd) in &mut runs {
-            raw.time(|| (spread(*writers, per_round, &serial, raw_insert), per_round));
-            posd.time(|| {
-                let synced = store.write_counts().1;
-                let n = spread(*writers, payments_per_round, &serial, posd_payment);
-                (n, (store.write_counts().1 - synced) as usize)
-            });
+            let from = Mark::now();
+            spread(*writers, per_round, &serial, raw_insert);
+            raw.add(from, per_round, per_round);
+            let (from, synced) = (Mark::now(), store.write_counts().1);
+            let n = lanes(&store, *writers, payments_per_round, &serial).await;
+            posd.add(from, n, (store.write_counts().1 - synced) as usize);
         }
     }
     println!("## (c) Durable commits\n");
@@ -279,9 +278,9 @@ fn commit_rate(commits: usize) {
         "WAL, `synchronous=FULL`, a file system on the machine's disk ({}); {ROUNDS} interleaved rounds. \
          A posd write is one payment insert or state change as the engine stores it (the payment row, its audit \
          entry, any outbox and card-data change), durable when the call returns; a raw write is a one-row insert \
-         in its own commit. {WRITERS} writers are {WRITERS} threads at once: the raw ones share one connection, \
-         posd's share commits (group commit). Bytes are what the process handed to `write` (WAL frames and \
-         checkpoints).\n",
+         in its own commit. posd's writers are lanes as in the daemon: tasks on a two-worker tokio runtime \
+         calling the store's async API, {WRITERS} lanes sharing commits (group commit). Raw writers are threads \
+         sharing one connection. Bytes are what the process handed to `write` (WAL frames and checkpoints).\n",
         dir.path().display()
     );
     println!(
@@ -304,18 +303,47 @@ fn commit_rate(commits: usize) {
 }
 
 /// Runs `count` units over `writers` threads at once, each unit numbered
-/// from `serial`; returns the writes the units made.
-fn spread(writers: usize, count: usize, serial: &AtomicUsize, unit: impl Fn(usize) -> usize + Sync) -> usize {
+/// from `serial`.
+fn spread(writers: usize, count: usize, serial: &AtomicUsize, unit: impl Fn(usize) + Sync) {
     std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..writers)
-            .map(|w| {
-                let n = count / writers + usize::from(w < count % writers);
-                let unit = &unit;
-                scope.spawn(move || (0..n).map(|_| unit(serial.fetch_add(1, Relaxed) + 1)).sum::<usize>())
+        for w in 0..writers {
+            let n = count / writers + usize::from(w < count % writers);
+            let unit = &unit;
+            scope.spawn(move || (0..n).for_each(|_| unit(serial.fetch_add(1, Relaxed) + 1)));
+        }
+    });
+}
+
+/// Stores `count` payments over `lanes` tasks at once, each payment
+/// numbered from `serial`; returns the writes they made.
+async fn lanes(store: &Arc<Store>, lanes: usize, count: usize, serial: &Arc<AtomicUsize>) -> usize {
+    let tasks: Vec<_> = (0..lanes)
+        .map(|l| {
+            let n = count / lanes + usize::from(l < count % lanes);
+            let (store, serial) = (Arc::clone(store), Arc::clone(serial));
+            tokio::spawn(async move {
+                let mut writes = 0;
+                for _ in 0..n {
+                    writes += commit_one_payment(&store, serial.fetch_add(1, Relaxed) + 1).await;
+                }
+                writes
             })
-            .collect();
-        threads.into_iter().map(|t| t.join().expect("writer thread")).sum()
-    })
+        })
+        .collect();
+    let mut writes = 0;
+    for t in tasks {
+        writes += t.await.expect("lane task");
+    }
+    writes
+}
+
+/// When and at how many bytes written a timed part began.
+struct Mark(Instant, u64);
+
+impl Mark {
+    fn now() -> Self {
+        Mark(Instant::now(), written_bytes())
+    }
 }
 
 /// Writes, their synced commits, their time and the bytes written for them,
@@ -329,12 +357,10 @@ struct Tally {
 }
 
 impl Tally {
-    /// Runs `write`, which returns how many writes and synced commits it made.
-    fn time(&mut self, write: impl FnOnce() -> (usize, usize)) {
-        let (t, written) = (Instant::now(), written_bytes());
-        let (writes, syncs) = write();
-        self.time += t.elapsed();
-        self.bytes += written_bytes() - written;
+    /// Adds the part that began at `from`: `writes` writes in `syncs` synced commits.
+    fn add(&mut self, from: Mark, writes: usize, syncs: usize) {
+        self.time += from.0.elapsed();
+        self.bytes += written_bytes() - from.1;
         self.writes += writes;
         self.syncs += syncs;
     }
@@ -349,8 +375,8 @@ impl Tally {
 }
 
 /// Stores one payment's life as posd does, a commit per state change;
-/// returns the number of commits.
-fn commit_one_payment(store: &Store, serial: usize) -> usize {
+/// returns the number of writes.
+async fn commit_one_payment(store: &Arc<Store>, serial: usize) -> usize {
     let rec = PaymentRecord::created(
         format!("pay_commit_{serial:07}"),
         format!("commit-{serial}"),
@@ -360,15 +386,14 @@ fn commit_one_payment(store: &Store, serial: usize) -> usize {
         "EUR".into(),
         now_ms(),
     );
-    store.insert_or_get(&rec, "bench").expect("insert").expect("new payment");
+    store.insert_or_get_async(&rec, "bench").await.expect("insert").expect("new payment");
     let card = (card_info(), vec![0xA5; 160]);
     let mut s = Status::Created;
     let steps = captured_life();
     for input in &steps {
         let t = next(s, input).expect("a valid transition");
         let update = Update { card: matches!(input, Input::CardRead).then(|| card.clone()), ..Default::default() };
-        store.apply(&rec.id, &t, update).expect("commit");
-        s = t.to;
+        s = store.apply_async(&rec.id, &t, update).await.expect("commit").0.status;
     }
     assert_eq!(s, Status::Captured);
     1 + steps.len()
