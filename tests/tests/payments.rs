@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use pos_proto::terminal::{self as pb};
-use posd_e2e::{Lane, bin, eventually, final_payment, request, run, status, take};
+use posd_e2e::{Lane, bin, eventually, final_payment, more_reader_lanes, request, run, status, take};
 
 fn stages(events: &[pb::PaymentEvent]) -> Vec<pb::PaymentStage> {
     events.iter().map(|e| pb::PaymentStage::try_from(e.stage).unwrap()).collect()
@@ -157,6 +157,35 @@ async fn same_key_with_a_different_amount_is_already_exists_naming_the_field() {
     let err = take(&mut lane.client().await, "k-conflict", 1001).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     assert!(err.message().contains("amount"), "{}", err.message());
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test]
+async fn the_same_key_on_two_lanes_at_once_makes_one_payment() {
+    let mut lane = Lane::prepare(&[], "");
+    let (_reader_2, table) = more_reader_lanes(lane.dir.path(), 2, "");
+    lane.extra_config = table;
+    lane.start_posd();
+    lane.ready().await;
+    let (mut a, mut b) = (lane.client().await, lane.client().await);
+    let on_lane_2 = async {
+        let req = pb::TakePaymentRequest { terminal_id: "lane-2".into(), ..request("k-two-lanes", 1500) };
+        let mut stream = b.take_payment(req).await?.into_inner();
+        let mut events = Vec::new();
+        while let Some(ev) = stream.message().await? {
+            events.push(ev);
+        }
+        Ok(events)
+    };
+    // The lanes admit at once; whichever stores the key first takes the payment.
+    let (won, lost) = match tokio::join!(take(&mut a, "k-two-lanes", 1500), on_lane_2) {
+        (Ok(events), Err(e)) | (Err(e), Ok(events)) => (events, e),
+        other => panic!("one lane must take the payment and the other be refused: {other:?}"),
+    };
+    assert_eq!(status(&final_payment(&won)), pb::PaymentStatus::Captured);
+    assert_eq!(lost.code(), tonic::Code::AlreadyExists);
+    assert!(lost.message().contains("terminal_id"), "{}", lost.message());
     assert_eq!(lane.ledger().len(), 1);
     lane.finish();
 }

@@ -137,8 +137,11 @@ pub struct Engine {
     gateway: Arc<Gateway>,
     lanes: BTreeMap<String, Arc<Lane>>,
     settings: EngineSettings,
-    /// Serialises admission: idempotency lookup, busy check and insert.
-    admission: tokio::sync::Mutex<()>,
+    /// Per lane, serialises admission: idempotency lookup, busy check and
+    /// insert (and administrative holds of the lane). Lanes admit at once,
+    /// so their inserts can share a commit; a key taken on another lane
+    /// meanwhile is caught by the insert itself.
+    admission: BTreeMap<String, tokio::sync::Mutex<()>>,
     /// Serialises offline decisions, so limits hold across lanes.
     offline_gate: tokio::sync::Mutex<()>,
     live: Mutex<HashMap<String, Live>>,
@@ -173,9 +176,9 @@ impl Engine {
         Arc::new(Self {
             store,
             gateway,
+            admission: lanes.iter().map(|l| (l.id.clone(), tokio::sync::Mutex::new(()))).collect(),
             lanes: lanes.into_iter().map(|l| (l.id.clone(), l)).collect(),
             settings,
-            admission: tokio::sync::Mutex::new(()),
             offline_gate: tokio::sync::Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
@@ -288,7 +291,7 @@ impl Engine {
     async fn admit(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let received = std::time::Instant::now();
         let lane = self.validate(&req)?;
-        let _admission = self.admission.lock().await;
+        let _admission = self.admission[&lane.id].lock().await;
         if let Some(existing) = self.store.get_by_key(&req.idempotency_key)? {
             compare(&existing, &req)?;
             return Ok(self.attach(existing));
@@ -1697,7 +1700,9 @@ impl Engine {
     pub async fn drain(&self, bound: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         // An admission past its check of `stopping` registers its payment first.
-        drop(self.admission.lock().await);
+        for admission in self.admission.values() {
+            drop(admission.lock().await);
+        }
         let running = |engine: &Self| engine.live.lock().unwrap().keys().cloned().collect::<Vec<_>>();
         let first = running(self);
         if first.is_empty() {

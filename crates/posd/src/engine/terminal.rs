@@ -516,7 +516,7 @@ impl Engine {
             .get(terminal)
             .and_then(|l| l.zvt.clone())
             .ok_or_else(|| EngineError::NotFound(format!("terminal {terminal} has no payment terminal")))?;
-        let _admission = self.admission.lock().await;
+        let _admission = self.admission[terminal].lock().await;
         let mut busy = self.busy.lock().unwrap();
         if let Some(other) = busy.get(terminal) {
             return Err(EngineError::FailedPrecondition(
