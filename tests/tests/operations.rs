@@ -2,7 +2,7 @@
 //! refunds never exceed what was captured; checked against the gateway-sim ledger.
 
 use pos_proto::terminal::{self as pb};
-use posd_e2e::{Lane, final_payment, status, take};
+use posd_e2e::{Lane, eventually, final_payment, status, take};
 
 async fn manual(lane: &mut Lane, key: &str, amount: i64) -> pb::Payment {
     let mut req = posd_e2e::request(key, amount);
@@ -47,6 +47,32 @@ async fn a_manual_payment_is_captured_partly_and_repeating_the_capture_is_harmle
     let c = charge(&lane.ledger(), 10_000).clone();
     assert_eq!((c["captured"].as_bool(), c["captured_minor"].as_i64()), (Some(true), Some(8_000)));
     lane.responses.push(format!("{captured:?}"));
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_capture_the_register_hangs_up_on_still_ends_captured() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = manual(&mut lane, "k-hang-up", 6_000).await;
+    lane.fault("latency 1000");
+    let mut client = lane.client().await;
+    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
+    let call = tokio::spawn(async move { client.capture_payment(capture).await });
+    // posd audits the request before it calls the gateway; then the register hangs up.
+    let mut reader = lane.client().await;
+    let get = pb::GetPaymentRequest { payment_id: p.payment_id.clone() };
+    eventually("posd to ask the gateway for the capture", async || {
+        let now = reader.get_payment(get.clone()).await.unwrap().into_inner();
+        now.history.iter().any(|t| t.cause.starts_with("capture of 6000")).then_some(())
+    })
+    .await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let captured = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+    assert_eq!(captured.captured_minor, 6_000);
+    assert_eq!(charge(&lane.ledger(), 6_000)["captured"], true);
+    lane.fault("none");
     lane.finish();
 }
 

@@ -276,16 +276,11 @@ impl Engine {
     }
 
     /// Starts a payment, or attaches to the one under the same key. The
-    /// admission runs in a task of its own, to the end even if the register
-    /// hangs up meanwhile: a payment once stored always gets the task that
-    /// drives it.
+    /// admission runs to the end even if the register hangs up: a payment
+    /// once stored always gets the task that drives it.
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let engine = Arc::clone(self);
-        match tokio::spawn(async move { engine.admit(req).await }).await {
-            Ok(answer) => answer,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping".into())),
-        }
+        to_the_end(async move { engine.admit(req).await }).await
     }
 
     async fn admit(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
@@ -962,12 +957,19 @@ impl Engine {
 
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
     /// call comes first: a repeat after a crash is answered from its record.
+    /// Runs to the end even if the register hangs up, so a capture the
+    /// gateway made is always stored.
     pub async fn capture_payment(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         amount_minor: i64,
         caller: &str,
     ) -> Result<PaymentRecord, EngineError> {
+        let (engine, id, caller) = (Arc::clone(self), id.to_string(), caller.to_string());
+        to_the_end(async move { engine.capture(&id, amount_minor, &caller).await }).await
+    }
+
+    async fn capture(&self, id: &str, amount_minor: i64, caller: &str) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         let amount = if amount_minor == 0 { rec.amount_minor } else { amount_minor };
         if amount < 0 || amount > rec.amount_minor {
@@ -1004,8 +1006,19 @@ impl Engine {
         self.step(&rec, Input::Capture, update).await.map_err(step_error)
     }
 
-    /// Voids an AUTHORIZED payment; nothing is charged.
-    pub async fn void_payment(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
+    /// Voids an AUTHORIZED payment; nothing is charged. Runs to the end even
+    /// if the register hangs up, so a void the gateway made is always stored.
+    pub async fn void_payment(
+        self: &Arc<Self>,
+        id: &str,
+        reason: &str,
+        caller: &str,
+    ) -> Result<PaymentRecord, EngineError> {
+        let (engine, id, reason, caller) = (Arc::clone(self), id.to_string(), reason.to_string(), caller.to_string());
+        to_the_end(async move { engine.void(&id, &reason, &caller).await }).await
+    }
+
+    async fn void(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Voided => return Ok(rec),
@@ -1028,8 +1041,23 @@ impl Engine {
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
     }
 
-    /// Refunds (part of) a captured payment, idempotently by the register's key.
+    /// Refunds (part of) a captured payment, idempotently by the register's
+    /// key. Runs to the end even if the register hangs up, so the outcome of
+    /// a refund the gateway or the terminal was asked for is always stored.
     pub async fn refund_payment(
+        self: &Arc<Self>,
+        key: &str,
+        payment_id: &str,
+        amount_minor: i64,
+        reason: &str,
+        caller: &str,
+    ) -> Result<crate::store::RefundRecord, EngineError> {
+        let engine = Arc::clone(self);
+        let [key, payment_id, reason, caller] = [key, payment_id, reason, caller].map(str::to_string);
+        to_the_end(async move { engine.refund(&key, &payment_id, amount_minor, &reason, &caller).await }).await
+    }
+
+    async fn refund(
         &self,
         key: &str,
         payment_id: &str,
@@ -1966,6 +1994,19 @@ fn human(d: Duration) -> String {
 
 /// What the register must get when it repeats a key: the same payment, or an
 /// error naming the first parameter that differs.
+/// Runs a register's request in a task of its own, so it goes on to the end
+/// if the register hangs up (tonic then drops the request's future): what
+/// reached the gateway, the terminal or the database is always followed up.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::spawn(work).await {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping".into())),
+    }
+}
+
 fn compare(existing: &PaymentRecord, req: &NewPayment) -> Result<(), EngineError> {
     let differs = if existing.amount_minor != req.amount_minor {
         Some(("amount.amount_minor", format!("{} before, {} now", existing.amount_minor, req.amount_minor)))
