@@ -1992,8 +1992,6 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// What the register must get when it repeats a key: the same payment, or an
-/// error naming the first parameter that differs.
 /// Runs a register's request in a task of its own, so it goes on to the end
 /// if the register hangs up (tonic then drops the request's future): what
 /// reached the gateway, the terminal or the database is always followed up.
@@ -2003,10 +2001,12 @@ async fn to_the_end<T: Send + 'static>(
     match tokio::spawn(work).await {
         Ok(answer) => answer,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping".into())),
+        Err(_) => Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping; call again once it is back".into())),
     }
 }
 
+/// What the register must get when it repeats a key: the same payment, or an
+/// error naming the first parameter that differs.
 fn compare(existing: &PaymentRecord, req: &NewPayment) -> Result<(), EngineError> {
     let differs = if existing.amount_minor != req.amount_minor {
         Some(("amount.amount_minor", format!("{} before, {} now", existing.amount_minor, req.amount_minor)))

@@ -278,8 +278,8 @@ async fn commit_rate(commits: usize) {
         "WAL, `synchronous=FULL`, a file system on the machine's disk ({}); {ROUNDS} interleaved rounds. \
          A posd write is one payment insert or state change as the engine stores it (the payment row, its audit \
          entry, any outbox and card-data change), durable when the call returns; a raw write is a one-row insert \
-         in its own commit. posd's writers are lanes as in the daemon: tasks on a two-worker tokio runtime \
-         calling the store's async API, {WRITERS} lanes sharing commits (group commit). Raw writers are threads \
+         in its own commit. posd's writers are lanes as in the daemon: tasks on tokio's multi-threaded runtime \
+         (a worker per core, as posd runs) calling the store's async API, {WRITERS} lanes sharing commits (group commit). Raw writers are threads \
          sharing one connection. Bytes are what the process handed to `write` (WAL frames and checkpoints).\n",
         dir.path().display()
     );
