@@ -1,7 +1,8 @@
 //! SQLite: the source of truth for payments and their audit log.
 //!
 //! WAL journal with `synchronous=FULL`: a transition is on disk when
-//! [`Store::apply`] returns. Migrations are versioned with `PRAGMA user_version`.
+//! [`Store::apply`] returns (or [`Store::apply_async`] resolves). Migrations
+//! are versioned with `PRAGMA user_version`.
 //! [`StateLock`] keeps a second posd off the same state directory.
 
 use std::fs::File;
