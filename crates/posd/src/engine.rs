@@ -1205,8 +1205,15 @@ impl Engine {
         Ok(stored)
     }
 
-    /// End of day: closes the lane's batch with the gateway and records it.
-    pub async fn close_batch(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
+    /// End of day: closes the lane's batch with the gateway (or the lane's
+    /// payment terminal) and records it. Runs to the end even if the
+    /// register hangs up, so a closed batch is always recorded.
+    pub async fn close_batch(self: &Arc<Self>, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
+        let (engine, terminal, caller) = (Arc::clone(self), terminal.to_string(), caller.to_string());
+        to_the_end(async move { engine.close(&terminal, &caller).await }).await
+    }
+
+    async fn close(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
         if !self.lanes.contains_key(terminal) {
             return Err(EngineError::InvalidArgument {
                 field: "terminal_id",
