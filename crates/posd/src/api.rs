@@ -30,6 +30,25 @@ impl TerminalApi {
     fn payment_with_history(&self, rec: &PaymentRecord) -> Result<pb::Payment, Status> {
         stored_payment(self.engine.store(), rec)
     }
+
+    /// Runs a request that changes a payment or the day's batch in a task of
+    /// its own. tonic drops a request's future when the register hangs up;
+    /// the task goes on to the end, so what reached the database, the
+    /// gateway or the terminal is always followed up and stored.
+    async fn to_the_end<T, F>(&self, call: impl FnOnce(Arc<Engine>) -> F) -> Result<T, Status>
+    where
+        F: Future<Output = Result<T, EngineError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(call(Arc::clone(&self.engine))).await {
+            Ok(answer) => Ok(answer?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {
+                Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping; call again once it is back".into())
+                    .into())
+            }
+        }
+    }
 }
 
 /// A payment as the API shows it: with its audit history and refunds.
@@ -160,7 +179,9 @@ impl PaymentTerminal for TerminalApi {
 
     async fn close_batch(&self, request: Request<pb::CloseBatchRequest>) -> Result<Response<pb::BatchSummary>, Status> {
         let who = caller(&request);
-        let summary = self.engine.close_batch(&request.get_ref().terminal_id, &who.description).await?;
+        let terminal = request.into_inner().terminal_id;
+        let summary =
+            self.to_the_end(|engine| async move { engine.close_batch(&terminal, &who.description).await }).await?;
         Ok(Response::new(summary))
     }
 
@@ -187,14 +208,20 @@ impl PaymentTerminal for TerminalApi {
     ) -> Result<Response<pb::Payment>, Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let rec = self.engine.capture_payment(&r.payment_id, r.amount_minor, &who.description).await?;
+        let rec = self
+            .to_the_end(|engine| async move {
+                engine.capture_payment(&r.payment_id, r.amount_minor, &who.description).await
+            })
+            .await?;
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
     async fn void_payment(&self, request: Request<pb::VoidPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let rec = self.engine.void_payment(&r.payment_id, &r.reason, &who.description).await?;
+        let rec = self
+            .to_the_end(|engine| async move { engine.void_payment(&r.payment_id, &r.reason, &who.description).await })
+            .await?;
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
@@ -213,8 +240,11 @@ impl PaymentTerminal for TerminalApi {
             return Err(invalid("reason", "must be at most 255 characters"));
         }
         let refund = self
-            .engine
-            .refund_payment(&r.idempotency_key, &r.payment_id, r.amount_minor, &r.reason, &who.description)
+            .to_the_end(|engine| async move {
+                engine
+                    .refund_payment(&r.idempotency_key, &r.payment_id, r.amount_minor, &r.reason, &who.description)
+                    .await
+            })
             .await?;
         Ok(Response::new(convert::refund(&refund)))
     }
@@ -308,18 +338,16 @@ impl PaymentTerminal for TerminalApi {
             Ok(pb::CaptureMode::Manual) => true,
             Err(_) => return Err(invalid("capture_mode", format!("unknown value {}", r.capture_mode))),
         };
-        let attached = self
-            .engine
-            .take_payment(NewPayment {
-                idempotency_key: r.idempotency_key,
-                order_reference: r.order_reference,
-                amount_minor: amount.amount_minor,
-                currency: amount.currency,
-                terminal_id: r.terminal_id,
-                manual_capture,
-                caller: who.description,
-            })
-            .await?;
+        let new = NewPayment {
+            idempotency_key: r.idempotency_key,
+            order_reference: r.order_reference,
+            amount_minor: amount.amount_minor,
+            currency: amount.currency,
+            terminal_id: r.terminal_id,
+            manual_capture,
+            caller: who.description,
+        };
+        let attached = self.to_the_end(|engine| async move { engine.take_payment(new).await }).await?;
         let first = event_now(self.engine.store(), &attached.payment)?;
         let (tx, rx) = mpsc::channel(16);
         let engine = self.engine.clone();

@@ -275,15 +275,10 @@ impl Engine {
         }
     }
 
-    /// Starts a payment, or attaches to the one under the same key. The
-    /// admission runs to the end even if the register hangs up: a payment
-    /// once stored always gets the task that drives it.
+    /// Starts a payment, or attaches to the one under the same key. The API
+    /// runs it in a task of its own, so a payment once stored always gets the
+    /// task that drives it.
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
-        let engine = Arc::clone(self);
-        to_the_end(async move { engine.admit(req).await }).await
-    }
-
-    async fn admit(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let received = std::time::Instant::now();
         let lane = self.validate(&req)?;
         let _admission = self.admission[&lane.id].lock().await;
@@ -328,7 +323,7 @@ impl Engine {
                 now,
             )
         };
-        let created = match self.store.insert_or_get_async(&candidate, &req.caller).await {
+        let created = match self.store.insert_or_get(&candidate, &req.caller).await {
             Ok(Ok(created)) => created,
             Ok(Err(existing)) => {
                 compare(&existing, &req)?;
@@ -447,8 +442,7 @@ impl Engine {
     /// performed by the caller, which awaits their results.
     async fn step(&self, rec: &PaymentRecord, input: Input, update: Update) -> Result<PaymentRecord, StepError> {
         let t = next(rec.status, &input)?;
-        let (new, event) =
-            self.store.apply_async(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
+        let (new, event) = self.store.apply(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
         tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
         if let Some(e) = event {
             let _ = self.events.send(e);
@@ -740,7 +734,7 @@ impl Engine {
                 };
                 let t = next(rec.status, &Input::ApprovedOffline)?;
                 let (new, event) =
-                    self.store.apply_async(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
+                    self.store.apply(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
                 // The limits held for this commit; no other lane waits on reader I/O.
                 drop(gate);
                 failpoint::hit("offline_after_persist");
@@ -957,19 +951,12 @@ impl Engine {
 
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
     /// call comes first: a repeat after a crash is answered from its record.
-    /// Runs to the end even if the register hangs up, so a capture the
-    /// gateway made is always stored.
     pub async fn capture_payment(
-        self: &Arc<Self>,
+        &self,
         id: &str,
         amount_minor: i64,
         caller: &str,
     ) -> Result<PaymentRecord, EngineError> {
-        let (engine, id, caller) = (Arc::clone(self), id.to_string(), caller.to_string());
-        to_the_end(async move { engine.capture(&id, amount_minor, &caller).await }).await
-    }
-
-    async fn capture(&self, id: &str, amount_minor: i64, caller: &str) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         let amount = if amount_minor == 0 { rec.amount_minor } else { amount_minor };
         if amount < 0 || amount > rec.amount_minor {
@@ -1006,19 +993,8 @@ impl Engine {
         self.step(&rec, Input::Capture, update).await.map_err(step_error)
     }
 
-    /// Voids an AUTHORIZED payment; nothing is charged. Runs to the end even
-    /// if the register hangs up, so a void the gateway made is always stored.
-    pub async fn void_payment(
-        self: &Arc<Self>,
-        id: &str,
-        reason: &str,
-        caller: &str,
-    ) -> Result<PaymentRecord, EngineError> {
-        let (engine, id, reason, caller) = (Arc::clone(self), id.to_string(), reason.to_string(), caller.to_string());
-        to_the_end(async move { engine.void(&id, &reason, &caller).await }).await
-    }
-
-    async fn void(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
+    /// Voids an AUTHORIZED payment; nothing is charged.
+    pub async fn void_payment(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Voided => return Ok(rec),
@@ -1041,23 +1017,8 @@ impl Engine {
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
     }
 
-    /// Refunds (part of) a captured payment, idempotently by the register's
-    /// key. Runs to the end even if the register hangs up, so the outcome of
-    /// a refund the gateway or the terminal was asked for is always stored.
+    /// Refunds (part of) a captured payment, idempotently by the register's key.
     pub async fn refund_payment(
-        self: &Arc<Self>,
-        key: &str,
-        payment_id: &str,
-        amount_minor: i64,
-        reason: &str,
-        caller: &str,
-    ) -> Result<crate::store::RefundRecord, EngineError> {
-        let engine = Arc::clone(self);
-        let [key, payment_id, reason, caller] = [key, payment_id, reason, caller].map(str::to_string);
-        to_the_end(async move { engine.refund(&key, &payment_id, amount_minor, &reason, &caller).await }).await
-    }
-
-    async fn refund(
         &self,
         key: &str,
         payment_id: &str,
@@ -1206,14 +1167,8 @@ impl Engine {
     }
 
     /// End of day: closes the lane's batch with the gateway (or the lane's
-    /// payment terminal) and records it. Runs to the end even if the
-    /// register hangs up, so a closed batch is always recorded.
-    pub async fn close_batch(self: &Arc<Self>, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
-        let (engine, terminal, caller) = (Arc::clone(self), terminal.to_string(), caller.to_string());
-        to_the_end(async move { engine.close(&terminal, &caller).await }).await
-    }
-
-    async fn close(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
+    /// payment terminal) and records it.
+    pub async fn close_batch(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
         if !self.lanes.contains_key(terminal) {
             return Err(EngineError::InvalidArgument {
                 field: "terminal_id",
@@ -1996,19 +1951,6 @@ fn human(d: Duration) -> String {
         1..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
         _ => format!("{}h", s / 3600),
-    }
-}
-
-/// Runs a register's request in a task of its own, so it goes on to the end
-/// if the register hangs up (tonic then drops the request's future): what
-/// reached the gateway, the terminal or the database is always followed up.
-async fn to_the_end<T: Send + 'static>(
-    work: impl Future<Output = Result<T, EngineError>> + Send + 'static,
-) -> Result<T, EngineError> {
-    match tokio::spawn(work).await {
-        Ok(answer) => answer,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(EngineError::Unavailable("SHUTTING_DOWN", "posd is stopping; call again once it is back".into())),
     }
 }
 

@@ -1,15 +1,14 @@
 //! SQLite: the source of truth for payments and their audit log.
 //!
 //! WAL journal with `synchronous=FULL`: a transition is on disk when
-//! [`Store::apply`] returns (or [`Store::apply_async`] resolves). Migrations
-//! are versioned with `PRAGMA user_version`.
+//! [`Store::apply`] resolves. Migrations are versioned with `PRAGMA user_version`.
 //! [`StateLock`] keeps a second posd off the same state directory.
 
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pos_engine::{Status, Transition};
@@ -665,33 +664,19 @@ impl Store {
     }
 
     /// Runs `work` in a synced commit, shared with the writes other lanes
-    /// queue meanwhile (group commit): the first caller to find no commit in
-    /// progress commits every queued write in one transaction, each in its
-    /// own savepoint, and the others wait for its answer. A write that fails
-    /// is rolled back alone; a commit that fails fails every write in it.
-    /// Alone, a write is one transaction and one commit, as before. This
-    /// blocks the calling thread; async code uses [`Store::write_async`].
-    fn write<R, F>(&self, work: F) -> Result<R, StoreError>
-    where
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-        R: Send + 'static,
-    {
-        let (reply, answer) = mpsc::sync_channel(1);
-        if self.enqueue(work, Box::new(move |r| drop(reply.send(r)))) {
-            Leader::new(self).commit_queued();
-        }
-        answer.recv().unwrap_or_else(|_| abandoned())
-    }
-
-    /// [`Store::write`] for async callers. A write that finds no commit in
-    /// progress is committed at once on the caller's worker, as a blocking
-    /// call would (a commit takes a fraction of a millisecond, and a lone
-    /// lane pays no thread hand-off). Writes that find one in progress wait
-    /// without holding their workers, so the other lanes' tasks keep running
-    /// and queue theirs; those are committed together on tokio's blocking
-    /// pool. A caller that stops waiting does not stop the write: once
-    /// queued, it commits or fails as if awaited.
-    async fn write_async<R, F>(self: &Arc<Self>, work: F) -> Result<R, StoreError>
+    /// queue meanwhile (group commit): every write queued while a commit is
+    /// in progress goes into the next one, each in its own savepoint. A write
+    /// that fails is rolled back alone; a commit that fails fails every write
+    /// in it. Alone, a write is one transaction and one commit.
+    ///
+    /// A write that finds no commit in progress is committed at once on the
+    /// caller's worker, as a blocking call would (a commit takes a fraction of
+    /// a millisecond, and a lone lane pays no thread hand-off). Writes that
+    /// find one in progress wait without holding their workers, so the other
+    /// lanes' tasks keep running and queue theirs; those are committed
+    /// together on tokio's blocking pool. A caller that stops waiting does not
+    /// stop the write: once queued, it commits or fails as if awaited.
+    async fn write<R, F>(self: &Arc<Self>, work: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
@@ -711,6 +696,21 @@ impl Store {
             }
         }
         answer.await.unwrap_or_else(|_| abandoned())
+    }
+
+    /// [`Store::write`] for threads outside the runtime (tests): the first
+    /// caller to find no commit in progress commits the queue itself.
+    #[cfg(test)]
+    fn write_blocking<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        if self.enqueue(work, Box::new(move |r| drop(reply.send(r)))) {
+            Leader::new(self).commit_queued();
+        }
+        answer.recv().unwrap_or_else(|_| abandoned())
     }
 
     /// Queues a write for the next commit; true when no commit is in
@@ -772,17 +772,13 @@ impl Store {
 
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
     /// the existing payment instead when the idempotency key is taken.
-    pub fn insert_or_get(&self, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
-        self.write(insert_or_get_in(p, caller))
+    pub async fn insert_or_get(self: &Arc<Self>, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
+        self.write(insert_or_get_in(p, caller)).await
     }
 
-    /// [`Store::insert_or_get`] for async callers (see [`Store::write_async`]).
-    pub async fn insert_or_get_async(
-        self: &Arc<Self>,
-        p: &PaymentRecord,
-        caller: &str,
-    ) -> Result<Inserted, StoreError> {
-        self.write_async(insert_or_get_in(p, caller)).await
+    #[cfg(test)]
+    pub fn insert_or_get_blocking(&self, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
+        self.write_blocking(insert_or_get_in(p, caller))
     }
 
     /// Inserts many new payments in one commit (bulk loads, such as the
@@ -800,20 +796,15 @@ impl Store {
     /// Commits one transition: the status (only if it is still `t.from`), its
     /// reason, the update's data, and an audit entry. Card data is dropped in
     /// the same commit when the new status may not keep it.
-    pub fn apply(&self, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+    pub async fn apply(self: &Arc<Self>, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write(move |conn| apply_in(conn, &id, &t, update))
+        self.write(move |conn| apply_in(conn, &id, &t, update)).await
     }
 
-    /// [`Store::apply`] for async callers (see [`Store::write_async`]).
-    pub async fn apply_async(
-        self: &Arc<Self>,
-        id: &str,
-        t: &Transition,
-        update: Update,
-    ) -> Result<Applied, StoreError> {
+    #[cfg(test)]
+    pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write_async(move |conn| apply_in(conn, &id, &t, update)).await
+        self.write_blocking(move |conn| apply_in(conn, &id, &t, update))
     }
 
     /// Commits many transitions at once (one disk sync). A transition whose
@@ -1563,16 +1554,16 @@ mod tests {
     #[test]
     fn same_key_returns_the_existing_payment() {
         let (_d, s) = open();
-        assert!(s.insert_or_get(&sample("k"), "test").unwrap().is_ok());
+        assert!(s.insert_or_get_blocking(&sample("k"), "test").unwrap().is_ok());
         let mut other = sample("k");
         other.id = "pay_other".into();
-        assert_eq!(s.insert_or_get(&other, "test").unwrap().unwrap_err().id, "pay_k");
+        assert_eq!(s.insert_or_get_blocking(&other, "test").unwrap().unwrap_err().id, "pay_k");
     }
 
     #[test]
     fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
         let (_d, s) = open();
-        s.insert_or_get(&sample("k"), "test").unwrap().unwrap();
+        s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
         let mut st = Status::Created;
         for (input, update) in [
             (Input::Start, Update::default()),
@@ -1580,11 +1571,11 @@ mod tests {
             (Input::Sending, Update::default()),
         ] {
             let t = next(st, &input).unwrap();
-            st = s.apply("pay_k", &t, update).unwrap().0.status;
+            st = s.apply_blocking("pay_k", &t, update).unwrap().0.status;
         }
         assert_eq!(s.encrypted_card("pay_k").unwrap(), Some(vec![1, 2, 3]));
         let t = next(st, &Input::Approved { captured: true }).unwrap();
-        assert_eq!(s.apply("pay_k", &t, Update::default()).unwrap().0.status, Status::Captured);
+        assert_eq!(s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status, Status::Captured);
         assert_eq!(s.encrypted_card("pay_k").unwrap(), None);
         let h = s.history("pay_k").unwrap();
         assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));
@@ -1594,10 +1585,10 @@ mod tests {
     #[test]
     fn a_stale_transition_is_refused() {
         let (_d, s) = open();
-        s.insert_or_get(&sample("k"), "test").unwrap().unwrap();
+        s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
         let t = next(Status::Created, &Input::Start).unwrap();
-        s.apply("pay_k", &t, Update::default()).unwrap();
-        assert!(matches!(s.apply("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
+        s.apply_blocking("pay_k", &t, Update::default()).unwrap();
+        assert!(matches!(s.apply_blocking("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
     }
 
     #[test]
@@ -1669,11 +1660,11 @@ mod tests {
         drop(conn);
 
         // The next payment entering the outbox queues behind the one there.
-        s.insert_or_get(&sample("k"), "test").unwrap().unwrap();
+        s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
         let mut st = Status::Created;
         for input in [Input::Start, Input::CardRead, Input::ApprovedOffline] {
             let t = next(st, &input).unwrap();
-            st = s.apply("pay_k", &t, Update::default()).unwrap().0.status;
+            st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
         }
         assert_eq!(st, Status::OfflineApproved);
         let queued: Vec<String> = s.outbox_batch(10).unwrap().into_iter().map(|(p, _)| p.id).collect();
@@ -1689,7 +1680,7 @@ mod tests {
     #[test]
     fn writes_queued_during_a_commit_share_the_next_one() {
         let (_d, s) = open();
-        s.insert_or_get(&sample("k0"), "test").unwrap().unwrap();
+        s.insert_or_get_blocking(&sample("k0"), "test").unwrap().unwrap();
         let stale = next(Status::Collecting, &Input::CardRead).unwrap();
         // Polls the queue's state (no timing involved) until `ready`.
         let wait_for = |ready: &dyn Fn(&Group) -> bool| {
@@ -1700,15 +1691,15 @@ mod tests {
         std::thread::scope(|scope| {
             // The disk is busy: the first writer leads, takes its own write and waits.
             let held = s.conn();
-            let first = scope.spawn(|| s.insert_or_get(&sample("k1"), "test"));
+            let first = scope.spawn(|| s.insert_or_get_blocking(&sample("k1"), "test"));
             wait_for(&|g| g.leading && g.queue.is_empty());
             let inserts: Vec<_> = (2..8)
                 .map(|i| {
                     let s = &s;
-                    scope.spawn(move || s.insert_or_get(&sample(&format!("k{i}")), "test"))
+                    scope.spawn(move || s.insert_or_get_blocking(&sample(&format!("k{i}")), "test"))
                 })
                 .collect();
-            let refused = scope.spawn(|| s.apply("pay_k0", &stale, Update::default()));
+            let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default()));
             wait_for(&|g| g.queue.len() == 7);
             drop(held);
             assert!(first.join().unwrap().unwrap().is_ok());
@@ -1743,15 +1734,15 @@ mod tests {
                 }
             }
         };
-        // The disk is busy: the first write's commit waits on a blocking thread.
+        // The disk is busy: the first write commits in place and waits on its worker.
         let held = s.conn();
         let write = |i: usize| {
             let s = Arc::clone(&s);
-            tokio::spawn(async move { s.insert_or_get_async(&sample(&format!("k{i}")), "test").await })
+            tokio::spawn(async move { s.insert_or_get(&sample(&format!("k{i}")), "test").await })
         };
         let first = write(0);
         wait_for(|g| g.leading && g.queue.is_empty()).await;
-        // Meanwhile the workers are free: seven more lanes queue their writes.
+        // Meanwhile the other worker is free: seven more lanes queue their writes.
         let rest: Vec<_> = (1..8).map(write).collect();
         wait_for(|g| g.queue.len() == 7).await;
         drop(held);
@@ -1761,7 +1752,7 @@ mod tests {
         }
         assert_eq!(s.write_counts(), (8, 2), "the seven writes queued behind the first shared one commit");
         let t = next(Status::Created, &Input::Start).unwrap();
-        let (rec, _) = s.apply_async("pay_k3", &t, Update::default()).await.unwrap();
+        let (rec, _) = s.apply("pay_k3", &t, Update::default()).await.unwrap();
         assert_eq!(rec.status, t.to);
         assert_eq!(s.get("pay_k3").unwrap().unwrap().status, t.to);
         assert_eq!(s.write_counts(), (9, 3));
@@ -1770,12 +1761,12 @@ mod tests {
     #[test]
     fn a_leader_dropped_before_committing_abandons_the_queue() {
         let (_d, s) = open();
-        let (reply, answer) = mpsc::sync_channel(1);
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
         assert!(s.enqueue(insert_or_get_in(&sample("k1"), "test"), Box::new(move |r| drop(reply.send(r)))));
         // As when the runtime stops before the blocking task that was to commit runs.
         drop(Leader::new(&s));
         assert!(answer.recv().is_err(), "the caller hears that its write was dropped");
-        assert!(s.insert_or_get(&sample("k2"), "test").unwrap().is_ok(), "the next write leads");
+        assert!(s.insert_or_get_blocking(&sample("k2"), "test").unwrap().is_ok(), "the next write leads");
         assert!(s.get("pay_k1").unwrap().is_none());
         assert_eq!(s.write_counts(), (1, 1));
     }
@@ -1795,7 +1786,7 @@ mod tests {
     fn migrations_are_idempotent_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("posd.db");
-        Store::open(&path).unwrap().insert_or_get(&sample("k"), "test").unwrap().unwrap();
+        Store::open(&path).unwrap().insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
         let s = Store::open(&path).unwrap();
         assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
     }
@@ -1815,7 +1806,7 @@ mod tests {
             let mut p = sample(&format!("k{i}"));
             p.created_at_ms = 1000 + i;
             p.terminal_id = if i % 2 == 0 { "lane-1".into() } else { "lane-2".into() };
-            s.insert_or_get(&p, "test").unwrap().unwrap();
+            s.insert_or_get_blocking(&p, "test").unwrap().unwrap();
         }
         let page = s.list(&ListFilter { limit: 2, ..Default::default() }).unwrap();
         assert_eq!(page.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>(), ["k4", "k3"]);

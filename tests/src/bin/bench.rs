@@ -386,14 +386,14 @@ async fn commit_one_payment(store: &Arc<Store>, serial: usize) -> usize {
         "EUR".into(),
         now_ms(),
     );
-    store.insert_or_get_async(&rec, "bench").await.expect("insert").expect("new payment");
+    store.insert_or_get(&rec, "bench").await.expect("insert").expect("new payment");
     let card = (card_info(), vec![0xA5; 160]);
     let mut s = Status::Created;
     let steps = captured_life();
     for input in &steps {
         let t = next(s, input).expect("a valid transition");
         let update = Update { card: matches!(input, Input::CardRead).then(|| card.clone()), ..Default::default() };
-        s = store.apply_async(&rec.id, &t, update).await.expect("commit").0.status;
+        s = store.apply(&rec.id, &t, update).await.expect("commit").0.status;
     }
     assert_eq!(s, Status::Captured);
     1 + steps.len()
