@@ -986,7 +986,7 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}"))?;
+        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
         let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
         let update = Update { captured_minor: Some(captured), ..Default::default() };
@@ -999,7 +999,7 @@ impl Engine {
         match rec.status {
             Status::Voided => return Ok(rec),
             Status::Captured if rec.on_terminal() => {
-                self.store.audit(&rec.id, &format!("reversal requested by {caller}"))?;
+                self.store.audit(&rec.id, &format!("reversal requested by {caller}")).await?;
                 let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
                 return self.reverse_on_terminal(rec, why).await;
             }
@@ -1011,7 +1011,7 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("void requested by {caller}"))?;
+        self.store.audit(&rec.id, &format!("void requested by {caller}")).await?;
         self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
@@ -1060,7 +1060,7 @@ impl Engine {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let refund = match self.store.reserve_refund(&candidate)? {
+        let refund = match self.store.reserve_refund(&candidate).await? {
             Reservation::Existing(r) => {
                 if r.payment_id != payment_id || (amount_minor != 0 && r.amount_minor != amount_minor) {
                     return Err(EngineError::AlreadyExists(format!(
@@ -1086,7 +1086,8 @@ impl Engine {
             }
             Reservation::Created(r) => {
                 self.store
-                    .audit(payment_id, &format!("refund {} of {} requested by {caller}", r.id, r.amount_minor))?;
+                    .audit(payment_id, &format!("refund {} of {} requested by {caller}", r.id, r.amount_minor))
+                    .await?;
                 r
             }
             Reservation::NotCaptured(s) => {
@@ -1160,6 +1161,7 @@ impl Engine {
         let (stored, ev) = self
             .store
             .finish_refund(&refund.id, succeeded, failure_ref, &event(kind, message), false)
+            .await
             .inspect_err(|e| self.note_store_error(e))?;
         let _ = self.events.send(ev);
         tracing::info!(refund = %stored.id, payment = %rec.id, status = %stored.status, "refund settled");
@@ -1657,7 +1659,7 @@ impl Engine {
                     backoff = f.retry_first;
                     loop {
                         match stream.message().await {
-                            Ok(Some(e)) => match self.store.apply_gateway_event(&e) {
+                            Ok(Some(e)) => match self.store.apply_gateway_event(&e).await {
                                 Ok(Some(rec)) => {
                                     tracing::info!(kind = %e.kind, event = %e.event_id, "gateway event applied");
                                     let _ = self.events.send(rec);

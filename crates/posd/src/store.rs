@@ -871,90 +871,42 @@ impl Store {
     /// Records a refund as pending if the payment is captured and the
     /// captured amount covers it with every pending and succeeded refund; or
     /// returns the refund already under the idempotency key.
-    pub fn reserve_refund(&self, r: &RefundRecord) -> Result<Reservation, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        if let Some(existing) = tx
-            .query_row(
-                &format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE idempotency_key = ?1"),
-                [&r.idempotency_key],
-                row_to_refund,
-            )
-            .optional()?
-        {
-            return Ok(Reservation::Existing(existing));
-        }
-        let (status, captured): (String, i64) = tx
-            .query_row("SELECT status, captured_minor FROM payments WHERE id = ?1", [&r.payment_id], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(r.payment_id.clone()))?;
-        let status = Status::parse(&status).ok_or(StoreError::Corrupt(status))?;
-        if status != Status::Captured {
-            return Ok(Reservation::NotCaptured(status));
-        }
-        let committed: i64 = tx.query_row(
-            "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE payment_id = ?1 AND status != 'failed'",
-            [&r.payment_id],
-            |row| row.get(0),
-        )?;
-        if committed + r.amount_minor > captured {
-            return Ok(Reservation::Exceeds { captured, committed });
-        }
-        tx.execute(
-            &format!(
-                "INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ),
-            params![
-                r.id,
-                r.idempotency_key,
-                r.payment_id,
-                r.amount_minor,
-                r.currency,
-                r.refund_key,
-                r.status,
-                r.reason,
-                r.failure_code,
-                r.failure_message,
-                r.created_at_ms,
-                r.updated_at_ms
-            ],
-        )?;
-        tx.commit()?;
-        Ok(Reservation::Created(r.clone()))
+    pub async fn reserve_refund(self: &Arc<Self>, r: &RefundRecord) -> Result<Reservation, StoreError> {
+        let r = r.clone();
+        self.write(move |tx| reserve_refund_in(tx, r)).await
     }
 
     /// Settles a pending refund, with its event, in one commit. With `record`, a succeeded refund also
     /// queues its record for the gateway's ledger (a payment terminal's
     /// refund), in the same commit.
-    pub fn finish_refund(
-        &self,
+    pub async fn finish_refund(
+        self: &Arc<Self>,
         id: &str,
         succeeded: bool,
         failure: Option<(&str, &str)>,
         event: &NewEvent,
         record: bool,
     ) -> Result<(RefundRecord, EventRecord), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let (code, message) = failure.unwrap_or(("", ""));
-        tx.execute(
-            "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
-             WHERE id = ?1 AND status = 'pending'",
-            params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
-        )?;
-        let event = insert_event(&tx, event)?;
-        if succeeded && record {
+        let (id, event) = (id.to_string(), event.clone());
+        let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
+        self.write(move |tx| {
             tx.execute(
-                "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
-                 SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
-                params![id, now_ms()],
+                "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
             )?;
-        }
-        let r = tx.query_row(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"), [id], row_to_refund)?;
-        tx.commit()?;
-        Ok((r, event))
+            let event = insert_event(tx, &event)?;
+            if succeeded && record {
+                tx.execute(
+                    "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+                     SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
+                    params![id, now_ms()],
+                )?;
+            }
+            let r = tx.query_row(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"), [&id], row_to_refund)?;
+            Ok((r, event))
+        })
+        .await
     }
 
     pub fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
@@ -987,14 +939,17 @@ impl Store {
     }
 
     /// Adds an audit line to a payment's log without changing its status.
-    pub fn audit(&self, payment_id: &str, cause: &str) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let status: String = conn
-            .query_row("SELECT status FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(payment_id.to_string()))?;
-        exec(&conn, INSERT_AUDIT, params![payment_id, now_ms(), status, status, cause])?;
-        Ok(())
+    pub async fn audit(self: &Arc<Self>, payment_id: &str, cause: &str) -> Result<(), StoreError> {
+        let (id, cause) = (payment_id.to_string(), cause.to_string());
+        self.write(move |conn| {
+            let status: String = conn
+                .query_row("SELECT status FROM payments WHERE id = ?1", [&id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            exec(conn, INSERT_AUDIT, params![id, now_ms(), status, status, cause])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Payments per status.
@@ -1024,39 +979,12 @@ impl Store {
 
     /// Applies a gateway event once: records its id and appends the
     /// register event, in one commit; a redelivery only advances the cursor.
-    pub fn apply_gateway_event(&self, e: &pos_proto::gateway::GatewayEvent) -> Result<Option<EventRecord>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO gateway_events (event_id, sequence, kind, transaction_key, received_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, now_ms()],
-        )? == 1;
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('gateway_event_sequence', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-            [e.sequence as i64],
-        )?;
-        let event = if inserted {
-            let payment: Option<(String, String)> = tx
-                .query_row("SELECT id, terminal_id FROM payments WHERE gateway_key = ?1", [&e.transaction_key], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?;
-            let (payment_id, terminal_id) = payment.unwrap_or_default();
-            let kind = match e.kind.as_str() {
-                "refund_settled" => "gateway_refund_settled",
-                "dispute_opened" => "gateway_dispute_opened",
-                "settlement_closed" => "gateway_settlement_closed",
-                _ => "gateway_event",
-            };
-            let message = format!("{} ({}): {}", e.kind, e.event_id, e.message);
-            Some(insert_event(&tx, &NewEvent { kind, terminal_id, payment_id, message })?)
-        } else {
-            None
-        };
-        tx.commit()?;
-        Ok(event)
+    pub async fn apply_gateway_event(
+        self: &Arc<Self>,
+        e: &pos_proto::gateway::GatewayEvent,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let e = e.clone();
+        self.write(move |tx| apply_gateway_event_in(tx, &e)).await
     }
 
     /// A payment terminal's result for a payment, with its receipt lines.
@@ -1083,15 +1011,18 @@ impl Store {
     }
 
     /// Adds receipt lines the terminal sent after its result.
-    pub fn append_receipt_lines(&self, payment_id: &str, lines: &[String]) -> Result<(), StoreError> {
-        let conn = self.conn();
-        exec(
-            &conn,
-            "UPDATE terminal_results SET lines = CASE WHEN lines = '' THEN ?2 ELSE lines || char(10) || char(10) || ?2 END \
-             WHERE payment_id = ?1",
-            params![payment_id, lines.join("\n")],
-        )?;
-        Ok(())
+    pub async fn append_receipt_lines(self: &Arc<Self>, payment_id: &str, lines: &[String]) -> Result<(), StoreError> {
+        let (id, lines) = (payment_id.to_string(), lines.join("\n"));
+        self.write(move |conn| {
+            exec(
+                conn,
+                "UPDATE terminal_results SET lines = CASE WHEN lines = '' THEN ?2 ELSE lines || char(10) || char(10) || ?2 END \
+                 WHERE payment_id = ?1",
+                params![id, lines],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records for the gateway's ledger not yet acknowledged, oldest first.
@@ -1117,28 +1048,31 @@ impl Store {
 
     /// The gateway acknowledged the record (`error` empty), or the attempt
     /// failed; a `refused` record is not sent again.
-    pub fn record_attempt(&self, seq: i64, error: &str, refused: bool) -> Result<(), StoreError> {
-        let conn = self.conn();
-        if refused {
-            exec(
-                &conn,
-                "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2, refused = 1 WHERE seq = ?1",
-                params![seq, error],
-            )?;
-        } else if error.is_empty() {
-            exec(
-                &conn,
-                "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
-                params![seq, now_ms()],
-            )?;
-        } else {
-            exec(
-                &conn,
-                "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-                params![seq, error],
-            )?;
-        }
-        Ok(())
+    pub async fn record_attempt(self: &Arc<Self>, seq: i64, error: &str, refused: bool) -> Result<(), StoreError> {
+        let error = error.to_string();
+        self.write(move |conn| {
+            if refused {
+                exec(
+                    conn,
+                    "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2, refused = 1 WHERE seq = ?1",
+                    params![seq, error],
+                )?;
+            } else if error.is_empty() {
+                exec(
+                    conn,
+                    "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
+                    params![seq, now_ms()],
+                )?;
+            } else {
+                exec(
+                    conn,
+                    "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+                    params![seq, error],
+                )?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The next queued payments to forward, in FIFO order, with their card data.
@@ -1218,6 +1152,92 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreErr
         payment_id: e.payment_id.clone(),
         message: e.message.clone(),
     })
+}
+
+/// The write of [`Store::reserve_refund`].
+fn reserve_refund_in(tx: &Connection, r: RefundRecord) -> Result<Reservation, StoreError> {
+    if let Some(existing) = tx
+        .query_row(
+            &format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE idempotency_key = ?1"),
+            [&r.idempotency_key],
+            row_to_refund,
+        )
+        .optional()?
+    {
+        return Ok(Reservation::Existing(existing));
+    }
+    let (status, captured): (String, i64) = tx
+        .query_row("SELECT status, captured_minor FROM payments WHERE id = ?1", [&r.payment_id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(r.payment_id.clone()))?;
+    let status = Status::parse(&status).ok_or(StoreError::Corrupt(status))?;
+    if status != Status::Captured {
+        return Ok(Reservation::NotCaptured(status));
+    }
+    let committed: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(amount_minor), 0) FROM refunds WHERE payment_id = ?1 AND status != 'failed'",
+        [&r.payment_id],
+        |row| row.get(0),
+    )?;
+    if committed + r.amount_minor > captured {
+        return Ok(Reservation::Exceeds { captured, committed });
+    }
+    tx.execute(
+        &format!("INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        params![
+            r.id,
+            r.idempotency_key,
+            r.payment_id,
+            r.amount_minor,
+            r.currency,
+            r.refund_key,
+            r.status,
+            r.reason,
+            r.failure_code,
+            r.failure_message,
+            r.created_at_ms,
+            r.updated_at_ms
+        ],
+    )?;
+    Ok(Reservation::Created(r))
+}
+
+/// The write of [`Store::apply_gateway_event`].
+fn apply_gateway_event_in(
+    tx: &Connection,
+    e: &pos_proto::gateway::GatewayEvent,
+) -> Result<Option<EventRecord>, StoreError> {
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO gateway_events (event_id, sequence, kind, transaction_key, received_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, now_ms()],
+    )? == 1;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('gateway_event_sequence', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+        [e.sequence as i64],
+    )?;
+    let event = if inserted {
+        let payment: Option<(String, String)> = tx
+            .query_row("SELECT id, terminal_id FROM payments WHERE gateway_key = ?1", [&e.transaction_key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let (payment_id, terminal_id) = payment.unwrap_or_default();
+        let kind = match e.kind.as_str() {
+            "refund_settled" => "gateway_refund_settled",
+            "dispute_opened" => "gateway_dispute_opened",
+            "settlement_closed" => "gateway_settlement_closed",
+            _ => "gateway_event",
+        };
+        let message = format!("{} ({}): {}", e.kind, e.event_id, e.message);
+        Some(insert_event(tx, &NewEvent { kind, terminal_id, payment_id, message })?)
+    } else {
+        None
+    };
+    Ok(event)
 }
 
 /// A new payment (`Ok`), or the one already under its idempotency key (`Err`).
@@ -1619,8 +1639,8 @@ mod tests {
         assert_eq!(s.queue_summary().unwrap().count, 1);
     }
 
-    #[test]
-    fn the_audit_log_keeps_its_order_across_migration_7() {
+    #[tokio::test]
+    async fn the_audit_log_keeps_its_order_across_migration_7() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("posd.db");
         {
@@ -1646,10 +1666,10 @@ mod tests {
             )
             .unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s = Arc::new(Store::open(&path).unwrap());
         let causes = |id: &str| s.history(id).unwrap().into_iter().map(|e| e.cause).collect::<Vec<_>>();
         assert_eq!(causes("pay_q"), ["one", "two", "three"]);
-        s.audit("pay_q", "four").unwrap();
+        s.audit("pay_q", "four").await.unwrap();
         assert_eq!(causes("pay_q"), ["one", "two", "three", "four"], "new entries come after the old ones");
         assert_eq!(causes("pay_r"), ["r-one", "r-two"]);
         let conn = s.conn();

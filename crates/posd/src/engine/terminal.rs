@@ -166,7 +166,7 @@ impl Engine {
                     }
                     Some(ZvtEvent::Confirmed) => {}
                     Some(ZvtEvent::Refused) => refused_late = rec.status == Status::Confirming,
-                    Some(ZvtEvent::Receipt(lines)) => self.keep_lines(&rec, &lines),
+                    Some(ZvtEvent::Receipt(lines)) => self.keep_lines(&rec, &lines).await,
                     Some(ZvtEvent::Done(ending)) => break ending,
                 },
                 Some(()) = cancel.recv(), if rec.status == Status::Collecting && !register_cancel => {
@@ -292,9 +292,9 @@ impl Engine {
         Ok(new)
     }
 
-    fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
+    async fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
         let lines: Vec<String> = lines.iter().map(|l| crate::lane::scrub(l)).collect();
-        if let Err(e) = self.store.append_receipt_lines(&rec.id, &lines) {
+        if let Err(e) = self.store.append_receipt_lines(&rec.id, &lines).await {
             tracing::warn!(payment = %rec.id, error = %e, "cannot keep the terminal's receipt lines");
         }
     }
@@ -420,22 +420,22 @@ impl Engine {
                 let request = match self.terminal_record(&r) {
                     Ok(req) => req,
                     Err(e) => {
-                        self.record_refused(&r, &format!("cannot build it: {e}"));
+                        self.record_refused(&r, &format!("cannot build it: {e}")).await;
                         continue;
                     }
                 };
                 match self.gateway.record_terminal(request).await {
                     Ok(duplicate) => {
                         tracing::info!(record = %r.record_key, duplicate, "terminal payment recorded at the gateway");
-                        let _ = self.store.record_attempt(r.seq, "", false);
+                        let _ = self.store.record_attempt(r.seq, "", false).await;
                         backoff = f.retry_first;
                     }
                     // The gateway refused the record itself: retrying cannot
                     // help, and must not hold back the records after it.
-                    Err(crate::gateway::CallError::Refused(m)) => self.record_refused(&r, &m),
+                    Err(crate::gateway::CallError::Refused(m)) => self.record_refused(&r, &m).await,
                     Err(e) => {
                         tracing::warn!(record = %r.record_key, error = %e, "recording at the gateway failed; will retry");
-                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false);
+                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false).await;
                         failed = true;
                         break;
                     }
@@ -451,9 +451,9 @@ impl Engine {
         }
     }
 
-    fn record_refused(&self, r: &crate::store::GatewayRecord, why: &str) {
+    async fn record_refused(&self, r: &crate::store::GatewayRecord, why: &str) {
         tracing::error!(record = %r.record_key, %why, "a terminal payment's record was refused; a person must look");
-        let _ = self.store.record_attempt(r.seq, why, true);
+        let _ = self.store.record_attempt(r.seq, why, true).await;
         self.emit(
             "record_refused",
             "",
@@ -576,7 +576,7 @@ impl Engine {
                     } else {
                         ("refund_failed", format!("the payment terminal refused the refund: {text}"))
                     };
-                    match self.store.finish_refund(&refund.id, ok, failure, &event(kind, message), true) {
+                    match self.store.finish_refund(&refund.id, ok, failure, &event(kind, message), true).await {
                         Ok((stored, ev)) => {
                             let _ = self.events.send(ev);
                             let _ = confirm.send(true);
@@ -632,6 +632,7 @@ impl Engine {
                 let (stored, ev) = self
                     .store
                     .finish_refund(&refund.id, false, Some((&code, &text)), &event("refund_failed", message), false)
+                    .await
                     .inspect_err(|e| self.note_store_error(e))?;
                 let _ = self.events.send(ev);
                 Ok(stored)
