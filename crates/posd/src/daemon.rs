@@ -342,7 +342,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
         }
     }
-    engine.shutdown_warning();
+    engine.shutdown_warning().await;
     tracing::info!("posd stopped");
     Ok(())
 }

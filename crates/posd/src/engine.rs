@@ -262,9 +262,9 @@ impl Engine {
     }
 
     /// Appends and publishes an event that is not part of a payment transition.
-    fn emit(&self, kind: &'static str, terminal_id: &str, payment_id: &str, message: String) {
+    async fn emit(&self, kind: &'static str, terminal_id: &str, payment_id: &str, message: String) {
         let e = NewEvent { kind, terminal_id: terminal_id.into(), payment_id: payment_id.into(), message };
-        match self.store.append_event(&e) {
+        match self.store.append_event(&e).await {
             Ok(rec) => {
                 let _ = self.events.send(rec);
             }
@@ -829,7 +829,8 @@ impl Engine {
                              check the terminal's journal before refunding again",
                             refund.id, refund.amount_minor
                         ),
-                    );
+                    )
+                    .await;
                     continue;
                 }
                 let engine = self.clone();
@@ -1212,7 +1213,8 @@ impl Engine {
                 if text.is_empty() { "nothing to settle".to_string() } else { text.join(", ") },
                 if unsent > 0 { format!("; {unsent} offline payments not yet forwarded") } else { String::new() }
             ),
-        );
+        )
+        .await;
         let summary = pb::BatchSummary {
             batch_id: result.batch_id,
             terminal_id: terminal.to_string(),
@@ -1342,9 +1344,10 @@ impl Engine {
                 };
                 if first_pause {
                     tracing::error!(%message, "ALERT: forwarding paused: the gateway refuses posd's credentials");
-                    self.emit("forwarding_paused", "", "", format!("forwarding paused: {message}"));
+                    self.emit("forwarding_paused", "", "", format!("forwarding paused: {message}")).await;
                 } else if !auth && new_error {
-                    self.emit("forward_failed", "", "", format!("{} payments stay queued: {message}", claimed.len()));
+                    self.emit("forward_failed", "", "", format!("{} payments stay queued: {message}", claimed.len()))
+                        .await;
                 }
                 Ok(Some(auth))
             }
@@ -1496,8 +1499,8 @@ impl Engine {
                 _ = health.tick() => self.gateway.probe().await,
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
-                    self.age_queue(&f);
-                    self.report_readers(&mut readers);
+                    self.age_queue(&f).await;
+                    self.report_readers(&mut readers).await;
                     self.heartbeat.store(now_ms(), Ordering::Relaxed);
                     continue;
                 }
@@ -1510,7 +1513,7 @@ impl Engine {
                     } else {
                         ("offline", "the gateway cannot be reached")
                     };
-                    self.emit(kind, "", "", text.into());
+                    self.emit(kind, "", "", text.into()).await;
                 }
                 was_online = Some(now_online);
                 if now_online {
@@ -1531,7 +1534,7 @@ impl Engine {
     /// Every connection and disconnection since the last look is reported,
     /// in order, however long ago it happened (a reader that came and went
     /// between two looks, or before the first).
-    fn report_readers(&self, seen: &mut HashMap<String, (bool, u64)>) {
+    async fn report_readers(&self, seen: &mut HashMap<String, (bool, u64)>) {
         for lane in self.lanes.values() {
             let state = lane.reader_state();
             let (was, before) =
@@ -1539,22 +1542,22 @@ impl Engine {
             let new = state.connections.saturating_sub(before);
             let disconnected = || {
                 let message = format!("card reader on {} disconnected; reopening", lane.line);
-                self.emit("reader_disconnected", &lane.id, "", message);
+                self.emit("reader_disconnected", &lane.id, "", message)
             };
             if was && (new > 0 || !state.connected) {
-                disconnected();
+                disconnected().await;
             }
             for i in 0..new {
                 let message = format!("card reader {} (firmware {}) connected", state.serial, state.firmware);
-                self.emit("reader_connected", &lane.id, "", message);
+                self.emit("reader_connected", &lane.id, "", message).await;
                 if i + 1 < new || !state.connected {
-                    disconnected();
+                    disconnected().await;
                 }
             }
         }
     }
 
-    fn age_queue(&self, f: &ForwardSettings) {
+    async fn age_queue(&self, f: &ForwardSettings) {
         self.clock.check();
         let now = self.clock.now_ms();
         // Expire what is too old to forward.
@@ -1611,7 +1614,8 @@ impl Engine {
             match level {
                 AgeLevel::Alert => {
                     tracing::warn!(age_s = age.as_secs(), "ALERT: offline payments are waiting too long");
-                    self.emit("queue_age_alert", "", "", format!("the oldest unsent payment is {} old", human(age)));
+                    self.emit("queue_age_alert", "", "", format!("the oldest unsent payment is {} old", human(age)))
+                        .await;
                 }
                 AgeLevel::Stop => {
                     tracing::error!(
@@ -1623,7 +1627,8 @@ impl Engine {
                         "",
                         "",
                         format!("the oldest unsent payment is {} old; new offline payments are refused", human(age)),
-                    );
+                    )
+                    .await;
                 }
                 AgeLevel::Fresh | AgeLevel::Expire => {}
             }
@@ -1715,7 +1720,7 @@ impl Engine {
                         &rec.terminal_id,
                         &id,
                         format!("payment {id} still waited for a card when posd stopped; it was canceled, nothing was charged"),
-                    ),
+                    ).await,
                     Err(e) => tracing::error!(payment = %id, error = %e, "stopping: cannot cancel"),
                 }
             } else {
@@ -1725,7 +1730,8 @@ impl Engine {
                     &rec.terminal_id,
                     &id,
                     format!("payment {id} was {} when posd stopped; posd settles it when it starts again", rec.status),
-                );
+                )
+                .await;
             }
         }
     }
@@ -1770,7 +1776,7 @@ impl Engine {
         );
         match printer.print(job.into_bytes()).await {
             Ok(()) => {
-                self.emit("receipt_printed", &rec.terminal_id, id, format!("{marker} printed"));
+                self.emit("receipt_printed", &rec.terminal_id, id, format!("{marker} printed")).await;
                 Ok((rec.terminal_id, reprint))
             }
             Err(e) => {
@@ -1781,7 +1787,8 @@ impl Engine {
                     format!(
                         "{marker} not printed: {e}; the payment is unchanged, print it again once the printer is ready"
                     ),
-                );
+                )
+                .await;
                 Err(print_error(e))
             }
         }
@@ -1801,13 +1808,18 @@ impl Engine {
         let Ok(printer) = self.printer_of(&b.terminal_id) else { return };
         let job = crate::receipt::end_of_day_slip(&self.settings.receipt, printer.width, b, terminal_lines);
         match printer.print(job.into_bytes()).await {
-            Ok(()) => self.emit("slip_printed", &b.terminal_id, "", format!("end-of-day slip {} printed", b.batch_id)),
-            Err(e) => self.emit(
-                "slip_failed",
-                &b.terminal_id,
-                "",
-                format!("end-of-day slip {} not printed: {e}; the batch is closed all the same", b.batch_id),
-            ),
+            Ok(()) => {
+                self.emit("slip_printed", &b.terminal_id, "", format!("end-of-day slip {} printed", b.batch_id)).await
+            }
+            Err(e) => {
+                self.emit(
+                    "slip_failed",
+                    &b.terminal_id,
+                    "",
+                    format!("end-of-day slip {} not printed: {e}; the batch is closed all the same", b.batch_id),
+                )
+                .await
+            }
         }
     }
 
@@ -1842,7 +1854,7 @@ impl Engine {
                     // The first state is news only if it is not "ready".
                     if kind != last && !(last.is_empty() && kind == "printer_ready") {
                         tracing::info!(lane = %lane_id, kind, detail = %text, "printer status");
-                        engine.emit(kind, &lane_id, "", text);
+                        engine.emit(kind, &lane_id, "", text).await;
                     }
                     last = kind.to_string();
                     if rx.changed().await.is_err() {
@@ -1857,7 +1869,7 @@ impl Engine {
     }
 
     /// Warns about unsent payments at shutdown.
-    pub fn shutdown_warning(&self) {
+    pub async fn shutdown_warning(&self) {
         if let Ok(s) = self.store.queue_summary()
             && s.count > 0
         {
@@ -1867,7 +1879,8 @@ impl Engine {
                 "",
                 "",
                 format!("posd stopped with {} payments not yet forwarded", s.count),
-            );
+            )
+            .await;
         }
     }
 }

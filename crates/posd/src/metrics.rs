@@ -69,7 +69,14 @@ pub fn render(engine: &Engine) -> String {
     }
     let (writes, commits) = engine.store().write_counts();
     out.push_str(
-        "# HELP posd_store_writes_total New payments and single state changes committed (the forwarder's batches not counted).\n",
+        "# HELP posd_store_payment_writes_total New payments and single state changes committed (the forwarder's batches not counted).\n",
+    );
+    out.push_str(&format!(
+        "# TYPE posd_store_payment_writes_total counter\nposd_store_payment_writes_total {}\n",
+        engine.store().payment_writes()
+    ));
+    out.push_str(
+        "# HELP posd_store_writes_total Writes committed through the group commit: payment writes, events, audit entries, refunds and records.\n",
     );
     out.push_str(&format!("# TYPE posd_store_writes_total counter\nposd_store_writes_total {writes}\n"));
     out.push_str(

@@ -506,6 +506,8 @@ pub struct Store {
     group: Mutex<Group>,
     commits: AtomicU64,
     writes: AtomicU64,
+    /// Of the writes, new payments and state changes.
+    payment_writes: AtomicU64,
 }
 
 /// Writes queued for the next group commit, and whether a caller is
@@ -656,6 +658,7 @@ impl Store {
             group: Mutex::default(),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            payment_writes: AtomicU64::new(0),
         })
     }
 
@@ -770,10 +773,25 @@ impl Store {
         (self.writes.load(Ordering::Relaxed), self.commits.load(Ordering::Relaxed))
     }
 
+    /// Of [`Store::write_counts`]'s writes, new payments and state changes
+    /// (each payment's share of the commits, apart from events, audit
+    /// entries, refunds and records).
+    pub fn payment_writes(&self) -> u64 {
+        self.payment_writes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a committed payment write.
+    fn counted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_ok() {
+            self.payment_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
     /// the existing payment instead when the idempotency key is taken.
     pub async fn insert_or_get(self: &Arc<Self>, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
-        self.write(insert_or_get_in(p, caller)).await
+        self.counted(self.write(insert_or_get_in(p, caller)).await)
     }
 
     #[cfg(test)]
@@ -798,7 +816,7 @@ impl Store {
     /// the same commit when the new status may not keep it.
     pub async fn apply(self: &Arc<Self>, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write(move |conn| apply_in(conn, &id, &t, update)).await
+        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update)).await)
     }
 
     #[cfg(test)]
@@ -832,9 +850,9 @@ impl Store {
     }
 
     /// Appends an event that concerns no payment transition.
-    pub fn append_event(&self, e: &NewEvent) -> Result<EventRecord, StoreError> {
-        let conn = self.conn();
-        insert_event(&conn, e)
+    pub async fn append_event(self: &Arc<Self>, e: &NewEvent) -> Result<EventRecord, StoreError> {
+        let e = e.clone();
+        self.write(move |conn| insert_event(conn, &e)).await
     }
 
     /// True when an event of `kind` about `payment_id` whose message starts

@@ -167,7 +167,11 @@ async fn main() -> ExitCode {
     drop(connected);
 
     let store = Metrics::scrape(&metrics);
-    let (writes, commits) = (store.get("posd_store_writes_total"), store.get("posd_store_commits_total"));
+    let (payment_writes, writes, commits) = (
+        store.get("posd_store_payment_writes_total"),
+        store.get("posd_store_writes_total"),
+        store.get("posd_store_commits_total"),
+    );
 
     // The gateway's ledger: one charge per payment.
     lane.kill_posd();
@@ -218,7 +222,11 @@ async fn main() -> ExitCode {
         growth * 100.0,
         MAX_GROWTH * 100.0
     );
-    println!("store: {writes} payment writes in {commits} synced commits ({:.2} writes per commit)", writes / commits);
+    println!(
+        "store: {payment_writes} payment writes ({writes} writes in all, with events) in {commits} synced commits \
+         ({:.2} writes per commit)",
+        writes / commits
+    );
     println!("gateway ledger: {} charges, {} distinct keys, {captured} captured", ledger.len(), keys.len());
     println!(
         "start-up to READY with {} payments stored: median {:.1} ms, max {:.1} ms",

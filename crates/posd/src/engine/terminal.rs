@@ -349,7 +349,7 @@ impl Engine {
                 };
                 // The payment stays UNKNOWN for a person; the register hears
                 // why and the lane is free for the next customer.
-                self.emit("terminal_outcome_unknown", &rec.terminal_id, &rec.id, message.clone());
+                self.emit("terminal_outcome_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
                 self.free_lane(&rec);
                 self.publish(
                     &rec,
@@ -459,7 +459,8 @@ impl Engine {
             "",
             &r.payment_id,
             format!("the gateway's ledger refused record {} ({why}); it is kept for a person", r.record_key),
-        );
+        )
+        .await;
     }
 
     fn terminal_record(&self, r: &crate::store::GatewayRecord) -> Result<TerminalRecord, StepError> {
@@ -530,12 +531,12 @@ impl Engine {
 
     /// A refund or reversal was stored as done, but the terminal never had
     /// the 80 00 that completes it: it may have undone it. A person checks.
-    fn confirmation_lost(&self, rec: &PaymentRecord, what: &str) -> EngineError {
+    async fn confirmation_lost(&self, rec: &PaymentRecord, what: &str) -> EngineError {
         let message = format!(
             "{what} was stored as done, but the payment terminal did not get posd's confirmation and may have \
              undone it; check the terminal's journal"
         );
-        self.emit("terminal_confirmation_lost", &rec.terminal_id, &rec.id, message.clone());
+        self.emit("terminal_confirmation_lost", &rec.terminal_id, &rec.id, message.clone()).await;
         EngineError::Unavailable("OUTCOME_UNKNOWN", message)
     }
 
@@ -605,7 +606,7 @@ impl Engine {
         };
         if let Some(stored) = settled {
             if stored.status == "succeeded" && !confirmed {
-                return Err(self.confirmation_lost(rec, &format!("refund {}", stored.id)));
+                return Err(self.confirmation_lost(rec, &format!("refund {}", stored.id)).await);
             }
             return Ok(stored);
         }
@@ -704,7 +705,7 @@ impl Engine {
         };
         if let Some(new) = reversed {
             if !confirmed {
-                return Err(self.confirmation_lost(&new, &format!("the reversal of payment {}", new.id)));
+                return Err(self.confirmation_lost(&new, &format!("the reversal of payment {}", new.id)).await);
             }
             return Ok(new);
         }
@@ -795,7 +796,8 @@ impl Engine {
                 "end-of-day on the payment terminal by {caller}: {}",
                 pos_engine::money::format(captured, &lane.currency)
             ),
-        );
+        )
+        .await;
         let summary = pb::BatchSummary {
             batch_id,
             terminal_id: terminal.to_string(),
