@@ -567,6 +567,42 @@ async fn case_12_a_full_disk_refuses_new_payments_and_loses_nothing_queued() {
 }
 
 #[tokio::test]
+async fn an_unreadable_queue_refuses_the_offline_approval_and_frees_the_lane() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let queued = final_payment(&lane.pay("k-before", 700).await);
+    assert_eq!(status(&queued), pb::PaymentStatus::OfflineApproved);
+    // Damage the database under the running posd: the offline limits read a
+    // table that is no longer there.
+    let db = rusqlite::Connection::open(lane.state_dir().join("posd.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch("ALTER TABLE meta RENAME TO meta_damaged").unwrap();
+
+    let p = final_payment(&lane.pay("k-unreadable", 800).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Failed, "{p:?}");
+    let failure = p.failure.unwrap();
+    assert_eq!(failure.code, "store_unavailable");
+    assert!(failure.message.contains("nothing was charged"), "{}", failure.message);
+    // The lane is free, and posd fails closed: the next payment is refused
+    // for the database, not for a busy terminal.
+    let refused = take(&mut lane.client().await, "k-after", 900).await.expect_err("new payments are refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("database"), "{}", refused.message());
+
+    db.execute_batch("ALTER TABLE meta_damaged RENAME TO meta").unwrap();
+    drop(db);
+    lane.kill_posd();
+    lane.fault("none");
+    lane.start_posd();
+    lane.wait_status(&queued.payment_id, pb::PaymentStatus::Captured).await;
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "only the queued payment reached the gateway: {ledger:?}");
+    assert_eq!(approved_by_amount(&ledger, 700), 1);
+    lane.finish();
+}
+
+#[tokio::test]
 async fn case_3_the_reader_dropping_after_the_card_read_still_reports_the_approval() {
     let mut lane = Lane::start(&["--unplug-after-card"]);
     lane.ready().await;

@@ -153,7 +153,7 @@ pub struct Engine {
     events: broadcast::Sender<EventRecord>,
     clock: AgeClock,
     sync: Mutex<SyncState>,
-    /// Set when a database write failed: new payments are refused (fail closed).
+    /// Set when the database failed (a write, or a read a decision needs): new payments are refused (fail closed).
     store_failed: AtomicBool,
     /// Set when posd begins to stop: new payments are refused.
     stopping: AtomicBool,
@@ -257,7 +257,7 @@ impl Engine {
 
     fn note_store_error(&self, e: &StoreError) {
         if matches!(e, StoreError::Db(_)) && !self.store_failed.swap(true, Ordering::SeqCst) {
-            tracing::error!(error = %e, "database write failed: refusing new payments until posd is restarted with a healthy database");
+            tracing::error!(error = %e, "database failed: refusing new payments until posd is restarted with a healthy database");
         }
     }
 
@@ -689,17 +689,24 @@ impl Engine {
     async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
         let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
         let gate = self.offline_gate.lock().await;
-        let summary = self.store.queue_summary()?;
-        let total = summary.totals.iter().find(|(c, _)| *c == rec.currency).map_or(0, |(_, t)| *t);
         let fingerprint = crate::lane::scrub(&card.card_fingerprint);
-        let same_card = if fingerprint.is_empty() { 0 } else { self.store.queued_for_card(&fingerprint)? };
         let now = self.clock.now_ms();
-        let queue = QueueState {
-            count: summary.count,
-            total_minor: total,
-            same_card,
-            oldest_age: summary.oldest_queued_at_ms.map(|t| Duration::from_millis((now - t).max(0) as u64)),
-            since_online: self.store.meta(LAST_ONLINE)?.map(|t| Duration::from_millis((now_ms() - t).max(0) as u64)),
+        let queue = match self.queue_state(&rec.currency, &fingerprint, now) {
+            Ok(queue) => queue,
+            Err(e) => {
+                // Limits that cannot be checked refuse: nothing was sent, so
+                // the payment fails cleanly and the lane is free again.
+                drop(gate);
+                tracing::error!(payment = %rec.id, error = %e, "cannot read the offline queue; offline approval refused");
+                self.note_store_error(&e);
+                let message = format!(
+                    "The gateway cannot be reached ({why}) and posd cannot read its offline queue ({e}); \
+                     nothing was charged"
+                );
+                let input = Input::OfflineRefused { code: "store_unavailable".into(), message };
+                self.step(&rec, input, Update::default()).await?;
+                return Ok(());
+            }
         };
         let entry = match pb::EntryMode::try_from(convert::entry_mode(card.entry_mode) as i32) {
             Ok(pb::EntryMode::Chip) => Entry::Chip,
@@ -757,6 +764,19 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// What the offline limits are checked against: the queue as stored.
+    fn queue_state(&self, currency: &str, fingerprint: &str, now: i64) -> Result<QueueState, StoreError> {
+        let summary = self.store.queue_summary()?;
+        let ago = |t: i64, now: i64| Duration::from_millis((now - t).max(0) as u64);
+        Ok(QueueState {
+            count: summary.count,
+            total_minor: summary.totals.iter().find(|(c, _)| c == currency).map_or(0, |(_, t)| *t),
+            same_card: if fingerprint.is_empty() { 0 } else { self.store.queued_for_card(fingerprint)? },
+            oldest_age: summary.oldest_queued_at_ms.map(|t| ago(t, now)),
+            since_online: self.store.meta(LAST_ONLINE)?.map(|t| ago(t, now_ms())),
+        })
     }
 
     /// Applies the gateway's answer for a payment in AUTHORIZING or UNKNOWN.
