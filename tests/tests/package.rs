@@ -1,7 +1,8 @@
 //! The store package: its file list names the binaries, unit, sysusers,
 //! tmpfiles, udev and config files; its maintainer scripts create the user,
 //! enable the service, restart it gracefully on upgrade, and refuse removal
-//! while offline payments are queued.
+//! while offline payments are queued. The technicians' package ships
+//! firmware-sim with its scenario library.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,34 @@ fn the_package_ships_the_binaries_service_files_and_config() {
     {
         assert!(postinst.contains(needle), "postinst lacks {needle}");
     }
+}
+
+#[test]
+fn the_technicians_package_ships_the_simulator_and_every_scenario() {
+    let dir = root().join("firmware-sim");
+    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap();
+    let assets: Vec<(String, String)> = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a[0].as_str().unwrap().to_string(), a[1].as_str().unwrap().to_string()))
+        .collect();
+    let dest = |src: &str| assets.iter().find(|(s, _)| s == src).map(|(_, d)| d.as_str());
+    assert_eq!(dest("target/release/firmware-sim"), Some("usr/bin/"));
+    assert_eq!(dest("README.md"), Some("usr/share/doc/firmware-sim/README.md"));
+    assert!(dir.join("README.md").exists());
+    // The glob takes every file of the library: none is left behind.
+    assert_eq!(dest("scenarios/*.toml"), Some("usr/share/firmware-sim/scenarios/"));
+    let files: Vec<String> = std::fs::read_dir(dir.join("scenarios"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(files.len() >= 30, "the scenario library: {files:?}");
+    let left_out: Vec<&String> = files.iter().filter(|f| !f.ends_with(".toml")).collect();
+    assert!(left_out.is_empty(), "not shipped by the glob: {left_out:?}");
+    // The README's commands name the installed library.
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(readme.contains("/usr/share/firmware-sim/scenarios/"));
 }
 
 /// Runs a maintainer script with stub `posd` and `systemctl` commands first on PATH.
