@@ -145,6 +145,8 @@ pub struct Engine {
     /// Serialises offline decisions, so limits hold across lanes.
     offline_gate: tokio::sync::Mutex<()>,
     live: Mutex<HashMap<String, Live>>,
+    /// Wakes a draining stop when the last live payment ends.
+    none_live: Notify,
     busy: Mutex<HashMap<String, String>>,
     reversals: Notify,
     forward_wake: Notify,
@@ -181,6 +183,7 @@ impl Engine {
             settings,
             offline_gate: tokio::sync::Mutex::new(()),
             live: Mutex::new(HashMap::new()),
+            none_live: Notify::new(),
             busy: Mutex::new(HashMap::new()),
             reversals: Notify::new(),
             forward_wake: Notify::new(),
@@ -480,7 +483,16 @@ impl Engine {
         }
         self.publish(rec, stage, message);
         if settled {
-            self.live.lock().unwrap().remove(&rec.id);
+            self.end_live(&rec.id);
+        }
+    }
+
+    /// Ends a payment's live stream (its task is done with the register).
+    fn end_live(&self, id: &str) {
+        let mut live = self.live.lock().unwrap();
+        live.remove(id);
+        if live.is_empty() {
+            self.none_live.notify_waiters();
         }
     }
 
@@ -526,7 +538,7 @@ impl Engine {
                     pb::PaymentStage::Failed,
                     format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
                 );
-                self.live.lock().unwrap().remove(&id);
+                self.end_live(&id);
                 lane.cancel(&id).await;
             }
             Some(rec) => {
@@ -540,10 +552,10 @@ impl Engine {
                         "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; check payment {id} after posd restarts."
                     ),
                 );
-                self.live.lock().unwrap().remove(&id);
+                self.end_live(&id);
             }
             None => {
-                self.live.lock().unwrap().remove(&id);
+                self.end_live(&id);
             }
         }
     }
@@ -1727,8 +1739,14 @@ impl Engine {
         }
         tracing::info!(payments = ?first, bound = ?bound, "stopping: waiting for payments in progress");
         let deadline = tokio::time::Instant::now() + bound;
-        while !running(self).is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            // Registered before the check, so the last payment's end is not missed.
+            let ended = self.none_live.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if running(self).is_empty() || tokio::time::timeout_at(deadline, ended).await.is_err() {
+                break;
+            }
         }
         for id in running(self) {
             let Ok(Some(rec)) = self.store.get(&id) else { continue };
