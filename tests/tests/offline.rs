@@ -150,6 +150,43 @@ async fn case_8_expired_credentials_pause_forwarding_and_an_account_mismatch_is_
 }
 
 #[tokio::test]
+async fn a_quarantined_payment_requeued_once_its_account_is_fixed_is_forwarded_exactly_once() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let p = final_payment(&lane.pay("k-requeue", 2498).await);
+    assert_eq!(status(&p), pb::PaymentStatus::OfflineApproved);
+    // Only a quarantined payment can be requeued.
+    let (st, _, err) = lane.posctl(&["requeue", &p.payment_id]);
+    assert!(!st.success() && err.contains("is offline_approved; only a QUARANTINED payment"), "{err}");
+    lane.fault("none");
+    lane.client().await.sync_now(pb::SyncNowRequest {}).await.unwrap();
+    lane.wait_status(&p.payment_id, pb::PaymentStatus::Quarantined).await;
+    assert!(lane.ledger().is_empty());
+
+    lane.ctl(&["accounts", "fixed"]);
+    let (st, out, err) = lane.posctl(&["requeue", &p.payment_id, "--json"]);
+    assert!(st.success(), "{out}{err}");
+    let requeued: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(["offline_approved", "forwarding", "captured"].contains(&requeued["status"].as_str().unwrap()), "{out}");
+    let done = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+    assert!(done.approved && done.offline && !done.auth_code.is_empty());
+    let causes: Vec<&str> = done.history.iter().map(|h| h.cause.as_str()).collect();
+    assert!(causes.iter().any(|c| c.starts_with("requeued by ")), "{causes:?}");
+    // The same gateway key both times: one charge.
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(approved_by_amount(&ledger, 2498), 1);
+    let events = lane.events().await;
+    let requeued = events.iter().find(|e| e.kind == "requeued" && e.payment_id == p.payment_id).expect("an event");
+    assert!(requeued.message.contains("account_mismatch"), "{}", requeued.message);
+    // Requeuing again is refused: it is captured now.
+    let (st, _, err) = lane.posctl(&["requeue", &p.payment_id]);
+    assert!(!st.success() && err.contains("is captured; only a QUARANTINED payment"), "{err}");
+    lane.finish();
+}
+
+#[tokio::test]
 async fn case_2_a_retry_answered_conflict_although_the_charge_exists_is_settled_by_status_query() {
     let mut lane = Lane::start(&[]);
     lane.ready().await;

@@ -82,6 +82,8 @@ pub struct Controls {
     pub events: Arc<watch::Sender<u64>>,
     /// True while the gateway listener accepts connections.
     pub listening: watch::Receiver<bool>,
+    /// The account-mismatch rule for amounts ending in 98 (`accounts`).
+    pub account_mismatch: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Serves the control protocol until the process ends.
@@ -161,6 +163,18 @@ async fn answer(line: &str, c: &Controls) -> String {
     if line == "status" {
         return format!("ok fault={}", *faults.borrow());
     }
+    if let Some(rule) = line.strip_prefix("accounts ") {
+        let on = match rule.trim() {
+            "mismatch" => true,
+            "fixed" => false,
+            other => {
+                return format!("error unknown accounts setting {other:?}: use `accounts mismatch` or `accounts fixed`");
+            }
+        };
+        c.account_mismatch.store(on, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(account_mismatch = on, "account rule changed");
+        return format!("ok accounts={}", if on { "mismatch" } else { "fixed" });
+    }
     match line.strip_prefix("fault ").map(str::parse::<Fault>) {
         Some(Ok(f)) => {
             faults.send_replace(f);
@@ -174,7 +188,7 @@ async fn answer(line: &str, c: &Controls) -> String {
         }
         Some(Err(e)) => format!("error {e}"),
         None => format!(
-            "error unknown command {line:?}: use `fault <none|down|hang|flaky PCT|lose-answers|latency MS|expired-credentials|conflict-on-repeat>`, `emit <refund_settled|dispute_opened|settlement_closed> [KEY]`, `redeliver` or `status`"
+            "error unknown command {line:?}: use `fault <none|down|hang|flaky PCT|lose-answers|latency MS|expired-credentials|conflict-on-repeat>`, `emit <refund_settled|dispute_opened|settlement_closed> [KEY]`, `redeliver`, `accounts <mismatch|fixed>` or `status`"
         ),
     }
 }

@@ -63,9 +63,17 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let faults = Arc::new(faults);
     let ledger = Arc::new(Mutex::new(ledger));
     let events = Arc::new(watch::Sender::new(0u64));
-    let service = service::GatewayService::new(ledger.clone(), faults.subscribe(), opts.base_key, events.subscribe());
+    let account_mismatch = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let service = service::GatewayService::new(
+        ledger.clone(),
+        faults.subscribe(),
+        opts.base_key,
+        events.subscribe(),
+        account_mismatch.clone(),
+    );
     let (listening_tx, listening) = watch::channel(false);
-    tokio::spawn(control::serve(control, control::Controls { faults: faults.clone(), ledger, events, listening }));
+    let controls = control::Controls { faults: faults.clone(), ledger, events, listening, account_mismatch };
+    tokio::spawn(control::serve(control, controls));
     let client_ca = opts.client_ca;
     let tls = opts.tls.map(|(cert, key)| {
         let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));

@@ -79,6 +79,13 @@ enum CtlAction {
     },
     /// Delivers every event again (with the same event ids), as webhook retries do.
     Redeliver,
+    /// The account rule for amounts ending in 98: `mismatch` (the default)
+    /// refuses their items as another merchant account's; `fixed` accepts them,
+    /// as after the chain mends the account.
+    Accounts {
+        #[arg(value_parser = ["mismatch", "fixed"])]
+        rule: String,
+    },
 }
 
 #[tokio::main]
@@ -109,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     format!("emit {kind} {}", key.unwrap_or_default()).trim_end().to_string()
                 }
                 CtlAction::Redeliver => "redeliver".to_string(),
+                CtlAction::Accounts { rule } => format!("accounts {rule}"),
             };
             println!("{}", gateway_sim::control::send_command(&addr, &line).await?);
             Ok(())

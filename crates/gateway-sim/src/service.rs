@@ -1,5 +1,6 @@
 //! The simulated gateway's gRPC service.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ struct Inner {
     base_key: BaseKey,
     /// Accumulator that makes `flaky N` fail exactly N of every 100 calls.
     flaky_acc: Mutex<u32>,
+    /// True while amounts ending in 98 belong to another merchant account
+    /// (`accounts mismatch`, the default); `accounts fixed` clears it.
+    account_mismatch: Arc<AtomicBool>,
 }
 
 /// The decision a test amount triggers, by its last two digits (Stripe's
@@ -50,7 +54,8 @@ pub fn decide(amount_minor: i64) -> Option<(&'static str, &'static str)> {
 }
 
 /// Test amount whose item the gateway refuses as belonging to another
-/// merchant account (cents 98): an item error, not a decline.
+/// merchant account (cents 98): an item error, not a decline. The control
+/// command `accounts fixed` turns this off, as when the account is mended.
 pub const ACCOUNT_MISMATCH_CENTS: i64 = 98;
 
 fn now_rfc3339() -> String {
@@ -111,8 +116,10 @@ impl GatewayService {
         faults: watch::Receiver<Fault>,
         base_key: BaseKey,
         events: watch::Receiver<u64>,
+        account_mismatch: Arc<AtomicBool>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { events, ledger, faults, base_key, flaky_acc: Mutex::new(0) }) }
+        let flaky_acc = Mutex::new(0);
+        Self { inner: Arc::new(Inner { events, ledger, faults, base_key, flaky_acc, account_mismatch }) }
     }
 
     async fn detached<T: Send + 'static>(
@@ -190,7 +197,7 @@ impl Inner {
         let capture = [r.capture as u8];
         let digest = sha_hex(&[r.terminal_id.as_bytes(), &amount, r.currency.as_bytes(), &r.encrypted_card, &capture]);
         let blob_digest = sha_hex(&[&r.encrypted_card]);
-        if r.amount_minor.rem_euclid(100) == ACCOUNT_MISMATCH_CENTS {
+        if r.amount_minor.rem_euclid(100) == ACCOUNT_MISMATCH_CENTS && self.account_mismatch.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition(format!(
                 "account mismatch: terminal {} does not belong to this merchant account",
                 r.terminal_id

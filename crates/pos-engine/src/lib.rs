@@ -199,6 +199,9 @@ pub enum Input {
     Quarantine { code: String, message: String },
     /// The queued payment passed the expiry age.
     Expire { message: String },
+    /// An operator puts a quarantined payment back in the queue (the cause
+    /// was fixed at the gateway); it is forwarded again under the same key.
+    Requeue { by: String },
     /// The gateway captured the authorized payment.
     Capture,
     /// The gateway voided the authorized payment.
@@ -319,6 +322,9 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (Authorized, Input::Capture) => t(Captured, "captured".into(), None, vec![]),
         (Authorized, Input::Void { reason: why }) => {
             t(Voided, format!("voided: {why}"), reason("voided", format!("Voided before capture: {why}")), vec![])
+        }
+        (Quarantined, Input::Requeue { by }) => {
+            t(OfflineApproved, format!("requeued by {by}; forwarded again under the same gateway key"), None, vec![])
         }
         (OfflineApproved | Quarantined, Input::Expire { message }) => {
             t(Expired, format!("expired unsent: {message}"), reason("expired", message.clone()), vec![])
@@ -455,6 +461,7 @@ mod tests {
             Input::ForwardRetry { message: "m".into() },
             Input::Quarantine { code: "account_mismatch".into(), message: "m".into() },
             Input::Expire { message: "m".into() },
+            Input::Requeue { by: "m".into() },
             Input::Capture,
             Input::Void { reason: "m".into() },
             Input::StartOnTerminal,
@@ -564,6 +571,18 @@ mod tests {
             next(Status::Forwarding, &Input::Declined { code: "generic_decline".into(), message: "m".into() }).unwrap();
         assert_eq!(t.to, Status::OfflineDeclined);
         assert!(!t.to.is_approved() && t.to.is_final());
+    }
+
+    #[test]
+    fn only_a_quarantined_payment_is_requeued_and_it_keeps_its_card_data_for_the_next_attempt() {
+        for s in Status::ALL {
+            let t = next(s, &Input::Requeue { by: "posctl".into() });
+            assert_eq!(t.is_ok(), s == Status::Quarantined, "{s}");
+        }
+        let t = next(Status::Quarantined, &Input::Requeue { by: "posctl".into() }).unwrap();
+        assert_eq!(t.to, Status::OfflineApproved);
+        assert!(t.to.keeps_card_data() && t.to.is_approved());
+        assert!(t.cause.contains("posctl"), "{}", t.cause);
     }
 
     #[test]

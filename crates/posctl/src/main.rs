@@ -129,6 +129,9 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Puts a quarantined payment back in the offline queue once its cause is
+    /// fixed at the gateway; it is forwarded again under the same key.
+    Requeue { id: String },
     /// Refunds a captured payment; without AMOUNT, everything not yet refunded.
     Refund {
         id: String,
@@ -365,6 +368,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Void { id, reason } => {
             let p = client.void_payment(pb::VoidPaymentRequest { payment_id: id, reason }).await?.into_inner();
+            print_payment(&p, cli.json);
+            Ok(0)
+        }
+        Command::Requeue { id } => {
+            let p = client.requeue_payment(pb::RequeuePaymentRequest { payment_id: id }).await?.into_inner();
             print_payment(&p, cli.json);
             Ok(0)
         }

@@ -225,6 +225,18 @@ impl PaymentTerminal for TerminalApi {
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
+    async fn requeue_payment(
+        &self,
+        request: Request<pb::RequeuePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        let rec = self
+            .to_the_end(|engine| async move { engine.requeue_payment(&r.payment_id, &who.description).await })
+            .await?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
     async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {
         let who = caller(&request);
         if !self.refunds_allowed_from.is_empty() && !self.refunds_allowed_from.contains(&who.key) {

@@ -1050,6 +1050,36 @@ impl Engine {
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
     }
 
+    /// Puts a quarantined payment back in the offline queue: the cause was
+    /// fixed at the gateway. It goes out again under the same gateway key, so
+    /// it is charged at most once, and it still expires with the queue's age.
+    pub async fn requeue_payment(&self, id: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
+        let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        if rec.status != Status::Quarantined {
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!("payment {id} is {}; only a QUARANTINED payment can be requeued", rec.status),
+            ));
+        }
+        let update = Update {
+            event: Some(NewEvent {
+                kind: "requeued",
+                terminal_id: rec.terminal_id.clone(),
+                payment_id: rec.id.clone(),
+                message: format!(
+                    "payment {id} ({}) was put back in the offline queue by {caller}, after {}",
+                    pos_engine::money::format(rec.amount_minor, &rec.currency),
+                    rec.reason_code
+                ),
+            }),
+            ..Default::default()
+        };
+        let new = self.step(&rec, Input::Requeue { by: caller.to_string() }, update).await.map_err(step_error)?;
+        tracing::warn!(payment = %id, %caller, "quarantined payment requeued");
+        self.forward_wake.notify_one();
+        Ok(new)
+    }
+
     /// Refunds (part of) a captured payment, idempotently by the register's key.
     pub async fn refund_payment(
         &self,
