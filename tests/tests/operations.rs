@@ -51,6 +51,41 @@ async fn a_manual_payment_is_captured_partly_and_repeating_the_capture_is_harmle
 }
 
 #[tokio::test]
+async fn an_authorization_not_captured_within_the_capture_window_is_reversed_and_cannot_be_captured() {
+    let mut lane = Lane::prepare(&[], "");
+    lane.top_config = "capture_window = \"3s\"\n".into();
+    lane.start_posd();
+    lane.ready().await;
+    let left = manual(&mut lane, "k-left", 4_100).await;
+    let taken = manual(&mut lane, "k-taken", 4_200).await;
+    let mut client = lane.client().await;
+    let capture = |id: &str| pb::CapturePaymentRequest { payment_id: id.into(), amount_minor: 0 };
+    let captured = client.capture_payment(capture(&taken.payment_id)).await.unwrap().into_inner();
+    assert_eq!(status(&captured), pb::PaymentStatus::Captured);
+
+    let reversed = lane.wait_status(&left.payment_id, pb::PaymentStatus::Reversed).await;
+    assert!(!reversed.approved);
+    assert_eq!(reversed.failure.unwrap().code, "capture_window_passed");
+    let ledger = lane.ledger();
+    assert_eq!(charge(&ledger, 4_100)["status"], "reversed", "the hold is released at the gateway");
+    assert_eq!(charge(&ledger, 4_200)["status"], "approved", "a captured payment is not touched");
+    assert_eq!(charge(&ledger, 4_200)["captured"], true);
+    let late = client.capture_payment(capture(&left.payment_id)).await.unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition, "{late:?}");
+    let events = lane.events().await;
+    let expired = events.iter().find(|e| e.kind == "authorization_expired").expect("an event");
+    assert_eq!(expired.payment_id, left.payment_id);
+    assert!(
+        expired.message.contains("41.00 EUR") && expired.message.contains("nothing is charged"),
+        "{}",
+        expired.message
+    );
+    let got = client.get_payment(pb::GetPaymentRequest { payment_id: taken.payment_id.clone() }).await.unwrap();
+    assert_eq!(status(&got.into_inner()), pb::PaymentStatus::Captured);
+    lane.finish();
+}
+
+#[tokio::test]
 async fn a_capture_the_register_hangs_up_on_still_ends_captured() {
     let mut lane = Lane::start(&[]);
     lane.ready().await;

@@ -168,7 +168,9 @@ async fn answer(line: &str, c: &Controls) -> String {
             "mismatch" => true,
             "fixed" => false,
             other => {
-                return format!("error unknown accounts setting {other:?}: use `accounts mismatch` or `accounts fixed`");
+                return format!(
+                    "error unknown accounts setting {other:?}: use `accounts mismatch` or `accounts fixed`"
+                );
             }
         };
         c.account_mismatch.store(on, std::sync::atomic::Ordering::SeqCst);

@@ -204,6 +204,9 @@ pub enum Input {
     Requeue { by: String },
     /// The gateway captured the authorized payment.
     Capture,
+    /// An authorized payment was not captured within the capture window
+    /// (its length, for the audit log): it is reversed to release the hold.
+    CaptureWindowPassed { window: String },
     /// The gateway voided the authorized payment.
     Void { reason: String },
     /// The payment is recorded; ask the payment terminal for it.
@@ -320,6 +323,17 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
             t(Quarantined, format!("gateway refused the item: {code}"), reason(code, message.clone()), vec![])
         }
         (Authorized, Input::Capture) => t(Captured, "captured".into(), None, vec![]),
+        (Authorized, Input::CaptureWindowPassed { window }) => t(
+            ReversalPending,
+            format!("not captured within the capture window ({window}); reversal queued to release the hold"),
+            reason(
+                "capture_window_passed",
+                format!(
+                    "Not captured within the capture window ({window}); the authorization is reversed. Nothing is charged."
+                ),
+            ),
+            vec![SendReversal],
+        ),
         (Authorized, Input::Void { reason: why }) => {
             t(Voided, format!("voided: {why}"), reason("voided", format!("Voided before capture: {why}")), vec![])
         }
@@ -463,6 +477,7 @@ mod tests {
             Input::Expire { message: "m".into() },
             Input::Requeue { by: "m".into() },
             Input::Capture,
+            Input::CaptureWindowPassed { window: "2d".into() },
             Input::Void { reason: "m".into() },
             Input::StartOnTerminal,
             Input::TerminalApproved,
@@ -583,6 +598,20 @@ mod tests {
         assert_eq!(t.to, Status::OfflineApproved);
         assert!(t.to.keeps_card_data() && t.to.is_approved());
         assert!(t.cause.contains("posctl"), "{}", t.cause);
+    }
+
+    #[test]
+    fn an_authorization_left_uncaptured_past_its_window_is_reversed_not_charged() {
+        for s in Status::ALL {
+            let ok = next(s, &Input::CaptureWindowPassed { window: "2d".into() }).is_ok();
+            assert_eq!(ok, s == Status::Authorized, "{s}");
+        }
+        let t = next(Status::Authorized, &Input::CaptureWindowPassed { window: "2d".into() }).unwrap();
+        assert_eq!(t.to, Status::ReversalPending);
+        assert_eq!(t.reason.unwrap().code, "capture_window_passed");
+        assert!(t.effects.contains(&Effect::SendReversal));
+        assert!(!t.to.is_approved());
+        assert!(next(Status::ReversalPending, &Input::Capture).is_err(), "no capture once the reversal is queued");
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct Config {
     /// with `reader_timeout` (default 120s).
     #[serde(default = "default_card_timeout")]
     pub card_timeout: Span,
+    /// An AUTHORIZED payment (manual capture) not captured within this is
+    /// reversed at the gateway to release the customer's hold (default 2d,
+    /// the schemes' usual window for in-person authorizations; "0s": never).
+    #[serde(default = "default_capture_window")]
+    pub capture_window: Span,
 }
 
 fn default_stop_timeout() -> Span {
@@ -55,6 +60,10 @@ fn default_stop_timeout() -> Span {
 
 fn default_card_timeout() -> Span {
     Span(crate::daemon::DEFAULT_CARD_TIMEOUT)
+}
+
+fn default_capture_window() -> Span {
+    Span(crate::daemon::DEFAULT_CAPTURE_WINDOW)
 }
 
 /// Prometheus metrics.

@@ -37,6 +37,8 @@ pub struct Options {
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a payment waits for the customer's card (`card_timeout`).
 pub const DEFAULT_CARD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an AUTHORIZED payment may wait for its capture (`capture_window`).
+pub const DEFAULT_CAPTURE_WINDOW: Duration = Duration::from_secs(2 * 86_400);
 
 /// How long a graceful stop waits for connected clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -76,6 +78,7 @@ fn demo_config(o: &Options) -> Config {
         receipt: crate::config::ReceiptConfig { header: vec!["posd DEMO".into()], ..Default::default() },
         stop_timeout: crate::config::Span(DEFAULT_STOP_TIMEOUT),
         card_timeout: crate::config::Span(DEFAULT_CARD_TIMEOUT),
+        capture_window: crate::config::Span(DEFAULT_CAPTURE_WINDOW),
     }
 }
 
@@ -205,6 +208,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             store_id: cfg.store_id.clone(),
             demo: o.demo,
             collect_timeout: cfg.card_timeout.0,
+            capture_window: Some(cfg.capture_window.0).filter(|w| !w.is_zero()),
             status_attempts: cfg.gateway.status_attempts,
             status_backoff: Duration::from_millis(500),
             reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),

@@ -65,6 +65,10 @@ pub struct EngineSettings {
     pub demo: bool,
     /// How long the reader may take to return a card.
     pub collect_timeout: Duration,
+    /// An AUTHORIZED payment not captured within this is reversed at the
+    /// gateway, releasing the customer's hold; `None`: kept until captured
+    /// or voided.
+    pub capture_window: Option<Duration>,
     /// Status queries after a lost answer, before a reversal is queued.
     pub status_attempts: u32,
     pub status_backoff: Duration,
@@ -1562,6 +1566,7 @@ impl Engine {
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
                     self.age_queue(&f).await;
+                    self.expire_authorizations().await;
                     self.report_readers(&mut readers).await;
                     self.heartbeat.store(now_ms(), Ordering::Relaxed);
                     continue;
@@ -1615,6 +1620,43 @@ impl Engine {
                 if i + 1 < new || !state.connected {
                     disconnected().await;
                 }
+            }
+        }
+    }
+
+    /// Reverses AUTHORIZED payments left uncaptured past the capture window:
+    /// the reversal worker releases the hold at the gateway (retrying until
+    /// it acknowledges), and a late capture is refused.
+    async fn expire_authorizations(&self) {
+        let Some(window) = self.settings.capture_window else { return };
+        let cutoff = self.clock.now_ms() - window.as_millis() as i64;
+        let old = match self.store.authorized_before(cutoff, 100) {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check authorizations against the capture window");
+                return;
+            }
+        };
+        for rec in old {
+            let amount = pos_engine::money::format(rec.amount_minor, &rec.currency);
+            let update = Update {
+                event: Some(NewEvent {
+                    kind: "authorization_expired",
+                    terminal_id: rec.terminal_id.clone(),
+                    payment_id: rec.id.clone(),
+                    message: format!(
+                        "payment {} ({amount}) was not captured within the capture window ({}); it is reversed, nothing is charged",
+                        rec.id,
+                        human(window)
+                    ),
+                }),
+                ..Default::default()
+            };
+            match self.step(&rec, Input::CaptureWindowPassed { window: human(window) }, update).await {
+                Ok(_) => tracing::warn!(payment = %rec.id, %amount, "authorization not captured in time; reversing it"),
+                // A capture or void got there first.
+                Err(StepError::Store(StoreError::Conflict { .. })) => {}
+                Err(e) => tracing::error!(payment = %rec.id, error = %e, "cannot expire an authorization"),
             }
         }
     }

@@ -1119,6 +1119,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// AUTHORIZED payments (manual capture) authorized before the cutoff,
+    /// oldest first, at most `limit`.
+    pub fn authorized_before(&self, before_ms: i64, limit: usize) -> Result<Vec<PaymentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND updated_at_ms < ?1 \
+             ORDER BY updated_at_ms LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![before_ms, limit as i64], row_to_payment)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Totals of the unsent offline payments.
     pub fn queue_summary(&self) -> Result<QueueSummary, StoreError> {
         let conn = self.conn();

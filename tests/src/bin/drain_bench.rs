@@ -107,6 +107,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
             store_id: STORE_ID.into(),
             demo: false,
             collect_timeout: Duration::from_secs(60),
+            capture_window: None,
             status_attempts: 3,
             status_backoff: Duration::from_millis(500),
             reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
