@@ -143,13 +143,11 @@ pub type Describer = fn(Dir, &[u8]) -> Described;
 pub struct Line {
     link: Link,
     transcript: Option<(Arc<Transcript>, Describer)>,
+    /// Serial framing through the faults: `drop-ack` takes effect.
+    faulty_serial: bool,
 }
 
 impl Line {
-    pub fn new(link: Link, transcript: Option<(Arc<Transcript>, Describer)>) -> Line {
-        Line { link, transcript }
-    }
-
     /// A device's line over `io`: its faults applied (and noted in the
     /// transcript when they fire), serial framing or bare TCP APDUs, and
     /// every frame written down as `describe` tells it.
@@ -169,12 +167,17 @@ impl Line {
         } else {
             Link::spawn(io, pos_link::TcpLink::new())
         };
-        Line::new(link, transcript.map(|t| (t, describe)))
+        Line { link, transcript: transcript.map(|t| (t, describe)), faulty_serial: serial }
     }
 
-    /// A line nobody writes down.
+    /// A line nobody writes down, without faults.
     pub fn plain(link: Link) -> Line {
-        Line { link, transcript: None }
+        Line { link, transcript: None, faulty_serial: false }
+    }
+
+    /// Whether an armed `drop-ack` keeps this line's next ACK from the host.
+    pub fn can_drop_acks(&self) -> bool {
+        self.faulty_serial
     }
 
     fn record(&self, dir: Dir, apdu: &[u8]) {
