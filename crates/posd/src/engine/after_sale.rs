@@ -1,0 +1,350 @@
+//! After the sale: captures and voids of authorized payments, refunds,
+//! end of day, and authorizations left uncaptured past their window.
+
+use pos_engine::{Input, Status};
+use pos_proto::terminal as pb;
+
+use super::{Engine, EngineError, StepError, gateway_key, human, step_error};
+use crate::convert;
+use crate::store::{NewEvent, PaymentRecord, StoreError, Update, now_ms};
+
+impl Engine {
+    /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
+    /// call comes first: a repeat after a crash is answered from its record.
+    pub async fn capture_payment(
+        &self,
+        id: &str,
+        amount_minor: i64,
+        caller: &str,
+    ) -> Result<PaymentRecord, EngineError> {
+        let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        let amount = if amount_minor == 0 { rec.amount_minor } else { amount_minor };
+        if amount < 0 || amount > rec.amount_minor {
+            return Err(EngineError::InvalidArgument {
+                field: "amount_minor",
+                message: format!(
+                    "must be 0 (everything) or 1 to the authorized {}, not {amount_minor}",
+                    rec.amount_minor
+                ),
+            });
+        }
+        match rec.status {
+            Status::Captured if rec.captured_minor == amount => return Ok(rec),
+            Status::Authorized => {}
+            Status::OfflineApproved | Status::Forwarding => {
+                return Err(EngineError::FailedPrecondition(
+                    "NOT_FORWARDED_YET",
+                    format!(
+                        "payment {id} was approved offline and is not forwarded yet; capture it once it is AUTHORIZED"
+                    ),
+                ));
+            }
+            s => {
+                return Err(EngineError::FailedPrecondition(
+                    "WRONG_STATE",
+                    format!("payment {id} is {s}; only an AUTHORIZED payment (manual capture) can be captured"),
+                ));
+            }
+        }
+        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
+        let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
+        let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
+        let update = Update { captured_minor: Some(captured), ..Default::default() };
+        self.step(&rec, Input::Capture, update).await.map_err(step_error)
+    }
+
+    /// Voids an AUTHORIZED payment; nothing is charged.
+    pub async fn void_payment(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
+        let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        match rec.status {
+            Status::Voided => return Ok(rec),
+            Status::Captured if rec.on_terminal() => {
+                self.store.audit(&rec.id, &format!("reversal requested by {caller}")).await?;
+                let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
+                return self.reverse_on_terminal(rec, why).await;
+            }
+            Status::Authorized => {}
+            s => {
+                return Err(EngineError::FailedPrecondition(
+                    "WRONG_STATE",
+                    format!("payment {id} is {s}; only an AUTHORIZED payment can be voided (refund a captured one)"),
+                ));
+            }
+        }
+        self.store.audit(&rec.id, &format!("void requested by {caller}")).await?;
+        self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
+        let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
+        self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
+    }
+
+    /// Refunds (part of) a captured payment, idempotently by the register's key.
+    pub async fn refund_payment(
+        &self,
+        key: &str,
+        payment_id: &str,
+        amount_minor: i64,
+        reason: &str,
+        caller: &str,
+    ) -> Result<crate::store::RefundRecord, EngineError> {
+        use crate::store::{RefundRecord, Reservation};
+        let key_len = key.chars().count();
+        if key_len == 0 || key_len > 255 {
+            return Err(EngineError::InvalidArgument {
+                field: "idempotency_key",
+                message: "must be 1 to 255 characters".into(),
+            });
+        }
+        if amount_minor < 0 {
+            return Err(EngineError::InvalidArgument {
+                field: "amount_minor",
+                message: format!("must be 0 (everything not refunded) or positive, not {amount_minor}"),
+            });
+        }
+        let rec =
+            self.store.get(payment_id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {payment_id}")))?;
+        let refunded: i64 =
+            self.store.refunds_of(payment_id)?.iter().filter(|r| r.status != "failed").map(|r| r.amount_minor).sum();
+        let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
+        let now = now_ms();
+        let candidate = RefundRecord {
+            id: format!("ref_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+            idempotency_key: key.to_string(),
+            payment_id: payment_id.to_string(),
+            amount_minor: amount,
+            currency: rec.currency.clone(),
+            refund_key: gateway_key(),
+            status: "pending".into(),
+            reason: reason.to_string(),
+            failure_code: String::new(),
+            failure_message: String::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let refund = match self.store.reserve_refund(&candidate).await? {
+            Reservation::Existing(r) => {
+                if r.payment_id != payment_id || (amount_minor != 0 && r.amount_minor != amount_minor) {
+                    return Err(EngineError::AlreadyExists(format!(
+                        "refund key {key:?} was already used for refund {} ({} of payment {})",
+                        r.id, r.amount_minor, r.payment_id
+                    )));
+                }
+                if r.status != "pending" {
+                    return Ok(r);
+                }
+                if rec.on_terminal() {
+                    // Asking the terminal again could refund twice.
+                    return Err(EngineError::Unavailable(
+                        "OUTCOME_UNKNOWN",
+                        format!(
+                            "refund {} ran on the payment terminal without a known outcome; check the terminal's \
+                             journal before refunding again",
+                            r.id
+                        ),
+                    ));
+                }
+                r
+            }
+            Reservation::Created(r) => {
+                self.store
+                    .audit(payment_id, &format!("refund {} of {} requested by {caller}", r.id, r.amount_minor))
+                    .await?;
+                r
+            }
+            Reservation::NotCaptured(s) => {
+                return Err(EngineError::FailedPrecondition(
+                    "WRONG_STATE",
+                    format!("payment {payment_id} is {s}; only a captured payment can be refunded"),
+                ));
+            }
+            Reservation::Exceeds { captured, committed } => {
+                return Err(EngineError::FailedPrecondition(
+                    "REFUND_EXCEEDS_CAPTURE",
+                    format!(
+                        "refunding {amount} would exceed the captured {captured} ({committed} already refunded or pending)"
+                    ),
+                ));
+            }
+        };
+        if amount <= 0 {
+            return Err(EngineError::FailedPrecondition(
+                "REFUND_EXCEEDS_CAPTURE",
+                format!("payment {payment_id} is fully refunded"),
+            ));
+        }
+        self.send_refund(refund, &rec).await
+    }
+
+    /// Sends a pending refund under its own key and stores the outcome.
+    pub(super) async fn send_refund(
+        &self,
+        refund: crate::store::RefundRecord,
+        rec: &PaymentRecord,
+    ) -> Result<crate::store::RefundRecord, EngineError> {
+        if rec.on_terminal() {
+            return self.refund_on_terminal(refund, rec).await;
+        }
+        let req = pos_proto::gateway::RefundRequest {
+            refund_key: refund.refund_key.clone(),
+            transaction_key: rec.gateway_key.clone(),
+            amount_minor: refund.amount_minor,
+            currency: refund.currency.clone(),
+        };
+        let event = |kind: &'static str, message: String| NewEvent {
+            kind,
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message,
+        };
+        let (succeeded, failure) = match self.gateway.refund(req).await {
+            Ok(r) if r.succeeded => (true, None),
+            Ok(r) => (false, Some((r.decline_code, r.decline_message))),
+            Err(crate::gateway::CallError::NotSent(m)) => (
+                false,
+                Some((
+                    "gateway_unreachable".to_string(),
+                    format!("refunds need the gateway and are never taken offline: {m}"),
+                )),
+            ),
+            Err(crate::gateway::CallError::Refused(m)) => (false, Some(("gateway_rejected".to_string(), m))),
+            Err(crate::gateway::CallError::Unknown(m)) => {
+                return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
+            }
+            Err(crate::gateway::CallError::TimedOut(m)) => {
+                return Err(EngineError::DeadlineExceeded("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
+            }
+        };
+        let (kind, message) = match &failure {
+            None => ("refund_succeeded", format!("refunded {} {}", refund.amount_minor, refund.currency)),
+            Some((code, m)) => ("refund_failed", format!("refund of {} failed: {code}: {m}", refund.amount_minor)),
+        };
+        let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
+        let (stored, ev) = self
+            .store
+            .finish_refund(&refund.id, succeeded, failure_ref, &event(kind, message), false)
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
+        let _ = self.events.send(ev);
+        tracing::info!(refund = %stored.id, payment = %rec.id, status = %stored.status, "refund settled");
+        Ok(stored)
+    }
+
+    /// End of day: closes the lane's batch with the gateway (or the lane's
+    /// payment terminal) and records it.
+    pub async fn close_batch(&self, terminal: &str, caller: &str) -> Result<pb::BatchSummary, EngineError> {
+        if !self.lanes.contains_key(terminal) {
+            return Err(EngineError::InvalidArgument {
+                field: "terminal_id",
+                message: format!("unknown terminal {terminal:?}"),
+            });
+        }
+        if self.lanes.get(terminal).is_some_and(|l| l.zvt.is_some()) {
+            return self.end_of_day_on_terminal(terminal, caller).await;
+        }
+        let result = self.gateway.close_batch(&self.gateway_terminal(terminal)).await.map_err(call_error)?;
+        let unsent = self
+            .store
+            .list(&crate::store::ListFilter {
+                terminal_id: Some(terminal.to_string()),
+                statuses: vec![Status::OfflineApproved, Status::Forwarding, Status::Quarantined],
+                limit: 100_000,
+                ..Default::default()
+            })?
+            .len() as u32;
+        let totals: Vec<pb::BatchCurrencyTotal> = result
+            .totals
+            .iter()
+            .map(|t| pb::BatchCurrencyTotal {
+                currency: t.currency.clone(),
+                count: t.count,
+                captured_minor: t.captured_minor,
+                refunded_minor: t.refunded_minor,
+            })
+            .collect();
+        let text: Vec<String> =
+            totals.iter().map(|t| format!("{} x {} {}", t.count, t.captured_minor, t.currency)).collect();
+        self.emit(
+            "batch_closed",
+            terminal,
+            "",
+            format!(
+                "batch {} closed by {caller}: {}{}",
+                result.batch_id,
+                if text.is_empty() { "nothing to settle".to_string() } else { text.join(", ") },
+                if unsent > 0 { format!("; {unsent} offline payments not yet forwarded") } else { String::new() }
+            ),
+        )
+        .await;
+        let summary = pb::BatchSummary {
+            batch_id: result.batch_id,
+            terminal_id: terminal.to_string(),
+            closed_at: Some(convert::timestamp(now_ms())),
+            totals,
+            offline_unsent: unsent,
+        };
+        self.print_slip(&summary, &[]).await;
+        Ok(summary)
+    }
+
+    /// Reverses AUTHORIZED payments left uncaptured past the capture window:
+    /// the reversal worker releases the hold at the gateway (retrying until
+    /// it acknowledges), and a late capture is refused.
+    pub(super) async fn expire_authorizations(&self) {
+        let Some(window) = self.settings.capture_window else { return };
+        let cutoff = self.clock.now_ms() - window.as_millis() as i64;
+        let old = match self.store.authorized_before(cutoff, 100) {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check authorizations against the capture window");
+                return;
+            }
+        };
+        for rec in old {
+            let amount = pos_engine::money::format(rec.amount_minor, &rec.currency);
+            let update = Update {
+                event: Some(NewEvent {
+                    kind: "authorization_expired",
+                    terminal_id: rec.terminal_id.clone(),
+                    payment_id: rec.id.clone(),
+                    message: format!(
+                        "payment {} ({amount}) was not captured within the capture window ({}); it is reversed, nothing is charged",
+                        rec.id,
+                        human(window)
+                    ),
+                }),
+                ..Default::default()
+            };
+            match self.step(&rec, Input::CaptureWindowPassed { window: human(window) }, update).await {
+                Ok(_) => tracing::warn!(payment = %rec.id, %amount, "authorization not captured in time; reversing it"),
+                // A capture or void got there first.
+                Err(StepError::Store(StoreError::Conflict { .. })) => {}
+                Err(e) => tracing::error!(payment = %rec.id, error = %e, "cannot expire an authorization"),
+            }
+        }
+    }
+}
+
+fn unknown_refund(why: &str, refund_id: &str) -> String {
+    format!(
+        "the refund's outcome is unknown ({why}); call again with the same idempotency key to learn it (refund {refund_id})"
+    )
+}
+
+fn call_error(e: crate::gateway::CallError) -> EngineError {
+    match e {
+        crate::gateway::CallError::NotSent(m) => EngineError::Unavailable(
+            "GATEWAY_UNREACHABLE",
+            format!("the gateway cannot be reached ({m}); this needs the gateway"),
+        ),
+        crate::gateway::CallError::Refused(m) => {
+            EngineError::FailedPrecondition("GATEWAY_REFUSED", format!("the gateway refused: {m}"))
+        }
+        crate::gateway::CallError::Unknown(m) => EngineError::Unavailable(
+            "OUTCOME_UNKNOWN",
+            format!("no answer from the gateway ({m}); repeating the same request is safe"),
+        ),
+        crate::gateway::CallError::TimedOut(m) => EngineError::DeadlineExceeded(
+            "OUTCOME_UNKNOWN",
+            format!("the gateway did not answer in time ({m}); repeating the same request is safe"),
+        ),
+    }
+}
