@@ -362,3 +362,53 @@ async fn a_terminal_without_repeat_receipt_leaves_a_doubt_to_a_person_never_a_gu
     assert_eq!(status(&next), pb::PaymentStatus::Captured, "{}", reason(&next));
     lane.finish();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_resolves_payments_in_doubt_from_the_terminals_journal() {
+    // A terminal that cannot repeat its last receipt and keeps a result it
+    // never saw confirmed: posd leaves both payments UNKNOWN.
+    let mut lane = Lane::start_zvt(&["--no-repeat-receipt", "--keep-unconfirmed"], false);
+    ready(&mut lane).await;
+    lane.terminal("scenario drop-after-result");
+    let booked = final_payment(&lane.pay("doubt-booked", 2300).await);
+    lane.terminal("scenario disconnect");
+    let not_booked = final_payment(&lane.pay("doubt-not-booked", 2400).await);
+    lane.terminal("scenario approve");
+    for p in [&booked, &not_booked] {
+        assert_eq!(status(&payment(&lane, &p.payment_id).await), pb::PaymentStatus::Unknown);
+    }
+    assert!(lane.ledger().is_empty(), "nothing recorded while in doubt");
+
+    // A booking needs its receipt number.
+    let (st, _, _) = lane.posctl(&["resolve", &booked.payment_id]);
+    assert_eq!(st.code(), Some(2), "--receipt or --not-booked is required");
+    // The journal shows the first one booked under receipt 1 (the terminal's first).
+    let (st, out, err) = lane.posctl(&["resolve", &booked.payment_id, "--receipt", "1", "--note", "journal checked"]);
+    assert!(st.success(), "{out}{err}");
+    let p = payment(&lane, &booked.payment_id).await;
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+    assert!(p.approved);
+    assert_eq!(p.terminal.as_ref().unwrap().receipt_no, 1);
+    let entry = recorded(&lane, &p).await;
+    assert_eq!(entry["status"], "approved", "recorded in the ledger: {entry}");
+    // The second is not in the journal: nothing was charged.
+    let (st, out, err) = lane.posctl(&["resolve", &not_booked.payment_id, "--not-booked"]);
+    assert!(st.success(), "{out}{err}");
+    let p = payment(&lane, &not_booked.payment_id).await;
+    assert_eq!(status(&p), pb::PaymentStatus::Failed);
+    assert_eq!(p.failure.as_ref().unwrap().code, "terminal_not_booked");
+    assert!(p.history.iter().any(|h| h.cause.contains("from the terminal's journal: not booked")), "{:?}", p.history);
+
+    // Only a payment in doubt can be resolved, once.
+    let (st, _, err) = lane.posctl(&["resolve", &booked.payment_id, "--not-booked"]);
+    assert!(!st.success() && err.contains("is captured; only an UNKNOWN payment"), "{err}");
+    let resolved: Vec<_> = lane.events().await.into_iter().filter(|e| e.kind == "payment_resolved").collect();
+    assert_eq!(resolved.len(), 2, "{resolved:?}");
+    assert!(resolved[0].message.contains("booked under receipt 1 (journal checked)"), "{}", resolved[0].message);
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "only the booked payment reached the ledger: {ledger:?}");
+    // The lane goes on with the next customer.
+    let next = final_payment(&lane.pay("after", 2500).await);
+    assert_eq!(status(&next), pb::PaymentStatus::Captured, "{}", reason(&next));
+    lane.finish();
+}

@@ -132,6 +132,21 @@ enum Command {
     /// Puts a quarantined payment back in the offline queue once its cause is
     /// fixed at the gateway; it is forwarded again under the same key.
     Requeue { id: String },
+    /// Records what the payment terminal's journal shows for a payment posd
+    /// left UNKNOWN: booked under a receipt number, or not booked.
+    #[command(group(clap::ArgGroup::new("found").required(true).args(["receipt", "not_booked"])))]
+    Resolve {
+        id: String,
+        /// The journal shows it booked under this receipt number.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9999))]
+        receipt: Option<u32>,
+        /// The journal does not show it: nothing was charged.
+        #[arg(long)]
+        not_booked: bool,
+        /// A note for the audit log.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Refunds a captured payment; without AMOUNT, everything not yet refunded.
     Refund {
         id: String,
@@ -368,6 +383,17 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Void { id, reason } => {
             let p = client.void_payment(pb::VoidPaymentRequest { payment_id: id, reason }).await?.into_inner();
+            print_payment(&p, cli.json);
+            Ok(0)
+        }
+        Command::Resolve { id, receipt, not_booked: _, note } => {
+            let request = pb::ResolvePaymentRequest {
+                payment_id: id,
+                booked: receipt.is_some(),
+                receipt_no: receipt.unwrap_or(0),
+                note,
+            };
+            let p = client.resolve_payment(request).await?.into_inner();
             print_payment(&p, cli.json);
             Ok(0)
         }

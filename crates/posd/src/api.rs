@@ -237,6 +237,36 @@ impl PaymentTerminal for TerminalApi {
         Ok(Response::new(self.payment_with_history(&rec)?))
     }
 
+    async fn resolve_payment(
+        &self,
+        request: Request<pb::ResolvePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        if r.note.chars().count() > 255 {
+            return Err(invalid("note", "must be at most 255 characters"));
+        }
+        let receipt = match (r.booked, u16::try_from(r.receipt_no)) {
+            (true, Ok(n @ 1..=9999)) => Some(n),
+            (true, _) => {
+                return Err(invalid(
+                    "receipt_no",
+                    "a booked payment needs the receipt number the terminal's journal shows (1 to 9999)",
+                ));
+            }
+            (false, _) if r.receipt_no != 0 => {
+                return Err(invalid("receipt_no", "only a booked payment has a receipt number"));
+            }
+            (false, _) => None,
+        };
+        let rec = self
+            .to_the_end(|engine| async move {
+                engine.resolve_payment(&r.payment_id, receipt, &r.note, &who.description).await
+            })
+            .await?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
     async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {
         let who = caller(&request);
         if !self.refunds_allowed_from.is_empty() && !self.refunds_allowed_from.contains(&who.key) {

@@ -362,6 +362,71 @@ impl Engine {
         Ok(())
     }
 
+    /// A person checked the payment terminal's journal for a payment posd
+    /// left UNKNOWN and says what it shows: booked under `receipt` (CAPTURED,
+    /// recorded in the chain's ledger like any terminal payment) or not
+    /// booked (FAILED, nothing charged). The lane's last receipt number is
+    /// left alone: later payments may have moved it on since.
+    pub async fn resolve_payment(
+        &self,
+        id: &str,
+        receipt: Option<u16>,
+        note: &str,
+        caller: &str,
+    ) -> Result<PaymentRecord, EngineError> {
+        let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        if !rec.on_terminal() || rec.status != Status::Unknown {
+            let why = if rec.on_terminal() {
+                format!("payment {id} is {}", rec.status)
+            } else {
+                format!("payment {id} was taken on a card reader; posd settles it with the gateway by itself")
+            };
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!("{why}; only an UNKNOWN payment on a payment terminal is resolved by a person"),
+            ));
+        }
+        let note = if note.is_empty() { String::new() } else { format!(" ({note})") };
+        let found = match receipt {
+            Some(n) => format!("booked under receipt {n}"),
+            None => "not booked".to_string(),
+        };
+        let event = NewEvent {
+            kind: "payment_resolved",
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message: format!("payment {id}: {caller} checked the payment terminal's journal: {found}{note}"),
+        };
+        self.store.audit(&rec.id, &format!("resolved by {caller} from the terminal's journal: {found}{note}")).await?;
+        let new = match receipt {
+            Some(n) => {
+                let o = Outcome {
+                    result_code: Some(0),
+                    amount: Some(rec.amount_minor as u64),
+                    receipt_no: Some(n),
+                    text: format!("entered by {caller}"),
+                    ..Outcome::default()
+                };
+                let update = Update {
+                    record: Some("sale"),
+                    terminal: Some(terminal_result(&o)),
+                    event: Some(event),
+                    ..Update::default()
+                };
+                let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
+                self.record_wake.notify_one();
+                new
+            }
+            None => {
+                let message = format!("not in the payment terminal's journal, as {caller} checked{note}");
+                let update = Update { event: Some(event), ..Update::default() };
+                self.step(&rec, Input::TerminalNotBooked { message }, update).await.map_err(step_error)?
+            }
+        };
+        tracing::warn!(payment = %id, %caller, %found, "payment in doubt resolved by a person");
+        Ok(new)
+    }
+
     /// Settles, after a restart, a payment the terminal may have booked.
     pub(super) fn recover_on_terminal(self: &Arc<Self>, rec: PaymentRecord) {
         let Some(lane) = self.lanes.get(&rec.terminal_id).cloned() else {
