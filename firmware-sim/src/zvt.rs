@@ -579,9 +579,13 @@ async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> 
             // the ACK the link sends), however fast posd answers and however
             // slowly this task gets to close the line.
             t.faults.lock().unwrap().drop_ack = true;
-            send(link, result).await?;
-            let _ = tokio::time::timeout(Duration::from_secs(1), link.recv()).await;
+            let sent = send(link, result).await;
+            if sent.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), link.recv()).await;
+            }
+            // Whatever happened, the next sale starts without the fault.
             t.faults.lock().unwrap().drop_ack = false;
+            sent?;
         } else {
             send(link, result).await?;
         }

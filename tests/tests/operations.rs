@@ -86,6 +86,33 @@ async fn an_authorization_not_captured_within_the_capture_window_is_reversed_and
 }
 
 #[tokio::test]
+async fn a_capture_posd_did_not_store_before_a_crash_is_recorded_not_reversed_when_the_window_passes() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = manual(&mut lane, "k-crash-capture", 4_300).await;
+    // The gateway captures; posd dies before it stores the answer.
+    lane.posd_env = vec![("POSD_FAILPOINT".into(), "capture_after_response".into())];
+    lane.restart_posd();
+    lane.ready().await;
+    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
+    assert!(lane.client().await.capture_payment(capture).await.is_err(), "posd stopped at the failpoint");
+    assert!(!lane.wait_posd_exit().await.success());
+    assert_eq!(charge(&lane.ledger(), 4_300)["captured"], true);
+    // Started again with a short capture window, posd finds the payment
+    // still AUTHORIZED in its own records and past the window: the
+    // gateway's record says captured, so it is recorded, not reversed.
+    lane.posd_env.clear();
+    lane.top_config = "capture_window = \"1s\"\n".into();
+    lane.start_posd();
+    let captured = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
+    assert_eq!(captured.captured_minor, 4_300);
+    let c = charge(&lane.ledger(), 4_300).clone();
+    assert_eq!((c["status"].as_str(), c["captured"].as_bool()), (Some("approved"), Some(true)), "{c}");
+    assert!(lane.events().await.iter().all(|e| e.kind != "authorization_expired"));
+    lane.finish();
+}
+
+#[tokio::test]
 async fn a_capture_the_register_hangs_up_on_still_ends_captured() {
     let mut lane = Lane::start(&[]);
     lane.ready().await;

@@ -387,9 +387,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Resolve { id, receipt, not_booked: _, note } => {
+            let finding = if receipt.is_some() { pb::JournalFinding::Booked } else { pb::JournalFinding::NotBooked };
             let request = pb::ResolvePaymentRequest {
                 payment_id: id,
-                booked: receipt.is_some(),
+                finding: finding as i32,
                 receipt_no: receipt.unwrap_or(0),
                 note,
             };

@@ -246,18 +246,19 @@ impl PaymentTerminal for TerminalApi {
         if r.note.chars().count() > 255 {
             return Err(invalid("note", "must be at most 255 characters"));
         }
-        let receipt = match (r.booked, u16::try_from(r.receipt_no)) {
-            (true, Ok(n @ 1..=9999)) => Some(n),
-            (true, _) => {
+        let receipt = match (pb::JournalFinding::try_from(r.finding), u16::try_from(r.receipt_no)) {
+            (Ok(pb::JournalFinding::Booked), Ok(n @ 1..=9999)) => Some(n),
+            (Ok(pb::JournalFinding::Booked), _) => {
                 return Err(invalid(
                     "receipt_no",
                     "a booked payment needs the receipt number the terminal's journal shows (1 to 9999)",
                 ));
             }
-            (false, _) if r.receipt_no != 0 => {
+            (Ok(pb::JournalFinding::NotBooked), _) if r.receipt_no != 0 => {
                 return Err(invalid("receipt_no", "only a booked payment has a receipt number"));
             }
-            (false, _) => None,
+            (Ok(pb::JournalFinding::NotBooked), _) => None,
+            _ => return Err(invalid("finding", "must be BOOKED or NOT_BOOKED, as the terminal's journal shows")),
         };
         let rec = self
             .to_the_end(|engine| async move {

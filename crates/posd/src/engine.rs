@@ -11,7 +11,7 @@
 //! offline queue), `after_sale` (captures, voids, refunds, end of day),
 //! `printing` (receipts and the drawer) and `terminal` (ZVT lanes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -158,6 +158,10 @@ pub struct Engine {
     live: Mutex<HashMap<String, Live>>,
     /// Wakes a draining stop when the last live payment ends.
     none_live: Notify,
+    /// Payments an after-sale operation (capture, void, capture-window
+    /// expiry) has in hand: one at a time per payment, so an expiry never
+    /// reverses a capture that is on its way to the gateway.
+    in_hand: Mutex<HashSet<String>>,
     busy: Mutex<HashMap<String, String>>,
     reversals: Notify,
     forward_wake: Notify,
@@ -195,6 +199,7 @@ impl Engine {
             offline_gate: tokio::sync::Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             none_live: Notify::new(),
+            in_hand: Mutex::default(),
             busy: Mutex::new(HashMap::new()),
             reversals: Notify::new(),
             forward_wake: Notify::new(),
@@ -498,6 +503,23 @@ impl Engine {
         }
     }
 
+    /// Takes a payment in hand for an after-sale operation; `None` while
+    /// another one has it. Released when the claim is dropped.
+    fn claim(&self, id: &str) -> Option<Claim<'_>> {
+        self.in_hand.lock().unwrap().insert(id.to_string()).then(|| Claim { engine: self, id: id.to_string() })
+    }
+
+    /// [`Engine::claim`] for the register: another operation holding the
+    /// payment is an error to try again.
+    fn claim_for_register(&self, id: &str) -> Result<Claim<'_>, EngineError> {
+        self.claim(id).ok_or_else(|| {
+            EngineError::Unavailable(
+                "PAYMENT_BUSY",
+                format!("another operation on payment {id} is in progress; try again in a moment"),
+            )
+        })
+    }
+
     /// Ends a payment's live stream (its task is done with the register).
     fn end_live(&self, id: &str) {
         let mut live = self.live.lock().unwrap();
@@ -723,8 +745,8 @@ impl Engine {
                 tracing::error!(payment = %rec.id, error = %e, "cannot read the offline queue; offline approval refused");
                 self.note_store_error(&e);
                 let message = format!(
-                    "The gateway cannot be reached ({why}) and posd cannot read its offline queue ({e}); \
-                     nothing was charged"
+                    "The gateway cannot be reached ({why}) and posd cannot read its offline queue (a database \
+                     error; see posd's log); nothing was charged"
                 );
                 let input = Input::OfflineRefused { code: "store_unavailable".into(), message };
                 self.step(&rec, input, Update::default()).await?;
@@ -958,7 +980,9 @@ impl Engine {
             for rec in pending {
                 let req = ReverseRequest {
                     transaction_key: rec.gateway_key.clone(),
-                    reason: "timeout".into(),
+                    // Why, for the gateway: an answer lost, or a hold released.
+                    reason: if rec.reason_code == "capture_window_passed" { &rec.reason_code } else { "timeout" }
+                        .into(),
                     amount_minor: rec.amount_minor,
                     currency: rec.currency.clone(),
                     terminal_id: self.gateway_terminal(&rec.terminal_id),
@@ -1128,8 +1152,24 @@ fn gateway_key() -> String {
     format!("{}K", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()))
 }
 
+/// A payment in hand (see [`Engine::claim`]).
+struct Claim<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.engine.in_hand.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
 fn step_error(e: StepError) -> EngineError {
     match e {
+        // Another change got there first: the register hears the state now.
+        StepError::Store(StoreError::Conflict { id, actual, .. }) => {
+            EngineError::FailedPrecondition("WRONG_STATE", format!("payment {id} is {actual} now"))
+        }
         StepError::Store(s) => EngineError::Store(s),
         StepError::Refused(t) => EngineError::FailedPrecondition("WRONG_STATE", t.to_string()),
     }

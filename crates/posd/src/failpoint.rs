@@ -14,6 +14,8 @@ pub const NAMES: &[&str] = &[
     "forward_after_response",
     // The gateway answered an online authorization; posd has not stored it.
     "online_after_response",
+    // The gateway captured an authorized payment; posd has not stored it.
+    "capture_after_response",
 ];
 
 pub fn hit(name: &str) {

@@ -1633,6 +1633,29 @@ mod tests {
     }
 
     #[test]
+    fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
+        let (_d, s) = open();
+        for (key, captured, authorized_at) in [("a", false, 5_000), ("b", false, 3_000), ("c", true, 1_000)] {
+            s.insert_or_get_blocking(&sample(key), "test").unwrap().unwrap();
+            let id = format!("pay_{key}");
+            let mut st = Status::Created;
+            for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured }] {
+                st = s.apply_blocking(&id, &next(st, &input).unwrap(), Update::default()).unwrap().0.status;
+            }
+            s.conn()
+                .execute("UPDATE payments SET updated_at_ms = ?2 WHERE id = ?1", params![id, authorized_at])
+                .unwrap();
+        }
+        let ids = |cutoff, limit| -> Vec<String> {
+            s.authorized_before(cutoff, limit).unwrap().into_iter().map(|p| p.id).collect()
+        };
+        assert_eq!(ids(10_000, 100), ["pay_b", "pay_a"], "captured payments are not authorizations");
+        assert_eq!(ids(5_000, 100), ["pay_b"], "the cutoff is exclusive");
+        assert_eq!(ids(3_000, 100), Vec::<String>::new());
+        assert_eq!(ids(10_000, 1), ["pay_b"]);
+    }
+
+    #[test]
     fn a_stale_transition_is_refused() {
         let (_d, s) = open();
         s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();

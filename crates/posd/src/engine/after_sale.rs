@@ -4,9 +4,9 @@
 use pos_engine::{Input, Status};
 use pos_proto::terminal as pb;
 
-use super::{Engine, EngineError, StepError, gateway_key, human, step_error};
+use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
-use crate::store::{NewEvent, PaymentRecord, StoreError, Update, now_ms};
+use crate::store::{NewEvent, PaymentRecord, Update, now_ms};
 
 impl Engine {
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
@@ -17,6 +17,7 @@ impl Engine {
         amount_minor: i64,
         caller: &str,
     ) -> Result<PaymentRecord, EngineError> {
+        let _claim = self.claim_for_register(id)?;
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         let amount = if amount_minor == 0 { rec.amount_minor } else { amount_minor };
         if amount < 0 || amount > rec.amount_minor {
@@ -48,6 +49,7 @@ impl Engine {
         }
         self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
         let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
+        crate::failpoint::hit("capture_after_response");
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
         let update = Update { captured_minor: Some(captured), ..Default::default() };
         self.step(&rec, Input::Capture, update).await.map_err(step_error)
@@ -55,6 +57,7 @@ impl Engine {
 
     /// Voids an AUTHORIZED payment; nothing is charged.
     pub async fn void_payment(&self, id: &str, reason: &str, caller: &str) -> Result<PaymentRecord, EngineError> {
+        let _claim = self.claim_for_register(id)?;
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         match rec.status {
             Status::Voided => return Ok(rec),
@@ -287,10 +290,14 @@ impl Engine {
 
     /// Reverses AUTHORIZED payments left uncaptured past the capture window:
     /// the reversal worker releases the hold at the gateway (retrying until
-    /// it acknowledges), and a late capture is refused.
+    /// it acknowledges), and a late capture is refused. The gateway's record
+    /// is read first: a capture that reached it while posd did not store the
+    /// answer (a crash) is recorded as the capture it was, never reversed.
+    /// With the gateway out of reach, nothing expires until it is back.
     pub(super) async fn expire_authorizations(&self) {
         let Some(window) = self.settings.capture_window else { return };
-        let cutoff = self.clock.now_ms() - window.as_millis() as i64;
+        // Authorization times are wall-clock times, so is the cutoff.
+        let cutoff = now_ms() - window.as_millis() as i64;
         let old = match self.store.authorized_before(cutoff, 100) {
             Ok(old) => old,
             Err(e) => {
@@ -298,26 +305,46 @@ impl Engine {
                 return;
             }
         };
-        for rec in old {
-            let amount = pos_engine::money::format(rec.amount_minor, &rec.currency);
-            let update = Update {
-                event: Some(NewEvent {
-                    kind: "authorization_expired",
-                    terminal_id: rec.terminal_id.clone(),
-                    payment_id: rec.id.clone(),
-                    message: format!(
-                        "payment {} ({amount}) was not captured within the capture window ({}); it is reversed, nothing is charged",
-                        rec.id,
-                        human(window)
-                    ),
-                }),
-                ..Default::default()
+        for listed in old {
+            // A capture or void under way has the payment; it goes first.
+            let Some(_claim) = self.claim(&listed.id) else { continue };
+            let rec = match self.store.get(&listed.id) {
+                Ok(Some(rec)) if rec.status == Status::Authorized => rec,
+                _ => continue,
             };
-            match self.step(&rec, Input::CaptureWindowPassed { window: human(window) }, update).await {
-                Ok(_) => tracing::warn!(payment = %rec.id, %amount, "authorization not captured in time; reversing it"),
-                // A capture or void got there first.
-                Err(StepError::Store(StoreError::Conflict { .. })) => {}
-                Err(e) => tracing::error!(payment = %rec.id, error = %e, "cannot expire an authorization"),
+            let tx = match self.gateway.transaction(&rec.gateway_key).await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    tracing::debug!(payment = %rec.id, error = %e, "capture window: the gateway cannot be asked; later");
+                    return;
+                }
+            };
+            let outcome = match tx {
+                Some(tx) if tx.captured => {
+                    tracing::warn!(payment = %rec.id, "the gateway holds a capture posd had not stored; recording it");
+                    let captured = if tx.captured_minor > 0 { tx.captured_minor } else { rec.amount_minor };
+                    let update = Update { captured_minor: Some(captured), ..Default::default() };
+                    self.step(&rec, Input::Capture, update).await
+                }
+                _ => {
+                    let amount = pos_engine::money::format(rec.amount_minor, &rec.currency);
+                    let event = NewEvent {
+                        kind: "authorization_expired",
+                        terminal_id: rec.terminal_id.clone(),
+                        payment_id: rec.id.clone(),
+                        message: format!(
+                            "payment {} ({amount}) was not captured within the capture window ({}); it is reversed, nothing is charged",
+                            rec.id,
+                            human(window)
+                        ),
+                    };
+                    tracing::warn!(payment = %rec.id, %amount, "authorization not captured in time; reversing it");
+                    let update = Update { event: Some(event), ..Default::default() };
+                    self.step(&rec, Input::CaptureWindowPassed { window: human(window) }, update).await
+                }
+            };
+            if let Err(e) = outcome {
+                tracing::error!(payment = %rec.id, error = %e, "cannot settle an authorization past its capture window");
             }
         }
     }

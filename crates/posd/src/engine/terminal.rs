@@ -356,7 +356,7 @@ impl Engine {
                     pb::PaymentStage::Authorizing,
                     format!("Outcome unknown: {message}. Do not take this payment again before checking."),
                 );
-                self.live.lock().unwrap().remove(&rec.id);
+                self.end_live(&rec.id);
             }
         }
         Ok(())
@@ -375,6 +375,15 @@ impl Engine {
         caller: &str,
     ) -> Result<PaymentRecord, EngineError> {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
+        if self.busy_with(&rec.terminal_id).as_deref() == Some(id) {
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!(
+                    "posd is still asking the payment terminal about payment {id}; wait for its answer \
+                     (or the terminal_outcome_unknown event)"
+                ),
+            ));
+        }
         if !rec.on_terminal() || rec.status != Status::Unknown {
             let why = if rec.on_terminal() {
                 format!("payment {id} is {}", rec.status)
@@ -397,7 +406,6 @@ impl Engine {
             payment_id: rec.id.clone(),
             message: format!("payment {id}: {caller} checked the payment terminal's journal: {found}{note}"),
         };
-        self.store.audit(&rec.id, &format!("resolved by {caller} from the terminal's journal: {found}{note}")).await?;
         let new = match receipt {
             Some(n) => {
                 let o = Outcome {
@@ -423,6 +431,8 @@ impl Engine {
                 self.step(&rec, Input::TerminalNotBooked { message }, update).await.map_err(step_error)?
             }
         };
+        // The transition's own audit entry names what it did; this one who.
+        self.store.audit(&rec.id, &format!("resolved by {caller} from the terminal's journal: {found}{note}")).await?;
         tracing::warn!(payment = %id, %caller, %found, "payment in doubt resolved by a person");
         Ok(new)
     }
