@@ -603,6 +603,18 @@ impl Config {
         Ok(cfg)
     }
 
+    /// A warning when `capture_window` is set shorter than an hour: card
+    /// schemes give days, so authorizations would be reversed very soon.
+    pub fn short_capture_window(&self) -> Option<String> {
+        let w = self.capture_window.0;
+        (!w.is_zero() && w < Duration::from_secs(3600)).then(|| {
+            format!(
+                "capture_window is {w:?}: a manual-capture payment not captured that soon is reversed, \
+                 while card schemes allow days"
+            )
+        })
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.lanes.is_empty() {
             anyhow::bail!("no [[lane]] configured");
@@ -783,6 +795,16 @@ pub fn check(path: &Path) -> Vec<Finding> {
             });
         }
     }
+    if let Some(message) = cfg.short_capture_window() {
+        findings.push(Finding {
+            error: false,
+            at: find(&text, "capture_window"),
+            message,
+            fix: "use the acquirer's capture window (for example \"2d\"), or \"0s\" to keep authorizations until \
+                  captured or voided"
+                .into(),
+        });
+    }
     findings.extend(cfg.files().into_iter().filter_map(|(key, file)| {
         let found = file.installed_path();
         let missing = match &found {
@@ -861,6 +883,26 @@ mod tests {
         let bad = text.replace("[gateway]", "[gateway]\nretries = 5");
         let err = toml::from_str::<Config>(&bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `retries`"), "{err}");
+    }
+
+    #[test]
+    fn a_capture_window_under_an_hour_is_a_warning_and_zero_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "state_dir = \"/var/lib/posd\"\n[gateway]\nurl = \"https://gateway.example:443\"\n\
+                    [[lane]]\nid = \"lane-1\"\ncurrency = \"EUR\"\nreader = { tcp = \"127.0.0.1:1\" }\n";
+        for (window, warned) in [("\"10m\"", true), ("\"2d\"", false), ("\"0s\"", false)] {
+            let path = dir.path().join("posd.toml");
+            std::fs::write(&path, format!("capture_window = {window}\n{base}")).unwrap();
+            let findings = check(&path);
+            assert!(findings.iter().all(|f| !f.error), "{window}: {findings:?}");
+            let warning = findings.iter().find(|f| f.message.contains("capture_window"));
+            assert_eq!(warning.is_some(), warned, "{window}: {findings:?}");
+            if let Some(w) = warning {
+                assert_eq!(w.at, Some((1, 1)), "points at the key");
+            }
+        }
+        let cfg: Config = toml::from_str(base).unwrap();
+        assert_eq!(cfg.capture_window.0, Duration::from_secs(2 * 86_400), "the default");
     }
 
     #[test]

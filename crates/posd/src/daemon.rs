@@ -200,6 +200,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ));
     }
     let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
+    if let Some(warning) = cfg.short_capture_window() {
+        tracing::warn!("{warning}");
+    }
     let engine = Engine::new(
         store,
         gateway.clone(),
