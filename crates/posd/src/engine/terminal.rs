@@ -408,19 +408,9 @@ impl Engine {
         };
         let new = match receipt {
             Some(n) => {
-                let o = Outcome {
-                    result_code: Some(0),
-                    amount: Some(rec.amount_minor as u64),
-                    receipt_no: Some(n),
-                    text: format!("entered by {caller}"),
-                    ..Outcome::default()
-                };
-                let update = Update {
-                    record: Some("sale"),
-                    terminal: Some(terminal_result(&o)),
-                    event: Some(event),
-                    ..Update::default()
-                };
+                let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
+                let update =
+                    Update { record: Some("sale"), terminal: Some(booked), event: Some(event), ..Update::default() };
                 let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
                 self.record_wake.notify_one();
                 new
