@@ -627,15 +627,70 @@ async fn an_unreadable_queue_refuses_the_offline_approval_and_frees_the_lane() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("database"), "{}", refused.message());
 
+    // Repaired, the database passes posd's check and posd restarts itself
+    // (its service manager starts it again, as the test does here).
     db.execute_batch("ALTER TABLE meta_damaged RENAME TO meta").unwrap();
     drop(db);
-    lane.kill_posd();
+    restarts_by_itself(&mut lane).await;
     lane.fault("none");
-    lane.start_posd();
     lane.wait_status(&queued.payment_id, pb::PaymentStatus::Captured).await;
     let ledger = lane.ledger();
     assert_eq!(ledger.len(), 1, "only the queued payment reached the gateway: {ledger:?}");
     assert_eq!(approved_by_amount(&ledger, 700), 1);
+    lane.finish();
+}
+
+/// Waits for posd to stop by itself with the restart code once its database
+/// works again, then starts it as systemd's `Restart=on-failure` would.
+async fn restarts_by_itself(lane: &mut Lane) {
+    let exit = lane.wait_posd_exit().await;
+    assert_eq!(exit.code(), Some(75), "posd exits with EX_TEMPFAIL to be restarted: {exit:?}");
+    let log = std::fs::read_to_string(lane.posd_log()).unwrap();
+    assert!(log.contains("the database works again"), "{log}");
+    lane.start_posd();
+    assert!(lane.events().await.iter().any(|e| e.kind == "database_recovered"));
+}
+
+#[tokio::test]
+async fn a_payment_whose_answer_the_database_could_not_take_settles_once_it_works_again() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("hang");
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(request("k-unrecorded", 2600)).await.unwrap().into_inner();
+    let id = stream.message().await.unwrap().unwrap().payment_id;
+    lane.wait_status(&id, pb::PaymentStatus::Authorizing).await;
+    // The request is at the gateway; posd cannot store the answer: another
+    // program (a technician's sqlite3 shell) holds the write lock past
+    // posd's busy timeout. Reads go on (WAL).
+    let db = rusqlite::Connection::open(lane.state_dir().join("posd.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    lane.fault("none");
+    let mut events = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        events.push(e);
+    }
+    lane.responses.push(format!("{events:?}"));
+    let last = events.last().expect("the register hears how the payment stopped");
+    assert!(last.message.starts_with("Outcome unknown") && last.message.contains("restarts"), "{last:?}");
+    assert_eq!(last.stage, pb::PaymentStage::Authorizing as i32, "not final: the register must not retry");
+    assert!(!last.payment.as_ref().is_some_and(|p| p.approved), "not reported approved: {last:?}");
+    let refused = take(&mut lane.client().await, "k-meanwhile", 900).await.expect_err("new payments are refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("database"), "{}", refused.message());
+
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    restarts_by_itself(&mut lane).await;
+    // Start-up asks the gateway under the payment's key: one charge, found.
+    let settled = lane.wait_status(&id, pb::PaymentStatus::Captured).await;
+    assert!(settled.approved);
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "exactly one charge: {ledger:?}");
+    assert_eq!(approved_by_amount(&ledger, 2600), 1);
+    let next = final_payment(&lane.pay("k-after-repair", 300).await);
+    assert_eq!(status(&next), pb::PaymentStatus::Captured, "the lane takes payments again");
     lane.finish();
 }
 

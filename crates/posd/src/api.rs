@@ -97,7 +97,7 @@ fn store_status(e: StoreError) -> Status {
             tonic::Code::ResourceExhausted,
             "DATABASE_FULL",
             "the payment database is full; new payments are refused and queued payments are kept. \
-             Free disk space, then restart posd."
+             Free disk space: posd checks every few seconds and restarts by itself once it can write."
                 .into(),
             None,
         );
@@ -396,6 +396,8 @@ impl PaymentTerminal for TerminalApi {
         let engine = self.engine.clone();
         let id = attached.payment.id.clone();
         let done = is_final_stage(first.stage);
+        let status_of = |ev: &pb::PaymentEvent| ev.payment.as_ref().map(|p| p.status);
+        let mut shown = status_of(&first);
         let _ = tx.send(Ok(first)).await;
         if let (false, Some(mut events)) = (done, attached.events) {
             tokio::spawn(async move {
@@ -403,6 +405,7 @@ impl PaymentTerminal for TerminalApi {
                     match events.recv().await {
                         Ok(ev) => {
                             let last = is_final_stage(ev.stage);
+                            shown = status_of(&ev);
                             if tx.send(Ok(ev)).await.is_err() || last {
                                 return;
                             }
@@ -412,9 +415,13 @@ impl PaymentTerminal for TerminalApi {
                     }
                 }
                 // The stream closed without a final event (a storage failure):
-                // send the payment as stored.
+                // send the payment as stored, unless the last event showed it
+                // so already (its message says why the stream ends).
                 if let Ok(Some(rec)) = engine.store().get(&id) {
-                    let _ = tx.send(event_now(engine.store(), &rec)).await;
+                    let now = event_now(engine.store(), &rec);
+                    if !now.as_ref().is_ok_and(|ev| status_of(ev) == shown) {
+                        let _ = tx.send(now).await;
+                    }
                 }
             });
         }

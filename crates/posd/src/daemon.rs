@@ -117,8 +117,25 @@ pub fn resolve(o: &Options) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(o: Options) -> anyhow::Result<()> {
+/// Why the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGINT or SIGTERM.
+    OnRequest,
+    /// The database failed and works again: posd exits with
+    /// [`Stopped::RESTART_CODE`] for its service manager to start it again,
+    /// so start-up settles what the failure interrupted.
+    ToRecover,
+}
+
+impl Stopped {
+    /// EX_TEMPFAIL; the unit's `Restart=on-failure` restarts posd on it.
+    pub const RESTART_CODE: u8 = 75;
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, or until its database works
+/// again after a failure.
+pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     let mut cfg = resolve(&o)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
@@ -291,21 +308,25 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     // progress finish or are parked (within `stop_timeout`), then the API
     // closes; clients still connected after a short grace period (a register
     // holding an event stream) do not hold posd up.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // A database that failed and works again stops posd the same way.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     tokio::spawn({
         let engine = engine.clone();
         let bound = cfg.stop_timeout.0;
         async move {
-            shutdown_signal().await;
+            let why = tokio::select! {
+                () = shutdown_signal() => Stopped::OnRequest,
+                () = engine.database_recovered() => Stopped::ToRecover,
+            };
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             engine.drain(bound).await;
-            let _ = stop_tx.send(true);
+            let _ = stop_tx.send(Some(why));
         }
     });
     let stopping = |grace: Duration| {
         let mut rx = stop_rx.clone();
         async move {
-            let _ = rx.wait_for(|s| *s).await;
+            let _ = rx.wait_for(Option::is_some).await;
             tokio::time::sleep(grace).await;
         }
     };
@@ -350,8 +371,15 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
     }
     engine.shutdown_warning().await;
-    tracing::info!("posd stopped");
-    Ok(())
+    let why = stop_rx.borrow().unwrap_or(Stopped::OnRequest);
+    match why {
+        Stopped::OnRequest => tracing::info!("posd stopped"),
+        Stopped::ToRecover => tracing::warn!(
+            exit_code = Stopped::RESTART_CODE,
+            "posd stopped to restart after the database failure; its service manager starts it again"
+        ),
+    }
+    Ok(why)
 }
 
 /// Keeps the health service current: NOT_SERVING for the API while posd

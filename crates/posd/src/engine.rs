@@ -172,6 +172,8 @@ pub struct Engine {
     sync: Mutex<SyncState>,
     /// Set when the database failed (a write, or a read a decision needs): new payments are refused (fail closed).
     store_failed: AtomicBool,
+    /// Wakes [`Engine::database_recovered`] when `store_failed` is set.
+    store_failure: Notify,
     /// Set when posd begins to stop: new payments are refused.
     stopping: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
@@ -208,6 +210,7 @@ impl Engine {
             clock,
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
+            store_failure: Notify::new(),
             stopping: AtomicBool::new(false),
             heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
             latencies: Default::default(),
@@ -239,11 +242,13 @@ impl Engine {
         &self.latencies
     }
 
-    /// True while the main loops run and the database works: the watchdog's question.
+    /// True while the main loops run: the watchdog's question. A failed
+    /// database is not a hang: posd keeps answering (refusing payments with
+    /// the reason) and restarts itself once the database works again.
     pub fn healthy(&self) -> bool {
         let beat = self.heartbeat.load(Ordering::Relaxed);
         let limit = (self.settings.forward.ageing_interval.as_millis() as i64 * 3).max(10_000);
-        !self.refusing_payments() && now_ms() - beat < limit
+        now_ms() - beat < limit
     }
 
     /// One line for systemd's STATUS=.
@@ -276,8 +281,36 @@ impl Engine {
 
     fn note_store_error(&self, e: &StoreError) {
         if matches!(e, StoreError::Db(_)) && !self.store_failed.swap(true, Ordering::SeqCst) {
-            tracing::error!(error = %e, "database failed: refusing new payments until posd is restarted with a healthy database");
+            tracing::error!(error = %e, "database failed: refusing new payments until it works again");
+            self.store_failure.notify_one();
         }
+    }
+
+    /// Returns once the database, having failed, works again: checked
+    /// ([`Store::probe`]) after 1 s, then at doubling intervals up to 10 s.
+    /// The daemon then restarts posd, so its start-up settles whatever the
+    /// failure interrupted (a payment whose answer could not be stored, a
+    /// refund left pending), as after a power cut. Pending until a failure.
+    pub async fn database_recovered(&self) {
+        const FIRST: Duration = Duration::from_secs(1);
+        const MOST: Duration = Duration::from_secs(10);
+        if !self.refusing_payments() {
+            self.store_failure.notified().await;
+        }
+        let mut wait = FIRST;
+        loop {
+            tokio::time::sleep(wait).await;
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.probe()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => tracing::warn!(error = %e, "the database still fails; new payments stay refused"),
+                Err(e) => tracing::error!(error = %e, "the database check stopped"),
+            }
+            wait = (wait * 2).min(MOST);
+        }
+        tracing::warn!("the database works again: posd restarts to settle what the failure interrupted");
+        let message = "the database works again; posd restarts to settle what the failure interrupted".to_string();
+        self.emit("database_recovered", "", "", message).await;
     }
 
     /// Appends and publishes an event that is not part of a payment transition.
@@ -316,7 +349,8 @@ impl Engine {
             return Err(EngineError::Unavailable(
                 "DATABASE_UNAVAILABLE",
                 "posd cannot write its payment database (disk full or damaged); new payments are refused. \
-                 Queued payments are kept. Free space or repair, then restart posd."
+                 Queued payments are kept. Free space or repair it: posd checks it every few seconds and \
+                 restarts by itself once it works."
                     .into(),
             ));
         }
@@ -582,7 +616,7 @@ impl Engine {
                     &rec,
                     pb::PaymentStage::Authorizing,
                     format!(
-                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; check payment {id} after posd restarts."
+                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; posd settles payment {id} when it restarts, which it does by itself once its database works again."
                     ),
                 );
                 self.end_live(&id);

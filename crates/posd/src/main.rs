@@ -136,7 +136,8 @@ async fn main() -> ExitCode {
         demo_reader_delay_ms: cli.demo_reader_delay_ms,
     };
     match posd::daemon::run(options).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(posd::daemon::Stopped::OnRequest) => ExitCode::SUCCESS,
+        Ok(posd::daemon::Stopped::ToRecover) => ExitCode::from(posd::daemon::Stopped::RESTART_CODE),
         Err(e) => {
             eprintln!("posd: {e:#}");
             ExitCode::from(2)

@@ -24,6 +24,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("database holds an unknown status {0:?}")]
     Corrupt(String),
+    #[error("database damaged: {0}")]
+    Damaged(String),
 }
 
 /// Card details posd may keep: never the PAN beyond first 6 / last 4.
@@ -1445,7 +1447,43 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
     }
 }
 
+/// Every table the store reads or writes.
+const TABLES: &[&str] = &[
+    "payments",
+    "payment_events",
+    "events",
+    "meta",
+    "gateway_events",
+    "refunds",
+    "terminal_results",
+    "gateway_records",
+];
+
 impl Store {
+    /// Checks that the database works again after a failure: its structure
+    /// is sound (`quick_check`), every table is there, it can take new pages
+    /// (a full disk or `max_page_count` fails here; the pages are rolled
+    /// back), and a synced commit goes through (it records the time of the
+    /// check in `meta`).
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if verdict != "ok" {
+            return Err(StoreError::Damaged(format!("quick_check: {verdict}")));
+        }
+        for table in TABLES {
+            conn.prepare(&format!("SELECT * FROM {table} LIMIT 0"))?;
+        }
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch("CREATE TABLE store_probe (b BLOB); INSERT INTO store_probe VALUES (zeroblob(65536));")?;
+        tx.rollback()?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('store_probe_ms', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// Moves the WAL into the database and truncates it, so deleted card
     /// data does not linger there (secure_delete wipes it in the database).
     pub fn checkpoint(&self) {
@@ -1599,6 +1637,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("posd.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.db");
+        let s = Store::open(&path).unwrap();
+        s.probe().unwrap();
+        assert!(s.meta("store_probe_ms").unwrap().is_some(), "the probe commits");
+        let tables: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'store_probe'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "the probe's pages are rolled back");
+        let pages: u64 = s.conn().query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        drop(s);
+
+        // No room for new pages: as with a full disk.
+        let full = Store::open_with(&path, Some(pages)).unwrap();
+        let err = full.probe().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull),
+            "{err}"
+        );
+        drop(full);
+
+        // A table gone (as in the e2e tests' damaged database).
+        let s = Store::open(&path).unwrap();
+        s.conn().execute_batch("ALTER TABLE refunds RENAME TO refunds_damaged").unwrap();
+        assert!(s.probe().unwrap_err().to_string().contains("refunds"));
+        s.conn().execute_batch("ALTER TABLE refunds_damaged RENAME TO refunds").unwrap();
+        s.probe().unwrap();
     }
 
     #[test]
