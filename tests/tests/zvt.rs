@@ -412,3 +412,50 @@ async fn a_person_resolves_payments_in_doubt_from_the_terminals_journal() {
     assert_eq!(status(&next), pb::PaymentStatus::Captured, "{}", reason(&next));
     lane.finish();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_posd_is_still_asking_about_cannot_be_resolved_and_a_stop_waits_for_the_answer() {
+    // A terminal that cannot repeat its last receipt, slow enough that the
+    // line can be pulled while it waits for the card.
+    let mut lane = Lane::prepare_zvt(&["--no-repeat-receipt", "--step-ms", "60000"], false, "");
+    // A stop waits for the payment (far longer than the test's patience), and
+    // posd keeps asking the terminal for as long as the test needs.
+    lane.top_config = "stop_timeout = \"10m\"".into();
+    lane.gateway_config = "status_attempts = 50\n".into();
+    lane.start_posd();
+    ready(&mut lane).await;
+    let mut client = lane.client().await;
+    let mut stream = client.take_payment(posd_e2e::request("asking", 1700)).await.unwrap().into_inner();
+    let id = stream.message().await.unwrap().unwrap().payment_id;
+    lane.wait_status(&id, pb::PaymentStatus::Collecting).await;
+    lane.kill_reader();
+    // The line died with the payment on the terminal: posd asks it what it booked.
+    loop {
+        let e = stream.message().await.unwrap().expect("the stream goes on while posd asks");
+        lane.responses.push(format!("{e:?}"));
+        if e.message.starts_with("Checking with the payment terminal") {
+            break;
+        }
+    }
+    let (st, _, err) = lane.posctl(&["resolve", &id, "--not-booked"]);
+    assert!(!st.success() && err.contains("still asking the payment terminal"), "{err}");
+
+    // A stop now waits for the payment (its bound is 10 minutes): the answer
+    // that ends the doubt must wake it.
+    let pid = lane.posd_pid();
+    let (st, _, _) = posd_e2e::run(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]));
+    assert!(st.success());
+    lane.start_reader();
+    let exit = lane.wait_posd_exit().await;
+    assert!(exit.success(), "posd stopped once the payment ended: {exit:?}");
+    let log = std::fs::read_to_string(lane.posd_log()).unwrap();
+    assert!(log.contains("stopping: waiting for payments in progress"), "the stop waited for the payment");
+
+    lane.start_posd();
+    let p = payment(&lane, &id).await;
+    assert_eq!(status(&p), pb::PaymentStatus::Unknown, "left to a person: {}", reason(&p));
+    let events = lane.events().await;
+    assert!(events.iter().any(|e| e.kind == "terminal_outcome_unknown" && e.payment_id == id), "{events:?}");
+    assert!(!events.iter().any(|e| e.kind == "payment_parked_on_stop"), "the stop did not time out: {events:?}");
+    lane.finish();
+}
