@@ -86,6 +86,39 @@ async fn an_authorization_not_captured_within_the_capture_window_is_reversed_and
 }
 
 #[tokio::test]
+async fn a_capture_under_way_when_the_capture_window_passes_goes_first_and_is_not_reversed() {
+    let mut lane = Lane::prepare(&[], "");
+    lane.top_config = "capture_window = \"2s\"\n".into();
+    // The capture waits at the gateway for as long as the test needs.
+    lane.gateway_timeout_ms = 60_000;
+    lane.start_posd();
+    lane.ready().await;
+    let p = manual(&mut lane, "k-race", 4_400).await;
+    lane.fault("hang");
+    let mut client = lane.client().await;
+    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
+    let call = tokio::spawn(async move { client.capture_payment(capture).await });
+    // The window passes while the capture is at the gateway: the expiry
+    // check finds the payment in hand and leaves it.
+    let log = lane.posd_log();
+    eventually("the expiry check to find the capture under way", async || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .any(|l| l.contains("while a capture or void has the payment") && l.contains(&p.payment_id))
+            .then_some(())
+    })
+    .await;
+    lane.fault("none");
+    let captured = call.await.unwrap().expect("the capture goes through").into_inner();
+    assert_eq!(status(&captured), pb::PaymentStatus::Captured);
+    assert_eq!(captured.captured_minor, 4_400);
+    let c = charge(&lane.ledger(), 4_400).clone();
+    assert_eq!((c["status"].as_str(), c["captured"].as_bool()), (Some("approved"), Some(true)), "{c}");
+    assert!(lane.events().await.iter().all(|e| e.kind != "authorization_expired"));
+    lane.finish();
+}
+
+#[tokio::test]
 async fn a_capture_posd_did_not_store_before_a_crash_is_recorded_not_reversed_when_the_window_passes() {
     let mut lane = Lane::start(&[]);
     lane.ready().await;

@@ -1051,22 +1051,25 @@ impl Engine {
         }
     }
 
-    /// Gateway reachability (health checks plus real calls) and queue ageing.
+    /// Gateway reachability (health checks plus real calls), queue ageing,
+    /// reader events and the watchdog's heartbeat. The loop never waits for
+    /// the gateway: health checks and capture windows run in tasks of their
+    /// own, so a gateway that accepts and never answers (a WAN black hole)
+    /// holds up neither the ageing nor the heartbeat.
     pub async fn monitor(self: Arc<Self>) {
         let f = self.settings.forward.clone();
+        tokio::spawn(self.clone().health_checks());
+        tokio::spawn(self.clone().capture_windows());
         let mut online = self.gateway.subscribe_online();
-        let mut health = tokio::time::interval(f.health_interval);
         let mut ageing = tokio::time::interval(f.ageing_interval);
         let mut was_online: Option<bool> = None;
         let mut last_recorded = 0i64;
         let mut readers: HashMap<String, (bool, u64)> = HashMap::new();
         loop {
             tokio::select! {
-                _ = health.tick() => self.gateway.probe().await,
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
                     self.age_queue(&f).await;
-                    self.expire_authorizations().await;
                     self.report_readers(&mut readers).await;
                     self.heartbeat.store(now_ms(), Ordering::Relaxed);
                     continue;
@@ -1093,6 +1096,17 @@ impl Engine {
                     tracing::warn!(error = %e, "cannot record the gateway's last contact");
                 }
             }
+        }
+    }
+
+    /// Asks the gateway whether it answers, every `health_interval` after
+    /// the last check ended.
+    async fn health_checks(self: Arc<Self>) {
+        let mut health = tokio::time::interval(self.settings.forward.health_interval);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            health.tick().await;
+            self.gateway.probe().await;
         }
     }
 

@@ -288,6 +288,20 @@ impl Engine {
         Ok(summary)
     }
 
+    /// Checks the capture window every `ageing_interval` (after the last
+    /// check ended), for the life of the process.
+    pub(super) async fn capture_windows(self: std::sync::Arc<Self>) {
+        if self.settings.capture_window.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.settings.forward.ageing_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.expire_authorizations().await;
+        }
+    }
+
     /// Reverses AUTHORIZED payments left uncaptured past the capture window:
     /// the reversal worker releases the hold at the gateway (retrying until
     /// it acknowledges), and a late capture is refused. The gateway's record
@@ -307,7 +321,10 @@ impl Engine {
         };
         for listed in old {
             // A capture or void under way has the payment; it goes first.
-            let Some(_claim) = self.claim(&listed.id) else { continue };
+            let Some(_claim) = self.claim(&listed.id) else {
+                tracing::debug!(payment = %listed.id, "capture window passed while a capture or void has the payment; it goes first");
+                continue;
+            };
             let rec = match self.store.get(&listed.id) {
                 Ok(Some(rec)) if rec.status == Status::Authorized => rec,
                 _ => continue,
