@@ -300,6 +300,72 @@ async fn forwarding_cut(failpoint: &str) {
     lane.finish();
 }
 
+/// Runs posd with `failpoint` armed and the gateway up, until it stops at
+/// the failpoint on its first forwarding round; then the gateway goes down.
+async fn cut_forwarding_at(lane: &mut Lane, failpoint: &str) {
+    lane.kill_posd();
+    lane.fault("none");
+    lane.posd_env = vec![("POSD_FAILPOINT".into(), failpoint.into())];
+    assert!(!lane.run_posd_until_exit().await.success(), "posd stops at {failpoint}");
+    lane.posd_env.clear();
+    lane.fault("down");
+}
+
+#[tokio::test]
+async fn a_payment_whose_forwarding_may_have_arrived_loses_its_card_data_at_the_expiry_age_and_the_gateway_decides() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    lane.fault("down");
+    let arrived = final_payment(&lane.pay("k-overdue-arrived", 2700).await);
+    // Forwarded: the gateway commits it, posd dies before storing the answer.
+    cut_forwarding_at(&mut lane, "forward_after_response").await;
+    lane.start_posd();
+    lane.ready().await;
+    let lost = final_payment(&lane.pay("k-overdue-lost", 2800).await);
+    // Claimed for sending (both), posd dies before anything is sent.
+    cut_forwarding_at(&mut lane, "forward_after_claim").await;
+    let card_data = |lane: &Lane| -> i64 {
+        let db = rusqlite::Connection::open_with_flags(
+            lane.state_dir().join("posd.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("SELECT COUNT(*) FROM payments WHERE encrypted_card IS NOT NULL", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(card_data(&lane), 2, "both still queued with their card data");
+
+    // Restarted past the expiry age, with the gateway still out of reach:
+    // neither may be sent again, and neither can simply expire.
+    lane.extra_config = "alert_after = \"10ms\"\nstop_after = \"10ms\"\nexpire_after = \"10ms\"\n".into();
+    lane.start_posd();
+    lane.ready().await;
+    let mut client = lane.client().await;
+    let overdue = posd_e2e::eventually("both payments to be overdue", async || {
+        let events = events_from(&mut client, 0, None).await;
+        let overdue: Vec<_> = events.into_iter().filter(|e| e.kind == "forward_overdue").collect();
+        (overdue.len() == 2).then_some(overdue)
+    })
+    .await;
+    assert!(overdue[0].message.contains("card data is deleted"), "{}", overdue[0].message);
+    assert_eq!(card_data(&lane), 0, "no card data kept past the expiry age");
+    for p in [&arrived, &lost] {
+        let now = client.get_payment(pb::GetPaymentRequest { payment_id: p.payment_id.clone() }).await.unwrap();
+        assert_eq!(status(now.get_ref()), pb::PaymentStatus::OfflineApproved);
+    }
+
+    // The gateway is back: its record decides each one.
+    lane.fault("none");
+    let captured = lane.wait_status(&arrived.payment_id, pb::PaymentStatus::Captured).await;
+    assert!(captured.approved);
+    let expired = lane.wait_status(&lost.payment_id, pb::PaymentStatus::Expired).await;
+    assert!(!expired.approved);
+    assert!(expired.failure.as_ref().unwrap().message.contains("no record"), "{:?}", expired.failure);
+    let ledger = lane.ledger();
+    assert_eq!(ledger.len(), 1, "only the payment that arrived: {ledger:?}");
+    assert_eq!(approved_by_amount(&ledger, 2700), 1);
+    lane.finish();
+}
+
 #[tokio::test]
 async fn case_6_power_cut_during_forwarding_before_sending() {
     forwarding_cut("forward_after_claim").await;

@@ -199,6 +199,10 @@ pub enum Input {
     Quarantine { code: String, message: String },
     /// The queued payment passed the expiry age.
     Expire { message: String },
+    /// A queued payment past the expiry age whose forwarding may have reached
+    /// the gateway, asked about by its key (its card data already deleted):
+    /// the gateway has no record, so it never arrived and it expires.
+    NoRecordAfterExpiry { message: String },
     /// An operator puts a quarantined payment back in the queue (the cause
     /// was fixed at the gateway); it is forwarded again under the same key.
     Requeue { by: String },
@@ -343,6 +347,12 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
         (OfflineApproved | Quarantined, Input::Expire { message }) => {
             t(Expired, format!("expired unsent: {message}"), reason("expired", message.clone()), vec![])
         }
+        (Forwarding, Input::NoRecordAfterExpiry { message }) => t(
+            Expired,
+            format!("expired: the gateway has no record of it ({message})"),
+            reason("expired", message.clone()),
+            vec![],
+        ),
         (Authorizing | Unknown, Input::Approved { captured }) => t(
             if *captured { Captured } else { Authorized },
             "gateway approved".into(),
@@ -475,6 +485,7 @@ mod tests {
             Input::ForwardRetry { message: "m".into() },
             Input::Quarantine { code: "account_mismatch".into(), message: "m".into() },
             Input::Expire { message: "m".into() },
+            Input::NoRecordAfterExpiry { message: "m".into() },
             Input::Requeue { by: "m".into() },
             Input::Capture,
             Input::CaptureWindowPassed { window: "2d".into() },
@@ -511,6 +522,17 @@ mod tests {
             assert_eq!(recovery_on_terminal(s), Recovery::AskTerminal);
         }
         assert_eq!(recovery_on_terminal(Status::Created), Recovery::Interrupt);
+    }
+
+    #[test]
+    fn only_a_payment_being_asked_about_expires_for_want_of_a_gateway_record() {
+        let gone = Input::NoRecordAfterExpiry { message: "m".into() };
+        let t = next(Status::Forwarding, &gone).unwrap();
+        assert_eq!(t.to, Status::Expired);
+        assert!(!t.to.keeps_card_data());
+        for s in Status::ALL.into_iter().filter(|s| *s != Status::Forwarding) {
+            assert!(next(s, &gone).is_err(), "{s} expires only through a forwarding round");
+        }
     }
 
     #[test]

@@ -1109,8 +1109,9 @@ impl Store {
     }
 
     /// Queued payments older than `queued_before_ms` that may expire: never
-    /// sent (a payment whose forwarding may have reached the gateway waits for
-    /// the gateway's answer instead), or quarantined (refused by the gateway).
+    /// sent (one whose forwarding may have reached the gateway is asked about
+    /// instead, see [`Store::drop_overdue_card_data`]), or quarantined
+    /// (refused by the gateway).
     pub fn queued_before(&self, queued_before_ms: i64) -> Result<Vec<PaymentRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
@@ -1119,6 +1120,38 @@ impl Store {
         ))?;
         let rows = stmt.query_map([queued_before_ms], row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the card data of queued payments queued before
+    /// `queued_before_ms` whose forwarding may have reached the gateway
+    /// (they were claimed for sending at least once): past the expiry age a
+    /// payment is never sent again, only asked about by its key. Each gets an
+    /// audit entry and a `forward_overdue` event, all in one commit.
+    pub fn drop_overdue_card_data(&self, queued_before_ms: i64, why: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let overdue: Vec<(String, String)> = tx
+            .prepare_cached(
+                "SELECT id, terminal_id FROM payments WHERE status = 'offline_approved' AND forward_attempts > 0 \
+                 AND queued_at_ms < ?1 AND encrypted_card IS NOT NULL ORDER BY queue_seq",
+            )?
+            .query_map([queued_before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let now = now_ms();
+        let mut events = Vec::with_capacity(overdue.len());
+        for (id, terminal_id) in overdue {
+            exec(&tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [&id])?;
+            let cause = format!("card data deleted: {why}; the gateway's record under the payment's key decides");
+            exec(&tx, INSERT_AUDIT, params![id, now, "offline_approved", "offline_approved", cause])?;
+            let message = format!(
+                "payment {id}: {why}; its card data is deleted and posd asks the gateway whether it holds the payment \
+                 (captured if it does, expired if not)"
+            );
+            events
+                .push(insert_event(&tx, &NewEvent { kind: "forward_overdue", terminal_id, payment_id: id, message })?);
+        }
+        tx.commit()?;
+        Ok(events)
     }
 
     /// AUTHORIZED payments (manual capture) authorized before the cutoff,

@@ -102,7 +102,12 @@ impl Engine {
                 }
                 continue;
             }
-            match self.forward_once(batch).await {
+            // Overdue payments (past the expiry age, card data deleted) are
+            // asked about, never sent.
+            let (overdue, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, blob)| blob.is_empty());
+            let round =
+                if overdue.is_empty() { self.forward_once(batch).await } else { self.settle_overdue(overdue).await };
+            match round {
                 Ok(None) => backoff = f.retry_first,
                 Ok(Some(auth)) => {
                     wait = Some(if auth { f.retry_max } else { backoff });
@@ -174,6 +179,66 @@ impl Engine {
                 Ok(Some(auth))
             }
         }
+    }
+
+    /// Settles queued payments past the expiry age whose forwarding may have
+    /// reached the gateway (their card data already deleted) by the
+    /// gateway's record under each one's key: a record is stored as the
+    /// forwarding's answer (captured, declined...); no record means it never
+    /// arrived, and it expires. `Ok(Some(false))` when the gateway could not
+    /// be asked about one of them.
+    async fn settle_overdue(&self, overdue: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
+        let mut claims = Vec::with_capacity(overdue.len());
+        for (rec, _) in &overdue {
+            claims.push((rec.id.clone(), next(rec.status, &Input::ForwardSending)?, Update::default()));
+        }
+        let claimed = self.store.apply_batch(claims).inspect_err(|e| self.note_store_error(e))?;
+        let mut answered = Vec::new();
+        let mut results = Vec::new();
+        let mut expired = Vec::new();
+        let mut link_failed = false;
+        for rec in claimed.into_iter().filter_map(|r| r.ok().map(|(rec, _)| rec)) {
+            match self.gateway.transaction(&rec.gateway_key).await {
+                Ok(Some(tx)) => {
+                    results.push(ForwardResult {
+                        transaction_key: rec.gateway_key.clone(),
+                        transaction: Some(tx),
+                        ..Default::default()
+                    });
+                    answered.push((rec, Vec::new()));
+                }
+                Ok(None) => expired.push(rec),
+                Err(message) => {
+                    link_failed = true;
+                    results.push(ForwardResult {
+                        transaction_key: rec.gateway_key.clone(),
+                        error_code: "unavailable".into(),
+                        error_message: format!("cannot ask the gateway about the overdue payment: {message}"),
+                        ..Default::default()
+                    });
+                    answered.push((rec, Vec::new()));
+                }
+            }
+        }
+        self.apply_forward_results(answered, results).await?;
+        let mut items = Vec::with_capacity(expired.len());
+        for rec in expired {
+            let message = format!(
+                "not confirmed within {} and the gateway has no record of it; nothing was charged",
+                human(self.settings.forward.expire_after)
+            );
+            let t = next(rec.status, &Input::NoRecordAfterExpiry { message: message.clone() })?;
+            let event =
+                NewEvent { kind: "expired", terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
+            items.push((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }));
+        }
+        for (_, event) in self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?.into_iter().flatten()
+        {
+            if let Some(e) = event {
+                let _ = self.events.send(e);
+            }
+        }
+        Ok(link_failed.then_some(false))
     }
 
     /// Stores a forwarding round's answers. Results are matched to payments by
@@ -342,6 +407,27 @@ impl Engine {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot check the queue's age"),
+        }
+        // One whose forwarding may have reached the gateway cannot simply
+        // expire, but it is never sent again either: its card data goes now,
+        // and the forwarder asks the gateway about it.
+        let why = format!("not confirmed by the gateway within {}", human(f.expire_after));
+        match self.store.drop_overdue_card_data(now - f.expire_after.as_millis() as i64, &why) {
+            Ok(events) if !events.is_empty() => {
+                tracing::error!(
+                    count = events.len(),
+                    "ALERT: queued payments overdue; card data deleted, asking the gateway"
+                );
+                for e in events {
+                    let _ = self.events.send(e);
+                }
+                self.forward_wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete the card data of overdue payments");
+                self.note_store_error(&e);
+            }
         }
         let Ok(summary) = self.store.queue_summary() else { return };
         let level = summary.oldest_queued_at_ms.map(|t| {
