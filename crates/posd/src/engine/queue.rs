@@ -122,7 +122,9 @@ impl Engine {
         }
     }
 
-    /// One forwarding round. `Ok(Some(auth))`: the link failed (auth: credentials).
+    /// One forwarding round. `Ok(Some(auth))`: the link failed (auth:
+    /// credentials), or a payment's answer was unclear and it went back to
+    /// the queue; either way the next round waits.
     async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
         let mut claims = Vec::with_capacity(batch.len());
         for (rec, _) in &batch {
@@ -144,11 +146,11 @@ impl Engine {
         match self.gateway.forward_batch(requests).await {
             BatchOutcome::Results(results) => {
                 failpoint::hit("forward_after_response");
-                self.apply_forward_results(claimed, results).await?;
+                let requeued = self.apply_forward_results(claimed, results).await?;
                 let mut s = self.sync.lock().unwrap();
                 s.last_error.clear();
                 s.paused = false;
-                Ok(None)
+                Ok(requeued.then_some(false))
             }
             BatchOutcome::LinkError { message, auth } => {
                 tracing::warn!(items = claimed.len(), %message, auth, "forwarding failed; payments stay queued");
@@ -185,8 +187,8 @@ impl Engine {
     /// reached the gateway (their card data already deleted) by the
     /// gateway's record under each one's key: a record is stored as the
     /// forwarding's answer (captured, declined...); no record means it never
-    /// arrived, and it expires. `Ok(Some(false))` when the gateway could not
-    /// be asked about one of them.
+    /// arrived, and it expires. `Ok(Some(false))` when one of them is still
+    /// unsettled (the gateway could not be asked, or its answer was unclear).
     async fn settle_overdue(&self, overdue: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
         let mut claims = Vec::with_capacity(overdue.len());
         for (rec, _) in &overdue {
@@ -196,7 +198,6 @@ impl Engine {
         let mut answered = Vec::new();
         let mut results = Vec::new();
         let mut expired = Vec::new();
-        let mut link_failed = false;
         for rec in claimed.into_iter().filter_map(|r| r.ok().map(|(rec, _)| rec)) {
             match self.gateway.transaction(&rec.gateway_key).await {
                 Ok(Some(tx)) => {
@@ -209,7 +210,6 @@ impl Engine {
                 }
                 Ok(None) => expired.push(rec),
                 Err(message) => {
-                    link_failed = true;
                     results.push(ForwardResult {
                         transaction_key: rec.gateway_key.clone(),
                         error_code: "unavailable".into(),
@@ -220,7 +220,7 @@ impl Engine {
                 }
             }
         }
-        self.apply_forward_results(answered, results).await?;
+        let requeued = self.apply_forward_results(answered, results).await?;
         let mut items = Vec::with_capacity(expired.len());
         for rec in expired {
             let message = format!(
@@ -238,18 +238,20 @@ impl Engine {
                 let _ = self.events.send(e);
             }
         }
-        Ok(link_failed.then_some(false))
+        Ok(requeued.then_some(false))
     }
 
     /// Stores a forwarding round's answers. Results are matched to payments by
     /// transaction key and checked against the local amount and currency; only
     /// an error about the item itself (malformed, account mismatch) quarantines
-    /// it; anything unclear puts it back in the queue under the same key.
+    /// it; anything unclear puts it back in the queue under the same key
+    /// (then true).
     async fn apply_forward_results(
         &self,
         claimed: Vec<(PaymentRecord, Vec<u8>)>,
         results: Vec<ForwardResult>,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
+        let mut requeued = false;
         let mut by_key: HashMap<String, ForwardResult> =
             results.into_iter().map(|r| (r.transaction_key.clone(), r)).collect();
         let mut items = Vec::with_capacity(claimed.len());
@@ -321,6 +323,7 @@ impl Engine {
                     (Input::ForwardRetry { message }, None)
                 }
             };
+            requeued |= matches!(input, Input::ForwardRetry { .. });
             let t = next(rec.status, &input)?;
             let update = match event {
                 Some((kind, message, answer)) => Update {
@@ -349,7 +352,7 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "forwarding result not stored"),
             }
         }
-        Ok(())
+        Ok(requeued)
     }
 
     /// Puts payments left in FORWARDING (a round cut short by a storage
