@@ -415,9 +415,10 @@ async fn a_person_resolves_payments_in_doubt_from_the_terminals_journal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_payment_posd_is_still_asking_about_cannot_be_resolved_and_a_stop_waits_for_the_answer() {
-    // A terminal that cannot repeat its last receipt, slow enough that the
-    // line can be pulled while it waits for the card.
-    let mut lane = Lane::prepare_zvt(&["--no-repeat-receipt", "--step-ms", "60000"], false, "");
+    // A terminal that cannot repeat its last receipt, and that takes its
+    // time (an intermediate status a second, within posd's T4).
+    let args = ["--no-repeat-receipt", "--scenario", "slow", "--slow-steps", "600", "--step-ms", "1000"];
+    let mut lane = Lane::prepare_zvt(&args, false, "");
     // A stop waits for the payment (far longer than the test's patience), and
     // posd keeps asking the terminal for as long as the test needs.
     lane.top_config = "stop_timeout = \"10m\"".into();
@@ -427,16 +428,25 @@ async fn a_payment_posd_is_still_asking_about_cannot_be_resolved_and_a_stop_wait
     let mut client = lane.client().await;
     let mut stream = client.take_payment(posd_e2e::request("asking", 1700)).await.unwrap().into_inner();
     let id = stream.message().await.unwrap().unwrap().payment_id;
-    lane.wait_status(&id, pb::PaymentStatus::Collecting).await;
+    let mut seen = Vec::new();
+    // The terminal's intermediate status (its "please wait", code 0x17): it has the payment.
+    loop {
+        let e = stream.message().await.unwrap().expect("the terminal's status");
+        seen.push(format!("{e:?}"));
+        if e.stage == pb::PaymentStage::Authorizing as i32 {
+            break;
+        }
+    }
     lane.kill_reader();
     // The line died with the payment on the terminal: posd asks it what it booked.
     loop {
         let e = stream.message().await.unwrap().expect("the stream goes on while posd asks");
-        lane.responses.push(format!("{e:?}"));
+        seen.push(format!("{e:?}"));
         if e.message.starts_with("Checking with the payment terminal") {
             break;
         }
     }
+    lane.responses.extend(seen);
     let (st, _, err) = lane.posctl(&["resolve", &id, "--not-booked"]);
     assert!(!st.success() && err.contains("still asking the payment terminal"), "{err}");
 
