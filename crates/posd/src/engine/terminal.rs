@@ -17,7 +17,7 @@ use pos_engine::{Input, Status};
 use pos_proto::gateway::{TerminalRecord, TerminalRecordKind};
 use pos_proto::terminal as pb;
 use pos_zvt::{Bmp, Bmps, Message, codes};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
@@ -67,6 +67,48 @@ fn card(o: &Outcome) -> Option<(CardInfo, Vec<u8>)> {
 struct Repeated {
     last: Option<Outcome>,
     ending: Ending,
+}
+
+/// Follows an operation that books one result (a refund, a reversal): its
+/// first result goes to the caller, any later one is refused (84 66), and
+/// the terminal's receipt of posd's 80 00 is noted.
+#[derive(Default)]
+struct OneResult {
+    taken: bool,
+    receipt: Option<u16>,
+    /// The terminal heard posd's 80 00 for the result.
+    confirmed: bool,
+}
+
+impl OneResult {
+    /// The operation's result (answer it on the sender: true once it is
+    /// stored), or how the operation ended.
+    async fn next(
+        &mut self,
+        engine: &Engine,
+        terminal: &str,
+        events: &mut mpsc::UnboundedReceiver<ZvtEvent>,
+    ) -> Result<(Outcome, oneshot::Sender<bool>), Ending> {
+        loop {
+            match events.recv().await {
+                Some(ZvtEvent::Result { outcome, confirm }) if !self.taken => {
+                    self.taken = true;
+                    self.receipt = outcome.receipt_no;
+                    return Ok((outcome, confirm));
+                }
+                Some(ZvtEvent::Result { confirm, .. }) => {
+                    let _ = confirm.send(false);
+                }
+                Some(ZvtEvent::Confirmed) => {
+                    self.confirmed = true;
+                    engine.note_receipt_no(terminal, self.receipt);
+                }
+                Some(ZvtEvent::Done(ending)) => return Err(ending),
+                Some(_) => {}
+                None => return Err(Ending::Lost { message: "the terminal task stopped".into(), started: true }),
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -617,18 +659,16 @@ impl Engine {
         let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
         let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
         let mut settled: Option<RefundRecord> = None;
-        let mut confirmed = false;
-        let mut receipt = None;
         let event = |kind: &'static str, message: String| NewEvent {
             kind,
             terminal_id: rec.terminal_id.clone(),
             payment_id: rec.id.clone(),
             message,
         };
+        let mut follow = OneResult::default();
         let ending = loop {
-            match events.recv().await {
-                Some(ZvtEvent::Result { outcome, confirm }) if settled.is_none() => {
-                    receipt = outcome.receipt_no;
+            match follow.next(self, &rec.terminal_id, &mut events).await {
+                Ok((outcome, confirm)) => {
                     let ok = outcome.approved() && outcome.amount.is_none_or(|a| a == refund.amount_minor as u64);
                     let code = outcome.result_code.unwrap_or(0xFF);
                     let text = codes::result_text(code);
@@ -656,21 +696,11 @@ impl Engine {
                         }
                     }
                 }
-                // A second result is not booked.
-                Some(ZvtEvent::Result { confirm, .. }) => {
-                    let _ = confirm.send(false);
-                }
-                Some(ZvtEvent::Confirmed) => {
-                    confirmed = true;
-                    self.note_receipt_no(&rec.terminal_id, receipt);
-                }
-                Some(ZvtEvent::Done(ending)) => break ending,
-                Some(_) => {}
-                None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
+                Err(ending) => break ending,
             }
         };
         if let Some(stored) = settled {
-            if stored.status == "succeeded" && !confirmed {
+            if stored.status == "succeeded" && !follow.confirmed {
                 return Err(self.confirmation_lost(rec, &format!("refund {}", stored.id)).await);
             }
             return Ok(stored);
@@ -731,12 +761,10 @@ impl Engine {
         let (mut events, _abort) = zvt.run(Message::Reversal(zvt.with_password(fields.into_iter().collect()))).await;
         let mut reversed: Option<PaymentRecord> = None;
         let mut refused: Option<String> = None;
-        let mut confirmed = false;
-        let mut reversal_receipt = None;
+        let mut follow = OneResult::default();
         let ending = loop {
-            match events.recv().await {
-                Some(ZvtEvent::Result { outcome, confirm }) if reversed.is_none() && refused.is_none() => {
-                    reversal_receipt = outcome.receipt_no;
+            match follow.next(self, &rec.terminal_id, &mut events).await {
+                Ok((outcome, confirm)) => {
                     if !outcome.approved() {
                         refused = Some(codes::result_text(outcome.result_code.unwrap_or(0xFF)));
                         let _ = confirm.send(true);
@@ -755,21 +783,11 @@ impl Engine {
                         }
                     }
                 }
-                // A second result is not booked.
-                Some(ZvtEvent::Result { confirm, .. }) => {
-                    let _ = confirm.send(false);
-                }
-                Some(ZvtEvent::Confirmed) => {
-                    confirmed = true;
-                    self.note_receipt_no(&rec.terminal_id, reversal_receipt);
-                }
-                Some(ZvtEvent::Done(ending)) => break ending,
-                Some(_) => {}
-                None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
+                Err(ending) => break ending,
             }
         };
         if let Some(new) = reversed {
-            if !confirmed {
+            if !follow.confirmed {
                 return Err(self.confirmation_lost(&new, &format!("the reversal of payment {}", new.id)).await);
             }
             return Ok(new);
