@@ -88,7 +88,9 @@ async fn an_authorization_not_captured_within_the_capture_window_is_reversed_and
 #[tokio::test]
 async fn a_capture_under_way_when_the_capture_window_passes_goes_first_and_is_not_reversed() {
     let mut lane = Lane::prepare(&[], "");
-    lane.top_config = "capture_window = \"2s\"\n".into();
+    // Long enough for the capture to take the payment in hand first, even
+    // on a loaded machine (the test fails clearly if it does not).
+    lane.top_config = "capture_window = \"10s\"\n".into();
     // The capture waits at the gateway for as long as the test needs.
     lane.gateway_timeout_ms = 60_000;
     lane.start_posd();
@@ -98,6 +100,14 @@ async fn a_capture_under_way_when_the_capture_window_passes_goes_first_and_is_no
     let mut client = lane.client().await;
     let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
     let call = tokio::spawn(async move { client.capture_payment(capture).await });
+    let mut reader = lane.client().await;
+    let get = pb::GetPaymentRequest { payment_id: p.payment_id.clone() };
+    eventually("the capture to reach the gateway", async || {
+        let now = reader.get_payment(get.clone()).await.unwrap().into_inner();
+        now.history.iter().any(|t| t.cause.starts_with("capture of 4400")).then_some(())
+    })
+    .await;
+    assert!(!call.is_finished(), "the capture waits at the gateway");
     // The window passes while the capture is at the gateway: the expiry
     // check finds the payment in hand and leaves it.
     let log = lane.posd_log();

@@ -201,7 +201,8 @@ pub enum Input {
     Expire { message: String },
     /// A queued payment past the expiry age whose forwarding may have reached
     /// the gateway, asked about by its key (its card data already deleted):
-    /// the gateway has no record, so it never arrived and it expires.
+    /// the gateway has no record. An earlier attempt could still arrive late,
+    /// so it is reversed under its key (a tombstone) rather than just dropped.
     NoRecordAfterExpiry { message: String },
     /// An operator puts a quarantined payment back in the queue (the cause
     /// was fixed at the gateway); it is forwarded again under the same key.
@@ -348,10 +349,10 @@ pub fn next(from: Status, input: &Input) -> Result<Transition, TransitionError> 
             t(Expired, format!("expired unsent: {message}"), reason("expired", message.clone()), vec![])
         }
         (Forwarding, Input::NoRecordAfterExpiry { message }) => t(
-            Expired,
-            format!("expired: the gateway has no record of it ({message})"),
+            ReversalPending,
+            format!("expired: the gateway has no record of it; reversal queued under its key ({message})"),
             reason("expired", message.clone()),
-            vec![],
+            vec![SendReversal],
         ),
         (Authorizing | Unknown, Input::Approved { captured }) => t(
             if *captured { Captured } else { Authorized },
@@ -528,7 +529,10 @@ mod tests {
     fn only_a_payment_being_asked_about_expires_for_want_of_a_gateway_record() {
         let gone = Input::NoRecordAfterExpiry { message: "m".into() };
         let t = next(Status::Forwarding, &gone).unwrap();
-        assert_eq!(t.to, Status::Expired);
+        // Reversed under its key, so a late forwarding can never charge it.
+        assert_eq!(t.to, Status::ReversalPending);
+        assert_eq!(t.effects, vec![Effect::SendReversal]);
+        assert_eq!(t.reason.as_ref().unwrap().code, "expired");
         assert!(!t.to.keeps_card_data());
         for s in Status::ALL.into_iter().filter(|s| *s != Status::Forwarding) {
             assert!(next(s, &gone).is_err(), "{s} expires only through a forwarding round");

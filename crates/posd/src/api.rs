@@ -410,13 +410,15 @@ impl PaymentTerminal for TerminalApi {
                                 return;
                             }
                         }
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        // Events skipped: the one that explains the end may be among them.
+                        Err(broadcast::error::RecvError::Lagged(_)) => shown = None,
                         Err(broadcast::error::RecvError::Closed) => break,
                     }
                 }
                 // The stream closed without a final event (a storage failure):
-                // send the payment as stored, unless the last event showed it
-                // so already (its message says why the stream ends).
+                // send the payment as stored, unless the last event (none
+                // skipped) showed it so already; its message says why the
+                // stream ends.
                 if let Ok(Some(rec)) = engine.store().get(&id) {
                     let now = event_now(engine.store(), &rec);
                     if !now.as_ref().is_ok_and(|ev| status_of(ev) == shown) {

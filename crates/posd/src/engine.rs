@@ -1014,9 +1014,13 @@ impl Engine {
             for rec in pending {
                 let req = ReverseRequest {
                     transaction_key: rec.gateway_key.clone(),
-                    // Why, for the gateway: an answer lost, or a hold released.
-                    reason: if rec.reason_code == "capture_window_passed" { &rec.reason_code } else { "timeout" }
-                        .into(),
+                    // Why, for the gateway: an answer lost, a hold released, or
+                    // an offline payment never confirmed.
+                    reason: match rec.reason_code.as_str() {
+                        why @ ("capture_window_passed" | "expired") => why,
+                        _ => "timeout",
+                    }
+                    .into(),
                     amount_minor: rec.amount_minor,
                     currency: rec.currency.clone(),
                     terminal_id: self.gateway_terminal(&rec.terminal_id),
@@ -1055,11 +1059,15 @@ impl Engine {
     /// reader events and the watchdog's heartbeat. The loop never waits for
     /// the gateway: health checks and capture windows run in tasks of their
     /// own, so a gateway that accepts and never answers (a WAN black hole)
-    /// holds up neither the ageing nor the heartbeat.
+    /// holds up neither the ageing nor the heartbeat. Those tasks never end:
+    /// if one does (a panic), the loop stops beating and the watchdog
+    /// restarts posd, as it would for the loop itself.
     pub async fn monitor(self: Arc<Self>) {
         let f = self.settings.forward.clone();
-        tokio::spawn(self.clone().health_checks());
-        tokio::spawn(self.clone().capture_windows());
+        let mut helpers = vec![tokio::spawn(self.clone().health_checks())];
+        if self.settings.capture_window.is_some() {
+            helpers.push(tokio::spawn(self.clone().capture_windows()));
+        }
         let mut online = self.gateway.subscribe_online();
         let mut ageing = tokio::time::interval(f.ageing_interval);
         let mut was_online: Option<bool> = None;
@@ -1069,6 +1077,10 @@ impl Engine {
             tokio::select! {
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
+                    if helpers.iter().any(tokio::task::JoinHandle::is_finished) {
+                        tracing::error!("a monitor task stopped; the heartbeat stops so the watchdog restarts posd");
+                        return;
+                    }
                     self.age_queue(&f).await;
                     self.report_readers(&mut readers).await;
                     self.heartbeat.store(now_ms(), Ordering::Relaxed);
@@ -1099,8 +1111,8 @@ impl Engine {
         }
     }
 
-    /// Asks the gateway whether it answers, every `health_interval` after
-    /// the last check ended.
+    /// Asks the gateway whether it answers, every `health_interval` (a check
+    /// that takes longer delays the next; checks never pile up).
     async fn health_checks(self: Arc<Self>) {
         let mut health = tokio::time::interval(self.settings.forward.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

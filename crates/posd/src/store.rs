@@ -24,8 +24,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("database holds an unknown status {0:?}")]
     Corrupt(String),
-    #[error("database damaged: {0}")]
-    Damaged(String),
+    #[error("database not usable: {0}")]
+    Unusable(String),
 }
 
 /// Card details posd may keep: never the PAN beyond first 6 / last 4.
@@ -504,6 +504,8 @@ fn row_to_payment(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    path: PathBuf,
+    max_page_count: Option<u64>,
     /// Writes waiting to share the next commit (see [`Store::write`]).
     group: Mutex<Group>,
     commits: AtomicU64,
@@ -657,6 +659,8 @@ impl Store {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            max_page_count,
             group: Mutex::default(),
             commits: AtomicU64::new(0),
             writes: AtomicU64::new(0),
@@ -1492,17 +1496,41 @@ const TABLES: &[&str] = &[
     "gateway_records",
 ];
 
+/// Free space the database's file system must have before [`Store::probe`]
+/// calls the database usable again.
+pub const PROBE_FREE_BYTES: u64 = 8 << 20;
+
 impl Store {
-    /// Checks that the database works again after a failure: its structure
-    /// is sound (`quick_check`), every table is there, it can take new pages
-    /// (a full disk or `max_page_count` fails here; the pages are rolled
-    /// back), and a synced commit goes through (it records the time of the
-    /// check in `meta`).
+    /// Checks that the database works again after a failure: its file
+    /// system has [`PROBE_FREE_BYTES`] free, its structure is sound
+    /// (`quick_check`), every table is there, it can take new pages (a
+    /// `max_page_count` cap fails here; the pages are rolled back), and a
+    /// synced commit goes through (it records the time of the check in
+    /// `meta`). It runs on a connection of its own with a short busy
+    /// timeout, so posd's reads go on meanwhile.
     pub fn probe(&self) -> Result<(), StoreError> {
-        let conn = self.conn();
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let fs = nix::sys::statvfs::statvfs(dir)
+            .map_err(|e| StoreError::Unusable(format!("cannot read the free space of {}: {e}", dir.display())))?;
+        let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+        if free < PROBE_FREE_BYTES {
+            return Err(StoreError::Unusable(format!(
+                "{} KiB free on {}; posd needs {} MiB",
+                free >> 10,
+                dir.display(),
+                PROBE_FREE_BYTES >> 20
+            )));
+        }
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_millis(500))?;
+        conn.execute_batch("PRAGMA synchronous=FULL")?;
+        if let Some(max) = self.max_page_count {
+            let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
+        }
         let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
         if verdict != "ok" {
-            return Err(StoreError::Damaged(format!("quick_check: {verdict}")));
+            return Err(StoreError::Unusable(format!("quick_check: {verdict}")));
         }
         for table in TABLES {
             conn.prepare(&format!("SELECT * FROM {table} LIMIT 0"))?;

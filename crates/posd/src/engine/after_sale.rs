@@ -288,12 +288,9 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Checks the capture window every `ageing_interval` (after the last
-    /// check ended), for the life of the process.
+    /// Checks the capture window every `ageing_interval` (a check that takes
+    /// longer delays the next), for the life of the process.
     pub(super) async fn capture_windows(self: std::sync::Arc<Self>) {
-        if self.settings.capture_window.is_none() {
-            return;
-        }
         let mut tick = tokio::time::interval(self.settings.forward.ageing_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

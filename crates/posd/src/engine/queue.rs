@@ -85,6 +85,8 @@ impl Engine {
                     () = tokio::time::sleep(jitter(d)) => {}
                 }
             }
+            // Between rounds, so no round sends card data deleted meanwhile.
+            self.drop_overdue_card_data(&f);
             let batch = match self.store.outbox_batch(f.batch_size) {
                 Ok(b) => b,
                 Err(e) => {
@@ -103,10 +105,14 @@ impl Engine {
                 continue;
             }
             // Overdue payments (past the expiry age, card data deleted) are
-            // asked about, never sent.
+            // asked about, never sent; the others go out in the same round.
             let (overdue, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|(_, blob)| blob.is_empty());
-            let round =
-                if overdue.is_empty() { self.forward_once(batch).await } else { self.settle_overdue(overdue).await };
+            let asked = if overdue.is_empty() { Ok(None) } else { self.settle_overdue(overdue).await };
+            let sent = if batch.is_empty() || asked.is_err() { Ok(None) } else { self.forward_once(batch).await };
+            let round = match (asked, sent) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(a), Ok(b)) => Ok(a.into_iter().chain(b).reduce(|x, y| x || y)),
+            };
             match round {
                 Ok(None) => backoff = f.retry_first,
                 Ok(Some(auth)) => {
@@ -183,12 +189,38 @@ impl Engine {
         }
     }
 
+    /// A queued payment past the expiry age whose forwarding may have reached
+    /// the gateway cannot simply expire, but it is never sent again either:
+    /// its card data goes now (the forwarder calls this between rounds, at
+    /// least every `health_interval` or `retry_max`), and it is asked about.
+    fn drop_overdue_card_data(&self, f: &ForwardSettings) {
+        let why = format!("not confirmed by the gateway within {}", human(f.expire_after));
+        match self.store.drop_overdue_card_data(self.clock.now_ms() - f.expire_after.as_millis() as i64, &why) {
+            Ok(events) if !events.is_empty() => {
+                tracing::error!(
+                    count = events.len(),
+                    "ALERT: queued payments overdue; card data deleted, asking the gateway"
+                );
+                for e in events {
+                    let _ = self.events.send(e);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete the card data of overdue payments");
+                self.note_store_error(&e);
+            }
+        }
+    }
+
     /// Settles queued payments past the expiry age whose forwarding may have
     /// reached the gateway (their card data already deleted) by the
     /// gateway's record under each one's key: a record is stored as the
-    /// forwarding's answer (captured, declined...); no record means it never
-    /// arrived, and it expires. `Ok(Some(false))` when one of them is still
-    /// unsettled (the gateway could not be asked, or its answer was unclear).
+    /// forwarding's answer (captured, declined...); with no record it is
+    /// reversed under its key (REVERSAL_PENDING, reason `expired`), so an
+    /// earlier attempt still on its way can never charge it. `Ok(Some(false))`
+    /// when one of them is still unsettled (the gateway could not be asked,
+    /// or its answer was unclear).
     async fn settle_overdue(&self, overdue: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
         let mut claims = Vec::with_capacity(overdue.len());
         for (rec, _) in &overdue {
@@ -198,33 +230,38 @@ impl Engine {
         let mut answered = Vec::new();
         let mut results = Vec::new();
         let mut expired = Vec::new();
+        // After a link error the rest are not asked (each would wait as
+        // long); they go back to the queue with it.
+        let mut link_error: Option<String> = None;
         for rec in claimed.into_iter().filter_map(|r| r.ok().map(|(rec, _)| rec)) {
-            match self.gateway.transaction(&rec.gateway_key).await {
-                Ok(Some(tx)) => {
-                    results.push(ForwardResult {
-                        transaction_key: rec.gateway_key.clone(),
-                        transaction: Some(tx),
-                        ..Default::default()
-                    });
-                    answered.push((rec, Vec::new()));
+            let answer = match &link_error {
+                Some(message) => Err(message.clone()),
+                None => self.gateway.transaction(&rec.gateway_key).await,
+            };
+            let result = match answer {
+                Ok(None) => {
+                    expired.push(rec);
+                    continue;
                 }
-                Ok(None) => expired.push(rec),
+                Ok(Some(tx)) => ForwardResult { transaction: Some(tx), ..Default::default() },
                 Err(message) => {
-                    results.push(ForwardResult {
-                        transaction_key: rec.gateway_key.clone(),
+                    let message = link_error.get_or_insert(message);
+                    ForwardResult {
                         error_code: "unavailable".into(),
                         error_message: format!("cannot ask the gateway about the overdue payment: {message}"),
                         ..Default::default()
-                    });
-                    answered.push((rec, Vec::new()));
+                    }
                 }
-            }
+            };
+            results.push(ForwardResult { transaction_key: rec.gateway_key.clone(), ..result });
+            answered.push((rec, Vec::new()));
         }
         let requeued = self.apply_forward_results(answered, results).await?;
         let mut items = Vec::with_capacity(expired.len());
         for rec in expired {
             let message = format!(
-                "not confirmed within {} and the gateway has no record of it; nothing was charged",
+                "not confirmed within {} and the gateway has no record of it; it is reversed under its key so a \
+                 late arrival can never charge it. Nothing was charged",
                 human(self.settings.forward.expire_after)
             );
             let t = next(rec.status, &Input::NoRecordAfterExpiry { message: message.clone() })?;
@@ -234,6 +271,7 @@ impl Engine {
         }
         for (_, event) in self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?.into_iter().flatten()
         {
+            self.reversals.notify_one();
             if let Some(e) = event {
                 let _ = self.events.send(e);
             }
@@ -410,27 +448,6 @@ impl Engine {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot check the queue's age"),
-        }
-        // One whose forwarding may have reached the gateway cannot simply
-        // expire, but it is never sent again either: its card data goes now,
-        // and the forwarder asks the gateway about it.
-        let why = format!("not confirmed by the gateway within {}", human(f.expire_after));
-        match self.store.drop_overdue_card_data(now - f.expire_after.as_millis() as i64, &why) {
-            Ok(events) if !events.is_empty() => {
-                tracing::error!(
-                    count = events.len(),
-                    "ALERT: queued payments overdue; card data deleted, asking the gateway"
-                );
-                for e in events {
-                    let _ = self.events.send(e);
-                }
-                self.forward_wake.notify_one();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot delete the card data of overdue payments");
-                self.note_store_error(&e);
-            }
         }
         let Ok(summary) = self.store.queue_summary() else { return };
         let level = summary.oldest_queued_at_ms.map(|t| {
