@@ -269,9 +269,11 @@ impl Engine {
                 NewEvent { kind: "expired", terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
             items.push((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }));
         }
-        for (_, event) in self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?.into_iter().flatten()
-        {
+        let stored = self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?;
+        if stored.iter().any(Result::is_ok) {
             self.reversals.notify_one();
+        }
+        for (_, event) in stored.into_iter().flatten() {
             if let Some(e) = event {
                 let _ = self.events.send(e);
             }
