@@ -172,6 +172,8 @@ pub struct Lane {
     pub gateway_addr: String,
     pub control_addr: String,
     pub posd_addr: String,
+    /// The metrics address the running posd printed, once asked for.
+    metrics_addr: Option<String>,
     gateway: Proc,
     reader: Option<Proc>,
     posd: Option<Proc>,
@@ -391,6 +393,7 @@ impl Lane {
             gateway_addr,
             control_addr,
             posd_addr: String::new(),
+            metrics_addr: None,
             gateway,
             reader: None,
             posd: None,
@@ -536,6 +539,7 @@ impl Lane {
         let (p, addr) = Proc::start(self.posd_command(), &self.posd_log(), "posd listening on ");
         self.posd = Some(p);
         self.posd_addr = addr;
+        self.metrics_addr = None;
     }
 
     /// Kills posd with SIGKILL: no shutdown path runs, as in a power cut.
@@ -566,6 +570,22 @@ impl Lane {
     /// The rest of posd's next stdout line starting with `prefix`.
     pub fn posd_line(&mut self, prefix: &str) -> Option<String> {
         self.posd.as_mut().expect("posd running").wait_line(prefix)
+    }
+
+    /// GET `path` from posd's metrics listener (the config's `[metrics]
+    /// listen`); the whole HTTP answer.
+    pub async fn metrics_get(&mut self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.metrics_addr.is_none() {
+            let url = self.posd_line("posd metrics on ").expect("posd serves metrics ([metrics] listen)");
+            self.metrics_addr = Some(url.trim_start_matches("http://").trim_end_matches("/metrics").to_string());
+        }
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr.as_deref().unwrap()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: posd\r\n\r\n").as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        self.responses.push(answer.clone());
+        answer
     }
 
     pub fn posd_pid(&self) -> u32 {

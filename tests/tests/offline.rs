@@ -726,7 +726,7 @@ async fn restarts_by_itself(lane: &mut Lane) {
 
 #[tokio::test]
 async fn a_payment_whose_answer_the_database_could_not_take_settles_once_it_works_again() {
-    let mut lane = Lane::start(&[]);
+    let mut lane = Lane::start_configured(&[], "[metrics]\nlisten = \"127.0.0.1:0\"\n");
     lane.ready().await;
     lane.fault("hang");
     let mut client = lane.client().await;
@@ -752,6 +752,8 @@ async fn a_payment_whose_answer_the_database_could_not_take_settles_once_it_work
     let refused = take(&mut lane.client().await, "k-meanwhile", 900).await.expect_err("new payments are refused");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("database"), "{}", refused.message());
+    let metrics = lane.metrics_get("/metrics").await;
+    assert!(metrics.contains("posd_database_failed 1"), "store IT can alert on it:\n{metrics}");
 
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
@@ -784,9 +786,7 @@ async fn shutting_down_with_unsent_payments_warns_and_keeps_them() {
     lane.ready().await;
     lane.fault("down");
     final_payment(&lane.pay("k-shutdown", 1100).await);
-    let pid = lane.posd_pid();
-    let (st, _, _) = posd_e2e::run(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]));
-    assert!(st.success());
+    lane.terminate_posd();
     let exit = lane.wait_posd_exit().await;
     assert!(exit.success(), "a clean shutdown: {exit:?}");
     let log = std::fs::read_to_string(lane.posd_log()).unwrap();

@@ -188,19 +188,14 @@ async fn the_api_on_a_unix_socket_is_group_only_and_posctl_reaches_it() {
 async fn metrics_are_served_on_loopback_in_prometheus_text() {
     let mut lane = posd_e2e::Lane::start_configured(&[], "[metrics]\nlisten = \"127.0.0.1:0\"\n");
     lane.ready().await;
-    let url = lane.posd_line("posd metrics on ").expect("the metrics address");
-    let addr = url.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
     lane.pay("k-metrics", 1_500).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: posd\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
+    let body = lane.metrics_get("/metrics").await;
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     for needle in [
         "posd_payments{status=\"captured\"} 1",
         "posd_offline_queue_depth 0",
         "posd_gateway_online 1",
+        "posd_database_failed 0",
         "posd_reader_connected{lane=\"lane-1\"} 1",
         "posd_gateway_latency_seconds_count 1",
         "posd_reader_latency_seconds_count 1",
@@ -209,11 +204,7 @@ async fn metrics_are_served_on_loopback_in_prometheus_text() {
     ] {
         assert!(body.contains(needle), "missing {needle}:\n{body}");
     }
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let mut other = String::new();
-    s.read_to_string(&mut other).await.unwrap();
+    let other = lane.metrics_get("/").await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
-    lane.responses.push(body);
     lane.finish();
 }

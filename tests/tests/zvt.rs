@@ -452,9 +452,7 @@ async fn a_payment_posd_is_still_asking_about_cannot_be_resolved_and_a_stop_wait
 
     // A stop now waits for the payment (its bound is 10 minutes): the answer
     // that ends the doubt must wake it.
-    let pid = lane.posd_pid();
-    let (st, _, _) = posd_e2e::run(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]));
-    assert!(st.success());
+    lane.terminate_posd();
     lane.start_reader();
     let exit = lane.wait_posd_exit().await;
     assert!(exit.success(), "posd stopped once the payment ended: {exit:?}");

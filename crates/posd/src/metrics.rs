@@ -95,6 +95,13 @@ pub fn render(engine: &Engine) -> String {
         out.push_str(&format!("# TYPE posd_gateway_online gauge\nposd_gateway_online {}\n", u8::from(s.online)));
     }
     out.push_str(
+        "# HELP posd_database_failed 1 while posd refuses new payments because its database failed (it restarts itself once the database works again).\n",
+    );
+    out.push_str(&format!(
+        "# TYPE posd_database_failed gauge\nposd_database_failed {}\n",
+        u8::from(engine.refusing_payments())
+    ));
+    out.push_str(
         "# HELP posd_reader_connected 1 while a lane's card reader is connected.\n# TYPE posd_reader_connected gauge\n",
     );
     out.push_str(
