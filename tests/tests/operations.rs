@@ -16,6 +16,26 @@ async fn manual(lane: &mut Lane, key: &str, amount: i64) -> pb::Payment {
     last.unwrap()
 }
 
+/// Starts a capture of all of `p` and returns once posd has audited it and
+/// is asking the gateway; the call is still running.
+async fn capture_under_way(
+    lane: &Lane,
+    p: &pb::Payment,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::Payment>, tonic::Status>> {
+    let mut client = lane.client().await;
+    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
+    let call = tokio::spawn(async move { client.capture_payment(capture).await });
+    let mut reader = lane.client().await;
+    let get = pb::GetPaymentRequest { payment_id: p.payment_id.clone() };
+    let audited = format!("capture of {}", p.amount.as_ref().unwrap().amount_minor);
+    eventually("posd to ask the gateway for the capture", async || {
+        let now = reader.get_payment(get.clone()).await.unwrap().into_inner();
+        now.history.iter().any(|t| t.cause.starts_with(&audited)).then_some(())
+    })
+    .await;
+    call
+}
+
 fn charge(ledger: &[serde_json::Value], amount: i64) -> &serde_json::Value {
     ledger.iter().find(|c| c["amount_minor"] == amount).expect("a charge with that amount")
 }
@@ -97,16 +117,7 @@ async fn a_capture_under_way_when_the_capture_window_passes_goes_first_and_is_no
     lane.ready().await;
     let p = manual(&mut lane, "k-race", 4_400).await;
     lane.fault("hang");
-    let mut client = lane.client().await;
-    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
-    let call = tokio::spawn(async move { client.capture_payment(capture).await });
-    let mut reader = lane.client().await;
-    let get = pb::GetPaymentRequest { payment_id: p.payment_id.clone() };
-    eventually("the capture to reach the gateway", async || {
-        let now = reader.get_payment(get.clone()).await.unwrap().into_inner();
-        now.history.iter().any(|t| t.cause.starts_with("capture of 4400")).then_some(())
-    })
-    .await;
+    let call = capture_under_way(&lane, &p).await;
     assert!(!call.is_finished(), "the capture waits at the gateway");
     // The window passes while the capture is at the gateway: the expiry
     // check finds the payment in hand and leaves it.
@@ -161,17 +172,8 @@ async fn a_capture_the_register_hangs_up_on_still_ends_captured() {
     lane.ready().await;
     let p = manual(&mut lane, "k-hang-up", 6_000).await;
     lane.fault("latency 1000");
-    let mut client = lane.client().await;
-    let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
-    let call = tokio::spawn(async move { client.capture_payment(capture).await });
     // posd audits the request before it calls the gateway; then the register hangs up.
-    let mut reader = lane.client().await;
-    let get = pb::GetPaymentRequest { payment_id: p.payment_id.clone() };
-    eventually("posd to ask the gateway for the capture", async || {
-        let now = reader.get_payment(get.clone()).await.unwrap().into_inner();
-        now.history.iter().any(|t| t.cause.starts_with("capture of 6000")).then_some(())
-    })
-    .await;
+    let call = capture_under_way(&lane, &p).await;
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     let captured = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
