@@ -588,6 +588,13 @@ impl Lane {
         answer
     }
 
+    /// posd's exit status if it ended by itself; it is then no longer running.
+    pub fn posd_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.posd.as_mut()?.child.try_wait().ok().flatten()?;
+        self.posd = None;
+        Some(status)
+    }
+
     pub fn posd_pid(&self) -> u32 {
         self.posd.as_ref().expect("posd running").child.id()
     }

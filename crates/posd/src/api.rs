@@ -89,20 +89,34 @@ pub fn invalid(field: &str, message: impl Into<String>) -> Status {
 }
 
 fn store_status(e: StoreError) -> Status {
+    use rusqlite::ErrorCode;
     tracing::error!(error = %e, "storage error");
-    if let StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) = &e
-        && f.code == rusqlite::ErrorCode::DiskFull
-    {
-        return rich(
+    let code = match &e {
+        StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) => Some(f.code),
+        _ => None,
+    };
+    match code {
+        Some(ErrorCode::DiskFull) => rich(
             tonic::Code::ResourceExhausted,
             "DATABASE_FULL",
             "the payment database is full; new payments are refused and queued payments are kept. \
              Free disk space: posd checks every few seconds and restarts by itself once it can write."
                 .into(),
             None,
-        );
+        ),
+        // Another program holds the database past posd's busy timeout: not
+        // a fault of the request, and it passes.
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => rich(
+            tonic::Code::Unavailable,
+            "DATABASE_UNAVAILABLE",
+            "another program holds posd's payment database locked, past posd's wait for it; posd refuses \
+             new payments until the lock is gone and then restarts by itself. Try again then (a repeat \
+             under the same key is safe)."
+                .into(),
+            None,
+        ),
+        _ => rich(tonic::Code::Internal, "DATABASE_ERROR", format!("payment storage failed: {e}"), None),
     }
-    rich(tonic::Code::Internal, "DATABASE_ERROR", format!("payment storage failed: {e}"), None)
 }
 
 impl From<EngineError> for Status {
@@ -548,5 +562,29 @@ impl PaymentTerminal for TerminalApi {
             demo: self.engine.demo(),
             currency: lane.currency.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Db(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn a_locked_database_is_unavailable_a_full_one_exhausted_and_the_rest_internal() {
+        for (code, want, reason) in [
+            (rusqlite::ffi::SQLITE_BUSY, tonic::Code::Unavailable, "DATABASE_UNAVAILABLE"),
+            (rusqlite::ffi::SQLITE_LOCKED, tonic::Code::Unavailable, "DATABASE_UNAVAILABLE"),
+            (rusqlite::ffi::SQLITE_FULL, tonic::Code::ResourceExhausted, "DATABASE_FULL"),
+            (rusqlite::ffi::SQLITE_IOERR, tonic::Code::Internal, "DATABASE_ERROR"),
+        ] {
+            let status = store_status(sqlite(code));
+            assert_eq!(status.code(), want, "{code}: {status:?}");
+            let details = tonic_types::StatusExt::get_details_error_info(&status).expect("an ErrorInfo");
+            assert_eq!(details.reason, reason, "{code}");
+        }
     }
 }

@@ -2,8 +2,11 @@
 //! separate processes; a random workload of payments and refunds on several
 //! lanes (three native readers on PTYs, one ZVT terminal on a PTY); at random
 //! moments posd is killed with SIGKILL and restarted, the gateway refuses,
-//! hangs, fails half its calls or loses answers after committing them, and
-//! the ZVT line drops ACKs and corrupts CRCs. Afterwards posd's database and
+//! hangs, fails half its calls or loses answers after committing them, the
+//! ZVT line drops ACKs and corrupts CRCs, and another program holds posd's
+//! database write lock past posd's busy timeout (posd then refuses payments
+//! and, once the lock is gone, stops with exit 75 to be started again, as
+//! systemd does here). Afterwards posd's database and
 //! the gateway's ledger are checked against each other and against what the
 //! register was told.
 //!
@@ -99,6 +102,7 @@ struct Counts {
     kills: AtomicU64,
     gateway_faults: AtomicU64,
     line_faults: AtomicU64,
+    db_locks: AtomicU64,
 }
 
 const OFFLINE_LIMITS: &str = "offline = { max_payment_minor = 1000000, max_total_minor = 1000000000, max_payments = 100000, max_per_card = 100000 }";
@@ -144,12 +148,27 @@ async fn main() -> ExitCode {
         workers.push(tokio::spawn(workload(id, addr, told, stop, rng)));
     }
 
-    // The chaos: kill posd, flap the gateway, disturb the ZVT line.
+    // The chaos: kill posd, flap the gateway, disturb the ZVT line, lock the database.
     let mut rng = Rng(o.seed ^ 0xC4A0_5EED);
     let faults = ["none", "down", "hang", "flaky 50", "lose-answers", "none", "none"];
+    // How posd ended each time it stopped by itself.
+    let mut own_exits = Vec::new();
     while counts.kills.load(Ordering::SeqCst) < u64::from(o.kills) {
         tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
-        match rng.below(10) {
+        // Stopped by itself (to recover from a database failure): start it
+        // again, as systemd's Restart=on-failure does.
+        if let Some(exit) = lane.posd_exited() {
+            own_exits.push(exit);
+            lane.start_posd();
+            *addr.lock().unwrap() = lane.posd_addr.clone();
+        }
+        let event = rng.below(40);
+        if event == 0 {
+            hold_write_lock(&lane).await;
+            counts.db_locks.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        match event % 10 {
             0..=5 => {
                 lane.kill_posd();
                 counts.kills.fetch_add(1, Ordering::SeqCst);
@@ -181,13 +200,23 @@ async fn main() -> ExitCode {
     let _ = lane.wait_posd_exit().await;
 
     let told = std::mem::take(&mut *told.lock().unwrap());
-    let report = check(&lane, &told, settled);
+    let mut report = check(&lane, &told, settled);
+    let unexpected: Vec<String> = own_exits.iter().filter(|e| e.code() != Some(75)).map(|e| format!("{e:?}")).collect();
+    report.push((
+        "posd stopped by itself only to recover from a database failure (exit 75)",
+        if unexpected.is_empty() {
+            Ok(format!("{} stops after {} database locks", own_exits.len(), counts.db_locks.load(Ordering::SeqCst)))
+        } else {
+            Err(format!("unexpected exits: {}", unexpected.join(", ")))
+        },
+    ));
     println!("chaos run: seed {}, {} lanes + 1 ZVT lane, {:.1} s", o.seed, o.lanes, started.elapsed().as_secs_f64());
     println!(
-        "  kills {}, gateway faults {}, ZVT line faults {}, payments {} ({} reported approved, {} interrupted by a kill), refunds reported {}",
+        "  kills {}, gateway faults {}, ZVT line faults {}, database locks {}, payments {} ({} reported approved, {} interrupted by a kill), refunds reported {}",
         counts.kills.load(Ordering::SeqCst),
         counts.gateway_faults.load(Ordering::SeqCst),
         counts.line_faults.load(Ordering::SeqCst),
+        counts.db_locks.load(Ordering::SeqCst),
         told.payments,
         told.approved.len(),
         told.interrupted,
@@ -217,6 +246,16 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Another program (a technician's sqlite3 shell, a backup tool) holds
+/// posd's database write lock for 6 s, past posd's 5 s busy timeout.
+async fn hold_write_lock(lane: &Lane) {
+    let db = rusqlite::Connection::open(lane.state_dir().join("posd.db")).expect("posd's database");
+    db.busy_timeout(Duration::from_secs(30)).expect("a busy timeout");
+    db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    db.execute_batch("ROLLBACK").expect("the lock released");
 }
 
 fn terminal(control: &str, command: &str) {
