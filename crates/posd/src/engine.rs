@@ -348,9 +348,9 @@ impl Engine {
         if self.store_failed.load(Ordering::SeqCst) {
             return Err(EngineError::Unavailable(
                 "DATABASE_UNAVAILABLE",
-                "posd cannot write its payment database (disk full or damaged); new payments are refused. \
-                 Queued payments are kept. Free space or repair it: posd checks it every few seconds and \
-                 restarts by itself once it works."
+                "posd cannot use its payment database (full, locked by another program, or damaged); new \
+                 payments are refused and queued payments are kept. posd checks the database every few seconds \
+                 and restarts by itself once it works (free space, end the other program, or repair it)."
                     .into(),
             ));
         }
