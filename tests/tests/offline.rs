@@ -283,14 +283,7 @@ async fn forwarding_cut(failpoint: &str) {
     lane.fault("down");
     let p = final_payment(&lane.pay("k-fwd-cut", 2700).await);
     assert_eq!(status(&p), pb::PaymentStatus::OfflineApproved);
-    // The gateway comes back while posd is down; posd starts with the
-    // failpoint armed and stops at it on its first forwarding round.
-    lane.kill_posd();
-    lane.fault("none");
-    lane.posd_env = vec![("POSD_FAILPOINT".into(), failpoint.into())];
-    // The forwarder may reach the failpoint before posd prints its address.
-    assert!(!lane.run_posd_until_exit().await.success(), "posd stops at {failpoint}");
-    lane.posd_env.clear();
+    cut_forwarding_at(&mut lane, failpoint).await;
     lane.start_posd();
     let done = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
     assert!(done.history.iter().any(|h| h.cause.contains("restarted during forwarding")), "{:?}", done.history);
@@ -300,15 +293,15 @@ async fn forwarding_cut(failpoint: &str) {
     lane.finish();
 }
 
-/// Runs posd with `failpoint` armed and the gateway up, until it stops at
-/// the failpoint on its first forwarding round; then the gateway goes down.
+/// The gateway comes back while posd is down; posd starts with `failpoint`
+/// armed and stops at it on its first forwarding round (possibly before it
+/// prints its address). posd is not running afterwards.
 async fn cut_forwarding_at(lane: &mut Lane, failpoint: &str) {
     lane.kill_posd();
     lane.fault("none");
     lane.posd_env = vec![("POSD_FAILPOINT".into(), failpoint.into())];
     assert!(!lane.run_posd_until_exit().await.success(), "posd stops at {failpoint}");
     lane.posd_env.clear();
-    lane.fault("down");
 }
 
 #[tokio::test]
@@ -319,11 +312,13 @@ async fn a_payment_whose_forwarding_may_have_arrived_loses_its_card_data_at_the_
     let arrived = final_payment(&lane.pay("k-overdue-arrived", 2700).await);
     // Forwarded: the gateway commits it, posd dies before storing the answer.
     cut_forwarding_at(&mut lane, "forward_after_response").await;
+    lane.fault("down");
     lane.start_posd();
     lane.ready().await;
     let lost = final_payment(&lane.pay("k-overdue-lost", 2800).await);
     // Claimed for sending (both), posd dies before anything is sent.
     cut_forwarding_at(&mut lane, "forward_after_claim").await;
+    lane.fault("down");
     let card_data = |lane: &Lane| -> i64 {
         let db = rusqlite::Connection::open_with_flags(
             lane.state_dir().join("posd.db"),

@@ -36,6 +36,16 @@ async fn capture_under_way(
     call
 }
 
+/// The payment ended captured in full, at the gateway too, and was never
+/// taken for an expired authorization.
+async fn captured_not_expired(lane: &Lane, captured: &pb::Payment, amount: i64) {
+    assert_eq!(status(captured), pb::PaymentStatus::Captured);
+    assert_eq!(captured.captured_minor, amount);
+    let c = charge(&lane.ledger(), amount).clone();
+    assert_eq!((c["status"].as_str(), c["captured"].as_bool()), (Some("approved"), Some(true)), "{c}");
+    assert!(lane.events().await.iter().all(|e| e.kind != "authorization_expired"));
+}
+
 fn charge(ledger: &[serde_json::Value], amount: i64) -> &serde_json::Value {
     ledger.iter().find(|c| c["amount_minor"] == amount).expect("a charge with that amount")
 }
@@ -131,11 +141,7 @@ async fn a_capture_under_way_when_the_capture_window_passes_goes_first_and_is_no
     .await;
     lane.fault("none");
     let captured = call.await.unwrap().expect("the capture goes through").into_inner();
-    assert_eq!(status(&captured), pb::PaymentStatus::Captured);
-    assert_eq!(captured.captured_minor, 4_400);
-    let c = charge(&lane.ledger(), 4_400).clone();
-    assert_eq!((c["status"].as_str(), c["captured"].as_bool()), (Some("approved"), Some(true)), "{c}");
-    assert!(lane.events().await.iter().all(|e| e.kind != "authorization_expired"));
+    captured_not_expired(&lane, &captured, 4_400).await;
     lane.finish();
 }
 
@@ -159,10 +165,7 @@ async fn a_capture_posd_did_not_store_before_a_crash_is_recorded_not_reversed_wh
     lane.top_config = "capture_window = \"1s\"\n".into();
     lane.start_posd();
     let captured = lane.wait_status(&p.payment_id, pb::PaymentStatus::Captured).await;
-    assert_eq!(captured.captured_minor, 4_300);
-    let c = charge(&lane.ledger(), 4_300).clone();
-    assert_eq!((c["status"].as_str(), c["captured"].as_bool()), (Some("approved"), Some(true)), "{c}");
-    assert!(lane.events().await.iter().all(|e| e.kind != "authorization_expired"));
+    captured_not_expired(&lane, &captured, 4_300).await;
     lane.finish();
 }
 

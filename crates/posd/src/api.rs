@@ -31,6 +31,16 @@ impl TerminalApi {
         stored_payment(self.engine.store(), rec)
     }
 
+    /// [`Self::to_the_end`] for a call that changes one payment; answers the
+    /// payment as stored, with its history.
+    async fn changed_payment<F>(&self, call: impl FnOnce(Arc<Engine>) -> F) -> Result<Response<pb::Payment>, Status>
+    where
+        F: Future<Output = Result<PaymentRecord, EngineError>> + Send + 'static,
+    {
+        let rec = self.to_the_end(call).await?;
+        Ok(Response::new(self.payment_with_history(&rec)?))
+    }
+
     /// Runs a request that changes a payment or the day's batch in a task of
     /// its own. tonic drops a request's future when the register hangs up;
     /// the task goes on to the end, so what reached the database, the
@@ -222,21 +232,19 @@ impl PaymentTerminal for TerminalApi {
     ) -> Result<Response<pb::Payment>, Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let rec = self
-            .to_the_end(|engine| async move {
-                engine.capture_payment(&r.payment_id, r.amount_minor, &who.description).await
-            })
-            .await?;
-        Ok(Response::new(self.payment_with_history(&rec)?))
+        self.changed_payment(|engine| async move {
+            engine.capture_payment(&r.payment_id, r.amount_minor, &who.description).await
+        })
+        .await
     }
 
     async fn void_payment(&self, request: Request<pb::VoidPaymentRequest>) -> Result<Response<pb::Payment>, Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let rec = self
-            .to_the_end(|engine| async move { engine.void_payment(&r.payment_id, &r.reason, &who.description).await })
-            .await?;
-        Ok(Response::new(self.payment_with_history(&rec)?))
+        self.changed_payment(
+            |engine| async move { engine.void_payment(&r.payment_id, &r.reason, &who.description).await },
+        )
+        .await
     }
 
     async fn requeue_payment(
@@ -245,10 +253,8 @@ impl PaymentTerminal for TerminalApi {
     ) -> Result<Response<pb::Payment>, Status> {
         let who = caller(&request);
         let r = request.into_inner();
-        let rec = self
-            .to_the_end(|engine| async move { engine.requeue_payment(&r.payment_id, &who.description).await })
-            .await?;
-        Ok(Response::new(self.payment_with_history(&rec)?))
+        self.changed_payment(|engine| async move { engine.requeue_payment(&r.payment_id, &who.description).await })
+            .await
     }
 
     async fn resolve_payment(
@@ -274,12 +280,10 @@ impl PaymentTerminal for TerminalApi {
             (Ok(pb::JournalFinding::NotBooked), _) => None,
             _ => return Err(invalid("finding", "must be BOOKED or NOT_BOOKED, as the terminal's journal shows")),
         };
-        let rec = self
-            .to_the_end(|engine| async move {
-                engine.resolve_payment(&r.payment_id, receipt, &r.note, &who.description).await
-            })
-            .await?;
-        Ok(Response::new(self.payment_with_history(&rec)?))
+        self.changed_payment(|engine| async move {
+            engine.resolve_payment(&r.payment_id, receipt, &r.note, &who.description).await
+        })
+        .await
     }
 
     async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {

@@ -308,9 +308,9 @@ impl Engine {
             }
             wait = (wait * 2).min(MOST);
         }
-        tracing::warn!("the database works again: posd restarts to settle what the failure interrupted");
-        let message = "the database works again; posd restarts to settle what the failure interrupted".to_string();
-        self.emit("database_recovered", "", "", message).await;
+        let message = "the database works again; posd restarts to settle what the failure interrupted";
+        tracing::warn!("{message}");
+        self.emit("database_recovered", "", "", message.into()).await;
     }
 
     /// Appends and publishes an event that is not part of a payment transition.

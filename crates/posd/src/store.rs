@@ -445,6 +445,9 @@ CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
 const INSERT_AUDIT: &str = "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
     VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_events WHERE payment_id = ?1), ?2, ?3, ?4, ?5)";
 
+const SET_META: &str =
+    "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 /// The outbox's next FIFO position (served by the `payments_queue` index).
 const NEXT_QUEUE_SEQ: &str = "SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments WHERE queue_seq IS NOT NULL";
 
@@ -994,10 +997,7 @@ impl Store {
     }
 
     pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+        self.conn().execute(SET_META, params![key, value])?;
         Ok(())
     }
 
@@ -1538,10 +1538,7 @@ impl Store {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch("CREATE TABLE store_probe (b BLOB); INSERT INTO store_probe VALUES (zeroblob(65536));")?;
         tx.rollback()?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('store_probe_ms', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [now_ms()],
-        )?;
+        conn.execute(SET_META, params!["store_probe_ms", now_ms()])?;
         Ok(())
     }
 
