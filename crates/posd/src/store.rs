@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pos_engine::{Status, Transition};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -438,12 +438,62 @@ DELETE FROM sqlite_sequence WHERE name = 'payment_events';
 -- The outbox's next FIFO position, found without reading every payment.
 CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
 ",
+    "
+-- A payment's newest audit entries, kept in its own row as a JSON array of
+-- [ms since created_at_ms, from_status, to_status, cause]: a state change
+-- rewrites the row it changes anyway, where an entry in payment_events was
+-- one more B-tree page in the synced commit. (A time in ms written out is 13
+-- digits, which a card-number scan of the file would report.) payment_events
+-- keeps the entries written before this version and those a long history
+-- moves out of the row (HISTORY_IN_ROW).
+ALTER TABLE payments ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
+",
 ];
 
-/// Appends to payment `?1`'s audit log, after its last entry: at `?2`, from
-/// status `?3` to `?4`, because `?5`.
-const INSERT_AUDIT: &str = "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
-    VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM payment_events WHERE payment_id = ?1), ?2, ?3, ?4, ?5)";
+/// The SET clause appending an audit entry to a payment's in-row history:
+/// at `:at`, from status `from` to `to` (SQL expressions), because `:cause`.
+fn append_history(from: &str, to: &str) -> String {
+    format!("history = json_insert(history, '$[#]', json_array(:at - created_at_ms, {from}, {to}, :cause))")
+}
+
+/// Audit entries a payment's row holds before they move to `payment_events`:
+/// a payment's life takes 5 to 10, so only long ones (forwarding retried
+/// many times) move, and a row stays well inside one page.
+const HISTORY_IN_ROW: i64 = 16;
+
+/// Appends an audit entry to payment `id`'s history, with its status left as
+/// it is.
+fn audit_in(tx: &Connection, id: &str, at_ms: i64, cause: &str) -> Result<(), StoreError> {
+    let length: i64 = tx
+        .prepare_cached(&format!(
+            "UPDATE payments SET {} WHERE id = :id RETURNING json_array_length(history)",
+            append_history("status", "status")
+        ))?
+        .query_row(named_params! {":id": id, ":at": at_ms, ":cause": cause}, |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    move_long_history(tx, id, length)
+}
+
+/// Once payment `id`'s row holds more than [`HISTORY_IN_ROW`] audit entries
+/// (`length`), moves them to `payment_events`, after its entries there.
+fn move_long_history(tx: &Connection, id: &str, length: i64) -> Result<(), StoreError> {
+    if length <= HISTORY_IN_ROW {
+        return Ok(());
+    }
+    let last: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM payment_events WHERE payment_id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    exec(
+        tx,
+        "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) \
+         SELECT p.id, ?2 + 1 + h.key, p.created_at_ms + (h.value ->> 0), h.value ->> 1, h.value ->> 2, h.value ->> 3 \
+         FROM payments p, json_each(p.history) h WHERE p.id = ?1",
+        params![id, last],
+    )?;
+    exec(tx, "UPDATE payments SET history = '[]' WHERE id = ?1", [id])?;
+    Ok(())
+}
 
 const SET_META: &str =
     "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -968,15 +1018,7 @@ impl Store {
     /// Adds an audit line to a payment's log without changing its status.
     pub async fn audit(self: &Arc<Self>, payment_id: &str, cause: &str) -> Result<(), StoreError> {
         let (id, cause) = (payment_id.to_string(), cause.to_string());
-        self.write(move |conn| {
-            let status: String = conn
-                .query_row("SELECT status FROM payments WHERE id = ?1", [&id], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            exec(conn, INSERT_AUDIT, params![id, now_ms(), status, status, cause])?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| audit_in(conn, &id, now_ms(), &cause)).await
     }
 
     /// Payments per status.
@@ -1146,7 +1188,7 @@ impl Store {
         for (id, terminal_id) in overdue {
             exec(&tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [&id])?;
             let cause = format!("card data deleted: {why}; the gateway's record under the payment's key decides");
-            exec(&tx, INSERT_AUDIT, params![id, now, "offline_approved", "offline_approved", cause])?;
+            audit_in(&tx, &id, now, &cause)?;
             let message = format!(
                 "payment {id}: {why}; its card data is deleted and posd asks the gateway whether it holds the payment \
                  (captured if it does, expired if not)"
@@ -1337,13 +1379,13 @@ fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<Payme
         .optional()
 }
 
-/// A new payment's row and its first audit entry.
+/// A new payment's row, with its first audit entry.
 fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), StoreError> {
     exec(
         tx,
         "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
-         manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+         manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device, history) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, json_array(json_array(0, '', ?8, ?13)))",
         params![
             p.id,
             p.idempotency_key,
@@ -1356,13 +1398,9 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
             p.gateway_key,
             p.demo,
             p.created_at_ms,
-            p.device
+            p.device,
+            format!("payment requested by the register ({caller})")
         ],
-    )?;
-    exec(
-        tx,
-        "INSERT INTO payment_events (payment_id, seq, at_ms, from_status, to_status, cause) VALUES (?1, 1, ?2, '', ?3, ?4)",
-        params![p.id, p.created_at_ms, p.status.as_str(), format!("payment requested by the register ({caller})")],
     )?;
     Ok(())
 }
@@ -1373,23 +1411,30 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         let now = now_ms();
         // The status moves only from the one the transition starts at; a
         // reason replaces the previous one only when the transition has one.
-        let moved = exec(
-            tx,
-            "UPDATE payments SET status = ?2, updated_at_ms = ?3, \
-             reason_code = CASE WHEN ?5 THEN ?6 ELSE reason_code END, \
-             reason_message = CASE WHEN ?5 THEN ?7 ELSE reason_message END \
-             WHERE id = ?1 AND status = ?4",
-            params![
-                id,
-                t.to.as_str(),
-                now,
-                t.from.as_str(),
-                t.reason.is_some(),
-                t.reason.as_ref().map(|r| r.code.as_str()),
-                t.reason.as_ref().map(|r| r.message.as_str())
-            ],
-        )?;
-        if moved == 0 {
+        // The audit entry goes into the row the transition rewrites anyway.
+        let length: Option<i64> = tx
+            .prepare_cached(&format!(
+                "UPDATE payments SET status = :to, updated_at_ms = :at, \
+                 reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
+                 reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, {} \
+                 WHERE id = :id AND status = :from RETURNING json_array_length(history)",
+                append_history(":from", ":to")
+            ))?
+            .query_row(
+                named_params! {
+                    ":id": id,
+                    ":to": t.to.as_str(),
+                    ":at": now,
+                    ":from": t.from.as_str(),
+                    ":has_reason": t.reason.is_some(),
+                    ":code": t.reason.as_ref().map(|r| r.code.as_str()),
+                    ":message": t.reason.as_ref().map(|r| r.message.as_str()),
+                    ":cause": t.cause,
+                },
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(length) = length else {
             let current: String = tx
                 .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
                 .query_row([id], |r| r.get(0))
@@ -1397,7 +1442,8 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
             let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
             return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
-        }
+        };
+        move_long_history(tx, id, length)?;
         if let Some((c, blob)) = &update.card {
             exec(
                 tx,
@@ -1426,7 +1472,6 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         if !t.to.keeps_card_data() {
             exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1 AND encrypted_card IS NOT NULL", [id])?;
         }
-        exec(tx, INSERT_AUDIT, params![id, now, t.from.as_str(), t.to.as_str(), t.cause])?;
         if t.to == Status::OfflineApproved {
             let sql = format!(
                 "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
@@ -1573,8 +1618,15 @@ impl Store {
 
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         let conn = self.conn();
+        // The entries moved out of the row first, then the row's own.
         let mut stmt = conn.prepare(
-            "SELECT at_ms, from_status, to_status, cause FROM payment_events WHERE payment_id = ?1 ORDER BY seq",
+            "SELECT at_ms, from_status, to_status, cause FROM ( \
+               SELECT 0 AS part, seq AS n, at_ms, from_status, to_status, cause \
+               FROM payment_events WHERE payment_id = ?1 \
+               UNION ALL \
+               SELECT 1, h.key, p.created_at_ms + (h.value ->> 0), h.value ->> 1, h.value ->> 2, h.value ->> 3 \
+               FROM payments p, json_each(p.history) h WHERE p.id = ?1 \
+             ) ORDER BY part, n",
         )?;
         let rows = stmt.query_map([id], |r| {
             let from: String = r.get(1)?;
@@ -1758,6 +1810,62 @@ mod tests {
         let h = s.history("pay_k").unwrap();
         assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));
         assert_eq!(h.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
+        let (_d, s) = open();
+        let s = Arc::new(s);
+        s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+        let mut expected = vec![("created", "payment requested by the register (test)".to_string())];
+        let mut st = Status::Created;
+        let step = |st: &mut Status, input: Input, expected: &mut Vec<(&str, String)>| {
+            let t = next(*st, &input).unwrap();
+            *st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+            expected.push((st.as_str(), t.cause.clone()));
+        };
+        step(&mut st, Input::Start, &mut expected);
+        step(&mut st, Input::CardRead, &mut expected);
+        // Causes JSON has to escape, and enough entries to move twice.
+        for i in 0..2 * HISTORY_IN_ROW {
+            let cause = format!("note {i}: \"quoted\"\n\tnext line, ünïcode");
+            s.audit("pay_k", &cause).await.unwrap();
+            expected.push(("card_read", cause));
+        }
+        step(&mut st, Input::ApprovedOffline, &mut expected);
+
+        let h = s.history("pay_k").unwrap();
+        let got: Vec<(&str, String)> = h.iter().map(|e| (e.to.as_str(), e.cause.clone())).collect();
+        assert_eq!(got, expected);
+        assert_eq!(h[0].from, Status::Created, "the first entry has no status before it");
+        assert!(h.windows(2).all(|w| w[0].to == w[1].from), "each entry starts where the one before ended");
+        let (in_row, moved, seqs): (i64, i64, String) = s
+            .conn()
+            .query_row(
+                "SELECT json_array_length(history), \
+                 (SELECT COUNT(*) FROM payment_events WHERE payment_id = id), \
+                 (SELECT COALESCE(group_concat(seq), '') FROM (SELECT seq FROM payment_events WHERE payment_id = 'pay_k' ORDER BY seq)) \
+                 FROM payments WHERE id = 'pay_k'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert!((1..=HISTORY_IN_ROW).contains(&in_row), "the row keeps at most {HISTORY_IN_ROW}: {in_row}");
+        assert_eq!(in_row + moved, expected.len() as i64);
+        let want: Vec<String> = (1..=moved).map(|n| n.to_string()).collect();
+        assert_eq!(seqs, want.join(","), "moved entries are numbered in order, without gaps");
+        assert!(matches!(s.audit("pay_none", "x").await, Err(StoreError::NotFound(_))));
+
+        // Times come back whole, and are kept as offsets from the payment's
+        // creation: written out, a time in ms is a 13-digit run, which a
+        // card-number scan of the file would report.
+        let created = s.get("pay_k").unwrap().unwrap().created_at_ms;
+        assert_eq!(h[0].at_ms, created);
+        assert!(h.windows(2).all(|w| w[0].at_ms <= w[1].at_ms) && h.last().unwrap().at_ms <= now_ms());
+        let text: String =
+            s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_k'", [], |r| r.get(0)).unwrap();
+        let longest_run = text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
+        assert!(longest_run < 13, "a {longest_run}-digit run in {text}");
     }
 
     #[test]
