@@ -445,7 +445,7 @@ CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
 -- one more B-tree page in the synced commit. (A time in ms written out is 13
 -- digits, which a card-number scan of the file would report.) payment_events
 -- keeps the entries written before this version and those a long history
--- moves out of the row (HISTORY_IN_ROW).
+-- moves out of the row (HISTORY_IN_ROW_BYTES).
 ALTER TABLE payments ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
 ",
 ];
@@ -456,29 +456,31 @@ fn append_history(from: &str, to: &str) -> String {
     format!("history = json_insert(history, '$[#]', json_array(:at - created_at_ms, {from}, {to}, :cause))")
 }
 
-/// Audit entries a payment's row holds before they move to `payment_events`:
-/// a payment's life takes 5 to 10, so only long ones (forwarding retried
-/// many times) move, and a row stays well inside one page.
-const HISTORY_IN_ROW: i64 = 16;
+/// The most audit text a payment's row holds; past it, the entries move to
+/// `payment_events`. A payment's life takes 5 to 10 entries, 300 to 800
+/// bytes, so only long ones (a forwarding retried many times) move, and a
+/// row stays inside one page whatever its causes' length.
+const HISTORY_IN_ROW_BYTES: i64 = 2048;
 
 /// Appends an audit entry to payment `id`'s history, with its status left as
 /// it is.
 fn audit_in(tx: &Connection, id: &str, at_ms: i64, cause: &str) -> Result<(), StoreError> {
-    let length: i64 = tx
+    let bytes: i64 = tx
         .prepare_cached(&format!(
-            "UPDATE payments SET {} WHERE id = :id RETURNING json_array_length(history)",
+            "UPDATE payments SET {} WHERE id = :id RETURNING octet_length(history)",
             append_history("status", "status")
         ))?
         .query_row(named_params! {":id": id, ":at": at_ms, ":cause": cause}, |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-    move_long_history(tx, id, length)
+    move_long_history(tx, id, bytes)
 }
 
-/// Once payment `id`'s row holds more than [`HISTORY_IN_ROW`] audit entries
-/// (`length`), moves them to `payment_events`, after its entries there.
-fn move_long_history(tx: &Connection, id: &str, length: i64) -> Result<(), StoreError> {
-    if length <= HISTORY_IN_ROW {
+/// Once payment `id`'s in-row history is longer than
+/// [`HISTORY_IN_ROW_BYTES`] (`bytes`), moves its entries to `payment_events`,
+/// after the payment's entries there.
+fn move_long_history(tx: &Connection, id: &str, bytes: i64) -> Result<(), StoreError> {
+    if bytes <= HISTORY_IN_ROW_BYTES {
         return Ok(());
     }
     let last: i64 = tx
@@ -1412,12 +1414,12 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         // The status moves only from the one the transition starts at; a
         // reason replaces the previous one only when the transition has one.
         // The audit entry goes into the row the transition rewrites anyway.
-        let length: Option<i64> = tx
+        let bytes: Option<i64> = tx
             .prepare_cached(&format!(
                 "UPDATE payments SET status = :to, updated_at_ms = :at, \
                  reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
                  reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, {} \
-                 WHERE id = :id AND status = :from RETURNING json_array_length(history)",
+                 WHERE id = :id AND status = :from RETURNING octet_length(history)",
                 append_history(":from", ":to")
             ))?
             .query_row(
@@ -1434,7 +1436,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                 |r| r.get(0),
             )
             .optional()?;
-        let Some(length) = length else {
+        let Some(bytes) = bytes else {
             let current: String = tx
                 .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
                 .query_row([id], |r| r.get(0))
@@ -1443,7 +1445,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
             let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
             return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
         };
-        move_long_history(tx, id, length)?;
+        move_long_history(tx, id, bytes)?;
         if let Some((c, blob)) = &update.card {
             exec(
                 tx,
@@ -1619,7 +1621,7 @@ impl Store {
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         let conn = self.conn();
         // The entries moved out of the row first, then the row's own.
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT at_ms, from_status, to_status, cause FROM ( \
                SELECT 0 AS part, seq AS n, at_ms, from_status, to_status, cause \
                FROM payment_events WHERE payment_id = ?1 \
@@ -1826,9 +1828,11 @@ mod tests {
         };
         step(&mut st, Input::Start, &mut expected);
         step(&mut st, Input::CardRead, &mut expected);
-        // Causes JSON has to escape, and enough entries to move twice.
-        for i in 0..2 * HISTORY_IN_ROW {
-            let cause = format!("note {i}: \"quoted\"\n\tnext line, ünïcode");
+        // Causes JSON has to escape, enough to move twice, and one longer
+        // than the row may hold.
+        for i in 0..60 {
+            let long = if i == 30 { "x".repeat(HISTORY_IN_ROW_BYTES as usize) } else { String::new() };
+            let cause = format!("note {i}: \"quoted\"\n\tnext line, ünïcode{long}");
             s.audit("pay_k", &cause).await.unwrap();
             expected.push(("card_read", cause));
         }
@@ -1839,18 +1843,22 @@ mod tests {
         assert_eq!(got, expected);
         assert_eq!(h[0].from, Status::Created, "the first entry has no status before it");
         assert!(h.windows(2).all(|w| w[0].to == w[1].from), "each entry starts where the one before ended");
-        let (in_row, moved, seqs): (i64, i64, String) = s
+        let (in_row, in_row_bytes, moved, seqs): (i64, i64, i64, String) = s
             .conn()
             .query_row(
-                "SELECT json_array_length(history), \
+                "SELECT json_array_length(history), octet_length(history), \
                  (SELECT COUNT(*) FROM payment_events WHERE payment_id = id), \
                  (SELECT COALESCE(group_concat(seq), '') FROM (SELECT seq FROM payment_events WHERE payment_id = 'pay_k' ORDER BY seq)) \
                  FROM payments WHERE id = 'pay_k'",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .unwrap();
-        assert!((1..=HISTORY_IN_ROW).contains(&in_row), "the row keeps at most {HISTORY_IN_ROW}: {in_row}");
+        assert!(
+            in_row >= 1 && in_row_bytes <= HISTORY_IN_ROW_BYTES,
+            "{in_row} entries, {in_row_bytes} bytes in the row"
+        );
+        assert!(moved >= 40, "moved more than once: {moved}");
         assert_eq!(in_row + moved, expected.len() as i64);
         let want: Vec<String> = (1..=moved).map(|n| n.to_string()).collect();
         assert_eq!(seqs, want.join(","), "moved entries are numbered in order, without gaps");
