@@ -452,8 +452,13 @@ ALTER TABLE payments ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
 
 /// The SET clause appending an audit entry to a payment's in-row history:
 /// at `:at`, from status `from` to `to` (SQL expressions), because `:cause`.
+/// The entry is spliced in before the closing bracket, so the history is not
+/// parsed again on every state change.
 fn append_history(from: &str, to: &str) -> String {
-    format!("history = json_insert(history, '$[#]', json_array(:at - created_at_ms, {from}, {to}, :cause))")
+    format!(
+        "history = substr(history, 1, length(history) - 1) || CASE WHEN history = '[]' THEN '' ELSE ',' END \
+         || json_array(:at - created_at_ms, {from}, {to}, :cause) || ']'"
+    )
 }
 
 /// The most audit text a payment's row holds; past it, the entries move to
@@ -1413,30 +1418,36 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         let now = now_ms();
         // The status moves only from the one the transition starts at; a
         // reason replaces the previous one only when the transition has one.
-        // The audit entry goes into the row the transition rewrites anyway.
-        let bytes: Option<i64> = tx
+        // The audit entry goes into the row the transition rewrites anyway,
+        // and so do the changes every transition to its status makes: card
+        // data dropped where the status may not keep it, the amount captured,
+        // the forwarding attempts counted.
+        let moved = tx
             .prepare_cached(&format!(
                 "UPDATE payments SET status = :to, updated_at_ms = :at, \
                  reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
-                 reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, {} \
-                 WHERE id = :id AND status = :from RETURNING octet_length(history)",
+                 reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, \
+                 encrypted_card = CASE WHEN :keeps_card THEN encrypted_card END, \
+                 captured_minor = CASE WHEN :captures THEN COALESCE(:captured, amount_minor) ELSE captured_minor END, \
+                 forward_attempts = forward_attempts + :forwards, {} \
+                 WHERE id = :id AND status = :from",
                 append_history(":from", ":to")
             ))?
-            .query_row(
-                named_params! {
-                    ":id": id,
-                    ":to": t.to.as_str(),
-                    ":at": now,
-                    ":from": t.from.as_str(),
-                    ":has_reason": t.reason.is_some(),
-                    ":code": t.reason.as_ref().map(|r| r.code.as_str()),
-                    ":message": t.reason.as_ref().map(|r| r.message.as_str()),
-                    ":cause": t.cause,
-                },
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(bytes) = bytes else {
+            .execute(named_params! {
+                ":id": id,
+                ":to": t.to.as_str(),
+                ":at": now,
+                ":from": t.from.as_str(),
+                ":has_reason": t.reason.is_some(),
+                ":code": t.reason.as_ref().map(|r| r.code.as_str()),
+                ":message": t.reason.as_ref().map(|r| r.message.as_str()),
+                ":keeps_card": t.to.keeps_card_data(),
+                ":captures": t.to == Status::Captured,
+                ":captured": update.captured_minor,
+                ":forwards": t.to == Status::Forwarding,
+                ":cause": t.cause,
+            })?;
+        if moved == 0 {
             let current: String = tx
                 .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
                 .query_row([id], |r| r.get(0))
@@ -1444,13 +1455,13 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
             let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
             return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
-        };
-        move_long_history(tx, id, bytes)?;
+        }
         if let Some((c, blob)) = &update.card {
             exec(
                 tx,
                 "UPDATE payments SET masked_pan = ?2, brand = ?3, entry_mode = ?4, wallet = ?5, aid = ?6, \
-                 application_label = ?7, verification = ?8, card_fingerprint = ?9, encrypted_card = ?10 WHERE id = ?1",
+                 application_label = ?7, verification = ?8, card_fingerprint = ?9, \
+                 encrypted_card = CASE WHEN ?11 THEN ?10 END WHERE id = ?1",
                 params![
                     id,
                     c.masked_pan,
@@ -1461,7 +1472,8 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                     c.application_label,
                     c.verification,
                     c.fingerprint,
-                    blob
+                    blob,
+                    t.to.keeps_card_data()
                 ],
             )?;
         }
@@ -1471,25 +1483,12 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         if let Some(g) = &update.gateway_reference {
             exec(tx, "UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
         }
-        if !t.to.keeps_card_data() {
-            exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1 AND encrypted_card IS NOT NULL", [id])?;
-        }
         if t.to == Status::OfflineApproved {
             let sql = format!(
                 "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
                  queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
             );
             exec(tx, &sql, params![id, update.queued_at_ms.unwrap_or(now)])?;
-        }
-        if t.to == Status::Captured {
-            exec(
-                tx,
-                "UPDATE payments SET captured_minor = COALESCE(?2, amount_minor) WHERE id = ?1",
-                params![id, update.captured_minor],
-            )?;
-        }
-        if t.to == Status::Forwarding {
-            exec(tx, "UPDATE payments SET forward_attempts = forward_attempts + 1 WHERE id = ?1", [id])?;
         }
         if let Some(e) = &update.last_error {
             exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
@@ -1524,9 +1523,10 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
             exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
         }
         let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
-        let rec = tx
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"))?
-            .query_row([id], row_to_payment)?;
+        let (rec, history_bytes) = tx
+            .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
+            .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
+        move_long_history(tx, id, history_bytes)?;
         Ok((rec, event))
     }
 }
@@ -1812,6 +1812,16 @@ mod tests {
         let h = s.history("pay_k").unwrap();
         assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));
         assert_eq!(h.len(), 5);
+
+        // Card data that comes with a move to a status that may not keep it
+        // is not stored; what the card is stays.
+        s.insert_or_get_blocking(&sample("j"), "test").unwrap().unwrap();
+        let t = next(Status::Created, &Input::Cancel { by: "test".into() }).unwrap();
+        let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
+        let update = Update { card: Some((card, vec![1, 2, 3])), ..Default::default() };
+        let (rec, _) = s.apply_blocking("pay_j", &t, update).unwrap();
+        assert_eq!((rec.status, rec.card.map(|c| c.masked_pan)), (Status::Canceled, Some("424242******4242".into())));
+        assert_eq!(s.encrypted_card("pay_j").unwrap(), None);
     }
 
     #[tokio::test]
