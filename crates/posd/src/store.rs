@@ -1857,7 +1857,7 @@ mod tests {
             .conn()
             .query_row(
                 "SELECT json_array_length(history), octet_length(history), \
-                 (SELECT COUNT(*) FROM payment_events WHERE payment_id = id), \
+                 (SELECT COUNT(*) FROM payment_events WHERE payment_id = 'pay_k'), \
                  (SELECT COALESCE(group_concat(seq), '') FROM (SELECT seq FROM payment_events WHERE payment_id = 'pay_k' ORDER BY seq)) \
                  FROM payments WHERE id = 'pay_k'",
                 [],
