@@ -263,6 +263,9 @@ pub struct Update {
     pub record: Option<&'static str>,
     /// A `meta` value set in the same commit (a lane's last terminal receipt).
     pub meta: Option<(String, i64)>,
+    /// A second audit entry, after the transition's own, in the same commit
+    /// (who made a person's decision).
+    pub audit: Option<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -1522,6 +1525,9 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         if let Some((key, value)) = &update.meta {
             exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
         }
+        if let Some(cause) = &update.audit {
+            audit_in(tx, id, now, cause)?;
+        }
         let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
         let (rec, history_bytes) = tx
             .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
@@ -1822,6 +1828,21 @@ mod tests {
         let (rec, _) = s.apply_blocking("pay_j", &t, update).unwrap();
         assert_eq!((rec.status, rec.card.map(|c| c.masked_pan)), (Status::Canceled, Some("424242******4242".into())));
         assert_eq!(s.encrypted_card("pay_j").unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
+        let (_d, s) = open();
+        s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+        let t = next(Status::Created, &Input::Start).unwrap();
+        let who = || Update { audit: Some("by a person".into()), ..Default::default() };
+        s.apply_blocking("pay_k", &t, who()).unwrap();
+        // The same transition again is stale: refused, with nothing written.
+        assert!(matches!(s.apply_blocking("pay_k", &t, who()), Err(StoreError::Conflict { .. })));
+        let h = s.history("pay_k").unwrap();
+        let causes: Vec<&str> = h.iter().map(|e| e.cause.as_str()).collect();
+        assert_eq!(causes[1..], [t.cause.as_str(), "by a person"]);
+        assert_eq!((h[2].from, h[2].to), (Status::Collecting, Status::Collecting));
     }
 
     #[tokio::test]

@@ -448,23 +448,28 @@ impl Engine {
             payment_id: rec.id.clone(),
             message: format!("payment {id}: {caller} checked the payment terminal's journal: {found}{note}"),
         };
+        // The transition's own audit entry names what it did; this one who.
+        let audit = Some(format!("resolved by {caller} from the terminal's journal: {found}{note}"));
         let new = match receipt {
             Some(n) => {
                 let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
-                let update =
-                    Update { record: Some("sale"), terminal: Some(booked), event: Some(event), ..Update::default() };
+                let update = Update {
+                    record: Some("sale"),
+                    terminal: Some(booked),
+                    event: Some(event),
+                    audit,
+                    ..Update::default()
+                };
                 let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
                 self.record_wake.notify_one();
                 new
             }
             None => {
                 let message = format!("not in the payment terminal's journal, as {caller} checked{note}");
-                let update = Update { event: Some(event), ..Update::default() };
+                let update = Update { event: Some(event), audit, ..Update::default() };
                 self.step(&rec, Input::TerminalNotBooked { message }, update).await.map_err(step_error)?
             }
         };
-        // The transition's own audit entry names what it did; this one who.
-        self.store.audit(&rec.id, &format!("resolved by {caller} from the terminal's journal: {found}{note}")).await?;
         tracing::warn!(payment = %id, %caller, %found, "payment in doubt resolved by a person");
         Ok(new)
     }
