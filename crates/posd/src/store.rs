@@ -466,9 +466,18 @@ fn append_history(from: &str, to: &str) -> String {
 
 /// The most audit text a payment's row holds; past it, the entries move to
 /// `payment_events`. A payment's life takes 5 to 10 entries, 300 to 800
-/// bytes, so only long ones (a forwarding retried many times) move, and a
-/// row stays inside one page whatever its causes' length.
+/// bytes, so only long ones (a forwarding retried many times) move, and the
+/// history never takes a row past a page, whatever its causes' length.
 const HISTORY_IN_ROW_BYTES: i64 = 2048;
+
+/// An audit cause as the history keeps it: control characters JSON would
+/// write as `\u00XX` become U+FFFD, so their digits cannot join digits after
+/// them into a run a card-number scan reports (causes carry text from
+/// gateways, terminals and people).
+fn audit_text(cause: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c < ' ' && !matches!(c, '\n' | '\t' | '\r' | '\u{8}' | '\u{c}');
+    if cause.contains(escaped) { cause.replace(escaped, "\u{fffd}").into() } else { cause.into() }
+}
 
 /// Appends an audit entry to payment `id`'s history, with its status left as
 /// it is.
@@ -478,7 +487,7 @@ fn audit_in(tx: &Connection, id: &str, at_ms: i64, cause: &str) -> Result<(), St
             "UPDATE payments SET {} WHERE id = :id RETURNING octet_length(history)",
             append_history("status", "status")
         ))?
-        .query_row(named_params! {":id": id, ":at": at_ms, ":cause": cause}, |r| r.get(0))
+        .query_row(named_params! {":id": id, ":at": at_ms, ":cause": audit_text(cause)}, |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
     move_long_history(tx, id, bytes)
@@ -710,6 +719,16 @@ impl Store {
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")?;
         let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            // An older posd would write in the old places and scramble what
+            // the newer one keeps (such as the audit log's order).
+            return Err(StoreError::Unusable(format!(
+                "{} is at schema version {version}, newer than this posd's {}; run the posd that wrote it \
+                 (or newer), or restore a backup taken with this version",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
@@ -1409,7 +1428,7 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
             p.demo,
             p.created_at_ms,
             p.device,
-            format!("payment requested by the register ({caller})")
+            audit_text(&format!("payment requested by the register ({caller})"))
         ],
     )?;
     Ok(())
@@ -1448,7 +1467,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                 ":captures": t.to == Status::Captured,
                 ":captured": update.captured_minor,
                 ":forwards": t.to == Status::Forwarding,
-                ":cause": t.cause,
+                ":cause": audit_text(&t.cause),
             })?;
         if moved == 0 {
             let current: String = tx
@@ -1905,6 +1924,28 @@ mod tests {
             s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_k'", [], |r| r.get(0)).unwrap();
         let longest_run = text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
         assert!(longest_run < 13, "a {longest_run}-digit run in {text}");
+
+        // A control character JSON would write as `\u0001` is replaced, so
+        // its digits cannot join the ones after it.
+        s.insert_or_get(&sample("c"), "test").await.unwrap().unwrap();
+        s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}").await.unwrap();
+        let h = s.history("pay_c").unwrap();
+        assert_eq!(h[1].cause, "terminal text \u{fffd}123456789012 and a \u{fffd}");
+        let text: String =
+            s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_c'", [], |r| r.get(0)).unwrap();
+        let longest_run = text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
+        assert!(longest_run < 13, "a {longest_run}-digit run in {text}");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_posd_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.db");
+        drop(Store::open(&path).unwrap());
+        let newer = MIGRATIONS.len() + 1;
+        Connection::open(&path).unwrap().execute_batch(&format!("PRAGMA user_version = {newer}")).unwrap();
+        let err = Store::open(&path).err().expect("refused").to_string();
+        assert!(err.contains(&format!("schema version {newer}, newer than this posd's")), "{err}");
     }
 
     #[test]
@@ -1999,6 +2040,24 @@ mod tests {
         assert_eq!(causes("pay_q"), ["one", "two", "three"]);
         s.audit("pay_q", "four").await.unwrap();
         assert_eq!(causes("pay_q"), ["one", "two", "three", "four"], "new entries come after the old ones");
+        // Since migration 8 new entries are in the row; once they pass its
+        // limit they move behind the old ones, numbered after them.
+        let long: Vec<String> = (0..3).map(|i| format!("long {i} {}", "y".repeat(900))).collect();
+        for cause in &long {
+            s.audit("pay_q", cause).await.unwrap();
+        }
+        let mut want = vec!["one", "two", "three", "four"];
+        want.extend(long.iter().map(String::as_str));
+        assert_eq!(causes("pay_q"), want);
+        let seqs: Vec<i64> = s
+            .conn()
+            .prepare("SELECT seq FROM payment_events WHERE payment_id = 'pay_q' ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(seqs, [1, 3, 5, 6, 7, 8, 9], "the old entries keep the shared counter's numbers");
         assert_eq!(causes("pay_r"), ["r-one", "r-two"]);
         let conn = s.conn();
         let sequences: i64 = conn
