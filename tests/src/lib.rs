@@ -17,6 +17,16 @@ use tonic::transport::Channel;
 
 pub mod measure;
 
+/// A value parser for the harness binaries' counts: a whole number from
+/// `min` to `max`, or a clear error (never silently clamped).
+pub fn count(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| match s.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ if max == usize::MAX => Err(format!("give a whole number, at least {min}")),
+        _ => Err(format!("give a whole number from {min} to {max}")),
+    }
+}
+
 /// How long any start-up or condition may take before a test fails. It
 /// bounds failures only; passing runs never wait for it.
 pub const PATIENCE: Duration = Duration::from_secs(60);

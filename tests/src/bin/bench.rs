@@ -24,78 +24,60 @@ use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::measure::{
     Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate, written_bytes,
 };
-use posd_e2e::{Lane, advance_all, final_payment, status, take};
+use posd_e2e::{Lane, advance_all, count, final_payment, status, take};
 use tonic::transport::Channel;
 
+/// posd's benchmark table (docs/performance.md): (a) the payment round trip, (b) posd's time
+/// against the serial line's, (c) durable commits against raw SQLite, (e) memory and start-up.
+#[derive(clap::Parser)]
 struct Options {
-    /// Timed payments of the round-trip run (after the warm-up).
+    /// Timed payments of the round-trip run (after the warm-up)
+    #[arg(long, default_value_t = 2000, value_parser = count(1, usize::MAX))]
     payments: usize,
+    /// Untimed payments before them
+    #[arg(long, default_value_t = 200, value_parser = count(0, usize::MAX))]
     warmup: usize,
-    /// Payments in the database for the start-up measurement.
+    /// Payments in the database for the start-up measurement
+    #[arg(long, default_value_t = 100_000, value_parser = count(0, usize::MAX))]
     stored: usize,
-    /// Commits per kind in the commit-rate run.
+    /// Writes per kind in the commit-rate run
+    #[arg(long, default_value_t = 10_000, value_parser = count(5, usize::MAX))]
     commits: usize,
-    /// posd starts per database size.
+    /// posd starts per database size
+    #[arg(long, default_value_t = 5, value_parser = count(1, usize::MAX))]
     starts: usize,
-    /// Only these parts: `round-trip` (a, b, memory), `commits` (c), `startup` (e).
-    only: Vec<String>,
+    /// Only this part (repeat for more); all when not given
+    #[arg(long, value_enum)]
+    only: Vec<Part>,
 }
 
-const PARTS: [&str; 3] = ["round-trip", "commits", "startup"];
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    /// (a), (b) and memory
+    RoundTrip,
+    /// (c)
+    Commits,
+    /// (e) start-up to READY
+    Startup,
+}
 
 impl Options {
-    fn runs(&self, part: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
     }
-}
-
-fn options() -> Result<Options, String> {
-    let mut o = Options { payments: 2000, warmup: 200, stored: 100_000, commits: 10_000, starts: 5, only: Vec::new() };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next().and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--payments" => o.payments = value("--payments")?.max(1),
-            "--warmup" => o.warmup = value("--warmup")?,
-            "--stored" => o.stored = value("--stored")?,
-            "--commits" => o.commits = value("--commits")?.max(5),
-            "--starts" => o.starts = value("--starts")?.max(1),
-            "--only" => {
-                let part = args.next().unwrap_or_default();
-                if !PARTS.contains(&part.as_str()) {
-                    return Err(format!("--only takes one of {}, not {part:?}", PARTS.join(", ")));
-                }
-                o.only.push(part);
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: bench [--payments N] [--warmup N] [--stored N] [--commits N] [--starts N] [--only PART]..."
-                ));
-            }
-        }
-    }
-    Ok(o)
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let o = match options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let o = <Options as clap::Parser>::parse();
     println!("# posd benchmarks\n\nmachine: {}\n", machine());
-    if o.runs("round-trip") {
+    if o.runs(Part::RoundTrip) {
         round_trip(&o).await;
     }
-    if o.runs("commits") {
+    if o.runs(Part::Commits) {
         commit_rate(o.commits).await;
     }
-    if o.runs("startup") {
+    if o.runs(Part::Startup) {
         startup(&o);
     }
     ExitCode::SUCCESS

@@ -56,29 +56,19 @@ impl Rng {
     }
 }
 
+/// The chaos run: kills posd, flaps the gateway, corrupts lines and locks the database while
+/// lanes pay and refund, then checks every invariant (docs/reliability.md).
+#[derive(clap::Parser)]
 struct Options {
+    /// Times posd is killed with SIGKILL
+    #[arg(long, default_value_t = 50)]
     kills: u32,
+    /// Seed of the workload and the faults (a run is repeatable by it)
+    #[arg(long, default_value_t = 0x5EED, value_parser = clap::value_parser!(u64).range(1..))]
     seed: u64,
+    /// Reader lanes, besides the ZVT lane
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=8))]
     lanes: u32,
-}
-
-fn options() -> Result<Options, String> {
-    let mut o = Options { kills: 50, seed: 0x5EED, lanes: 3 };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--kills" => o.kills = value("--kills")? as u32,
-            "--seed" => o.seed = value("--seed")?.max(1),
-            "--lanes" => o.lanes = value("--lanes")?.clamp(1, 8) as u32,
-            other => {
-                return Err(format!("unknown argument {other:?}; usage: chaos [--kills N] [--seed N] [--lanes N]"));
-            }
-        }
-    }
-    Ok(o)
 }
 
 /// What the register was told, per payment.
@@ -109,13 +99,7 @@ const OFFLINE_LIMITS: &str = "offline = { max_payment_minor = 1000000, max_total
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let o = match options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("chaos: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let o = <Options as clap::Parser>::parse();
     let started = Instant::now();
     // Lane 1 comes with the harness; lanes 2.. get readers of their own, and
     // lane "zvt" a ZVT terminal that keeps results it never saw confirmed.

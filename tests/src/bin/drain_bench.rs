@@ -149,9 +149,18 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
     elapsed
 }
 
+/// (d) The offline backlog drain, batched against one payment per call, at an added
+/// gateway latency of 5 ms per call (docs/performance.md).
+#[derive(clap::Parser)]
+struct Options {
+    /// Queued payments for the batched drain (the one-per-call drain takes a twentieth, 50 to 500)
+    #[arg(default_value_t = 10_000, value_parser = posd_e2e::count(1, usize::MAX))]
+    payments: usize,
+}
+
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args().nth(1).map(|a| a.parse().expect("count")).unwrap_or(10_000);
+    let n = <Options as clap::Parser>::parse().payments;
     let single_n = (n / 20).clamp(50, 500);
     let batched = drain(n, 200).await;
     let single = drain(single_n, 1).await;

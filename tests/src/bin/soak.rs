@@ -20,31 +20,22 @@ use std::time::{Duration, Instant};
 
 use pos_proto::terminal as pb;
 use posd_e2e::measure::{Metrics, open_fds, quantile, rss_kib, start_until_ready, terminate};
-use posd_e2e::{Lane, final_payment, more_reader_lanes, request, status};
+use posd_e2e::{Lane, count, final_payment, more_reader_lanes, request, status};
 
 /// Below this many payments a run has no steady state worth judging.
 const JUDGED_FROM: usize = 10_000;
 const MAX_GROWTH: f64 = 0.10;
 
+/// The soak: payments over several lanes with zero simulated delays, posd's memory and
+/// descriptors sampled throughout (docs/performance.md).
+#[derive(clap::Parser)]
 struct Options {
+    /// Payments in all
+    #[arg(long, default_value_t = 100_000, value_parser = count(1, usize::MAX))]
     payments: usize,
+    /// Reader lanes paying at once
+    #[arg(long, default_value_t = 8, value_parser = count(1, 16))]
     lanes: usize,
-}
-
-fn options() -> Result<Options, String> {
-    let mut o = Options { payments: 100_000, lanes: 8 };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| {
-            args.next().and_then(|v| v.parse::<usize>().ok()).ok_or_else(|| format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--payments" => o.payments = value("--payments")?.max(1),
-            "--lanes" => o.lanes = value("--lanes")?.clamp(1, 16),
-            other => return Err(format!("unknown argument {other:?}; usage: soak [--payments N] [--lanes N]")),
-        }
-    }
-    Ok(o)
 }
 
 /// One look at posd.
@@ -58,13 +49,7 @@ struct Sample {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let o = match options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("soak: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let o = <Options as clap::Parser>::parse();
     let mut lane = Lane::prepare(&[], "");
     lane.posd_env = vec![("RUST_LOG".into(), "info".into())];
     let dir = lane.dir.path().to_path_buf();
