@@ -407,6 +407,9 @@ async fn the_caller_is_audited_and_refunds_can_be_restricted_to_configured_clien
     lane.ready().await;
     let p = final_payment(&lane.pay("k-audit", 1_000).await);
     assert!(p.history[0].cause.contains("tcp 127.0.0.1:"), "{:?}", p.history[0]);
+    // The entry that created the payment has no status before it.
+    assert_eq!((p.history[0].from(), p.history[0].to()), (pb::PaymentStatus::Unspecified, pb::PaymentStatus::Created));
+    assert_eq!(p.history[1].from(), pb::PaymentStatus::Created);
     let err = lane
         .client()
         .await

@@ -100,6 +100,7 @@ async fn the_tls_api_serves_registers_with_a_certificate_and_refuses_every_other
     let (st, out, err) = lane.posctl(&["payment", &p.payment_id]);
     assert!(st.success(), "posctl over TLS: {out}{err}");
     assert!(out.contains(&p.payment_id), "{out}");
+    assert!(out.contains("  new -> created  payment requested by the register"), "{out}");
     lane.finish();
 }
 

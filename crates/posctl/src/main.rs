@@ -332,13 +332,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             } else {
                 println!("{}", summary(&p));
                 for h in &p.history {
-                    println!(
-                        "  {}  {} -> {}  {}",
-                        rfc3339(h.at.as_ref()),
-                        status_name(h.from),
-                        status_name(h.to),
-                        h.cause
-                    );
+                    // The entry that created the payment has no status before it.
+                    let from = if h.from == 0 { "new".to_string() } else { status_name(h.from) };
+                    println!("  {}  {from} -> {}  {}", rfc3339(h.at.as_ref()), status_name(h.to), h.cause);
                 }
             }
             Ok(0)
@@ -771,7 +767,7 @@ fn payment_json(p: &pb::Payment) -> Value {
         "updated_at": rfc3339(p.updated_at.as_ref()),
         "history": p.history.iter().map(|h| json!({
             "at": rfc3339(h.at.as_ref()),
-            "from": status_name(h.from),
+            "from": (h.from != 0).then(|| status_name(h.from)),
             "to": status_name(h.to),
             "cause": h.cause,
         })).collect::<Vec<_>>(),

@@ -158,7 +158,7 @@ pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
             .iter()
             .map(|h| pb::PaymentTransition {
                 at: Some(timestamp(h.at_ms)),
-                from: status(h.from) as i32,
+                from: h.from.map_or(pb::PaymentStatus::Unspecified as i32, |s| status(s) as i32),
                 to: status(h.to) as i32,
                 cause: h.cause.clone(),
             })

@@ -237,7 +237,8 @@ pub struct QueueSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
     pub at_ms: i64,
-    pub from: Status,
+    /// `None` for the entry that created the payment.
+    pub from: Option<Status>,
     pub to: Status,
     pub cause: String,
 }
@@ -1659,7 +1660,7 @@ impl Store {
             let from: String = r.get(1)?;
             Ok(HistoryEntry {
                 at_ms: r.get(0)?,
-                from: Status::parse(&from).unwrap_or(Status::Created),
+                from: if from.is_empty() { None } else { Some(status_col(r, 1)?) },
                 to: status_col(r, 2)?,
                 cause: r.get(3)?,
             })
@@ -1861,7 +1862,7 @@ mod tests {
         let h = s.history("pay_k").unwrap();
         let causes: Vec<&str> = h.iter().map(|e| e.cause.as_str()).collect();
         assert_eq!(causes[1..], [t.cause.as_str(), "by a person"]);
-        assert_eq!((h[2].from, h[2].to), (Status::Collecting, Status::Collecting));
+        assert_eq!((h[2].from, h[2].to), (Some(Status::Collecting), Status::Collecting));
     }
 
     #[tokio::test]
@@ -1891,8 +1892,8 @@ mod tests {
         let h = s.history("pay_k").unwrap();
         let got: Vec<(&str, String)> = h.iter().map(|e| (e.to.as_str(), e.cause.clone())).collect();
         assert_eq!(got, expected);
-        assert_eq!(h[0].from, Status::Created, "the first entry has no status before it");
-        assert!(h.windows(2).all(|w| w[0].to == w[1].from), "each entry starts where the one before ended");
+        assert_eq!(h[0].from, None, "the first entry has no status before it");
+        assert!(h.windows(2).all(|w| Some(w[0].to) == w[1].from), "each entry starts where the one before ended");
         let (in_row, in_row_bytes, moved, seqs): (i64, i64, i64, String) = s
             .conn()
             .query_row(
