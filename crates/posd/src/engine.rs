@@ -1111,15 +1111,9 @@ impl Engine {
         }
     }
 
-    /// Asks the gateway whether it answers, every `health_interval` (a check
-    /// that takes longer delays the next; checks never pile up).
+    /// Asks the gateway whether it answers, every `health_interval`.
     async fn health_checks(self: Arc<Self>) {
-        let mut health = tokio::time::interval(self.settings.forward.health_interval);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            health.tick().await;
-            self.gateway.probe().await;
-        }
+        every(self.settings.forward.health_interval, || self.gateway.probe()).await
     }
 
     /// Emits an event when a lane's reader connects or disconnects (the lane
@@ -1208,6 +1202,17 @@ impl Engine {
 /// letter. The store keeps the payment's masked PAN right after its gateway
 /// key; a key ending in digits would run into the PAN's first six digits and
 /// make a digit run that looks like a card number in the database file.
+/// Runs `work` every `period`, for good: a run that takes longer delays the
+/// next, so runs never pile up.
+async fn every<F: Future<Output = ()>>(period: Duration, mut work: impl FnMut() -> F) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        work().await;
+    }
+}
+
 fn gateway_key() -> String {
     format!("{}K", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()))
 }

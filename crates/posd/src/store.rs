@@ -455,14 +455,20 @@ ALTER TABLE payments ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
 ];
 
 /// The SET clause appending an audit entry to a payment's in-row history:
-/// at `:at`, from status `from` to `to` (SQL expressions), because `:cause`.
-/// The entry is spliced in before the closing bracket, so the history is not
-/// parsed again on every state change.
-fn append_history(from: &str, to: &str) -> String {
-    format!(
-        "history = substr(history, 1, length(history) - 1) || CASE WHEN history = '[]' THEN '' ELSE ',' END \
-         || json_array(:at - created_at_ms, {from}, {to}, :cause) || ']'"
-    )
+/// at `:at`, from status `$from` to `$to` (SQL expressions), because
+/// `:cause`. The entry is spliced in before the closing bracket, so the
+/// history is not parsed again on every state change.
+macro_rules! append_history {
+    ($from:literal, $to:literal) => {
+        concat!(
+            "history = substr(history, 1, length(history) - 1) || CASE WHEN history = '[]' THEN '' ELSE ',' END \
+             || json_array(:at - created_at_ms, ",
+            $from,
+            ", ",
+            $to,
+            ", :cause) || ']'"
+        )
+    };
 }
 
 /// The most audit text a payment's row holds; past it, the entries move to
@@ -484,9 +490,10 @@ fn audit_text(cause: &str) -> std::borrow::Cow<'_, str> {
 /// it is.
 fn audit_in(tx: &Connection, id: &str, at_ms: i64, cause: &str) -> Result<(), StoreError> {
     let bytes: i64 = tx
-        .prepare_cached(&format!(
-            "UPDATE payments SET {} WHERE id = :id RETURNING octet_length(history)",
-            append_history("status", "status")
+        .prepare_cached(concat!(
+            "UPDATE payments SET ",
+            append_history!("status", "status"),
+            " WHERE id = :id RETURNING octet_length(history)"
         ))?
         .query_row(named_params! {":id": id, ":at": at_ms, ":cause": audit_text(cause)}, |r| r.get(0))
         .optional()?
@@ -1446,15 +1453,15 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         // data dropped where the status may not keep it, the amount captured,
         // the forwarding attempts counted.
         let moved = tx
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE payments SET status = :to, updated_at_ms = :at, \
                  reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
                  reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, \
                  encrypted_card = CASE WHEN :keeps_card THEN encrypted_card END, \
                  captured_minor = CASE WHEN :captures THEN COALESCE(:captured, amount_minor) ELSE captured_minor END, \
-                 forward_attempts = forward_attempts + :forwards, {} \
-                 WHERE id = :id AND status = :from",
-                append_history(":from", ":to")
+                 forward_attempts = forward_attempts + :forwards, ",
+                append_history!(":from", ":to"),
+                " WHERE id = :id AND status = :from"
             ))?
             .execute(named_params! {
                 ":id": id,

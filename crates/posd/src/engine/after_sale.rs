@@ -288,15 +288,9 @@ impl Engine {
         Ok(summary)
     }
 
-    /// Checks the capture window every `ageing_interval` (a check that takes
-    /// longer delays the next), for the life of the process.
+    /// Checks the capture window every `ageing_interval`.
     pub(super) async fn capture_windows(self: std::sync::Arc<Self>) {
-        let mut tick = tokio::time::interval(self.settings.forward.ageing_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.expire_authorizations().await;
-        }
+        super::every(self.settings.forward.ageing_interval, || self.expire_authorizations()).await
     }
 
     /// Reverses AUTHORIZED payments left uncaptured past the capture window:

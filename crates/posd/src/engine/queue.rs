@@ -132,18 +132,7 @@ impl Engine {
     /// credentials), or a payment's answer was unclear and it went back to
     /// the queue; either way the next round waits.
     async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        let mut claims = Vec::with_capacity(batch.len());
-        for (rec, _) in &batch {
-            claims.push((rec.id.clone(), next(rec.status, &Input::ForwardSending)?, Update::default()));
-        }
-        let claimed: Vec<(PaymentRecord, Vec<u8>)> = self
-            .store
-            .apply_batch(claims)
-            .inspect_err(|e| self.note_store_error(e))?
-            .into_iter()
-            .zip(batch)
-            .filter_map(|(r, (_, blob))| r.ok().map(|(rec, _)| (rec, blob)))
-            .collect();
+        let claimed = self.claim_for_forwarding(batch)?;
         failpoint::hit("forward_after_claim");
         let requests = claimed
             .iter()
@@ -213,6 +202,27 @@ impl Engine {
         }
     }
 
+    /// Moves a round's payments to FORWARDING in one commit (recovery finds a
+    /// payment there if posd stops before storing the answer), with their
+    /// card data; a payment that moved on meanwhile is left out.
+    fn claim_for_forwarding(
+        &self,
+        batch: Vec<(PaymentRecord, Vec<u8>)>,
+    ) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StepError> {
+        let mut claims = Vec::with_capacity(batch.len());
+        for (rec, _) in &batch {
+            claims.push((rec.id.clone(), next(rec.status, &Input::ForwardSending)?, Update::default()));
+        }
+        Ok(self
+            .store
+            .apply_batch(claims)
+            .inspect_err(|e| self.note_store_error(e))?
+            .into_iter()
+            .zip(batch)
+            .filter_map(|(r, (_, blob))| r.ok().map(|(rec, _)| (rec, blob)))
+            .collect())
+    }
+
     /// Settles queued payments past the expiry age whose forwarding may have
     /// reached the gateway (their card data already deleted) by the
     /// gateway's record under each one's key: a record is stored as the
@@ -222,18 +232,14 @@ impl Engine {
     /// when one of them is still unsettled (the gateway could not be asked,
     /// or its answer was unclear).
     async fn settle_overdue(&self, overdue: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        let mut claims = Vec::with_capacity(overdue.len());
-        for (rec, _) in &overdue {
-            claims.push((rec.id.clone(), next(rec.status, &Input::ForwardSending)?, Update::default()));
-        }
-        let claimed = self.store.apply_batch(claims).inspect_err(|e| self.note_store_error(e))?;
+        let claimed = self.claim_for_forwarding(overdue)?;
         let mut answered = Vec::new();
         let mut results = Vec::new();
         let mut expired = Vec::new();
         // After a link error the rest are not asked (each would wait as
         // long); they go back to the queue with it.
         let mut link_error: Option<String> = None;
-        for rec in claimed.into_iter().filter_map(|r| r.ok().map(|(rec, _)| rec)) {
+        for (rec, _) in claimed {
             let answer = match &link_error {
                 Some(message) => Err(message.clone()),
                 None => self.gateway.transaction(&rec.gateway_key).await,
