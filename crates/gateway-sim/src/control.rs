@@ -30,6 +30,8 @@ pub enum Fault {
     /// A repeated transaction key is answered ALREADY_EXISTS instead of
     /// replaying the first answer (as some gateways do).
     ConflictOnRepeat,
+    /// GetRefund answers UNIMPLEMENTED, as a gateway from before that call.
+    NoRefundStatus,
 }
 
 impl fmt::Display for Fault {
@@ -43,6 +45,7 @@ impl fmt::Display for Fault {
             Fault::Latency(ms) => write!(f, "latency {ms}"),
             Fault::ExpiredCredentials => f.write_str("expired-credentials"),
             Fault::ConflictOnRepeat => f.write_str("conflict-on-repeat"),
+            Fault::NoRefundStatus => f.write_str("no-refund-status"),
         }
     }
 }
@@ -59,6 +62,7 @@ impl FromStr for Fault {
             ["lose-answers"] => Ok(Fault::LoseAnswers),
             ["expired-credentials"] => Ok(Fault::ExpiredCredentials),
             ["conflict-on-repeat"] => Ok(Fault::ConflictOnRepeat),
+            ["no-refund-status"] => Ok(Fault::NoRefundStatus),
             ["flaky", pct] => match pct.parse::<u8>() {
                 Ok(p) if p <= 100 => Ok(Fault::Flaky(p)),
                 _ => Err(format!("flaky takes a percentage from 0 to 100, not {pct:?}")),
@@ -67,7 +71,7 @@ impl FromStr for Fault {
                 ms.parse().map(Fault::Latency).map_err(|_| format!("latency takes milliseconds, not {ms:?}"))
             }
             _ => Err(format!(
-                "unknown fault {s:?}: use none, down, hang, flaky PCT, lose-answers, latency MS, expired-credentials or conflict-on-repeat"
+                "unknown fault {s:?}: use none, down, hang, flaky PCT, lose-answers, latency MS, expired-credentials, conflict-on-repeat or no-refund-status"
             )),
         }
     }

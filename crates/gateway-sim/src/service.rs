@@ -7,8 +7,8 @@ use std::time::Duration;
 use pos_cardcrypt::{BaseKey, Binding};
 use pos_proto::gateway::{
     AuthorizeRequest, AuthorizeResponse, CaptureRequest, EntryMode, ForwardBatchRequest, ForwardBatchResponse,
-    ForwardResult, GetTransactionRequest, Outcome, RefundRequest, RefundResult, ReverseRequest, Transaction,
-    VoidRequest, gateway_server::Gateway,
+    ForwardResult, GetRefundRequest, GetTransactionRequest, Outcome, RefundRequest, RefundResult, ReverseRequest,
+    Transaction, VoidRequest, gateway_server::Gateway,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -161,7 +161,7 @@ impl Inner {
                     }
                     return Ok(());
                 }
-                Fault::None | Fault::LoseAnswers | Fault::ConflictOnRepeat => return Ok(()),
+                Fault::None | Fault::LoseAnswers | Fault::ConflictOnRepeat | Fault::NoRefundStatus => return Ok(()),
             }
         }
     }
@@ -698,6 +698,29 @@ impl Gateway for GatewayService {
                 tracing::info!(refund = %req.refund_key, key = %req.transaction_key, succeeded = r.succeeded, "refund");
                 g.after_commit()?;
                 Ok(Response::new(r))
+            })
+        })
+        .await
+    }
+
+    async fn get_refund(&self, request: Request<GetRefundRequest>) -> Result<Response<RefundResult>, Status> {
+        let key = request.into_inner().refund_key;
+        self.detached(|g| {
+            Box::pin(async move {
+                g.before_call().await?;
+                if *g.faults.borrow() == Fault::NoRefundStatus {
+                    return Err(Status::unimplemented("GetRefund is not supported by this gateway (injected)"));
+                }
+                match g.ledger.lock().unwrap().refund(&key).map_err(db_err)? {
+                    Some(s) => Ok(Response::new(RefundResult {
+                        refund_key: key,
+                        succeeded: s.succeeded,
+                        decline_code: s.decline_code,
+                        decline_message: s.decline_message,
+                        refunded_minor: s.refunded_after,
+                    })),
+                    None => Err(Status::not_found(format!("no refund under key {key}"))),
+                }
             })
         })
         .await

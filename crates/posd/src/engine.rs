@@ -723,7 +723,7 @@ impl Engine {
         let request = self.authorize_request(&rec, &info, blob);
         let sent = std::time::Instant::now();
         let outcome = self.gateway.authorize(request).await;
-        if !matches!(outcome, AuthOutcome::NotSent(_)) {
+        if !matches!(outcome, AuthOutcome::NotSent(_) | AuthOutcome::LocalFault(_)) {
             self.latencies.gateway.observe(sent.elapsed());
         }
         match outcome {
@@ -740,6 +740,18 @@ impl Engine {
                 self.step(&rec, input, Update::default()).await?;
             }
             AuthOutcome::NotSent(message) => self.offline_or_fail(rec, &card, message).await?,
+            AuthOutcome::LocalFault(why) => {
+                // Not the network: the gateway may be up, so no offline
+                // approval; nothing was sent, so nothing is charged.
+                tracing::error!(payment = %rec.id, error = %why, "payment failed: a fault on this machine, not the gateway");
+                let input = Input::OfflineRefused {
+                    code: "local_resource_exhausted".into(),
+                    message: format!(
+                        "posd could not reach out to the gateway because of a fault on the lane PC ({why});                          nothing was charged; take the payment again, and if this repeats, tell store IT"
+                    ),
+                };
+                self.step(&rec, input, Update::default()).await?;
+            }
             AuthOutcome::Unknown(message) => {
                 tracing::warn!(payment = %rec.id, %message, "gateway answer lost; asking for the outcome");
                 let rec = self.step(&rec, Input::AnswerLost { message }, Update::default()).await?;
@@ -1068,6 +1080,8 @@ impl Engine {
         if self.settings.capture_window.is_some() {
             helpers.push(tokio::spawn(self.clone().capture_windows()));
         }
+        let (refunds, period) = (self.clone(), f.ageing_interval);
+        helpers.push(tokio::spawn(async move { every(period, || refunds.settle_pending_refunds()).await }));
         let mut online = self.gateway.subscribe_online();
         let mut ageing = tokio::time::interval(f.ageing_interval);
         let mut was_online: Option<bool> = None;

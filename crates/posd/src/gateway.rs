@@ -37,6 +37,10 @@ pub enum AuthOutcome {
     Rejected(String),
     /// No connection could be made: the request never left posd.
     NotSent(String),
+    /// The request never left posd, for a reason on this machine
+    /// (descriptors or memory exhausted, TLS not set up): the gateway may
+    /// well be reachable, so this is no ground for an offline approval.
+    LocalFault(String),
     /// The request may have reached the gateway, but no answer came back.
     Unknown(String),
 }
@@ -68,6 +72,17 @@ pub enum CallError {
     TimedOut(String),
 }
 
+/// Why the gateway's record of a refund could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundStatusError {
+    /// The gateway does not offer the status query (UNIMPLEMENTED).
+    #[error("the gateway cannot be asked about refunds: {0}")]
+    Unsupported(String),
+    /// No answer: not reached, timed out, or an error.
+    #[error("{0}")]
+    Unanswered(String),
+}
+
 fn is_auth_error(code: tonic::Code) -> bool {
     matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
 }
@@ -78,6 +93,61 @@ pub struct Gateway {
     online: watch::Sender<bool>,
     /// Why the gateway was last found unreachable; empty once it answers.
     last_error: std::sync::Mutex<String>,
+    /// See [`Gateway::local_faults`].
+    local_faults: std::sync::atomic::AtomicU64,
+}
+
+/// Why no connection to the gateway was made.
+#[derive(Debug)]
+struct ConnectError {
+    message: String,
+    /// The network did not reach the gateway (refused, timed out, no route,
+    /// no address for its name); otherwise the cause is on this machine.
+    network: bool,
+}
+
+/// Whether a failed connect is the network's doing: refused, reset, timed
+/// out, no route, no address for the name. Everything else (EMFILE, ENFILE,
+/// ENOMEM, ENOBUFS, a TLS handshake or set-up error, anything unrecognised)
+/// is a fault on this machine or in its set-up, which must never pass for
+/// "the gateway is unreachable": that would approve payments offline while
+/// the gateway may be up.
+fn network_cause(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    const LOCAL: [i32; 4] = [libc_errno::EMFILE, libc_errno::ENFILE, libc_errno::ENOMEM, libc_errno::ENOBUFS];
+    let mut network = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error().is_some_and(|n| LOCAL.contains(&n)) {
+                return false;
+            }
+            network |= matches!(
+                io.kind(),
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::TimedOut
+                    | K::HostUnreachable
+                    | K::NetworkUnreachable
+                    | K::NetworkDown
+                    | K::AddrNotAvailable
+                    | K::NotConnected
+            );
+        }
+        // hyper's connector names a failed name lookup so.
+        network |= err.to_string() == "dns error";
+        cur = err.source();
+    }
+    network
+}
+
+/// The errno values [`network_cause`] treats as local (Linux numbering).
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
 }
 
 impl Gateway {
@@ -103,7 +173,13 @@ impl Gateway {
         } else {
             endpoint
         };
-        Ok(Self { endpoint, settings, online: watch::Sender::new(false), last_error: Default::default() })
+        Ok(Self {
+            endpoint,
+            settings,
+            online: watch::Sender::new(false),
+            last_error: Default::default(),
+            local_faults: Default::default(),
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -200,6 +276,35 @@ impl Gateway {
         self.finish(tokio::time::timeout(self.settings.request_timeout, client.refund(req)).await)
     }
 
+    /// The gateway's record of a refund under its key: `Ok(None)` when it
+    /// has none. [`RefundStatusError::Unsupported`] for a gateway without the
+    /// call.
+    pub async fn refund_status(
+        &self,
+        refund_key: &str,
+    ) -> Result<Option<pos_proto::gateway::RefundResult>, RefundStatusError> {
+        let mut client = self.connect().await.map_err(RefundStatusError::Unanswered)?;
+        let req = pos_proto::gateway::GetRefundRequest { refund_key: refund_key.to_string() };
+        match tokio::time::timeout(self.settings.request_timeout, client.get_refund(req)).await {
+            Err(_) => {
+                Err(RefundStatusError::Unanswered(format!("no answer within {:?}", self.settings.request_timeout)))
+            }
+            Ok(Ok(resp)) => {
+                self.set_online(true);
+                Ok(Some(resp.into_inner()))
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                self.set_online(true);
+                Ok(None)
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented && std::error::Error::source(&s).is_none() => {
+                self.set_online(true);
+                Err(RefundStatusError::Unsupported(s.message().to_string()))
+            }
+            Ok(Err(s)) => Err(RefundStatusError::Unanswered(format!("{:?}: {}", s.code(), s.message()))),
+        }
+    }
+
     /// Closes a terminal's batch.
     pub async fn close_batch(&self, terminal_id: &str) -> Result<pos_proto::gateway::BatchResult, CallError> {
         let mut client = self.connect().await.map_err(CallError::NotSent)?;
@@ -283,21 +388,40 @@ impl Gateway {
     }
 
     async fn connect(&self) -> Result<Client<Channel>, String> {
+        self.connect_classified().await.map_err(|e| e.message)
+    }
+
+    /// Connects, telling a network that does not reach the gateway from a
+    /// fault on this machine. Only the first makes the gateway "offline".
+    async fn connect_classified(&self) -> Result<Client<Channel>, ConnectError> {
         match self.endpoint.connect().await {
             Ok(channel) => Ok(Client::new(channel)),
             Err(e) => {
-                self.set_online(false);
                 let message = format!("cannot connect to {}: {}", self.settings.url, source_chain(&e));
-                *self.last_error.lock().unwrap() = message.clone();
-                Err(message)
+                let network = network_cause(&e);
+                if network {
+                    self.set_online(false);
+                    *self.last_error.lock().unwrap() = message.clone();
+                } else {
+                    self.local_faults.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(url = %self.settings.url, error = %message, "ALERT: a fault on this machine kept posd from connecting to the gateway");
+                }
+                Err(ConnectError { message, network })
             }
         }
     }
 
+    /// Connections to the gateway that failed for a reason on this machine
+    /// (descriptors, memory, TLS), not the network: the metric to alert on.
+    pub fn local_faults(&self) -> u64 {
+        self.local_faults.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn authorize(&self, req: AuthorizeRequest) -> AuthOutcome {
-        let mut client = match self.connect().await {
+        let mut client = match self.connect_classified().await {
             Ok(c) => c,
-            Err(e) => return AuthOutcome::NotSent(e),
+            Err(ConnectError { message, network: true }) => return AuthOutcome::NotSent(message),
+            Err(ConnectError { message, network: false }) => return AuthOutcome::LocalFault(message),
         };
         match tokio::time::timeout(self.settings.request_timeout, client.authorize(req)).await {
             Err(_) => {
@@ -358,4 +482,40 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_cause;
+
+    /// An error as hyper's connector wraps the socket's.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn only_the_network_makes_the_gateway_unreachable() {
+        use std::io::{Error, ErrorKind};
+        for kind in [ErrorKind::ConnectionRefused, ErrorKind::TimedOut, ErrorKind::HostUnreachable] {
+            assert!(network_cause(&Wrapped("tcp connect error", Error::from(kind))), "{kind:?}");
+        }
+        assert!(network_cause(&Wrapped("dns error", Error::other("failed to lookup address information"))));
+        // EMFILE, ENFILE, ENOMEM, ENOBUFS: this machine, not the network.
+        for errno in [24, 23, 12, 105] {
+            assert!(!network_cause(&Wrapped("tcp open error", Error::from_raw_os_error(errno))), "errno {errno}");
+        }
+        // A TLS failure, or anything not recognised, is no reason to go offline.
+        assert!(!network_cause(&Wrapped("invalid peer certificate", Error::other("UnknownIssuer"))));
+    }
 }

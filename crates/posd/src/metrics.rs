@@ -102,6 +102,13 @@ pub fn render(engine: &Engine) -> String {
         u8::from(engine.refusing_payments())
     ));
     out.push_str(
+        "# HELP posd_gateway_local_faults_total Connections to the gateway that failed for a reason on the lane PC (descriptors, memory, TLS), not the network; the payments concerned failed, none was approved offline.\n",
+    );
+    out.push_str(&format!(
+        "# TYPE posd_gateway_local_faults_total counter\nposd_gateway_local_faults_total {}\n",
+        engine.gateway().local_faults()
+    ));
+    out.push_str(
         "# HELP posd_reader_connected 1 while a lane's card reader is connected.\n# TYPE posd_reader_connected gauge\n",
     );
     out.push_str(

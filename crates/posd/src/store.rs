@@ -452,7 +452,42 @@ CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
 -- moves out of the row (HISTORY_IN_ROW_BYTES).
 ALTER TABLE payments ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
 ",
+    "
+-- Operations that may be sent to the gateway more than once (refunds,
+-- captures, voids). A row is committed before the first attempt leaves:
+-- from then on the operation may be at the gateway, and only the gateway's
+-- record under its key settles it, never a later attempt that was not sent.
+CREATE TABLE gateway_sends (
+    kind TEXT NOT NULL CHECK (kind IN ('refund', 'capture', 'void')),
+    op_key TEXT NOT NULL,
+    payment_id TEXT NOT NULL REFERENCES payments (id),
+    first_sent_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, op_key)
+) WITHOUT ROWID;
+-- A refund an older posd left pending may have reached the gateway.
+INSERT INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms)
+    SELECT 'refund', refund_key, payment_id, updated_at_ms FROM refunds WHERE status = 'pending';
+",
 ];
+
+/// Operations that may be sent to the gateway more than once, each under a
+/// key of its own (a refund's refund key; a capture's or void's payment key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    Refund,
+    Capture,
+    Void,
+}
+
+impl SendKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SendKind::Refund => "refund",
+            SendKind::Capture => "capture",
+            SendKind::Void => "void",
+        }
+    }
+}
 
 /// The SET clause appending an audit entry to a payment's in-row history:
 /// at `:at`, from status `$from` to `$to` (SQL expressions), because
@@ -990,7 +1025,8 @@ impl Store {
         self.write(move |tx| reserve_refund_in(tx, r)).await
     }
 
-    /// Settles a pending refund, with its event, in one commit. With `record`, a succeeded refund also
+    /// Settles a pending refund, with its event, in one commit (a refund
+    /// settled already is returned as it stands, without an event). With `record`, a succeeded refund also
     /// queues its record for the gateway's ledger (a payment terminal's
     /// refund), in the same commit.
     pub async fn finish_refund(
@@ -1000,17 +1036,19 @@ impl Store {
         failure: Option<(&str, &str)>,
         event: &NewEvent,
         record: bool,
-    ) -> Result<(RefundRecord, EventRecord), StoreError> {
+    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
         let (id, event) = (id.to_string(), event.clone());
         let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
         self.write(move |tx| {
-            tx.execute(
+            let settled = tx.execute(
                 "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
                  WHERE id = ?1 AND status = 'pending'",
                 params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
-            )?;
-            let event = insert_event(tx, &event)?;
-            if succeeded && record {
+            )? == 1;
+            // Settled before (a same-key call and start-up raced): that
+            // settlement and its event stand.
+            let event = if settled { Some(insert_event(tx, &event)?) } else { None };
+            if settled && succeeded && record {
                 tx.execute(
                     "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
                      SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
@@ -1032,6 +1070,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One refund by its id.
+    pub fn refund(&self, id: &str) -> Result<Option<RefundRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"))?;
+        Ok(stmt.query_row([id], row_to_refund).optional()?)
+    }
+
     /// Refunds made in `[start, end)`.
     pub fn refunds_between(&self, start_ms: i64, end_ms: i64) -> Result<Vec<RefundRecord>, StoreError> {
         let conn = self.conn();
@@ -1050,6 +1095,32 @@ impl Store {
         ))?;
         let rows = stmt.query_map([], row_to_refund)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records, before an attempt leaves, that the operation may reach the
+    /// gateway. Returns true when an earlier attempt may already have (then
+    /// this attempt's "not sent" settles nothing). Only the first attempt
+    /// costs a commit.
+    pub async fn note_send(self: &Arc<Self>, kind: SendKind, key: &str, payment_id: &str) -> Result<bool, StoreError> {
+        if self.sent_before(kind, key)? {
+            return Ok(true);
+        }
+        let (key, payment_id) = (key.to_string(), payment_id.to_string());
+        self.write(move |tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![kind.as_str(), key, payment_id, now_ms()],
+            )?;
+            Ok(inserted == 0)
+        })
+        .await
+    }
+
+    /// Whether an attempt of the operation may have reached the gateway.
+    pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM gateway_sends WHERE kind = ?1 AND op_key = ?2")?;
+        Ok(stmt.exists(params![kind.as_str(), key])?)
     }
 
     /// Adds an audit line to a payment's log without changing its status.
@@ -1329,7 +1400,7 @@ fn reserve_refund_in(tx: &Connection, r: RefundRecord) -> Result<Reservation, St
         [&r.payment_id],
         |row| row.get(0),
     )?;
-    if committed + r.amount_minor > captured {
+    if r.amount_minor <= 0 || committed + r.amount_minor > captured {
         return Ok(Reservation::Exceeds { captured, committed });
     }
     tx.execute(
@@ -2014,6 +2085,44 @@ mod tests {
         assert_eq!((q.status, q.amount_minor, q.offline), (Status::OfflineApproved, 700, true));
         assert_eq!(s.encrypted_card("pay_q").unwrap(), Some(vec![1, 2]));
         assert_eq!(s.queue_summary().unwrap().count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_refund_left_pending_before_migration_9_counts_as_possibly_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("posd.db");
+        {
+            // Version 8 (the release before gateway_sends): a captured
+            // payment with one refund pending and one that failed.
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..8] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch("PRAGMA user_version = 8").unwrap();
+            conn.execute(
+                "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+                 manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, offline, captured_minor) \
+                 VALUES ('pay_r', 'k', '', 'lane-1', 900, 'EUR', 0, 'captured', 'gk', 0, 1, 1, 0, 900)",
+                [],
+            )
+            .unwrap();
+            for (id, key, status) in [("ref_p", "rk-pending", "pending"), ("ref_f", "rk-failed", "failed")] {
+                conn.execute(
+                    "INSERT INTO refunds (id, idempotency_key, payment_id, amount_minor, currency, refund_key, status, \
+                     reason, created_at_ms, updated_at_ms) VALUES (?1, ?1, 'pay_r', 100, 'EUR', ?2, ?3, '', 1, 1)",
+                    params![id, key, status],
+                )
+                .unwrap();
+            }
+        }
+        let s = Arc::new(Store::open(&path).unwrap());
+        assert!(s.sent_before(SendKind::Refund, "rk-pending").unwrap(), "a pending refund may have been sent");
+        assert!(!s.sent_before(SendKind::Refund, "rk-failed").unwrap());
+        assert_eq!(s.pending_refunds().unwrap().len(), 1, "nothing lost");
+        // note_send says whether an earlier attempt may have left; it writes once.
+        assert!(!s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
+        assert!(s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
+        assert!(!s.note_send(SendKind::Void, "gk", "pay_r").await.unwrap(), "kinds are apart");
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@ use pos_proto::terminal as pb;
 
 use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
-use crate::store::{NewEvent, PaymentRecord, Update, now_ms};
+use crate::gateway::{CallError, RefundStatusError};
+use crate::store::{NewEvent, PaymentRecord, RefundRecord, SendKind, Update, now_ms};
 
 impl Engine {
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
@@ -48,7 +49,8 @@ impl Engine {
             }
         }
         self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
-        let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(call_error)?;
+        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id).await?;
+        let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(|e| call_error(e, earlier))?;
         crate::failpoint::hit("capture_after_response");
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
         let update = Update { captured_minor: Some(captured), ..Default::default() };
@@ -75,7 +77,8 @@ impl Engine {
             }
         }
         self.store.audit(&rec.id, &format!("void requested by {caller}")).await?;
-        self.gateway.void(&rec.gateway_key).await.map_err(call_error)?;
+        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id).await?;
+        self.gateway.void(&rec.gateway_key).await.map_err(|e| call_error(e, earlier))?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
     }
@@ -88,8 +91,8 @@ impl Engine {
         amount_minor: i64,
         reason: &str,
         caller: &str,
-    ) -> Result<crate::store::RefundRecord, EngineError> {
-        use crate::store::{RefundRecord, Reservation};
+    ) -> Result<RefundRecord, EngineError> {
+        use crate::store::Reservation;
         let key_len = key.chars().count();
         if key_len == 0 || key_len > 255 {
             return Err(EngineError::InvalidArgument {
@@ -159,6 +162,15 @@ impl Engine {
                     format!("payment {payment_id} is {s}; only a captured payment can be refunded"),
                 ));
             }
+            Reservation::Exceeds { captured, committed } if amount <= 0 => {
+                return Err(EngineError::FailedPrecondition(
+                    "REFUND_EXCEEDS_CAPTURE",
+                    format!(
+                        "payment {payment_id} has nothing left to refund ({committed} of the captured {captured} \
+                         refunded or pending)"
+                    ),
+                ));
+            }
             Reservation::Exceeds { captured, committed } => {
                 return Err(EngineError::FailedPrecondition(
                     "REFUND_EXCEEDS_CAPTURE",
@@ -168,23 +180,68 @@ impl Engine {
                 ));
             }
         };
-        if amount <= 0 {
-            return Err(EngineError::FailedPrecondition(
-                "REFUND_EXCEEDS_CAPTURE",
-                format!("payment {payment_id} is fully refunded"),
-            ));
-        }
         self.send_refund(refund, &rec).await
     }
 
     /// Sends a pending refund under its own key and stores the outcome.
+    ///
+    /// Before the first attempt leaves, the store notes that the refund may
+    /// reach the gateway ([`Store::note_send`](crate::store::Store::note_send)).
+    /// From then on only the gateway's record under the refund key settles
+    /// it: it is asked for first (`GetRefund`), and a refund it has no record
+    /// of is sent again under the same key (the gateway books a key once). An
+    /// attempt that is not sent, or not answered, leaves the refund pending:
+    /// the register hears "outcome unknown", never "failed", and the pending
+    /// amount keeps counting against what may still be refunded.
     pub(super) async fn send_refund(
         &self,
-        refund: crate::store::RefundRecord,
+        refund: RefundRecord,
         rec: &PaymentRecord,
-    ) -> Result<crate::store::RefundRecord, EngineError> {
+    ) -> Result<RefundRecord, EngineError> {
         if rec.on_terminal() {
             return self.refund_on_terminal(refund, rec).await;
+        }
+        let Some(_claim) = self.claim(&refund.id) else {
+            return Err(EngineError::Unavailable(
+                "OUTCOME_UNKNOWN",
+                format!(
+                    "refund {} is being settled with the gateway right now; call again with the same idempotency key",
+                    refund.id
+                ),
+            ));
+        };
+        // Another call may have settled it while this one waited.
+        let refund = match self.store.refund(&refund.id)? {
+            Some(r) if r.status != "pending" => return Ok(r),
+            Some(r) => r,
+            None => return Err(EngineError::NotFound(format!("no refund {}", refund.id))),
+        };
+        let earlier = self
+            .store
+            .note_send(SendKind::Refund, &refund.refund_key, &rec.id)
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
+        if earlier {
+            match self.gateway.refund_status(&refund.refund_key).await {
+                Ok(Some(answer)) => return self.settle_refund(&refund, rec, Ok(answer)).await,
+                // The gateway has no record of it: send it again, same key.
+                Ok(None) => {}
+                Err(RefundStatusError::Unsupported(m)) => {
+                    let message = format!(
+                        "refund {} of {} may have reached the gateway, and the gateway cannot be asked about refunds \
+                         ({m}); it stays pending: check the gateway's records, then settle it with posctl resolve",
+                        refund.id, refund.amount_minor
+                    );
+                    if !self.store.has_event("refund_outcome_unknown", &rec.id, &format!("refund {} ", refund.id))? {
+                        tracing::error!(refund = %refund.id, payment = %rec.id, "ALERT: {message}");
+                        self.emit("refund_outcome_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
+                    }
+                    return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", message));
+                }
+                Err(RefundStatusError::Unanswered(m)) => {
+                    return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
+                }
+            }
         }
         let req = pos_proto::gateway::RefundRequest {
             refund_key: refund.refund_key.clone(),
@@ -192,43 +249,83 @@ impl Engine {
             amount_minor: refund.amount_minor,
             currency: refund.currency.clone(),
         };
-        let event = |kind: &'static str, message: String| NewEvent {
-            kind,
-            terminal_id: rec.terminal_id.clone(),
-            payment_id: rec.id.clone(),
-            message,
-        };
-        let (succeeded, failure) = match self.gateway.refund(req).await {
-            Ok(r) if r.succeeded => (true, None),
-            Ok(r) => (false, Some((r.decline_code, r.decline_message))),
-            Err(crate::gateway::CallError::NotSent(m)) => (
-                false,
-                Some((
-                    "gateway_unreachable".to_string(),
-                    format!("refunds need the gateway and are never taken offline: {m}"),
-                )),
-            ),
-            Err(crate::gateway::CallError::Refused(m)) => (false, Some(("gateway_rejected".to_string(), m))),
-            Err(crate::gateway::CallError::Unknown(m)) => {
+        let outcome = match self.gateway.refund(req).await {
+            Ok(answer) => Ok(answer),
+            // Only a refund none of whose attempts can have been sent fails.
+            Err(CallError::NotSent(m)) if !earlier => Err((
+                "gateway_unreachable".to_string(),
+                format!("refunds need the gateway and are never taken offline: {m}"),
+            )),
+            Err(CallError::Refused(m)) => Err(("gateway_rejected".to_string(), m)),
+            Err(CallError::NotSent(m)) => {
+                let why = format!("this attempt was not sent ({m}); an earlier one may have reached the gateway");
+                return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", unknown_refund(&why, &refund.id)));
+            }
+            Err(CallError::Unknown(m)) => {
                 return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
             }
-            Err(crate::gateway::CallError::TimedOut(m)) => {
+            Err(CallError::TimedOut(m)) => {
                 return Err(EngineError::DeadlineExceeded("OUTCOME_UNKNOWN", unknown_refund(&m, &refund.id)));
             }
+        };
+        self.settle_refund(&refund, rec, outcome).await
+    }
+
+    /// Stores a refund's outcome: the gateway's answer, or why it was never sent.
+    async fn settle_refund(
+        &self,
+        refund: &RefundRecord,
+        rec: &PaymentRecord,
+        outcome: Result<pos_proto::gateway::RefundResult, (String, String)>,
+    ) -> Result<RefundRecord, EngineError> {
+        let failure = match outcome {
+            Ok(r) if r.succeeded => None,
+            Ok(r) => Some((r.decline_code, r.decline_message)),
+            Err(why) => Some(why),
         };
         let (kind, message) = match &failure {
             None => ("refund_succeeded", format!("refunded {} {}", refund.amount_minor, refund.currency)),
             Some((code, m)) => ("refund_failed", format!("refund of {} failed: {code}: {m}", refund.amount_minor)),
         };
+        let event = NewEvent { kind, terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, succeeded, failure_ref, &event(kind, message), false)
+            .finish_refund(&refund.id, failure.is_none(), failure_ref, &event, false)
             .await
             .inspect_err(|e| self.note_store_error(e))?;
-        let _ = self.events.send(ev);
+        if let Some(ev) = ev {
+            let _ = self.events.send(ev);
+        }
         tracing::info!(refund = %stored.id, payment = %rec.id, status = %stored.status, "refund settled");
         Ok(stored)
+    }
+
+    /// Settles refunds left pending (an answer lost, the gateway down on a
+    /// retry, a restart) by the gateway's record, without waiting for the
+    /// register to call again. Runs every `ageing_interval` while the
+    /// gateway answers.
+    pub(super) async fn settle_pending_refunds(&self) {
+        if !self.gateway.is_online() {
+            return;
+        }
+        let pending = match self.store.pending_refunds() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending refunds");
+                return;
+            }
+        };
+        for refund in pending {
+            let rec = match self.store.get(&refund.payment_id) {
+                Ok(Some(rec)) if !rec.on_terminal() => rec,
+                _ => continue,
+            };
+            match self.send_refund(refund, &rec).await {
+                Ok(r) => tracing::info!(refund = %r.id, status = %r.status, "a pending refund is settled"),
+                Err(e) => tracing::debug!(error = %e, "a pending refund is still unsettled"),
+            }
+        }
     }
 
     /// End of day: closes the lane's batch with the gateway (or the lane's
@@ -243,7 +340,8 @@ impl Engine {
         if self.lanes.get(terminal).is_some_and(|l| l.zvt.is_some()) {
             return self.end_of_day_on_terminal(terminal, caller).await;
         }
-        let result = self.gateway.close_batch(&self.gateway_terminal(terminal)).await.map_err(call_error)?;
+        let result =
+            self.gateway.close_batch(&self.gateway_terminal(terminal)).await.map_err(|e| call_error(e, false))?;
         let unsent = self
             .store
             .list(&crate::store::ListFilter {
@@ -364,20 +462,30 @@ fn unknown_refund(why: &str, refund_id: &str) -> String {
     )
 }
 
-fn call_error(e: crate::gateway::CallError) -> EngineError {
+/// The register's error for a gateway call that did not succeed. With
+/// `earlier`, an earlier attempt of the same operation may have reached the
+/// gateway, so this one's "not sent" leaves the outcome unknown.
+fn call_error(e: CallError, earlier: bool) -> EngineError {
     match e {
-        crate::gateway::CallError::NotSent(m) => EngineError::Unavailable(
+        CallError::NotSent(m) if earlier => EngineError::Unavailable(
+            "OUTCOME_UNKNOWN",
+            format!(
+                "this attempt did not reach the gateway ({m}), but an earlier one may have; repeating the same \
+                 request once the gateway is back is safe and tells the outcome"
+            ),
+        ),
+        CallError::NotSent(m) => EngineError::Unavailable(
             "GATEWAY_UNREACHABLE",
             format!("the gateway cannot be reached ({m}); this needs the gateway"),
         ),
-        crate::gateway::CallError::Refused(m) => {
+        CallError::Refused(m) => {
             EngineError::FailedPrecondition("GATEWAY_REFUSED", format!("the gateway refused: {m}"))
         }
-        crate::gateway::CallError::Unknown(m) => EngineError::Unavailable(
+        CallError::Unknown(m) => EngineError::Unavailable(
             "OUTCOME_UNKNOWN",
             format!("no answer from the gateway ({m}); repeating the same request is safe"),
         ),
-        crate::gateway::CallError::TimedOut(m) => EngineError::DeadlineExceeded(
+        CallError::TimedOut(m) => EngineError::DeadlineExceeded(
             "OUTCOME_UNKNOWN",
             format!("the gateway did not answer in time ({m}); repeating the same request is safe"),
         ),

@@ -689,7 +689,9 @@ impl Engine {
                     };
                     match self.store.finish_refund(&refund.id, ok, failure, &event(kind, message), true).await {
                         Ok((stored, ev)) => {
-                            let _ = self.events.send(ev);
+                            if let Some(ev) = ev {
+                                let _ = self.events.send(ev);
+                            }
                             let _ = confirm.send(true);
                             self.record_wake.notify_one();
                             settled = Some(stored);
@@ -735,7 +737,9 @@ impl Engine {
                     .finish_refund(&refund.id, false, Some((&code, &text)), &event("refund_failed", message), false)
                     .await
                     .inspect_err(|e| self.note_store_error(e))?;
-                let _ = self.events.send(ev);
+                if let Some(ev) = ev {
+                    let _ = self.events.send(ev);
+                }
                 Ok(stored)
             }
         }
