@@ -1,8 +1,31 @@
 //! `posctl`: the command-line client of posd.
 //!
-//! Exit codes: 0 success (for `pay`: approved, online or offline);
-//! 1 the payment was not approved (declined, canceled, failed);
-//! 2 invalid arguments; 3 posd could not be reached; 4 posd refused the request.
+//! Exit codes, a fixed contract for scripts:
+//!
+//! - 0: success (for `pay`: approved, online or offline);
+//! - 1: not approved, or the operation failed: the payment was declined,
+//!   canceled or failed, the refund FAILED (or posctl could not write its
+//!   output);
+//! - 2: invalid arguments;
+//! - 3: posd could not be reached: no connection, or the connection broke (a
+//!   transport error, never an answer of posd's);
+//! - 4: posd refused the request: bad input, a state rule, permission
+//!   (INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND,
+//!   PERMISSION_DENIED, UNAUTHENTICATED, OUT_OF_RANGE, ...);
+//! - 5: the outcome is unknown or still pending: call again with the same key
+//!   (posd's reason OUTCOME_UNKNOWN, DEADLINE_EXCEEDED, or a payment or refund
+//!   that is still pending or unknown; also `pay` when the connection broke
+//!   after the payment started);
+//! - 6: posd cannot do it for now: try again later (SHUTTING_DOWN,
+//!   DATABASE_*, TERMINAL_BUSY or PAYMENT_BUSY, GATEWAY_UNREACHABLE, any
+//!   other UNAVAILABLE, RESOURCE_EXHAUSTED).
+//!
+//! posd's errors carry a `google.rpc.ErrorInfo` reason code; it leads the
+//! message on stderr (`posctl: OUTCOME_UNKNOWN: ...`). With `--json`, stdout
+//! gets `{"error": {"code": "<gRPC code, e.g. UNAVAILABLE, or unreachable>",
+//! "reason": "<posd's reason code or empty>", "message": "..."}}` as well, on
+//! one line. A reader that stops early (`posctl payments | head`) ends the
+//! output quietly; the exit code stays the command's own.
 
 mod money;
 
@@ -18,13 +41,78 @@ const EXIT_NOT_APPROVED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
 const EXIT_REFUSED: u8 = 4;
+const EXIT_PENDING: u8 = 5;
+const EXIT_RETRY: u8 = 6;
+
+/// The domain of the `google.rpc.ErrorInfo` posd sends (posd's `api::ERROR_DOMAIN`).
+const POSD_ERROR_DOMAIN: &str = "posd.pos.terminal.v1";
+
+/// `println!` for standard output, which a script may close early: see [`output`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        crate::output::write(format!($($arg)*).as_bytes(), true)
+    };
+}
+
+/// Standard output for scripts that may stop reading early, as in
+/// `posctl payments | head`: once the pipe is closed the rest of the output
+/// is dropped, and the command ends with its usual exit code instead of a
+/// panic.
+mod output {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    static FAILED: AtomicBool = AtomicBool::new(false);
+
+    /// Writes `bytes` (and a newline) unless standard output is gone.
+    pub fn write(bytes: &[u8], newline: bool) {
+        if CLOSED.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let written = out
+            .write_all(bytes)
+            .and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) })
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            CLOSED.store(true, Ordering::Relaxed);
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                FAILED.store(true, Ordering::Relaxed);
+                super::say(&format!("posctl: cannot write the output: {e}"));
+            }
+        }
+    }
+
+    /// Standard output is gone: its reader stopped, or writing it failed.
+    pub fn closed() -> bool {
+        CLOSED.load(Ordering::Relaxed)
+    }
+
+    /// Writing standard output failed for another reason than a reader
+    /// that stopped (a full disk, say): the output is incomplete.
+    pub fn failed() -> bool {
+        FAILED.load(Ordering::Relaxed)
+    }
+}
+
+/// A line on standard error; if that fails too, there is nowhere left to say it.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 #[derive(Parser)]
 #[command(
     name = "posctl",
     version,
     about = "Command-line client of posd",
-    after_help = "Exit codes: 0 success (pay: approved), 1 not approved, 2 invalid arguments, 3 posd unreachable, 4 request refused by posd."
+    after_help = "Exit codes: 0 success (pay: approved, online or offline); 1 not approved or failed (declined, \
+canceled, failed; a refund that FAILED); 2 invalid arguments; 3 posd unreachable (no connection, or it broke); \
+4 refused by posd (bad input, a state rule, permission); 5 outcome unknown or still pending: call again with the \
+same --key; 6 posd cannot do it for now (stopping, database, lane busy, gateway unreachable): try again later.\n\
+Errors go to stderr led by posd's reason code; with --json also to stdout as \
+{\"error\": {\"code\": \"<gRPC code or unreachable>\", \"reason\": \"<reason code or empty>\", \"message\": \"...\"}}."
 )]
 struct Cli {
     /// posd's address: HOST:PORT, https://HOST:PORT (TLS) or unix:PATH (e.g. unix:/run/posd/posd.sock).
@@ -66,12 +154,12 @@ impl TlsArgs {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         if !addr.starts_with("https://") {
             if self.tls_ca.is_some() || self.tls_cert.is_some() {
-                return Err(Failure(EXIT_USAGE, format!("--tls-* options need an https:// --addr, not {addr:?}")));
+                return Err(Failure::usage(format!("--tls-* options need an https:// --addr, not {addr:?}")));
             }
             return Ok(None);
         }
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| Failure(EXIT_USAGE, format!("cannot read {}: {e}", p.display())))
+            std::fs::read(p).map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))
         };
         let mut tls = ClientTlsConfig::new().with_native_roots();
         if let Some(ca) = &self.tls_ca {
@@ -209,17 +297,130 @@ enum Command {
     },
 }
 
-struct Failure(u8, String);
+/// Why a command did not succeed: its exit code and what scripts see.
+struct Failure {
+    exit: u8,
+    /// The gRPC code's name (`FAILED_PRECONDITION`), or `unreachable`.
+    code: &'static str,
+    /// posd's reason code (from its `google.rpc.ErrorInfo`), or empty.
+    reason: String,
+    message: String,
+    /// An answer of posd's: its code leads the message when it has no reason.
+    from_posd: bool,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            exit: EXIT_USAGE,
+            code: "INVALID_ARGUMENT",
+            reason: String::new(),
+            message: message.into(),
+            from_posd: false,
+        }
+    }
+
+    fn unreachable(message: impl Into<String>) -> Failure {
+        Failure {
+            exit: EXIT_UNREACHABLE,
+            code: "unreachable",
+            reason: String::new(),
+            message: message.into(),
+            from_posd: false,
+        }
+    }
+
+    /// Names the idempotency key to repeat the call with, when repeating
+    /// it is the way on (unreachable, outcome unknown, try again later).
+    fn with_key(mut self, key: &str) -> Failure {
+        if matches!(self.exit, EXIT_UNREACHABLE | EXIT_PENDING | EXIT_RETRY) {
+            self.message = format!("{} (idempotency key {key}: repeat with --key {key})", self.message);
+        }
+        self
+    }
+
+    /// The message on stderr, led by posd's reason code (or its gRPC code);
+    /// with `--json`, the error object on stdout as well.
+    fn report(&self, json: bool) {
+        let lead = if !self.reason.is_empty() {
+            format!("{}: ", self.reason)
+        } else if self.from_posd {
+            format!("{}: ", self.code)
+        } else {
+            String::new()
+        };
+        say(&format!("posctl: {lead}{}", self.message));
+        if json {
+            outln!("{}", json!({"error": {"code": self.code, "reason": self.reason, "message": self.message}}));
+        }
+    }
+}
 
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
-        // A status with a source was made here from a broken connection
-        // (posd refused the TLS handshake, say): posd never answered.
+        // A status with a source was made here, from a failed or broken
+        // connection (posd refused the TLS handshake, or went away mid-call):
+        // posd never answered. Statuses posd sends arrive without one.
         if let Some(source) = std::error::Error::source(&s) {
-            return Failure(EXIT_UNREACHABLE, format!("posd closed the connection: {}", causes(source)));
+            return Failure::unreachable(format!("the connection to posd failed: {}", causes(source)));
         }
-        let code = if s.code() == tonic::Code::Unavailable { EXIT_UNREACHABLE } else { EXIT_REFUSED };
-        Failure(code, format!("{:?}: {}", s.code(), s.message()))
+        let reason = posd_reason(&s);
+        Failure {
+            exit: exit_code(s.code(), &reason),
+            code: code_name(s.code()),
+            reason,
+            message: s.message().to_string(),
+            from_posd: true,
+        }
+    }
+}
+
+/// The reason code of posd's `google.rpc.ErrorInfo` in a status, or empty.
+fn posd_reason(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_error_info().filter(|i| i.domain == POSD_ERROR_DOMAIN).map(|i| i.reason).unwrap_or_default()
+}
+
+/// The exit code for an error posd answered: by its reason code first, then
+/// by the gRPC code.
+fn exit_code(code: tonic::Code, reason: &str) -> u8 {
+    use tonic::Code as C;
+    match reason {
+        "OUTCOME_UNKNOWN" => return EXIT_PENDING,
+        "SHUTTING_DOWN" | "GATEWAY_UNREACHABLE" | "TERMINAL_BUSY" | "PAYMENT_BUSY" | "TERMINAL_UNAVAILABLE" => {
+            return EXIT_RETRY;
+        }
+        r if r.starts_with("DATABASE_") => return EXIT_RETRY,
+        _ => {}
+    }
+    match code {
+        C::DeadlineExceeded => EXIT_PENDING,
+        C::Unavailable | C::ResourceExhausted | C::Aborted => EXIT_RETRY,
+        _ => EXIT_REFUSED,
+    }
+}
+
+/// A gRPC code's canonical name, as in the gRPC documentation and posd's.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -240,19 +441,26 @@ fn causes(e: &dyn std::error::Error) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => ExitCode::from(code),
-        Err(Failure(code, msg)) => {
-            eprintln!("posctl: {msg}");
-            ExitCode::from(code)
+    let json = cli.json;
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(failure) => {
+            failure.report(json);
+            failure.exit
         }
+    };
+    // Output lost to a full disk, say, is a failure; a reader that stopped
+    // early (`| head`) is not.
+    if code == 0 && output::failed() {
+        return ExitCode::from(EXIT_NOT_APPROVED);
     }
+    ExitCode::from(code)
 }
 
 /// Connects to posd at HOST:PORT, http(s)://HOST:PORT, or unix:PATH.
 async fn connect(addr: &str, tls: &TlsArgs) -> Result<PaymentTerminalClient<Channel>, Failure> {
     let unreachable = |e: &dyn std::fmt::Display| {
-        Failure(EXIT_UNREACHABLE, format!("cannot reach posd at {addr}: {e} (is it running? see --addr / POSD_ADDR)"))
+        Failure::unreachable(format!("cannot reach posd at {addr}: {e} (is it running? see --addr / POSD_ADDR)"))
     };
     let unreachable = |e: &tonic::transport::Error| unreachable(&causes(e));
     if let Some(path) = addr.strip_prefix("unix:") {
@@ -271,9 +479,9 @@ async fn connect(addr: &str, tls: &TlsArgs) -> Result<PaymentTerminalClient<Chan
         return Ok(PaymentTerminalClient::new(channel));
     }
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let mut endpoint = Channel::from_shared(url).map_err(|e| Failure(EXIT_USAGE, format!("--addr {addr:?}: {e}")))?;
+    let mut endpoint = Channel::from_shared(url).map_err(|e| Failure::usage(format!("--addr {addr:?}: {e}")))?;
     if let Some(config) = tls.config(addr)? {
-        endpoint = endpoint.tls_config(config).map_err(|e| Failure(EXIT_USAGE, format!("TLS settings: {e}")))?;
+        endpoint = endpoint.tls_config(config).map_err(|e| Failure::usage(format!("TLS settings: {e}")))?;
     }
     let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     Ok(PaymentTerminalClient::new(channel))
@@ -282,14 +490,14 @@ async fn connect(addr: &str, tls: &TlsArgs) -> Result<PaymentTerminalClient<Chan
 async fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
-        clap_complete::generate(shell, &mut Cli::command(), "posctl", &mut std::io::stdout());
+        let mut script: Vec<u8> = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "posctl", &mut script);
+        output::write(&script, false);
         return Ok(0);
     }
     // Validate arguments before touching the network.
     let pay_amount = match &cli.command {
-        Command::Pay { amount, currency, .. } => {
-            Some(money::parse_amount(amount, currency).map_err(|e| Failure(EXIT_USAGE, e))?)
-        }
+        Command::Pay { amount, currency, .. } => Some(money::parse_amount(amount, currency).map_err(Failure::usage)?),
         _ => None,
     };
     let mut client = connect(&cli.addr, &cli.tls).await?;
@@ -297,44 +505,27 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Pay { currency, key, terminal, order, manual_capture, .. } => {
             let key = key.unwrap_or_else(|| format!("posctl-{}", random_suffix()));
             let req = pb::TakePaymentRequest {
-                idempotency_key: key,
+                idempotency_key: key.clone(),
                 order_reference: order,
                 amount: Some(pb::Money { amount_minor: pay_amount.unwrap_or_default(), currency }),
                 terminal_id: terminal,
                 capture_mode: if manual_capture { pb::CaptureMode::Manual } else { pb::CaptureMode::Automatic } as i32,
             };
-            let mut stream = client.take_payment(req).await?.into_inner();
-            let mut last: Option<pb::PaymentEvent> = None;
-            let mut stages = Vec::new();
-            while let Some(ev) = stream.message().await? {
-                let stage = enum_name(pb::PaymentStage::try_from(ev.stage).map(|s| s.as_str_name()), "PAYMENT_STAGE_");
-                if !cli.json && stages.last() != Some(&stage) {
-                    println!("… {}", ev.message);
-                }
-                stages.push(stage);
-                last = Some(ev);
-            }
-            let ev = last.ok_or(Failure(EXIT_REFUSED, "posd ended the payment stream without an event".into()))?;
-            let p = ev.payment.unwrap_or_default();
-            if cli.json {
-                let mut v = payment_json(&p);
-                v["stages"] = json!(stages);
-                println!("{v:#}");
-            } else {
-                println!("{}", summary(&p));
-            }
-            Ok(if p.approved { 0 } else { EXIT_NOT_APPROVED })
+            pay(&mut client, req, cli.json).await.map_err(|f| f.with_key(&key))
         }
         Command::Payment { id } => {
             let p = client.get_payment(pb::GetPaymentRequest { payment_id: id }).await?.into_inner();
             if cli.json {
-                println!("{:#}", payment_json(&p));
+                outln!("{:#}", payment_json(&p));
             } else {
-                println!("{}", summary(&p));
+                outln!("{}", summary(&p));
+                for line in detail_lines(&p) {
+                    outln!("{line}");
+                }
                 for h in &p.history {
                     // The entry that created the payment has no status before it.
                     let from = if h.from == 0 { "new".to_string() } else { status_name(h.from) };
-                    println!("  {}  {from} -> {}  {}", rfc3339(h.at.as_ref()), status_name(h.to), h.cause);
+                    outln!("  {}  {from} -> {}  {}", rfc3339(h.at.as_ref()), status_name(h.to), h.cause);
                 }
             }
             Ok(0)
@@ -344,7 +535,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             for s in &statuses {
                 let name = format!("PAYMENT_STATUS_{}", s.to_uppercase());
                 let v = pb::PaymentStatus::from_str_name(&name)
-                    .ok_or_else(|| Failure(EXIT_USAGE, format!("--status {s:?}: unknown status")))?;
+                    .ok_or_else(|| Failure::usage(format!("--status {s:?}: unknown status")))?;
                 st.push(v as i32);
             }
             let resp = client
@@ -359,13 +550,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .into_inner();
             if cli.json {
                 let list: Vec<Value> = resp.payments.iter().map(payment_json).collect();
-                println!("{:#}", json!({ "payments": list, "next_page_token": resp.next_page_token }));
+                outln!("{:#}", json!({ "payments": list, "next_page_token": resp.next_page_token }));
             } else {
                 for p in &resp.payments {
-                    println!("{}", summary(p));
+                    let key = if p.gateway_key.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  gateway key {}", p.gateway_key)
+                    };
+                    outln!("{}{key}", summary(p));
                 }
                 if !resp.next_page_token.is_empty() {
-                    println!("more: --page-token {}", resp.next_page_token);
+                    outln!("more: --page-token {}", resp.next_page_token);
                 }
             }
             Ok(0)
@@ -401,41 +597,34 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Refund { id, amount, key, reason } => {
             let amount_minor = minor_for(&mut client, &id, amount.as_deref()).await?;
-            let idempotency_key = key.unwrap_or_else(|| format!("posctl-refund-{}", random_suffix()));
-            let r = client
-                .refund_payment(pb::RefundPaymentRequest { idempotency_key, payment_id: id, amount_minor, reason })
-                .await?
-                .into_inner();
-            let status = enum_name(pb::RefundStatus::try_from(r.status).map(|s| s.as_str_name()), "REFUND_STATUS_");
-            let amount =
-                r.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
+            let key = key.unwrap_or_else(|| format!("posctl-refund-{}", random_suffix()));
+            let req = pb::RefundPaymentRequest { idempotency_key: key.clone(), payment_id: id, amount_minor, reason };
+            let r = match client.refund_payment(req).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Err(Failure::from(status).with_key(&key)),
+            };
             if cli.json {
-                println!(
-                    "{:#}",
-                    json!({
-                        "refund_id": r.refund_id,
-                        "idempotency_key": r.idempotency_key,
-                        "payment_id": r.payment_id,
-                        "amount_minor": r.amount.as_ref().map(|m| m.amount_minor),
-                        "currency": r.amount.as_ref().map(|m| m.currency.clone()),
-                        "status": status,
-                        "failure": r.failure.as_ref().map(|f| json!({"code": f.code, "message": f.message})),
-                        "created_at": rfc3339(r.created_at.as_ref()),
-                    })
-                );
+                outln!("{:#}", refund_json(&r));
             } else {
-                let why = r.failure.as_ref().map(|f| format!(": {} {}", f.code, f.message)).unwrap_or_default();
-                println!("{}  {amount}  {}{why}", r.refund_id, status.to_uppercase());
+                outln!("{}", refund_line(&r));
             }
-            Ok(if status == "succeeded" { 0 } else { EXIT_NOT_APPROVED })
+            Ok(match pb::RefundStatus::try_from(r.status) {
+                Ok(pb::RefundStatus::Succeeded) => 0,
+                Ok(pb::RefundStatus::Failed) => EXIT_NOT_APPROVED,
+                _ => {
+                    say(&format!(
+                        "posctl: OUTCOME_UNKNOWN: refund {} is {}: its outcome is not known yet; call again with \
+                         --key {key} to learn it",
+                        r.refund_id,
+                        refund_status(&r)
+                    ));
+                    EXIT_PENDING
+                }
+            })
         }
         Command::Cancel { id } => {
             let p = client.cancel_payment(pb::CancelPaymentRequest { payment_id: id }).await?.into_inner();
-            if cli.json {
-                println!("{:#}", payment_json(&p));
-            } else {
-                println!("{}", summary(&p));
-            }
+            print_payment(&p, cli.json);
             Ok(0)
         }
         Command::Sync { now } => {
@@ -447,7 +636,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             if cli.json {
                 let totals: serde_json::Map<String, Value> =
                     s.stored_totals.iter().map(|m| (m.currency.clone(), json!(m.amount_minor))).collect();
-                println!(
+                outln!(
                     "{:#}",
                     json!({
                         "online": s.online,
@@ -461,20 +650,20 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     })
                 );
             } else {
-                println!("gateway:     {}", if s.online { "online" } else { "OFFLINE" });
-                println!("queued:      {} payments ({} quarantined)", s.queue_depth, s.quarantined);
+                outln!("gateway:     {}", if s.online { "online" } else { "OFFLINE" });
+                outln!("queued:      {} payments ({} quarantined)", s.queue_depth, s.quarantined);
                 for m in &s.stored_totals {
-                    println!("  stored:    {}", money::format_amount(m.amount_minor, &m.currency));
+                    outln!("  stored:    {}", money::format_amount(m.amount_minor, &m.currency));
                 }
-                println!("oldest:      {} s", s.oldest_age_s);
+                outln!("oldest:      {} s", s.oldest_age_s);
                 if s.paused {
-                    println!("forwarding:  PAUSED");
+                    outln!("forwarding:  PAUSED");
                 }
                 if !s.last_error.is_empty() {
-                    println!("last error:  {}", s.last_error);
+                    outln!("last error:  {}", s.last_error);
                 }
                 if now {
-                    println!("forwarding started");
+                    outln!("forwarding started");
                 }
             }
             Ok(0)
@@ -493,7 +682,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 };
                 let Some(e) = next else { break };
                 if cli.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({
                             "cursor": e.cursor,
@@ -505,7 +694,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         })
                     );
                 } else {
-                    println!(
+                    outln!(
                         "{:>6}  {}  {:<20} {} {}  {}",
                         e.cursor,
                         rfc3339(e.at.as_ref()),
@@ -514,6 +703,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         e.payment_id,
                         e.message
                     );
+                }
+                if output::closed() {
+                    break;
                 }
             }
             Ok(0)
@@ -529,19 +721,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .await?
                 .into_inner();
             if cli.json {
-                println!("{:#}", json!({"payment_id": payment_id, "terminal_id": r.terminal_id, "reprint": r.reprint}));
+                outln!("{:#}", json!({"payment_id": payment_id, "terminal_id": r.terminal_id, "reprint": r.reprint}));
             } else {
                 let what = if r.reprint { "reprinted" } else { "printed" };
-                println!("receipt of {payment_id} {what} on {}", r.terminal_id);
+                outln!("receipt of {payment_id} {what} on {}", r.terminal_id);
             }
             Ok(0)
         }
         Command::Drawer { terminal } => {
             client.open_drawer(pb::OpenDrawerRequest { terminal_id: terminal.clone() }).await?;
             if cli.json {
-                println!("{:#}", json!({"terminal_id": terminal, "drawer": "opened"}));
+                outln!("{:#}", json!({"terminal_id": terminal, "drawer": "opened"}));
             } else {
-                println!("drawer of {terminal} opened");
+                outln!("drawer of {terminal} opened");
             }
             Ok(0)
         }
@@ -553,14 +745,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     .iter()
                     .map(|t| json!({"currency": t.currency, "count": t.count, "captured_minor": t.captured_minor, "refunded_minor": t.refunded_minor}))
                     .collect();
-                println!(
+                outln!(
                     "{:#}",
                     json!({"batch_id": b.batch_id, "terminal_id": b.terminal_id, "closed_at": rfc3339(b.closed_at.as_ref()), "totals": totals, "offline_unsent": b.offline_unsent})
                 );
             } else {
-                println!("batch {} closed for {} at {}", b.batch_id, b.terminal_id, rfc3339(b.closed_at.as_ref()));
+                outln!("batch {} closed for {} at {}", b.batch_id, b.terminal_id, rfc3339(b.closed_at.as_ref()));
                 for t in &b.totals {
-                    println!(
+                    outln!(
                         "  {} payments  {}  refunded {}",
                         t.count,
                         money::format_amount(t.captured_minor, &t.currency),
@@ -568,10 +760,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     );
                 }
                 if b.offline_unsent > 0 {
-                    println!(
-                        "  {} offline payments not yet forwarded (they settle in a later batch)",
-                        b.offline_unsent
-                    );
+                    outln!("  {} offline payments not yet forwarded (they settle in a later batch)", b.offline_unsent);
                 }
             }
             Ok(0)
@@ -585,7 +774,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .await?
                 .into_inner();
             if csv {
-                print!("{}", r.csv);
+                output::write(r.csv.as_bytes(), false);
             } else if cli.json {
                 let rows: Vec<Value> = r
                     .rows
@@ -602,7 +791,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         })
                     })
                     .collect();
-                println!(
+                outln!(
                     "{:#}",
                     json!({
                         "business_day": r.business_day, "time_zone": r.time_zone, "cutover": r.cutover,
@@ -610,9 +799,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     })
                 );
             } else {
-                println!("business day {} ({} from {})", r.business_day, r.time_zone, r.cutover);
+                outln!("business day {} ({} from {})", r.business_day, r.time_zone, r.cutover);
                 for x in &r.rows {
-                    println!(
+                    outln!(
                         "  {} {} {:<10} approvals {} ({})  declines {}  refunds {} ({})  voids {}  offline pending {} forwarded {} declined {}",
                         x.terminal_id,
                         x.currency,
@@ -635,7 +824,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let s =
                 client.get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: terminal }).await?.into_inner();
             if cli.json {
-                println!(
+                outln!(
                     "{:#}",
                     json!({
                         "terminal_id": s.terminal_id,
@@ -651,21 +840,95 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 );
             } else {
                 let demo = if s.demo { "  [DEMO]" } else { "" };
-                println!("{} ({}){demo}", s.terminal_id, s.currency);
+                outln!("{} ({}){demo}", s.terminal_id, s.currency);
                 let reader = if s.reader_connected {
                     format!("connected ({} firmware {})", s.reader_serial, s.reader_firmware)
                 } else {
                     "not connected".into()
                 };
-                println!("  card reader: {reader}");
-                println!("  printer:     {}", if s.printer_connected { "connected" } else { "not connected" });
-                println!("  gateway:     {}", if s.gateway_online { "online" } else { "offline" });
+                outln!("  card reader: {reader}");
+                outln!("  printer:     {}", if s.printer_connected { "connected" } else { "not connected" });
+                outln!("  gateway:     {}", if s.gateway_online { "online" } else { "offline" });
                 if !s.busy_with_payment_id.is_empty() {
-                    println!("  busy with:   {}", s.busy_with_payment_id);
+                    outln!("  busy with:   {}", s.busy_with_payment_id);
                 }
             }
             Ok(0)
         }
+    }
+}
+
+/// Takes a payment and shows its progress; the exit code is its outcome:
+/// 0 approved, 1 not approved, 5 not settled yet.
+async fn pay(
+    client: &mut PaymentTerminalClient<Channel>,
+    req: pb::TakePaymentRequest,
+    json: bool,
+) -> Result<u8, Failure> {
+    let mut stream = client.take_payment(req).await?.into_inner();
+    let mut last: Option<pb::PaymentEvent> = None;
+    let mut stages = Vec::new();
+    loop {
+        let ev = match stream.message().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(status) => {
+                let mut failure = Failure::from(status);
+                // The payment started and runs on in posd without this
+                // connection: its outcome is unknown here, not unreachable.
+                if let (Some(seen), EXIT_UNREACHABLE) = (&last, failure.exit) {
+                    failure.exit = EXIT_PENDING;
+                    failure.reason = "OUTCOME_UNKNOWN".into();
+                    failure.message = format!(
+                        "{}; payment {} goes on in posd without this connection (`posctl payment {}` shows it)",
+                        failure.message, seen.payment_id, seen.payment_id
+                    );
+                }
+                return Err(failure);
+            }
+        };
+        let stage = enum_name(pb::PaymentStage::try_from(ev.stage).map(|s| s.as_str_name()), "PAYMENT_STAGE_");
+        if !json && stages.last() != Some(&stage) {
+            outln!("… {}", ev.message);
+        }
+        stages.push(stage);
+        last = Some(ev);
+    }
+    let Some(ev) = last else {
+        return Err(Failure {
+            exit: EXIT_PENDING,
+            code: "UNKNOWN",
+            reason: "OUTCOME_UNKNOWN".into(),
+            message: "posd ended the payment stream without an event".into(),
+            from_posd: false,
+        });
+    };
+    let p = ev.payment.unwrap_or_default();
+    if json {
+        let mut v = payment_json(&p);
+        v["stages"] = json!(stages);
+        outln!("{v:#}");
+    } else {
+        outln!("{}", summary(&p));
+    }
+    if p.approved {
+        return Ok(0);
+    }
+    use pb::PaymentStatus as S;
+    match S::try_from(p.status) {
+        Ok(S::Created | S::Collecting | S::CardRead | S::Authorizing | S::Confirming | S::Unknown | S::Unspecified)
+        | Err(_) => {
+            say(&format!(
+                "posctl: OUTCOME_UNKNOWN: payment {} is {}: its outcome is not known yet; `posctl payment {}` \
+                 shows it, and paying again with --key {} re-attaches to it",
+                p.payment_id,
+                status_name(p.status),
+                p.payment_id,
+                p.idempotency_key
+            ));
+            Ok(EXIT_PENDING)
+        }
+        Ok(_) => Ok(EXIT_NOT_APPROVED),
     }
 }
 
@@ -679,14 +942,14 @@ async fn minor_for(
     let Some(text) = amount else { return Ok(0) };
     let p = client.get_payment(pb::GetPaymentRequest { payment_id: id.into() }).await?.into_inner();
     let currency = p.amount.map(|m| m.currency).unwrap_or_default();
-    money::parse_amount(text, &currency).map_err(|e| Failure(EXIT_USAGE, e))
+    money::parse_amount(text, &currency).map_err(Failure::usage)
 }
 
 fn print_payment(p: &pb::Payment, json: bool) {
     if json {
-        println!("{:#}", payment_json(p));
+        outln!("{:#}", payment_json(p));
     } else {
-        println!("{}", summary(p));
+        outln!("{}", summary(p));
     }
 }
 
@@ -712,6 +975,62 @@ fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+fn refund_status(r: &pb::Refund) -> String {
+    enum_name(pb::RefundStatus::try_from(r.status).map(|s| s.as_str_name()), "REFUND_STATUS_")
+}
+
+/// A refund on one line: id, amount, status and why it failed.
+fn refund_line(r: &pb::Refund) -> String {
+    let amount = r.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
+    let why = r.failure.as_ref().map(|f| format!(": {} {}", f.code, f.message)).unwrap_or_default();
+    format!("{}  {amount}  {}{why}", r.refund_id, refund_status(r).to_uppercase())
+}
+
+fn refund_json(r: &pb::Refund) -> Value {
+    json!({
+        "refund_id": r.refund_id,
+        "idempotency_key": r.idempotency_key,
+        "payment_id": r.payment_id,
+        "amount_minor": r.amount.as_ref().map(|m| m.amount_minor),
+        "currency": r.amount.as_ref().map(|m| m.currency.clone()),
+        "status": refund_status(r),
+        "failure": r.failure.as_ref().map(|f| json!({"code": f.code, "message": f.message})),
+        "reason": r.reason,
+        "created_at": rfc3339(r.created_at.as_ref()),
+        "updated_at": rfc3339(r.updated_at.as_ref()),
+    })
+}
+
+/// What `posctl payment ID` shows under the summary: the gateway's key and
+/// reference, the refunds, and what a payment terminal reported.
+fn detail_lines(p: &pb::Payment) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !p.gateway_key.is_empty() || !p.gateway_reference.is_empty() {
+        let mut line = format!("  gateway key {}", p.gateway_key);
+        if !p.gateway_reference.is_empty() {
+            line += &format!("  reference {}", p.gateway_reference);
+        }
+        lines.push(line);
+    }
+    for r in &p.refunds {
+        lines.push(format!("  refund {}", refund_line(r)));
+    }
+    if let Some(t) = &p.terminal {
+        let mut line = format!("  payment terminal {}", t.terminal_tid);
+        if t.receipt_no != 0 {
+            line += &format!("  receipt {}", t.receipt_no);
+        }
+        if t.trace != 0 {
+            line += &format!("  trace {}", t.trace);
+        }
+        if t.offline {
+            line += "  approved offline by the terminal";
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 fn summary(p: &pb::Payment) -> String {
     let amount = p.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
     let demo = if p.demo { "  [DEMO]" } else { "" };
@@ -729,7 +1048,13 @@ fn summary(p: &pb::Payment) -> String {
     } else {
         status_name(p.status).to_uppercase()
     };
-    format!("{}  {amount}  {outcome}{card}{demo}", p.payment_id)
+    let refunded = match &p.amount {
+        Some(m) if p.refunded_minor > 0 => {
+            format!("  refunded {}", money::format_amount(p.refunded_minor, &m.currency))
+        }
+        _ => String::new(),
+    };
+    format!("{}  {amount}  {outcome}{refunded}{card}{demo}", p.payment_id)
 }
 
 fn payment_json(p: &pb::Payment) -> Value {
@@ -761,6 +1086,7 @@ fn payment_json(p: &pb::Payment) -> Value {
         "decline": p.decline.as_ref().map(|d| json!({"code": d.code, "message": d.message})),
         "failure": p.failure.as_ref().map(|f| json!({"code": f.code, "message": f.message})),
         "auth_code": p.auth_code,
+        "gateway_key": p.gateway_key,
         "gateway_reference": p.gateway_reference,
         "demo": p.demo,
         "created_at": rfc3339(p.created_at.as_ref()),
@@ -771,5 +1097,89 @@ fn payment_json(p: &pb::Payment) -> Value {
             "to": status_name(h.to),
             "cause": h.cause,
         })).collect::<Vec<_>>(),
+        "refunds": p.refunds.iter().map(refund_json).collect::<Vec<_>>(),
+        "terminal": p.terminal.as_ref().map(|t| json!({
+            "terminal_tid": t.terminal_tid,
+            "receipt_no": (t.receipt_no != 0).then_some(t.receipt_no),
+            "trace": (t.trace != 0).then_some(t.trace),
+            "offline": t.offline,
+            "receipt_lines": t.receipt_lines,
+        })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status as posd sends it: with an `ErrorInfo` in its details.
+    fn from_posd(code: tonic::Code, reason: &str, domain: &str) -> tonic::Status {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let details = ErrorDetails::with_error_info(reason, domain, std::collections::HashMap::new());
+        tonic::Status::with_error_details(code, "what posd says", details)
+    }
+
+    #[test]
+    fn posds_reason_decides_the_exit_code_before_the_grpc_code() {
+        use tonic::Code as C;
+        for (code, reason, exit) in [
+            (C::Unavailable, "OUTCOME_UNKNOWN", EXIT_PENDING),
+            (C::DeadlineExceeded, "OUTCOME_UNKNOWN", EXIT_PENDING),
+            (C::DeadlineExceeded, "PRINTER_TIMEOUT", EXIT_PENDING),
+            (C::Unavailable, "SHUTTING_DOWN", EXIT_RETRY),
+            (C::Unavailable, "DATABASE_UNAVAILABLE", EXIT_RETRY),
+            (C::ResourceExhausted, "DATABASE_FULL", EXIT_RETRY),
+            (C::Internal, "DATABASE_ERROR", EXIT_RETRY),
+            (C::Unavailable, "GATEWAY_UNREACHABLE", EXIT_RETRY),
+            (C::FailedPrecondition, "TERMINAL_BUSY", EXIT_RETRY),
+            (C::Unavailable, "PAYMENT_BUSY", EXIT_RETRY),
+            (C::Unavailable, "PRINTER_NOT_CONNECTED", EXIT_RETRY),
+            (C::InvalidArgument, "INVALID_FIELD", EXIT_REFUSED),
+            (C::FailedPrecondition, "REFUND_EXCEEDS_CAPTURE", EXIT_REFUSED),
+            (C::FailedPrecondition, "WRONG_STATE", EXIT_REFUSED),
+            (C::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", EXIT_REFUSED),
+            (C::NotFound, "NOT_FOUND", EXIT_REFUSED),
+            (C::PermissionDenied, "REFUND_NOT_ALLOWED", EXIT_REFUSED),
+        ] {
+            let f = Failure::from(from_posd(code, reason, POSD_ERROR_DOMAIN));
+            assert_eq!((f.exit, f.reason.as_str(), f.code), (exit, reason, code_name(code)), "{code:?} {reason}");
+            assert!(f.from_posd && f.message == "what posd says");
+        }
+    }
+
+    #[test]
+    fn a_status_without_posds_reason_goes_by_its_grpc_code() {
+        use tonic::Code as C;
+        for (code, exit) in [
+            (C::Unavailable, EXIT_RETRY),
+            (C::ResourceExhausted, EXIT_RETRY),
+            (C::DeadlineExceeded, EXIT_PENDING),
+            (C::InvalidArgument, EXIT_REFUSED),
+            (C::Unauthenticated, EXIT_REFUSED),
+            (C::OutOfRange, EXIT_REFUSED),
+            (C::Internal, EXIT_REFUSED),
+        ] {
+            let f = Failure::from(tonic::Status::new(code, "no details"));
+            assert_eq!((f.exit, f.reason.as_str()), (exit, ""), "{code:?}");
+        }
+        // A reason in another domain is not posd's.
+        let f = Failure::from(from_posd(tonic::Code::FailedPrecondition, "OUTCOME_UNKNOWN", "example.com"));
+        assert_eq!((f.exit, f.reason.as_str()), (EXIT_REFUSED, ""));
+    }
+
+    #[test]
+    fn a_status_made_from_a_broken_connection_is_unreachable() {
+        let mut s = tonic::Status::unavailable("transport error");
+        s.set_source(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let f = Failure::from(s);
+        assert_eq!((f.exit, f.code, f.from_posd), (EXIT_UNREACHABLE, "unreachable", false));
+    }
+
+    #[test]
+    fn the_key_to_repeat_with_is_named_only_when_repeating_helps() {
+        let pending = Failure::from(from_posd(tonic::Code::Unavailable, "OUTCOME_UNKNOWN", POSD_ERROR_DOMAIN));
+        assert!(pending.with_key("k1").message.ends_with("(idempotency key k1: repeat with --key k1)"));
+        let refused = Failure::from(from_posd(tonic::Code::NotFound, "NOT_FOUND", POSD_ERROR_DOMAIN));
+        assert_eq!(refused.with_key("k1").message, "what posd says");
+    }
 }

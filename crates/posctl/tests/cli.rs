@@ -44,3 +44,34 @@ fn an_unknown_currency_is_a_usage_error() {
     assert_eq!(code, Some(2));
     assert!(err.contains("ISO 4217"), "{err}");
 }
+
+#[test]
+fn unreachable_is_reported_in_json_on_stdout_too() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_posctl"))
+        .args(["--addr", &format!("127.0.0.1:{port}"), "status", "--json"])
+        .env_remove("POSD_ADDR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["error"]["code"], "unreachable", "{v}");
+    assert_eq!(v["error"]["reason"], "", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("cannot reach posd"), "{v}");
+}
+
+#[test]
+fn completions_to_a_closed_pipe_end_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_posctl"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

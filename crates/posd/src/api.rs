@@ -503,7 +503,14 @@ impl PaymentTerminal for TerminalApi {
         } else {
             String::new()
         };
-        let payments = rows.iter().map(|p| convert::payment(p, &[])).collect();
+        // Without history (GetPayment has it), but with the refunds: a
+        // listed payment shows what was paid back of it.
+        let store = self.engine.store();
+        let mut payments = Vec::with_capacity(rows.len());
+        for p in &rows {
+            let refunds = store.refunds_of(&p.id).map_err(store_status)?;
+            payments.push(convert::with_refunds(convert::payment(p, &[]), &refunds));
+        }
         Ok(Response::new(pb::ListPaymentsResponse { payments, next_page_token }))
     }
 

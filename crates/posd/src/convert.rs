@@ -169,6 +169,7 @@ pub fn payment(r: &PaymentRecord, history: &[HistoryEntry]) -> pb::Payment {
         refunded_minor: 0,
         refunds: vec![],
         terminal: None,
+        gateway_key: r.gateway_key.clone(),
     }
 }
 
