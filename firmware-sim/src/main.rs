@@ -235,6 +235,16 @@ struct ReaderArgs {
     /// Reader serial number (also selects its encryption key).
     #[arg(long, default_value = "SIM-READER-0001")]
     serial: String,
+    /// Model name the reader reports (default: posd firmware-sim reader).
+    #[arg(long)]
+    model: Option<String>,
+    /// Firmware version the reader reports (default: firmware-sim's version).
+    #[arg(long)]
+    firmware_version: Option<String>,
+    /// Reading every presented card fails: the reader answers with a card
+    /// error carrying TEXT, sent as it is (test posd's handling of device text).
+    #[arg(long, value_name = "TEXT")]
+    collect_fail_message: Option<String>,
     /// Base key file (32 bytes or 64 hex digits); default: the built-in test key.
     #[arg(long)]
     base_key_file: Option<PathBuf>,
@@ -331,6 +341,7 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
             },
             present_after: (!a.no_card).then(|| Duration::from_millis(a.present_delay_ms)),
             pin_after: Duration::from_millis(a.pin_delay_ms),
+            collect_fails: a.collect_fail_message.clone(),
             // Unplugged after the card result: for good (the process ends).
             faults: if a.unplug_after_card {
                 vec![(Step::Card, Fault::Disconnect { back_after: Duration::ZERO })]
@@ -341,6 +352,8 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
         },
         base_key,
         keys_loaded: !a.no_keys,
+        model: a.model.clone().unwrap_or_else(|| ReaderOptions::default().model),
+        firmware_version: a.firmware_version.clone().unwrap_or_else(|| ReaderOptions::default().firmware_version),
         ..ReaderOptions::default()
     })
 }

@@ -193,6 +193,10 @@ pub struct Customer {
     pub pin_after: Duration,
     /// The customer presses cancel on the reader this long after it asked.
     pub cancel_after: Option<Duration>,
+    /// Reading the presented card fails: the reader answers with a
+    /// CollectFailed (card error) carrying this message, as it is (a
+    /// misbehaving reader's text, for posd's scrubbing to deal with).
+    pub collect_fails: Option<String>,
     pub faults: Vec<(Step, Fault)>,
 }
 
@@ -204,6 +208,7 @@ impl Default for Customer {
             pin: PinOutcome::Entered,
             pin_after: Duration::from_millis(1000),
             cancel_after: None,
+            collect_fails: None,
             faults: Vec::new(),
         }
     }
@@ -669,7 +674,10 @@ impl Reader<'_> {
             Collecting::Idle => vec![],
             Collecting::Presenting(req) => {
                 let mut out = vec![progress(&req.payment_id, Stage::Reading, "Reading card")];
-                if self.customer.card.needs_pin() {
+                if let Some(message) = self.customer.collect_fails.clone() {
+                    out.push(failed(&req.payment_id, FailReason::CardError, &message));
+                    self.idle();
+                } else if self.customer.card.needs_pin() {
                     out.push(progress(&req.payment_id, Stage::PinEntry, "Enter PIN"));
                     self.step = timer_in(Some(self.customer.pin_after));
                     self.desk.doing("waiting for the PIN");

@@ -11,7 +11,11 @@
 //! - [`BaseKey`], [`device_key`]: key hierarchy.
 //! - [`encrypt`] (reader side) and [`decrypt`] (gateway side), with [`Binding`].
 //! - [`fingerprint`]: keyed hash of the PAN for per-card limits.
-//! - [`mask_pan`]: first 6 / last 4, the most any other party may see.
+//! - [`mask_pan`]: first 6 / last 4, the most any other party may see;
+//!   [`is_well_masked`] and [`well_masked`] hold a device's masked card
+//!   number to that rule.
+//! - [`scrub`]: the one way text from a device (reader, payment terminal,
+//!   printer, gateway) is made safe to store, log, stream or print.
 //!
 //! Blob format (version 1): `"P1" | serial_len u8 | serial | nonce[12] | ciphertext+tag`.
 
@@ -249,6 +253,135 @@ pub fn luhn_valid(digits: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// The fewest digits a card number has (ISO/IEC 7812): [`scrub`] masks any
+/// run of this many digits or more.
+pub const PAN_MIN_DIGITS: usize = 13;
+
+/// A masked card number as [`mask_pan`] makes it: 13 to 19 characters, the
+/// first 6 and the last 4 digits, `*` between.
+pub fn is_well_masked(masked: &str) -> bool {
+    let b = masked.as_bytes();
+    let n = b.len();
+    (PAN_MIN_DIGITS..=19).contains(&n)
+        && b.iter().enumerate().all(|(i, &c)| if i < 6 || i >= n - 4 { c.is_ascii_digit() } else { c == b'*' })
+}
+
+/// A card number a device reports as masked (a reader's `masked_pan`, a
+/// ZVT terminal's BMP 22), held to the one masking rule: kept when
+/// [`is_well_masked`]; a whole card number (13 to 19 digits and nothing
+/// else) masked with [`mask_pan`]; anything else masked fully, one `*` per
+/// character (4 to 19 of them).
+pub fn well_masked(masked: &str) -> String {
+    if is_well_masked(masked) {
+        return masked.to_string();
+    }
+    let n = masked.chars().count();
+    if (PAN_MIN_DIGITS..=19).contains(&n) && masked.bytes().all(|b| b.is_ascii_digit()) {
+        return mask_pan(masked);
+    }
+    "*".repeat(n.clamp(4, 19))
+}
+
+/// How many characters [`scrub`] keeps of a text: more than any display
+/// line, receipt line, decline reason or error message a device has reason
+/// to send, few enough that one message cannot flood a log line, a database
+/// row or the register's stream. A longer text is cut to this many
+/// characters in all, the last of them [`CUT_MARKER`].
+pub const SCRUB_LIMIT: usize = 256;
+
+/// Ends a text [`scrub`] had to cut.
+pub const CUT_MARKER: char = '…';
+
+/// Characters [`scrub`] replaces with a space: control characters (C0 with
+/// newline, CR, tab and the ESC of ANSI sequences; DEL; C1), the Unicode
+/// line and paragraph separators, bidirectional overrides, embeddings,
+/// isolates and marks, and zero-width characters. Any of them could end a
+/// log line, forge the next one, reorder what a reader sees, or hide a card
+/// number from masking and leak scans.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' // line and paragraph separators
+            | '\u{202A}'..='\u{202E}' // bidi embeddings and overrides
+            | '\u{2066}'..='\u{2069}' // bidi isolates
+            | '\u{200E}' | '\u{200F}' | '\u{061C}' // bidi marks
+            | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' // zero-width characters
+        )
+}
+
+/// Characters that may stand alone between the digit groups of one card
+/// number ("4242 4242 4242 4242", "4242-4242-4242-4242"): space, hyphen,
+/// and their Unicode look-alikes (no-break and figure spaces, Unicode
+/// hyphens and dashes).
+pub fn is_digit_separator(c: char) -> bool {
+    matches!(c, ' ' | '-' | '\u{00A0}' | '\u{2007}' | '\u{202F}' | '\u{2010}'..='\u{2015}')
+}
+
+/// Text from a device, made safe to store, log (tracing fields included),
+/// stream to the register or print. The one function every reader message,
+/// payment-terminal text, printer text and gateway error or decline text
+/// goes through; [`scrub_with_limit`] with [`SCRUB_LIMIT`].
+pub fn scrub(text: &str) -> String {
+    scrub_with_limit(text, SCRUB_LIMIT)
+}
+
+/// [`scrub`], keeping at most `limit` characters:
+///
+/// 1. every character [`is_unsafe_char`] names becomes a space, so no text
+///    can end a log line or forge another one;
+/// 2. every run of [`PAN_MIN_DIGITS`] or more ASCII digits, counted across
+///    single separators between digit groups (a space, a hyphen, see
+///    [`is_digit_separator`]), is replaced by [`mask_pan`] of its digits:
+///    first 6 and last 4 digits, `*` between, separators dropped. Shorter
+///    runs (amounts, trace and receipt numbers, dates, 8-digit terminal ids)
+///    stay as they are;
+/// 3. a text longer than `limit` characters is cut to `limit - 1` of them
+///    followed by [`CUT_MARKER`].
+///
+/// Masking comes before cutting, so a cut never leaves a card number's
+/// first digits unmasked. The result passes through unchanged a second
+/// time.
+pub fn scrub_with_limit(text: &str, limit: usize) -> String {
+    let chars: Vec<char> = text.chars().map(|c| if is_unsafe_char(c) { ' ' } else { c }).collect();
+    let mut out = String::with_capacity(text.len().min(limit.saturating_mul(4)));
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // A run: digit groups joined by single separators.
+        let start = i;
+        let mut digits = String::new();
+        let end = loop {
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                digits.push(chars[i]);
+                i += 1;
+            }
+            let joined = i + 1 < chars.len() && is_digit_separator(chars[i]) && chars[i + 1].is_ascii_digit();
+            if !joined {
+                break i;
+            }
+            i += 1;
+        };
+        if digits.len() >= PAN_MIN_DIGITS {
+            out.push_str(&mask_pan(&digits));
+        } else {
+            out.extend(&chars[start..end]);
+        }
+    }
+    if out.chars().count() <= limit {
+        return out;
+    }
+    let mut cut: String = out.chars().take(limit.saturating_sub(1)).collect();
+    if limit > 0 {
+        cut.push(CUT_MARKER);
+    }
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +465,220 @@ mod tests {
         assert!(luhn_valid("4242424242424242"));
         assert!(!luhn_valid("4242424242424241"));
         assert!(!luhn_valid(""));
+    }
+
+    #[test]
+    fn well_masked_numbers_follow_the_one_rule() {
+        assert!(is_well_masked("424242******4242"));
+        assert!(is_well_masked("374245*****0126"));
+        assert!(is_well_masked("424242***4242"));
+        assert!(is_well_masked("679999*********0018"));
+        assert!(!is_well_masked("4242424242424242"), "not masked at all");
+        assert!(!is_well_masked("4242424242******"), "middle digits shown");
+        assert!(!is_well_masked("************4242"), "masked another way");
+        assert!(!is_well_masked("424242**4242"), "too short for a card number");
+        assert!(!is_well_masked("424242**********4242"), "too long for a card number");
+        assert!(!is_well_masked("424242＊＊＊＊＊＊4242"), "only ASCII '*' masks");
+        assert!(!is_well_masked(""));
+
+        assert_eq!(well_masked("424242******4242"), "424242******4242");
+        assert_eq!(well_masked("4242424242424242"), "424242******4242");
+        assert_eq!(well_masked("6725904411001000014"), "672590*********0014");
+        assert_eq!(well_masked("4242424242******"), "****************");
+        assert_eq!(well_masked("garbage"), "*******");
+        assert_eq!(well_masked("12345"), "*****");
+        assert_eq!(well_masked(""), "****");
+        assert_eq!(well_masked(&"4".repeat(40)), "*".repeat(19));
+        for masked in ["4242424242424242", "4242424242******", "garbage", "12345", ""] {
+            let once = well_masked(masked);
+            assert_eq!(well_masked(&once), once, "{masked:?}");
+        }
+    }
+
+    #[test]
+    fn scrub_masks_card_numbers_by_the_one_rule() {
+        assert_eq!(scrub("PAN 4242424242424242 ok"), "PAN 424242******4242 ok");
+        assert_eq!(scrub("card 4242 4242 4242 4242."), "card 424242******4242.");
+        assert_eq!(scrub("4242-4242-4242-4242"), "424242******4242");
+        assert_eq!(scrub("amex 3782 822463 10005"), "amex 378282*****0005");
+        assert_eq!(scrub("6799998900000060018"), "679999*********0018");
+        assert_eq!(scrub("4242\u{a0}4242\u{a0}4242\u{a0}4242"), "424242******4242");
+        // Not only Luhn-valid numbers, and longer runs too.
+        assert_eq!(scrub("1234567890123"), "123456***0123");
+        assert_eq!(scrub(&"9".repeat(25)), format!("999999{}9999", "*".repeat(15)));
+        // Glued to letters, or split by a newline, a tab or an invisible character.
+        assert_eq!(scrub("PAN4242424242424242X"), "PAN424242******4242X");
+        assert_eq!(scrub("4242424242\n424242"), "424242******4242");
+        assert_eq!(scrub("4242\t4242\t4242\t4242"), "424242******4242");
+        assert_eq!(scrub("4242\u{200b}4242\u{200b}4242\u{200b}4242"), "424242******4242");
+        // What is already masked stays as it is.
+        assert_eq!(scrub("card 424242******4242"), "card 424242******4242");
+    }
+
+    #[test]
+    fn scrub_leaves_short_numbers_alone() {
+        for text in [
+            "Amount 12.34 EUR, trace 123456, receipt 0001",
+            "Terminal-ID 52523535",
+            "2026-01-01T12:00:00Z",
+            "date 2026-01-01 time 12:00",
+            "call 0800 123 4567",
+            "123456789012",
+            "4242  4242  4242  4242",
+            "4242 -4242",
+            "Zahlung erfolgt — Karte ✓ 10,00 €",
+            "",
+        ] {
+            assert_eq!(scrub(text), text);
+        }
+    }
+
+    #[test]
+    fn scrub_replaces_what_could_forge_a_log_line() {
+        let forged = "collect failed\n2026-01-01T00:00:00Z  INFO posd: payment approved";
+        assert_eq!(scrub(forged), "collect failed 2026-01-01T00:00:00Z  INFO posd: payment approved");
+        assert_eq!(scrub("a\r\nb"), "a  b");
+        assert_eq!(scrub("\x1b[31mred\x1b[0m"), " [31mred [0m");
+        assert_eq!(scrub("del\x7f nul\0 c1\u{85}\u{9b}"), "del  nul  c1  ");
+        assert_eq!(scrub("l\u{2028}p\u{2029}"), "l p ");
+        assert_eq!(scrub("\u{202e}txt.exe\u{202c} \u{2066}x\u{2069} \u{200f}"), " txt.exe   x   ");
+        for c in ('\0'..='\u{10ffff}').filter(|&c| is_unsafe_char(c)) {
+            let out = scrub(&format!("a{c}b"));
+            assert_eq!(out, "a b", "{:?}", c);
+        }
+    }
+
+    #[test]
+    fn scrub_bounds_the_length() {
+        assert_eq!(SCRUB_LIMIT, 256);
+        let exact = "a".repeat(SCRUB_LIMIT);
+        assert_eq!(scrub(&exact), exact);
+        let long = scrub(&"é".repeat(10_000));
+        assert_eq!(long.chars().count(), SCRUB_LIMIT);
+        assert!(long.ends_with(CUT_MARKER));
+        assert_eq!(long.chars().filter(|&c| c == 'é').count(), SCRUB_LIMIT - 1);
+        assert_eq!(scrub_with_limit("abcdef", 4), "abc…");
+        assert_eq!(scrub_with_limit("abcdef", 1), "…");
+        assert_eq!(scrub_with_limit("abcdef", 0), "");
+        assert_eq!(scrub_with_limit("abc", 3), "abc");
+        // Masked before it is cut: a cut never shows more of a card number.
+        let text = format!("{} 4242424242424242 and more", "x".repeat(SCRUB_LIMIT - 12));
+        let out = scrub(&text);
+        assert_eq!(out.chars().count(), SCRUB_LIMIT);
+        assert!(out.ends_with(" 424242****…"), "{out}");
+        assert_eq!(scrub_with_limit("4242424242424242", 10), "424242***…");
+    }
+
+    /// Every maximal run of ASCII digits joined by single spaces or hyphens,
+    /// as digits: an oracle for what [`scrub`] must leave no card number in,
+    /// written apart from it.
+    fn digit_runs(text: &str) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut runs = Vec::new();
+        let mut run = String::new();
+        for (i, &c) in chars.iter().enumerate() {
+            if c.is_ascii_digit() {
+                run.push(c);
+                continue;
+            }
+            let joins = matches!(c, ' ' | '-')
+                && i > 0
+                && chars[i - 1].is_ascii_digit()
+                && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+            if !joins && !run.is_empty() {
+                runs.push(std::mem::take(&mut run));
+            }
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        runs
+    }
+
+    /// A deterministic generator (xorshift64*), so the property test needs no
+    /// dependency and fails the same way every time.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[self.below(from.len())]
+        }
+
+        /// A Luhn-valid card number of 13 to 19 digits.
+        fn pan(&mut self) -> String {
+            let len = 13 + self.below(7);
+            let mut pan: String = (0..len - 1).map(|_| char::from(b'0' + self.below(10) as u8)).collect();
+            let check = (b'0'..=b'9').map(char::from).find(|&d| luhn_valid(&format!("{pan}{d}"))).unwrap();
+            pan.push(check);
+            pan
+        }
+
+        /// Device text as an attacker or a broken device might send it.
+        fn text(&mut self) -> String {
+            const PIECES: &[&str] = &[
+                "a", "Z", "é", "€", "—", "…", "*", " ", "  ", "-", "--", ".", ":", "\n", "\r\n", "\t", "\x1b[2J",
+                "\x7f", "\0", "\u{85}", "\u{9b}", "\u{2028}", "\u{2029}", "\u{202e}", "\u{2067}", "\u{200b}",
+                "\u{feff}", "\u{a0}", "\u{2011}", "12.34", "123456",
+            ];
+            let mut out = String::new();
+            for _ in 0..self.below(40) {
+                match self.below(6) {
+                    0 => {
+                        // A card number, maybe grouped by a separator.
+                        let pan = self.pan();
+                        let sep = self.pick(&["", " ", "-", "\n", "\t", "\u{a0}", "\u{200b}", "  "]);
+                        let group = 3 + self.below(4);
+                        let chunks: Vec<String> =
+                            pan.as_bytes().chunks(group).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
+                        out.push_str(&chunks.join(sep));
+                    }
+                    1 | 2 => {
+                        for _ in 0..1 + self.below(8) {
+                            out.push(char::from(b'0' + self.below(10) as u8));
+                        }
+                    }
+                    3 => out.push(char::from_u32(self.below(0x3000) as u32).unwrap_or('?')),
+                    4 if self.below(4) == 0 => out.push_str("\n2026-01-01T00:00:00Z INFO forged"),
+                    _ => out.push_str(self.pick(PIECES)),
+                }
+            }
+            if self.below(20) == 0 {
+                out = out.repeat(1 + self.below(40));
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn scrubbed_text_never_holds_a_card_number_a_line_break_or_too_much() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..20_000 {
+            let text = rng.text();
+            let limit = if round % 4 == 0 { rng.below(40) } else { SCRUB_LIMIT };
+            let out = scrub_with_limit(&text, limit);
+            assert!(out.chars().count() <= limit, "{text:?} -> {out:?}: longer than {limit}");
+            assert!(!out.chars().any(is_unsafe_char), "{text:?} -> {out:?}: an unsafe character remains");
+            assert!(!out.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'));
+            for run in digit_runs(&out) {
+                assert!(!(run.len() >= PAN_MIN_DIGITS && luhn_valid(&run)), "{text:?} -> {out:?}: card number {run}");
+                assert!(run.len() < PAN_MIN_DIGITS, "{text:?} -> {out:?}: a digit run of {}", run.len());
+            }
+            assert_eq!(scrub_with_limit(&out, limit), out, "{text:?}: a second scrub changed it");
+            if text.chars().count() <= limit && !text.chars().any(is_unsafe_char) && digit_runs(&text).is_empty() {
+                assert_eq!(out, text);
+            }
+        }
     }
 
     #[test]

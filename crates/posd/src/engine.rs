@@ -780,7 +780,9 @@ impl Engine {
     async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
         let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
         let gate = self.offline_gate.lock().await;
-        let fingerprint = crate::lane::scrub(&card.card_fingerprint);
+        let fingerprint = pos_cardcrypt::scrub(&card.card_fingerprint);
+        // The reader's brand text shows up in a refusal's message.
+        let brand = pos_cardcrypt::scrub(&card.brand);
         let now = self.clock.now_ms();
         let queue = match self.queue_state(&rec.currency, &fingerprint, now) {
             Ok(queue) => queue,
@@ -809,7 +811,7 @@ impl Engine {
         let candidate = OfflineCandidate {
             amount_minor: rec.amount_minor,
             currency: &rec.currency,
-            brand: &card.brand,
+            brand: &brand,
             entry,
             fallback: card.fallback,
             cashback_minor: card.cashback_minor,
@@ -1289,22 +1291,17 @@ fn compare(existing: &PaymentRecord, req: &NewPayment) -> Result<(), EngineError
     }
 }
 
-/// A masked PAN as first 6, `*`s, last 4; anything else is masked fully.
+/// A masked PAN as first 6, `*`s, last 4; anything else is masked fully
+/// (the one masking rule, [`pos_cardcrypt::well_masked`]).
 fn well_masked(masked: &str) -> String {
-    let chars: Vec<char> = masked.chars().collect();
-    let n = chars.len();
-    let ok = (13..=19).contains(&n)
-        && chars.iter().enumerate().all(|(i, c)| if i < 6 || i >= n - 4 { c.is_ascii_digit() } else { *c == '*' });
-    if ok {
-        return masked.to_string();
+    if !pos_cardcrypt::is_well_masked(masked) {
+        tracing::error!("the reader sent a badly masked card number; masking it");
     }
-    let digits: String = chars.iter().filter(|c| c.is_ascii_digit()).collect();
-    tracing::error!("the reader sent a badly masked card number; masking it");
-    if digits.len() >= 13 && digits.len() == n { pos_cardcrypt::mask_pan(&digits) } else { "*".repeat(n.max(4)) }
+    pos_cardcrypt::well_masked(masked)
 }
 
 fn card_info(c: &CardResult) -> CardInfo {
-    use crate::lane::scrub;
+    use pos_cardcrypt::scrub;
     CardInfo {
         masked_pan: well_masked(&c.masked_pan),
         brand: scrub(&c.brand),

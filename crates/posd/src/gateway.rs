@@ -6,12 +6,19 @@
 //! a connection, anything but a well-formed answer is [`AuthOutcome::Unknown`]
 //! and is settled by a status query under the same key, never by resending
 //! under a new one.
+//!
+//! The gateway's texts are device text to posd: every answer and error a
+//! [`Gateway`] method returns has them scrubbed ([`pos_cardcrypt::scrub`],
+//! through `Scrubbed` and `status_text`) before any caller stores, logs or
+//! shows them.
 
 use std::time::Duration;
 
+use pos_cardcrypt::scrub;
 use pos_proto::gateway::gateway_client::GatewayClient as Client;
 use pos_proto::gateway::{
-    AuthorizeRequest, ForwardBatchRequest, ForwardResult, GetTransactionRequest, ReverseRequest, Transaction,
+    AuthorizeRequest, BatchResult, ForwardBatchRequest, ForwardResult, GatewayEvent, GetTransactionRequest,
+    RefundResult, ReverseRequest, TerminalRecordAck, Transaction,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -85,6 +92,85 @@ pub enum RefundStatusError {
 
 fn is_auth_error(code: tonic::Code) -> bool {
     matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+}
+
+/// The message of a status the gateway sent, scrubbed.
+pub(crate) fn status_text(s: &tonic::Status) -> String {
+    scrub(s.message())
+}
+
+/// "Code: message" of a status the gateway sent, the message scrubbed.
+fn status_line(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), status_text(s))
+}
+
+/// An answer from the gateway with its texts (decline and error reasons,
+/// codes, references, ids) scrubbed: what posd stores, logs and shows of it.
+pub(crate) trait Scrubbed {
+    fn scrubbed(self) -> Self;
+}
+
+impl Scrubbed for Transaction {
+    fn scrubbed(mut self) -> Self {
+        for text in [
+            &mut self.transaction_key,
+            &mut self.decline_code,
+            &mut self.decline_message,
+            &mut self.auth_code,
+            &mut self.gateway_reference,
+            &mut self.currency,
+        ] {
+            *text = scrub(text.as_str());
+        }
+        self
+    }
+}
+
+impl Scrubbed for RefundResult {
+    fn scrubbed(mut self) -> Self {
+        for text in [&mut self.refund_key, &mut self.decline_code, &mut self.decline_message] {
+            *text = scrub(text.as_str());
+        }
+        self
+    }
+}
+
+impl Scrubbed for BatchResult {
+    fn scrubbed(mut self) -> Self {
+        self.batch_id = scrub(&self.batch_id);
+        for total in &mut self.totals {
+            total.currency = scrub(&total.currency);
+        }
+        self
+    }
+}
+
+/// The item's `transaction_key` is left as sent: posd only matches it
+/// against its own keys and never keeps it.
+impl Scrubbed for ForwardResult {
+    fn scrubbed(mut self) -> Self {
+        self.transaction = self.transaction.map(Scrubbed::scrubbed);
+        self.error_code = scrub(&self.error_code);
+        self.error_message = scrub(&self.error_message);
+        self
+    }
+}
+
+impl Scrubbed for GatewayEvent {
+    fn scrubbed(mut self) -> Self {
+        for text in
+            [&mut self.event_id, &mut self.kind, &mut self.transaction_key, &mut self.currency, &mut self.message]
+        {
+            *text = scrub(text.as_str());
+        }
+        self
+    }
+}
+
+impl Scrubbed for TerminalRecordAck {
+    fn scrubbed(self) -> Self {
+        self
+    }
 }
 
 pub struct Gateway {
@@ -229,7 +315,7 @@ impl Gateway {
                             && !matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded);
                         if !answered {
                             *self.last_error.lock().unwrap() =
-                                format!("{} did not answer: {}", self.settings.url, source_chain(&s));
+                                format!("{} did not answer: {}", self.settings.url, scrub(&source_chain(&s)));
                         }
                         answered
                     }
@@ -239,7 +325,8 @@ impl Gateway {
         self.set_online(online);
     }
 
-    /// The gateway's event stream after a sequence number.
+    /// The gateway's event stream after a sequence number. Its events are
+    /// the gateway's text: scrub each (`Scrubbed`) before using it.
     pub async fn events(
         &self,
         after_sequence: u64,
@@ -249,7 +336,7 @@ impl Gateway {
         match tokio::time::timeout(self.settings.request_timeout, client.stream_events(req)).await {
             Err(_) => Err("no answer to the event stream request".into()),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+            Ok(Err(s)) => Err(status_line(&s)),
         }
     }
 
@@ -291,7 +378,7 @@ impl Gateway {
             }
             Ok(Ok(resp)) => {
                 self.set_online(true);
-                Ok(Some(resp.into_inner()))
+                Ok(Some(resp.into_inner().scrubbed()))
             }
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
                 self.set_online(true);
@@ -299,9 +386,9 @@ impl Gateway {
             }
             Ok(Err(s)) if s.code() == tonic::Code::Unimplemented && std::error::Error::source(&s).is_none() => {
                 self.set_online(true);
-                Err(RefundStatusError::Unsupported(s.message().to_string()))
+                Err(RefundStatusError::Unsupported(status_text(&s)))
             }
-            Ok(Err(s)) => Err(RefundStatusError::Unanswered(format!("{:?}: {}", s.code(), s.message()))),
+            Ok(Err(s)) => Err(RefundStatusError::Unanswered(status_line(&s))),
         }
     }
 
@@ -320,7 +407,7 @@ impl Gateway {
         self.finish(tokio::time::timeout(self.settings.request_timeout, call).await).map(|ack| ack.duplicate)
     }
 
-    fn finish<T>(
+    fn finish<T: Scrubbed>(
         &self,
         r: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
     ) -> Result<T, CallError> {
@@ -331,7 +418,7 @@ impl Gateway {
             }
             Ok(Ok(resp)) => {
                 self.set_online(true);
-                Ok(resp.into_inner())
+                Ok(resp.into_inner().scrubbed())
             }
             Ok(Err(s)) => match s.code() {
                 tonic::Code::InvalidArgument
@@ -339,12 +426,12 @@ impl Gateway {
                 | tonic::Code::NotFound
                 | tonic::Code::AlreadyExists => {
                     self.set_online(true);
-                    Err(CallError::Refused(s.message().to_string()))
+                    Err(CallError::Refused(status_text(&s)))
                 }
                 c if is_auth_error(c) => {
-                    Err(CallError::NotSent(format!("the gateway refused the credentials: {}", s.message())))
+                    Err(CallError::NotSent(format!("the gateway refused the credentials: {}", status_text(&s))))
                 }
-                c => Err(CallError::Unknown(format!("{c:?}: {}", s.message()))),
+                _ => Err(CallError::Unknown(status_line(&s))),
             },
         }
     }
@@ -367,7 +454,8 @@ impl Gateway {
             }
             Ok(Ok(resp)) => {
                 self.set_online(true);
-                let results = resp.into_inner().results;
+                let results: Vec<ForwardResult> =
+                    resp.into_inner().results.into_iter().map(Scrubbed::scrubbed).collect();
                 if results.len() != n {
                     return BatchOutcome::LinkError {
                         message: format!("the gateway answered {} results for {n} items", results.len()),
@@ -382,7 +470,7 @@ impl Gateway {
                     // It answered: the link is up, the credentials are not.
                     self.set_online(true);
                 }
-                BatchOutcome::LinkError { message: format!("{:?}: {}", s.code(), s.message()), auth }
+                BatchOutcome::LinkError { message: status_line(&s), auth }
             }
         }
     }
@@ -397,7 +485,8 @@ impl Gateway {
         match self.endpoint.connect().await {
             Ok(channel) => Ok(Client::new(channel)),
             Err(e) => {
-                let message = format!("cannot connect to {}: {}", self.settings.url, source_chain(&e));
+                // The chain may quote the gateway (its certificate's names, say).
+                let message = format!("cannot connect to {}: {}", self.settings.url, scrub(&source_chain(&e)));
                 let network = network_cause(&e);
                 if network {
                     self.set_online(false);
@@ -431,7 +520,7 @@ impl Gateway {
             Ok(Ok(resp)) => {
                 self.set_online(true);
                 match resp.into_inner().transaction {
-                    Some(t) => AuthOutcome::Answer(t),
+                    Some(t) => AuthOutcome::Answer(t.scrubbed()),
                     None => AuthOutcome::Unknown("answer without a transaction".into()),
                 }
             }
@@ -439,13 +528,13 @@ impl Gateway {
                 if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) =>
             {
                 self.set_online(true);
-                AuthOutcome::Rejected(status.message().to_string())
+                AuthOutcome::Rejected(status_text(&status))
             }
             // Refused before processing (credentials): nothing was charged.
             Ok(Err(status)) if is_auth_error(status.code()) => {
-                AuthOutcome::NotSent(format!("the gateway refused the credentials: {}", status.message()))
+                AuthOutcome::NotSent(format!("the gateway refused the credentials: {}", status_text(&status)))
             }
-            Ok(Err(status)) => AuthOutcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
+            Ok(Err(status)) => AuthOutcome::Unknown(status_line(&status)),
         }
     }
 
@@ -457,13 +546,13 @@ impl Gateway {
             Err(_) => Err(format!("no answer within {:?}", self.settings.request_timeout)),
             Ok(Ok(resp)) => {
                 self.set_online(true);
-                Ok(Some(resp.into_inner()))
+                Ok(Some(resp.into_inner().scrubbed()))
             }
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
                 self.set_online(true);
                 Ok(None)
             }
-            Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+            Ok(Err(s)) => Err(status_line(&s)),
         }
     }
 
@@ -486,7 +575,7 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::network_cause;
+    use super::*;
 
     /// An error as hyper's connector wraps the socket's.
     #[derive(Debug)]
@@ -517,5 +606,41 @@ mod tests {
         }
         // A TLS failure, or anything not recognised, is no reason to go offline.
         assert!(!network_cause(&Wrapped("invalid peer certificate", Error::other("UnknownIssuer"))));
+    }
+
+    #[test]
+    fn the_gateway_s_texts_are_scrubbed_before_posd_uses_them() {
+        let t = Transaction {
+            decline_code: "generic_decline".into(),
+            decline_message: "declined 4242424242424242\nINFO forged".into(),
+            auth_code: "A1\x1b[2J".into(),
+            gateway_reference: "GW-1".into(),
+            ..Default::default()
+        }
+        .scrubbed();
+        assert_eq!(t.decline_code, "generic_decline");
+        assert_eq!(t.decline_message, "declined 424242******4242 INFO forged");
+        assert_eq!(t.auth_code, "A1 [2J");
+        assert_eq!(t.gateway_reference, "GW-1");
+
+        let s = tonic::Status::invalid_argument("card 4242 4242 4242 4242\r\nforged");
+        assert_eq!(status_text(&s), "card 424242******4242  forged");
+        assert_eq!(status_line(&s), "InvalidArgument: card 424242******4242  forged");
+
+        let r = ForwardResult {
+            transaction_key: "KEY".into(),
+            transaction: Some(Transaction { decline_message: "no\u{2028}way".into(), ..Default::default() }),
+            error_code: String::new(),
+            error_message: "x".repeat(1000),
+        }
+        .scrubbed();
+        assert_eq!(r.transaction_key, "KEY");
+        assert_eq!(r.transaction.unwrap().decline_message, "no way");
+        assert_eq!(r.error_message.chars().count(), pos_cardcrypt::SCRUB_LIMIT);
+
+        let e = GatewayEvent { message: "refund for 5555555555554444\nforged".into(), ..Default::default() }.scrubbed();
+        assert_eq!(e.message, "refund for 555555******4444 forged");
+        let r = RefundResult { decline_message: "\u{202e}4000056655665556".into(), ..Default::default() }.scrubbed();
+        assert_eq!(r.decline_message, " 400005******5556");
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pos_cardcrypt::scrub;
 use pos_link::transport::{SerialSettings, open_serial};
 use pos_link::{LineCounters, Link, SerialLink, SerialTiming, TcpLink, apdu};
 use pos_proto::reader::{
@@ -39,7 +40,8 @@ pub enum CardDevice {
     Zvt(crate::zvt::ZvtSettings),
 }
 
-/// What the collecting payment hears from the reader.
+/// What the collecting payment hears from the reader. The reader's own
+/// texts in it (progress, failure) are scrubbed ([`pos_cardcrypt::scrub`]).
 #[derive(Debug)]
 pub enum ReaderEvent {
     Progress { stage: Stage, text: String },
@@ -332,27 +334,30 @@ fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: 
     };
     let (payment_id, event) = match body {
         reader_message::Body::DeviceInfo(d) => {
-            tracing::info!(%lane, serial = %d.serial, firmware = %d.firmware_version, healthy = d.healthy, "card reader identified");
-            state.lock().unwrap().connect(ReaderState {
+            // Scrubbed before anything is logged or kept: a reader's strings
+            // are its own, card numbers and line breaks included.
+            let identified = ReaderState {
                 serial: scrub(&d.serial),
                 model: scrub(&d.model),
                 firmware: scrub(&d.firmware_version),
                 healthy: d.healthy,
                 detail: scrub(&d.health_detail),
                 ..ReaderState::default()
-            });
+            };
+            tracing::info!(%lane, serial = %identified.serial, firmware = %identified.firmware, healthy = d.healthy, "card reader identified");
+            state.lock().unwrap().connect(identified);
             return;
         }
         reader_message::Body::Progress(p) => {
             let stage = Stage::try_from(p.stage).unwrap_or(Stage::Unspecified);
-            (p.payment_id, ReaderEvent::Progress { stage, text: p.display_text })
+            (p.payment_id, ReaderEvent::Progress { stage, text: scrub(&p.display_text) })
         }
         reader_message::Body::CardResult(c) => (c.payment_id.clone(), ReaderEvent::Card(Box::new(c))),
         reader_message::Body::CollectFailed(f) => (
             f.payment_id,
             ReaderEvent::Failed {
                 reason: FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified),
-                message: f.message,
+                message: scrub(&f.message),
             },
         ),
     };
@@ -361,33 +366,11 @@ fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: 
         Some((id, tx)) if *id == payment_id => {
             let _ = tx.send(event);
         }
-        _ => tracing::debug!(%lane, %payment_id, "reader message for a payment that is no longer collecting"),
-    }
-}
-
-/// Text from a device, made safe to store, log and show: any run of 13 or
-/// more digits (a card number by mistake) is masked.
-pub fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 13 {
-            out.extend(std::iter::repeat_n('*', run.len()));
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
+        _ => {
+            let payment_id = scrub(&payment_id);
+            tracing::debug!(%lane, %payment_id, "reader message for a payment that is no longer collecting");
         }
     }
-    flush(&mut run, &mut out);
-    out
 }
 
 #[cfg(test)]
@@ -415,11 +398,5 @@ mod tests {
         assert_eq!(waits(&mut r, 7, Duration::ZERO).await, [200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(waits(&mut r, 2, Duration::from_secs(10)).await, [200, 200], "after 10 s up");
         assert_eq!(waits(&mut r, 3, Duration::from_secs(9)).await, [400, 800, 1600], "9 s is young");
-    }
-
-    #[test]
-    fn scrub_masks_long_digit_runs_only() {
-        assert_eq!(super::scrub("PAN 4242424242424242 ok"), "PAN **************** ok");
-        assert_eq!(super::scrub("Amount 12.34, trace 123456"), "Amount 12.34, trace 123456");
     }
 }

@@ -319,7 +319,10 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                     }
                     Ok(None) => return Err("the printer line closed".into()),
                     Ok(Some(Reply::RealTime(b))) => {
-                        apply_real_time(&mut state, n, b).map_err(|e| e.to_string())?;
+                        // The only place a printer's bytes become text (the
+                        // printer sends no text of its own): scrubbed like
+                        // any device text.
+                        apply_real_time(&mut state, n, b).map_err(|e| pos_cardcrypt::scrub(&e.to_string()))?;
                         break;
                     }
                     Ok(Some(other)) => self.note(other),

@@ -17,6 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pos_cardcrypt::scrub;
 use pos_link::{LineCounters, Link, LinkError};
 use pos_zvt::message::{Password, WithPassword, config};
 use pos_zvt::{Bmps, Message, codes, tlv};
@@ -39,7 +40,9 @@ pub struct ZvtSettings {
     pub commit_bound: Duration,
 }
 
-/// What a command's Status-Information (04 0F) said.
+/// What a command's Status-Information (04 0F) said; the terminal's texts
+/// in it are scrubbed ([`pos_cardcrypt::scrub`]) and its masked card number
+/// held to the one masking rule ([`safe_pan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// BMP 27; `None` when the terminal sent none (nothing to go by).
@@ -69,26 +72,25 @@ impl Outcome {
             amount: f.amount(),
             receipt_no: f.receipt_no(),
             trace: f.trace(),
-            masked_pan: f.masked_pan().map(|p| safe_pan(&p)).unwrap_or_default(),
-            card_name: crate::lane::scrub(&f.card_name().unwrap_or_default()),
-            auth_code: crate::lane::scrub(&f.auth_code().unwrap_or_default()),
+            masked_pan: f.masked_pan().filter(|p| !p.is_empty()).map(|p| safe_pan(&p)).unwrap_or_default(),
+            card_name: scrub(&f.card_name().unwrap_or_default()),
+            auth_code: scrub(&f.auth_code().unwrap_or_default()),
             offline: f.payment_type() == Some(0x40),
             terminal_tid: f.terminal_id().map(|t| format!("{t:08}")).unwrap_or_default(),
-            text: crate::lane::scrub(&f.additional_text().unwrap_or_default()),
+            text: scrub(&f.additional_text().unwrap_or_default()),
         }
     }
 }
 
-/// A PAN as posd may keep it: first 6 and last 4 digits, the rest masked,
-/// whatever the terminal sent.
+/// A PAN as posd may keep it, whatever the terminal sent (BMP 22 decoded
+/// from its E-nibble masking): held to the one masking rule,
+/// [`pos_cardcrypt::well_masked`] (first 6 and last 4 digits with `*`
+/// between, anything else masked fully).
 pub fn safe_pan(pan: &str) -> String {
-    let chars: Vec<char> = pan.chars().collect();
-    let n = chars.len();
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| if n >= 10 && (i < 6 || i >= n - 4) && c.is_ascii_digit() { *c } else { '*' })
-        .collect()
+    if !pos_cardcrypt::is_well_masked(pan) {
+        tracing::warn!("the payment terminal sent a card number not masked as first 6 / last 4; masking it");
+    }
+    pos_cardcrypt::well_masked(pan)
 }
 
 /// What the caller hears while a command runs.
@@ -104,7 +106,8 @@ pub enum ZvtEvent {
     /// posd answered the last result with 84 66 ("goods not issued"), and
     /// the terminal got it: it reverses that result.
     Refused,
-    /// A receipt, as lines (06 D1 up to the last line, or one 06 D3).
+    /// A receipt, as lines (06 D1 up to the last line, or one 06 D3),
+    /// each scrubbed ([`pos_cardcrypt::scrub`]).
     Receipt(Vec<String>),
     /// The command is over.
     Done(Ending),
@@ -420,7 +423,7 @@ async fn exchange(
             }
             Message::PrintLine(p) => {
                 if p.attribute != 0xFF {
-                    print_lines.push(p.text.trim_end().to_string());
+                    print_lines.push(scrub(p.text.trim_end()));
                 }
                 if p.is_last() {
                     let _ = events.send(ZvtEvent::Receipt(std::mem::take(&mut print_lines)));
@@ -428,7 +431,7 @@ async fn exchange(
             }
             Message::PrintTextBlock(f) => {
                 let lines = f.tlv().and_then(Result::ok).map(|items| tlv::text_lines(&items)).unwrap_or_default();
-                let _ = events.send(ZvtEvent::Receipt(lines.iter().map(|l| l.trim_end().to_string()).collect()));
+                let _ = events.send(ZvtEvent::Receipt(lines.iter().map(|l| scrub(l.trim_end())).collect()));
             }
             Message::Completion(c) => {
                 if let Err(e) = send(link, &reply).await {
@@ -548,5 +551,8 @@ mod tests {
         assert_eq!(safe_pan("6725904411001000014"), "672590*********0014");
         assert_eq!(safe_pan("559883******8074"), "559883******8074");
         assert_eq!(safe_pan("12345"), "*****");
+        // Masked another way, or showing middle digits: masked fully.
+        assert_eq!(safe_pan("5598831234568074"), "559883******8074");
+        assert_eq!(safe_pan("5598831234******"), "****************");
     }
 }

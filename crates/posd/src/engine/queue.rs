@@ -12,7 +12,7 @@ use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 
 use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, SyncReport, human, step_error};
 use crate::failpoint;
-use crate::gateway::BatchOutcome;
+use crate::gateway::{BatchOutcome, Scrubbed};
 use crate::store::{NewEvent, PaymentRecord, StoreError, Update};
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -527,7 +527,7 @@ impl Engine {
                 Ok(mut stream) => {
                     backoff = f.retry_first;
                     loop {
-                        match stream.message().await {
+                        match stream.message().await.map(|e| e.map(Scrubbed::scrubbed)) {
                             Ok(Some(e)) => match self.store.apply_gateway_event(&e).await {
                                 Ok(Some(rec)) => {
                                     tracing::info!(kind = %e.kind, event = %e.event_id, "gateway event applied");
@@ -542,7 +542,7 @@ impl Engine {
                                 }
                             },
                             Ok(None) => break "the gateway closed its event stream".to_string(),
-                            Err(s) => break format!("{:?}: {}", s.code(), s.message()),
+                            Err(s) => break format!("{:?}: {}", s.code(), crate::gateway::status_text(&s)),
                         }
                     }
                 }

@@ -335,7 +335,9 @@ impl Engine {
     }
 
     async fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
-        let lines: Vec<String> = lines.iter().map(|l| crate::lane::scrub(l)).collect();
+        // Scrubbed where they were read (zvt.rs); again here, where they are
+        // stored joined by newlines, so no line can ever hold one.
+        let lines: Vec<String> = lines.iter().map(|l| pos_cardcrypt::scrub(l)).collect();
         if let Err(e) = self.store.append_receipt_lines(&rec.id, &lines).await {
             tracing::warn!(payment = %rec.id, error = %e, "cannot keep the terminal's receipt lines");
         }
@@ -843,7 +845,7 @@ impl Engine {
                         total = outcome.amount;
                     }
                 }
-                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| crate::lane::scrub(x))),
+                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| pos_cardcrypt::scrub(x))),
                 Some(ZvtEvent::Done(ending)) => break ending,
                 Some(_) => {}
                 None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
