@@ -257,10 +257,22 @@ impl TestCa {
     /// Issues a certificate for `names` (DNS names or IP addresses) with the
     /// common name `cn`; writes `<stem>.pem` and `<stem>.key` into `dir`.
     pub fn issue(&self, dir: &Path, stem: &str, cn: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        self.issue_with_common_names(dir, stem, &[cn], names)
+    }
+
+    /// [`TestCa::issue`] with a subject of one or two common names (CN
+    /// attributes), as a badly made certificate may have.
+    pub fn issue_with_common_names(&self, dir: &Path, stem: &str, cns: &[&str], names: &[&str]) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        // rcgen keeps one value per attribute type: a second CN goes in
+        // under the CN's object identifier (2.5.4.3) as a "custom" type.
+        let types = [rcgen::DnType::CommonName, rcgen::DnType::CustomDnType(vec![2, 5, 4, 3])];
+        assert!((1..=types.len()).contains(&cns.len()), "one or two common names");
+        for (ty, cn) in types.into_iter().zip(cns) {
+            params.distinguished_name.push(ty, *cn);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
         std::fs::write(&c, cert.pem()).unwrap();

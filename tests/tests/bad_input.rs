@@ -17,6 +17,9 @@ struct Case {
 
 fn check(case: &Case) {
     assert_eq!(case.status.code(), case.code, "{}: {}", case.name, case.status.message());
+    // Bad input is quoted, never echoed whole: a huge value does not come
+    // back as huge trailers (which a client reads as RESOURCE_EXHAUSTED).
+    assert!(case.status.message().len() < 1024, "{}: a message of {} bytes", case.name, case.status.message().len());
     let details = case.status.get_error_details();
     let info = details.error_info().unwrap_or_else(|| panic!("{}: no ErrorInfo", case.name));
     assert_eq!(info.reason, case.reason, "{}", case.name);
@@ -52,6 +55,15 @@ async fn bad_input_table() {
         }
     }
     let money = |amount_minor: i64, currency: &str| Some(pb::Money { amount_minor, currency: currency.into() });
+    // A `google.protobuf.Timestamp` (the tests do not depend on prost-types to name it).
+    let at = |seconds: i64, nanos: i32| {
+        let mut t = pb::ListPaymentsRequest::default().created_after.unwrap_or_default();
+        t.seconds = seconds;
+        t.nanos = nanos;
+        Some(t)
+    };
+    let megabyte = |c: &str| c.repeat(1 << 20);
+    let report = |day: &str| pb::GetReportRequest { business_day: day.into(), terminal_id: String::new() };
     let cases = vec![
         (
             "empty key",
@@ -131,6 +143,29 @@ async fn bad_input_table() {
             Some("terminal_id"),
         ),
         (
+            "1 MB currency",
+            take_err(&mut c, pb::TakePaymentRequest { amount: money(100, &megabyte("E")), ..request("k-1mb", 100) })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("amount.currency"),
+        ),
+        (
+            "1 MB order reference",
+            take_err(&mut c, pb::TakePaymentRequest { order_reference: megabyte("o"), ..request("k-1mb-o", 100) })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("order_reference"),
+        ),
+        (
+            "a line break in the key",
+            take_err(&mut c, request("k-forged\nINFO payment approved", 100)).await,
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("idempotency_key"),
+        ),
+        (
             "unknown capture mode",
             take_err(&mut c, pb::TakePaymentRequest { capture_mode: 9, ..request("k-cm", 100) }).await,
             Code::InvalidArgument,
@@ -173,6 +208,94 @@ async fn bad_input_table() {
             Code::InvalidArgument,
             "INVALID_FIELD",
             Some("page_token"),
+        ),
+        (
+            "created_after seconds past the timestamp range",
+            c.list_payments(pb::ListPaymentsRequest { created_after: at(i64::MAX, 0), ..Default::default() })
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("created_after"),
+        ),
+        (
+            "created_before nanos past a second",
+            c.list_payments(pb::ListPaymentsRequest { created_before: at(0, 2_000_000_000), ..Default::default() })
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("created_before"),
+        ),
+        (
+            "created_after i64::MAX seconds and 2e9 nanos",
+            c.list_payments(pb::ListPaymentsRequest {
+                created_after: at(i64::MAX, 2_000_000_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("created_after"),
+        ),
+        (
+            "1 MB page token",
+            c.list_payments(pb::ListPaymentsRequest { page_token: megabyte("t"), ..Default::default() })
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("page_token"),
+        ),
+        (
+            "report day that is no day",
+            c.get_report(report("2026-13-45")).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("business_day"),
+        ),
+        (
+            "report day in the last year of the calendar",
+            c.get_report(report("9999-12-31")).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("business_day"),
+        ),
+        (
+            "report day in year 0",
+            c.get_report(report("0000-01-01")).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("business_day"),
+        ),
+        (
+            "report day with a time",
+            c.get_report(report("2026-11-25T10:00")).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("business_day"),
+        ),
+        (
+            "1 MB report day",
+            c.get_report(report(&megabyte("2"))).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("business_day"),
+        ),
+        (
+            "1 MB payment id",
+            c.get_payment(pb::GetPaymentRequest { payment_id: megabyte("p") }).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("payment_id"),
+        ),
+        (
+            "1 MB terminal id",
+            c.get_terminal_status(pb::GetTerminalStatusRequest { terminal_id: megabyte("l") }).await.unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("terminal_id"),
         ),
         (
             "unknown status filter",
@@ -221,6 +344,27 @@ async fn bad_input_table() {
             Code::FailedPrecondition,
             "WRONG_STATE",
             None,
+        ),
+        (
+            "1 MB void reason",
+            c.void_payment(pb::VoidPaymentRequest { payment_id: ok.payment_id.clone(), reason: megabyte("r") })
+                .await
+                .unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("reason"),
+        ),
+        (
+            "an escape sequence in a void reason",
+            c.void_payment(pb::VoidPaymentRequest {
+                payment_id: ok.payment_id.clone(),
+                reason: "\u{1b}[2Kcleared".into(),
+            })
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            Some("reason"),
         ),
         (
             "refund with an empty key",
@@ -303,6 +447,73 @@ async fn bad_input_table() {
     let after = again.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner().payments.len();
     assert_eq!(after, before, "bad input changed nothing");
     assert_eq!(lane.ledger().len(), 1, "bad input charged nothing");
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_page_token_the_client_altered_is_refused() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    for i in 0..3 {
+        lane.pay(&format!("k-page-{i}"), 100 + i).await;
+    }
+    let mut c = lane.client().await;
+    let page = |page_token: &str| pb::ListPaymentsRequest {
+        page_size: 1,
+        page_token: page_token.into(),
+        ..Default::default()
+    };
+    let first = c.list_payments(page("")).await.unwrap().into_inner();
+    let token = first.next_page_token.clone();
+    assert!(!token.is_empty(), "{first:?}");
+    // As issued, the token leads on to the next payment.
+    let second = c.list_payments(page(&token)).await.unwrap().into_inner();
+    assert_eq!(second.payments.len(), 1);
+    assert_ne!(second.payments[0].payment_id, first.payments[0].payment_id);
+    // Altered anywhere, cut, lengthened, or made up as a plain cursor: refused.
+    let mut altered = Vec::new();
+    for i in [0, token.len() / 2, token.len() - 1] {
+        let mut t = token.clone().into_bytes();
+        t[i] = if t[i] == b'0' { b'1' } else { b'0' };
+        altered.push(String::from_utf8(t).unwrap());
+    }
+    altered.push(token[..token.len() - 1].to_string());
+    altered.push(format!("{token}0"));
+    let created = first.payments[0].created_at.unwrap();
+    let millis = created.seconds * 1000 + i64::from(created.nanos) / 1_000_000;
+    altered.push(format!("{millis}:{}", first.payments[0].payment_id));
+    for t in altered {
+        let status = c.list_payments(page(&t)).await.unwrap_err();
+        check(&Case {
+            name: "altered page token",
+            status,
+            code: Code::InvalidArgument,
+            reason: "INVALID_FIELD",
+            field: Some("page_token"),
+        });
+    }
+    lane.finish();
+}
+
+#[tokio::test]
+async fn a_refund_with_nothing_left_to_refund_is_a_precondition_failure() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    let p = posd_e2e::final_payment(&lane.pay("k-refund-all", 1_000).await);
+    let mut c = lane.client().await;
+    let refund = |key: &str, amount_minor: i64| pb::RefundPaymentRequest {
+        idempotency_key: key.into(),
+        payment_id: p.payment_id.clone(),
+        amount_minor,
+        reason: "returned".into(),
+    };
+    let all = c.refund_payment(refund("r-all", 0)).await.unwrap().into_inner();
+    assert_eq!(all.status, pb::RefundStatus::Succeeded as i32, "{all:?}");
+    assert_eq!(all.amount.as_ref().map(|m| m.amount_minor), Some(1_000), "0 refunds everything: {all:?}");
+    // Fully refunded, "everything not yet refunded" is nothing: refused, not a refund of 0.
+    let err = c.refund_payment(refund("r-nothing", 0)).await.expect_err("nothing is left to refund");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().len() < 1024, "{}", err.message());
     lane.finish();
 }
 

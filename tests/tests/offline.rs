@@ -644,7 +644,7 @@ async fn case_12_a_full_disk_refuses_new_payments_and_loses_nothing_queued() {
     let mut refusal = None;
     for i in 0..200 {
         match take(&mut lane.client().await, &format!("k-fill-{i}"), 100).await {
-            Err(e) if e.code() == tonic::Code::Unavailable => {
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
                 refusal = Some(e);
                 break;
             }
@@ -654,6 +654,13 @@ async fn case_12_a_full_disk_refuses_new_payments_and_loses_nothing_queued() {
     }
     let refusal = refusal.expect("the database filled up and posd refused new payments");
     assert!(refusal.message().contains("database"), "{}", refusal.message());
+    // One answer for the whole episode: the refusals that follow (posd
+    // refusing for a database it knows failed) say DATABASE_FULL as well.
+    for i in 0..3 {
+        let again = take(&mut lane.client().await, &format!("k-refused-{i}"), 100).await.expect_err("refused");
+        let reason = tonic_types::StatusExt::get_details_error_info(&again).map(|i| i.reason);
+        assert_eq!((again.code(), reason.as_deref()), (tonic::Code::ResourceExhausted, Some("DATABASE_FULL")));
+    }
     let queued = lane.sync().await.queue_depth;
     assert!(queued >= 2, "queued payments are kept: {queued}");
     lane.kill_posd();

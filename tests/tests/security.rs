@@ -105,6 +105,57 @@ async fn the_tls_api_serves_registers_with_a_certificate_and_refuses_every_other
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_with_two_common_names_is_refused() {
+    use tonic_types::StatusExt;
+    let pki = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new(pki.path(), "posd server CA");
+    let register_ca = TestCa::new(pki.path(), "registers CA");
+    let (server_cert, server_key) = server_ca.issue(pki.path(), "posd", "posd lane PC", &["localhost", "127.0.0.1"]);
+    let register1 = register_ca.issue(pki.path(), "register-1", "register-1", &[]);
+    // Signed by the registers' CA, but naming two registers: posd used to
+    // take the first name, so it passed as register-1, allowed to refund.
+    let two_names = register_ca.issue_with_common_names(pki.path(), "two-names", &["register-1", "register-2"], &[]);
+    let config = format!(
+        "[api]\nrefunds_allowed_from = [\"cn=register-1\"]\n[api.tls]\ncert_file = {server_cert:?}\n\
+         key_file = {server_key:?}\nclient_ca_file = {:?}\n",
+        register_ca.path
+    );
+    let mut lane = Lane::prepare(&[], &config);
+    lane.start_posd();
+    lane.api_tls = Some(server_ca.client_tls(Some(&register1)));
+    lane.ready().await;
+    let p = final_payment(&lane.pay("tls-two-names", 1234).await);
+    assert_eq!(status(&p), pb::PaymentStatus::Captured);
+
+    // Every call with the two-name certificate is refused: a read, a
+    // payment, and the refund its first name would be allowed.
+    let mut client = client_with(&lane.posd_addr, server_ca.client_tls(Some(&two_names))).await;
+    let read = client.get_payment(pb::GetPaymentRequest { payment_id: p.payment_id.clone() }).await.map(|_| ());
+    let pay = posd_e2e::take(&mut client, "tls-two-names-2", 100).await.map(|_| ());
+    let refund = client
+        .refund_payment(pb::RefundPaymentRequest {
+            idempotency_key: "r-two-names".into(),
+            payment_id: p.payment_id.clone(),
+            amount_minor: 100,
+            reason: "test".into(),
+        })
+        .await
+        .map(|_| ());
+    for (what, result) in [("GetPayment", read), ("TakePayment", pay), ("RefundPayment", refund)] {
+        let e = result.expect_err(what);
+        assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
+        let reason = e.get_details_error_info().map(|i| i.reason);
+        assert_eq!(reason.as_deref(), Some("AMBIGUOUS_CLIENT_CERTIFICATE"), "{what}: {e:?}");
+        assert!(e.message().contains("2 common names"), "{what}: {}", e.message());
+    }
+    // Nothing was refunded or charged by it; register-1's own certificate still works.
+    let after = lane.client().await.get_payment(pb::GetPaymentRequest { payment_id: p.payment_id }).await.unwrap();
+    assert_eq!(after.into_inner().refunded_minor, 0);
+    assert_eq!(lane.ledger().len(), 1);
+    lane.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn posd_presents_its_client_certificate_from_a_credential_to_a_gateway_that_requires_one() {
     let pki = tempfile::tempdir().unwrap();
     let chain_ca = TestCa::new(pki.path(), "chain CA");

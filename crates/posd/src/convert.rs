@@ -14,6 +14,16 @@ pub fn millis(t: &Timestamp) -> i64 {
     t.seconds * 1000 + (t.nanos as i64) / 1_000_000
 }
 
+/// The seconds a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z
+/// to 9999-12-31T23:59:59Z.
+pub const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// Unix milliseconds of a timestamp a client sent; `None` when it is not a
+/// time (seconds out of [`TIMESTAMP_SECONDS`], nanos out of 0 to 999,999,999).
+pub fn checked_millis(t: &Timestamp) -> Option<i64> {
+    (TIMESTAMP_SECONDS.contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos)).then(|| millis(t))
+}
+
 pub fn status(s: Status) -> pb::PaymentStatus {
     use pb::PaymentStatus as P;
     match s {

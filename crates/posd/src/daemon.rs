@@ -269,11 +269,12 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         }
         None => None,
     };
-    let service = PaymentTerminalServer::new(crate::api::TerminalApi::new(
-        engine.clone(),
-        reports,
-        cfg.api.refunds_allowed_from.clone(),
-    ));
+    // Every call passes `authenticate` first (a client certificate naming
+    // more than one common name is refused).
+    let service = PaymentTerminalServer::with_interceptor(
+        crate::api::TerminalApi::new(engine.clone(), reports, cfg.api.refunds_allowed_from.clone()),
+        crate::api::authenticate,
+    );
     // grpc.health.v1: the API as a whole, and one service name per lane
     // ("posd.lane.<id>", SERVING while its card reader is connected).
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -174,6 +174,8 @@ pub struct Engine {
     store_failed: AtomicBool,
     /// Wakes [`Engine::database_recovered`] when `store_failed` is set.
     store_failure: Notify,
+    /// How the database first failed: the API answers the whole episode so.
+    database_failure: std::sync::OnceLock<crate::api::DatabaseFailure>,
     /// Set when posd begins to stop: new payments are refused.
     stopping: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
@@ -211,6 +213,7 @@ impl Engine {
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
             store_failure: Notify::new(),
+            database_failure: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
             heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
             latencies: Default::default(),
@@ -266,6 +269,11 @@ impl Engine {
         self.store_failed.load(Ordering::SeqCst)
     }
 
+    /// How the database first failed, once it has (posd restarts once it works again).
+    pub fn database_failure(&self) -> Option<crate::api::DatabaseFailure> {
+        self.database_failure.get().copied()
+    }
+
     pub fn busy_with(&self, terminal: &str) -> Option<String> {
         self.busy.lock().unwrap().get(terminal).cloned()
     }
@@ -280,6 +288,10 @@ impl Engine {
     }
 
     fn note_store_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Db(_)) {
+            // Kept before the flag is up, so every refusal finds it.
+            let _ = self.database_failure.set(crate::api::DatabaseFailure::of(e));
+        }
         if matches!(e, StoreError::Db(_)) && !self.store_failed.swap(true, Ordering::SeqCst) {
             tracing::error!(error = %e, "database failed: refusing new payments until it works again");
             self.store_failure.notify_one();
