@@ -7,6 +7,7 @@ refunds part of the payment, and resumes the event stream from a cursor.
 
     python3 -m pip install grpcio grpcio-tools grpcio-status
     python3 examples/register.py --addr 127.0.0.1:50051 --amount 12.34
+    python3 examples/register.py --addr unix:/run/posd/posd.sock   # posd's default API socket
 
 Stubs are generated from proto/ at start (grpc_tools), so nothing else is
 needed. Exit code 0 when the payment was approved (online or offline).

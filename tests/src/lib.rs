@@ -217,6 +217,9 @@ pub struct Lane {
     /// posd's whole `[[lane]]` table head (id, currency, reader, printer),
     /// for devices the test starts itself (`firmware-sim lane`).
     pub lane_table: Option<String>,
+    /// posd's `listen` address: loopback TCP on any free port unless a test
+    /// sets another (see [`Lane::listen_on_unix_socket`]).
+    pub listen: String,
 }
 
 /// The lane's card device and its line.
@@ -437,6 +440,7 @@ impl Lane {
             top_config: String::new(),
             lane_config: String::new(),
             lane_table: None,
+            listen: "127.0.0.1:0".into(),
         };
         lane.extra_config = extra_config.to_string();
         if !gateway_up {
@@ -458,6 +462,15 @@ impl Lane {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("posd-state")
+    }
+
+    /// posd's next start listens on the Unix socket `posd.sock` in the
+    /// lane's directory (posd's default transport); returns its path. The
+    /// address posd prints, and so [`Lane::posd_addr`], is then `unix:PATH`.
+    pub fn listen_on_unix_socket(&mut self) -> PathBuf {
+        let path = self.dir.path().join("posd.sock");
+        self.listen = format!("unix:{}", path.display());
+        path
     }
 
     pub fn start_reader(&mut self) {
@@ -514,10 +527,11 @@ impl Lane {
     pub fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("posd.toml");
         let text = format!(
-            "state_dir = {state:?}\nlisten = \"127.0.0.1:0\"\nstore_id = \"e2e\"\n{top}\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
+            "state_dir = {state:?}\nlisten = {listen:?}\nstore_id = \"e2e\"\n{top}\n[gateway]\nurl = \"{scheme}://{gw}\"\n{ca}\
              request_timeout_ms = {timeout}\nconnect_timeout_ms = 1000\n\n{lane_table}{lane}\n[offline]\nhealth_interval = \"100ms\"\nretry_first = \"50ms\"\nretry_max = \"400ms\"\n\
              ageing_interval = \"50ms\"\n{extra}\n",
             state = self.state_dir(),
+            listen = self.listen,
             gw = match self.gateway_addr.rsplit_once(':') {
                 Some((_, port)) => format!("{}:{port}", self.gateway_host),
                 None => self.gateway_addr.clone(),
@@ -670,6 +684,11 @@ impl Lane {
     }
 
     pub async fn client(&self) -> PaymentTerminalClient<Channel> {
+        if self.posd_addr.starts_with("unix:") {
+            // tonic dials a `unix:PATH` endpoint itself.
+            let endpoint = tonic::transport::Endpoint::from_shared(self.posd_addr.clone()).unwrap();
+            return PaymentTerminalClient::new(endpoint.connect().await.expect("connect to posd"));
+        }
         let url =
             if self.posd_addr.contains("://") { self.posd_addr.clone() } else { format!("http://{}", self.posd_addr) };
         let mut endpoint = Channel::from_shared(url).unwrap();

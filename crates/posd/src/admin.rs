@@ -20,6 +20,9 @@ pub fn locate(config: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result
 fn open(dir: &Path) -> anyhow::Result<Store> {
     let db = dir.join("posd.db");
     anyhow::ensure!(db.exists(), "no posd database at {}", db.display());
+    // Opening an emptied database would give it a new, empty schema, and the
+    // daemon would then take it for a new install.
+    crate::store::check_database_kept(dir)?;
     Ok(Store::open(&db)?)
 }
 

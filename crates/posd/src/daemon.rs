@@ -1,5 +1,6 @@
-//! Start-up: lock the state directory, open the database, recover, start the
-//! lanes and the API; in demo mode also the simulated reader and gateway.
+//! Start-up: lock the state directory, claim the API socket, check that a
+//! database the state directory held is still there, open it, recover, start
+//! the lanes and the API; in demo mode also the simulated reader and gateway.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming};
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::TcpIncoming;
 
@@ -140,7 +142,15 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
+    // Before the database or any lane device is opened: a posd already
+    // serving this socket (from another state directory) keeps it.
+    if let Some(path) = cfg.listen.strip_prefix("unix:") {
+        crate::uds::claim(std::path::Path::new(path))?;
+    }
+    // A state directory that held a database and lost it is not a new install.
+    crate::store::check_database_kept(&cfg.state_dir)?;
     let store = Arc::new(Store::open_with(&cfg.state_dir.join("posd.db"), cfg.store.max_page_count)?);
+    crate::store::mark_initialized(&cfg.state_dir)?;
 
     let mut demo_notes = Vec::new();
     let demo_banner = o.demo.then_some(o.gateway.is_none());
@@ -334,7 +344,7 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     let shutdown = stopping(Duration::ZERO);
     let hard_stop = stopping(SHUTDOWN_GRACE);
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
+        // `uds::claim` removed a stale socket at start; a live one is never removed.
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
         restrict_socket(path)?;
@@ -344,7 +354,11 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         }
         tokio::spawn(supervise(engine.clone()));
         tokio::select! {
-            r = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown) => r?,
+            // Each connection through `uds::Connection`, which lets any `:authority` through.
+            r = router.serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener).map(|conn| conn.map(crate::uds::Connection::new)),
+                shutdown,
+            ) => r?,
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
         }
     } else {

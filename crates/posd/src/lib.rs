@@ -9,7 +9,8 @@
 //!   register side of ZVT for lanes whose payment terminal authorizes itself.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
 //! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
-//! - [`daemon`]: start-up, demo mode and serving.
+//! - [`daemon`]: start-up, demo mode and serving; [`uds`]: the API's Unix
+//!   socket (any `:authority` accepted on it).
 
 pub mod admin;
 pub mod api;
@@ -26,4 +27,5 @@ pub mod printer;
 pub mod receipt;
 pub mod report;
 pub mod store;
+pub mod uds;
 pub mod zvt;

@@ -1829,6 +1829,89 @@ impl StateLock {
     }
 }
 
+/// Written beside the database once its first commit is on disk: from then
+/// on, a `posd.db` that is missing or empty means the database was lost, not
+/// that this is a new install.
+pub const INITIALIZED_MARKER: &str = "posd.db.initialized";
+
+const MARKER_TEXT: &str = "posd keeps its database, posd.db, in this directory.\n\
+    While this file exists, posd refuses to start when posd.db is missing or empty, instead of starting\n\
+    over with an empty database. To start over on purpose, delete this file.\n";
+
+/// Refuses a state directory that lost its database: [`INITIALIZED_MARKER`]
+/// is there, and `posd.db` is missing, empty (0 bytes) or holds none of
+/// posd's tables. Opening it would make a new, empty database, and the
+/// payments, the offline queue not yet forwarded and the audit log would be
+/// gone without a word.
+pub fn check_database_kept(state_dir: &Path) -> anyhow::Result<()> {
+    let marker = state_dir.join(INITIALIZED_MARKER);
+    let held = marker.try_exists().map_err(|e| anyhow::anyhow!("cannot look for {}: {e}", marker.display()))?;
+    if !held {
+        return Ok(());
+    }
+    let db = state_dir.join("posd.db");
+    let lost = match std::fs::metadata(&db) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is missing",
+        Err(e) => anyhow::bail!("cannot read {}: {e}", db.display()),
+        Ok(m) if m.len() == 0 => "is empty (0 bytes)",
+        Ok(_) => match holds_posd_tables(&db) {
+            Ok(false) => "holds none of posd's tables",
+            // Not readable as a database at all: opening it says what is wrong.
+            Ok(true) | Err(_) => return Ok(()),
+        },
+    };
+    anyhow::bail!(
+        "{db} {lost}, but this state directory held posd's database before ({marker} exists). posd refuses to \
+         start with a new, empty database: the payments, the offline queue not yet forwarded and the audit log \
+         would be lost without a word.\n\
+         To restore: copy the latest `posd backup` file to {db} (delete {db}-wal and {db}-shm if they are there), \
+         owned by posd's user, and start posd again.\n\
+         To start with an empty database on purpose: delete {marker}, and start posd again.",
+        db = db.display(),
+        marker = marker.display(),
+    )
+}
+
+/// Whether `db` holds posd's schema (a version, and the payments table).
+fn holds_posd_tables(db: &Path) -> rusqlite::Result<bool> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let payments: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'payments')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(version > 0 && payments)
+}
+
+/// Writes [`INITIALIZED_MARKER`] once the database is on disk: the database
+/// file, its WAL and the directory are synced first, then the marker and the
+/// directory again. A posd killed during its very first start finds no
+/// marker and starts over; one that finds the marker has a database to keep.
+pub fn mark_initialized(state_dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let marker = state_dir.join(INITIALIZED_MARKER);
+    if marker.try_exists().unwrap_or(false) {
+        return Ok(());
+    }
+    let failed = |path: &Path, e: std::io::Error| anyhow::anyhow!("cannot sync {}: {e}", path.display());
+    let db = state_dir.join("posd.db");
+    let wal = state_dir.join("posd.db-wal");
+    File::open(&db).and_then(|f| f.sync_all()).map_err(|e| failed(&db, e))?;
+    match File::open(&wal) {
+        Ok(f) => f.sync_all().map_err(|e| failed(&wal, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(&wal, e)),
+    }
+    File::open(state_dir).and_then(|d| d.sync_all()).map_err(|e| failed(state_dir, e))?;
+    let mut f = File::create(&marker).map_err(|e| failed(&marker, e))?;
+    f.write_all(MARKER_TEXT.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| failed(&marker, e))?;
+    File::open(state_dir).and_then(|d| d.sync_all()).map_err(|e| failed(state_dir, e))?;
+    tracing::info!(marker = %marker.display(), "database initialized");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2321,6 +2404,55 @@ mod tests {
         let _first = StateLock::acquire(dir.path()).unwrap();
         let err = StateLock::acquire(dir.path()).err().unwrap().to_string();
         assert!(err.contains("another posd"), "{err}");
+    }
+
+    #[test]
+    fn a_state_directory_that_held_a_database_refuses_to_start_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, marker) = (dir.path().join("posd.db"), dir.path().join(INITIALIZED_MARKER));
+        let refusal = || check_database_kept(dir.path()).unwrap_err().to_string();
+        // A first start, and one after a kill before the first commit (no marker): they go on.
+        check_database_kept(dir.path()).unwrap();
+        std::fs::write(&db, b"").unwrap();
+        check_database_kept(dir.path()).unwrap();
+        let s = Store::open(&db).unwrap();
+        s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+        mark_initialized(dir.path()).unwrap();
+        assert!(marker.exists());
+        mark_initialized(dir.path()).unwrap();
+        check_database_kept(dir.path()).unwrap();
+        drop(s);
+        check_database_kept(dir.path()).unwrap();
+
+        // Emptied, missing, or replaced by another database: refused, saying how to restore or start over.
+        std::fs::write(&db, b"").unwrap();
+        for f in ["posd.db-wal", "posd.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        let err = refusal();
+        assert!(err.contains("posd.db is empty (0 bytes)"), "{err}");
+        assert!(err.contains("posd backup") && err.contains(&format!("delete {}", marker.display())), "{err}");
+        std::fs::remove_file(&db).unwrap();
+        assert!(refusal().contains("posd.db is missing"));
+        Connection::open(&db).unwrap().execute_batch("CREATE TABLE other (x)").unwrap();
+        assert!(refusal().contains("holds none of posd's tables"));
+
+        // Restored from a backup: it starts, with the payments it had.
+        std::fs::remove_file(&db).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        Store::open(&other.path().join("posd.db"))
+            .unwrap()
+            .insert_or_get_blocking(&sample("b"), "test")
+            .unwrap()
+            .unwrap();
+        crate::admin::backup(other.path(), &db).unwrap();
+        check_database_kept(dir.path()).unwrap();
+        assert!(Store::open(&db).unwrap().get("pay_b").unwrap().is_some());
+
+        // Started over on purpose: the marker deleted.
+        std::fs::write(&db, b"").unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        check_database_kept(dir.path()).unwrap();
     }
 
     #[test]
