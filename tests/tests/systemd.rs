@@ -120,6 +120,42 @@ fn check_config_names_file_line_and_fix_for_each_error() {
     assert!(err.contains("plain http:// is allowed only on loopback"), "{err}");
 }
 
+#[test]
+fn check_config_and_start_up_report_every_semantic_error_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.toml");
+    let example = std::fs::read_to_string(systemd_file("posd.toml")).unwrap();
+    // Plain http to a remote gateway (in any case), and an interval that would panic a worker.
+    let bad = example
+        .replace("url = \"https://gateway.example.net:443\"", "url = \"HTTP://192.0.2.10:80\"")
+        .replace("health_interval = \"5s\"", "health_interval = \"0s\"");
+    std::fs::write(&path, &bad).unwrap();
+    let line_of = |start: &str| bad.lines().position(|l| l.starts_with(start)).expect(start) + 1;
+    let want = [
+        (
+            line_of("url = \"HTTP://"),
+            "[gateway] url \"http://192.0.2.10:80\": plain http:// is allowed only on loopback",
+        ),
+        (line_of("health_interval = \"0s\""), "[offline] health_interval is 0s"),
+    ];
+    let (st, out, err) = run(Command::new(bin("posd")).arg("check-config").arg(&path));
+    assert_eq!(st.code(), Some(1), "{out}{err}");
+    assert!(out.contains("2 errors"), "{out}");
+    for (line, message) in want {
+        assert!(err.contains(&format!("posd.toml:{line}:1: error: {message}")), "{err}");
+    }
+    assert!(err.matches("fix: ").count() >= 2, "{err}");
+    // posd itself refuses to start on the same errors, each with its place.
+    let state = dir.path().join("state");
+    let (st, _, err) = run(Command::new(bin("posd")).arg("--config").arg(&path).arg("--state-dir").arg(&state));
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("2 errors in the configuration"), "{err}");
+    for (line, message) in want {
+        assert!(err.contains(&format!("posd.toml:{line}:1: error: {message}")), "{err}");
+    }
+    assert!(!state.exists(), "posd stopped before touching its state directory");
+}
+
 #[tokio::test]
 async fn posd_tells_systemd_it_is_ready_its_status_and_pets_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();

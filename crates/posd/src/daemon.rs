@@ -86,6 +86,9 @@ fn demo_config(o: &Options) -> Config {
 
 /// The configuration in force: the file (or demo defaults) plus overrides.
 pub fn resolve(o: &Options) -> anyhow::Result<Config> {
+    // --gateway and --gateway-timeout-ms by the rules of the settings they replace.
+    let checked = crate::config::checked_overrides(o)?;
+    let o = &checked;
     let mut cfg = match (&o.config, o.demo) {
         (Some(_), true) => anyhow::bail!("--demo and --config exclude each other"),
         (None, false) => anyhow::bail!("{NO_CONFIG}"),
