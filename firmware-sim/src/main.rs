@@ -354,7 +354,6 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
         keys_loaded: !a.no_keys,
         model: a.model.clone().unwrap_or_else(|| ReaderOptions::default().model),
         firmware_version: a.firmware_version.clone().unwrap_or_else(|| ReaderOptions::default().firmware_version),
-        ..ReaderOptions::default()
     })
 }
 
