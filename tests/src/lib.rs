@@ -572,7 +572,14 @@ impl Lane {
     }
 
     pub fn start_posd(&mut self) {
-        let (p, addr) = Proc::start(self.posd_command(), &self.posd_log(), "posd listening on ");
+        self.start_posd_with(|_| {});
+    }
+
+    /// Starts posd with its command adjusted first (its limits, say).
+    pub fn start_posd_with(&mut self, adjust: impl FnOnce(&mut Command)) {
+        let mut cmd = self.posd_command();
+        adjust(&mut cmd);
+        let (p, addr) = Proc::start(cmd, &self.posd_log(), "posd listening on ");
         self.posd = Some(p);
         self.posd_addr = addr;
         self.metrics_addr = None;

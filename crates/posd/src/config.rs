@@ -95,8 +95,8 @@ pub fn log_level(path: &Path) -> Option<String> {
     value.get("log")?.get("level")?.as_str().map(str::to_string)
 }
 
-/// Who may do what through the register API.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Who may do what through the register API, and its bounds.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Callers allowed to refund: "uid=N" (Unix socket peer), "cn=NAME" (the
@@ -107,6 +107,49 @@ pub struct ApiConfig {
     /// TLS for a TCP `listen` address, with required client certificates.
     #[serde(default)]
     pub tls: Option<ApiTlsConfig>,
+    /// Connections open at once (default 256); more are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection's first bytes, and its TLS handshake, must come within
+    /// this long (default 10s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Span,
+    /// Requests in progress on one connection at once (default 100).
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// HTTP/2 pings on a quiet connection this often; one not answered
+    /// within 20s closes it (default 30s).
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: Span,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            refunds_allowed_from: Vec::new(),
+            tls: None,
+            max_connections: default_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            max_streams: default_max_streams(),
+            keepalive_interval: default_keepalive_interval(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+fn default_handshake_timeout() -> Span {
+    Span(Duration::from_secs(10))
+}
+
+fn default_max_streams() -> u32 {
+    100
+}
+
+fn default_keepalive_interval() -> Span {
+    Span(Duration::from_secs(30))
 }
 
 /// The register API over TCP: posd's certificate, and the CA whose
@@ -934,6 +977,31 @@ impl Config {
                     "add [api.tls] (docs/tls.md shows how to issue the certificates), or listen on loopback or unix:PATH",
                 ),
                 Ok(_) => {}
+            }
+        }
+        if !(1..=65_536).contains(&self.api.max_connections) {
+            p.add(
+                key(&["api", "max_connections"]),
+                format!("[api] max_connections must be 1 to 65536, not {}", self.api.max_connections),
+                "give the most connections the register API may have open at once, e.g. 256 (the default)",
+            );
+        }
+        if self.api.max_streams == 0 {
+            p.add(
+                key(&["api", "max_streams"]),
+                "[api] max_streams is 0: no request could ever be served",
+                "give the most requests one connection may have in progress, e.g. 100 (the default)",
+            );
+        }
+        for (name, span) in
+            [("handshake_timeout", self.api.handshake_timeout), ("keepalive_interval", self.api.keepalive_interval)]
+        {
+            if span.0.is_zero() {
+                p.add(
+                    key(&["api", name]),
+                    format!("[api] {name} is 0s"),
+                    "give a duration such as \"10s\" (handshake_timeout) or \"30s\" (keepalive_interval)",
+                );
             }
         }
         for entry in &self.api.refunds_allowed_from {

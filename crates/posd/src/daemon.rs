@@ -10,9 +10,6 @@ use std::time::Duration;
 use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming};
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, GatewayConfig, LaneConfig, ReaderConfig};
 use crate::engine::{Engine, EngineSettings, ForwardSettings};
@@ -142,6 +139,7 @@ impl Stopped {
 /// again after a failure.
 pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     let mut cfg = resolve(&o)?;
+    crate::listen::raise_descriptor_limit();
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
     let _lock = StateLock::acquire(&cfg.state_dir)?;
@@ -299,7 +297,13 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
             .register_encoded_file_descriptor_set(pos_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let mut server = tonic::transport::Server::builder();
+    let api = &cfg.api;
+    let bounds =
+        crate::listen::Bounds { max_connections: api.max_connections, handshake_timeout: api.handshake_timeout.0 };
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(api.max_streams)
+        .http2_keepalive_interval(Some(api.keepalive_interval.0))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(t) = &cfg.api.tls {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         // Client certificates are required: a register without one signed by
@@ -310,7 +314,8 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
                 t.key_file.read("[api.tls] key_file")?,
             ))
             .client_ca_root(Certificate::from_pem(t.client_ca_file.read("[api.tls] client_ca_file")?))
-            .client_auth_optional(false);
+            .client_auth_optional(false)
+            .timeout(bounds.handshake_timeout);
         server = server.tls_config(tls).map_err(|e| anyhow::anyhow!("[api.tls]: {e}"))?;
     }
     let router = server
@@ -359,7 +364,7 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         tokio::select! {
             // Each connection through `uds::Connection`, which lets any `:authority` through.
             r = router.serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener).map(|conn| conn.map(crate::uds::Connection::new)),
+                crate::listen::incoming(listener, bounds, &crate::listen::COUNTS, crate::uds::Connection::new),
                 shutdown,
             ) => r?,
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
@@ -382,9 +387,10 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         }
         tokio::spawn(supervise(engine.clone()));
         tokio::select! {
-            // Without TCP_NODELAY, Nagle's algorithm holds the last frame of an
-            // answer until the register's delayed ACK: tens of milliseconds.
-            r = router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown) => r?,
+            r = router.serve_with_incoming_shutdown(
+                crate::listen::incoming(listener, bounds, &crate::listen::COUNTS, |conn| conn),
+                shutdown,
+            ) => r?,
             () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
         }
     }

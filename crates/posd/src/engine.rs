@@ -162,6 +162,8 @@ pub struct Engine {
     /// expiry) has in hand: one at a time per payment, so an expiry never
     /// reverses a capture that is on its way to the gateway.
     in_hand: Mutex<HashSet<String>>,
+    /// Notified whenever a claim on `in_hand` is released.
+    released: Notify,
     busy: Mutex<HashMap<String, String>>,
     reversals: Notify,
     forward_wake: Notify,
@@ -204,6 +206,7 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             none_live: Notify::new(),
             in_hand: Mutex::default(),
+            released: Notify::new(),
             busy: Mutex::new(HashMap::new()),
             reversals: Notify::new(),
             forward_wake: Notify::new(),
@@ -553,6 +556,19 @@ impl Engine {
     /// another one has it. Released when the claim is dropped.
     fn claim(&self, id: &str) -> Option<Claim<'_>> {
         self.in_hand.lock().unwrap().insert(id.to_string()).then(|| Claim { engine: self, id: id.to_string() })
+    }
+
+    /// [`Engine::claim`], waiting for whoever holds it to let go.
+    async fn claim_when_free(&self, id: &str) -> Claim<'_> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(claim) = self.claim(id) {
+                return claim;
+            }
+            released.await;
+        }
     }
 
     /// [`Engine::claim`] for the register: another operation holding the
@@ -1254,6 +1270,7 @@ struct Claim<'a> {
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         self.engine.in_hand.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.engine.released.notify_waiters();
     }
 }
 

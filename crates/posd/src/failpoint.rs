@@ -16,6 +16,8 @@ pub const NAMES: &[&str] = &[
     "online_after_response",
     // The gateway captured an authorized payment; posd has not stored it.
     "capture_after_response",
+    // The gateway answered a refund; posd has not stored the outcome.
+    "refund_after_response",
 ];
 
 pub fn hit(name: &str) {

@@ -9,8 +9,9 @@
 //!   register side of ZVT for lanes whose payment terminal authorizes itself.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
 //! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
-//! - [`daemon`]: start-up, demo mode and serving; [`uds`]: the API's Unix
-//!   socket (any `:authority` accepted on it).
+//! - [`daemon`]: start-up, demo mode and serving; [`listen`]: the API's
+//!   listeners within their bounds (connections, handshake time, accept
+//!   errors); [`uds`]: the API's Unix socket (any `:authority` accepted on it).
 
 pub mod admin;
 pub mod api;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod gateway;
 pub mod lane;
+pub mod listen;
 pub mod metrics;
 pub mod printer;
 pub mod receipt;

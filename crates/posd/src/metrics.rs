@@ -101,6 +101,31 @@ pub fn render(engine: &Engine) -> String {
         "# TYPE posd_database_failed gauge\nposd_database_failed {}\n",
         u8::from(engine.refusing_payments())
     ));
+    let api = &crate::listen::COUNTS;
+    for (name, kind, help, value) in [
+        ("posd_api_connections", "gauge", "Connections to the register API open now.", &api.open),
+        (
+            "posd_api_connections_refused_total",
+            "counter",
+            "Connections closed at once because [api] max_connections were open.",
+            &api.refused,
+        ),
+        (
+            "posd_api_handshake_timeouts_total",
+            "counter",
+            "Connections closed for sending nothing (or not finishing TLS) within [api] handshake_timeout.",
+            &api.timed_out,
+        ),
+        (
+            "posd_api_accept_errors_total",
+            "counter",
+            "Failed accepts of API connections (descriptors or memory exhausted); posd backs off.",
+            &api.accept_errors,
+        ),
+    ] {
+        let value = value.load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    }
     out.push_str(
         "# HELP posd_gateway_local_faults_total Connections to the gateway that failed for a reason on the lane PC (descriptors, memory, TLS), not the network; the payments concerned failed, none was approved offline.\n",
     );
