@@ -221,14 +221,21 @@ enum Command {
     /// fixed at the gateway; it is forwarded again under the same key.
     Requeue { id: String },
     /// Records what the payment terminal's journal shows for a payment posd
-    /// left UNKNOWN: booked under a receipt number, or not booked.
-    #[command(group(clap::ArgGroup::new("found").required(true).args(["receipt", "not_booked"])))]
+    /// left UNKNOWN, or for a refund (ID ref_...) it left PENDING: booked
+    /// under a receipt number, or not booked. A refund through a gateway that
+    /// cannot be asked is settled with --booked or --not-booked from the
+    /// gateway's records.
+    #[command(group(clap::ArgGroup::new("found").required(true).args(["receipt", "booked", "not_booked"])))]
     Resolve {
+        /// A payment id (pay_...) or a refund id (ref_...).
         id: String,
         /// The journal shows it booked under this receipt number.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9999))]
         receipt: Option<u32>,
-        /// The journal does not show it: nothing was charged.
+        /// A refund through the gateway: its records show it booked.
+        #[arg(long)]
+        booked: bool,
+        /// The journal (or the gateway's records) does not show it: nothing was charged or refunded.
         #[arg(long)]
         not_booked: bool,
         /// A note for the audit log.
@@ -578,8 +585,24 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print_payment(&p, cli.json);
             Ok(0)
         }
-        Command::Resolve { id, receipt, not_booked: _, note } => {
-            let finding = if receipt.is_some() { pb::JournalFinding::Booked } else { pb::JournalFinding::NotBooked };
+        Command::Resolve { id, receipt, booked, not_booked: _, note } => {
+            let finding =
+                if receipt.is_some() || booked { pb::JournalFinding::Booked } else { pb::JournalFinding::NotBooked };
+            if id.starts_with("ref_") {
+                let request = pb::ResolveRefundRequest {
+                    refund_id: id,
+                    finding: finding as i32,
+                    receipt_no: receipt.unwrap_or(0),
+                    note,
+                };
+                let r = client.resolve_refund(request).await?.into_inner();
+                if cli.json {
+                    outln!("{:#}", refund_json(&r));
+                } else {
+                    outln!("{}", refund_line(&r));
+                }
+                return Ok(0);
+            }
             let request = pb::ResolvePaymentRequest {
                 payment_id: id,
                 finding: finding as i32,

@@ -52,6 +52,19 @@ impl TerminalApi {
 
     /// [`Self::to_the_end`] for a call that changes one payment; answers the
     /// payment as stored, with its history.
+    /// Refunds (and settling a refund by hand) are allowed from this caller.
+    fn may_refund(&self, who: &Caller) -> Result<(), Status> {
+        if !self.refunds_allowed_from.is_empty() && !self.refunds_allowed_from.contains(&who.key) {
+            return Err(rich(
+                tonic::Code::PermissionDenied,
+                "REFUND_NOT_ALLOWED",
+                format!("refunds are not allowed from {} ({}); see refunds_allowed_from", who.key, who.description),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
     async fn changed_payment<F>(&self, call: impl FnOnce(Arc<Engine>) -> F) -> Result<Response<pb::Payment>, Status>
     where
         F: Future<Output = Result<PaymentRecord, EngineError>> + Send + 'static,
@@ -247,6 +260,13 @@ impl RequestText for pb::OpenDrawerRequest {
 impl RequestText for pb::RequeuePaymentRequest {
     fn check_text(&self) -> Result<(), Status> {
         text("payment_id", &self.payment_id, TEXT_MAX)
+    }
+}
+
+impl RequestText for pb::ResolveRefundRequest {
+    fn check_text(&self) -> Result<(), Status> {
+        text("refund_id", &self.refund_id, TEXT_MAX)?;
+        text("note", &self.note, TEXT_MAX)
     }
 }
 
@@ -731,16 +751,34 @@ impl PaymentTerminal for TerminalApi {
         .await
     }
 
+    async fn resolve_refund(&self, request: Request<pb::ResolveRefundRequest>) -> Result<Response<pb::Refund>, Status> {
+        let who = caller(&request);
+        self.may_refund(&who)?;
+        request.get_ref().check_text()?;
+        let r = request.into_inner();
+        let (booked, receipt) = match (pb::JournalFinding::try_from(r.finding), r.receipt_no) {
+            (Ok(pb::JournalFinding::Booked), 0) => (true, None),
+            (Ok(pb::JournalFinding::Booked), n @ 1..=9999) => (true, Some(n as u16)),
+            (Ok(pb::JournalFinding::Booked), _) => {
+                return Err(invalid("receipt_no", "a terminal's receipt number is 1 to 9999"));
+            }
+            (Ok(pb::JournalFinding::NotBooked), 0) => (false, None),
+            (Ok(pb::JournalFinding::NotBooked), _) => {
+                return Err(invalid("receipt_no", "only a booked refund has a receipt number"));
+            }
+            _ => return Err(invalid("finding", "must be BOOKED or NOT_BOOKED, as the journal or records show")),
+        };
+        let refund = self
+            .to_the_end(|engine| async move {
+                engine.resolve_refund(&r.refund_id, receipt, booked, &r.note, &who.description).await
+            })
+            .await?;
+        Ok(Response::new(convert::refund(&refund)))
+    }
+
     async fn refund_payment(&self, request: Request<pb::RefundPaymentRequest>) -> Result<Response<pb::Refund>, Status> {
         let who = caller(&request);
-        if !self.refunds_allowed_from.is_empty() && !self.refunds_allowed_from.contains(&who.key) {
-            return Err(rich(
-                tonic::Code::PermissionDenied,
-                "REFUND_NOT_ALLOWED",
-                format!("refunds are not allowed from {} ({}); see refunds_allowed_from", who.key, who.description),
-                None,
-            ));
-        }
+        self.may_refund(&who)?;
         request.get_ref().check_text()?;
         let r = request.into_inner();
         let refund = self

@@ -960,18 +960,8 @@ impl Engine {
         for refund in self.store.pending_refunds()? {
             if let Some(rec) = self.store.get(&refund.payment_id)? {
                 if rec.on_terminal() {
-                    // Asking the terminal again would take a second refund.
-                    self.emit(
-                        "terminal_refund_unknown",
-                        &rec.terminal_id,
-                        &rec.id,
-                        format!(
-                            "refund {} of {} was running on the payment terminal when posd stopped; \
-                             check the terminal's journal before refunding again",
-                            refund.id, refund.amount_minor
-                        ),
-                    )
-                    .await;
+                    // Asked, never sent again: a second refund could pay twice.
+                    self.recover_refund_on_terminal(refund, rec);
                     continue;
                 }
                 let engine = self.clone();

@@ -18,6 +18,8 @@ pub const NAMES: &[&str] = &[
     "capture_after_response",
     // The gateway answered a refund; posd has not stored the outcome.
     "refund_after_response",
+    // A payment terminal sent a refund's result; posd has not stored it.
+    "zvt_refund_result",
 ];
 
 pub fn hit(name: &str) {

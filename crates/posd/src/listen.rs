@@ -113,7 +113,7 @@ where
                     continue;
                 }
                 Err(e) => {
-                    if counts.accept_errors.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    if counts.accept_errors.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                         tracing::error!(error = %e, "the API cannot accept connections (descriptors or memory exhausted?); backing off");
                     }
                     tokio::time::sleep(backoff).await;
@@ -123,7 +123,7 @@ where
             };
             backoff = Duration::from_millis(5);
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                if counts.refused.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                if counts.refused.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
                     tracing::warn!(
                         max_connections = bounds.max_connections,
                         "the API has as many connections as it allows; closing new ones"

@@ -1037,6 +1037,32 @@ impl Store {
         event: &NewEvent,
         record: bool,
     ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
+        self.finish_refund_inner(id, succeeded, failure, event, record, None).await
+    }
+
+    /// [`Store::finish_refund`] with an audit entry in the payment's history,
+    /// in the same commit (who settled the refund, and how).
+    pub async fn finish_refund_audited(
+        self: &Arc<Self>,
+        id: &str,
+        succeeded: bool,
+        failure: Option<(&str, &str)>,
+        event: &NewEvent,
+        record: bool,
+        audit: &str,
+    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
+        self.finish_refund_inner(id, succeeded, failure, event, record, Some(audit.to_string())).await
+    }
+
+    async fn finish_refund_inner(
+        self: &Arc<Self>,
+        id: &str,
+        succeeded: bool,
+        failure: Option<(&str, &str)>,
+        event: &NewEvent,
+        record: bool,
+        audit: Option<String>,
+    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
         let (id, event) = (id.to_string(), event.clone());
         let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
         self.write(move |tx| {
@@ -1048,6 +1074,9 @@ impl Store {
             // Settled before (a same-key call and start-up raced): that
             // settlement and its event stand.
             let event = if settled { Some(insert_event(tx, &event)?) } else { None };
+            if let (Some(e), Some(cause)) = (&event, &audit) {
+                audit_in(tx, &e.payment_id, now_ms(), cause)?;
+            }
             if settled && succeeded && record {
                 tx.execute(
                     "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
@@ -1885,10 +1914,18 @@ fn holds_posd_tables(db: &Path) -> rusqlite::Result<bool> {
     Ok(version > 0 && payments)
 }
 
-/// Writes [`INITIALIZED_MARKER`] once the database is on disk: the database
-/// file, its WAL and the directory are synced first, then the marker and the
-/// directory again. A posd killed during its very first start finds no
-/// marker and starts over; one that finds the marker has a database to keep.
+/// Writes [`INITIALIZED_MARKER`] once the database is on disk: after
+/// [`Store::open`] committed the schema (`synchronous=FULL`: the commit is
+/// synced), the directory is synced, so the database's and its WAL's names
+/// are durable too; then the marker and the directory again. A posd killed
+/// during its very first start finds no marker and starts over; one that
+/// finds the marker has a database to keep.
+///
+/// The database files themselves are never opened here: closing a second
+/// descriptor of `posd.db` in this process would drop SQLite's POSIX locks
+/// on it, and another process (`posd check-queue`) would then take the WAL
+/// for abandoned and stop seeing posd's commits (SQLite's "how to corrupt",
+/// section 2.2).
 pub fn mark_initialized(state_dir: &Path) -> anyhow::Result<()> {
     use std::io::Write;
     let marker = state_dir.join(INITIALIZED_MARKER);
@@ -1896,14 +1933,6 @@ pub fn mark_initialized(state_dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let failed = |path: &Path, e: std::io::Error| anyhow::anyhow!("cannot sync {}: {e}", path.display());
-    let db = state_dir.join("posd.db");
-    let wal = state_dir.join("posd.db-wal");
-    File::open(&db).and_then(|f| f.sync_all()).map_err(|e| failed(&db, e))?;
-    match File::open(&wal) {
-        Ok(f) => f.sync_all().map_err(|e| failed(&wal, e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed(&wal, e)),
-    }
     File::open(state_dir).and_then(|d| d.sync_all()).map_err(|e| failed(state_dir, e))?;
     let mut f = File::create(&marker).map_err(|e| failed(&marker, e))?;
     f.write_all(MARKER_TEXT.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| failed(&marker, e))?;

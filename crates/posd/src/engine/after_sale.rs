@@ -137,17 +137,8 @@ impl Engine {
                 if r.status != "pending" {
                     return Ok(r);
                 }
-                if rec.on_terminal() {
-                    // Asking the terminal again could refund twice.
-                    return Err(EngineError::Unavailable(
-                        "OUTCOME_UNKNOWN",
-                        format!(
-                            "refund {} ran on the payment terminal without a known outcome; check the terminal's \
-                             journal before refunding again",
-                            r.id
-                        ),
-                    ));
-                }
+                // Pending: settled by the gateway's record or the terminal's
+                // journal (never refunded a second time), see send_refund.
                 r
             }
             Reservation::Created(r) => {

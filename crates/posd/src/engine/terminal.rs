@@ -663,6 +663,14 @@ impl Engine {
         rec: &PaymentRecord,
     ) -> Result<RefundRecord, EngineError> {
         let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id).await?;
+        // Sent before: the terminal's journal settles it, never a second refund.
+        if self.store.meta(&before_key(&refund.id))?.is_some() {
+            return self.settle_refund_by_journal(refund, rec, &zvt).await;
+        }
+        // The lane's last receipt now: what the terminal's answer about this
+        // refund is judged against later, as for a payment.
+        let before = self.last_receipt(&rec.terminal_id).map_err(step_error)?;
+        self.store.set_meta(&before_key(&refund.id), before.map_or(-1, i64::from))?;
         let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
         let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
         let mut settled: Option<RefundRecord> = None;
@@ -676,6 +684,7 @@ impl Engine {
         let ending = loop {
             match follow.next(self, &rec.terminal_id, &mut events).await {
                 Ok((outcome, confirm)) => {
+                    failpoint::hit("zvt_refund_result");
                     let ok = outcome.approved() && outcome.amount.is_none_or(|a| a == refund.amount_minor as u64);
                     let code = outcome.result_code.unwrap_or(0xFF);
                     let text = codes::result_text(code);
@@ -715,14 +724,10 @@ impl Engine {
             return Ok(stored);
         }
         match ending {
-            Ending::Lost { message, started: true } => Err(EngineError::Unavailable(
-                "OUTCOME_UNKNOWN",
-                format!(
-                    "the line to the payment terminal failed during refund {} ({message}); check the terminal's \
-                     journal before refunding again",
-                    refund.id
-                ),
-            )),
+            Ending::Lost { message, started: true } => {
+                tracing::warn!(refund = %refund.id, %message, "the line failed during a refund on the payment terminal; asking it");
+                self.settle_refund_by_journal(refund, rec, &zvt).await
+            }
             ending => {
                 let (code, text) = match ending {
                     Ending::Aborted { code, text } | Ending::Refused { code, text } => {
@@ -745,6 +750,188 @@ impl Engine {
                 Ok(stored)
             }
         }
+    }
+
+    /// Settles a refund the terminal may have booked (the line failed after
+    /// it took the refund, or posd restarted): its Repeat Receipt is judged
+    /// like a payment in doubt's, against the lane's last receipt number
+    /// before the refund started. Booked: succeeded, and queued for the
+    /// gateway's ledger in the same commit; not booked: failed, nothing paid
+    /// back; anything else stays pending for a person (`posctl resolve
+    /// REFUND --receipt N | --not-booked`), alerted once. The caller holds the
+    /// lane.
+    async fn settle_refund_by_journal(
+        &self,
+        refund: RefundRecord,
+        rec: &PaymentRecord,
+        zvt: &ZvtTerminal,
+    ) -> Result<RefundRecord, EngineError> {
+        let before = self.store.meta(&before_key(&refund.id))?.and_then(|n| u16::try_from(n).ok());
+        let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
+        for attempt in 0..self.settings.status_attempts.max(1) * 4 {
+            if attempt > 0 {
+                tokio::time::sleep(self.settings.status_backoff).await;
+            }
+            let Repeated { last, ending } = repeat_receipt(zvt).await;
+            verdict = match ending {
+                Ending::Completed { .. } => judge(refund.amount_minor as u64, None, before, last.as_ref()),
+                Ending::Aborted { code, text } | Ending::Refused { code, text } => Verdict::Undetermined(format!(
+                    "the payment terminal cannot repeat its last receipt ({code:02X} {text})"
+                )),
+                Ending::Lost { message, .. } => {
+                    verdict = Verdict::Undetermined(format!("the payment terminal could not be asked: {message}"));
+                    continue;
+                }
+            };
+            self.note_receipt_no(&rec.terminal_id, last.as_ref().and_then(|o| o.receipt_no));
+            break;
+        }
+        tracing::info!(refund = %refund.id, ?verdict, "payment terminal asked about a refund");
+        let event = |kind: &'static str, message: String| NewEvent {
+            kind,
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message,
+        };
+        let settled = match verdict {
+            Verdict::Booked(o) => {
+                let receipt = o.receipt_no.map_or("?".into(), |n| n.to_string());
+                let message = format!(
+                    "refunded {} {} on the payment terminal (receipt {receipt}, as its Repeat Receipt shows)",
+                    refund.amount_minor, refund.currency
+                );
+                self.store.finish_refund(&refund.id, true, None, &event("refund_succeeded", message), true).await
+            }
+            Verdict::NotBooked(why) => {
+                let message = format!("the payment terminal did not refund: {why}");
+                let failure = Some(("terminal_not_booked", why.as_str()));
+                self.store.finish_refund(&refund.id, false, failure, &event("refund_failed", message), false).await
+            }
+            Verdict::Undetermined(why) => {
+                let message = format!(
+                    "refund {} of {} on the payment terminal may or may not be booked: {why}; check the terminal's \
+                     journal, then settle it with posctl resolve {} --receipt N (booked) or --not-booked",
+                    refund.id, refund.amount_minor, refund.id
+                );
+                if !self.store.has_event("terminal_refund_unknown", &rec.id, &format!("refund {} ", refund.id))? {
+                    self.emit("terminal_refund_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
+                }
+                return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", message));
+            }
+        };
+        let (stored, ev) = settled.inspect_err(|e| self.note_store_error(e))?;
+        if let Some(ev) = ev {
+            let _ = self.events.send(ev);
+        }
+        self.record_wake.notify_one();
+        Ok(stored)
+    }
+
+    /// Settles, after a restart, a refund posd was running on a payment
+    /// terminal: once the lane is free (a payment in doubt goes first), the
+    /// terminal is asked. Never sent again.
+    pub(super) fn recover_refund_on_terminal(self: &Arc<Self>, refund: RefundRecord, rec: PaymentRecord) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            // Never reached the terminal (posd stopped first): nothing was
+            // refunded, and no customer waits at the terminal to be asked for
+            // the card again.
+            if matches!(engine.store.meta(&before_key(&refund.id)), Ok(None)) {
+                let why = "posd stopped before the refund reached the payment terminal; nothing was refunded";
+                let event = NewEvent {
+                    kind: "refund_failed",
+                    terminal_id: rec.terminal_id.clone(),
+                    payment_id: rec.id.clone(),
+                    message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
+                };
+                match engine.store.finish_refund(&refund.id, false, Some(("interrupted", why)), &event, false).await {
+                    Ok((_, Some(ev))) => drop(engine.events.send(ev)),
+                    Ok((_, None)) => {}
+                    Err(e) => engine.note_store_error(&e),
+                }
+                return;
+            }
+            for _ in 0..600 {
+                match engine.refund_on_terminal(refund.clone(), &rec).await {
+                    Err(EngineError::FailedPrecondition("TERMINAL_BUSY", _)) => {
+                        tokio::time::sleep(engine.settings.status_backoff.max(Duration::from_millis(100))).await;
+                    }
+                    Ok(r) => {
+                        return tracing::info!(refund = %r.id, status = %r.status, "refund on the payment terminal settled");
+                    }
+                    Err(e) => {
+                        return tracing::warn!(refund = %refund.id, error = %e, "refund on the payment terminal still unsettled");
+                    }
+                }
+            }
+            tracing::warn!(refund = %refund.id, "the lane stayed busy; the refund is settled at the register's next call");
+        });
+    }
+
+    /// A person checked the payment terminal's journal (or, for a refund
+    /// through the gateway that cannot be asked, the gateway's records) for a
+    /// refund posd left pending, and says what it shows: booked (succeeded;
+    /// a terminal's refund is recorded in the chain's ledger) or not booked
+    /// (failed: its amount may be refunded again). Audited with the caller.
+    pub async fn resolve_refund(
+        &self,
+        id: &str,
+        receipt: Option<u16>,
+        booked: bool,
+        note: &str,
+        caller: &str,
+    ) -> Result<RefundRecord, EngineError> {
+        let refund = self.store.refund(id)?.ok_or_else(|| EngineError::NotFound(format!("no refund {id}")))?;
+        let rec = self
+            .store
+            .get(&refund.payment_id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no payment {}", refund.payment_id)))?;
+        // While posd itself asks (a register's call, start-up), it goes first.
+        let _claim = self.claim_when_free(id).await;
+        let hold = if rec.on_terminal() { Some(self.hold_lane(&rec.terminal_id, id).await?) } else { None };
+        let refund = self.store.refund(id)?.ok_or_else(|| EngineError::NotFound(format!("no refund {id}")))?;
+        if refund.status != "pending" {
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!("refund {id} is {}; only a pending refund is resolved by a person", refund.status),
+            ));
+        }
+        if !rec.on_terminal() && !self.store.has_event("refund_outcome_unknown", &rec.id, &format!("refund {id} "))? {
+            return Err(EngineError::FailedPrecondition(
+                "WRONG_STATE",
+                format!(
+                    "refund {id} went to the gateway, which posd asks by itself; a person settles it only when \
+                     the gateway cannot be asked (event refund_outcome_unknown)"
+                ),
+            ));
+        }
+        let note = if note.is_empty() { String::new() } else { format!(" ({note})") };
+        let found = match (booked, receipt) {
+            (true, Some(n)) => format!("booked under receipt {n}"),
+            (true, None) => "booked".to_string(),
+            (false, _) => "not booked".to_string(),
+        };
+        let source = if rec.on_terminal() { "the payment terminal's journal" } else { "the gateway's records" };
+        let message = format!("refund {id}: {caller} checked {source}: {found}{note}");
+        let event = NewEvent {
+            kind: "refund_resolved",
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message: message.clone(),
+        };
+        let failure = (!booked).then_some(("resolved_not_booked", message.as_str()));
+        let (stored, ev) = self
+            .store
+            .finish_refund_audited(&refund.id, booked, failure, &event, booked && rec.on_terminal(), &message)
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
+        drop(hold);
+        if let Some(ev) = ev {
+            let _ = self.events.send(ev);
+        }
+        self.record_wake.notify_one();
+        tracing::warn!(refund = %id, %caller, %found, "refund in doubt resolved by a person");
+        Ok(stored)
     }
 
     /// Reverses a captured payment on its terminal (same day, before the
