@@ -78,6 +78,13 @@ struct Told {
     approved: HashSet<String>,
     /// Refund ids reported succeeded, with their payment and amount.
     refunds: HashMap<String, (String, i64)>,
+    /// Refund ids reported failed (nothing refunded).
+    failed_refunds: HashSet<String>,
+    /// Payment ids whose stream ended failed, declined or canceled.
+    failed_payments: HashSet<String>,
+    /// Refund calls made, and those whose outcome was not heard (asked again).
+    refunds_asked: u64,
+    refunds_retried: u64,
     payments: u64,
     interrupted: u64,
     /// Payments refused before they started, by gRPC code and reason.
@@ -90,6 +97,7 @@ struct Told {
 #[derive(Default)]
 struct Counts {
     kills: AtomicU64,
+    startup_kills: AtomicU64,
     gateway_faults: AtomicU64,
     line_faults: AtomicU64,
     db_locks: AtomicU64,
@@ -156,6 +164,12 @@ async fn main() -> ExitCode {
             0..=5 => {
                 lane.kill_posd();
                 counts.kills.fetch_add(1, Ordering::SeqCst);
+                // One restart in four is killed again during start-up
+                // (migrations, recovery, the first forwarding round).
+                if rng.below(4) == 0 {
+                    kill_during_start_up(&lane, Duration::from_millis(rng.below(150))).await;
+                    counts.startup_kills.fetch_add(1, Ordering::SeqCst);
+                }
                 lane.start_posd();
                 *addr.lock().unwrap() = lane.posd_addr.clone();
             }
@@ -163,6 +177,13 @@ async fn main() -> ExitCode {
                 let f = faults[rng.below(faults.len() as u64) as usize];
                 lane.fault(f);
                 counts.gateway_faults.fetch_add(1, Ordering::SeqCst);
+                // Answers lost, then the gateway gone: the registers' same-key
+                // retries now meet "not sent" for calls that may have been sent.
+                if f == "lose-answers" && rng.below(2) == 0 {
+                    tokio::time::sleep(Duration::from_millis(50 + rng.below(200))).await;
+                    lane.fault("down");
+                    counts.gateway_faults.fetch_add(1, Ordering::SeqCst);
+                }
             }
             _ => {
                 let f = if rng.below(2) == 0 { "fault drop-ack" } else { "fault bad-crc" };
@@ -196,15 +217,19 @@ async fn main() -> ExitCode {
     ));
     println!("chaos run: seed {}, {} lanes + 1 ZVT lane, {:.1} s", o.seed, o.lanes, started.elapsed().as_secs_f64());
     println!(
-        "  kills {}, gateway faults {}, ZVT line faults {}, database locks {}, payments {} ({} reported approved, {} interrupted by a kill), refunds reported {}",
+        "  kills {}, of them {} again during start-up, gateway faults {}, ZVT line faults {}, database locks {}, payments {} ({} reported approved, {} ended without an outcome and were asked again), refunds asked {} ({} reported succeeded, {} failed, {} asked again)",
         counts.kills.load(Ordering::SeqCst),
+        counts.startup_kills.load(Ordering::SeqCst),
         counts.gateway_faults.load(Ordering::SeqCst),
         counts.line_faults.load(Ordering::SeqCst),
         counts.db_locks.load(Ordering::SeqCst),
         told.payments,
         told.approved.len(),
         told.interrupted,
-        told.refunds.len()
+        told.refunds_asked,
+        told.refunds.len(),
+        told.failed_refunds.len(),
+        told.refunds_retried
     );
     for (lane, (tried, approved)) in &told.by_lane {
         println!("  lane {lane}: {tried} payments, {approved} reported approved");
@@ -232,6 +257,17 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Starts posd and kills it `after` the start, whatever it is doing then.
+async fn kill_during_start_up(lane: &Lane, after: Duration) {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(lane.posd_log()).expect("posd's log");
+    let mut cmd = lane.posd_command();
+    cmd.stdout(std::process::Stdio::null()).stderr(log).stdin(std::process::Stdio::null());
+    let Ok(mut child) = cmd.spawn() else { return };
+    tokio::time::sleep(after).await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Another program (a technician's sqlite3 shell, a backup tool) holds
 /// posd's database write lock for 6 s, past posd's 5 s busy timeout.
 async fn hold_write_lock(lane: &Lane) {
@@ -257,44 +293,100 @@ async fn connect(addr: &Mutex<String>) -> Option<PaymentTerminalClient<Channel>>
     Some(PaymentTerminalClient::new(channel.ok()?.ok()?))
 }
 
-/// One lane's register: payments (mostly approvable amounts, some declines)
-/// and, on gateway lanes, partial refunds of approved ones.
-async fn workload(lane: String, addr: Arc<Mutex<String>>, told: Arc<Mutex<Told>>, stop: Arc<AtomicBool>, mut rng: Rng) {
-    let mut captured: Vec<(String, i64)> = Vec::new();
-    let mut n = 0u64;
+/// A refund the register asked for and has not heard the end of: it asks
+/// again under the same key, as a register must after "outcome unknown" or
+/// a broken connection.
+struct AskedRefund {
+    key: String,
+    payment: String,
+    amount: i64,
+}
+
+/// A payment whose stream ended without its outcome (posd killed, the
+/// connection broken): the register takes it again under the same key and
+/// parameters, which attaches to the stored payment.
+struct AskedPayment {
+    key: String,
+    amount: i64,
+}
+
+/// One lane's register, as a real one behaves: payments (mostly approvable
+/// amounts, some declines), partial refunds of captured ones, refunds past
+/// what is left (refused), and every call whose outcome it did not hear
+/// asked again under the same key, across kills and gateway faults.
+struct Register {
+    lane: String,
+    told: Arc<Mutex<Told>>,
+    rng: Rng,
+    n: u64,
+    /// Captured payments: id, amount, refunded or asked so far.
+    captured: Vec<(String, i64, i64)>,
+    refunds_in_doubt: Vec<AskedRefund>,
+    payments_in_doubt: Vec<AskedPayment>,
+}
+
+async fn workload(lane: String, addr: Arc<Mutex<String>>, told: Arc<Mutex<Told>>, stop: Arc<AtomicBool>, rng: Rng) {
+    let mut r = Register {
+        lane,
+        told,
+        rng,
+        n: 0,
+        captured: Vec::new(),
+        refunds_in_doubt: Vec::new(),
+        payments_in_doubt: Vec::new(),
+    };
     while !stop.load(Ordering::SeqCst) {
         let Some(mut client) = connect(&addr).await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        if lane != "zvt" && !captured.is_empty() && rng.below(5) == 0 {
-            let (id, amount) = captured.swap_remove(rng.below(captured.len() as u64) as usize);
-            let part = 1 + rng.below(amount as u64 / 2) as i64;
-            let key = format!("{lane}-refund-{n}-{}", rng.tag());
-            let req = pb::RefundPaymentRequest {
-                payment_id: id.clone(),
-                idempotency_key: key,
-                amount_minor: part,
-                reason: "chaos".into(),
-            };
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(20), client.refund_payment(req)).await {
-                let r = r.into_inner();
-                let mut t = told.lock().unwrap();
-                t.api_responses.push(format!("{r:?}"));
-                if r.status == pb::RefundStatus::Succeeded as i32 {
-                    t.refunds.insert(r.refund_id.clone(), (id, part));
-                }
+        let pause = match r.rng.below(10) {
+            0 if !r.refunds_in_doubt.is_empty() => {
+                let asked = r.refunds_in_doubt.swap_remove(r.rng.below(r.refunds_in_doubt.len() as u64) as usize);
+                r.refund(&mut client, asked).await
             }
-            continue;
+            1 if !r.payments_in_doubt.is_empty() => {
+                let asked = r.payments_in_doubt.swap_remove(r.rng.below(r.payments_in_doubt.len() as u64) as usize);
+                r.pay(&mut client, asked).await
+            }
+            2 | 3 if !r.captured.is_empty() => {
+                let i = r.rng.below(r.captured.len() as u64) as usize;
+                let (payment, amount, asked) = r.captured[i].clone();
+                // One refund in five asks for more than is left: refused.
+                let part = if r.rng.below(5) == 0 {
+                    amount - asked + 1
+                } else {
+                    1 + r.rng.below((amount as u64 / 3).max(1)) as i64
+                };
+                if part <= amount - asked {
+                    r.captured[i].2 += part;
+                }
+                r.n += 1;
+                let key = format!("{}-refund-{}-{}", r.lane, r.n, r.rng.tag());
+                r.refund(&mut client, AskedRefund { key, payment, amount: part }).await
+            }
+            _ => {
+                r.n += 1;
+                let cents = [0, 0, 0, 0, 0, 0, 5][r.rng.below(7) as usize];
+                let amount = (1 + r.rng.below(50) as i64) * 100 + cents;
+                let key = format!("{}-{}-{}", r.lane, r.n, r.rng.tag());
+                r.pay(&mut client, AskedPayment { key, amount }).await
+            }
+        };
+        if pause {
+            // A register waits a moment before it tries again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        n += 1;
-        let cents = [0, 0, 0, 0, 0, 0, 5][rng.below(7) as usize];
-        let amount = (1 + rng.below(50) as i64) * 100 + cents;
-        let key = format!("{lane}-{n}-{}", rng.tag());
+    }
+}
+
+impl Register {
+    /// Takes (or attaches to) a payment; true when refused before it started.
+    async fn pay(&mut self, client: &mut PaymentTerminalClient<Channel>, asked: AskedPayment) -> bool {
         let req = pb::TakePaymentRequest {
-            idempotency_key: key,
-            terminal_id: lane.clone(),
-            amount: Some(pb::Money { amount_minor: amount, currency: "EUR".into() }),
+            idempotency_key: asked.key.clone(),
+            terminal_id: self.lane.clone(),
+            amount: Some(pb::Money { amount_minor: asked.amount, currency: "EUR".into() }),
             ..Default::default()
         };
         let events = tokio::time::timeout(Duration::from_secs(30), async {
@@ -306,44 +398,83 @@ async fn workload(lane: String, addr: Arc<Mutex<String>>, told: Arc<Mutex<Told>>
             Ok::<_, tonic::Status>(events)
         })
         .await;
-        let refused = {
-            let mut refused = false;
-            let mut t = told.lock().unwrap();
-            t.payments += 1;
-            t.by_lane.entry(lane.clone()).or_default().0 += 1;
-            match events {
-                Ok(Ok(events)) => {
-                    let last = events.last().and_then(|e| e.payment.clone());
-                    t.api_responses.push(format!("{events:?}"));
-                    match last {
-                        Some(p) if p.approved => {
-                            t.by_lane.entry(lane.clone()).or_default().1 += 1;
-                            t.approved.insert(p.payment_id.clone());
-                            if p.status == pb::PaymentStatus::Captured as i32 {
-                                captured.push((p.payment_id, amount));
-                            }
-                        }
-                        Some(_) => {}
-                        None => t.interrupted += 1,
-                    }
-                }
-                // Refused before it started (busy lane, posd stopping or gone).
-                Ok(Err(status)) if status.code() != tonic::Code::Unknown => {
-                    let reason =
-                        format!("{:?} {}", status.code(), status.message().split(';').next().unwrap_or_default());
-                    let reason: String = reason.chars().take(60).collect();
-                    *t.refused.entry(reason).or_default() += 1;
-                    refused = true;
-                }
-                // posd died under the stream: the register would look the
-                // payment up; the check covers it.
-                _ => t.interrupted += 1,
+        let mut t = self.told.lock().unwrap();
+        t.payments += 1;
+        t.by_lane.entry(self.lane.clone()).or_default().0 += 1;
+        let last = match events {
+            Ok(Ok(events)) => {
+                t.api_responses.push(format!("{events:?}"));
+                events.last().and_then(|e| e.payment.clone())
             }
-            refused
+            // Refused before it started (busy lane, posd stopping or gone):
+            // a new payment the next time.
+            Ok(Err(status)) if status.code() != tonic::Code::Unknown => {
+                let reason = format!("{:?} {}", status.code(), status.message().split(';').next().unwrap_or_default());
+                *t.refused.entry(reason.chars().take(60).collect()).or_default() += 1;
+                return true;
+            }
+            _ => None,
         };
-        if refused {
-            // A register waits a moment before it tries again.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let final_status = last.as_ref().map(|p| pb::PaymentStatus::try_from(p.status).unwrap_or_default());
+        match (last, final_status) {
+            (Some(p), _) if p.approved => {
+                t.by_lane.entry(self.lane.clone()).or_default().1 += 1;
+                t.approved.insert(p.payment_id.clone());
+                if p.status == pb::PaymentStatus::Captured as i32 {
+                    self.captured.push((p.payment_id, asked.amount, 0));
+                }
+            }
+            (Some(p), Some(pb::PaymentStatus::Failed | pb::PaymentStatus::Declined | pb::PaymentStatus::Canceled)) => {
+                t.failed_payments.insert(p.payment_id);
+            }
+            // Ended without an outcome (posd killed, the line lost, a
+            // payment still in doubt): the register asks again, same key.
+            _ => {
+                t.interrupted += 1;
+                self.payments_in_doubt.push(asked);
+            }
+        }
+        false
+    }
+
+    /// Asks for a refund (or asks again); true when posd said to wait.
+    async fn refund(&mut self, client: &mut PaymentTerminalClient<Channel>, asked: AskedRefund) -> bool {
+        let req = pb::RefundPaymentRequest {
+            payment_id: asked.payment.clone(),
+            idempotency_key: asked.key.clone(),
+            amount_minor: asked.amount,
+            reason: "chaos".into(),
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(20), client.refund_payment(req)).await;
+        let mut t = self.told.lock().unwrap();
+        t.refunds_asked += 1;
+        match answer {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                t.api_responses.push(format!("{r:?}"));
+                match pb::RefundStatus::try_from(r.status) {
+                    Ok(pb::RefundStatus::Succeeded) => {
+                        t.refunds.insert(r.refund_id.clone(), (asked.payment, asked.amount));
+                    }
+                    Ok(pb::RefundStatus::Failed) => {
+                        t.failed_refunds.insert(r.refund_id.clone());
+                    }
+                    _ => self.refunds_in_doubt.push(asked),
+                }
+                false
+            }
+            // Refused for good: more than is left, a payment not captured.
+            Ok(Err(s)) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+                *t.refused.entry(format!("refund {:?}", s.code())).or_default() += 1;
+                false
+            }
+            // Outcome unknown, posd stopping or gone, no answer in time:
+            // asked again later under the same key.
+            _ => {
+                t.refunds_retried += 1;
+                self.refunds_in_doubt.push(asked);
+                true
+            }
         }
     }
 }
@@ -359,28 +490,51 @@ async fn settle(lane: &Lane) -> Result<String, String> {
              ('captured','authorized','declined','canceled','failed','reversed','offline_declined','expired','voided')";
         let parked = "status = 'unknown' AND device = 'zvt' AND id IN \
              (SELECT payment_id FROM events WHERE kind = 'terminal_outcome_unknown')";
-        // One connection per look, three counts.
+        // A refund the terminal's journal or the gateway could not settle
+        // is left to a person too (posctl resolve), with its event.
+        let parked_refund = "status = 'pending' AND EXISTS (SELECT 1 FROM events e WHERE e.payment_id = refunds.payment_id \
+             AND e.kind IN ('terminal_refund_unknown', 'refund_outcome_unknown') AND e.message LIKE 'refund ' || refunds.id || ' %')";
+        // One connection per look, five counts.
         let counts = open_db(lane).and_then(|db| {
             let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(|e| e.to_string());
             Ok((
                 count(&format!("SELECT COUNT(*) FROM payments WHERE {not_final} AND NOT ({parked})"))?,
                 count(&format!("SELECT COUNT(*) FROM payments WHERE {parked}"))?,
                 count("SELECT COUNT(*) FROM gateway_records WHERE sent_at_ms IS NULL")?,
+                count(&format!("SELECT COUNT(*) FROM refunds WHERE status = 'pending' AND NOT ({parked_refund})"))?,
+                count(&format!("SELECT COUNT(*) FROM refunds WHERE {parked_refund}"))?,
             ))
         });
         match counts {
-            Ok((0, left, 0)) => {
+            Ok((0, left, 0, 0, refunds_left)) => {
                 return Ok(format!(
-                    "every payment final, queues empty ({left} ZVT payments the terminal could not confirm left to a person)"
+                    "every payment and refund final, queues empty ({left} ZVT payments and {refunds_left} refunds \
+                     the terminal could not confirm left to a person)"
                 ));
             }
             other if Instant::now() > deadline => {
-                return Err(format!("after 120 s: (not final, left to a person, records unsent) = {other:?}"));
+                return Err(format!(
+                    "after 120 s: (payments not final, left to a person, records unsent, refunds pending, \
+                     refunds left to a person) = {other:?}"
+                ));
             }
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The gateway's refunds by refund key: whether each succeeded.
+fn gateway_refunds(lane: &Lane) -> HashMap<String, bool> {
+    let Ok(db) = rusqlite::Connection::open_with_flags(
+        lane.dir.path().join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
+        return HashMap::new();
+    };
+    db.prepare("SELECT refund_key, succeeded FROM refunds")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .unwrap_or_default()
 }
 
 fn open_db(lane: &Lane) -> Result<rusqlite::Connection, String> {
@@ -462,25 +616,23 @@ fn check(lane: &Lane, told: &Told, settled: Result<String, String>) -> Report {
         if orphans.is_empty() { Ok(format!("{} charges", charges.len())) } else { Err(orphans.join("; ")) },
     ));
 
-    // Refunds: never more than captured, posd and the gateway agree.
+    // Refunds: never more than captured; posd's refunded total per payment
+    // is the gateway's (a terminal's refunds reach it as records).
     let mut over = Vec::new();
     let mut refunded: HashMap<&str, i64> = HashMap::new();
     for (_, payment, amount, status, _) in &refunds {
         if status == "succeeded" {
             *refunded.entry(payment.as_str()).or_default() += amount;
         }
-        if status == "pending" {
-            over.push(format!("refund of {payment} still pending"));
-        }
     }
-    for (id, sum) in &refunded {
-        let p = &payments[*id];
-        if *sum > p.captured {
+    for (id, p) in &payments {
+        let sum = refunded.get(id.as_str()).copied().unwrap_or(0);
+        if sum > p.captured {
             over.push(format!("{id}: {sum} refunded of {} captured", p.captured));
         }
         let at_gateway = charges.get(&p.gateway_key).and_then(|c| c["refunded_minor"].as_i64()).unwrap_or(0);
-        if p.device == "reader" && at_gateway != *sum {
-            over.push(format!("{id}: {sum} refunded in posd, {at_gateway} at the gateway"));
+        if at_gateway != sum {
+            over.push(format!("{id} ({}): {sum} refunded in posd, {at_gateway} at the gateway", p.device));
         }
     }
     for c in &ledger {
@@ -494,8 +646,37 @@ fn check(lane: &Lane, told: &Told, settled: Result<String, String>) -> Report {
         }
     }
     report.push((
-        "refunds never exceed captures; posd and the gateway agree",
+        "refunds never exceed captures; posd's refunded total per payment equals the gateway's",
         if over.is_empty() { Ok(format!("{} refunds", refunds.len())) } else { Err(over.join("; ")) },
+    ));
+
+    // Nothing the register was told failed exists at the gateway: no charge
+    // under a failed payment's key, no refund under a failed refund's key.
+    let mut booked = Vec::new();
+    for id in &told.failed_payments {
+        if let Some(p) = payments.get(id)
+            && charges.get(&p.gateway_key).is_some_and(|c| c["status"] == "approved")
+        {
+            booked.push(format!("payment {id}: reported failed, charged at the gateway"));
+        }
+    }
+    let gateway_refunds = gateway_refunds(lane);
+    for (id, _, _, _, refund_key) in &refunds {
+        if told.failed_refunds.contains(id) && gateway_refunds.get(refund_key.as_str()) == Some(&true) {
+            booked.push(format!("refund {id}: reported failed, refunded at the gateway"));
+        }
+    }
+    report.push((
+        "no operation reported failed exists at the gateway",
+        if booked.is_empty() {
+            Ok(format!(
+                "{} payments and {} refunds reported failed",
+                told.failed_payments.len(),
+                told.failed_refunds.len()
+            ))
+        } else {
+            Err(booked.join("; "))
+        },
     ));
 
     let integrity = |path: &std::path::Path| -> Result<String, String> {
