@@ -1,35 +1,30 @@
 //! Arbitrary bytes as a device's text (lossy UTF-8), through the one scrub
 //! posd applies before it stores, logs, streams or prints any: no control
 //! character or line separator comes out, the length is bounded, no
-//! card-number-like digit run (13 or more digits, single spaces or hyphens
-//! between groups) remains, and a second scrub changes nothing. The masked
+//! card-number-like digit run (13 or more digits, up to three spaces or
+//! hyphens between groups) remains, and a second scrub changes nothing. The masked
 //! card numbers posd keeps follow the one masking rule.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pos_cardcrypt::{SCRUB_LIMIT, is_well_masked, luhn_valid, scrub, scrub_with_limit, well_masked};
 
-/// Every maximal run of ASCII digits joined by single spaces or hyphens, as
-/// digits (an oracle written apart from the scrub).
+/// Every maximal run of ASCII digits joined by up to three spaces or
+/// hyphens, as digits (an oracle written apart from the scrub).
 fn digit_runs(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut runs = Vec::new();
-    let mut run = String::new();
-    for (i, &c) in chars.iter().enumerate() {
+    let spaced: String = text.chars().map(|c| if c == '-' { ' ' } else { c }).collect();
+    let mut runs: Vec<String> = Vec::new();
+    let mut gap = usize::MAX;
+    for c in spaced.chars() {
+        match c {
+            '0'..='9' if gap <= 3 && !runs.is_empty() => runs.last_mut().unwrap().push(c),
+            '0'..='9' => runs.push(c.to_string()),
+            ' ' if gap < usize::MAX => gap += 1,
+            _ => gap = usize::MAX,
+        }
         if c.is_ascii_digit() {
-            run.push(c);
-            continue;
+            gap = 0;
         }
-        let joins = matches!(c, ' ' | '-')
-            && i > 0
-            && chars[i - 1].is_ascii_digit()
-            && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        if !joins && !run.is_empty() {
-            runs.push(std::mem::take(&mut run));
-        }
-    }
-    if !run.is_empty() {
-        runs.push(run);
     }
     runs
 }

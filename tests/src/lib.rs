@@ -31,8 +31,13 @@ pub fn count(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> +
 /// bounds failures only; passing runs never wait for it.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Path of one of the workspace's binaries.
+/// Path of one of the workspace's binaries; `POSD_E2E_BIN_DIR` names
+/// another directory to take them from (an older release's, to make a
+/// fixture the way that release wrote it).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("POSD_E2E_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // Tests run from target/<profile>/deps, the harness binaries from target/<profile>.
     let parent = exe.parent().expect("target/<profile>");
@@ -350,6 +355,12 @@ impl Lane {
         Self::build_inner(tempfile::tempdir().unwrap(), &[], 1500, device, extra_config, true, &[])
     }
 
+    /// [`Lane::prepare`] in a directory that already holds files: a
+    /// gateway ledger (`ledger.db`) and posd's state (`posd-state/`).
+    pub fn prepare_in(dir: tempfile::TempDir, reader_args: &[&str], extra_config: &str) -> Lane {
+        Self::build_inner(dir, reader_args, 1500, Device::PTY_READER, extra_config, true, &[])
+    }
+
     pub fn prepare(reader_args: &[&str], extra_config: &str) -> Lane {
         Self::build_inner(tempfile::tempdir().unwrap(), reader_args, 1500, Device::PTY_READER, extra_config, true, &[])
     }
@@ -640,6 +651,11 @@ impl Lane {
 
     pub fn posd_pid(&self) -> u32 {
         self.posd.as_ref().expect("posd running").child.id()
+    }
+
+    /// Stops the gateway simulator (its ledger stays on disk).
+    pub fn kill_gateway(&mut self) {
+        self.gateway.kill();
     }
 
     /// Asks posd to stop, as systemd does: SIGTERM.

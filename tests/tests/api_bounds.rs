@@ -52,6 +52,12 @@ async fn a_descriptor_flood_never_yields_an_offline_approval() {
     assert_eq!(status(&first), pb::PaymentStatus::Captured);
 
     let flood = idle_connections(&lane.posd_addr, 150).await;
+    // posd has taken all the descriptors it may: its accept loop says so.
+    posd_e2e::eventually("posd to run out of descriptors", async || {
+        let log = std::fs::read_to_string(lane.posd_log()).unwrap_or_default();
+        log.contains("the API cannot accept connections").then_some(())
+    })
+    .await;
     let events = take(&mut register, "k-in-flood", 1_100).await.expect("the register's channel still works");
     let p = final_payment(&events);
     assert_eq!(status(&p), pb::PaymentStatus::Failed, "{p:?}");

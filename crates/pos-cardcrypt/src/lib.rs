@@ -310,7 +310,11 @@ pub fn is_unsafe_char(c: char) -> bool {
         )
 }
 
-/// Characters that may stand alone between the digit groups of one card
+/// How many separators in a row may stand between two digit groups of one
+/// card number for [`scrub`] ("4111  1111", a CR LF turned into spaces).
+pub const MAX_SEPARATORS: usize = 3;
+
+/// Characters that may stand between the digit groups of one card
 /// number ("4242 4242 4242 4242", "4242-4242-4242-4242"): space, hyphen,
 /// and their Unicode look-alikes (no-break and figure spaces, Unicode
 /// hyphens and dashes).
@@ -331,8 +335,9 @@ pub fn scrub(text: &str) -> String {
 /// 1. every character [`is_unsafe_char`] names becomes a space, so no text
 ///    can end a log line or forge another one;
 /// 2. every run of [`PAN_MIN_DIGITS`] or more ASCII digits, counted across
-///    single separators between digit groups (a space, a hyphen, see
-///    [`is_digit_separator`]), is replaced by [`mask_pan`] of its digits:
+///    up to [`MAX_SEPARATORS`] separators between digit groups (spaces,
+///    hyphens, see [`is_digit_separator`], and the spaces of step 1), is
+///    replaced by [`mask_pan`] of its digits:
 ///    first 6 and last 4 digits, `*` between, separators dropped. Shorter
 ///    runs (amounts, trace and receipt numbers, dates, 8-digit terminal ids)
 ///    stay as they are;
@@ -360,11 +365,14 @@ pub fn scrub_with_limit(text: &str, limit: usize) -> String {
                 digits.push(chars[i]);
                 i += 1;
             }
-            let joined = i + 1 < chars.len() && is_digit_separator(chars[i]) && chars[i + 1].is_ascii_digit();
+            // Up to MAX_SEPARATORS separators (a line break became a space
+            // above, so "4111\r\n1111" is two) join the next digit group.
+            let gap = chars[i..].iter().take(MAX_SEPARATORS + 1).take_while(|c| is_digit_separator(**c)).count();
+            let joined = (1..=MAX_SEPARATORS).contains(&gap) && chars.get(i + gap).is_some_and(char::is_ascii_digit);
             if !joined {
                 break i;
             }
-            i += 1;
+            i += gap;
         };
         if digits.len() >= PAN_MIN_DIGITS {
             out.push_str(&mask_pan(&digits));
@@ -524,7 +532,8 @@ mod tests {
             "date 2026-01-01 time 12:00",
             "call 0800 123 4567",
             "123456789012",
-            "4242  4242  4242  4242",
+            // Four separators part groups (three join them: see the line-break test).
+            "4242    4242    4242    4242",
             "4242 -4242",
             "Zahlung erfolgt — Karte ✓ 10,00 €",
             "",
@@ -569,28 +578,31 @@ mod tests {
         assert_eq!(scrub_with_limit("4242424242424242", 10), "424242***…");
     }
 
-    /// Every maximal run of ASCII digits joined by single spaces or hyphens,
-    /// as digits: an oracle for what [`scrub`] must leave no card number in,
-    /// written apart from it.
+    #[test]
+    fn a_card_number_split_by_line_breaks_is_still_masked() {
+        assert_eq!(scrub("4111\r\n1111\r\n1111\r\n1111"), "411111******1111");
+        assert_eq!(scrub("PAN 4111 - 1111 - 1111 - 1111 ok"), "PAN 411111******1111 ok");
+        // Four separators and more part the groups: amounts and dates stay.
+        assert_eq!(scrub("12.34    2026-12-07    0815"), "12.34    2026-12-07    0815");
+    }
+
+    /// Every maximal run of ASCII digits joined by up to three spaces or
+    /// hyphens, as digits: an oracle for what [`scrub`] must leave no card
+    /// number in, written apart from it.
     fn digit_runs(text: &str) -> Vec<String> {
-        let chars: Vec<char> = text.chars().collect();
-        let mut runs = Vec::new();
-        let mut run = String::new();
-        for (i, &c) in chars.iter().enumerate() {
+        let spaced: String = text.chars().map(|c| if c == '-' { ' ' } else { c }).collect();
+        let mut runs: Vec<String> = Vec::new();
+        let mut gap = usize::MAX;
+        for c in spaced.chars() {
+            match c {
+                '0'..='9' if gap <= 3 && !runs.is_empty() => runs.last_mut().unwrap().push(c),
+                '0'..='9' => runs.push(c.to_string()),
+                ' ' if gap < usize::MAX => gap += 1,
+                _ => gap = usize::MAX,
+            }
             if c.is_ascii_digit() {
-                run.push(c);
-                continue;
+                gap = 0;
             }
-            let joins = matches!(c, ' ' | '-')
-                && i > 0
-                && chars[i - 1].is_ascii_digit()
-                && chars.get(i + 1).is_some_and(char::is_ascii_digit);
-            if !joins && !run.is_empty() {
-                runs.push(std::mem::take(&mut run));
-            }
-        }
-        if !run.is_empty() {
-            runs.push(run);
         }
         runs
     }

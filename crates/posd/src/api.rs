@@ -997,7 +997,7 @@ impl PaymentTerminal for TerminalApi {
         let store = self.engine.store();
         let mut payments = Vec::with_capacity(rows.len());
         for p in &rows {
-            let refunds = store.refunds_of(&p.id).map_err(store_status)?;
+            let refunds = store.refunds_of(&p.id).map_err(self.db())?;
             payments.push(convert::with_refunds(convert::payment(p, &[]), &refunds));
         }
         Ok(Response::new(pb::ListPaymentsResponse { payments, next_page_token }))

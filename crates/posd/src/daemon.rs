@@ -355,7 +355,7 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         // `uds::claim` removed a stale socket at start; a live one is never removed.
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
-        restrict_socket(path)?;
+        restrict_socket(path, engine.store())?;
         announce(&format!("unix:{path}"), demo_banner, &demo_notes);
         if let Some(m) = metrics_addr {
             println!("posd metrics on http://{m}/metrics");
@@ -450,17 +450,33 @@ async fn supervise(engine: Arc<Engine>) {
 }
 
 /// The API socket: mode 0660, group posd-clients when that group exists.
-fn restrict_socket(path: &str) -> anyhow::Result<()> {
+/// A missing group (a development setup) is warned about once per state
+/// directory, not at every start.
+fn restrict_socket(path: &str, store: &Store) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| anyhow::anyhow!("cannot set the mode of {path}: {e}"))?;
     match nix::unistd::Group::from_name("posd-clients") {
         Ok(Some(g)) => nix::unistd::chown(path, None, Some(g.gid))
             .map_err(|e| anyhow::anyhow!("cannot give {path} to group posd-clients: {e}"))?,
-        _ => tracing::warn!(socket = path, "group posd-clients does not exist; only posd's own group may call the API"),
+        _ if store.meta(NO_CLIENTS_GROUP).ok().flatten().is_some() => {
+            tracing::debug!(socket = path, "group posd-clients does not exist (warned before)");
+        }
+        _ => {
+            tracing::warn!(
+                socket = path,
+                "group posd-clients does not exist; only posd's own group may call the API (said once per state directory)"
+            );
+            if let Err(e) = store.set_meta(NO_CLIENTS_GROUP, 1) {
+                tracing::debug!(error = %e, "cannot note the warning about posd-clients");
+            }
+        }
     }
     Ok(())
 }
+
+/// Meta key: posd warned that the group posd-clients is missing.
+const NO_CLIENTS_GROUP: &str = "warned_no_clients_group";
 
 fn announce(addr: &str, demo: Option<bool>, notes: &[String]) {
     println!("posd listening on {addr}");

@@ -775,7 +775,8 @@ impl Engine {
                 let input = Input::OfflineRefused {
                     code: "local_resource_exhausted".into(),
                     message: format!(
-                        "posd could not reach out to the gateway because of a fault on the lane PC ({why});                          nothing was charged; take the payment again, and if this repeats, tell store IT"
+                        "posd could not reach out to the gateway because of a fault on the lane PC ({why}); \
+                         nothing was charged; take the payment again, and if this repeats, tell store IT"
                     ),
                 };
                 self.step(&rec, input, Update::default()).await?;

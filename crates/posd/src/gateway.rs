@@ -110,16 +110,12 @@ pub(crate) trait Scrubbed {
     fn scrubbed(self) -> Self;
 }
 
+/// Identifiers (keys, event ids, the gateway's reference) are left as sent:
+/// posd matches them against its own and deduplicates by them, and a masked
+/// one would match nothing or collide with another.
 impl Scrubbed for Transaction {
     fn scrubbed(mut self) -> Self {
-        for text in [
-            &mut self.transaction_key,
-            &mut self.decline_code,
-            &mut self.decline_message,
-            &mut self.auth_code,
-            &mut self.gateway_reference,
-            &mut self.currency,
-        ] {
+        for text in [&mut self.decline_code, &mut self.decline_message, &mut self.auth_code, &mut self.currency] {
             *text = scrub(text.as_str());
         }
         self
@@ -128,7 +124,7 @@ impl Scrubbed for Transaction {
 
 impl Scrubbed for RefundResult {
     fn scrubbed(mut self) -> Self {
-        for text in [&mut self.refund_key, &mut self.decline_code, &mut self.decline_message] {
+        for text in [&mut self.decline_code, &mut self.decline_message] {
             *text = scrub(text.as_str());
         }
         self
@@ -158,9 +154,7 @@ impl Scrubbed for ForwardResult {
 
 impl Scrubbed for GatewayEvent {
     fn scrubbed(mut self) -> Self {
-        for text in
-            [&mut self.event_id, &mut self.kind, &mut self.transaction_key, &mut self.currency, &mut self.message]
-        {
+        for text in [&mut self.kind, &mut self.currency, &mut self.message] {
             *text = scrub(text.as_str());
         }
         self
@@ -226,6 +220,16 @@ fn network_cause(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     network
+}
+
+/// Whether this process can open no socket now (descriptors or memory
+/// exhausted): asked only after a failed connect.
+fn descriptors_exhausted() -> bool {
+    use libc_errno::*;
+    match std::net::UdpSocket::bind(("127.0.0.1", 0)) {
+        Ok(_) => false,
+        Err(e) => e.raw_os_error().is_some_and(|n| [EMFILE, ENFILE, ENOMEM, ENOBUFS].contains(&n)),
+    }
 }
 
 /// The errno values [`network_cause`] treats as local (Linux numbering).
@@ -487,7 +491,10 @@ impl Gateway {
             Err(e) => {
                 // The chain may quote the gateway (its certificate's names, say).
                 let message = format!("cannot connect to {}: {}", self.settings.url, scrub(&source_chain(&e)));
-                let network = network_cause(&e);
+                // Out of descriptors, a name lookup fails as "temporary
+                // failure" (EAI_AGAIN), which reads like the network's: a
+                // socket of our own tells.
+                let network = network_cause(&e) && !descriptors_exhausted();
                 if network {
                     self.set_online(false);
                     *self.last_error.lock().unwrap() = message.clone();
@@ -638,8 +645,14 @@ mod tests {
         assert_eq!(r.transaction.unwrap().decline_message, "no way");
         assert_eq!(r.error_message.chars().count(), pos_cardcrypt::SCRUB_LIMIT);
 
-        let e = GatewayEvent { message: "refund for 5555555555554444\nforged".into(), ..Default::default() }.scrubbed();
+        let e = GatewayEvent {
+            event_id: "1234567890123456789".into(),
+            message: "refund for 5555555555554444\nforged".into(),
+            ..Default::default()
+        }
+        .scrubbed();
         assert_eq!(e.message, "refund for 555555******4444 forged");
+        assert_eq!(e.event_id, "1234567890123456789", "an identifier is matched and deduplicated, never masked");
         let r = RefundResult { decline_message: "\u{202e}4000056655665556".into(), ..Default::default() }.scrubbed();
         assert_eq!(r.decline_message, " 400005******5556");
     }

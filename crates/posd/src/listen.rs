@@ -71,7 +71,9 @@ impl Listen for tokio::net::TcpListener {
         let (conn, _) = tokio::net::TcpListener::accept(self).await?;
         // Without TCP_NODELAY, Nagle's algorithm holds the last frame of an
         // answer until the register's delayed ACK: tens of milliseconds.
-        conn.set_nodelay(true)?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
+        }
         Ok(conn)
     }
 }

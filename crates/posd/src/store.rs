@@ -1145,6 +1145,18 @@ impl Store {
         .await
     }
 
+    /// Takes back the note of [`Store::note_send`] after the attempt that
+    /// made it was not sent (its connect failed): nothing can be at the
+    /// gateway, and the next attempt is a first one again.
+    pub async fn forget_send(self: &Arc<Self>, kind: SendKind, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |tx| {
+            tx.execute("DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind.as_str(), key])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Whether an attempt of the operation may have reached the gateway.
     pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
         let conn = self.conn();

@@ -50,7 +50,8 @@ impl Engine {
         }
         self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
         let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id).await?;
-        let tx = self.gateway.capture(&rec.gateway_key, amount).await.map_err(|e| call_error(e, earlier))?;
+        let answer = self.gateway.capture(&rec.gateway_key, amount).await;
+        let tx = self.answer(SendKind::Capture, &rec.gateway_key, earlier, answer).await?;
         crate::failpoint::hit("capture_after_response");
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
         let update = Update { captured_minor: Some(captured), ..Default::default() };
@@ -78,7 +79,8 @@ impl Engine {
         }
         self.store.audit(&rec.id, &format!("void requested by {caller}")).await?;
         let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id).await?;
-        self.gateway.void(&rec.gateway_key).await.map_err(|e| call_error(e, earlier))?;
+        let answer = self.gateway.void(&rec.gateway_key).await;
+        self.answer(SendKind::Void, &rec.gateway_key, earlier, answer).await?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
         self.step(&rec, Input::Void { reason: why }, Update::default()).await.map_err(step_error)
     }
@@ -172,6 +174,25 @@ impl Engine {
             }
         };
         self.send_refund(refund, &rec).await
+    }
+
+    /// The register's answer for a capture's or void's gateway call. A first
+    /// attempt that was not sent takes back its note: with nothing at the
+    /// gateway, a later "not sent" is plain "unreachable" again.
+    async fn answer<T>(
+        &self,
+        kind: SendKind,
+        key: &str,
+        earlier: bool,
+        answer: Result<T, CallError>,
+    ) -> Result<T, EngineError> {
+        if !earlier
+            && matches!(answer, Err(CallError::NotSent(_)))
+            && let Err(e) = self.store.forget_send(kind, key).await
+        {
+            tracing::warn!(error = %e, "cannot take back the note of an attempt that was not sent");
+        }
+        answer.map_err(|e| call_error(e, earlier))
     }
 
     /// Sends a pending refund under its own key and stores the outcome.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
 use crate::lane::Lane;
-use crate::store::{CardInfo, NewEvent, PaymentRecord, RefundRecord, TerminalResult, Update};
+use crate::store::{CardInfo, NewEvent, PaymentRecord, RefundRecord, SendKind, TerminalResult, Update};
 use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
 /// The terminal's last receipt number posd saw, per lane.
@@ -343,6 +343,42 @@ impl Engine {
         }
     }
 
+    /// What the terminal's Repeat Receipt says of an operation of `amount`
+    /// in doubt, judged against its stored receipt or the lane's last one
+    /// before it ([`judge`]); asked again, with backoff, while the terminal
+    /// cannot be reached.
+    async fn ask_terminal(
+        &self,
+        lane: &str,
+        zvt: &ZvtTerminal,
+        amount: i64,
+        stored: Option<u16>,
+        before: Option<u16>,
+    ) -> Verdict {
+        let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
+        for attempt in 0..self.settings.status_attempts.max(1) * 4 {
+            if attempt > 0 {
+                tokio::time::sleep(self.settings.status_backoff).await;
+            }
+            let Repeated { last, ending } = repeat_receipt(zvt).await;
+            verdict = match ending {
+                Ending::Completed { .. } => judge(amount as u64, stored, before, last.as_ref()),
+                Ending::Aborted { code, text } | Ending::Refused { code, text } => Verdict::Undetermined(format!(
+                    "the payment terminal cannot repeat its last receipt ({code:02X} {text}); check its journal"
+                )),
+                // Not reachable (yet): try again.
+                Ending::Lost { message, .. } => {
+                    verdict = Verdict::Undetermined(format!("the payment terminal could not be asked: {message}"));
+                    continue;
+                }
+            };
+            // The terminal's own last receipt: what later payments compare with.
+            self.note_receipt_no(lane, last.as_ref().and_then(|o| o.receipt_no));
+            break;
+        }
+        verdict
+    }
+
     /// Asks the terminal what it booked for a payment in doubt and settles
     /// the payment by its answer, judged against the receipt number stored
     /// with the payment (its result's, or the lane's last one when it
@@ -356,27 +392,7 @@ impl Engine {
         self.publish(&rec, pb::PaymentStage::Authorizing, "Checking with the payment terminal what it booked".into());
         let stored = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no);
         let before = self.store.meta(&before_key(&rec.id))?.and_then(|n| u16::try_from(n).ok());
-        let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
-        for attempt in 0..self.settings.status_attempts.max(1) * 4 {
-            if attempt > 0 {
-                tokio::time::sleep(self.settings.status_backoff).await;
-            }
-            let Repeated { last, ending } = repeat_receipt(zvt).await;
-            verdict = match ending {
-                Ending::Completed { .. } => judge(rec.amount_minor as u64, stored, before, last.as_ref()),
-                Ending::Aborted { code, text } | Ending::Refused { code, text } => Verdict::Undetermined(format!(
-                    "the payment terminal cannot repeat its last receipt ({code:02X} {text}); check its journal"
-                )),
-                // Not reachable (yet): try again.
-                Ending::Lost { message, .. } => {
-                    verdict = Verdict::Undetermined(format!("the payment terminal could not be asked: {message}"));
-                    continue;
-                }
-            };
-            // The terminal's own last receipt: what later payments compare with.
-            self.note_receipt_no(&lane.id, last.as_ref().and_then(|o| o.receipt_no));
-            break;
-        }
+        let verdict = self.ask_terminal(&lane.id, zvt, rec.amount_minor, stored, before).await;
         tracing::info!(payment = %rec.id, ?verdict, "payment terminal asked");
         match verdict {
             Verdict::Booked(o) => {
@@ -663,14 +679,29 @@ impl Engine {
         rec: &PaymentRecord,
     ) -> Result<RefundRecord, EngineError> {
         let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id).await?;
+        // Settled while this call waited for the lane: that stands.
+        let refund = match self.store.refund(&refund.id)? {
+            Some(r) if r.status != "pending" => return Ok(r),
+            Some(r) => r,
+            None => return Err(EngineError::NotFound(format!("no refund {}", refund.id))),
+        };
         // Sent before: the terminal's journal settles it, never a second refund.
         if self.store.meta(&before_key(&refund.id))?.is_some() {
             return self.settle_refund_by_journal(refund, rec, &zvt).await;
         }
+        // Left pending by a posd from before migration 9, which kept no
+        // receipt number to judge by: only a person can tell.
+        if self.store.sent_before(SendKind::Refund, &refund.refund_key)? {
+            let why = "posd was running it on the payment terminal when it stopped, before this version kept the \
+                       terminal's receipt number to judge it by";
+            return Err(self.refund_left_to_a_person(&refund, rec, why).await);
+        }
         // The lane's last receipt now: what the terminal's answer about this
         // refund is judged against later, as for a payment.
         let before = self.last_receipt(&rec.terminal_id).map_err(step_error)?;
-        self.store.set_meta(&before_key(&refund.id), before.map_or(-1, i64::from))?;
+        self.store
+            .set_meta(&before_key(&refund.id), before.map_or(-1, i64::from))
+            .inspect_err(|e| self.note_store_error(e))?;
         let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
         let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
         let mut settled: Option<RefundRecord> = None;
@@ -767,25 +798,18 @@ impl Engine {
         zvt: &ZvtTerminal,
     ) -> Result<RefundRecord, EngineError> {
         let before = self.store.meta(&before_key(&refund.id))?.and_then(|n| u16::try_from(n).ok());
-        let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
-        for attempt in 0..self.settings.status_attempts.max(1) * 4 {
-            if attempt > 0 {
-                tokio::time::sleep(self.settings.status_backoff).await;
-            }
-            let Repeated { last, ending } = repeat_receipt(zvt).await;
-            verdict = match ending {
-                Ending::Completed { .. } => judge(refund.amount_minor as u64, None, before, last.as_ref()),
-                Ending::Aborted { code, text } | Ending::Refused { code, text } => Verdict::Undetermined(format!(
-                    "the payment terminal cannot repeat its last receipt ({code:02X} {text})"
-                )),
-                Ending::Lost { message, .. } => {
-                    verdict = Verdict::Undetermined(format!("the payment terminal could not be asked: {message}"));
-                    continue;
-                }
-            };
-            self.note_receipt_no(&rec.terminal_id, last.as_ref().and_then(|o| o.receipt_no));
-            break;
-        }
+        // The terminal's last receipt is judged against `before` only while
+        // posd has seen no later one on this lane: after another payment
+        // (a same-price exchange, say) its "next receipt with this amount"
+        // could be that payment, not this refund.
+        let verdict = if self.last_receipt(&rec.terminal_id).map_err(step_error)? == before {
+            self.ask_terminal(&rec.terminal_id, zvt, refund.amount_minor, None, before).await
+        } else {
+            Verdict::Undetermined(format!(
+                "the lane has booked other transactions since (its last receipt was {} before the refund)",
+                before.map_or("unknown".into(), |n| n.to_string())
+            ))
+        };
         tracing::info!(refund = %refund.id, ?verdict, "payment terminal asked about a refund");
         let event = |kind: &'static str, message: String| NewEvent {
             kind,
@@ -807,17 +831,7 @@ impl Engine {
                 let failure = Some(("terminal_not_booked", why.as_str()));
                 self.store.finish_refund(&refund.id, false, failure, &event("refund_failed", message), false).await
             }
-            Verdict::Undetermined(why) => {
-                let message = format!(
-                    "refund {} of {} on the payment terminal may or may not be booked: {why}; check the terminal's \
-                     journal, then settle it with posctl resolve {} --receipt N (booked) or --not-booked",
-                    refund.id, refund.amount_minor, refund.id
-                );
-                if !self.store.has_event("terminal_refund_unknown", &rec.id, &format!("refund {} ", refund.id))? {
-                    self.emit("terminal_refund_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
-                }
-                return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", message));
-            }
+            Verdict::Undetermined(why) => return Err(self.refund_left_to_a_person(&refund, rec, &why).await),
         };
         let (stored, ev) = settled.inspect_err(|e| self.note_store_error(e))?;
         if let Some(ev) = ev {
@@ -825,6 +839,22 @@ impl Engine {
         }
         self.record_wake.notify_one();
         Ok(stored)
+    }
+
+    /// A terminal refund whose outcome posd cannot learn: it stays pending
+    /// (its amount reserved), alerted once, for a person to settle from the
+    /// terminal's journal.
+    async fn refund_left_to_a_person(&self, refund: &RefundRecord, rec: &PaymentRecord, why: &str) -> EngineError {
+        let message = format!(
+            "refund {} of {} on the payment terminal may or may not be booked: {why}; once its journal is \
+             checked, settle it with posctl resolve {} --receipt N (booked) or --not-booked",
+            refund.id, refund.amount_minor, refund.id
+        );
+        match self.store.has_event("terminal_refund_unknown", &rec.id, &format!("refund {} ", refund.id)) {
+            Ok(true) => {}
+            _ => self.emit("terminal_refund_unknown", &rec.terminal_id, &rec.id, message.clone()).await,
+        }
+        EngineError::Unavailable("OUTCOME_UNKNOWN", message)
     }
 
     /// Settles, after a restart, a refund posd was running on a payment
@@ -835,8 +865,11 @@ impl Engine {
         tokio::spawn(async move {
             // Never reached the terminal (posd stopped first): nothing was
             // refunded, and no customer waits at the terminal to be asked for
-            // the card again.
-            if matches!(engine.store.meta(&before_key(&refund.id)), Ok(None)) {
+            // the card again. (One an older posd left pending may have:
+            // refund_on_terminal leaves it to a person.)
+            let never_sent = matches!(engine.store.meta(&before_key(&refund.id)), Ok(None))
+                && matches!(engine.store.sent_before(SendKind::Refund, &refund.refund_key), Ok(false));
+            if never_sent {
                 let why = "posd stopped before the refund reached the payment terminal; nothing was refunded";
                 let event = NewEvent {
                     kind: "refund_failed",
@@ -864,7 +897,8 @@ impl Engine {
                     }
                 }
             }
-            tracing::warn!(refund = %refund.id, "the lane stayed busy; the refund is settled at the register's next call");
+            let why = "the lane stayed busy for a minute after start-up, so the terminal was not asked";
+            drop(engine.refund_left_to_a_person(&refund, &rec, why).await);
         });
     }
 

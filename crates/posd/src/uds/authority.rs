@@ -36,8 +36,9 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The largest frame payload every HTTP/2 peer accepts (the least SETTINGS_MAX_FRAME_SIZE).
 const MAX_FRAME: usize = 16_384;
-/// A header block longer than this passes unread (h2 refuses far shorter ones).
-const MAX_BLOCK: usize = 1 << 20;
+/// A header block longer than this passes unread (h2 refuses far shorter
+/// ones), so a connection holds at most this much of one.
+const MAX_BLOCK: usize = 64 << 10;
 /// The dynamic table's size until the client changes it (SETTINGS_HEADER_TABLE_SIZE's default).
 const DEFAULT_TABLE_SIZE: usize = 4096;
 /// What an entry costs in the dynamic table beyond its name and value (RFC 7541 §4.1).
@@ -265,7 +266,9 @@ impl Rewriter {
         self.head.clear();
         let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
         let kind = head[3];
-        if (kind == HEADERS || kind == CONTINUATION) && len > MAX_BLOCK {
+        // A header frame past the size every peer accepts is h2's to refuse
+        // (FRAME_SIZE_ERROR): not buffered here.
+        if (kind == HEADERS || kind == CONTINUATION) && len > MAX_FRAME {
             // Far beyond what h2 accepts: it refuses the frame, as the client sent it.
             self.give_up(&[&head[..]], out);
         } else if kind == HEADERS || kind == CONTINUATION {
