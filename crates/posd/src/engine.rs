@@ -33,7 +33,7 @@ use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
 use crate::lane::{Lane, ReaderEvent};
-use crate::store::{CardInfo, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::store::{CardInfo, EventRecord, NewEvent, PaymentRecord, RefundRecord, Store, StoreError, Update, now_ms};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -958,11 +958,15 @@ impl Engine {
         if unsent > 0 {
             tracing::warn!(unsent, "offline payments are waiting to be forwarded");
         }
+        // Per lane, what its payment terminal may have booked: settled in
+        // one task that holds the lane, the payment first.
+        let mut on_terminal: BTreeMap<String, (Option<PaymentRecord>, Vec<(RefundRecord, PaymentRecord)>)> =
+            BTreeMap::new();
         for refund in self.store.pending_refunds()? {
             if let Some(rec) = self.store.get(&refund.payment_id)? {
                 if rec.on_terminal() {
                     // Asked, never sent again: a second refund could pay twice.
-                    self.recover_refund_on_terminal(refund, rec);
+                    on_terminal.entry(rec.terminal_id.clone()).or_default().1.push((refund, rec));
                     continue;
                 }
                 let engine = self.clone();
@@ -983,7 +987,8 @@ impl Engine {
                     Recovery::AskTerminal if self.store.has_event("terminal_outcome_unknown", &rec.id, "")? => {}
                     Recovery::AskTerminal => {
                         tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
-                        self.recover_on_terminal(rec);
+                        let terminal = rec.terminal_id.clone();
+                        on_terminal.entry(terminal).or_default().0 = Some(rec);
                     }
                     _ => {}
                 }
@@ -1019,6 +1024,9 @@ impl Engine {
                 Recovery::None | Recovery::AskTerminal => Ok(()),
             };
             result?;
+        }
+        for (terminal, (payment, refunds)) in on_terminal {
+            self.recover_on_terminal(&terminal, payment, refunds);
         }
         Ok(())
     }

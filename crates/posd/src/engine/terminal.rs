@@ -492,35 +492,56 @@ impl Engine {
         Ok(new)
     }
 
-    /// Settles, after a restart, a payment the terminal may have booked.
-    pub(super) fn recover_on_terminal(self: &Arc<Self>, rec: PaymentRecord) {
-        let Some(lane) = self.lanes.get(&rec.terminal_id).cloned() else {
-            tracing::error!(payment = %rec.id, terminal = %rec.terminal_id, "a terminal payment of a lane no longer configured");
+    /// Settles, after a restart, what a lane's payment terminal may have
+    /// booked: its payment in doubt, then its refunds in doubt, in one task.
+    /// The lane takes no new payment until the terminal has answered: a new
+    /// transaction would hide the ones in doubt (and move the receipt number
+    /// they are judged against).
+    pub(super) fn recover_on_terminal(
+        self: &Arc<Self>,
+        terminal: &str,
+        payment: Option<PaymentRecord>,
+        refunds: Vec<(RefundRecord, PaymentRecord)>,
+    ) {
+        let Some(zvt) = self.lanes.get(terminal).and_then(|l| l.zvt.clone()) else {
+            tracing::error!(%terminal, "payments or refunds in doubt on a lane that has no payment terminal now");
             return;
         };
-        let Some(zvt) = lane.zvt.clone() else {
-            tracing::error!(payment = %rec.id, "a terminal payment on a lane that has no payment terminal now");
+        let lane = self.lanes[terminal].clone();
+        let Some(what) = payment.as_ref().map(|p| p.id.clone()).or_else(|| refunds.first().map(|r| r.0.id.clone()))
+        else {
             return;
         };
-        // The lane takes no new payment until the terminal has answered: a
-        // new transaction would hide the one in doubt.
-        self.busy.lock().unwrap().insert(rec.terminal_id.clone(), rec.id.clone());
+        self.busy.lock().unwrap().insert(terminal.to_string(), what.clone());
         let engine = self.clone();
+        let terminal = terminal.to_string();
         tokio::spawn(async move {
-            let result = async {
-                let rec = if rec.status == Status::Collecting {
-                    let message = "posd restarted while the payment terminal had the payment".to_string();
-                    engine.step(&rec, Input::TerminalLost { message }, Update::default()).await?
-                } else {
-                    rec.clone()
-                };
-                engine.resolve_on_terminal(&lane, &zvt, rec).await
+            if let Some(rec) = payment {
+                let result = async {
+                    let rec = if rec.status == Status::Collecting {
+                        let message = "posd restarted while the payment terminal had the payment".to_string();
+                        engine.step(&rec, Input::TerminalLost { message }, Update::default()).await?
+                    } else {
+                        rec.clone()
+                    };
+                    engine.resolve_on_terminal(&lane, &zvt, rec).await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::error!(payment = %rec.id, error = %e, "recovery on the payment terminal failed");
+                }
             }
-            .await;
-            if let Err(e) = result {
-                tracing::error!(payment = %rec.id, error = %e, "recovery on the payment terminal failed");
+            for (refund, rec) in refunds {
+                // Settling the payment may have freed the lane: hold it again
+                // unless a new payment got it first (then a refund is judged
+                // undetermined rather than against that payment's receipt).
+                engine.busy.lock().unwrap().entry(terminal.clone()).or_insert_with(|| what.clone());
+                engine.recover_refund(refund, &rec, &zvt).await;
             }
-            engine.free_lane(&rec);
+            let mut busy = engine.busy.lock().unwrap();
+            if busy.get(&terminal) == Some(&what) {
+                busy.remove(&terminal);
+            }
         });
     }
 
@@ -679,6 +700,16 @@ impl Engine {
         rec: &PaymentRecord,
     ) -> Result<RefundRecord, EngineError> {
         let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id).await?;
+        self.refund_on_held_terminal(refund, rec, &zvt).await
+    }
+
+    /// [`Engine::refund_on_terminal`] on a lane the caller holds.
+    async fn refund_on_held_terminal(
+        &self,
+        refund: RefundRecord,
+        rec: &PaymentRecord,
+        zvt: &ZvtTerminal,
+    ) -> Result<RefundRecord, EngineError> {
         // Settled while this call waited for the lane: that stands.
         let refund = match self.store.refund(&refund.id)? {
             Some(r) if r.status != "pending" => return Ok(r),
@@ -858,48 +889,33 @@ impl Engine {
     }
 
     /// Settles, after a restart, a refund posd was running on a payment
-    /// terminal: once the lane is free (a payment in doubt goes first), the
-    /// terminal is asked. Never sent again.
-    pub(super) fn recover_refund_on_terminal(self: &Arc<Self>, refund: RefundRecord, rec: PaymentRecord) {
-        let engine = self.clone();
-        tokio::spawn(async move {
-            // Never reached the terminal (posd stopped first): nothing was
-            // refunded, and no customer waits at the terminal to be asked for
-            // the card again. (One an older posd left pending may have:
-            // refund_on_terminal leaves it to a person.)
-            let never_sent = matches!(engine.store.meta(&before_key(&refund.id)), Ok(None))
-                && matches!(engine.store.sent_before(SendKind::Refund, &refund.refund_key), Ok(false));
-            if never_sent {
-                let why = "posd stopped before the refund reached the payment terminal; nothing was refunded";
-                let event = NewEvent {
-                    kind: "refund_failed",
-                    terminal_id: rec.terminal_id.clone(),
-                    payment_id: rec.id.clone(),
-                    message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
-                };
-                match engine.store.finish_refund(&refund.id, false, Some(("interrupted", why)), &event, false).await {
-                    Ok((_, Some(ev))) => drop(engine.events.send(ev)),
-                    Ok((_, None)) => {}
-                    Err(e) => engine.note_store_error(&e),
-                }
-                return;
+    /// terminal (the caller holds the lane): never sent again.
+    async fn recover_refund(&self, refund: RefundRecord, rec: &PaymentRecord, zvt: &ZvtTerminal) {
+        // Never reached the terminal (posd stopped first): nothing was
+        // refunded, and no customer waits at the terminal to be asked for the
+        // card again. (One an older posd left pending may have:
+        // refund_on_held_terminal leaves it to a person.)
+        let never_sent = matches!(self.store.meta(&before_key(&refund.id)), Ok(None))
+            && matches!(self.store.sent_before(SendKind::Refund, &refund.refund_key), Ok(false));
+        if never_sent {
+            let why = "posd stopped before the refund reached the payment terminal; nothing was refunded";
+            let event = NewEvent {
+                kind: "refund_failed",
+                terminal_id: rec.terminal_id.clone(),
+                payment_id: rec.id.clone(),
+                message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
+            };
+            match self.store.finish_refund(&refund.id, false, Some(("interrupted", why)), &event, false).await {
+                Ok((_, Some(ev))) => drop(self.events.send(ev)),
+                Ok((_, None)) => {}
+                Err(e) => self.note_store_error(&e),
             }
-            for _ in 0..600 {
-                match engine.refund_on_terminal(refund.clone(), &rec).await {
-                    Err(EngineError::FailedPrecondition("TERMINAL_BUSY", _)) => {
-                        tokio::time::sleep(engine.settings.status_backoff.max(Duration::from_millis(100))).await;
-                    }
-                    Ok(r) => {
-                        return tracing::info!(refund = %r.id, status = %r.status, "refund on the payment terminal settled");
-                    }
-                    Err(e) => {
-                        return tracing::warn!(refund = %refund.id, error = %e, "refund on the payment terminal still unsettled");
-                    }
-                }
-            }
-            let why = "the lane stayed busy for a minute after start-up, so the terminal was not asked";
-            drop(engine.refund_left_to_a_person(&refund, &rec, why).await);
-        });
+            return;
+        }
+        match self.refund_on_held_terminal(refund.clone(), rec, zvt).await {
+            Ok(r) => tracing::info!(refund = %r.id, status = %r.status, "refund on the payment terminal settled"),
+            Err(e) => tracing::warn!(refund = %refund.id, error = %e, "refund on the payment terminal still unsettled"),
+        }
     }
 
     /// A person checked the payment terminal's journal (or, for a refund
