@@ -960,8 +960,7 @@ impl Engine {
         }
         // Per lane, what its payment terminal may have booked: settled in
         // one task that holds the lane, the payment first.
-        let mut on_terminal: BTreeMap<String, (Option<PaymentRecord>, Vec<(RefundRecord, PaymentRecord)>)> =
-            BTreeMap::new();
+        let mut on_terminal: BTreeMap<String, InDoubtOnTerminal> = BTreeMap::new();
         for refund in self.store.pending_refunds()? {
             if let Some(rec) = self.store.get(&refund.payment_id)? {
                 if rec.on_terminal() {
@@ -1259,6 +1258,10 @@ async fn every<F: Future<Output = ()>>(period: Duration, mut work: impl FnMut() 
 fn gateway_key() -> String {
     format!("{}K", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()))
 }
+
+/// What a lane's payment terminal may have booked when posd stopped: its
+/// payment in doubt, and its refunds in doubt with their payments.
+type InDoubtOnTerminal = (Option<PaymentRecord>, Vec<(RefundRecord, PaymentRecord)>);
 
 /// A payment in hand (see [`Engine::claim`]).
 struct Claim<'a> {

@@ -718,7 +718,7 @@ impl Engine {
         };
         // Sent before: the terminal's journal settles it, never a second refund.
         if self.store.meta(&before_key(&refund.id))?.is_some() {
-            return self.settle_refund_by_journal(refund, rec, &zvt).await;
+            return self.settle_refund_by_journal(refund, rec, zvt).await;
         }
         // Left pending by a posd from before migration 9, which kept no
         // receipt number to judge by: only a person can tell.
@@ -788,7 +788,7 @@ impl Engine {
         match ending {
             Ending::Lost { message, started: true } => {
                 tracing::warn!(refund = %refund.id, %message, "the line failed during a refund on the payment terminal; asking it");
-                self.settle_refund_by_journal(refund, rec, &zvt).await
+                self.settle_refund_by_journal(refund, rec, zvt).await
             }
             ending => {
                 let (code, text) = match ending {
