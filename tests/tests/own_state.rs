@@ -69,3 +69,26 @@ async fn a_state_directory_whose_database_was_emptied_refuses_to_start() {
     assert_eq!(v["payments"].as_array().map(Vec::len), Some(0), "a new, empty database: {out}");
     lane.finish();
 }
+
+/// A development machine without the group `posd-clients` hears about it
+/// once per state directory, not at every start.
+#[tokio::test]
+async fn a_missing_clients_group_is_warned_about_once() {
+    let mut lane = Lane::prepare(&[], "");
+    lane.listen_on_unix_socket();
+    for _ in 0..2 {
+        lane.start_posd();
+        lane.ready().await;
+        lane.terminate_posd();
+        assert!(lane.wait_posd_exit().await.success());
+    }
+    let log = std::fs::read_to_string(lane.posd_log()).unwrap();
+    let warned = log.lines().filter(|l| l.contains("WARN") && l.contains("group posd-clients does not exist")).count();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    if group.lines().any(|l| l.starts_with("posd-clients:")) {
+        assert_eq!(warned, 0, "the group exists here: nothing to warn about\n{log}");
+    } else {
+        assert_eq!(warned, 1, "two starts, one warning\n{log}");
+    }
+    lane.finish();
+}
