@@ -242,3 +242,40 @@ async fn a_void_in_doubt_is_settled_by_the_gateway() {
     assert_eq!(charge(&lane, 6_100)["status"], "voided");
     lane.finish();
 }
+
+/// End of day whose answer was lost, retried while the gateway is down
+/// ("outcome unknown", not "unreachable"), then once it is back: the retry
+/// returns the batch the first attempt closed, a payment taken in between
+/// is not in it, and the next end of day closes a batch of its own.
+#[tokio::test]
+async fn an_end_of_day_in_doubt_closes_one_batch() {
+    let mut lane = Lane::start(&[]);
+    lane.ready().await;
+    for (i, amount) in [1_000, 2_000, 3_000].into_iter().enumerate() {
+        final_payment(&lane.pay(&format!("k-day-{i}"), amount).await);
+    }
+    let mut client = lane.client().await;
+    let close = pb::CloseBatchRequest { terminal_id: "lane-1".into() };
+    lane.fault("lose-answers");
+    let lost = client.close_batch(close.clone()).await.unwrap_err();
+    assert_eq!(reason(&lost), "OUTCOME_UNKNOWN", "{lost:?}");
+    lane.fault("down");
+    let retry = client.close_batch(close.clone()).await.unwrap_err();
+    assert_eq!(reason(&retry), "OUTCOME_UNKNOWN", "the first close may have happened: {retry:?}");
+    lane.fault("none");
+    // A sale after the lost close belongs to the next batch.
+    final_payment(&lane.pay("k-day-later", 4_000).await);
+    let first = client.close_batch(close.clone()).await.unwrap().into_inner();
+    assert_eq!(first.totals.len(), 1, "{first:?}");
+    assert_eq!(
+        (first.totals[0].count, first.totals[0].captured_minor),
+        (3, 6_000),
+        "the batch closed first: {first:?}"
+    );
+    let next = client.close_batch(close).await.unwrap().into_inner();
+    assert_ne!(next.batch_id, first.batch_id);
+    assert_eq!((next.totals[0].count, next.totals[0].captured_minor), (1, 4_000), "{next:?}");
+    let events = lane.events().await;
+    assert_eq!(events.iter().filter(|e| e.kind == "batch_closed").count(), 2, "one event per batch");
+    lane.finish();
+}

@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS refunds (
     decline_message TEXT NOT NULL,
     refunded_after INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_keys (
+    batch_key TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS terminal_records (
     record_key TEXT PRIMARY KEY,
     digest TEXT NOT NULL
@@ -277,22 +281,49 @@ impl Ledger {
 
     /// Puts every captured, unbatched charge of a terminal into a new batch;
     /// returns (currency, count, captured, refunded) per currency.
-    pub fn close_batch(&mut self, terminal_id: &str, batch_id: &str) -> rusqlite::Result<Vec<(String, u32, i64, i64)>> {
+    /// Closes the terminal's batch under `batch_id`; with a `batch_key`
+    /// seen before, returns that close's batch instead (closing nothing
+    /// new). Returns the batch id and its totals.
+    #[allow(clippy::type_complexity)]
+    pub fn close_batch(
+        &mut self,
+        terminal_id: &str,
+        batch_id: &str,
+        batch_key: &str,
+    ) -> rusqlite::Result<(String, Vec<(String, u32, i64, i64)>)> {
         let tx = self.conn.savepoint()?;
-        tx.execute(
-            "UPDATE charges SET batch_id = ?2 WHERE terminal_id = ?1 AND status = 'approved' AND captured = 1 AND batch_id IS NULL",
-            params![terminal_id, batch_id],
-        )?;
+        let earlier: Option<String> = if batch_key.is_empty() {
+            None
+        } else {
+            tx.query_row("SELECT batch_id FROM batch_keys WHERE batch_key = ?1", [batch_key], |r| r.get(0))
+                .optional()?
+        };
+        let batch_id = match earlier {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    "UPDATE charges SET batch_id = ?2 WHERE terminal_id = ?1 AND status = 'approved' AND captured = 1 AND batch_id IS NULL",
+                    params![terminal_id, batch_id],
+                )?;
+                if !batch_key.is_empty() {
+                    tx.execute(
+                        "INSERT INTO batch_keys (batch_key, batch_id) VALUES (?1, ?2)",
+                        params![batch_key, batch_id],
+                    )?;
+                }
+                batch_id.to_string()
+            }
+        };
         let totals = {
             let mut stmt = tx.prepare(
                 "SELECT currency, COUNT(*), SUM(captured_minor), SUM(refunded_minor) FROM charges WHERE batch_id = ?1 \
                  GROUP BY currency ORDER BY currency",
             )?;
-            stmt.query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            stmt.query_map([&batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect::<Result<Vec<_>, _>>()?
         };
         tx.commit()?;
-        Ok(totals)
+        Ok((batch_id, totals))
     }
 
     pub fn mark_reversed(&mut self, key: &str) -> rusqlite::Result<()> {

@@ -621,12 +621,14 @@ impl Gateway for GatewayService {
         &self,
         request: Request<pos_proto::gateway::CloseBatchRequest>,
     ) -> Result<Response<pos_proto::gateway::BatchResult>, Status> {
-        let terminal = request.into_inner().terminal_id;
+        let req = request.into_inner();
+        let terminal = req.terminal_id;
         self.detached(|g| {
             Box::pin(async move {
                 g.before_call().await?;
-                let batch_id = format!("batch_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
-                let totals = g.ledger.lock().unwrap().close_batch(&terminal, &batch_id).map_err(db_err)?;
+                let new_id = format!("batch_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
+                let (batch_id, totals) =
+                    g.ledger.lock().unwrap().close_batch(&terminal, &new_id, &req.batch_key).map_err(db_err)?;
                 tracing::info!(%terminal, %batch_id, "batch closed");
                 g.after_commit()?;
                 Ok(Response::new(pos_proto::gateway::BatchResult {

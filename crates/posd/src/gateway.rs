@@ -397,9 +397,14 @@ impl Gateway {
     }
 
     /// Closes a terminal's batch.
-    pub async fn close_batch(&self, terminal_id: &str) -> Result<pos_proto::gateway::BatchResult, CallError> {
+    pub async fn close_batch(
+        &self,
+        terminal_id: &str,
+        batch_key: &str,
+    ) -> Result<pos_proto::gateway::BatchResult, CallError> {
         let mut client = self.connect().await.map_err(CallError::NotSent)?;
-        let req = pos_proto::gateway::CloseBatchRequest { terminal_id: terminal_id.into() };
+        let req =
+            pos_proto::gateway::CloseBatchRequest { terminal_id: terminal_id.into(), batch_key: batch_key.into() };
         self.finish(tokio::time::timeout(self.settings.request_timeout, client.close_batch(req)).await)
     }
 

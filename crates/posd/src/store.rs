@@ -467,6 +467,14 @@ CREATE TABLE gateway_sends (
 -- A refund an older posd left pending may have reached the gateway.
 INSERT INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms)
     SELECT 'refund', refund_key, payment_id, updated_at_ms FROM refunds WHERE status = 'pending';
+-- A lane's end of day under way with the gateway: its key, committed before
+-- the first attempt and reused until the gateway's answer is stored, so a
+-- retry returns the batch the first attempt closed.
+CREATE TABLE batch_closes (
+    terminal_id TEXT PRIMARY KEY,
+    batch_key TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 ",
 ];
 
@@ -1141,6 +1149,43 @@ impl Store {
                 params![kind.as_str(), key, payment_id, now_ms()],
             )?;
             Ok(inserted == 0)
+        })
+        .await
+    }
+
+    /// The key of the lane's end of day under way with the gateway, and
+    /// whether an earlier attempt may have sent it; otherwise `candidate`,
+    /// committed as the lane's key before the first attempt leaves.
+    pub async fn begin_close(self: &Arc<Self>, terminal: &str, candidate: &str) -> Result<(String, bool), StoreError> {
+        let (terminal, candidate) = (terminal.to_string(), candidate.to_string());
+        self.write(move |tx| {
+            let earlier: Option<String> = tx
+                .query_row("SELECT batch_key FROM batch_closes WHERE terminal_id = ?1", [&terminal], |r| r.get(0))
+                .optional()?;
+            if let Some(key) = earlier {
+                return Ok((key, true));
+            }
+            tx.execute(
+                "INSERT INTO batch_closes (terminal_id, batch_key, started_at_ms) VALUES (?1, ?2, ?3)",
+                params![terminal, candidate, now_ms()],
+            )?;
+            Ok((candidate, false))
+        })
+        .await
+    }
+
+    /// Ends the lane's end of day: with `event` (the gateway answered), its
+    /// event in the same commit; without (the first attempt was not sent),
+    /// just the key.
+    pub async fn end_close(
+        self: &Arc<Self>,
+        terminal: &str,
+        event: Option<NewEvent>,
+    ) -> Result<Option<EventRecord>, StoreError> {
+        let terminal = terminal.to_string();
+        self.write(move |tx| {
+            tx.execute("DELETE FROM batch_closes WHERE terminal_id = ?1", [&terminal])?;
+            event.map(|e| insert_event(tx, &e)).transpose()
         })
         .await
     }

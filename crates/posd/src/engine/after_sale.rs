@@ -354,8 +354,22 @@ impl Engine {
         if self.lanes.get(terminal).is_some_and(|l| l.zvt.is_some()) {
             return self.end_of_day_on_terminal(terminal, caller).await;
         }
-        let result =
-            self.gateway.close_batch(&self.gateway_terminal(terminal)).await.map_err(|e| call_error(e, false))?;
+        // One end of day per lane at a time; its key is committed before the
+        // first attempt and reused until the gateway's answer is stored, so
+        // a retry after an answer lost returns the batch already closed.
+        let _claim = self.claim_when_free(&format!("close_batch:{terminal}")).await;
+        let candidate = format!("close_{}", gateway_key());
+        let (key, earlier) =
+            self.store.begin_close(terminal, &candidate).await.inspect_err(|e| self.note_store_error(e))?;
+        let result = match self.gateway.close_batch(&self.gateway_terminal(terminal), &key).await {
+            Ok(result) => result,
+            Err(e) => {
+                if !earlier && matches!(e, CallError::NotSent(_)) {
+                    self.store.end_close(terminal, None).await.inspect_err(|e| self.note_store_error(e))?;
+                }
+                return Err(call_error(e, earlier));
+            }
+        };
         let unsent = self
             .store
             .list(&crate::store::ListFilter {
@@ -377,18 +391,21 @@ impl Engine {
             .collect();
         let text: Vec<String> =
             totals.iter().map(|t| format!("{} x {} {}", t.count, t.captured_minor, t.currency)).collect();
-        self.emit(
-            "batch_closed",
-            terminal,
-            "",
-            format!(
+        let event = NewEvent {
+            kind: "batch_closed",
+            terminal_id: terminal.to_string(),
+            payment_id: String::new(),
+            message: format!(
                 "batch {} closed by {caller}: {}{}",
                 result.batch_id,
                 if text.is_empty() { "nothing to settle".to_string() } else { text.join(", ") },
                 if unsent > 0 { format!("; {unsent} offline payments not yet forwarded") } else { String::new() }
             ),
-        )
-        .await;
+        };
+        // The key goes with the answer's event, in one commit.
+        if let Some(ev) = self.store.end_close(terminal, Some(event)).await.inspect_err(|e| self.note_store_error(e))? {
+            let _ = self.events.send(ev);
+        }
         let summary = pb::BatchSummary {
             batch_id: result.batch_id,
             terminal_id: terminal.to_string(),
