@@ -860,6 +860,16 @@ pub fn request(key: &str, amount_minor: i64) -> pb::TakePaymentRequest {
     }
 }
 
+/// A refund of `amount_minor` of a payment under the register's `key`.
+pub fn refund_request(key: &str, payment_id: &str, amount_minor: i64) -> pb::RefundPaymentRequest {
+    pb::RefundPaymentRequest {
+        idempotency_key: key.into(),
+        payment_id: payment_id.into(),
+        amount_minor,
+        reason: String::new(),
+    }
+}
+
 /// The payment in the last event of a stream.
 pub fn final_payment(events: &[pb::PaymentEvent]) -> pb::Payment {
     events.last().and_then(|e| e.payment.clone()).expect("a final event with the payment")

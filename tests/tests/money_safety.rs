@@ -10,14 +10,7 @@ use pos_proto::terminal::{self as pb};
 use posd_e2e::{Lane, eventually, final_payment};
 use tonic_types::StatusExt;
 
-fn refund(key: &str, payment_id: &str, amount_minor: i64) -> pb::RefundPaymentRequest {
-    pb::RefundPaymentRequest {
-        idempotency_key: key.into(),
-        payment_id: payment_id.into(),
-        amount_minor,
-        reason: String::new(),
-    }
-}
+use posd_e2e::refund_request as refund;
 
 /// posd's reason code in a status's `ErrorInfo`.
 fn reason(s: &tonic::Status) -> String {

@@ -12,14 +12,7 @@ async fn ready(lane: &mut Lane) {
     lane.reader_ready().await;
 }
 
-fn refund(key: &str, payment_id: &str, amount_minor: i64) -> pb::RefundPaymentRequest {
-    pb::RefundPaymentRequest {
-        idempotency_key: key.into(),
-        payment_id: payment_id.into(),
-        amount_minor,
-        reason: String::new(),
-    }
-}
+use posd_e2e::refund_request as refund;
 
 async fn payment(lane: &Lane, id: &str) -> pb::Payment {
     let get = pb::GetPaymentRequest { payment_id: id.into() };

@@ -595,12 +595,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     receipt_no: receipt.unwrap_or(0),
                     note,
                 };
-                let r = client.resolve_refund(request).await?.into_inner();
-                if cli.json {
-                    outln!("{:#}", refund_json(&r));
-                } else {
-                    outln!("{}", refund_line(&r));
-                }
+                print_refund(&client.resolve_refund(request).await?.into_inner(), cli.json);
                 return Ok(0);
             }
             let request = pb::ResolvePaymentRequest {
@@ -626,11 +621,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Ok(r) => r.into_inner(),
                 Err(status) => return Err(Failure::from(status).with_key(&key)),
             };
-            if cli.json {
-                outln!("{:#}", refund_json(&r));
-            } else {
-                outln!("{}", refund_line(&r));
-            }
+            print_refund(&r, cli.json);
             Ok(match pb::RefundStatus::try_from(r.status) {
                 Ok(pb::RefundStatus::Succeeded) => 0,
                 Ok(pb::RefundStatus::Failed) => EXIT_NOT_APPROVED,
@@ -1007,6 +998,14 @@ fn refund_line(r: &pb::Refund) -> String {
     let amount = r.amount.as_ref().map(|m| money::format_amount(m.amount_minor, &m.currency)).unwrap_or_default();
     let why = r.failure.as_ref().map(|f| format!(": {} {}", f.code, f.message)).unwrap_or_default();
     format!("{}  {amount}  {}{why}", r.refund_id, refund_status(r).to_uppercase())
+}
+
+fn print_refund(r: &pb::Refund, json: bool) {
+    if json {
+        outln!("{:#}", refund_json(r));
+    } else {
+        outln!("{}", refund_line(r));
+    }
 }
 
 fn refund_json(r: &pb::Refund) -> Value {

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::engine::{Engine, EngineError, NewPayment};
-use crate::store::{ListFilter, PaymentRecord, StoreError};
+use crate::store::{DatabaseFailure, ListFilter, PaymentRecord, StoreError};
 
 /// The most characters posd takes in a free-text field of a request:
 /// idempotency keys, order references, reasons, notes, ids, page tokens.
@@ -468,34 +468,7 @@ pub fn authenticate(request: Request<()>) -> Result<Request<()>, Status> {
 /// database works again: a full disk is RESOURCE_EXHAUSTED `DATABASE_FULL`
 /// from the first failed write to the restart, whatever later writes and
 /// reads report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatabaseFailure {
-    /// Out of space: the disk, or `max_page_count`.
-    Full,
-    /// Another program holds the database locked past posd's busy timeout.
-    Locked,
-    /// Anything else: an I/O error, a damaged file.
-    Failed,
-}
-
-/// The SQLite result code of a store error, when SQLite gave one.
-fn sqlite_code(e: &StoreError) -> Option<rusqlite::ErrorCode> {
-    match e {
-        StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) => Some(f.code),
-        _ => None,
-    }
-}
-
 impl DatabaseFailure {
-    pub fn of(e: &StoreError) -> Self {
-        use rusqlite::ErrorCode;
-        match sqlite_code(e) {
-            Some(ErrorCode::DiskFull) => Self::Full,
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Locked,
-            _ => Self::Failed,
-        }
-    }
-
     /// The answer to every call that meets the database failing so.
     pub fn status(self) -> Status {
         match self {
@@ -534,12 +507,12 @@ impl DatabaseFailure {
 /// A store error outside a database failure episode: a full or locked
 /// database as [`DatabaseFailure::status`] says, any other error INTERNAL.
 fn store_status(e: StoreError) -> Status {
-    use rusqlite::ErrorCode;
     tracing::error!(error = %e, "storage error");
-    match sqlite_code(&e) {
-        Some(ErrorCode::DiskFull) => DatabaseFailure::Full.status(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DatabaseFailure::Locked.status(),
-        _ => rich(tonic::Code::Internal, "DATABASE_ERROR", format!("payment storage failed: {e}"), None),
+    match DatabaseFailure::of(&e) {
+        DatabaseFailure::Failed => {
+            rich(tonic::Code::Internal, "DATABASE_ERROR", format!("payment storage failed: {e}"), None)
+        }
+        failure => failure.status(),
     }
 }
 

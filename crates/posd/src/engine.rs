@@ -177,7 +177,7 @@ pub struct Engine {
     /// Wakes [`Engine::database_recovered`] when `store_failed` is set.
     store_failure: Notify,
     /// How the database first failed: the API answers the whole episode so.
-    database_failure: std::sync::OnceLock<crate::api::DatabaseFailure>,
+    database_failure: std::sync::OnceLock<crate::store::DatabaseFailure>,
     /// Set when posd begins to stop: new payments are refused.
     stopping: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
@@ -273,7 +273,7 @@ impl Engine {
     }
 
     /// How the database first failed, once it has (posd restarts once it works again).
-    pub fn database_failure(&self) -> Option<crate::api::DatabaseFailure> {
+    pub fn database_failure(&self) -> Option<crate::store::DatabaseFailure> {
         self.database_failure.get().copied()
     }
 
@@ -293,7 +293,7 @@ impl Engine {
     fn note_store_error(&self, e: &StoreError) {
         if matches!(e, StoreError::Db(_)) {
             // Kept before the flag is up, so every refusal finds it.
-            let _ = self.database_failure.set(crate::api::DatabaseFailure::of(e));
+            let _ = self.database_failure.set(crate::store::DatabaseFailure::of(e));
         }
         if matches!(e, StoreError::Db(_)) && !self.store_failed.swap(true, Ordering::SeqCst) {
             tracing::error!(error = %e, "database failed: refusing new payments until it works again");

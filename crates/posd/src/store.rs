@@ -478,6 +478,37 @@ CREATE TABLE batch_closes (
 ",
 ];
 
+/// How a failing database answers callers (the API's `DatabaseFailure::status`).
+/// The engine keeps the first failure of an episode
+/// (`Engine::database_failure`), and every call that meets the database
+/// failing (its own write or read, or the refusal of a new payment) is
+/// answered as that failure until posd restarts once the database works
+/// again: a full disk is `DATABASE_FULL` from the first failed write to the
+/// restart, whatever later writes and reads report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseFailure {
+    /// Out of space: the disk, or `max_page_count`.
+    Full,
+    /// Another program holds the database locked past posd's busy timeout.
+    Locked,
+    /// Anything else: an I/O error, a damaged file.
+    Failed,
+}
+
+impl DatabaseFailure {
+    pub fn of(e: &StoreError) -> Self {
+        use rusqlite::ErrorCode;
+        match e {
+            StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) => match f.code {
+                ErrorCode::DiskFull => Self::Full,
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Self::Locked,
+                _ => Self::Failed,
+            },
+            _ => Self::Failed,
+        }
+    }
+}
+
 /// Operations that may be sent to the gateway more than once, each under a
 /// key of its own (a refund's refund key; a capture's or void's payment key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
