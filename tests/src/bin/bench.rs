@@ -183,6 +183,10 @@ async fn round_trip(o: &Options) {
     println!("| of which waiting for the gateway (mean) | {} |", ms(gateway));
     println!("| posd's own time (mean) | {} |", ms(own));
     println!(
+        "| synced commits per payment (posd's store) | {:.2} |",
+        after.delta(&before, "posd_store_commits_total") / n
+    );
+    println!(
         "\nposd's own share of the round trip: **{:.1} %** (the rest: the reader and its line, the gateway \
          and its network, gRPC to the register).\n",
         100.0 * own.as_secs_f64() / mean.as_secs_f64()
