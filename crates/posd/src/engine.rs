@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pos_engine::offline::{self, AgeLevel, Entry, OfflineCandidate, QueueState};
-use pos_engine::{Effect, Input, Recovery, Status, TransitionError, next};
+use pos_engine::{Effect, Input, Recovery, Status, Transition, TransitionError, next};
 use pos_proto::gateway::{AuthorizeRequest, Outcome, ReverseRequest, Transaction};
 use pos_proto::reader::{CardResult, CollectCard, FailReason};
 use pos_proto::terminal as pb;
@@ -33,7 +33,9 @@ use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
 use crate::lane::{Lane, ReaderEvent};
-use crate::store::{CardInfo, EventRecord, NewEvent, PaymentRecord, RefundRecord, Store, StoreError, Update, now_ms};
+use crate::store::{
+    CardInfo, Durability, EventRecord, NewEvent, PaymentRecord, RefundRecord, Store, StoreError, Update, now_ms,
+};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -509,13 +511,44 @@ impl Engine {
     /// effects. Request/response effects (collect, authorize, query) are
     /// performed by the caller, which awaits their results.
     async fn step(&self, rec: &PaymentRecord, input: Input, update: Update) -> Result<PaymentRecord, StepError> {
-        let t = next(rec.status, &input)?;
-        let (new, event) = self.store.apply(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
+        self.steps(rec, Durability::Synced, vec![(input, update)]).await
+    }
+
+    /// Commits several transitions of one payment in one commit (all or
+    /// none), then publishes each and performs its effects as [`Self::step`]
+    /// does; returns the last record.
+    async fn steps(
+        &self,
+        rec: &PaymentRecord,
+        durability: Durability,
+        inputs: Vec<(Input, Update)>,
+    ) -> Result<PaymentRecord, StepError> {
+        let mut status = rec.status;
+        let mut planned = Vec::with_capacity(inputs.len());
+        for (input, update) in inputs {
+            let t = next(status, &input)?;
+            status = t.to;
+            planned.push((t, update));
+        }
+        let ts: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
+        let applied =
+            self.store.apply_all(&rec.id, durability, planned).await.inspect_err(|e| self.note_store_error(e))?;
+        let mut last = None;
+        for (t, (new, event)) in ts.iter().zip(applied) {
+            self.committed(t, &new, event).await;
+            last = Some(new);
+        }
+        Ok(last.expect("at least one transition"))
+    }
+
+    /// Publishes a committed transition and performs its fire-and-forget
+    /// effects.
+    async fn committed(&self, t: &Transition, new: &PaymentRecord, event: Option<EventRecord>) {
         tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
         if let Some(e) = event {
             let _ = self.events.send(e);
         }
-        self.announce(&new, convert::stage(new.status), convert::status_message(&new));
+        self.announce(new, convert::stage(new.status), convert::status_message(new));
         for effect in &t.effects {
             match effect {
                 Effect::CancelCollection => {
@@ -525,14 +558,13 @@ impl Engine {
                 }
                 Effect::ShowResult { approved } => {
                     if let Some(l) = self.lanes.get(&new.terminal_id) {
-                        l.show_result(&new.id, *approved, &convert::status_message(&new)).await;
+                        l.show_result(&new.id, *approved, &convert::status_message(new)).await;
                     }
                 }
                 Effect::SendReversal => self.reversals.notify_one(),
                 Effect::CollectCard | Effect::SendAuthorization | Effect::QueryStatus => {}
             }
         }
-        Ok(new)
     }
 
     /// Publishes a payment's new state. When the register has its answer,
@@ -659,7 +691,9 @@ impl Engine {
         if let Some(zvt) = &lane.zvt {
             return self.drive_terminal(lane, zvt, rec, cancel).await;
         }
-        let rec = self.step(&rec, Input::Start, Update::default()).await?;
+        // Deferred: lost to a power cut, the payment is back at CREATED,
+        // which recovery ends exactly as it ends COLLECTING (nothing sent).
+        let rec = self.steps(&rec, Durability::Deferred, vec![(Input::Start, Update::default())]).await?;
         let request = CollectCard {
             payment_id: rec.id.clone(),
             amount_minor: rec.amount_minor,
@@ -744,10 +778,13 @@ impl Engine {
         }
         let info = card_info(&card);
         let blob = card.encrypted_card.clone();
+        // Card read and authorizing in one synced commit, before the request
+        // leaves (persist before act): on disk, it also makes the deferred
+        // COLLECTING durable.
+        let card_read = Update { card: Some((info.clone(), blob.clone())), ..Default::default() };
         let rec = self
-            .step(&rec, Input::CardRead, Update { card: Some((info.clone(), blob.clone())), ..Default::default() })
+            .steps(&rec, Durability::Synced, vec![(Input::CardRead, card_read), (Input::Sending, Update::default())])
             .await?;
-        let rec = self.step(&rec, Input::Sending, Update::default()).await?;
         let request = self.authorize_request(&rec, &info, blob);
         let sent = std::time::Instant::now();
         let outcome = self.gateway.authorize(request).await;

@@ -83,6 +83,13 @@ pub fn render(engine: &Engine) -> String {
         "# HELP posd_store_commits_total Synced commits that carried them; writes of several lanes share one.\n",
     );
     out.push_str(&format!("# TYPE posd_store_commits_total counter\nposd_store_commits_total {commits}\n"));
+    out.push_str(
+        "# HELP posd_store_unsynced_commits_total Commits without a sync of their own (state whose loss is harmless); the next synced commit makes them durable.\n",
+    );
+    out.push_str(&format!(
+        "# TYPE posd_store_unsynced_commits_total counter\nposd_store_unsynced_commits_total {}\n",
+        engine.store().unsynced_commits()
+    ));
     if let Ok(s) = engine.sync_report() {
         out.push_str("# HELP posd_offline_queue_depth Offline approvals not yet settled with the gateway.\n");
         out.push_str(&format!("# TYPE posd_offline_queue_depth gauge\nposd_offline_queue_depth {}\n", s.queue_depth));

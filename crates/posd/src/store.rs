@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -663,6 +663,10 @@ pub struct Store {
     /// Writes waiting to share the next commit (see [`Store::write`]).
     group: Mutex<Group>,
     commits: AtomicU64,
+    /// Commits of writes that asked for no sync of their own.
+    unsynced_commits: AtomicU64,
+    /// Set when the connection may still be at `synchronous=NORMAL`.
+    below_full: AtomicBool,
     writes: AtomicU64,
     /// Of the writes, new payments and state changes.
     payment_writes: AtomicU64,
@@ -684,6 +688,21 @@ trait Job: Send {
     /// Answers the caller: with its own result once the batch committed, or
     /// with the error that kept the batch from committing.
     fn finish(self: Box<Self>, failed: Option<&rusqlite::Error>);
+    /// Whether the write needs its commit synced to disk before it is
+    /// answered (see [`Durability`]).
+    fn durability(&self) -> Durability;
+}
+
+/// When a write must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before the caller hears back: a power cut cannot undo it.
+    Synced,
+    /// Committed without a sync of its own. It becomes durable with the next
+    /// synced commit (SQLite's WAL is replayed in order, so a power cut can
+    /// lose it only together with every commit after it). For state whose
+    /// loss is harmless: recovery treats the state before it the same way.
+    Deferred,
 }
 
 /// Hands a write's result to its caller, who waits on a channel (blocking
@@ -691,6 +710,7 @@ trait Job: Send {
 type Reply<R> = Box<dyn FnOnce(Result<R, StoreError>) + Send>;
 
 struct Write<F, R> {
+    durability: Durability,
     work: Option<F>,
     result: Option<Result<R, StoreError>>,
     reply: Reply<R>,
@@ -717,6 +737,10 @@ where
             (Some(e), _) => Err(StoreError::Db(copy_error(e))),
             (None, None) => unreachable!("a committed batch ran every write"),
         });
+    }
+
+    fn durability(&self) -> Durability {
+        self.durability
     }
 }
 
@@ -827,6 +851,8 @@ impl Store {
             max_page_count,
             group: Mutex::default(),
             commits: AtomicU64::new(0),
+            unsynced_commits: AtomicU64::new(0),
+            below_full: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             payment_writes: AtomicU64::new(0),
         })
@@ -854,8 +880,18 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
+        self.write_with(Durability::Synced, work).await
+    }
+
+    /// [`Store::write`] with the durability the write needs; a batch is
+    /// synced when any of its writes needs it.
+    async fn write_with<R, F>(self: &Arc<Self>, durability: Durability, work: F) -> Result<R, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.enqueue(work, Box::new(move |r| drop(reply.send(r)))) {
+        if self.enqueue(durability, work, Box::new(move |r| drop(reply.send(r)))) {
             let mut leader = Leader::new(Arc::clone(self));
             if let Some(batch) = leader.take_batch() {
                 self.commit_batch(batch);
@@ -880,7 +916,7 @@ impl Store {
         R: Send + 'static,
     {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        if self.enqueue(work, Box::new(move |r| drop(reply.send(r)))) {
+        if self.enqueue(Durability::Synced, work, Box::new(move |r| drop(reply.send(r)))) {
             Leader::new(self).commit_queued();
         }
         answer.recv().unwrap_or_else(|_| abandoned())
@@ -888,20 +924,28 @@ impl Store {
 
     /// Queues a write for the next commit; true when no commit is in
     /// progress and the caller is to lead.
-    fn enqueue<R, F>(&self, work: F, reply: Reply<R>) -> bool
+    fn enqueue<R, F>(&self, durability: Durability, work: F, reply: Reply<R>) -> bool
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
         let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
-        g.queue.push(Box::new(Write { work: Some(work), result: None, reply }));
+        g.queue.push(Box::new(Write { durability, work: Some(work), result: None, reply }));
         !std::mem::replace(&mut g.leading, true)
     }
 
     fn commit_batch(&self, mut batch: Vec<Box<dyn Job>>) {
         let mut conn = self.conn();
+        let synced = batch.iter().any(|job| job.durability() == Durability::Synced);
+        // The level applies to the connection's next commits, so it is set
+        // before the transaction begins; a synced batch commits only at FULL.
+        let deferred = !synced && conn.execute_batch("PRAGMA synchronous=NORMAL").is_ok();
         // How many writes the commit carries (a refused one is rolled back).
         let committed = (|| {
+            if synced && self.below_full.load(Ordering::Relaxed) {
+                conn.execute_batch("PRAGMA synchronous=FULL")?;
+                self.below_full.store(false, Ordering::Relaxed);
+            }
             let mut tx = conn.transaction()?;
             let mut kept = 0;
             if let [job] = batch.as_mut_slice() {
@@ -925,9 +969,17 @@ impl Store {
             }
             Ok(kept)
         })();
+        if deferred {
+            if let Err(e) = conn.execute_batch("PRAGMA synchronous=FULL") {
+                // The next synced batch tries again before it commits.
+                tracing::error!(error = %e, "could not set SQLite's synchronous=FULL again");
+                self.below_full.store(true, Ordering::Relaxed);
+            }
+        }
         drop(conn);
         if let Ok(kept @ 1..) = committed {
-            self.commits.fetch_add(1, Ordering::Relaxed);
+            let counter = if deferred { &self.unsynced_commits } else { &self.commits };
+            counter.fetch_add(1, Ordering::Relaxed);
             self.writes.fetch_add(kept, Ordering::Relaxed);
         }
         let failed = committed.as_ref().err();
@@ -941,6 +993,12 @@ impl Store {
     /// batch size. Refused writes (a stale transition) count in neither.
     pub fn write_counts(&self) -> (u64, u64) {
         (self.writes.load(Ordering::Relaxed), self.commits.load(Ordering::Relaxed))
+    }
+
+    /// Commits made without a sync of their own ([`Durability::Deferred`]);
+    /// not among [`Store::write_counts`]'s commits.
+    pub fn unsynced_commits(&self) -> u64 {
+        self.unsynced_commits.load(Ordering::Relaxed)
     }
 
     /// Of [`Store::write_counts`]'s writes, new payments and state changes
@@ -987,6 +1045,27 @@ impl Store {
     pub async fn apply(self: &Arc<Self>, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
         self.counted(self.write(move |conn| apply_in(conn, &id, &t, update)).await)
+    }
+
+    /// Commits transitions of one payment in order, in one commit: all of
+    /// them or, when one is refused, none.
+    pub async fn apply_all(
+        self: &Arc<Self>,
+        id: &str,
+        durability: Durability,
+        steps: Vec<(Transition, Update)>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let id = id.to_string();
+        let n = steps.len() as u64;
+        let applied = self
+            .write_with(durability, move |conn| {
+                steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update)).collect()
+            })
+            .await;
+        if applied.is_ok() {
+            self.payment_writes.fetch_add(n, Ordering::Relaxed);
+        }
+        applied
     }
 
     #[cfg(test)]
@@ -2482,11 +2561,53 @@ mod tests {
         assert_eq!(s.write_counts(), (9, 3));
     }
 
+    #[tokio::test]
+    async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+        let synchronous = |s: &Store| -> i64 { s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+        assert_eq!(synchronous(&s), 2, "FULL");
+        s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+        let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
+        let applied = s.apply_all("pay_k", Durability::Deferred, vec![start]).await.unwrap();
+        assert_eq!(applied[0].0.status, Status::Collecting);
+        assert_eq!((s.write_counts(), s.unsynced_commits()), ((2, 1), 1), "the deferred commit is not a synced one");
+        assert_eq!(synchronous(&s), 2, "the next commits are synced again");
+        // Two transitions in one synced commit.
+        let card = (next(Status::Collecting, &Input::CardRead).unwrap(), Update::default());
+        let sending = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
+        let applied = s.apply_all("pay_k", Durability::Synced, vec![card, sending]).await.unwrap();
+        let statuses: Vec<Status> = applied.iter().map(|(r, _)| r.status).collect();
+        assert_eq!(statuses, [Status::CardRead, Status::Authorizing]);
+        assert_eq!((s.write_counts(), s.unsynced_commits()), ((3, 2), 1));
+        assert_eq!(s.payment_writes(), 4, "the insert and three transitions");
+        let history: Vec<_> = s.history("pay_k").unwrap().into_iter().map(|h| h.to).collect();
+        assert_eq!(history, [Status::Created, Status::Collecting, Status::CardRead, Status::Authorizing]);
+    }
+
+    #[tokio::test]
+    async fn transitions_applied_together_are_kept_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+        s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+        let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
+        // The second starts from a status the first did not reach: refused.
+        let stale = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
+        let refused = s.apply_all("pay_k", Durability::Synced, vec![start, stale]).await;
+        assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+        assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "the first is rolled back too");
+        assert_eq!(s.history("pay_k").unwrap().len(), 1);
+    }
+
     #[test]
     fn a_leader_dropped_before_committing_abandons_the_queue() {
         let (_d, s) = open();
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        assert!(s.enqueue(insert_or_get_in(&sample("k1"), "test"), Box::new(move |r| drop(reply.send(r)))));
+        assert!(s.enqueue(
+            Durability::Synced,
+            insert_or_get_in(&sample("k1"), "test"),
+            Box::new(move |r| drop(reply.send(r)))
+        ));
         // As when the runtime stops before the blocking task that was to commit runs.
         drop(Leader::new(&s));
         assert!(answer.recv().is_err(), "the caller hears that its write was dropped");
