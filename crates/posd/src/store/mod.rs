@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pos_engine::{Status, Transition};
 use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
 
+mod schema;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -285,198 +287,6 @@ pub struct ListFilter {
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
-
-const MIGRATIONS: &[&str] = &[
-    "
-CREATE TABLE payments (
-    id TEXT PRIMARY KEY,
-    idempotency_key TEXT NOT NULL UNIQUE,
-    order_reference TEXT NOT NULL,
-    terminal_id TEXT NOT NULL,
-    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
-    currency TEXT NOT NULL,
-    manual_capture INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    gateway_key TEXT NOT NULL UNIQUE,
-    masked_pan TEXT,
-    brand TEXT,
-    entry_mode INTEGER,
-    wallet INTEGER,
-    aid TEXT,
-    application_label TEXT,
-    verification INTEGER,
-    card_fingerprint TEXT,
-    -- Reader-encrypted card data; NULL outside CARD_READ / AUTHORIZING.
-    encrypted_card BLOB,
-    reason_code TEXT NOT NULL DEFAULT '',
-    reason_message TEXT NOT NULL DEFAULT '',
-    auth_code TEXT NOT NULL DEFAULT '',
-    gateway_reference TEXT NOT NULL DEFAULT '',
-    demo INTEGER NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE INDEX payments_by_terminal ON payments (terminal_id, created_at_ms);
-CREATE INDEX payments_by_created ON payments (created_at_ms, id);
-CREATE INDEX payments_by_status ON payments (status);
-CREATE TABLE payment_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    payment_id TEXT NOT NULL REFERENCES payments (id),
-    at_ms INTEGER NOT NULL,
-    from_status TEXT NOT NULL,
-    to_status TEXT NOT NULL,
-    cause TEXT NOT NULL
-);
-CREATE INDEX payment_events_by_payment ON payment_events (payment_id, seq);
-",
-    "
--- Offline store-and-forward. Additive only: queued payments are never rewritten.
-ALTER TABLE payments ADD COLUMN offline INTEGER NOT NULL DEFAULT 0;
--- FIFO position in the outbox, set once when approved offline.
-ALTER TABLE payments ADD COLUMN queue_seq INTEGER;
--- Ageing-clock time the payment entered the outbox.
-ALTER TABLE payments ADD COLUMN queued_at_ms INTEGER;
-ALTER TABLE payments ADD COLUMN forward_attempts INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE payments ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
-CREATE INDEX payments_outbox ON payments (status, queue_seq);
--- The register's resumable event stream.
-CREATE TABLE events (
-    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    terminal_id TEXT NOT NULL,
-    payment_id TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE TABLE meta (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-",
-    "
--- Gateway events (webhooks) applied, by id: each is applied once.
-CREATE TABLE gateway_events (
-    event_id TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    transaction_key TEXT NOT NULL,
-    received_at_ms INTEGER NOT NULL
-);
-",
-    "
--- Captures and refunds.
-ALTER TABLE payments ADD COLUMN captured_minor INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE refunds (
-    id TEXT PRIMARY KEY,
-    idempotency_key TEXT NOT NULL UNIQUE,
-    payment_id TEXT NOT NULL REFERENCES payments (id),
-    amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
-    currency TEXT NOT NULL,
-    -- posd's key for the gateway, reused on every retry.
-    refund_key TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
-    reason TEXT NOT NULL,
-    failure_code TEXT NOT NULL DEFAULT '',
-    failure_message TEXT NOT NULL DEFAULT '',
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
-);
-CREATE INDEX refunds_by_payment ON refunds (payment_id, created_at_ms);
-",
-    "
--- Payment terminals that authorize by themselves (ZVT).
-ALTER TABLE payments ADD COLUMN device TEXT NOT NULL DEFAULT 'reader';
-CREATE TABLE terminal_results (
-    payment_id TEXT PRIMARY KEY REFERENCES payments (id),
-    result_code INTEGER NOT NULL,
-    receipt_no INTEGER,
-    trace INTEGER,
-    offline INTEGER NOT NULL,
-    -- The terminal's id, 8 digits, kept as a number: as text beside the
-    -- payment id it would read as one long digit run in the file.
-    terminal_tid INTEGER,
-    -- Receipt lines as the terminal sent them, one per line.
-    lines TEXT NOT NULL DEFAULT ''
-);
--- Records for the gateway's ledger, sent in order, each once (by key).
-CREATE TABLE gateway_records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_key TEXT NOT NULL UNIQUE,
-    payment_id TEXT NOT NULL REFERENCES payments (id),
-    kind TEXT NOT NULL CHECK (kind IN ('sale', 'reversal', 'refund')),
-    amount_minor INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    sent_at_ms INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    -- The gateway refused the record itself: a person looks; later records go on.
-    refused INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX gateway_records_pending ON gateway_records (sent_at_ms, refused, seq);
-",
-    "
--- Fewer pages written by each payment state change, which is a synced commit.
--- payments_outbox (status, queue_seq) serves every lookup by status.
-DROP INDEX payments_by_status;
-",
-    "
--- The audit log, kept in one B-tree clustered by payment: an entry is one
--- page write, where the rowid table wrote its row, its index entry and (for
--- AUTOINCREMENT) the sqlite_sequence row. seq orders a payment's entries; the
--- entries copied here keep theirs, new ones continue after the payment's last.
-CREATE TABLE payment_events_v7 (
-    payment_id TEXT NOT NULL REFERENCES payments (id),
-    seq INTEGER NOT NULL,
-    at_ms INTEGER NOT NULL,
-    from_status TEXT NOT NULL,
-    to_status TEXT NOT NULL,
-    cause TEXT NOT NULL,
-    PRIMARY KEY (payment_id, seq)
-) WITHOUT ROWID;
-INSERT INTO payment_events_v7 (payment_id, seq, at_ms, from_status, to_status, cause)
-    SELECT payment_id, seq, at_ms, from_status, to_status, cause FROM payment_events;
-DROP TABLE payment_events;
-ALTER TABLE payment_events_v7 RENAME TO payment_events;
-DELETE FROM sqlite_sequence WHERE name = 'payment_events';
--- The outbox's next FIFO position, found without reading every payment.
-CREATE INDEX payments_queue ON payments (queue_seq) WHERE queue_seq IS NOT NULL;
-",
-    "
--- A payment's newest audit entries, kept in its own row as a JSON array of
--- [ms since created_at_ms, from_status, to_status, cause]: a state change
--- rewrites the row it changes anyway, where an entry in payment_events was
--- one more B-tree page in the synced commit. (A time in ms written out is 13
--- digits, which a card-number scan of the file would report.) payment_events
--- keeps the entries written before this version and those a long history
--- moves out of the row (HISTORY_IN_ROW_BYTES).
-ALTER TABLE payments ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
-",
-    "
--- Operations that may be sent to the gateway more than once (refunds,
--- captures, voids). A row is committed before the first attempt leaves:
--- from then on the operation may be at the gateway, and only the gateway's
--- record under its key settles it, never a later attempt that was not sent.
-CREATE TABLE gateway_sends (
-    kind TEXT NOT NULL CHECK (kind IN ('refund', 'capture', 'void')),
-    op_key TEXT NOT NULL,
-    payment_id TEXT NOT NULL REFERENCES payments (id),
-    first_sent_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (kind, op_key)
-) WITHOUT ROWID;
--- A refund an older posd left pending may have reached the gateway.
-INSERT INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms)
-    SELECT 'refund', refund_key, payment_id, updated_at_ms FROM refunds WHERE status = 'pending';
--- A lane's end of day under way with the gateway: its key, committed before
--- the first attempt and reused until the gateway's answer is stored, so a
--- retry returns the batch the first attempt closed.
-CREATE TABLE batch_closes (
-    terminal_id TEXT PRIMARY KEY,
-    batch_key TEXT NOT NULL,
-    started_at_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-",
-];
 
 /// How a failing database answers callers (the API's `DatabaseFailure::status`).
 /// The engine keeps the first failure of an episode
@@ -800,24 +610,7 @@ impl Store {
             tracing::warn!(%mode, "SQLite refused WAL mode");
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")?;
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            // An older posd would write in the old places and scramble what
-            // the newer one keeps (such as the audit log's order).
-            return Err(StoreError::Unusable(format!(
-                "{} is at schema version {version}, newer than this posd's {}; run the posd that wrote it \
-                 (or newer), or restore a backup taken with this version",
-                path.display(),
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
-            tx.commit()?;
-            tracing::info!(version = i + 1, "database migrated");
-        }
+        schema::migrate(&mut conn, path)?;
         if let Some(max) = max_page_count {
             let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
         }
@@ -1752,18 +1545,6 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
     }
 }
 
-/// Every table the store reads or writes.
-const TABLES: &[&str] = &[
-    "payments",
-    "payment_events",
-    "events",
-    "meta",
-    "gateway_events",
-    "refunds",
-    "terminal_results",
-    "gateway_records",
-];
-
 /// Free space the database's file system must have before [`Store::probe`]
 /// calls the database usable again.
 pub const PROBE_FREE_BYTES: u64 = 8 << 20;
@@ -1800,7 +1581,7 @@ impl Store {
         if verdict != "ok" {
             return Err(StoreError::Unusable(format!("quick_check: {verdict}")));
         }
-        for table in TABLES {
+        for table in schema::TABLES {
             conn.prepare(&format!("SELECT * FROM {table} LIMIT 0"))?;
         }
         let tx = conn.unchecked_transaction()?;
@@ -2031,6 +1812,7 @@ pub fn mark_initialized(state_dir: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::schema::MIGRATIONS;
     use super::*;
     use pos_engine::{Input, next};
 
