@@ -1,0 +1,89 @@
+//! The register's event stream: events appended (alone or in a
+//! transition's commit) and read back by cursor.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, params};
+
+use super::{Store, StoreError, exec, now_ms};
+
+/// One entry of the register's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub cursor: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub terminal_id: String,
+    pub payment_id: String,
+    pub message: String,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub kind: &'static str,
+    pub terminal_id: String,
+    pub payment_id: String,
+    pub message: String,
+}
+
+impl Store {
+    /// Appends an event that concerns no payment transition.
+    pub async fn append_event(self: &Arc<Self>, e: &NewEvent) -> Result<EventRecord, StoreError> {
+        let e = e.clone();
+        self.write(move |conn| insert_event(conn, &e)).await
+    }
+
+    /// True when an event of `kind` about `payment_id` whose message starts
+    /// with `prefix` was recorded (e.g. a receipt already printed).
+    pub fn has_event(&self, kind: &str, payment_id: &str, prefix: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM events WHERE kind = ?1 AND payment_id = ?2 AND substr(message, 1, length(?3)) = ?3",
+            params![kind, payment_id, prefix],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Events with a cursor above `after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT cursor, at_ms, kind, terminal_id, payment_id, message FROM events WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after, limit as i64], |r| {
+            Ok(EventRecord {
+                cursor: r.get(0)?,
+                at_ms: r.get(1)?,
+                kind: r.get(2)?,
+                terminal_id: r.get(3)?,
+                payment_id: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest event's cursor (0 when there is none).
+    pub fn last_event_cursor(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)
+    }
+}
+
+pub(super) fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreError> {
+    let at_ms = now_ms();
+    exec(
+        conn,
+        "INSERT INTO events (at_ms, kind, terminal_id, payment_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at_ms, e.kind, e.terminal_id, e.payment_id, e.message],
+    )?;
+    Ok(EventRecord {
+        cursor: conn.last_insert_rowid(),
+        at_ms,
+        kind: e.kind.to_string(),
+        terminal_id: e.terminal_id.clone(),
+        payment_id: e.payment_id.clone(),
+        message: e.message.clone(),
+    })
+}

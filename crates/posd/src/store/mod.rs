@@ -1,0 +1,152 @@
+//! SQLite: the source of truth for payments and their audit log.
+//!
+//! WAL journal with `synchronous=FULL`: a transition is on disk when
+//! [`Store::apply`] resolves. Migrations are versioned with `PRAGMA user_version`.
+//! [`StateLock`] keeps a second posd off the same state directory.
+//!
+//! This module holds [`Store`] (opening the database, its connection, `meta`)
+//! and [`StoreError`]; one file per concern holds the rest:
+//! - `schema`: the migrations (their SQL in `sql/`) and the tables;
+//! - `group`: the group commit every synced write of a lane goes through;
+//! - `payments`: payments, their transitions, reads and listings, and a payment
+//!   terminal's results; `history`: a payment's audit log;
+//! - `refunds`; `events`: the register's event stream;
+//! - `outbox`: offline payments waiting to be forwarded, and the operations
+//!   that may reach the gateway more than once;
+//! - `gateway`: records for the gateway's ledger, its events, end of day;
+//! - `probe`: whether a failed database works again, and how a failure answers;
+//! - `lock`: the state directory's lock and the marker of a database to keep.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pos_engine::Status;
+use rusqlite::{Connection, OptionalExtension, params};
+
+// First: the modules after it use its `append_history!`.
+#[macro_use]
+mod history;
+
+mod events;
+mod gateway;
+mod group;
+mod lock;
+mod outbox;
+mod payments;
+mod probe;
+mod refunds;
+mod schema;
+
+pub use events::{EventRecord, NewEvent};
+pub use gateway::GatewayRecord;
+pub use group::Durability;
+pub use history::HistoryEntry;
+pub use lock::{INITIALIZED_MARKER, StateLock, check_database_kept, mark_initialized};
+pub use outbox::{QueueSummary, SendKind};
+pub use payments::{Applied, CardInfo, DEVICE_ZVT, Inserted, ListFilter, PaymentRecord, TerminalResult, Update};
+pub use probe::{DatabaseFailure, PROBE_FREE_BYTES};
+pub use refunds::{RefundRecord, Reservation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("payment {id} is {actual}, not {expected}; transition refused")]
+    Conflict { id: String, expected: Status, actual: Status },
+    #[error("no payment {0}")]
+    NotFound(String),
+    #[error("database holds an unknown status {0:?}")]
+    Corrupt(String),
+    #[error("database not usable: {0}")]
+    Unusable(String),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+const SET_META: &str =
+    "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    max_page_count: Option<u64>,
+    /// Writes waiting to share the next commit (see [`Store::write`]).
+    group: Mutex<group::Group>,
+    commits: AtomicU64,
+    /// Commits of writes that asked for no sync of their own.
+    unsynced_commits: AtomicU64,
+    /// Set when the connection may still be at `synchronous=NORMAL`.
+    below_full: AtomicBool,
+    writes: AtomicU64,
+    /// Of the writes, new payments and state changes.
+    payment_writes: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens with an optional cap on the database size in pages.
+    pub fn open_with(path: &Path, max_page_count: Option<u64>) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "SQLite refused WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")?;
+        schema::migrate(&mut conn, path)?;
+        if let Some(max) = max_page_count {
+            let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            max_page_count,
+            group: Mutex::default(),
+            commits: AtomicU64::new(0),
+            unsynced_commits: AtomicU64::new(0),
+            below_full: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            payment_writes: AtomicU64::new(0),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
+        self.conn().execute(SET_META, params![key, value])?;
+        Ok(())
+    }
+
+    /// Moves the WAL into the database and truncates it, so deleted card
+    /// data does not linger there (secure_delete wipes it in the database).
+    pub fn checkpoint(&self) {
+        let conn = self.conn();
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
+    }
+}
+
+/// Executes a statement through the connection's statement cache (the
+/// forwarder runs the same few statements thousands of times).
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,613 @@
+//! Payments: their records, a new payment, its transitions (with the data
+//! each stores), the reads and listings of payments, and what a payment
+//! terminal that authorizes by itself reported.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use pos_engine::{Status, Transition};
+use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
+
+use super::events::{EventRecord, NewEvent, insert_event};
+use super::group::Durability;
+use super::history::{audit_in, audit_text, move_long_history};
+use super::outbox::NEXT_QUEUE_SEQ;
+use super::{Store, StoreError, exec, now_ms};
+
+/// Card details posd may keep: never the PAN beyond first 6 / last 4.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardInfo {
+    pub masked_pan: String,
+    pub brand: String,
+    /// `pos.terminal.v1.EntryMode` value.
+    pub entry_mode: i32,
+    pub wallet: i32,
+    pub aid: String,
+    pub application_label: String,
+    pub verification: i32,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: String,
+    pub idempotency_key: String,
+    pub order_reference: String,
+    pub terminal_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub manual_capture: bool,
+    pub status: Status,
+    /// posd's key for the gateway (UUIDv7), stored before the first send.
+    pub gateway_key: String,
+    pub card: Option<CardInfo>,
+    pub reason_code: String,
+    pub reason_message: String,
+    pub auth_code: String,
+    pub gateway_reference: String,
+    pub demo: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Approved offline (store-and-forward).
+    pub offline: bool,
+    /// Ageing-clock time it entered the outbox.
+    pub queued_at_ms: Option<i64>,
+    pub forward_attempts: i64,
+    pub last_error: String,
+    /// Amount captured (the whole amount for automatic capture).
+    pub captured_minor: i64,
+    /// The card device that took it: `reader` (the gateway authorizes) or
+    /// [`DEVICE_ZVT`] (a payment terminal authorizes by itself).
+    pub device: String,
+}
+
+/// `PaymentRecord::device` of a payment taken on a ZVT payment terminal.
+pub const DEVICE_ZVT: &str = "zvt";
+
+impl PaymentRecord {
+    /// Taken on a payment terminal that authorizes by itself: refunds,
+    /// reversals and recovery go to the terminal, not the gateway.
+    pub fn on_terminal(&self) -> bool {
+        self.device == DEVICE_ZVT
+    }
+}
+
+impl PaymentRecord {
+    /// A new payment in CREATED: no card, no outcome, not queued.
+    pub fn created(
+        id: String,
+        idempotency_key: String,
+        gateway_key: String,
+        terminal_id: String,
+        amount_minor: i64,
+        currency: String,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            idempotency_key,
+            order_reference: String::new(),
+            terminal_id,
+            amount_minor,
+            currency,
+            manual_capture: false,
+            status: Status::Created,
+            gateway_key,
+            card: None,
+            reason_code: String::new(),
+            reason_message: String::new(),
+            auth_code: String::new(),
+            gateway_reference: String::new(),
+            demo: false,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            offline: false,
+            queued_at_ms: None,
+            forward_attempts: 0,
+            last_error: String::new(),
+            captured_minor: 0,
+            device: "reader".into(),
+        }
+    }
+}
+
+/// What a payment terminal that authorizes by itself reported (no card
+/// data beyond the masked PAN, which lives with the payment's card).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminalResult {
+    pub result_code: u8,
+    pub receipt_no: Option<u16>,
+    pub trace: Option<u32>,
+    pub offline: bool,
+    pub terminal_tid: String,
+    /// The terminal's receipt lines as sent; receipts are separated by an
+    /// empty string entry when more than one came.
+    pub lines: Vec<String>,
+}
+
+/// Data stored together with a transition.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub card: Option<(CardInfo, Vec<u8>)>,
+    pub auth_code: Option<String>,
+    pub gateway_reference: Option<String>,
+    /// Entering the outbox: the ageing-clock time (sets the FIFO position once).
+    pub queued_at_ms: Option<i64>,
+    /// A forwarding attempt's error, kept for support.
+    pub last_error: Option<String>,
+    /// Entering CAPTURED: the amount captured (default: the whole amount).
+    pub captured_minor: Option<i64>,
+    /// An event for the register, appended in the same commit.
+    pub event: Option<NewEvent>,
+    /// A payment terminal's result, stored in the same commit.
+    pub terminal: Option<TerminalResult>,
+    /// A record for the gateway's ledger (`sale`, `reversal`), queued in the
+    /// same commit.
+    pub record: Option<&'static str>,
+    /// A `meta` value set in the same commit (a lane's last terminal receipt).
+    pub meta: Option<(String, i64)>,
+    /// A second audit entry, after the transition's own, in the same commit
+    /// (who made a person's decision).
+    pub audit: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    pub terminal_id: Option<String>,
+    pub statuses: Vec<Status>,
+    pub created_after_ms: Option<i64>,
+    pub created_before_ms: Option<i64>,
+    /// Continue after this (created_at_ms, id), newest first.
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+    /// Oldest first instead (work queues); `after` is not used with it.
+    pub oldest_first: bool,
+}
+
+/// A new payment (`Ok`), or the one already under its idempotency key (`Err`).
+pub type Inserted = Result<PaymentRecord, PaymentRecord>;
+
+/// A committed transition: the payment as it now is, and its register event.
+pub type Applied = (PaymentRecord, Option<EventRecord>);
+
+pub(super) const COLUMNS: &str = "id, idempotency_key, order_reference, terminal_id, amount_minor, currency, manual_capture, status, \
+    gateway_key, masked_pan, brand, entry_mode, wallet, aid, application_label, verification, card_fingerprint, \
+    reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms, offline, \
+    queued_at_ms, forward_attempts, last_error, captured_minor, device";
+
+pub(super) fn status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Status> {
+    let s: String = r.get(i)?;
+    Status::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(StoreError::Corrupt(s)))
+    })
+}
+
+pub(super) fn row_to_payment(r: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
+    let masked_pan: Option<String> = r.get(9)?;
+    let card = match masked_pan {
+        None => None,
+        Some(masked_pan) => Some(CardInfo {
+            masked_pan,
+            brand: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+            entry_mode: r.get::<_, Option<i32>>(11)?.unwrap_or_default(),
+            wallet: r.get::<_, Option<i32>>(12)?.unwrap_or_default(),
+            aid: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
+            application_label: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+            verification: r.get::<_, Option<i32>>(15)?.unwrap_or_default(),
+            fingerprint: r.get::<_, Option<String>>(16)?.unwrap_or_default(),
+        }),
+    };
+    Ok(PaymentRecord {
+        id: r.get(0)?,
+        idempotency_key: r.get(1)?,
+        order_reference: r.get(2)?,
+        terminal_id: r.get(3)?,
+        amount_minor: r.get(4)?,
+        currency: r.get(5)?,
+        manual_capture: r.get(6)?,
+        status: status_col(r, 7)?,
+        gateway_key: r.get(8)?,
+        card,
+        reason_code: r.get(17)?,
+        reason_message: r.get(18)?,
+        auth_code: r.get(19)?,
+        gateway_reference: r.get(20)?,
+        demo: r.get(21)?,
+        created_at_ms: r.get(22)?,
+        updated_at_ms: r.get(23)?,
+        offline: r.get(24)?,
+        queued_at_ms: r.get(25)?,
+        forward_attempts: r.get(26)?,
+        last_error: r.get(27)?,
+        captured_minor: r.get(28)?,
+        device: r.get(29)?,
+    })
+}
+
+impl Store {
+    /// Inserts a new payment in CREATED, with its first audit entry. Returns
+    /// the existing payment instead when the idempotency key is taken.
+    pub async fn insert_or_get(self: &Arc<Self>, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
+        self.counted(self.write(insert_or_get_in(p, caller)).await)
+    }
+
+    #[cfg(test)]
+    pub fn insert_or_get_blocking(&self, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
+        self.write_blocking(insert_or_get_in(p, caller))
+    }
+
+    /// Inserts many new payments in one commit (bulk loads, such as the
+    /// benchmarks' stored payments). A key already taken fails them all.
+    pub fn insert_batch(&self, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for p in payments {
+            insert_in(&tx, p, caller)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Commits one transition: the status (only if it is still `t.from`), its
+    /// reason, the update's data, and an audit entry. Card data is dropped in
+    /// the same commit when the new status may not keep it.
+    pub async fn apply(self: &Arc<Self>, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+        let (id, t) = (id.to_string(), t.clone());
+        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update)).await)
+    }
+
+    /// Commits transitions of one payment in order, in one commit: all of
+    /// them or, when one is refused, none.
+    pub async fn apply_all(
+        self: &Arc<Self>,
+        id: &str,
+        durability: Durability,
+        steps: Vec<(Transition, Update)>,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let id = id.to_string();
+        let n = steps.len() as u64;
+        let applied = self
+            .write_with(durability, move |conn| {
+                steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update)).collect()
+            })
+            .await;
+        if applied.is_ok() {
+            self.payment_writes.fetch_add(n, Ordering::Relaxed);
+        }
+        applied
+    }
+
+    #[cfg(test)]
+    pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+        let (id, t) = (id.to_string(), t.clone());
+        self.write_blocking(move |conn| apply_in(conn, &id, &t, update))
+    }
+
+    /// Commits many transitions at once (one disk sync). A transition whose
+    /// `from` is stale is skipped and reported; the others are committed.
+    pub fn apply_batch(
+        &self,
+        items: Vec<(String, Transition, Update)>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let mut conn = self.conn();
+        let mut tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(items.len());
+        for (id, t, u) in items {
+            let sp = tx.savepoint()?;
+            match apply_in(&sp, &id, &t, u) {
+                Ok(r) => {
+                    sp.commit()?;
+                    out.push(Ok(r));
+                }
+                Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"), [id], row_to_payment)
+            .optional()?)
+    }
+
+    pub fn get_by_key(&self, key: &str) -> Result<Option<PaymentRecord>, StoreError> {
+        Ok(payment_by_key(&self.conn(), key)?)
+    }
+
+    /// The encrypted card data, while the payment still keeps it.
+    pub fn encrypted_card(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT encrypted_card FROM payments WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Payments, newest first.
+    pub fn list(&self, f: &ListFilter) -> Result<Vec<PaymentRecord>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM payments WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(t) = &f.terminal_id {
+            args.push(t.clone().into());
+            sql += &format!(" AND terminal_id = ?{}", args.len());
+        }
+        if !f.statuses.is_empty() {
+            let mut marks = Vec::new();
+            for s in &f.statuses {
+                args.push(s.as_str().to_string().into());
+                marks.push(format!("?{}", args.len()));
+            }
+            sql += &format!(" AND status IN ({})", marks.join(", "));
+        }
+        if let Some(a) = f.created_after_ms {
+            args.push(a.into());
+            sql += &format!(" AND created_at_ms >= ?{}", args.len());
+        }
+        if let Some(b) = f.created_before_ms {
+            args.push(b.into());
+            sql += &format!(" AND created_at_ms < ?{}", args.len());
+        }
+        if let Some((at, id)) = &f.after {
+            args.push((*at).into());
+            args.push(id.clone().into());
+            sql += &format!(" AND (created_at_ms, id) < (?{}, ?{})", args.len() - 1, args.len());
+        }
+        args.push((f.limit as i64).into());
+        let order = if f.oldest_first { "ASC" } else { "DESC" };
+        sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT ?{}", args.len());
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_payment)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Payments a restart must act on (their status has a recovery), oldest first.
+    pub fn unfinished(&self) -> Result<Vec<PaymentRecord>, StoreError> {
+        let unfinished: Vec<&str> = Status::ALL
+            .iter()
+            .filter(|s| {
+                pos_engine::recovery(**s) != pos_engine::Recovery::None
+                    || pos_engine::recovery_on_terminal(**s) != pos_engine::Recovery::None
+            })
+            .map(|s| s.as_str())
+            .collect();
+        let marks = (1..=unfinished.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS} FROM payments WHERE status IN ({marks}) ORDER BY created_at_ms, id"))?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(unfinished), row_to_payment)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// AUTHORIZED payments (manual capture) authorized before the cutoff,
+    /// oldest first, at most `limit`.
+    pub fn authorized_before(&self, before_ms: i64, limit: usize) -> Result<Vec<PaymentRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND updated_at_ms < ?1 \
+             ORDER BY updated_at_ms LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![before_ms, limit as i64], row_to_payment)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Payments per status.
+    pub fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A payment terminal's result for a payment, with its receipt lines.
+    pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines FROM terminal_results \
+                 WHERE payment_id = ?1",
+                [payment_id],
+                |r| {
+                    let lines: String = r.get(5)?;
+                    Ok(TerminalResult {
+                        result_code: r.get(0)?,
+                        receipt_no: r.get(1)?,
+                        trace: r.get(2)?,
+                        offline: r.get(3)?,
+                        terminal_tid: r.get::<_, Option<i64>>(4)?.map(|t| format!("{t:08}")).unwrap_or_default(),
+                        lines: if lines.is_empty() { vec![] } else { lines.split('\n').map(str::to_string).collect() },
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Adds receipt lines the terminal sent after its result.
+    pub async fn append_receipt_lines(self: &Arc<Self>, payment_id: &str, lines: &[String]) -> Result<(), StoreError> {
+        let (id, lines) = (payment_id.to_string(), lines.join("\n"));
+        self.write(move |conn| {
+            exec(
+                conn,
+                "UPDATE terminal_results SET lines = CASE WHEN lines = '' THEN ?2 ELSE lines || char(10) || char(10) || ?2 END \
+                 WHERE payment_id = ?1",
+                params![id, lines],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The write of [`Store::insert_or_get`].
+pub(super) fn insert_or_get_in(
+    p: &PaymentRecord,
+    caller: &str,
+) -> impl FnOnce(&Connection) -> Result<Inserted, StoreError> + Send + 'static {
+    let (p, caller) = (p.clone(), caller.to_string());
+    move |conn| {
+        if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
+            return Ok(Err(existing));
+        }
+        insert_in(conn, &p, &caller)?;
+        Ok(Ok(p))
+    }
+}
+
+/// The payment under a register's idempotency key.
+fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<PaymentRecord>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
+        .query_row([key], row_to_payment)
+        .optional()
+}
+
+/// A new payment's row, with its first audit entry.
+fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+         manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device, history) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, json_array(json_array(0, '', ?8, ?13)))",
+        params![
+            p.id,
+            p.idempotency_key,
+            p.order_reference,
+            p.terminal_id,
+            p.amount_minor,
+            p.currency,
+            p.manual_capture,
+            p.status.as_str(),
+            p.gateway_key,
+            p.demo,
+            p.created_at_ms,
+            p.device,
+            audit_text(&format!("payment requested by the register ({caller})"))
+        ],
+    )?;
+    Ok(())
+}
+
+/// One transition inside the caller's transaction (see [`Store::apply`]).
+fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+    {
+        let now = now_ms();
+        // The status moves only from the one the transition starts at; a
+        // reason replaces the previous one only when the transition has one.
+        // The audit entry goes into the row the transition rewrites anyway,
+        // and so do the changes every transition to its status makes: card
+        // data dropped where the status may not keep it, the amount captured,
+        // the forwarding attempts counted.
+        let moved = tx
+            .prepare_cached(concat!(
+                "UPDATE payments SET status = :to, updated_at_ms = :at, \
+                 reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
+                 reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, \
+                 encrypted_card = CASE WHEN :keeps_card THEN encrypted_card END, \
+                 captured_minor = CASE WHEN :captures THEN COALESCE(:captured, amount_minor) ELSE captured_minor END, \
+                 forward_attempts = forward_attempts + :forwards, ",
+                append_history!(":from", ":to"),
+                " WHERE id = :id AND status = :from"
+            ))?
+            .execute(named_params! {
+                ":id": id,
+                ":to": t.to.as_str(),
+                ":at": now,
+                ":from": t.from.as_str(),
+                ":has_reason": t.reason.is_some(),
+                ":code": t.reason.as_ref().map(|r| r.code.as_str()),
+                ":message": t.reason.as_ref().map(|r| r.message.as_str()),
+                ":keeps_card": t.to.keeps_card_data(),
+                ":captures": t.to == Status::Captured,
+                ":captured": update.captured_minor,
+                ":forwards": t.to == Status::Forwarding,
+                ":cause": audit_text(&t.cause),
+            })?;
+        if moved == 0 {
+            let current: String = tx
+                .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
+            return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
+        }
+        if let Some((c, blob)) = &update.card {
+            exec(
+                tx,
+                "UPDATE payments SET masked_pan = ?2, brand = ?3, entry_mode = ?4, wallet = ?5, aid = ?6, \
+                 application_label = ?7, verification = ?8, card_fingerprint = ?9, \
+                 encrypted_card = CASE WHEN ?11 THEN ?10 END WHERE id = ?1",
+                params![
+                    id,
+                    c.masked_pan,
+                    c.brand,
+                    c.entry_mode,
+                    c.wallet,
+                    c.aid,
+                    c.application_label,
+                    c.verification,
+                    c.fingerprint,
+                    blob,
+                    t.to.keeps_card_data()
+                ],
+            )?;
+        }
+        if let Some(a) = &update.auth_code {
+            exec(tx, "UPDATE payments SET auth_code = ?2 WHERE id = ?1", params![id, a])?;
+        }
+        if let Some(g) = &update.gateway_reference {
+            exec(tx, "UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
+        }
+        if t.to == Status::OfflineApproved {
+            let sql = format!(
+                "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
+                 queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
+            );
+            exec(tx, &sql, params![id, update.queued_at_ms.unwrap_or(now)])?;
+        }
+        if let Some(e) = &update.last_error {
+            exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
+        }
+        if let Some(r) = &update.terminal {
+            exec(
+                tx,
+                "INSERT INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, terminal_tid, lines) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (payment_id) DO UPDATE SET \
+                 result_code = excluded.result_code, receipt_no = excluded.receipt_no, trace = excluded.trace, \
+                 offline = excluded.offline, terminal_tid = excluded.terminal_tid",
+                params![
+                    id,
+                    r.result_code,
+                    r.receipt_no,
+                    r.trace,
+                    r.offline,
+                    r.terminal_tid.parse::<i64>().ok(),
+                    r.lines.join("\n")
+                ],
+            )?;
+        }
+        if let Some(kind) = update.record {
+            exec(
+                tx,
+                "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+                 SELECT gateway_key || ':' || ?2, id, ?2, captured_minor, currency, ?3 FROM payments WHERE id = ?1",
+                params![id, kind, now],
+            )?;
+        }
+        if let Some((key, value)) = &update.meta {
+            exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+        }
+        if let Some(cause) = &update.audit {
+            audit_in(tx, id, now, cause)?;
+        }
+        let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
+        let (rec, history_bytes) = tx
+            .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
+            .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
+        move_long_history(tx, id, history_bytes)?;
+        Ok((rec, event))
+    }
+}

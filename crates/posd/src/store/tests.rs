@@ -1,0 +1,607 @@
+//! The store's unit tests: schema and migrations, group commit, payments and
+//! their history, the probe, and the state directory's lock and marker.
+
+use std::sync::Arc;
+
+use pos_engine::{Input, Status, next};
+use rusqlite::{Connection, params};
+
+use super::group::{Group, Leader};
+use super::history::HISTORY_IN_ROW_BYTES;
+use super::outbox::NEXT_QUEUE_SEQ;
+use super::payments::insert_or_get_in;
+use super::schema::MIGRATIONS;
+use super::*;
+
+fn sample(key: &str) -> PaymentRecord {
+    PaymentRecord {
+        order_reference: "order-1".into(),
+        ..PaymentRecord::created(
+            format!("pay_{key}"),
+            key.into(),
+            format!("gw-{key}"),
+            "lane-1".into(),
+            1234,
+            "EUR".into(),
+            now_ms(),
+        )
+    }
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("posd.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    let s = Store::open(&path).unwrap();
+    s.probe().unwrap();
+    assert!(s.meta("store_probe_ms").unwrap().is_some(), "the probe commits");
+    let tables: i64 =
+        s.conn().query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'store_probe'", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 0, "the probe's pages are rolled back");
+    let pages: u64 = s.conn().query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+    drop(s);
+
+    // No room for new pages: as with a full disk.
+    let full = Store::open_with(&path, Some(pages)).unwrap();
+    let err = full.probe().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull),
+        "{err}"
+    );
+    drop(full);
+
+    // A table gone (as in the e2e tests' damaged database).
+    let s = Store::open(&path).unwrap();
+    s.conn().execute_batch("ALTER TABLE refunds RENAME TO refunds_damaged").unwrap();
+    assert!(s.probe().unwrap_err().to_string().contains("refunds"));
+    s.conn().execute_batch("ALTER TABLE refunds_damaged RENAME TO refunds").unwrap();
+    s.probe().unwrap();
+}
+
+#[test]
+fn same_key_returns_the_existing_payment() {
+    let (_d, s) = open();
+    assert!(s.insert_or_get_blocking(&sample("k"), "test").unwrap().is_ok());
+    let mut other = sample("k");
+    other.id = "pay_other".into();
+    assert_eq!(s.insert_or_get_blocking(&other, "test").unwrap().unwrap_err().id, "pay_k");
+}
+
+#[test]
+fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
+    let (_d, s) = open();
+    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    let mut st = Status::Created;
+    for (input, update) in [
+        (Input::Start, Update::default()),
+        (Input::CardRead, Update { card: Some((CardInfo::default(), vec![1, 2, 3])), ..Default::default() }),
+        (Input::Sending, Update::default()),
+    ] {
+        let t = next(st, &input).unwrap();
+        st = s.apply_blocking("pay_k", &t, update).unwrap().0.status;
+    }
+    assert_eq!(s.encrypted_card("pay_k").unwrap(), Some(vec![1, 2, 3]));
+    let t = next(st, &Input::Approved { captured: true }).unwrap();
+    assert_eq!(s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status, Status::Captured);
+    assert_eq!(s.encrypted_card("pay_k").unwrap(), None);
+    let h = s.history("pay_k").unwrap();
+    assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));
+    assert_eq!(h.len(), 5);
+
+    // Card data that comes with a move to a status that may not keep it
+    // is not stored; what the card is stays.
+    s.insert_or_get_blocking(&sample("j"), "test").unwrap().unwrap();
+    let t = next(Status::Created, &Input::Cancel { by: "test".into() }).unwrap();
+    let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
+    let update = Update { card: Some((card, vec![1, 2, 3])), ..Default::default() };
+    let (rec, _) = s.apply_blocking("pay_j", &t, update).unwrap();
+    assert_eq!((rec.status, rec.card.map(|c| c.masked_pan)), (Status::Canceled, Some("424242******4242".into())));
+    assert_eq!(s.encrypted_card("pay_j").unwrap(), None);
+}
+
+#[test]
+fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
+    let (_d, s) = open();
+    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    let t = next(Status::Created, &Input::Start).unwrap();
+    let who = || Update { audit: Some("by a person".into()), ..Default::default() };
+    s.apply_blocking("pay_k", &t, who()).unwrap();
+    // The same transition again is stale: refused, with nothing written.
+    assert!(matches!(s.apply_blocking("pay_k", &t, who()), Err(StoreError::Conflict { .. })));
+    let h = s.history("pay_k").unwrap();
+    let causes: Vec<&str> = h.iter().map(|e| e.cause.as_str()).collect();
+    assert_eq!(causes[1..], [t.cause.as_str(), "by a person"]);
+    assert_eq!((h[2].from, h[2].to), (Some(Status::Collecting), Status::Collecting));
+}
+
+#[tokio::test]
+async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
+    let (_d, s) = open();
+    let s = Arc::new(s);
+    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    let mut expected = vec![("created", "payment requested by the register (test)".to_string())];
+    let mut st = Status::Created;
+    let step = |st: &mut Status, input: Input, expected: &mut Vec<(&str, String)>| {
+        let t = next(*st, &input).unwrap();
+        *st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+        expected.push((st.as_str(), t.cause.clone()));
+    };
+    step(&mut st, Input::Start, &mut expected);
+    step(&mut st, Input::CardRead, &mut expected);
+    // Causes JSON has to escape, enough to move twice, and one longer
+    // than the row may hold.
+    for i in 0..60 {
+        let long = if i == 30 { "x".repeat(HISTORY_IN_ROW_BYTES as usize) } else { String::new() };
+        let cause = format!("note {i}: \"quoted\"\n\tnext line, ünïcode{long}");
+        s.audit("pay_k", &cause).await.unwrap();
+        expected.push(("card_read", cause));
+    }
+    step(&mut st, Input::ApprovedOffline, &mut expected);
+
+    let h = s.history("pay_k").unwrap();
+    let got: Vec<(&str, String)> = h.iter().map(|e| (e.to.as_str(), e.cause.clone())).collect();
+    assert_eq!(got, expected);
+    assert_eq!(h[0].from, None, "the first entry has no status before it");
+    assert!(h.windows(2).all(|w| Some(w[0].to) == w[1].from), "each entry starts where the one before ended");
+    let (in_row, in_row_bytes, moved, seqs): (i64, i64, i64, String) = s
+        .conn()
+        .query_row(
+            "SELECT json_array_length(history), octet_length(history), \
+             (SELECT COUNT(*) FROM payment_events WHERE payment_id = 'pay_k'), \
+             (SELECT COALESCE(group_concat(seq), '') FROM (SELECT seq FROM payment_events WHERE payment_id = 'pay_k' ORDER BY seq)) \
+             FROM payments WHERE id = 'pay_k'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert!(in_row >= 1 && in_row_bytes <= HISTORY_IN_ROW_BYTES, "{in_row} entries, {in_row_bytes} bytes in the row");
+    assert!(moved >= 40, "moved more than once: {moved}");
+    assert_eq!(in_row + moved, expected.len() as i64);
+    let want: Vec<String> = (1..=moved).map(|n| n.to_string()).collect();
+    assert_eq!(seqs, want.join(","), "moved entries are numbered in order, without gaps");
+    assert!(matches!(s.audit("pay_none", "x").await, Err(StoreError::NotFound(_))));
+
+    // Times come back whole, and are kept as offsets from the payment's
+    // creation: written out, a time in ms is a 13-digit run, which a
+    // card-number scan of the file would report.
+    let created = s.get("pay_k").unwrap().unwrap().created_at_ms;
+    assert_eq!(h[0].at_ms, created);
+    assert!(h.windows(2).all(|w| w[0].at_ms <= w[1].at_ms) && h.last().unwrap().at_ms <= now_ms());
+    let text: String = s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_k'", [], |r| r.get(0)).unwrap();
+    let longest_run = text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
+    assert!(longest_run < 13, "a {longest_run}-digit run in {text}");
+
+    // A control character JSON would write as `\u0001` is replaced, so
+    // its digits cannot join the ones after it.
+    s.insert_or_get(&sample("c"), "test").await.unwrap().unwrap();
+    s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}").await.unwrap();
+    let h = s.history("pay_c").unwrap();
+    assert_eq!(h[1].cause, "terminal text \u{fffd}123456789012 and a \u{fffd}");
+    let text: String = s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_c'", [], |r| r.get(0)).unwrap();
+    let longest_run = text.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
+    assert!(longest_run < 13, "a {longest_run}-digit run in {text}");
+}
+
+#[test]
+fn a_database_from_a_newer_posd_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    drop(Store::open(&path).unwrap());
+    let newer = MIGRATIONS.len() + 1;
+    Connection::open(&path).unwrap().execute_batch(&format!("PRAGMA user_version = {newer}")).unwrap();
+    let err = Store::open(&path).err().expect("refused").to_string();
+    assert!(err.contains(&format!("schema version {newer}, newer than this posd's")), "{err}");
+}
+
+#[test]
+fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
+    let (_d, s) = open();
+    for (key, captured, authorized_at) in [("a", false, 5_000), ("b", false, 3_000), ("c", true, 1_000)] {
+        s.insert_or_get_blocking(&sample(key), "test").unwrap().unwrap();
+        let id = format!("pay_{key}");
+        let mut st = Status::Created;
+        for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured }] {
+            st = s.apply_blocking(&id, &next(st, &input).unwrap(), Update::default()).unwrap().0.status;
+        }
+        s.conn().execute("UPDATE payments SET updated_at_ms = ?2 WHERE id = ?1", params![id, authorized_at]).unwrap();
+    }
+    let ids = |cutoff, limit| -> Vec<String> {
+        s.authorized_before(cutoff, limit).unwrap().into_iter().map(|p| p.id).collect()
+    };
+    assert_eq!(ids(10_000, 100), ["pay_b", "pay_a"], "captured payments are not authorizations");
+    assert_eq!(ids(5_000, 100), ["pay_b"], "the cutoff is exclusive");
+    assert_eq!(ids(3_000, 100), Vec::<String>::new());
+    assert_eq!(ids(10_000, 1), ["pay_b"]);
+}
+
+#[test]
+fn a_stale_transition_is_refused() {
+    let (_d, s) = open();
+    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    let t = next(Status::Created, &Input::Start).unwrap();
+    s.apply_blocking("pay_k", &t, Update::default()).unwrap();
+    assert!(matches!(s.apply_blocking("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
+}
+
+#[test]
+fn a_migration_keeps_queued_payments_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    {
+        // A database as the version before the last migration left it,
+        // with a payment waiting in the outbox.
+        let conn = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len() - 1)).unwrap();
+        conn.execute(
+            "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+             manual_capture, status, gateway_key, encrypted_card, demo, created_at_ms, updated_at_ms, offline, \
+             queue_seq, queued_at_ms) VALUES ('pay_q', 'k', '', 'lane-1', 700, 'EUR', 0, 'offline_approved', 'gk', \
+             X'0102', 0, 1, 1, 1, 1, 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let q = s.get("pay_q").unwrap().unwrap();
+    assert_eq!((q.status, q.amount_minor, q.offline), (Status::OfflineApproved, 700, true));
+    assert_eq!(s.encrypted_card("pay_q").unwrap(), Some(vec![1, 2]));
+    assert_eq!(s.queue_summary().unwrap().count, 1);
+}
+
+#[tokio::test]
+async fn a_refund_left_pending_before_migration_9_counts_as_possibly_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    {
+        // Version 8 (the release before gateway_sends): a captured
+        // payment with one refund pending and one that failed.
+        let conn = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..8] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 8").unwrap();
+        conn.execute(
+            "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, offline, captured_minor) \
+             VALUES ('pay_r', 'k', '', 'lane-1', 900, 'EUR', 0, 'captured', 'gk', 0, 1, 1, 0, 900)",
+            [],
+        )
+        .unwrap();
+        for (id, key, status) in [("ref_p", "rk-pending", "pending"), ("ref_f", "rk-failed", "failed")] {
+            conn.execute(
+                "INSERT INTO refunds (id, idempotency_key, payment_id, amount_minor, currency, refund_key, status, \
+                 reason, created_at_ms, updated_at_ms) VALUES (?1, ?1, 'pay_r', 100, 'EUR', ?2, ?3, '', 1, 1)",
+                params![id, key, status],
+            )
+            .unwrap();
+        }
+    }
+    let s = Arc::new(Store::open(&path).unwrap());
+    assert!(s.sent_before(SendKind::Refund, "rk-pending").unwrap(), "a pending refund may have been sent");
+    assert!(!s.sent_before(SendKind::Refund, "rk-failed").unwrap());
+    assert_eq!(s.pending_refunds().unwrap().len(), 1, "nothing lost");
+    // note_send says whether an earlier attempt may have left; it writes once.
+    assert!(!s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
+    assert!(s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
+    assert!(!s.note_send(SendKind::Void, "gk", "pay_r").await.unwrap(), "kinds are apart");
+}
+
+#[tokio::test]
+async fn the_audit_log_keeps_its_order_across_migration_7() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    {
+        // Version 6: an audit log in one sequence for all payments (with
+        // AUTOINCREMENT), and a queued payment.
+        let conn = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..6] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 6;
+             INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, offline, queue_seq, \
+             queued_at_ms) VALUES ('pay_q', 'kq', '', 'lane-1', 700, 'EUR', 0, 'offline_approved', 'gq', 0, 1, 1, \
+             1, 41, 1);
+             INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms) \
+             VALUES ('pay_r', 'kr', '', 'lane-2', 500, 'EUR', 0, 'collecting', 'gr', 0, 1, 1);
+             INSERT INTO payment_events (payment_id, at_ms, from_status, to_status, cause) VALUES
+             ('pay_q', 1, '', 'created', 'one'), ('pay_r', 1, '', 'created', 'r-one'),
+             ('pay_q', 2, 'created', 'collecting', 'two'), ('pay_r', 2, 'created', 'collecting', 'r-two'),
+             ('pay_q', 3, 'collecting', 'card_read', 'three');",
+        )
+        .unwrap();
+    }
+    let s = Arc::new(Store::open(&path).unwrap());
+    let causes = |id: &str| s.history(id).unwrap().into_iter().map(|e| e.cause).collect::<Vec<_>>();
+    assert_eq!(causes("pay_q"), ["one", "two", "three"]);
+    s.audit("pay_q", "four").await.unwrap();
+    assert_eq!(causes("pay_q"), ["one", "two", "three", "four"], "new entries come after the old ones");
+    // Since migration 8 new entries are in the row; once they pass its
+    // limit they move behind the old ones, numbered after them.
+    let long: Vec<String> = (0..3).map(|i| format!("long {i} {}", "y".repeat(900))).collect();
+    for cause in &long {
+        s.audit("pay_q", cause).await.unwrap();
+    }
+    let mut want = vec!["one", "two", "three", "four"];
+    want.extend(long.iter().map(String::as_str));
+    assert_eq!(causes("pay_q"), want);
+    let seqs: Vec<i64> = s
+        .conn()
+        .prepare("SELECT seq FROM payment_events WHERE payment_id = 'pay_q' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(seqs, [1, 3, 5, 6, 7, 8, 9], "the old entries keep the shared counter's numbers");
+    assert_eq!(causes("pay_r"), ["r-one", "r-two"]);
+    let conn = s.conn();
+    let sequences: i64 =
+        conn.query_row("SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'payment_events'", [], |r| r.get(0)).unwrap();
+    assert_eq!(sequences, 0, "no sequence row is written by state changes any more");
+    drop(conn);
+
+    // The next payment entering the outbox queues behind the one there.
+    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    let mut st = Status::Created;
+    for input in [Input::Start, Input::CardRead, Input::ApprovedOffline] {
+        let t = next(st, &input).unwrap();
+        st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+    }
+    assert_eq!(st, Status::OfflineApproved);
+    let queued: Vec<String> = s.outbox_batch(10).unwrap().into_iter().map(|(p, _)| p.id).collect();
+    assert_eq!(queued, ["pay_q", "pay_k"]);
+    let seq: i64 = s.conn().query_row("SELECT queue_seq FROM payments WHERE id = 'pay_k'", [], |r| r.get(0)).unwrap();
+    assert_eq!(seq, 42);
+    let plan: String = s.conn().query_row(&format!("EXPLAIN QUERY PLAN {NEXT_QUEUE_SEQ}"), [], |r| r.get(3)).unwrap();
+    assert!(plan.contains("payments_queue"), "the next position is read from the queue's index: {plan}");
+}
+
+#[test]
+fn writes_queued_during_a_commit_share_the_next_one() {
+    let (_d, s) = open();
+    s.insert_or_get_blocking(&sample("k0"), "test").unwrap().unwrap();
+    let stale = next(Status::Collecting, &Input::CardRead).unwrap();
+    // Polls the queue's state (no timing involved) until `ready`.
+    let wait_for = |ready: &dyn Fn(&Group) -> bool| {
+        while !ready(&s.group.lock().unwrap()) {
+            std::thread::yield_now();
+        }
+    };
+    std::thread::scope(|scope| {
+        // The disk is busy: the first writer leads, takes its own write and waits.
+        let held = s.conn();
+        let first = scope.spawn(|| s.insert_or_get_blocking(&sample("k1"), "test"));
+        wait_for(&|g| g.leading && g.queue.is_empty());
+        let inserts: Vec<_> = (2..8)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || s.insert_or_get_blocking(&sample(&format!("k{i}")), "test"))
+            })
+            .collect();
+        let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default()));
+        wait_for(&|g| g.queue.len() == 7);
+        drop(held);
+        assert!(first.join().unwrap().unwrap().is_ok());
+        for insert in inserts {
+            assert!(insert.join().unwrap().unwrap().is_ok());
+        }
+        let refused = refused.join().unwrap();
+        assert!(matches!(refused, Err(StoreError::Conflict { actual: Status::Created, .. })), "{refused:?}");
+    });
+    assert_eq!(s.write_counts(), (8, 3), "the seven writes queued behind the first shared one commit");
+    for i in 1..8 {
+        let id = format!("pay_k{i}");
+        assert_eq!(s.get(&id).unwrap().unwrap().status, Status::Created);
+        assert_eq!(s.history(&id).unwrap().len(), 1);
+    }
+    assert_eq!(s.get("pay_k0").unwrap().unwrap().status, Status::Created, "the refused write left nothing");
+    assert_eq!(s.history("pay_k0").unwrap().len(), 1);
+}
+
+// Holding the connection across awaits stands in for a slow disk.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_writes_share_a_commit_without_holding_their_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    // Polls the queue's state (no timing involved) until `ready`.
+    let wait_for = |ready: fn(&Group) -> bool| {
+        let s = Arc::clone(&s);
+        async move {
+            while !ready(&s.group.lock().unwrap()) {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    // The disk is busy: the first write commits in place and waits on its worker.
+    let held = s.conn();
+    let write = |i: usize| {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.insert_or_get(&sample(&format!("k{i}")), "test").await })
+    };
+    let first = write(0);
+    wait_for(|g| g.leading && g.queue.is_empty()).await;
+    // Meanwhile the other worker is free: seven more lanes queue their writes.
+    let rest: Vec<_> = (1..8).map(write).collect();
+    wait_for(|g| g.queue.len() == 7).await;
+    drop(held);
+    assert!(first.await.unwrap().unwrap().is_ok());
+    for w in rest {
+        assert!(w.await.unwrap().unwrap().is_ok());
+    }
+    assert_eq!(s.write_counts(), (8, 2), "the seven writes queued behind the first shared one commit");
+    let t = next(Status::Created, &Input::Start).unwrap();
+    let (rec, _) = s.apply("pay_k3", &t, Update::default()).await.unwrap();
+    assert_eq!(rec.status, t.to);
+    assert_eq!(s.get("pay_k3").unwrap().unwrap().status, t.to);
+    assert_eq!(s.write_counts(), (9, 3));
+}
+
+#[tokio::test]
+async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    let synchronous = |s: &Store| -> i64 { s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+    assert_eq!(synchronous(&s), 2, "FULL");
+    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
+    let applied = s.apply_all("pay_k", Durability::Deferred, vec![start]).await.unwrap();
+    assert_eq!(applied[0].0.status, Status::Collecting);
+    assert_eq!((s.write_counts(), s.unsynced_commits()), ((2, 1), 1), "the deferred commit is not a synced one");
+    assert_eq!(synchronous(&s), 2, "the next commits are synced again");
+    // Two transitions in one synced commit.
+    let card = (next(Status::Collecting, &Input::CardRead).unwrap(), Update::default());
+    let sending = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
+    let applied = s.apply_all("pay_k", Durability::Synced, vec![card, sending]).await.unwrap();
+    let statuses: Vec<Status> = applied.iter().map(|(r, _)| r.status).collect();
+    assert_eq!(statuses, [Status::CardRead, Status::Authorizing]);
+    assert_eq!((s.write_counts(), s.unsynced_commits()), ((3, 2), 1));
+    assert_eq!(s.payment_writes(), 4, "the insert and three transitions");
+    let history: Vec<_> = s.history("pay_k").unwrap().into_iter().map(|h| h.to).collect();
+    assert_eq!(history, [Status::Created, Status::Collecting, Status::CardRead, Status::Authorizing]);
+}
+
+#[tokio::test]
+async fn transitions_applied_together_are_kept_all_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
+    // The second starts from a status the first did not reach: refused.
+    let stale = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
+    let refused = s.apply_all("pay_k", Durability::Synced, vec![start, stale]).await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
+    assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "the first is rolled back too");
+    assert_eq!(s.history("pay_k").unwrap().len(), 1);
+}
+
+#[test]
+fn a_leader_dropped_before_committing_abandons_the_queue() {
+    let (_d, s) = open();
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    assert!(s.enqueue(
+        Durability::Synced,
+        insert_or_get_in(&sample("k1"), "test"),
+        Box::new(move |r| drop(reply.send(r)))
+    ));
+    // As when the runtime stops before the blocking task that was to commit runs.
+    drop(Leader::new(&s));
+    assert!(answer.recv().is_err(), "the caller hears that its write was dropped");
+    assert!(s.insert_or_get_blocking(&sample("k2"), "test").unwrap().is_ok(), "the next write leads");
+    assert!(s.get("pay_k1").unwrap().is_none());
+    assert_eq!(s.write_counts(), (1, 1));
+}
+
+#[test]
+fn a_batch_inserts_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("posd.db")).unwrap();
+    s.insert_batch(&[sample("k"), sample("k2")], "test").unwrap();
+    assert_eq!(s.get("pay_k2").unwrap().unwrap().status, Status::Created);
+    assert_eq!(s.history("pay_k").unwrap().len(), 1, "with its first audit entry");
+    assert!(s.insert_batch(&[sample("k3"), sample("k")], "test").is_err(), "key k is taken");
+    assert!(s.get("pay_k3").unwrap().is_none(), "nothing of a failed batch is kept");
+}
+
+#[test]
+fn migrations_are_idempotent_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    Store::open(&path).unwrap().insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
+}
+
+#[test]
+fn second_lock_on_the_same_state_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = StateLock::acquire(dir.path()).unwrap();
+    let err = StateLock::acquire(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("another posd"), "{err}");
+}
+
+#[test]
+fn a_state_directory_that_held_a_database_refuses_to_start_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, marker) = (dir.path().join("posd.db"), dir.path().join(INITIALIZED_MARKER));
+    let refusal = || check_database_kept(dir.path()).unwrap_err().to_string();
+    // A first start, and one after a kill before the first commit (no marker): they go on.
+    check_database_kept(dir.path()).unwrap();
+    std::fs::write(&db, b"").unwrap();
+    check_database_kept(dir.path()).unwrap();
+    let s = Store::open(&db).unwrap();
+    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    mark_initialized(dir.path()).unwrap();
+    assert!(marker.exists());
+    mark_initialized(dir.path()).unwrap();
+    check_database_kept(dir.path()).unwrap();
+    drop(s);
+    check_database_kept(dir.path()).unwrap();
+
+    // Emptied, missing, or replaced by another database: refused, saying how to restore or start over.
+    std::fs::write(&db, b"").unwrap();
+    for f in ["posd.db-wal", "posd.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    let err = refusal();
+    assert!(err.contains("posd.db is empty (0 bytes)"), "{err}");
+    assert!(err.contains("posd backup") && err.contains(&format!("delete {}", marker.display())), "{err}");
+    std::fs::remove_file(&db).unwrap();
+    assert!(refusal().contains("posd.db is missing"));
+    Connection::open(&db).unwrap().execute_batch("CREATE TABLE other (x)").unwrap();
+    assert!(refusal().contains("holds none of posd's tables"));
+
+    // Restored from a backup: it starts, with the payments it had.
+    std::fs::remove_file(&db).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    Store::open(&other.path().join("posd.db")).unwrap().insert_or_get_blocking(&sample("b"), "test").unwrap().unwrap();
+    crate::admin::backup(other.path(), &db).unwrap();
+    check_database_kept(dir.path()).unwrap();
+    assert!(Store::open(&db).unwrap().get("pay_b").unwrap().is_some());
+
+    // Started over on purpose: the marker deleted.
+    std::fs::write(&db, b"").unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    check_database_kept(dir.path()).unwrap();
+}
+
+#[test]
+fn list_pages_newest_first_with_filters() {
+    let (_d, s) = open();
+    for i in 0..5 {
+        let mut p = sample(&format!("k{i}"));
+        p.created_at_ms = 1000 + i;
+        p.terminal_id = if i % 2 == 0 { "lane-1".into() } else { "lane-2".into() };
+        s.insert_or_get_blocking(&p, "test").unwrap().unwrap();
+    }
+    let page = s.list(&ListFilter { limit: 2, ..Default::default() }).unwrap();
+    assert_eq!(page.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>(), ["k4", "k3"]);
+    let last = page.last().unwrap();
+    let next_page = s
+        .list(&ListFilter { limit: 2, after: Some((last.created_at_ms, last.id.clone())), ..Default::default() })
+        .unwrap();
+    assert_eq!(next_page.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>(), ["k2", "k1"]);
+    let lane1 = s.list(&ListFilter { limit: 10, terminal_id: Some("lane-1".into()), ..Default::default() }).unwrap();
+    assert_eq!(lane1.len(), 3);
+    let window = s
+        .list(&ListFilter {
+            limit: 10,
+            created_after_ms: Some(1001),
+            created_before_ms: Some(1003),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(window.len(), 2);
+}
