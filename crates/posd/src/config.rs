@@ -54,16 +54,23 @@ pub struct Config {
     pub capture_window: Span,
 }
 
+/// How long a graceful stop waits for payments in progress (`stop_timeout`).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a payment waits for the customer's card (`card_timeout`).
+pub const DEFAULT_CARD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an AUTHORIZED payment may wait for its capture (`capture_window`).
+pub const DEFAULT_CAPTURE_WINDOW: Duration = Duration::from_secs(2 * 86_400);
+
 fn default_stop_timeout() -> Span {
-    Span(crate::daemon::DEFAULT_STOP_TIMEOUT)
+    Span(DEFAULT_STOP_TIMEOUT)
 }
 
 fn default_card_timeout() -> Span {
-    Span(crate::daemon::DEFAULT_CARD_TIMEOUT)
+    Span(DEFAULT_CARD_TIMEOUT)
 }
 
 fn default_capture_window() -> Span {
-    Span(crate::daemon::DEFAULT_CAPTURE_WINDOW)
+    Span(DEFAULT_CAPTURE_WINDOW)
 }
 
 /// Prometheus metrics.
@@ -1556,10 +1563,25 @@ fn url_with_lowercase_scheme<'de, D: serde::Deserializer<'de>>(d: D) -> Result<S
     String::deserialize(d).map(|url| lowercase_scheme(&url))
 }
 
+/// Command-line choices that shape the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub demo: bool,
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub gateway: Option<String>,
+    pub gateway_timeout_ms: Option<u64>,
+    pub reader: Option<String>,
+    pub printer: Option<String>,
+    /// Demo reader: milliseconds until the card is presented and for the PIN.
+    pub demo_reader_delay_ms: u64,
+}
+
 /// The command-line overrides checked by the rules of the settings they
 /// replace, before they replace them (in demo mode no file is checked at
 /// all); the `--gateway` URL comes back with its scheme in lower case.
-pub fn checked_overrides(o: &crate::daemon::Options) -> anyhow::Result<crate::daemon::Options> {
+pub fn checked_overrides(o: &Options) -> anyhow::Result<Options> {
     let mut errors = Vec::new();
     if let Some(url) = &o.gateway
         && let Err((why, fix)) = check_gateway_url(url)
@@ -1576,7 +1598,7 @@ pub fn checked_overrides(o: &crate::daemon::Options) -> anyhow::Result<crate::da
     if !errors.is_empty() {
         return Err(error_list(errors));
     }
-    Ok(crate::daemon::Options { gateway: o.gateway.as_deref().map(lowercase_scheme), ..o.clone() })
+    Ok(Options { gateway: o.gateway.as_deref().map(lowercase_scheme), ..o.clone() })
 }
 
 /// One error, or a count and the list.

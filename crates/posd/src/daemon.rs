@@ -11,33 +11,16 @@ use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming};
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
 
-use crate::config::{Config, GatewayConfig, LaneConfig, ReaderConfig};
+use crate::config::{
+    Config, DEFAULT_CAPTURE_WINDOW, DEFAULT_CARD_TIMEOUT, DEFAULT_STOP_TIMEOUT, GatewayConfig, LaneConfig, ReaderConfig,
+};
 use crate::engine::{Engine, EngineSettings, ForwardSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::lane::Lane;
 use crate::store::{StateLock, Store};
 
-/// Command-line choices that shape the daemon.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub demo: bool,
-    pub config: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub gateway: Option<String>,
-    pub gateway_timeout_ms: Option<u64>,
-    pub reader: Option<String>,
-    pub printer: Option<String>,
-    /// Demo reader: milliseconds until the card is presented and for the PIN.
-    pub demo_reader_delay_ms: u64,
-}
-
-/// How long a graceful stop waits for payments in progress (`stop_timeout`).
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a payment waits for the customer's card (`card_timeout`).
-pub const DEFAULT_CARD_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long an AUTHORIZED payment may wait for its capture (`capture_window`).
-pub const DEFAULT_CAPTURE_WINDOW: Duration = Duration::from_secs(2 * 86_400);
+// The command-line choices live with the configuration they override.
+pub use crate::config::Options;
 
 /// How long a graceful stop waits for connected clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
