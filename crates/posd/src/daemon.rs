@@ -3,7 +3,6 @@
 //! the lanes and the API; in demo mode also the simulated reader and gateway.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,113 +10,18 @@ use pos_link::transport::PtyMaster;
 use pos_link::{Link, SerialLink, SerialTiming};
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
 
-use crate::config::{Config, GatewayConfig, LaneConfig, ReaderConfig};
+use crate::config::ReaderConfig;
 use crate::engine::{Engine, EngineSettings, ForwardSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::lane::Lane;
 use crate::store::{StateLock, Store};
 
-/// Command-line choices that shape the daemon.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub demo: bool,
-    pub config: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub gateway: Option<String>,
-    pub gateway_timeout_ms: Option<u64>,
-    pub reader: Option<String>,
-    pub printer: Option<String>,
-    /// Demo reader: milliseconds until the card is presented and for the PIN.
-    pub demo_reader_delay_ms: u64,
-}
-
-/// How long a graceful stop waits for payments in progress (`stop_timeout`).
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a payment waits for the customer's card (`card_timeout`).
-pub const DEFAULT_CARD_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long an AUTHORIZED payment may wait for its capture (`capture_window`).
-pub const DEFAULT_CAPTURE_WINDOW: Duration = Duration::from_secs(2 * 86_400);
+// The command line's choices, and the configuration in force, live with
+// the configuration they override.
+pub use crate::config::{NO_CONFIG, Options, resolve};
 
 /// How long a graceful stop waits for connected clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-pub const NO_CONFIG: &str = "posd: no configuration given.\n\
-    For a store lane:   posd --config /etc/posd/posd.toml\n\
-    To try posd with a simulated card reader and gateway:   posd --demo\n\
-    (posd never falls back to demo mode by itself, so a misconfigured lane cannot approve against a simulator.)";
-
-fn demo_config(o: &Options) -> Config {
-    Config {
-        state_dir: o.state_dir.clone().unwrap_or_else(|| PathBuf::from("posd-demo-state")),
-        listen: o.listen.clone().unwrap_or_else(|| "127.0.0.1:50051".into()),
-        store_id: "demo".into(),
-        gateway: GatewayConfig {
-            url: o.gateway.clone().unwrap_or_default(),
-            connect_timeout_ms: 3000,
-            request_timeout_ms: o.gateway_timeout_ms.unwrap_or(30_000),
-            status_attempts: 3,
-            ca_file: None,
-            client_cert_file: None,
-            client_key_file: None,
-        },
-        lanes: vec![LaneConfig {
-            id: "lane-1".into(),
-            currency: "EUR".into(),
-            reader: ReaderConfig::from_arg(o.reader.as_deref().unwrap_or("")),
-            printer: o.printer.as_deref().map(crate::config::PrinterConfig::from_arg),
-            offline: Default::default(),
-        }],
-        offline: Default::default(),
-        store: Default::default(),
-        report: Default::default(),
-        api: Default::default(),
-        log: Default::default(),
-        metrics: Default::default(),
-        receipt: crate::config::ReceiptConfig { header: vec!["posd DEMO".into()], ..Default::default() },
-        stop_timeout: crate::config::Span(DEFAULT_STOP_TIMEOUT),
-        card_timeout: crate::config::Span(DEFAULT_CARD_TIMEOUT),
-        capture_window: crate::config::Span(DEFAULT_CAPTURE_WINDOW),
-    }
-}
-
-/// The configuration in force: the file (or demo defaults) plus overrides.
-pub fn resolve(o: &Options) -> anyhow::Result<Config> {
-    // --gateway and --gateway-timeout-ms by the rules of the settings they replace.
-    let checked = crate::config::checked_overrides(o)?;
-    let o = &checked;
-    let mut cfg = match (&o.config, o.demo) {
-        (Some(_), true) => anyhow::bail!("--demo and --config exclude each other"),
-        (None, false) => anyhow::bail!("{NO_CONFIG}"),
-        (None, true) => return Ok(demo_config(o)),
-        (Some(path), false) => Config::load(path)?,
-    };
-    if let Some(d) = &o.state_dir {
-        cfg.state_dir = d.clone();
-    }
-    if let Some(l) = &o.listen {
-        cfg.listen = l.clone();
-    }
-    if let Some(g) = &o.gateway {
-        cfg.gateway.url = g.clone();
-    }
-    if let Some(t) = o.gateway_timeout_ms {
-        cfg.gateway.request_timeout_ms = t;
-    }
-    if o.reader.is_some() || o.printer.is_some() {
-        if cfg.lanes.len() != 1 {
-            anyhow::bail!("--reader and --printer apply to a single lane; the config has {}", cfg.lanes.len());
-        }
-        if let Some(r) = &o.reader {
-            cfg.lanes[0].reader = ReaderConfig::from_arg(r);
-        }
-        if let Some(p) = &o.printer {
-            cfg.lanes[0].printer = Some(crate::config::PrinterConfig::from_arg(p));
-        }
-    }
-    cfg.validate()?;
-    Ok(cfg)
-}
 
 /// Why the daemon stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
