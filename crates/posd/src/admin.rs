@@ -39,7 +39,27 @@ pub fn backup(dir: &Path, to: &Path) -> anyhow::Result<String> {
     Ok(format!("backup of {payments} payments written to {}", to.display()))
 }
 
-/// Payments created on the business days `from`..=`to`, as CSV (amounts in minor units).
+/// The header line of [`export`].
+const EXPORT_HEADER: [&str; 14] = [
+    "payment_id",
+    "created_at",
+    "business_day",
+    "terminal_id",
+    "amount_minor",
+    "currency",
+    "status",
+    "approved",
+    "offline",
+    "brand",
+    "masked_pan",
+    "auth_code",
+    "captured_minor",
+    "refunded_minor",
+];
+
+/// Payments created on the business days `from`..=`to`, as CSV (amounts in minor units), written by the `csv`
+/// crate: a field with a comma, a quote or a line break is quoted as RFC 4180 has it, any other field is written as it
+/// is; each record ends in `\n`.
 pub fn export(dir: &Path, report: &ReportSettings, from: &str, to: &str) -> anyhow::Result<String> {
     let parse =
         |d: &str| d.parse::<jiff::civil::Date>().map_err(|_| anyhow::anyhow!("{d:?}: write dates as YYYY-MM-DD"));
@@ -56,31 +76,32 @@ pub fn export(dir: &Path, report: &ReportSettings, from: &str, to: &str) -> anyh
         ..Default::default()
     })?;
     rows.sort_by_key(|p| p.created_at_ms);
-    let mut out = String::from(
-        "payment_id,created_at,business_day,terminal_id,amount_minor,currency,status,approved,offline,brand,masked_pan,auth_code,captured_minor,refunded_minor\n",
-    );
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(EXPORT_HEADER)?;
     for p in rows {
         let refunded: i64 =
             store.refunds_of(&p.id)?.iter().filter(|r| r.status == "succeeded").map(|r| r.amount_minor).sum();
         let (brand, masked) = p.card.as_ref().map(|c| (c.brand.clone(), c.masked_pan.clone())).unwrap_or_default();
         let at = jiff::Timestamp::from_millisecond(p.created_at_ms).map(|t| t.to_string()).unwrap_or_default();
-        out.push_str(&format!(
-            "{},{at},{},{},{},{},{},{},{},{},{},{},{},{refunded}\n",
+        let record = [
             p.id,
-            report.business_day(p.created_at_ms),
+            at,
+            report.business_day(p.created_at_ms).to_string(),
             p.terminal_id,
-            p.amount_minor,
+            p.amount_minor.to_string(),
             p.currency,
-            p.status,
-            p.status.is_approved(),
-            p.offline,
-            brand.replace(',', " "),
+            p.status.to_string(),
+            p.status.is_approved().to_string(),
+            p.offline.to_string(),
+            brand,
             masked,
             p.auth_code,
-            p.captured_minor,
-        ));
+            p.captured_minor.to_string(),
+            refunded.to_string(),
+        ];
+        out.write_record(&record)?;
     }
-    Ok(out)
+    Ok(String::from_utf8(out.into_inner()?)?)
 }
 
 /// Unsent offline payments, for the package's removal check.

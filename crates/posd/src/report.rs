@@ -127,39 +127,58 @@ pub fn build(store: &Store, s: &ReportSettings, day: Date, terminal: Option<&str
     })
 }
 
-/// The rows as CSV, amounts in minor units.
+/// The header line of [`csv`].
+const CSV_HEADER: [&str; 15] = [
+    "terminal_id",
+    "currency",
+    "brand",
+    "entry_mode",
+    "approvals",
+    "approved_minor",
+    "declines",
+    "refunds",
+    "refunded_minor",
+    "voids",
+    "offline_pending",
+    "offline_pending_minor",
+    "offline_forwarded",
+    "offline_declined",
+    "offline_declined_minor",
+];
+
+/// Writing CSV to memory cannot fail: there is no I/O, and every record has the header's length.
+const IN_MEMORY: &str = "a CSV writer into memory does not fail";
+
+/// The rows as CSV, amounts in minor units, written by the `csv` crate: a field
+/// with a comma, a quote or a line break is quoted as RFC 4180 has it (its quotes
+/// doubled), any other field is written as it is; each record ends in `\n`.
 pub fn csv(rows: &[pb::ReportRow]) -> String {
-    let mut out = String::from(
-        "terminal_id,currency,brand,entry_mode,approvals,approved_minor,declines,refunds,refunded_minor,voids,\
-         offline_pending,offline_pending_minor,offline_forwarded,offline_declined,offline_declined_minor\n",
-    );
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(CSV_HEADER).expect(IN_MEMORY);
     for r in rows {
         let entry = pb::EntryMode::try_from(r.entry_mode)
             .map(|e| e.as_str_name().trim_start_matches("ENTRY_MODE_").to_lowercase())
             .unwrap_or_default();
-        let field = |s: &str| {
-            if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-        };
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            field(&r.terminal_id),
-            field(&r.currency),
-            field(&r.brand),
+        let record = [
+            r.terminal_id.clone(),
+            r.currency.clone(),
+            r.brand.clone(),
             entry,
-            r.approvals,
-            r.approved_minor,
-            r.declines,
-            r.refunds,
-            r.refunded_minor,
-            r.voids,
-            r.offline_pending,
-            r.offline_pending_minor,
-            r.offline_forwarded,
-            r.offline_declined,
-            r.offline_declined_minor
-        ));
+            r.approvals.to_string(),
+            r.approved_minor.to_string(),
+            r.declines.to_string(),
+            r.refunds.to_string(),
+            r.refunded_minor.to_string(),
+            r.voids.to_string(),
+            r.offline_pending.to_string(),
+            r.offline_pending_minor.to_string(),
+            r.offline_forwarded.to_string(),
+            r.offline_declined.to_string(),
+            r.offline_declined_minor.to_string(),
+        ];
+        out.write_record(&record).expect(IN_MEMORY);
     }
-    out
+    String::from_utf8(out.into_inner().expect(IN_MEMORY)).expect("CSV made of UTF-8 fields is UTF-8")
 }
 
 #[cfg(test)]
@@ -183,6 +202,37 @@ mod tests {
         let s = ReportSettings::new("Europe/Berlin", "00:00").unwrap();
         let (start, end) = s.bounds("2026-03-29".parse().unwrap()).unwrap();
         assert_eq!(end - start, 23 * 3600 * 1000);
+    }
+
+    #[test]
+    fn the_csv_quotes_only_the_fields_that_need_it() {
+        let plain = pb::ReportRow {
+            terminal_id: "lane-1".into(),
+            currency: "EUR".into(),
+            brand: "Visa".into(),
+            entry_mode: pb::EntryMode::Contactless as i32,
+            approvals: 2,
+            approved_minor: 2468,
+            declines: 1,
+            refunds: 1,
+            refunded_minor: 500,
+            offline_declined_minor: -1,
+            ..Default::default()
+        };
+        let odd = pb::ReportRow {
+            terminal_id: "lane \"2\"".into(),
+            brand: "Visa, Inc.\nEurope".into(),
+            entry_mode: 99,
+            ..plain.clone()
+        };
+        assert_eq!(
+            csv(&[plain, odd]),
+            "terminal_id,currency,brand,entry_mode,approvals,approved_minor,declines,refunds,refunded_minor,voids,\
+             offline_pending,offline_pending_minor,offline_forwarded,offline_declined,offline_declined_minor\n\
+             lane-1,EUR,Visa,contactless,2,2468,1,1,500,0,0,0,0,0,-1\n\
+             \"lane \"\"2\"\"\",EUR,\"Visa, Inc.\nEurope\",,2,2468,1,1,500,0,0,0,0,0,-1\n"
+        );
+        assert_eq!(csv(&[]).lines().count(), 1, "the header alone");
     }
 
     #[test]
