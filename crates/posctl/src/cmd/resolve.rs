@@ -20,21 +20,13 @@ pub(crate) async fn run(
 ) -> Result<u8, Failure> {
     let finding = if receipt.is_some() || booked { pb::JournalFinding::Booked } else { pb::JournalFinding::NotBooked };
     if id.starts_with("ref_") {
-        let request = pb::ResolveRefundRequest {
-            refund_id: id,
-            finding: finding as i32,
-            receipt_no: receipt.unwrap_or(0),
-            note,
-        };
+        let request =
+            pb::ResolveRefundRequest { refund_id: id, finding: finding as i32, receipt_no: receipt.unwrap_or(0), note };
         print_refund(&client.resolve_refund(request).await?.into_inner(), json);
         return Ok(0);
     }
-    let request = pb::ResolvePaymentRequest {
-        payment_id: id,
-        finding: finding as i32,
-        receipt_no: receipt.unwrap_or(0),
-        note,
-    };
+    let request =
+        pb::ResolvePaymentRequest { payment_id: id, finding: finding as i32, receipt_no: receipt.unwrap_or(0), note };
     let p = client.resolve_payment(request).await?.into_inner();
     print_payment(&p, json);
     Ok(0)
