@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
+use super::duration::Span;
 use super::model::{
     Config, DEFAULT_CAPTURE_WINDOW, DEFAULT_CARD_TIMEOUT, DEFAULT_STOP_TIMEOUT, GatewayConfig, LaneConfig,
-    PrinterConfig, ReaderConfig, ReceiptConfig, Span,
+    PrinterConfig, ReaderConfig, ReceiptConfig,
 };
 use super::overrides::Options;
 

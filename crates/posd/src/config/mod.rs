@@ -2,6 +2,8 @@
 //! built-in demo setup.
 //!
 //! - `model`: the serde structs of `posd.toml` and their defaults.
+//! - `duration`: the one duration grammar (jiff's friendly format) and
+//!   how messages write durations.
 //! - `validate`: the rules a configuration must meet to start posd.
 //! - `check`: reading a file by those rules, each error at its line and
 //!   column (start-up and `posd check-config`), and check-config's warnings.
@@ -13,16 +15,17 @@
 
 mod check;
 mod demo;
+mod duration;
 mod model;
 mod overrides;
 mod validate;
 
 pub use check::{Finding, check};
+pub use duration::{Span, parse_span};
 pub use model::{
     ApiConfig, ApiTlsConfig, CREDENTIALS_DIRECTORY, Config, DEFAULT_CAPTURE_WINDOW, DEFAULT_CARD_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, FileRef, GatewayConfig, LaneConfig, LaneOfflineConfig, LogConfig, MetricsConfig,
-    OfflineConfig, PrinterConfig, ReaderConfig, ReceiptConfig, ReportConfig, Span, StoreConfig, log_level,
-    lowercase_scheme, parse_span,
+    OfflineConfig, PrinterConfig, ReaderConfig, ReceiptConfig, ReportConfig, StoreConfig, log_level, lowercase_scheme,
 };
 pub use overrides::{NO_CONFIG, Options, checked_overrides, resolve};
 pub use validate::{Problem, Seg, check_gateway_url};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pos_link::transport::SerialSettings;
 use serde::Deserialize;
 
+use super::duration::Span;
 use crate::lane::ReaderLine;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,37 +262,6 @@ impl Default for ReportConfig {
     fn default() -> Self {
         Self { time_zone: "UTC".into(), cutover: "00:00".into() }
     }
-}
-
-/// A duration written as `500ms`, `30s`, `15m`, `12h` or `30d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(pub Duration);
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_span(&text).map(Span).map_err(serde::de::Error::custom)
-    }
-}
-
-pub fn parse_span(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.starts_with('-') {
-        return Err(format!("{text:?} is negative: a duration is a count of 0 or more and a unit, e.g. 30s"));
-    }
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 =
-        num.parse().map_err(|_| format!("{text:?} is not a duration: write e.g. 500ms, 30s, 15m, 12h or 30d"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
-    };
-    Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 #[derive(Debug, Clone, Deserialize)]

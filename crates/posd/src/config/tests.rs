@@ -105,6 +105,95 @@ fn spans_parse_with_units() {
 }
 
 #[test]
+fn durations_take_jiffs_friendly_spellings_up_to_days() {
+    let s = Duration::from_secs;
+    for (text, want) in [
+        ("500ms", Duration::from_millis(500)),
+        ("30s", s(30)),
+        ("15 s", s(15)),
+        (" 30s ", s(30)),
+        ("15m", s(15 * 60)),
+        ("2h", s(2 * 3600)),
+        ("2h30m", s(2 * 3600 + 30 * 60)),
+        ("2h 30m", s(2 * 3600 + 30 * 60)),
+        ("1.5h", s(90 * 60)),
+        ("0.5s", Duration::from_millis(500)),
+        ("90 seconds", s(90)),
+        ("10 minutes", s(600)),
+        ("3 hours", s(3 * 3600)),
+        ("2 days", s(2 * 86_400)),
+        ("2d", s(2 * 86_400)),
+        ("1d 12h", s(36 * 3600)),
+        ("0s", Duration::ZERO),
+        ("0d", Duration::ZERO),
+    ] {
+        assert_eq!(parse_span(text), Ok(want), "{text:?}");
+        // The same in a file; zero is refused there (see below), not by the grammar.
+        let cfg = Config::parse(&format!("{BASE}[offline]\nageing_interval = \"{text}\"\n"));
+        match cfg {
+            Ok(cfg) => assert_eq!(cfg.offline.ageing_interval.0, want, "{text:?}"),
+            Err(e) => assert!(want.is_zero() && e.to_string().contains("ageing_interval is 0s"), "{text:?}: {e}"),
+        }
+    }
+    for (bad, needle) in [
+        ("12", "has no unit"),
+        ("1.5", "has no unit"),
+        ("", "is not a duration"),
+        ("s", "is not a duration"),
+        ("30 parsecs", "is not a duration"),
+        ("30S", "is not a duration"),
+        ("PT30S", "is not a duration"),
+        ("-5s", "is negative"),
+        ("5s ago", "is negative"),
+        ("1w", "weeks, months and years are not taken"),
+        ("5 weeks", "weeks, months and years are not taken"),
+        ("1mo", "weeks, months and years are not taken"),
+        ("1y", "weeks, months and years are not taken"),
+    ] {
+        let e = parse_span(bad).unwrap_err();
+        assert!(e.contains(needle), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn a_duration_that_cannot_be_read_is_an_error_at_its_value() {
+    // Column 19 is the opening quote of the value after `health_interval = `.
+    let errs = errors(&format!("{BASE}[offline]\nhealth_interval = \"5 parsecs\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].0, errs[0].1), (9, 19), "{errs:#?}");
+    assert!(errs[0].2.contains("\"5 parsecs\" is not a duration"), "{errs:#?}");
+    let errs = errors(&format!("stop_timeout = \"15x\"\n{BASE}"));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].0, errs[0].1), (1, 16), "{errs:#?}");
+    assert!(errs[0].2.contains("the unit is one of ms, s, m, h or d"), "{errs:#?}");
+    let errs = errors(&format!("{BASE}[lane.offline]\nreadiness = \"4 weeks\"\n"));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].0, errs[0].1), (9, 13), "{errs:#?}");
+    assert!(errs[0].2.contains("give days or less"), "{errs:#?}");
+    let e = Config::parse(&format!("card_timeout = \"2 min\"\ncapture_window = \"12\"\n{BASE}")).unwrap_err();
+    assert!(e.to_string().contains("config:2:18: error: \"12\" has no unit"), "{e}");
+}
+
+#[test]
+fn zero_is_refused_for_every_timeout_and_interval_at_its_key() {
+    for (table, setting) in [
+        ("[api]", "handshake_timeout"),
+        ("[api]", "keepalive_interval"),
+        ("[offline]", "retry_first"),
+        ("[offline]", "ageing_interval"),
+    ] {
+        let text = format!("{BASE}{table}\n{setting} = \"0s\"\n");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!((errs[0].0, errs[0].1), (9, 1), "{errs:#?}");
+        assert!(errs[0].2.contains(&format!("{table} {setting} is 0s")), "{errs:#?}");
+    }
+    assert_error(&format!("stop_timeout = \"0 seconds\"\n{BASE}"), 1, "stop_timeout is 0s");
+    let spelled_out = "capture_window = \"0s\"\nstop_timeout = \"15 s\"\ncard_timeout = \"2 minutes\"\n";
+    assert_no_errors(&format!("{spelled_out}{BASE}"));
+}
+
+#[test]
 fn reader_needs_exactly_one_line() {
     let r = ReaderConfig { device: Some("/dev/x".into()), tcp: Some("h:1".into()), ..ReaderConfig::from_arg("") };
     assert!(r.line("lane-1").is_err());

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::duration::show;
 use super::model::{
     Config, FileRef, LaneConfig, LaneOfflineConfig, OfflineConfig, PrinterConfig, default_connect_timeout_ms,
     default_request_timeout_ms,
@@ -483,20 +484,6 @@ pub(super) fn lane_key(i: usize, parts: &[&'static str]) -> Vec<Seg> {
 /// A lane as messages name it: its id, or its place when the id is unusable.
 fn lane_name(lane: &LaneConfig, i: usize) -> String {
     if lane.id.is_empty() || lane.id.chars().any(char::is_control) { format!("#{}", i + 1) } else { lane.id.clone() }
-}
-
-/// A duration as the file writes it: 0s, 500ms, 30s, 15m, 12h, 2d.
-fn show(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
 }
 
 fn currency_fix(code: &str) -> String {
