@@ -58,8 +58,9 @@ pub fn decide(amount_minor: i64) -> Option<(&'static str, &'static str)> {
 /// command `accounts fixed` turns this off, as when the account is mended.
 pub const ACCOUNT_MISMATCH_CENTS: i64 = 98;
 
+/// Now in RFC 3339, UTC (`2026-12-07T04:27:29.123456789Z`).
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    jiff::Timestamp::now().to_string()
 }
 
 fn sha_hex(parts: &[&[u8]]) -> String {

@@ -22,12 +22,18 @@ pub(crate) fn status_name(v: i32) -> String {
     enum_name(pb::PaymentStatus::try_from(v).map(|s| s.as_str_name()), "PAYMENT_STATUS_")
 }
 
+/// A protobuf timestamp in RFC 3339, UTC (`2026-12-07T04:27:29.5Z`: the
+/// fraction only as long as it needs); empty when there is none, or when it
+/// falls before year 0, which RFC 3339 cannot write.
 pub(crate) fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
+    /// 0000-01-01T00:00:00Z in seconds since the Unix epoch.
+    const YEAR_0: i64 = -62_167_219_200;
     let Some(t) = t else { return String::new() };
-    time::OffsetDateTime::from_unix_timestamp(t.seconds)
-        .map(|d| d + time::Duration::nanoseconds(t.nanos as i64))
+    jiff::Timestamp::from_second(t.seconds)
+        .and_then(|d| d.checked_add(jiff::SignedDuration::from_nanos(i64::from(t.nanos))))
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .filter(|d| d.as_second() >= YEAR_0)
+        .map(|d| d.to_string())
         .unwrap_or_default()
 }
 
