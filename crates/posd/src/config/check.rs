@@ -67,7 +67,9 @@ fn position(text: &str, offset: Option<usize>) -> (usize, usize) {
 
 /// Where in the document `path` is: the start of its last key (or of the
 /// `[[table]]` it ends at) as far as the document has it, and whether the
-/// whole path is there.
+/// whole path is there. The byte offsets are toml's own spans (every key
+/// and value of a [`toml::de::DeTable`] is a [`toml::Spanned`]): a setting
+/// is found by its path, never by searching the text for it.
 fn locate(table: &toml::de::DeTable<'_>, path: &[Seg]) -> (Option<usize>, bool) {
     let Some((Seg::Key(name), rest)) = path.split_first() else {
         return (None, path.is_empty());
