@@ -13,16 +13,8 @@ fn root() -> PathBuf {
 #[test]
 fn pos_zvt_depends_on_no_runtime_serial_port_or_pty_crate() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let (status, out, err) = run(Command::new(cargo).current_dir(root()).args([
-        "tree",
-        "-p",
-        "pos-zvt",
-        "-e",
-        "normal",
-        "--prefix",
-        "none",
-        "--offline",
-    ]));
+    let args = ["tree", "-p", "pos-zvt", "-e", "normal", "--prefix", "none", "--offline"];
+    let (status, out, err) = run(Command::new(cargo).current_dir(root()).args(args));
     assert!(status.success(), "cargo tree failed: {err}");
     let names: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert!(names.contains(&"pos-zvt") && names.contains(&"pos-link"), "unexpected cargo tree output:\n{out}");
