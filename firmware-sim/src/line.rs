@@ -56,8 +56,8 @@ impl std::fmt::Display for LineFaults {
 
 /// A PTY whose slave device is reachable at `link_path` (a symlink), as a
 /// udev rule names a USB-serial adapter.
-pub fn linked_pty(link_path: &std::path::Path) -> anyhow::Result<pos_link::transport::PtyMaster> {
-    let pty = pos_link::transport::PtyMaster::open()?;
+pub fn linked_pty(link_path: &std::path::Path) -> anyhow::Result<pos_link::pty::PtyMaster> {
+    let pty = pos_link::pty::PtyMaster::open()?;
     match link_path.symlink_metadata() {
         Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link_path)
             .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", link_path.display()))?,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use pos_link::core::RetryCause;
 use pos_link::frame::{ACK, encode_frame};
-use pos_link::transport::{PtyMaster, SerialSettings, open_serial};
+use pos_link::pty::PtyMaster;
+use pos_link::transport::{SerialSettings, open_serial};
 use pos_link::{Link, LinkError, SerialLink, SerialTiming, apdu};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

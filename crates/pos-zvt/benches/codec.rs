@@ -71,8 +71,8 @@ fn main() {
                         f.additional_text(),
                         f.payment_type(),
                     ));
-                    if let Some(Ok(items)) = f.tlv() {
-                        black_box(pos_zvt::tlv::text_lines(&items));
+                    if let Some(Ok(lines)) = f.text_lines() {
+                        black_box(lines);
                     }
                 }
                 Message::Completion(c) => {

@@ -6,7 +6,10 @@
 //! A field whose tag is not in the table cannot be measured: decoding stops
 //! there and keeps the rest as [`Unparsed`], reported, never dropped.
 
+use crate::text::trim_latin1;
 use crate::{bcd, tlv};
+
+pub use crate::text::latin1;
 
 /// How a BMP's length is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +169,9 @@ pub struct FieldTooLong {
 
 impl Bmps {
     pub fn decode(data: &[u8]) -> Bmps {
-        let mut fields = Vec::new();
+        // A field takes at least two bytes, most three or more: room for the
+        // usual dozen at once instead of growing 4, 8, 16 (none when empty).
+        let mut fields = Vec::with_capacity((data.len() / 3).min(16));
         let mut i = 0;
         while i < data.len() {
             match measure(&data[i..]) {
@@ -247,7 +252,7 @@ impl Bmps {
     }
     /// BMP 3B: authorisation attribute, trailing zeros removed.
     pub fn auth_code(&self) -> Option<String> {
-        self.get(0x3B).map(|d| latin1(d.split(|&b| b == 0).next().unwrap_or_default()).trim().to_string())
+        self.get(0x3B).map(|d| latin1(trim_latin1(d.split(|&b| b == 0).next().unwrap_or_default())))
     }
     /// BMP 0C and 0D as (month, day, hour, minute, second), when both are valid.
     pub fn date_time(&self) -> Option<(u8, u8, u8, u8, u8)> {
@@ -277,11 +282,12 @@ impl Bmps {
     pub fn tlv(&self) -> Option<Result<Vec<tlv::Tlv>, tlv::TlvError>> {
         self.get(0x06).map(tlv::decode)
     }
-}
-
-/// Bytes as text, each byte one character (ZVT text is 8-bit).
-pub fn latin1(b: &[u8]) -> String {
-    b.iter().map(|&c| char::from(c)).collect()
+    /// The receipt's text lines in BMP 06, read in place (see [`tlv::text_lines_of`]):
+    /// what `tlv()` then [`tlv::text_lines`] give, without building the tree.
+    /// `None` without BMP 06.
+    pub fn text_lines(&self) -> Option<Result<Vec<String>, tlv::TlvError>> {
+        self.get(0x06).map(tlv::text_lines_of)
+    }
 }
 
 /// The data range `(start, end)` of the field at the start of `d`.

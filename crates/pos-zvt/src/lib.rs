@@ -7,7 +7,9 @@
 //!   from and encoded to an APDU byte for byte;
 //! - [`bmp`]: the tagged fields, kept as sent and read through typed accessors
 //!   (masked PANs with `E` nibbles, BCD amounts, LLVAR/LLLVAR text);
-//! - [`tlv`]: the BER-TLV container of BMP 06;
+//! - [`tlv`]: the BER-TLV container of BMP 06, and the receipt lines read
+//!   from it in place;
+//! - [`text`]: 8-bit ZVT text as strings;
 //! - [`codes`]: clear texts for result and intermediate status codes.
 //!
 //! Nothing is lost in decoding: a field this crate cannot measure (an unknown
@@ -18,6 +20,7 @@ pub mod bcd;
 pub mod bmp;
 pub mod codes;
 pub mod message;
+pub mod text;
 pub mod tlv;
 
 pub use bmp::{Bmp, Bmps};

@@ -4,6 +4,8 @@
 
 use thiserror::Error;
 
+use crate::text::latin1;
+
 /// Nesting deeper than this is refused (no terminal nests more than a few levels).
 const MAX_DEPTH: usize = 16;
 
@@ -92,38 +94,57 @@ fn decode_at(data: &[u8], base: usize, depth: usize) -> Result<Vec<Tlv>, TlvErro
     let mut items = Vec::new();
     let mut i = 0;
     while i < data.len() {
-        let start = i;
-        let first = data[i];
-        let mut tag = u32::from(first);
-        i += 1;
-        if first & 0x1F == 0x1F {
-            loop {
-                let b = *data.get(i).ok_or(TlvError::Truncated(base + i))?;
-                if i - start >= 3 {
-                    return Err(TlvError::LongTag(base + start));
-                }
-                tag = tag << 8 | u32::from(b);
-                i += 1;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-        }
-        let (len, used) = read_len(&data[i..]).map_err(|e| match e {
-            LenError::Truncated => TlvError::Truncated(base + i),
-            LenError::Bad => TlvError::BadLength(base + i),
-        })?;
-        i += used;
-        let body = data.get(i..i + len).ok_or(TlvError::Truncated(base + data.len()))?;
-        let value = if first & 0x20 != 0 {
-            Value::Constructed(decode_at(body, base + i, depth + 1)?)
+        let e = element(data, i, base)?;
+        let body = &data[e.start..e.end];
+        let value = if e.constructed {
+            Value::Constructed(decode_at(body, base + e.start, depth + 1)?)
         } else {
             Value::Primitive(body.to_vec())
         };
-        items.push(Tlv { tag, value });
-        i += len;
+        items.push(Tlv { tag: e.tag, value });
+        i = e.end;
     }
     Ok(items)
+}
+
+/// Where one element lies: its tag, whether its value is constructed, and
+/// its value's range in the data it was read from.
+struct Element {
+    tag: u32,
+    constructed: bool,
+    start: usize,
+    end: usize,
+}
+
+/// Reads the element starting at `data[i]`; `base` is where `data` starts in
+/// the container, for the offsets in errors.
+fn element(data: &[u8], mut i: usize, base: usize) -> Result<Element, TlvError> {
+    let start = i;
+    let first = data[i];
+    let mut tag = u32::from(first);
+    i += 1;
+    if first & 0x1F == 0x1F {
+        loop {
+            let b = *data.get(i).ok_or(TlvError::Truncated(base + i))?;
+            if i - start >= 3 {
+                return Err(TlvError::LongTag(base + start));
+            }
+            tag = tag << 8 | u32::from(b);
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    let (len, used) = read_len(&data[i..]).map_err(|e| match e {
+        LenError::Truncated => TlvError::Truncated(base + i),
+        LenError::Bad => TlvError::BadLength(base + i),
+    })?;
+    i += used;
+    if data.get(i..i + len).is_none() {
+        return Err(TlvError::Truncated(base + data.len()));
+    }
+    Ok(Element { tag, constructed: first & 0x20 != 0, start: i, end: i + len })
 }
 
 enum LenError {
@@ -189,13 +210,40 @@ pub fn text_lines(items: &[Tlv]) -> Vec<String> {
 fn collect_lines(items: &[Tlv], in_text: bool, out: &mut Vec<String>) {
     for t in items {
         match &t.value {
-            Value::Primitive(b) if in_text && t.tag == 0x07 => {
-                out.push(b.iter().map(|&c| char::from(c)).collect());
-            }
+            Value::Primitive(b) if in_text && t.tag == 0x07 => out.push(latin1(b)),
             Value::Constructed(inner) => collect_lines(inner, in_text || t.tag == 0x24 || t.tag == 0x25, out),
             Value::Primitive(_) => {}
         }
     }
+}
+
+/// [`text_lines`] of a container body read in place: the same lines as
+/// `decode` then `text_lines`, and the same error for a malformed container,
+/// but without building the tree (no copy of any value but the lines).
+/// This is how a receipt's Print Text Block is read.
+pub fn text_lines_of(data: &[u8]) -> Result<Vec<String>, TlvError> {
+    let mut lines = Vec::new();
+    lines_at(data, 0, 0, false, &mut lines)?;
+    Ok(lines)
+}
+
+/// `decode_at`'s walk, in the same order with the same checks, keeping only the lines.
+fn lines_at(data: &[u8], base: usize, depth: usize, in_text: bool, out: &mut Vec<String>) -> Result<(), TlvError> {
+    if depth > MAX_DEPTH {
+        return Err(TlvError::TooDeep);
+    }
+    let mut i = 0;
+    while i < data.len() {
+        let e = element(data, i, base)?;
+        let body = &data[e.start..e.end];
+        if e.constructed {
+            lines_at(body, base + e.start, depth + 1, in_text || e.tag == 0x24 || e.tag == 0x25, out)?;
+        } else if in_text && e.tag == 0x07 {
+            out.push(latin1(body));
+        }
+        i = e.end;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -224,6 +272,7 @@ mod tests {
         let items = decode(&bytes).unwrap();
         assert_eq!(items[0], Tlv::primitive(0x1F07, [2]));
         assert_eq!(text_lines(&items), vec!["abc".to_string()]);
+        assert_eq!(text_lines_of(&bytes).unwrap(), vec!["abc".to_string()]);
         assert_eq!(encode(&items).unwrap(), bytes);
     }
 
@@ -236,6 +285,39 @@ mod tests {
         for _ in 0..=MAX_DEPTH {
             deep = Tlv::constructed(0x25, vec![deep]);
         }
-        assert_eq!(decode(&encode(&[deep]).unwrap()), Err(TlvError::TooDeep));
+        assert_eq!(decode(&encode(&[deep.clone()]).unwrap()), Err(TlvError::TooDeep));
+        assert_eq!(text_lines_of(&encode(&[deep]).unwrap()), Err(TlvError::TooDeep));
+    }
+
+    /// Reading lines in place gives what decoding the tree and collecting
+    /// its lines gives, for good containers and for each kind of bad one.
+    #[test]
+    fn lines_read_in_place_are_the_lines_of_the_tree() {
+        let receipt = encode(&[
+            Tlv::primitive(0x1F07, [2]),
+            Tlv::primitive(0x07, *b"outside a text list"),
+            Tlv::constructed(
+                0x25,
+                vec![
+                    Tlv::primitive(0x07, *b"Kundenbeleg"),
+                    Tlv::primitive(0x07, *b""),
+                    Tlv::primitive(0x09, [0xFF]),
+                    Tlv::constructed(0x30, vec![Tlv::primitive(0x07, *b"G\x81ltig \xE1")]),
+                    Tlv::primitive(0x07, vec![b'x'; 300]),
+                ],
+            ),
+            Tlv::constructed(0x24, vec![Tlv::primitive(0x07, *b"second list")]),
+        ])
+        .unwrap();
+        let via_tree = |b: &[u8]| decode(b).map(|items| text_lines(&items));
+        assert_eq!(text_lines_of(&receipt), via_tree(&receipt));
+        assert_eq!(text_lines_of(&receipt).unwrap().len(), 5);
+        for cut in 0..receipt.len() {
+            assert_eq!(text_lines_of(&receipt[..cut]), via_tree(&receipt[..cut]), "cut at {cut}");
+        }
+        for bad in [&[0x25, 0x83, 0, 0, 1][..], &[0x1F, 0x81, 0x81, 0x81, 0x01], &[0x25, 0x03, 0x07, 0x05, b'a']] {
+            assert!(text_lines_of(bad).is_err());
+            assert_eq!(text_lines_of(bad), via_tree(bad), "{bad:02X?}");
+        }
     }
 }

@@ -89,6 +89,25 @@ fn a_receipt_text_block_has_its_lines() {
     assert!(lines.len() > 20);
 }
 
+/// The long (4093-byte) text block reads as the 118 lines recorded in
+/// `tests/data/print-text-block-24.txt` (each between `|`, bytes above 0x7F
+/// as U+0080..U+00FF), both through the TLV tree and read in place.
+#[test]
+fn a_long_text_block_reads_as_its_golden_lines() {
+    let golden: Vec<&str> = include_str!("data/print-text-block-24.txt")
+        .lines()
+        .map(|l| l.strip_prefix('|').and_then(|l| l.strip_suffix('|')).expect("a golden line is between |"))
+        .collect();
+    assert_eq!(golden.len(), 118);
+    assert!(golden.contains(&"M\u{81}nchen                                 "));
+    let Message::PrintTextBlock(f) = capture("24-06d3") else { panic!() };
+    let via_tree = tlv::text_lines(&f.tlv().unwrap().unwrap());
+    assert_eq!(via_tree, golden);
+    assert_eq!(f.text_lines().unwrap().unwrap(), golden);
+    let Message::PrintTextBlock(short) = capture("08-06d3") else { panic!() };
+    assert_eq!(short.text_lines().unwrap().unwrap(), tlv::text_lines(&short.tlv().unwrap().unwrap()));
+}
+
 #[test]
 fn completion_after_registration_has_the_software_version() {
     let Message::Completion(c) = capture("10-060f") else { panic!() };

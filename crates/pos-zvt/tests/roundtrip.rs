@@ -1,9 +1,10 @@
-//! Property tests: every command encodes and decodes back to itself, and no
-//! byte string makes the decoder panic.
+//! Property tests: every command encodes and decodes back to itself, no
+//! byte string makes the decoder panic, and receipt lines read in place are
+//! those of the decoded TLV tree.
 
 use pos_zvt::bmp::{Class, class};
 use pos_zvt::message::{Abort, Completion, Intermediate, PrintLine, Raw, ReadCard, Registration, WithPassword};
-use pos_zvt::{Bmp, Bmps, Message};
+use pos_zvt::{Bmp, Bmps, Message, tlv};
 use proptest::prelude::*;
 
 fn field() -> impl Strategy<Value = Bmp> {
@@ -83,6 +84,13 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
+/// Bytes that often form TLV elements: tags 07, 24, 25, 30 and 1F xx,
+/// short lengths and the 81/82 forms, and text.
+fn tlv_like() -> impl Strategy<Value = Vec<u8>> {
+    let alphabet = vec![0x00u8, 0x01, 0x02, 0x03, 0x07, 0x09, 0x1F, 0x24, 0x25, 0x30, 0x81, 0x82, 0xE1, b'a'];
+    prop::collection::vec(prop::sample::select(alphabet), 0..200)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -109,6 +117,11 @@ proptest! {
             }
             prop_assert_eq!(Message::decode(&again).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn text_lines_read_in_place_are_the_lines_of_the_tree(bytes in tlv_like()) {
+        prop_assert_eq!(tlv::text_lines_of(&bytes), tlv::decode(&bytes).map(|items| tlv::text_lines(&items)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use pos_cardcrypt::scrub;
 use pos_link::{LineCounters, Link, LinkError};
 use pos_zvt::message::{Password, WithPassword, config};
-use pos_zvt::{Bmps, Message, codes, tlv};
+use pos_zvt::{Bmps, Message, codes};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -430,7 +430,7 @@ async fn exchange(
                 }
             }
             Message::PrintTextBlock(f) => {
-                let lines = f.tlv().and_then(Result::ok).map(|items| tlv::text_lines(&items)).unwrap_or_default();
+                let lines = f.text_lines().and_then(Result::ok).unwrap_or_default();
                 let _ = events.send(ZvtEvent::Receipt(lines.iter().map(|l| scrub(l.trim_end())).collect()));
             }
             Message::Completion(c) => {
