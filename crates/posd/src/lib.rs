@@ -23,6 +23,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod gateway;
 pub mod lane;
+pub mod line;
 pub mod listen;
 pub mod metrics;
 pub mod printer;

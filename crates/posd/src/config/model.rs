@@ -8,7 +8,7 @@ use std::time::Duration;
 use pos_link::transport::SerialSettings;
 use serde::Deserialize;
 
-use crate::lane::ReaderLine;
+use crate::line::ReaderLine;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
