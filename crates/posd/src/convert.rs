@@ -227,7 +227,7 @@ pub fn event(e: &crate::store::EventRecord) -> pb::TerminalEvent {
     }
 }
 
-pub fn sync_status(r: &crate::engine::SyncReport) -> pb::SyncStatus {
+pub fn sync_status(r: &crate::telemetry::SyncReport) -> pb::SyncStatus {
     pb::SyncStatus {
         online: r.online,
         queue_depth: r.queue_depth,

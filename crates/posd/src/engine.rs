@@ -38,6 +38,7 @@ use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
 use crate::store::{Durability, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -132,19 +133,6 @@ struct SyncState {
     age_level: Option<AgeLevel>,
 }
 
-/// The queue as the register sees it.
-#[derive(Debug, Clone)]
-pub struct SyncReport {
-    pub online: bool,
-    pub queue_depth: u32,
-    pub quarantined: u32,
-    pub totals: Vec<(String, i64)>,
-    pub oldest_age: Duration,
-    pub last_error: String,
-    pub paused: bool,
-    pub last_online_ms: Option<i64>,
-}
-
 const LAST_ONLINE: &str = "gateway_last_online_ms";
 
 pub struct Engine {
@@ -186,7 +174,7 @@ pub struct Engine {
     stopping: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
     heartbeat: std::sync::atomic::AtomicI64,
-    latencies: crate::metrics::Latencies,
+    latencies: Latencies,
     /// When the monitor last persisted the clock and checkpointed the WAL.
     last_housekeeping: Mutex<Option<std::time::Instant>>,
 }
@@ -248,8 +236,43 @@ impl Engine {
         self.settings.demo
     }
 
-    pub fn latencies(&self) -> &crate::metrics::Latencies {
+    pub fn latencies(&self) -> &Latencies {
         &self.latencies
+    }
+
+    /// What the metrics page shows, read now.
+    pub fn telemetry(&self) -> Snapshot {
+        let payments_by_status = self.store.count_by_status().unwrap_or_default();
+        let (store_writes, store_commits) = self.store.write_counts();
+        let lanes = self
+            .lanes
+            .values()
+            .map(|lane| {
+                let printer = lane.printer.as_ref().map(|p| p.status()).unwrap_or_default();
+                LaneSnapshot {
+                    id: lane.id.clone(),
+                    reader_connected: lane.reader_state().connected,
+                    printer_connected: printer.connected,
+                    printer_ready: printer.connected && printer.state.ready(),
+                    line_bytes_sent: lane.line_bytes.sent(),
+                    line_bytes_received: lane.line_bytes.received(),
+                }
+            })
+            .collect();
+        Snapshot {
+            payments_by_status,
+            payment_writes: self.store.payment_writes(),
+            store_writes,
+            store_commits,
+            unsynced_commits: self.store.unsynced_commits(),
+            sync: self.sync_report().ok(),
+            refusing_payments: self.refusing_payments(),
+            gateway_local_faults: self.gateway.local_faults(),
+            lanes,
+            reader_latency: self.latencies.reader.snapshot(),
+            gateway_latency: self.latencies.gateway.snapshot(),
+            payment_latency: self.latencies.end_to_end.snapshot(),
+        }
     }
 
     /// True while the main loops run: the watchdog's question. A failed

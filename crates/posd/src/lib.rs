@@ -30,5 +30,6 @@ pub mod printer;
 pub mod receipt;
 pub mod report;
 pub mod store;
+pub mod telemetry;
 pub mod uds;
 pub mod zvt;
