@@ -1,4 +1,4 @@
-//! Records and engine types to and from the register API's protobuf types.
+//! Records, engine and telemetry types to and from the register API's protobuf types.
 
 use pos_engine::Status;
 use pos_proto::terminal as pb;
