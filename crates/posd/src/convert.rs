@@ -1,4 +1,4 @@
-//! Records and engine types to and from the register API's protobuf types.
+//! Records, engine and telemetry types to and from the register API's protobuf types.
 
 use pos_engine::Status;
 use pos_proto::terminal as pb;
@@ -227,7 +227,7 @@ pub fn event(e: &crate::store::EventRecord) -> pb::TerminalEvent {
     }
 }
 
-pub fn sync_status(r: &crate::engine::SyncReport) -> pb::SyncStatus {
+pub fn sync_status(r: &crate::telemetry::SyncReport) -> pb::SyncStatus {
     pb::SyncStatus {
         online: r.online,
         queue_depth: r.queue_depth,

@@ -179,7 +179,8 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
             let actual = listener.local_addr()?;
-            tokio::spawn(crate::metrics::serve(listener, engine.clone()));
+            let engine = engine.clone();
+            tokio::spawn(crate::metrics::serve(listener, move || engine.telemetry()));
             Some(actual)
         }
         None => None,

@@ -6,36 +6,39 @@
 //! Background tasks: [`Engine::reversal_worker`], [`Engine::forwarder`],
 //! [`Engine::monitor`] (gateway reachability, queue ageing, capture windows).
 //!
-//! This file holds admission, a payment's run on a card reader, recovery
-//! and reversals; the rest of the engine is in its submodules: `queue` (the
-//! offline queue), `after_sale` (captures, voids, refunds, end of day),
-//! `printing` (receipts and the drawer) and `terminal` (ZVT lanes).
+//! This file holds the engine's state, admission, cancellation and the
+//! commit-then-publish step every transition goes through; the rest is in
+//! its submodules: `payment` (a payment's run on a card reader: collect,
+//! authorize, offline approval, lost answers), `recovery` (start-up
+//! recovery and the reversal worker), `background` (the monitor loop and the
+//! graceful stop), `queue` (the offline queue), `after_sale` (captures,
+//! voids, refunds, end of day), `printing` (receipts and the drawer) and
+//! `terminal` (ZVT lanes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pos_engine::offline::{self, AgeLevel, Entry, OfflineCandidate, QueueState};
-use pos_engine::{Effect, Input, Recovery, Status, Transition, TransitionError, next};
-use pos_proto::gateway::{AuthorizeRequest, Outcome, ReverseRequest, Transaction};
-use pos_proto::reader::{CardResult, CollectCard, FailReason};
+use pos_engine::offline::AgeLevel;
+use pos_engine::{Effect, Input, Status, Transition, TransitionError, next};
 use pos_proto::terminal as pb;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 mod after_sale;
+mod background;
+mod payment;
 mod printing;
 mod queue;
+mod recovery;
 mod terminal;
 
 use crate::clock::AgeClock;
 use crate::convert;
-use crate::failpoint;
-use crate::gateway::{AuthOutcome, Gateway};
-use crate::lane::{Lane, ReaderEvent};
-use crate::store::{
-    CardInfo, Durability, EventRecord, NewEvent, PaymentRecord, RefundRecord, Store, StoreError, Update, now_ms,
-};
+use crate::gateway::Gateway;
+use crate::lane::Lane;
+use crate::store::{Durability, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -130,19 +133,6 @@ struct SyncState {
     age_level: Option<AgeLevel>,
 }
 
-/// The queue as the register sees it.
-#[derive(Debug, Clone)]
-pub struct SyncReport {
-    pub online: bool,
-    pub queue_depth: u32,
-    pub quarantined: u32,
-    pub totals: Vec<(String, i64)>,
-    pub oldest_age: Duration,
-    pub last_error: String,
-    pub paused: bool,
-    pub last_online_ms: Option<i64>,
-}
-
 const LAST_ONLINE: &str = "gateway_last_online_ms";
 
 pub struct Engine {
@@ -184,7 +174,7 @@ pub struct Engine {
     stopping: AtomicBool,
     /// Last time (ms) the monitor loop went round; the watchdog checks it.
     heartbeat: std::sync::atomic::AtomicI64,
-    latencies: crate::metrics::Latencies,
+    latencies: Latencies,
     /// When the monitor last persisted the clock and checkpointed the WAL.
     last_housekeeping: Mutex<Option<std::time::Instant>>,
 }
@@ -246,8 +236,43 @@ impl Engine {
         self.settings.demo
     }
 
-    pub fn latencies(&self) -> &crate::metrics::Latencies {
+    pub fn latencies(&self) -> &Latencies {
         &self.latencies
+    }
+
+    /// What the metrics page shows, read now.
+    pub fn telemetry(&self) -> Snapshot {
+        let payments_by_status = self.store.count_by_status().unwrap_or_default();
+        let (store_writes, store_commits) = self.store.write_counts();
+        let lanes = self
+            .lanes
+            .values()
+            .map(|lane| {
+                let printer = lane.printer.as_ref().map(|p| p.status()).unwrap_or_default();
+                LaneSnapshot {
+                    id: lane.id.clone(),
+                    reader_connected: lane.reader_state().connected,
+                    printer_connected: printer.connected,
+                    printer_ready: printer.connected && printer.state.ready(),
+                    line_bytes_sent: lane.line_bytes.sent(),
+                    line_bytes_received: lane.line_bytes.received(),
+                }
+            })
+            .collect();
+        Snapshot {
+            payments_by_status,
+            payment_writes: self.store.payment_writes(),
+            store_writes,
+            store_commits,
+            unsynced_commits: self.store.unsynced_commits(),
+            sync: self.sync_report().ok(),
+            refusing_payments: self.refusing_payments(),
+            gateway_local_faults: self.gateway.local_faults(),
+            lanes,
+            reader_latency: self.latencies.reader.snapshot(),
+            gateway_latency: self.latencies.gateway.snapshot(),
+            payment_latency: self.latencies.end_to_end.snapshot(),
+        }
     }
 
     /// True while the main loops run: the watchdog's question. A failed
@@ -641,664 +666,15 @@ impl Engine {
             busy.remove(&rec.terminal_id);
         }
     }
-
-    async fn run_payment(self: Arc<Self>, lane: Arc<Lane>, rec: PaymentRecord, mut cancel: mpsc::Receiver<()>) {
-        let id = rec.id.clone();
-        let Err(e) = self.drive(&lane, rec, &mut cancel).await else {
-            self.auto_print(&id).await;
-            return;
-        };
-        lane.release(&id);
-        let stored = self.store.get(&id).ok().flatten();
-        // A payment terminal decides by itself once it has the payment.
-        let may_be_at_gateway = stored.as_ref().is_none_or(|r| {
-            !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead)
-                || (r.on_terminal() && r.status != Status::Created)
-        });
-        tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
-        match stored {
-            Some(rec) if !may_be_at_gateway => {
-                // Nothing was sent: the register may safely try again.
-                self.free_lane(&rec);
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Failed,
-                    format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
-                );
-                self.end_live(&id);
-                lane.cancel(&id).await;
-            }
-            Some(rec) => {
-                // The request may be at the gateway: do not let the register
-                // retry as if nothing happened. The lane stays busy; a restart
-                // settles the payment by status query.
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Authorizing,
-                    format!(
-                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; posd settles payment {id} when it restarts, which it does by itself once its database works again."
-                    ),
-                );
-                self.end_live(&id);
-            }
-            None => {
-                self.end_live(&id);
-            }
-        }
-    }
-
-    async fn drive(&self, lane: &Lane, rec: PaymentRecord, cancel: &mut mpsc::Receiver<()>) -> Result<(), StepError> {
-        if let Some(zvt) = &lane.zvt {
-            return self.drive_terminal(lane, zvt, rec, cancel).await;
-        }
-        // Deferred: lost to a power cut, the payment is back at CREATED,
-        // which recovery ends exactly as it ends COLLECTING (nothing sent).
-        let rec = self.steps(&rec, Durability::Deferred, vec![(Input::Start, Update::default())]).await?;
-        let request = CollectCard {
-            payment_id: rec.id.clone(),
-            amount_minor: rec.amount_minor,
-            currency: rec.currency.clone(),
-            terminal_id: self.gateway_terminal(&rec.terminal_id),
-            transaction_key: rec.gateway_key.clone(),
-            cashback_minor: 0,
-        };
-        let mut reader = match lane.collect(request).await {
-            Ok(rx) => rx,
-            Err(message) => {
-                self.step(&rec, Input::CollectFailed { code: "reader_unavailable".into(), message }, Update::default())
-                    .await?;
-                return Ok(());
-            }
-        };
-        let deadline = tokio::time::sleep(self.settings.collect_timeout);
-        tokio::pin!(deadline);
-        let asked = std::time::Instant::now();
-        let outcome = loop {
-            tokio::select! {
-                ev = reader.recv() => match ev {
-                    Some(ReaderEvent::Progress { stage, text }) => {
-                        self.publish(&rec, convert::reader_stage(stage), text);
-                    }
-                    Some(ReaderEvent::Card(card)) => {
-                        self.latencies.reader.observe(asked.elapsed());
-                        break Ok(card);
-                    }
-                    Some(ReaderEvent::Failed { reason: FailReason::Canceled, .. }) => {
-                        break Err(Input::Cancel { by: "the customer at the reader".into() });
-                    }
-                    Some(ReaderEvent::Failed { reason, message }) => {
-                        let code = match reason {
-                            FailReason::Timeout => "reader_timeout",
-                            FailReason::CardError => "card_error",
-                            _ => "reader_error",
-                        };
-                        break Err(Input::CollectFailed { code: code.into(), message });
-                    }
-                    Some(ReaderEvent::Disconnected(reason)) => {
-                        let message = format!("the card reader disconnected: {reason}");
-                        break Err(Input::CollectFailed { code: "reader_disconnected".into(), message });
-                    }
-                    None => {
-                        let message = "the card reader stopped answering".to_string();
-                        break Err(Input::CollectFailed { code: "reader_disconnected".into(), message });
-                    }
-                },
-                Some(()) = cancel.recv() => break Err(Input::Cancel { by: "the register".into() }),
-                () = &mut deadline => {
-                    let message = format!("no card within {:?}", self.settings.collect_timeout);
-                    break Err(Input::CollectFailed { code: "reader_timeout".into(), message });
-                }
-            }
-        };
-        match outcome {
-            Ok(card) => {
-                lane.release(&rec.id);
-                self.authorize(rec, *card).await
-            }
-            Err(input) => {
-                // Whatever ended the collection, the reader must stop too.
-                let register_cancel = matches!(&input, Input::Cancel { by } if by == "the register");
-                if !register_cancel {
-                    lane.cancel(&rec.id).await;
-                }
-                self.step(&rec, input, Update::default()).await?;
-                Ok(())
-            }
-        }
-    }
-
-    async fn authorize(&self, rec: PaymentRecord, card: CardResult) -> Result<(), StepError> {
-        if card.encrypted_card.is_empty() {
-            let input = Input::CollectFailed {
-                code: "card_data_unavailable".into(),
-                message: "the reader delivered no encrypted card data (keys unavailable)".into(),
-            };
-            self.step(&rec, input, Update::default()).await?;
-            return Ok(());
-        }
-        let info = card_info(&card);
-        let blob = card.encrypted_card.clone();
-        // Card read and authorizing in one synced commit, before the request
-        // leaves (persist before act): on disk, it also makes the deferred
-        // COLLECTING durable.
-        let card_read = Update { card: Some((info.clone(), blob.clone())), ..Default::default() };
-        let rec = self
-            .steps(&rec, Durability::Synced, vec![(Input::CardRead, card_read), (Input::Sending, Update::default())])
-            .await?;
-        let request = self.authorize_request(&rec, &info, blob);
-        let sent = std::time::Instant::now();
-        let outcome = self.gateway.authorize(request).await;
-        if !matches!(outcome, AuthOutcome::NotSent(_) | AuthOutcome::LocalFault(_)) {
-            self.latencies.gateway.observe(sent.elapsed());
-        }
-        match outcome {
-            AuthOutcome::Answer(tx) => {
-                failpoint::hit("online_after_response");
-                if !self.apply_answer(&rec, tx).await? {
-                    let input = Input::AnswerLost { message: "the gateway's answer did not settle the payment".into() };
-                    let rec = self.step(&rec, input, Update::default()).await?;
-                    self.settle_unknown(rec).await?;
-                }
-            }
-            AuthOutcome::Rejected(message) => {
-                let input = Input::Declined { code: "gateway_rejected".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            AuthOutcome::NotSent(message) => self.offline_or_fail(rec, &card, message).await?,
-            AuthOutcome::LocalFault(why) => {
-                // Not the network: the gateway may be up, so no offline
-                // approval; nothing was sent, so nothing is charged.
-                tracing::error!(payment = %rec.id, error = %why, "payment failed: a fault on this machine, not the gateway");
-                let input = Input::OfflineRefused {
-                    code: "local_resource_exhausted".into(),
-                    message: format!(
-                        "posd could not reach out to the gateway because of a fault on the lane PC ({why}); \
-                         nothing was charged; take the payment again, and if this repeats, tell store IT"
-                    ),
-                };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            AuthOutcome::Unknown(message) => {
-                tracing::warn!(payment = %rec.id, %message, "gateway answer lost; asking for the outcome");
-                let rec = self.step(&rec, Input::AnswerLost { message }, Update::default()).await?;
-                self.settle_unknown(rec).await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn authorize_request(&self, rec: &PaymentRecord, info: &CardInfo, blob: Vec<u8>) -> AuthorizeRequest {
-        AuthorizeRequest {
-            transaction_key: rec.gateway_key.clone(),
-            terminal_id: self.gateway_terminal(&rec.terminal_id),
-            amount_minor: rec.amount_minor,
-            currency: rec.currency.clone(),
-            encrypted_card: blob,
-            masked_pan: info.masked_pan.clone(),
-            brand: info.brand.clone(),
-            entry_mode: convert::gateway_entry_mode(pb::EntryMode::try_from(info.entry_mode).unwrap_or_default())
-                as i32,
-            capture: !rec.manual_capture,
-        }
-    }
-
-    /// The request never left posd: approve offline if the lane's rules allow.
-    async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
-        let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
-        let gate = self.offline_gate.lock().await;
-        let fingerprint = pos_cardcrypt::scrub(&card.card_fingerprint);
-        // The reader's brand text shows up in a refusal's message.
-        let brand = pos_cardcrypt::scrub(&card.brand);
-        let now = self.clock.now_ms();
-        let queue = match self.queue_state(&rec.currency, &fingerprint, now) {
-            Ok(queue) => queue,
-            Err(e) => {
-                // Limits that cannot be checked refuse: nothing was sent, so
-                // the payment fails cleanly and the lane is free again.
-                drop(gate);
-                tracing::error!(payment = %rec.id, error = %e, "cannot read the offline queue; offline approval refused");
-                self.note_store_error(&e);
-                let message = format!(
-                    "The gateway cannot be reached ({why}) and posd cannot read its offline queue (a database \
-                     error; see posd's log); nothing was charged"
-                );
-                let input = Input::OfflineRefused { code: "store_unavailable".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-                return Ok(());
-            }
-        };
-        let entry = match pb::EntryMode::try_from(convert::entry_mode(card.entry_mode) as i32) {
-            Ok(pb::EntryMode::Chip) => Entry::Chip,
-            Ok(pb::EntryMode::Contactless) => Entry::Contactless,
-            Ok(pb::EntryMode::Swipe) => Entry::Swipe,
-            Ok(pb::EntryMode::Manual) => Entry::Manual,
-            _ => Entry::Unknown,
-        };
-        let candidate = OfflineCandidate {
-            amount_minor: rec.amount_minor,
-            currency: &rec.currency,
-            brand: &brand,
-            entry,
-            fallback: card.fallback,
-            cashback_minor: card.cashback_minor,
-            refund: false,
-            card_data: !card.encrypted_card.is_empty(),
-            card_identified: !fingerprint.is_empty(),
-        };
-        match offline::eligibility(&lane.offline, &candidate, &queue) {
-            Ok(()) => {
-                let update = Update {
-                    queued_at_ms: Some(now),
-                    last_error: Some(why.clone()),
-                    event: Some(NewEvent {
-                        kind: "approved_offline",
-                        terminal_id: rec.terminal_id.clone(),
-                        payment_id: rec.id.clone(),
-                        message: format!("approved offline and queued ({why})"),
-                    }),
-                    ..Default::default()
-                };
-                let t = next(rec.status, &Input::ApprovedOffline)?;
-                let (new, event) =
-                    self.store.apply(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
-                // The limits held for this commit; no other lane waits on reader I/O.
-                drop(gate);
-                failpoint::hit("offline_after_persist");
-                tracing::warn!(payment = %new.id, %why, "gateway unreachable: approved offline");
-                if let Some(e) = event {
-                    let _ = self.events.send(e);
-                }
-                self.announce(&new, pb::PaymentStage::Approved, convert::status_message(&new));
-                self.forward_wake.notify_one();
-                lane.show_result(&new.id, true, &convert::status_message(&new)).await;
-            }
-            Err(refusal) => {
-                drop(gate);
-                let message = format!(
-                    "The gateway cannot be reached ({why}) and the payment may not be taken offline: {}",
-                    refusal.message
-                );
-                self.step(&rec, Input::OfflineRefused { code: refusal.code.into(), message }, Update::default())
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// What the offline limits are checked against: the queue as stored.
-    fn queue_state(&self, currency: &str, fingerprint: &str, now: i64) -> Result<QueueState, StoreError> {
-        let summary = self.store.queue_summary()?;
-        let ago = |t: i64, now: i64| Duration::from_millis((now - t).max(0) as u64);
-        Ok(QueueState {
-            count: summary.count,
-            total_minor: summary.totals.iter().find(|(c, _)| c == currency).map_or(0, |(_, t)| *t),
-            same_card: if fingerprint.is_empty() { 0 } else { self.store.queued_for_card(fingerprint)? },
-            oldest_age: summary.oldest_queued_at_ms.map(|t| ago(t, now)),
-            since_online: self.store.meta(LAST_ONLINE)?.map(|t| ago(t, now_ms())),
-        })
-    }
-
-    /// Applies the gateway's answer for a payment in AUTHORIZING or UNKNOWN.
-    /// Returns false when the answer does not settle it.
-    async fn apply_answer(&self, rec: &PaymentRecord, tx: Transaction) -> Result<bool, StepError> {
-        match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
-            Outcome::Approved => {
-                let update = Update {
-                    auth_code: Some(tx.auth_code),
-                    gateway_reference: Some(tx.gateway_reference),
-                    ..Default::default()
-                };
-                self.step(rec, Input::Approved { captured: tx.captured }, update).await?;
-                Ok(true)
-            }
-            Outcome::Declined => {
-                let input = Input::Declined { code: tx.decline_code, message: tx.decline_message };
-                self.step(rec, input, Update::default()).await?;
-                Ok(true)
-            }
-            Outcome::Reversed | Outcome::Voided | Outcome::Unspecified => Ok(false),
-        }
-    }
-
-    /// Settles a payment whose answer was lost: ask for the outcome under
-    /// the same key for the whole attempt budget (a delayed request may still
-    /// arrive); if it stays unknown, queue a reversal.
-    async fn settle_unknown(&self, rec: PaymentRecord) -> Result<(), StepError> {
-        let mut last = String::from("no status query was made");
-        for attempt in 0..self.settings.status_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.settings.status_backoff * attempt).await;
-            }
-            match self.gateway.transaction(&rec.gateway_key).await {
-                Ok(Some(tx)) => match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
-                    Outcome::Reversed | Outcome::Voided => {
-                        last = "the gateway holds the key as reversed".into();
-                        break;
-                    }
-                    Outcome::Unspecified => last = "the gateway answered without an outcome".into(),
-                    _ => {
-                        self.apply_answer(&rec, tx).await?;
-                        return Ok(());
-                    }
-                },
-                Ok(None) => last = "the gateway has no record of the request (yet)".into(),
-                Err(e) => last = e,
-            }
-        }
-        self.step(&rec, Input::StillUnknown { message: last }, Update::default()).await?;
-        Ok(())
-    }
-
-    /// Finishes what a previous run left: called once before serving.
-    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        let unsent = self.store.queue_summary()?.count;
-        if unsent > 0 {
-            tracing::warn!(unsent, "offline payments are waiting to be forwarded");
-        }
-        // Per lane, what its payment terminal may have booked: settled in
-        // one task that holds the lane, the payment first.
-        let mut on_terminal: BTreeMap<String, InDoubtOnTerminal> = BTreeMap::new();
-        for refund in self.store.pending_refunds()? {
-            if let Some(rec) = self.store.get(&refund.payment_id)? {
-                if rec.on_terminal() {
-                    // Asked, never sent again: a second refund could pay twice.
-                    on_terminal.entry(rec.terminal_id.clone()).or_default().1.push((refund, rec));
-                    continue;
-                }
-                let engine = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = engine.send_refund(refund, &rec).await {
-                        tracing::warn!(error = %e, "a pending refund is still unsettled");
-                    }
-                });
-            }
-        }
-        for rec in self.store.unfinished()? {
-            if rec.on_terminal() {
-                match pos_engine::recovery_on_terminal(rec.status) {
-                    Recovery::Interrupt => {
-                        self.step(&rec, Input::Interrupted, Update::default()).await?;
-                    }
-                    // Already left for a person: asking again changes nothing.
-                    Recovery::AskTerminal if self.store.has_event("terminal_outcome_unknown", &rec.id, "")? => {}
-                    Recovery::AskTerminal => {
-                        tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
-                        let terminal = rec.terminal_id.clone();
-                        on_terminal.entry(terminal).or_default().0 = Some(rec);
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            let result = match pos_engine::recovery(rec.status) {
-                Recovery::Interrupt => self.step(&rec, Input::Interrupted, Update::default()).await.map(drop),
-                Recovery::QueryStatus => {
-                    let rec = if rec.status == Status::Authorizing {
-                        let input =
-                            Input::AnswerLost { message: "posd restarted while waiting for the gateway".into() };
-                        self.step(&rec, input, Update::default()).await?
-                    } else {
-                        rec
-                    };
-                    tracing::info!(payment = %rec.id, "recovering a payment with an unknown outcome");
-                    let engine = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = engine.settle_unknown(rec).await {
-                            tracing::error!(error = %e, "recovery failed");
-                        }
-                    });
-                    Ok(())
-                }
-                Recovery::Requeue => {
-                    let input = Input::ForwardRetry { message: "posd restarted during forwarding".into() };
-                    self.step(&rec, input, Update::default()).await.map(drop)
-                }
-                Recovery::Reverse => {
-                    self.reversals.notify_one();
-                    Ok(())
-                }
-                Recovery::None | Recovery::AskTerminal => Ok(()),
-            };
-            result?;
-        }
-        for (terminal, (payment, refunds)) in on_terminal {
-            self.recover_on_terminal(&terminal, payment, refunds);
-        }
-        Ok(())
-    }
-
-    /// Sends queued reversals until each is acknowledged. Runs for the life
-    /// of the process.
-    pub async fn reversal_worker(self: Arc<Self>) {
-        let (first, longest) = self.settings.reversal_backoff;
-        let mut backoff = first;
-        loop {
-            let filter = crate::store::ListFilter {
-                statuses: vec![Status::ReversalPending],
-                limit: 100,
-                oldest_first: true,
-                ..Default::default()
-            };
-            let mut failed = false;
-            let pending = match self.store.list(&filter) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read pending reversals; will retry");
-                    failed = true;
-                    Vec::new()
-                }
-            };
-            for rec in pending {
-                let req = ReverseRequest {
-                    transaction_key: rec.gateway_key.clone(),
-                    // Why, for the gateway: an answer lost, a hold released, or
-                    // an offline payment never confirmed.
-                    reason: match rec.reason_code.as_str() {
-                        why @ ("capture_window_passed" | "expired") => why,
-                        _ => "timeout",
-                    }
-                    .into(),
-                    amount_minor: rec.amount_minor,
-                    currency: rec.currency.clone(),
-                    terminal_id: self.gateway_terminal(&rec.terminal_id),
-                };
-                match self.gateway.reverse(req).await {
-                    Ok(tx) if matches!(Outcome::try_from(tx.outcome), Ok(Outcome::Reversed | Outcome::Declined)) => {
-                        if let Err(e) = self.step(&rec, Input::ReversalAcknowledged, Update::default()).await {
-                            tracing::error!(payment = %rec.id, error = %e, "could not record the reversal");
-                            failed = true;
-                        }
-                    }
-                    Ok(tx) => {
-                        tracing::error!(payment = %rec.id, outcome = tx.outcome, "ALERT: the gateway did not reverse the charge; will retry");
-                        failed = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!(payment = %rec.id, error = %e, "reversal not acknowledged; will retry");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                tokio::select! {
-                    () = self.reversals.notified() => {}
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(longest);
-            } else {
-                backoff = first;
-                self.reversals.notified().await;
-            }
-        }
-    }
-
-    /// Gateway reachability (health checks plus real calls), queue ageing,
-    /// reader events and the watchdog's heartbeat. The loop never waits for
-    /// the gateway: health checks and capture windows run in tasks of their
-    /// own, so a gateway that accepts and never answers (a WAN black hole)
-    /// holds up neither the ageing nor the heartbeat. Those tasks never end:
-    /// if one does (a panic), the loop stops beating and the watchdog
-    /// restarts posd, as it would for the loop itself.
-    pub async fn monitor(self: Arc<Self>) {
-        let f = self.settings.forward.clone();
-        let mut helpers = vec![tokio::spawn(self.clone().health_checks())];
-        if self.settings.capture_window.is_some() {
-            helpers.push(tokio::spawn(self.clone().capture_windows()));
-        }
-        let (refunds, period) = (self.clone(), f.ageing_interval);
-        helpers.push(tokio::spawn(async move { every(period, || refunds.settle_pending_refunds()).await }));
-        let mut online = self.gateway.subscribe_online();
-        let mut ageing = tokio::time::interval(f.ageing_interval);
-        let mut was_online: Option<bool> = None;
-        let mut last_recorded = 0i64;
-        let mut readers: HashMap<String, (bool, u64)> = HashMap::new();
-        loop {
-            tokio::select! {
-                _ = online.changed() => {}
-                _ = ageing.tick() => {
-                    if helpers.iter().any(tokio::task::JoinHandle::is_finished) {
-                        tracing::error!("a monitor task stopped; the heartbeat stops so the watchdog restarts posd");
-                        return;
-                    }
-                    self.age_queue(&f).await;
-                    self.report_readers(&mut readers).await;
-                    self.heartbeat.store(now_ms(), Ordering::Relaxed);
-                    continue;
-                }
-            }
-            let now_online = *online.borrow_and_update();
-            if was_online != Some(now_online) {
-                if was_online.is_some() || !now_online {
-                    let (kind, text) = if now_online {
-                        ("online", "the gateway is reachable")
-                    } else {
-                        ("offline", "the gateway cannot be reached")
-                    };
-                    self.emit(kind, "", "", text.into()).await;
-                }
-                was_online = Some(now_online);
-                if now_online {
-                    self.forward_wake.notify_one();
-                }
-            }
-            if now_online && now_ms() - last_recorded > 60_000 {
-                last_recorded = now_ms();
-                if let Err(e) = self.store.set_meta(LAST_ONLINE, last_recorded) {
-                    tracing::warn!(error = %e, "cannot record the gateway's last contact");
-                }
-            }
-        }
-    }
-
-    /// Asks the gateway whether it answers, every `health_interval`.
-    async fn health_checks(self: Arc<Self>) {
-        every(self.settings.forward.health_interval, || self.gateway.probe()).await
-    }
-
-    /// Emits an event when a lane's reader connects or disconnects (the lane
-    /// task reopens an unplugged device by itself, with backoff).
-    /// Every connection and disconnection since the last look is reported,
-    /// in order, however long ago it happened (a reader that came and went
-    /// between two looks, or before the first).
-    async fn report_readers(&self, seen: &mut HashMap<String, (bool, u64)>) {
-        for lane in self.lanes.values() {
-            let state = lane.reader_state();
-            let (was, before) =
-                seen.insert(lane.id.clone(), (state.connected, state.connections)).unwrap_or((false, 0));
-            let new = state.connections.saturating_sub(before);
-            let disconnected = || {
-                let message = format!("card reader on {} disconnected; reopening", lane.line);
-                self.emit("reader_disconnected", &lane.id, "", message)
-            };
-            if was && (new > 0 || !state.connected) {
-                disconnected().await;
-            }
-            for i in 0..new {
-                let message = format!("card reader {} (firmware {}) connected", state.serial, state.firmware);
-                self.emit("reader_connected", &lane.id, "", message).await;
-                if i + 1 < new || !state.connected {
-                    disconnected().await;
-                }
-            }
-        }
-    }
-
-    /// The first part of a graceful stop: refuses new payments and lets those
-    /// in progress finish within `bound`. Payments still waiting for a card
-    /// then are canceled (nothing was charged); any still waiting for the
-    /// gateway are left as they are stored, and the next start settles them
-    /// by status query, as after a power cut.
-    pub async fn drain(&self, bound: Duration) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // An admission past its check of `stopping` registers its payment first.
-        for admission in self.admission.values() {
-            drop(admission.lock().await);
-        }
-        let running = |engine: &Self| engine.live.lock().unwrap().keys().cloned().collect::<Vec<_>>();
-        let first = running(self);
-        if first.is_empty() {
-            return;
-        }
-        tracing::info!(payments = ?first, bound = ?bound, "stopping: waiting for payments in progress");
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            // Registered before the check, so the last payment's end is not missed.
-            let ended = self.none_live.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if running(self).is_empty() || tokio::time::timeout_at(deadline, ended).await.is_err() {
-                break;
-            }
-        }
-        for id in running(self) {
-            let Ok(Some(rec)) = self.store.get(&id) else { continue };
-            if matches!(rec.status, Status::Created | Status::Collecting) {
-                tracing::warn!(payment = %id, "stopping: canceling a payment still waiting for a card");
-                match self.cancel_payment(&id).await {
-                    Ok(_) => self.emit(
-                        "payment_canceled_on_stop",
-                        &rec.terminal_id,
-                        &id,
-                        format!("payment {id} still waited for a card when posd stopped; it was canceled, nothing was charged"),
-                    ).await,
-                    Err(e) => tracing::error!(payment = %id, error = %e, "stopping: cannot cancel"),
-                }
-            } else {
-                tracing::warn!(payment = %id, status = %rec.status, "stopping: payment parked; it is settled at the next start");
-                self.emit(
-                    "payment_parked_on_stop",
-                    &rec.terminal_id,
-                    &id,
-                    format!("payment {id} was {} when posd stopped; posd settles it when it starts again", rec.status),
-                )
-                .await;
-            }
-        }
-    }
 }
 
 /// A new key for the gateway: a UUIDv7 in Crockford base32, ending in a
 /// letter. The store keeps the payment's masked PAN right after its gateway
 /// key; a key ending in digits would run into the PAN's first six digits and
 /// make a digit run that looks like a card number in the database file.
-/// Runs `work` every `period`, for good: a run that takes longer delays the
-/// next, so runs never pile up.
-async fn every<F: Future<Output = ()>>(period: Duration, mut work: impl FnMut() -> F) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        work().await;
-    }
-}
-
 fn gateway_key() -> String {
     format!("{}K", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()))
 }
-
-/// What a lane's payment terminal may have booked when posd stopped: its
-/// payment in doubt, and its refunds in doubt with their payments.
-type InDoubtOnTerminal = (Option<PaymentRecord>, Vec<(RefundRecord, PaymentRecord)>);
 
 /// A payment in hand (see [`Engine::claim`]).
 struct Claim<'a> {
@@ -1356,41 +732,5 @@ fn compare(existing: &PaymentRecord, req: &NewPayment) -> Result<(), EngineError
             "idempotency key {:?} was already used for payment {} with a different {field} ({detail})",
             req.idempotency_key, existing.id
         ))),
-    }
-}
-
-/// A masked PAN as first 6, `*`s, last 4; anything else is masked fully
-/// (the one masking rule, [`pos_cardcrypt::well_masked`]).
-fn well_masked(masked: &str) -> String {
-    if !pos_cardcrypt::is_well_masked(masked) {
-        tracing::error!("the reader sent a badly masked card number; masking it");
-    }
-    pos_cardcrypt::well_masked(masked)
-}
-
-fn card_info(c: &CardResult) -> CardInfo {
-    use pos_cardcrypt::scrub;
-    CardInfo {
-        masked_pan: well_masked(&c.masked_pan),
-        brand: scrub(&c.brand),
-        entry_mode: convert::entry_mode(c.entry_mode) as i32,
-        wallet: convert::wallet(c.wallet) as i32,
-        aid: scrub(&c.aid),
-        application_label: scrub(&c.application_label),
-        verification: convert::verification(c.verification) as i32,
-        fingerprint: scrub(&c.card_fingerprint),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::well_masked;
-
-    #[test]
-    fn masked_pans_keep_first_six_and_last_four_only() {
-        assert_eq!(well_masked("424242******4242"), "424242******4242");
-        assert_eq!(well_masked("4242424242424242"), "424242******4242");
-        assert_eq!(well_masked("4242424242******"), "****************");
-        assert_eq!(well_masked("garbage"), "*******");
     }
 }

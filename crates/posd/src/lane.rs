@@ -3,11 +3,9 @@
 //! is collecting.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pos_cardcrypt::scrub;
-use pos_link::transport::{SerialSettings, open_serial};
-use pos_link::{LineCounters, Link, SerialLink, SerialTiming, TcpLink, apdu};
+use pos_link::{LineCounters, apdu};
 use pos_proto::reader::{
     self, Cancel, CardResult, CollectCard, FailReason, GetDeviceInfo, HostMessage, ReaderMessage, ShowResult, Stage,
     host_message, reader_message,
@@ -15,21 +13,7 @@ use pos_proto::reader::{
 use prost::Message;
 use tokio::sync::mpsc;
 
-/// How posd reaches a reader.
-#[derive(Debug, Clone)]
-pub enum ReaderLine {
-    Serial(SerialSettings),
-    Tcp(String),
-}
-
-impl std::fmt::Display for ReaderLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReaderLine::Serial(s) => write!(f, "serial {} @ {} baud", s.path.display(), s.baud),
-            ReaderLine::Tcp(a) => write!(f, "tcp {a}"),
-        }
-    }
-}
+use crate::line::{ReaderLine, ReaderState, Reconnect, open};
 
 /// A lane's card device.
 #[derive(Debug, Clone)]
@@ -48,32 +32,6 @@ pub enum ReaderEvent {
     Card(Box<CardResult>),
     Failed { reason: FailReason, message: String },
     Disconnected(String),
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ReaderState {
-    pub connected: bool,
-    pub serial: String,
-    pub model: String,
-    pub firmware: String,
-    pub healthy: bool,
-    pub detail: String,
-    /// Times the device connected since posd started: a disconnect and
-    /// reconnect between two looks still shows.
-    pub connections: u64,
-}
-
-impl ReaderState {
-    /// The device identified itself (a repeated identification is not a new connection).
-    pub fn connect(&mut self, identified: ReaderState) {
-        let connections = self.connections + u64::from(!self.connected);
-        *self = ReaderState { connected: true, connections, ..identified };
-    }
-
-    /// The line went down, or never came up.
-    pub fn lose(&mut self, detail: String) {
-        *self = ReaderState { detail, connections: self.connections, ..ReaderState::default() };
-    }
 }
 
 type Collector = (String, mpsc::UnboundedSender<ReaderEvent>);
@@ -187,25 +145,6 @@ impl Lane {
     }
 }
 
-/// Opens a card device's line (the native reader's or a ZVT terminal's:
-/// both use the same framing).
-pub(crate) async fn open(line: &ReaderLine, counters: &Arc<LineCounters>) -> Result<Link, String> {
-    match line {
-        ReaderLine::Serial(s) => {
-            let port = open_serial(s).map_err(|e| e.to_string())?;
-            Ok(Link::spawn_counted(port, SerialLink::new(SerialTiming::default()), counters.clone()))
-        }
-        ReaderLine::Tcp(addr) => {
-            let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| format!("connecting to {addr} timed out"))?
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            Ok(Link::spawn_counted(stream, TcpLink::new(), counters.clone()))
-        }
-    }
-}
-
 fn encode(msg: HostMessage) -> Vec<u8> {
     apdu::build(reader::APDU_CLASS, reader::INSTR_HOST, &msg.encode_to_vec()).expect("host messages are small")
 }
@@ -287,46 +226,6 @@ async fn run(
     }
 }
 
-/// When to open a device line again: after 200 ms, doubling up to 5 s
-/// while opening fails or links die young, and from 200 ms again once a link
-/// has stayed up for 10 s.
-pub(crate) struct Reconnect {
-    delay: Duration,
-    opened: Option<tokio::time::Instant>,
-}
-
-impl Reconnect {
-    const FIRST: Duration = Duration::from_millis(200);
-    const LONGEST: Duration = Duration::from_secs(5);
-    const STABLE: Duration = Duration::from_secs(10);
-
-    /// A link is open (its life is measured from now).
-    pub(crate) fn opened(&mut self) {
-        self.opened = Some(tokio::time::Instant::now());
-    }
-
-    /// How long to wait before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        if self.opened.take().is_some_and(|at| at.elapsed() >= Self::STABLE) {
-            self.delay = Self::FIRST;
-        }
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(Self::LONGEST);
-        delay
-    }
-
-    /// Waits before the next attempt.
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.next_delay()).await;
-    }
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Self { delay: Self::FIRST, opened: None }
-    }
-}
-
 fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: &Mutex<ReaderState>) {
     let Some(body) = decode(bytes) else {
         tracing::warn!(%lane, len = bytes.len(), "ignoring an APDU that is not a reader message");
@@ -370,33 +269,5 @@ fn route(lane: &str, bytes: &[u8], collector: &Mutex<Option<Collector>>, state: 
             let payment_id = scrub(&payment_id);
             tracing::debug!(%lane, %payment_id, "reader message for a payment that is no longer collecting");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::Reconnect;
-
-    /// The delays `wait` takes, on tokio's paused clock.
-    async fn waits(r: &mut Reconnect, n: usize, up_for: Duration) -> Vec<u64> {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            r.opened();
-            tokio::time::sleep(up_for).await;
-            let t = tokio::time::Instant::now();
-            r.wait().await;
-            out.push(t.elapsed().as_millis() as u64);
-        }
-        out
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn links_that_die_young_back_off_and_a_stable_one_starts_over() {
-        let mut r = Reconnect::default();
-        assert_eq!(waits(&mut r, 7, Duration::ZERO).await, [200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(waits(&mut r, 2, Duration::from_secs(10)).await, [200, 200], "after 10 s up");
-        assert_eq!(waits(&mut r, 3, Duration::from_secs(9)).await, [400, 800, 1600], "9 s is young");
     }
 }

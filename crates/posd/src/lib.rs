@@ -1,17 +1,37 @@
 //! posd: the lane payment daemon.
 //!
 //! # Layout
-//! - [`config`]: TOML configuration, overrides and the demo setup.
-//! - [`store`]: SQLite, the source of truth for payments and their audit log.
+//! - [`config`]: TOML configuration, overrides and the demo setup (`model`,
+//!   `validate`, `check`, `overrides`, `demo`).
+//! - [`store`]: SQLite, the source of truth for payments and their audit log
+//!   (`schema` with the migrations in `store/sql/`, `group` (group commit),
+//!   `payments`, `history`, `refunds`, `events`, `outbox`, `gateway`,
+//!   `probe`, `lock`).
 //! - [`engine`]: runs payments through the `pos-engine` state machine,
-//!   committing each transition before acting on it; recovery; reversals.
+//!   committing each transition before acting on it (`payment`, `recovery`,
+//!   `background`, `queue`, `after_sale`, `printing`, and `terminal` with
+//!   `terminal/after_sale` for ZVT lanes).
 //! - [`lane`]: one lane's card reader over the link layer; [`zvt`]: the
-//!   register side of ZVT for lanes whose payment terminal authorizes itself.
+//!   register side of ZVT for lanes whose payment terminal authorizes itself;
+//!   [`line`]: what their device lines share (how posd reaches a device,
+//!   opening the line, the reconnect backoff [`printer`] uses too).
+//! - [`printer`]: a lane's receipt printer; [`receipt`]: what a receipt says.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
-//! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
+//! - [`api`]: the register's gRPC API (`payments`, `after_sale`, `reports`,
+//!   `devices`, `request`, `errors`, `identity`, `page_token`); [`convert`]:
+//!   records to protobuf.
+//! - [`report`]: business-day reports; [`admin`]: backup, export and the
+//!   queue check beside a live posd.
+//! - [`telemetry`]: latency histograms, the offline queue's state and the
+//!   snapshot [`metrics`] serves as Prometheus text.
+//! - [`clock`]: the ageing clock; [`failpoint`]: failpoints for crash tests.
 //! - [`daemon`]: start-up, demo mode and serving; [`listen`]: the API's
 //!   listeners within their bounds (connections, handshake time, accept
-//!   errors); [`uds`]: the API's Unix socket (any `:authority` accepted on it).
+//!   errors); [`uds`]: the API's Unix socket (any `:authority` accepted on
+//!   it: `authority`).
+//!
+//! No module imports one that imports it (directly or through others):
+//! [`line`] and [`telemetry`] import no other posd module.
 
 pub mod admin;
 pub mod api;
@@ -23,11 +43,13 @@ pub mod engine;
 pub mod failpoint;
 pub mod gateway;
 pub mod lane;
+pub mod line;
 pub mod listen;
 pub mod metrics;
 pub mod printer;
 pub mod receipt;
 pub mod report;
 pub mod store;
+pub mod telemetry;
 pub mod uds;
 pub mod zvt;

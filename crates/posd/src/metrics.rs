@@ -1,79 +1,40 @@
 //! Prometheus text metrics on an optional loopback address: payments by
 //! status, the offline queue, device and gateway states, and latency
-//! histograms (card reader, gateway, end to end).
+//! histograms (card reader, gateway, end to end). It renders a
+//! [`Snapshot`] the engine makes; it does not read the engine itself.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine::Engine;
+use crate::telemetry::{HistogramSnapshot, Snapshot};
 
-const BOUNDS_MS: [u64; 10] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10_000];
-
-/// A latency histogram with fixed buckets.
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BOUNDS_MS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let ms = d.as_millis() as u64;
-        let us = d.as_micros() as u64;
-        for (bound, bucket) in BOUNDS_MS.iter().zip(&self.buckets) {
-            if ms <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+/// A histogram in the exposition format.
+fn render_histogram(h: &HistogramSnapshot, name: &str, help: &str, out: &mut String) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    for (bound, n) in &h.buckets {
+        out.push_str(&format!("{name}_bucket{{le=\"{}\"}} {n}\n", *bound as f64 / 1000.0));
     }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-        for (bound, bucket) in BOUNDS_MS.iter().zip(&self.buckets) {
-            out.push_str(&format!(
-                "{name}_bucket{{le=\"{}\"}} {}\n",
-                *bound as f64 / 1000.0,
-                bucket.load(Ordering::Relaxed)
-            ));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!("{name}_sum {}\n", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
-        out.push_str(&format!("{name}_count {count}\n"));
-    }
-}
-
-/// The latencies the engine records.
-#[derive(Default)]
-pub struct Latencies {
-    /// From asking the reader for a card to its card result.
-    pub reader: Histogram,
-    /// One authorization call to the gateway.
-    pub gateway: Histogram,
-    /// From the register's request to its answer.
-    pub end_to_end: Histogram,
+    let count = h.count;
+    out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+    out.push_str(&format!("{name}_sum {}\n", h.sum_us as f64 / 1e6));
+    out.push_str(&format!("{name}_count {count}\n"));
 }
 
 /// The metrics text.
-pub fn render(engine: &Engine) -> String {
+pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     out.push_str("# HELP posd_payments Payments in the database by status.\n# TYPE posd_payments gauge\n");
-    for (status, n) in engine.store().count_by_status().unwrap_or_default() {
+    for (status, n) in &s.payments_by_status {
         out.push_str(&format!("posd_payments{{status=\"{status}\"}} {n}\n"));
     }
-    let (writes, commits) = engine.store().write_counts();
+    let (writes, commits) = (s.store_writes, s.store_commits);
     out.push_str(
         "# HELP posd_store_payment_writes_total New payments and single state changes committed (the forwarder's batches not counted).\n",
     );
     out.push_str(&format!(
         "# TYPE posd_store_payment_writes_total counter\nposd_store_payment_writes_total {}\n",
-        engine.store().payment_writes()
+        s.payment_writes
     ));
     out.push_str(
         "# HELP posd_store_writes_total Writes committed through the group commit: payment writes, events, audit entries, refunds and records.\n",
@@ -88,25 +49,25 @@ pub fn render(engine: &Engine) -> String {
     );
     out.push_str(&format!(
         "# TYPE posd_store_unsynced_commits_total counter\nposd_store_unsynced_commits_total {}\n",
-        engine.store().unsynced_commits()
+        s.unsynced_commits
     ));
-    if let Ok(s) = engine.sync_report() {
+    if let Some(q) = &s.sync {
         out.push_str("# HELP posd_offline_queue_depth Offline approvals not yet settled with the gateway.\n");
-        out.push_str(&format!("# TYPE posd_offline_queue_depth gauge\nposd_offline_queue_depth {}\n", s.queue_depth));
+        out.push_str(&format!("# TYPE posd_offline_queue_depth gauge\nposd_offline_queue_depth {}\n", q.queue_depth));
         out.push_str("# HELP posd_offline_oldest_age_seconds Age of the oldest unsent offline payment.\n");
         out.push_str(&format!(
             "# TYPE posd_offline_oldest_age_seconds gauge\nposd_offline_oldest_age_seconds {}\n",
-            s.oldest_age.as_secs()
+            q.oldest_age.as_secs()
         ));
         out.push_str("# HELP posd_gateway_online 1 while the central gateway answers.\n");
-        out.push_str(&format!("# TYPE posd_gateway_online gauge\nposd_gateway_online {}\n", u8::from(s.online)));
+        out.push_str(&format!("# TYPE posd_gateway_online gauge\nposd_gateway_online {}\n", u8::from(q.online)));
     }
     out.push_str(
         "# HELP posd_database_failed 1 while posd refuses new payments because its database failed (it restarts itself once the database works again).\n",
     );
     out.push_str(&format!(
         "# TYPE posd_database_failed gauge\nposd_database_failed {}\n",
-        u8::from(engine.refusing_payments())
+        u8::from(s.refusing_payments)
     ));
     let api = &crate::listen::COUNTS;
     for (name, kind, help, value) in [
@@ -138,7 +99,7 @@ pub fn render(engine: &Engine) -> String {
     );
     out.push_str(&format!(
         "# TYPE posd_gateway_local_faults_total counter\nposd_gateway_local_faults_total {}\n",
-        engine.gateway().local_faults()
+        s.gateway_local_faults
     ));
     out.push_str(
         "# HELP posd_reader_connected 1 while a lane's card reader is connected.\n# TYPE posd_reader_connected gauge\n",
@@ -147,41 +108,38 @@ pub fn render(engine: &Engine) -> String {
         "# HELP posd_printer_connected 1 while a lane's printer answers; posd_printer_ready 1 while it can print.\n",
     );
     out.push_str("# TYPE posd_printer_connected gauge\n");
-    for lane in engine.lanes() {
-        out.push_str(&format!(
-            "posd_reader_connected{{lane=\"{}\"}} {}\n",
-            lane.id,
-            u8::from(lane.reader_state().connected)
-        ));
-        let printer = lane.printer.as_ref().map(|p| p.status()).unwrap_or_default();
-        out.push_str(&format!("posd_printer_connected{{lane=\"{}\"}} {}\n", lane.id, u8::from(printer.connected)));
-        out.push_str(&format!(
-            "posd_printer_ready{{lane=\"{}\"}} {}\n",
-            lane.id,
-            u8::from(printer.connected && printer.state.ready())
-        ));
+    for lane in &s.lanes {
+        out.push_str(&format!("posd_reader_connected{{lane=\"{}\"}} {}\n", lane.id, u8::from(lane.reader_connected)));
+        out.push_str(&format!("posd_printer_connected{{lane=\"{}\"}} {}\n", lane.id, u8::from(lane.printer_connected)));
+        out.push_str(&format!("posd_printer_ready{{lane=\"{}\"}} {}\n", lane.id, u8::from(lane.printer_ready)));
     }
     out.push_str(
         "# HELP posd_card_line_bytes_total Bytes on a lane's card device line (frames, ACKs), by direction.\n",
     );
     out.push_str("# TYPE posd_card_line_bytes_total counter\n");
-    for lane in engine.lanes() {
-        let (sent, received) = (lane.line_bytes.sent(), lane.line_bytes.received());
+    for lane in &s.lanes {
+        let (sent, received) = (lane.line_bytes_sent, lane.line_bytes_received);
         out.push_str(&format!("posd_card_line_bytes_total{{lane=\"{}\",direction=\"out\"}} {sent}\n", lane.id));
         out.push_str(&format!("posd_card_line_bytes_total{{lane=\"{}\",direction=\"in\"}} {received}\n", lane.id));
     }
-    let l = engine.latencies();
-    l.reader.render("posd_reader_latency_seconds", "From asking the reader for a card to its result.", &mut out);
-    l.gateway.render("posd_gateway_latency_seconds", "One authorization call to the gateway.", &mut out);
-    l.end_to_end.render("posd_payment_latency_seconds", "From the register's request to its answer.", &mut out);
+    let reader_help = "From asking the reader for a card to its result.";
+    render_histogram(&s.reader_latency, "posd_reader_latency_seconds", reader_help, &mut out);
+    let gateway_help = "One authorization call to the gateway.";
+    render_histogram(&s.gateway_latency, "posd_gateway_latency_seconds", gateway_help, &mut out);
+    let payment_help = "From the register's request to its answer.";
+    render_histogram(&s.payment_latency, "posd_payment_latency_seconds", payment_help, &mut out);
     out
 }
 
-/// Serves `GET /metrics` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) {
+/// Serves `GET /metrics` until the process ends, rendering what `snapshot`
+/// reads at each request.
+pub async fn serve<F>(listener: tokio::net::TcpListener, snapshot: F)
+where
+    F: Fn() -> Snapshot + Clone + Send + 'static,
+{
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let engine = engine.clone();
+        let snapshot = snapshot.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut len = 0;
@@ -203,7 +161,7 @@ pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) {
             }
             let request = String::from_utf8_lossy(&buf[..len]);
             let response = if request.starts_with("GET /metrics ") {
-                let body = render(&engine);
+                let body = render(&snapshot());
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

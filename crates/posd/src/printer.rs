@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout};
 
+use crate::line::Reconnect;
+
 /// How posd reaches a printer.
 #[derive(Debug, Clone)]
 pub enum PrinterLine {
@@ -156,7 +158,7 @@ fn line_rate(line: &PrinterLine) -> Option<u64> {
 }
 
 async fn run(line: PrinterLine, mut jobs: mpsc::Receiver<Job>, status: watch::Sender<PrinterStatus>) {
-    let mut reconnect = crate::lane::Reconnect::default();
+    let mut reconnect = Reconnect::default();
     loop {
         let detail = match open(&line).await {
             Ok(stream) => {

@@ -24,7 +24,7 @@ use pos_zvt::{Bmps, Message, codes};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::lane::{ReaderLine, ReaderState};
+use crate::line::{ReaderLine, ReaderState, Reconnect, open};
 
 #[derive(Debug, Clone)]
 pub struct ZvtSettings {
@@ -187,10 +187,10 @@ async fn run(
     state: Arc<Mutex<ReaderState>>,
     line_bytes: Arc<LineCounters>,
 ) {
-    let mut reconnect = crate::lane::Reconnect::default();
+    let mut reconnect = Reconnect::default();
     let mut last_error = String::new();
     loop {
-        let connected = match crate::lane::open(&s.line, &line_bytes).await {
+        let connected = match open(&s.line, &line_bytes).await {
             Ok(mut link) => match register(&mut link, &s).await {
                 Ok(identity) => Ok((link, identity)),
                 Err(e) => Err(format!("registration failed: {e}")),

@@ -15,7 +15,8 @@ use pos_cardcrypt::{BaseKey, Binding, CardData};
 use pos_engine::{Input, Status};
 use posd::engine::{Engine, EngineSettings, ForwardSettings};
 use posd::gateway::{Gateway, GatewaySettings};
-use posd::lane::{CardDevice, Lane, ReaderLine};
+use posd::lane::{CardDevice, Lane};
+use posd::line::ReaderLine;
 use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::advance_all;
 

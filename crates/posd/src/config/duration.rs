@@ -62,7 +62,7 @@ pub(super) fn show(d: Duration) -> String {
     if d.is_zero() {
         return "0s".into();
     }
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return match jiff::SignedDuration::try_from(d) {
             Ok(s) => format!("{s:#}"),
             Err(_) => format!("{d:?}"),

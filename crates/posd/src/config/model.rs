@@ -9,7 +9,7 @@ use pos_link::transport::SerialSettings;
 use serde::Deserialize;
 
 use super::duration::Span;
-use crate::lane::ReaderLine;
+use crate::line::ReaderLine;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

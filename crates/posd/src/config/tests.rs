@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::check::Examined;
 use super::{CREDENTIALS_DIRECTORY, Config, FileRef, ReaderConfig, check, check_gateway_url, parse_span};
-use crate::lane::ReaderLine;
+use crate::line::ReaderLine;
 
 #[test]
 fn a_full_config_parses_and_unknown_keys_are_errors() {

@@ -419,7 +419,7 @@ impl Engine {
 
     /// Checks the capture window every `ageing_interval`.
     pub(super) async fn capture_windows(self: std::sync::Arc<Self>) {
-        super::every(self.settings.forward.ageing_interval, || self.expire_authorizations()).await
+        super::background::every(self.settings.forward.ageing_interval, || self.expire_authorizations()).await
     }
 
     /// Reverses AUTHORIZED payments left uncaptured past the capture window:

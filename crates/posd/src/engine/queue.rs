@@ -10,10 +10,11 @@ use pos_engine::offline::{self, AgeLevel};
 use pos_engine::{Input, Status, next};
 use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 
-use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, SyncReport, human, step_error};
+use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
 use crate::store::{NewEvent, PaymentRecord, StoreError, Update};
+use crate::telemetry::SyncReport;
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 

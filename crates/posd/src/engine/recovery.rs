@@ -1,0 +1,161 @@
+//! After a restart and for the life of the process: finishing what the
+//! previous run left (payments in doubt, pending refunds, the offline queue)
+//! and sending queued reversals until the gateway acknowledges each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pos_engine::{Input, Recovery, Status};
+use pos_proto::gateway::{Outcome, ReverseRequest};
+
+use super::Engine;
+use crate::store::{PaymentRecord, RefundRecord, Update};
+
+impl Engine {
+    /// Finishes what a previous run left: called once before serving.
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let unsent = self.store.queue_summary()?.count;
+        if unsent > 0 {
+            tracing::warn!(unsent, "offline payments are waiting to be forwarded");
+        }
+        // Per lane, what its payment terminal may have booked: settled in
+        // one task that holds the lane, the payment first.
+        let mut on_terminal: BTreeMap<String, InDoubtOnTerminal> = BTreeMap::new();
+        for refund in self.store.pending_refunds()? {
+            if let Some(rec) = self.store.get(&refund.payment_id)? {
+                if rec.on_terminal() {
+                    // Asked, never sent again: a second refund could pay twice.
+                    on_terminal.entry(rec.terminal_id.clone()).or_default().1.push((refund, rec));
+                    continue;
+                }
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = engine.send_refund(refund, &rec).await {
+                        tracing::warn!(error = %e, "a pending refund is still unsettled");
+                    }
+                });
+            }
+        }
+        for rec in self.store.unfinished()? {
+            if rec.on_terminal() {
+                match pos_engine::recovery_on_terminal(rec.status) {
+                    Recovery::Interrupt => {
+                        self.step(&rec, Input::Interrupted, Update::default()).await?;
+                    }
+                    // Already left for a person: asking again changes nothing.
+                    Recovery::AskTerminal if self.store.has_event("terminal_outcome_unknown", &rec.id, "")? => {}
+                    Recovery::AskTerminal => {
+                        tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
+                        let terminal = rec.terminal_id.clone();
+                        on_terminal.entry(terminal).or_default().0 = Some(rec);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let result = match pos_engine::recovery(rec.status) {
+                Recovery::Interrupt => self.step(&rec, Input::Interrupted, Update::default()).await.map(drop),
+                Recovery::QueryStatus => {
+                    let rec = if rec.status == Status::Authorizing {
+                        let input =
+                            Input::AnswerLost { message: "posd restarted while waiting for the gateway".into() };
+                        self.step(&rec, input, Update::default()).await?
+                    } else {
+                        rec
+                    };
+                    tracing::info!(payment = %rec.id, "recovering a payment with an unknown outcome");
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = engine.settle_unknown(rec).await {
+                            tracing::error!(error = %e, "recovery failed");
+                        }
+                    });
+                    Ok(())
+                }
+                Recovery::Requeue => {
+                    let input = Input::ForwardRetry { message: "posd restarted during forwarding".into() };
+                    self.step(&rec, input, Update::default()).await.map(drop)
+                }
+                Recovery::Reverse => {
+                    self.reversals.notify_one();
+                    Ok(())
+                }
+                Recovery::None | Recovery::AskTerminal => Ok(()),
+            };
+            result?;
+        }
+        for (terminal, (payment, refunds)) in on_terminal {
+            self.recover_on_terminal(&terminal, payment, refunds);
+        }
+        Ok(())
+    }
+
+    /// Sends queued reversals until each is acknowledged. Runs for the life
+    /// of the process.
+    pub async fn reversal_worker(self: Arc<Self>) {
+        let (first, longest) = self.settings.reversal_backoff;
+        let mut backoff = first;
+        loop {
+            let filter = crate::store::ListFilter {
+                statuses: vec![Status::ReversalPending],
+                limit: 100,
+                oldest_first: true,
+                ..Default::default()
+            };
+            let mut failed = false;
+            let pending = match self.store.list(&filter) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read pending reversals; will retry");
+                    failed = true;
+                    Vec::new()
+                }
+            };
+            for rec in pending {
+                let req = ReverseRequest {
+                    transaction_key: rec.gateway_key.clone(),
+                    // Why, for the gateway: an answer lost, a hold released, or
+                    // an offline payment never confirmed.
+                    reason: match rec.reason_code.as_str() {
+                        why @ ("capture_window_passed" | "expired") => why,
+                        _ => "timeout",
+                    }
+                    .into(),
+                    amount_minor: rec.amount_minor,
+                    currency: rec.currency.clone(),
+                    terminal_id: self.gateway_terminal(&rec.terminal_id),
+                };
+                match self.gateway.reverse(req).await {
+                    Ok(tx) if matches!(Outcome::try_from(tx.outcome), Ok(Outcome::Reversed | Outcome::Declined)) => {
+                        if let Err(e) = self.step(&rec, Input::ReversalAcknowledged, Update::default()).await {
+                            tracing::error!(payment = %rec.id, error = %e, "could not record the reversal");
+                            failed = true;
+                        }
+                    }
+                    Ok(tx) => {
+                        tracing::error!(payment = %rec.id, outcome = tx.outcome, "ALERT: the gateway did not reverse the charge; will retry");
+                        failed = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(payment = %rec.id, error = %e, "reversal not acknowledged; will retry");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                tokio::select! {
+                    () = self.reversals.notified() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(longest);
+            } else {
+                backoff = first;
+                self.reversals.notified().await;
+            }
+        }
+    }
+}
+
+/// What a lane's payment terminal may have booked when posd stopped: its
+/// payment in doubt, and its refunds in doubt with their payments.
+type InDoubtOnTerminal = (Option<PaymentRecord>, Vec<(RefundRecord, PaymentRecord)>);
