@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pos_cardcrypt::scrub;
 use pos_link::transport::{SerialSettings, open_serial};
 use pos_link::{LineCounters, Link, SerialLink, SerialTiming, TcpLink, apdu};
+use pos_mask::scrub;
 use pos_proto::reader::{
     self, Cancel, CardResult, CollectCard, FailReason, GetDeviceInfo, HostMessage, ReaderMessage, ShowResult, Stage,
     host_message, reader_message,
@@ -41,7 +41,7 @@ pub enum CardDevice {
 }
 
 /// What the collecting payment hears from the reader. The reader's own
-/// texts in it (progress, failure) are scrubbed ([`pos_cardcrypt::scrub`]).
+/// texts in it (progress, failure) are scrubbed ([`pos_mask::scrub`]).
 #[derive(Debug)]
 pub enum ReaderEvent {
     Progress { stage: Stage, text: String },

@@ -337,7 +337,7 @@ impl Engine {
     async fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
         // Scrubbed where they were read (zvt.rs); again here, where they are
         // stored joined by newlines, so no line can ever hold one.
-        let lines: Vec<String> = lines.iter().map(|l| pos_cardcrypt::scrub(l)).collect();
+        let lines: Vec<String> = lines.iter().map(|l| pos_mask::scrub(l)).collect();
         if let Err(e) = self.store.append_receipt_lines(&rec.id, &lines).await {
             tracing::warn!(payment = %rec.id, error = %e, "cannot keep the terminal's receipt lines");
         }
@@ -1082,7 +1082,7 @@ impl Engine {
                         total = outcome.amount;
                     }
                 }
-                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| pos_cardcrypt::scrub(x))),
+                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| pos_mask::scrub(x))),
                 Some(ZvtEvent::Done(ending)) => break ending,
                 Some(_) => {}
                 None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
@@ -1117,7 +1117,7 @@ impl Engine {
             })?
             .len() as u32;
         self.store.set_meta(&key, now)?;
-        let batch_id = format!("zvt_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
+        let batch_id = format!("zvt_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()));
         let captured = total.unwrap_or(0) as i64;
         self.emit(
             "batch_closed",
