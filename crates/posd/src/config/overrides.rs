@@ -47,11 +47,18 @@ pub fn checked_overrides(o: &Options) -> anyhow::Result<Options> {
     Ok(Options { gateway: o.gateway.as_deref().map(lowercase_scheme), ..o.clone() })
 }
 
-/// What posd says when it is given neither `--config` nor `--demo`.
-pub const NO_CONFIG: &str = "posd: no configuration given.\n\
+/// What posd says when it is given neither `--config` nor `--demo` (a
+/// posd built without the cargo feature `demo` has no demo mode to offer).
+pub const NO_CONFIG: &str = if cfg!(feature = "demo") {
+    "posd: no configuration given.\n\
     For a store lane:   posd --config /etc/posd/posd.toml\n\
     To try posd with a simulated card reader and gateway:   posd --demo\n\
-    (posd never falls back to demo mode by itself, so a misconfigured lane cannot approve against a simulator.)";
+    (posd never falls back to demo mode by itself, so a misconfigured lane cannot approve against a simulator.)"
+} else {
+    "posd: no configuration given.\n\
+    For a store lane:   posd --config /etc/posd/posd.toml\n\
+    (This posd was built without the cargo feature `demo`, so it has no demo mode.)"
+};
 
 /// The configuration in force: the file (or demo defaults) plus overrides.
 pub fn resolve(o: &Options) -> anyhow::Result<Config> {
