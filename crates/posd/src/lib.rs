@@ -9,7 +9,7 @@
 //!   register side of ZVT for lanes whose payment terminal authorizes itself.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
 //! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
-//! - [`daemon`]: start-up, demo mode and serving; [`listen`]: the API's
+//! - [`daemon`]: start-up, demo mode (cargo feature `demo`) and serving; [`listen`]: the API's
 //!   listeners within their bounds (connections, handshake time, accept
 //!   errors); [`uds`]: the API's Unix socket (any `:authority` accepted on it).
 
