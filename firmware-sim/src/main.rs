@@ -310,7 +310,7 @@ fn options(a: &ReaderArgs) -> anyhow::Result<ReaderOptions> {
         }
         None => BaseKey::test_key(),
     };
-    if !pos_cardcrypt::luhn_valid(&a.pan) || !(13..=19).contains(&a.pan.len()) {
+    if !pos_mask::luhn_valid(&a.pan) || !(13..=19).contains(&a.pan.len()) {
         anyhow::bail!("--pan must be a Luhn-valid card number of 13 to 19 digits");
     }
     Ok(ReaderOptions {

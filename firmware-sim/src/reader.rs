@@ -324,7 +324,7 @@ impl Desk {
             "reader {}; card {} {} {:?}{}; {} payments; {} planned; {}",
             s.doing,
             s.standing.card.brand,
-            pos_cardcrypt::mask_pan(&s.standing.card.pan),
+            pos_mask::mask_pan(&s.standing.card.pan),
             s.standing.card.entry_mode,
             if s.standing.card.wallet == Wallet::None {
                 String::new()
@@ -779,7 +779,7 @@ fn card_result(req: &CollectCard, card: &CardProfile, opts: &ReaderOptions) -> r
     let verification = if card.wallet != Wallet::None { Verification::ConsumerDevice } else { card.verification };
     reader_message::Body::CardResult(CardResult {
         payment_id: req.payment_id.clone(),
-        masked_pan: pos_cardcrypt::mask_pan(&card.pan),
+        masked_pan: pos_mask::mask_pan(&card.pan),
         brand: card.brand.clone(),
         entry_mode: card.entry_mode as i32,
         wallet: card.wallet as i32,

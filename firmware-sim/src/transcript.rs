@@ -128,7 +128,7 @@ pub fn redact_bytes(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn holds_card_number(run: &str) -> bool {
-    (13..=19.min(run.len())).any(|len| (0..=run.len() - len).any(|at| pos_cardcrypt::luhn_valid(&run[at..at + len])))
+    (13..=19.min(run.len())).any(|len| (0..=run.len() - len).any(|at| pos_mask::luhn_valid(&run[at..at + len])))
 }
 
 #[cfg(test)]

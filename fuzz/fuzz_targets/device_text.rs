@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pos_cardcrypt::{SCRUB_LIMIT, is_well_masked, luhn_valid, scrub, scrub_with_limit, well_masked};
+use pos_mask::{SCRUB_LIMIT, is_well_masked, luhn_valid, scrub, scrub_with_limit, well_masked};
 
 /// Every maximal run of ASCII digits joined by up to three spaces or
 /// hyphens, as digits (an oracle written apart from the scrub).

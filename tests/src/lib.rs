@@ -888,7 +888,7 @@ pub fn card_numbers(bytes: &[u8]) -> Vec<String> {
             run.push(b as char);
             continue;
         }
-        if (13..=19).contains(&run.len()) && pos_cardcrypt::luhn_valid(&run) {
+        if (13..=19).contains(&run.len()) && pos_mask::luhn_valid(&run) {
             found.push(run.clone());
         }
         run.clear();

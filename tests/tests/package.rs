@@ -1,8 +1,9 @@
 //! The store package: its file list names the binaries, unit, sysusers,
 //! tmpfiles, udev and config files; its maintainer scripts create the user,
 //! enable the service, restart it gracefully on upgrade, and refuse removal
-//! while offline payments are queued. The technicians' package ships
-//! firmware-sim with its scenario library.
+//! while offline payments are queued; its posd (built without the cargo
+//! feature `demo`) links no simulator and no card key. The technicians'
+//! package ships firmware-sim with its scenario library.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,40 @@ fn the_package_ships_the_binaries_service_files_and_config() {
     for needle in ["systemd-sysusers posd.conf", "systemctl enable posd.service", "systemctl try-restart posd.service"]
     {
         assert!(postinst.contains(needle), "postinst lacks {needle}");
+    }
+}
+
+/// The packages posd's normal dependencies (not dev or build) come to, by
+/// name, as `cargo tree` lists them, with or without posd's default features.
+fn posd_dependencies(default_features: bool) -> Vec<String> {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.current_dir(root()).args(["tree", "--offline", "-p", "posd", "-e", "normal", "--prefix", "none"]);
+    if !default_features {
+        cargo.arg("--no-default-features");
+    }
+    let (st, out, err) = run(&mut cargo);
+    assert!(st.success(), "cargo tree: {err}");
+    out.lines().filter_map(|line| line.split_whitespace().next()).map(str::to_string).collect()
+}
+
+#[test]
+fn the_packaged_posd_links_no_simulator_and_no_card_key() {
+    // The store package builds posd without its default features: no demo mode.
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root().join("crates/posd/Cargo.toml")).unwrap()).unwrap();
+    assert_eq!(manifest["package"]["metadata"]["deb"]["default-features"].as_bool(), Some(false));
+    assert!(manifest["features"]["default"].as_array().unwrap().iter().any(|f| f.as_str() == Some("demo")));
+
+    let unwanted = ["gateway-sim", "firmware-sim", "pos-cardcrypt"];
+    let packaged = posd_dependencies(false);
+    assert!(packaged.iter().any(|p| p == "posd") && packaged.iter().any(|p| p == "pos-mask"), "{packaged:?}");
+    for name in unwanted {
+        assert!(!packaged.iter().any(|p| p == name), "posd without `demo` links {name}: {packaged:?}");
+    }
+    // The check can fail: with the default features (demo mode) they are linked.
+    let demo = posd_dependencies(true);
+    for name in unwanted {
+        assert!(demo.iter().any(|p| p == name), "posd with `demo` does not link {name}: {demo:?}");
     }
 }
 

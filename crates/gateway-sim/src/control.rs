@@ -127,7 +127,7 @@ fn events_command(line: &str, c: &Controls) -> Option<String> {
             };
             let row = crate::ledger::GatewayEventRow {
                 sequence: 0,
-                event_id: format!("evt_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+                event_id: format!("evt_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
                 kind: kind.to_string(),
                 key: key.to_string(),
                 amount_minor,

@@ -242,7 +242,7 @@ impl Inner {
             }
             _ => match pos_cardcrypt::decrypt(&self.base_key, &r.encrypted_card, &binding) {
                 Err(_) => Err(("invalid_card_data", "The card data does not belong to this payment")),
-                Ok(card) => decide(r.amount_minor).map_or(Ok(pos_cardcrypt::mask_pan(&card.pan)), Err),
+                Ok(card) => decide(r.amount_minor).map_or(Ok(pos_mask::mask_pan(&card.pan)), Err),
             },
         };
         let entry_mode = EntryMode::try_from(r.entry_mode).unwrap_or(EntryMode::Unspecified).as_str_name();
@@ -256,7 +256,7 @@ impl Inner {
             decline_code: String::new(),
             decline_message: String::new(),
             auth_code: String::new(),
-            gateway_reference: format!("gw_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+            gateway_reference: format!("gw_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
             masked_pan: r.masked_pan.clone(),
             brand: r.brand.clone(),
             entry_mode: entry_mode.trim_start_matches("ENTRY_MODE_").to_lowercase(),
@@ -627,7 +627,7 @@ impl Gateway for GatewayService {
         self.detached(|g| {
             Box::pin(async move {
                 g.before_call().await?;
-                let new_id = format!("batch_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
+                let new_id = format!("batch_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()));
                 let (batch_id, totals) =
                     g.ledger.lock().unwrap().close_batch(&terminal, &new_id, &req.batch_key).map_err(db_err)?;
                 tracing::info!(%terminal, %batch_id, "batch closed");

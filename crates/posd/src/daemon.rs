@@ -1,16 +1,14 @@
 //! Start-up: lock the state directory, claim the API socket, check that a
 //! database the state directory held is still there, open it, recover, start
-//! the lanes and the API; in demo mode also the simulated reader and gateway.
+//! the lanes and the API; in demo mode (cargo feature `demo`) also the
+//! simulated reader and gateway.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pos_link::pty::PtyMaster;
-use pos_link::{Link, SerialLink, SerialTiming};
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
 
-use crate::config::ReaderConfig;
 use crate::engine::{Engine, EngineSettings, ForwardSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::lane::Lane;
@@ -39,10 +37,18 @@ impl Stopped {
     pub const RESTART_CODE: u8 = 75;
 }
 
+/// What a posd built without the cargo feature `demo` answers `--demo` with.
+pub const NO_DEMO: &str = "this posd was built without the cargo feature `demo`: demo mode (a simulated card reader \
+    and gateway) is not in this build; give a configuration file: posd --config /etc/posd/posd.toml";
+
 /// Runs the daemon until SIGINT or SIGTERM, or until its database works
 /// again after a failure.
 pub async fn run(o: Options) -> anyhow::Result<Stopped> {
-    let mut cfg = resolve(&o)?;
+    #[cfg(not(feature = "demo"))]
+    if o.demo {
+        anyhow::bail!("{NO_DEMO}");
+    }
+    let cfg = resolve(&o)?;
     crate::listen::raise_descriptor_limit();
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
@@ -57,52 +63,12 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     let store = Arc::new(Store::open_with(&cfg.state_dir.join("posd.db"), cfg.store.max_page_count)?);
     crate::store::mark_initialized(&cfg.state_dir)?;
 
-    let mut demo_notes = Vec::new();
     let demo_banner = o.demo.then_some(o.gateway.is_none());
-    // Keeps the demo reader's PTY alive for the life of the daemon.
-    let mut _demo_reader = None;
-    if o.demo {
-        if cfg.gateway.url.is_empty() {
-            let sim = gateway_sim::start(gateway_sim::Options {
-                listen: "127.0.0.1:0".into(),
-                control: "127.0.0.1:0".into(),
-                db: cfg.state_dir.join("gateway-sim.db"),
-                base_key: pos_cardcrypt::BaseKey::test_key(),
-                tls: None,
-                client_ca: None,
-            })
-            .await?;
-            cfg.gateway.url = format!("http://{}", sim.listen_addr);
-            demo_notes.push(format!(
-                "gateway: built-in gateway-sim on {} (control {}; ledger {})",
-                sim.listen_addr,
-                sim.control_addr,
-                cfg.state_dir.join("gateway-sim.db").display()
-            ));
-        } else {
-            demo_notes.push(format!("gateway: {}", cfg.gateway.url));
-        }
-        if o.reader.is_none() {
-            let pty = PtyMaster::open()?;
-            let path = pty.slave_path().to_path_buf();
-            let delay = Duration::from_millis(o.demo_reader_delay_ms);
-            let customer =
-                firmware_sim::reader::Customer { present_after: Some(delay), pin_after: delay, ..Default::default() };
-            let opts = firmware_sim::reader::ReaderOptions {
-                serial: "DEMO-READER-0001".into(),
-                customer: customer.clone(),
-                ..Default::default()
-            };
-            _demo_reader = Some(tokio::spawn(async move {
-                let desk = firmware_sim::reader::Desk::new(customer);
-                let line = firmware_sim::line::Line::plain(Link::spawn(pty, SerialLink::new(SerialTiming::default())));
-                let reason = firmware_sim::reader::serve(line, &opts, &desk).await;
-                tracing::warn!(%reason, "demo reader stopped");
-            }));
-            cfg.lanes[0].reader = ReaderConfig::from_arg(&path.to_string_lossy());
-            demo_notes.push(format!("card reader: built-in simulated reader on PTY {}", path.display()));
-        }
-    }
+    // The demo reader's task keeps its PTY alive for the life of the daemon.
+    #[cfg(feature = "demo")]
+    let (cfg, demo_notes, _demo_reader) = if o.demo { start_demo(&o, cfg).await? } else { (cfg, Vec::new(), None) };
+    #[cfg(not(feature = "demo"))]
+    let demo_notes: Vec<String> = Vec::new();
 
     let gateway = Arc::new(Gateway::new(GatewaySettings {
         url: cfg.gateway.url.clone(),
@@ -309,6 +275,66 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         ),
     }
     Ok(why)
+}
+
+/// What [`start_demo`] gives back: the configuration pointing at the
+/// simulators, the lines the banner shows, and the simulated reader's task.
+#[cfg(feature = "demo")]
+type Demo = (crate::config::Config, Vec<String>, Option<tokio::task::JoinHandle<()>>);
+
+/// Demo mode: starts the simulated gateway (unless `--gateway` names one)
+/// and the simulated card reader on a PTY (unless `--reader` names one), and
+/// points the configuration at them.
+#[cfg(feature = "demo")]
+async fn start_demo(o: &Options, mut cfg: crate::config::Config) -> anyhow::Result<Demo> {
+    use pos_link::pty::PtyMaster;
+    use pos_link::{Link, SerialLink, SerialTiming};
+
+    use crate::config::ReaderConfig;
+
+    let mut demo_notes = Vec::new();
+    let mut demo_reader = None;
+    if cfg.gateway.url.is_empty() {
+        let sim = gateway_sim::start(gateway_sim::Options {
+            listen: "127.0.0.1:0".into(),
+            control: "127.0.0.1:0".into(),
+            db: cfg.state_dir.join("gateway-sim.db"),
+            base_key: pos_cardcrypt::BaseKey::test_key(),
+            tls: None,
+            client_ca: None,
+        })
+        .await?;
+        cfg.gateway.url = format!("http://{}", sim.listen_addr);
+        demo_notes.push(format!(
+            "gateway: built-in gateway-sim on {} (control {}; ledger {})",
+            sim.listen_addr,
+            sim.control_addr,
+            cfg.state_dir.join("gateway-sim.db").display()
+        ));
+    } else {
+        demo_notes.push(format!("gateway: {}", cfg.gateway.url));
+    }
+    if o.reader.is_none() {
+        let pty = PtyMaster::open()?;
+        let path = pty.slave_path().to_path_buf();
+        let delay = Duration::from_millis(o.demo_reader_delay_ms);
+        let customer =
+            firmware_sim::reader::Customer { present_after: Some(delay), pin_after: delay, ..Default::default() };
+        let opts = firmware_sim::reader::ReaderOptions {
+            serial: "DEMO-READER-0001".into(),
+            customer: customer.clone(),
+            ..Default::default()
+        };
+        demo_reader = Some(tokio::spawn(async move {
+            let desk = firmware_sim::reader::Desk::new(customer);
+            let line = firmware_sim::line::Line::plain(Link::spawn(pty, SerialLink::new(SerialTiming::default())));
+            let reason = firmware_sim::reader::serve(line, &opts, &desk).await;
+            tracing::warn!(%reason, "demo reader stopped");
+        }));
+        cfg.lanes[0].reader = ReaderConfig::from_arg(&path.to_string_lossy());
+        demo_notes.push(format!("card reader: built-in simulated reader on PTY {}", path.display()));
+    }
+    Ok((cfg, demo_notes, demo_reader))
 }
 
 /// Keeps the health service current: NOT_SERVING for the API while posd

@@ -409,7 +409,7 @@ impl Engine {
             demo: self.settings.demo,
             device: lane.device_kind().into(),
             ..PaymentRecord::created(
-                format!("pay_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+                format!("pay_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
                 req.idempotency_key.clone(),
                 gateway_key(),
                 req.terminal_id.clone(),
@@ -673,7 +673,7 @@ impl Engine {
 /// key; a key ending in digits would run into the PAN's first six digits and
 /// make a digit run that looks like a card number in the database file.
 fn gateway_key() -> String {
-    format!("{}K", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()))
+    format!("{}K", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()))
 }
 
 /// A payment in hand (see [`Engine::claim`]).

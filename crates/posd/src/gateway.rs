@@ -8,13 +8,13 @@
 //! under a new one.
 //!
 //! The gateway's texts are device text to posd: every answer and error a
-//! [`Gateway`] method returns has them scrubbed ([`pos_cardcrypt::scrub`],
+//! [`Gateway`] method returns has them scrubbed ([`pos_mask::scrub`],
 //! through `Scrubbed` and `status_text`) before any caller stores, logs or
 //! shows them.
 
 use std::time::Duration;
 
-use pos_cardcrypt::scrub;
+use pos_mask::scrub;
 use pos_proto::gateway::gateway_client::GatewayClient as Client;
 use pos_proto::gateway::{
     AuthorizeRequest, BatchResult, ForwardBatchRequest, ForwardResult, GatewayEvent, GetTransactionRequest,
@@ -648,7 +648,7 @@ mod tests {
         .scrubbed();
         assert_eq!(r.transaction_key, "KEY");
         assert_eq!(r.transaction.unwrap().decline_message, "no way");
-        assert_eq!(r.error_message.chars().count(), pos_cardcrypt::SCRUB_LIMIT);
+        assert_eq!(r.error_message.chars().count(), pos_mask::SCRUB_LIMIT);
 
         let e = GatewayEvent {
             event_id: "1234567890123456789".into(),

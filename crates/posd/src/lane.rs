@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use pos_cardcrypt::scrub;
 use pos_link::{LineCounters, apdu};
+use pos_mask::scrub;
 use pos_proto::reader::{
     self, Cancel, CardResult, CollectCard, FailReason, GetDeviceInfo, HostMessage, ReaderMessage, ShowResult, Stage,
     host_message, reader_message,
@@ -25,7 +25,7 @@ pub enum CardDevice {
 }
 
 /// What the collecting payment hears from the reader. The reader's own
-/// texts in it (progress, failure) are scrubbed ([`pos_cardcrypt::scrub`]).
+/// texts in it (progress, failure) are scrubbed ([`pos_mask::scrub`]).
 #[derive(Debug)]
 pub enum ReaderEvent {
     Progress { stage: Stage, text: String },

@@ -25,7 +25,7 @@
 //! - [`telemetry`]: latency histograms, the offline queue's state and the
 //!   snapshot [`metrics`] serves as Prometheus text.
 //! - [`clock`]: the ageing clock; [`failpoint`]: failpoints for crash tests.
-//! - [`daemon`]: start-up, demo mode and serving; [`listen`]: the API's
+//! - [`daemon`]: start-up, demo mode (cargo feature `demo`) and serving; [`listen`]: the API's
 //!   listeners within their bounds (connections, handshake time, accept
 //!   errors); [`uds`]: the API's Unix socket (any `:authority` accepted on
 //!   it: `authority`).

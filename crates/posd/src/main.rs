@@ -22,6 +22,9 @@ struct Cli {
     /// API address: HOST:PORT (port 0: any free port, printed at start) or unix:PATH.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Metrics address: loopback HOST:PORT for `GET /metrics` (port 0: any free port, printed at start).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// Central gateway URL, e.g. http://127.0.0.1:7000.
     #[arg(long, value_name = "URL")]
     gateway: Option<String>,
@@ -129,6 +132,7 @@ async fn main() -> ExitCode {
         config: cli.config,
         state_dir: cli.state_dir,
         listen: cli.listen,
+        metrics: cli.metrics,
         gateway: cli.gateway,
         gateway_timeout_ms: cli.gateway_timeout_ms,
         reader: cli.reader,

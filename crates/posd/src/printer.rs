@@ -324,7 +324,7 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
                         // The only place a printer's bytes become text (the
                         // printer sends no text of its own): scrubbed like
                         // any device text.
-                        apply_real_time(&mut state, n, b).map_err(|e| pos_cardcrypt::scrub(&e.to_string()))?;
+                        apply_real_time(&mut state, n, b).map_err(|e| pos_mask::scrub(&e.to_string()))?;
                         break;
                     }
                     Ok(Some(other)) => self.note(other),

@@ -17,8 +17,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pos_cardcrypt::scrub;
 use pos_link::{LineCounters, Link, LinkError};
+use pos_mask::scrub;
 use pos_zvt::message::{Password, WithPassword, config};
 use pos_zvt::{Bmps, Message, codes};
 use tokio::sync::{mpsc, oneshot};
@@ -41,7 +41,7 @@ pub struct ZvtSettings {
 }
 
 /// What a command's Status-Information (04 0F) said; the terminal's texts
-/// in it are scrubbed ([`pos_cardcrypt::scrub`]) and its masked card number
+/// in it are scrubbed ([`pos_mask::scrub`]) and its masked card number
 /// held to the one masking rule ([`safe_pan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -84,13 +84,13 @@ impl Outcome {
 
 /// A PAN as posd may keep it, whatever the terminal sent (BMP 22 decoded
 /// from its E-nibble masking): held to the one masking rule,
-/// [`pos_cardcrypt::well_masked`] (first 6 and last 4 digits with `*`
-/// between, anything else masked fully).
+/// [`pos_mask::well_masked`] (first 6 and last 4 digits with `*` between
+/// kept; a whole card number masked so; anything else masked fully).
 pub fn safe_pan(pan: &str) -> String {
-    if !pos_cardcrypt::is_well_masked(pan) {
+    if !pos_mask::is_well_masked(pan) {
         tracing::warn!("the payment terminal sent a card number not masked as first 6 / last 4; masking it");
     }
-    pos_cardcrypt::well_masked(pan)
+    pos_mask::well_masked(pan)
 }
 
 /// What the caller hears while a command runs.
@@ -107,7 +107,7 @@ pub enum ZvtEvent {
     /// the terminal got it: it reverses that result.
     Refused,
     /// A receipt, as lines (06 D1 up to the last line, or one 06 D3),
-    /// each scrubbed ([`pos_cardcrypt::scrub`]).
+    /// each scrubbed ([`pos_mask::scrub`]).
     Receipt(Vec<String>),
     /// The command is over.
     Done(Ending),
@@ -554,5 +554,10 @@ mod tests {
         // Masked another way, or showing middle digits: masked fully.
         assert_eq!(safe_pan("5598831234568074"), "559883******8074");
         assert_eq!(safe_pan("5598831234******"), "****************");
+        // Grouped, a whole card number is masked as scrub masks it; masked
+        // another way (last 4 only), or 10 digits, nothing is shown.
+        assert_eq!(safe_pan("5598 8312 3456 8074"), "559883******8074");
+        assert_eq!(safe_pan("************8074"), "****************");
+        assert_eq!(safe_pan("5598831234"), "**********");
     }
 }

@@ -32,7 +32,7 @@ fn seed(store: &Store, n: usize) {
             PaymentRecord::created(
                 format!("pay_bench_{i:06}"),
                 format!("bench-{i}"),
-                pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()),
+                pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()),
                 "lane-1".into(),
                 1000 + 100 * (i as i64 % 50),
                 "EUR".into(),

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use super::duration::Span;
 use super::model::{
     Config, DEFAULT_CAPTURE_WINDOW, DEFAULT_CARD_TIMEOUT, DEFAULT_STOP_TIMEOUT, GatewayConfig, LaneConfig,
-    PrinterConfig, ReaderConfig, ReceiptConfig,
+    MetricsConfig, PrinterConfig, ReaderConfig, ReceiptConfig,
 };
 use super::overrides::Options;
 
 /// The configuration `posd --demo` runs with: one lane with a simulated
-/// reader (or the `--reader` given) and the gateway `--gateway` names.
+/// reader (or the `--reader` given) and the gateway `--gateway` names;
+/// metrics only where `--metrics` asks for them.
 pub(super) fn demo_config(o: &Options) -> Config {
     Config {
         state_dir: o.state_dir.clone().unwrap_or_else(|| PathBuf::from("posd-demo-state")),
@@ -38,7 +39,7 @@ pub(super) fn demo_config(o: &Options) -> Config {
         report: Default::default(),
         api: Default::default(),
         log: Default::default(),
-        metrics: Default::default(),
+        metrics: MetricsConfig { listen: o.metrics.clone() },
         receipt: ReceiptConfig { header: vec!["posd DEMO".into()], ..Default::default() },
         stop_timeout: Span(DEFAULT_STOP_TIMEOUT),
         card_timeout: Span(DEFAULT_CARD_TIMEOUT),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::demo::demo_config;
 use super::model::{Config, PrinterConfig, ReaderConfig, lowercase_scheme};
-use super::validate::{check_gateway_url, error_list};
+use super::validate::{check_gateway_url, error_list, is_loopback_addr};
 
 /// Command-line choices that shape the daemon.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +16,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    /// `--metrics HOST:PORT`: serve `GET /metrics` there (`[metrics] listen`).
+    pub metrics: Option<String>,
     pub gateway: Option<String>,
     pub gateway_timeout_ms: Option<u64>,
     pub reader: Option<String>,
@@ -29,6 +31,14 @@ pub struct Options {
 /// all); the `--gateway` URL comes back with its scheme in lower case.
 pub fn checked_overrides(o: &Options) -> anyhow::Result<Options> {
     let mut errors = Vec::new();
+    if let Some(m) = &o.metrics
+        && !is_loopback_addr(m)
+    {
+        errors.push(format!(
+            "--metrics {m:?}: metrics are served on a loopback HOST:PORT only\n  \
+             fix: give a loopback address and port, e.g. 127.0.0.1:9464"
+        ));
+    }
     if let Some(url) = &o.gateway
         && let Err((why, fix)) = check_gateway_url(url)
     {
@@ -47,11 +57,18 @@ pub fn checked_overrides(o: &Options) -> anyhow::Result<Options> {
     Ok(Options { gateway: o.gateway.as_deref().map(lowercase_scheme), ..o.clone() })
 }
 
-/// What posd says when it is given neither `--config` nor `--demo`.
-pub const NO_CONFIG: &str = "posd: no configuration given.\n\
+/// What posd says when it is given neither `--config` nor `--demo` (a
+/// posd built without the cargo feature `demo` has no demo mode to offer).
+pub const NO_CONFIG: &str = if cfg!(feature = "demo") {
+    "posd: no configuration given.\n\
     For a store lane:   posd --config /etc/posd/posd.toml\n\
     To try posd with a simulated card reader and gateway:   posd --demo\n\
-    (posd never falls back to demo mode by itself, so a misconfigured lane cannot approve against a simulator.)";
+    (posd never falls back to demo mode by itself, so a misconfigured lane cannot approve against a simulator.)"
+} else {
+    "posd: no configuration given.\n\
+    For a store lane:   posd --config /etc/posd/posd.toml\n\
+    (This posd was built without the cargo feature `demo`, so it has no demo mode.)"
+};
 
 /// The configuration in force: the file (or demo defaults) plus overrides.
 pub fn resolve(o: &Options) -> anyhow::Result<Config> {
@@ -69,6 +86,9 @@ pub fn resolve(o: &Options) -> anyhow::Result<Config> {
     }
     if let Some(l) = &o.listen {
         cfg.listen = l.clone();
+    }
+    if let Some(m) = &o.metrics {
+        cfg.metrics.listen = Some(m.clone());
     }
     if let Some(g) = &o.gateway {
         cfg.gateway.url = g.clone();

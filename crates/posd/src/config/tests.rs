@@ -327,6 +327,34 @@ fn the_command_line_gateway_is_checked_too_in_demo_mode() {
 }
 
 #[test]
+fn the_command_line_metrics_address_is_checked_and_applied_in_demo_mode_and_with_a_file() {
+    use super::{Options, resolve};
+    let demo = |m: Option<&str>| Options { demo: true, metrics: m.map(Into::into), ..Default::default() };
+    assert_eq!(resolve(&demo(None)).unwrap().metrics.listen, None, "no metrics unless asked for");
+    assert_eq!(resolve(&demo(Some("127.0.0.1:9464"))).unwrap().metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+    assert_eq!(resolve(&demo(Some("[::1]:0"))).unwrap().metrics.listen.as_deref(), Some("[::1]:0"));
+    // By the rule of `[metrics] listen`: loopback HOST:PORT only.
+    for bad in ["0.0.0.0:9464", "192.0.2.10:9464", "localhost:9464", "9464", ""] {
+        let e = resolve(&demo(Some(bad))).unwrap_err().to_string();
+        assert!(e.contains("--metrics") && e.contains("loopback"), "{bad}: {e}");
+    }
+
+    // With a file: --metrics replaces its `[metrics] listen`, or adds one.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.toml");
+    let file =
+        |m: Option<&str>| Options { config: Some(path.clone()), metrics: m.map(Into::into), ..Default::default() };
+    std::fs::write(&path, BASE).unwrap();
+    assert_eq!(resolve(&file(None)).unwrap().metrics.listen, None);
+    assert_eq!(resolve(&file(Some("127.0.0.1:9464"))).unwrap().metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+    std::fs::write(&path, format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9000\"\n")).unwrap();
+    assert_eq!(resolve(&file(None)).unwrap().metrics.listen.as_deref(), Some("127.0.0.1:9000"));
+    assert_eq!(resolve(&file(Some("127.0.0.1:9464"))).unwrap().metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+    let e = resolve(&file(Some("0.0.0.0:9464"))).unwrap_err().to_string();
+    assert!(e.contains("--metrics"), "{e}");
+}
+
+#[test]
 fn zero_or_negative_durations_and_timeouts_are_refused() {
     for (setting, needle) in [
         ("health_interval = \"0s\"", "[offline] health_interval is 0s"),

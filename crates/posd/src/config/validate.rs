@@ -1,7 +1,7 @@
 //! The rules a configuration must meet to start posd: [`Config::problems`],
 //! each problem with the settings it is about and its fix, which start-up
-//! and `posd check-config` both judge by; the gateway URL's rules, which the
-//! `--gateway` override meets too.
+//! and `posd check-config` both judge by; the gateway URL's and the metrics
+//! address's rules, which the `--gateway` and `--metrics` overrides meet too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -77,15 +77,14 @@ impl Config {
                 "write one of error, warn, info, debug or trace (finer filters go in RUST_LOG)",
             );
         }
-        if let Some(m) = &self.metrics.listen {
-            let ok = m.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
-            if !ok {
-                p.add(
-                    key(&["metrics", "listen"]),
-                    format!("[metrics] listen must be a loopback HOST:PORT such as 127.0.0.1:9464, not {m:?}"),
-                    "give a loopback address and port, e.g. \"127.0.0.1:9464\", or remove the key for no metrics",
-                );
-            }
+        if let Some(m) = &self.metrics.listen
+            && !is_loopback_addr(m)
+        {
+            p.add(
+                key(&["metrics", "listen"]),
+                format!("[metrics] listen must be a loopback HOST:PORT such as 127.0.0.1:9464, not {m:?}"),
+                "give a loopback address and port, e.g. \"127.0.0.1:9464\", or remove the key for no metrics",
+            );
         }
         if let Err(e) = crate::report::ReportSettings::new(&self.report.time_zone, "00:00") {
             p.add(
@@ -666,6 +665,12 @@ fn check_printer(p: &mut Problems, i: usize, name: &str, id: &str, printer: &Pri
     {
         p.add(lane_key(i, &["printer"]), e.to_string(), "correct the printer's settings as the message says");
     }
+}
+
+/// Where metrics may be served (`[metrics] listen`, `--metrics`): a
+/// loopback address and port, `HOST:PORT` (port 0: any free port).
+pub(super) fn is_loopback_addr(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// Checks a `HOST:PORT` (an IPv6 host in brackets); why not, as the end of a sentence.

@@ -115,7 +115,7 @@ impl Engine {
         let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
         let now = now_ms();
         let candidate = RefundRecord {
-            id: format!("ref_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes())),
+            id: format!("ref_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
             idempotency_key: key.to_string(),
             payment_id: payment_id.to_string(),
             amount_minor: amount,

@@ -229,9 +229,9 @@ impl Engine {
     async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
         let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
         let gate = self.offline_gate.lock().await;
-        let fingerprint = pos_cardcrypt::scrub(&card.card_fingerprint);
+        let fingerprint = pos_mask::scrub(&card.card_fingerprint);
         // The reader's brand text shows up in a refusal's message.
-        let brand = pos_cardcrypt::scrub(&card.brand);
+        let brand = pos_mask::scrub(&card.brand);
         let now = self.clock.now_ms();
         let queue = match self.queue_state(&rec.currency, &fingerprint, now) {
             Ok(queue) => queue,
@@ -373,17 +373,19 @@ impl Engine {
     }
 }
 
-/// A masked PAN as first 6, `*`s, last 4; anything else is masked fully
-/// (the one masking rule, [`pos_cardcrypt::well_masked`]).
+/// The reader's masked PAN held to the one masking rule,
+/// [`pos_mask::well_masked`] (first 6, `*`s, last 4 kept; a whole card
+/// number masked so; anything else masked fully), logged as an error when
+/// the reader did not mask it so itself.
 fn well_masked(masked: &str) -> String {
-    if !pos_cardcrypt::is_well_masked(masked) {
+    if !pos_mask::is_well_masked(masked) {
         tracing::error!("the reader sent a badly masked card number; masking it");
     }
-    pos_cardcrypt::well_masked(masked)
+    pos_mask::well_masked(masked)
 }
 
 fn card_info(c: &CardResult) -> CardInfo {
-    use pos_cardcrypt::scrub;
+    use pos_mask::scrub;
     CardInfo {
         masked_pan: well_masked(&c.masked_pan),
         brand: scrub(&c.brand),
@@ -406,5 +408,10 @@ mod tests {
         assert_eq!(well_masked("4242424242424242"), "424242******4242");
         assert_eq!(well_masked("4242424242******"), "****************");
         assert_eq!(well_masked("garbage"), "*******");
+        // The one rule of pos_mask, for the ZVT terminal's card numbers alike.
+        assert_eq!(well_masked("4242 4242 4242 4242"), crate::zvt::safe_pan("4242 4242 4242 4242"));
+        assert_eq!(well_masked("4242 4242 4242 4242"), "424242******4242");
+        assert_eq!(well_masked("************4242"), crate::zvt::safe_pan("************4242"));
+        assert_eq!(well_masked(""), "****");
     }
 }

@@ -342,7 +342,7 @@ impl Engine {
     async fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
         // Scrubbed where they were read (zvt.rs); again here, where they are
         // stored joined by newlines, so no line can ever hold one.
-        let lines: Vec<String> = lines.iter().map(|l| pos_cardcrypt::scrub(l)).collect();
+        let lines: Vec<String> = lines.iter().map(|l| pos_mask::scrub(l)).collect();
         if let Err(e) = self.store.append_receipt_lines(&rec.id, &lines).await {
             tracing::warn!(payment = %rec.id, error = %e, "cannot keep the terminal's receipt lines");
         }

@@ -455,7 +455,7 @@ impl Engine {
                         total = outcome.amount;
                     }
                 }
-                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| pos_cardcrypt::scrub(x))),
+                Some(ZvtEvent::Receipt(l)) => lines.extend(l.iter().map(|x| pos_mask::scrub(x))),
                 Some(ZvtEvent::Done(ending)) => break ending,
                 Some(_) => {}
                 None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
@@ -490,7 +490,7 @@ impl Engine {
             })?
             .len() as u32;
         self.store.set_meta(&key, now)?;
-        let batch_id = format!("zvt_{}", pos_cardcrypt::crockford32(uuid::Uuid::now_v7().as_bytes()));
+        let batch_id = format!("zvt_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()));
         let captured = total.unwrap_or(0) as i64;
         self.emit(
             "batch_closed",
