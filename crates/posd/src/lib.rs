@@ -9,6 +9,7 @@
 //!   register side of ZVT for lanes whose payment terminal authorizes itself.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
 //! - [`api`]: the register's gRPC API; [`convert`]: records to protobuf.
+//! - [`metrics`]: the OpenMetrics page and its bounded HTTP listener.
 //! - [`daemon`]: start-up, demo mode and serving; [`listen`]: the API's
 //!   listeners within their bounds (connections, handshake time, accept
 //!   errors); [`uds`]: the API's Unix socket (any `:authority` accepted on it).
