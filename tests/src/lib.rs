@@ -169,6 +169,25 @@ pub fn run(cmd: &mut Command) -> (ExitStatus, String, String) {
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The python of a virtualenv `target/NAME`, made on first use with
+/// `pip install PIP_ARGS` from PyPI; an existing one is reused while python
+/// runs `probe` (its arguments, e.g. `["-c", "import grpc"]`) successfully.
+pub fn python_venv(name: &str, probe: &[&str], pip_args: &[&str]) -> PathBuf {
+    let target = bin("posd").parent().unwrap().parent().unwrap().to_path_buf();
+    let venv = target.join(name);
+    let python = venv.join("bin/python");
+    let ready = python.exists() && run(Command::new(&python).args(probe)).0.success();
+    if !ready {
+        let (st, out, err) = run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        assert!(st.success(), "python3 -m venv: {out}{err}");
+        let (st, out, err) = run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(pip_args));
+        assert!(st.success(), "pip install {pip_args:?}: {out}{err}");
+    }
+    python
+}
+
 /// Waits until `check` returns `Some`, polling; fails the test after [`PATIENCE`].
 pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
@@ -626,16 +645,27 @@ impl Lane {
         self.posd.as_mut().expect("posd running").wait_line(prefix)
     }
 
-    /// GET `path` from posd's metrics listener (the config's `[metrics]
-    /// listen`); the whole HTTP answer.
-    pub async fn metrics_get(&mut self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// HOST:PORT of posd's metrics listener (the config's `[metrics] listen`)
+    /// as posd printed it.
+    pub fn metrics_addr(&mut self) -> String {
         if self.metrics_addr.is_none() {
             let url = self.posd_line("posd metrics on ").expect("posd serves metrics ([metrics] listen)");
             self.metrics_addr = Some(url.trim_start_matches("http://").trim_end_matches("/metrics").to_string());
         }
-        let mut s = tokio::net::TcpStream::connect(self.metrics_addr.as_deref().unwrap()).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: posd\r\n\r\n").as_bytes()).await.unwrap();
+        self.metrics_addr.clone().unwrap()
+    }
+
+    /// GET `path` from posd's metrics listener; the whole HTTP answer.
+    pub async fn metrics_get(&mut self, path: &str) -> String {
+        self.metrics_request("GET", path).await
+    }
+
+    /// `method path` to posd's metrics listener; the whole HTTP answer (posd
+    /// closes the connection after it).
+    pub async fn metrics_request(&mut self, method: &str, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr()).await.unwrap();
+        s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: posd\r\n\r\n").as_bytes()).await.unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).await.unwrap();
         self.responses.push(answer.clone());

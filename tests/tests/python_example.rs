@@ -16,27 +16,11 @@ fn venv_python() -> PathBuf {
 }
 
 fn make_venv() -> PathBuf {
-    let target = posd_e2e::bin("posd").parent().unwrap().parent().unwrap().to_path_buf();
-    let venv = target.join("python-example-venv");
-    let python = venv.join("bin/python");
-    let ready =
-        python.exists() && run(Command::new(&python).args(["-c", "import grpc, grpc_tools, grpc_status"])).0.success();
-    if !ready {
-        let (st, out, err) = run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-        assert!(st.success(), "python3 -m venv: {out}{err}");
-        let (st, out, err) = run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "grpcio",
-            "grpcio-tools",
-            "grpcio-status",
-        ]));
-        assert!(st.success(), "pip install grpcio: {out}{err}");
-    }
-    python
+    posd_e2e::python_venv(
+        "python-example-venv",
+        &["-c", "import grpc, grpc_tools, grpc_status"],
+        &["grpcio", "grpcio-tools", "grpcio-status"],
+    )
 }
 
 /// Runs the example against the lane's posd and checks what it printed.

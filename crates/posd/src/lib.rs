@@ -23,7 +23,8 @@
 //! - [`report`]: business-day reports; [`admin`]: backup, export and the
 //!   queue check beside a live posd.
 //! - [`telemetry`]: latency histograms, the offline queue's state and the
-//!   snapshot [`metrics`] serves as Prometheus text.
+//!   snapshot [`metrics`] serves as OpenMetrics text (`metrics/http`: its
+//!   bounded HTTP listener).
 //! - [`clock`]: the ageing clock; [`failpoint`]: failpoints for crash tests.
 //! - [`daemon`]: start-up, demo mode (cargo feature `demo`) and serving; [`listen`]: the API's
 //!   listeners within their bounds (connections, handshake time, accept

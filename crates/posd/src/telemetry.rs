@@ -20,10 +20,9 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let ms = d.as_millis() as u64;
-        let us = d.as_micros() as u64;
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         for (bound, bucket) in BOUNDS_MS.iter().zip(&self.buckets) {
-            if ms <= *bound {
+            if us <= bound * 1000 {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -75,7 +75,7 @@ fn default_capture_window() -> Span {
     Span(DEFAULT_CAPTURE_WINDOW)
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics (OpenMetrics 1.0.0 text, see `metrics`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
