@@ -6,6 +6,13 @@
 //! crash at any point leaves a status from which [`recovery`] knows the safe
 //! way on.
 //!
+//! # Layout
+//! - this file: [`Status`], [`Input`], [`Effect`], the transition table [`next`] and [`recovery`].
+//! - [`payment`]: one payment on a lane's card reader as a sans-IO machine driven on
+//!   [`next`] (events and `now` in, commands out), and its start-up decision.
+//! - [`offline`]: the offline approval rules.
+//! - [`money`]: currencies and minor units.
+//!
 //! ```text
 //! CREATED -> COLLECTING -(card read, stored)-> CARD_READ -(about to send)-> AUTHORIZING
 //! COLLECTING -> CANCELED | FAILED          CARD_READ | AUTHORIZING -(not sent, offline refused)-> FAILED
@@ -26,6 +33,7 @@
 
 pub mod money;
 pub mod offline;
+pub mod payment;
 
 use std::fmt;
 
