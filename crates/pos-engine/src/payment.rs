@@ -105,8 +105,15 @@ pub enum Stage {
 /// to a status query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Approved { captured: bool, auth_code: String, gateway_reference: String },
-    Declined { code: String, message: String },
+    Approved {
+        captured: bool,
+        auth_code: String,
+        gateway_reference: String,
+    },
+    Declined {
+        code: String,
+        message: String,
+    },
     /// The key is held as reversed or voided.
     Reversed,
     /// An answer without an outcome.
@@ -121,15 +128,28 @@ pub enum Event {
     /// The last [`Command::Persist`] failed (all of it: a commit is all or
     /// none). `stored`: the payment's status as the runtime reads it back,
     /// `None` if it cannot.
-    CommitFailed { error: String, stored: Option<Status> },
+    CommitFailed {
+        error: String,
+        stored: Option<Status>,
+    },
     /// The reader took the [`Command::CollectCard`] request; the deadline runs from now.
     ReaderCollecting,
     /// The reader could not be asked for a card.
-    ReaderUnavailable { message: String },
-    ReaderProgress { stage: Stage, text: String },
+    ReaderUnavailable {
+        message: String,
+    },
+    ReaderProgress {
+        stage: Stage,
+        text: String,
+    },
     CardRead(Card),
-    ReaderFailed { reason: ReaderFailure, message: String },
-    ReaderDisconnected { reason: String },
+    ReaderFailed {
+        reason: ReaderFailure,
+        message: String,
+    },
+    ReaderDisconnected {
+        reason: String,
+    },
     /// The reader's event stream ended.
     ReaderGone,
     /// The register asked to cancel.
@@ -137,17 +157,28 @@ pub enum Event {
     /// The gateway answered the authorization.
     GatewayAnswer(Answer),
     /// The gateway refused the request as malformed; nothing was charged.
-    GatewayRejected { message: String },
+    GatewayRejected {
+        message: String,
+    },
     /// No connection could be made: the request never left posd.
-    GatewayNotSent { message: String },
+    GatewayNotSent {
+        message: String,
+    },
     /// The request never left posd, for a fault on this machine: no ground
     /// for an offline approval.
-    GatewayLocalFault { message: String },
+    GatewayLocalFault {
+        message: String,
+    },
     /// The request may have reached the gateway, but no answer came back.
-    GatewayUnknown { message: String },
+    GatewayUnknown {
+        message: String,
+    },
     /// The offline queue as stored, read under the offline gate, with the
     /// ageing clock's time of the read (the queue position if approved).
-    OfflineQueue { queue: QueueState, queued_at_ms: i64 },
+    OfflineQueue {
+        queue: QueueState,
+        queued_at_ms: i64,
+    },
     /// The offline queue could not be read (the runtime logs why).
     OfflineQueueUnreadable,
     /// The gateway's record under the payment's key.
@@ -155,7 +186,9 @@ pub enum Event {
     /// The gateway has no record under the key (yet).
     StatusNoRecord,
     /// The status query failed.
-    StatusFailed { message: String },
+    StatusFailed {
+        message: String,
+    },
 }
 
 /// How a commit must reach the disk.
@@ -175,10 +208,17 @@ pub enum Data {
     /// The card from the [`Event::CardRead`]: its details and encrypted data.
     Card,
     /// The gateway's approval.
-    Approval { auth_code: String, gateway_reference: String },
+    Approval {
+        auth_code: String,
+        gateway_reference: String,
+    },
     /// Entering the offline queue: its position (ageing-clock time), the
     /// reason nothing was sent, and the `approved_offline` event's message.
-    Queued { queued_at_ms: i64, last_error: String, event: String },
+    Queued {
+        queued_at_ms: i64,
+        last_error: String,
+        event: String,
+    },
 }
 
 /// One transition to commit, with what it stores.
@@ -195,7 +235,10 @@ pub enum Command {
     /// register event and announce the new status (a status settled for the
     /// register frees the lane before its event goes out); then feed back
     /// [`Event::Committed`] or [`Event::CommitFailed`].
-    Persist { steps: Vec<Step>, durability: Durability },
+    Persist {
+        steps: Vec<Step>,
+        durability: Durability,
+    },
     /// Ask the reader for a card; feed back [`Event::ReaderCollecting`] or
     /// [`Event::ReaderUnavailable`], then the reader's events.
     CollectCard,
@@ -203,23 +246,36 @@ pub enum Command {
     ReleaseReader,
     /// Tell the reader to stop collecting (it also releases it).
     CancelReader,
-    ShowResult { approved: bool },
+    ShowResult {
+        approved: bool,
+    },
     /// Send the authorization with the card read; feed back the gateway's
     /// result as a `Gateway*` event.
-    SendAuthorization { gateway_key: String, capture: bool },
+    SendAuthorization {
+        gateway_key: String,
+        capture: bool,
+    },
     /// Take the offline gate (offline decisions one at a time across lanes),
     /// read the queue and feed back [`Event::OfflineQueue`] or
     /// [`Event::OfflineQueueUnreadable`].
-    ReadOfflineQueue { currency: String, fingerprint: String },
+    ReadOfflineQueue {
+        currency: String,
+        fingerprint: String,
+    },
     ReleaseOfflineGate,
     /// A payment entered the offline queue: wake the forwarder.
     WakeForwarder,
     /// Ask the gateway for its record under the key; feed back a `Status*` event.
-    QueryStatus { gateway_key: String },
+    QueryStatus {
+        gateway_key: String,
+    },
     /// A reversal is queued: wake the reversal worker.
     NotifyReversal,
     /// Tell the register something that is not a committed status.
-    Publish { stage: Stage, message: String },
+    Publish {
+        stage: Stage,
+        message: String,
+    },
     /// Free the lane for the register's next payment.
     FreeLane,
     /// End the register's live stream of this payment.
@@ -258,15 +314,24 @@ enum Phase {
     /// [`Command::CollectCard`] is out; the reader has not taken it yet.
     Accepting,
     /// The reader is collecting until `deadline`.
-    Collecting { deadline: Millis },
+    Collecting {
+        deadline: Millis,
+    },
     /// [`Command::SendAuthorization`] is out.
     Authorizing,
     /// [`Command::ReadOfflineQueue`] is out; `why` nothing was sent.
-    ReadingQueue { why: String },
+    ReadingQueue {
+        why: String,
+    },
     /// Status query `attempt` is out.
-    Querying { attempt: u32 },
+    Querying {
+        attempt: u32,
+    },
     /// Status query `attempt` goes out at `deadline`.
-    Backoff { attempt: u32, deadline: Millis },
+    Backoff {
+        attempt: u32,
+        deadline: Millis,
+    },
     Done,
 }
 
@@ -720,7 +785,9 @@ pub enum Recover {
     /// Settle by status query: commit `first` if there is one (a failure
     /// stops the start-up), then run [`ReaderPayment::settling`] in a task of
     /// its own.
-    Settle { first: Option<Step> },
+    Settle {
+        first: Option<Step>,
+    },
     /// Wake the reversal worker: it retries until acknowledged.
     NotifyReversal,
 }

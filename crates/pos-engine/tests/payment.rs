@@ -651,11 +651,8 @@ fn a_payment_settled_at_start_up_is_neither_followed_nor_printed() {
     let mut p = ReaderPayment::settling(payment(Status::Unknown), settings());
     p.start(T0);
     p.handle(Event::StatusAnswer(declined()), T0 + 100);
-    let unrecorded = Outcome::Unrecorded {
-        stored: Some(Status::Unknown),
-        may_be_at_gateway: true,
-        error: "disk I/O error".into(),
-    };
+    let unrecorded =
+        Outcome::Unrecorded { stored: Some(Status::Unknown), may_be_at_gateway: true, error: "disk I/O error".into() };
     assert_eq!(commit_fails(&mut p, Status::Unknown), vec![Command::Done(unrecorded)]);
 }
 
