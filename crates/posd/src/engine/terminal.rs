@@ -35,12 +35,6 @@ fn last_receipt_key(lane: &str) -> String {
     format!("zvt_last_receipt:{lane}")
 }
 
-/// The lane's last receipt number when a payment started, kept with it, so
-/// every later look at the payment judges it against the same number.
-fn before_key(payment: &str) -> String {
-    format!("zvt_before:{payment}")
-}
-
 /// The register's stage for a terminal's intermediate status.
 fn stage(code: u8) -> pb::PaymentStage {
     match codes::progress(code) {
@@ -170,9 +164,10 @@ impl Engine {
         rec: PaymentRecord,
         cancel: &mut mpsc::Receiver<()>,
     ) -> Result<(), StepError> {
+        // Kept with the payment in the commit that starts it on the terminal.
         let before = self.last_receipt(&lane.id)?;
-        self.store.set_meta(&before_key(&rec.id), before.map_or(-1, i64::from))?;
-        let mut rec = self.step(&rec, Input::StartOnTerminal, Update::default()).await?;
+        let start = Update { zvt_receipt_before: Some(before.map_or(-1, i64::from)), ..Update::default() };
+        let mut rec = self.step(&rec, Input::StartOnTerminal, start).await?;
         let command = Message::authorization(rec.amount_minor as u64, zvt.settings.currency);
         let (mut events, abort) = zvt.run(command).await;
         let mut register_cancel = false;
@@ -396,7 +391,7 @@ impl Engine {
     ) -> Result<(), StepError> {
         self.publish(&rec, pb::PaymentStage::Authorizing, "Checking with the payment terminal what it booked".into());
         let stored = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no);
-        let before = self.store.meta(&before_key(&rec.id))?.and_then(|n| u16::try_from(n).ok());
+        let before = self.store.payment_receipt_before(&rec.id)?.and_then(|n| u16::try_from(n).ok());
         let verdict = self.ask_terminal(&lane.id, zvt, rec.amount_minor, stored, before).await;
         tracing::info!(payment = %rec.id, ?verdict, "payment terminal asked");
         match verdict {

@@ -146,6 +146,9 @@ pub struct Update {
     pub record: Option<&'static str>,
     /// A `meta` value set in the same commit (a lane's last terminal receipt).
     pub meta: Option<(String, i64)>,
+    /// Starting on a payment terminal: the lane's last receipt number then
+    /// (-1: none known), what the terminal's answers are judged against.
+    pub zvt_receipt_before: Option<i64>,
     /// A second audit entry, after the transition's own, in the same commit
     /// (who made a person's decision).
     pub audit: Option<String>,
@@ -403,6 +406,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The lane's last receipt number when the payment started on its payment
+    /// terminal (-1: none known); `None` when it never did.
+    pub fn payment_receipt_before(&self, payment_id: &str) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        let before = conn
+            .query_row("SELECT zvt_receipt_before FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
+            .optional()?;
+        Ok(before.flatten())
+    }
+
     /// A payment terminal's result for a payment, with its receipt lines.
     pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
         let conn = self.conn();
@@ -599,6 +612,9 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
         }
         if let Some((key, value)) = &update.meta {
             exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+        }
+        if let Some(before) = update.zvt_receipt_before {
+            exec(tx, "UPDATE payments SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, before])?;
         }
         if let Some(cause) = &update.audit {
             audit_in(tx, id, now, cause)?;

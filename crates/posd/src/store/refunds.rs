@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events::{EventRecord, NewEvent, insert_event};
 use super::history::audit_in;
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError, exec, now_ms};
 
 /// A refund of (part of) a captured payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +62,27 @@ fn row_to_refund(r: &Row<'_>) -> rusqlite::Result<RefundRecord> {
 }
 
 impl Store {
+    /// Records, before a refund goes to the payment terminal, the lane's last
+    /// receipt number then (-1: none known): what the terminal's answers
+    /// about it are judged against, and the sign that it may have been sent.
+    pub async fn set_refund_receipt_before(self: &Arc<Self>, id: &str, before: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            exec(tx, "UPDATE refunds SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, before])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What [`Store::set_refund_receipt_before`] recorded; `None` when the
+    /// refund never started on a terminal.
+    pub fn refund_receipt_before(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn();
+        let before =
+            conn.query_row("SELECT zvt_receipt_before FROM refunds WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        Ok(before.flatten())
+    }
+
     /// Records a refund as pending if the payment is captured and the
     /// captured amount covers it with every pending and succeeded refund; or
     /// returns the refund already under the idempotency key.

@@ -25,6 +25,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0007_audit_log_by_payment.sql"),
     include_str!("sql/0008_history_in_row.sql"),
     include_str!("sql/0009_gateway_sends.sql"),
+    include_str!("sql/0010_zvt_receipt_before.sql"),
 ];
 
 /// Every table the store reads or writes.

@@ -296,6 +296,57 @@ async fn a_refund_left_pending_before_migration_9_counts_as_possibly_sent() {
 }
 
 #[tokio::test]
+async fn migration_10_moves_the_receipt_numbers_from_meta_into_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    {
+        // Version 9: a ZVT payment and its refund with their receipt numbers
+        // in `meta`, one payment that never reached a terminal, and another
+        // lane's `meta` value that stays.
+        let conn = Connection::open(&path).unwrap();
+        for m in &MIGRATIONS[..9] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 9").unwrap();
+        for id in ["pay_z", "pay_n"] {
+            conn.execute(
+                "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+                 manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, offline, captured_minor) \
+                 VALUES (?1, ?1, '', 'lane-1', 900, 'EUR', 0, 'captured', ?1, 0, 1, 1, 0, 900)",
+                [id],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO refunds (id, idempotency_key, payment_id, amount_minor, currency, refund_key, status, \
+             reason, created_at_ms, updated_at_ms) VALUES ('ref_z', 'rk', 'pay_z', 100, 'EUR', 'rk', 'pending', '', 1, 1)",
+            [],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('zvt_before:pay_z', 41), ('zvt_before:ref_z', -1), \
+             ('zvt_last_receipt:lane-1', 42)",
+        )
+        .unwrap();
+    }
+    let s = Arc::new(Store::open(&path).unwrap());
+    assert_eq!(s.payment_receipt_before("pay_z").unwrap(), Some(41));
+    assert_eq!(s.payment_receipt_before("pay_n").unwrap(), None, "never on a terminal");
+    assert_eq!(s.refund_receipt_before("ref_z").unwrap(), Some(-1), "sent, with no receipt known then");
+    assert_eq!(s.meta("zvt_before:pay_z").unwrap(), None, "gone from meta");
+    assert_eq!(s.meta("zvt_before:ref_z").unwrap(), None);
+    assert_eq!(s.meta("zvt_last_receipt:lane-1").unwrap(), Some(42), "other values stay");
+    // From now on they are written with their rows.
+    s.set_refund_receipt_before("ref_z", 43).await.unwrap();
+    assert_eq!(s.refund_receipt_before("ref_z").unwrap(), Some(43));
+    let start = next(Status::Created, &Input::StartOnTerminal).unwrap();
+    s.insert_or_get(&sample("t"), "test").await.unwrap().unwrap();
+    let update = Update { zvt_receipt_before: Some(7), ..Update::default() };
+    s.apply("pay_t", &start, update).await.unwrap();
+    assert_eq!(s.payment_receipt_before("pay_t").unwrap(), Some(7));
+}
+
+#[tokio::test]
 async fn the_audit_log_keeps_its_order_across_migration_7() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("posd.db");

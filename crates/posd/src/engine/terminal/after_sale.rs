@@ -9,7 +9,7 @@ use pos_engine::{Input, Status};
 use pos_proto::terminal as pb;
 use pos_zvt::{Bmp, Bmps, Message, codes};
 
-use super::{OneResult, before_key};
+use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
 use crate::store::{NewEvent, PaymentRecord, RefundRecord, SendKind, Update};
@@ -90,7 +90,7 @@ impl Engine {
             None => return Err(EngineError::NotFound(format!("no refund {}", refund.id))),
         };
         // Sent before: the terminal's journal settles it, never a second refund.
-        if self.store.meta(&before_key(&refund.id))?.is_some() {
+        if self.store.refund_receipt_before(&refund.id)?.is_some() {
             return self.settle_refund_by_journal(refund, rec, zvt).await;
         }
         // Left pending by a posd from before migration 9, which kept no
@@ -104,7 +104,8 @@ impl Engine {
         // refund is judged against later, as for a payment.
         let before = self.last_receipt(&rec.terminal_id).map_err(step_error)?;
         self.store
-            .set_meta(&before_key(&refund.id), before.map_or(-1, i64::from))
+            .set_refund_receipt_before(&refund.id, before.map_or(-1, i64::from))
+            .await
             .inspect_err(|e| self.note_store_error(e))?;
         let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
         let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
@@ -201,7 +202,7 @@ impl Engine {
         rec: &PaymentRecord,
         zvt: &ZvtTerminal,
     ) -> Result<RefundRecord, EngineError> {
-        let before = self.store.meta(&before_key(&refund.id))?.and_then(|n| u16::try_from(n).ok());
+        let before = self.store.refund_receipt_before(&refund.id)?.and_then(|n| u16::try_from(n).ok());
         // The terminal's last receipt is judged against `before` only while
         // posd has seen no later one on this lane: after another payment
         // (a same-price exchange, say) its "next receipt with this amount"
@@ -268,7 +269,7 @@ impl Engine {
         // refunded, and no customer waits at the terminal to be asked for the
         // card again. (One an older posd left pending may have:
         // refund_on_held_terminal leaves it to a person.)
-        let never_sent = matches!(self.store.meta(&before_key(&refund.id)), Ok(None))
+        let never_sent = matches!(self.store.refund_receipt_before(&refund.id), Ok(None))
             && matches!(self.store.sent_before(SendKind::Refund, &refund.refund_key), Ok(false));
         if never_sent {
             let why = "posd stopped before the refund reached the payment terminal; nothing was refunded";
