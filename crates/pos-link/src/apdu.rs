@@ -57,6 +57,7 @@ impl Header {
 }
 
 /// Reads the header at the start of `bytes`; `None` when more bytes are needed.
+#[inline]
 pub fn header(bytes: &[u8]) -> Option<Header> {
     let (&class, &instr, &len) = match bytes {
         [c, i, l, ..] => (c, i, l),
@@ -70,6 +71,7 @@ pub fn header(bytes: &[u8]) -> Option<Header> {
 }
 
 /// Splits a complete APDU into its header and data, checking the length field.
+#[inline]
 pub fn parse(apdu: &[u8]) -> Result<(Header, &[u8]), ApduError> {
     let h = header(apdu).ok_or(ApduError::TooShort)?;
     let data = &apdu[h.header_len..];
