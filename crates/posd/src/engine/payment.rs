@@ -282,7 +282,7 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
                     reader.show_result(&self.rec.id, approved, &convert::status_message(&self.rec)).await;
                 }
             }
-            Command::ReleaseOfflineGate => self.gate = None,
+            Command::ReleaseOfflineGate => drop(self.gate.take()),
             Command::WakeForwarder => self.engine.forward_wake.notify_one(),
             Command::NotifyReversal => self.engine.reversals.notify_one(),
             Command::Publish { stage, message } => {
