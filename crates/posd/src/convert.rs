@@ -1,6 +1,7 @@
 //! Records, engine and telemetry types to and from the register API's protobuf types.
 
 use pos_engine::Status;
+use pos_engine::payment::Stage as ReaderStage;
 use pos_proto::terminal as pb;
 use prost_types::Timestamp;
 
@@ -67,12 +68,24 @@ pub fn stage(s: Status) -> pb::PaymentStage {
     }
 }
 
-pub fn reader_stage(s: pos_proto::reader::Stage) -> pb::PaymentStage {
+/// The reader's progress as the card-reader payment machine knows it.
+pub fn reader_stage(s: pos_proto::reader::Stage) -> ReaderStage {
     use pos_proto::reader::Stage as R;
     match s {
-        R::PresentCard | R::Unspecified => pb::PaymentStage::PresentCard,
-        R::Reading | R::RemoveCard => pb::PaymentStage::Reading,
-        R::PinEntry => pb::PaymentStage::PinEntry,
+        R::PresentCard | R::Unspecified => ReaderStage::PresentCard,
+        R::Reading | R::RemoveCard => ReaderStage::Reading,
+        R::PinEntry => ReaderStage::PinEntry,
+    }
+}
+
+/// What the register is shown for a stage of the card-reader payment machine.
+pub fn payment_stage(s: ReaderStage) -> pb::PaymentStage {
+    match s {
+        ReaderStage::PresentCard => pb::PaymentStage::PresentCard,
+        ReaderStage::Reading => pb::PaymentStage::Reading,
+        ReaderStage::PinEntry => pb::PaymentStage::PinEntry,
+        ReaderStage::Authorizing => pb::PaymentStage::Authorizing,
+        ReaderStage::Failed => pb::PaymentStage::Failed,
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! This file holds the engine's state, admission, cancellation and the
 //! commit-then-publish step every transition goes through; the rest is in
-//! its submodules: `payment` (a payment's run on a card reader: collect,
-//! authorize, offline approval, lost answers), `recovery` (start-up
+//! its submodules: `payment` (a payment's run on a card reader, driving
+//! `pos_engine::payment::ReaderPayment`, which decides), `recovery` (start-up
 //! recovery and the reversal worker), `background` (the monitor loop and the
 //! graceful stop), `queue` (the offline queue), `after_sale` (captures,
 //! voids, refunds, end of day), `printing` (receipts and the drawer) and
@@ -569,11 +569,7 @@ impl Engine {
     /// Publishes a committed transition and performs its fire-and-forget
     /// effects.
     async fn committed(&self, t: &Transition, new: &PaymentRecord, event: Option<EventRecord>) {
-        tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
-        if let Some(e) = event {
-            let _ = self.events.send(e);
-        }
-        self.announce(new, convert::stage(new.status), convert::status_message(new));
+        self.publish_commit(t, new, event);
         for effect in &t.effects {
             match effect {
                 Effect::CancelCollection => {
@@ -590,6 +586,16 @@ impl Engine {
                 Effect::CollectCard | Effect::SendAuthorization | Effect::QueryStatus => {}
             }
         }
+    }
+
+    /// Logs a committed transition, sends its register event and announces
+    /// the payment's new status (no effects: the caller performs them).
+    fn publish_commit(&self, t: &Transition, new: &PaymentRecord, event: Option<EventRecord>) {
+        tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
+        if let Some(e) = event {
+            let _ = self.events.send(e);
+        }
+        self.announce(new, convert::stage(new.status), convert::status_message(new));
     }
 
     /// Publishes a payment's new state. When the register has its answer,

@@ -1,213 +1,196 @@
-//! A payment's run on a card reader: collecting the card, the online
-//! authorization, offline approval within the lane's limits when the
-//! request never left, and settling a payment whose answer was lost.
+//! A payment's run on a lane's card device. On a card reader the engine is
+//! the thin driver of `pos_engine::payment::ReaderPayment`, which makes every
+//! decision (collect, authorize, offline approval or refusal, status queries
+//! after a lost answer, what the register hears when a commit fails):
+//! [`Engine::drive_reader`] performs the machine's commands (commits, the
+//! reader, the gateway, the offline queue, the register) and feeds back what
+//! came of each. The machine's `now` is milliseconds of tokio's clock since
+//! the run began, so a paused clock drives its deadlines. The gateway and the
+//! reader are reached through [`Authorizer`] and [`CardReader`], so the
+//! driver runs against fakes in this module's tests. A payment terminal
+//! (ZVT) is driven by `terminal`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pos_engine::offline::{self, Entry, OfflineCandidate, QueueState};
-use pos_engine::{Input, Status, next};
-use pos_proto::gateway::{AuthorizeRequest, Outcome, Transaction};
+use pos_engine::offline::{Entry, OfflinePolicy, QueueState};
+use pos_engine::payment::{
+    self as machine, Answer, Card, Command, Data, Event, Millis, ReaderFailure, ReaderPayment, Step,
+};
+use pos_engine::{Status, Transition};
+use pos_proto::gateway::{AuthorizeRequest, Transaction};
 use pos_proto::reader::{CardResult, CollectCard, FailReason};
 use pos_proto::terminal as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{MutexGuard, mpsc};
 
-use super::{Engine, LAST_ONLINE, StepError};
+use super::{Engine, LAST_ONLINE};
 use crate::convert;
 use crate::failpoint;
-use crate::gateway::AuthOutcome;
+use crate::gateway::{AuthOutcome, Gateway};
 use crate::lane::{Lane, ReaderEvent};
-use crate::store::{CardInfo, Durability, NewEvent, PaymentRecord, StoreError, Update, now_ms};
+use crate::store::{CardInfo, Durability, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms};
+
+/// The gateway calls a card-reader payment makes ([`Gateway`]'s, or a fake's).
+pub(super) trait Authorizer: Sync {
+    /// Sends the authorization; see [`Gateway::authorize`].
+    fn authorize(&self, req: AuthorizeRequest) -> impl Future<Output = AuthOutcome> + Send;
+    /// The gateway's record under a key, `Ok(None)` when it has none; see
+    /// [`Gateway::transaction`].
+    fn transaction(&self, key: &str) -> impl Future<Output = Result<Option<Transaction>, String>> + Send;
+}
+
+impl Authorizer for Gateway {
+    fn authorize(&self, req: AuthorizeRequest) -> impl Future<Output = AuthOutcome> + Send {
+        Gateway::authorize(self, req)
+    }
+
+    fn transaction(&self, key: &str) -> impl Future<Output = Result<Option<Transaction>, String>> + Send {
+        Gateway::transaction(self, key)
+    }
+}
+
+/// What a card-reader payment asks of the lane's reader ([`Lane`]'s, or a fake's).
+pub(super) trait CardReader: Sync {
+    /// Asks for a card; the channel carries what follows. See [`Lane::collect`].
+    fn collect(
+        &self,
+        req: CollectCard,
+    ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<ReaderEvent>, String>> + Send;
+    /// Stops routing the reader's messages to the payment.
+    fn release(&self, payment_id: &str);
+    /// Tells the reader to stop collecting (it also releases it).
+    fn cancel(&self, payment_id: &str) -> impl Future<Output = ()> + Send;
+    fn show_result(&self, payment_id: &str, approved: bool, text: &str) -> impl Future<Output = ()> + Send;
+}
+
+impl CardReader for Lane {
+    fn collect(
+        &self,
+        req: CollectCard,
+    ) -> impl Future<Output = Result<mpsc::UnboundedReceiver<ReaderEvent>, String>> + Send {
+        Lane::collect(self, req)
+    }
+
+    fn release(&self, payment_id: &str) {
+        Lane::release(self, payment_id);
+    }
+
+    fn cancel(&self, payment_id: &str) -> impl Future<Output = ()> + Send {
+        Lane::cancel(self, payment_id)
+    }
+
+    fn show_result(&self, payment_id: &str, approved: bool, text: &str) -> impl Future<Output = ()> + Send {
+        Lane::show_result(self, payment_id, approved, text)
+    }
+}
 
 impl Engine {
+    /// Runs a payment the register asked for to its end, on the lane's card
+    /// device: a payment terminal (ZVT) in `terminal`, a card reader here.
     pub(super) async fn run_payment(
         self: Arc<Self>,
         lane: Arc<Lane>,
         rec: PaymentRecord,
         mut cancel: mpsc::Receiver<()>,
     ) {
-        let id = rec.id.clone();
-        let Err(e) = self.drive(&lane, rec, &mut cancel).await else {
-            self.auto_print(&id).await;
-            return;
-        };
-        lane.release(&id);
-        let stored = self.store.get(&id).ok().flatten();
-        // A payment terminal decides by itself once it has the payment.
-        let may_be_at_gateway = stored.as_ref().is_none_or(|r| {
-            !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead)
-                || (r.on_terminal() && r.status != Status::Created)
-        });
-        tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
-        match stored {
-            Some(rec) if !may_be_at_gateway => {
-                // Nothing was sent: the register may safely try again.
-                self.free_lane(&rec);
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Failed,
-                    format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
-                );
-                self.end_live(&id);
-                lane.cancel(&id).await;
-            }
-            Some(rec) => {
-                // The request may be at the gateway: do not let the register
-                // retry as if nothing happened. The lane stays busy; a restart
-                // settles the payment by status query.
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Authorizing,
-                    format!(
-                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; posd settles payment {id} when it restarts, which it does by itself once its database works again."
-                    ),
-                );
-                self.end_live(&id);
-            }
-            None => {
-                self.end_live(&id);
-            }
-        }
-    }
-
-    async fn drive(&self, lane: &Lane, rec: PaymentRecord, cancel: &mut mpsc::Receiver<()>) -> Result<(), StepError> {
         if let Some(zvt) = &lane.zvt {
-            return self.drive_terminal(lane, zvt, rec, cancel).await;
+            self.run_on_terminal(&lane, zvt, rec, &mut cancel).await;
+            return;
         }
-        // Deferred: lost to a power cut, the payment is back at CREATED,
-        // which recovery ends exactly as it ends COLLECTING (nothing sent).
-        let rec = self.steps(&rec, Durability::Deferred, vec![(Input::Start, Update::default())]).await?;
-        let request = CollectCard {
-            payment_id: rec.id.clone(),
-            amount_minor: rec.amount_minor,
-            currency: rec.currency.clone(),
-            terminal_id: self.gateway_terminal(&rec.terminal_id),
-            transaction_key: rec.gateway_key.clone(),
-            cashback_minor: 0,
-        };
-        let mut reader = match lane.collect(request).await {
-            Ok(rx) => rx,
-            Err(message) => {
-                self.step(&rec, Input::CollectFailed { code: "reader_unavailable".into(), message }, Update::default())
-                    .await?;
-                return Ok(());
-            }
-        };
-        let deadline = tokio::time::sleep(self.settings.collect_timeout);
-        tokio::pin!(deadline);
-        let asked = std::time::Instant::now();
-        let outcome = loop {
-            tokio::select! {
-                ev = reader.recv() => match ev {
-                    Some(ReaderEvent::Progress { stage, text }) => {
-                        self.publish(&rec, convert::reader_stage(stage), text);
-                    }
-                    Some(ReaderEvent::Card(card)) => {
-                        self.latencies.reader.observe(asked.elapsed());
-                        break Ok(card);
-                    }
-                    Some(ReaderEvent::Failed { reason: FailReason::Canceled, .. }) => {
-                        break Err(Input::Cancel { by: "the customer at the reader".into() });
-                    }
-                    Some(ReaderEvent::Failed { reason, message }) => {
-                        let code = match reason {
-                            FailReason::Timeout => "reader_timeout",
-                            FailReason::CardError => "card_error",
-                            _ => "reader_error",
-                        };
-                        break Err(Input::CollectFailed { code: code.into(), message });
-                    }
-                    Some(ReaderEvent::Disconnected(reason)) => {
-                        let message = format!("the card reader disconnected: {reason}");
-                        break Err(Input::CollectFailed { code: "reader_disconnected".into(), message });
-                    }
-                    None => {
-                        let message = "the card reader stopped answering".to_string();
-                        break Err(Input::CollectFailed { code: "reader_disconnected".into(), message });
-                    }
-                },
-                Some(()) = cancel.recv() => break Err(Input::Cancel { by: "the register".into() }),
-                () = &mut deadline => {
-                    let message = format!("no card within {:?}", self.settings.collect_timeout);
-                    break Err(Input::CollectFailed { code: "reader_timeout".into(), message });
-                }
-            }
-        };
-        match outcome {
-            Ok(card) => {
-                lane.release(&rec.id);
-                self.authorize(rec, *card).await
-            }
-            Err(input) => {
-                // Whatever ended the collection, the reader must stop too.
-                let register_cancel = matches!(&input, Input::Cancel { by } if by == "the register");
-                if !register_cancel {
-                    lane.cancel(&rec.id).await;
-                }
-                self.step(&rec, input, Update::default()).await?;
-                Ok(())
-            }
+        let id = rec.id.clone();
+        let payment = ReaderPayment::new(payment_of(&rec), self.reader_settings(lane.offline.clone()));
+        let outcome = self.drive_reader(&*self.gateway, Some(&*lane), payment, rec, Some(&mut cancel)).await;
+        if let machine::Outcome::Unrecorded { error, may_be_at_gateway, .. } = outcome {
+            tracing::error!(payment = %id, %error, may_be_at_gateway, "payment stopped");
         }
     }
 
-    async fn authorize(&self, rec: PaymentRecord, card: CardResult) -> Result<(), StepError> {
-        if card.encrypted_card.is_empty() {
-            let input = Input::CollectFailed {
-                code: "card_data_unavailable".into(),
-                message: "the reader delivered no encrypted card data (keys unavailable)".into(),
-            };
-            self.step(&rec, input, Update::default()).await?;
-            return Ok(());
+    /// Settles a card-reader payment found UNKNOWN at start-up by status
+    /// query (`ReaderPayment::settling`); nobody follows it live.
+    pub(super) async fn settle(&self, rec: PaymentRecord) {
+        let lane = self.lanes.get(&rec.terminal_id).map(|l| &**l);
+        let offline = lane.map_or_else(|| OfflinePolicy::defaults_for(&rec.currency), |l| l.offline.clone());
+        let payment = ReaderPayment::settling(payment_of(&rec), self.reader_settings(offline));
+        let outcome = self.drive_reader(&*self.gateway, lane, payment, rec, None).await;
+        if let machine::Outcome::Unrecorded { error, .. } = outcome {
+            tracing::error!(%error, "recovery failed");
         }
-        let info = card_info(&card);
-        let blob = card.encrypted_card.clone();
-        // Card read and authorizing in one synced commit, before the request
-        // leaves (persist before act): on disk, it also makes the deferred
-        // COLLECTING durable.
-        let card_read = Update { card: Some((info.clone(), blob.clone())), ..Default::default() };
-        let rec = self
-            .steps(&rec, Durability::Synced, vec![(Input::CardRead, card_read), (Input::Sending, Update::default())])
-            .await?;
-        let request = self.authorize_request(&rec, &info, blob);
-        let sent = std::time::Instant::now();
-        let outcome = self.gateway.authorize(request).await;
-        if !matches!(outcome, AuthOutcome::NotSent(_) | AuthOutcome::LocalFault(_)) {
-            self.latencies.gateway.observe(sent.elapsed());
+    }
+
+    fn reader_settings(&self, offline: OfflinePolicy) -> machine::Settings {
+        machine::Settings {
+            collect_timeout: self.settings.collect_timeout,
+            status_attempts: self.settings.status_attempts,
+            status_backoff: self.settings.status_backoff,
+            offline,
         }
-        match outcome {
-            AuthOutcome::Answer(tx) => {
-                failpoint::hit("online_after_response");
-                if !self.apply_answer(&rec, tx).await? {
-                    let input = Input::AnswerLost { message: "the gateway's answer did not settle the payment".into() };
-                    let rec = self.step(&rec, input, Update::default()).await?;
-                    self.settle_unknown(rec).await?;
+    }
+
+    /// Runs `payment` (stored as `rec`) to its end: performs each command
+    /// and feeds back what came of it; waits only while the machine waits on
+    /// the reader, the register's cancel or its own deadline. As before the
+    /// machine, the register's cancel is not read while a commit or a
+    /// gateway call is in flight. Returns how the run ended.
+    async fn drive_reader<G: Authorizer, R: CardReader>(
+        &self,
+        gateway: &G,
+        reader: Option<&R>,
+        mut payment: ReaderPayment,
+        rec: PaymentRecord,
+        mut cancel: Option<&mut mpsc::Receiver<()>>,
+    ) -> machine::Outcome {
+        let mut run = Run {
+            engine: self,
+            gateway,
+            reader,
+            rec,
+            card: None,
+            collected: None,
+            gate: None,
+            began: tokio::time::Instant::now(),
+            asked: std::time::Instant::now(),
+        };
+        let mut todo = VecDeque::from(payment.start(run.now()));
+        loop {
+            while let Some(command) = todo.pop_front() {
+                if let Command::Done(outcome) = command {
+                    return outcome;
+                }
+                if let Some(event) = run.perform(command).await {
+                    todo.extend(payment.handle(event, run.now()));
                 }
             }
-            AuthOutcome::Rejected(message) => {
-                let input = Input::Declined { code: "gateway_rejected".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            AuthOutcome::NotSent(message) => self.offline_or_fail(rec, &card, message).await?,
-            AuthOutcome::LocalFault(why) => {
-                // Not the network: the gateway may be up, so no offline
-                // approval; nothing was sent, so nothing is charged.
-                tracing::error!(payment = %rec.id, error = %why, "payment failed: a fault on this machine, not the gateway");
-                let input = Input::OfflineRefused {
-                    code: "local_resource_exhausted".into(),
-                    message: format!(
-                        "posd could not reach out to the gateway because of a fault on the lane PC ({why}); \
-                         nothing was charged; take the payment again, and if this repeats, tell store IT"
-                    ),
-                };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            AuthOutcome::Unknown(message) => {
-                tracing::warn!(payment = %rec.id, %message, "gateway answer lost; asking for the outcome");
-                let rec = self.step(&rec, Input::AnswerLost { message }, Update::default()).await?;
-                self.settle_unknown(rec).await?;
-            }
+            let deadline = payment.poll_timeout().map(|ms| run.began + Duration::from_millis(ms));
+            let wake = {
+                let collected = &mut run.collected;
+                tokio::select! {
+                    event = next_reader_event(collected) => Wake::Reader(event),
+                    () = register_cancel(cancel.as_deref_mut()) => Wake::Cancel,
+                    () = until(deadline) => Wake::Timer,
+                }
+            };
+            let commands = match wake {
+                Wake::Reader(event) => {
+                    let event = run.reader_event(event);
+                    payment.handle(event, run.now())
+                }
+                Wake::Cancel => payment.handle(Event::RegisterCancel, run.now()),
+                Wake::Timer => payment.handle_timeout(run.now()),
+            };
+            todo.extend(commands);
         }
-        Ok(())
+    }
+
+    /// [`Engine::publish_commit`] for an offline approval: the failpoint
+    /// comes before the register hears "approved".
+    fn approved_offline(&self, new: &PaymentRecord, event: Option<EventRecord>, why: &str) {
+        failpoint::hit("offline_after_persist");
+        tracing::warn!(payment = %new.id, %why, "gateway unreachable: approved offline");
+        if let Some(e) = event {
+            let _ = self.events.send(e);
+        }
+        self.announce(new, pb::PaymentStage::Approved, convert::status_message(new));
     }
 
     pub(super) fn authorize_request(&self, rec: &PaymentRecord, info: &CardInfo, blob: Vec<u8>) -> AuthorizeRequest {
@@ -225,89 +208,6 @@ impl Engine {
         }
     }
 
-    /// The request never left posd: approve offline if the lane's rules allow.
-    async fn offline_or_fail(&self, rec: PaymentRecord, card: &CardResult, why: String) -> Result<(), StepError> {
-        let lane = self.lanes.get(&rec.terminal_id).expect("payments belong to configured lanes");
-        let gate = self.offline_gate.lock().await;
-        let fingerprint = pos_mask::scrub(&card.card_fingerprint);
-        // The reader's brand text shows up in a refusal's message.
-        let brand = pos_mask::scrub(&card.brand);
-        let now = self.clock.now_ms();
-        let queue = match self.queue_state(&rec.currency, &fingerprint, now) {
-            Ok(queue) => queue,
-            Err(e) => {
-                // Limits that cannot be checked refuse: nothing was sent, so
-                // the payment fails cleanly and the lane is free again.
-                drop(gate);
-                tracing::error!(payment = %rec.id, error = %e, "cannot read the offline queue; offline approval refused");
-                self.note_store_error(&e);
-                let message = format!(
-                    "The gateway cannot be reached ({why}) and posd cannot read its offline queue (a database \
-                     error; see posd's log); nothing was charged"
-                );
-                let input = Input::OfflineRefused { code: "store_unavailable".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-                return Ok(());
-            }
-        };
-        let entry = match pb::EntryMode::try_from(convert::entry_mode(card.entry_mode) as i32) {
-            Ok(pb::EntryMode::Chip) => Entry::Chip,
-            Ok(pb::EntryMode::Contactless) => Entry::Contactless,
-            Ok(pb::EntryMode::Swipe) => Entry::Swipe,
-            Ok(pb::EntryMode::Manual) => Entry::Manual,
-            _ => Entry::Unknown,
-        };
-        let candidate = OfflineCandidate {
-            amount_minor: rec.amount_minor,
-            currency: &rec.currency,
-            brand: &brand,
-            entry,
-            fallback: card.fallback,
-            cashback_minor: card.cashback_minor,
-            refund: false,
-            card_data: !card.encrypted_card.is_empty(),
-            card_identified: !fingerprint.is_empty(),
-        };
-        match offline::eligibility(&lane.offline, &candidate, &queue) {
-            Ok(()) => {
-                let update = Update {
-                    queued_at_ms: Some(now),
-                    last_error: Some(why.clone()),
-                    event: Some(NewEvent {
-                        kind: "approved_offline",
-                        terminal_id: rec.terminal_id.clone(),
-                        payment_id: rec.id.clone(),
-                        message: format!("approved offline and queued ({why})"),
-                    }),
-                    ..Default::default()
-                };
-                let t = next(rec.status, &Input::ApprovedOffline)?;
-                let (new, event) =
-                    self.store.apply(&rec.id, &t, update).await.inspect_err(|e| self.note_store_error(e))?;
-                // The limits held for this commit; no other lane waits on reader I/O.
-                drop(gate);
-                failpoint::hit("offline_after_persist");
-                tracing::warn!(payment = %new.id, %why, "gateway unreachable: approved offline");
-                if let Some(e) = event {
-                    let _ = self.events.send(e);
-                }
-                self.announce(&new, pb::PaymentStage::Approved, convert::status_message(&new));
-                self.forward_wake.notify_one();
-                lane.show_result(&new.id, true, &convert::status_message(&new)).await;
-            }
-            Err(refusal) => {
-                drop(gate);
-                let message = format!(
-                    "The gateway cannot be reached ({why}) and the payment may not be taken offline: {}",
-                    refusal.message
-                );
-                self.step(&rec, Input::OfflineRefused { code: refusal.code.into(), message }, Update::default())
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
     /// What the offline limits are checked against: the queue as stored.
     fn queue_state(&self, currency: &str, fingerprint: &str, now: i64) -> Result<QueueState, StoreError> {
         let summary = self.store.queue_summary()?;
@@ -320,56 +220,323 @@ impl Engine {
             since_online: self.store.meta(LAST_ONLINE)?.map(|t| ago(t, now_ms())),
         })
     }
+}
 
-    /// Applies the gateway's answer for a payment in AUTHORIZING or UNKNOWN.
-    /// Returns false when the answer does not settle it.
-    async fn apply_answer(&self, rec: &PaymentRecord, tx: Transaction) -> Result<bool, StepError> {
-        match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
-            Outcome::Approved => {
-                let update = Update {
-                    auth_code: Some(tx.auth_code),
-                    gateway_reference: Some(tx.gateway_reference),
-                    ..Default::default()
-                };
-                self.step(rec, Input::Approved { captured: tx.captured }, update).await?;
-                Ok(true)
+/// What woke a run waiting on the reader, the register or the machine's deadline.
+enum Wake {
+    Reader(Option<ReaderEvent>),
+    Cancel,
+    Timer,
+}
+
+/// One run of a card-reader payment: what the driver holds between commands.
+struct Run<'a, G, R> {
+    engine: &'a Engine,
+    gateway: &'a G,
+    /// `None` only when settling a payment whose lane is no longer configured.
+    reader: Option<&'a R>,
+    /// The payment as last committed, or as read back after a failed commit.
+    rec: PaymentRecord,
+    /// The card read: its details as stored, and its encrypted data, until
+    /// the authorization takes them.
+    card: Option<(CardInfo, Vec<u8>)>,
+    /// The reader's messages while it collects for this payment.
+    collected: Option<mpsc::UnboundedReceiver<ReaderEvent>>,
+    /// The offline gate, from `ReadOfflineQueue` to `ReleaseOfflineGate`.
+    gate: Option<MutexGuard<'a, ()>>,
+    /// The machine's `now` counts from here.
+    began: tokio::time::Instant,
+    /// When the reader took the request: the reader latency's start.
+    asked: std::time::Instant,
+}
+
+impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
+    fn now(&self) -> Millis {
+        Millis::try_from(self.began.elapsed().as_millis()).unwrap_or(Millis::MAX)
+    }
+
+    /// Carries out one command; returns what came of it when the machine waits for that.
+    async fn perform(&mut self, command: Command) -> Option<Event> {
+        match command {
+            Command::Persist { steps, durability } => return Some(self.persist(steps, durability).await),
+            Command::CollectCard => return Some(self.collect().await),
+            Command::SendAuthorization { .. } => return Some(self.authorize().await),
+            Command::ReadOfflineQueue { currency, fingerprint } => {
+                return Some(self.read_queue(&currency, &fingerprint).await);
             }
-            Outcome::Declined => {
-                let input = Input::Declined { code: tx.decline_code, message: tx.decline_message };
-                self.step(rec, input, Update::default()).await?;
-                Ok(true)
+            Command::QueryStatus { gateway_key } => return Some(self.query(&gateway_key).await),
+            Command::ReleaseReader => {
+                self.collected = None;
+                if let Some(reader) = self.reader {
+                    reader.release(&self.rec.id);
+                }
             }
-            Outcome::Reversed | Outcome::Voided | Outcome::Unspecified => Ok(false),
+            Command::CancelReader => {
+                self.collected = None;
+                if let Some(reader) = self.reader {
+                    reader.cancel(&self.rec.id).await;
+                }
+            }
+            Command::ShowResult { approved } => {
+                if let Some(reader) = self.reader {
+                    reader.show_result(&self.rec.id, approved, &convert::status_message(&self.rec)).await;
+                }
+            }
+            Command::ReleaseOfflineGate => drop(self.gate.take()),
+            Command::WakeForwarder => self.engine.forward_wake.notify_one(),
+            Command::NotifyReversal => self.engine.reversals.notify_one(),
+            Command::Publish { stage, message } => {
+                self.engine.publish(&self.rec, convert::payment_stage(stage), message);
+            }
+            Command::FreeLane => self.engine.free_lane(&self.rec),
+            Command::EndStream => self.engine.end_live(&self.rec.id),
+            Command::AutoPrint => self.engine.auto_print(&self.rec.id).await,
+            // The driver's loop ends the run on it.
+            Command::Done(_) => {}
+        }
+        None
+    }
+
+    /// Commits the steps in one commit, then publishes each as
+    /// [`Engine::publish_commit`] does; its effects come as commands.
+    async fn persist(&mut self, steps: Vec<Step>, durability: machine::Durability) -> Event {
+        let durability = match durability {
+            machine::Durability::Synced => Durability::Synced,
+            machine::Durability::Deferred => Durability::Deferred,
+        };
+        // Why nothing was sent, for an offline approval's log.
+        let mut why = String::new();
+        let mut planned = Vec::with_capacity(steps.len());
+        for Step { transition, data } in steps {
+            if let Data::Queued { last_error, .. } = &data {
+                why.clone_from(last_error);
+            }
+            planned.push((transition, self.update(data)));
+        }
+        let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
+        let engine = self.engine;
+        match engine.store.apply_all(&self.rec.id, durability, planned).await {
+            Ok(applied) => {
+                for (t, (new, event)) in transitions.iter().zip(applied) {
+                    if t.to == Status::OfflineApproved {
+                        engine.approved_offline(&new, event, &why);
+                    } else {
+                        engine.publish_commit(t, &new, event);
+                    }
+                    self.rec = new;
+                }
+                Event::Committed
+            }
+            Err(e) => {
+                engine.note_store_error(&e);
+                let stored = engine.store.get(&self.rec.id).ok().flatten();
+                let status = stored.as_ref().map(|r| r.status);
+                if let Some(stored) = stored {
+                    self.rec = stored;
+                }
+                Event::CommitFailed { error: e.to_string(), stored: status }
+            }
         }
     }
 
-    /// Settles a payment whose answer was lost: ask for the outcome under
-    /// the same key for the whole attempt budget (a delayed request may still
-    /// arrive); if it stays unknown, queue a reversal.
-    pub(super) async fn settle_unknown(&self, rec: PaymentRecord) -> Result<(), StepError> {
-        let mut last = String::from("no status query was made");
-        for attempt in 0..self.settings.status_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.settings.status_backoff * attempt).await;
+    /// What a step stores besides its transition.
+    fn update(&self, data: Data) -> Update {
+        match data {
+            Data::None => Update::default(),
+            Data::Card => Update { card: self.card.clone(), ..Default::default() },
+            Data::Approval { auth_code, gateway_reference } => Update {
+                auth_code: Some(auth_code),
+                gateway_reference: Some(gateway_reference),
+                ..Default::default()
+            },
+            Data::Queued { queued_at_ms, last_error, event } => Update {
+                queued_at_ms: Some(queued_at_ms),
+                last_error: Some(last_error),
+                event: Some(NewEvent {
+                    kind: "approved_offline",
+                    terminal_id: self.rec.terminal_id.clone(),
+                    payment_id: self.rec.id.clone(),
+                    message: event,
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn collect(&mut self) -> Event {
+        let Some(reader) = self.reader else {
+            return Event::ReaderUnavailable { message: "the lane has no card reader".into() };
+        };
+        let rec = &self.rec;
+        let request = CollectCard {
+            payment_id: rec.id.clone(),
+            amount_minor: rec.amount_minor,
+            currency: rec.currency.clone(),
+            terminal_id: self.engine.gateway_terminal(&rec.terminal_id),
+            transaction_key: rec.gateway_key.clone(),
+            cashback_minor: 0,
+        };
+        match reader.collect(request).await {
+            Ok(collected) => {
+                self.collected = Some(collected);
+                self.asked = std::time::Instant::now();
+                Event::ReaderCollecting
             }
-            match self.gateway.transaction(&rec.gateway_key).await {
-                Ok(Some(tx)) => match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
-                    Outcome::Reversed | Outcome::Voided => {
-                        last = "the gateway holds the key as reversed".into();
-                        break;
-                    }
-                    Outcome::Unspecified => last = "the gateway answered without an outcome".into(),
-                    _ => {
-                        self.apply_answer(&rec, tx).await?;
-                        return Ok(());
-                    }
-                },
-                Ok(None) => last = "the gateway has no record of the request (yet)".into(),
-                Err(e) => last = e,
+            Err(message) => Event::ReaderUnavailable { message },
+        }
+    }
+
+    /// What the reader said, for the machine; `None`: its channel closed.
+    fn reader_event(&mut self, event: Option<ReaderEvent>) -> Event {
+        match event {
+            Some(ReaderEvent::Progress { stage, text }) => {
+                Event::ReaderProgress { stage: convert::reader_stage(stage), text }
+            }
+            Some(ReaderEvent::Card(card)) => {
+                self.engine.latencies.reader.observe(self.asked.elapsed());
+                let card = *card;
+                let read = card_read(&card);
+                // A card without encrypted data is never stored or sent.
+                if read.has_blob {
+                    self.card = Some((card_info(&card), card.encrypted_card));
+                }
+                Event::CardRead(read)
+            }
+            Some(ReaderEvent::Failed { reason, message }) => {
+                let reason = match reason {
+                    FailReason::Canceled => ReaderFailure::Canceled,
+                    FailReason::Timeout => ReaderFailure::Timeout,
+                    FailReason::CardError => ReaderFailure::CardError,
+                    _ => ReaderFailure::Other,
+                };
+                Event::ReaderFailed { reason, message }
+            }
+            Some(ReaderEvent::Disconnected(reason)) => Event::ReaderDisconnected { reason },
+            None => {
+                self.collected = None;
+                Event::ReaderGone
             }
         }
-        self.step(&rec, Input::StillUnknown { message: last }, Update::default()).await?;
-        Ok(())
+    }
+
+    async fn authorize(&mut self) -> Event {
+        let (info, blob) = self.card.take().expect("the machine authorizes only a card stored with its data");
+        let request = self.engine.authorize_request(&self.rec, &info, blob);
+        let sent = std::time::Instant::now();
+        let outcome = self.gateway.authorize(request).await;
+        if !matches!(outcome, AuthOutcome::NotSent(_) | AuthOutcome::LocalFault(_)) {
+            self.engine.latencies.gateway.observe(sent.elapsed());
+        }
+        match outcome {
+            AuthOutcome::Answer(tx) => {
+                failpoint::hit("online_after_response");
+                Event::GatewayAnswer(answer(tx))
+            }
+            AuthOutcome::Rejected(message) => Event::GatewayRejected { message },
+            AuthOutcome::NotSent(message) => Event::GatewayNotSent { message },
+            AuthOutcome::LocalFault(message) => {
+                tracing::error!(payment = %self.rec.id, error = %message, "payment failed: a fault on this machine, not the gateway");
+                Event::GatewayLocalFault { message }
+            }
+            AuthOutcome::Unknown(message) => {
+                tracing::warn!(payment = %self.rec.id, %message, "gateway answer lost; asking for the outcome");
+                Event::GatewayUnknown { message }
+            }
+        }
+    }
+
+    /// Takes the offline gate (held until `ReleaseOfflineGate`) and reads the
+    /// queue the offline limits are checked against.
+    async fn read_queue(&mut self, currency: &str, fingerprint: &str) -> Event {
+        let engine = self.engine;
+        self.gate = Some(engine.offline_gate.lock().await);
+        let now = engine.clock.now_ms();
+        match engine.queue_state(currency, fingerprint, now) {
+            Ok(queue) => Event::OfflineQueue { queue, queued_at_ms: now },
+            Err(e) => {
+                tracing::error!(payment = %self.rec.id, error = %e, "cannot read the offline queue; offline approval refused");
+                engine.note_store_error(&e);
+                Event::OfflineQueueUnreadable
+            }
+        }
+    }
+
+    async fn query(&self, key: &str) -> Event {
+        match self.gateway.transaction(key).await {
+            Ok(Some(tx)) => Event::StatusAnswer(answer(tx)),
+            Ok(None) => Event::StatusNoRecord,
+            Err(message) => Event::StatusFailed { message },
+        }
+    }
+}
+
+async fn next_reader_event(collected: &mut Option<mpsc::UnboundedReceiver<ReaderEvent>>) -> Option<ReaderEvent> {
+    match collected {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Returns when the register asks to cancel; never once its channel closed.
+async fn register_cancel(cancel: Option<&mut mpsc::Receiver<()>>) {
+    if let Some(rx) = cancel
+        && rx.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn payment_of(rec: &PaymentRecord) -> machine::Payment {
+    machine::Payment {
+        id: rec.id.clone(),
+        status: rec.status,
+        amount_minor: rec.amount_minor,
+        currency: rec.currency.clone(),
+        manual_capture: rec.manual_capture,
+        gateway_key: rec.gateway_key.clone(),
+    }
+}
+
+/// The gateway's record of the payment, as the machine reads it.
+fn answer(tx: Transaction) -> Answer {
+    use pos_proto::gateway::Outcome;
+    match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
+        Outcome::Approved => Answer::Approved {
+            captured: tx.captured,
+            auth_code: tx.auth_code,
+            gateway_reference: tx.gateway_reference,
+        },
+        Outcome::Declined => Answer::Declined { code: tx.decline_code, message: tx.decline_message },
+        Outcome::Reversed | Outcome::Voided => Answer::Reversed,
+        Outcome::Unspecified => Answer::NoOutcome,
+    }
+}
+
+/// What the machine's decisions need of the card read; the reader's texts scrubbed.
+fn card_read(c: &CardResult) -> Card {
+    let entry = match convert::entry_mode(c.entry_mode) {
+        pb::EntryMode::Chip => Entry::Chip,
+        pb::EntryMode::Contactless => Entry::Contactless,
+        pb::EntryMode::Swipe => Entry::Swipe,
+        pb::EntryMode::Manual => Entry::Manual,
+        pb::EntryMode::Unspecified => Entry::Unknown,
+    };
+    Card {
+        has_blob: !c.encrypted_card.is_empty(),
+        // The reader's brand text shows up in a refusal's message.
+        brand: pos_mask::scrub(&c.brand),
+        fingerprint: pos_mask::scrub(&c.card_fingerprint),
+        entry,
+        fallback: c.fallback,
+        cashback_minor: c.cashback_minor,
     }
 }
 
@@ -399,19 +566,4 @@ fn card_info(c: &CardResult) -> CardInfo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::well_masked;
-
-    #[test]
-    fn masked_pans_keep_first_six_and_last_four_only() {
-        assert_eq!(well_masked("424242******4242"), "424242******4242");
-        assert_eq!(well_masked("4242424242424242"), "424242******4242");
-        assert_eq!(well_masked("4242424242******"), "****************");
-        assert_eq!(well_masked("garbage"), "*******");
-        // The one rule of pos_mask, for the ZVT terminal's card numbers alike.
-        assert_eq!(well_masked("4242 4242 4242 4242"), crate::zvt::safe_pan("4242 4242 4242 4242"));
-        assert_eq!(well_masked("4242 4242 4242 4242"), "424242******4242");
-        assert_eq!(well_masked("************4242"), crate::zvt::safe_pan("************4242"));
-        assert_eq!(well_masked(""), "****");
-    }
-}
+mod tests;

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use pos_engine::payment::{Recover, Step, recover as reader_recovery};
 use pos_engine::{Input, Recovery, Status};
 use pos_proto::gateway::{Outcome, ReverseRequest};
 
-use super::Engine;
-use crate::store::{PaymentRecord, RefundRecord, Update};
+use super::{Engine, StepError};
+use crate::store::{Durability, PaymentRecord, RefundRecord, Update};
 
 impl Engine {
     /// Finishes what a previous run left: called once before serving.
@@ -53,41 +54,41 @@ impl Engine {
                 }
                 continue;
             }
-            let result = match pos_engine::recovery(rec.status) {
-                Recovery::Interrupt => self.step(&rec, Input::Interrupted, Update::default()).await.map(drop),
-                Recovery::QueryStatus => {
-                    let rec = if rec.status == Status::Authorizing {
-                        let input =
-                            Input::AnswerLost { message: "posd restarted while waiting for the gateway".into() };
-                        self.step(&rec, input, Update::default()).await?
-                    } else {
-                        rec
+            match reader_recovery(rec.status).map_err(StepError::from)? {
+                Recover::Nothing => {}
+                Recover::Persist(step) => {
+                    self.commit_step(&rec, step).await?;
+                }
+                Recover::Settle { first } => {
+                    let rec = match first {
+                        Some(step) => self.commit_step(&rec, step).await?,
+                        None => rec,
                     };
                     tracing::info!(payment = %rec.id, "recovering a payment with an unknown outcome");
                     let engine = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = engine.settle_unknown(rec).await {
-                            tracing::error!(error = %e, "recovery failed");
-                        }
-                    });
-                    Ok(())
+                    tokio::spawn(async move { engine.settle(rec).await });
                 }
-                Recovery::Requeue => {
-                    let input = Input::ForwardRetry { message: "posd restarted during forwarding".into() };
-                    self.step(&rec, input, Update::default()).await.map(drop)
-                }
-                Recovery::Reverse => {
-                    self.reversals.notify_one();
-                    Ok(())
-                }
-                Recovery::None | Recovery::AskTerminal => Ok(()),
-            };
-            result?;
+                Recover::NotifyReversal => self.reversals.notify_one(),
+            }
         }
         for (terminal, (payment, refunds)) in on_terminal {
             self.recover_on_terminal(&terminal, payment, refunds);
         }
         Ok(())
+    }
+
+    /// Commits a start-up step (it stores no data besides its transition)
+    /// and publishes it and performs its effects as [`Engine::step`] does.
+    async fn commit_step(&self, rec: &PaymentRecord, step: Step) -> Result<PaymentRecord, StepError> {
+        let Step { transition, .. } = step;
+        let applied = self
+            .store
+            .apply_all(&rec.id, Durability::Synced, vec![(transition.clone(), Update::default())])
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
+        let (new, event) = applied.into_iter().next().expect("one transition, one result");
+        self.committed(&transition, &new, event).await;
+        Ok(new)
     }
 
     /// Sends queued reversals until each is acknowledged. Runs for the life

@@ -156,8 +156,62 @@ impl Engine {
         None
     }
 
+    /// Runs one payment on the lane's payment terminal to its end: prints
+    /// what is printed by itself, or, when a step could not be recorded,
+    /// tells the register what it may do.
+    pub(super) async fn run_on_terminal(
+        &self,
+        lane: &Lane,
+        zvt: &ZvtTerminal,
+        rec: PaymentRecord,
+        cancel: &mut mpsc::Receiver<()>,
+    ) {
+        let id = rec.id.clone();
+        let Err(e) = self.drive_terminal(lane, zvt, rec, cancel).await else {
+            self.auto_print(&id).await;
+            return;
+        };
+        lane.release(&id);
+        let stored = self.store.get(&id).ok().flatten();
+        // A payment terminal decides by itself once it has the payment.
+        let may_be_at_gateway = stored.as_ref().is_none_or(|r| {
+            !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead)
+                || (r.on_terminal() && r.status != Status::Created)
+        });
+        tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
+        match stored {
+            Some(rec) if !may_be_at_gateway => {
+                // Nothing was sent: the register may safely try again.
+                self.free_lane(&rec);
+                self.publish(
+                    &rec,
+                    pb::PaymentStage::Failed,
+                    format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
+                );
+                self.end_live(&id);
+                lane.cancel(&id).await;
+            }
+            Some(rec) => {
+                // The request may be at the gateway: do not let the register
+                // retry as if nothing happened. The lane stays busy; a restart
+                // settles the payment by status query.
+                self.publish(
+                    &rec,
+                    pb::PaymentStage::Authorizing,
+                    format!(
+                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; posd settles payment {id} when it restarts, which it does by itself once its database works again."
+                    ),
+                );
+                self.end_live(&id);
+            }
+            None => {
+                self.end_live(&id);
+            }
+        }
+    }
+
     /// Takes one payment on the lane's payment terminal.
-    pub(super) async fn drive_terminal(
+    async fn drive_terminal(
         &self,
         lane: &Lane,
         zvt: &ZvtTerminal,
