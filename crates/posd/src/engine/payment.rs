@@ -344,11 +344,9 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         match data {
             Data::None => Update::default(),
             Data::Card => Update { card: self.card.clone(), ..Default::default() },
-            Data::Approval { auth_code, gateway_reference } => Update {
-                auth_code: Some(auth_code),
-                gateway_reference: Some(gateway_reference),
-                ..Default::default()
-            },
+            Data::Approval { auth_code, gateway_reference } => {
+                Update { auth_code: Some(auth_code), gateway_reference: Some(gateway_reference), ..Default::default() }
+            }
             Data::Queued { queued_at_ms, last_error, event } => Update {
                 queued_at_ms: Some(queued_at_ms),
                 last_error: Some(last_error),
@@ -509,11 +507,9 @@ fn payment_of(rec: &PaymentRecord) -> machine::Payment {
 fn answer(tx: Transaction) -> Answer {
     use pos_proto::gateway::Outcome;
     match Outcome::try_from(tx.outcome).unwrap_or(Outcome::Unspecified) {
-        Outcome::Approved => Answer::Approved {
-            captured: tx.captured,
-            auth_code: tx.auth_code,
-            gateway_reference: tx.gateway_reference,
-        },
+        Outcome::Approved => {
+            Answer::Approved { captured: tx.captured, auth_code: tx.auth_code, gateway_reference: tx.gateway_reference }
+        }
         Outcome::Declined => Answer::Declined { code: tx.decline_code, message: tx.decline_message },
         Outcome::Reversed | Outcome::Voided => Answer::Reversed,
         Outcome::Unspecified => Answer::NoOutcome,

@@ -147,15 +147,8 @@ async fn bench() -> Bench {
     );
     let engine = Engine::new(store, gateway, Vec::new(), settings());
     let commits_before = (engine.store.write_counts().1, engine.store.unsynced_commits());
-    let candidate = PaymentRecord::created(
-        "pay_t1".into(),
-        "k-1".into(),
-        KEY.into(),
-        LANE.into(),
-        2_000,
-        "EUR".into(),
-        now_ms(),
-    );
+    let candidate =
+        PaymentRecord::created("pay_t1".into(), "k-1".into(), KEY.into(), LANE.into(), 2_000, "EUR".into(), now_ms());
     let rec = engine.store.insert_or_get(&candidate, "test").await.unwrap().unwrap();
     let (events, register) = broadcast::channel(64);
     let (cancel_tx, cancel) = mpsc::channel(1);
