@@ -48,7 +48,7 @@ impl SendKind {
 impl Store {
     /// The next queued payments to forward, in FIFO order, with their card data.
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
         ))?;
@@ -64,7 +64,7 @@ impl Store {
     /// instead, see [`Store::drop_overdue_card_data`]), or quarantined
     /// (refused by the gateway).
     pub fn queued_before(&self, queued_before_ms: i64) -> Result<Vec<PaymentRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM payments WHERE queued_at_ms < ?1 AND \
              ((status = 'offline_approved' AND forward_attempts = 0) OR status = 'quarantined') ORDER BY queue_seq"
@@ -107,7 +107,9 @@ impl Store {
 
     /// Totals of the unsent offline payments.
     pub fn queue_summary(&self) -> Result<QueueSummary, StoreError> {
-        let conn = self.conn();
+        let reader = self.reader();
+        // Both queries in one read transaction: the same commit's totals.
+        let conn = reader.unchecked_transaction()?;
         const UNSENT: &str = "status IN ('offline_approved', 'forwarding', 'quarantined')";
         let (count, quarantined, oldest): (u32, u32, Option<i64>) = conn.query_row(
             &format!(
@@ -126,7 +128,7 @@ impl Store {
 
     /// Unsent offline payments of one card (by the reader's fingerprint).
     pub fn queued_for_card(&self, fingerprint: &str) -> Result<u32, StoreError> {
-        Ok(self.conn().query_row(
+        Ok(self.reader().query_row(
             "SELECT COUNT(*) FROM payments WHERE status IN ('offline_approved', 'forwarding', 'quarantined') \
              AND card_fingerprint = ?1",
             [fingerprint],
@@ -167,7 +169,7 @@ impl Store {
 
     /// Whether an attempt of the operation may have reached the gateway.
     pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT 1 FROM gateway_sends WHERE kind = ?1 AND op_key = ?2")?;
         Ok(stmt.exists(params![kind.as_str(), key])?)
     }

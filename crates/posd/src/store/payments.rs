@@ -312,19 +312,19 @@ impl Store {
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"), [id], row_to_payment)
             .optional()?)
     }
 
     pub fn get_by_key(&self, key: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        Ok(payment_by_key(&self.conn(), key)?)
+        Ok(payment_by_key(&self.reader(), key)?)
     }
 
     /// The encrypted card data, while the payment still keeps it.
     pub fn encrypted_card(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row("SELECT encrypted_card FROM payments WHERE id = ?1", [id], |r| r.get(0))
             .optional()?
             .flatten())
@@ -362,7 +362,7 @@ impl Store {
         args.push((f.limit as i64).into());
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT ?{}", args.len());
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -379,7 +379,7 @@ impl Store {
             .map(|s| s.as_str())
             .collect();
         let marks = (1..=unfinished.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare(&format!("SELECT {COLUMNS} FROM payments WHERE status IN ({marks}) ORDER BY created_at_ms, id"))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(unfinished), row_to_payment)?;
@@ -389,7 +389,7 @@ impl Store {
     /// AUTHORIZED payments (manual capture) authorized before the cutoff,
     /// oldest first, at most `limit`.
     pub fn authorized_before(&self, before_ms: i64, limit: usize) -> Result<Vec<PaymentRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND updated_at_ms < ?1 \
              ORDER BY updated_at_ms LIMIT ?2"
@@ -400,7 +400,7 @@ impl Store {
 
     /// Payments per status.
     pub fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -409,7 +409,7 @@ impl Store {
     /// The lane's last receipt number when the payment started on its payment
     /// terminal (-1: none known); `None` when it never did.
     pub fn payment_receipt_before(&self, payment_id: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let before = conn
             .query_row("SELECT zvt_receipt_before FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
             .optional()?;
@@ -418,7 +418,7 @@ impl Store {
 
     /// A payment terminal's result for a payment, with its receipt lines.
     pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         Ok(conn
             .query_row(
                 "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines FROM terminal_results \
