@@ -21,7 +21,7 @@
 //! - `lock`: the state directory's lock and the marker of a database to keep.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -148,13 +148,20 @@ impl Store {
         Ok(self.reader().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
-    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
-        self.conn().execute(SET_META, params![key, value])?;
-        Ok(())
+    /// Sets a `meta` value, in a synced commit through the group commit.
+    pub async fn set_meta(self: &Arc<Self>, key: &str, value: i64) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |conn| {
+            exec(conn, SET_META, params![key, value])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Moves the WAL into the database and truncates it, so deleted card
     /// data does not linger there (secure_delete wipes it in the database).
+    /// On the writing connection, outside a transaction; it syncs, so async
+    /// callers run it on the blocking pool.
     pub fn checkpoint(&self) {
         let conn = self.conn();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {

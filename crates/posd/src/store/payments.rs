@@ -241,14 +241,9 @@ impl Store {
 
     /// Inserts many new payments in one commit (bulk loads, such as the
     /// benchmarks' stored payments). A key already taken fails them all.
-    pub fn insert_batch(&self, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for p in payments {
-            insert_in(&tx, p, caller)?;
-        }
-        tx.commit()?;
-        Ok(())
+    pub async fn insert_batch(self: &Arc<Self>, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
+        let (payments, caller) = (payments.to_vec(), caller.to_string());
+        self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, p, &caller))).await
     }
 
     /// Commits one transition: the status (only if it is still `t.from`), its
@@ -286,28 +281,18 @@ impl Store {
         self.write_blocking(move |conn| apply_in(conn, &id, &t, update))
     }
 
-    /// Commits many transitions at once (one disk sync). A transition whose
-    /// `from` is stale is skipped and reported; the others are committed.
-    pub fn apply_batch(
-        &self,
+    /// Commits many transitions at once (one disk sync), through the group
+    /// commit (the forwarder's batches). A transition whose `from` is stale
+    /// is skipped and reported; the others are committed. An empty batch
+    /// commits nothing.
+    pub async fn apply_batch(
+        self: &Arc<Self>,
         items: Vec<(String, Transition, Update)>,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-        let mut conn = self.conn();
-        let mut tx = conn.transaction()?;
-        let mut out = Vec::with_capacity(items.len());
-        for (id, t, u) in items {
-            let sp = tx.savepoint()?;
-            match apply_in(&sp, &id, &t, u) {
-                Ok(r) => {
-                    sp.commit()?;
-                    out.push(Ok(r));
-                }
-                Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => out.push(Err(e)),
-                Err(e) => return Err(e),
-            }
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit()?;
-        Ok(out)
+        self.write(move |conn| apply_batch_in(conn, items)).await
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -468,6 +453,31 @@ pub(super) fn insert_or_get_in(
         insert_in(conn, &p, &caller)?;
         Ok(Ok(p))
     }
+}
+
+/// The write of [`Store::apply_batch`]: each transition in a savepoint of
+/// its own, rolled back alone when the transition is refused.
+fn apply_batch_in(
+    conn: &Connection,
+    items: Vec<(String, Transition, Update)>,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (id, t, u) in items {
+        conn.execute_batch("SAVEPOINT batch_item")?;
+        match apply_in(conn, &id, &t, u) {
+            Ok(r) => {
+                conn.execute_batch("RELEASE batch_item")?;
+                out.push(Ok(r));
+            }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => {
+                conn.execute_batch("ROLLBACK TO batch_item; RELEASE batch_item")?;
+                out.push(Err(e));
+            }
+            // The whole write is rolled back by the group commit.
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// The payment under a register's idempotency key.
