@@ -587,7 +587,7 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
         ("pay_a".to_string(), start.clone(), Update::default()),
         ("pay_b".to_string(), stale, Update { audit: Some("never kept".into()), ..Default::default() }),
         ("pay_missing".to_string(), start.clone(), Update::default()),
-        ("pay_c".to_string(), start.clone(), Update { event: Some(event), ..Default::default() }),
+        ("pay_c".to_string(), start, Update { event: Some(event), ..Default::default() }),
     ];
     let before = s.write_counts();
     let results = s.apply_batch(items).await.unwrap();
@@ -644,10 +644,7 @@ fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
     }
     // The reader is query_only: a write sent to it by mistake fails.
     let err = s.reader().execute("UPDATE payments SET amount_minor = 1 WHERE id = 'pay_k'", []).unwrap_err();
-    assert!(
-        matches!(&err, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly),
-        "{err}"
-    );
+    assert!(matches!(&err, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly), "{err}");
     assert!(s.reader().execute_batch("INSERT INTO meta (key, value) VALUES ('x', 1)").is_err());
     assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
     assert_eq!(s.meta("x").unwrap(), None);
