@@ -112,8 +112,8 @@ impl Drop for Proc {
 /// them in batched commits (benchmark data); `update` gives each payment's
 /// data for a step (e.g. its card at `Input::CardRead`). Returns the status
 /// they end in.
-pub fn advance_all(
-    store: &posd::store::Store,
+pub async fn advance_all(
+    store: &std::sync::Arc<posd::store::Store>,
     ids: &[String],
     inputs: &[pos_engine::Input],
     update: impl Fn(&str, &pos_engine::Input) -> posd::store::Update,
@@ -123,7 +123,7 @@ pub fn advance_all(
         let t = pos_engine::next(status, input).expect("a valid transition");
         for chunk in ids.chunks(5000) {
             let items = chunk.iter().map(|id| (id.clone(), t.clone(), update(id, input))).collect();
-            for r in store.apply_batch(items).expect("a batch of transitions") {
+            for r in store.apply_batch(items).await.expect("a batch of transitions") {
                 r.expect("a transition");
             }
         }

@@ -5,7 +5,7 @@
 //! (persisted), so a clock set backwards never makes a queued payment younger.
 //! Jumps between the wall clock and the ageing clock are logged.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::store::{Store, now_ms};
@@ -56,9 +56,10 @@ impl AgeClock {
         }
     }
 
-    /// Persists the high-water mark a restart resumes from.
-    pub fn persist(&self, store: &Store) {
-        if let Err(e) = store.set_meta(HIGH_WATER, self.now_ms()) {
+    /// Persists the high-water mark a restart resumes from (a synced commit
+    /// through the store's group commit).
+    pub async fn persist(&self, store: &Arc<Store>) {
+        if let Err(e) = store.set_meta(HIGH_WATER, self.now_ms()).await {
             tracing::warn!(error = %e, "cannot persist the ageing clock");
         }
     }
@@ -68,17 +69,17 @@ impl AgeClock {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_clock_set_backwards_across_a_restart_never_makes_the_queue_younger() {
+    #[tokio::test]
+    async fn a_clock_set_backwards_across_a_restart_never_makes_the_queue_younger() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("posd.db")).unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
         // posd last ran "a day in the future": the wall clock was set back since.
         let later = now_ms() + 86_400_000;
-        store.set_meta(HIGH_WATER, later).unwrap();
+        store.set_meta(HIGH_WATER, later).await.unwrap();
         let clock = AgeClock::start(&store);
         assert!(clock.now_ms() >= later);
         clock.check();
-        clock.persist(&store);
+        clock.persist(&store).await;
         assert!(store.meta(HIGH_WATER).unwrap().unwrap() >= later, "the high-water mark never goes back");
     }
 

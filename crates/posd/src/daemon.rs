@@ -226,7 +226,7 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         // `uds::claim` removed a stale socket at start; a live one is never removed.
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
-        restrict_socket(path, engine.store())?;
+        restrict_socket(path, engine.store()).await?;
         announce(&format!("unix:{path}"), demo_banner, &demo_notes);
         if let Some(m) = metrics_addr {
             println!("posd metrics on http://{m}/metrics");
@@ -383,7 +383,7 @@ async fn supervise(engine: Arc<Engine>) {
 /// The API socket: mode 0660, group posd-clients when that group exists.
 /// A missing group (a development setup) is warned about once per state
 /// directory, not at every start.
-fn restrict_socket(path: &str, store: &Store) -> anyhow::Result<()> {
+async fn restrict_socket(path: &str, store: &Arc<Store>) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| anyhow::anyhow!("cannot set the mode of {path}: {e}"))?;
@@ -398,7 +398,7 @@ fn restrict_socket(path: &str, store: &Store) -> anyhow::Result<()> {
                 socket = path,
                 "group posd-clients does not exist; only posd's own group may call the API (said once per state directory)"
             );
-            if let Err(e) = store.set_meta(NO_CLIENTS_GROUP, 1) {
+            if let Err(e) = store.set_meta(NO_CLIENTS_GROUP, 1).await {
                 tracing::debug!(error = %e, "cannot note the warning about posd-clients");
             }
         }

@@ -216,7 +216,7 @@ impl Engine {
         })
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

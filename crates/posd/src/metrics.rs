@@ -147,7 +147,7 @@ impl Collector for Page {
         counter(
             e,
             "posd_store_writes",
-            "Writes committed through the group commit: payment writes, events, audit entries, refunds and records.",
+            "Writes committed through the group commit: payments, events, audit entries, refunds, records, meta.",
             s.store_writes,
         )?;
         counter(

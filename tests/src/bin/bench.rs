@@ -78,7 +78,7 @@ async fn main() -> ExitCode {
         commit_rate(o.commits).await;
     }
     if o.runs(Part::Startup) {
-        startup(&o);
+        startup(&o).await;
     }
     ExitCode::SUCCESS
 }
@@ -395,7 +395,7 @@ fn card_info() -> CardInfo {
 }
 
 /// (e) Start-up to READY=1 with an empty database and with `stored` payments.
-fn startup(o: &Options) {
+async fn startup(o: &Options) {
     let mut lane = Lane::prepare(&[], "");
     lane.posd_env = vec![("RUST_LOG".into(), "info".into())];
     let state = lane.state_dir();
@@ -409,7 +409,7 @@ fn startup(o: &Options) {
     for stored in [0, o.stored] {
         let seeded = Instant::now();
         if stored > 0 {
-            seed(&state.join("posd.db"), stored);
+            seed(&state.join("posd.db"), stored).await;
         }
         let seeding = seeded.elapsed();
         let mut times = Vec::new();
@@ -444,8 +444,8 @@ fn startup(o: &Options) {
 /// Puts `n` captured payments into posd's database at `path`: inserted in
 /// one commit, then walked through their life by the store's batched
 /// transitions.
-fn seed(path: &Path, n: usize) {
-    let store = Store::open(path).expect("posd store");
+async fn seed(path: &Path, n: usize) {
+    let store = Arc::new(Store::open(path).expect("posd store"));
     let start = now_ms() - 30 * 24 * 3600 * 1000;
     let recs: Vec<PaymentRecord> = (0..n)
         .map(|i| {
@@ -460,12 +460,13 @@ fn seed(path: &Path, n: usize) {
             )
         })
         .collect();
-    store.insert_batch(&recs, "bench").expect("seed payments");
+    store.insert_batch(&recs, "bench").await.expect("seed payments");
     let ids: Vec<String> = recs.into_iter().map(|r| r.id).collect();
     let status = advance_all(&store, &ids, &captured_life(), |_, input| Update {
         card: matches!(input, Input::CardRead).then(|| (card_info(), vec![0xA5; 160])),
         ..Default::default()
-    });
+    })
+    .await;
     assert_eq!(status, Status::Captured);
     assert_eq!(store.count_by_status().unwrap(), vec![("captured".to_string(), n as i64)]);
     store.checkpoint();

@@ -24,7 +24,7 @@ const STORE_ID: &str = "bench";
 const LATENCY_MS: u64 = 5;
 
 /// Puts `n` payments in the outbox, each with card data bound to it.
-fn seed(store: &Store, n: usize) {
+async fn seed(store: &Arc<Store>, n: usize) {
     let key = BaseKey::test_key();
     let card = CardData { pan: "4242424242424242".into(), expiry: "3012".into(), track2_equivalent: "t2".into() };
     let recs: Vec<PaymentRecord> = (0..n)
@@ -40,7 +40,7 @@ fn seed(store: &Store, n: usize) {
             )
         })
         .collect();
-    store.insert_batch(&recs, "bench").expect("seed payments");
+    store.insert_batch(&recs, "bench").await.expect("seed payments");
     let blobs: HashMap<String, Vec<u8>> = recs
         .iter()
         .map(|rec| {
@@ -61,7 +61,8 @@ fn seed(store: &Store, n: usize) {
         card: matches!(input, Input::CardRead).then(|| (info.clone(), blobs[id].clone())),
         queued_at_ms: Some(now_ms()),
         ..Default::default()
-    });
+    })
+    .await;
     assert_eq!(status, Status::OfflineApproved);
 }
 
@@ -80,7 +81,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
     .expect("gateway-sim");
     sim.faults.send_replace(gateway_sim::Fault::Latency(LATENCY_MS));
     let store = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
-    seed(&store, n);
+    seed(&store, n).await;
     let gateway = Arc::new(
         Gateway::new(GatewaySettings {
             url: format!("http://{}", sim.listen_addr),

@@ -64,7 +64,7 @@ impl Engine {
             }
             if now_online && now_ms() - last_recorded > 60_000 {
                 last_recorded = now_ms();
-                if let Err(e) = self.store.set_meta(LAST_ONLINE, last_recorded) {
+                if let Err(e) = self.store.set_meta(LAST_ONLINE, last_recorded).await {
                     tracing::warn!(error = %e, "cannot record the gateway's last contact");
                 }
             }

@@ -87,7 +87,7 @@ impl Engine {
                 }
             }
             // Between rounds, so no round sends card data deleted meanwhile.
-            self.drop_overdue_card_data(&f);
+            self.drop_overdue_card_data(&f).await;
             let batch = match self.store.outbox_batch(f.batch_size) {
                 Ok(b) => b,
                 Err(e) => {
@@ -122,7 +122,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "forwarding stopped by a storage error");
-                    self.requeue_stranded();
+                    self.requeue_stranded().await;
                     wait = Some(f.retry_max);
                 }
             }
@@ -133,7 +133,7 @@ impl Engine {
     /// credentials), or a payment's answer was unclear and it went back to
     /// the queue; either way the next round waits.
     async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        let claimed = self.claim_for_forwarding(batch)?;
+        let claimed = self.claim_for_forwarding(batch).await?;
         failpoint::hit("forward_after_claim");
         let requests = claimed
             .iter()
@@ -158,7 +158,7 @@ impl Engine {
                     })
                     .filter_map(|(id, t, u)| t.ok().map(|t| (id, t, u)))
                     .collect();
-                self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?;
+                self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))?;
                 let (first_pause, new_error) = {
                     let mut s = self.sync.lock().unwrap();
                     let new_error = s.last_error != message;
@@ -183,9 +183,10 @@ impl Engine {
     /// the gateway cannot simply expire, but it is never sent again either:
     /// its card data goes now (the forwarder calls this between rounds, at
     /// least every `health_interval` or `retry_max`), and it is asked about.
-    fn drop_overdue_card_data(&self, f: &ForwardSettings) {
+    async fn drop_overdue_card_data(&self, f: &ForwardSettings) {
         let why = format!("not confirmed by the gateway within {}", human(f.expire_after));
-        match self.store.drop_overdue_card_data(self.clock.now_ms() - f.expire_after.as_millis() as i64, &why) {
+        let queued_before = self.clock.now_ms() - f.expire_after.as_millis() as i64;
+        match self.store.drop_overdue_card_data(queued_before, &why).await {
             Ok(events) if !events.is_empty() => {
                 tracing::error!(
                     count = events.len(),
@@ -206,7 +207,7 @@ impl Engine {
     /// Moves a round's payments to FORWARDING in one commit (recovery finds a
     /// payment there if posd stops before storing the answer), with their
     /// card data; a payment that moved on meanwhile is left out.
-    fn claim_for_forwarding(
+    async fn claim_for_forwarding(
         &self,
         batch: Vec<(PaymentRecord, Vec<u8>)>,
     ) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StepError> {
@@ -217,6 +218,7 @@ impl Engine {
         Ok(self
             .store
             .apply_batch(claims)
+            .await
             .inspect_err(|e| self.note_store_error(e))?
             .into_iter()
             .zip(batch)
@@ -233,7 +235,7 @@ impl Engine {
     /// when one of them is still unsettled (the gateway could not be asked,
     /// or its answer was unclear).
     async fn settle_overdue(&self, overdue: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        let claimed = self.claim_for_forwarding(overdue)?;
+        let claimed = self.claim_for_forwarding(overdue).await?;
         let mut answered = Vec::new();
         let mut results = Vec::new();
         let mut expired = Vec::new();
@@ -276,7 +278,7 @@ impl Engine {
                 NewEvent { kind: "expired", terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
             items.push((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }));
         }
-        let stored = self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))?;
+        let stored = self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))?;
         if stored.iter().any(Result::is_ok) {
             self.reversals.notify_one();
         }
@@ -388,7 +390,7 @@ impl Engine {
             };
             items.push((rec.id.clone(), t, update));
         }
-        for r in self.store.apply_batch(items).inspect_err(|e| self.note_store_error(e))? {
+        for r in self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))? {
             match r {
                 Ok((rec, event)) => {
                     tracing::info!(payment = %rec.id, status = %rec.status, "forwarding result stored");
@@ -404,7 +406,7 @@ impl Engine {
 
     /// Puts payments left in FORWARDING (a round cut short by a storage
     /// error) back in the queue; the same key makes the repeat safe.
-    fn requeue_stranded(&self) {
+    async fn requeue_stranded(&self) {
         let filter = crate::store::ListFilter { statuses: vec![Status::Forwarding], limit: 1000, ..Default::default() };
         let Ok(stranded) = self.store.list(&filter) else { return };
         let items: Vec<_> = stranded
@@ -416,7 +418,7 @@ impl Engine {
             })
             .collect();
         if !items.is_empty()
-            && let Err(e) = self.store.apply_batch(items)
+            && let Err(e) = self.store.apply_batch(items).await
         {
             tracing::error!(error = %e, "cannot put interrupted payments back in the queue");
         }
@@ -444,7 +446,7 @@ impl Engine {
                     .collect();
                 if !items.is_empty() {
                     tracing::error!(count = items.len(), "ALERT: queued payments expired unsent");
-                    match self.store.apply_batch(items) {
+                    match self.store.apply_batch(items).await {
                         Ok(results) => {
                             for (_, e) in results.into_iter().flatten() {
                                 if let Some(e) = e {
@@ -510,8 +512,12 @@ impl Engine {
             due
         };
         if due {
-            self.clock.persist(&self.store);
-            self.store.checkpoint();
+            self.clock.persist(&self.store).await;
+            // The checkpoint syncs: on the blocking pool, not a worker.
+            let store = Arc::clone(&self.store);
+            if let Err(e) = tokio::task::spawn_blocking(move || store.checkpoint()).await {
+                tracing::debug!(error = %e, "WAL checkpoint not run");
+            }
         }
     }
 

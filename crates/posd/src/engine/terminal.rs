@@ -100,7 +100,7 @@ impl OneResult {
                 }
                 Some(ZvtEvent::Confirmed) => {
                     self.confirmed = true;
-                    engine.note_receipt_no(terminal, self.receipt);
+                    engine.note_receipt_no(terminal, self.receipt).await;
                 }
                 Some(ZvtEvent::Done(ending)) => return Err(ending),
                 Some(_) => {}
@@ -120,7 +120,7 @@ impl Engine {
     async fn resync_receipt(&self, lane: &Lane, zvt: &ZvtTerminal) {
         let Repeated { last, ending } = repeat_receipt(zvt).await;
         if matches!(ending, Ending::Completed { .. }) {
-            self.note_receipt_no(&lane.id, last.as_ref().and_then(|o| o.receipt_no));
+            self.note_receipt_no(&lane.id, last.as_ref().and_then(|o| o.receipt_no)).await;
         } else {
             tracing::warn!(lane = %lane.id, ?ending, "could not learn the payment terminal's last receipt number");
         }
@@ -128,9 +128,9 @@ impl Engine {
 
     /// Remembers the terminal's latest receipt number — only one the
     /// terminal has confirmed, or shown when asked.
-    fn note_receipt_no(&self, lane: &str, receipt: Option<u16>) {
+    async fn note_receipt_no(&self, lane: &str, receipt: Option<u16>) {
         if let Some(r) = receipt
-            && let Err(e) = self.store.set_meta(&last_receipt_key(lane), i64::from(r))
+            && let Err(e) = self.store.set_meta(&last_receipt_key(lane), i64::from(r)).await
         {
             tracing::warn!(%lane, error = %e, "cannot remember the terminal's receipt number");
         }
@@ -427,7 +427,7 @@ impl Engine {
                 }
             };
             // The terminal's own last receipt: what later payments compare with.
-            self.note_receipt_no(lane, last.as_ref().and_then(|o| o.receipt_no));
+            self.note_receipt_no(lane, last.as_ref().and_then(|o| o.receipt_no)).await;
             break;
         }
         verdict

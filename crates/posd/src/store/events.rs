@@ -37,7 +37,7 @@ impl Store {
     /// True when an event of `kind` about `payment_id` whose message starts
     /// with `prefix` was recorded (e.g. a receipt already printed).
     pub fn has_event(&self, kind: &str, payment_id: &str, prefix: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let n: i64 = conn.query_row(
             "SELECT COUNT(*) FROM events WHERE kind = ?1 AND payment_id = ?2 AND substr(message, 1, length(?3)) = ?3",
             params![kind, payment_id, prefix],
@@ -48,7 +48,7 @@ impl Store {
 
     /// Events with a cursor above `after`, oldest first, at most `limit`.
     pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT cursor, at_ms, kind, terminal_id, payment_id, message FROM events WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
         )?;
@@ -67,7 +67,7 @@ impl Store {
 
     /// The newest event's cursor (0 when there is none).
     pub fn last_event_cursor(&self) -> Result<i64, StoreError> {
-        Ok(self.conn().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)
+        Ok(self.reader().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)
     }
 }
 

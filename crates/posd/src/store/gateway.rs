@@ -25,7 +25,7 @@ pub struct GatewayRecord {
 impl Store {
     /// Records for the gateway's ledger not yet acknowledged, oldest first.
     pub fn pending_records(&self, limit: usize) -> Result<Vec<GatewayRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, record_key, payment_id, kind, amount_minor, currency, created_at_ms FROM gateway_records \
              WHERE sent_at_ms IS NULL AND refused = 0 ORDER BY seq LIMIT ?1",

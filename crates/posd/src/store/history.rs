@@ -94,7 +94,7 @@ impl Store {
     }
 
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         // The entries moved out of the row first, then the row's own.
         let mut stmt = conn.prepare_cached(
             "SELECT at_ms, from_status, to_status, cause FROM ( \

@@ -1,10 +1,13 @@
 //! SQLite: the source of truth for payments and their audit log.
 //!
 //! WAL journal with `synchronous=FULL`: a transition is on disk when
-//! [`Store::apply`] resolves. Migrations are versioned with `PRAGMA user_version`.
+//! [`Store::apply`] resolves. Writes go through one connection (the group
+//! commit's), reads through a second one (`query_only`): under WAL a read
+//! never waits for a commit's sync. Migrations are versioned with
+//! `PRAGMA user_version`.
 //! [`StateLock`] keeps a second posd off the same state directory.
 //!
-//! This module holds [`Store`] (opening the database, its connection, `meta`)
+//! This module holds [`Store`] (opening the database, its connections, `meta`)
 //! and [`StoreError`]; one file per concern holds the rest:
 //! - `schema`: the migrations (their SQL in `sql/`) and the tables;
 //! - `group`: the group commit every synced write of a lane goes through;
@@ -18,7 +21,7 @@
 //! - `lock`: the state directory's lock and the marker of a database to keep.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -71,7 +74,11 @@ const SET_META: &str =
     "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 pub struct Store {
+    /// The connection every write goes through (see [`Store::write`]).
     conn: Mutex<Connection>,
+    /// The connection for reads, opened `query_only`: under WAL it reads the
+    /// last commit without waiting for one in progress (or its sync).
+    reader: Mutex<Connection>,
     path: PathBuf,
     max_page_count: Option<u64>,
     /// Writes waiting to share the next commit (see [`Store::write`]).
@@ -106,8 +113,16 @@ impl Store {
         if let Some(max) = max_page_count {
             let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0))?;
         }
+        // Opened after the migrations, on the database they left in WAL mode.
+        let reader = Connection::open(path)?;
+        reader.set_prepared_statement_cache_capacity(64);
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        // A write sent here by mistake fails (SQLITE_READONLY) instead of
+        // bypassing the group commit.
+        reader.execute_batch("PRAGMA query_only=ON")?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             path: path.to_path_buf(),
             max_page_count,
             group: Mutex::default(),
@@ -119,21 +134,34 @@ impl Store {
         })
     }
 
+    /// The writing connection: for the group commit (and the checkpoint).
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    /// The reading connection (`query_only`): every read outside a write.
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), StoreError> {
-        self.conn().execute(SET_META, params![key, value])?;
-        Ok(())
+    pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.reader().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Sets a `meta` value, in a synced commit through the group commit.
+    pub async fn set_meta(self: &Arc<Self>, key: &str, value: i64) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |conn| {
+            exec(conn, SET_META, params![key, value])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Moves the WAL into the database and truncates it, so deleted card
     /// data does not linger there (secure_delete wipes it in the database).
+    /// On the writing connection, outside a transaction; it syncs, so async
+    /// callers run it on the blocking pool.
     pub fn checkpoint(&self) {
         let conn = self.conn();
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 
 use super::events::{EventRecord, NewEvent, insert_event};
 use super::history::audit_in;
@@ -25,6 +25,36 @@ pub struct QueueSummary {
 /// The outbox's next FIFO position (served by the `payments_queue` index).
 pub(super) const NEXT_QUEUE_SEQ: &str =
     "SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM payments WHERE queue_seq IS NOT NULL";
+
+/// Queued payments past `?1` (queued before it) whose forwarding may have
+/// reached the gateway, with their card data still kept.
+const OVERDUE: &str = "status = 'offline_approved' AND forward_attempts > 0 AND queued_at_ms < ?1 \
+    AND encrypted_card IS NOT NULL";
+
+/// The write of [`Store::drop_overdue_card_data`].
+fn drop_overdue_card_data_in(
+    tx: &Connection,
+    queued_before_ms: i64,
+    why: &str,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let overdue: Vec<(String, String)> = tx
+        .prepare_cached(&format!("SELECT id, terminal_id FROM payments WHERE {OVERDUE} ORDER BY queue_seq"))?
+        .query_map([queued_before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let now = now_ms();
+    let mut events = Vec::with_capacity(overdue.len());
+    for (id, terminal_id) in overdue {
+        exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [&id])?;
+        let cause = format!("card data deleted: {why}; the gateway's record under the payment's key decides");
+        audit_in(tx, &id, now, &cause)?;
+        let message = format!(
+            "payment {id}: {why}; its card data is deleted and posd asks the gateway whether it holds the payment \
+             (captured if it does, expired if not)"
+        );
+        events.push(insert_event(tx, &NewEvent { kind: "forward_overdue", terminal_id, payment_id: id, message })?);
+    }
+    Ok(events)
+}
 
 /// Operations that may be sent to the gateway more than once, each under a
 /// key of its own (a refund's refund key; a capture's or void's payment key).
@@ -48,7 +78,7 @@ impl SendKind {
 impl Store {
     /// The next queued payments to forward, in FIFO order, with their card data.
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
         ))?;
@@ -64,7 +94,7 @@ impl Store {
     /// instead, see [`Store::drop_overdue_card_data`]), or quarantined
     /// (refused by the gateway).
     pub fn queued_before(&self, queued_before_ms: i64) -> Result<Vec<PaymentRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM payments WHERE queued_at_ms < ?1 AND \
              ((status = 'offline_approved' AND forward_attempts = 0) OR status = 'quarantined') ORDER BY queue_seq"
@@ -78,36 +108,30 @@ impl Store {
     /// (they were claimed for sending at least once): past the expiry age a
     /// payment is never sent again, only asked about by its key. Each gets an
     /// audit entry and a `forward_overdue` event, all in one commit.
-    pub fn drop_overdue_card_data(&self, queued_before_ms: i64, why: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let overdue: Vec<(String, String)> = tx
-            .prepare_cached(
-                "SELECT id, terminal_id FROM payments WHERE status = 'offline_approved' AND forward_attempts > 0 \
-                 AND queued_at_ms < ?1 AND encrypted_card IS NOT NULL ORDER BY queue_seq",
-            )?
-            .query_map([queued_before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let now = now_ms();
-        let mut events = Vec::with_capacity(overdue.len());
-        for (id, terminal_id) in overdue {
-            exec(&tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [&id])?;
-            let cause = format!("card data deleted: {why}; the gateway's record under the payment's key decides");
-            audit_in(&tx, &id, now, &cause)?;
-            let message = format!(
-                "payment {id}: {why}; its card data is deleted and posd asks the gateway whether it holds the payment \
-                 (captured if it does, expired if not)"
-            );
-            events
-                .push(insert_event(&tx, &NewEvent { kind: "forward_overdue", terminal_id, payment_id: id, message })?);
+    ///
+    /// The forwarder calls it every round: when no payment is overdue (a
+    /// read finds none) nothing is committed.
+    pub async fn drop_overdue_card_data(
+        self: &Arc<Self>,
+        queued_before_ms: i64,
+        why: &str,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let any: bool = self
+            .reader()
+            .prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM payments WHERE {OVERDUE})"))?
+            .query_row([queued_before_ms], |r| r.get(0))?;
+        if !any {
+            return Ok(Vec::new());
         }
-        tx.commit()?;
-        Ok(events)
+        let why = why.to_string();
+        self.write(move |tx| drop_overdue_card_data_in(tx, queued_before_ms, &why)).await
     }
 
     /// Totals of the unsent offline payments.
     pub fn queue_summary(&self) -> Result<QueueSummary, StoreError> {
-        let conn = self.conn();
+        let reader = self.reader();
+        // Both queries in one read transaction: the same commit's totals.
+        let conn = reader.unchecked_transaction()?;
         const UNSENT: &str = "status IN ('offline_approved', 'forwarding', 'quarantined')";
         let (count, quarantined, oldest): (u32, u32, Option<i64>) = conn.query_row(
             &format!(
@@ -126,7 +150,7 @@ impl Store {
 
     /// Unsent offline payments of one card (by the reader's fingerprint).
     pub fn queued_for_card(&self, fingerprint: &str) -> Result<u32, StoreError> {
-        Ok(self.conn().query_row(
+        Ok(self.reader().query_row(
             "SELECT COUNT(*) FROM payments WHERE status IN ('offline_approved', 'forwarding', 'quarantined') \
              AND card_fingerprint = ?1",
             [fingerprint],
@@ -167,7 +191,7 @@ impl Store {
 
     /// Whether an attempt of the operation may have reached the gateway.
     pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT 1 FROM gateway_sends WHERE kind = ?1 AND op_key = ?2")?;
         Ok(stmt.exists(params![kind.as_str(), key])?)
     }

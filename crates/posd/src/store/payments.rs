@@ -241,14 +241,9 @@ impl Store {
 
     /// Inserts many new payments in one commit (bulk loads, such as the
     /// benchmarks' stored payments). A key already taken fails them all.
-    pub fn insert_batch(&self, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for p in payments {
-            insert_in(&tx, p, caller)?;
-        }
-        tx.commit()?;
-        Ok(())
+    pub async fn insert_batch(self: &Arc<Self>, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
+        let (payments, caller) = (payments.to_vec(), caller.to_string());
+        self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, p, &caller))).await
     }
 
     /// Commits one transition: the status (only if it is still `t.from`), its
@@ -286,45 +281,35 @@ impl Store {
         self.write_blocking(move |conn| apply_in(conn, &id, &t, update))
     }
 
-    /// Commits many transitions at once (one disk sync). A transition whose
-    /// `from` is stale is skipped and reported; the others are committed.
-    pub fn apply_batch(
-        &self,
+    /// Commits many transitions at once (one disk sync), through the group
+    /// commit (the forwarder's batches). A transition whose `from` is stale
+    /// is skipped and reported; the others are committed. An empty batch
+    /// commits nothing.
+    pub async fn apply_batch(
+        self: &Arc<Self>,
         items: Vec<(String, Transition, Update)>,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
-        let mut conn = self.conn();
-        let mut tx = conn.transaction()?;
-        let mut out = Vec::with_capacity(items.len());
-        for (id, t, u) in items {
-            let sp = tx.savepoint()?;
-            match apply_in(&sp, &id, &t, u) {
-                Ok(r) => {
-                    sp.commit()?;
-                    out.push(Ok(r));
-                }
-                Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => out.push(Err(e)),
-                Err(e) => return Err(e),
-            }
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit()?;
-        Ok(out)
+        self.write(move |conn| apply_batch_in(conn, items)).await
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"), [id], row_to_payment)
             .optional()?)
     }
 
     pub fn get_by_key(&self, key: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        Ok(payment_by_key(&self.conn(), key)?)
+        Ok(payment_by_key(&self.reader(), key)?)
     }
 
     /// The encrypted card data, while the payment still keeps it.
     pub fn encrypted_card(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row("SELECT encrypted_card FROM payments WHERE id = ?1", [id], |r| r.get(0))
             .optional()?
             .flatten())
@@ -362,7 +347,7 @@ impl Store {
         args.push((f.limit as i64).into());
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT ?{}", args.len());
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -379,7 +364,7 @@ impl Store {
             .map(|s| s.as_str())
             .collect();
         let marks = (1..=unfinished.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare(&format!("SELECT {COLUMNS} FROM payments WHERE status IN ({marks}) ORDER BY created_at_ms, id"))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(unfinished), row_to_payment)?;
@@ -389,7 +374,7 @@ impl Store {
     /// AUTHORIZED payments (manual capture) authorized before the cutoff,
     /// oldest first, at most `limit`.
     pub fn authorized_before(&self, before_ms: i64, limit: usize) -> Result<Vec<PaymentRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND updated_at_ms < ?1 \
              ORDER BY updated_at_ms LIMIT ?2"
@@ -400,7 +385,7 @@ impl Store {
 
     /// Payments per status.
     pub fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -409,7 +394,7 @@ impl Store {
     /// The lane's last receipt number when the payment started on its payment
     /// terminal (-1: none known); `None` when it never did.
     pub fn payment_receipt_before(&self, payment_id: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let before = conn
             .query_row("SELECT zvt_receipt_before FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
             .optional()?;
@@ -418,7 +403,7 @@ impl Store {
 
     /// A payment terminal's result for a payment, with its receipt lines.
     pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         Ok(conn
             .query_row(
                 "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines FROM terminal_results \
@@ -468,6 +453,31 @@ pub(super) fn insert_or_get_in(
         insert_in(conn, &p, &caller)?;
         Ok(Ok(p))
     }
+}
+
+/// The write of [`Store::apply_batch`]: each transition in a savepoint of
+/// its own, rolled back alone when the transition is refused.
+fn apply_batch_in(
+    conn: &Connection,
+    items: Vec<(String, Transition, Update)>,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (id, t, u) in items {
+        conn.execute_batch("SAVEPOINT batch_item")?;
+        match apply_in(conn, &id, &t, u) {
+            Ok(r) => {
+                conn.execute_batch("RELEASE batch_item")?;
+                out.push(Ok(r));
+            }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => {
+                conn.execute_batch("ROLLBACK TO batch_item; RELEASE batch_item")?;
+                out.push(Err(e));
+            }
+            // The whole write is rolled back by the group commit.
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// The payment under a register's idempotency key.

@@ -77,7 +77,7 @@ impl Store {
     /// What [`Store::set_refund_receipt_before`] recorded; `None` when the
     /// refund never started on a terminal.
     pub fn refund_receipt_before(&self, id: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let before =
             conn.query_row("SELECT zvt_receipt_before FROM refunds WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         Ok(before.flatten())
@@ -157,7 +157,7 @@ impl Store {
     }
 
     pub fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at_ms, id"
         ))?;
@@ -167,14 +167,14 @@ impl Store {
 
     /// One refund by its id.
     pub fn refund(&self, id: &str) -> Result<Option<RefundRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"))?;
         Ok(stmt.query_row([id], row_to_refund).optional()?)
     }
 
     /// Refunds made in `[start, end)`.
     pub fn refunds_between(&self, start_ms: i64, end_ms: i64) -> Result<Vec<RefundRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE created_at_ms >= ?1 AND created_at_ms < ?2 ORDER BY created_at_ms"
         ))?;
@@ -184,7 +184,7 @@ impl Store {
 
     /// Refunds whose outcome is not known yet (sent again at start-up).
     pub fn pending_refunds(&self) -> Result<Vec<RefundRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'pending' ORDER BY created_at_ms"
         ))?;

@@ -476,7 +476,8 @@ async fn async_writes_share_a_commit_without_holding_their_workers() {
             }
         }
     };
-    // The disk is busy: the first write commits in place and waits on its worker.
+    // The disk is busy: the first write commits at once, its worker handed
+    // off (`block_in_place`), and waits.
     let held = s.conn();
     let write = |i: usize| {
         let s = Arc::clone(&s);
@@ -555,15 +556,98 @@ fn a_leader_dropped_before_committing_abandons_the_queue() {
     assert_eq!(s.write_counts(), (1, 1));
 }
 
-#[test]
-fn a_batch_inserts_all_or_nothing() {
+#[tokio::test]
+async fn a_batch_inserts_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&dir.path().join("posd.db")).unwrap();
-    s.insert_batch(&[sample("k"), sample("k2")], "test").unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    s.insert_batch(&[sample("k"), sample("k2")], "test").await.unwrap();
     assert_eq!(s.get("pay_k2").unwrap().unwrap().status, Status::Created);
     assert_eq!(s.history("pay_k").unwrap().len(), 1, "with its first audit entry");
-    assert!(s.insert_batch(&[sample("k3"), sample("k")], "test").is_err(), "key k is taken");
+    assert!(s.insert_batch(&[sample("k3"), sample("k")], "test").await.is_err(), "key k is taken");
     assert!(s.get("pay_k3").unwrap().is_none(), "nothing of a failed batch is kept");
+    assert_eq!(s.write_counts(), (1, 1), "through the group commit; the failed batch is not counted");
+}
+
+#[tokio::test]
+async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    for key in ["a", "b", "c"] {
+        s.insert_or_get(&sample(key), "test").await.unwrap().unwrap();
+    }
+    let start = next(Status::Created, &Input::Start).unwrap();
+    let stale = next(Status::Collecting, &Input::CardRead).unwrap();
+    let event = NewEvent {
+        kind: "test",
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_c".into(),
+        message: "started".into(),
+    };
+    let items = vec![
+        ("pay_a".to_string(), start.clone(), Update::default()),
+        ("pay_b".to_string(), stale, Update { audit: Some("never kept".into()), ..Default::default() }),
+        ("pay_missing".to_string(), start.clone(), Update::default()),
+        ("pay_c".to_string(), start, Update { event: Some(event), ..Default::default() }),
+    ];
+    let before = s.write_counts();
+    let results = s.apply_batch(items).await.unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().0.status, Status::Collecting);
+    assert!(matches!(results[1], Err(StoreError::Conflict { actual: Status::Created, .. })), "{:?}", results[1]);
+    assert!(matches!(results[2], Err(StoreError::NotFound(_))), "{:?}", results[2]);
+    let (rec, event) = results[3].as_ref().unwrap();
+    assert_eq!(rec.status, Status::Collecting);
+    assert_eq!(event.as_ref().unwrap().message, "started", "with the event, in the same commit");
+    assert_eq!(s.get("pay_a").unwrap().unwrap().status, Status::Collecting);
+    assert_eq!(s.history("pay_a").unwrap().len(), 2);
+    assert_eq!(s.get("pay_b").unwrap().unwrap().status, Status::Created, "the stale one left nothing");
+    assert_eq!(s.history("pay_b").unwrap().len(), 1);
+    assert_eq!(s.get("pay_c").unwrap().unwrap().status, Status::Collecting);
+    assert_eq!(s.events_after(0, 10).unwrap().len(), 1);
+    assert_eq!(s.write_counts(), (before.0 + 1, before.1 + 1), "one write in one synced commit");
+    assert_eq!(s.payment_writes(), 3, "the batch's transitions are not counted as payment writes");
+    assert!(s.apply_batch(Vec::new()).await.unwrap().is_empty());
+    assert_eq!(s.write_counts(), (before.0 + 1, before.1 + 1), "an empty batch commits nothing");
+}
+
+#[tokio::test]
+async fn a_meta_value_is_a_write_of_the_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert_eq!(s.meta("k").unwrap(), None);
+    s.set_meta("k", 7).await.unwrap();
+    assert_eq!(s.meta("k").unwrap(), Some(7));
+    assert_eq!(s.write_counts(), (1, 1), "a write, in a synced commit");
+    s.set_meta("k", 8).await.unwrap();
+    assert_eq!(s.meta("k").unwrap(), Some(8));
+    assert_eq!((s.write_counts(), s.unsynced_commits()), ((2, 2), 0));
+}
+
+#[test]
+fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
+    let (_d, s) = open();
+    assert!(s.get("pay_k").unwrap().is_none());
+    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "a read after a commit sees it");
+    let t = next(Status::Created, &Input::Start).unwrap();
+    s.apply_blocking("pay_k", &t, Update::default()).unwrap();
+    assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Collecting);
+    assert_eq!(s.history("pay_k").unwrap().len(), 2);
+    {
+        // A write in progress on the writing connection (not committed yet):
+        // reads neither wait for it nor see it.
+        let writer = s.conn();
+        writer.execute_batch("BEGIN IMMEDIATE; UPDATE payments SET amount_minor = 1 WHERE id = 'pay_k'").unwrap();
+        assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
+        assert_eq!(s.list(&ListFilter { limit: 10, ..Default::default() }).unwrap().len(), 1);
+        writer.execute_batch("ROLLBACK").unwrap();
+    }
+    // The reader is query_only: a write sent to it by mistake fails.
+    let err = s.reader().execute("UPDATE payments SET amount_minor = 1 WHERE id = 'pay_k'", []).unwrap_err();
+    assert!(matches!(&err, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly), "{err}");
+    assert!(s.reader().execute_batch("INSERT INTO meta (key, value) VALUES ('x', 1)").is_err());
+    assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
+    assert_eq!(s.meta("x").unwrap(), None);
 }
 
 #[test]

@@ -490,7 +490,7 @@ impl Engine {
                 ..Default::default()
             })?
             .len() as u32;
-        self.store.set_meta(&key, now)?;
+        self.store.set_meta(&key, now).await?;
         let batch_id = format!("zvt_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()));
         let captured = total.unwrap_or(0) as i64;
         self.emit(
