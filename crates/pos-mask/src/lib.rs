@@ -9,7 +9,7 @@
 //! - `text`: [`scrub`], the one way text from a device (reader, payment
 //!   terminal, printer, gateway) is made safe to store, log, stream or print.
 //! - `id`: [`crockford32`] and [`crockford32_decode`], the alphabet of every
-//!   id posd and the gateway make up.
+//!   id posd and the gateway make up (by the `data-encoding` crate).
 //!
 //! # The one masking rule
 //! Of a card number at most the first 6 and the last 4 digits are shown,
