@@ -98,13 +98,8 @@ mod tests {
     #[test]
     fn what_crockford32_does_not_write_is_refused() {
         // The old decoder took these, dropping the bits past the last byte.
-        let cases: [(&str, &[u8]); 5] = [
-            ("Z", b""),
-            ("ZZZ", b"\xFF"),
-            ("ZZZZZZ", b"\xFF\xFF\xFF"),
-            ("ZX", b"\xFF"),
-            ("ZZ", b"\xFF"),
-        ];
+        let cases: [(&str, &[u8]); 5] =
+            [("Z", b""), ("ZZZ", b"\xFF"), ("ZZZZZZ", b"\xFF\xFF\xFF"), ("ZX", b"\xFF"), ("ZZ", b"\xFF")];
         for (text, old) in cases {
             assert_eq!(reference::crockford32_decode(text).as_deref(), Some(old), "{text}");
             assert_eq!(crockford32_decode(text), None, "{text}");

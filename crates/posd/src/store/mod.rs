@@ -21,8 +21,8 @@
 //! - `lock`: the state directory's lock and the marker of a database to keep.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pos_engine::Status;

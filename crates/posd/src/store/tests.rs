@@ -577,12 +577,8 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
     }
     let start = next(Status::Created, &Input::Start).unwrap();
     let stale = next(Status::Collecting, &Input::CardRead).unwrap();
-    let event = NewEvent {
-        kind: "test",
-        terminal_id: "lane-1".into(),
-        payment_id: "pay_c".into(),
-        message: "started".into(),
-    };
+    let event =
+        NewEvent { kind: "test", terminal_id: "lane-1".into(), payment_id: "pay_c".into(), message: "started".into() };
     let items = vec![
         ("pay_a".to_string(), start.clone(), Update::default()),
         ("pay_b".to_string(), stale, Update { audit: Some("never kept".into()), ..Default::default() }),

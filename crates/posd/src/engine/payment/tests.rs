@@ -134,7 +134,7 @@ async fn bench() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
     // The gateway was reached a minute ago: offline approval is allowed.
-    store.set_meta(LAST_ONLINE, now_ms() - 60_000).unwrap();
+    store.set_meta(LAST_ONLINE, now_ms() - 60_000).await.unwrap();
     let gateway = Arc::new(
         Gateway::new(GatewaySettings {
             url: "http://127.0.0.1:9".into(),
