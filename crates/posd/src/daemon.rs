@@ -48,6 +48,7 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     if o.demo {
         anyhow::bail!("{NO_DEMO}");
     }
+    crate::failpoint::arm_from_env()?;
     let cfg = resolve(&o)?;
     crate::listen::raise_descriptor_limit();
     std::fs::create_dir_all(&cfg.state_dir)
