@@ -2,7 +2,8 @@
 //! tmpfiles, udev and config files; its maintainer scripts create the user,
 //! enable the service, restart it gracefully on upgrade, and refuse removal
 //! while offline payments are queued; its posd (built without the cargo
-//! feature `demo`) links no simulator and no card key. The technicians'
+//! feature `demo`) links no simulator and no card key, and no posd built
+//! without the feature `failpoints` links the `fail` crate. The technicians'
 //! package ships firmware-sim with its scenario library.
 
 use std::os::unix::fs::PermissionsExt;
@@ -64,10 +65,18 @@ fn the_package_ships_the_binaries_service_files_and_config() {
 /// The packages posd's normal dependencies (not dev or build) come to, by
 /// name, as `cargo tree` lists them, with or without posd's default features.
 fn posd_dependencies(default_features: bool) -> Vec<String> {
+    posd_dependencies_with(default_features, &[])
+}
+
+/// [`posd_dependencies`] with posd's cargo features `features` on as well.
+fn posd_dependencies_with(default_features: bool, features: &[&str]) -> Vec<String> {
     let mut cargo = Command::new(env!("CARGO"));
     cargo.current_dir(root()).args(["tree", "--offline", "-p", "posd", "-e", "normal", "--prefix", "none"]);
     if !default_features {
         cargo.arg("--no-default-features");
+    }
+    if !features.is_empty() {
+        cargo.arg("--features").arg(features.join(","));
     }
     let (st, out, err) = run(&mut cargo);
     assert!(st.success(), "cargo tree: {err}");
@@ -93,6 +102,19 @@ fn the_packaged_posd_links_no_simulator_and_no_card_key() {
     for name in unwanted {
         assert!(demo.iter().any(|p| p == name), "posd with `demo` does not link {name}: {demo:?}");
     }
+}
+
+#[test]
+fn the_packaged_posd_has_no_failpoints() {
+    // Failpoints are the cargo feature `failpoints`, off by default: neither
+    // the package nor `cargo run -p posd` has the `fail` crate.
+    for default_features in [false, true] {
+        let deps = posd_dependencies(default_features);
+        assert!(!deps.iter().any(|p| p == "fail"), "posd links `fail` without `failpoints`: {deps:?}");
+    }
+    // The check can fail: the tests' posd, with the feature, links it.
+    let tested = posd_dependencies_with(false, &["failpoints"]);
+    assert!(tested.iter().any(|p| p == "fail"), "posd with `failpoints` does not link `fail`: {tested:?}");
 }
 
 #[test]

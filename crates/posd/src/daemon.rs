@@ -1,6 +1,10 @@
-//! Start-up: lock the state directory, claim the API socket, check that a
-//! database the state directory held is still there, open it, recover, start
-//! the lanes and the API; in demo mode (cargo feature `demo`) also the
+//! Start-up and serving, [`run`] in named steps: lock the state directory,
+//! claim the API socket, check that a database the state directory held is
+//! still there and open it (`open_store`); connect the gateway, start the
+//! lanes (`start_lanes`) and the engine, recover; build the API's services
+//! (`build_services`), bind its one listener, Unix socket or TCP
+//! (`bind_api`), serve it on one path for both (`serve`) until
+//! `wait_for_stop` ends it. In demo mode (cargo feature `demo`) also the
 //! simulated reader and gateway.
 
 use std::net::SocketAddr;
@@ -8,10 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pos_proto::terminal::payment_terminal_server::PaymentTerminalServer;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, Router};
 
+use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, ForwardSettings};
 use crate::gateway::{Gateway, GatewaySettings};
 use crate::lane::Lane;
+use crate::listen::Guarded;
 use crate::store::{StateLock, Store};
 
 // The command line's choices, and the configuration in force, live with
@@ -48,11 +58,70 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     if o.demo {
         anyhow::bail!("{NO_DEMO}");
     }
+    crate::failpoint::arm_from_env()?;
     let cfg = resolve(&o)?;
+    let (_lock, store) = open_store(&cfg)?;
+
+    let demo_banner = o.demo.then_some(o.gateway.is_none());
+    // The demo reader's task keeps its PTY alive for the life of the daemon.
+    #[cfg(feature = "demo")]
+    let (cfg, demo_notes, _demo_reader) = if o.demo { start_demo(&o, cfg).await? } else { (cfg, Vec::new(), None) };
+    #[cfg(not(feature = "demo"))]
+    let demo_notes: Vec<String> = Vec::new();
+
+    let gateway = connect_gateway(&cfg)?;
+    let lanes = start_lanes(&cfg)?;
+    let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
+    if let Some(warning) = cfg.short_capture_window() {
+        tracing::warn!("{warning}");
+    }
+    let engine = Engine::new(store, gateway, lanes, engine_settings(&cfg, o.demo, &reports));
+    engine.recover().await?;
+    start_workers(&engine);
+
+    let metrics_addr = start_metrics(&cfg, &engine).await?;
+    let api = &cfg.api;
+    let bounds =
+        crate::listen::Bounds { max_connections: api.max_connections, handshake_timeout: api.handshake_timeout.0 };
+    let router = build_services(&cfg, &engine, reports, bounds).await?;
+    // A signal starts a graceful stop: new payments are refused, payments in
+    // progress finish or are parked (within `stop_timeout`), then the API
+    // closes; clients still connected after a short grace period (a register
+    // holding an event stream) do not hold posd up.
+    // A database that failed and works again stops posd the same way.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(wait_for_stop(engine.clone(), cfg.stop_timeout.0, stop_tx));
+    let shutdown = stopped_after(stop_rx.clone(), Duration::ZERO);
+    let hard_stop = stopped_after(stop_rx.clone(), SHUTDOWN_GRACE);
+
+    let (listener, addr) = bind_api(&cfg, o.demo, engine.store()).await?;
+    announce(&addr, demo_banner, &demo_notes);
+    if let Some(m) = metrics_addr {
+        println!("posd metrics on http://{m}/metrics");
+    }
+    tokio::spawn(supervise(engine.clone()));
+    serve(router, listener, bounds, shutdown, hard_stop).await?;
+
+    engine.shutdown_warning().await;
+    let why = stop_rx.borrow().unwrap_or(Stopped::OnRequest);
+    match why {
+        Stopped::OnRequest => tracing::info!("posd stopped"),
+        Stopped::ToRecover => tracing::warn!(
+            exit_code = Stopped::RESTART_CODE,
+            "posd stopped to restart after the database failure; its service manager starts it again"
+        ),
+    }
+    Ok(why)
+}
+
+/// Locks the state directory, claims the API socket, checks that a database
+/// the state directory held is still there and opens it. The lock is held
+/// while the returned [`StateLock`] lives.
+fn open_store(cfg: &Config) -> anyhow::Result<(StateLock, Arc<Store>)> {
     crate::listen::raise_descriptor_limit();
     std::fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", cfg.state_dir.display()))?;
-    let _lock = StateLock::acquire(&cfg.state_dir)?;
+    let lock = StateLock::acquire(&cfg.state_dir)?;
     // Before the database or any lane device is opened: a posd already
     // serving this socket (from another state directory) keeps it.
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
@@ -62,15 +131,12 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     crate::store::check_database_kept(&cfg.state_dir)?;
     let store = Arc::new(Store::open_with(&cfg.state_dir.join("posd.db"), cfg.store.max_page_count)?);
     crate::store::mark_initialized(&cfg.state_dir)?;
+    Ok((lock, store))
+}
 
-    let demo_banner = o.demo.then_some(o.gateway.is_none());
-    // The demo reader's task keeps its PTY alive for the life of the daemon.
-    #[cfg(feature = "demo")]
-    let (cfg, demo_notes, _demo_reader) = if o.demo { start_demo(&o, cfg).await? } else { (cfg, Vec::new(), None) };
-    #[cfg(not(feature = "demo"))]
-    let demo_notes: Vec<String> = Vec::new();
-
-    let gateway = Arc::new(Gateway::new(GatewaySettings {
+/// The central gateway's client, with its TLS files read.
+fn connect_gateway(cfg: &Config) -> anyhow::Result<Arc<Gateway>> {
+    let gateway = Gateway::new(GatewaySettings {
         url: cfg.gateway.url.clone(),
         connect_timeout: cfg.gateway.connect_timeout(),
         request_timeout: cfg.gateway.request_timeout(),
@@ -79,7 +145,12 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
             (Some(c), Some(k)) => Some((c.read("[gateway] client_cert_file")?, k.read("[gateway] client_key_file")?)),
             _ => None,
         },
-    })?);
+    })?;
+    Ok(Arc::new(gateway))
+}
+
+/// Each lane's card device and receipt printer, each on a task of its own.
+fn start_lanes(cfg: &Config) -> anyhow::Result<Vec<Arc<Lane>>> {
     let mut lanes = Vec::new();
     for l in &cfg.lanes {
         let printer = match &l.printer {
@@ -97,60 +168,72 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
             printer,
         ));
     }
-    let reports = crate::report::ReportSettings::new(&cfg.report.time_zone, &cfg.report.cutover)?;
-    if let Some(warning) = cfg.short_capture_window() {
-        tracing::warn!("{warning}");
-    }
-    let engine = Engine::new(
-        store,
-        gateway.clone(),
-        lanes,
-        EngineSettings {
-            store_id: cfg.store_id.clone(),
-            demo: o.demo,
-            collect_timeout: cfg.card_timeout.0,
-            capture_window: Some(cfg.capture_window.0).filter(|w| !w.is_zero()),
-            status_attempts: cfg.gateway.status_attempts,
-            status_backoff: Duration::from_millis(500),
-            reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
-            forward: ForwardSettings {
-                batch_size: cfg.offline.batch_size,
-                retry_first: cfg.offline.retry_first.0,
-                retry_max: cfg.offline.retry_max.0,
-                health_interval: cfg.offline.health_interval.0,
-                ageing_interval: cfg.offline.ageing_interval.0,
-                expire_after: cfg.offline.expire_after.0,
-                alert_after: cfg.offline.alert_after.0,
-                stop_after: cfg.offline.stop_after.0,
-            },
-            receipt: crate::receipt::ReceiptSettings {
-                header: cfg.receipt.header.clone(),
-                footer: cfg.receipt.footer.clone(),
-                tz: reports.tz.clone(),
-            },
-            auto_print: cfg.receipt.auto_print.clone(),
+    Ok(lanes)
+}
+
+/// The engine's settings from the configuration.
+fn engine_settings(cfg: &Config, demo: bool, reports: &crate::report::ReportSettings) -> EngineSettings {
+    EngineSettings {
+        store_id: cfg.store_id.clone(),
+        demo,
+        collect_timeout: cfg.card_timeout.0,
+        capture_window: Some(cfg.capture_window.0).filter(|w| !w.is_zero()),
+        status_attempts: cfg.gateway.status_attempts,
+        status_backoff: Duration::from_millis(500),
+        reversal_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+        forward: ForwardSettings {
+            batch_size: cfg.offline.batch_size,
+            retry_first: cfg.offline.retry_first.0,
+            retry_max: cfg.offline.retry_max.0,
+            health_interval: cfg.offline.health_interval.0,
+            ageing_interval: cfg.offline.ageing_interval.0,
+            expire_after: cfg.offline.expire_after.0,
+            alert_after: cfg.offline.alert_after.0,
+            stop_after: cfg.offline.stop_after.0,
         },
-    );
-    engine.recover().await?;
+        receipt: crate::receipt::ReceiptSettings {
+            header: cfg.receipt.header.clone(),
+            footer: cfg.receipt.footer.clone(),
+            tz: reports.tz.clone(),
+        },
+        auto_print: cfg.receipt.auto_print.clone(),
+    }
+}
+
+/// The engine's background tasks: reversals, the offline forwarder, the
+/// terminal records' forwarder, the monitor, gateway and printer events.
+fn start_workers(engine: &Arc<Engine>) {
     tokio::spawn(engine.clone().reversal_worker());
     tokio::spawn(engine.clone().forwarder());
     tokio::spawn(engine.clone().record_forwarder());
     tokio::spawn(engine.clone().monitor());
     tokio::spawn(engine.clone().gateway_events());
     tokio::spawn(engine.clone().printer_events());
+}
 
-    let metrics_addr = match &cfg.metrics.listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-            let actual = listener.local_addr()?;
-            let engine = engine.clone();
-            tokio::spawn(crate::metrics::serve(listener, move || engine.telemetry()));
-            Some(actual)
-        }
-        None => None,
+/// The metrics page, when `[metrics] listen` names an address: the address
+/// it is served on.
+async fn start_metrics(cfg: &Config, engine: &Arc<Engine>) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = &cfg.metrics.listen else {
+        return Ok(None);
     };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let actual = listener.local_addr()?;
+    let engine = engine.clone();
+    tokio::spawn(crate::metrics::serve(listener, move || engine.telemetry()));
+    Ok(Some(actual))
+}
+
+/// The API's gRPC server: the register API, health and reflection, with
+/// the `[api]` limits and, when configured, TLS with client certificates.
+async fn build_services(
+    cfg: &Config,
+    engine: &Arc<Engine>,
+    reports: crate::report::ReportSettings,
+    bounds: crate::listen::Bounds,
+) -> anyhow::Result<Router> {
     // Every call passes `authenticate` first (a client certificate naming
     // more than one common name is refused).
     let service = PaymentTerminalServer::with_interceptor(
@@ -169,8 +252,6 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let api = &cfg.api;
-    let bounds =
-        crate::listen::Bounds { max_connections: api.max_connections, handshake_timeout: api.handshake_timeout.0 };
     let mut server = tonic::transport::Server::builder()
         .max_concurrent_streams(api.max_streams)
         .http2_keepalive_interval(Some(api.keepalive_interval.0))
@@ -194,99 +275,107 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
-    // A signal starts a graceful stop: new payments are refused, payments in
-    // progress finish or are parked (within `stop_timeout`), then the API
-    // closes; clients still connected after a short grace period (a register
-    // holding an event stream) do not hold posd up.
-    // A database that failed and works again stops posd the same way.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
-    tokio::spawn({
-        let engine = engine.clone();
-        let bound = cfg.stop_timeout.0;
-        async move {
-            let why = tokio::select! {
-                () = shutdown_signal() => Stopped::OnRequest,
-                () = engine.database_recovered() => Stopped::ToRecover,
-            };
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-            engine.drain(bound).await;
-            let _ = stop_tx.send(Some(why));
-        }
-    });
-    let stopping = |grace: Duration| {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(Option::is_some).await;
-            tokio::time::sleep(grace).await;
-        }
+    Ok(router)
+}
+
+/// Waits for SIGINT or SIGTERM, or for the failed database to work again;
+/// then tells systemd posd is stopping, drains the engine (within `bound`)
+/// and sends why posd stops.
+async fn wait_for_stop(engine: Arc<Engine>, bound: Duration, stop: watch::Sender<Option<Stopped>>) {
+    let why = tokio::select! {
+        () = shutdown_signal() => Stopped::OnRequest,
+        () = engine.database_recovered() => Stopped::ToRecover,
     };
-    let shutdown = stopping(Duration::ZERO);
-    let hard_stop = stopping(SHUTDOWN_GRACE);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    engine.drain(bound).await;
+    let _ = stop.send(Some(why));
+}
+
+/// Ends `grace` after [`wait_for_stop`] sent why posd stops.
+async fn stopped_after(mut stop: watch::Receiver<Option<Stopped>>, grace: Duration) {
+    let _ = stop.wait_for(Option::is_some).await;
+    tokio::time::sleep(grace).await;
+}
+
+/// The API's listener: the Unix socket (`unix:PATH`) or TCP (`HOST:PORT`).
+enum ApiListener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Binds the API's listener; returns it with the address posd announces.
+async fn bind_api(cfg: &Config, demo: bool, store: &Arc<Store>) -> anyhow::Result<(ApiListener, String)> {
     if let Some(path) = cfg.listen.strip_prefix("unix:") {
         // `uds::claim` removed a stale socket at start; a live one is never removed.
         let listener =
             tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot listen on {path}: {e}"))?;
-        restrict_socket(path, engine.store()).await?;
-        announce(&format!("unix:{path}"), demo_banner, &demo_notes);
-        if let Some(m) = metrics_addr {
-            println!("posd metrics on http://{m}/metrics");
+        restrict_socket(path, store).await?;
+        return Ok((ApiListener::Unix(listener), format!("unix:{path}")));
+    }
+    let scheme = if cfg.api.tls.is_some() { "https://" } else { "" };
+    let addr: SocketAddr = cfg
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--listen {:?}: expected HOST:PORT or unix:PATH ({e})", cfg.listen))?;
+    if demo && !addr.ip().is_loopback() {
+        anyhow::bail!("demo mode listens on loopback only, not {addr}");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let actual = listener.local_addr()?;
+    Ok((ApiListener::Tcp(listener), format!("{scheme}{actual}")))
+}
+
+/// Serves the API on `listener` within `bounds` until `shutdown`; clients
+/// still connected at `hard_stop` are left behind.
+async fn serve(
+    router: Router,
+    listener: ApiListener,
+    bounds: crate::listen::Bounds,
+    shutdown: impl Future<Output = ()>,
+    hard_stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use crate::listen::{COUNTS, incoming};
+    match listener {
+        // Each connection through `uds::Connection`, which lets any `:authority` through.
+        ApiListener::Unix(l) => {
+            let connections = incoming(l, bounds, &COUNTS, crate::uds::Connection::new);
+            serve_connections(router, connections, shutdown, hard_stop).await
         }
-        tokio::spawn(supervise(engine.clone()));
-        tokio::select! {
-            // Each connection through `uds::Connection`, which lets any `:authority` through.
-            r = router.serve_with_incoming_shutdown(
-                crate::listen::incoming(listener, bounds, &crate::listen::COUNTS, crate::uds::Connection::new),
-                shutdown,
-            ) => r?,
-            () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
-        }
-    } else {
-        let scheme = if cfg.api.tls.is_some() { "https://" } else { "" };
-        let addr: SocketAddr = cfg
-            .listen
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--listen {:?}: expected HOST:PORT or unix:PATH ({e})", cfg.listen))?;
-        if o.demo && !addr.ip().is_loopback() {
-            anyhow::bail!("demo mode listens on loopback only, not {addr}");
-        }
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        let actual = listener.local_addr()?;
-        announce(&format!("{scheme}{actual}"), demo_banner, &demo_notes);
-        if let Some(m) = metrics_addr {
-            println!("posd metrics on http://{m}/metrics");
-        }
-        tokio::spawn(supervise(engine.clone()));
-        tokio::select! {
-            r = router.serve_with_incoming_shutdown(
-                crate::listen::incoming(listener, bounds, &crate::listen::COUNTS, |conn| conn),
-                shutdown,
-            ) => r?,
-            () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
+        ApiListener::Tcp(l) => {
+            let connections = incoming(l, bounds, &COUNTS, |c| c);
+            serve_connections(router, connections, shutdown, hard_stop).await
         }
     }
-    engine.shutdown_warning().await;
-    let why = stop_rx.borrow().unwrap_or(Stopped::OnRequest);
-    match why {
-        Stopped::OnRequest => tracing::info!("posd stopped"),
-        Stopped::ToRecover => tracing::warn!(
-            exit_code = Stopped::RESTART_CODE,
-            "posd stopped to restart after the database failure; its service manager starts it again"
-        ),
+}
+
+/// [`serve`] for either listener's connections.
+async fn serve_connections<IO>(
+    router: Router,
+    connections: ReceiverStream<std::io::Result<Guarded<IO>>>,
+    shutdown: impl Future<Output = ()>,
+    hard_stop: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    Guarded<IO>: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    tokio::select! {
+        r = router.serve_with_incoming_shutdown(connections, shutdown) => r?,
+        () = hard_stop => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
-    Ok(why)
+    Ok(())
 }
 
 /// What [`start_demo`] gives back: the configuration pointing at the
 /// simulators, the lines the banner shows, and the simulated reader's task.
 #[cfg(feature = "demo")]
-type Demo = (crate::config::Config, Vec<String>, Option<tokio::task::JoinHandle<()>>);
+type Demo = (Config, Vec<String>, Option<tokio::task::JoinHandle<()>>);
 
 /// Demo mode: starts the simulated gateway (unless `--gateway` names one)
 /// and the simulated card reader on a PTY (unless `--reader` names one), and
 /// points the configuration at them.
 #[cfg(feature = "demo")]
-async fn start_demo(o: &Options, mut cfg: crate::config::Config) -> anyhow::Result<Demo> {
+async fn start_demo(o: &Options, mut cfg: Config) -> anyhow::Result<Demo> {
     use pos_link::pty::PtyMaster;
     use pos_link::{Link, SerialLink, SerialTiming};
 
