@@ -101,19 +101,6 @@ fn abandoned<R>() -> Result<R, StoreError> {
     )))
 }
 
-/// Runs `commit` so that no tokio worker thread waits for it: on a
-/// multi-thread runtime through `block_in_place` (on a worker, the worker's
-/// other tasks move to another thread meanwhile; off the workers, as on the
-/// blocking pool, it runs in place); on a current-thread runtime, where
-/// `block_in_place` panics, or outside a runtime, in place.
-fn off_the_worker<R>(commit: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(commit),
-        _ => commit(),
-    }
-}
-
 /// The duty to commit the queued writes, held by one caller (or one
 /// blocking task) at a time. Dropped before the queue is empty (a panic
 /// mid-batch, or a runtime that shut down before the blocking task ran), it
@@ -166,13 +153,11 @@ impl Store {
     /// that fails is rolled back alone; a commit that fails fails every write
     /// in it. Alone, a write is one transaction and one commit.
     ///
-    /// A write that finds no commit in progress is committed at once by its
-    /// caller (a commit takes a fraction of a millisecond, and a lone lane
-    /// pays no hand-off to another thread), inside `block_in_place` on a
-    /// multi-thread runtime: the worker's other tasks move to another thread
-    /// while the commit syncs, so no tokio worker waits for the disk. (On a
-    /// current-thread runtime, as in `#[tokio::test]`s, where that is not
-    /// allowed, it commits in place.) Writes that find a commit in progress
+    /// A write that finds no commit in progress is committed at once on its
+    /// caller's worker, as a blocking call would (a commit takes a fraction
+    /// of a millisecond, and a lone lane pays no hand-off to another thread:
+    /// `block_in_place` here cost 0.2 ms of posd's own time per payment and
+    /// memory, docs/performance.md (c)). Writes that find a commit in progress
     /// wait without holding their workers, so the other lanes' tasks keep
     /// running and queue theirs; those are committed together on tokio's
     /// blocking pool. A caller that stops waiting does not stop the write:
@@ -196,7 +181,7 @@ impl Store {
         if self.enqueue(durability, work, Box::new(move |r| drop(reply.send(r)))) {
             let mut leader = Leader::new(Arc::clone(self));
             if let Some(batch) = leader.take_batch() {
-                off_the_worker(|| self.commit_batch(batch));
+                self.commit_batch(batch);
             }
             // The caller commits one batch at most.
             if let Some(batch) = leader.take_batch() {
