@@ -37,7 +37,7 @@ use crate::clock::AgeClock;
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
-use crate::store::{Durability, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::store::{Durability, EventKind, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
@@ -352,18 +352,18 @@ impl Engine {
         }
         let message = "the database works again; posd restarts to settle what the failure interrupted";
         tracing::warn!("{message}");
-        self.emit("database_recovered", "", "", message.into()).await;
+        self.emit(EventKind::DatabaseRecovered, "", "", message.into()).await;
     }
 
     /// Appends and publishes an event that is not part of a payment transition.
-    async fn emit(&self, kind: &'static str, terminal_id: &str, payment_id: &str, message: String) {
+    async fn emit(&self, kind: EventKind, terminal_id: &str, payment_id: &str, message: String) {
         let e = NewEvent { kind, terminal_id: terminal_id.into(), payment_id: payment_id.into(), message };
         match self.store.append_event(&e).await {
             Ok(rec) => {
                 let _ = self.events.send(rec);
             }
             Err(err) => {
-                tracing::error!(error = %err, kind, "cannot record an event");
+                tracing::error!(error = %err, %kind, "cannot record an event");
                 self.note_store_error(&err);
             }
         }
@@ -407,7 +407,7 @@ impl Engine {
             order_reference: req.order_reference.clone(),
             manual_capture: req.manual_capture,
             demo: self.settings.demo,
-            device: lane.device_kind().into(),
+            device: lane.device_kind(),
             ..PaymentRecord::created(
                 format!("pay_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
                 req.idempotency_key.clone(),

@@ -7,7 +7,7 @@ use pos_proto::terminal as pb;
 use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
 use crate::gateway::{CallError, RefundStatusError};
-use crate::store::{NewEvent, PaymentRecord, RefundRecord, SendKind, Update, now_ms};
+use crate::store::{EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
 
 impl Engine {
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
@@ -110,8 +110,13 @@ impl Engine {
         }
         let rec =
             self.store.get(payment_id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {payment_id}")))?;
-        let refunded: i64 =
-            self.store.refunds_of(payment_id)?.iter().filter(|r| r.status != "failed").map(|r| r.amount_minor).sum();
+        let refunded: i64 = self
+            .store
+            .refunds_of(payment_id)?
+            .iter()
+            .filter(|r| r.status != RefundStatus::Failed)
+            .map(|r| r.amount_minor)
+            .sum();
         let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
         let now = now_ms();
         let candidate = RefundRecord {
@@ -121,7 +126,7 @@ impl Engine {
             amount_minor: amount,
             currency: rec.currency.clone(),
             refund_key: gateway_key(),
-            status: "pending".into(),
+            status: RefundStatus::Pending,
             reason: reason.to_string(),
             failure_code: String::new(),
             failure_message: String::new(),
@@ -136,7 +141,7 @@ impl Engine {
                         r.id, r.amount_minor, r.payment_id
                     )));
                 }
-                if r.status != "pending" {
+                if r.status != RefundStatus::Pending {
                     return Ok(r);
                 }
                 // Pending: settled by the gateway's record or the terminal's
@@ -218,7 +223,7 @@ impl Engine {
         let _claim = self.claim_when_free(&refund.id).await;
         // Another call may have settled it while this one waited.
         let refund = match self.store.refund(&refund.id)? {
-            Some(r) if r.status != "pending" => return Ok(r),
+            Some(r) if r.status != RefundStatus::Pending => return Ok(r),
             Some(r) => r,
             None => return Err(EngineError::NotFound(format!("no refund {}", refund.id))),
         };
@@ -238,9 +243,10 @@ impl Engine {
                          ({m}); it stays pending: check the gateway's records, then settle it with posctl resolve",
                         refund.id, refund.amount_minor
                     );
-                    if !self.store.has_event("refund_outcome_unknown", &rec.id, &format!("refund {} ", refund.id))? {
+                    let alerted = format!("refund {} ", refund.id);
+                    if !self.store.has_event(EventKind::RefundOutcomeUnknown, &rec.id, &alerted)? {
                         tracing::error!(refund = %refund.id, payment = %rec.id, "ALERT: {message}");
-                        self.emit("refund_outcome_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
+                        self.emit(EventKind::RefundOutcomeUnknown, &rec.terminal_id, &rec.id, message.clone()).await;
                     }
                     return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", message));
                 }
@@ -292,8 +298,10 @@ impl Engine {
             Err(why) => Some(why),
         };
         let (kind, message) = match &failure {
-            None => ("refund_succeeded", format!("refunded {} {}", refund.amount_minor, refund.currency)),
-            Some((code, m)) => ("refund_failed", format!("refund of {} failed: {code}: {m}", refund.amount_minor)),
+            None => (EventKind::RefundSucceeded, format!("refunded {} {}", refund.amount_minor, refund.currency)),
+            Some((code, m)) => {
+                (EventKind::RefundFailed, format!("refund of {} failed: {code}: {m}", refund.amount_minor))
+            }
         };
         let event = NewEvent { kind, terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
@@ -332,7 +340,7 @@ impl Engine {
             // Left to a person (the gateway cannot be asked): the register's
             // same-key call or posctl resolve settles it, not this loop.
             let alerted = format!("refund {} ", refund.id);
-            if self.store.has_event("refund_outcome_unknown", &rec.id, &alerted).unwrap_or(true) {
+            if self.store.has_event(EventKind::RefundOutcomeUnknown, &rec.id, &alerted).unwrap_or(true) {
                 continue;
             }
             match self.send_refund(refund, &rec).await {
@@ -392,7 +400,7 @@ impl Engine {
         let text: Vec<String> =
             totals.iter().map(|t| format!("{} x {} {}", t.count, t.captured_minor, t.currency)).collect();
         let event = NewEvent {
-            kind: "batch_closed",
+            kind: EventKind::BatchClosed,
             terminal_id: terminal.to_string(),
             payment_id: String::new(),
             message: format!(
@@ -466,7 +474,7 @@ impl Engine {
                 _ => {
                     let amount = pos_engine::money::format(rec.amount_minor, &rec.currency);
                     let event = NewEvent {
-                        kind: "authorization_expired",
+                        kind: EventKind::AuthorizationExpired,
                         terminal_id: rec.terminal_id.clone(),
                         payment_id: rec.id.clone(),
                         message: format!(

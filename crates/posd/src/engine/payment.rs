@@ -29,7 +29,7 @@ use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
 use crate::lane::{Lane, ReaderEvent};
-use crate::store::{CardInfo, Durability, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms};
+use crate::store::{CardInfo, Durability, EventKind, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms};
 
 /// The gateway calls a card-reader payment makes ([`Gateway`]'s, or a fake's).
 pub(super) trait Authorizer: Sync {
@@ -351,7 +351,7 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
                 queued_at_ms: Some(queued_at_ms),
                 last_error: Some(last_error),
                 event: Some(NewEvent {
-                    kind: "approved_offline",
+                    kind: EventKind::ApprovedOffline,
                     terminal_id: self.rec.terminal_id.clone(),
                     payment_id: self.rec.id.clone(),
                     message: event,

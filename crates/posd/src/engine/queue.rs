@@ -13,7 +13,7 @@ use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
-use crate::store::{NewEvent, PaymentRecord, StoreError, Update};
+use crate::store::{EventKind, NewEvent, PaymentRecord, StoreError, Update};
 use crate::telemetry::SyncReport;
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -32,7 +32,7 @@ impl Engine {
         }
         let update = Update {
             event: Some(NewEvent {
-                kind: "requeued",
+                kind: EventKind::Requeued,
                 terminal_id: rec.terminal_id.clone(),
                 payment_id: rec.id.clone(),
                 message: format!(
@@ -169,10 +169,10 @@ impl Engine {
                 };
                 if first_pause {
                     tracing::error!(%message, "ALERT: forwarding paused: the gateway refuses posd's credentials");
-                    self.emit("forwarding_paused", "", "", format!("forwarding paused: {message}")).await;
+                    self.emit(EventKind::ForwardingPaused, "", "", format!("forwarding paused: {message}")).await;
                 } else if !auth && new_error {
-                    self.emit("forward_failed", "", "", format!("{} payments stay queued: {message}", claimed.len()))
-                        .await;
+                    let text = format!("{} payments stay queued: {message}", claimed.len());
+                    self.emit(EventKind::ForwardFailed, "", "", text).await;
                 }
                 Ok(Some(auth))
             }
@@ -274,8 +274,12 @@ impl Engine {
                 human(self.settings.forward.expire_after)
             );
             let t = next(rec.status, &Input::NoRecordAfterExpiry { message: message.clone() })?;
-            let event =
-                NewEvent { kind: "expired", terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
+            let event = NewEvent {
+                kind: EventKind::Expired,
+                terminal_id: rec.terminal_id.clone(),
+                payment_id: rec.id.clone(),
+                message,
+            };
             items.push((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }));
         }
         let stored = self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))?;
@@ -335,14 +339,14 @@ impl Engine {
                 Ok(t) => match Outcome::try_from(t.outcome).unwrap_or(Outcome::Unspecified) {
                     Outcome::Approved => (
                         Input::Approved { captured: t.captured },
-                        Some(("forwarded", "forwarded; the gateway approved".to_string(), t)),
+                        Some((EventKind::Forwarded, "forwarded; the gateway approved".to_string(), t)),
                     ),
                     Outcome::Declined => {
                         tracing::error!(payment = %rec.id, code = %t.decline_code, "ALERT: a payment approved offline was declined when forwarded");
                         (
                             Input::Declined { code: t.decline_code.clone(), message: t.decline_message.clone() },
                             Some((
-                                "offline_declined",
+                                EventKind::OfflineDeclined,
                                 format!("declined when forwarded: {} (the merchant's loss)", t.decline_code),
                                 t,
                             )),
@@ -353,7 +357,7 @@ impl Engine {
                         tracing::error!(payment = %rec.id, "ALERT: queued payment quarantined: {message}");
                         (
                             Input::Quarantine { code: "reversed_at_gateway".into(), message: message.clone() },
-                            Some(("quarantined", format!("reversed_at_gateway: {message}"), t)),
+                            Some((EventKind::Quarantined, format!("reversed_at_gateway: {message}"), t)),
                         )
                     }
                     Outcome::Unspecified => {
@@ -364,7 +368,7 @@ impl Engine {
                     tracing::error!(payment = %rec.id, %code, %message, "ALERT: queued payment quarantined");
                     (
                         Input::Quarantine { code: code.clone(), message: message.clone() },
-                        Some(("quarantined", format!("{code}: {message}"), Transaction::default())),
+                        Some((EventKind::Quarantined, format!("{code}: {message}"), Transaction::default())),
                     )
                 }
                 Err(Retry(message)) => {
@@ -436,7 +440,7 @@ impl Engine {
                         let message = format!("not forwarded within {}", human(f.expire_after));
                         let t = next(rec.status, &Input::Expire { message: message.clone() }).ok()?;
                         let event = NewEvent {
-                            kind: "expired",
+                            kind: EventKind::Expired,
                             terminal_id: rec.terminal_id.clone(),
                             payment_id: rec.id.clone(),
                             message,
@@ -481,8 +485,8 @@ impl Engine {
             match level {
                 AgeLevel::Alert => {
                     tracing::warn!(age_s = age.as_secs(), "ALERT: offline payments are waiting too long");
-                    self.emit("queue_age_alert", "", "", format!("the oldest unsent payment is {} old", human(age)))
-                        .await;
+                    let text = format!("the oldest unsent payment is {} old", human(age));
+                    self.emit(EventKind::QueueAgeAlert, "", "", text).await;
                 }
                 AgeLevel::Stop => {
                     tracing::error!(
@@ -490,7 +494,7 @@ impl Engine {
                         "ALERT: no new offline payments until the queue is forwarded"
                     );
                     self.emit(
-                        "queue_age_stop",
+                        EventKind::QueueAgeStop,
                         "",
                         "",
                         format!("the oldest unsent payment is {} old; new offline payments are refused", human(age)),
@@ -567,7 +571,7 @@ impl Engine {
         {
             tracing::warn!(unsent = s.count, "shutting down with offline payments not yet forwarded; they are kept");
             self.emit(
-                "shutdown_with_unsent",
+                EventKind::ShutdownWithUnsent,
                 "",
                 "",
                 format!("posd stopped with {} payments not yet forwarded", s.count),

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
 use crate::lane::Lane;
-use crate::store::{CardInfo, NewEvent, PaymentRecord, RefundRecord, TerminalResult, Update};
+use crate::store::{CardInfo, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalResult, Update};
 use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
 mod after_sale;
@@ -362,7 +362,7 @@ impl Engine {
     /// gateway in the same commit. `result` is stored too when posd learns
     /// it only now (asked after a lost line).
     async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
-        let mut update = Update { record: Some("sale"), ..Update::default() };
+        let mut update = Update { record: Some(RecordKind::Sale), ..Update::default() };
         let (receipt, terminal_offline) = match result {
             Some(o) => {
                 update.card = card(o);
@@ -377,7 +377,7 @@ impl Engine {
         update.meta = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
         if terminal_offline {
             update.event = Some(NewEvent {
-                kind: "terminal_approved_offline",
+                kind: EventKind::TerminalApprovedOffline,
                 terminal_id: rec.terminal_id.clone(),
                 payment_id: rec.id.clone(),
                 message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
@@ -463,7 +463,7 @@ impl Engine {
                 };
                 // The payment stays UNKNOWN for a person; the register hears
                 // why and the lane is free for the next customer.
-                self.emit("terminal_outcome_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
+                self.emit(EventKind::TerminalOutcomeUnknown, &rec.terminal_id, &rec.id, message.clone()).await;
                 self.free_lane(&rec);
                 self.publish(
                     &rec,
@@ -515,7 +515,7 @@ impl Engine {
             None => "not booked".to_string(),
         };
         let event = NewEvent {
-            kind: "payment_resolved",
+            kind: EventKind::PaymentResolved,
             terminal_id: rec.terminal_id.clone(),
             payment_id: rec.id.clone(),
             message: format!("payment {id}: {caller} checked the payment terminal's journal: {found}{note}"),
@@ -526,7 +526,7 @@ impl Engine {
             Some(n) => {
                 let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
                 let update = Update {
-                    record: Some("sale"),
+                    record: Some(RecordKind::Sale),
                     terminal: Some(booked),
                     event: Some(event),
                     audit,
@@ -660,7 +660,7 @@ impl Engine {
         tracing::error!(record = %r.record_key, %why, "a terminal payment's record was refused; a person must look");
         let _ = self.store.record_attempt(r.seq, why, true).await;
         self.emit(
-            "record_refused",
+            EventKind::RecordRefused,
             "",
             &r.payment_id,
             format!("the gateway's ledger refused record {} ({why}); it is kept for a person", r.record_key),
@@ -672,10 +672,10 @@ impl Engine {
         let p =
             self.store.get(&r.payment_id)?.ok_or_else(|| crate::store::StoreError::NotFound(r.payment_id.clone()))?;
         let t = self.store.terminal_result(&r.payment_id)?.unwrap_or_default();
-        let kind = match r.kind.as_str() {
-            "sale" => TerminalRecordKind::Sale,
-            "reversal" => TerminalRecordKind::Reversal,
-            _ => TerminalRecordKind::Refund,
+        let kind = match r.kind {
+            RecordKind::Sale => TerminalRecordKind::Sale,
+            RecordKind::Reversal => TerminalRecordKind::Reversal,
+            RecordKind::Refund => TerminalRecordKind::Refund,
         };
         let card = p.card.clone().unwrap_or_default();
         Ok(TerminalRecord {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::events::{EventRecord, NewEvent, insert_event};
+use super::events::{EventKind, EventRecord, NewEvent, insert_event};
 use super::{Store, StoreError, exec, now_ms};
 
 /// A record waiting for (or sent to) the gateway's ledger.
@@ -15,11 +15,22 @@ pub struct GatewayRecord {
     pub seq: i64,
     pub record_key: String,
     pub payment_id: String,
-    /// `sale`, `reversal` or `refund`.
-    pub kind: String,
+    pub kind: RecordKind,
     pub amount_minor: i64,
     pub currency: String,
     pub created_at_ms: i64,
+}
+
+text_enum! {
+    /// What a record for the gateway's ledger books (`gateway_records.kind`).
+    pub enum RecordKind ("gateway record kind") {
+        /// A payment a payment terminal approved.
+        Sale = "sale",
+        /// A payment terminal's payment reversed.
+        Reversal = "reversal",
+        /// A payment terminal's refund.
+        Refund = "refund",
+    }
 }
 
 impl Store {
@@ -144,10 +155,10 @@ fn apply_gateway_event_in(
             .optional()?;
         let (payment_id, terminal_id) = payment.unwrap_or_default();
         let kind = match e.kind.as_str() {
-            "refund_settled" => "gateway_refund_settled",
-            "dispute_opened" => "gateway_dispute_opened",
-            "settlement_closed" => "gateway_settlement_closed",
-            _ => "gateway_event",
+            "refund_settled" => EventKind::GatewayRefundSettled,
+            "dispute_opened" => EventKind::GatewayDisputeOpened,
+            "settlement_closed" => EventKind::GatewaySettlementClosed,
+            _ => EventKind::GatewayEvent,
         };
         let message = format!("{} ({}): {}", e.kind, e.event_id, e.message);
         Some(insert_event(tx, &NewEvent { kind, terminal_id, payment_id, message })?)

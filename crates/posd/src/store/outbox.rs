@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use super::events::{EventRecord, NewEvent, insert_event};
+use super::events::{EventKind, EventRecord, NewEvent, insert_event};
 use super::history::audit_in;
 use super::payments::{COLUMNS, PaymentRecord, row_to_payment};
 use super::{Store, StoreError, exec, now_ms};
@@ -51,27 +51,20 @@ fn drop_overdue_card_data_in(
             "payment {id}: {why}; its card data is deleted and posd asks the gateway whether it holds the payment \
              (captured if it does, expired if not)"
         );
-        events.push(insert_event(tx, &NewEvent { kind: "forward_overdue", terminal_id, payment_id: id, message })?);
+        let event = NewEvent { kind: EventKind::ForwardOverdue, terminal_id, payment_id: id, message };
+        events.push(insert_event(tx, &event)?);
     }
     Ok(events)
 }
 
-/// Operations that may be sent to the gateway more than once, each under a
-/// key of its own (a refund's refund key; a capture's or void's payment key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendKind {
-    Refund,
-    Capture,
-    Void,
-}
-
-impl SendKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            SendKind::Refund => "refund",
-            SendKind::Capture => "capture",
-            SendKind::Void => "void",
-        }
+text_enum! {
+    /// Operations that may be sent to the gateway more than once, each under a
+    /// key of its own (a refund's refund key; a capture's or void's payment
+    /// key) (`gateway_sends.kind`).
+    pub enum SendKind ("send kind") {
+        Refund = "refund",
+        Capture = "capture",
+        Void = "void",
     }
 }
 
@@ -170,7 +163,7 @@ impl Store {
         self.write(move |tx| {
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![kind.as_str(), key, payment_id, now_ms()],
+                params![kind, key, payment_id, now_ms()],
             )?;
             Ok(inserted == 0)
         })
@@ -183,7 +176,7 @@ impl Store {
     pub async fn forget_send(self: &Arc<Self>, kind: SendKind, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
         self.write(move |tx| {
-            tx.execute("DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind.as_str(), key])?;
+            tx.execute("DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind, key])?;
             Ok(())
         })
         .await
@@ -193,6 +186,6 @@ impl Store {
     pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT 1 FROM gateway_sends WHERE kind = ?1 AND op_key = ?2")?;
-        Ok(stmt.exists(params![kind.as_str(), key])?)
+        Ok(stmt.exists(params![kind, key])?)
     }
 }

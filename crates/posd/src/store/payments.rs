@@ -9,6 +9,7 @@ use pos_engine::{Status, Transition};
 use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
 
 use super::events::{EventRecord, NewEvent, insert_event};
+use super::gateway::RecordKind;
 use super::group::Durability;
 use super::history::{audit_in, audit_text, move_long_history};
 use super::outbox::NEXT_QUEUE_SEQ;
@@ -56,19 +57,25 @@ pub struct PaymentRecord {
     pub last_error: String,
     /// Amount captured (the whole amount for automatic capture).
     pub captured_minor: i64,
-    /// The card device that took it: `reader` (the gateway authorizes) or
-    /// [`DEVICE_ZVT`] (a payment terminal authorizes by itself).
-    pub device: String,
+    /// The card device that took it.
+    pub device: DeviceKind,
 }
 
-/// `PaymentRecord::device` of a payment taken on a ZVT payment terminal.
-pub const DEVICE_ZVT: &str = "zvt";
+text_enum! {
+    /// The card device that took a payment (`payments.device`).
+    pub enum DeviceKind ("device kind") {
+        /// A card reader: the gateway authorizes.
+        Reader = "reader",
+        /// A ZVT payment terminal: it authorizes by itself.
+        Zvt = "zvt",
+    }
+}
 
 impl PaymentRecord {
     /// Taken on a payment terminal that authorizes by itself: refunds,
     /// reversals and recovery go to the terminal, not the gateway.
     pub fn on_terminal(&self) -> bool {
-        self.device == DEVICE_ZVT
+        self.device == DeviceKind::Zvt
     }
 }
 
@@ -106,7 +113,7 @@ impl PaymentRecord {
             forward_attempts: 0,
             last_error: String::new(),
             captured_minor: 0,
-            device: "reader".into(),
+            device: DeviceKind::Reader,
         }
     }
 }
@@ -141,9 +148,9 @@ pub struct Update {
     pub event: Option<NewEvent>,
     /// A payment terminal's result, stored in the same commit.
     pub terminal: Option<TerminalResult>,
-    /// A record for the gateway's ledger (`sale`, `reversal`), queued in the
-    /// same commit.
-    pub record: Option<&'static str>,
+    /// A record for the gateway's ledger (a sale or a reversal), queued in
+    /// the same commit.
+    pub record: Option<RecordKind>,
     /// A `meta` value set in the same commit (a lane's last terminal receipt).
     pub meta: Option<(String, i64)>,
     /// Starting on a payment terminal: the lane's last receipt number then

@@ -19,13 +19,22 @@ pub struct RefundRecord {
     pub amount_minor: i64,
     pub currency: String,
     pub refund_key: String,
-    /// `pending`, `succeeded` or `failed`.
-    pub status: String,
+    pub status: RefundStatus,
     pub reason: String,
     pub failure_code: String,
     pub failure_message: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+text_enum! {
+    /// Where a refund stands (`refunds.status`).
+    pub enum RefundStatus ("refund status") {
+        /// Reserved against the captured amount; its outcome is not known yet.
+        Pending = "pending",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
 }
 
 /// What reserving a refund found.
@@ -135,7 +144,13 @@ impl Store {
             let settled = tx.execute(
                 "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
                  WHERE id = ?1 AND status = 'pending'",
-                params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
+                params![
+                    id,
+                    if succeeded { RefundStatus::Succeeded } else { RefundStatus::Failed },
+                    code,
+                    message,
+                    now_ms()
+                ],
             )? == 1;
             // Settled before (a same-key call and start-up raced): that
             // settlement and its event stand.

@@ -65,6 +65,34 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
 }
 
 #[test]
+fn values_kept_as_text_read_back_as_written_and_unknown_text_is_refused() {
+    fn round_trip<T>(conn: &Connection, all: &[T])
+    where
+        T: rusqlite::types::ToSql + rusqlite::types::FromSql + std::fmt::Display + std::fmt::Debug + PartialEq,
+    {
+        for value in all {
+            let text: String = conn.query_row("SELECT ?1", [value], |r| r.get(0)).unwrap();
+            assert_eq!(text, value.to_string());
+            let back: T = conn.query_row("SELECT ?1", [&text], |r| r.get(0)).unwrap();
+            assert_eq!(&back, value);
+        }
+    }
+    let conn = Connection::open_in_memory().unwrap();
+    round_trip(&conn, DeviceKind::ALL);
+    round_trip(&conn, RefundStatus::ALL);
+    round_trip(&conn, RecordKind::ALL);
+    round_trip(&conn, EventKind::ALL);
+    round_trip(&conn, SendKind::ALL);
+    // Today's text, as earlier releases stored it.
+    assert_eq!(DeviceKind::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>(), ["reader", "zvt"]);
+    assert_eq!(RefundStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["pending", "succeeded", "failed"]);
+    assert_eq!(RecordKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["sale", "reversal", "refund"]);
+    assert_eq!(EventKind::parse("gateway_dispute_opened"), Some(EventKind::GatewayDisputeOpened));
+    let err = conn.query_row("SELECT 'refunded'", [], |r| r.get::<_, RefundStatus>(0)).unwrap_err();
+    assert!(err.to_string().contains("unknown refund status \"refunded\""), "{err}");
+}
+
+#[test]
 fn same_key_returns_the_existing_payment() {
     let (_d, s) = open();
     assert!(s.insert_or_get_blocking(&sample("k"), "test").unwrap().is_ok());
@@ -577,8 +605,12 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
     }
     let start = next(Status::Created, &Input::Start).unwrap();
     let stale = next(Status::Collecting, &Input::CardRead).unwrap();
-    let event =
-        NewEvent { kind: "test", terminal_id: "lane-1".into(), payment_id: "pay_c".into(), message: "started".into() };
+    let event = NewEvent {
+        kind: EventKind::Requeued,
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_c".into(),
+        message: "started".into(),
+    };
     let items = vec![
         ("pay_a".to_string(), start.clone(), Update::default()),
         ("pay_b".to_string(), stale, Update { audit: Some("never kept".into()), ..Default::default() }),
