@@ -37,7 +37,9 @@ use crate::clock::AgeClock;
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
-use crate::store::{Durability, EventKind, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::store::{
+    Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms,
+};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
@@ -419,8 +421,8 @@ impl Engine {
             )
         };
         let created = match self.store.insert_or_get(&candidate, &req.caller).await {
-            Ok(Ok(created)) => created,
-            Ok(Err(existing)) => {
+            Ok(Inserted::New(created)) => created,
+            Ok(Inserted::Existing(existing)) => {
                 compare(&existing, &req)?;
                 return Ok(self.attach(existing));
             }

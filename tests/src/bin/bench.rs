@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use pos_engine::{Input, Status, next};
 use pos_proto::terminal::{self as pb, payment_terminal_client::PaymentTerminalClient};
-use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
+use posd::store::{CardInfo, Inserted, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::measure::{
     Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate, written_bytes,
 };
@@ -372,7 +372,8 @@ async fn commit_one_payment(store: &Arc<Store>, serial: usize) -> usize {
         "EUR".into(),
         now_ms(),
     );
-    store.insert_or_get(&rec, "bench").await.expect("insert").expect("new payment");
+    let inserted = store.insert_or_get(&rec, "bench").await.expect("insert");
+    assert!(matches!(inserted, Inserted::New(_)), "new payment");
     let card = (card_info(), vec![0xA5; 160]);
     let mut s = Status::Created;
     let steps = captured_life();

@@ -174,8 +174,14 @@ pub struct ListFilter {
     pub oldest_first: bool,
 }
 
-/// A new payment (`Ok`), or the one already under its idempotency key (`Err`).
-pub type Inserted = Result<PaymentRecord, PaymentRecord>;
+/// What [`Store::insert_or_get`] found under the payment's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The key was free: the payment is stored, as given.
+    New(PaymentRecord),
+    /// The key was taken: the payment already under it (nothing was stored).
+    Existing(PaymentRecord),
+}
 
 /// A committed transition: the payment as it now is, and its register event.
 pub type Applied = (PaymentRecord, Option<EventRecord>);
@@ -455,10 +461,10 @@ pub(super) fn insert_or_get_in(
     let (p, caller) = (p.clone(), caller.to_string());
     move |conn| {
         if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
-            return Ok(Err(existing));
+            return Ok(Inserted::Existing(existing));
         }
         insert_in(conn, &p, &caller)?;
-        Ok(Ok(p))
+        Ok(Inserted::New(p))
     }
 }
 

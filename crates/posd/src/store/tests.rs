@@ -28,6 +28,11 @@ fn sample(key: &str) -> PaymentRecord {
     }
 }
 
+/// The insert succeeded and stored a new payment (its key was free).
+fn is_new(inserted: Result<Inserted, StoreError>) -> bool {
+    matches!(inserted.unwrap(), Inserted::New(_))
+}
+
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("posd.db")).unwrap();
@@ -95,16 +100,19 @@ fn values_kept_as_text_read_back_as_written_and_unknown_text_is_refused() {
 #[test]
 fn same_key_returns_the_existing_payment() {
     let (_d, s) = open();
-    assert!(s.insert_or_get_blocking(&sample("k"), "test").unwrap().is_ok());
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let mut other = sample("k");
     other.id = "pay_other".into();
-    assert_eq!(s.insert_or_get_blocking(&other, "test").unwrap().unwrap_err().id, "pay_k");
+    match s.insert_or_get_blocking(&other, "test").unwrap() {
+        Inserted::Existing(existing) => assert_eq!(existing.id, "pay_k"),
+        Inserted::New(p) => panic!("{} stored under a key taken", p.id),
+    }
 }
 
 #[test]
 fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let mut st = Status::Created;
     for (input, update) in [
         (Input::Start, Update::default()),
@@ -124,7 +132,7 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
 
     // Card data that comes with a move to a status that may not keep it
     // is not stored; what the card is stays.
-    s.insert_or_get_blocking(&sample("j"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("j"), "test")));
     let t = next(Status::Created, &Input::Cancel { by: "test".into() }).unwrap();
     let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
     let update = Update { card: Some((card, vec![1, 2, 3])), ..Default::default() };
@@ -136,7 +144,7 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
 #[test]
 fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let t = next(Status::Created, &Input::Start).unwrap();
     let who = || Update { audit: Some("by a person".into()), ..Default::default() };
     s.apply_blocking("pay_k", &t, who()).unwrap();
@@ -152,7 +160,7 @@ fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
 async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     let (_d, s) = open();
     let s = Arc::new(s);
-    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let mut expected = vec![("created", "payment requested by the register (test)".to_string())];
     let mut st = Status::Created;
     let step = |st: &mut Status, input: Input, expected: &mut Vec<(&str, String)>| {
@@ -207,7 +215,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
 
     // A control character JSON would write as `\u0001` is replaced, so
     // its digits cannot join the ones after it.
-    s.insert_or_get(&sample("c"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("c"), "test").await));
     s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}").await.unwrap();
     let h = s.history("pay_c").unwrap();
     assert_eq!(h[1].cause, "terminal text \u{fffd}123456789012 and a \u{fffd}");
@@ -231,7 +239,7 @@ fn a_database_from_a_newer_posd_is_refused() {
 fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
     let (_d, s) = open();
     for (key, captured, authorized_at) in [("a", false, 5_000), ("b", false, 3_000), ("c", true, 1_000)] {
-        s.insert_or_get_blocking(&sample(key), "test").unwrap().unwrap();
+        assert!(is_new(s.insert_or_get_blocking(&sample(key), "test")));
         let id = format!("pay_{key}");
         let mut st = Status::Created;
         for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured }] {
@@ -251,7 +259,7 @@ fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
 #[test]
 fn a_stale_transition_is_refused() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let t = next(Status::Created, &Input::Start).unwrap();
     s.apply_blocking("pay_k", &t, Update::default()).unwrap();
     assert!(matches!(s.apply_blocking("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
@@ -368,7 +376,7 @@ async fn migration_10_moves_the_receipt_numbers_from_meta_into_their_rows() {
     s.set_refund_receipt_before("ref_z", 43).await.unwrap();
     assert_eq!(s.refund_receipt_before("ref_z").unwrap(), Some(43));
     let start = next(Status::Created, &Input::StartOnTerminal).unwrap();
-    s.insert_or_get(&sample("t"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("t"), "test").await));
     let update = Update { zvt_receipt_before: Some(7), ..Update::default() };
     s.apply("pay_t", &start, update).await.unwrap();
     assert_eq!(s.payment_receipt_before("pay_t").unwrap(), Some(7));
@@ -432,7 +440,7 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
     drop(conn);
 
     // The next payment entering the outbox queues behind the one there.
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let mut st = Status::Created;
     for input in [Input::Start, Input::CardRead, Input::ApprovedOffline] {
         let t = next(st, &input).unwrap();
@@ -450,7 +458,7 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
 #[test]
 fn writes_queued_during_a_commit_share_the_next_one() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k0"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k0"), "test")));
     let stale = next(Status::Collecting, &Input::CardRead).unwrap();
     // Polls the queue's state (no timing involved) until `ready`.
     let wait_for = |ready: &dyn Fn(&Group) -> bool| {
@@ -472,9 +480,9 @@ fn writes_queued_during_a_commit_share_the_next_one() {
         let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default()));
         wait_for(&|g| g.queue.len() == 7);
         drop(held);
-        assert!(first.join().unwrap().unwrap().is_ok());
+        assert!(is_new(first.join().unwrap()));
         for insert in inserts {
-            assert!(insert.join().unwrap().unwrap().is_ok());
+            assert!(is_new(insert.join().unwrap()));
         }
         let refused = refused.join().unwrap();
         assert!(matches!(refused, Err(StoreError::Conflict { actual: Status::Created, .. })), "{refused:?}");
@@ -517,9 +525,9 @@ async fn async_writes_share_a_commit_without_holding_their_workers() {
     let rest: Vec<_> = (1..8).map(write).collect();
     wait_for(|g| g.queue.len() == 7).await;
     drop(held);
-    assert!(first.await.unwrap().unwrap().is_ok());
+    assert!(is_new(first.await.unwrap()));
     for w in rest {
-        assert!(w.await.unwrap().unwrap().is_ok());
+        assert!(is_new(w.await.unwrap()));
     }
     assert_eq!(s.write_counts(), (8, 2), "the seven writes queued behind the first shared one commit");
     let t = next(Status::Created, &Input::Start).unwrap();
@@ -535,7 +543,7 @@ async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
     let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
     let synchronous = |s: &Store| -> i64 { s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
     assert_eq!(synchronous(&s), 2, "FULL");
-    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
     let applied = s.apply_all("pay_k", Durability::Deferred, vec![start]).await.unwrap();
     assert_eq!(applied[0].0.status, Status::Collecting);
@@ -557,7 +565,7 @@ async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
 async fn transitions_applied_together_are_kept_all_or_none() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
-    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
     // The second starts from a status the first did not reach: refused.
     let stale = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
@@ -579,7 +587,7 @@ fn a_leader_dropped_before_committing_abandons_the_queue() {
     // As when the runtime stops before the blocking task that was to commit runs.
     drop(Leader::new(&s));
     assert!(answer.recv().is_err(), "the caller hears that its write was dropped");
-    assert!(s.insert_or_get_blocking(&sample("k2"), "test").unwrap().is_ok(), "the next write leads");
+    assert!(is_new(s.insert_or_get_blocking(&sample("k2"), "test")), "the next write leads");
     assert!(s.get("pay_k1").unwrap().is_none());
     assert_eq!(s.write_counts(), (1, 1));
 }
@@ -601,7 +609,7 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
     for key in ["a", "b", "c"] {
-        s.insert_or_get(&sample(key), "test").await.unwrap().unwrap();
+        assert!(is_new(s.insert_or_get(&sample(key), "test").await));
     }
     let start = next(Status::Created, &Input::Start).unwrap();
     let stale = next(Status::Collecting, &Input::CardRead).unwrap();
@@ -655,7 +663,7 @@ async fn a_meta_value_is_a_write_of_the_group_commit() {
 fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
     let (_d, s) = open();
     assert!(s.get("pay_k").unwrap().is_none());
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "a read after a commit sees it");
     let t = next(Status::Created, &Input::Start).unwrap();
     s.apply_blocking("pay_k", &t, Update::default()).unwrap();
@@ -682,7 +690,7 @@ fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
 fn migrations_are_idempotent_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("posd.db");
-    Store::open(&path).unwrap().insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(Store::open(&path).unwrap().insert_or_get_blocking(&sample("k"), "test")));
     let s = Store::open(&path).unwrap();
     assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
 }
@@ -705,7 +713,7 @@ fn a_state_directory_that_held_a_database_refuses_to_start_without_it() {
     std::fs::write(&db, b"").unwrap();
     check_database_kept(dir.path()).unwrap();
     let s = Store::open(&db).unwrap();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     mark_initialized(dir.path()).unwrap();
     assert!(marker.exists());
     mark_initialized(dir.path()).unwrap();
@@ -729,7 +737,9 @@ fn a_state_directory_that_held_a_database_refuses_to_start_without_it() {
     // Restored from a backup: it starts, with the payments it had.
     std::fs::remove_file(&db).unwrap();
     let other = tempfile::tempdir().unwrap();
-    Store::open(&other.path().join("posd.db")).unwrap().insert_or_get_blocking(&sample("b"), "test").unwrap().unwrap();
+    let restored = Store::open(&other.path().join("posd.db")).unwrap();
+    assert!(is_new(restored.insert_or_get_blocking(&sample("b"), "test")));
+    drop(restored);
     crate::admin::backup(other.path(), &db).unwrap();
     check_database_kept(dir.path()).unwrap();
     assert!(Store::open(&db).unwrap().get("pay_b").unwrap().is_some());
@@ -747,7 +757,7 @@ fn list_pages_newest_first_with_filters() {
         let mut p = sample(&format!("k{i}"));
         p.created_at_ms = 1000 + i;
         p.terminal_id = if i % 2 == 0 { "lane-1".into() } else { "lane-2".into() };
-        s.insert_or_get_blocking(&p, "test").unwrap().unwrap();
+        assert!(is_new(s.insert_or_get_blocking(&p, "test")));
     }
     let page = s.list(&ListFilter { limit: 2, ..Default::default() }).unwrap();
     assert_eq!(page.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>(), ["k4", "k3"]);
