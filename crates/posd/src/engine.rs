@@ -345,7 +345,7 @@ impl Engine {
         loop {
             tokio::time::sleep(wait).await;
             let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.probe()).await {
+            match tokio::task::spawn_blocking(move || store.probe(now_ms())).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => tracing::warn!(error = %e, "the database still fails; new payments stay refused"),
                 Err(e) => tracing::error!(error = %e, "the database check stopped"),
@@ -360,7 +360,7 @@ impl Engine {
     /// Appends and publishes an event that is not part of a payment transition.
     async fn emit(&self, kind: EventKind, terminal_id: &str, payment_id: &str, message: String) {
         let e = NewEvent { kind, terminal_id: terminal_id.into(), payment_id: payment_id.into(), message };
-        match self.store.append_event(&e).await {
+        match self.store.append_event(&e, now_ms()).await {
             Ok(rec) => {
                 let _ = self.events.send(rec);
             }
@@ -558,8 +558,11 @@ impl Engine {
             planned.push((t, update));
         }
         let ts: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
-        let applied =
-            self.store.apply_all(&rec.id, durability, planned).await.inspect_err(|e| self.note_store_error(e))?;
+        let applied = self
+            .store
+            .apply_all(&rec.id, durability, planned, now_ms())
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
         let mut last = None;
         for (t, (new, event)) in ts.iter().zip(applied) {
             self.committed(t, &new, event).await;

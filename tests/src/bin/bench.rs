@@ -380,7 +380,7 @@ async fn commit_one_payment(store: &Arc<Store>, serial: usize) -> usize {
     for input in &steps {
         let t = next(s, input).expect("a valid transition");
         let update = Update { card: matches!(input, Input::CardRead).then(|| card.clone()), ..Default::default() };
-        s = store.apply(&rec.id, &t, update).await.expect("commit").0.status;
+        s = store.apply(&rec.id, &t, update, now_ms()).await.expect("commit").0.status;
     }
     assert_eq!(s, Status::Captured);
     1 + steps.len()

@@ -48,8 +48,8 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
-        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id).await?;
+        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}"), now_ms()).await?;
+        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id, now_ms()).await?;
         let answer = self.gateway.capture(&rec.gateway_key, amount).await;
         let tx = self.answer(SendKind::Capture, &rec.gateway_key, earlier, answer).await?;
         crate::failpoint::hit("capture_after_response");
@@ -65,7 +65,7 @@ impl Engine {
         match rec.status {
             Status::Voided => return Ok(rec),
             Status::Captured if rec.on_terminal() => {
-                self.store.audit(&rec.id, &format!("reversal requested by {caller}")).await?;
+                self.store.audit(&rec.id, &format!("reversal requested by {caller}"), now_ms()).await?;
                 let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
                 return self.reverse_on_terminal(rec, why).await;
             }
@@ -77,8 +77,8 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("void requested by {caller}")).await?;
-        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id).await?;
+        self.store.audit(&rec.id, &format!("void requested by {caller}"), now_ms()).await?;
+        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id, now_ms()).await?;
         let answer = self.gateway.void(&rec.gateway_key).await;
         self.answer(SendKind::Void, &rec.gateway_key, earlier, answer).await?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
@@ -149,9 +149,8 @@ impl Engine {
                 r
             }
             Reservation::Created(r) => {
-                self.store
-                    .audit(payment_id, &format!("refund {} of {} requested by {caller}", r.id, r.amount_minor))
-                    .await?;
+                let cause = format!("refund {} of {} requested by {caller}", r.id, r.amount_minor);
+                self.store.audit(payment_id, &cause, now_ms()).await?;
                 r
             }
             Reservation::NotCaptured(s) => {
@@ -229,7 +228,7 @@ impl Engine {
         };
         let earlier = self
             .store
-            .note_send(SendKind::Refund, &refund.refund_key, &rec.id)
+            .note_send(SendKind::Refund, &refund.refund_key, &rec.id, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if earlier {
@@ -307,7 +306,7 @@ impl Engine {
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, failure.is_none(), failure_ref, &event, false)
+            .finish_refund(&refund.id, failure.is_none(), failure_ref, &event, false, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if let Some(ev) = ev {
@@ -367,13 +366,16 @@ impl Engine {
         // a retry after an answer lost returns the batch already closed.
         let _claim = self.claim_when_free(&format!("close_batch:{terminal}")).await;
         let candidate = format!("close_{}", gateway_key());
-        let (key, earlier) =
-            self.store.begin_close(terminal, &candidate).await.inspect_err(|e| self.note_store_error(e))?;
+        let (key, earlier) = self
+            .store
+            .begin_close(terminal, &candidate, now_ms())
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
         let result = match self.gateway.close_batch(&self.gateway_terminal(terminal), &key).await {
             Ok(result) => result,
             Err(e) => {
                 if !earlier && matches!(e, CallError::NotSent(_)) {
-                    self.store.end_close(terminal, None).await.inspect_err(|e| self.note_store_error(e))?;
+                    self.store.end_close(terminal, None, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
                 }
                 return Err(call_error(e, earlier));
             }
@@ -411,7 +413,8 @@ impl Engine {
             ),
         };
         // The key goes with the answer's event, in one commit.
-        if let Some(ev) = self.store.end_close(terminal, Some(event)).await.inspect_err(|e| self.note_store_error(e))? {
+        let ended = self.store.end_close(terminal, Some(event), now_ms()).await;
+        if let Some(ev) = ended.inspect_err(|e| self.note_store_error(e))? {
             let _ = self.events.send(ev);
         }
         let summary = pb::BatchSummary {

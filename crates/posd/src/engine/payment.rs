@@ -315,7 +315,7 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         }
         let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
         let engine = self.engine;
-        match engine.store.apply_all(&self.rec.id, durability, planned).await {
+        match engine.store.apply_all(&self.rec.id, durability, planned, now_ms()).await {
             Ok(applied) => {
                 for (t, (new, event)) in transitions.iter().zip(applied) {
                     if t.to == Status::OfflineApproved {

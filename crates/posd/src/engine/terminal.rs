@@ -25,7 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
 use crate::lane::Lane;
-use crate::store::{CardInfo, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalResult, Update};
+use crate::store::{
+    CardInfo, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalResult, Update, now_ms,
+};
 use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
 mod after_sale;
@@ -632,7 +634,7 @@ impl Engine {
                 match self.gateway.record_terminal(request).await {
                     Ok(duplicate) => {
                         tracing::info!(record = %r.record_key, duplicate, "terminal payment recorded at the gateway");
-                        let _ = self.store.record_attempt(r.seq, "", false).await;
+                        let _ = self.store.record_attempt(r.seq, "", false, now_ms()).await;
                         backoff = f.retry_first;
                     }
                     // The gateway refused the record itself: retrying cannot
@@ -640,7 +642,7 @@ impl Engine {
                     Err(crate::gateway::CallError::Refused(m)) => self.record_refused(&r, &m).await,
                     Err(e) => {
                         tracing::warn!(record = %r.record_key, error = %e, "recording at the gateway failed; will retry");
-                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false).await;
+                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false, now_ms()).await;
                         failed = true;
                         break;
                     }
@@ -658,7 +660,7 @@ impl Engine {
 
     async fn record_refused(&self, r: &crate::store::GatewayRecord, why: &str) {
         tracing::error!(record = %r.record_key, %why, "a terminal payment's record was refused; a person must look");
-        let _ = self.store.record_attempt(r.seq, why, true).await;
+        let _ = self.store.record_attempt(r.seq, why, true, now_ms()).await;
         self.emit(
             EventKind::RecordRefused,
             "",

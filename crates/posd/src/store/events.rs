@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 /// One entry of the register's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,10 +81,11 @@ text_enum! {
 }
 
 impl Store {
-    /// Appends an event that concerns no payment transition.
-    pub async fn append_event(self: &Arc<Self>, e: &NewEvent) -> Result<EventRecord, StoreError> {
+    /// Appends an event that concerns no payment transition, as happened at
+    /// `at_ms`.
+    pub async fn append_event(self: &Arc<Self>, e: &NewEvent, at_ms: i64) -> Result<EventRecord, StoreError> {
         let e = e.clone();
-        self.write(move |conn| insert_event(conn, &e)).await
+        self.write(move |conn| insert_event(conn, &e, at_ms)).await
     }
 
     /// True when an event of `kind` about `payment_id` whose message starts
@@ -124,8 +125,8 @@ impl Store {
     }
 }
 
-pub(super) fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreError> {
-    let at_ms = now_ms();
+/// Appends event `e`, as happened at `at_ms`, in the caller's write.
+pub(super) fn insert_event(conn: &Connection, e: &NewEvent, at_ms: i64) -> Result<EventRecord, StoreError> {
     exec(
         conn,
         "INSERT INTO events (at_ms, kind, terminal_id, payment_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",

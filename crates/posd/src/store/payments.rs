@@ -13,7 +13,7 @@ use super::gateway::RecordKind;
 use super::group::Durability;
 use super::history::{audit_in, audit_text, move_long_history};
 use super::outbox::NEXT_QUEUE_SEQ;
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 /// Card details posd may keep: never the PAN beyond first 6 / last 4.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -259,27 +259,35 @@ impl Store {
         self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, p, &caller))).await
     }
 
-    /// Commits one transition: the status (only if it is still `t.from`), its
-    /// reason, the update's data, and an audit entry. Card data is dropped in
-    /// the same commit when the new status may not keep it.
-    pub async fn apply(self: &Arc<Self>, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+    /// Commits one transition made at `at_ms`: the status (only if it is
+    /// still `t.from`), its reason, the update's data, and an audit entry.
+    /// Card data is dropped in the same commit when the new status may not
+    /// keep it.
+    pub async fn apply(
+        self: &Arc<Self>,
+        id: &str,
+        t: &Transition,
+        update: Update,
+        at_ms: i64,
+    ) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update)).await)
+        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update, at_ms)).await)
     }
 
-    /// Commits transitions of one payment in order, in one commit: all of
-    /// them or, when one is refused, none.
+    /// Commits transitions of one payment made at `at_ms` in order, in one
+    /// commit: all of them or, when one is refused, none.
     pub async fn apply_all(
         self: &Arc<Self>,
         id: &str,
         durability: Durability,
         steps: Vec<(Transition, Update)>,
+        at_ms: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let id = id.to_string();
         let n = steps.len() as u64;
         let applied = self
             .write_with(durability, move |conn| {
-                steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update)).collect()
+                steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update, at_ms)).collect()
             })
             .await;
         if applied.is_ok() {
@@ -289,23 +297,24 @@ impl Store {
     }
 
     #[cfg(test)]
-    pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+    pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write_blocking(move |conn| apply_in(conn, &id, &t, update))
+        self.write_blocking(move |conn| apply_in(conn, &id, &t, update, at_ms))
     }
 
-    /// Commits many transitions at once (one disk sync), through the group
-    /// commit (the forwarder's batches). A transition whose `from` is stale
-    /// is skipped and reported; the others are committed. An empty batch
-    /// commits nothing.
+    /// Commits many transitions made at `at_ms` at once (one disk sync),
+    /// through the group commit (the forwarder's batches). A transition whose
+    /// `from` is stale is skipped and reported; the others are committed. An
+    /// empty batch commits nothing.
     pub async fn apply_batch(
         self: &Arc<Self>,
         items: Vec<(String, Transition, Update)>,
+        at_ms: i64,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |conn| apply_batch_in(conn, items)).await
+        self.write(move |conn| apply_batch_in(conn, items, at_ms)).await
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -473,11 +482,12 @@ pub(super) fn insert_or_get_in(
 fn apply_batch_in(
     conn: &Connection,
     items: Vec<(String, Transition, Update)>,
+    at_ms: i64,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(items.len());
     for (id, t, u) in items {
         conn.execute_batch("SAVEPOINT batch_item")?;
-        match apply_in(conn, &id, &t, u) {
+        match apply_in(conn, &id, &t, u, at_ms) {
             Ok(r) => {
                 conn.execute_batch("RELEASE batch_item")?;
                 out.push(Ok(r));
@@ -526,10 +536,10 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
     Ok(())
 }
 
-/// One transition inside the caller's transaction (see [`Store::apply`]).
-fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+/// One transition made at `at_ms` inside the caller's transaction (see
+/// [`Store::apply`]).
+fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
     {
-        let now = now_ms();
         // The status moves only from the one the transition starts at; a
         // reason replaces the previous one only when the transition has one.
         // The audit entry goes into the row the transition rewrites anyway,
@@ -550,7 +560,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
             .execute(named_params! {
                 ":id": id,
                 ":to": t.to.as_str(),
-                ":at": now,
+                ":at": at_ms,
                 ":from": t.from.as_str(),
                 ":has_reason": t.reason.is_some(),
                 ":code": t.reason.as_ref().map(|r| r.code.as_str()),
@@ -602,7 +612,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                 "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
                  queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
             );
-            exec(tx, &sql, params![id, update.queued_at_ms.unwrap_or(now)])?;
+            exec(tx, &sql, params![id, update.queued_at_ms.unwrap_or(at_ms)])?;
         }
         if let Some(e) = &update.last_error {
             exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
@@ -630,7 +640,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
                 tx,
                 "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
                  SELECT gateway_key || ':' || ?2, id, ?2, captured_minor, currency, ?3 FROM payments WHERE id = ?1",
-                params![id, kind, now],
+                params![id, kind, at_ms],
             )?;
         }
         if let Some((key, value)) = &update.meta {
@@ -640,9 +650,9 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result
             exec(tx, "UPDATE payments SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, before])?;
         }
         if let Some(cause) = &update.audit {
-            audit_in(tx, id, now, cause)?;
+            audit_in(tx, id, at_ms, cause)?;
         }
-        let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
+        let event = update.event.as_ref().map(|e| insert_event(tx, e, at_ms)).transpose()?;
         let (rec, history_bytes) = tx
             .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
             .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;

@@ -13,6 +13,10 @@ use super::payments::insert_or_get_in;
 use super::schema::MIGRATIONS;
 use super::*;
 
+/// The time of the tests' payments and writes (the store takes it from its
+/// callers).
+const AT: i64 = 1_750_000_000_000;
+
 fn sample(key: &str) -> PaymentRecord {
     PaymentRecord {
         order_reference: "order-1".into(),
@@ -23,7 +27,7 @@ fn sample(key: &str) -> PaymentRecord {
             "lane-1".into(),
             1234,
             "EUR".into(),
-            now_ms(),
+            AT,
         )
     }
 }
@@ -44,8 +48,8 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("posd.db");
     let s = Store::open(&path).unwrap();
-    s.probe().unwrap();
-    assert!(s.meta("store_probe_ms").unwrap().is_some(), "the probe commits");
+    s.probe(AT).unwrap();
+    assert_eq!(s.meta("store_probe_ms").unwrap(), Some(AT), "the probe commits, with its caller's time");
     let tables: i64 =
         s.conn().query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'store_probe'", [], |r| r.get(0)).unwrap();
     assert_eq!(tables, 0, "the probe's pages are rolled back");
@@ -54,7 +58,7 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
 
     // No room for new pages: as with a full disk.
     let full = Store::open_with(&path, Some(pages)).unwrap();
-    let err = full.probe().unwrap_err();
+    let err = full.probe(AT).unwrap_err();
     assert!(
         matches!(&err, StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull),
         "{err}"
@@ -64,9 +68,9 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
     // A table gone (as in the e2e tests' damaged database).
     let s = Store::open(&path).unwrap();
     s.conn().execute_batch("ALTER TABLE refunds RENAME TO refunds_damaged").unwrap();
-    assert!(s.probe().unwrap_err().to_string().contains("refunds"));
+    assert!(s.probe(AT).unwrap_err().to_string().contains("refunds"));
     s.conn().execute_batch("ALTER TABLE refunds_damaged RENAME TO refunds").unwrap();
-    s.probe().unwrap();
+    s.probe(AT).unwrap();
 }
 
 #[test]
@@ -120,11 +124,11 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
         (Input::Sending, Update::default()),
     ] {
         let t = next(st, &input).unwrap();
-        st = s.apply_blocking("pay_k", &t, update).unwrap().0.status;
+        st = s.apply_blocking("pay_k", &t, update, AT).unwrap().0.status;
     }
     assert_eq!(s.encrypted_card("pay_k").unwrap(), Some(vec![1, 2, 3]));
     let t = next(st, &Input::Approved { captured: true }).unwrap();
-    assert_eq!(s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status, Status::Captured);
+    assert_eq!(s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap().0.status, Status::Captured);
     assert_eq!(s.encrypted_card("pay_k").unwrap(), None);
     let h = s.history("pay_k").unwrap();
     assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));
@@ -136,7 +140,7 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     let t = next(Status::Created, &Input::Cancel { by: "test".into() }).unwrap();
     let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
     let update = Update { card: Some((card, vec![1, 2, 3])), ..Default::default() };
-    let (rec, _) = s.apply_blocking("pay_j", &t, update).unwrap();
+    let (rec, _) = s.apply_blocking("pay_j", &t, update, AT).unwrap();
     assert_eq!((rec.status, rec.card.map(|c| c.masked_pan)), (Status::Canceled, Some("424242******4242".into())));
     assert_eq!(s.encrypted_card("pay_j").unwrap(), None);
 }
@@ -147,9 +151,9 @@ fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
     assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let t = next(Status::Created, &Input::Start).unwrap();
     let who = || Update { audit: Some("by a person".into()), ..Default::default() };
-    s.apply_blocking("pay_k", &t, who()).unwrap();
+    s.apply_blocking("pay_k", &t, who(), AT).unwrap();
     // The same transition again is stale: refused, with nothing written.
-    assert!(matches!(s.apply_blocking("pay_k", &t, who()), Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.apply_blocking("pay_k", &t, who(), AT), Err(StoreError::Conflict { .. })));
     let h = s.history("pay_k").unwrap();
     let causes: Vec<&str> = h.iter().map(|e| e.cause.as_str()).collect();
     assert_eq!(causes[1..], [t.cause.as_str(), "by a person"]);
@@ -165,7 +169,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     let mut st = Status::Created;
     let step = |st: &mut Status, input: Input, expected: &mut Vec<(&str, String)>| {
         let t = next(*st, &input).unwrap();
-        *st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+        *st = s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap().0.status;
         expected.push((st.as_str(), t.cause.clone()));
     };
     step(&mut st, Input::Start, &mut expected);
@@ -175,7 +179,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     for i in 0..60 {
         let long = if i == 30 { "x".repeat(HISTORY_IN_ROW_BYTES as usize) } else { String::new() };
         let cause = format!("note {i}: \"quoted\"\n\tnext line, ünïcode{long}");
-        s.audit("pay_k", &cause).await.unwrap();
+        s.audit("pay_k", &cause, AT).await.unwrap();
         expected.push(("card_read", cause));
     }
     step(&mut st, Input::ApprovedOffline, &mut expected);
@@ -201,7 +205,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     assert_eq!(in_row + moved, expected.len() as i64);
     let want: Vec<String> = (1..=moved).map(|n| n.to_string()).collect();
     assert_eq!(seqs, want.join(","), "moved entries are numbered in order, without gaps");
-    assert!(matches!(s.audit("pay_none", "x").await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.audit("pay_none", "x", AT).await, Err(StoreError::NotFound(_))));
 
     // Times come back whole, and are kept as offsets from the payment's
     // creation: written out, a time in ms is a 13-digit run, which a
@@ -216,7 +220,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     // A control character JSON would write as `\u0001` is replaced, so
     // its digits cannot join the ones after it.
     assert!(is_new(s.insert_or_get(&sample("c"), "test").await));
-    s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}").await.unwrap();
+    s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}", AT).await.unwrap();
     let h = s.history("pay_c").unwrap();
     assert_eq!(h[1].cause, "terminal text \u{fffd}123456789012 and a \u{fffd}");
     let text: String = s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_c'", [], |r| r.get(0)).unwrap();
@@ -243,7 +247,7 @@ fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
         let id = format!("pay_{key}");
         let mut st = Status::Created;
         for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured }] {
-            st = s.apply_blocking(&id, &next(st, &input).unwrap(), Update::default()).unwrap().0.status;
+            st = s.apply_blocking(&id, &next(st, &input).unwrap(), Update::default(), AT).unwrap().0.status;
         }
         s.conn().execute("UPDATE payments SET updated_at_ms = ?2 WHERE id = ?1", params![id, authorized_at]).unwrap();
     }
@@ -261,8 +265,8 @@ fn a_stale_transition_is_refused() {
     let (_d, s) = open();
     assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let t = next(Status::Created, &Input::Start).unwrap();
-    s.apply_blocking("pay_k", &t, Update::default()).unwrap();
-    assert!(matches!(s.apply_blocking("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
+    s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap();
+    assert!(matches!(s.apply_blocking("pay_k", &t, Update::default(), AT), Err(StoreError::Conflict { .. })));
 }
 
 #[test]
@@ -326,9 +330,9 @@ async fn a_refund_left_pending_before_migration_9_counts_as_possibly_sent() {
     assert!(!s.sent_before(SendKind::Refund, "rk-failed").unwrap());
     assert_eq!(s.pending_refunds().unwrap().len(), 1, "nothing lost");
     // note_send says whether an earlier attempt may have left; it writes once.
-    assert!(!s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
-    assert!(s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
-    assert!(!s.note_send(SendKind::Void, "gk", "pay_r").await.unwrap(), "kinds are apart");
+    assert!(!s.note_send(SendKind::Capture, "gk", "pay_r", AT).await.unwrap());
+    assert!(s.note_send(SendKind::Capture, "gk", "pay_r", AT).await.unwrap());
+    assert!(!s.note_send(SendKind::Void, "gk", "pay_r", AT).await.unwrap(), "kinds are apart");
 }
 
 #[tokio::test]
@@ -378,7 +382,7 @@ async fn migration_10_moves_the_receipt_numbers_from_meta_into_their_rows() {
     let start = next(Status::Created, &Input::StartOnTerminal).unwrap();
     assert!(is_new(s.insert_or_get(&sample("t"), "test").await));
     let update = Update { zvt_receipt_before: Some(7), ..Update::default() };
-    s.apply("pay_t", &start, update).await.unwrap();
+    s.apply("pay_t", &start, update, AT).await.unwrap();
     assert_eq!(s.payment_receipt_before("pay_t").unwrap(), Some(7));
 }
 
@@ -412,13 +416,13 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
     let s = Arc::new(Store::open(&path).unwrap());
     let causes = |id: &str| s.history(id).unwrap().into_iter().map(|e| e.cause).collect::<Vec<_>>();
     assert_eq!(causes("pay_q"), ["one", "two", "three"]);
-    s.audit("pay_q", "four").await.unwrap();
+    s.audit("pay_q", "four", AT).await.unwrap();
     assert_eq!(causes("pay_q"), ["one", "two", "three", "four"], "new entries come after the old ones");
     // Since migration 8 new entries are in the row; once they pass its
     // limit they move behind the old ones, numbered after them.
     let long: Vec<String> = (0..3).map(|i| format!("long {i} {}", "y".repeat(900))).collect();
     for cause in &long {
-        s.audit("pay_q", cause).await.unwrap();
+        s.audit("pay_q", cause, AT).await.unwrap();
     }
     let mut want = vec!["one", "two", "three", "four"];
     want.extend(long.iter().map(String::as_str));
@@ -444,7 +448,7 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
     let mut st = Status::Created;
     for input in [Input::Start, Input::CardRead, Input::ApprovedOffline] {
         let t = next(st, &input).unwrap();
-        st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+        st = s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap().0.status;
     }
     assert_eq!(st, Status::OfflineApproved);
     let queued: Vec<String> = s.outbox_batch(10).unwrap().into_iter().map(|(p, _)| p.id).collect();
@@ -477,7 +481,7 @@ fn writes_queued_during_a_commit_share_the_next_one() {
                 scope.spawn(move || s.insert_or_get_blocking(&sample(&format!("k{i}")), "test"))
             })
             .collect();
-        let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default()));
+        let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default(), AT));
         wait_for(&|g| g.queue.len() == 7);
         drop(held);
         assert!(is_new(first.join().unwrap()));
@@ -531,7 +535,7 @@ async fn async_writes_share_a_commit_without_holding_their_workers() {
     }
     assert_eq!(s.write_counts(), (8, 2), "the seven writes queued behind the first shared one commit");
     let t = next(Status::Created, &Input::Start).unwrap();
-    let (rec, _) = s.apply("pay_k3", &t, Update::default()).await.unwrap();
+    let (rec, _) = s.apply("pay_k3", &t, Update::default(), AT).await.unwrap();
     assert_eq!(rec.status, t.to);
     assert_eq!(s.get("pay_k3").unwrap().unwrap().status, t.to);
     assert_eq!(s.write_counts(), (9, 3));
@@ -545,14 +549,14 @@ async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
     assert_eq!(synchronous(&s), 2, "FULL");
     assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
-    let applied = s.apply_all("pay_k", Durability::Deferred, vec![start]).await.unwrap();
+    let applied = s.apply_all("pay_k", Durability::Deferred, vec![start], AT).await.unwrap();
     assert_eq!(applied[0].0.status, Status::Collecting);
     assert_eq!((s.write_counts(), s.unsynced_commits()), ((2, 1), 1), "the deferred commit is not a synced one");
     assert_eq!(synchronous(&s), 2, "the next commits are synced again");
     // Two transitions in one synced commit.
     let card = (next(Status::Collecting, &Input::CardRead).unwrap(), Update::default());
     let sending = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
-    let applied = s.apply_all("pay_k", Durability::Synced, vec![card, sending]).await.unwrap();
+    let applied = s.apply_all("pay_k", Durability::Synced, vec![card, sending], AT).await.unwrap();
     let statuses: Vec<Status> = applied.iter().map(|(r, _)| r.status).collect();
     assert_eq!(statuses, [Status::CardRead, Status::Authorizing]);
     assert_eq!((s.write_counts(), s.unsynced_commits()), ((3, 2), 1));
@@ -569,7 +573,7 @@ async fn transitions_applied_together_are_kept_all_or_none() {
     let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
     // The second starts from a status the first did not reach: refused.
     let stale = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
-    let refused = s.apply_all("pay_k", Durability::Synced, vec![start, stale]).await;
+    let refused = s.apply_all("pay_k", Durability::Synced, vec![start, stale], AT).await;
     assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "the first is rolled back too");
     assert_eq!(s.history("pay_k").unwrap().len(), 1);
@@ -626,7 +630,7 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
         ("pay_c".to_string(), start, Update { event: Some(event), ..Default::default() }),
     ];
     let before = s.write_counts();
-    let results = s.apply_batch(items).await.unwrap();
+    let results = s.apply_batch(items, AT).await.unwrap();
     assert_eq!(results.len(), 4);
     assert_eq!(results[0].as_ref().unwrap().0.status, Status::Collecting);
     assert!(matches!(results[1], Err(StoreError::Conflict { actual: Status::Created, .. })), "{:?}", results[1]);
@@ -642,7 +646,7 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
     assert_eq!(s.events_after(0, 10).unwrap().len(), 1);
     assert_eq!(s.write_counts(), (before.0 + 1, before.1 + 1), "one write in one synced commit");
     assert_eq!(s.payment_writes(), 3, "the batch's transitions are not counted as payment writes");
-    assert!(s.apply_batch(Vec::new()).await.unwrap().is_empty());
+    assert!(s.apply_batch(Vec::new(), AT).await.unwrap().is_empty());
     assert_eq!(s.write_counts(), (before.0 + 1, before.1 + 1), "an empty batch commits nothing");
 }
 
@@ -666,7 +670,7 @@ fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
     assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "a read after a commit sees it");
     let t = next(Status::Created, &Input::Start).unwrap();
-    s.apply_blocking("pay_k", &t, Update::default()).unwrap();
+    s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap();
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Collecting);
     assert_eq!(s.history("pay_k").unwrap().len(), 2);
     {

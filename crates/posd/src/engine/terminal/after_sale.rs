@@ -12,7 +12,9 @@ use pos_zvt::{Bmp, Bmps, Message, codes};
 use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
-use crate::store::{EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, RefundStatus, SendKind, Update};
+use crate::store::{
+    EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, RefundStatus, SendKind, Update, now_ms,
+};
 use crate::zvt::{Ending, Verdict, ZvtEvent, ZvtTerminal};
 
 /// Holds a lane for an administrative command (refund, reversal,
@@ -134,7 +136,8 @@ impl Engine {
                     } else {
                         (EventKind::RefundFailed, format!("the payment terminal refused the refund: {text}"))
                     };
-                    match self.store.finish_refund(&refund.id, ok, failure, &event(kind, message), true).await {
+                    let refund_event = event(kind, message);
+                    match self.store.finish_refund(&refund.id, ok, failure, &refund_event, true, now_ms()).await {
                         Ok((stored, ev)) => {
                             if let Some(ev) = ev {
                                 let _ = self.events.send(ev);
@@ -177,7 +180,7 @@ impl Engine {
                 let failed = event(EventKind::RefundFailed, format!("the payment terminal did not refund: {text}"));
                 let (stored, ev) = self
                     .store
-                    .finish_refund(&refund.id, false, Some((&code, &text)), &failed, false)
+                    .finish_refund(&refund.id, false, Some((&code, &text)), &failed, false, now_ms())
                     .await
                     .inspect_err(|e| self.note_store_error(e))?;
                 if let Some(ev) = ev {
@@ -230,13 +233,13 @@ impl Engine {
                     refund.amount_minor, refund.currency
                 );
                 let succeeded = event(EventKind::RefundSucceeded, message);
-                self.store.finish_refund(&refund.id, true, None, &succeeded, true).await
+                self.store.finish_refund(&refund.id, true, None, &succeeded, true, now_ms()).await
             }
             Verdict::NotBooked(why) => {
                 let message = format!("the payment terminal did not refund: {why}");
                 let failure = Some(("terminal_not_booked", why.as_str()));
                 let failed = event(EventKind::RefundFailed, message);
-                self.store.finish_refund(&refund.id, false, failure, &failed, false).await
+                self.store.finish_refund(&refund.id, false, failure, &failed, false, now_ms()).await
             }
             Verdict::Undetermined(why) => return Err(self.refund_left_to_a_person(&refund, rec, &why).await),
         };
@@ -281,7 +284,8 @@ impl Engine {
                 payment_id: rec.id.clone(),
                 message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
             };
-            match self.store.finish_refund(&refund.id, false, Some(("interrupted", why)), &event, false).await {
+            let failure = Some(("interrupted", why));
+            match self.store.finish_refund(&refund.id, false, failure, &event, false, now_ms()).await {
                 Ok((_, Some(ev))) => drop(self.events.send(ev)),
                 Ok((_, None)) => {}
                 Err(e) => self.note_store_error(&e),
@@ -350,7 +354,7 @@ impl Engine {
         let failure = (!booked).then_some(("resolved_not_booked", message.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund_audited(&refund.id, booked, failure, &event, booked && rec.on_terminal(), &message)
+            .finish_refund_audited(&refund.id, booked, failure, &event, booked && rec.on_terminal(), &message, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         drop(hold);
