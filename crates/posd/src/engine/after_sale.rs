@@ -7,7 +7,7 @@ use pos_proto::terminal as pb;
 use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
 use crate::gateway::{CallError, RefundStatusError};
-use crate::store::{EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
 
 impl Engine {
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
@@ -54,7 +54,7 @@ impl Engine {
         let tx = self.answer(SendKind::Capture, &rec.gateway_key, earlier, answer).await?;
         crate::failpoint::hit("capture_after_response");
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
-        let update = Update { captured_minor: Some(captured), ..Default::default() };
+        let update = Update { data: Data::Captured(captured), ..Default::default() };
         self.step(&rec, Input::Capture, update).await.map_err(step_error)
     }
 
@@ -471,7 +471,7 @@ impl Engine {
                 Some(tx) if tx.captured => {
                     tracing::warn!(payment = %rec.id, "the gateway holds a capture posd had not stored; recording it");
                     let captured = if tx.captured_minor > 0 { tx.captured_minor } else { rec.amount_minor };
-                    let update = Update { captured_minor: Some(captured), ..Default::default() };
+                    let update = Update { data: Data::Captured(captured), ..Default::default() };
                     self.step(&rec, Input::Capture, update).await
                 }
                 _ => {

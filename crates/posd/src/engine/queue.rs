@@ -13,7 +13,7 @@ use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
-use crate::store::{EventKind, NewEvent, PaymentRecord, StoreError, Update, now_ms};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, StoreError, Update, now_ms};
 use crate::telemetry::SyncReport;
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -154,7 +154,7 @@ impl Engine {
                     .iter()
                     .map(|(rec, _)| {
                         let t = next(rec.status, &Input::ForwardRetry { message: message.clone() });
-                        (rec.id.clone(), t, Update { last_error: Some(message.clone()), ..Default::default() })
+                        (rec.id.clone(), t, Update { data: Data::ForwardError(message.clone()), ..Default::default() })
                     })
                     .filter_map(|(id, t, u)| t.ok().map(|t| (id, t, u)))
                     .collect();
@@ -380,8 +380,10 @@ impl Engine {
             let t = next(rec.status, &input)?;
             let update = match event {
                 Some((kind, message, answer)) => Update {
-                    auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
-                    gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
+                    data: Data::GatewayAnswer {
+                        auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
+                        gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
+                    },
                     event: Some(NewEvent {
                         kind,
                         terminal_id: rec.terminal_id.clone(),
@@ -390,7 +392,7 @@ impl Engine {
                     }),
                     ..Default::default()
                 },
-                None => Update { last_error: Some(t.cause.clone()), ..Default::default() },
+                None => Update { data: Data::ForwardError(t.cause.clone()), ..Default::default() },
             };
             items.push((rec.id.clone(), t, update));
         }

@@ -26,7 +26,8 @@ use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
 use crate::lane::Lane;
 use crate::store::{
-    CardInfo, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalResult, Update, now_ms,
+    CardInfo, Data, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalData, TerminalResult, Update,
+    now_ms,
 };
 use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
@@ -62,6 +63,12 @@ fn card(o: &Outcome) -> Option<(CardInfo, Vec<u8>)> {
     (!o.masked_pan.is_empty()).then(|| {
         (CardInfo { masked_pan: o.masked_pan.clone(), brand: o.card_name.clone(), ..CardInfo::default() }, vec![])
     })
+}
+
+/// What a transition stores of a terminal's result: the card, the
+/// authorization code and the result.
+fn terminal_data(o: &Outcome) -> TerminalData {
+    TerminalData { card: card(o), auth_code: Some(o.auth_code.clone()), result: terminal_result(o) }
 }
 
 /// What a Repeat Receipt brought back.
@@ -222,7 +229,8 @@ impl Engine {
     ) -> Result<(), StepError> {
         // Kept with the payment in the commit that starts it on the terminal.
         let before = self.last_receipt(&lane.id)?;
-        let start = Update { zvt_receipt_before: Some(before.map_or(-1, i64::from)), ..Update::default() };
+        let receipt_before = before.map_or(-1, i64::from);
+        let start = Update { data: Data::TerminalStart { receipt_before }, ..Update::default() };
         let mut rec = self.step(&rec, Input::StartOnTerminal, start).await?;
         let command = Message::authorization(rec.amount_minor as u64, zvt.settings.currency);
         let (mut events, abort) = zvt.run(command).await;
@@ -345,12 +353,7 @@ impl Engine {
             // A second result for the same command (a repeat): nothing new to store.
             return Ok(rec.clone());
         }
-        let update = Update {
-            card: card(o),
-            auth_code: Some(o.auth_code.clone()),
-            terminal: Some(terminal_result(o)),
-            ..Update::default()
-        };
+        let update = Update { data: Data::Terminal(terminal_data(o)), ..Update::default() };
         let code = o.result_code.unwrap_or(0xFF);
         let input = if o.approved() {
             Input::TerminalApproved
@@ -364,27 +367,24 @@ impl Engine {
     /// gateway in the same commit. `result` is stored too when posd learns
     /// it only now (asked after a lost line).
     async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
-        let mut update = Update { record: Some(RecordKind::Sale), ..Update::default() };
-        let (receipt, terminal_offline) = match result {
-            Some(o) => {
-                update.card = card(o);
-                update.auth_code = Some(o.auth_code.clone());
-                update.terminal = Some(terminal_result(o));
-                (o.receipt_no, o.offline)
+        let (result, receipt, terminal_offline) = match result {
+            Some(o) => (Some(terminal_data(o)), o.receipt_no, o.offline),
+            None => {
+                let stored = self.store.terminal_result(&rec.id)?;
+                let (receipt, offline) = stored.map_or((None, false), |t| (t.receipt_no, t.offline));
+                (None, receipt, offline)
             }
-            None => self.store.terminal_result(&rec.id)?.map_or((None, false), |t| (t.receipt_no, t.offline)),
         };
         // The lane's last receipt moves in the same commit: a crash between
         // the two would leave later payments judged against a stale number.
-        update.meta = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
-        if terminal_offline {
-            update.event = Some(NewEvent {
-                kind: EventKind::TerminalApprovedOffline,
-                terminal_id: rec.terminal_id.clone(),
-                payment_id: rec.id.clone(),
-                message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
-            });
-        }
+        let last_receipt = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
+        let event = terminal_offline.then(|| NewEvent {
+            kind: EventKind::TerminalApprovedOffline,
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
+        });
+        let update = Update { data: Data::Booked { result, last_receipt }, event, ..Update::default() };
         let new = self.step(rec, Input::TerminalConfirmed, update).await?;
         self.record_wake.notify_one();
         Ok(new)
@@ -527,13 +527,9 @@ impl Engine {
         let new = match receipt {
             Some(n) => {
                 let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
-                let update = Update {
-                    record: Some(RecordKind::Sale),
-                    terminal: Some(booked),
-                    event: Some(event),
-                    audit,
-                    ..Update::default()
-                };
+                let result = Some(TerminalData { card: None, auth_code: None, result: booked });
+                let update =
+                    Update { data: Data::Booked { result, last_receipt: None }, event: Some(event), audit };
                 let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
                 self.record_wake.notify_one();
                 new

@@ -52,7 +52,9 @@ pub use group::Durability;
 pub use history::HistoryEntry;
 pub use lock::{INITIALIZED_MARKER, StateLock, check_database_kept, mark_initialized};
 pub use outbox::{QueueSummary, SendKind};
-pub use payments::{Applied, CardInfo, DeviceKind, Inserted, ListFilter, PaymentRecord, TerminalResult, Update};
+pub use payments::{
+    Applied, CardInfo, Data, DeviceKind, Inserted, ListFilter, PaymentRecord, TerminalData, TerminalResult, Update,
+};
 pub use probe::{DatabaseFailure, PROBE_FREE_BYTES};
 pub use refunds::{RefundRecord, RefundStatus, Reservation};
 pub use text::UnknownText;

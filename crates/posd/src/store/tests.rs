@@ -120,7 +120,7 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     let mut st = Status::Created;
     for (input, update) in [
         (Input::Start, Update::default()),
-        (Input::CardRead, Update { card: Some((CardInfo::default(), vec![1, 2, 3])), ..Default::default() }),
+        (Input::CardRead, Update { data: Data::Card(CardInfo::default(), vec![1, 2, 3]), ..Default::default() }),
         (Input::Sending, Update::default()),
     ] {
         let t = next(st, &input).unwrap();
@@ -139,10 +139,44 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     assert!(is_new(s.insert_or_get_blocking(&sample("j"), "test")));
     let t = next(Status::Created, &Input::Cancel { by: "test".into() }).unwrap();
     let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
-    let update = Update { card: Some((card, vec![1, 2, 3])), ..Default::default() };
+    let update = Update { data: Data::Card(card, vec![1, 2, 3]), ..Default::default() };
     let (rec, _) = s.apply_blocking("pay_j", &t, update, AT).unwrap();
     assert_eq!((rec.status, rec.card.map(|c| c.masked_pan)), (Status::Canceled, Some("424242******4242".into())));
     assert_eq!(s.encrypted_card("pay_j").unwrap(), None);
+}
+
+#[test]
+fn a_terminal_payment_stores_what_each_transition_brings() {
+    let (_d, s) = open();
+    assert!(is_new(s.insert_or_get_blocking(&sample("z"), "test")));
+    let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
+    let result = TerminalResult { result_code: 0, receipt_no: Some(42), ..Default::default() };
+    let steps = [
+        (Input::StartOnTerminal, Data::TerminalStart { receipt_before: 41 }),
+        (
+            Input::TerminalApproved,
+            Data::Terminal(TerminalData { card: Some((card, vec![])), auth_code: Some("A1".into()), result }),
+        ),
+        (Input::TerminalConfirmed, Data::Booked { result: None, last_receipt: Some(("receipt:lane-1".into(), 42)) }),
+        (Input::TerminalReversed { reason: "test".into() }, Data::Reversed),
+    ];
+    let mut st = Status::Created;
+    for (input, data) in steps {
+        let t = next(st, &input).unwrap();
+        st = s.apply_blocking("pay_z", &t, Update { data, ..Update::default() }, AT).unwrap().0.status;
+    }
+    assert_eq!(st, Status::Voided);
+    let p = s.get("pay_z").unwrap().unwrap();
+    assert_eq!((p.auth_code.as_str(), p.card.map(|c| c.masked_pan)), ("A1", Some("424242******4242".into())));
+    assert_eq!(s.payment_receipt_before("pay_z").unwrap(), Some(41));
+    assert_eq!(s.terminal_result("pay_z").unwrap().unwrap().receipt_no, Some(42));
+    assert_eq!(s.meta("receipt:lane-1").unwrap(), Some(42));
+    let records: Vec<_> =
+        s.pending_records(10).unwrap().into_iter().map(|r| (r.record_key, r.kind, r.amount_minor)).collect();
+    assert_eq!(
+        records,
+        [("gw-z:sale".to_string(), RecordKind::Sale, 1234), ("gw-z:reversal".to_string(), RecordKind::Reversal, 1234)]
+    );
 }
 
 #[test]
@@ -381,7 +415,7 @@ async fn migration_10_moves_the_receipt_numbers_from_meta_into_their_rows() {
     assert_eq!(s.refund_receipt_before("ref_z").unwrap(), Some(43));
     let start = next(Status::Created, &Input::StartOnTerminal).unwrap();
     assert!(is_new(s.insert_or_get(&sample("t"), "test").await));
-    let update = Update { zvt_receipt_before: Some(7), ..Update::default() };
+    let update = Update { data: Data::TerminalStart { receipt_before: 7 }, ..Update::default() };
     s.apply("pay_t", &start, update, AT).await.unwrap();
     assert_eq!(s.payment_receipt_before("pay_t").unwrap(), Some(7));
 }

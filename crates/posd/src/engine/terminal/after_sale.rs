@@ -12,9 +12,7 @@ use pos_zvt::{Bmp, Bmps, Message, codes};
 use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
-use crate::store::{
-    EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, RefundStatus, SendKind, Update, now_ms,
-};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
 use crate::zvt::{Ending, Verdict, ZvtEvent, ZvtTerminal};
 
 /// Holds a lane for an administrative command (refund, reversal,
@@ -400,7 +398,7 @@ impl Engine {
                         let _ = confirm.send(true);
                         continue;
                     }
-                    let update = Update { record: Some(RecordKind::Reversal), ..Update::default() };
+                    let update = Update { data: Data::Reversed, ..Update::default() };
                     match self.step(&rec, Input::TerminalReversed { reason: why.clone() }, update).await {
                         Ok(new) => {
                             let _ = confirm.send(true);
