@@ -63,7 +63,7 @@ macro_rules! text_enum {
             fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
                 let text = value.as_str()?;
                 Self::parse(text).ok_or_else(|| {
-                    rusqlite::types::FromSqlError::other($crate::store::text::UnknownText {
+                    rusqlite::types::FromSqlError::other($crate::store::UnknownText {
                         what: $what,
                         text: text.to_string(),
                     })
