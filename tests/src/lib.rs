@@ -123,7 +123,7 @@ pub async fn advance_all(
         let t = pos_engine::next(status, input).expect("a valid transition");
         for chunk in ids.chunks(5000) {
             let items = chunk.iter().map(|id| (id.clone(), t.clone(), update(id, input))).collect();
-            for r in store.apply_batch(items).await.expect("a batch of transitions") {
+            for r in store.apply_batch(items, posd::store::now_ms()).await.expect("a batch of transitions") {
                 r.expect("a transition");
             }
         }

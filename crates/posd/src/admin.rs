@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::report::ReportSettings;
-use crate::store::{ListFilter, Store};
+use crate::store::{ListFilter, RefundStatus, Store};
 
 /// The state directory and report settings, from a config file or the defaults.
 pub fn locate(config: Option<&Path>, state_dir: Option<&Path>) -> anyhow::Result<(PathBuf, ReportSettings)> {
@@ -79,8 +79,12 @@ pub fn export(dir: &Path, report: &ReportSettings, from: &str, to: &str) -> anyh
     let mut out = csv::Writer::from_writer(Vec::new());
     out.write_record(EXPORT_HEADER)?;
     for p in rows {
-        let refunded: i64 =
-            store.refunds_of(&p.id)?.iter().filter(|r| r.status == "succeeded").map(|r| r.amount_minor).sum();
+        let refunded: i64 = store
+            .refunds_of(&p.id)?
+            .iter()
+            .filter(|r| r.status == RefundStatus::Succeeded)
+            .map(|r| r.amount_minor)
+            .sum();
         let (brand, masked) = p.card.as_ref().map(|c| (c.brand.clone(), c.masked_pan.clone())).unwrap_or_default();
         let at = jiff::Timestamp::from_millisecond(p.created_at_ms).map(|t| t.to_string()).unwrap_or_default();
         let record = [

@@ -5,7 +5,7 @@ use pos_engine::payment::Stage as ReaderStage;
 use pos_proto::terminal as pb;
 use prost_types::Timestamp;
 
-use crate::store::{CardInfo, HistoryEntry, PaymentRecord};
+use crate::store::{CardInfo, HistoryEntry, PaymentRecord, RefundStatus};
 
 pub fn timestamp(ms: i64) -> Timestamp {
     Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
@@ -233,7 +233,7 @@ pub fn event(e: &crate::store::EventRecord) -> pb::TerminalEvent {
     pb::TerminalEvent {
         cursor: e.cursor as u64,
         at: Some(timestamp(e.at_ms)),
-        kind: e.kind.clone(),
+        kind: e.kind.as_str().to_string(),
         terminal_id: e.terminal_id.clone(),
         payment_id: e.payment_id.clone(),
         message: e.message.clone(),
@@ -258,11 +258,10 @@ pub fn sync_status(r: &crate::telemetry::SyncReport) -> pb::SyncStatus {
 }
 
 pub fn refund(r: &crate::store::RefundRecord) -> pb::Refund {
-    let status = match r.status.as_str() {
-        "pending" => pb::RefundStatus::Pending,
-        "succeeded" => pb::RefundStatus::Succeeded,
-        "failed" => pb::RefundStatus::Failed,
-        _ => pb::RefundStatus::Unspecified,
+    let status = match r.status {
+        RefundStatus::Pending => pb::RefundStatus::Pending,
+        RefundStatus::Succeeded => pb::RefundStatus::Succeeded,
+        RefundStatus::Failed => pb::RefundStatus::Failed,
     };
     pb::Refund {
         refund_id: r.id.clone(),
@@ -270,7 +269,7 @@ pub fn refund(r: &crate::store::RefundRecord) -> pb::Refund {
         payment_id: r.payment_id.clone(),
         amount: Some(pb::Money { amount_minor: r.amount_minor, currency: r.currency.clone() }),
         status: status as i32,
-        failure: (r.status == "failed")
+        failure: (r.status == RefundStatus::Failed)
             .then(|| pb::Failure { code: r.failure_code.clone(), message: r.failure_message.clone() }),
         reason: r.reason.clone(),
         created_at: Some(timestamp(r.created_at_ms)),
@@ -280,7 +279,7 @@ pub fn refund(r: &crate::store::RefundRecord) -> pb::Refund {
 
 /// Adds a payment's refunds and refunded total.
 pub fn with_refunds(mut p: pb::Payment, refunds: &[crate::store::RefundRecord]) -> pb::Payment {
-    p.refunded_minor = refunds.iter().filter(|r| r.status == "succeeded").map(|r| r.amount_minor).sum();
+    p.refunded_minor = refunds.iter().filter(|r| r.status == RefundStatus::Succeeded).map(|r| r.amount_minor).sum();
     p.refunds = refunds.iter().map(refund).collect();
     p
 }

@@ -37,7 +37,9 @@ use crate::clock::AgeClock;
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
-use crate::store::{Durability, EventRecord, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms};
+use crate::store::{
+    Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms,
+};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
@@ -343,7 +345,7 @@ impl Engine {
         loop {
             tokio::time::sleep(wait).await;
             let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.probe()).await {
+            match tokio::task::spawn_blocking(move || store.probe(now_ms())).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => tracing::warn!(error = %e, "the database still fails; new payments stay refused"),
                 Err(e) => tracing::error!(error = %e, "the database check stopped"),
@@ -352,18 +354,18 @@ impl Engine {
         }
         let message = "the database works again; posd restarts to settle what the failure interrupted";
         tracing::warn!("{message}");
-        self.emit("database_recovered", "", "", message.into()).await;
+        self.emit(EventKind::DatabaseRecovered, "", "", message.into()).await;
     }
 
     /// Appends and publishes an event that is not part of a payment transition.
-    async fn emit(&self, kind: &'static str, terminal_id: &str, payment_id: &str, message: String) {
+    async fn emit(&self, kind: EventKind, terminal_id: &str, payment_id: &str, message: String) {
         let e = NewEvent { kind, terminal_id: terminal_id.into(), payment_id: payment_id.into(), message };
-        match self.store.append_event(&e).await {
+        match self.store.append_event(&e, now_ms()).await {
             Ok(rec) => {
                 let _ = self.events.send(rec);
             }
             Err(err) => {
-                tracing::error!(error = %err, kind, "cannot record an event");
+                tracing::error!(error = %err, %kind, "cannot record an event");
                 self.note_store_error(&err);
             }
         }
@@ -407,7 +409,7 @@ impl Engine {
             order_reference: req.order_reference.clone(),
             manual_capture: req.manual_capture,
             demo: self.settings.demo,
-            device: lane.device_kind().into(),
+            device: lane.device_kind(),
             ..PaymentRecord::created(
                 format!("pay_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
                 req.idempotency_key.clone(),
@@ -419,8 +421,8 @@ impl Engine {
             )
         };
         let created = match self.store.insert_or_get(&candidate, &req.caller).await {
-            Ok(Ok(created)) => created,
-            Ok(Err(existing)) => {
+            Ok(Inserted::New(created)) => created,
+            Ok(Inserted::Existing(existing)) => {
                 compare(&existing, &req)?;
                 return Ok(self.attach(existing));
             }
@@ -556,8 +558,11 @@ impl Engine {
             planned.push((t, update));
         }
         let ts: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
-        let applied =
-            self.store.apply_all(&rec.id, durability, planned).await.inspect_err(|e| self.note_store_error(e))?;
+        let applied = self
+            .store
+            .apply_all(&rec.id, durability, planned, now_ms())
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
         let mut last = None;
         for (t, (new, event)) in ts.iter().zip(applied) {
             self.committed(t, &new, event).await;

@@ -14,6 +14,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::line::{ReaderLine, ReaderState, Reconnect, open};
+use crate::store::DeviceKind;
 
 /// A lane's card device.
 #[derive(Debug, Clone)]
@@ -98,9 +99,10 @@ impl Lane {
         lane
     }
 
-    /// `zvt` for a payment terminal that authorizes by itself, else `reader`.
-    pub fn device_kind(&self) -> &'static str {
-        if self.zvt.is_some() { crate::store::DEVICE_ZVT } else { "reader" }
+    /// The lane's card device: a payment terminal that authorizes by itself,
+    /// or a card reader.
+    pub fn device_kind(&self) -> DeviceKind {
+        if self.zvt.is_some() { DeviceKind::Zvt } else { DeviceKind::Reader }
     }
 
     pub fn reader_state(&self) -> ReaderState {

@@ -4,7 +4,8 @@
 //! - [`config`]: TOML configuration, overrides and the demo setup (`model`,
 //!   `validate`, `check`, `overrides`, `demo`).
 //! - [`store`]: SQLite, the source of truth for payments and their audit log
-//!   (`schema` with the migrations in `store/sql/`, `group` (group commit),
+//!   (`schema` with the migrations in `store/sql/`, `text` (kinds and
+//!   statuses kept as text), `group` (group commit),
 //!   `payments`, `history`, `refunds`, `events`, `outbox`, `gateway`,
 //!   `probe`, `lock`).
 //! - [`engine`]: runs payments through the `pos-engine` state machine,

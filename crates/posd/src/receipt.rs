@@ -3,7 +3,7 @@
 use pos_engine::Status;
 use pos_escpos::{Align, Receipt, Width};
 
-use crate::store::PaymentRecord;
+use crate::store::{PaymentRecord, RefundStatus};
 
 /// The store's lines around every receipt, and the paper.
 #[derive(Debug, Clone)]
@@ -142,7 +142,7 @@ pub fn payment_receipt(
     r.rule('-').bold(true).size(1, 2);
     r.columns2("TOTAL", &pos_engine::money::format(rec.amount_minor, &rec.currency));
     r.size(1, 1).bold(false);
-    for refund in refunds.iter().filter(|f| f.status == "succeeded") {
+    for refund in refunds.iter().filter(|f| f.status == RefundStatus::Succeeded) {
         r.columns2("Refunded", &format!("-{}", pos_engine::money::format(refund.amount_minor, &refund.currency)));
     }
     if !rec.status.is_approved() && !rec.reason_message.is_empty() {

@@ -8,7 +8,7 @@ use jiff::tz::TimeZone;
 use pos_engine::Status;
 use pos_proto::terminal as pb;
 
-use crate::store::{ListFilter, PaymentRecord, Store, StoreError};
+use crate::store::{ListFilter, PaymentRecord, RefundStatus, Store, StoreError};
 
 /// Where business days begin and end.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub fn build(store: &Store, s: &ReportSettings, day: Date, terminal: Option<&str
     // Refunds count on the day they were made, under their payment's row.
     for r in store.refunds_between(start, end)? {
         let Some(p) = store.get(&r.payment_id)? else { continue };
-        if terminal.is_some_and(|t| t != p.terminal_id) || r.status != "succeeded" {
+        if terminal.is_some_and(|t| t != p.terminal_id) || r.status != RefundStatus::Succeeded {
             continue;
         }
         let row = rows.entry(key(&p)).or_default();

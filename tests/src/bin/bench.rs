@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use pos_engine::{Input, Status, next};
 use pos_proto::terminal::{self as pb, payment_terminal_client::PaymentTerminalClient};
-use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
+use posd::store::{CardInfo, Data, Inserted, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::measure::{
     Metrics, open_fds, proc_status_kib, quantile, rss_kib, start_until_ready, terminate, written_bytes,
 };
@@ -372,14 +372,19 @@ async fn commit_one_payment(store: &Arc<Store>, serial: usize) -> usize {
         "EUR".into(),
         now_ms(),
     );
-    store.insert_or_get(&rec, "bench").await.expect("insert").expect("new payment");
+    let inserted = store.insert_or_get(&rec, "bench").await.expect("insert");
+    assert!(matches!(inserted, Inserted::New(_)), "new payment");
     let card = (card_info(), vec![0xA5; 160]);
     let mut s = Status::Created;
     let steps = captured_life();
     for input in &steps {
         let t = next(s, input).expect("a valid transition");
-        let update = Update { card: matches!(input, Input::CardRead).then(|| card.clone()), ..Default::default() };
-        s = store.apply(&rec.id, &t, update).await.expect("commit").0.status;
+        let data = match input {
+            Input::CardRead => Data::Card(card.0.clone(), card.1.clone()),
+            _ => Data::None,
+        };
+        let update = Update { data, ..Default::default() };
+        s = store.apply(&rec.id, &t, update, now_ms()).await.expect("commit").0.status;
     }
     assert_eq!(s, Status::Captured);
     1 + steps.len()
@@ -462,9 +467,12 @@ async fn seed(path: &Path, n: usize) {
         .collect();
     store.insert_batch(&recs, "bench").await.expect("seed payments");
     let ids: Vec<String> = recs.into_iter().map(|r| r.id).collect();
-    let status = advance_all(&store, &ids, &captured_life(), |_, input| Update {
-        card: matches!(input, Input::CardRead).then(|| (card_info(), vec![0xA5; 160])),
-        ..Default::default()
+    let status = advance_all(&store, &ids, &captured_life(), |_, input| {
+        let data = match input {
+            Input::CardRead => Data::Card(card_info(), vec![0xA5; 160]),
+            _ => Data::None,
+        };
+        Update { data, ..Default::default() }
     })
     .await;
     assert_eq!(status, Status::Captured);

@@ -17,7 +17,7 @@ use posd::engine::{Engine, EngineSettings, ForwardSettings};
 use posd::gateway::{Gateway, GatewaySettings};
 use posd::lane::{CardDevice, Lane};
 use posd::line::ReaderLine;
-use posd::store::{CardInfo, PaymentRecord, Store, Update, now_ms};
+use posd::store::{CardInfo, Data, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::advance_all;
 
 const STORE_ID: &str = "bench";
@@ -57,10 +57,13 @@ async fn seed(store: &Arc<Store>, n: usize) {
         CardInfo { masked_pan: "424242******4242".into(), brand: "visa".into(), entry_mode: 1, ..Default::default() };
     let ids: Vec<String> = recs.into_iter().map(|r| r.id).collect();
     let inputs = [Input::Start, Input::CardRead, Input::Sending, Input::ApprovedOffline];
-    let status = advance_all(store, &ids, &inputs, |id, input| Update {
-        card: matches!(input, Input::CardRead).then(|| (info.clone(), blobs[id].clone())),
-        queued_at_ms: Some(now_ms()),
-        ..Default::default()
+    let status = advance_all(store, &ids, &inputs, |id, input| {
+        let data = match input {
+            Input::CardRead => Data::Card(info.clone(), blobs[id].clone()),
+            Input::ApprovedOffline => Data::Queued { queued_at_ms: now_ms(), last_error: String::new() },
+            _ => Data::None,
+        };
+        Update { data, ..Default::default() }
     })
     .await;
     assert_eq!(status, Status::OfflineApproved);

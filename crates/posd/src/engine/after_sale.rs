@@ -7,7 +7,7 @@ use pos_proto::terminal as pb;
 use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
 use crate::gateway::{CallError, RefundStatusError};
-use crate::store::{NewEvent, PaymentRecord, RefundRecord, SendKind, Update, now_ms};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
 
 impl Engine {
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
@@ -48,13 +48,13 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}")).await?;
-        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id).await?;
+        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}"), now_ms()).await?;
+        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id, now_ms()).await?;
         let answer = self.gateway.capture(&rec.gateway_key, amount).await;
         let tx = self.answer(SendKind::Capture, &rec.gateway_key, earlier, answer).await?;
         crate::failpoint::hit("capture_after_response");
         let captured = if tx.captured_minor > 0 { tx.captured_minor } else { amount };
-        let update = Update { captured_minor: Some(captured), ..Default::default() };
+        let update = Update { data: Data::Captured(captured), ..Default::default() };
         self.step(&rec, Input::Capture, update).await.map_err(step_error)
     }
 
@@ -65,7 +65,7 @@ impl Engine {
         match rec.status {
             Status::Voided => return Ok(rec),
             Status::Captured if rec.on_terminal() => {
-                self.store.audit(&rec.id, &format!("reversal requested by {caller}")).await?;
+                self.store.audit(&rec.id, &format!("reversal requested by {caller}"), now_ms()).await?;
                 let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
                 return self.reverse_on_terminal(rec, why).await;
             }
@@ -77,8 +77,8 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("void requested by {caller}")).await?;
-        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id).await?;
+        self.store.audit(&rec.id, &format!("void requested by {caller}"), now_ms()).await?;
+        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id, now_ms()).await?;
         let answer = self.gateway.void(&rec.gateway_key).await;
         self.answer(SendKind::Void, &rec.gateway_key, earlier, answer).await?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
@@ -110,8 +110,13 @@ impl Engine {
         }
         let rec =
             self.store.get(payment_id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {payment_id}")))?;
-        let refunded: i64 =
-            self.store.refunds_of(payment_id)?.iter().filter(|r| r.status != "failed").map(|r| r.amount_minor).sum();
+        let refunded: i64 = self
+            .store
+            .refunds_of(payment_id)?
+            .iter()
+            .filter(|r| r.status != RefundStatus::Failed)
+            .map(|r| r.amount_minor)
+            .sum();
         let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
         let now = now_ms();
         let candidate = RefundRecord {
@@ -121,7 +126,7 @@ impl Engine {
             amount_minor: amount,
             currency: rec.currency.clone(),
             refund_key: gateway_key(),
-            status: "pending".into(),
+            status: RefundStatus::Pending,
             reason: reason.to_string(),
             failure_code: String::new(),
             failure_message: String::new(),
@@ -136,7 +141,7 @@ impl Engine {
                         r.id, r.amount_minor, r.payment_id
                     )));
                 }
-                if r.status != "pending" {
+                if r.status != RefundStatus::Pending {
                     return Ok(r);
                 }
                 // Pending: settled by the gateway's record or the terminal's
@@ -144,9 +149,8 @@ impl Engine {
                 r
             }
             Reservation::Created(r) => {
-                self.store
-                    .audit(payment_id, &format!("refund {} of {} requested by {caller}", r.id, r.amount_minor))
-                    .await?;
+                let cause = format!("refund {} of {} requested by {caller}", r.id, r.amount_minor);
+                self.store.audit(payment_id, &cause, now_ms()).await?;
                 r
             }
             Reservation::NotCaptured(s) => {
@@ -218,13 +222,13 @@ impl Engine {
         let _claim = self.claim_when_free(&refund.id).await;
         // Another call may have settled it while this one waited.
         let refund = match self.store.refund(&refund.id)? {
-            Some(r) if r.status != "pending" => return Ok(r),
+            Some(r) if r.status != RefundStatus::Pending => return Ok(r),
             Some(r) => r,
             None => return Err(EngineError::NotFound(format!("no refund {}", refund.id))),
         };
         let earlier = self
             .store
-            .note_send(SendKind::Refund, &refund.refund_key, &rec.id)
+            .note_send(SendKind::Refund, &refund.refund_key, &rec.id, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if earlier {
@@ -238,9 +242,10 @@ impl Engine {
                          ({m}); it stays pending: check the gateway's records, then settle it with posctl resolve",
                         refund.id, refund.amount_minor
                     );
-                    if !self.store.has_event("refund_outcome_unknown", &rec.id, &format!("refund {} ", refund.id))? {
+                    let alerted = format!("refund {} ", refund.id);
+                    if !self.store.has_event(EventKind::RefundOutcomeUnknown, &rec.id, &alerted)? {
                         tracing::error!(refund = %refund.id, payment = %rec.id, "ALERT: {message}");
-                        self.emit("refund_outcome_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
+                        self.emit(EventKind::RefundOutcomeUnknown, &rec.terminal_id, &rec.id, message.clone()).await;
                     }
                     return Err(EngineError::Unavailable("OUTCOME_UNKNOWN", message));
                 }
@@ -292,14 +297,16 @@ impl Engine {
             Err(why) => Some(why),
         };
         let (kind, message) = match &failure {
-            None => ("refund_succeeded", format!("refunded {} {}", refund.amount_minor, refund.currency)),
-            Some((code, m)) => ("refund_failed", format!("refund of {} failed: {code}: {m}", refund.amount_minor)),
+            None => (EventKind::RefundSucceeded, format!("refunded {} {}", refund.amount_minor, refund.currency)),
+            Some((code, m)) => {
+                (EventKind::RefundFailed, format!("refund of {} failed: {code}: {m}", refund.amount_minor))
+            }
         };
         let event = NewEvent { kind, terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, failure.is_none(), failure_ref, &event, false)
+            .finish_refund(&refund.id, failure.is_none(), failure_ref, &event, false, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if let Some(ev) = ev {
@@ -332,7 +339,7 @@ impl Engine {
             // Left to a person (the gateway cannot be asked): the register's
             // same-key call or posctl resolve settles it, not this loop.
             let alerted = format!("refund {} ", refund.id);
-            if self.store.has_event("refund_outcome_unknown", &rec.id, &alerted).unwrap_or(true) {
+            if self.store.has_event(EventKind::RefundOutcomeUnknown, &rec.id, &alerted).unwrap_or(true) {
                 continue;
             }
             match self.send_refund(refund, &rec).await {
@@ -359,13 +366,16 @@ impl Engine {
         // a retry after an answer lost returns the batch already closed.
         let _claim = self.claim_when_free(&format!("close_batch:{terminal}")).await;
         let candidate = format!("close_{}", gateway_key());
-        let (key, earlier) =
-            self.store.begin_close(terminal, &candidate).await.inspect_err(|e| self.note_store_error(e))?;
+        let (key, earlier) = self
+            .store
+            .begin_close(terminal, &candidate, now_ms())
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
         let result = match self.gateway.close_batch(&self.gateway_terminal(terminal), &key).await {
             Ok(result) => result,
             Err(e) => {
                 if !earlier && matches!(e, CallError::NotSent(_)) {
-                    self.store.end_close(terminal, None).await.inspect_err(|e| self.note_store_error(e))?;
+                    self.store.end_close(terminal, None, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
                 }
                 return Err(call_error(e, earlier));
             }
@@ -392,7 +402,7 @@ impl Engine {
         let text: Vec<String> =
             totals.iter().map(|t| format!("{} x {} {}", t.count, t.captured_minor, t.currency)).collect();
         let event = NewEvent {
-            kind: "batch_closed",
+            kind: EventKind::BatchClosed,
             terminal_id: terminal.to_string(),
             payment_id: String::new(),
             message: format!(
@@ -403,7 +413,8 @@ impl Engine {
             ),
         };
         // The key goes with the answer's event, in one commit.
-        if let Some(ev) = self.store.end_close(terminal, Some(event)).await.inspect_err(|e| self.note_store_error(e))? {
+        let ended = self.store.end_close(terminal, Some(event), now_ms()).await;
+        if let Some(ev) = ended.inspect_err(|e| self.note_store_error(e))? {
             let _ = self.events.send(ev);
         }
         let summary = pb::BatchSummary {
@@ -460,13 +471,13 @@ impl Engine {
                 Some(tx) if tx.captured => {
                     tracing::warn!(payment = %rec.id, "the gateway holds a capture posd had not stored; recording it");
                     let captured = if tx.captured_minor > 0 { tx.captured_minor } else { rec.amount_minor };
-                    let update = Update { captured_minor: Some(captured), ..Default::default() };
+                    let update = Update { data: Data::Captured(captured), ..Default::default() };
                     self.step(&rec, Input::Capture, update).await
                 }
                 _ => {
                     let amount = pos_engine::money::format(rec.amount_minor, &rec.currency);
                     let event = NewEvent {
-                        kind: "authorization_expired",
+                        kind: EventKind::AuthorizationExpired,
                         terminal_id: rec.terminal_id.clone(),
                         payment_id: rec.id.clone(),
                         message: format!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pos_engine::Status;
 
 use super::{Engine, LAST_ONLINE};
-use crate::store::now_ms;
+use crate::store::{EventKind, now_ms};
 
 impl Engine {
     /// Gateway reachability (health checks plus real calls), queue ageing,
@@ -51,9 +51,9 @@ impl Engine {
             if was_online != Some(now_online) {
                 if was_online.is_some() || !now_online {
                     let (kind, text) = if now_online {
-                        ("online", "the gateway is reachable")
+                        (EventKind::Online, "the gateway is reachable")
                     } else {
-                        ("offline", "the gateway cannot be reached")
+                        (EventKind::Offline, "the gateway cannot be reached")
                     };
                     self.emit(kind, "", "", text.into()).await;
                 }
@@ -89,14 +89,14 @@ impl Engine {
             let new = state.connections.saturating_sub(before);
             let disconnected = || {
                 let message = format!("card reader on {} disconnected; reopening", lane.line);
-                self.emit("reader_disconnected", &lane.id, "", message)
+                self.emit(EventKind::ReaderDisconnected, &lane.id, "", message)
             };
             if was && (new > 0 || !state.connected) {
                 disconnected().await;
             }
             for i in 0..new {
                 let message = format!("card reader {} (firmware {}) connected", state.serial, state.firmware);
-                self.emit("reader_connected", &lane.id, "", message).await;
+                self.emit(EventKind::ReaderConnected, &lane.id, "", message).await;
                 if i + 1 < new || !state.connected {
                     disconnected().await;
                 }
@@ -137,7 +137,7 @@ impl Engine {
                 tracing::warn!(payment = %id, "stopping: canceling a payment still waiting for a card");
                 match self.cancel_payment(&id).await {
                     Ok(_) => self.emit(
-                        "payment_canceled_on_stop",
+                        EventKind::PaymentCanceledOnStop,
                         &rec.terminal_id,
                         &id,
                         format!("payment {id} still waited for a card when posd stopped; it was canceled, nothing was charged"),
@@ -147,7 +147,7 @@ impl Engine {
             } else {
                 tracing::warn!(payment = %id, status = %rec.status, "stopping: payment parked; it is settled at the next start");
                 self.emit(
-                    "payment_parked_on_stop",
+                    EventKind::PaymentParkedOnStop,
                     &rec.terminal_id,
                     &id,
                     format!("payment {id} was {} when posd stopped; posd settles it when it starts again", rec.status),

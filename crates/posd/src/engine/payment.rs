@@ -29,7 +29,9 @@ use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
 use crate::lane::{Lane, ReaderEvent};
-use crate::store::{CardInfo, Durability, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms};
+use crate::store::{
+    self, CardInfo, Durability, EventKind, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms,
+};
 
 /// The gateway calls a card-reader payment makes ([`Gateway`]'s, or a fake's).
 pub(super) trait Authorizer: Sync {
@@ -315,7 +317,7 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         }
         let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
         let engine = self.engine;
-        match engine.store.apply_all(&self.rec.id, durability, planned).await {
+        match engine.store.apply_all(&self.rec.id, durability, planned, now_ms()).await {
             Ok(applied) => {
                 for (t, (new, event)) in transitions.iter().zip(applied) {
                     if t.to == Status::OfflineApproved {
@@ -343,15 +345,19 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
     fn update(&self, data: Data) -> Update {
         match data {
             Data::None => Update::default(),
-            Data::Card => Update { card: self.card.clone(), ..Default::default() },
+            Data::Card => {
+                let card = self.card.clone();
+                let data = card.map_or(store::Data::None, |(card, encrypted)| store::Data::Card(card, encrypted));
+                Update { data, ..Default::default() }
+            }
             Data::Approval { auth_code, gateway_reference } => {
-                Update { auth_code: Some(auth_code), gateway_reference: Some(gateway_reference), ..Default::default() }
+                let (auth_code, gateway_reference) = (Some(auth_code), Some(gateway_reference));
+                Update { data: store::Data::GatewayAnswer { auth_code, gateway_reference }, ..Default::default() }
             }
             Data::Queued { queued_at_ms, last_error, event } => Update {
-                queued_at_ms: Some(queued_at_ms),
-                last_error: Some(last_error),
+                data: store::Data::Queued { queued_at_ms, last_error },
                 event: Some(NewEvent {
-                    kind: "approved_offline",
+                    kind: EventKind::ApprovedOffline,
                     terminal_id: self.rec.terminal_id.clone(),
                     payment_id: self.rec.id.clone(),
                     message: event,

@@ -7,6 +7,7 @@ use pos_engine::Status;
 use pos_proto::terminal as pb;
 
 use super::{Engine, EngineError};
+use crate::store::EventKind;
 
 impl Engine {
     /// Prints the configured copies of a payment that ended (approved or
@@ -31,7 +32,7 @@ impl Engine {
         let rec = self.store.get(id)?.ok_or_else(|| EngineError::NotFound(format!("no payment {id}")))?;
         let printer = self.printer_of(&rec.terminal_id)?;
         let marker = format!("{} receipt", copy.name());
-        let reprint = self.store.has_event("receipt_printed", id, &marker)?;
+        let reprint = self.store.has_event(EventKind::ReceiptPrinted, id, &marker)?;
         let refunds = self.store.refunds_of(id)?;
         let lines = if rec.on_terminal() {
             self.store.terminal_result(id)?.map(|t| t.lines).unwrap_or_default()
@@ -49,12 +50,12 @@ impl Engine {
         );
         match printer.print(job.into_bytes()).await {
             Ok(()) => {
-                self.emit("receipt_printed", &rec.terminal_id, id, format!("{marker} printed")).await;
+                self.emit(EventKind::ReceiptPrinted, &rec.terminal_id, id, format!("{marker} printed")).await;
                 Ok((rec.terminal_id, reprint))
             }
             Err(e) => {
                 self.emit(
-                    "receipt_failed",
+                    EventKind::ReceiptFailed,
                     &rec.terminal_id,
                     id,
                     format!(
@@ -82,11 +83,12 @@ impl Engine {
         let job = crate::receipt::end_of_day_slip(&self.settings.receipt, printer.width, b, terminal_lines);
         match printer.print(job.into_bytes()).await {
             Ok(()) => {
-                self.emit("slip_printed", &b.terminal_id, "", format!("end-of-day slip {} printed", b.batch_id)).await
+                let message = format!("end-of-day slip {} printed", b.batch_id);
+                self.emit(EventKind::SlipPrinted, &b.terminal_id, "", message).await
             }
             Err(e) => {
                 self.emit(
-                    "slip_failed",
+                    EventKind::SlipFailed,
                     &b.terminal_id,
                     "",
                     format!("end-of-day slip {} not printed: {e}; the batch is closed all the same", b.batch_id),
@@ -112,24 +114,25 @@ impl Engine {
             let Some(printer) = &lane.printer else { continue };
             let (engine, lane_id, mut rx) = (self.clone(), lane.id.clone(), printer.watch());
             tasks.push(tokio::spawn(async move {
-                let mut last = String::new();
+                let mut last: Option<EventKind> = None;
                 loop {
                     let status = rx.borrow_and_update().clone();
                     let (kind, text) = if !status.connected {
-                        ("printer_disconnected", status.describe())
+                        (EventKind::PrinterDisconnected, status.describe())
                     } else if let Some(f) = status.state.fault() {
-                        ("printer_fault", f.to_string())
+                        (EventKind::PrinterFault, f.to_string())
                     } else if status.state.paper == pos_escpos::PaperLevel::NearEnd {
-                        ("printer_paper_near_end", "the printer's paper is near its end; replace the roll soon".into())
+                        let text = "the printer's paper is near its end; replace the roll soon";
+                        (EventKind::PrinterPaperNearEnd, text.into())
                     } else {
-                        ("printer_ready", "the printer is ready".into())
+                        (EventKind::PrinterReady, "the printer is ready".into())
                     };
                     // The first state is news only if it is not "ready".
-                    if kind != last && !(last.is_empty() && kind == "printer_ready") {
-                        tracing::info!(lane = %lane_id, kind, detail = %text, "printer status");
+                    if last != Some(kind) && !(last.is_none() && kind == EventKind::PrinterReady) {
+                        tracing::info!(lane = %lane_id, %kind, detail = %text, "printer status");
                         engine.emit(kind, &lane_id, "", text).await;
                     }
-                    last = kind.to_string();
+                    last = Some(kind);
                     if rx.changed().await.is_err() {
                         return;
                     }

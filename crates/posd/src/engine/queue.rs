@@ -13,7 +13,7 @@ use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
-use crate::store::{NewEvent, PaymentRecord, StoreError, Update};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, StoreError, Update, now_ms};
 use crate::telemetry::SyncReport;
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -32,7 +32,7 @@ impl Engine {
         }
         let update = Update {
             event: Some(NewEvent {
-                kind: "requeued",
+                kind: EventKind::Requeued,
                 terminal_id: rec.terminal_id.clone(),
                 payment_id: rec.id.clone(),
                 message: format!(
@@ -154,11 +154,11 @@ impl Engine {
                     .iter()
                     .map(|(rec, _)| {
                         let t = next(rec.status, &Input::ForwardRetry { message: message.clone() });
-                        (rec.id.clone(), t, Update { last_error: Some(message.clone()), ..Default::default() })
+                        (rec.id.clone(), t, Update { data: Data::ForwardError(message.clone()), ..Default::default() })
                     })
                     .filter_map(|(id, t, u)| t.ok().map(|t| (id, t, u)))
                     .collect();
-                self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))?;
+                self.store.apply_batch(items, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
                 let (first_pause, new_error) = {
                     let mut s = self.sync.lock().unwrap();
                     let new_error = s.last_error != message;
@@ -169,10 +169,10 @@ impl Engine {
                 };
                 if first_pause {
                     tracing::error!(%message, "ALERT: forwarding paused: the gateway refuses posd's credentials");
-                    self.emit("forwarding_paused", "", "", format!("forwarding paused: {message}")).await;
+                    self.emit(EventKind::ForwardingPaused, "", "", format!("forwarding paused: {message}")).await;
                 } else if !auth && new_error {
-                    self.emit("forward_failed", "", "", format!("{} payments stay queued: {message}", claimed.len()))
-                        .await;
+                    let text = format!("{} payments stay queued: {message}", claimed.len());
+                    self.emit(EventKind::ForwardFailed, "", "", text).await;
                 }
                 Ok(Some(auth))
             }
@@ -186,7 +186,7 @@ impl Engine {
     async fn drop_overdue_card_data(&self, f: &ForwardSettings) {
         let why = format!("not confirmed by the gateway within {}", human(f.expire_after));
         let queued_before = self.clock.now_ms() - f.expire_after.as_millis() as i64;
-        match self.store.drop_overdue_card_data(queued_before, &why).await {
+        match self.store.drop_overdue_card_data(queued_before, &why, now_ms()).await {
             Ok(events) if !events.is_empty() => {
                 tracing::error!(
                     count = events.len(),
@@ -217,7 +217,7 @@ impl Engine {
         }
         Ok(self
             .store
-            .apply_batch(claims)
+            .apply_batch(claims, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?
             .into_iter()
@@ -274,11 +274,15 @@ impl Engine {
                 human(self.settings.forward.expire_after)
             );
             let t = next(rec.status, &Input::NoRecordAfterExpiry { message: message.clone() })?;
-            let event =
-                NewEvent { kind: "expired", terminal_id: rec.terminal_id.clone(), payment_id: rec.id.clone(), message };
+            let event = NewEvent {
+                kind: EventKind::Expired,
+                terminal_id: rec.terminal_id.clone(),
+                payment_id: rec.id.clone(),
+                message,
+            };
             items.push((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }));
         }
-        let stored = self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))?;
+        let stored = self.store.apply_batch(items, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
         if stored.iter().any(Result::is_ok) {
             self.reversals.notify_one();
         }
@@ -335,14 +339,14 @@ impl Engine {
                 Ok(t) => match Outcome::try_from(t.outcome).unwrap_or(Outcome::Unspecified) {
                     Outcome::Approved => (
                         Input::Approved { captured: t.captured },
-                        Some(("forwarded", "forwarded; the gateway approved".to_string(), t)),
+                        Some((EventKind::Forwarded, "forwarded; the gateway approved".to_string(), t)),
                     ),
                     Outcome::Declined => {
                         tracing::error!(payment = %rec.id, code = %t.decline_code, "ALERT: a payment approved offline was declined when forwarded");
                         (
                             Input::Declined { code: t.decline_code.clone(), message: t.decline_message.clone() },
                             Some((
-                                "offline_declined",
+                                EventKind::OfflineDeclined,
                                 format!("declined when forwarded: {} (the merchant's loss)", t.decline_code),
                                 t,
                             )),
@@ -353,7 +357,7 @@ impl Engine {
                         tracing::error!(payment = %rec.id, "ALERT: queued payment quarantined: {message}");
                         (
                             Input::Quarantine { code: "reversed_at_gateway".into(), message: message.clone() },
-                            Some(("quarantined", format!("reversed_at_gateway: {message}"), t)),
+                            Some((EventKind::Quarantined, format!("reversed_at_gateway: {message}"), t)),
                         )
                     }
                     Outcome::Unspecified => {
@@ -364,7 +368,7 @@ impl Engine {
                     tracing::error!(payment = %rec.id, %code, %message, "ALERT: queued payment quarantined");
                     (
                         Input::Quarantine { code: code.clone(), message: message.clone() },
-                        Some(("quarantined", format!("{code}: {message}"), Transaction::default())),
+                        Some((EventKind::Quarantined, format!("{code}: {message}"), Transaction::default())),
                     )
                 }
                 Err(Retry(message)) => {
@@ -376,8 +380,10 @@ impl Engine {
             let t = next(rec.status, &input)?;
             let update = match event {
                 Some((kind, message, answer)) => Update {
-                    auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
-                    gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
+                    data: Data::GatewayAnswer {
+                        auth_code: (!answer.auth_code.is_empty()).then_some(answer.auth_code),
+                        gateway_reference: (!answer.gateway_reference.is_empty()).then_some(answer.gateway_reference),
+                    },
                     event: Some(NewEvent {
                         kind,
                         terminal_id: rec.terminal_id.clone(),
@@ -386,11 +392,11 @@ impl Engine {
                     }),
                     ..Default::default()
                 },
-                None => Update { last_error: Some(t.cause.clone()), ..Default::default() },
+                None => Update { data: Data::ForwardError(t.cause.clone()), ..Default::default() },
             };
             items.push((rec.id.clone(), t, update));
         }
-        for r in self.store.apply_batch(items).await.inspect_err(|e| self.note_store_error(e))? {
+        for r in self.store.apply_batch(items, now_ms()).await.inspect_err(|e| self.note_store_error(e))? {
             match r {
                 Ok((rec, event)) => {
                     tracing::info!(payment = %rec.id, status = %rec.status, "forwarding result stored");
@@ -418,7 +424,7 @@ impl Engine {
             })
             .collect();
         if !items.is_empty()
-            && let Err(e) = self.store.apply_batch(items).await
+            && let Err(e) = self.store.apply_batch(items, now_ms()).await
         {
             tracing::error!(error = %e, "cannot put interrupted payments back in the queue");
         }
@@ -436,7 +442,7 @@ impl Engine {
                         let message = format!("not forwarded within {}", human(f.expire_after));
                         let t = next(rec.status, &Input::Expire { message: message.clone() }).ok()?;
                         let event = NewEvent {
-                            kind: "expired",
+                            kind: EventKind::Expired,
                             terminal_id: rec.terminal_id.clone(),
                             payment_id: rec.id.clone(),
                             message,
@@ -446,7 +452,7 @@ impl Engine {
                     .collect();
                 if !items.is_empty() {
                     tracing::error!(count = items.len(), "ALERT: queued payments expired unsent");
-                    match self.store.apply_batch(items).await {
+                    match self.store.apply_batch(items, now_ms()).await {
                         Ok(results) => {
                             for (_, e) in results.into_iter().flatten() {
                                 if let Some(e) = e {
@@ -481,8 +487,8 @@ impl Engine {
             match level {
                 AgeLevel::Alert => {
                     tracing::warn!(age_s = age.as_secs(), "ALERT: offline payments are waiting too long");
-                    self.emit("queue_age_alert", "", "", format!("the oldest unsent payment is {} old", human(age)))
-                        .await;
+                    let text = format!("the oldest unsent payment is {} old", human(age));
+                    self.emit(EventKind::QueueAgeAlert, "", "", text).await;
                 }
                 AgeLevel::Stop => {
                     tracing::error!(
@@ -490,7 +496,7 @@ impl Engine {
                         "ALERT: no new offline payments until the queue is forwarded"
                     );
                     self.emit(
-                        "queue_age_stop",
+                        EventKind::QueueAgeStop,
                         "",
                         "",
                         format!("the oldest unsent payment is {} old; new offline payments are refused", human(age)),
@@ -535,7 +541,7 @@ impl Engine {
                     backoff = f.retry_first;
                     loop {
                         match stream.message().await.map(|e| e.map(Scrubbed::scrubbed)) {
-                            Ok(Some(e)) => match self.store.apply_gateway_event(&e).await {
+                            Ok(Some(e)) => match self.store.apply_gateway_event(&e, now_ms()).await {
                                 Ok(Some(rec)) => {
                                     tracing::info!(kind = %e.kind, event = %e.event_id, "gateway event applied");
                                     let _ = self.events.send(rec);
@@ -567,7 +573,7 @@ impl Engine {
         {
             tracing::warn!(unsent = s.count, "shutting down with offline payments not yet forwarded; they are kept");
             self.emit(
-                "shutdown_with_unsent",
+                EventKind::ShutdownWithUnsent,
                 "",
                 "",
                 format!("posd stopped with {} payments not yet forwarded", s.count),

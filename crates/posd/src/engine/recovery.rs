@@ -10,7 +10,7 @@ use pos_engine::{Input, Recovery, Status};
 use pos_proto::gateway::{Outcome, ReverseRequest};
 
 use super::{Engine, StepError};
-use crate::store::{Durability, PaymentRecord, RefundRecord, Update};
+use crate::store::{Durability, EventKind, PaymentRecord, RefundRecord, Update, now_ms};
 
 impl Engine {
     /// Finishes what a previous run left: called once before serving.
@@ -44,7 +44,7 @@ impl Engine {
                         self.step(&rec, Input::Interrupted, Update::default()).await?;
                     }
                     // Already left for a person: asking again changes nothing.
-                    Recovery::AskTerminal if self.store.has_event("terminal_outcome_unknown", &rec.id, "")? => {}
+                    Recovery::AskTerminal if self.store.has_event(EventKind::TerminalOutcomeUnknown, &rec.id, "")? => {}
                     Recovery::AskTerminal => {
                         tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
                         let terminal = rec.terminal_id.clone();
@@ -83,7 +83,7 @@ impl Engine {
         let Step { transition, .. } = step;
         let applied = self
             .store
-            .apply_all(&rec.id, Durability::Synced, vec![(transition.clone(), Update::default())])
+            .apply_all(&rec.id, Durability::Synced, vec![(transition.clone(), Update::default())], now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         let (new, event) = applied.into_iter().next().expect("one transition, one result");

@@ -25,7 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Engine, EngineError, StepError, step_error};
 use crate::failpoint;
 use crate::lane::Lane;
-use crate::store::{CardInfo, NewEvent, PaymentRecord, RefundRecord, TerminalResult, Update};
+use crate::store::{
+    CardInfo, Data, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalData, TerminalResult, Update,
+    now_ms,
+};
 use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
 mod after_sale;
@@ -60,6 +63,12 @@ fn card(o: &Outcome) -> Option<(CardInfo, Vec<u8>)> {
     (!o.masked_pan.is_empty()).then(|| {
         (CardInfo { masked_pan: o.masked_pan.clone(), brand: o.card_name.clone(), ..CardInfo::default() }, vec![])
     })
+}
+
+/// What a transition stores of a terminal's result: the card, the
+/// authorization code and the result.
+fn terminal_data(o: &Outcome) -> TerminalData {
+    TerminalData { card: card(o), auth_code: Some(o.auth_code.clone()), result: terminal_result(o) }
 }
 
 /// What a Repeat Receipt brought back.
@@ -220,7 +229,8 @@ impl Engine {
     ) -> Result<(), StepError> {
         // Kept with the payment in the commit that starts it on the terminal.
         let before = self.last_receipt(&lane.id)?;
-        let start = Update { zvt_receipt_before: Some(before.map_or(-1, i64::from)), ..Update::default() };
+        let receipt_before = before.map_or(-1, i64::from);
+        let start = Update { data: Data::TerminalStart { receipt_before }, ..Update::default() };
         let mut rec = self.step(&rec, Input::StartOnTerminal, start).await?;
         let command = Message::authorization(rec.amount_minor as u64, zvt.settings.currency);
         let (mut events, abort) = zvt.run(command).await;
@@ -343,12 +353,7 @@ impl Engine {
             // A second result for the same command (a repeat): nothing new to store.
             return Ok(rec.clone());
         }
-        let update = Update {
-            card: card(o),
-            auth_code: Some(o.auth_code.clone()),
-            terminal: Some(terminal_result(o)),
-            ..Update::default()
-        };
+        let update = Update { data: Data::Terminal(terminal_data(o)), ..Update::default() };
         let code = o.result_code.unwrap_or(0xFF);
         let input = if o.approved() {
             Input::TerminalApproved
@@ -362,27 +367,24 @@ impl Engine {
     /// gateway in the same commit. `result` is stored too when posd learns
     /// it only now (asked after a lost line).
     async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
-        let mut update = Update { record: Some("sale"), ..Update::default() };
-        let (receipt, terminal_offline) = match result {
-            Some(o) => {
-                update.card = card(o);
-                update.auth_code = Some(o.auth_code.clone());
-                update.terminal = Some(terminal_result(o));
-                (o.receipt_no, o.offline)
+        let (result, receipt, terminal_offline) = match result {
+            Some(o) => (Some(terminal_data(o)), o.receipt_no, o.offline),
+            None => {
+                let stored = self.store.terminal_result(&rec.id)?;
+                let (receipt, offline) = stored.map_or((None, false), |t| (t.receipt_no, t.offline));
+                (None, receipt, offline)
             }
-            None => self.store.terminal_result(&rec.id)?.map_or((None, false), |t| (t.receipt_no, t.offline)),
         };
         // The lane's last receipt moves in the same commit: a crash between
         // the two would leave later payments judged against a stale number.
-        update.meta = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
-        if terminal_offline {
-            update.event = Some(NewEvent {
-                kind: "terminal_approved_offline",
-                terminal_id: rec.terminal_id.clone(),
-                payment_id: rec.id.clone(),
-                message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
-            });
-        }
+        let last_receipt = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
+        let event = terminal_offline.then(|| NewEvent {
+            kind: EventKind::TerminalApprovedOffline,
+            terminal_id: rec.terminal_id.clone(),
+            payment_id: rec.id.clone(),
+            message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
+        });
+        let update = Update { data: Data::Booked { result, last_receipt }, event, ..Update::default() };
         let new = self.step(rec, Input::TerminalConfirmed, update).await?;
         self.record_wake.notify_one();
         Ok(new)
@@ -463,7 +465,7 @@ impl Engine {
                 };
                 // The payment stays UNKNOWN for a person; the register hears
                 // why and the lane is free for the next customer.
-                self.emit("terminal_outcome_unknown", &rec.terminal_id, &rec.id, message.clone()).await;
+                self.emit(EventKind::TerminalOutcomeUnknown, &rec.terminal_id, &rec.id, message.clone()).await;
                 self.free_lane(&rec);
                 self.publish(
                     &rec,
@@ -515,7 +517,7 @@ impl Engine {
             None => "not booked".to_string(),
         };
         let event = NewEvent {
-            kind: "payment_resolved",
+            kind: EventKind::PaymentResolved,
             terminal_id: rec.terminal_id.clone(),
             payment_id: rec.id.clone(),
             message: format!("payment {id}: {caller} checked the payment terminal's journal: {found}{note}"),
@@ -525,13 +527,9 @@ impl Engine {
         let new = match receipt {
             Some(n) => {
                 let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
-                let update = Update {
-                    record: Some("sale"),
-                    terminal: Some(booked),
-                    event: Some(event),
-                    audit,
-                    ..Update::default()
-                };
+                let result = Some(TerminalData { card: None, auth_code: None, result: booked });
+                let update =
+                    Update { data: Data::Booked { result, last_receipt: None }, event: Some(event), audit };
                 let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
                 self.record_wake.notify_one();
                 new
@@ -632,7 +630,7 @@ impl Engine {
                 match self.gateway.record_terminal(request).await {
                     Ok(duplicate) => {
                         tracing::info!(record = %r.record_key, duplicate, "terminal payment recorded at the gateway");
-                        let _ = self.store.record_attempt(r.seq, "", false).await;
+                        let _ = self.store.record_attempt(r.seq, "", false, now_ms()).await;
                         backoff = f.retry_first;
                     }
                     // The gateway refused the record itself: retrying cannot
@@ -640,7 +638,7 @@ impl Engine {
                     Err(crate::gateway::CallError::Refused(m)) => self.record_refused(&r, &m).await,
                     Err(e) => {
                         tracing::warn!(record = %r.record_key, error = %e, "recording at the gateway failed; will retry");
-                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false).await;
+                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false, now_ms()).await;
                         failed = true;
                         break;
                     }
@@ -658,9 +656,9 @@ impl Engine {
 
     async fn record_refused(&self, r: &crate::store::GatewayRecord, why: &str) {
         tracing::error!(record = %r.record_key, %why, "a terminal payment's record was refused; a person must look");
-        let _ = self.store.record_attempt(r.seq, why, true).await;
+        let _ = self.store.record_attempt(r.seq, why, true, now_ms()).await;
         self.emit(
-            "record_refused",
+            EventKind::RecordRefused,
             "",
             &r.payment_id,
             format!("the gateway's ledger refused record {} ({why}); it is kept for a person", r.record_key),
@@ -672,10 +670,10 @@ impl Engine {
         let p =
             self.store.get(&r.payment_id)?.ok_or_else(|| crate::store::StoreError::NotFound(r.payment_id.clone()))?;
         let t = self.store.terminal_result(&r.payment_id)?.unwrap_or_default();
-        let kind = match r.kind.as_str() {
-            "sale" => TerminalRecordKind::Sale,
-            "reversal" => TerminalRecordKind::Reversal,
-            _ => TerminalRecordKind::Refund,
+        let kind = match r.kind {
+            RecordKind::Sale => TerminalRecordKind::Sale,
+            RecordKind::Reversal => TerminalRecordKind::Reversal,
+            RecordKind::Refund => TerminalRecordKind::Refund,
         };
         let card = p.card.clone().unwrap_or_default();
         Ok(TerminalRecord {

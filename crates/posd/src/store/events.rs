@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 /// One entry of the register's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
     pub cursor: i64,
     pub at_ms: i64,
-    pub kind: String,
+    pub kind: EventKind,
     pub terminal_id: String,
     pub payment_id: String,
     pub message: String,
@@ -21,22 +21,76 @@ pub struct EventRecord {
 /// An event to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub terminal_id: String,
     pub payment_id: String,
     pub message: String,
 }
 
+text_enum! {
+    /// What an event of the register's stream tells (`events.kind`; the
+    /// register gets the text, `TerminalEvent.kind`).
+    pub enum EventKind ("event kind") {
+        /// The gateway is reachable again.
+        Online = "online",
+        /// The gateway cannot be reached.
+        Offline = "offline",
+        ApprovedOffline = "approved_offline",
+        Forwarded = "forwarded",
+        ForwardFailed = "forward_failed",
+        ForwardingPaused = "forwarding_paused",
+        ForwardOverdue = "forward_overdue",
+        OfflineDeclined = "offline_declined",
+        Quarantined = "quarantined",
+        Requeued = "requeued",
+        Expired = "expired",
+        QueueAgeAlert = "queue_age_alert",
+        QueueAgeStop = "queue_age_stop",
+        ShutdownWithUnsent = "shutdown_with_unsent",
+        PaymentCanceledOnStop = "payment_canceled_on_stop",
+        PaymentParkedOnStop = "payment_parked_on_stop",
+        DatabaseRecovered = "database_recovered",
+        ReaderConnected = "reader_connected",
+        ReaderDisconnected = "reader_disconnected",
+        PrinterReady = "printer_ready",
+        PrinterFault = "printer_fault",
+        PrinterPaperNearEnd = "printer_paper_near_end",
+        PrinterDisconnected = "printer_disconnected",
+        ReceiptPrinted = "receipt_printed",
+        ReceiptFailed = "receipt_failed",
+        SlipPrinted = "slip_printed",
+        SlipFailed = "slip_failed",
+        AuthorizationExpired = "authorization_expired",
+        BatchClosed = "batch_closed",
+        RefundSucceeded = "refund_succeeded",
+        RefundFailed = "refund_failed",
+        RefundOutcomeUnknown = "refund_outcome_unknown",
+        RefundResolved = "refund_resolved",
+        TerminalApprovedOffline = "terminal_approved_offline",
+        TerminalOutcomeUnknown = "terminal_outcome_unknown",
+        TerminalConfirmationLost = "terminal_confirmation_lost",
+        TerminalRefundUnknown = "terminal_refund_unknown",
+        PaymentResolved = "payment_resolved",
+        RecordRefused = "record_refused",
+        GatewayRefundSettled = "gateway_refund_settled",
+        GatewayDisputeOpened = "gateway_dispute_opened",
+        GatewaySettlementClosed = "gateway_settlement_closed",
+        /// A gateway event of a kind posd does not know.
+        GatewayEvent = "gateway_event",
+    }
+}
+
 impl Store {
-    /// Appends an event that concerns no payment transition.
-    pub async fn append_event(self: &Arc<Self>, e: &NewEvent) -> Result<EventRecord, StoreError> {
+    /// Appends an event that concerns no payment transition, as happened at
+    /// `at_ms`.
+    pub async fn append_event(self: &Arc<Self>, e: &NewEvent, at_ms: i64) -> Result<EventRecord, StoreError> {
         let e = e.clone();
-        self.write(move |conn| insert_event(conn, &e)).await
+        self.write(move |conn| insert_event(conn, &e, at_ms)).await
     }
 
     /// True when an event of `kind` about `payment_id` whose message starts
     /// with `prefix` was recorded (e.g. a receipt already printed).
-    pub fn has_event(&self, kind: &str, payment_id: &str, prefix: &str) -> Result<bool, StoreError> {
+    pub fn has_event(&self, kind: EventKind, payment_id: &str, prefix: &str) -> Result<bool, StoreError> {
         let conn = self.reader();
         let n: i64 = conn.query_row(
             "SELECT COUNT(*) FROM events WHERE kind = ?1 AND payment_id = ?2 AND substr(message, 1, length(?3)) = ?3",
@@ -71,8 +125,8 @@ impl Store {
     }
 }
 
-pub(super) fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecord, StoreError> {
-    let at_ms = now_ms();
+/// Appends event `e`, as happened at `at_ms`, in the caller's write.
+pub(super) fn insert_event(conn: &Connection, e: &NewEvent, at_ms: i64) -> Result<EventRecord, StoreError> {
     exec(
         conn,
         "INSERT INTO events (at_ms, kind, terminal_id, payment_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -81,7 +135,7 @@ pub(super) fn insert_event(conn: &Connection, e: &NewEvent) -> Result<EventRecor
     Ok(EventRecord {
         cursor: conn.last_insert_rowid(),
         at_ms,
-        kind: e.kind.to_string(),
+        kind: e.kind,
         terminal_id: e.terminal_id.clone(),
         payment_id: e.payment_id.clone(),
         message: e.message.clone(),

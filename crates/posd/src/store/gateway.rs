@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::events::{EventRecord, NewEvent, insert_event};
-use super::{Store, StoreError, exec, now_ms};
+use super::events::{EventKind, EventRecord, NewEvent, insert_event};
+use super::{Store, StoreError, exec};
 
 /// A record waiting for (or sent to) the gateway's ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,11 +15,22 @@ pub struct GatewayRecord {
     pub seq: i64,
     pub record_key: String,
     pub payment_id: String,
-    /// `sale`, `reversal` or `refund`.
-    pub kind: String,
+    pub kind: RecordKind,
     pub amount_minor: i64,
     pub currency: String,
     pub created_at_ms: i64,
+}
+
+text_enum! {
+    /// What a record for the gateway's ledger books (`gateway_records.kind`).
+    pub enum RecordKind ("gateway record kind") {
+        /// A payment a payment terminal approved.
+        Sale = "sale",
+        /// A payment terminal's payment reversed.
+        Reversal = "reversal",
+        /// A payment terminal's refund.
+        Refund = "refund",
+    }
 }
 
 impl Store {
@@ -44,9 +55,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The gateway acknowledged the record (`error` empty), or the attempt
-    /// failed; a `refused` record is not sent again.
-    pub async fn record_attempt(self: &Arc<Self>, seq: i64, error: &str, refused: bool) -> Result<(), StoreError> {
+    /// The gateway acknowledged the record (`error` empty; at `at_ms`), or the
+    /// attempt failed; a `refused` record is not sent again.
+    pub async fn record_attempt(
+        self: &Arc<Self>,
+        seq: i64,
+        error: &str,
+        refused: bool,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let error = error.to_string();
         self.write(move |conn| {
             if refused {
@@ -59,7 +76,7 @@ impl Store {
                 exec(
                     conn,
                     "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
-                    params![seq, now_ms()],
+                    params![seq, at_ms],
                 )?;
             } else {
                 exec(
@@ -73,20 +90,28 @@ impl Store {
         .await
     }
 
-    /// Applies a gateway event once: records its id and appends the
-    /// register event, in one commit; a redelivery only advances the cursor.
+    /// Applies a gateway event once, received at `at_ms`: records its id and
+    /// appends the register event, in one commit; a redelivery only advances
+    /// the cursor.
     pub async fn apply_gateway_event(
         self: &Arc<Self>,
         e: &pos_proto::gateway::GatewayEvent,
+        at_ms: i64,
     ) -> Result<Option<EventRecord>, StoreError> {
         let e = e.clone();
-        self.write(move |tx| apply_gateway_event_in(tx, &e)).await
+        self.write(move |tx| apply_gateway_event_in(tx, &e, at_ms)).await
     }
 
     /// The key of the lane's end of day under way with the gateway, and
     /// whether an earlier attempt may have sent it; otherwise `candidate`,
-    /// committed as the lane's key before the first attempt leaves.
-    pub async fn begin_close(self: &Arc<Self>, terminal: &str, candidate: &str) -> Result<(String, bool), StoreError> {
+    /// committed as the lane's key (started at `at_ms`) before the first
+    /// attempt leaves.
+    pub async fn begin_close(
+        self: &Arc<Self>,
+        terminal: &str,
+        candidate: &str,
+        at_ms: i64,
+    ) -> Result<(String, bool), StoreError> {
         let (terminal, candidate) = (terminal.to_string(), candidate.to_string());
         self.write(move |tx| {
             let earlier: Option<String> = tx
@@ -97,7 +122,7 @@ impl Store {
             }
             tx.execute(
                 "INSERT INTO batch_closes (terminal_id, batch_key, started_at_ms) VALUES (?1, ?2, ?3)",
-                params![terminal, candidate, now_ms()],
+                params![terminal, candidate, at_ms],
             )?;
             Ok((candidate, false))
         })
@@ -105,17 +130,18 @@ impl Store {
     }
 
     /// Ends the lane's end of day: with `event` (the gateway answered), its
-    /// event in the same commit; without (the first attempt was not sent),
-    /// just the key.
+    /// event (at `at_ms`) in the same commit; without (the first attempt was
+    /// not sent), just the key.
     pub async fn end_close(
         self: &Arc<Self>,
         terminal: &str,
         event: Option<NewEvent>,
+        at_ms: i64,
     ) -> Result<Option<EventRecord>, StoreError> {
         let terminal = terminal.to_string();
         self.write(move |tx| {
             tx.execute("DELETE FROM batch_closes WHERE terminal_id = ?1", [&terminal])?;
-            event.map(|e| insert_event(tx, &e)).transpose()
+            event.map(|e| insert_event(tx, &e, at_ms)).transpose()
         })
         .await
     }
@@ -125,11 +151,12 @@ impl Store {
 fn apply_gateway_event_in(
     tx: &Connection,
     e: &pos_proto::gateway::GatewayEvent,
+    at_ms: i64,
 ) -> Result<Option<EventRecord>, StoreError> {
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO gateway_events (event_id, sequence, kind, transaction_key, received_at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, now_ms()],
+        params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, at_ms],
     )? == 1;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('gateway_event_sequence', ?1) \
@@ -144,13 +171,13 @@ fn apply_gateway_event_in(
             .optional()?;
         let (payment_id, terminal_id) = payment.unwrap_or_default();
         let kind = match e.kind.as_str() {
-            "refund_settled" => "gateway_refund_settled",
-            "dispute_opened" => "gateway_dispute_opened",
-            "settlement_closed" => "gateway_settlement_closed",
-            _ => "gateway_event",
+            "refund_settled" => EventKind::GatewayRefundSettled,
+            "dispute_opened" => EventKind::GatewayDisputeOpened,
+            "settlement_closed" => EventKind::GatewaySettlementClosed,
+            _ => EventKind::GatewayEvent,
         };
         let message = format!("{} ({}): {}", e.kind, e.event_id, e.message);
-        Some(insert_event(tx, &NewEvent { kind, terminal_id, payment_id, message })?)
+        Some(insert_event(tx, &NewEvent { kind, terminal_id, payment_id, message }, at_ms)?)
     } else {
         None
     };

@@ -7,7 +7,7 @@ use pos_engine::Status;
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
 use super::payments::status_col;
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -87,10 +87,11 @@ pub(super) fn move_long_history(tx: &Connection, id: &str, bytes: i64) -> Result
 }
 
 impl Store {
-    /// Adds an audit line to a payment's log without changing its status.
-    pub async fn audit(self: &Arc<Self>, payment_id: &str, cause: &str) -> Result<(), StoreError> {
+    /// Adds an audit line, at `at_ms`, to a payment's log without changing
+    /// its status.
+    pub async fn audit(self: &Arc<Self>, payment_id: &str, cause: &str, at_ms: i64) -> Result<(), StoreError> {
         let (id, cause) = (payment_id.to_string(), cause.to_string());
-        self.write(move |conn| audit_in(conn, &id, now_ms(), &cause)).await
+        self.write(move |conn| audit_in(conn, &id, at_ms, &cause)).await
     }
 
     pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -9,6 +9,8 @@
 //!
 //! This module holds [`Store`] (opening the database, its connections, `meta`)
 //! and [`StoreError`]; one file per concern holds the rest:
+//! - `text`: the values kept as text (device and record kinds, refund
+//!   statuses, event kinds) as enums, and how they are read and written;
 //! - `schema`: the migrations (their SQL in `sql/`) and the tables;
 //! - `group`: the group commit every synced write of a lane goes through;
 //! - `payments`: payments, their transitions, reads and listings, and a payment
@@ -28,7 +30,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pos_engine::Status;
 use rusqlite::{Connection, OptionalExtension, params};
 
-// First: the modules after it use its `append_history!`.
+// First: the modules after them use their `text_enum!` and `append_history!`.
+#[macro_use]
+mod text;
 #[macro_use]
 mod history;
 
@@ -42,15 +46,18 @@ mod probe;
 mod refunds;
 mod schema;
 
-pub use events::{EventRecord, NewEvent};
-pub use gateway::GatewayRecord;
+pub use events::{EventKind, EventRecord, NewEvent};
+pub use gateway::{GatewayRecord, RecordKind};
 pub use group::Durability;
 pub use history::HistoryEntry;
 pub use lock::{INITIALIZED_MARKER, StateLock, check_database_kept, mark_initialized};
 pub use outbox::{QueueSummary, SendKind};
-pub use payments::{Applied, CardInfo, DEVICE_ZVT, Inserted, ListFilter, PaymentRecord, TerminalResult, Update};
+pub use payments::{
+    Applied, CardInfo, Data, DeviceKind, Inserted, ListFilter, PaymentRecord, TerminalData, TerminalResult, Update,
+};
 pub use probe::{DatabaseFailure, PROBE_FREE_BYTES};
-pub use refunds::{RefundRecord, Reservation};
+pub use refunds::{RefundRecord, RefundStatus, Reservation};
+pub use text::UnknownText;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use super::events::{EventRecord, NewEvent, insert_event};
+use super::events::{EventKind, EventRecord, NewEvent, insert_event};
 use super::history::audit_in;
 use super::payments::{COLUMNS, PaymentRecord, row_to_payment};
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 /// The outbox's totals, for limits and sync status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,42 +36,35 @@ fn drop_overdue_card_data_in(
     tx: &Connection,
     queued_before_ms: i64,
     why: &str,
+    at_ms: i64,
 ) -> Result<Vec<EventRecord>, StoreError> {
     let overdue: Vec<(String, String)> = tx
         .prepare_cached(&format!("SELECT id, terminal_id FROM payments WHERE {OVERDUE} ORDER BY queue_seq"))?
         .query_map([queued_before_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let now = now_ms();
     let mut events = Vec::with_capacity(overdue.len());
     for (id, terminal_id) in overdue {
         exec(tx, "UPDATE payments SET encrypted_card = NULL WHERE id = ?1", [&id])?;
         let cause = format!("card data deleted: {why}; the gateway's record under the payment's key decides");
-        audit_in(tx, &id, now, &cause)?;
+        audit_in(tx, &id, at_ms, &cause)?;
         let message = format!(
             "payment {id}: {why}; its card data is deleted and posd asks the gateway whether it holds the payment \
              (captured if it does, expired if not)"
         );
-        events.push(insert_event(tx, &NewEvent { kind: "forward_overdue", terminal_id, payment_id: id, message })?);
+        let event = NewEvent { kind: EventKind::ForwardOverdue, terminal_id, payment_id: id, message };
+        events.push(insert_event(tx, &event, at_ms)?);
     }
     Ok(events)
 }
 
-/// Operations that may be sent to the gateway more than once, each under a
-/// key of its own (a refund's refund key; a capture's or void's payment key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendKind {
-    Refund,
-    Capture,
-    Void,
-}
-
-impl SendKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            SendKind::Refund => "refund",
-            SendKind::Capture => "capture",
-            SendKind::Void => "void",
-        }
+text_enum! {
+    /// Operations that may be sent to the gateway more than once, each under a
+    /// key of its own (a refund's refund key; a capture's or void's payment
+    /// key) (`gateway_sends.kind`).
+    pub enum SendKind ("send kind") {
+        Refund = "refund",
+        Capture = "capture",
+        Void = "void",
     }
 }
 
@@ -107,7 +100,8 @@ impl Store {
     /// `queued_before_ms` whose forwarding may have reached the gateway
     /// (they were claimed for sending at least once): past the expiry age a
     /// payment is never sent again, only asked about by its key. Each gets an
-    /// audit entry and a `forward_overdue` event, all in one commit.
+    /// audit entry and a `forward_overdue` event (at `at_ms`), all in one
+    /// commit.
     ///
     /// The forwarder calls it every round: when no payment is overdue (a
     /// read finds none) nothing is committed.
@@ -115,6 +109,7 @@ impl Store {
         self: &Arc<Self>,
         queued_before_ms: i64,
         why: &str,
+        at_ms: i64,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let any: bool = self
             .reader()
@@ -124,7 +119,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let why = why.to_string();
-        self.write(move |tx| drop_overdue_card_data_in(tx, queued_before_ms, &why)).await
+        self.write(move |tx| drop_overdue_card_data_in(tx, queued_before_ms, &why, at_ms)).await
     }
 
     /// Totals of the unsent offline payments.
@@ -161,8 +156,14 @@ impl Store {
     /// Records, before an attempt leaves, that the operation may reach the
     /// gateway. Returns true when an earlier attempt may already have (then
     /// this attempt's "not sent" settles nothing). Only the first attempt
-    /// costs a commit.
-    pub async fn note_send(self: &Arc<Self>, kind: SendKind, key: &str, payment_id: &str) -> Result<bool, StoreError> {
+    /// costs a commit, which notes it as first sent at `at_ms`.
+    pub async fn note_send(
+        self: &Arc<Self>,
+        kind: SendKind,
+        key: &str,
+        payment_id: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
         if self.sent_before(kind, key)? {
             return Ok(true);
         }
@@ -170,7 +171,7 @@ impl Store {
         self.write(move |tx| {
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![kind.as_str(), key, payment_id, now_ms()],
+                params![kind, key, payment_id, at_ms],
             )?;
             Ok(inserted == 0)
         })
@@ -183,7 +184,7 @@ impl Store {
     pub async fn forget_send(self: &Arc<Self>, kind: SendKind, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
         self.write(move |tx| {
-            tx.execute("DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind.as_str(), key])?;
+            tx.execute("DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind, key])?;
             Ok(())
         })
         .await
@@ -193,6 +194,6 @@ impl Store {
     pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT 1 FROM gateway_sends WHERE kind = ?1 AND op_key = ?2")?;
-        Ok(stmt.exists(params![kind.as_str(), key])?)
+        Ok(stmt.exists(params![kind, key])?)
     }
 }

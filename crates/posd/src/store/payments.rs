@@ -9,10 +9,11 @@ use pos_engine::{Status, Transition};
 use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
 
 use super::events::{EventRecord, NewEvent, insert_event};
+use super::gateway::RecordKind;
 use super::group::Durability;
 use super::history::{audit_in, audit_text, move_long_history};
 use super::outbox::NEXT_QUEUE_SEQ;
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 /// Card details posd may keep: never the PAN beyond first 6 / last 4.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,19 +57,25 @@ pub struct PaymentRecord {
     pub last_error: String,
     /// Amount captured (the whole amount for automatic capture).
     pub captured_minor: i64,
-    /// The card device that took it: `reader` (the gateway authorizes) or
-    /// [`DEVICE_ZVT`] (a payment terminal authorizes by itself).
-    pub device: String,
+    /// The card device that took it.
+    pub device: DeviceKind,
 }
 
-/// `PaymentRecord::device` of a payment taken on a ZVT payment terminal.
-pub const DEVICE_ZVT: &str = "zvt";
+text_enum! {
+    /// The card device that took a payment (`payments.device`).
+    pub enum DeviceKind ("device kind") {
+        /// A card reader: the gateway authorizes.
+        Reader = "reader",
+        /// A ZVT payment terminal: it authorizes by itself.
+        Zvt = "zvt",
+    }
+}
 
 impl PaymentRecord {
     /// Taken on a payment terminal that authorizes by itself: refunds,
     /// reversals and recovery go to the terminal, not the gateway.
     pub fn on_terminal(&self) -> bool {
-        self.device == DEVICE_ZVT
+        self.device == DeviceKind::Zvt
     }
 }
 
@@ -106,7 +113,7 @@ impl PaymentRecord {
             forward_attempts: 0,
             last_error: String::new(),
             captured_minor: 0,
-            device: "reader".into(),
+            device: DeviceKind::Reader,
         }
     }
 }
@@ -125,33 +132,60 @@ pub struct TerminalResult {
     pub lines: Vec<String>,
 }
 
-/// Data stored together with a transition.
+/// What a transition stores besides its status, its reason and its audit
+/// entry, in the same commit.
 #[derive(Debug, Default)]
 pub struct Update {
-    pub card: Option<(CardInfo, Vec<u8>)>,
-    pub auth_code: Option<String>,
-    pub gateway_reference: Option<String>,
-    /// Entering the outbox: the ageing-clock time (sets the FIFO position once).
-    pub queued_at_ms: Option<i64>,
-    /// A forwarding attempt's error, kept for support.
-    pub last_error: Option<String>,
-    /// Entering CAPTURED: the amount captured (default: the whole amount).
-    pub captured_minor: Option<i64>,
-    /// An event for the register, appended in the same commit.
+    /// The payment's data the transition brings.
+    pub data: Data,
+    /// An event for the register.
     pub event: Option<NewEvent>,
-    /// A payment terminal's result, stored in the same commit.
-    pub terminal: Option<TerminalResult>,
-    /// A record for the gateway's ledger (`sale`, `reversal`), queued in the
-    /// same commit.
-    pub record: Option<&'static str>,
-    /// A `meta` value set in the same commit (a lane's last terminal receipt).
-    pub meta: Option<(String, i64)>,
+    /// A second audit entry, after the transition's own (who made a person's
+    /// decision).
+    pub audit: Option<String>,
+}
+
+/// The payment's data a transition brings (see [`Update`]).
+#[derive(Debug, Default)]
+pub enum Data {
+    /// Nothing besides the transition.
+    #[default]
+    None,
+    /// The card read: what posd may keep of it, and its encrypted data (kept
+    /// only while the new status may keep card data).
+    Card(CardInfo, Vec<u8>),
+    /// What the gateway's answer says of the payment; each part is stored
+    /// when given.
+    GatewayAnswer { auth_code: Option<String>, gateway_reference: Option<String> },
+    /// Entering the outbox: the ageing-clock time (it sets the FIFO position
+    /// once), and why nothing was sent.
+    Queued { queued_at_ms: i64, last_error: String },
+    /// A forwarding attempt's error, kept for support.
+    ForwardError(String),
+    /// Entering CAPTURED: the amount captured (without it, the whole amount).
+    Captured(i64),
     /// Starting on a payment terminal: the lane's last receipt number then
     /// (-1: none known), what the terminal's answers are judged against.
-    pub zvt_receipt_before: Option<i64>,
-    /// A second audit entry, after the transition's own, in the same commit
-    /// (who made a person's decision).
-    pub audit: Option<String>,
+    TerminalStart { receipt_before: i64 },
+    /// A payment terminal's result.
+    Terminal(TerminalData),
+    /// The payment terminal booked the payment: its record for the gateway's
+    /// ledger (a sale) is queued; with the terminal's result when posd learns
+    /// it only now, and the lane's last receipt number (a `meta` key and
+    /// value).
+    Booked { result: Option<TerminalData>, last_receipt: Option<(String, i64)> },
+    /// The payment terminal reversed the payment: its record for the
+    /// gateway's ledger (a reversal) is queued.
+    Reversed,
+}
+
+/// A payment terminal's result as a transition stores it.
+#[derive(Debug, Default)]
+pub struct TerminalData {
+    /// The card, as far as the terminal tells it.
+    pub card: Option<(CardInfo, Vec<u8>)>,
+    pub auth_code: Option<String>,
+    pub result: TerminalResult,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -167,8 +201,14 @@ pub struct ListFilter {
     pub oldest_first: bool,
 }
 
-/// A new payment (`Ok`), or the one already under its idempotency key (`Err`).
-pub type Inserted = Result<PaymentRecord, PaymentRecord>;
+/// What [`Store::insert_or_get`] found under the payment's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The key was free: the payment is stored, as given.
+    New(PaymentRecord),
+    /// The key was taken: the payment already under it (nothing was stored).
+    Existing(PaymentRecord),
+}
 
 /// A committed transition: the payment as it now is, and its register event.
 pub type Applied = (PaymentRecord, Option<EventRecord>);
@@ -246,27 +286,35 @@ impl Store {
         self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, p, &caller))).await
     }
 
-    /// Commits one transition: the status (only if it is still `t.from`), its
-    /// reason, the update's data, and an audit entry. Card data is dropped in
-    /// the same commit when the new status may not keep it.
-    pub async fn apply(self: &Arc<Self>, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+    /// Commits one transition made at `at_ms`: the status (only if it is
+    /// still `t.from`), its reason, the update's data, and an audit entry.
+    /// Card data is dropped in the same commit when the new status may not
+    /// keep it.
+    pub async fn apply(
+        self: &Arc<Self>,
+        id: &str,
+        t: &Transition,
+        update: Update,
+        at_ms: i64,
+    ) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update)).await)
+        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update, at_ms)).await)
     }
 
-    /// Commits transitions of one payment in order, in one commit: all of
-    /// them or, when one is refused, none.
+    /// Commits transitions of one payment made at `at_ms` in order, in one
+    /// commit: all of them or, when one is refused, none.
     pub async fn apply_all(
         self: &Arc<Self>,
         id: &str,
         durability: Durability,
         steps: Vec<(Transition, Update)>,
+        at_ms: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let id = id.to_string();
         let n = steps.len() as u64;
         let applied = self
             .write_with(durability, move |conn| {
-                steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update)).collect()
+                steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update, at_ms)).collect()
             })
             .await;
         if applied.is_ok() {
@@ -276,23 +324,24 @@ impl Store {
     }
 
     #[cfg(test)]
-    pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
+    pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write_blocking(move |conn| apply_in(conn, &id, &t, update))
+        self.write_blocking(move |conn| apply_in(conn, &id, &t, update, at_ms))
     }
 
-    /// Commits many transitions at once (one disk sync), through the group
-    /// commit (the forwarder's batches). A transition whose `from` is stale
-    /// is skipped and reported; the others are committed. An empty batch
-    /// commits nothing.
+    /// Commits many transitions made at `at_ms` at once (one disk sync),
+    /// through the group commit (the forwarder's batches). A transition whose
+    /// `from` is stale is skipped and reported; the others are committed. An
+    /// empty batch commits nothing.
     pub async fn apply_batch(
         self: &Arc<Self>,
         items: Vec<(String, Transition, Update)>,
+        at_ms: i64,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |conn| apply_batch_in(conn, items)).await
+        self.write(move |conn| apply_batch_in(conn, items, at_ms)).await
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -448,10 +497,10 @@ pub(super) fn insert_or_get_in(
     let (p, caller) = (p.clone(), caller.to_string());
     move |conn| {
         if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
-            return Ok(Err(existing));
+            return Ok(Inserted::Existing(existing));
         }
         insert_in(conn, &p, &caller)?;
-        Ok(Ok(p))
+        Ok(Inserted::New(p))
     }
 }
 
@@ -460,11 +509,12 @@ pub(super) fn insert_or_get_in(
 fn apply_batch_in(
     conn: &Connection,
     items: Vec<(String, Transition, Update)>,
+    at_ms: i64,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(items.len());
     for (id, t, u) in items {
         conn.execute_batch("SAVEPOINT batch_item")?;
-        match apply_in(conn, &id, &t, u) {
+        match apply_in(conn, &id, &t, u, at_ms) {
             Ok(r) => {
                 conn.execute_batch("RELEASE batch_item")?;
                 out.push(Ok(r));
@@ -513,127 +563,176 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
     Ok(())
 }
 
-/// One transition inside the caller's transaction (see [`Store::apply`]).
-fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update) -> Result<Applied, StoreError> {
-    {
-        let now = now_ms();
-        // The status moves only from the one the transition starts at; a
-        // reason replaces the previous one only when the transition has one.
-        // The audit entry goes into the row the transition rewrites anyway,
-        // and so do the changes every transition to its status makes: card
-        // data dropped where the status may not keep it, the amount captured,
-        // the forwarding attempts counted.
-        let moved = tx
-            .prepare_cached(concat!(
-                "UPDATE payments SET status = :to, updated_at_ms = :at, \
-                 reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
-                 reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, \
-                 encrypted_card = CASE WHEN :keeps_card THEN encrypted_card END, \
-                 captured_minor = CASE WHEN :captures THEN COALESCE(:captured, amount_minor) ELSE captured_minor END, \
-                 forward_attempts = forward_attempts + :forwards, ",
-                append_history!(":from", ":to"),
-                " WHERE id = :id AND status = :from"
-            ))?
-            .execute(named_params! {
-                ":id": id,
-                ":to": t.to.as_str(),
-                ":at": now,
-                ":from": t.from.as_str(),
-                ":has_reason": t.reason.is_some(),
-                ":code": t.reason.as_ref().map(|r| r.code.as_str()),
-                ":message": t.reason.as_ref().map(|r| r.message.as_str()),
-                ":keeps_card": t.to.keeps_card_data(),
-                ":captures": t.to == Status::Captured,
-                ":captured": update.captured_minor,
-                ":forwards": t.to == Status::Forwarding,
-                ":cause": audit_text(&t.cause),
-            })?;
-        if moved == 0 {
-            let current: String = tx
-                .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-            let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
-            return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
-        }
-        if let Some((c, blob)) = &update.card {
-            exec(
-                tx,
-                "UPDATE payments SET masked_pan = ?2, brand = ?3, entry_mode = ?4, wallet = ?5, aid = ?6, \
-                 application_label = ?7, verification = ?8, card_fingerprint = ?9, \
-                 encrypted_card = CASE WHEN ?11 THEN ?10 END WHERE id = ?1",
-                params![
-                    id,
-                    c.masked_pan,
-                    c.brand,
-                    c.entry_mode,
-                    c.wallet,
-                    c.aid,
-                    c.application_label,
-                    c.verification,
-                    c.fingerprint,
-                    blob,
-                    t.to.keeps_card_data()
-                ],
-            )?;
-        }
-        if let Some(a) = &update.auth_code {
-            exec(tx, "UPDATE payments SET auth_code = ?2 WHERE id = ?1", params![id, a])?;
-        }
-        if let Some(g) = &update.gateway_reference {
-            exec(tx, "UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
-        }
-        if t.to == Status::OfflineApproved {
-            let sql = format!(
-                "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
-                 queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
-            );
-            exec(tx, &sql, params![id, update.queued_at_ms.unwrap_or(now)])?;
-        }
-        if let Some(e) = &update.last_error {
-            exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, e])?;
-        }
-        if let Some(r) = &update.terminal {
-            exec(
-                tx,
-                "INSERT INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, terminal_tid, lines) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (payment_id) DO UPDATE SET \
-                 result_code = excluded.result_code, receipt_no = excluded.receipt_no, trace = excluded.trace, \
-                 offline = excluded.offline, terminal_tid = excluded.terminal_tid",
-                params![
-                    id,
-                    r.result_code,
-                    r.receipt_no,
-                    r.trace,
-                    r.offline,
-                    r.terminal_tid.parse::<i64>().ok(),
-                    r.lines.join("\n")
-                ],
-            )?;
-        }
-        if let Some(kind) = update.record {
-            exec(
-                tx,
-                "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
-                 SELECT gateway_key || ':' || ?2, id, ?2, captured_minor, currency, ?3 FROM payments WHERE id = ?1",
-                params![id, kind, now],
-            )?;
-        }
-        if let Some((key, value)) = &update.meta {
-            exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
-        }
-        if let Some(before) = update.zvt_receipt_before {
-            exec(tx, "UPDATE payments SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, before])?;
-        }
-        if let Some(cause) = &update.audit {
-            audit_in(tx, id, now, cause)?;
-        }
-        let event = update.event.as_ref().map(|e| insert_event(tx, e)).transpose()?;
-        let (rec, history_bytes) = tx
-            .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
-            .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
-        move_long_history(tx, id, history_bytes)?;
-        Ok((rec, event))
+/// One transition made at `at_ms` inside the caller's transaction (see
+/// [`Store::apply`]).
+fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
+    let Update { data, event, audit } = update;
+    let captured = match &data {
+        Data::Captured(amount) => Some(*amount),
+        _ => None,
+    };
+    // The status moves only from the one the transition starts at; a
+    // reason replaces the previous one only when the transition has one.
+    // The audit entry goes into the row the transition rewrites anyway,
+    // and so do the changes every transition to its status makes: card
+    // data dropped where the status may not keep it, the amount captured,
+    // the forwarding attempts counted.
+    let moved = tx
+        .prepare_cached(concat!(
+            "UPDATE payments SET status = :to, updated_at_ms = :at, \
+             reason_code = CASE WHEN :has_reason THEN :code ELSE reason_code END, \
+             reason_message = CASE WHEN :has_reason THEN :message ELSE reason_message END, \
+             encrypted_card = CASE WHEN :keeps_card THEN encrypted_card END, \
+             captured_minor = CASE WHEN :captures THEN COALESCE(:captured, amount_minor) ELSE captured_minor END, \
+             forward_attempts = forward_attempts + :forwards, ",
+            append_history!(":from", ":to"),
+            " WHERE id = :id AND status = :from"
+        ))?
+        .execute(named_params! {
+            ":id": id,
+            ":to": t.to.as_str(),
+            ":at": at_ms,
+            ":from": t.from.as_str(),
+            ":has_reason": t.reason.is_some(),
+            ":code": t.reason.as_ref().map(|r| r.code.as_str()),
+            ":message": t.reason.as_ref().map(|r| r.message.as_str()),
+            ":keeps_card": t.to.keeps_card_data(),
+            ":captures": t.to == Status::Captured,
+            ":captured": captured,
+            ":forwards": t.to == Status::Forwarding,
+            ":cause": audit_text(&t.cause),
+        })?;
+    if moved == 0 {
+        let current: String = tx
+            .prepare_cached("SELECT status FROM payments WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let actual = Status::parse(&current).ok_or(StoreError::Corrupt(current))?;
+        return Err(StoreError::Conflict { id: id.to_string(), expected: t.from, actual });
     }
+    let mut queued_at_ms = None;
+    match &data {
+        Data::None | Data::Captured(_) => {}
+        Data::Card(card, blob) => store_card(tx, id, card, blob, t.to)?,
+        Data::GatewayAnswer { auth_code, gateway_reference } => {
+            if let Some(a) = auth_code {
+                store_auth_code(tx, id, a)?;
+            }
+            if let Some(g) = gateway_reference {
+                exec(tx, "UPDATE payments SET gateway_reference = ?2 WHERE id = ?1", params![id, g])?;
+            }
+        }
+        Data::Queued { queued_at_ms: at, last_error } => {
+            queued_at_ms = Some(*at);
+            store_last_error(tx, id, last_error)?;
+        }
+        Data::ForwardError(e) => store_last_error(tx, id, e)?,
+        Data::TerminalStart { receipt_before } => {
+            exec(tx, "UPDATE payments SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, receipt_before])?;
+        }
+        Data::Terminal(result) => store_terminal_data(tx, id, result, t.to)?,
+        Data::Booked { result, last_receipt } => {
+            if let Some(result) = result {
+                store_terminal_data(tx, id, result, t.to)?;
+            }
+            queue_record(tx, id, RecordKind::Sale, at_ms)?;
+            if let Some((key, value)) = last_receipt {
+                exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+            }
+        }
+        Data::Reversed => queue_record(tx, id, RecordKind::Reversal, at_ms)?,
+    }
+    if t.to == Status::OfflineApproved {
+        let sql = format!(
+            "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
+             queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
+        );
+        exec(tx, &sql, params![id, queued_at_ms.unwrap_or(at_ms)])?;
+    }
+    if let Some(cause) = &audit {
+        audit_in(tx, id, at_ms, cause)?;
+    }
+    let event = event.as_ref().map(|e| insert_event(tx, e, at_ms)).transpose()?;
+    let (rec, history_bytes) = tx
+        .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
+        .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
+    move_long_history(tx, id, history_bytes)?;
+    Ok((rec, event))
+}
+
+/// Stores the card read; its encrypted data only while status `to` may keep
+/// card data.
+fn store_card(tx: &Connection, id: &str, c: &CardInfo, blob: &[u8], to: Status) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "UPDATE payments SET masked_pan = ?2, brand = ?3, entry_mode = ?4, wallet = ?5, aid = ?6, \
+         application_label = ?7, verification = ?8, card_fingerprint = ?9, \
+         encrypted_card = CASE WHEN ?11 THEN ?10 END WHERE id = ?1",
+        params![
+            id,
+            c.masked_pan,
+            c.brand,
+            c.entry_mode,
+            c.wallet,
+            c.aid,
+            c.application_label,
+            c.verification,
+            c.fingerprint,
+            blob,
+            to.keeps_card_data()
+        ],
+    )?;
+    Ok(())
+}
+
+fn store_auth_code(tx: &Connection, id: &str, auth_code: &str) -> Result<(), StoreError> {
+    exec(tx, "UPDATE payments SET auth_code = ?2 WHERE id = ?1", params![id, auth_code])?;
+    Ok(())
+}
+
+fn store_last_error(tx: &Connection, id: &str, error: &str) -> Result<(), StoreError> {
+    exec(tx, "UPDATE payments SET last_error = ?2 WHERE id = ?1", params![id, error])?;
+    Ok(())
+}
+
+/// Stores a payment terminal's result: the card and the authorization code
+/// as far as it tells them, and the result itself.
+fn store_terminal_data(tx: &Connection, id: &str, d: &TerminalData, to: Status) -> Result<(), StoreError> {
+    if let Some((card, blob)) = &d.card {
+        store_card(tx, id, card, blob, to)?;
+    }
+    if let Some(a) = &d.auth_code {
+        store_auth_code(tx, id, a)?;
+    }
+    let r = &d.result;
+    exec(
+        tx,
+        "INSERT INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, terminal_tid, lines) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (payment_id) DO UPDATE SET \
+         result_code = excluded.result_code, receipt_no = excluded.receipt_no, trace = excluded.trace, \
+         offline = excluded.offline, terminal_tid = excluded.terminal_tid",
+        params![
+            id,
+            r.result_code,
+            r.receipt_no,
+            r.trace,
+            r.offline,
+            r.terminal_tid.parse::<i64>().ok(),
+            r.lines.join("\n")
+        ],
+    )?;
+    Ok(())
+}
+
+/// Queues the payment's record of `kind` for the gateway's ledger, under the
+/// payment's key and the kind.
+fn queue_record(tx: &Connection, id: &str, kind: RecordKind, at_ms: i64) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+         SELECT gateway_key || ':' || ?2, id, ?2, captured_minor, currency, ?3 FROM payments WHERE id = ?1",
+        params![id, kind, at_ms],
+    )?;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 
 use super::schema::TABLES;
-use super::{SET_META, Store, StoreError, now_ms};
+use super::{SET_META, Store, StoreError};
 
 /// How a failing database answers callers (the API's `DatabaseFailure::status`).
 /// The engine keeps the first failure of an episode
@@ -48,10 +48,10 @@ impl Store {
     /// system has [`PROBE_FREE_BYTES`] free, its structure is sound
     /// (`quick_check`), every table is there, it can take new pages (a
     /// `max_page_count` cap fails here; the pages are rolled back), and a
-    /// synced commit goes through (it records the time of the check in
-    /// `meta`). It runs on a connection of its own with a short busy
-    /// timeout, so posd's reads go on meanwhile.
-    pub fn probe(&self) -> Result<(), StoreError> {
+    /// synced commit goes through (it records the time of the check,
+    /// `at_ms`, in `meta`). It runs on a connection of its own with a short
+    /// busy timeout, so posd's reads go on meanwhile.
+    pub fn probe(&self, at_ms: i64) -> Result<(), StoreError> {
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let fs = nix::sys::statvfs::statvfs(dir)
             .map_err(|e| StoreError::Unusable(format!("cannot read the free space of {}: {e}", dir.display())))?;
@@ -81,7 +81,7 @@ impl Store {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch("CREATE TABLE store_probe (b BLOB); INSERT INTO store_probe VALUES (zeroblob(65536));")?;
         tx.rollback()?;
-        conn.execute(SET_META, params!["store_probe_ms", now_ms()])?;
+        conn.execute(SET_META, params!["store_probe_ms", at_ms])?;
         Ok(())
     }
 }

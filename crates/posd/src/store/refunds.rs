@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events::{EventRecord, NewEvent, insert_event};
 use super::history::audit_in;
-use super::{Store, StoreError, exec, now_ms};
+use super::{Store, StoreError, exec};
 
 /// A refund of (part of) a captured payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,13 +19,22 @@ pub struct RefundRecord {
     pub amount_minor: i64,
     pub currency: String,
     pub refund_key: String,
-    /// `pending`, `succeeded` or `failed`.
-    pub status: String,
+    pub status: RefundStatus,
     pub reason: String,
     pub failure_code: String,
     pub failure_message: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+text_enum! {
+    /// Where a refund stands (`refunds.status`).
+    pub enum RefundStatus ("refund status") {
+        /// Reserved against the captured amount; its outcome is not known yet.
+        Pending = "pending",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
 }
 
 /// What reserving a refund found.
@@ -91,10 +100,10 @@ impl Store {
         self.write(move |tx| reserve_refund_in(tx, r)).await
     }
 
-    /// Settles a pending refund, with its event, in one commit (a refund
-    /// settled already is returned as it stands, without an event). With `record`, a succeeded refund also
-    /// queues its record for the gateway's ledger (a payment terminal's
-    /// refund), in the same commit.
+    /// Settles a pending refund at `at_ms`, with its event, in one commit (a
+    /// refund settled already is returned as it stands, without an event).
+    /// With `record`, a succeeded refund also queues its record for the
+    /// gateway's ledger (a payment terminal's refund), in the same commit.
     pub async fn finish_refund(
         self: &Arc<Self>,
         id: &str,
@@ -102,12 +111,14 @@ impl Store {
         failure: Option<(&str, &str)>,
         event: &NewEvent,
         record: bool,
+        at_ms: i64,
     ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
-        self.finish_refund_inner(id, succeeded, failure, event, record, None).await
+        self.finish_refund_inner(id, succeeded, failure, event, record, None, at_ms).await
     }
 
     /// [`Store::finish_refund`] with an audit entry in the payment's history,
     /// in the same commit (who settled the refund, and how).
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_refund_audited(
         self: &Arc<Self>,
         id: &str,
@@ -116,10 +127,12 @@ impl Store {
         event: &NewEvent,
         record: bool,
         audit: &str,
+        at_ms: i64,
     ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
-        self.finish_refund_inner(id, succeeded, failure, event, record, Some(audit.to_string())).await
+        self.finish_refund_inner(id, succeeded, failure, event, record, Some(audit.to_string()), at_ms).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn finish_refund_inner(
         self: &Arc<Self>,
         id: &str,
@@ -128,6 +141,7 @@ impl Store {
         event: &NewEvent,
         record: bool,
         audit: Option<String>,
+        at_ms: i64,
     ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
         let (id, event) = (id.to_string(), event.clone());
         let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
@@ -135,19 +149,25 @@ impl Store {
             let settled = tx.execute(
                 "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
                  WHERE id = ?1 AND status = 'pending'",
-                params![id, if succeeded { "succeeded" } else { "failed" }, code, message, now_ms()],
+                params![
+                    id,
+                    if succeeded { RefundStatus::Succeeded } else { RefundStatus::Failed },
+                    code,
+                    message,
+                    at_ms
+                ],
             )? == 1;
             // Settled before (a same-key call and start-up raced): that
             // settlement and its event stand.
-            let event = if settled { Some(insert_event(tx, &event)?) } else { None };
+            let event = if settled { Some(insert_event(tx, &event, at_ms)?) } else { None };
             if let (Some(e), Some(cause)) = (&event, &audit) {
-                audit_in(tx, &e.payment_id, now_ms(), cause)?;
+                audit_in(tx, &e.payment_id, at_ms, cause)?;
             }
             if settled && succeeded && record {
                 tx.execute(
                     "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
                      SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
-                    params![id, now_ms()],
+                    params![id, at_ms],
                 )?;
             }
             let r = tx.query_row(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"), [&id], row_to_refund)?;

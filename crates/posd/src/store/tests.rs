@@ -13,6 +13,10 @@ use super::payments::insert_or_get_in;
 use super::schema::MIGRATIONS;
 use super::*;
 
+/// The time of the tests' payments and writes (the store takes it from its
+/// callers).
+const AT: i64 = 1_750_000_000_000;
+
 fn sample(key: &str) -> PaymentRecord {
     PaymentRecord {
         order_reference: "order-1".into(),
@@ -23,9 +27,14 @@ fn sample(key: &str) -> PaymentRecord {
             "lane-1".into(),
             1234,
             "EUR".into(),
-            now_ms(),
+            AT,
         )
     }
+}
+
+/// The insert succeeded and stored a new payment (its key was free).
+fn is_new(inserted: Result<Inserted, StoreError>) -> bool {
+    matches!(inserted.unwrap(), Inserted::New(_))
 }
 
 fn open() -> (tempfile::TempDir, Store) {
@@ -39,8 +48,8 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("posd.db");
     let s = Store::open(&path).unwrap();
-    s.probe().unwrap();
-    assert!(s.meta("store_probe_ms").unwrap().is_some(), "the probe commits");
+    s.probe(AT).unwrap();
+    assert_eq!(s.meta("store_probe_ms").unwrap(), Some(AT), "the probe commits, with its caller's time");
     let tables: i64 =
         s.conn().query_row("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'store_probe'", [], |r| r.get(0)).unwrap();
     assert_eq!(tables, 0, "the probe's pages are rolled back");
@@ -49,7 +58,7 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
 
     // No room for new pages: as with a full disk.
     let full = Store::open_with(&path, Some(pages)).unwrap();
-    let err = full.probe().unwrap_err();
+    let err = full.probe(AT).unwrap_err();
     assert!(
         matches!(&err, StoreError::Db(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DiskFull),
         "{err}"
@@ -59,36 +68,67 @@ fn the_probe_passes_a_working_database_and_fails_a_full_or_damaged_one() {
     // A table gone (as in the e2e tests' damaged database).
     let s = Store::open(&path).unwrap();
     s.conn().execute_batch("ALTER TABLE refunds RENAME TO refunds_damaged").unwrap();
-    assert!(s.probe().unwrap_err().to_string().contains("refunds"));
+    assert!(s.probe(AT).unwrap_err().to_string().contains("refunds"));
     s.conn().execute_batch("ALTER TABLE refunds_damaged RENAME TO refunds").unwrap();
-    s.probe().unwrap();
+    s.probe(AT).unwrap();
+}
+
+#[test]
+fn values_kept_as_text_read_back_as_written_and_unknown_text_is_refused() {
+    fn round_trip<T>(conn: &Connection, all: &[T])
+    where
+        T: rusqlite::types::ToSql + rusqlite::types::FromSql + std::fmt::Display + std::fmt::Debug + PartialEq,
+    {
+        for value in all {
+            let text: String = conn.query_row("SELECT ?1", [value], |r| r.get(0)).unwrap();
+            assert_eq!(text, value.to_string());
+            let back: T = conn.query_row("SELECT ?1", [&text], |r| r.get(0)).unwrap();
+            assert_eq!(&back, value);
+        }
+    }
+    let conn = Connection::open_in_memory().unwrap();
+    round_trip(&conn, DeviceKind::ALL);
+    round_trip(&conn, RefundStatus::ALL);
+    round_trip(&conn, RecordKind::ALL);
+    round_trip(&conn, EventKind::ALL);
+    round_trip(&conn, SendKind::ALL);
+    // Today's text, as earlier releases stored it.
+    assert_eq!(DeviceKind::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>(), ["reader", "zvt"]);
+    assert_eq!(RefundStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["pending", "succeeded", "failed"]);
+    assert_eq!(RecordKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["sale", "reversal", "refund"]);
+    assert_eq!(EventKind::parse("gateway_dispute_opened"), Some(EventKind::GatewayDisputeOpened));
+    let err = conn.query_row("SELECT 'refunded'", [], |r| r.get::<_, RefundStatus>(0)).unwrap_err();
+    assert!(err.to_string().contains("unknown refund status \"refunded\""), "{err}");
 }
 
 #[test]
 fn same_key_returns_the_existing_payment() {
     let (_d, s) = open();
-    assert!(s.insert_or_get_blocking(&sample("k"), "test").unwrap().is_ok());
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let mut other = sample("k");
     other.id = "pay_other".into();
-    assert_eq!(s.insert_or_get_blocking(&other, "test").unwrap().unwrap_err().id, "pay_k");
+    match s.insert_or_get_blocking(&other, "test").unwrap() {
+        Inserted::Existing(existing) => assert_eq!(existing.id, "pay_k"),
+        Inserted::New(p) => panic!("{} stored under a key taken", p.id),
+    }
 }
 
 #[test]
 fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let mut st = Status::Created;
     for (input, update) in [
         (Input::Start, Update::default()),
-        (Input::CardRead, Update { card: Some((CardInfo::default(), vec![1, 2, 3])), ..Default::default() }),
+        (Input::CardRead, Update { data: Data::Card(CardInfo::default(), vec![1, 2, 3]), ..Default::default() }),
         (Input::Sending, Update::default()),
     ] {
         let t = next(st, &input).unwrap();
-        st = s.apply_blocking("pay_k", &t, update).unwrap().0.status;
+        st = s.apply_blocking("pay_k", &t, update, AT).unwrap().0.status;
     }
     assert_eq!(s.encrypted_card("pay_k").unwrap(), Some(vec![1, 2, 3]));
     let t = next(st, &Input::Approved { captured: true }).unwrap();
-    assert_eq!(s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status, Status::Captured);
+    assert_eq!(s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap().0.status, Status::Captured);
     assert_eq!(s.encrypted_card("pay_k").unwrap(), None);
     let h = s.history("pay_k").unwrap();
     assert_eq!(h.iter().map(|e| e.to).collect::<Vec<_>>().last(), Some(&Status::Captured));
@@ -96,24 +136,58 @@ fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
 
     // Card data that comes with a move to a status that may not keep it
     // is not stored; what the card is stays.
-    s.insert_or_get_blocking(&sample("j"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("j"), "test")));
     let t = next(Status::Created, &Input::Cancel { by: "test".into() }).unwrap();
     let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
-    let update = Update { card: Some((card, vec![1, 2, 3])), ..Default::default() };
-    let (rec, _) = s.apply_blocking("pay_j", &t, update).unwrap();
+    let update = Update { data: Data::Card(card, vec![1, 2, 3]), ..Default::default() };
+    let (rec, _) = s.apply_blocking("pay_j", &t, update, AT).unwrap();
     assert_eq!((rec.status, rec.card.map(|c| c.masked_pan)), (Status::Canceled, Some("424242******4242".into())));
     assert_eq!(s.encrypted_card("pay_j").unwrap(), None);
 }
 
 #[test]
+fn a_terminal_payment_stores_what_each_transition_brings() {
+    let (_d, s) = open();
+    assert!(is_new(s.insert_or_get_blocking(&sample("z"), "test")));
+    let card = CardInfo { masked_pan: "424242******4242".into(), ..Default::default() };
+    let result = TerminalResult { result_code: 0, receipt_no: Some(42), ..Default::default() };
+    let steps = [
+        (Input::StartOnTerminal, Data::TerminalStart { receipt_before: 41 }),
+        (
+            Input::TerminalApproved,
+            Data::Terminal(TerminalData { card: Some((card, vec![])), auth_code: Some("A1".into()), result }),
+        ),
+        (Input::TerminalConfirmed, Data::Booked { result: None, last_receipt: Some(("receipt:lane-1".into(), 42)) }),
+        (Input::TerminalReversed { reason: "test".into() }, Data::Reversed),
+    ];
+    let mut st = Status::Created;
+    for (input, data) in steps {
+        let t = next(st, &input).unwrap();
+        st = s.apply_blocking("pay_z", &t, Update { data, ..Update::default() }, AT).unwrap().0.status;
+    }
+    assert_eq!(st, Status::Voided);
+    let p = s.get("pay_z").unwrap().unwrap();
+    assert_eq!((p.auth_code.as_str(), p.card.map(|c| c.masked_pan)), ("A1", Some("424242******4242".into())));
+    assert_eq!(s.payment_receipt_before("pay_z").unwrap(), Some(41));
+    assert_eq!(s.terminal_result("pay_z").unwrap().unwrap().receipt_no, Some(42));
+    assert_eq!(s.meta("receipt:lane-1").unwrap(), Some(42));
+    let records: Vec<_> =
+        s.pending_records(10).unwrap().into_iter().map(|r| (r.record_key, r.kind, r.amount_minor)).collect();
+    assert_eq!(
+        records,
+        [("gw-z:sale".to_string(), RecordKind::Sale, 1234), ("gw-z:reversal".to_string(), RecordKind::Reversal, 1234)]
+    );
+}
+
+#[test]
 fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let t = next(Status::Created, &Input::Start).unwrap();
     let who = || Update { audit: Some("by a person".into()), ..Default::default() };
-    s.apply_blocking("pay_k", &t, who()).unwrap();
+    s.apply_blocking("pay_k", &t, who(), AT).unwrap();
     // The same transition again is stale: refused, with nothing written.
-    assert!(matches!(s.apply_blocking("pay_k", &t, who()), Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.apply_blocking("pay_k", &t, who(), AT), Err(StoreError::Conflict { .. })));
     let h = s.history("pay_k").unwrap();
     let causes: Vec<&str> = h.iter().map(|e| e.cause.as_str()).collect();
     assert_eq!(causes[1..], [t.cause.as_str(), "by a person"]);
@@ -124,12 +198,12 @@ fn a_second_audit_entry_commits_with_its_transition_or_not_at_all() {
 async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     let (_d, s) = open();
     let s = Arc::new(s);
-    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let mut expected = vec![("created", "payment requested by the register (test)".to_string())];
     let mut st = Status::Created;
     let step = |st: &mut Status, input: Input, expected: &mut Vec<(&str, String)>| {
         let t = next(*st, &input).unwrap();
-        *st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+        *st = s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap().0.status;
         expected.push((st.as_str(), t.cause.clone()));
     };
     step(&mut st, Input::Start, &mut expected);
@@ -139,7 +213,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     for i in 0..60 {
         let long = if i == 30 { "x".repeat(HISTORY_IN_ROW_BYTES as usize) } else { String::new() };
         let cause = format!("note {i}: \"quoted\"\n\tnext line, ünïcode{long}");
-        s.audit("pay_k", &cause).await.unwrap();
+        s.audit("pay_k", &cause, AT).await.unwrap();
         expected.push(("card_read", cause));
     }
     step(&mut st, Input::ApprovedOffline, &mut expected);
@@ -165,7 +239,7 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
     assert_eq!(in_row + moved, expected.len() as i64);
     let want: Vec<String> = (1..=moved).map(|n| n.to_string()).collect();
     assert_eq!(seqs, want.join(","), "moved entries are numbered in order, without gaps");
-    assert!(matches!(s.audit("pay_none", "x").await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.audit("pay_none", "x", AT).await, Err(StoreError::NotFound(_))));
 
     // Times come back whole, and are kept as offsets from the payment's
     // creation: written out, a time in ms is a 13-digit run, which a
@@ -179,8 +253,8 @@ async fn a_long_history_moves_out_of_the_row_and_reads_back_in_order() {
 
     // A control character JSON would write as `\u0001` is replaced, so
     // its digits cannot join the ones after it.
-    s.insert_or_get(&sample("c"), "test").await.unwrap().unwrap();
-    s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}").await.unwrap();
+    assert!(is_new(s.insert_or_get(&sample("c"), "test").await));
+    s.audit("pay_c", "terminal text \u{1}123456789012 and a \u{0}", AT).await.unwrap();
     let h = s.history("pay_c").unwrap();
     assert_eq!(h[1].cause, "terminal text \u{fffd}123456789012 and a \u{fffd}");
     let text: String = s.conn().query_row("SELECT history FROM payments WHERE id = 'pay_c'", [], |r| r.get(0)).unwrap();
@@ -203,11 +277,11 @@ fn a_database_from_a_newer_posd_is_refused() {
 fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
     let (_d, s) = open();
     for (key, captured, authorized_at) in [("a", false, 5_000), ("b", false, 3_000), ("c", true, 1_000)] {
-        s.insert_or_get_blocking(&sample(key), "test").unwrap().unwrap();
+        assert!(is_new(s.insert_or_get_blocking(&sample(key), "test")));
         let id = format!("pay_{key}");
         let mut st = Status::Created;
         for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured }] {
-            st = s.apply_blocking(&id, &next(st, &input).unwrap(), Update::default()).unwrap().0.status;
+            st = s.apply_blocking(&id, &next(st, &input).unwrap(), Update::default(), AT).unwrap().0.status;
         }
         s.conn().execute("UPDATE payments SET updated_at_ms = ?2 WHERE id = ?1", params![id, authorized_at]).unwrap();
     }
@@ -223,10 +297,10 @@ fn only_authorizations_older_than_the_cutoff_are_found_oldest_first() {
 #[test]
 fn a_stale_transition_is_refused() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let t = next(Status::Created, &Input::Start).unwrap();
-    s.apply_blocking("pay_k", &t, Update::default()).unwrap();
-    assert!(matches!(s.apply_blocking("pay_k", &t, Update::default()), Err(StoreError::Conflict { .. })));
+    s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap();
+    assert!(matches!(s.apply_blocking("pay_k", &t, Update::default(), AT), Err(StoreError::Conflict { .. })));
 }
 
 #[test]
@@ -290,9 +364,9 @@ async fn a_refund_left_pending_before_migration_9_counts_as_possibly_sent() {
     assert!(!s.sent_before(SendKind::Refund, "rk-failed").unwrap());
     assert_eq!(s.pending_refunds().unwrap().len(), 1, "nothing lost");
     // note_send says whether an earlier attempt may have left; it writes once.
-    assert!(!s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
-    assert!(s.note_send(SendKind::Capture, "gk", "pay_r").await.unwrap());
-    assert!(!s.note_send(SendKind::Void, "gk", "pay_r").await.unwrap(), "kinds are apart");
+    assert!(!s.note_send(SendKind::Capture, "gk", "pay_r", AT).await.unwrap());
+    assert!(s.note_send(SendKind::Capture, "gk", "pay_r", AT).await.unwrap());
+    assert!(!s.note_send(SendKind::Void, "gk", "pay_r", AT).await.unwrap(), "kinds are apart");
 }
 
 #[tokio::test]
@@ -340,9 +414,9 @@ async fn migration_10_moves_the_receipt_numbers_from_meta_into_their_rows() {
     s.set_refund_receipt_before("ref_z", 43).await.unwrap();
     assert_eq!(s.refund_receipt_before("ref_z").unwrap(), Some(43));
     let start = next(Status::Created, &Input::StartOnTerminal).unwrap();
-    s.insert_or_get(&sample("t"), "test").await.unwrap().unwrap();
-    let update = Update { zvt_receipt_before: Some(7), ..Update::default() };
-    s.apply("pay_t", &start, update).await.unwrap();
+    assert!(is_new(s.insert_or_get(&sample("t"), "test").await));
+    let update = Update { data: Data::TerminalStart { receipt_before: 7 }, ..Update::default() };
+    s.apply("pay_t", &start, update, AT).await.unwrap();
     assert_eq!(s.payment_receipt_before("pay_t").unwrap(), Some(7));
 }
 
@@ -376,13 +450,13 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
     let s = Arc::new(Store::open(&path).unwrap());
     let causes = |id: &str| s.history(id).unwrap().into_iter().map(|e| e.cause).collect::<Vec<_>>();
     assert_eq!(causes("pay_q"), ["one", "two", "three"]);
-    s.audit("pay_q", "four").await.unwrap();
+    s.audit("pay_q", "four", AT).await.unwrap();
     assert_eq!(causes("pay_q"), ["one", "two", "three", "four"], "new entries come after the old ones");
     // Since migration 8 new entries are in the row; once they pass its
     // limit they move behind the old ones, numbered after them.
     let long: Vec<String> = (0..3).map(|i| format!("long {i} {}", "y".repeat(900))).collect();
     for cause in &long {
-        s.audit("pay_q", cause).await.unwrap();
+        s.audit("pay_q", cause, AT).await.unwrap();
     }
     let mut want = vec!["one", "two", "three", "four"];
     want.extend(long.iter().map(String::as_str));
@@ -404,11 +478,11 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
     drop(conn);
 
     // The next payment entering the outbox queues behind the one there.
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     let mut st = Status::Created;
     for input in [Input::Start, Input::CardRead, Input::ApprovedOffline] {
         let t = next(st, &input).unwrap();
-        st = s.apply_blocking("pay_k", &t, Update::default()).unwrap().0.status;
+        st = s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap().0.status;
     }
     assert_eq!(st, Status::OfflineApproved);
     let queued: Vec<String> = s.outbox_batch(10).unwrap().into_iter().map(|(p, _)| p.id).collect();
@@ -422,7 +496,7 @@ async fn the_audit_log_keeps_its_order_across_migration_7() {
 #[test]
 fn writes_queued_during_a_commit_share_the_next_one() {
     let (_d, s) = open();
-    s.insert_or_get_blocking(&sample("k0"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k0"), "test")));
     let stale = next(Status::Collecting, &Input::CardRead).unwrap();
     // Polls the queue's state (no timing involved) until `ready`.
     let wait_for = |ready: &dyn Fn(&Group) -> bool| {
@@ -441,12 +515,12 @@ fn writes_queued_during_a_commit_share_the_next_one() {
                 scope.spawn(move || s.insert_or_get_blocking(&sample(&format!("k{i}")), "test"))
             })
             .collect();
-        let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default()));
+        let refused = scope.spawn(|| s.apply_blocking("pay_k0", &stale, Update::default(), AT));
         wait_for(&|g| g.queue.len() == 7);
         drop(held);
-        assert!(first.join().unwrap().unwrap().is_ok());
+        assert!(is_new(first.join().unwrap()));
         for insert in inserts {
-            assert!(insert.join().unwrap().unwrap().is_ok());
+            assert!(is_new(insert.join().unwrap()));
         }
         let refused = refused.join().unwrap();
         assert!(matches!(refused, Err(StoreError::Conflict { actual: Status::Created, .. })), "{refused:?}");
@@ -489,13 +563,13 @@ async fn async_writes_share_a_commit_without_holding_their_workers() {
     let rest: Vec<_> = (1..8).map(write).collect();
     wait_for(|g| g.queue.len() == 7).await;
     drop(held);
-    assert!(first.await.unwrap().unwrap().is_ok());
+    assert!(is_new(first.await.unwrap()));
     for w in rest {
-        assert!(w.await.unwrap().unwrap().is_ok());
+        assert!(is_new(w.await.unwrap()));
     }
     assert_eq!(s.write_counts(), (8, 2), "the seven writes queued behind the first shared one commit");
     let t = next(Status::Created, &Input::Start).unwrap();
-    let (rec, _) = s.apply("pay_k3", &t, Update::default()).await.unwrap();
+    let (rec, _) = s.apply("pay_k3", &t, Update::default(), AT).await.unwrap();
     assert_eq!(rec.status, t.to);
     assert_eq!(s.get("pay_k3").unwrap().unwrap().status, t.to);
     assert_eq!(s.write_counts(), (9, 3));
@@ -507,16 +581,16 @@ async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
     let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
     let synchronous = |s: &Store| -> i64 { s.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
     assert_eq!(synchronous(&s), 2, "FULL");
-    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
-    let applied = s.apply_all("pay_k", Durability::Deferred, vec![start]).await.unwrap();
+    let applied = s.apply_all("pay_k", Durability::Deferred, vec![start], AT).await.unwrap();
     assert_eq!(applied[0].0.status, Status::Collecting);
     assert_eq!((s.write_counts(), s.unsynced_commits()), ((2, 1), 1), "the deferred commit is not a synced one");
     assert_eq!(synchronous(&s), 2, "the next commits are synced again");
     // Two transitions in one synced commit.
     let card = (next(Status::Collecting, &Input::CardRead).unwrap(), Update::default());
     let sending = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
-    let applied = s.apply_all("pay_k", Durability::Synced, vec![card, sending]).await.unwrap();
+    let applied = s.apply_all("pay_k", Durability::Synced, vec![card, sending], AT).await.unwrap();
     let statuses: Vec<Status> = applied.iter().map(|(r, _)| r.status).collect();
     assert_eq!(statuses, [Status::CardRead, Status::Authorizing]);
     assert_eq!((s.write_counts(), s.unsynced_commits()), ((3, 2), 1));
@@ -529,11 +603,11 @@ async fn a_deferred_commit_is_counted_apart_and_leaves_the_connection_synced() {
 async fn transitions_applied_together_are_kept_all_or_none() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
-    s.insert_or_get(&sample("k"), "test").await.unwrap().unwrap();
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
     let start = (next(Status::Created, &Input::Start).unwrap(), Update::default());
     // The second starts from a status the first did not reach: refused.
     let stale = (next(Status::CardRead, &Input::Sending).unwrap(), Update::default());
-    let refused = s.apply_all("pay_k", Durability::Synced, vec![start, stale]).await;
+    let refused = s.apply_all("pay_k", Durability::Synced, vec![start, stale], AT).await;
     assert!(matches!(refused, Err(StoreError::Conflict { .. })), "{refused:?}");
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "the first is rolled back too");
     assert_eq!(s.history("pay_k").unwrap().len(), 1);
@@ -551,7 +625,7 @@ fn a_leader_dropped_before_committing_abandons_the_queue() {
     // As when the runtime stops before the blocking task that was to commit runs.
     drop(Leader::new(&s));
     assert!(answer.recv().is_err(), "the caller hears that its write was dropped");
-    assert!(s.insert_or_get_blocking(&sample("k2"), "test").unwrap().is_ok(), "the next write leads");
+    assert!(is_new(s.insert_or_get_blocking(&sample("k2"), "test")), "the next write leads");
     assert!(s.get("pay_k1").unwrap().is_none());
     assert_eq!(s.write_counts(), (1, 1));
 }
@@ -573,12 +647,16 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
     for key in ["a", "b", "c"] {
-        s.insert_or_get(&sample(key), "test").await.unwrap().unwrap();
+        assert!(is_new(s.insert_or_get(&sample(key), "test").await));
     }
     let start = next(Status::Created, &Input::Start).unwrap();
     let stale = next(Status::Collecting, &Input::CardRead).unwrap();
-    let event =
-        NewEvent { kind: "test", terminal_id: "lane-1".into(), payment_id: "pay_c".into(), message: "started".into() };
+    let event = NewEvent {
+        kind: EventKind::Requeued,
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_c".into(),
+        message: "started".into(),
+    };
     let items = vec![
         ("pay_a".to_string(), start.clone(), Update::default()),
         ("pay_b".to_string(), stale, Update { audit: Some("never kept".into()), ..Default::default() }),
@@ -586,7 +664,7 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
         ("pay_c".to_string(), start, Update { event: Some(event), ..Default::default() }),
     ];
     let before = s.write_counts();
-    let results = s.apply_batch(items).await.unwrap();
+    let results = s.apply_batch(items, AT).await.unwrap();
     assert_eq!(results.len(), 4);
     assert_eq!(results[0].as_ref().unwrap().0.status, Status::Collecting);
     assert!(matches!(results[1], Err(StoreError::Conflict { actual: Status::Created, .. })), "{:?}", results[1]);
@@ -602,7 +680,7 @@ async fn a_batch_of_transitions_skips_the_stale_ones_and_commits_the_rest() {
     assert_eq!(s.events_after(0, 10).unwrap().len(), 1);
     assert_eq!(s.write_counts(), (before.0 + 1, before.1 + 1), "one write in one synced commit");
     assert_eq!(s.payment_writes(), 3, "the batch's transitions are not counted as payment writes");
-    assert!(s.apply_batch(Vec::new()).await.unwrap().is_empty());
+    assert!(s.apply_batch(Vec::new(), AT).await.unwrap().is_empty());
     assert_eq!(s.write_counts(), (before.0 + 1, before.1 + 1), "an empty batch commits nothing");
 }
 
@@ -623,10 +701,10 @@ async fn a_meta_value_is_a_write_of_the_group_commit() {
 fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
     let (_d, s) = open();
     assert!(s.get("pay_k").unwrap().is_none());
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Created, "a read after a commit sees it");
     let t = next(Status::Created, &Input::Start).unwrap();
-    s.apply_blocking("pay_k", &t, Update::default()).unwrap();
+    s.apply_blocking("pay_k", &t, Update::default(), AT).unwrap();
     assert_eq!(s.get("pay_k").unwrap().unwrap().status, Status::Collecting);
     assert_eq!(s.history("pay_k").unwrap().len(), 2);
     {
@@ -650,7 +728,7 @@ fn reads_go_through_a_reader_that_sees_commits_and_refuses_writes() {
 fn migrations_are_idempotent_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("posd.db");
-    Store::open(&path).unwrap().insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(Store::open(&path).unwrap().insert_or_get_blocking(&sample("k"), "test")));
     let s = Store::open(&path).unwrap();
     assert_eq!(s.get("pay_k").unwrap().unwrap().amount_minor, 1234);
 }
@@ -673,7 +751,7 @@ fn a_state_directory_that_held_a_database_refuses_to_start_without_it() {
     std::fs::write(&db, b"").unwrap();
     check_database_kept(dir.path()).unwrap();
     let s = Store::open(&db).unwrap();
-    s.insert_or_get_blocking(&sample("k"), "test").unwrap().unwrap();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
     mark_initialized(dir.path()).unwrap();
     assert!(marker.exists());
     mark_initialized(dir.path()).unwrap();
@@ -697,7 +775,9 @@ fn a_state_directory_that_held_a_database_refuses_to_start_without_it() {
     // Restored from a backup: it starts, with the payments it had.
     std::fs::remove_file(&db).unwrap();
     let other = tempfile::tempdir().unwrap();
-    Store::open(&other.path().join("posd.db")).unwrap().insert_or_get_blocking(&sample("b"), "test").unwrap().unwrap();
+    let restored = Store::open(&other.path().join("posd.db")).unwrap();
+    assert!(is_new(restored.insert_or_get_blocking(&sample("b"), "test")));
+    drop(restored);
     crate::admin::backup(other.path(), &db).unwrap();
     check_database_kept(dir.path()).unwrap();
     assert!(Store::open(&db).unwrap().get("pay_b").unwrap().is_some());
@@ -715,7 +795,7 @@ fn list_pages_newest_first_with_filters() {
         let mut p = sample(&format!("k{i}"));
         p.created_at_ms = 1000 + i;
         p.terminal_id = if i % 2 == 0 { "lane-1".into() } else { "lane-2".into() };
-        s.insert_or_get_blocking(&p, "test").unwrap().unwrap();
+        assert!(is_new(s.insert_or_get_blocking(&p, "test")));
     }
     let page = s.list(&ListFilter { limit: 2, ..Default::default() }).unwrap();
     assert_eq!(page.iter().map(|p| p.idempotency_key.as_str()).collect::<Vec<_>>(), ["k4", "k3"]);

@@ -21,7 +21,7 @@ use crate::convert;
 use crate::engine::{Engine, EngineSettings, ForwardSettings, LAST_ONLINE, Live};
 use crate::gateway::{AuthOutcome, Gateway, GatewaySettings};
 use crate::lane::ReaderEvent;
-use crate::store::{PaymentRecord, Store, now_ms};
+use crate::store::{EventKind, Inserted, PaymentRecord, Store, now_ms};
 
 const LANE: &str = "lane-1";
 const KEY: &str = "GWKEY1K";
@@ -149,7 +149,9 @@ async fn bench() -> Bench {
     let commits_before = (engine.store.write_counts().1, engine.store.unsynced_commits());
     let candidate =
         PaymentRecord::created("pay_t1".into(), "k-1".into(), KEY.into(), LANE.into(), 2_000, "EUR".into(), now_ms());
-    let rec = engine.store.insert_or_get(&candidate, "test").await.unwrap().unwrap();
+    let Inserted::New(rec) = engine.store.insert_or_get(&candidate, "test").await.unwrap() else {
+        panic!("the payment's key is free");
+    };
     let (events, register) = broadcast::channel(64);
     let (cancel_tx, cancel) = mpsc::channel(1);
     let live = Live { events, cancel: cancel_tx, received: std::time::Instant::now() };
@@ -317,7 +319,7 @@ async fn a_request_never_sent_is_approved_offline_and_queued() {
     assert_eq!(stored.last_error, "connection refused");
     assert_eq!(b.engine.store.encrypted_card(&b.rec.id).unwrap(), Some(vec![7; 32]), "kept to be forwarded");
     let event = "approved offline and queued (connection refused)";
-    assert!(b.engine.store.has_event("approved_offline", &b.rec.id, event).unwrap());
+    assert!(b.engine.store.has_event(EventKind::ApprovedOffline, &b.rec.id, event).unwrap());
     assert_eq!(gateway.calls(), [AUTHORIZE]);
     assert_eq!(reader.calls(), [COLLECT, "release pay_t1", "show approved=true Approved OFFLINE"]);
     assert_eq!(b.heard().last(), Some(&(pb::PaymentStage::Approved, Status::OfflineApproved)));

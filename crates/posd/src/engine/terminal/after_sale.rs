@@ -12,7 +12,7 @@ use pos_zvt::{Bmp, Bmps, Message, codes};
 use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
-use crate::store::{NewEvent, PaymentRecord, RefundRecord, SendKind, Update};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
 use crate::zvt::{Ending, Verdict, ZvtEvent, ZvtTerminal};
 
 /// Holds a lane for an administrative command (refund, reversal,
@@ -60,7 +60,7 @@ impl Engine {
             "{what} was stored as done, but the payment terminal did not get posd's confirmation and may have \
              undone it; check the terminal's journal"
         );
-        self.emit("terminal_confirmation_lost", &rec.terminal_id, &rec.id, message.clone()).await;
+        self.emit(EventKind::TerminalConfirmationLost, &rec.terminal_id, &rec.id, message.clone()).await;
         EngineError::Unavailable("OUTCOME_UNKNOWN", message)
     }
 
@@ -85,7 +85,7 @@ impl Engine {
     ) -> Result<RefundRecord, EngineError> {
         // Settled while this call waited for the lane: that stands.
         let refund = match self.store.refund(&refund.id)? {
-            Some(r) if r.status != "pending" => return Ok(r),
+            Some(r) if r.status != RefundStatus::Pending => return Ok(r),
             Some(r) => r,
             None => return Err(EngineError::NotFound(format!("no refund {}", refund.id))),
         };
@@ -110,7 +110,7 @@ impl Engine {
         let fields = [Bmp::amount(refund.amount_minor as u64), Bmp::currency(zvt.settings.currency)];
         let (mut events, _abort) = zvt.run(Message::Refund(zvt.with_password(fields.into_iter().collect()))).await;
         let mut settled: Option<RefundRecord> = None;
-        let event = |kind: &'static str, message: String| NewEvent {
+        let event = |kind: EventKind, message: String| NewEvent {
             kind,
             terminal_id: rec.terminal_id.clone(),
             payment_id: rec.id.clone(),
@@ -128,13 +128,14 @@ impl Engine {
                     let failure = (!ok).then_some((failure_code.as_str(), text.as_str()));
                     let (kind, message) = if ok {
                         (
-                            "refund_succeeded",
+                            EventKind::RefundSucceeded,
                             format!("refunded {} {} on the payment terminal", refund.amount_minor, refund.currency),
                         )
                     } else {
-                        ("refund_failed", format!("the payment terminal refused the refund: {text}"))
+                        (EventKind::RefundFailed, format!("the payment terminal refused the refund: {text}"))
                     };
-                    match self.store.finish_refund(&refund.id, ok, failure, &event(kind, message), true).await {
+                    let refund_event = event(kind, message);
+                    match self.store.finish_refund(&refund.id, ok, failure, &refund_event, true, now_ms()).await {
                         Ok((stored, ev)) => {
                             if let Some(ev) = ev {
                                 let _ = self.events.send(ev);
@@ -154,7 +155,7 @@ impl Engine {
             }
         };
         if let Some(stored) = settled {
-            if stored.status == "succeeded" && !follow.confirmed {
+            if stored.status == RefundStatus::Succeeded && !follow.confirmed {
                 return Err(self.confirmation_lost(rec, &format!("refund {}", stored.id)).await);
             }
             return Ok(stored);
@@ -174,10 +175,10 @@ impl Engine {
                         ("terminal_no_result".to_string(), "the terminal sent no result".into())
                     }
                 };
-                let message = format!("the payment terminal did not refund: {text}");
+                let failed = event(EventKind::RefundFailed, format!("the payment terminal did not refund: {text}"));
                 let (stored, ev) = self
                     .store
-                    .finish_refund(&refund.id, false, Some((&code, &text)), &event("refund_failed", message), false)
+                    .finish_refund(&refund.id, false, Some((&code, &text)), &failed, false, now_ms())
                     .await
                     .inspect_err(|e| self.note_store_error(e))?;
                 if let Some(ev) = ev {
@@ -216,7 +217,7 @@ impl Engine {
             ))
         };
         tracing::info!(refund = %refund.id, ?verdict, "payment terminal asked about a refund");
-        let event = |kind: &'static str, message: String| NewEvent {
+        let event = |kind: EventKind, message: String| NewEvent {
             kind,
             terminal_id: rec.terminal_id.clone(),
             payment_id: rec.id.clone(),
@@ -229,12 +230,14 @@ impl Engine {
                     "refunded {} {} on the payment terminal (receipt {receipt}, as its Repeat Receipt shows)",
                     refund.amount_minor, refund.currency
                 );
-                self.store.finish_refund(&refund.id, true, None, &event("refund_succeeded", message), true).await
+                let succeeded = event(EventKind::RefundSucceeded, message);
+                self.store.finish_refund(&refund.id, true, None, &succeeded, true, now_ms()).await
             }
             Verdict::NotBooked(why) => {
                 let message = format!("the payment terminal did not refund: {why}");
                 let failure = Some(("terminal_not_booked", why.as_str()));
-                self.store.finish_refund(&refund.id, false, failure, &event("refund_failed", message), false).await
+                let failed = event(EventKind::RefundFailed, message);
+                self.store.finish_refund(&refund.id, false, failure, &failed, false, now_ms()).await
             }
             Verdict::Undetermined(why) => return Err(self.refund_left_to_a_person(&refund, rec, &why).await),
         };
@@ -255,9 +258,9 @@ impl Engine {
              checked, settle it with posctl resolve {} --receipt N (booked) or --not-booked",
             refund.id, refund.amount_minor, refund.id
         );
-        match self.store.has_event("terminal_refund_unknown", &rec.id, &format!("refund {} ", refund.id)) {
+        match self.store.has_event(EventKind::TerminalRefundUnknown, &rec.id, &format!("refund {} ", refund.id)) {
             Ok(true) => {}
-            _ => self.emit("terminal_refund_unknown", &rec.terminal_id, &rec.id, message.clone()).await,
+            _ => self.emit(EventKind::TerminalRefundUnknown, &rec.terminal_id, &rec.id, message.clone()).await,
         }
         EngineError::Unavailable("OUTCOME_UNKNOWN", message)
     }
@@ -274,12 +277,13 @@ impl Engine {
         if never_sent {
             let why = "posd stopped before the refund reached the payment terminal; nothing was refunded";
             let event = NewEvent {
-                kind: "refund_failed",
+                kind: EventKind::RefundFailed,
                 terminal_id: rec.terminal_id.clone(),
                 payment_id: rec.id.clone(),
                 message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
             };
-            match self.store.finish_refund(&refund.id, false, Some(("interrupted", why)), &event, false).await {
+            let failure = Some(("interrupted", why));
+            match self.store.finish_refund(&refund.id, false, failure, &event, false, now_ms()).await {
                 Ok((_, Some(ev))) => drop(self.events.send(ev)),
                 Ok((_, None)) => {}
                 Err(e) => self.note_store_error(&e),
@@ -314,13 +318,15 @@ impl Engine {
         let _claim = self.claim_when_free(id).await;
         let hold = if rec.on_terminal() { Some(self.hold_lane(&rec.terminal_id, id).await?) } else { None };
         let refund = self.store.refund(id)?.ok_or_else(|| EngineError::NotFound(format!("no refund {id}")))?;
-        if refund.status != "pending" {
+        if refund.status != RefundStatus::Pending {
             return Err(EngineError::FailedPrecondition(
                 "WRONG_STATE",
                 format!("refund {id} is {}; only a pending refund is resolved by a person", refund.status),
             ));
         }
-        if !rec.on_terminal() && !self.store.has_event("refund_outcome_unknown", &rec.id, &format!("refund {id} "))? {
+        if !rec.on_terminal()
+            && !self.store.has_event(EventKind::RefundOutcomeUnknown, &rec.id, &format!("refund {id} "))?
+        {
             return Err(EngineError::FailedPrecondition(
                 "WRONG_STATE",
                 format!(
@@ -338,7 +344,7 @@ impl Engine {
         let source = if rec.on_terminal() { "the payment terminal's journal" } else { "the gateway's records" };
         let message = format!("refund {id}: {caller} checked {source}: {found}{note}");
         let event = NewEvent {
-            kind: "refund_resolved",
+            kind: EventKind::RefundResolved,
             terminal_id: rec.terminal_id.clone(),
             payment_id: rec.id.clone(),
             message: message.clone(),
@@ -346,7 +352,7 @@ impl Engine {
         let failure = (!booked).then_some(("resolved_not_booked", message.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund_audited(&refund.id, booked, failure, &event, booked && rec.on_terminal(), &message)
+            .finish_refund_audited(&refund.id, booked, failure, &event, booked && rec.on_terminal(), &message, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         drop(hold);
@@ -367,7 +373,7 @@ impl Engine {
     ) -> Result<PaymentRecord, EngineError> {
         let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &rec.id).await?;
         let refunds = self.store.refunds_of(&rec.id)?;
-        if let Some(r) = refunds.iter().find(|r| r.status != "failed") {
+        if let Some(r) = refunds.iter().find(|r| r.status != RefundStatus::Failed) {
             return Err(EngineError::FailedPrecondition(
                 "WRONG_STATE",
                 format!("payment {} has refund {} ({}); a reversal would pay back twice", rec.id, r.id, r.status),
@@ -392,7 +398,7 @@ impl Engine {
                         let _ = confirm.send(true);
                         continue;
                     }
-                    let update = Update { record: Some("reversal"), ..Update::default() };
+                    let update = Update { data: Data::Reversed, ..Update::default() };
                     match self.step(&rec, Input::TerminalReversed { reason: why.clone() }, update).await {
                         Ok(new) => {
                             let _ = confirm.send(true);
@@ -494,7 +500,7 @@ impl Engine {
         let batch_id = format!("zvt_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()));
         let captured = total.unwrap_or(0) as i64;
         self.emit(
-            "batch_closed",
+            EventKind::BatchClosed,
             terminal,
             "",
             format!(
