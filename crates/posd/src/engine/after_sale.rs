@@ -366,11 +366,8 @@ impl Engine {
         // a retry after an answer lost returns the batch already closed.
         let _claim = self.claim_when_free(&format!("close_batch:{terminal}")).await;
         let candidate = format!("close_{}", gateway_key());
-        let (key, earlier) = self
-            .store
-            .begin_close(terminal, &candidate, now_ms())
-            .await
-            .inspect_err(|e| self.note_store_error(e))?;
+        let (key, earlier) =
+            self.store.begin_close(terminal, &candidate, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
         let result = match self.gateway.close_batch(&self.gateway_terminal(terminal), &key).await {
             Ok(result) => result,
             Err(e) => {

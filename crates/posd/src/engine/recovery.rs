@@ -44,7 +44,8 @@ impl Engine {
                         self.step(&rec, Input::Interrupted, Update::default()).await?;
                     }
                     // Already left for a person: asking again changes nothing.
-                    Recovery::AskTerminal if self.store.has_event(EventKind::TerminalOutcomeUnknown, &rec.id, "")? => {}
+                    Recovery::AskTerminal
+                        if self.store.has_event(EventKind::TerminalOutcomeUnknown, &rec.id, "")? => {}
                     Recovery::AskTerminal => {
                         tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
                         let terminal = rec.terminal_id.clone();

@@ -528,8 +528,7 @@ impl Engine {
             Some(n) => {
                 let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
                 let result = Some(TerminalData { card: None, auth_code: None, result: booked });
-                let update =
-                    Update { data: Data::Booked { result, last_receipt: None }, event: Some(event), audit };
+                let update = Update { data: Data::Booked { result, last_receipt: None }, event: Some(event), audit };
                 let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
                 self.record_wake.notify_one();
                 new
