@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use crate::line::{ReaderLine, ReaderState, Reconnect, open};
 use crate::store::DeviceKind;
 
-/// A lane's card device.
+/// Which card device a lane runs, and how to reach it (from the lane's
+/// configuration); [`Lane::spawn`] starts it as a [`CardDevice`].
 #[derive(Debug, Clone)]
-pub enum CardDevice {
+pub enum CardDeviceSettings {
     /// A host-authorized card reader: posd sends its card data to the gateway.
     Reader(ReaderLine),
     /// A payment terminal that authorizes by itself (ZVT).
@@ -59,7 +60,7 @@ impl Lane {
     pub fn spawn(
         id: String,
         currency: String,
-        device: CardDevice,
+        device: CardDeviceSettings,
         offline: pos_engine::offline::OfflinePolicy,
         printer: Option<crate::printer::Printer>,
     ) -> Arc<Lane> {
@@ -67,8 +68,8 @@ impl Lane {
         let state = Arc::new(Mutex::new(ReaderState::default()));
         let line_bytes = Arc::new(LineCounters::default());
         let (line, zvt) = match device {
-            CardDevice::Reader(line) => (line, None),
-            CardDevice::Zvt(settings) => {
+            CardDeviceSettings::Reader(line) => (line, None),
+            CardDeviceSettings::Zvt(settings) => {
                 let terminal =
                     crate::zvt::ZvtTerminal::spawn(id.clone(), settings.clone(), state.clone(), line_bytes.clone());
                 (settings.line, Some(terminal))
