@@ -1,6 +1,7 @@
-//! One lane's card reader: keeps the link up (reconnecting after an unplug),
-//! asks for device info, and routes the reader's messages to the payment that
-//! is collecting.
+//! One lane's card device, [`CardDevice`]: a card reader, whose link this
+//! module keeps up (reconnecting after an unplug), asks for device info, and
+//! whose messages it routes to the payment that is collecting; or a payment
+//! terminal that authorizes by itself (ZVT, driven by [`crate::zvt`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -15,10 +16,12 @@ use tokio::sync::mpsc;
 
 use crate::line::{ReaderLine, ReaderState, Reconnect, open};
 use crate::store::DeviceKind;
+use crate::zvt::ZvtTerminal;
 
-/// A lane's card device.
+/// Which card device a lane runs, and how to reach it (from the lane's
+/// configuration); [`Lane::spawn`] starts it as a [`CardDevice`].
 #[derive(Debug, Clone)]
-pub enum CardDevice {
+pub enum CardDeviceSettings {
     /// A host-authorized card reader: posd sends its card data to the gateway.
     Reader(ReaderLine),
     /// A payment terminal that authorizes by itself (ZVT).
@@ -37,108 +40,156 @@ pub enum ReaderEvent {
 
 type Collector = (String, mpsc::UnboundedSender<ReaderEvent>);
 
+/// The card device a lane runs. The engine matches on it only where the
+/// kinds differ (which payment driver, whose end of day), with no catch-all
+/// arm, as do [`Lane`]'s methods: a new kind (the nexo terminal, issue #23)
+/// is one more variant, and the compiler names every place that must learn it.
+pub enum CardDevice {
+    /// A host-authorized card reader: posd sends its card data to the gateway.
+    Reader(Reader),
+    /// A payment terminal that authorizes by itself (ZVT).
+    Zvt(Arc<ZvtTerminal>),
+}
+
+impl CardDevice {
+    /// The kind recorded with each payment taken on the device.
+    pub fn kind(&self) -> DeviceKind {
+        match self {
+            CardDevice::Reader(_) => DeviceKind::Reader,
+            CardDevice::Zvt(_) => DeviceKind::Zvt,
+        }
+    }
+}
+
+/// What only a card reader has: the command channel to its task and the
+/// payment its messages are routed to.
+pub struct Reader {
+    cmd_tx: mpsc::Sender<HostMessage>,
+    collector: Arc<Mutex<Option<Collector>>>,
+}
+
 pub struct Lane {
     pub id: String,
     pub currency: String,
+    /// The card device's line.
     pub line: ReaderLine,
     /// Offline approval limits of this lane.
     pub offline: pos_engine::offline::OfflinePolicy,
     /// The lane's receipt printer, when it has one.
     pub printer: Option<crate::printer::Printer>,
-    /// The payment terminal, when the lane's card device is one (ZVT).
-    pub zvt: Option<Arc<crate::zvt::ZvtTerminal>>,
+    /// The lane's card device.
+    pub device: CardDevice,
     /// Bytes on the card device's line, both ways, over every connection.
     pub line_bytes: Arc<LineCounters>,
-    cmd_tx: mpsc::Sender<HostMessage>,
-    collector: Arc<Mutex<Option<Collector>>>,
+    /// The card device's state (connected, identity), kept by its task.
     state: Arc<Mutex<ReaderState>>,
 }
 
 impl Lane {
-    /// Starts the lane's reader task.
+    /// Starts the task of the lane's card device.
     pub fn spawn(
         id: String,
         currency: String,
-        device: CardDevice,
+        device: CardDeviceSettings,
         offline: pos_engine::offline::OfflinePolicy,
         printer: Option<crate::printer::Printer>,
     ) -> Arc<Lane> {
-        let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let state = Arc::new(Mutex::new(ReaderState::default()));
         let line_bytes = Arc::new(LineCounters::default());
-        let (line, zvt) = match device {
-            CardDevice::Reader(line) => (line, None),
-            CardDevice::Zvt(settings) => {
-                let terminal =
-                    crate::zvt::ZvtTerminal::spawn(id.clone(), settings.clone(), state.clone(), line_bytes.clone());
-                (settings.line, Some(terminal))
+        let (line, device) = match device {
+            CardDeviceSettings::Reader(line) => {
+                let (cmd_tx, cmd_rx) = mpsc::channel(16);
+                let collector = Arc::new(Mutex::new(None));
+                tokio::spawn(run(
+                    id.clone(),
+                    line.clone(),
+                    cmd_rx,
+                    collector.clone(),
+                    state.clone(),
+                    line_bytes.clone(),
+                ));
+                (line, CardDevice::Reader(Reader { cmd_tx, collector }))
+            }
+            CardDeviceSettings::Zvt(settings) => {
+                let terminal = ZvtTerminal::spawn(id.clone(), settings.clone(), state.clone(), line_bytes.clone());
+                (settings.line, CardDevice::Zvt(terminal))
             }
         };
-        let lane = Arc::new(Lane {
-            id,
-            currency,
-            line,
-            offline,
-            printer,
-            zvt,
-            line_bytes,
-            cmd_tx,
-            collector: Arc::new(Mutex::new(None)),
-            state,
-        });
-        if lane.zvt.is_none() {
-            tokio::spawn(run(
-                lane.id.clone(),
-                lane.line.clone(),
-                cmd_rx,
-                lane.collector.clone(),
-                lane.state.clone(),
-                lane.line_bytes.clone(),
-            ));
-        }
-        lane
+        Arc::new(Lane { id, currency, line, offline, printer, device, line_bytes, state })
     }
 
     /// The lane's card device: a payment terminal that authorizes by itself,
     /// or a card reader.
     pub fn device_kind(&self) -> DeviceKind {
-        if self.zvt.is_some() { DeviceKind::Zvt } else { DeviceKind::Reader }
+        self.device.kind()
     }
 
+    /// The lane's ZVT payment terminal; `None` on any other card device.
+    pub fn zvt(&self) -> Option<&Arc<ZvtTerminal>> {
+        match &self.device {
+            CardDevice::Zvt(terminal) => Some(terminal),
+            CardDevice::Reader(_) => None,
+        }
+    }
+
+    /// The lane's card reader; `None` on a payment terminal, where the
+    /// reader's calls below do nothing (`collect` fails): a terminal is
+    /// driven, canceled and shows its result through its own session.
+    fn reader(&self) -> Option<&Reader> {
+        match &self.device {
+            CardDevice::Reader(reader) => Some(reader),
+            CardDevice::Zvt(_) => None,
+        }
+    }
+
+    /// The card device's state, for either kind.
     pub fn reader_state(&self) -> ReaderState {
         self.state.lock().unwrap().clone()
     }
 
     /// Asks the reader for a card; the returned channel carries what follows.
     pub async fn collect(&self, req: CollectCard) -> Result<mpsc::UnboundedReceiver<ReaderEvent>, String> {
+        let Some(reader) = self.reader() else {
+            return Err(format!("the card device of {} is a payment terminal, not a card reader", self.id));
+        };
         if !self.state.lock().unwrap().connected {
             return Err(format!("the card reader of {} is not connected ({})", self.id, self.line));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.collector.lock().unwrap() = Some((req.payment_id.clone(), tx));
-        self.send(host_message::Body::CollectCard(req)).await?;
+        *reader.collector.lock().unwrap() = Some((req.payment_id.clone(), tx));
+        reader.send(host_message::Body::CollectCard(req)).await?;
         Ok(rx)
     }
 
     /// Stops routing reader messages for this payment.
     pub fn release(&self, payment_id: &str) {
-        let mut c = self.collector.lock().unwrap();
-        if c.as_ref().is_some_and(|(id, _)| id == payment_id) {
-            *c = None;
+        if let Some(reader) = self.reader() {
+            reader.release(payment_id);
         }
     }
 
     pub async fn cancel(&self, payment_id: &str) {
-        self.release(payment_id);
-        if let Err(e) = self.send(host_message::Body::Cancel(Cancel { payment_id: payment_id.into() })).await {
+        let Some(reader) = self.reader() else { return };
+        reader.release(payment_id);
+        if let Err(e) = reader.send(host_message::Body::Cancel(Cancel { payment_id: payment_id.into() })).await {
             tracing::warn!(lane = %self.id, error = %e, "could not tell the reader to cancel");
         }
     }
 
     pub async fn show_result(&self, payment_id: &str, approved: bool, text: &str) {
+        let Some(reader) = self.reader() else { return };
         let msg = ShowResult { payment_id: payment_id.into(), approved, display_text: text.into() };
-        if let Err(e) = self.send(host_message::Body::ShowResult(msg)).await {
+        if let Err(e) = reader.send(host_message::Body::ShowResult(msg)).await {
             tracing::debug!(lane = %self.id, error = %e, "could not show the result on the reader");
+        }
+    }
+}
+
+impl Reader {
+    fn release(&self, payment_id: &str) {
+        let mut c = self.collector.lock().unwrap();
+        if c.as_ref().is_some_and(|(id, _)| id == payment_id) {
+            *c = None;
         }
     }
 

@@ -12,8 +12,9 @@
 //!   committing each transition before acting on it (`payment`, `recovery`,
 //!   `background`, `queue`, `after_sale`, `printing`, and `terminal` with
 //!   `terminal/after_sale` for ZVT lanes).
-//! - [`lane`]: one lane's card reader over the link layer; [`zvt`]: the
-//!   register side of ZVT for lanes whose payment terminal authorizes itself;
+//! - [`lane`]: one lane's card device (a reader over the link layer, or a
+//!   payment terminal); [`zvt`]: the register side of ZVT for lanes whose
+//!   payment terminal authorizes itself;
 //!   [`line`]: what their device lines share (how posd reaches a device,
 //!   opening the line, the reconnect backoff [`printer`] uses too).
 //! - [`printer`]: a lane's receipt printer; [`receipt`]: what a receipt says.

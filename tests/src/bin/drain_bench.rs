@@ -15,7 +15,7 @@ use pos_cardcrypt::{BaseKey, Binding, CardData};
 use pos_engine::{Input, Status};
 use posd::engine::{Engine, EngineSettings, ForwardSettings};
 use posd::gateway::{Gateway, GatewaySettings};
-use posd::lane::{CardDevice, Lane};
+use posd::lane::{CardDeviceSettings, Lane};
 use posd::line::ReaderLine;
 use posd::store::{CardInfo, Data, PaymentRecord, Store, Update, now_ms};
 use posd_e2e::advance_all;
@@ -100,7 +100,7 @@ async fn drain(n: usize, batch_size: usize) -> Duration {
     let lane = Lane::spawn(
         "lane-1".into(),
         "EUR".into(),
-        CardDevice::Reader(ReaderLine::Tcp("127.0.0.1:9".into())),
+        CardDeviceSettings::Reader(ReaderLine::Tcp("127.0.0.1:9".into())),
         policy,
         None,
     );

@@ -555,15 +555,15 @@ impl ReaderConfig {
     }
 
     /// The lane's card device, checked.
-    pub fn device(&self, lane: &str, currency: &str) -> anyhow::Result<crate::lane::CardDevice> {
-        use crate::lane::CardDevice;
+    pub fn device(&self, lane: &str, currency: &str) -> anyhow::Result<crate::lane::CardDeviceSettings> {
+        use crate::lane::CardDeviceSettings;
         let line = self.line(lane)?;
         match self.kind.as_str() {
             "reader" => {
                 if self.password.is_some() || self.t3_ms.is_some() || self.t4_ms.is_some() {
                     anyhow::bail!("lane {lane}: password, t3_ms and t4_ms apply to kind = \"zvt\" only");
                 }
-                Ok(CardDevice::Reader(line))
+                Ok(CardDeviceSettings::Reader(line))
             }
             "zvt" => {
                 let password = pos_zvt::message::password(self.password.unwrap_or(123_456))
@@ -584,7 +584,7 @@ impl ReaderConfig {
                 if t3.is_zero() || t4 < t3 {
                     anyhow::bail!("lane {lane}: t3_ms must be positive and t4_ms at least t3_ms");
                 }
-                Ok(CardDevice::Zvt(crate::zvt::ZvtSettings {
+                Ok(CardDeviceSettings::Zvt(crate::zvt::ZvtSettings {
                     line,
                     password,
                     currency: currency_number,

@@ -206,7 +206,7 @@ fn a_zvt_lane_is_checked() {
     let zvt = |extra: &str| {
         toml::from_str::<ReaderConfig>(&format!("kind = \"zvt\"\ntcp = \"127.0.0.1:20007\"\n{extra}")).unwrap()
     };
-    let crate::lane::CardDevice::Zvt(s) = zvt("").device("l", "EUR").unwrap() else { panic!("not zvt") };
+    let crate::lane::CardDeviceSettings::Zvt(s) = zvt("").device("l", "EUR").unwrap() else { panic!("not zvt") };
     assert_eq!((s.password, s.currency, s.t4), ([0x12, 0x34, 0x56], 978, Duration::from_secs(180)));
     assert!(zvt("password = 1234567").device("l", "EUR").unwrap_err().to_string().contains("6 digits"));
     assert!(zvt("").device("l", "XPF").unwrap_err().to_string().contains("ISO 4217 number"));
@@ -216,7 +216,7 @@ fn a_zvt_lane_is_checked() {
     }
     assert!(zvt("t3_ms = 5000\nt4_ms = 100").device("l", "EUR").is_err());
     let serial = toml::from_str::<ReaderConfig>("kind = \"zvt\"\ndevice = \"/dev/ttyS0\"").unwrap();
-    let crate::lane::CardDevice::Zvt(s) = serial.device("l", "EUR").unwrap() else { panic!("not zvt") };
+    let crate::lane::CardDeviceSettings::Zvt(s) = serial.device("l", "EUR").unwrap() else { panic!("not zvt") };
     assert!(matches!(s.line, ReaderLine::Serial(ref p) if p.stop_bits == 2 && p.baud == 9600), "ZVT runs 8N2 at 9600");
     let odd = toml::from_str::<ReaderConfig>("kind = \"chip-and-pin\"\ntcp = \"h:1\"").unwrap();
     assert!(odd.device("l", "EUR").unwrap_err().to_string().contains("\"reader\" or \"zvt\""));

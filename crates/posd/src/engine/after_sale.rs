@@ -7,6 +7,7 @@ use pos_proto::terminal as pb;
 use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
 use crate::gateway::{CallError, RefundStatusError};
+use crate::lane::CardDevice;
 use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
 
 impl Engine {
@@ -358,8 +359,9 @@ impl Engine {
                 message: format!("unknown terminal {terminal:?}"),
             });
         }
-        if self.lanes.get(terminal).is_some_and(|l| l.zvt.is_some()) {
-            return self.end_of_day_on_terminal(terminal, caller).await;
+        match &self.lanes[terminal].device {
+            CardDevice::Zvt(_) => return self.end_of_day_on_terminal(terminal, caller).await,
+            CardDevice::Reader(_) => {}
         }
         // One end of day per lane at a time; its key is committed before the
         // first attempt and reused until the gateway's answer is stored, so

@@ -28,7 +28,7 @@ use super::{Engine, LAST_ONLINE};
 use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
-use crate::lane::{Lane, ReaderEvent};
+use crate::lane::{CardDevice, Lane, ReaderEvent};
 use crate::store::{
     self, CardInfo, Durability, EventKind, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms,
 };
@@ -96,15 +96,16 @@ impl Engine {
         rec: PaymentRecord,
         mut cancel: mpsc::Receiver<()>,
     ) {
-        if let Some(zvt) = &lane.zvt {
-            self.run_on_terminal(&lane, zvt, rec, &mut cancel).await;
-            return;
-        }
-        let id = rec.id.clone();
-        let payment = ReaderPayment::new(payment_of(&rec), self.reader_settings(lane.offline.clone()));
-        let outcome = self.drive_reader(&*self.gateway, Some(&*lane), payment, rec, Some(&mut cancel)).await;
-        if let machine::Outcome::Unrecorded { error, may_be_at_gateway, .. } = outcome {
-            tracing::error!(payment = %id, %error, may_be_at_gateway, "payment stopped");
+        match &lane.device {
+            CardDevice::Zvt(zvt) => self.run_on_terminal(&lane, zvt, rec, &mut cancel).await,
+            CardDevice::Reader(_) => {
+                let id = rec.id.clone();
+                let payment = ReaderPayment::new(payment_of(&rec), self.reader_settings(lane.offline.clone()));
+                let outcome = self.drive_reader(&*self.gateway, Some(&*lane), payment, rec, Some(&mut cancel)).await;
+                if let machine::Outcome::Unrecorded { error, may_be_at_gateway, .. } = outcome {
+                    tracing::error!(payment = %id, %error, may_be_at_gateway, "payment stopped");
+                }
+            }
         }
     }
 

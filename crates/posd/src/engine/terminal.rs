@@ -554,7 +554,7 @@ impl Engine {
         payment: Option<PaymentRecord>,
         refunds: Vec<(RefundRecord, PaymentRecord)>,
     ) {
-        let Some(zvt) = self.lanes.get(terminal).and_then(|l| l.zvt.clone()) else {
+        let Some(zvt) = self.lanes.get(terminal).and_then(|l| l.zvt().cloned()) else {
             tracing::error!(%terminal, "payments or refunds in doubt on a lane that has no payment terminal now");
             return;
         };

@@ -39,7 +39,7 @@ impl Engine {
         let zvt = self
             .lanes
             .get(terminal)
-            .and_then(|l| l.zvt.clone())
+            .and_then(|l| l.zvt().cloned())
             .ok_or_else(|| EngineError::NotFound(format!("terminal {terminal} has no payment terminal")))?;
         let _admission = self.admission[terminal].lock().await;
         let mut busy = self.busy.lock().unwrap();
