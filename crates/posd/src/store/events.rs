@@ -92,18 +92,19 @@ impl Store {
     /// with `prefix` was recorded (e.g. a receipt already printed).
     pub fn has_event(&self, kind: EventKind, payment_id: &str, prefix: &str) -> Result<bool, StoreError> {
         let conn = self.reader();
-        let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM events WHERE kind = ?1 AND payment_id = ?2 AND substr(message, 1, length(?3)) = ?3",
-            params![kind, payment_id, prefix],
-            |r| r.get(0),
-        )?;
+        let n: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM events WHERE kind = ?1 AND payment_id = ?2 \
+                 AND substr(message, 1, length(?3)) = ?3",
+            )?
+            .query_row(params![kind, payment_id, prefix], |r| r.get(0))?;
         Ok(n > 0)
     }
 
     /// Events with a cursor above `after`, oldest first, at most `limit`.
     pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT cursor, at_ms, kind, terminal_id, payment_id, message FROM events WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
@@ -121,7 +122,7 @@ impl Store {
 
     /// The newest event's cursor (0 when there is none).
     pub fn last_event_cursor(&self) -> Result<i64, StoreError> {
-        Ok(self.reader().query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| r.get(0))?)
+        Ok(self.reader().prepare_cached("SELECT COALESCE(MAX(cursor), 0) FROM events")?.query_row([], |r| r.get(0))?)
     }
 }
 

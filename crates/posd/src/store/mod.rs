@@ -152,7 +152,11 @@ impl Store {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.reader().query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        Ok(self
+            .reader()
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
     }
 
     /// Sets a `meta` value, in a synced commit through the group commit.

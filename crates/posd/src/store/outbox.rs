@@ -72,7 +72,7 @@ impl Store {
     /// The next queued payments to forward, in FIFO order, with their card data.
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
         ))?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -88,7 +88,7 @@ impl Store {
     /// (refused by the gateway).
     pub fn queued_before(&self, queued_before_ms: i64) -> Result<Vec<PaymentRecord>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM payments WHERE queued_at_ms < ?1 AND \
              ((status = 'offline_approved' AND forward_attempts = 0) OR status = 'quarantined') ORDER BY queue_seq"
         ))?;
@@ -128,15 +128,13 @@ impl Store {
         // Both queries in one read transaction: the same commit's totals.
         let conn = reader.unchecked_transaction()?;
         const UNSENT: &str = "status IN ('offline_approved', 'forwarding', 'quarantined')";
-        let (count, quarantined, oldest): (u32, u32, Option<i64>) = conn.query_row(
-            &format!(
+        let (count, quarantined, oldest): (u32, u32, Option<i64>) = conn
+            .prepare_cached(&format!(
                 "SELECT COUNT(*), COALESCE(SUM(status = 'quarantined'), 0), \
                  MIN(CASE WHEN status = 'quarantined' THEN NULL ELSE queued_at_ms END) FROM payments WHERE {UNSENT}"
-            ),
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let mut stmt = conn.prepare(&format!(
+            ))?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT currency, SUM(amount_minor) FROM payments WHERE {UNSENT} GROUP BY currency ORDER BY currency"
         ))?;
         let totals = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
@@ -145,12 +143,13 @@ impl Store {
 
     /// Unsent offline payments of one card (by the reader's fingerprint).
     pub fn queued_for_card(&self, fingerprint: &str) -> Result<u32, StoreError> {
-        Ok(self.reader().query_row(
-            "SELECT COUNT(*) FROM payments WHERE status IN ('offline_approved', 'forwarding', 'quarantined') \
-             AND card_fingerprint = ?1",
-            [fingerprint],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .reader()
+            .prepare_cached(
+                "SELECT COUNT(*) FROM payments WHERE status IN ('offline_approved', 'forwarding', 'quarantined') \
+                 AND card_fingerprint = ?1",
+            )?
+            .query_row([fingerprint], |r| r.get(0))?)
     }
 
     /// Records, before an attempt leaves, that the operation may reach the

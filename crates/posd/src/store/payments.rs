@@ -347,7 +347,8 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
         Ok(self
             .reader()
-            .query_row(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"), [id], row_to_payment)
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"))?
+            .query_row([id], row_to_payment)
             .optional()?)
     }
 
@@ -359,7 +360,8 @@ impl Store {
     pub fn encrypted_card(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .reader()
-            .query_row("SELECT encrypted_card FROM payments WHERE id = ?1", [id], |r| r.get(0))
+            .prepare_cached("SELECT encrypted_card FROM payments WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
             .optional()?
             .flatten())
     }
@@ -397,7 +399,7 @@ impl Store {
         let order = if f.oldest_first { "ASC" } else { "DESC" };
         sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT ?{}", args.len());
         let conn = self.reader();
-        let mut stmt = conn.prepare(&sql)?;
+        let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -414,8 +416,9 @@ impl Store {
             .collect();
         let marks = (1..=unfinished.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
         let conn = self.reader();
-        let mut stmt = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM payments WHERE status IN ({marks}) ORDER BY created_at_ms, id"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE status IN ({marks}) ORDER BY created_at_ms, id"
+        ))?;
         let rows = stmt.query_map(rusqlite::params_from_iter(unfinished), row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -435,7 +438,7 @@ impl Store {
     /// Payments per status.
     pub fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")?;
+        let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -445,7 +448,8 @@ impl Store {
     pub fn payment_receipt_before(&self, payment_id: &str) -> Result<Option<i64>, StoreError> {
         let conn = self.reader();
         let before = conn
-            .query_row("SELECT zvt_receipt_before FROM payments WHERE id = ?1", [payment_id], |r| r.get(0))
+            .prepare_cached("SELECT zvt_receipt_before FROM payments WHERE id = ?1")?
+            .query_row([payment_id], |r| r.get(0))
             .optional()?;
         Ok(before.flatten())
     }
@@ -454,22 +458,21 @@ impl Store {
     pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
         let conn = self.reader();
         Ok(conn
-            .query_row(
+            .prepare_cached(
                 "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines FROM terminal_results \
                  WHERE payment_id = ?1",
-                [payment_id],
-                |r| {
-                    let lines: String = r.get(5)?;
-                    Ok(TerminalResult {
-                        result_code: r.get(0)?,
-                        receipt_no: r.get(1)?,
-                        trace: r.get(2)?,
-                        offline: r.get(3)?,
-                        terminal_tid: r.get::<_, Option<i64>>(4)?.map(|t| format!("{t:08}")).unwrap_or_default(),
-                        lines: if lines.is_empty() { vec![] } else { lines.split('\n').map(str::to_string).collect() },
-                    })
-                },
-            )
+            )?
+            .query_row([payment_id], |r| {
+                let lines: String = r.get(5)?;
+                Ok(TerminalResult {
+                    result_code: r.get(0)?,
+                    receipt_no: r.get(1)?,
+                    trace: r.get(2)?,
+                    offline: r.get(3)?,
+                    terminal_tid: r.get::<_, Option<i64>>(4)?.map(|t| format!("{t:08}")).unwrap_or_default(),
+                    lines: if lines.is_empty() { vec![] } else { lines.split('\n').map(str::to_string).collect() },
+                })
+            })
             .optional()?)
     }
 

@@ -87,8 +87,10 @@ impl Store {
     /// refund never started on a terminal.
     pub fn refund_receipt_before(&self, id: &str) -> Result<Option<i64>, StoreError> {
         let conn = self.reader();
-        let before =
-            conn.query_row("SELECT zvt_receipt_before FROM refunds WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let before = conn
+            .prepare_cached("SELECT zvt_receipt_before FROM refunds WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
         Ok(before.flatten())
     }
 
@@ -178,7 +180,7 @@ impl Store {
 
     pub fn refunds_of(&self, payment_id: &str) -> Result<Vec<RefundRecord>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = ?1 ORDER BY created_at_ms, id"
         ))?;
         let rows = stmt.query_map([payment_id], row_to_refund)?;
@@ -195,7 +197,7 @@ impl Store {
     /// Refunds made in `[start, end)`.
     pub fn refunds_between(&self, start_ms: i64, end_ms: i64) -> Result<Vec<RefundRecord>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE created_at_ms >= ?1 AND created_at_ms < ?2 ORDER BY created_at_ms"
         ))?;
         let rows = stmt.query_map([start_ms, end_ms], row_to_refund)?;
@@ -205,7 +207,7 @@ impl Store {
     /// Refunds whose outcome is not known yet (sent again at start-up).
     pub fn pending_refunds(&self) -> Result<Vec<RefundRecord>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'pending' ORDER BY created_at_ms"
         ))?;
         let rows = stmt.query_map([], row_to_refund)?;
