@@ -169,6 +169,26 @@ pub fn run(cmd: &mut Command) -> (ExitStatus, String, String) {
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The signal `std::process::abort()` raises: how posd's failpoints end it.
+pub const SIGABRT: i32 = 6;
+
+/// Asserts that posd ended at its failpoint: killed by SIGABRT. Any other end
+/// fails, notably a posd that refused to start (exit code 2: built without
+/// the cargo feature `failpoints`, or `POSD_FAILPOINT` names no failpoint),
+/// which "did not exit successfully" alone would let pass.
+pub fn assert_aborted(status: &ExitStatus) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(SIGABRT),
+        "posd was to abort at its failpoint (SIGABRT) but ended with {status} (exit code {:?}, signal {:?}); \
+         exit code 2 is a refused start: is posd built with the cargo feature `failpoints`, and does \
+         POSD_FAILPOINT name one? (posd's log says)",
+        status.code(),
+        status.signal(),
+    );
+}
+
 /// The python of a virtualenv `target/NAME`, made on first use with
 /// `pip install PIP_ARGS` from PyPI; an existing one is reused while python
 /// runs `probe` (its arguments, e.g. `["-c", "import grpc"]`) successfully.

@@ -48,7 +48,7 @@ async fn crash_after_the_refund_is_booked(lane: &mut Lane, payment_id: &str, key
     lane.ready().await;
     let lost = lane.client().await.refund_payment(refund(key, payment_id, amount)).await.unwrap_err();
     assert!(!lost.message().is_empty(), "the call ends with posd: {lost:?}");
-    assert!(!lane.wait_posd_exit().await.success(), "posd aborted at the failpoint");
+    posd_e2e::assert_aborted(&lane.wait_posd_exit().await);
     lane.posd_env.retain(|(k, _)| k != "POSD_FAILPOINT");
 }
 

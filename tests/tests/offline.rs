@@ -265,7 +265,7 @@ async fn case_6_power_cut_after_an_offline_approval_is_persisted() {
     let cut = take(&mut lane.client().await, "k-cut-1", 1500).await;
     let heard_approved = cut.is_ok_and(|e| e.last().and_then(|x| x.payment.as_ref()).is_some_and(|p| p.approved));
     assert!(!heard_approved, "the register never heard approved");
-    assert!(!lane.wait_posd_exit().await.success());
+    posd_e2e::assert_aborted(&lane.wait_posd_exit().await);
     lane.posd_env.clear();
     lane.start_posd();
     lane.ready().await;
@@ -300,7 +300,7 @@ async fn cut_forwarding_at(lane: &mut Lane, failpoint: &str) {
     lane.kill_posd();
     lane.fault("none");
     lane.posd_env = vec![("POSD_FAILPOINT".into(), failpoint.into())];
-    assert!(!lane.run_posd_until_exit().await.success(), "posd stops at {failpoint}");
+    posd_e2e::assert_aborted(&lane.run_posd_until_exit().await);
     lane.posd_env.clear();
 }
 
@@ -391,7 +391,7 @@ async fn case_6_power_cut_after_an_online_authorization_was_answered() {
         while let Ok(Some(_)) = stream.message().await {}
         first.payment_id
     };
-    assert!(!lane.wait_posd_exit().await.success());
+    posd_e2e::assert_aborted(&lane.wait_posd_exit().await);
     lane.posd_env.clear();
     lane.start_posd();
     let p = lane.wait_status(&id, pb::PaymentStatus::Captured).await;

@@ -156,7 +156,7 @@ async fn a_capture_posd_did_not_store_before_a_crash_is_recorded_not_reversed_wh
     lane.ready().await;
     let capture = pb::CapturePaymentRequest { payment_id: p.payment_id.clone(), amount_minor: 0 };
     assert!(lane.client().await.capture_payment(capture).await.is_err(), "posd stopped at the failpoint");
-    assert!(!lane.wait_posd_exit().await.success());
+    posd_e2e::assert_aborted(&lane.wait_posd_exit().await);
     assert_eq!(charge(&lane.ledger(), 4_300)["captured"], true);
     // Started again with a short capture window, posd finds the payment
     // still AUTHORIZED in its own records and past the window: the

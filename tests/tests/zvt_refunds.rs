@@ -62,7 +62,7 @@ async fn a_refund_interrupted_by_a_kill_is_settled_from_the_terminals_receipt() 
     ready(&mut lane).await;
     let cut = lane.client().await.refund_payment(refund("killed", &sale.payment_id, 1_500)).await;
     assert!(cut.is_err(), "posd died under the call: {cut:?}");
-    assert!(!lane.wait_posd_exit().await.success());
+    posd_e2e::assert_aborted(&lane.wait_posd_exit().await);
     lane.posd_env.clear();
     lane.start_posd();
     ready(&mut lane).await;

@@ -1,5 +1,8 @@
 //! The register's event stream: events appended (alone or in a
-//! transition's commit) and read back by cursor.
+//! transition's commit) and read back by cursor. Events are written with a
+//! kind this posd knows ([`EventKind`]) and read back forgivingly
+//! ([`StoredEventKind`]): a kind a newer posd wrote before a downgrade reaches
+//! the register as its text instead of breaking the stream.
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use super::{Store, StoreError, exec};
 pub struct EventRecord {
     pub cursor: i64,
     pub at_ms: i64,
-    pub kind: EventKind,
+    pub kind: StoredEventKind,
     pub terminal_id: String,
     pub payment_id: String,
     pub message: String,
@@ -80,6 +83,46 @@ text_enum! {
     }
 }
 
+/// A stored event's kind as read back: one this posd knows, or the text of
+/// one it does not (a newer posd wrote it, and posd was downgraded since),
+/// which the register gets as it is. Events are only written with an
+/// [`EventKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEventKind {
+    Known(EventKind),
+    /// The stored text, which names no [`EventKind`].
+    Other(String),
+}
+
+impl StoredEventKind {
+    /// The text the database holds for it (the register's `TerminalEvent.kind`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Known(kind) => kind.as_str(),
+            Self::Other(text) => text,
+        }
+    }
+}
+
+impl From<EventKind> for StoredEventKind {
+    fn from(kind: EventKind) -> Self {
+        Self::Known(kind)
+    }
+}
+
+impl std::fmt::Display for StoredEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for StoredEventKind {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Ok(EventKind::parse(text).map_or_else(|| Self::Other(text.to_string()), Self::Known))
+    }
+}
+
 impl Store {
     /// Appends an event that concerns no payment transition, as happened at
     /// `at_ms`.
@@ -136,7 +179,7 @@ pub(super) fn insert_event(conn: &Connection, e: &NewEvent, at_ms: i64) -> Resul
     Ok(EventRecord {
         cursor: conn.last_insert_rowid(),
         at_ms,
-        kind: e.kind,
+        kind: e.kind.into(),
         terminal_id: e.terminal_id.clone(),
         payment_id: e.payment_id.clone(),
         message: e.message.clone(),

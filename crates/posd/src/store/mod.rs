@@ -46,7 +46,7 @@ mod probe;
 mod refunds;
 mod schema;
 
-pub use events::{EventKind, EventRecord, NewEvent};
+pub use events::{EventKind, EventRecord, NewEvent, StoredEventKind};
 pub use gateway::{GatewayRecord, RecordKind};
 pub use group::Durability;
 pub use history::HistoryEntry;

@@ -816,3 +816,28 @@ fn list_pages_newest_first_with_filters() {
         .unwrap();
     assert_eq!(window.len(), 2);
 }
+
+#[tokio::test]
+async fn an_event_kind_this_posd_does_not_know_reads_back_as_its_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    let event = |kind| NewEvent { kind, terminal_id: "lane-1".into(), payment_id: String::new(), message: "m".into() };
+    s.append_event(&event(EventKind::Offline), AT).await.unwrap();
+    // A newer posd wrote a kind this one does not know (before a downgrade).
+    s.conn()
+        .execute(
+            "INSERT INTO events (at_ms, kind, terminal_id, payment_id, message) \
+             VALUES (?1, 'from_a_newer_posd', 'lane-1', '', 'newer')",
+            [AT],
+        )
+        .unwrap();
+    s.append_event(&event(EventKind::Online), AT).await.unwrap();
+    let events = s.events_after(0, 10).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["offline", "from_a_newer_posd", "online"], "the stream goes on past it");
+    assert_eq!(events[1].kind, StoredEventKind::Other("from_a_newer_posd".into()));
+    assert_eq!(events[1].message, "newer");
+    assert_eq!(events[2].kind, StoredEventKind::Known(EventKind::Online));
+    assert_eq!(crate::convert::event(&events[1]).kind, "from_a_newer_posd", "the register gets the text");
+    assert_eq!(s.events_after(events[0].cursor, 10).unwrap().len(), 2, "a cursor before it reads it too");
+}

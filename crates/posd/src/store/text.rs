@@ -1,7 +1,9 @@
 //! Values the store keeps as text: each is an enum (made with
 //! `text_enum!`) whose `as_str` is the exact text in the database, written
 //! with rusqlite's `ToSql` and read back with `FromSql`, which refuses text
-//! the enum does not know ([`UnknownText`]).
+//! the enum does not know ([`UnknownText`]). Event kinds are the exception
+//! on reading: `events` reads them as a `StoredEventKind`, which keeps the
+//! text of a kind a newer posd wrote.
 
 /// Text read from the database that names no value of the enum it is read as.
 #[derive(Debug, thiserror::Error)]
