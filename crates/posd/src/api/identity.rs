@@ -62,13 +62,16 @@ pub fn caller<T>(request: &Request<T>) -> Caller {
             Ok((_, cert)) => {
                 let mut names = cert.subject().iter_common_name();
                 let key = match (names.next(), names.next()) {
-                    (Some(cn), None) => format!("cn={}", cn.as_str().unwrap_or("")),
+                    // The certificate's text is a peer's: scrubbed before it
+                    // is stored in an audit entry, logged or echoed.
+                    (Some(cn), None) => format!("cn={}", pos_mask::scrub(cn.as_str().unwrap_or(""))),
                     (None, _) => "cn=".into(),
                     // Refused by [`authenticate`] before any call; never
                     // authorised as the first (or any) of its names.
                     (Some(_), Some(_)) => "unknown".into(),
                 };
-                Caller { key, description: format!("tls subject \"{}\" from {peer}", cert.subject()) }
+                let subject = pos_mask::scrub(&cert.subject().to_string());
+                Caller { key, description: format!("tls subject \"{subject}\" from {peer}") }
             }
             Err(_) => {
                 Caller { key: "unknown".into(), description: format!("tls (unreadable certificate) from {peer}") }

@@ -28,12 +28,13 @@ pub fn quote(input: &str) -> String {
     }
 }
 
-/// A character no request text may hold: control characters (C0, DEL and
-/// C1: line breaks, tabs, escapes), the line and paragraph separators, and
-/// the bidirectional overrides and isolates, with which a value could forge
-/// or hide lines of posd's log, a payment's history or a CSV export.
+/// A character no request text may hold: the one rule for text posd did not
+/// write, [`pos_mask::is_unsafe_char`] (control characters, line and
+/// paragraph separators, bidirectional controls, zero-width characters),
+/// with which a value could forge or hide lines of posd's log, a payment's
+/// history or a CSV export.
 fn forbidden(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    pos_mask::is_unsafe_char(c)
 }
 
 /// Checks one string field of a request before posd uses it (stores, logs

@@ -120,10 +120,10 @@ impl Config {
                     format!("lane {name}: id is empty"),
                     "give each lane a short unique name, e.g. \"lane-1\"",
                 );
-            } else if lane.id.chars().any(char::is_control) {
+            } else if lane.id.chars().any(pos_mask::is_unsafe_char) {
                 p.add(
                     lane_key(i, &["id"]),
-                    format!("lane {name}: id {:?} contains a control character", lane.id),
+                    format!("lane {name}: id {:?} contains a control character or an invisible one", lane.id),
                     "write the id with letters, digits, '-' and '_', e.g. \"lane-1\"",
                 );
             } else if let Some(&first) = ids.get(lane.id.as_str()) {
@@ -482,7 +482,11 @@ pub(super) fn lane_key(i: usize, parts: &[&'static str]) -> Vec<Seg> {
 
 /// A lane as messages name it: its id, or its place when the id is unusable.
 fn lane_name(lane: &LaneConfig, i: usize) -> String {
-    if lane.id.is_empty() || lane.id.chars().any(char::is_control) { format!("#{}", i + 1) } else { lane.id.clone() }
+    if lane.id.is_empty() || lane.id.chars().any(pos_mask::is_unsafe_char) {
+        format!("#{}", i + 1)
+    } else {
+        lane.id.clone()
+    }
 }
 
 fn currency_fix(code: &str) -> String {

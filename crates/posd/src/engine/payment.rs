@@ -425,7 +425,11 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
     }
 
     async fn authorize(&mut self) -> Event {
-        let (info, blob) = self.card.take().expect("the machine authorizes only a card stored with its data");
+        let Some((info, blob)) = self.card.take() else {
+            // The machine authorizes only a card stored with its data; should
+            // that ever not hold, nothing is sent and nothing is charged.
+            return Event::GatewayLocalFault { message: "no card data to send (posd's fault)".into() };
+        };
         let request = self.engine.authorize_request(&self.rec, &info, blob);
         let sent = std::time::Instant::now();
         let outcome = self.gateway.authorize(request).await;

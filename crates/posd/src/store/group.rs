@@ -223,15 +223,17 @@ impl Store {
 
     fn commit_batch(&self, mut batch: Vec<Box<dyn Job>>) {
         let mut conn = self.conn();
-        let synced = batch.iter().any(|job| job.durability() == Durability::Synced);
-        // The level applies to the connection's next commits, so it is set
-        // before the transaction begins; a synced batch commits only at FULL.
-        let deferred = !synced && conn.execute_batch("PRAGMA synchronous=NORMAL").is_ok();
+        // A batch is deferred when none of its writes needs a sync. The
+        // level applies to the connection's next commits, so it is switched
+        // before the transaction begins, and only when it changes: a synced
+        // batch never commits at NORMAL, and if the switch fails, nothing of
+        // the batch is committed.
+        let deferred = batch.iter().all(|job| job.durability() == Durability::Deferred);
         // How many writes the commit carries (a refused one is rolled back).
         let committed = (|| {
-            if synced && self.below_full.load(Ordering::Relaxed) {
-                conn.execute_batch("PRAGMA synchronous=FULL")?;
-                self.below_full.store(false, Ordering::Relaxed);
+            if deferred != self.at_normal.load(Ordering::Relaxed) {
+                conn.execute_batch(if deferred { "PRAGMA synchronous=NORMAL" } else { "PRAGMA synchronous=FULL" })?;
+                self.at_normal.store(deferred, Ordering::Relaxed);
             }
             let mut tx = conn.transaction()?;
             let mut kept = 0;
@@ -256,12 +258,6 @@ impl Store {
             }
             Ok(kept)
         })();
-        // Back to FULL at once; should that fail, the next synced batch
-        // tries again before it commits.
-        if deferred && let Err(e) = conn.execute_batch("PRAGMA synchronous=FULL") {
-            tracing::error!(error = %e, "could not set SQLite's synchronous=FULL again");
-            self.below_full.store(true, Ordering::Relaxed);
-        }
         drop(conn);
         if let Ok(kept @ 1..) = committed {
             let counter = if deferred { &self.unsynced_commits } else { &self.commits };

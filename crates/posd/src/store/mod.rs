@@ -93,8 +93,9 @@ pub struct Store {
     commits: AtomicU64,
     /// Commits of writes that asked for no sync of their own.
     unsynced_commits: AtomicU64,
-    /// Set when the connection may still be at `synchronous=NORMAL`.
-    below_full: AtomicBool,
+    /// The writer connection is at `synchronous=NORMAL` (its last batch was
+    /// deferred); changed only under the writer's lock.
+    at_normal: AtomicBool,
     writes: AtomicU64,
     /// Of the writes, new payments and state changes.
     payment_writes: AtomicU64,
@@ -135,7 +136,7 @@ impl Store {
             group: Mutex::default(),
             commits: AtomicU64::new(0),
             unsynced_commits: AtomicU64::new(0),
-            below_full: AtomicBool::new(false),
+            at_normal: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             payment_writes: AtomicU64::new(0),
         })
@@ -160,6 +161,13 @@ impl Store {
     }
 
     /// Sets a `meta` value, in a synced commit through the group commit.
+    /// The nullable number `sql` selects for the row `id`: `None` when the row
+    /// or the value is missing.
+    fn nullable_of(&self, sql: &str, id: &str) -> Result<Option<i64>, StoreError> {
+        let value = self.reader().prepare_cached(sql)?.query_row([id], |r| r.get(0)).optional()?;
+        Ok(value.flatten())
+    }
+
     pub async fn set_meta(self: &Arc<Self>, key: &str, value: i64) -> Result<(), StoreError> {
         let key = key.to_string();
         self.write(move |conn| {

@@ -446,12 +446,7 @@ impl Store {
     /// The lane's last receipt number when the payment started on its payment
     /// terminal (-1: none known); `None` when it never did.
     pub fn payment_receipt_before(&self, payment_id: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.reader();
-        let before = conn
-            .prepare_cached("SELECT zvt_receipt_before FROM payments WHERE id = ?1")?
-            .query_row([payment_id], |r| r.get(0))
-            .optional()?;
-        Ok(before.flatten())
+        self.nullable_of("SELECT zvt_receipt_before FROM payments WHERE id = ?1", payment_id)
     }
 
     /// A payment terminal's result for a payment, with its receipt lines.
@@ -641,7 +636,7 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
             }
             queue_record(tx, id, RecordKind::Sale, at_ms)?;
             if let Some((key, value)) = last_receipt {
-                exec(tx, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+                exec(tx, super::SET_META, params![key, value])?;
             }
         }
         Data::Reversed => queue_record(tx, id, RecordKind::Reversal, at_ms)?,

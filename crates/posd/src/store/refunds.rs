@@ -86,12 +86,7 @@ impl Store {
     /// What [`Store::set_refund_receipt_before`] recorded; `None` when the
     /// refund never started on a terminal.
     pub fn refund_receipt_before(&self, id: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.reader();
-        let before = conn
-            .prepare_cached("SELECT zvt_receipt_before FROM refunds WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?;
-        Ok(before.flatten())
+        self.nullable_of("SELECT zvt_receipt_before FROM refunds WHERE id = ?1", id)
     }
 
     /// Records a refund as pending if the payment is captured and the

@@ -38,6 +38,8 @@ pub(super) const TABLES: &[&str] = &[
     "refunds",
     "terminal_results",
     "gateway_records",
+    "gateway_sends",
+    "batch_closes",
 ];
 
 /// Runs the migrations the database at `path` has not had, each in a
