@@ -19,6 +19,8 @@
 //!   opening the line, the reconnect backoff [`printer`] uses too).
 //! - [`printer`]: a lane's receipt printer; [`receipt`]: what a receipt says.
 //! - [`gateway`]: the central gateway client (sent / not sent / unknown).
+//! - [`nexo`]: the register side of nexo terminals (`tls`: the terminal's
+//!   identity; `line`: one HTTPS POST per request, sent / not sent / in doubt).
 //! - [`api`]: the register's gRPC API (`payments`, `after_sale`, `reports`,
 //!   `devices`, `request`, `errors`, `identity`, `page_token`); [`convert`]:
 //!   records to protobuf.
@@ -49,6 +51,7 @@ pub mod lane;
 pub mod line;
 pub mod listen;
 pub mod metrics;
+pub mod nexo;
 pub mod printer;
 pub mod receipt;
 pub mod report;
