@@ -10,15 +10,23 @@
 //! - [`tlv`]: the BER-TLV container of BMP 06, and the receipt lines read
 //!   from it in place;
 //! - [`text`]: 8-bit ZVT text as strings;
-//! - [`codes`]: clear texts for result and intermediate status codes.
+//! - [`codes`]: clear texts for result and intermediate status codes;
+//! - [`ecr`]: the register's side of one command as a state machine
+//!   ([`ecr::Exchange`]: T3/T4, `80 00` to a result only once the caller
+//!   stored it, `84 66` otherwise), the answers to unasked messages, the
+//!   registration, and [`ecr::judge`] for a payment in doubt.
 //!
 //! Nothing is lost in decoding: a field this crate cannot measure (an unknown
 //! tag) ends the field list and the rest is kept as [`bmp::Unparsed`], so a
 //! message always encodes back to the bytes it came from.
+//!
+//! Nothing here does I/O or reads a clock: posd's `zvt` module drives
+//! [`ecr::Exchange`] over a `pos_link` link with tokio.
 
 pub mod bcd;
 pub mod bmp;
 pub mod codes;
+pub mod ecr;
 pub mod message;
 pub mod text;
 pub mod tlv;
