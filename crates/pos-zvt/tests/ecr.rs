@@ -391,7 +391,7 @@ fn an_abort_from_the_terminal_ends_the_command_even_if_its_80_00_fails() {
     let mut x = accepted(t0);
     x.handle_message(capture("23-061e"), t0 + secs(1));
     assert_eq!(deliver(&mut x, t0 + secs(1)), [Message::Ack]);
-    assert_eq!(events(&mut x), [aborted.clone()]);
+    assert_eq!(events(&mut x), std::slice::from_ref(&aborted));
 
     let mut x = accepted(t0);
     x.handle_message(capture("23-061e"), t0 + secs(1));
