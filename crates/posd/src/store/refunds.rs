@@ -98,48 +98,23 @@ impl Store {
     }
 
     /// Settles a pending refund at `at_ms`, with its event, in one commit (a
-    /// refund settled already is returned as it stands, without an event).
-    /// With `record`, a succeeded refund also queues its record for the
-    /// gateway's ledger (a payment terminal's refund), in the same commit.
+    /// refund settled already is returned as it stands, without an event):
+    /// succeeded without a `failure`, failed with its code and message. With
+    /// `record`, a succeeded refund also queues its record for the gateway's
+    /// ledger (a payment terminal's refund); with `audit`, an entry in the
+    /// payment's history (who settled the refund, and how); both in the same
+    /// commit.
     pub async fn finish_refund(
         self: &Arc<Self>,
         id: &str,
-        succeeded: bool,
         failure: Option<(&str, &str)>,
         event: &NewEvent,
         record: bool,
+        audit: Option<&str>,
         at_ms: i64,
     ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
-        self.finish_refund_inner(id, succeeded, failure, event, record, None, at_ms).await
-    }
-
-    /// [`Store::finish_refund`] with an audit entry in the payment's history,
-    /// in the same commit (who settled the refund, and how).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish_refund_audited(
-        self: &Arc<Self>,
-        id: &str,
-        succeeded: bool,
-        failure: Option<(&str, &str)>,
-        event: &NewEvent,
-        record: bool,
-        audit: &str,
-        at_ms: i64,
-    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
-        self.finish_refund_inner(id, succeeded, failure, event, record, Some(audit.to_string()), at_ms).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_refund_inner(
-        self: &Arc<Self>,
-        id: &str,
-        succeeded: bool,
-        failure: Option<(&str, &str)>,
-        event: &NewEvent,
-        record: bool,
-        audit: Option<String>,
-        at_ms: i64,
-    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
+        let succeeded = failure.is_none();
+        let audit = audit.map(str::to_string);
         let (id, event) = (id.to_string(), event.clone());
         let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
         self.write(move |tx| {

@@ -869,3 +869,62 @@ async fn an_event_kind_this_posd_does_not_know_reads_back_as_its_text() {
     assert_eq!(crate::convert::event(&events[1]).kind, "from_a_newer_posd", "the register gets the text");
     assert_eq!(s.events_after(events[0].cursor, 10).unwrap().len(), 2, "a cursor before it reads it too");
 }
+
+#[tokio::test]
+async fn a_refund_settles_once_succeeded_without_a_failure_and_failed_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
+    let mut st = Status::Created;
+    for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }] {
+        let t = next(st, &input).unwrap();
+        st = s.apply("pay_k", &t, Update::default(), AT).await.unwrap().0.status;
+    }
+    assert_eq!(st, Status::Captured);
+    let refund = |id: &str| RefundRecord {
+        id: id.into(),
+        idempotency_key: format!("idem-{id}"),
+        payment_id: "pay_k".into(),
+        amount_minor: 100,
+        currency: "EUR".into(),
+        refund_key: format!("rk-{id}"),
+        status: RefundStatus::Pending,
+        reason: String::new(),
+        failure_code: String::new(),
+        failure_message: String::new(),
+        created_at_ms: AT,
+        updated_at_ms: AT,
+    };
+    for id in ["ref_ok", "ref_no"] {
+        assert!(matches!(s.reserve_refund(&refund(id)).await.unwrap(), Reservation::Created(_)));
+    }
+    let event = |message: &str| NewEvent {
+        kind: EventKind::RefundResolved,
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_k".into(),
+        message: message.into(),
+    };
+    let (ok, ev) = s.finish_refund("ref_ok", None, &event("booked"), true, Some("by ops"), AT + 1).await.unwrap();
+    assert_eq!((ok.status, ok.failure_code.as_str(), ok.updated_at_ms), (RefundStatus::Succeeded, "", AT + 1));
+    assert_eq!(ev.unwrap().message, "booked");
+    let failure = Some(("declined", "not booked"));
+    let (no, ev) = s.finish_refund("ref_no", failure, &event("not booked"), true, None, AT + 2).await.unwrap();
+    assert_eq!(
+        (no.status, no.failure_code.as_str(), no.failure_message.as_str()),
+        (RefundStatus::Failed, "declined", "not booked")
+    );
+    assert!(ev.is_some());
+    // Only the succeeded refund is queued for the gateway's ledger, and only
+    // the audited settlement is in the payment's history.
+    let records: Vec<(String, RecordKind)> =
+        s.pending_records(10).unwrap().into_iter().map(|r| (r.record_key, r.kind)).collect();
+    assert_eq!(records, [("rk-ref_ok".to_string(), RecordKind::Refund)]);
+    let history = s.history("pay_k").unwrap();
+    assert_eq!(history.iter().filter(|h| h.cause == "by ops").count(), 1);
+    // Settled already: returned as it stands, with no event, record or audit entry.
+    let late = Some(("late", "x"));
+    let (again, ev) = s.finish_refund("ref_ok", late, &event("again"), true, Some("again"), AT + 3).await.unwrap();
+    assert_eq!((again, ev), (ok, None));
+    assert_eq!(s.events_after(0, 10).unwrap().len(), 2);
+    assert_eq!(s.history("pay_k").unwrap().len(), history.len());
+}
