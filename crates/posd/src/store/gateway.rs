@@ -120,7 +120,8 @@ impl Store {
             if let Some(key) = earlier {
                 return Ok((key, true));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO batch_closes (terminal_id, batch_key, started_at_ms) VALUES (?1, ?2, ?3)",
                 params![terminal, candidate, at_ms],
             )?;
@@ -140,7 +141,7 @@ impl Store {
     ) -> Result<Option<EventRecord>, StoreError> {
         let terminal = terminal.to_string();
         self.write(move |tx| {
-            tx.execute("DELETE FROM batch_closes WHERE terminal_id = ?1", [&terminal])?;
+            exec(tx, "DELETE FROM batch_closes WHERE terminal_id = ?1", [&terminal])?;
             event.map(|e| insert_event(tx, &e, at_ms)).transpose()
         })
         .await
@@ -153,12 +154,14 @@ fn apply_gateway_event_in(
     e: &pos_proto::gateway::GatewayEvent,
     at_ms: i64,
 ) -> Result<Option<EventRecord>, StoreError> {
-    let inserted = tx.execute(
+    let inserted = exec(
+        tx,
         "INSERT OR IGNORE INTO gateway_events (event_id, sequence, kind, transaction_key, received_at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, at_ms],
     )? == 1;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO meta (key, value) VALUES ('gateway_event_sequence', ?1) \
          ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
         [e.sequence as i64],

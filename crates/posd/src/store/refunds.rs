@@ -118,7 +118,8 @@ impl Store {
         let (id, event) = (id.to_string(), event.clone());
         let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
         self.write(move |tx| {
-            let settled = tx.execute(
+            let settled = exec(
+                tx,
                 "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
                  WHERE id = ?1 AND status = 'pending'",
                 params![
@@ -136,7 +137,8 @@ impl Store {
                 audit_in(tx, &e.payment_id, at_ms, cause)?;
             }
             if settled && succeeded && record {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
                      SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
                     params![id, at_ms],
@@ -215,7 +217,8 @@ fn reserve_refund_in(tx: &Connection, r: RefundRecord) -> Result<Reservation, St
     if r.amount_minor <= 0 || committed + r.amount_minor > captured {
         return Ok(Reservation::Exceeds { captured, committed });
     }
-    tx.execute(
+    exec(
+        tx,
         &format!("INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             r.id,
