@@ -2,8 +2,8 @@
 //! each stores), the reads and listings of payments, and what a payment
 //! terminal that authorizes by itself reported.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 
 use pos_engine::{Status, Transition};
 use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
@@ -218,6 +218,23 @@ pub(super) const COLUMNS: &str = "id, idempotency_key, order_reference, terminal
     reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms, offline, \
     queued_at_ms, forward_attempts, last_error, captured_minor, device";
 
+/// The statements built from [`COLUMNS`] (and the outbox's next position),
+/// made once: every call then finds its statement in the connection's
+/// cache without formatting its text first.
+static BY_ID: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"));
+static BY_KEY: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"));
+/// A transition's payment as it now is, with its in-row history's length.
+static APPLIED: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"));
+/// Entering the outbox: its FIFO position and ageing-clock time are set once.
+static ENTER_OUTBOX: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
+         queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
+    )
+});
+
 pub(super) fn status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Status> {
     let s: String = r.get(i)?;
     Status::parse(&s).ok_or_else(|| {
@@ -345,11 +362,7 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        Ok(self
-            .reader()
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"))?
-            .query_row([id], row_to_payment)
-            .optional()?)
+        Ok(self.reader().prepare_cached(&BY_ID)?.query_row([id], row_to_payment).optional()?)
     }
 
     pub fn get_by_key(&self, key: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -530,9 +543,7 @@ fn apply_batch_in(
 
 /// The payment under a register's idempotency key.
 fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<PaymentRecord>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
-        .query_row([key], row_to_payment)
-        .optional()
+    conn.prepare_cached(&BY_KEY)?.query_row([key], row_to_payment).optional()
 }
 
 /// A new payment's row, with its first audit entry.
@@ -642,19 +653,13 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
         Data::Reversed => queue_record(tx, id, RecordKind::Reversal, at_ms)?,
     }
     if t.to == Status::OfflineApproved {
-        let sql = format!(
-            "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
-             queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
-        );
-        exec(tx, &sql, params![id, queued_at_ms.unwrap_or(at_ms)])?;
+        exec(tx, &ENTER_OUTBOX, params![id, queued_at_ms.unwrap_or(at_ms)])?;
     }
     if let Some(cause) = &audit {
         audit_in(tx, id, at_ms, cause)?;
     }
     let event = event.as_ref().map(|e| insert_event(tx, e, at_ms)).transpose()?;
-    let (rec, history_bytes) = tx
-        .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
-        .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
+    let (rec, history_bytes) = tx.prepare_cached(&APPLIED)?.query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
     move_long_history(tx, id, history_bytes)?;
     Ok((rec, event))
 }
