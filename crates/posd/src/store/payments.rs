@@ -300,7 +300,7 @@ impl Store {
     /// benchmarks' stored payments). A key already taken fails them all.
     pub async fn insert_batch(self: &Arc<Self>, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
         let (payments, caller) = (payments.to_vec(), caller.to_string());
-        self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, p, &caller))).await
+        self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, INSERT, p, &caller).map(drop))).await
     }
 
     /// Commits one transition made at `at_ms`: the status (only if it is
@@ -507,11 +507,13 @@ pub(super) fn insert_or_get_in(
 ) -> impl FnOnce(&Connection) -> Result<Inserted, StoreError> + Send + 'static {
     let (p, caller) = (p.clone(), caller.to_string());
     move |conn| {
-        if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
-            return Ok(Inserted::Existing(existing));
+        // Inserted first: the payment under a taken key (whichever lane
+        // took it) is read only when there is one.
+        if insert_in(conn, INSERT_UNLESS_KEY_TAKEN, &p, &caller)? == 1 {
+            return Ok(Inserted::New(p));
         }
-        insert_in(conn, &p, &caller)?;
-        Ok(Inserted::New(p))
+        let existing = payment_by_key(conn, &p.idempotency_key)?;
+        Ok(Inserted::Existing(existing.ok_or_else(|| StoreError::NotFound(p.idempotency_key))?))
     }
 }
 
@@ -546,13 +548,32 @@ fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<Payme
     conn.prepare_cached(&BY_KEY)?.query_row([key], row_to_payment).optional()
 }
 
-/// A new payment's row, with its first audit entry.
-fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), StoreError> {
-    exec(
+/// The insert of a new payment's row, with its first audit entry, followed
+/// by `$tail`.
+macro_rules! insert_payment {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device, history) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, json_array(json_array(0, '', ?8, ?13)))",
+            $tail
+        )
+    };
+}
+
+/// A new payment's row; a key taken fails the write.
+const INSERT: &str = insert_payment!("");
+/// A new payment's row unless its idempotency key is taken (then nothing is
+/// stored). Only that key: SQLite checks the conflict target's index first,
+/// and any other constraint (a taken id or gateway key) still fails the write.
+const INSERT_UNLESS_KEY_TAKEN: &str = insert_payment!(" ON CONFLICT (idempotency_key) DO NOTHING");
+
+/// A new payment's row, with its first audit entry, by `sql` ([`INSERT`] or
+/// [`INSERT_UNLESS_KEY_TAKEN`]); the rows inserted.
+fn insert_in(tx: &Connection, sql: &str, p: &PaymentRecord, caller: &str) -> Result<usize, StoreError> {
+    Ok(exec(
         tx,
-        "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
-         manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device, history) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, json_array(json_array(0, '', ?8, ?13)))",
+        sql,
         params![
             p.id,
             p.idempotency_key,
@@ -568,8 +589,7 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
             p.device,
             audit_text(&format!("payment requested by the register ({caller})"))
         ],
-    )?;
-    Ok(())
+    )?)
 }
 
 /// One transition made at `at_ms` inside the caller's transaction (see

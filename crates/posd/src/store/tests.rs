@@ -114,6 +114,40 @@ fn same_key_returns_the_existing_payment() {
 }
 
 #[test]
+fn a_key_taken_on_another_lane_returns_that_payment_and_stores_nothing() {
+    let (_d, s) = open();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
+    let other = PaymentRecord {
+        id: "pay_other".into(),
+        gateway_key: "gw-other".into(),
+        terminal_id: "lane-2".into(),
+        amount_minor: 99,
+        ..sample("k")
+    };
+    let Inserted::Existing(existing) = s.insert_or_get_blocking(&other, "test").unwrap() else {
+        panic!("stored under a key taken")
+    };
+    assert_eq!(existing, s.get("pay_k").unwrap().unwrap());
+    assert_eq!((existing.terminal_id.as_str(), existing.amount_minor), ("lane-1", 1234));
+    assert!(s.get("pay_other").unwrap().is_none());
+    assert_eq!(s.history("pay_k").unwrap().len(), 1, "no second audit entry");
+}
+
+#[test]
+fn an_id_or_gateway_key_taken_under_another_key_fails_the_insert() {
+    let (_d, s) = open();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
+    // Only a taken idempotency key answers with the payment under it; any
+    // other clash is an error, never a payment taken for the register's.
+    let same_id = PaymentRecord { id: "pay_k".into(), ..sample("k2") };
+    assert!(matches!(s.insert_or_get_blocking(&same_id, "test"), Err(StoreError::Db(_))));
+    let same_gateway_key = PaymentRecord { gateway_key: "gw-k".into(), ..sample("k3") };
+    assert!(matches!(s.insert_or_get_blocking(&same_gateway_key, "test"), Err(StoreError::Db(_))));
+    assert!(s.get_by_key("k2").unwrap().is_none());
+    assert!(s.get_by_key("k3").unwrap().is_none());
+}
+
+#[test]
 fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     let (_d, s) = open();
     assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
