@@ -2,7 +2,6 @@
 //! each stores), the reads and listings of payments, and what a payment
 //! terminal that authorizes by itself reported.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use pos_engine::{Status, Transition};
@@ -288,19 +287,22 @@ impl Store {
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
     /// the existing payment instead when the idempotency key is taken.
     pub async fn insert_or_get(self: &Arc<Self>, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
-        self.counted(self.write(insert_or_get_in(p, caller)).await)
+        self.counted(self.write(insert_or_get_in(p, caller)).await, payments_stored)
     }
 
     #[cfg(test)]
     pub fn insert_or_get_blocking(&self, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
-        self.write_blocking(insert_or_get_in(p, caller))
+        self.counted(self.write_blocking(insert_or_get_in(p, caller)), payments_stored)
     }
 
     /// Inserts many new payments in one commit (bulk loads, such as the
     /// benchmarks' stored payments). A key already taken fails them all.
     pub async fn insert_batch(self: &Arc<Self>, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
-        let (payments, caller) = (payments.to_vec(), caller.to_string());
-        self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, INSERT, p, &caller).map(drop))).await
+        let (payments, caller, n) = (payments.to_vec(), caller.to_string(), payments.len());
+        let inserted = self
+            .write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, INSERT, p, &caller).map(drop)))
+            .await;
+        self.counted(inserted, |_| n)
     }
 
     /// Commits one transition made at `at_ms`: the status (only if it is
@@ -315,7 +317,7 @@ impl Store {
         at_ms: i64,
     ) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update, at_ms)).await)
+        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update, at_ms)).await, |_| 1)
     }
 
     /// Commits transitions of one payment made at `at_ms` in order, in one
@@ -328,22 +330,18 @@ impl Store {
         at_ms: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let id = id.to_string();
-        let n = steps.len() as u64;
-        let applied = self
+        let applied: Result<Vec<Applied>, StoreError> = self
             .write_with(durability, move |conn| {
                 steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update, at_ms)).collect()
             })
             .await;
-        if applied.is_ok() {
-            self.payment_writes.fetch_add(n, Ordering::Relaxed);
-        }
-        applied
+        self.counted(applied, Vec::len)
     }
 
     #[cfg(test)]
     pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write_blocking(move |conn| apply_in(conn, &id, &t, update, at_ms))
+        self.counted(self.write_blocking(move |conn| apply_in(conn, &id, &t, update, at_ms)), |_| 1)
     }
 
     /// Commits many transitions made at `at_ms` at once (one disk sync),
@@ -498,6 +496,11 @@ impl Store {
         })
         .await
     }
+}
+
+/// The payment writes of an insert: one new payment, or none under a taken key.
+fn payments_stored(inserted: &Inserted) -> usize {
+    usize::from(matches!(inserted, Inserted::New(_)))
 }
 
 /// The write of [`Store::insert_or_get`].
