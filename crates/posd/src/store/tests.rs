@@ -962,3 +962,20 @@ async fn a_refund_settles_once_succeeded_without_a_failure_and_failed_with_one()
     assert_eq!(s.events_after(0, 10).unwrap().len(), 2);
     assert_eq!(s.history("pay_k").unwrap().len(), history.len());
 }
+
+#[tokio::test]
+async fn payment_writes_count_the_payments_and_transitions_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
+    assert!(!is_new(s.insert_or_get(&sample("k"), "test").await));
+    assert_eq!(s.payment_writes(), 1, "a taken key stores nothing");
+    s.insert_batch(&[sample("a"), sample("b")], "test").await.unwrap();
+    assert_eq!(s.payment_writes(), 3, "each payment of a bulk load");
+    let stale = next(Status::Collecting, &Input::CardRead).unwrap();
+    assert!(s.apply("pay_k", &stale, Update::default(), AT).await.is_err());
+    assert_eq!(s.payment_writes(), 3, "a refused transition stores nothing");
+    let start = next(Status::Created, &Input::Start).unwrap();
+    s.apply("pay_k", &start, Update::default(), AT).await.unwrap();
+    assert_eq!(s.payment_writes(), 4);
+}
