@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, named_params, params};
 
 use super::events::{EventKind, EventRecord, NewEvent, insert_event};
 use super::{Store, StoreError, exec};
@@ -65,26 +65,19 @@ impl Store {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         let error = error.to_string();
+        // Every attempt counts. Acknowledged: sent at `at_ms`, the last error
+        // kept; otherwise the error is the last one, and a refusal is final.
+        let sent = error.is_empty() && !refused;
         self.write(move |conn| {
-            if refused {
-                exec(
-                    conn,
-                    "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2, refused = 1 WHERE seq = ?1",
-                    params![seq, error],
-                )?;
-            } else if error.is_empty() {
-                exec(
-                    conn,
-                    "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
-                    params![seq, at_ms],
-                )?;
-            } else {
-                exec(
-                    conn,
-                    "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-                    params![seq, error],
-                )?;
-            }
+            exec(
+                conn,
+                "UPDATE gateway_records SET attempts = attempts + 1, \
+                 sent_at_ms = CASE WHEN :sent THEN :at ELSE sent_at_ms END, \
+                 last_error = CASE WHEN :sent THEN last_error ELSE :error END, \
+                 refused = CASE WHEN :refused THEN 1 ELSE refused END \
+                 WHERE seq = :seq",
+                named_params! {":seq": seq, ":sent": sent, ":at": at_ms, ":error": error, ":refused": refused},
+            )?;
             Ok(())
         })
         .await

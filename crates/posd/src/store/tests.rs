@@ -979,3 +979,41 @@ async fn payment_writes_count_the_payments_and_transitions_stored() {
     s.apply("pay_k", &start, Update::default(), AT).await.unwrap();
     assert_eq!(s.payment_writes(), 4);
 }
+
+#[tokio::test]
+async fn a_record_attempt_counts_and_keeps_what_its_outcome_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
+    for key in ["r-sent", "r-failed", "r-refused"] {
+        s.conn()
+            .execute(
+                "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+                 VALUES (?1, 'pay_k', 'sale', 1234, 'EUR', ?2)",
+                params![key, AT],
+            )
+            .unwrap();
+    }
+    let seq = |key: &str| -> i64 {
+        s.conn().query_row("SELECT seq FROM gateway_records WHERE record_key = ?1", [key], |r| r.get(0)).unwrap()
+    };
+    let (sent, failed, refused) = (seq("r-sent"), seq("r-failed"), seq("r-refused"));
+    s.record_attempt(sent, "unreachable", false, AT + 1).await.unwrap();
+    s.record_attempt(sent, "", false, AT + 2).await.unwrap();
+    s.record_attempt(failed, "unreachable", false, AT + 3).await.unwrap();
+    s.record_attempt(refused, "unknown terminal", true, AT + 4).await.unwrap();
+    let row = |seq: i64| -> (Option<i64>, i64, String, bool) {
+        s.conn()
+            .query_row(
+                "SELECT sent_at_ms, attempts, last_error, refused FROM gateway_records WHERE seq = ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(row(sent), (Some(AT + 2), 2, "unreachable".into(), false), "acknowledged; the last error kept");
+    assert_eq!(row(failed), (None, 1, "unreachable".into(), false));
+    assert_eq!(row(refused), (None, 1, "unknown terminal".into(), true));
+    let pending: Vec<i64> = s.pending_records(10).unwrap().into_iter().map(|r| r.seq).collect();
+    assert_eq!(pending, [failed], "neither the acknowledged nor the refused one is sent again");
+}
