@@ -520,8 +520,11 @@ pub(super) fn insert_or_get_in(
     }
 }
 
-/// The write of [`Store::apply_batch`]: each transition in a savepoint of
-/// its own, rolled back alone when the transition is refused.
+/// The write of [`Store::apply_batch`]: a refused transition is reported
+/// and the others go on. It needs no savepoint of its own: a refused
+/// transition wrote nothing (see [`apply_in`]), and any other error fails
+/// the whole write, which the group commit rolls back (its savepoint, or the
+/// transaction when alone).
 fn apply_batch_in(
     conn: &Connection,
     items: Vec<(String, Transition, Update)>,
@@ -529,16 +532,9 @@ fn apply_batch_in(
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(items.len());
     for (id, t, u) in items {
-        conn.execute_batch("SAVEPOINT batch_item")?;
         match apply_in(conn, &id, &t, u, at_ms) {
-            Ok(r) => {
-                conn.execute_batch("RELEASE batch_item")?;
-                out.push(Ok(r));
-            }
-            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => {
-                conn.execute_batch("ROLLBACK TO batch_item; RELEASE batch_item")?;
-                out.push(Err(e));
-            }
+            Ok(applied) => out.push(Ok(applied)),
+            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => out.push(Err(e)),
             // The whole write is rolled back by the group commit.
             Err(e) => return Err(e),
         }
@@ -596,7 +592,9 @@ fn insert_in(tx: &Connection, sql: &str, p: &PaymentRecord, caller: &str) -> Res
 }
 
 /// One transition made at `at_ms` inside the caller's transaction (see
-/// [`Store::apply`]).
+/// [`Store::apply`]). A refused transition ([`StoreError::Conflict`],
+/// [`StoreError::NotFound`]) writes nothing: the status check is its first
+/// statement, and once it moved the row, nothing after it returns them.
 fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
     let Update { data, event, audit } = update;
     let captured = match &data {
