@@ -1017,3 +1017,37 @@ async fn a_record_attempt_counts_and_keeps_what_its_outcome_says() {
     let pending: Vec<i64> = s.pending_records(10).unwrap().into_iter().map(|r| r.seq).collect();
     assert_eq!(pending, [failed], "neither the acknowledged nor the refused one is sent again");
 }
+
+#[tokio::test]
+async fn a_batch_of_transitions_that_fails_otherwise_than_by_a_refusal_keeps_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    for key in ["a", "b"] {
+        assert!(is_new(s.insert_or_get(&sample(key), "test").await));
+    }
+    // pay_b's reversal record is there already: queuing it again fails.
+    s.conn()
+        .execute(
+            "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+             VALUES ('gw-b:reversal', 'pay_b', 'reversal', 1234, 'EUR', ?1)",
+            [AT],
+        )
+        .unwrap();
+    let start = next(Status::Created, &Input::Start).unwrap();
+    let event = NewEvent {
+        kind: EventKind::Requeued,
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_a".into(),
+        message: "started".into(),
+    };
+    let items = vec![
+        ("pay_a".to_string(), start.clone(), Update { event: Some(event), ..Default::default() }),
+        ("pay_b".to_string(), start, Update { data: Data::Reversed, ..Default::default() }),
+    ];
+    let failed = s.apply_batch(items, AT).await;
+    assert!(matches!(failed, Err(StoreError::Db(_))), "{failed:?}");
+    assert_eq!(s.get("pay_a").unwrap().unwrap().status, Status::Created, "the first transition is rolled back too");
+    assert_eq!(s.history("pay_a").unwrap().len(), 1);
+    assert_eq!(s.get("pay_b").unwrap().unwrap().status, Status::Created);
+    assert!(s.events_after(0, 10).unwrap().is_empty());
+}
