@@ -249,8 +249,9 @@ pub enum Command {
     ShowResult {
         approved: bool,
     },
-    /// Send the authorization with the card read; feed back the gateway's
-    /// result as a `Gateway*` event.
+    /// Send the authorization with the card read, under `gateway_key`,
+    /// captured at once when `capture` (not for a manual-capture payment);
+    /// feed back the gateway's result as a `Gateway*` event.
     SendAuthorization {
         gateway_key: String,
         capture: bool,

@@ -114,8 +114,34 @@ pub fn scrub_with_limit(text: &str, limit: usize) -> String {
     cut
 }
 
+/// Every maximal run of ASCII digits joined by up to [`MAX_SEPARATORS`]
+/// spaces or hyphens, as its digits: the oracle the tests and the fuzz
+/// target check [`scrub`]'s output against (no run of [`PAN_MIN_DIGITS`] or
+/// more digits may remain), written apart from it. For tests only.
+#[doc(hidden)]
+pub fn digit_runs(text: &str) -> Vec<String> {
+    let spaced: String = text.chars().map(|c| if c == '-' { ' ' } else { c }).collect();
+    let mut runs: Vec<String> = Vec::new();
+    let mut gap = usize::MAX;
+    for c in spaced.chars() {
+        match c {
+            '0'..='9' if gap <= MAX_SEPARATORS && !runs.is_empty() => runs.last_mut().unwrap().push(c),
+            '0'..='9' => runs.push(c.to_string()),
+            ' ' if gap < usize::MAX => gap += 1,
+            _ => gap = usize::MAX,
+        }
+        if c.is_ascii_digit() {
+            gap = 0;
+        }
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
     use super::*;
     use crate::pan::luhn_valid;
 
@@ -202,98 +228,52 @@ mod tests {
         assert_eq!(scrub("12.34    2026-12-07    0815"), "12.34    2026-12-07    0815");
     }
 
-    /// Every maximal run of ASCII digits joined by up to three spaces or
-    /// hyphens, as digits: an oracle for what [`scrub`] must leave no card
-    /// number in, written apart from it.
-    fn digit_runs(text: &str) -> Vec<String> {
-        let spaced: String = text.chars().map(|c| if c == '-' { ' ' } else { c }).collect();
-        let mut runs: Vec<String> = Vec::new();
-        let mut gap = usize::MAX;
-        for c in spaced.chars() {
-            match c {
-                '0'..='9' if gap <= 3 && !runs.is_empty() => runs.last_mut().unwrap().push(c),
-                '0'..='9' => runs.push(c.to_string()),
-                ' ' if gap < usize::MAX => gap += 1,
-                _ => gap = usize::MAX,
-            }
-            if c.is_ascii_digit() {
-                gap = 0;
-            }
-        }
-        runs
-    }
-
-    /// A deterministic generator (xorshift64*), so the property test needs no
-    /// dependency and fails the same way every time.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-            from[self.below(from.len())]
-        }
-
-        /// A Luhn-valid card number of 13 to 19 digits.
-        fn pan(&mut self) -> String {
-            let len = 13 + self.below(7);
-            let mut pan: String = (0..len - 1).map(|_| char::from(b'0' + self.below(10) as u8)).collect();
+    /// A Luhn-valid card number of 13 to 19 digits.
+    fn card_number() -> impl Strategy<Value = String> {
+        proptest::collection::vec(0u8..10, 12..19).prop_map(|digits| {
+            let mut pan: String = digits.into_iter().map(|d| char::from(b'0' + d)).collect();
             let check = (b'0'..=b'9').map(char::from).find(|&d| luhn_valid(&format!("{pan}{d}"))).unwrap();
             pan.push(check);
             pan
-        }
-
-        /// Device text as an attacker or a broken device might send it.
-        fn text(&mut self) -> String {
-            const PIECES: &[&str] = &[
-                "a", "Z", "é", "€", "—", "…", "*", " ", "  ", "-", "--", ".", ":", "\n", "\r\n", "\t", "\x1b[2J",
-                "\x7f", "\0", "\u{85}", "\u{9b}", "\u{2028}", "\u{2029}", "\u{202e}", "\u{2067}", "\u{200b}",
-                "\u{feff}", "\u{a0}", "\u{2011}", "12.34", "123456",
-            ];
-            let mut out = String::new();
-            for _ in 0..self.below(40) {
-                match self.below(6) {
-                    0 => {
-                        // A card number, maybe grouped by a separator.
-                        let pan = self.pan();
-                        let sep = self.pick(&["", " ", "-", "\n", "\t", "\u{a0}", "\u{200b}", "  "]);
-                        let group = 3 + self.below(4);
-                        let chunks: Vec<String> =
-                            pan.as_bytes().chunks(group).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
-                        out.push_str(&chunks.join(sep));
-                    }
-                    1 | 2 => {
-                        for _ in 0..1 + self.below(8) {
-                            out.push(char::from(b'0' + self.below(10) as u8));
-                        }
-                    }
-                    3 => out.push(char::from_u32(self.below(0x3000) as u32).unwrap_or('?')),
-                    4 if self.below(4) == 0 => out.push_str("\n2026-01-01T00:00:00Z INFO forged"),
-                    _ => out.push_str(self.pick(PIECES)),
-                }
-            }
-            if self.below(20) == 0 {
-                out = out.repeat(1 + self.below(40));
-            }
-            out
-        }
+        })
     }
 
-    #[test]
-    fn scrubbed_text_never_holds_a_card_number_a_line_break_or_too_much() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        for round in 0..20_000 {
-            let text = rng.text();
-            let limit = if round % 4 == 0 { rng.below(40) } else { SCRUB_LIMIT };
+    /// One piece of device text as an attacker or a broken device might send it.
+    fn piece() -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            "a", "Z", "é", "€", "—", "…", "*", " ", "  ", "-", "--", ".", ":", "\n", "\r\n", "\t", "\x1b[2J", "\x7f",
+            "\0", "\u{85}", "\u{9b}", "\u{2028}", "\u{2029}", "\u{202e}", "\u{2067}", "\u{200b}", "\u{feff}", "\u{a0}",
+            "\u{2011}", "12.34", "123456",
+        ];
+        const SEPARATORS: &[&str] = &["", " ", "-", "\n", "\t", "\u{a0}", "\u{200b}", "  "];
+        prop_oneof![
+            // A card number, maybe grouped by a separator.
+            4 => (card_number(), select(SEPARATORS), 3usize..7).prop_map(|(pan, separator, group)| {
+                let groups: Vec<&str> = pan.as_bytes().chunks(group).map(|c| std::str::from_utf8(c).unwrap()).collect();
+                groups.join(separator)
+            }),
+            8 => "[0-9]{1,8}",
+            4 => (0u32..0x3000).prop_map(|c| char::from_u32(c).unwrap_or('?').to_string()),
+            1 => Just("\n2026-01-01T00:00:00Z INFO forged".to_string()),
+            7 => select(PIECES).prop_map(str::to_string),
+        ]
+    }
+
+    /// Device text: up to 40 pieces, now and then repeated many times.
+    fn device_text() -> impl Strategy<Value = String> {
+        let pieces = proptest::collection::vec(piece(), 0..40);
+        let times = prop_oneof![19 => Just(1usize), 1 => 1usize..41];
+        (pieces, times).prop_map(|(pieces, times)| pieces.concat().repeat(times))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn scrubbed_text_never_holds_a_card_number_a_line_break_or_too_much(
+            text in device_text(),
+            limit in prop_oneof![3 => Just(SCRUB_LIMIT), 1 => 0usize..40],
+        ) {
             let out = scrub_with_limit(&text, limit);
             assert!(out.chars().count() <= limit, "{text:?} -> {out:?}: longer than {limit}");
             assert!(!out.chars().any(is_unsafe_char), "{text:?} -> {out:?}: an unsafe character remains");

@@ -18,21 +18,10 @@ const MAC_CHARS: usize = 26;
 static KEY: LazyLock<[u8; 32]> = LazyLock::new(random_key);
 
 fn random_key() -> [u8; 32] {
-    use std::io::Read;
     let mut key = [0u8; 32];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
-    if read.is_err() {
-        // The standard library's hash keys, random per process, instead.
-        use std::hash::{BuildHasher, Hasher};
-        let state = std::collections::hash_map::RandomState::new();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        for (i, chunk) in key.chunks_mut(8).enumerate() {
-            let mut h = state.build_hasher();
-            h.write_usize(i);
-            h.write_u128(now);
-            chunk.copy_from_slice(&h.finish().to_le_bytes());
-        }
-    }
+    // The OS's random source (getrandom(2)). Without it posd could not make
+    // payment ids either (UUIDv7's random bits come from the same source).
+    getrandom::fill(&mut key).expect("the operating system's random source works");
     key
 }
 

@@ -307,7 +307,7 @@ impl Engine {
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, failure.is_none(), failure_ref, &event, false, now_ms())
+            .finish_refund(&refund.id, failure_ref, &event, false, None, now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if let Some(ev) = ev {

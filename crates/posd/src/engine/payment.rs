@@ -263,7 +263,9 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         match command {
             Command::Persist { steps, durability } => return Some(self.persist(steps, durability).await),
             Command::CollectCard => return Some(self.collect().await),
-            Command::SendAuthorization { .. } => return Some(self.authorize().await),
+            Command::SendAuthorization { gateway_key, capture } => {
+                return Some(self.authorize(gateway_key, capture).await);
+            }
             Command::ReadOfflineQueue { currency, fingerprint } => {
                 return Some(self.read_queue(&currency, &fingerprint).await);
             }
@@ -424,13 +426,18 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         }
     }
 
-    async fn authorize(&mut self) -> Event {
+    async fn authorize(&mut self, gateway_key: String, capture: bool) -> Event {
         let Some((info, blob)) = self.card.take() else {
             // The machine authorizes only a card stored with its data; should
             // that ever not hold, nothing is sent and nothing is charged.
             return Event::GatewayLocalFault { message: "no card data to send (posd's fault)".into() };
         };
-        let request = self.engine.authorize_request(&self.rec, &info, blob);
+        // Under the key and with the capture the machine sends it with.
+        let request = AuthorizeRequest {
+            transaction_key: gateway_key,
+            capture,
+            ..self.engine.authorize_request(&self.rec, &info, blob)
+        };
         let sent = std::time::Instant::now();
         let outcome = self.gateway.authorize(request).await;
         if !matches!(outcome, AuthOutcome::NotSent(_) | AuthOutcome::LocalFault(_)) {

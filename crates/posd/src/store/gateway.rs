@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, named_params, params};
 
 use super::events::{EventKind, EventRecord, NewEvent, insert_event};
 use super::{Store, StoreError, exec};
@@ -65,26 +65,19 @@ impl Store {
         at_ms: i64,
     ) -> Result<(), StoreError> {
         let error = error.to_string();
+        // Every attempt counts. Acknowledged: sent at `at_ms`, the last error
+        // kept; otherwise the error is the last one, and a refusal is final.
+        let sent = error.is_empty() && !refused;
         self.write(move |conn| {
-            if refused {
-                exec(
-                    conn,
-                    "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2, refused = 1 WHERE seq = ?1",
-                    params![seq, error],
-                )?;
-            } else if error.is_empty() {
-                exec(
-                    conn,
-                    "UPDATE gateway_records SET sent_at_ms = ?2, attempts = attempts + 1 WHERE seq = ?1",
-                    params![seq, at_ms],
-                )?;
-            } else {
-                exec(
-                    conn,
-                    "UPDATE gateway_records SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
-                    params![seq, error],
-                )?;
-            }
+            exec(
+                conn,
+                "UPDATE gateway_records SET attempts = attempts + 1, \
+                 sent_at_ms = CASE WHEN :sent THEN :at ELSE sent_at_ms END, \
+                 last_error = CASE WHEN :sent THEN last_error ELSE :error END, \
+                 refused = CASE WHEN :refused THEN 1 ELSE refused END \
+                 WHERE seq = :seq",
+                named_params! {":seq": seq, ":sent": sent, ":at": at_ms, ":error": error, ":refused": refused},
+            )?;
             Ok(())
         })
         .await
@@ -120,7 +113,8 @@ impl Store {
             if let Some(key) = earlier {
                 return Ok((key, true));
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO batch_closes (terminal_id, batch_key, started_at_ms) VALUES (?1, ?2, ?3)",
                 params![terminal, candidate, at_ms],
             )?;
@@ -140,7 +134,7 @@ impl Store {
     ) -> Result<Option<EventRecord>, StoreError> {
         let terminal = terminal.to_string();
         self.write(move |tx| {
-            tx.execute("DELETE FROM batch_closes WHERE terminal_id = ?1", [&terminal])?;
+            exec(tx, "DELETE FROM batch_closes WHERE terminal_id = ?1", [&terminal])?;
             event.map(|e| insert_event(tx, &e, at_ms)).transpose()
         })
         .await
@@ -153,12 +147,14 @@ fn apply_gateway_event_in(
     e: &pos_proto::gateway::GatewayEvent,
     at_ms: i64,
 ) -> Result<Option<EventRecord>, StoreError> {
-    let inserted = tx.execute(
+    let inserted = exec(
+        tx,
         "INSERT OR IGNORE INTO gateway_events (event_id, sequence, kind, transaction_key, received_at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![e.event_id, e.sequence as i64, e.kind, e.transaction_key, at_ms],
     )? == 1;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO meta (key, value) VALUES ('gateway_event_sequence', ?1) \
          ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
         [e.sequence as i64],

@@ -283,17 +283,25 @@ impl Store {
         self.unsynced_commits.load(Ordering::Relaxed)
     }
 
-    /// Of [`Store::write_counts`]'s writes, new payments and state changes
-    /// (each payment's share of the commits, apart from events, audit
-    /// entries, refunds and records).
+    /// Of what [`Store::write_counts`]'s writes stored, the new payments and
+    /// the transitions of a payment's own run (each payment's share of the
+    /// commits, apart from events, audit entries, refunds and records), one
+    /// each, however many a write carries; the forwarder's batches
+    /// ([`Store::apply_batch`]) are not counted.
     pub fn payment_writes(&self) -> u64 {
         self.payment_writes.load(Ordering::Relaxed)
     }
 
-    /// Counts a committed payment write.
-    pub(super) fn counted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
-        if r.is_ok() {
-            self.payment_writes.fetch_add(1, Ordering::Relaxed);
+    /// Counts, once a payment write committed, the new payments and
+    /// transitions it stored (`stored` of its result); a failed write counts
+    /// none. Every path that counts payment writes counts through it.
+    pub(super) fn counted<T>(
+        &self,
+        r: Result<T, StoreError>,
+        stored: impl FnOnce(&T) -> usize,
+    ) -> Result<T, StoreError> {
+        if let Ok(value) = &r {
+            self.payment_writes.fetch_add(stored(value) as u64, Ordering::Relaxed);
         }
         r
     }

@@ -168,7 +168,8 @@ impl Store {
         }
         let (key, payment_id) = (key.to_string(), payment_id.to_string());
         self.write(move |tx| {
-            let inserted = tx.execute(
+            let inserted = exec(
+                tx,
                 "INSERT OR IGNORE INTO gateway_sends (kind, op_key, payment_id, first_sent_at_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![kind, key, payment_id, at_ms],
             )?;
@@ -183,7 +184,7 @@ impl Store {
     pub async fn forget_send(self: &Arc<Self>, kind: SendKind, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
         self.write(move |tx| {
-            tx.execute("DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind, key])?;
+            exec(tx, "DELETE FROM gateway_sends WHERE kind = ?1 AND op_key = ?2", params![kind, key])?;
             Ok(())
         })
         .await

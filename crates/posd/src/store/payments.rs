@@ -2,8 +2,7 @@
 //! each stores), the reads and listings of payments, and what a payment
 //! terminal that authorizes by itself reported.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 
 use pos_engine::{Status, Transition};
 use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
@@ -218,6 +217,23 @@ pub(super) const COLUMNS: &str = "id, idempotency_key, order_reference, terminal
     reason_code, reason_message, auth_code, gateway_reference, demo, created_at_ms, updated_at_ms, offline, \
     queued_at_ms, forward_attempts, last_error, captured_minor, device";
 
+/// The statements built from [`COLUMNS`] (and the outbox's next position),
+/// made once: every call then finds its statement in the connection's
+/// cache without formatting its text first.
+static BY_ID: LazyLock<String> = LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"));
+static BY_KEY: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"));
+/// A transition's payment as it now is, with its in-row history's length.
+static APPLIED: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"));
+/// Entering the outbox: its FIFO position and ageing-clock time are set once.
+static ENTER_OUTBOX: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
+         queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
+    )
+});
+
 pub(super) fn status_col(r: &Row<'_>, i: usize) -> rusqlite::Result<Status> {
     let s: String = r.get(i)?;
     Status::parse(&s).ok_or_else(|| {
@@ -271,19 +287,22 @@ impl Store {
     /// Inserts a new payment in CREATED, with its first audit entry. Returns
     /// the existing payment instead when the idempotency key is taken.
     pub async fn insert_or_get(self: &Arc<Self>, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
-        self.counted(self.write(insert_or_get_in(p, caller)).await)
+        self.counted(self.write(insert_or_get_in(p, caller)).await, payments_stored)
     }
 
     #[cfg(test)]
     pub fn insert_or_get_blocking(&self, p: &PaymentRecord, caller: &str) -> Result<Inserted, StoreError> {
-        self.write_blocking(insert_or_get_in(p, caller))
+        self.counted(self.write_blocking(insert_or_get_in(p, caller)), payments_stored)
     }
 
     /// Inserts many new payments in one commit (bulk loads, such as the
     /// benchmarks' stored payments). A key already taken fails them all.
     pub async fn insert_batch(self: &Arc<Self>, payments: &[PaymentRecord], caller: &str) -> Result<(), StoreError> {
-        let (payments, caller) = (payments.to_vec(), caller.to_string());
-        self.write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, p, &caller))).await
+        let (payments, caller, n) = (payments.to_vec(), caller.to_string(), payments.len());
+        let inserted = self
+            .write(move |conn| payments.iter().try_for_each(|p| insert_in(conn, INSERT, p, &caller).map(drop)))
+            .await;
+        self.counted(inserted, |_| n)
     }
 
     /// Commits one transition made at `at_ms`: the status (only if it is
@@ -298,7 +317,7 @@ impl Store {
         at_ms: i64,
     ) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update, at_ms)).await)
+        self.counted(self.write(move |conn| apply_in(conn, &id, &t, update, at_ms)).await, |_| 1)
     }
 
     /// Commits transitions of one payment made at `at_ms` in order, in one
@@ -311,22 +330,18 @@ impl Store {
         at_ms: i64,
     ) -> Result<Vec<Applied>, StoreError> {
         let id = id.to_string();
-        let n = steps.len() as u64;
-        let applied = self
+        let applied: Result<Vec<Applied>, StoreError> = self
             .write_with(durability, move |conn| {
                 steps.into_iter().map(|(t, update)| apply_in(conn, &id, &t, update, at_ms)).collect()
             })
             .await;
-        if applied.is_ok() {
-            self.payment_writes.fetch_add(n, Ordering::Relaxed);
-        }
-        applied
+        self.counted(applied, Vec::len)
     }
 
     #[cfg(test)]
     pub fn apply_blocking(&self, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
         let (id, t) = (id.to_string(), t.clone());
-        self.write_blocking(move |conn| apply_in(conn, &id, &t, update, at_ms))
+        self.counted(self.write_blocking(move |conn| apply_in(conn, &id, &t, update, at_ms)), |_| 1)
     }
 
     /// Commits many transitions made at `at_ms` at once (one disk sync),
@@ -345,11 +360,7 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, StoreError> {
-        Ok(self
-            .reader()
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE id = ?1"))?
-            .query_row([id], row_to_payment)
-            .optional()?)
+        Ok(self.reader().prepare_cached(&BY_ID)?.query_row([id], row_to_payment).optional()?)
     }
 
     pub fn get_by_key(&self, key: &str) -> Result<Option<PaymentRecord>, StoreError> {
@@ -487,6 +498,11 @@ impl Store {
     }
 }
 
+/// The payment writes of an insert: one new payment, or none under a taken key.
+fn payments_stored(inserted: &Inserted) -> usize {
+    usize::from(matches!(inserted, Inserted::New(_)))
+}
+
 /// The write of [`Store::insert_or_get`].
 pub(super) fn insert_or_get_in(
     p: &PaymentRecord,
@@ -494,16 +510,21 @@ pub(super) fn insert_or_get_in(
 ) -> impl FnOnce(&Connection) -> Result<Inserted, StoreError> + Send + 'static {
     let (p, caller) = (p.clone(), caller.to_string());
     move |conn| {
-        if let Some(existing) = payment_by_key(conn, &p.idempotency_key)? {
-            return Ok(Inserted::Existing(existing));
+        // Inserted first: the payment under a taken key (whichever lane
+        // took it) is read only when there is one.
+        if insert_in(conn, INSERT_UNLESS_KEY_TAKEN, &p, &caller)? == 1 {
+            return Ok(Inserted::New(p));
         }
-        insert_in(conn, &p, &caller)?;
-        Ok(Inserted::New(p))
+        let existing = payment_by_key(conn, &p.idempotency_key)?;
+        Ok(Inserted::Existing(existing.ok_or_else(|| StoreError::NotFound(p.idempotency_key))?))
     }
 }
 
-/// The write of [`Store::apply_batch`]: each transition in a savepoint of
-/// its own, rolled back alone when the transition is refused.
+/// The write of [`Store::apply_batch`]: a refused transition is reported
+/// and the others go on. It needs no savepoint of its own: a refused
+/// transition wrote nothing (see [`apply_in`]), and any other error fails
+/// the whole write, which the group commit rolls back (its savepoint, or the
+/// transaction when alone).
 fn apply_batch_in(
     conn: &Connection,
     items: Vec<(String, Transition, Update)>,
@@ -511,16 +532,9 @@ fn apply_batch_in(
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(items.len());
     for (id, t, u) in items {
-        conn.execute_batch("SAVEPOINT batch_item")?;
         match apply_in(conn, &id, &t, u, at_ms) {
-            Ok(r) => {
-                conn.execute_batch("RELEASE batch_item")?;
-                out.push(Ok(r));
-            }
-            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => {
-                conn.execute_batch("ROLLBACK TO batch_item; RELEASE batch_item")?;
-                out.push(Err(e));
-            }
+            Ok(applied) => out.push(Ok(applied)),
+            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound(_))) => out.push(Err(e)),
             // The whole write is rolled back by the group commit.
             Err(e) => return Err(e),
         }
@@ -530,18 +544,35 @@ fn apply_batch_in(
 
 /// The payment under a register's idempotency key.
 fn payment_by_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<PaymentRecord>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM payments WHERE idempotency_key = ?1"))?
-        .query_row([key], row_to_payment)
-        .optional()
+    conn.prepare_cached(&BY_KEY)?.query_row([key], row_to_payment).optional()
 }
 
-/// A new payment's row, with its first audit entry.
-fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), StoreError> {
-    exec(
+/// The insert of a new payment's row, with its first audit entry, followed
+/// by `$tail`.
+macro_rules! insert_payment {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
+             manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device, history) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, json_array(json_array(0, '', ?8, ?13)))",
+            $tail
+        )
+    };
+}
+
+/// A new payment's row; a key taken fails the write.
+const INSERT: &str = insert_payment!("");
+/// A new payment's row unless its idempotency key is taken (then nothing is
+/// stored). Only that key: SQLite checks the conflict target's index first,
+/// and any other constraint (a taken id or gateway key) still fails the write.
+const INSERT_UNLESS_KEY_TAKEN: &str = insert_payment!(" ON CONFLICT (idempotency_key) DO NOTHING");
+
+/// A new payment's row, with its first audit entry, by `sql` ([`INSERT`] or
+/// [`INSERT_UNLESS_KEY_TAKEN`]); the rows inserted.
+fn insert_in(tx: &Connection, sql: &str, p: &PaymentRecord, caller: &str) -> Result<usize, StoreError> {
+    Ok(exec(
         tx,
-        "INSERT INTO payments (id, idempotency_key, order_reference, terminal_id, amount_minor, currency, \
-         manual_capture, status, gateway_key, demo, created_at_ms, updated_at_ms, device, history) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, json_array(json_array(0, '', ?8, ?13)))",
+        sql,
         params![
             p.id,
             p.idempotency_key,
@@ -557,12 +588,13 @@ fn insert_in(tx: &Connection, p: &PaymentRecord, caller: &str) -> Result<(), Sto
             p.device,
             audit_text(&format!("payment requested by the register ({caller})"))
         ],
-    )?;
-    Ok(())
+    )?)
 }
 
 /// One transition made at `at_ms` inside the caller's transaction (see
-/// [`Store::apply`]).
+/// [`Store::apply`]). A refused transition ([`StoreError::Conflict`],
+/// [`StoreError::NotFound`]) writes nothing: the status check is its first
+/// statement, and once it moved the row, nothing after it returns them.
 fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
     let Update { data, event, audit } = update;
     let captured = match &data {
@@ -642,19 +674,13 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
         Data::Reversed => queue_record(tx, id, RecordKind::Reversal, at_ms)?,
     }
     if t.to == Status::OfflineApproved {
-        let sql = format!(
-            "UPDATE payments SET offline = 1, queue_seq = COALESCE(queue_seq, ({NEXT_QUEUE_SEQ})), \
-             queued_at_ms = COALESCE(queued_at_ms, ?2) WHERE id = ?1"
-        );
-        exec(tx, &sql, params![id, queued_at_ms.unwrap_or(at_ms)])?;
+        exec(tx, &ENTER_OUTBOX, params![id, queued_at_ms.unwrap_or(at_ms)])?;
     }
     if let Some(cause) = &audit {
         audit_in(tx, id, at_ms, cause)?;
     }
     let event = event.as_ref().map(|e| insert_event(tx, e, at_ms)).transpose()?;
-    let (rec, history_bytes) = tx
-        .prepare_cached(&format!("SELECT {COLUMNS}, octet_length(history) FROM payments WHERE id = ?1"))?
-        .query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
+    let (rec, history_bytes) = tx.prepare_cached(&APPLIED)?.query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
     move_long_history(tx, id, history_bytes)?;
     Ok((rec, event))
 }

@@ -98,52 +98,28 @@ impl Store {
     }
 
     /// Settles a pending refund at `at_ms`, with its event, in one commit (a
-    /// refund settled already is returned as it stands, without an event).
-    /// With `record`, a succeeded refund also queues its record for the
-    /// gateway's ledger (a payment terminal's refund), in the same commit.
+    /// refund settled already is returned as it stands, without an event):
+    /// succeeded without a `failure`, failed with its code and message. With
+    /// `record`, a succeeded refund also queues its record for the gateway's
+    /// ledger (a payment terminal's refund); with `audit`, an entry in the
+    /// payment's history (who settled the refund, and how); both in the same
+    /// commit.
     pub async fn finish_refund(
         self: &Arc<Self>,
         id: &str,
-        succeeded: bool,
         failure: Option<(&str, &str)>,
         event: &NewEvent,
         record: bool,
+        audit: Option<&str>,
         at_ms: i64,
     ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
-        self.finish_refund_inner(id, succeeded, failure, event, record, None, at_ms).await
-    }
-
-    /// [`Store::finish_refund`] with an audit entry in the payment's history,
-    /// in the same commit (who settled the refund, and how).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish_refund_audited(
-        self: &Arc<Self>,
-        id: &str,
-        succeeded: bool,
-        failure: Option<(&str, &str)>,
-        event: &NewEvent,
-        record: bool,
-        audit: &str,
-        at_ms: i64,
-    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
-        self.finish_refund_inner(id, succeeded, failure, event, record, Some(audit.to_string()), at_ms).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_refund_inner(
-        self: &Arc<Self>,
-        id: &str,
-        succeeded: bool,
-        failure: Option<(&str, &str)>,
-        event: &NewEvent,
-        record: bool,
-        audit: Option<String>,
-        at_ms: i64,
-    ) -> Result<(RefundRecord, Option<EventRecord>), StoreError> {
+        let succeeded = failure.is_none();
+        let audit = audit.map(str::to_string);
         let (id, event) = (id.to_string(), event.clone());
         let (code, message) = failure.map(|(c, m)| (c.to_string(), m.to_string())).unwrap_or_default();
         self.write(move |tx| {
-            let settled = tx.execute(
+            let settled = exec(
+                tx,
                 "UPDATE refunds SET status = ?2, failure_code = ?3, failure_message = ?4, updated_at_ms = ?5 \
                  WHERE id = ?1 AND status = 'pending'",
                 params![
@@ -161,7 +137,8 @@ impl Store {
                 audit_in(tx, &e.payment_id, at_ms, cause)?;
             }
             if settled && succeeded && record {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT OR IGNORE INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
                      SELECT refund_key, payment_id, 'refund', amount_minor, currency, ?2 FROM refunds WHERE id = ?1",
                     params![id, at_ms],
@@ -240,7 +217,8 @@ fn reserve_refund_in(tx: &Connection, r: RefundRecord) -> Result<Reservation, St
     if r.amount_minor <= 0 || committed + r.amount_minor > captured {
         return Ok(Reservation::Exceeds { captured, committed });
     }
-    tx.execute(
+    exec(
+        tx,
         &format!("INSERT INTO refunds ({REFUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             r.id,

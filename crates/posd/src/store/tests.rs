@@ -114,6 +114,40 @@ fn same_key_returns_the_existing_payment() {
 }
 
 #[test]
+fn a_key_taken_on_another_lane_returns_that_payment_and_stores_nothing() {
+    let (_d, s) = open();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
+    let other = PaymentRecord {
+        id: "pay_other".into(),
+        gateway_key: "gw-other".into(),
+        terminal_id: "lane-2".into(),
+        amount_minor: 99,
+        ..sample("k")
+    };
+    let Inserted::Existing(existing) = s.insert_or_get_blocking(&other, "test").unwrap() else {
+        panic!("stored under a key taken")
+    };
+    assert_eq!(existing, s.get("pay_k").unwrap().unwrap());
+    assert_eq!((existing.terminal_id.as_str(), existing.amount_minor), ("lane-1", 1234));
+    assert!(s.get("pay_other").unwrap().is_none());
+    assert_eq!(s.history("pay_k").unwrap().len(), 1, "no second audit entry");
+}
+
+#[test]
+fn an_id_or_gateway_key_taken_under_another_key_fails_the_insert() {
+    let (_d, s) = open();
+    assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
+    // Only a taken idempotency key answers with the payment under it; any
+    // other clash is an error, never a payment taken for the register's.
+    let same_id = PaymentRecord { id: "pay_k".into(), ..sample("k2") };
+    assert!(matches!(s.insert_or_get_blocking(&same_id, "test"), Err(StoreError::Db(_))));
+    let same_gateway_key = PaymentRecord { gateway_key: "gw-k".into(), ..sample("k3") };
+    assert!(matches!(s.insert_or_get_blocking(&same_gateway_key, "test"), Err(StoreError::Db(_))));
+    assert!(s.get_by_key("k2").unwrap().is_none());
+    assert!(s.get_by_key("k3").unwrap().is_none());
+}
+
+#[test]
 fn card_data_is_deleted_in_the_commit_that_leaves_authorizing() {
     let (_d, s) = open();
     assert!(is_new(s.insert_or_get_blocking(&sample("k"), "test")));
@@ -868,4 +902,152 @@ async fn an_event_kind_this_posd_does_not_know_reads_back_as_its_text() {
     assert_eq!(events[2].kind, StoredEventKind::Known(EventKind::Online));
     assert_eq!(crate::convert::event(&events[1]).kind, "from_a_newer_posd", "the register gets the text");
     assert_eq!(s.events_after(events[0].cursor, 10).unwrap().len(), 2, "a cursor before it reads it too");
+}
+
+#[tokio::test]
+async fn a_refund_settles_once_succeeded_without_a_failure_and_failed_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
+    let mut st = Status::Created;
+    for input in [Input::Start, Input::CardRead, Input::Sending, Input::Approved { captured: true }] {
+        let t = next(st, &input).unwrap();
+        st = s.apply("pay_k", &t, Update::default(), AT).await.unwrap().0.status;
+    }
+    assert_eq!(st, Status::Captured);
+    let refund = |id: &str| RefundRecord {
+        id: id.into(),
+        idempotency_key: format!("idem-{id}"),
+        payment_id: "pay_k".into(),
+        amount_minor: 100,
+        currency: "EUR".into(),
+        refund_key: format!("rk-{id}"),
+        status: RefundStatus::Pending,
+        reason: String::new(),
+        failure_code: String::new(),
+        failure_message: String::new(),
+        created_at_ms: AT,
+        updated_at_ms: AT,
+    };
+    for id in ["ref_ok", "ref_no"] {
+        assert!(matches!(s.reserve_refund(&refund(id)).await.unwrap(), Reservation::Created(_)));
+    }
+    let event = |message: &str| NewEvent {
+        kind: EventKind::RefundResolved,
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_k".into(),
+        message: message.into(),
+    };
+    let (ok, ev) = s.finish_refund("ref_ok", None, &event("booked"), true, Some("by ops"), AT + 1).await.unwrap();
+    assert_eq!((ok.status, ok.failure_code.as_str(), ok.updated_at_ms), (RefundStatus::Succeeded, "", AT + 1));
+    assert_eq!(ev.unwrap().message, "booked");
+    let failure = Some(("declined", "not booked"));
+    let (no, ev) = s.finish_refund("ref_no", failure, &event("not booked"), true, None, AT + 2).await.unwrap();
+    assert_eq!(
+        (no.status, no.failure_code.as_str(), no.failure_message.as_str()),
+        (RefundStatus::Failed, "declined", "not booked")
+    );
+    assert!(ev.is_some());
+    // Only the succeeded refund is queued for the gateway's ledger, and only
+    // the audited settlement is in the payment's history.
+    let records: Vec<(String, RecordKind)> =
+        s.pending_records(10).unwrap().into_iter().map(|r| (r.record_key, r.kind)).collect();
+    assert_eq!(records, [("rk-ref_ok".to_string(), RecordKind::Refund)]);
+    let history = s.history("pay_k").unwrap();
+    assert_eq!(history.iter().filter(|h| h.cause == "by ops").count(), 1);
+    // Settled already: returned as it stands, with no event, record or audit entry.
+    let late = Some(("late", "x"));
+    let (again, ev) = s.finish_refund("ref_ok", late, &event("again"), true, Some("again"), AT + 3).await.unwrap();
+    assert_eq!((again, ev), (ok, None));
+    assert_eq!(s.events_after(0, 10).unwrap().len(), 2);
+    assert_eq!(s.history("pay_k").unwrap().len(), history.len());
+}
+
+#[tokio::test]
+async fn payment_writes_count_the_payments_and_transitions_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
+    assert!(!is_new(s.insert_or_get(&sample("k"), "test").await));
+    assert_eq!(s.payment_writes(), 1, "a taken key stores nothing");
+    s.insert_batch(&[sample("a"), sample("b")], "test").await.unwrap();
+    assert_eq!(s.payment_writes(), 3, "each payment of a bulk load");
+    let stale = next(Status::Collecting, &Input::CardRead).unwrap();
+    assert!(s.apply("pay_k", &stale, Update::default(), AT).await.is_err());
+    assert_eq!(s.payment_writes(), 3, "a refused transition stores nothing");
+    let start = next(Status::Created, &Input::Start).unwrap();
+    s.apply("pay_k", &start, Update::default(), AT).await.unwrap();
+    assert_eq!(s.payment_writes(), 4);
+}
+
+#[tokio::test]
+async fn a_record_attempt_counts_and_keeps_what_its_outcome_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    assert!(is_new(s.insert_or_get(&sample("k"), "test").await));
+    for key in ["r-sent", "r-failed", "r-refused"] {
+        s.conn()
+            .execute(
+                "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+                 VALUES (?1, 'pay_k', 'sale', 1234, 'EUR', ?2)",
+                params![key, AT],
+            )
+            .unwrap();
+    }
+    let seq = |key: &str| -> i64 {
+        s.conn().query_row("SELECT seq FROM gateway_records WHERE record_key = ?1", [key], |r| r.get(0)).unwrap()
+    };
+    let (sent, failed, refused) = (seq("r-sent"), seq("r-failed"), seq("r-refused"));
+    s.record_attempt(sent, "unreachable", false, AT + 1).await.unwrap();
+    s.record_attempt(sent, "", false, AT + 2).await.unwrap();
+    s.record_attempt(failed, "unreachable", false, AT + 3).await.unwrap();
+    s.record_attempt(refused, "unknown terminal", true, AT + 4).await.unwrap();
+    let row = |seq: i64| -> (Option<i64>, i64, String, bool) {
+        s.conn()
+            .query_row(
+                "SELECT sent_at_ms, attempts, last_error, refused FROM gateway_records WHERE seq = ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(row(sent), (Some(AT + 2), 2, "unreachable".into(), false), "acknowledged; the last error kept");
+    assert_eq!(row(failed), (None, 1, "unreachable".into(), false));
+    assert_eq!(row(refused), (None, 1, "unknown terminal".into(), true));
+    let pending: Vec<i64> = s.pending_records(10).unwrap().into_iter().map(|r| r.seq).collect();
+    assert_eq!(pending, [failed], "neither the acknowledged nor the refused one is sent again");
+}
+
+#[tokio::test]
+async fn a_batch_of_transitions_that_fails_otherwise_than_by_a_refusal_keeps_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
+    for key in ["a", "b"] {
+        assert!(is_new(s.insert_or_get(&sample(key), "test").await));
+    }
+    // pay_b's reversal record is there already: queuing it again fails.
+    s.conn()
+        .execute(
+            "INSERT INTO gateway_records (record_key, payment_id, kind, amount_minor, currency, created_at_ms) \
+             VALUES ('gw-b:reversal', 'pay_b', 'reversal', 1234, 'EUR', ?1)",
+            [AT],
+        )
+        .unwrap();
+    let start = next(Status::Created, &Input::Start).unwrap();
+    let event = NewEvent {
+        kind: EventKind::Requeued,
+        terminal_id: "lane-1".into(),
+        payment_id: "pay_a".into(),
+        message: "started".into(),
+    };
+    let items = vec![
+        ("pay_a".to_string(), start.clone(), Update { event: Some(event), ..Default::default() }),
+        ("pay_b".to_string(), start, Update { data: Data::Reversed, ..Default::default() }),
+    ];
+    let failed = s.apply_batch(items, AT).await;
+    assert!(matches!(failed, Err(StoreError::Db(_))), "{failed:?}");
+    assert_eq!(s.get("pay_a").unwrap().unwrap().status, Status::Created, "the first transition is rolled back too");
+    assert_eq!(s.history("pay_a").unwrap().len(), 1);
+    assert_eq!(s.get("pay_b").unwrap().unwrap().status, Status::Created);
+    assert!(s.events_after(0, 10).unwrap().is_empty());
 }

@@ -135,7 +135,7 @@ impl Engine {
                         (EventKind::RefundFailed, format!("the payment terminal refused the refund: {text}"))
                     };
                     let refund_event = event(kind, message);
-                    match self.store.finish_refund(&refund.id, ok, failure, &refund_event, true, now_ms()).await {
+                    match self.store.finish_refund(&refund.id, failure, &refund_event, true, None, now_ms()).await {
                         Ok((stored, ev)) => {
                             if let Some(ev) = ev {
                                 let _ = self.events.send(ev);
@@ -178,7 +178,7 @@ impl Engine {
                 let failed = event(EventKind::RefundFailed, format!("the payment terminal did not refund: {text}"));
                 let (stored, ev) = self
                     .store
-                    .finish_refund(&refund.id, false, Some((&code, &text)), &failed, false, now_ms())
+                    .finish_refund(&refund.id, Some((&code, &text)), &failed, false, None, now_ms())
                     .await
                     .inspect_err(|e| self.note_store_error(e))?;
                 if let Some(ev) = ev {
@@ -231,13 +231,13 @@ impl Engine {
                     refund.amount_minor, refund.currency
                 );
                 let succeeded = event(EventKind::RefundSucceeded, message);
-                self.store.finish_refund(&refund.id, true, None, &succeeded, true, now_ms()).await
+                self.store.finish_refund(&refund.id, None, &succeeded, true, None, now_ms()).await
             }
             Verdict::NotBooked(why) => {
                 let message = format!("the payment terminal did not refund: {why}");
                 let failure = Some(("terminal_not_booked", why.as_str()));
                 let failed = event(EventKind::RefundFailed, message);
-                self.store.finish_refund(&refund.id, false, failure, &failed, false, now_ms()).await
+                self.store.finish_refund(&refund.id, failure, &failed, false, None, now_ms()).await
             }
             Verdict::Undetermined(why) => return Err(self.refund_left_to_a_person(&refund, rec, &why).await),
         };
@@ -283,7 +283,7 @@ impl Engine {
                 message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
             };
             let failure = Some(("interrupted", why));
-            match self.store.finish_refund(&refund.id, false, failure, &event, false, now_ms()).await {
+            match self.store.finish_refund(&refund.id, failure, &event, false, None, now_ms()).await {
                 Ok((_, Some(ev))) => drop(self.events.send(ev)),
                 Ok((_, None)) => {}
                 Err(e) => self.note_store_error(&e),
@@ -352,7 +352,7 @@ impl Engine {
         let failure = (!booked).then_some(("resolved_not_booked", message.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund_audited(&refund.id, booked, failure, &event, booked && rec.on_terminal(), &message, now_ms())
+            .finish_refund(&refund.id, failure, &event, booked && rec.on_terminal(), Some(message.as_str()), now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         drop(hold);
