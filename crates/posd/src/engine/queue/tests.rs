@@ -4,6 +4,8 @@
 //! after the gateway booked the batch, no answer in time, credentials
 //! refused, items refused), asserted on posd's store and on the ledger.
 
+use std::time::Duration;
+
 use gateway_sim::Fault;
 use pos_engine::Status;
 
@@ -183,4 +185,22 @@ async fn an_item_the_gateway_refuses_is_quarantined_or_declined_alone() {
     let charge = r.gateway.charge(&mismatch.gateway_key).unwrap();
     assert_eq!((r.stored(&mismatch.id).status, charge.status.as_str()), (Status::Captured, "approved"));
     assert_eq!(r.gateway.charges().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payment_never_sent_expires_once_the_ageing_clock_passes_expire_after() {
+    let r = rig().await;
+    let payments = queued(&r, &[1_000]).await;
+    let f = r.engine.settings.forward.clone();
+
+    r.engine.age_queue(&f).await;
+    assert_eq!(r.stored(&payments[0].id).status, Status::OfflineApproved, "young enough");
+
+    tokio::time::advance(f.expire_after + Duration::from_secs(1)).await;
+    r.engine.age_queue(&f).await;
+    let p = r.stored(&payments[0].id);
+    assert_eq!(p.status, Status::Expired);
+    assert!(r.engine.store.has_event(EventKind::Expired, &p.id, "not forwarded within 72h").unwrap());
+    assert_eq!(r.engine.store.encrypted_card(&p.id).unwrap(), None, "its card data is deleted");
+    assert!(r.gateway.charges().is_empty(), "nothing is charged");
 }
