@@ -3,10 +3,13 @@
 //! While posd runs, time advances with the monotonic clock. At start-up it
 //! resumes from the later of the wall clock and the last time posd saw
 //! (persisted), so a clock set backwards never makes a queued payment younger.
-//! Jumps between the wall clock and the ageing clock are logged.
+//! Jumps between the wall clock and the ageing clock are logged. The
+//! monotonic clock is tokio's (the system's outside tests), so a test under
+//! tokio's paused clock ages the queue by advancing it.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use crate::store::{Store, now_ms};
 

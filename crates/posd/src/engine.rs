@@ -32,6 +32,8 @@ mod printing;
 mod queue;
 mod recovery;
 mod terminal;
+#[cfg(test)]
+mod test_support;
 
 use crate::clock::AgeClock;
 use crate::convert;

@@ -175,7 +175,16 @@ pub struct Gateway {
     last_error: std::sync::Mutex<String>,
     /// See [`Gateway::local_faults`].
     local_faults: std::sync::atomic::AtomicU64,
+    /// Tests: connections come from here instead of the network.
+    #[cfg(test)]
+    dial: Option<Dial>,
 }
+
+/// Tests: opens one connection to a gateway served in the same process
+/// (one end of an in-memory pipe), or refuses it as a gateway that is down
+/// would. See [`Gateway::in_process`].
+#[cfg(test)]
+pub(crate) type Dial = std::sync::Arc<dyn Fn() -> std::io::Result<tokio::io::DuplexStream> + Send + Sync>;
 
 /// Why no connection to the gateway was made.
 #[derive(Debug)]
@@ -269,7 +278,19 @@ impl Gateway {
             online: watch::Sender::new(false),
             last_error: Default::default(),
             local_faults: Default::default(),
+            #[cfg(test)]
+            dial: None,
         })
+    }
+
+    /// Tests: a client whose connections `dial` makes (in-memory pipes to a
+    /// gateway service in the same process) instead of TCP. Everything from
+    /// the connection on is [`Gateway::new`]'s: a connection per call, the
+    /// timeouts, what counts as not sent, scrubbing. A refused dial is a
+    /// refused TCP connect (not sent, the gateway unreachable).
+    #[cfg(test)]
+    pub(crate) fn in_process(settings: GatewaySettings, dial: Dial) -> anyhow::Result<Self> {
+        Ok(Self { dial: Some(dial), ..Self::new(settings)? })
     }
 
     pub fn url(&self) -> &str {
@@ -491,7 +512,7 @@ impl Gateway {
     /// Connects, telling a network that does not reach the gateway from a
     /// fault on this machine. Only the first makes the gateway "offline".
     async fn connect_classified(&self) -> Result<Client<Channel>, ConnectError> {
-        match self.endpoint.connect().await {
+        match self.open().await {
             Ok(channel) => Ok(Client::new(channel)),
             Err(e) => {
                 // The chain may quote the gateway (its certificate's names, say).
@@ -510,6 +531,19 @@ impl Gateway {
                 Err(ConnectError { message, network })
             }
         }
+    }
+
+    /// A new connection to the gateway (in tests, possibly through the dialer).
+    async fn open(&self) -> Result<Channel, tonic::transport::Error> {
+        #[cfg(test)]
+        if let Some(dial) = &self.dial {
+            let dial = dial.clone();
+            let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+                std::future::ready(dial().map(hyper_util::rt::TokioIo::new))
+            });
+            return self.endpoint.connect_with_connector(connector).await;
+        }
+        self.endpoint.connect().await
     }
 
     /// Connections to the gateway that failed for a reason on this machine

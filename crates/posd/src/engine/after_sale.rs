@@ -532,3 +532,6 @@ fn call_error(e: CallError, earlier: bool) -> EngineError {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

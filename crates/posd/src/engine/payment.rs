@@ -121,7 +121,7 @@ impl Engine {
         }
     }
 
-    fn reader_settings(&self, offline: OfflinePolicy) -> machine::Settings {
+    pub(super) fn reader_settings(&self, offline: OfflinePolicy) -> machine::Settings {
         machine::Settings {
             collect_timeout: self.settings.collect_timeout,
             status_attempts: self.settings.status_attempts,
@@ -135,7 +135,7 @@ impl Engine {
     /// the reader, the register's cancel or its own deadline. As before the
     /// machine, the register's cancel is not read while a commit or a
     /// gateway call is in flight. Returns how the run ended.
-    async fn drive_reader<G: Authorizer, R: CardReader>(
+    pub(super) async fn drive_reader<G: Authorizer, R: CardReader>(
         &self,
         gateway: &G,
         reader: Option<&R>,
@@ -510,7 +510,7 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn payment_of(rec: &PaymentRecord) -> machine::Payment {
+pub(super) fn payment_of(rec: &PaymentRecord) -> machine::Payment {
     machine::Payment {
         id: rec.id.clone(),
         status: rec.status,

@@ -598,3 +598,6 @@ fn jitter(d: Duration) -> Duration {
     let r = RandomState::new().hash_one(std::time::Instant::now()) % 401;
     d * (800 + r as u32) / 1000
 }
+
+#[cfg(test)]
+mod tests;

@@ -161,3 +161,6 @@ impl Engine {
 /// What a lane's payment terminal may have booked when posd stopped: its
 /// payment in doubt, and its refunds in doubt with their payments.
 type InDoubtOnTerminal = (Option<PaymentRecord>, Vec<(RefundRecord, PaymentRecord)>);
+
+#[cfg(test)]
+mod tests;

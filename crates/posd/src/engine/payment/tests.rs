@@ -18,15 +18,14 @@ use tokio::time::Instant;
 
 use super::{Authorizer, CardReader, payment_of, well_masked};
 use crate::convert;
-use crate::engine::{Engine, EngineSettings, ForwardSettings, LAST_ONLINE, Live};
+use crate::engine::test_support::{COLLECT_TIMEOUT, STATUS_BACKOFF, settings};
+use crate::engine::{Engine, LAST_ONLINE, Live};
 use crate::gateway::{AuthOutcome, Gateway, GatewaySettings};
 use crate::lane::ReaderEvent;
 use crate::store::{EventKind, Inserted, PaymentRecord, Store, now_ms};
 
 const LANE: &str = "lane-1";
 const KEY: &str = "GWKEY1K";
-const COLLECT_TIMEOUT: Duration = Duration::from_secs(30);
-const STATUS_BACKOFF: Duration = Duration::from_millis(500);
 
 /// A gateway that answers from a script and notes each call with the
 /// (paused) time it came.
@@ -158,31 +157,6 @@ async fn bench() -> Bench {
     engine.live.lock().unwrap().insert(rec.id.clone(), live);
     engine.busy.lock().unwrap().insert(LANE.into(), rec.id.clone());
     Bench { _dir: dir, engine, rec, register, cancel, commits_before }
-}
-
-fn settings() -> EngineSettings {
-    let d = Duration::from_secs(1);
-    EngineSettings {
-        store_id: "store-1".into(),
-        demo: false,
-        collect_timeout: COLLECT_TIMEOUT,
-        capture_window: None,
-        status_attempts: 3,
-        status_backoff: STATUS_BACKOFF,
-        reversal_backoff: (d, d),
-        forward: ForwardSettings {
-            batch_size: 10,
-            retry_first: d,
-            retry_max: d,
-            health_interval: d,
-            ageing_interval: d,
-            expire_after: Duration::from_secs(72 * 3600),
-            alert_after: Duration::from_secs(12 * 3600),
-            stop_after: Duration::from_secs(24 * 3600),
-        },
-        receipt: crate::receipt::ReceiptSettings { header: vec![], footer: vec![], tz: jiff::tz::TimeZone::UTC },
-        auto_print: vec![],
-    }
 }
 
 impl Bench {
