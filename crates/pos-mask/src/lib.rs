@@ -32,6 +32,6 @@ mod text;
 
 pub use id::{crockford32, crockford32_decode};
 pub use pan::{PAN_MIN_DIGITS, is_well_masked, luhn_valid, mask_pan, well_masked};
-pub use text::{CUT_MARKER, MAX_SEPARATORS, SCRUB_LIMIT, is_digit_separator, is_unsafe_char, scrub, scrub_with_limit};
 #[doc(hidden)]
 pub use text::digit_runs;
+pub use text::{CUT_MARKER, MAX_SEPARATORS, SCRUB_LIMIT, is_digit_separator, is_unsafe_char, scrub, scrub_with_limit};

@@ -680,7 +680,8 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
         audit_in(tx, id, at_ms, cause)?;
     }
     let event = event.as_ref().map(|e| insert_event(tx, e, at_ms)).transpose()?;
-    let (rec, history_bytes) = tx.prepare_cached(&APPLIED)?.query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
+    let (rec, history_bytes) =
+        tx.prepare_cached(&APPLIED)?.query_row([id], |r| Ok((row_to_payment(r)?, r.get(30)?)))?;
     move_long_history(tx, id, history_bytes)?;
     Ok((rec, event))
 }
