@@ -654,7 +654,7 @@ impl TerminalPayment {
                     format!("The payment terminal is busy ({text}); take the payment again. Nothing was charged."),
                 ),
                 _ => failed(
-                    &format!("terminal_{code:02x}"),
+                    format!("terminal_{code:02x}").as_str(),
                     format!("The payment terminal ended the payment: {text}. Nothing was charged."),
                 ),
             },
