@@ -10,6 +10,8 @@
 //! - this file: [`Status`], [`Input`], [`Effect`], the transition table [`next`] and [`recovery`].
 //! - [`payment`]: one payment on a lane's card reader as a sans-IO machine driven on
 //!   [`next`] (events and `now` in, commands out), and its start-up decision.
+//! - [`terminal`]: one payment on a payment terminal that authorizes by itself (ZVT),
+//!   the same way, and its start-up decision.
 //! - [`offline`]: the offline approval rules.
 //! - [`money`]: currencies and minor units.
 //!
@@ -34,6 +36,7 @@
 pub mod money;
 pub mod offline;
 pub mod payment;
+pub mod terminal;
 
 use std::fmt;
 

@@ -221,11 +221,12 @@ pub enum Data {
     },
 }
 
-/// One transition to commit, with what it stores.
+/// One transition to commit, with what it stores (`D`: [`Data`] on a card
+/// reader, [`crate::terminal::Data`] on a payment terminal).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
+pub struct Step<D = Data> {
     pub transition: Transition,
-    pub data: Data,
+    pub data: D,
 }
 
 /// What the runtime must do, in order.
@@ -290,7 +291,9 @@ pub enum Command {
 /// How a payment's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The payment reached this status, settled for the register and committed.
+    /// The payment reached this status, committed: settled for the register
+    /// or, on a payment terminal, left UNKNOWN for a person (the register
+    /// was told so).
     Settled(Status),
     /// A commit failed, or the state machine refused a step: the payment is
     /// left as stored, for the next start to settle.
@@ -812,7 +815,7 @@ pub fn recover(status: Status) -> Result<Recover, TransitionError> {
     })
 }
 
-fn refused(e: &TransitionError) -> String {
+pub(crate) fn refused(e: &TransitionError) -> String {
     format!("refused by the payment state machine: {e}")
 }
 

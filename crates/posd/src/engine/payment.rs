@@ -8,7 +8,7 @@
 //! the run began, so a paused clock drives its deadlines. The gateway and the
 //! reader are reached through [`Authorizer`] and [`CardReader`], so the
 //! driver runs against fakes in this module's tests. A payment terminal
-//! (ZVT) is driven by `terminal`.
+//! (ZVT) is driven by `terminal`, the same way.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -97,7 +97,7 @@ impl Engine {
         mut cancel: mpsc::Receiver<()>,
     ) {
         match &lane.device {
-            CardDevice::Zvt(zvt) => self.run_on_terminal(&lane, zvt, rec, &mut cancel).await,
+            CardDevice::Zvt(zvt) => self.run_on_terminal(zvt, rec, &mut cancel).await,
             CardDevice::Reader(_) => {
                 let id = rec.id.clone();
                 let payment = ReaderPayment::new(payment_of(&rec), self.reader_settings(lane.offline.clone()));
@@ -494,7 +494,7 @@ async fn next_reader_event(collected: &mut Option<mpsc::UnboundedReceiver<Reader
 }
 
 /// Returns when the register asks to cancel; never once its channel closed.
-async fn register_cancel(cancel: Option<&mut mpsc::Receiver<()>>) {
+pub(super) async fn register_cancel(cancel: Option<&mut mpsc::Receiver<()>>) {
     if let Some(rx) = cancel
         && rx.recv().await.is_some()
     {
@@ -503,7 +503,8 @@ async fn register_cancel(cancel: Option<&mut mpsc::Receiver<()>>) {
     std::future::pending().await
 }
 
-async fn until(deadline: Option<tokio::time::Instant>) {
+/// Returns at the deadline; never without one.
+pub(super) async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pos_engine::payment::{Recover, Step, recover as reader_recovery};
-use pos_engine::{Input, Recovery, Status};
+use pos_engine::terminal::{Recover as TerminalRecover, recover as terminal_recovery};
+use pos_engine::{Input, Status};
 use pos_proto::gateway::{Outcome, ReverseRequest};
 
 use super::{Engine, StepError};
@@ -39,19 +40,21 @@ impl Engine {
         }
         for rec in self.store.unfinished()? {
             if rec.on_terminal() {
-                match pos_engine::recovery_on_terminal(rec.status) {
-                    Recovery::Interrupt => {
-                        self.step(&rec, Input::Interrupted, Update::default()).await?;
+                // Left to a person before (asked only for a payment in doubt).
+                let left = || {
+                    let left = self.store.has_event(EventKind::TerminalOutcomeUnknown, &rec.id, "");
+                    left.map_err(StepError::from)
+                };
+                match terminal_recovery(rec.status, left)? {
+                    TerminalRecover::Nothing => {}
+                    TerminalRecover::Persist(step) => {
+                        self.commit_step(&rec, step).await?;
                     }
-                    // Already left for a person: asking again changes nothing.
-                    Recovery::AskTerminal
-                        if self.store.has_event(EventKind::TerminalOutcomeUnknown, &rec.id, "")? => {}
-                    Recovery::AskTerminal => {
+                    TerminalRecover::Settle => {
                         tracing::info!(payment = %rec.id, status = %rec.status, "asking the payment terminal about a payment in doubt");
                         let terminal = rec.terminal_id.clone();
                         on_terminal.entry(terminal).or_default().0 = Some(rec);
                     }
-                    _ => {}
                 }
                 continue;
             }
@@ -80,7 +83,7 @@ impl Engine {
 
     /// Commits a start-up step (it stores no data besides its transition)
     /// and publishes it and performs its effects as [`Engine::step`] does.
-    async fn commit_step(&self, rec: &PaymentRecord, step: Step) -> Result<PaymentRecord, StepError> {
+    async fn commit_step<D>(&self, rec: &PaymentRecord, step: Step<D>) -> Result<PaymentRecord, StepError> {
         let Step { transition, .. } = step;
         let applied = self
             .store

@@ -1,37 +1,96 @@
 //! Payments on a payment terminal that authorizes by itself (ZVT).
 //!
 //! The terminal decides with its own acquirer; posd records what it decided.
-//! A result (04 0F) is committed — CONFIRMING, with the terminal's receipt
+//! Every decision of that path is `pos_engine::terminal::TerminalPayment`'s:
+//! a result (04 0F) is committed — CONFIRMING, with the terminal's receipt
 //! number — before posd sends the `80 00` that completes the payment at the
-//! terminal, and becomes CAPTURED once that `80 00` is out. Whenever posd
+//! terminal, and becomes CAPTURED once that `80 00` is out; whenever posd
 //! cannot know what the terminal booked (the line failed mid-payment, posd
 //! restarted), it asks the terminal (Repeat Receipt) and reports exactly
 //! what the terminal shows, once — or leaves the payment UNKNOWN for a
-//! person, never guessing "approved". Approved payments are recorded in the
-//! chain's ledger through the gateway-records outbox, each exactly once.
+//! person, never guessing "approved". [`Engine::drive_terminal`] is the thin
+//! driver: it performs the machine's commands (commits, the terminal, the
+//! register) and feeds back what came of each. The terminal is reached
+//! through [`PaymentTerminal`], so the driver runs against a fake in this
+//! module's tests. Approved payments are recorded in the chain's ledger
+//! through the gateway-records outbox, each exactly once.
 //!
 //! What follows the sale on the terminal (refunds, reversals, end-of-day,
 //! refunds settled by a person) is in `after_sale`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pos_engine::{Input, Status};
+use pos_engine::terminal::{
+    self as machine, Asked, Asking, Command, Data, Event, Log, Millis, Repeat, Stage, StatusInfo, Step, Stored,
+    TerminalPayment,
+};
+use pos_engine::{Input, Status, Transition};
 use pos_proto::gateway::{TerminalRecord, TerminalRecordKind};
-use pos_proto::terminal as pb;
 use pos_zvt::{Bmps, Message, codes};
 use tokio::sync::{mpsc, oneshot};
 
+use super::payment::{register_cancel, until};
 use super::{Engine, EngineError, StepError, step_error};
+use crate::convert;
 use crate::failpoint;
-use crate::lane::Lane;
 use crate::store::{
-    CardInfo, Data, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalData, TerminalResult, Update,
-    now_ms,
+    self, CardInfo, Durability, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalData,
+    TerminalResult, Update, now_ms,
 };
-use crate::zvt::{Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
+use crate::zvt::{AbortHandle, Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
 mod after_sale;
+
+/// What a payment asks of the lane's payment terminal ([`ZvtTerminal`]'s,
+/// or a fake's).
+pub(super) trait PaymentTerminal: Sync {
+    /// What asks the running command to abort.
+    type Abort: Abort + Send + Sync;
+    /// Runs a command; its course arrives on the channel and ends with
+    /// [`ZvtEvent::Done`]. See [`ZvtTerminal::run`].
+    fn run(&self, command: Message) -> impl Future<Output = (mpsc::UnboundedReceiver<ZvtEvent>, Self::Abort)> + Send;
+    /// The payment command (06 01) for `amount_minor` in the lane's currency.
+    fn payment_command(&self, amount_minor: u64) -> Message;
+    /// Repeat Receipt (06 20), with the terminal's password.
+    fn repeat_receipt_command(&self) -> Message;
+    /// How long a Repeat Receipt may take in all.
+    fn repeat_receipt_bound(&self) -> Duration;
+}
+
+/// Asks a running command to abort (06 B0); the terminal may refuse once
+/// the card is being authorized.
+pub(super) trait Abort {
+    fn abort(&self);
+}
+
+impl Abort for AbortHandle {
+    fn abort(&self) {
+        AbortHandle::abort(self);
+    }
+}
+
+impl PaymentTerminal for ZvtTerminal {
+    type Abort = AbortHandle;
+
+    fn run(&self, command: Message) -> impl Future<Output = (mpsc::UnboundedReceiver<ZvtEvent>, AbortHandle)> + Send {
+        ZvtTerminal::run(self, command)
+    }
+
+    fn payment_command(&self, amount_minor: u64) -> Message {
+        Message::authorization(amount_minor, self.settings.currency)
+    }
+
+    fn repeat_receipt_command(&self) -> Message {
+        Message::RepeatReceipt(self.with_password(Bmps::default()))
+    }
+
+    /// T4, and a second.
+    fn repeat_receipt_bound(&self) -> Duration {
+        self.settings.t4 + Duration::from_secs(1)
+    }
+}
 
 /// The terminal's last receipt number posd saw, per lane.
 fn last_receipt_key(lane: &str) -> String {
@@ -39,12 +98,12 @@ fn last_receipt_key(lane: &str) -> String {
 }
 
 /// The register's stage for a terminal's intermediate status.
-fn stage(code: u8) -> pb::PaymentStage {
+fn stage(code: u8) -> Stage {
     match codes::progress(code) {
-        codes::Progress::WaitingForCard => pb::PaymentStage::PresentCard,
-        codes::Progress::Pin => pb::PaymentStage::PinEntry,
-        codes::Progress::Authorizing => pb::PaymentStage::Authorizing,
-        codes::Progress::Other => pb::PaymentStage::Reading,
+        codes::Progress::WaitingForCard => Stage::PresentCard,
+        codes::Progress::Pin => Stage::PinEntry,
+        codes::Progress::Authorizing => Stage::Authorizing,
+        codes::Progress::Other => Stage::Reading,
     }
 }
 
@@ -69,6 +128,38 @@ fn card(o: &Outcome) -> Option<(CardInfo, Vec<u8>)> {
 /// authorization code and the result.
 fn terminal_data(o: &Outcome) -> TerminalData {
     TerminalData { card: card(o), auth_code: Some(o.auth_code.clone()), result: terminal_result(o) }
+}
+
+/// What the machine's decisions need of a terminal's result.
+fn status_info(o: &Outcome) -> StatusInfo {
+    StatusInfo {
+        result_code: o.result_code,
+        amount_minor: o.amount,
+        receipt_no: o.receipt_no,
+        offline: o.offline,
+        result_text: codes::result_text(o.result_code.unwrap_or(0xFF)),
+    }
+}
+
+fn verdict(v: Verdict) -> machine::Verdict {
+    match v {
+        Verdict::Booked(o) => machine::Verdict::Booked(status_info(&o)),
+        Verdict::NotBooked(why) => machine::Verdict::NotBooked(why),
+        Verdict::Undetermined(why) => machine::Verdict::Undetermined(why),
+    }
+}
+
+fn ending(e: Ending) -> machine::Ending {
+    match e {
+        Ending::Completed { terminal_id } => machine::Ending::Completed { terminal_id },
+        Ending::Aborted { code, text } => machine::Ending::Aborted { code, text },
+        Ending::Refused { code, text } => machine::Ending::Refused { code, text },
+        Ending::Lost { message, started } => machine::Ending::Lost { message, started },
+    }
+}
+
+fn payment_of(rec: &PaymentRecord) -> machine::Payment {
+    machine::Payment { id: rec.id.clone(), status: rec.status, amount_minor: rec.amount_minor }
 }
 
 /// What a Repeat Receipt brought back.
@@ -124,17 +215,6 @@ impl Engine {
         Ok(self.store.meta(&last_receipt_key(lane))?.and_then(|n| u16::try_from(n).ok()))
     }
 
-    /// Asks the terminal for its last receipt (Repeat Receipt) only to learn
-    /// its number.
-    async fn resync_receipt(&self, lane: &Lane, zvt: &ZvtTerminal) {
-        let Repeated { last, ending } = repeat_receipt(zvt).await;
-        if matches!(ending, Ending::Completed { .. }) {
-            self.note_receipt_no(&lane.id, last.as_ref().and_then(|o| o.receipt_no)).await;
-        } else {
-            tracing::warn!(lane = %lane.id, ?ending, "could not learn the payment terminal's last receipt number");
-        }
-    }
-
     /// Remembers the terminal's latest receipt number — only one the
     /// terminal has confirmed, or shown when asked.
     async fn note_receipt_no(&self, lane: &str, receipt: Option<u16>) {
@@ -145,249 +225,76 @@ impl Engine {
         }
     }
 
-    /// Why posd must not let the terminal book this result, if it must not:
-    /// no result code, another amount than asked, or a second, different
-    /// result for a payment that already has one.
-    fn unacceptable(&self, rec: &PaymentRecord, o: &Outcome) -> Option<String> {
-        if o.result_code.is_none() {
-            return Some("the result carries no result code".into());
+    fn terminal_settings(&self) -> machine::Settings {
+        machine::Settings {
+            status_attempts: self.settings.status_attempts,
+            status_backoff: self.settings.status_backoff,
         }
-        if o.approved() && o.amount.is_some_and(|a| a != rec.amount_minor as u64) {
-            return Some(format!("the terminal approved {:?} instead of {}", o.amount, rec.amount_minor));
-        }
-        if rec.status != Status::Collecting {
-            let stored = self.store.terminal_result(&rec.id).ok().flatten();
-            let same = stored.is_some_and(|t| t.receipt_no == o.receipt_no && (t.result_code == 0) == o.approved());
-            if !same {
-                return Some(format!("a second, different result for a payment that is {}", rec.status));
-            }
-        }
-        None
     }
 
-    /// Runs one payment on the lane's payment terminal to its end: prints
-    /// what is printed by itself, or, when a step could not be recorded,
-    /// tells the register what it may do.
-    pub(super) async fn run_on_terminal(
-        &self,
-        lane: &Lane,
-        zvt: &ZvtTerminal,
-        rec: PaymentRecord,
-        cancel: &mut mpsc::Receiver<()>,
-    ) {
+    /// Runs one payment the register asked for on the lane's payment
+    /// terminal to its end (`TerminalPayment::new`).
+    pub(super) async fn run_on_terminal(&self, zvt: &ZvtTerminal, rec: PaymentRecord, cancel: &mut mpsc::Receiver<()>) {
         let id = rec.id.clone();
-        let Err(e) = self.drive_terminal(lane, zvt, rec, cancel).await else {
-            self.auto_print(&id).await;
-            return;
-        };
-        lane.release(&id);
-        let stored = self.store.get(&id).ok().flatten();
-        // A payment terminal decides by itself once it has the payment.
-        let may_be_at_gateway = stored.as_ref().is_none_or(|r| {
-            !matches!(r.status, Status::Created | Status::Collecting | Status::CardRead)
-                || (r.on_terminal() && r.status != Status::Created)
-        });
-        tracing::error!(payment = %id, error = %e, may_be_at_gateway, "payment stopped");
-        match stored {
-            Some(rec) if !may_be_at_gateway => {
-                // Nothing was sent: the register may safely try again.
-                self.free_lane(&rec);
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Failed,
-                    format!("Not paid: posd could not record the payment ({e}). Nothing was charged."),
-                );
-                self.end_live(&id);
-                lane.cancel(&id).await;
-            }
-            Some(rec) => {
-                // The request may be at the gateway: do not let the register
-                // retry as if nothing happened. The lane stays busy; a restart
-                // settles the payment by status query.
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Authorizing,
-                    format!(
-                        "Outcome unknown: posd could not record the gateway's answer ({e}). Do not take this payment again; posd settles payment {id} when it restarts, which it does by itself once its database works again."
-                    ),
-                );
-                self.end_live(&id);
-            }
-            None => {
-                self.end_live(&id);
-            }
+        let payment = TerminalPayment::new(payment_of(&rec), self.terminal_settings());
+        let outcome = self.drive_terminal(zvt, payment, rec, Some(cancel)).await;
+        if let machine::Outcome::Unrecorded { error, may_be_at_gateway, .. } = outcome {
+            tracing::error!(payment = %id, %error, may_be_at_gateway, "payment stopped");
         }
     }
 
-    /// Takes one payment on the lane's payment terminal.
-    async fn drive_terminal(
+    /// Runs `payment` (stored as `rec`) to its end: performs each command
+    /// and feeds back what came of it; waits only while the machine waits on
+    /// the terminal, the register's cancel or its own deadline (the backoff
+    /// between two Repeat Receipts). As before the machine, nothing from the
+    /// terminal or the register is read while a commit is in flight.
+    async fn drive_terminal<T: PaymentTerminal>(
         &self,
-        lane: &Lane,
-        zvt: &ZvtTerminal,
+        terminal: &T,
+        mut payment: TerminalPayment,
         rec: PaymentRecord,
-        cancel: &mut mpsc::Receiver<()>,
-    ) -> Result<(), StepError> {
-        // Kept with the payment in the commit that starts it on the terminal.
-        let before = self.last_receipt(&lane.id)?;
-        let receipt_before = before.map_or(-1, i64::from);
-        let start = Update { data: Data::TerminalStart { receipt_before }, ..Update::default() };
-        let mut rec = self.step(&rec, Input::StartOnTerminal, start).await?;
-        let command = Message::authorization(rec.amount_minor as u64, zvt.settings.currency);
-        let (mut events, abort) = zvt.run(command).await;
-        let mut register_cancel = false;
-        // A result posd answered with 84 66: the terminal reverses it.
-        let mut refused: Option<String> = None;
-        // The stored result posd could not confirm in time (84 66 went out).
-        let mut refused_late = false;
-        let ending = loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    None => break Ending::Lost { message: "the terminal task stopped".into(), started: true },
-                    Some(ZvtEvent::Progress { code, text }) => self.publish(&rec, stage(code), text),
-                    Some(ZvtEvent::Result { outcome, confirm }) => {
-                        if let Some(why) = self.unacceptable(&rec, &outcome) {
-                            // "Goods not issued": the terminal reverses it.
-                            tracing::error!(payment = %rec.id, %why, "refusing the payment terminal's result");
-                            let _ = confirm.send(false);
-                            refused.get_or_insert(why);
-                            continue;
-                        }
-                        match self.store_result(&rec, &outcome).await {
-                            Ok(new) => {
-                                rec = new;
-                                failpoint::hit("zvt_result_stored");
-                                // If the driver gave up waiting, the terminal heard
-                                // 84 66; the payment then stays in doubt below.
-                                let _ = confirm.send(true);
-                            }
-                            Err(e) => {
-                                // Not stored: the terminal hears "goods not issued" and reverses.
-                                let _ = confirm.send(false);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Some(ZvtEvent::Confirmed) if rec.status == Status::Confirming => {
-                        rec = self.confirm(&rec, None).await?;
-                    }
-                    Some(ZvtEvent::Confirmed) => {}
-                    Some(ZvtEvent::Refused) => refused_late = rec.status == Status::Confirming,
-                    Some(ZvtEvent::Receipt(lines)) => self.keep_lines(&rec, &lines).await,
-                    Some(ZvtEvent::Done(ending)) => break ending,
-                },
-                Some(()) = cancel.recv(), if rec.status == Status::Collecting && !register_cancel => {
-                    register_cancel = true;
-                    abort.abort();
+        mut cancel: Option<&mut mpsc::Receiver<()>>,
+    ) -> machine::Outcome {
+        let mut run = TerminalRun {
+            engine: self,
+            terminal,
+            rec,
+            events: None,
+            abort: None,
+            confirm: None,
+            result: None,
+            repeated: None,
+            began: tokio::time::Instant::now(),
+        };
+        let mut todo = VecDeque::from(payment.start(run.now()));
+        loop {
+            while let Some(command) = todo.pop_front() {
+                if let Command::Done(outcome) = command {
+                    return outcome;
+                }
+                if let Some(event) = run.perform(command).await {
+                    todo.extend(payment.handle(event, run.now()));
                 }
             }
-        };
-        // The terminal reverses what posd refused, under receipt numbers
-        // posd did not see: learn its last one again before the lane is free.
-        if refused.is_some() || refused_late {
-            self.resync_receipt(lane, zvt).await;
+            let deadline = payment.poll_timeout().map(|ms| run.began + Duration::from_millis(ms));
+            let wake = {
+                let events = &mut run.events;
+                tokio::select! {
+                    event = next_terminal_event(events) => Wake::Terminal(event),
+                    () = register_cancel(cancel.as_deref_mut()) => Wake::Cancel,
+                    () = until(deadline) => Wake::Timer,
+                }
+            };
+            let commands = match wake {
+                Wake::Terminal(event) => match run.terminal_event(event).await {
+                    Some(event) => payment.handle(event, run.now()),
+                    None => Vec::new(),
+                },
+                Wake::Cancel => payment.handle(Event::RegisterCancel, run.now()),
+                Wake::Timer => payment.handle_timeout(run.now()),
+            };
+            todo.extend(commands);
         }
-        match (rec.status, ending) {
-            (Status::Confirming, _) if refused_late => {
-                let message = "posd could not confirm the payment terminal's approval in time and told it not to \
-                               book it; the terminal reverses it. Nothing was charged."
-                    .to_string();
-                self.step(&rec, Input::TerminalRefused { message }, Update::default()).await?;
-            }
-            (Status::Collecting, _) if refused.is_some() => {
-                let message = format!(
-                    "posd refused the payment terminal's result ({}); the terminal reverses it. Nothing was charged.",
-                    refused.unwrap_or_default()
-                );
-                let input = Input::CollectFailed { code: "terminal_result_refused".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            (Status::Collecting, Ending::Aborted { code: 0x6C, .. }) => {
-                let by = if register_cancel { "the register" } else { "the customer at the payment terminal" };
-                self.step(&rec, Input::Cancel { by: by.into() }, Update::default()).await?;
-            }
-            (Status::Collecting, Ending::Aborted { code, text } | Ending::Refused { code, text }) => {
-                let (code, message) = match code {
-                    codes::INITIALISATION_REQUIRED => (
-                        "terminal_not_initialised".to_string(),
-                        format!(
-                            "The payment terminal must be initialised before it takes payments ({text}); \
-                             a technician runs its initialisation, then take the payment again. Nothing was charged."
-                        ),
-                    ),
-                    0xA0 | 0x9C => (
-                        "terminal_busy".to_string(),
-                        format!("The payment terminal is busy ({text}); take the payment again. Nothing was charged."),
-                    ),
-                    _ => (
-                        format!("terminal_{code:02x}"),
-                        format!("The payment terminal ended the payment: {text}. Nothing was charged."),
-                    ),
-                };
-                self.step(&rec, Input::CollectFailed { code, message }, Update::default()).await?;
-            }
-            (Status::Collecting, Ending::Lost { message, started: false }) => {
-                let message =
-                    format!("The payment terminal did not take the payment ({message}). Nothing was charged.");
-                let input = Input::CollectFailed { code: "terminal_unavailable".into(), message };
-                self.step(&rec, input, Update::default()).await?;
-            }
-            // The terminal may have booked it: ask, never guess.
-            (Status::Collecting | Status::Confirming, ending) => {
-                let message = match ending {
-                    Ending::Lost { message, .. } => message,
-                    other => format!("the terminal ended without a result ({other:?})"),
-                };
-                tracing::warn!(payment = %rec.id, %message, "payment terminal outcome in doubt; asking the terminal");
-                let rec = self.step(&rec, Input::TerminalLost { message }, Update::default()).await?;
-                self.resolve_on_terminal(lane, zvt, rec).await?;
-            }
-            // Settled (captured, declined) before the command ended.
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Commits a terminal's result, before posd confirms it to the terminal.
-    async fn store_result(&self, rec: &PaymentRecord, o: &Outcome) -> Result<PaymentRecord, StepError> {
-        if rec.status != Status::Collecting {
-            // A second result for the same command (a repeat): nothing new to store.
-            return Ok(rec.clone());
-        }
-        let update = Update { data: Data::Terminal(terminal_data(o)), ..Update::default() };
-        let code = o.result_code.unwrap_or(0xFF);
-        let input = if o.approved() {
-            Input::TerminalApproved
-        } else {
-            Input::TerminalDeclined { code: format!("zvt_{code:02x}"), message: codes::result_text(code) }
-        };
-        self.step(rec, input, update).await
-    }
-
-    /// The terminal booked the payment: CAPTURED, with its record for the
-    /// gateway in the same commit. `result` is stored too when posd learns
-    /// it only now (asked after a lost line).
-    async fn confirm(&self, rec: &PaymentRecord, result: Option<&Outcome>) -> Result<PaymentRecord, StepError> {
-        let (result, receipt, terminal_offline) = match result {
-            Some(o) => (Some(terminal_data(o)), o.receipt_no, o.offline),
-            None => {
-                let stored = self.store.terminal_result(&rec.id)?;
-                let (receipt, offline) = stored.map_or((None, false), |t| (t.receipt_no, t.offline));
-                (None, receipt, offline)
-            }
-        };
-        // The lane's last receipt moves in the same commit: a crash between
-        // the two would leave later payments judged against a stale number.
-        let last_receipt = receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
-        let event = terminal_offline.then(|| NewEvent {
-            kind: EventKind::TerminalApprovedOffline,
-            terminal_id: rec.terminal_id.clone(),
-            payment_id: rec.id.clone(),
-            message: "the payment terminal approved offline; it forwards the payment to its acquirer later".into(),
-        });
-        let update = Update { data: Data::Booked { result, last_receipt }, event, ..Update::default() };
-        let new = self.step(rec, Input::TerminalConfirmed, update).await?;
-        self.record_wake.notify_one();
-        Ok(new)
     }
 
     async fn keep_lines(&self, rec: &PaymentRecord, lines: &[String]) {
@@ -400,9 +307,9 @@ impl Engine {
     }
 
     /// What the terminal's Repeat Receipt says of an operation of `amount`
-    /// in doubt, judged against its stored receipt or the lane's last one
-    /// before it ([`judge`]); asked again, with backoff, while the terminal
-    /// cannot be reached.
+    /// in doubt (a refund), judged against its stored receipt or the lane's
+    /// last one before it ([`judge`]); asked again, with backoff, while the
+    /// terminal cannot be reached ([`Asking`], as a payment in doubt is).
     async fn ask_terminal(
         &self,
         lane: &str,
@@ -410,72 +317,20 @@ impl Engine {
         amount: i64,
         stored: Option<u16>,
         before: Option<u16>,
-    ) -> Verdict {
-        let mut verdict = Verdict::Undetermined("the payment terminal could not be asked".into());
-        for attempt in 0..self.settings.status_attempts.max(1) * 4 {
-            if attempt > 0 {
-                tokio::time::sleep(self.settings.status_backoff).await;
-            }
-            let Repeated { last, ending } = repeat_receipt(zvt).await;
-            verdict = match ending {
-                Ending::Completed { .. } => judge(amount as u64, stored, before, last.as_ref()),
-                Ending::Aborted { code, text } | Ending::Refused { code, text } => Verdict::Undetermined(format!(
-                    "the payment terminal cannot repeat its last receipt ({code:02X} {text}); check its journal"
-                )),
-                // Not reachable (yet): try again.
-                Ending::Lost { message, .. } => {
-                    verdict = Verdict::Undetermined(format!("the payment terminal could not be asked: {message}"));
-                    continue;
+    ) -> machine::Verdict {
+        let mut asking = Asking::new(self.settings.status_attempts);
+        loop {
+            let (answer, last) = repeat_and_judge(zvt, amount as u64, stored, before).await;
+            match asking.answer(answer) {
+                Asked::Answered(verdict) => {
+                    // The terminal's own last receipt: what later payments compare with.
+                    self.note_receipt_no(lane, last.as_ref().and_then(|o| o.receipt_no)).await;
+                    return verdict;
                 }
-            };
-            // The terminal's own last receipt: what later payments compare with.
-            self.note_receipt_no(lane, last.as_ref().and_then(|o| o.receipt_no)).await;
-            break;
-        }
-        verdict
-    }
-
-    /// Asks the terminal what it booked for a payment in doubt and settles
-    /// the payment by its answer, judged against the receipt number stored
-    /// with the payment (its result's, or the lane's last one when it
-    /// started): the same every time posd asks.
-    pub(super) async fn resolve_on_terminal(
-        &self,
-        lane: &Lane,
-        zvt: &ZvtTerminal,
-        rec: PaymentRecord,
-    ) -> Result<(), StepError> {
-        self.publish(&rec, pb::PaymentStage::Authorizing, "Checking with the payment terminal what it booked".into());
-        let stored = self.store.terminal_result(&rec.id)?.and_then(|t| t.receipt_no);
-        let before = self.store.payment_receipt_before(&rec.id)?.and_then(|n| u16::try_from(n).ok());
-        let verdict = self.ask_terminal(&lane.id, zvt, rec.amount_minor, stored, before).await;
-        tracing::info!(payment = %rec.id, ?verdict, "payment terminal asked");
-        match verdict {
-            Verdict::Booked(o) => {
-                self.confirm(&rec, (rec.status == Status::Unknown).then_some(&o)).await?;
-            }
-            Verdict::NotBooked(message) => {
-                self.step(&rec, Input::TerminalNotBooked { message }, Update::default()).await?;
-            }
-            Verdict::Undetermined(message) => {
-                let rec = if rec.status == Status::Confirming {
-                    self.step(&rec, Input::TerminalLost { message: message.clone() }, Update::default()).await?
-                } else {
-                    rec
-                };
-                // The payment stays UNKNOWN for a person; the register hears
-                // why and the lane is free for the next customer.
-                self.emit(EventKind::TerminalOutcomeUnknown, &rec.terminal_id, &rec.id, message.clone()).await;
-                self.free_lane(&rec);
-                self.publish(
-                    &rec,
-                    pb::PaymentStage::Authorizing,
-                    format!("Outcome unknown: {message}. Do not take this payment again before checking."),
-                );
-                self.end_live(&rec.id);
+                Asked::Unreachable(verdict) => return verdict,
+                Asked::Again => tokio::time::sleep(self.settings.status_backoff).await,
             }
         }
-        Ok(())
     }
 
     /// A person checked the payment terminal's journal for a payment posd
@@ -528,7 +383,8 @@ impl Engine {
             Some(n) => {
                 let booked = TerminalResult { result_code: 0, receipt_no: Some(n), ..TerminalResult::default() };
                 let result = Some(TerminalData { card: None, auth_code: None, result: booked });
-                let update = Update { data: Data::Booked { result, last_receipt: None }, event: Some(event), audit };
+                let data = store::Data::Booked { result, last_receipt: None };
+                let update = Update { data, event: Some(event), audit };
                 let new = self.step(&rec, Input::TerminalConfirmed, update).await.map_err(step_error)?;
                 self.record_wake.notify_one();
                 new
@@ -544,10 +400,11 @@ impl Engine {
     }
 
     /// Settles, after a restart, what a lane's payment terminal may have
-    /// booked: its payment in doubt, then its refunds in doubt, in one task.
-    /// The lane takes no new payment until the terminal has answered: a new
-    /// transaction would hide the ones in doubt (and move the receipt number
-    /// they are judged against).
+    /// booked: its payment in doubt (`TerminalPayment::settling`, under the
+    /// same driver), then its refunds in doubt, in one task. The lane takes
+    /// no new payment until the terminal has answered: a new transaction
+    /// would hide the ones in doubt (and move the receipt number they are
+    /// judged against).
     pub(super) fn recover_on_terminal(
         self: &Arc<Self>,
         terminal: &str,
@@ -558,7 +415,6 @@ impl Engine {
             tracing::error!(%terminal, "payments or refunds in doubt on a lane that has no payment terminal now");
             return;
         };
-        let lane = self.lanes[terminal].clone();
         let Some(what) = payment.as_ref().map(|p| p.id.clone()).or_else(|| refunds.first().map(|r| r.0.id.clone()))
         else {
             return;
@@ -568,18 +424,11 @@ impl Engine {
         let terminal = terminal.to_string();
         tokio::spawn(async move {
             if let Some(rec) = payment {
-                let result = async {
-                    let rec = if rec.status == Status::Collecting {
-                        let message = "posd restarted while the payment terminal had the payment".to_string();
-                        engine.step(&rec, Input::TerminalLost { message }, Update::default()).await?
-                    } else {
-                        rec.clone()
-                    };
-                    engine.resolve_on_terminal(&lane, &zvt, rec).await
-                }
-                .await;
-                if let Err(e) = result {
-                    tracing::error!(payment = %rec.id, error = %e, "recovery on the payment terminal failed");
+                let id = rec.id.clone();
+                let settling = TerminalPayment::settling(payment_of(&rec), engine.terminal_settings());
+                let outcome = engine.drive_terminal(&*zvt, settling, rec, None).await;
+                if let machine::Outcome::Unrecorded { error, .. } = outcome {
+                    tracing::error!(payment = %id, %error, "recovery on the payment terminal failed");
                 }
             }
             for (refund, rec) in refunds {
@@ -693,11 +542,249 @@ impl Engine {
     }
 }
 
+/// What woke a run waiting on the terminal, the register or the machine's deadline.
+enum Wake {
+    Terminal(Option<ZvtEvent>),
+    Cancel,
+    Timer,
+}
+
+/// One run of a payment on a payment terminal: what the driver holds
+/// between commands.
+struct TerminalRun<'a, T: PaymentTerminal> {
+    engine: &'a Engine,
+    terminal: &'a T,
+    /// The payment as last committed, or as read back after a failed commit.
+    rec: PaymentRecord,
+    /// The payment command's course, until it ends.
+    events: Option<mpsc::UnboundedReceiver<ZvtEvent>>,
+    abort: Option<T::Abort>,
+    /// The answer to the terminal's last result, until the machine gives it.
+    confirm: Option<oneshot::Sender<bool>>,
+    /// The terminal's last result in the payment command: what
+    /// `Data::Result` stores.
+    result: Option<Outcome>,
+    /// The last result a Repeat Receipt brought back: what
+    /// `Data::Booked { with_result: true, .. }` stores.
+    repeated: Option<Outcome>,
+    /// The machine's `now` counts from here.
+    began: tokio::time::Instant,
+}
+
+impl<T: PaymentTerminal> TerminalRun<'_, T> {
+    fn now(&self) -> Millis {
+        Millis::try_from(self.began.elapsed().as_millis()).unwrap_or(Millis::MAX)
+    }
+
+    /// Carries out one command; returns what came of it when the machine waits for that.
+    async fn perform(&mut self, command: Command) -> Option<Event> {
+        let engine = self.engine;
+        match command {
+            Command::Persist { steps, durability } => return Some(self.persist(steps, durability).await),
+            Command::ReadLastReceipt => {
+                return Some(match engine.last_receipt(&self.rec.terminal_id) {
+                    Ok(receipt) => Event::LastReceipt(receipt),
+                    Err(e) => self.store_failed(e.to_string()),
+                });
+            }
+            Command::ReadStored => return Some(self.read_stored()),
+            Command::AskTerminal { amount_minor, stored, before } => {
+                let (answer, last) = repeat_and_judge(self.terminal, amount_minor, stored, before).await;
+                let last_receipt = last.as_ref().and_then(|o| o.receipt_no);
+                self.repeated = last;
+                return Some(Event::Repeated { answer, last_receipt });
+            }
+            Command::RunPayment { amount_minor } => {
+                let (events, abort) = self.terminal.run(self.terminal.payment_command(amount_minor)).await;
+                self.events = Some(events);
+                self.abort = Some(abort);
+            }
+            Command::Confirm(stored) => {
+                if stored {
+                    failpoint::hit("zvt_result_stored");
+                }
+                // If the terminal gave up waiting, it heard 84 66 already
+                // (a `Refused` follows).
+                if let Some(confirm) = self.confirm.take() {
+                    let _ = confirm.send(stored);
+                }
+            }
+            Command::Abort => {
+                if let Some(abort) = &self.abort {
+                    abort.abort();
+                }
+            }
+            Command::NoteReceipt(receipt) => engine.note_receipt_no(&self.rec.terminal_id, Some(receipt)).await,
+            Command::WakeRecorder => engine.record_wake.notify_one(),
+            Command::OutcomeUnknown { message } => {
+                engine.emit(EventKind::TerminalOutcomeUnknown, &self.rec.terminal_id, &self.rec.id, message).await;
+            }
+            Command::Publish { stage, message } => engine.publish(&self.rec, convert::payment_stage(stage), message),
+            Command::FreeLane => engine.free_lane(&self.rec),
+            Command::EndStream => engine.end_live(&self.rec.id),
+            Command::AutoPrint => engine.auto_print(&self.rec.id).await,
+            Command::Log(log) => self.log(log),
+            // The driver's loop ends the run on it.
+            Command::Done(_) => {}
+        }
+        None
+    }
+
+    /// Commits the steps in one commit, then publishes each as
+    /// [`Engine::publish_commit`] does.
+    async fn persist(&mut self, steps: Vec<Step<Data>>, durability: machine::Durability) -> Event {
+        let durability = match durability {
+            machine::Durability::Synced => Durability::Synced,
+            machine::Durability::Deferred => Durability::Deferred,
+        };
+        let planned: Vec<(Transition, Update)> =
+            steps.into_iter().map(|Step { transition, data }| (transition, self.update(data))).collect();
+        let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
+        let engine = self.engine;
+        match engine.store.apply_all(&self.rec.id, durability, planned, now_ms()).await {
+            Ok(applied) => {
+                for (t, (new, event)) in transitions.iter().zip(applied) {
+                    engine.publish_commit(t, &new, event);
+                    self.rec = new;
+                }
+                Event::Committed
+            }
+            Err(e) => {
+                engine.note_store_error(&e);
+                self.store_failed(e.to_string())
+            }
+        }
+    }
+
+    /// A store operation failed: the payment as it is stored now.
+    fn store_failed(&mut self, error: String) -> Event {
+        let stored = self.engine.store.get(&self.rec.id).ok().flatten();
+        let status = stored.as_ref().map(|r| r.status);
+        if let Some(stored) = stored {
+            self.rec = stored;
+        }
+        Event::StoreFailed { error, stored: status }
+    }
+
+    /// What a step stores besides its transition.
+    fn update(&self, data: Data) -> Update {
+        let rec = &self.rec;
+        let data = match data {
+            Data::None => store::Data::None,
+            Data::Start { receipt_before } => {
+                store::Data::TerminalStart { receipt_before: receipt_before.map_or(-1, i64::from) }
+            }
+            Data::Result => self.result.as_ref().map_or(store::Data::None, |o| store::Data::Terminal(terminal_data(o))),
+            Data::Booked { with_result, last_receipt, event } => {
+                let result = if with_result { self.repeated.as_ref().map(terminal_data) } else { None };
+                // The lane's last receipt moves in the same commit: a crash
+                // between the two would leave later payments judged against
+                // a stale number.
+                let last_receipt = last_receipt.map(|r| (last_receipt_key(&rec.terminal_id), i64::from(r)));
+                let event = event.map(|message| NewEvent {
+                    kind: EventKind::TerminalApprovedOffline,
+                    terminal_id: rec.terminal_id.clone(),
+                    payment_id: rec.id.clone(),
+                    message,
+                });
+                return Update { data: store::Data::Booked { result, last_receipt }, event, ..Update::default() };
+            }
+        };
+        Update { data, ..Update::default() }
+    }
+
+    /// What is stored with the payment: its result and the lane's last
+    /// receipt number when it started.
+    fn read_stored(&mut self) -> Event {
+        let engine = self.engine;
+        let result = match engine.store.terminal_result(&self.rec.id) {
+            Ok(result) => result,
+            Err(e) => return self.store_failed(e.to_string()),
+        };
+        let before = match engine.store.payment_receipt_before(&self.rec.id) {
+            Ok(before) => before,
+            Err(e) => return self.store_failed(e.to_string()),
+        };
+        let result =
+            result.map(|t| Stored { receipt_no: t.receipt_no, approved: t.result_code == 0, offline: t.offline });
+        Event::Stored { result, receipt_before: before.and_then(|n| u16::try_from(n).ok()) }
+    }
+
+    /// What the terminal said, for the machine; `None` when the machine need
+    /// not hear it (receipt lines are kept with the payment here). A closed
+    /// channel is a lost line.
+    async fn terminal_event(&mut self, event: Option<ZvtEvent>) -> Option<Event> {
+        let event = event.unwrap_or_else(|| {
+            ZvtEvent::Done(Ending::Lost { message: "the terminal task stopped".into(), started: true })
+        });
+        Some(match event {
+            ZvtEvent::Progress { code, text } => Event::Progress { stage: stage(code), text },
+            ZvtEvent::Result { outcome, confirm } => {
+                let info = status_info(&outcome);
+                self.confirm = Some(confirm);
+                self.result = Some(outcome);
+                Event::Result(info)
+            }
+            ZvtEvent::Confirmed => Event::Confirmed,
+            ZvtEvent::Refused => Event::Refused,
+            ZvtEvent::Receipt(lines) => {
+                self.engine.keep_lines(&self.rec, &lines).await;
+                return None;
+            }
+            ZvtEvent::Done(end) => {
+                self.events = None;
+                Event::Ended(ending(end))
+            }
+        })
+    }
+
+    fn log(&self, log: Log) {
+        let rec = &self.rec;
+        match log {
+            Log::RefusingResult { why } => {
+                tracing::error!(payment = %rec.id, %why, "refusing the payment terminal's result");
+            }
+            Log::InDoubt { message } => {
+                tracing::warn!(payment = %rec.id, %message, "payment terminal outcome in doubt; asking the terminal");
+            }
+            Log::Asked { verdict } => tracing::info!(payment = %rec.id, ?verdict, "payment terminal asked"),
+            Log::ReceiptNumberUnknown { why } => tracing::warn!(
+                lane = %rec.terminal_id, %why, "could not learn the payment terminal's last receipt number"
+            ),
+        }
+    }
+}
+
+async fn next_terminal_event(events: &mut Option<mpsc::UnboundedReceiver<ZvtEvent>>) -> Option<ZvtEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs Repeat Receipt and judges the terminal's last receipt against an
+/// operation of `amount` ([`judge`]); returns the answer and that receipt's
+/// result.
+async fn repeat_and_judge<T: PaymentTerminal>(
+    terminal: &T,
+    amount: u64,
+    stored: Option<u16>,
+    before: Option<u16>,
+) -> (Repeat, Option<Outcome>) {
+    let Repeated { last, ending } = repeat_receipt(terminal).await;
+    let answer = match ending {
+        Ending::Completed { .. } => Repeat::Judged(verdict(judge(amount, stored, before, last.as_ref()))),
+        Ending::Aborted { code, text } | Ending::Refused { code, text } => Repeat::Declined { code, text },
+        Ending::Lost { message, .. } => Repeat::Lost { message },
+    };
+    (answer, last)
+}
+
 /// Runs Repeat Receipt and keeps the terminal's last result.
-async fn repeat_receipt(zvt: &ZvtTerminal) -> Repeated {
-    let (mut events, _abort) = zvt.run(Message::RepeatReceipt(zvt.with_password(Bmps::default()))).await;
+async fn repeat_receipt<T: PaymentTerminal>(terminal: &T) -> Repeated {
+    let (mut events, _abort) = terminal.run(terminal.repeat_receipt_command()).await;
     let mut last = None;
-    let deadline = tokio::time::Instant::now() + zvt.settings.t4 + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + terminal.repeat_receipt_bound();
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(ZvtEvent::Result { outcome, confirm })) => {
@@ -714,3 +801,6 @@ async fn repeat_receipt(zvt: &ZvtTerminal) -> Repeated {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

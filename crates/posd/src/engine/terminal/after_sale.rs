@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use pos_engine::terminal::Verdict;
 use pos_engine::{Input, Status};
 use pos_proto::terminal as pb;
 use pos_zvt::{Bmp, Bmps, Message, codes};
@@ -13,7 +14,7 @@ use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
 use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
-use crate::zvt::{Ending, Verdict, ZvtEvent, ZvtTerminal};
+use crate::zvt::{Ending, ZvtEvent, ZvtTerminal};
 
 /// Holds a lane for an administrative command (refund, reversal,
 /// end-of-day) so no payment starts on the terminal meanwhile.
