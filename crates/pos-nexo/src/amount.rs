@@ -97,7 +97,7 @@ impl Decimal {
 
     /// The amount in minor units of `currency` (25.5 EUR → 2550); refused
     /// if it has more decimals than the currency, or does not fit an `i64`.
-    pub fn to_minor(&self, currency: &str) -> Result<i64, AmountError> {
+    pub fn to_minor(self, currency: &str) -> Result<i64, AmountError> {
         let exponent = exponent(currency)?;
         if self.scale > exponent {
             return Err(AmountError::ExcessPrecision { currency: currency.to_owned(), exponent, decimals: self.scale });

@@ -27,7 +27,7 @@ macro_rules! code_list {
             pub fn as_str(&self) -> &str {
                 match self {
                     $(Self::$variant => $wire,)+
-                    Self::Other(text) => text,
+                    Self::Other(text) => text.as_str(),
                 }
             }
 

@@ -146,21 +146,21 @@ impl Response {
 }
 
 /// `SaleToPOIRequest`: a request from the Sale system, in clear.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleToPoiRequest {
     pub header: MessageHeader,
     pub body: RequestBody,
 }
 
 /// `SaleToPOIResponse`: a terminal's answer, in clear.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleToPoiResponse {
     pub header: MessageHeader,
     pub body: ResponseBody,
 }
 
 /// The request in a `SaleToPOIRequest`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestBody {
     Payment(Box<PaymentRequest>),
     TransactionStatus(Box<TransactionStatusRequest>),
@@ -174,7 +174,7 @@ pub enum RequestBody {
 }
 
 /// The response in a `SaleToPOIResponse`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseBody {
     Payment(Box<PaymentResponse>),
     TransactionStatus(Box<TransactionStatusResponse>),
