@@ -208,6 +208,47 @@ pub fn python_venv(name: &str, probe: &[&str], pip_args: &[&str]) -> PathBuf {
     python
 }
 
+/// The `node_modules` of the node project in `dir` (its `package.json` and
+/// `package-lock.json`, e.g. `tests/node`), for `NODE_PATH`: `npm ci` from
+/// the npm registry into a copy under the target directory,
+/// `target/node-<name of dir>/`, made on first use and again when the
+/// lockfile changes; a current one is reused. The copy is installed in a
+/// staging directory and renamed into place, so test processes that race
+/// here end with one complete copy and never remove another's.
+pub fn node_modules(dir: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // Tests run from target/<profile>/deps, the harness binaries from target/<profile>.
+    let parent = exe.parent().expect("target/<profile>");
+    let profile = if parent.ends_with("deps") { parent.parent().expect("target/<profile>") } else { parent };
+    let target = profile.parent().expect("target/").to_path_buf();
+    let name = dir.file_name().unwrap_or_else(|| panic!("{} names no directory", dir.display())).to_string_lossy();
+    let home = target.join(format!("node-{name}"));
+    let lock_file = dir.join("package-lock.json");
+    let lock = std::fs::read(&lock_file).unwrap_or_else(|e| panic!("{}: {e}", lock_file.display()));
+    let modules = home.join("node_modules");
+    let current = || modules.is_dir() && std::fs::read(home.join("package-lock.json")).is_ok_and(|copy| copy == lock);
+    if !current() {
+        let staging = target.join(format!("node-{name}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).unwrap_or_else(|e| panic!("{}: {e}", staging.display()));
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(dir.join(file), staging.join(file))
+                .unwrap_or_else(|e| panic!("copying {file} of {}: {e}", dir.display()));
+        }
+        let (st, out, err) = run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&staging));
+        assert!(st.success(), "npm ci in {} (a copy of {}) failed: {out}{err}", staging.display(), dir.display());
+        if !current() {
+            let _ = std::fs::remove_dir_all(&home);
+        }
+        if std::fs::rename(&staging, &home).is_err() {
+            // Another test process put a current copy there first.
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    assert!(current(), "{} is not installed from {} after npm ci", modules.display(), lock_file.display());
+    modules
+}
+
 /// Waits until `check` returns `Some`, polling; fails the test after [`PATIENCE`].
 pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + PATIENCE;
