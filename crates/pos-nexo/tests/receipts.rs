@@ -9,13 +9,16 @@ fn line(text: &str) -> ReceiptLine {
     ReceiptLine::from_text(text)
 }
 
-fn parts(line: &ReceiptLine) -> (Option<&str>, Option<&str>, Option<&str>) {
+/// A line's key, name and value.
+type Parts<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+fn parts(line: &ReceiptLine) -> Parts<'_> {
     (line.key.as_deref(), line.name.as_deref(), line.value.as_deref())
 }
 
 #[test]
 fn adyen_lines_give_name_and_value_in_any_order() {
-    let cases: &[(&str, (Option<&str>, Option<&str>, Option<&str>))] = &[
+    let cases: &[(&str, Parts)] = &[
         ("name=Date&value=29%2f04%2f19&key=txdate", (Some("txdate"), Some("Date"), Some("29/04/19"))),
         ("key=txtime&name=Time&value=10%3a19%3a51", (Some("txtime"), Some("Time"), Some("10:19:51"))),
         (
