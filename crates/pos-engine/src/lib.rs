@@ -12,6 +12,8 @@
 //!   [`next`] (events and `now` in, commands out), and its start-up decision.
 //! - [`terminal`]: one payment on a payment terminal that authorizes by itself (ZVT),
 //!   the same way, and its start-up decision.
+//! - [`nexo`]: one payment on a nexo terminal (Adyen's local Terminal API), the same
+//!   way, its start-up decision, and its voids and refunds (reversals, unreferenced refunds).
 //! - [`offline`]: the offline approval rules.
 //! - [`money`]: currencies and minor units.
 //!
@@ -31,9 +33,15 @@
 //! COLLECTING -> DECLINED | CANCELED | FAILED
 //! COLLECTING | CONFIRMING -(line lost)-> UNKNOWN -(asked the terminal)-> CAPTURED | FAILED (not booked)
 //! (a stored approval is never failed: CONFIRMING settles as CAPTURED or stays in doubt)
+//!
+//! A nexo terminal (one POST per payment, its answer final):
+//! CREATED -(ServiceID stored, before the POST)-> COLLECTING -(answer stored)-> CONFIRMING -> CAPTURED (one commit)
+//! COLLECTING -> DECLINED (also a partial approval, reversed) | CANCELED | FAILED
+//! COLLECTING -(TransactionStatus could not tell)-> UNKNOWN -> CAPTURED | FAILED (not booked)
 //! ```
 
 pub mod money;
+pub mod nexo;
 pub mod offline;
 pub mod payment;
 pub mod terminal;
