@@ -497,15 +497,7 @@ impl NexoPayment {
     }
 
     fn with_origin(payment: Payment, settings: Settings, origin: Origin, service_id: Option<String>) -> Self {
-        Self {
-            payment,
-            settings,
-            origin,
-            phase: Phase::New,
-            service_id,
-            cancel_requested: false,
-            abort_sent: false,
-        }
+        Self { payment, settings, origin, phase: Phase::New, service_id, cancel_requested: false, abort_sent: false }
     }
 
     /// The status as last committed.
@@ -725,13 +717,8 @@ impl NexoPayment {
                 let amount_minor = answer.authorized_minor.unwrap_or(asked);
                 match answer.poi_transaction.clone() {
                     Some(original) => {
-                        self.phase = Phase::ReadingServiceId(Wants::Reversal(Owed {
-                            steps,
-                            original,
-                            amount_minor,
-                            why,
-                            told,
-                        }));
+                        let owed = Owed { steps, original, amount_minor, why, told };
+                        self.phase = Phase::ReadingServiceId(Wants::Reversal(owed));
                         vec![Command::NextServiceId]
                     }
                     None => {
