@@ -657,11 +657,7 @@ impl NexoPayment {
                  accepted, so posd reverses it. Take the payment again or with another tender."
             );
             let why = format!("partial approval: {authorized} of {asked}");
-            return Judged::Reverse {
-                decline: Some(("partial_approval_not_allowed".into(), message)),
-                why,
-                told: None,
-            };
+            return Judged::Reverse { decline: Some(("partial_approval_not_allowed".into(), message)), why, told: None };
         }
         if authorized > asked {
             let message = format!(
