@@ -306,12 +306,17 @@ pub enum Data {
     None,
     /// Starting on the terminal under this ServiceID; the lane's ServiceID
     /// counter moves past it in the same commit.
-    Start { service_id: String },
+    Start {
+        service_id: String,
+    },
     /// The terminal's answer (from the last [`Event::Answered`] or
     /// [`StatusAnswer::Repeated`]). `reversal`: the ServiceID of a reversal
     /// of it that posd owes, stored (the counter moved past it) in the same
     /// commit, for the reversal worker to run if this run does not finish it.
-    Result { answer: Answer, reversal: Option<String> },
+    Result {
+        answer: Box<Answer>,
+        reversal: Option<String>,
+    },
 }
 
 /// Why the runtime logs, besides what it does.
@@ -332,28 +337,51 @@ pub enum Command {
     /// Commit the steps in one commit, all or none; then, per step, send its
     /// register event and announce the new status; then feed back
     /// [`Event::Committed`] or [`Event::StoreFailed`].
-    Persist { steps: Vec<Step<Data>>, durability: Durability },
+    Persist {
+        steps: Vec<Step<Data>>,
+        durability: Durability,
+    },
     /// POST the PaymentRequest under `service_id`, `sale_transaction_id`
     /// its SaleTransactionID; feed back `Answered`, `NotSent` or `InDoubt`.
-    Post { service_id: String, sale_transaction_id: String, amount_minor: u64, currency: String },
+    Post {
+        service_id: String,
+        sale_transaction_id: String,
+        amount_minor: u64,
+        currency: String,
+    },
     /// POST an AbortRequest (MerchantAbort) for the payment under `service_id`.
-    Abort { service_id: String },
+    Abort {
+        service_id: String,
+    },
     /// POST a TransactionStatusRequest for the payment under `service_id`;
     /// feed back [`Event::Status`].
-    AskStatus { service_id: String },
+    AskStatus {
+        service_id: String,
+    },
     /// Run the reversal stored with the last commit (whole: no
     /// ReversedAmount) of `original`, `amount_minor` booked, under
     /// `service_id`: [`AfterSale::committed`], in the lane's hold.
-    Reverse { service_id: String, original: PoiTransaction, amount_minor: u64 },
+    Reverse {
+        service_id: String,
+        original: PoiTransaction,
+        amount_minor: u64,
+    },
     /// A record for the gateway's ledger is queued: wake its sender.
     WakeRecorder,
     /// The terminal is not the lane's: mark the lane unavailable.
-    LaneUnavailable { message: String },
+    LaneUnavailable {
+        message: String,
+    },
     /// Raise the `terminal_outcome_unknown` event: a person must check the
     /// terminal's journal.
-    OutcomeUnknown { message: String },
+    OutcomeUnknown {
+        message: String,
+    },
     /// Tell the register something that is not a committed status.
-    Publish { stage: Stage, message: String },
+    Publish {
+        stage: Stage,
+        message: String,
+    },
     /// Free the lane for the register's next payment.
     FreeLane,
     /// End the register's live stream of this payment.
@@ -446,13 +474,19 @@ enum Phase {
     /// [`Command::NextServiceId`] is out.
     ReadingServiceId(Wants),
     /// A [`Command::Persist`] is out with these transitions.
-    Committing { transitions: Vec<Transition>, then: Then },
+    Committing {
+        transitions: Vec<Transition>,
+        then: Then,
+    },
     /// [`Command::Post`] is out.
     Posting,
     /// [`Command::AskStatus`] is out.
     Querying(Querying),
     /// The terminal is asked again at `deadline`.
-    Backoff { querying: Querying, deadline: Millis },
+    Backoff {
+        querying: Querying,
+        deadline: Millis,
+    },
     Done,
 }
 
@@ -657,7 +691,11 @@ impl NexoPayment {
                  accepted, so posd reverses it. Take the payment again or with another tender."
             );
             let why = format!("partial approval: {authorized} of {asked}");
-            return Judged::Reverse { decline: Some(("partial_approval_not_allowed".into(), message)), why, told: None };
+            return Judged::Reverse {
+                decline: Some(("partial_approval_not_allowed".into(), message)),
+                why,
+                told: None,
+            };
         }
         if authorized > asked {
             let message = format!(
@@ -680,7 +718,7 @@ impl NexoPayment {
     /// The terminal's answer: committed, then acted on.
     fn answered(&mut self, answer: Answer) -> Vec<Command> {
         let from_doubt = self.payment.status != Status::Collecting;
-        let result = |answer: &Answer| Data::Result { answer: answer.clone(), reversal: None };
+        let result = |answer: &Answer| Data::Result { answer: Box::new(answer.clone()), reversal: None };
         // Booked: from COLLECTING through CONFIRMING in one commit; from
         // UNKNOWN (or CONFIRMING) confirmed as it stands.
         let booked = |answer: &Answer| {
@@ -1048,16 +1086,28 @@ pub enum AfterSaleCommand {
     /// Read the lane's next ServiceID; feed back `ServiceId` or `StoreFailed`.
     NextServiceId,
     /// Commit this (synced); feed back `Committed` or `StoreFailed`.
-    Persist { record: Record, durability: Durability },
+    Persist {
+        record: Record,
+        durability: Durability,
+    },
     /// POST the operation under `service_id`, `sale_transaction_id` (the
     /// operation's own idempotency key) its SaleTransactionID; feed back
     /// `Answered`, `NotSent` or `InDoubt`.
-    Send { service_id: String, sale_transaction_id: String, operation: Operation },
+    Send {
+        service_id: String,
+        sale_transaction_id: String,
+        operation: Operation,
+    },
     /// POST a TransactionStatusRequest for the request of `category` under
     /// `service_id`; feed back `Status`.
-    AskStatus { service_id: String, category: Category },
+    AskStatus {
+        service_id: String,
+        category: Category,
+    },
     /// The terminal is not the lane's: mark the lane unavailable.
-    LaneUnavailable { message: String },
+    LaneUnavailable {
+        message: String,
+    },
     Log(Log),
     Done(AfterSaleOutcome),
 }

@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use pos_engine::nexo::{
-    AfterSale, AfterSaleCommand, AfterSaleError, AfterSaleEvent, AfterSaleOutcome, Answer, Category, Command, Condition,
-    Data, Durability, Event, Log, Millis, NexoPayment, Operation, Outcome, Payment, PoiTransaction, Queried, Querying,
-    Record, Recover, Settings, Stage, StatusAnswer, TerminalResult, failure, recover, refund, void,
+    AfterSale, AfterSaleCommand, AfterSaleError, AfterSaleEvent, AfterSaleOutcome, Answer, Category, Command,
+    Condition, Data, Durability, Event, Log, Millis, NexoPayment, Operation, Outcome, Payment, PoiTransaction, Queried,
+    Querying, Record, Recover, Settings, Stage, StatusAnswer, TerminalResult, failure, recover, refund, void,
 };
 use pos_engine::{Input, Status, Transition, TransitionError};
 use proptest::prelude::*;
@@ -116,7 +116,7 @@ fn not_booked(command: &AfterSaleCommand) -> String {
 }
 
 fn result(answer: Answer, reversal: Option<&str>) -> Data {
-    Data::Result { answer, reversal: reversal.map(str::to_string) }
+    Data::Result { answer: Box::new(answer), reversal: reversal.map(str::to_string) }
 }
 
 /// A register's payment up to its POST: the ServiceID committed with
