@@ -3,8 +3,8 @@
 //! from a fixed epoch). [`AgeClock`]: how old a queued payment is, immune to
 //! wall-clock jumps.
 //!
-//! While posd runs, time advances with the monotonic clock. At start-up it
-//! resumes from the later of the wall clock and the last time posd saw
+//! The ageing clock advances with the monotonic clock while posd runs. At
+//! start-up it resumes from the later of the wall clock and the last time posd saw
 //! (persisted), so a clock set backwards never makes a queued payment younger.
 //! Jumps between the wall clock and the ageing clock are logged. The
 //! monotonic clock is tokio's (the system's outside tests), so a test under
@@ -18,7 +18,7 @@ use crate::store::{Store, now_ms};
 
 /// The wall clock the engine reads its times from: Unix milliseconds, as
 /// [`crate::store::now_ms`] reads them. In test builds it can instead follow
-/// tokio's clock from a fixed epoch ([`WallClock::following_tokio`]), so a
+/// tokio's clock from a fixed epoch (`WallClock::following_tokio`), so a
 /// test under the paused clock moves the wall time by advancing tokio's
 /// (capture windows, the times in the audit log).
 #[derive(Debug, Clone, Copy, Default)]

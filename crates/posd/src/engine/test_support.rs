@@ -276,7 +276,7 @@ impl Rig {
     pub(super) async fn left_authorizing(&self, amount_minor: i64) -> PaymentRecord {
         let (rec, payment, customer) = self.begin(amount_minor, false, true).await;
         let answered = Notify::new();
-        let stops = StopsAfterSending { gateway: &self.engine.gateway, answered: &answered };
+        let stops = StopsAfterSending { gateway: &*self.engine.gateway, answered: &answered };
         let run = self.engine.drive_reader(&stops, Some(&customer), payment, rec.clone(), None);
         tokio::select! {
             _ = run => panic!("posd stops before the answer is stored"),
