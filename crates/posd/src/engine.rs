@@ -35,13 +35,11 @@ mod terminal;
 #[cfg(test)]
 mod test_support;
 
-use crate::clock::AgeClock;
+use crate::clock::{AgeClock, WallClock};
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
-use crate::store::{
-    Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update, now_ms,
-};
+use crate::store::{Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
@@ -166,6 +164,8 @@ pub struct Engine {
     /// Wakes the gateway-records sender (terminal payments to record).
     record_wake: Notify,
     events: broadcast::Sender<EventRecord>,
+    /// The wall time of commits, events and capture windows.
+    wall: WallClock,
     clock: AgeClock,
     sync: Mutex<SyncState>,
     /// Set when the database failed (a write, or a read a decision needs): new payments are refused (fail closed).
@@ -191,7 +191,19 @@ pub struct Attached {
 
 impl Engine {
     pub fn new(store: Arc<Store>, gateway: Arc<Gateway>, lanes: Vec<Arc<Lane>>, settings: EngineSettings) -> Arc<Self> {
-        let clock = AgeClock::start(&store);
+        Self::with_wall_clock(store, gateway, lanes, settings, WallClock::system())
+    }
+
+    /// [`Engine::new`] on the given wall clock (tests: one that follows
+    /// tokio's paused clock).
+    fn with_wall_clock(
+        store: Arc<Store>,
+        gateway: Arc<Gateway>,
+        lanes: Vec<Arc<Lane>>,
+        settings: EngineSettings,
+        wall: WallClock,
+    ) -> Arc<Self> {
+        let clock = AgeClock::start(&store, wall);
         Arc::new(Self {
             store,
             gateway,
@@ -208,13 +220,14 @@ impl Engine {
             forward_wake: Notify::new(),
             record_wake: Notify::new(),
             events: broadcast::channel(1024).0,
+            wall,
             clock,
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
             store_failure: Notify::new(),
             database_failure: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
-            heartbeat: std::sync::atomic::AtomicI64::new(now_ms()),
+            heartbeat: std::sync::atomic::AtomicI64::new(wall.now_ms()),
             latencies: Default::default(),
             last_housekeeping: Mutex::new(None),
         })
@@ -238,6 +251,12 @@ impl Engine {
 
     pub fn demo(&self) -> bool {
         self.settings.demo
+    }
+
+    /// Milliseconds since the Unix epoch on the engine's wall clock: the
+    /// time of its commits and events, and what capture windows count on.
+    fn now_ms(&self) -> i64 {
+        self.wall.now_ms()
     }
 
     pub fn latencies(&self) -> &Latencies {
@@ -285,7 +304,7 @@ impl Engine {
     pub fn healthy(&self) -> bool {
         let beat = self.heartbeat.load(Ordering::Relaxed);
         let limit = (self.settings.forward.ageing_interval.as_millis() as i64 * 3).max(10_000);
-        now_ms() - beat < limit
+        self.now_ms() - beat < limit
     }
 
     /// One line for systemd's STATUS=.
@@ -346,8 +365,8 @@ impl Engine {
         let mut wait = FIRST;
         loop {
             tokio::time::sleep(wait).await;
-            let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.probe(now_ms())).await {
+            let (store, now) = (self.store.clone(), self.now_ms());
+            match tokio::task::spawn_blocking(move || store.probe(now)).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => tracing::warn!(error = %e, "the database still fails; new payments stay refused"),
                 Err(e) => tracing::error!(error = %e, "the database check stopped"),
@@ -362,7 +381,7 @@ impl Engine {
     /// Appends and publishes an event that is not part of a payment transition.
     async fn emit(&self, kind: EventKind, terminal_id: &str, payment_id: &str, message: String) {
         let e = NewEvent { kind, terminal_id: terminal_id.into(), payment_id: payment_id.into(), message };
-        match self.store.append_event(&e, now_ms()).await {
+        match self.store.append_event(&e, self.now_ms()).await {
             Ok(rec) => {
                 let _ = self.events.send(rec);
             }
@@ -406,7 +425,7 @@ impl Engine {
                 format!("terminal {} is busy with payment {busy}; wait for it to finish or cancel it", lane.id),
             ));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let candidate = PaymentRecord {
             order_reference: req.order_reference.clone(),
             manual_capture: req.manual_capture,
@@ -562,7 +581,7 @@ impl Engine {
         let ts: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
         let applied = self
             .store
-            .apply_all(&rec.id, durability, planned, now_ms())
+            .apply_all(&rec.id, durability, planned, self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         let mut last = None;

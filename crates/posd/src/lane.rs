@@ -198,6 +198,27 @@ impl Reader {
     }
 }
 
+#[cfg(test)]
+impl Lane {
+    /// A card-reader lane with no reader behind it, for the engine's
+    /// in-process tests (which pay with a reader of their own): its reader
+    /// never connects, and what is sent to it fails at once, as to a reader
+    /// whose task has stopped. The printer as [`Lane::spawn`] takes it.
+    pub fn without_device(id: &str, currency: &str, printer: Option<crate::printer::Printer>) -> Arc<Lane> {
+        let (cmd_tx, _) = mpsc::channel(1);
+        Arc::new(Lane {
+            id: id.into(),
+            currency: currency.into(),
+            line: ReaderLine::Tcp("in-process".into()),
+            offline: pos_engine::offline::OfflinePolicy::defaults_for(currency),
+            printer,
+            device: CardDevice::Reader(Reader { cmd_tx, collector: Arc::new(Mutex::new(None)) }),
+            line_bytes: Arc::new(LineCounters::default()),
+            state: Arc::new(Mutex::new(ReaderState::default())),
+        })
+    }
+}
+
 fn encode(msg: HostMessage) -> Vec<u8> {
     apdu::build(reader::APDU_CLASS, reader::INSTR_HOST, &msg.encode_to_vec()).expect("host messages are small")
 }

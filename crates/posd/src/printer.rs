@@ -383,3 +383,76 @@ impl<W: AsyncWrite + Unpin> Session<'_, W> {
         Err(named.unwrap_or(why))
     }
 }
+
+/// A printer served in this process, for the engine's tests: the engine
+/// holds a [`Printer`] as it does in production, and its jobs reach a
+/// `FakePrinter` instead of the printer task.
+#[cfg(test)]
+pub mod fake {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::{mpsc, watch};
+
+    use super::{Job, PrintError, Printer, PrinterLine, PrinterStatus};
+
+    /// What the printer was sent and acted on.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Sent {
+        /// A job it printed and confirmed.
+        Job(Vec<u8>),
+        /// Real-time commands (a drawer pulse).
+        RealTime(Vec<u8>),
+    }
+
+    /// The device side of [`Printer::in_process`]. It answers each job as
+    /// the printer task does in the state it is given: not connected,
+    /// refused with the reason; a fault (cover open, paper out, offline),
+    /// a job refused with it while real-time commands still act; ready,
+    /// printed. It keeps what it acted on.
+    pub struct FakePrinter {
+        status: watch::Sender<PrinterStatus>,
+        sent: Arc<Mutex<Vec<Sent>>>,
+    }
+
+    impl Printer {
+        /// A printer of `width` whose jobs the returned [`FakePrinter`]
+        /// answers; it starts connected and ready.
+        pub fn in_process(width: pos_escpos::Width) -> (Printer, FakePrinter) {
+            let (jobs, mut rx) = mpsc::channel::<Job>(8);
+            let (status_tx, status) = watch::channel(PrinterStatus { connected: true, ..Default::default() });
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let fake = FakePrinter { status: status_tx, sent: sent.clone() };
+            let now = status.clone();
+            tokio::spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    let printer = now.borrow().clone();
+                    let result = if !printer.connected {
+                        Err(PrintError::NotConnected(printer.detail))
+                    } else if job.real_time {
+                        sent.lock().unwrap().push(Sent::RealTime(job.bytes));
+                        Ok(())
+                    } else if let Some(fault) = printer.state.fault() {
+                        Err(PrintError::Fault(fault.to_string()))
+                    } else {
+                        sent.lock().unwrap().push(Sent::Job(job.bytes));
+                        Ok(())
+                    };
+                    let _ = job.reply.send(result);
+                }
+            });
+            (Printer { line: PrinterLine::Tcp("in-process".into()), width, jobs, status }, fake)
+        }
+    }
+
+    impl FakePrinter {
+        /// What the printer reports from now on, and how it answers jobs.
+        pub fn set(&self, status: PrinterStatus) {
+            self.status.send_replace(status);
+        }
+
+        /// Everything it acted on, in order.
+        pub fn sent(&self) -> Vec<Sent> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+}

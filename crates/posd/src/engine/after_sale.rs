@@ -8,7 +8,7 @@ use super::{Engine, EngineError, gateway_key, human, step_error};
 use crate::convert;
 use crate::gateway::{CallError, RefundStatusError};
 use crate::lane::CardDevice;
-use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update};
 
 impl Engine {
     /// Captures an AUTHORIZED payment (0: the whole amount). The gateway
@@ -49,8 +49,8 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}"), now_ms()).await?;
-        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id, now_ms()).await?;
+        self.store.audit(&rec.id, &format!("capture of {amount} requested by {caller}"), self.now_ms()).await?;
+        let earlier = self.store.note_send(SendKind::Capture, &rec.gateway_key, &rec.id, self.now_ms()).await?;
         let answer = self.gateway.capture(&rec.gateway_key, amount).await;
         let tx = self.answer(SendKind::Capture, &rec.gateway_key, earlier, answer).await?;
         crate::failpoint::hit("capture_after_response");
@@ -66,7 +66,7 @@ impl Engine {
         match rec.status {
             Status::Voided => return Ok(rec),
             Status::Captured if rec.on_terminal() => {
-                self.store.audit(&rec.id, &format!("reversal requested by {caller}"), now_ms()).await?;
+                self.store.audit(&rec.id, &format!("reversal requested by {caller}"), self.now_ms()).await?;
                 let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
                 return self.reverse_on_terminal(rec, why).await;
             }
@@ -78,8 +78,8 @@ impl Engine {
                 ));
             }
         }
-        self.store.audit(&rec.id, &format!("void requested by {caller}"), now_ms()).await?;
-        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id, now_ms()).await?;
+        self.store.audit(&rec.id, &format!("void requested by {caller}"), self.now_ms()).await?;
+        let earlier = self.store.note_send(SendKind::Void, &rec.gateway_key, &rec.id, self.now_ms()).await?;
         let answer = self.gateway.void(&rec.gateway_key).await;
         self.answer(SendKind::Void, &rec.gateway_key, earlier, answer).await?;
         let why = if reason.is_empty() { "requested by the register".to_string() } else { reason.to_string() };
@@ -119,7 +119,7 @@ impl Engine {
             .map(|r| r.amount_minor)
             .sum();
         let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
-        let now = now_ms();
+        let now = self.now_ms();
         let candidate = RefundRecord {
             id: format!("ref_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
             idempotency_key: key.to_string(),
@@ -151,7 +151,7 @@ impl Engine {
             }
             Reservation::Created(r) => {
                 let cause = format!("refund {} of {} requested by {caller}", r.id, r.amount_minor);
-                self.store.audit(payment_id, &cause, now_ms()).await?;
+                self.store.audit(payment_id, &cause, self.now_ms()).await?;
                 r
             }
             Reservation::NotCaptured(s) => {
@@ -229,7 +229,7 @@ impl Engine {
         };
         let earlier = self
             .store
-            .note_send(SendKind::Refund, &refund.refund_key, &rec.id, now_ms())
+            .note_send(SendKind::Refund, &refund.refund_key, &rec.id, self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if earlier {
@@ -307,7 +307,7 @@ impl Engine {
         let failure_ref = failure.as_ref().map(|(c, m)| (c.as_str(), m.as_str()));
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, failure_ref, &event, false, None, now_ms())
+            .finish_refund(&refund.id, failure_ref, &event, false, None, self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         if let Some(ev) = ev {
@@ -368,13 +368,19 @@ impl Engine {
         // a retry after an answer lost returns the batch already closed.
         let _claim = self.claim_when_free(&format!("close_batch:{terminal}")).await;
         let candidate = format!("close_{}", gateway_key());
-        let (key, earlier) =
-            self.store.begin_close(terminal, &candidate, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
+        let (key, earlier) = self
+            .store
+            .begin_close(terminal, &candidate, self.now_ms())
+            .await
+            .inspect_err(|e| self.note_store_error(e))?;
         let result = match self.gateway.close_batch(&self.gateway_terminal(terminal), &key).await {
             Ok(result) => result,
             Err(e) => {
                 if !earlier && matches!(e, CallError::NotSent(_)) {
-                    self.store.end_close(terminal, None, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
+                    self.store
+                        .end_close(terminal, None, self.now_ms())
+                        .await
+                        .inspect_err(|e| self.note_store_error(e))?;
                 }
                 return Err(call_error(e, earlier));
             }
@@ -412,14 +418,14 @@ impl Engine {
             ),
         };
         // The key goes with the answer's event, in one commit.
-        let ended = self.store.end_close(terminal, Some(event), now_ms()).await;
+        let ended = self.store.end_close(terminal, Some(event), self.now_ms()).await;
         if let Some(ev) = ended.inspect_err(|e| self.note_store_error(e))? {
             let _ = self.events.send(ev);
         }
         let summary = pb::BatchSummary {
             batch_id: result.batch_id,
             terminal_id: terminal.to_string(),
-            closed_at: Some(convert::timestamp(now_ms())),
+            closed_at: Some(convert::timestamp(self.now_ms())),
             totals,
             offline_unsent: unsent,
         };
@@ -441,7 +447,7 @@ impl Engine {
     pub(super) async fn expire_authorizations(&self) {
         let Some(window) = self.settings.capture_window else { return };
         // Authorization times are wall-clock times, so is the cutoff.
-        let cutoff = now_ms() - window.as_millis() as i64;
+        let cutoff = self.now_ms() - window.as_millis() as i64;
         let old = match self.store.authorized_before(cutoff, 100) {
             Ok(old) => old,
             Err(e) => {

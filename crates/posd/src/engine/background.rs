@@ -10,7 +10,7 @@ use std::time::Duration;
 use pos_engine::Status;
 
 use super::{Engine, LAST_ONLINE};
-use crate::store::{EventKind, now_ms};
+use crate::store::EventKind;
 
 impl Engine {
     /// Gateway reachability (health checks plus real calls), queue ageing,
@@ -43,7 +43,7 @@ impl Engine {
                     }
                     self.age_queue(&f).await;
                     self.report_readers(&mut readers).await;
-                    self.heartbeat.store(now_ms(), Ordering::Relaxed);
+                    self.heartbeat.store(self.now_ms(), Ordering::Relaxed);
                     continue;
                 }
             }
@@ -62,8 +62,8 @@ impl Engine {
                     self.forward_wake.notify_one();
                 }
             }
-            if now_online && now_ms() - last_recorded > 60_000 {
-                last_recorded = now_ms();
+            if now_online && self.now_ms() - last_recorded > 60_000 {
+                last_recorded = self.now_ms();
                 if let Err(e) = self.store.set_meta(LAST_ONLINE, last_recorded).await {
                     tracing::warn!(error = %e, "cannot record the gateway's last contact");
                 }

@@ -29,9 +29,7 @@ use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
 use crate::lane::{CardDevice, Lane, ReaderEvent};
-use crate::store::{
-    self, CardInfo, Durability, EventKind, EventRecord, NewEvent, PaymentRecord, StoreError, Update, now_ms,
-};
+use crate::store::{self, CardInfo, Durability, EventKind, EventRecord, NewEvent, PaymentRecord, StoreError, Update};
 
 /// The gateway calls a card-reader payment makes ([`Gateway`]'s, or a fake's).
 pub(super) trait Authorizer: Sync {
@@ -220,7 +218,7 @@ impl Engine {
             total_minor: summary.totals.iter().find(|(c, _)| c == currency).map_or(0, |(_, t)| *t),
             same_card: if fingerprint.is_empty() { 0 } else { self.store.queued_for_card(fingerprint)? },
             oldest_age: summary.oldest_queued_at_ms.map(|t| ago(t, now)),
-            since_online: self.store.meta(LAST_ONLINE)?.map(|t| ago(t, now_ms())),
+            since_online: self.store.meta(LAST_ONLINE)?.map(|t| ago(t, self.now_ms())),
         })
     }
 }
@@ -320,7 +318,7 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         }
         let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
         let engine = self.engine;
-        match engine.store.apply_all(&self.rec.id, durability, planned, now_ms()).await {
+        match engine.store.apply_all(&self.rec.id, durability, planned, engine.now_ms()).await {
             Ok(applied) => {
                 for (t, (new, event)) in transitions.iter().zip(applied) {
                     if t.to == Status::OfflineApproved {

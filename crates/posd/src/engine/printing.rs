@@ -161,3 +161,6 @@ fn print_error(e: crate::printer::PrintError) -> EngineError {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
-use crate::store::{Data, EventKind, NewEvent, PaymentRecord, StoreError, Update, now_ms};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, StoreError, Update};
 use crate::telemetry::SyncReport;
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -158,7 +158,7 @@ impl Engine {
                     })
                     .filter_map(|(id, t, u)| t.ok().map(|t| (id, t, u)))
                     .collect();
-                self.store.apply_batch(items, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
+                self.store.apply_batch(items, self.now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
                 let (first_pause, new_error) = {
                     let mut s = self.sync.lock().unwrap();
                     let new_error = s.last_error != message;
@@ -186,7 +186,7 @@ impl Engine {
     async fn drop_overdue_card_data(&self, f: &ForwardSettings) {
         let why = format!("not confirmed by the gateway within {}", human(f.expire_after));
         let queued_before = self.clock.now_ms() - f.expire_after.as_millis() as i64;
-        match self.store.drop_overdue_card_data(queued_before, &why, now_ms()).await {
+        match self.store.drop_overdue_card_data(queued_before, &why, self.now_ms()).await {
             Ok(events) if !events.is_empty() => {
                 tracing::error!(
                     count = events.len(),
@@ -217,7 +217,7 @@ impl Engine {
         }
         Ok(self
             .store
-            .apply_batch(claims, now_ms())
+            .apply_batch(claims, self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?
             .into_iter()
@@ -282,7 +282,7 @@ impl Engine {
             };
             items.push((rec.id.clone(), t, Update { event: Some(event), ..Default::default() }));
         }
-        let stored = self.store.apply_batch(items, now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
+        let stored = self.store.apply_batch(items, self.now_ms()).await.inspect_err(|e| self.note_store_error(e))?;
         if stored.iter().any(Result::is_ok) {
             self.reversals.notify_one();
         }
@@ -396,7 +396,7 @@ impl Engine {
             };
             items.push((rec.id.clone(), t, update));
         }
-        for r in self.store.apply_batch(items, now_ms()).await.inspect_err(|e| self.note_store_error(e))? {
+        for r in self.store.apply_batch(items, self.now_ms()).await.inspect_err(|e| self.note_store_error(e))? {
             match r {
                 Ok((rec, event)) => {
                     tracing::info!(payment = %rec.id, status = %rec.status, "forwarding result stored");
@@ -424,7 +424,7 @@ impl Engine {
             })
             .collect();
         if !items.is_empty()
-            && let Err(e) = self.store.apply_batch(items, now_ms()).await
+            && let Err(e) = self.store.apply_batch(items, self.now_ms()).await
         {
             tracing::error!(error = %e, "cannot put interrupted payments back in the queue");
         }
@@ -452,7 +452,7 @@ impl Engine {
                     .collect();
                 if !items.is_empty() {
                     tracing::error!(count = items.len(), "ALERT: queued payments expired unsent");
-                    match self.store.apply_batch(items, now_ms()).await {
+                    match self.store.apply_batch(items, self.now_ms()).await {
                         Ok(results) => {
                             for (_, e) in results.into_iter().flatten() {
                                 if let Some(e) = e {
@@ -541,7 +541,7 @@ impl Engine {
                     backoff = f.retry_first;
                     loop {
                         match stream.message().await.map(|e| e.map(Scrubbed::scrubbed)) {
-                            Ok(Some(e)) => match self.store.apply_gateway_event(&e, now_ms()).await {
+                            Ok(Some(e)) => match self.store.apply_gateway_event(&e, self.now_ms()).await {
                                 Ok(Some(rec)) => {
                                     tracing::info!(kind = %e.kind, event = %e.event_id, "gateway event applied");
                                     let _ = self.events.send(rec);

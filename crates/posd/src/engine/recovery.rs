@@ -11,7 +11,7 @@ use pos_engine::{Input, Status};
 use pos_proto::gateway::{Outcome, ReverseRequest};
 
 use super::{Engine, StepError};
-use crate::store::{Durability, EventKind, PaymentRecord, RefundRecord, Update, now_ms};
+use crate::store::{Durability, EventKind, PaymentRecord, RefundRecord, Update};
 
 impl Engine {
     /// Finishes what a previous run left: called once before serving.
@@ -87,7 +87,7 @@ impl Engine {
         let Step { transition, .. } = step;
         let applied = self
             .store
-            .apply_all(&rec.id, Durability::Synced, vec![(transition.clone(), Update::default())], now_ms())
+            .apply_all(&rec.id, Durability::Synced, vec![(transition.clone(), Update::default())], self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         let (new, event) = applied.into_iter().next().expect("one transition, one result");

@@ -37,7 +37,7 @@ use crate::convert;
 use crate::failpoint;
 use crate::store::{
     self, CardInfo, Durability, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalData,
-    TerminalResult, Update, now_ms,
+    TerminalResult, Update,
 };
 use crate::zvt::{AbortHandle, Ending, Outcome, Verdict, ZvtEvent, ZvtTerminal, judge};
 
@@ -478,7 +478,7 @@ impl Engine {
                 match self.gateway.record_terminal(request).await {
                     Ok(duplicate) => {
                         tracing::info!(record = %r.record_key, duplicate, "terminal payment recorded at the gateway");
-                        let _ = self.store.record_attempt(r.seq, "", false, now_ms()).await;
+                        let _ = self.store.record_attempt(r.seq, "", false, self.now_ms()).await;
                         backoff = f.retry_first;
                     }
                     // The gateway refused the record itself: retrying cannot
@@ -486,7 +486,7 @@ impl Engine {
                     Err(crate::gateway::CallError::Refused(m)) => self.record_refused(&r, &m).await,
                     Err(e) => {
                         tracing::warn!(record = %r.record_key, error = %e, "recording at the gateway failed; will retry");
-                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false, now_ms()).await;
+                        let _ = self.store.record_attempt(r.seq, &e.to_string(), false, self.now_ms()).await;
                         failed = true;
                         break;
                     }
@@ -504,7 +504,7 @@ impl Engine {
 
     async fn record_refused(&self, r: &crate::store::GatewayRecord, why: &str) {
         tracing::error!(record = %r.record_key, %why, "a terminal payment's record was refused; a person must look");
-        let _ = self.store.record_attempt(r.seq, why, true, now_ms()).await;
+        let _ = self.store.record_attempt(r.seq, why, true, self.now_ms()).await;
         self.emit(
             EventKind::RecordRefused,
             "",
@@ -641,7 +641,7 @@ impl<T: PaymentTerminal> TerminalRun<'_, T> {
             steps.into_iter().map(|Step { transition, data }| (transition, self.update(data))).collect();
         let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
         let engine = self.engine;
-        match engine.store.apply_all(&self.rec.id, durability, planned, now_ms()).await {
+        match engine.store.apply_all(&self.rec.id, durability, planned, engine.now_ms()).await {
             Ok(applied) => {
                 for (t, (new, event)) in transitions.iter().zip(applied) {
                     engine.publish_commit(t, &new, event);

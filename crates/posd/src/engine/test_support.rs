@@ -3,8 +3,13 @@
 //! service over in-memory pipes ([`Gateway::in_process`]), with the
 //! simulator's faults switched as its control protocol switches them; a
 //! customer who presents a card whose data is encrypted as a reader
-//! encrypts it. No process, port or PTY: the tests run under tokio's
-//! paused clock, and assert on posd's store and on the gateway's ledger.
+//! encrypts it. The engine's wall clock follows tokio's from a fixed epoch
+//! ([`EPOCH_MS`]); with [`rig_with_lane`] it drives `lane-1` as a card-reader
+//! lane without a reader ([`Lane::without_device`]) whose printer is served
+//! in process ([`Printer::in_process`]). No process, port or PTY: the tests
+//! run under tokio's paused clock, and assert on posd's store and on the
+//! gateway's ledger. [`Rig::restart`] and the `left_*` runs stand for a posd
+//! that stopped mid-payment and started again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -19,19 +24,26 @@ use pos_engine::Status;
 use pos_engine::offline::OfflinePolicy;
 use pos_engine::payment::ReaderPayment;
 use pos_proto::gateway::gateway_server::GatewayServer;
+use pos_proto::gateway::{AuthorizeRequest, Transaction};
 use pos_proto::reader::{CardResult, CollectCard, EntryMode};
 use pos_proto::terminal as pb;
 use tokio::io::DuplexStream;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
-use super::payment::{CardReader, payment_of};
+use super::payment::{Authorizer, CardReader, payment_of};
 use super::{Engine, EngineSettings, ForwardSettings, LAST_ONLINE, Live, gateway_key};
+use crate::clock::WallClock;
 use crate::convert;
-use crate::gateway::{Dial, Gateway, GatewaySettings};
-use crate::lane::ReaderEvent;
-use crate::store::{EventKind, EventRecord, Inserted, PaymentRecord, Store, StoredEventKind, now_ms};
+use crate::gateway::{AuthOutcome, Dial, Gateway, GatewaySettings};
+use crate::lane::{Lane, ReaderEvent};
+use crate::printer::Printer;
+use crate::printer::fake::FakePrinter;
+use crate::store::{EventKind, EventRecord, Inserted, PaymentRecord, Store, StoredEventKind};
 
-const LANE: &str = "lane-1";
+pub(super) const LANE: &str = "lane-1";
+/// What the rig's wall clock reads when it starts (2026-03-02 09:00:00 UTC);
+/// it advances with tokio's clock.
+pub(super) const EPOCH_MS: i64 = 1_772_442_000_000;
 /// How long the gateway client waits for an answer.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the reader may take to return a card.
@@ -154,6 +166,23 @@ impl SimGateway {
         f(&mut self.ledger.lock().unwrap());
     }
 
+    /// The batches the gateway closed under a key: (batch key, batch id).
+    pub(super) fn batch_keys(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open(&self.ledger_path).expect("the ledger opens");
+        let mut stmt =
+            conn.prepare("SELECT batch_key, batch_id FROM batch_keys ORDER BY rowid").expect("the ledger has batches");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("the ledger reads")
+            .collect::<Result<_, _>>()
+            .expect("the ledger reads")
+    }
+
+    /// The batch a charge was settled in, if any.
+    pub(super) fn batch_of(&self, key: &str) -> Option<String> {
+        let conn = rusqlite::Connection::open(&self.ledger_path).expect("the ledger opens");
+        conn.query_row("SELECT batch_id FROM charges WHERE key = ?1", [key], |r| r.get(0)).expect("the charge is there")
+    }
+
     /// The refunds the gateway recorded against a charge: (refund key,
     /// amount, succeeded), in the order they were recorded.
     pub(super) fn refunds(&self, key: &str) -> Vec<(String, i64, bool)> {
@@ -168,20 +197,33 @@ impl SimGateway {
     }
 }
 
-/// An engine (no lanes configured) with its store and the gateway it reaches.
+/// An engine with its store and the gateway it reaches, and its lane's
+/// printer when it has one.
 pub(super) struct Rig {
     pub(super) engine: Arc<Engine>,
     pub(super) gateway: SimGateway,
+    printer: Option<FakePrinter>,
     paid: AtomicU32,
     _dir: tempfile::TempDir,
 }
 
+/// An engine with no lane configured: payments name `lane-1` and are paid
+/// through [`Rig::pay`].
 pub(super) async fn rig() -> Rig {
+    build(settings(), false).await
+}
+
+/// An engine with `settings` that drives `lane-1`: a card-reader lane
+/// without a reader (payments are paid through [`Rig::pay`]), whose printer
+/// (42 columns) is served in process, ready.
+pub(super) async fn rig_with_lane(settings: EngineSettings) -> Rig {
+    build(settings, true).await
+}
+
+async fn build(settings: EngineSettings, with_lane: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let gateway = SimGateway::start(&dir.path().join("gateway-sim.db"));
     let store = Arc::new(Store::open(&dir.path().join("posd.db")).unwrap());
-    // The gateway was reached a minute ago: offline approval is allowed.
-    store.set_meta(LAST_ONLINE, now_ms() - 60_000).await.unwrap();
     let client = Gateway::in_process(
         GatewaySettings {
             url: "http://gateway.in-process".into(),
@@ -193,8 +235,17 @@ pub(super) async fn rig() -> Rig {
         gateway.dial.clone(),
     )
     .unwrap();
-    let engine = Engine::new(store, Arc::new(client), Vec::new(), settings());
-    Rig { engine, gateway, paid: AtomicU32::new(0), _dir: dir }
+    let (lanes, printer) = if with_lane {
+        let (printer, fake) = Printer::in_process(pos_escpos::Width::Cols42);
+        (vec![Lane::without_device(LANE, "EUR", Some(printer))], Some(fake))
+    } else {
+        (Vec::new(), None)
+    };
+    let wall = WallClock::following_tokio(EPOCH_MS);
+    let engine = Engine::with_wall_clock(store, Arc::new(client), lanes, settings, wall);
+    // The gateway was reached a minute ago: offline approval is allowed.
+    engine.store.set_meta(LAST_ONLINE, engine.now_ms() - 60_000).await.unwrap();
+    Rig { engine, gateway, printer, paid: AtomicU32::new(0), _dir: dir }
 }
 
 impl Rig {
@@ -202,6 +253,68 @@ impl Rig {
     /// register's task runs it (the gateway as the rig's faults have it);
     /// the customer presents a card at once. Returns it as stored.
     pub(super) async fn pay(&self, amount_minor: i64, manual_capture: bool) -> PaymentRecord {
+        let (rec, payment, customer) = self.begin(amount_minor, manual_capture, true).await;
+        self.engine.drive_reader(&*self.engine.gateway, Some(&customer), payment, rec.clone(), None).await;
+        self.stored(&rec.id)
+    }
+
+    /// A payment that posd stopped (a crash, a power cut) while the reader
+    /// waited for a card: stored COLLECTING, nothing sent.
+    pub(super) async fn left_collecting(&self, amount_minor: i64) -> PaymentRecord {
+        let (rec, payment, customer) = self.begin(amount_minor, false, false).await;
+        let run = self.engine.drive_reader(&*self.engine.gateway, Some(&customer), payment, rec.clone(), None);
+        tokio::select! {
+            _ = run => panic!("the payment ends without a card"),
+            () = customer.asked.notified() => {}
+        }
+        self.stored(&rec.id)
+    }
+
+    /// A payment that posd stopped once the gateway had answered its
+    /// authorization, before the answer was stored: stored AUTHORIZING, with
+    /// its card data, and booked at the gateway.
+    pub(super) async fn left_authorizing(&self, amount_minor: i64) -> PaymentRecord {
+        let (rec, payment, customer) = self.begin(amount_minor, false, true).await;
+        let answered = Notify::new();
+        let stops = StopsAfterSending { gateway: &*self.engine.gateway, answered: &answered };
+        let run = self.engine.drive_reader(&stops, Some(&customer), payment, rec.clone(), None);
+        tokio::select! {
+            _ = run => panic!("posd stops before the answer is stored"),
+            () = answered.notified() => {}
+        }
+        self.stored(&rec.id)
+    }
+
+    /// posd started again: a new engine on the same store, gateway client,
+    /// lanes and wall clock, with nothing in memory from the one before
+    /// (whose runs the test dropped, as a crash ends them).
+    pub(super) fn restart(&mut self) {
+        let old = &self.engine;
+        let lanes = old.lanes.values().cloned().collect();
+        let engine =
+            Engine::with_wall_clock(old.store.clone(), old.gateway.clone(), lanes, old.settings.clone(), old.wall);
+        self.engine = engine;
+    }
+
+    /// The lane's printer ([`rig_with_lane`]).
+    pub(super) fn printer(&self) -> &FakePrinter {
+        self.printer.as_ref().expect("the rig has a lane with a printer")
+    }
+
+    /// The register events of `kind` stored so far, oldest first.
+    pub(super) fn events(&self, kind: EventKind) -> Vec<EventRecord> {
+        let all = self.engine.store.events_after(0, 10_000).unwrap();
+        all.into_iter().filter(|e| e.kind == StoredEventKind::Known(kind)).collect()
+    }
+
+    /// A new payment as the register's request stores it, its machine, and
+    /// the customer at the reader (presenting a card when asked, or not).
+    async fn begin(
+        &self,
+        amount_minor: i64,
+        manual_capture: bool,
+        presents: bool,
+    ) -> (PaymentRecord, ReaderPayment, Customer) {
         let n = self.paid.fetch_add(1, Ordering::SeqCst) + 1;
         let candidate = PaymentRecord {
             manual_capture,
@@ -212,7 +325,7 @@ impl Rig {
                 LANE.into(),
                 amount_minor,
                 "EUR".into(),
-                now_ms(),
+                self.engine.now_ms(),
             )
         };
         let Inserted::New(rec) = self.engine.store.insert_or_get(&candidate, "test").await.unwrap() else {
@@ -220,9 +333,9 @@ impl Rig {
         };
         let settings = self.engine.reader_settings(OfflinePolicy::defaults_for("EUR"));
         let payment = ReaderPayment::new(payment_of(&rec), settings);
-        let customer = Customer { fingerprint: format!("FP{n}"), open: Mutex::new(None) };
-        self.engine.drive_reader(&*self.engine.gateway, Some(&customer), payment, rec.clone(), None).await;
-        self.stored(&rec.id)
+        let customer =
+            Customer { fingerprint: format!("FP{n}"), presents, asked: Notify::new(), open: Mutex::new(None) };
+        (rec, payment, customer)
     }
 
     pub(super) fn stored(&self, id: &str) -> PaymentRecord {
@@ -269,8 +382,12 @@ pub(super) async fn next_event(rx: &mut broadcast::Receiver<EventRecord>, kind: 
 /// A customer who presents a card as soon as the reader asks for one: its
 /// data encrypted for the payment as a reader encrypts it, with a card
 /// fingerprint of its own (so per-card offline limits do not interfere).
+/// One who does not present it keeps the reader waiting.
 struct Customer {
     fingerprint: String,
+    presents: bool,
+    /// Notified when the reader asks for the card.
+    asked: Notify,
     /// The payment's channel, open until the reader is released.
     open: Mutex<Option<mpsc::UnboundedSender<ReaderEvent>>>,
 }
@@ -302,8 +419,11 @@ impl CardReader for Customer {
             ..Default::default()
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(ReaderEvent::Card(Box::new(result))).expect("the receiver is here");
+        if self.presents {
+            tx.send(ReaderEvent::Card(Box::new(result))).expect("the receiver is here");
+        }
         *self.open.lock().unwrap() = Some(tx);
+        self.asked.notify_one();
         std::future::ready(Ok(rx))
     }
 
@@ -318,5 +438,27 @@ impl CardReader for Customer {
 
     fn show_result(&self, _: &str, _: bool, _: &str) -> impl Future<Output = ()> + Send {
         std::future::ready(())
+    }
+}
+
+/// The gateway client of a posd that stops (a crash, a power cut) once its
+/// authorization has been answered, before the answer is stored: the
+/// authorization never returns to the driver.
+struct StopsAfterSending<'a> {
+    gateway: &'a Gateway,
+    answered: &'a Notify,
+}
+
+impl Authorizer for StopsAfterSending<'_> {
+    fn authorize(&self, req: AuthorizeRequest) -> impl Future<Output = AuthOutcome> + Send {
+        async move {
+            let _answer = self.gateway.authorize(req).await;
+            self.answered.notify_one();
+            std::future::pending().await
+        }
+    }
+
+    fn transaction(&self, key: &str) -> impl Future<Output = Result<Option<Transaction>, String>> + Send {
+        self.gateway.transaction(key)
     }
 }

@@ -1,15 +1,20 @@
-//! Captures, voids and refunds in one process (`engine::test_support`):
-//! gateway-sim's service behind the real gateway client, under tokio's
-//! paused clock, at each failure point of the call (not sent, the answer
-//! lost after the gateway booked it, no answer in time, refused), asserted
-//! on posd's store and on the gateway's ledger.
+//! Captures, voids, refunds and end of day in one process
+//! (`engine::test_support`): gateway-sim's service behind the real gateway
+//! client, under tokio's paused clock, at each failure point of the call
+//! (not sent, the answer lost after the gateway booked it, no answer in
+//! time, refused), asserted on posd's store and on the gateway's ledger;
+//! and capture windows, counted on the engine's wall clock, which follows
+//! the paused clock.
+
+use std::time::Duration;
 
 use gateway_sim::Fault;
 use pos_engine::Status;
 use tokio::time::Instant;
 
-use crate::engine::EngineError;
-use crate::engine::test_support::{REQUEST_TIMEOUT, Rig, rig};
+use crate::engine::test_support::{LANE, REQUEST_TIMEOUT, Rig, published, rig, rig_with_lane, settings};
+use crate::engine::{EngineError, EngineSettings};
+use crate::printer::fake::Sent;
 use crate::store::{EventKind, RefundRecord, RefundStatus, SendKind};
 
 /// The register's error as its kind and stable code.
@@ -355,4 +360,144 @@ async fn a_pending_refund_is_settled_in_the_background_by_the_gateway_s_record()
     let [refund] = &refunds[..] else { panic!("one refund") };
     assert_eq!(refund.status, RefundStatus::Succeeded);
     assert_eq!(r.gateway.refunds(&p.gateway_key), [(refund.refund_key.clone(), 1_000, true)]);
+}
+
+/// The capture window of these tests.
+const WINDOW: Duration = Duration::from_secs(48 * 3600);
+
+async fn with_capture_window() -> Rig {
+    rig_with_lane(EngineSettings { capture_window: Some(WINDOW), ..settings() }).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_authorization_not_captured_within_its_window_is_reversed_once() {
+    let r = with_capture_window().await;
+    let old = r.pay(2_000, true).await;
+    tokio::time::advance(WINDOW - Duration::from_secs(60)).await;
+    let young = r.pay(3_000, true).await;
+    assert_eq!((old.status, young.status), (Status::Authorized, Status::Authorized));
+
+    let calls = r.gateway.dials();
+    r.engine.expire_authorizations().await;
+    assert_eq!(r.stored(&old.id).status, Status::Authorized, "a minute short of its window");
+    assert_eq!(r.gateway.dials(), calls);
+
+    tokio::time::advance(Duration::from_secs(120)).await;
+    r.engine.expire_authorizations().await;
+    assert_eq!(r.gateway.dials(), calls + 1, "the gateway's record is read first");
+    let expired = r.stored(&old.id);
+    assert_eq!((expired.status, expired.reason_code.as_str()), (Status::ReversalPending, "capture_window_passed"));
+    assert_eq!(r.stored(&young.id).status, Status::Authorized, "within its window");
+    let events = r.events(EventKind::AuthorizationExpired);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].payment_id, old.id);
+    assert!(events[0].message.contains("capture window (48h)"), "{}", events[0].message);
+
+    let mut followed = r.follow(&old.id);
+    let worker = tokio::spawn(r.engine.clone().reversal_worker());
+    published(&mut followed, Status::Reversed).await;
+    worker.abort();
+    assert_eq!(r.stored(&old.id).status, Status::Reversed);
+    assert_eq!(r.gateway.charge(&old.gateway_key).unwrap().status, "reversed", "the hold is released");
+    assert_eq!(r.gateway.dials(), calls + 2, "one reversal");
+
+    r.engine.expire_authorizations().await;
+    assert_eq!(r.gateway.dials(), calls + 2, "a reversed authorization is not looked at again");
+    assert_eq!(r.events(EventKind::AuthorizationExpired).len(), 1);
+    let held = r.gateway.charge(&young.gateway_key).unwrap();
+    assert_eq!((held.status.as_str(), held.captured), ("approved", false), "the younger hold stays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_authorization_captured_within_its_window_is_not_reversed() {
+    let r = with_capture_window().await;
+    let p = r.pay(2_000, true).await;
+    tokio::time::advance(WINDOW / 2).await;
+    let captured = r.engine.capture_payment(&p.id, 1_500, "test").await.unwrap();
+    assert_eq!(captured.status, Status::Captured);
+
+    tokio::time::advance(WINDOW).await;
+    let calls = r.gateway.dials();
+    r.engine.expire_authorizations().await;
+    assert_eq!(r.gateway.dials(), calls, "nothing to ask about");
+    let stored = r.stored(&p.id);
+    assert_eq!((stored.status, stored.captured_minor), (Status::Captured, 1_500));
+    let charge = r.gateway.charge(&p.gateway_key).unwrap();
+    assert_eq!((charge.status.as_str(), charge.captured_minor), ("approved", 1_500));
+    assert!(r.events(EventKind::AuthorizationExpired).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_capture_in_hand_when_the_window_passes_goes_first_and_is_not_reversed() {
+    let r = with_capture_window().await;
+    let p = r.pay(2_000, true).await;
+    tokio::time::advance(WINDOW + Duration::from_secs(60)).await;
+
+    // The register's capture is at the gateway (which takes its time).
+    r.gateway.fault(Fault::Latency(500));
+    let calls = r.gateway.dials();
+    let capture = tokio::spawn({
+        let (engine, id) = (r.engine.clone(), p.id.clone());
+        async move { engine.capture_payment(&id, 0, "test").await }
+    });
+    r.gateway.dialed(calls + 1).await;
+    r.engine.expire_authorizations().await;
+    assert_eq!(r.gateway.dials(), calls + 1, "the expiry leaves a payment in hand alone");
+    assert_eq!(r.stored(&p.id).status, Status::Authorized);
+
+    let captured = capture.await.unwrap().unwrap();
+    assert_eq!((captured.status, captured.captured_minor), (Status::Captured, 2_000));
+    r.gateway.fault(Fault::None);
+    r.engine.expire_authorizations().await;
+    assert_eq!(r.gateway.dials(), calls + 1, "a captured payment does not expire");
+    let charge = r.gateway.charge(&p.gateway_key).unwrap();
+    assert_eq!((charge.status.as_str(), charge.captured), ("approved", true), "captured, never reversed");
+    assert!(r.events(EventKind::AuthorizationExpired).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_end_of_day_whose_answer_was_lost_closes_one_batch_when_repeated() {
+    let r = rig_with_lane(settings()).await;
+    let first = r.pay(2_000, false).await;
+    let second = r.pay(3_000, false).await;
+    r.gateway.fault(Fault::LoseAnswers);
+
+    let e = r.engine.close_batch(LANE, "test").await.unwrap_err();
+    assert_eq!(code(e), "unavailable OUTCOME_UNKNOWN");
+    let closed = r.gateway.batch_keys();
+    assert_eq!(closed.len(), 1, "the gateway closed the batch");
+    let batch_id = closed[0].1.clone();
+    for p in [&first, &second] {
+        assert_eq!(r.gateway.batch_of(&p.gateway_key), Some(batch_id.clone()));
+    }
+    assert!(r.events(EventKind::BatchClosed).is_empty(), "no answer to record");
+
+    // Sold after the lost answer: not in the batch the gateway closed.
+    r.gateway.fault(Fault::None);
+    let later = r.pay(4_000, false).await;
+    let summary = r.engine.close_batch(LANE, "test").await.unwrap();
+    assert_eq!(summary.batch_id, batch_id, "answered with the batch closed before, by its key");
+    assert_eq!(r.gateway.batch_keys(), closed, "closed once");
+    let totals: Vec<_> = summary.totals.iter().map(|t| (t.currency.as_str(), t.count, t.captured_minor)).collect();
+    assert_eq!(totals, vec![("EUR", 2, 5_000)]);
+    assert_eq!(r.gateway.batch_of(&later.gateway_key), None);
+    let events = r.events(EventKind::BatchClosed);
+    assert_eq!(events.len(), 1);
+    let expected = format!("batch {batch_id} closed by test: 2 x 5000 EUR");
+    assert!(events[0].message.starts_with(&expected), "{}", events[0].message);
+
+    // The slip on the lane's printer, dated by the engine's wall clock.
+    let sent = r.printer().sent();
+    let [Sent::Job(slip)] = sent.as_slice() else { panic!("one slip: {sent:?}") };
+    let slip = String::from_utf8_lossy(slip);
+    for part in ["END OF DAY", batch_id.as_str(), "2026-03-02"] {
+        assert!(slip.contains(part), "{part:?} on the slip:\n{slip}");
+    }
+    assert_eq!(r.events(EventKind::SlipPrinted).len(), 1);
+
+    // The next end of day is a new batch under a new key.
+    let next = r.engine.close_batch(LANE, "test").await.unwrap();
+    assert_ne!(next.batch_id, batch_id);
+    assert_eq!(r.gateway.batch_of(&later.gateway_key), Some(next.batch_id.clone()));
+    assert_eq!(r.gateway.batch_keys().len(), 2);
 }

@@ -2,7 +2,8 @@
 //! payments approved offline while the gateway was down, then forwarded to
 //! gateway-sim's service at each failure point (not sent, the answer lost
 //! after the gateway booked the batch, no answer in time, credentials
-//! refused, items refused), asserted on posd's store and on the ledger.
+//! refused, items refused, posd stopped while a batch was out), asserted on
+//! posd's store and on the ledger.
 
 use std::time::Duration;
 
@@ -203,4 +204,32 @@ async fn a_payment_never_sent_expires_once_the_ageing_clock_passes_expire_after(
     assert!(r.engine.store.has_event(EventKind::Expired, &p.id, "not forwarded within 72h").unwrap());
     assert_eq!(r.engine.store.encrypted_card(&p.id).unwrap(), None, "its card data is deleted");
     assert!(r.gateway.charges().is_empty(), "nothing is charged");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payment_left_forwarding_at_a_restart_goes_back_in_the_queue_and_is_charged_once() {
+    let mut r = rig().await;
+    let payments = queued(&r, &[1_000, 2_000]).await;
+    // posd stops while the first one's batch is at the gateway, unanswered.
+    r.gateway.fault(Fault::Hang);
+    let batch = r.engine.store.outbox_batch(1).unwrap();
+    let calls = r.gateway.dials();
+    tokio::select! {
+        _ = r.engine.forward_once(batch) => panic!("posd stops before the gateway answers"),
+        () = r.gateway.dialed(calls + 1) => {}
+    }
+    let left: Vec<Status> = states(&r, &payments).into_iter().map(|(status, _)| status).collect();
+    assert_eq!(left, vec![Status::Forwarding, Status::OfflineApproved]);
+    r.gateway.fault(Fault::None);
+
+    r.restart();
+    r.engine.recover().await.unwrap();
+    for p in &payments {
+        let queued = r.stored(&p.id);
+        assert_eq!((queued.status, queued.gateway_key.as_str()), (Status::OfflineApproved, p.gateway_key.as_str()));
+    }
+    assert_eq!(r.engine.store.queue_summary().unwrap().count, 2, "both wait to be forwarded");
+
+    assert_eq!(forward(&r).await, None);
+    assert_forwarded_once(&r, &payments);
 }

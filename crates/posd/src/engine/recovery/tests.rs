@@ -1,15 +1,18 @@
-//! The reversal worker in one process (`engine::test_support`): a charge
-//! whose answer posd gave up on is reversed at gateway-sim's service,
-//! retried through each failure point (not sent, the answer lost after the
-//! gateway reversed it, no answer in time) until acknowledged.
+//! Start-up recovery and the reversal worker in one process
+//! (`engine::test_support`). At a restart (`Rig::restart`) a payment a
+//! stopped posd left in doubt is settled by one status query, and one left
+//! before its authorization was sent is failed as interrupted, nothing
+//! asked; a charge whose answer posd gave up on is reversed at gateway-sim's
+//! service, retried through each failure point (not sent, the answer lost
+//! after the gateway reversed it, no answer in time) until acknowledged.
 
 use gateway_sim::Fault;
-use pos_engine::Status;
+use pos_engine::{Input, Status, next};
 use pos_proto::terminal as pb;
 use tokio::sync::broadcast;
 
-use crate::engine::test_support::{REQUEST_TIMEOUT, Rig, published, rig};
-use crate::store::PaymentRecord;
+use crate::engine::test_support::{REQUEST_TIMEOUT, Rig, published, rig, rig_with_lane, settings};
+use crate::store::{PaymentRecord, Update};
 
 /// A payment whose authorization the gateway booked only after posd gave
 /// up on the answer and on its status queries: every call takes longer
@@ -90,4 +93,47 @@ async fn a_reversal_without_an_answer_in_time_is_retried() {
     worker.abort();
     assert_eq!(r.stored(&p.id).status, Status::Reversed);
     assert_eq!(r.gateway.charge(&p.gateway_key).unwrap().status, "reversed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payment_left_authorizing_is_settled_at_start_up_by_one_status_query() {
+    let mut r = rig_with_lane(settings()).await;
+    let p = r.left_authorizing(2_000).await;
+    assert_eq!(p.status, Status::Authorizing);
+    assert!(r.engine.store.encrypted_card(&p.id).unwrap().is_some(), "its card data waits for the answer");
+    let charge = r.gateway.charge(&p.gateway_key).expect("the gateway booked it");
+
+    r.restart();
+    let mut followed = r.follow(&p.id);
+    let calls = r.gateway.dials();
+    r.engine.recover().await.unwrap();
+    published(&mut followed, Status::Captured).await;
+    let settled = r.stored(&p.id);
+    assert_eq!((settled.status, settled.auth_code.as_str()), (Status::Captured, charge.auth_code.as_str()));
+    assert_eq!(r.gateway.dials(), calls + 1, "one status query; the authorization is not sent again");
+    assert_eq!(r.gateway.charges().len(), 1);
+    assert_eq!(r.engine.store.encrypted_card(&p.id).unwrap(), None, "the card data goes with the answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn payments_left_before_their_authorization_are_failed_as_interrupted_at_start_up() {
+    let mut r = rig_with_lane(settings()).await;
+    let collecting = r.left_collecting(1_000).await;
+    assert_eq!(collecting.status, Status::Collecting);
+    // This posd commits CARD_READ with AUTHORIZING; a database of an older
+    // one may hold it alone.
+    let card_read = r.left_collecting(2_000).await;
+    let read = next(Status::Collecting, &Input::CardRead).unwrap();
+    r.engine.store.apply(&card_read.id, &read, Update::default(), r.engine.now_ms()).await.unwrap();
+    assert_eq!(r.stored(&card_read.id).status, Status::CardRead);
+
+    r.restart();
+    let calls = r.gateway.dials();
+    r.engine.recover().await.unwrap();
+    for p in [&collecting, &card_read] {
+        let ended = r.stored(&p.id);
+        assert_eq!((ended.status, ended.reason_code.as_str()), (Status::Failed, "interrupted"), "{}", p.id);
+    }
+    assert_eq!(r.gateway.dials(), calls, "nothing can be at the gateway: nothing is asked");
+    assert!(r.gateway.charges().is_empty());
 }

@@ -13,7 +13,7 @@ use pos_zvt::{Bmp, Bmps, Message, codes};
 use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
-use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update, now_ms};
+use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update};
 use crate::zvt::{Ending, ZvtEvent, ZvtTerminal};
 
 /// Holds a lane for an administrative command (refund, reversal,
@@ -135,8 +135,8 @@ impl Engine {
                     } else {
                         (EventKind::RefundFailed, format!("the payment terminal refused the refund: {text}"))
                     };
-                    let refund_event = event(kind, message);
-                    match self.store.finish_refund(&refund.id, failure, &refund_event, true, None, now_ms()).await {
+                    let (refund_event, now) = (event(kind, message), self.now_ms());
+                    match self.store.finish_refund(&refund.id, failure, &refund_event, true, None, now).await {
                         Ok((stored, ev)) => {
                             if let Some(ev) = ev {
                                 let _ = self.events.send(ev);
@@ -179,7 +179,7 @@ impl Engine {
                 let failed = event(EventKind::RefundFailed, format!("the payment terminal did not refund: {text}"));
                 let (stored, ev) = self
                     .store
-                    .finish_refund(&refund.id, Some((&code, &text)), &failed, false, None, now_ms())
+                    .finish_refund(&refund.id, Some((&code, &text)), &failed, false, None, self.now_ms())
                     .await
                     .inspect_err(|e| self.note_store_error(e))?;
                 if let Some(ev) = ev {
@@ -232,13 +232,13 @@ impl Engine {
                     refund.amount_minor, refund.currency
                 );
                 let succeeded = event(EventKind::RefundSucceeded, message);
-                self.store.finish_refund(&refund.id, None, &succeeded, true, None, now_ms()).await
+                self.store.finish_refund(&refund.id, None, &succeeded, true, None, self.now_ms()).await
             }
             Verdict::NotBooked(why) => {
                 let message = format!("the payment terminal did not refund: {why}");
                 let failure = Some(("terminal_not_booked", why.as_str()));
                 let failed = event(EventKind::RefundFailed, message);
-                self.store.finish_refund(&refund.id, failure, &failed, false, None, now_ms()).await
+                self.store.finish_refund(&refund.id, failure, &failed, false, None, self.now_ms()).await
             }
             Verdict::Undetermined(why) => return Err(self.refund_left_to_a_person(&refund, rec, &why).await),
         };
@@ -284,7 +284,7 @@ impl Engine {
                 message: format!("refund {} of {} failed: {why}", refund.id, refund.amount_minor),
             };
             let failure = Some(("interrupted", why));
-            match self.store.finish_refund(&refund.id, failure, &event, false, None, now_ms()).await {
+            match self.store.finish_refund(&refund.id, failure, &event, false, None, self.now_ms()).await {
                 Ok((_, Some(ev))) => drop(self.events.send(ev)),
                 Ok((_, None)) => {}
                 Err(e) => self.note_store_error(&e),
@@ -351,9 +351,11 @@ impl Engine {
             message: message.clone(),
         };
         let failure = (!booked).then_some(("resolved_not_booked", message.as_str()));
+        // A refund booked on the terminal is recorded for the gateway's ledger.
+        let record = booked && rec.on_terminal();
         let (stored, ev) = self
             .store
-            .finish_refund(&refund.id, failure, &event, booked && rec.on_terminal(), Some(message.as_str()), now_ms())
+            .finish_refund(&refund.id, failure, &event, record, Some(message.as_str()), self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
         drop(hold);
@@ -484,7 +486,7 @@ impl Engine {
                 ));
             }
         }
-        let now = crate::store::now_ms();
+        let now = self.now_ms();
         let key = format!("zvt_batch_closed_at:{terminal}");
         let since = self.store.meta(&key)?.unwrap_or(0);
         let count = self
