@@ -436,8 +436,7 @@ impl Terminal {
     /// the SaleID when no reference is given).
     fn transaction_status(&self, header: &MessageHeader, req: &TransactionStatusRequest) -> Reply {
         let reference = req.message_reference.as_ref();
-        let sale_id =
-            reference.and_then(|r| r.sale_id.clone()).or_else(|| header.sale_id.clone()).unwrap_or_default();
+        let sale_id = reference.and_then(|r| r.sale_id.clone()).or_else(|| header.sale_id.clone()).unwrap_or_default();
         let (service_id, entry) = {
             let s = self.state.lock().unwrap();
             let service_id = reference.and_then(|r| r.service_id.clone()).or_else(|| s.journal.last_of(&sale_id));
@@ -591,11 +590,8 @@ impl Terminal {
     fn append_to_journal_file(&self, key: &PaymentKey, response: &pos_nexo::payment::PaymentResponse) {
         let Some(path) = &self.opts.journal_file else { return };
         let line = serde_json::json!({"SaleID": key.0, "ServiceID": key.1, "PaymentResponse": response});
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| writeln!(f, "{line}"));
+        let written =
+            std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "nexo: cannot append to the journal file");
         }

@@ -109,11 +109,7 @@ pub fn payment_response(
         }),
         online_flag: Some(true),
     });
-    let payment_receipt = if decision.card_read {
-        receipts(request, decision, card, &poi, poi_id)
-    } else {
-        Vec::new()
-    };
+    let payment_receipt = if decision.card_read { receipts(request, decision, card, &poi, poi_id) } else { Vec::new() };
     PaymentResponse {
         response,
         sale_data: Some(request.sale_data.clone()),
