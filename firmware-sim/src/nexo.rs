@@ -768,7 +768,7 @@ async fn answer_http(t: Arc<Terminal>, req: Request<Incoming>) -> Result<hyper::
     if !matches!(req.uri().path(), "/nexo" | "/nexo/") {
         return Ok(plain(StatusCode::NOT_FOUND, "not found"));
     }
-    if req.method() != Method::POST {
+    if *req.method() != Method::POST {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "POST only"));
     }
     let body = match Limited::new(req.into_body(), MAX_REQUEST).collect().await {
