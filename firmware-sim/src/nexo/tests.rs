@@ -124,12 +124,12 @@ async fn an_approved_payment_is_journaled_and_repeated_by_transaction_status() {
     let poi = p.poi_data.clone().unwrap().poi_transaction_id;
     assert!(poi.transaction_id.starts_with("SIMT") && poi.time_stamp.ends_with('Z'), "{poi:?}");
     let result = p.payment_result.clone().unwrap();
-    assert_eq!(result.amounts_resp.unwrap().authorized_amount.unwrap().to_minor("EUR"), Ok(1250));
+    assert_eq!(result.amounts_resp.clone().unwrap().authorized_amount.unwrap().to_minor("EUR"), Ok(1250));
     let card = result.card().unwrap();
     assert_eq!(card.masked_pan.as_deref(), Some("411111 **** 1111"));
     let compact = card.masked_pan.clone().unwrap().replace(' ', "");
     assert_eq!(pos_mask::well_masked(&compact), "411111****1111", "first six and last four, as posd keeps them");
-    assert_eq!(result.payment_acquirer_data.unwrap().approval_code.map(|c| c.len()), Some(6));
+    assert_eq!(result.payment_acquirer_data.clone().unwrap().approval_code.map(|c| c.len()), Some(6));
     let qualifiers: Vec<_> = p.payment_receipt.iter().map(|r| r.document_qualifier.clone()).collect();
     assert_eq!(qualifiers, [DocumentQualifier::CashierReceipt, DocumentQualifier::CustomerReceipt]);
     let lines = pos_nexo::receipt::Receipt::decode(&p.payment_receipt[1]).lines;
@@ -269,20 +269,18 @@ async fn reversals_are_taken_once_and_reconciliation_totals_each_brand() {
         .transaction_totals
         .iter()
         .flat_map(|g| {
-            g.payment_totals.iter().map(|p| {
+            g.payment_totals.iter().map(move |p| {
                 let brand = g.card_brand.clone().unwrap();
                 (brand, p.transaction_type.clone(), p.transaction_count, p.transaction_amount.to_minor("EUR").unwrap())
             })
         })
         .collect();
-    assert_eq!(
-        totals,
-        [
-            ("visa".to_string(), TransactionType::Debit, 1, 1000),
-            ("visa".to_string(), TransactionType::ReverseDebit, 1, 400),
-            ("mc".to_string(), TransactionType::Debit, 2, 550),
-        ]
-    );
+    let expected: Vec<(String, TransactionType, u64, i64)> = vec![
+        ("visa".into(), TransactionType::Debit, 1, 1000),
+        ("visa".into(), TransactionType::ReverseDebit, 1, 400),
+        ("mc".into(), TransactionType::Debit, 2, 550),
+    ];
+    assert_eq!(totals, expected);
     // The period is closed: the next totals start from nothing.
     let answer = ask(&t, &request("E2", eod.into())).await;
     let ResponseBody::Reconciliation(r) = answer.body else { panic!() };
