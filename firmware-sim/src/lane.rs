@@ -142,6 +142,7 @@ impl SimLane {
         match s.device {
             Device::Native => self.desk.plan(s.customers(&self.opts.reader.customer).map_err(anyhow::Error::msg)?),
             Device::Zvt => self.terminal.plan(s.zvt_plans().map_err(anyhow::Error::msg)?),
+            Device::Nexo => anyhow::bail!("a nexo scenario is played by `firmware-sim nexo --scenario FILE`"),
         }
         let p = &s.printer;
         let mut commands = Vec::new();
@@ -181,6 +182,7 @@ impl SimLane {
                 place(self.opts.card_wire, &card_at),
                 pos_zvt::bcd::decode(&self.opts.zvt.password).unwrap_or_default()
             ),
+            Device::Nexo => format!("{{ kind = \"nexo\", url = \"https://{card_at}/nexo\" }}"),
         };
         let mut out =
             format!("[[lane]]\nid = {:?}\ncurrency = {:?}\nreader = {reader}\n", self.opts.lane_id, self.opts.currency);
@@ -420,6 +422,11 @@ async fn card_device(lane: Arc<SimLane>, ready: Ready) {
     let name = match lane.opts.device {
         Device::Native => "reader",
         Device::Zvt => "terminal",
+        Device::Nexo => {
+            let refused = anyhow::anyhow!("firmware-sim lane has no nexo terminal yet; run firmware-sim nexo");
+            let _ = ready.send(Err(refused));
+            return;
+        }
     };
     let mut socket = Socket::new(name, lane.opts.card_wire, &lane.opts.dir, ready);
     while let Some(io) = socket.connect(&lane.card_plug, &lane.card_at).await {
@@ -433,6 +440,8 @@ async fn card_device(lane: Arc<SimLane>, ready: Ready) {
                     () = lane.card_plug.wait(false) => None,
                 }
             }
+            // Refused before the loop.
+            Device::Nexo => None,
             Device::Zvt => {
                 let line = Line::open(io, lane.terminal.faults.clone(), serial, transcript, zvt::describe);
                 tokio::select! {

@@ -11,6 +11,9 @@
 //! - [`zvt`]: a ZVT payment terminal that authorizes by itself, with
 //!   scenarios (approve, decline, cancel, offline, busy, slow, disconnect,
 //!   initialisation required), line faults, a journal and a batch.
+//! - [`nexo`]: a nexo (Adyen Terminal API) terminal over HTTPS, encrypted
+//!   or in clear, with scenarios, a journal answering TransactionStatus,
+//!   reversals and reconciliation totals.
 //! - [`lane`]: one lane in a box (card device and printer), driven by
 //!   [`scenario`] files and a technician's commands.
 //! - [`line`]: faults armed on a device's line (dropped ACK, bad CRC,
@@ -19,6 +22,7 @@
 pub mod control;
 pub mod lane;
 pub mod line;
+pub mod nexo;
 pub mod paper;
 pub mod printer;
 pub mod reader;

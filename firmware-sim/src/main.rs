@@ -5,6 +5,8 @@
 //! firmware-sim reader --tcp ADDR [card options]        # a TCP listener (bare APDUs)
 //! firmware-sim printer --pty-link PATH | --tcp ADDR --out DIR [--control ADDR]
 //! firmware-sim zvt --pty-link PATH | --tcp ADDR [--control ADDR] [--scenario NAME]
+//! firmware-sim nexo --listen HOST:PORT --poi-id ID [--key-id ID --key-version N --passphrase-file PATH]
+//!                   --ca-out PATH [--control ADDR] [--scenario NAME|FILE]
 //! ```
 
 use std::path::PathBuf;
@@ -38,6 +40,8 @@ enum Command {
     Printer(PrinterArgs),
     /// A ZVT payment terminal that authorizes by itself (serial framing on a PTY, bare APDUs on TCP).
     Zvt(ZvtArgs),
+    /// A nexo payment terminal as Adyen terminals are reached locally (Terminal API over HTTPS).
+    Nexo(NexoArgs),
     /// A whole lane: a card device and a receipt printer, a scenario, a control
     /// socket and console, and a transcript of every frame. Prints posd's config for it.
     Lane(LaneArgs),
@@ -153,6 +157,58 @@ struct ZvtArgs {
     #[arg(long, default_value_t = 52_523_535)]
     terminal_id: u32,
     /// Append every frame, both ways, to FILE (card data redacted).
+    #[arg(long, value_name = "FILE")]
+    transcript: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct NexoArgs {
+    /// Serve HTTPS on HOST:PORT (Adyen's library always uses port 8443; any 127.x.y.z works).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// The terminal's POIID, `<model>-<serial>` (its certificate names `<POIID>.test.terminal.adyen.com`).
+    #[arg(long, value_name = "ID")]
+    poi_id: String,
+    /// The shared key's identifier (with --passphrase-file).
+    #[arg(long, value_name = "ID")]
+    key_id: Option<String>,
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    key_version: u32,
+    /// The shared key's passphrase (ASCII; a trailing newline is ignored). Without it the
+    /// terminal takes and answers requests in clear (local test mode).
+    #[arg(long, value_name = "PATH", requires = "key_id")]
+    passphrase_file: Option<PathBuf>,
+    /// Where the CA that signed the terminal's certificate is written (PEM), for the Sale system.
+    #[arg(long, value_name = "PATH")]
+    ca_out: PathBuf,
+    /// How payments end: approve, decline, cancel, busy, slow, wrong-pin, partial, lost-answer,
+    /// long-delay, restart, signature (changeable at run time on --control); or a scenario file
+    /// (`device = "nexo"`) whose payments are played in order.
+    #[arg(long, default_value = "approve", value_name = "NAME|FILE")]
+    scenario: String,
+    /// Take technician commands on ADDR, one per line: scenario NAME, next NAME, card NAME,
+    /// restart [MS], status.
+    #[arg(long, value_name = "ADDR")]
+    control: Option<String>,
+    /// Milliseconds the customer takes for a payment.
+    #[arg(long, default_value_t = 300)]
+    step_ms: u64,
+    /// Milliseconds a payment takes in the slow scenario.
+    #[arg(long, default_value_t = 5000)]
+    slow_ms: u64,
+    /// Milliseconds a payment takes in the long-delay scenario.
+    #[arg(long, default_value_t = 180_000)]
+    long_delay_ms: u64,
+    /// Milliseconds a restart keeps the terminal away.
+    #[arg(long, default_value_t = 3000)]
+    restart_ms: u64,
+    /// The card the customer presents: visa, mc, maestro.
+    #[arg(long, default_value = "visa")]
+    card: String,
+    /// Append every finished payment to FILE as a JSON line.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
+    /// Append every request and answer, decrypted, to FILE (card numbers masked).
     #[arg(long, value_name = "FILE")]
     transcript: Option<PathBuf>,
 }
@@ -291,6 +347,7 @@ async fn main() -> ExitCode {
         Command::Reader(args) => run_reader(args).await,
         Command::Printer(args) => run_printer(args).await,
         Command::Zvt(args) => run_zvt(args).await,
+        Command::Nexo(args) => run_nexo(args).await,
         Command::Lane(args) => run_lane(args).await,
         Command::Ctl(args) => run_ctl(args),
     };
@@ -493,6 +550,71 @@ async fn run_zvt(args: ZvtArgs) -> anyhow::Result<()> {
         let reason = zvt::serve(line, terminal.clone()).await;
         tracing::info!(%peer, %reason, "zvt: register disconnected");
     }
+}
+
+async fn run_nexo(args: NexoArgs) -> anyhow::Result<()> {
+    use firmware_sim::nexo::{self, NexoOptions, Scenario, Terminal, pki};
+    use firmware_sim::scenario::{Device, ScenarioFile};
+    let transcript = transcript(&args.transcript, "nexo")?;
+    let key = match &args.passphrase_file {
+        None => {
+            tracing::warn!("nexo: no --passphrase-file: requests and answers travel in clear");
+            None
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let passphrase = text.trim_end_matches(['\r', '\n']);
+            let key_id = args.key_id.as_deref().expect("clap requires --key-id with --passphrase-file");
+            let key = pos_nexo::Key::derive(passphrase, key_id, args.key_version)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(key)
+        }
+    };
+    let (standing, plans) = if args.scenario.ends_with(".toml") {
+        let file = ScenarioFile::load(std::path::Path::new(&args.scenario)).map_err(anyhow::Error::msg)?;
+        if file.device != Device::Nexo {
+            anyhow::bail!("--scenario {}: written for a {:?} device, not a nexo terminal", args.scenario, file.device);
+        }
+        (Scenario::Approve, file.nexo_plans().map_err(anyhow::Error::msg)?)
+    } else {
+        let words: Vec<&str> = args.scenario.split_whitespace().collect();
+        (Scenario::parse(&words).map_err(|e| anyhow::anyhow!("--scenario: {e}"))?, Vec::new())
+    };
+    let card = nexo::answer::card(&args.card).map_err(|e| anyhow::anyhow!("--card: {e}"))?;
+    let terminal = Terminal::new(
+        NexoOptions {
+            poi_id: args.poi_id.clone(),
+            key,
+            step: Duration::from_millis(args.step_ms),
+            slow: Duration::from_millis(args.slow_ms),
+            long_delay: Duration::from_millis(args.long_delay_ms),
+            restart_takes: Duration::from_millis(args.restart_ms),
+            card,
+            journal_file: args.journal.clone(),
+        },
+        standing,
+        transcript,
+    );
+    terminal.plan(plans);
+    let identity =
+        pki::issue(&args.poi_id).map_err(|e| anyhow::anyhow!("cannot make the terminal's certificate: {e}"))?;
+    pki::write_atomically(&args.ca_out, identity.ca_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write the CA to {}: {e}", args.ca_out.display()))?;
+    let tls = pki::server_config(&identity).map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    if let Some(addr) = &args.control {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for control on {addr}: {e}"))?;
+        println!("firmware-sim nexo control on {}", listener.local_addr()?);
+        tokio::spawn(nexo::control(listener, terminal.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    println!("firmware-sim nexo CA in {}", args.ca_out.display());
+    println!("firmware-sim nexo listening on {}", listener.local_addr()?);
+    nexo::serve(listener, acceptor, terminal).await.map_err(|e| anyhow::anyhow!("accepting connections failed: {e}"))
 }
 
 async fn run_lane(args: LaneArgs) -> anyhow::Result<()> {

@@ -17,6 +17,8 @@ use crate::zvt::{Plan, Scenario as ZvtOutcome, Step as ZvtStep};
 pub enum Device {
     Native,
     Zvt,
+    /// A nexo terminal (`firmware-sim nexo --scenario FILE`; not in `firmware-sim lane` yet).
+    Nexo,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +183,12 @@ impl ScenarioFile {
                     return Err("setup.reader_keys is for native readers".into());
                 }
             }
+            Device::Nexo => {
+                s.nexo_plans()?;
+                if s.setup != DeviceSetup::default() {
+                    return Err("a nexo terminal takes no [setup]".into());
+                }
+            }
         }
         if let Some(p) = &s.printer.paper
             && !["ok", "near-end", "out"].contains(&p.as_str())
@@ -242,6 +250,27 @@ impl ScenarioFile {
                     .collect::<Result<_, String>>()
                     .map_err(at)?;
                 Ok(c)
+            })
+            .collect()
+    }
+
+    /// The nexo terminal's outcomes, one per payment.
+    pub fn nexo_plans(&self) -> Result<Vec<crate::nexo::Scenario>, String> {
+        self.payments
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = |e: String| format!("payment {}: {e}", i + 1);
+                if p.card.is_some() || p.pin.is_some() || p.wait_for_tap || p.cancel_after_ms.is_some() {
+                    return Err(
+                        at("a nexo terminal reads the card itself; describe the payment with `outcome`".into()),
+                    );
+                }
+                if !p.faults.is_empty() {
+                    return Err(at("a nexo terminal takes no line faults; use an outcome instead".into()));
+                }
+                let words: Vec<&str> = p.outcome.as_deref().unwrap_or("approve").split_whitespace().collect();
+                crate::nexo::Scenario::parse(&words).map_err(at)
             })
             .collect()
     }
@@ -313,6 +342,17 @@ mod tests {
     }
 
     #[test]
+    fn a_nexo_scenario_becomes_outcomes() {
+        let s = ScenarioFile::parse(
+            "description = \"x\"\ndevice = \"nexo\"\n[[payment]]\n[[payment]]\noutcome = \"lost-answer\"\n\
+             [expect]\nstatus = \"captured\"\n",
+        )
+        .unwrap();
+        use crate::nexo::Scenario;
+        assert_eq!(s.nexo_plans().unwrap(), vec![Scenario::Approve, Scenario::LostAnswer]);
+    }
+
+    #[test]
     fn mistakes_are_named_before_the_lane_starts() {
         let base = "description = \"x\"\n[expect]\nstatus = \"captured\"\n";
         let bad = [
@@ -329,6 +369,10 @@ mod tests {
             ("device = \"native\"\n[printer]\npaper = \"wet\"\n", "printer.paper"),
             ("device = \"native\"\n[setup]\nrepeat_receipt = false\n", "are for ZVT terminals"),
             ("device = \"zvt\"\n[setup]\nreader_keys = false\n", "for native readers"),
+            ("device = \"nexo\"\n[[payment]]\noutcome = \"maybe\"\n", "unknown scenario"),
+            ("device = \"nexo\"\n[[payment]]\npin = \"ok\"\n", "reads the card itself"),
+            ("device = \"nexo\"\n[[payment]]\nfaults = [{ at = \"result\", fault = \"silent\" }]\n", "no line faults"),
+            ("device = \"nexo\"\n[setup]\nrepeat_receipt = false\n", "no [setup]"),
             ("device = \"native\"\ncolour = \"red\"\n", "unknown field"),
         ];
         for (text, want) in bad {
