@@ -276,7 +276,7 @@ impl Rig {
     pub(super) async fn left_authorizing(&self, amount_minor: i64) -> PaymentRecord {
         let (rec, payment, customer) = self.begin(amount_minor, false, true).await;
         let answered = Notify::new();
-        let stops = StopsAfterSending { gateway: &*self.engine.gateway, answered: &answered };
+        let stops = StopsAfterSending { gateway: &self.engine.gateway, answered: &answered };
         let run = self.engine.drive_reader(&stops, Some(&customer), payment, rec.clone(), None);
         tokio::select! {
             _ = run => panic!("posd stops before the answer is stored"),
@@ -450,12 +450,10 @@ struct StopsAfterSending<'a> {
 }
 
 impl Authorizer for StopsAfterSending<'_> {
-    fn authorize(&self, req: AuthorizeRequest) -> impl Future<Output = AuthOutcome> + Send {
-        async move {
-            let _answer = self.gateway.authorize(req).await;
-            self.answered.notify_one();
-            std::future::pending().await
-        }
+    async fn authorize(&self, req: AuthorizeRequest) -> AuthOutcome {
+        let _answer = self.gateway.authorize(req).await;
+        self.answered.notify_one();
+        std::future::pending().await
     }
 
     fn transaction(&self, key: &str) -> impl Future<Output = Result<Option<Transaction>, String>> + Send {
