@@ -165,13 +165,7 @@ fn start_lanes(cfg: &Config) -> anyhow::Result<Vec<Arc<Lane>>> {
             // A nexo terminal is asked how it is as often as the gateway.
             nexo.health_interval = cfg.offline.health_interval.0;
         }
-        lanes.push(Lane::spawn(
-            l.id.clone(),
-            l.currency.clone(),
-            device,
-            l.offline_policy(&cfg.offline),
-            printer,
-        ));
+        lanes.push(Lane::spawn(l.id.clone(), l.currency.clone(), device, l.offline_policy(&cfg.offline), printer));
     }
     Ok(lanes)
 }

@@ -73,7 +73,9 @@ pub(crate) async fn open(line: &ReaderLine, counters: &Arc<LineCounters>) -> Res
             let _ = stream.set_nodelay(true);
             Ok(Link::spawn_counted(stream, TcpLink::new(), counters.clone()))
         }
-        ReaderLine::Https(url) => Err(format!("{url} is a nexo terminal, reached by HTTPS requests, not a framed line")),
+        ReaderLine::Https(url) => {
+            Err(format!("{url} is a nexo terminal, reached by HTTPS requests, not a framed line"))
+        }
     }
 }
 

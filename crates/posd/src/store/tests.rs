@@ -1100,7 +1100,10 @@ fn a_nexo_terminal_s_transaction_id_is_kept_with_its_result() {
     let mut st = Status::Created;
     for (input, data) in [
         (Input::StartOnTerminal, Data::NexoStart { sale_id: "POSD-lane-1".into() }),
-        (Input::TerminalApproved, Data::Terminal(TerminalData { card: None, auth_code: Some("123456".into()), result })),
+        (
+            Input::TerminalApproved,
+            Data::Terminal(TerminalData { card: None, auth_code: Some("123456".into()), result }),
+        ),
     ] {
         let t = next(st, &input).unwrap();
         st = s.apply_blocking("pay_x", &t, Update { data, ..Update::default() }, AT).unwrap().0.status;
