@@ -719,7 +719,7 @@ fn check_nexo(p: &mut Problems, i: usize, name: &str, r: &ReaderConfig) {
         None => p.add(
             reader(),
             format!("lane {name}: reader kind = \"nexo\" needs url, the terminal's address"),
-            "add url = \"https://HOST:8443/nexo\" with the terminal's IP address, e.g. \"https://192.0.2.30:8443/nexo\"",
+            "add url = \"https://HOST:8443/nexo\" with the terminal's address, e.g. \"https://192.0.2.30:8443/nexo\"",
         ),
         Some(url) => match parse_url(url) {
             Err(why) => p.add(

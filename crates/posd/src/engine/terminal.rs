@@ -418,7 +418,7 @@ impl Engine {
             Some(CardDevice::Zvt(zvt)) => zvt.clone(),
             // TODO(#23): `pos_engine::nexo` recovery (TransactionStatus) once the driver is wired.
             Some(CardDevice::Nexo(_)) => {
-                tracing::error!(%terminal, "payments or refunds in doubt on a nexo lane: not wired yet, left as stored");
+                tracing::error!(%terminal, "in doubt on a nexo lane, which is not wired yet: left as stored");
                 return;
             }
             Some(CardDevice::Reader(_)) | None => {

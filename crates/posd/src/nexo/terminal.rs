@@ -269,11 +269,13 @@ impl NexoTerminal {
                 Ok(text) => log_document(&self.lane, quiet, "from terminal", &response.header, &text),
                 Err(e) => tracing::warn!(lane = %self.lane, error = %e, "cannot show the terminal's answer"),
             },
-            Err(e) if quiet => {
-                tracing::debug!(lane = %self.lane, service_id = ?request.header.service_id, error = %e, "nexo exchange failed");
-            }
             Err(e) => {
-                tracing::warn!(lane = %self.lane, service_id = ?request.header.service_id, error = %e, "nexo exchange failed");
+                let service_id = request.header.service_id.as_deref().unwrap_or("");
+                if quiet {
+                    tracing::debug!(lane = %self.lane, service_id, error = %e, "nexo exchange failed");
+                } else {
+                    tracing::warn!(lane = %self.lane, service_id, error = %e, "nexo exchange failed");
+                }
             }
         }
         answer
