@@ -204,6 +204,11 @@ pub fn terminal(t: &crate::store::TerminalResult) -> pb::TerminalAuthorization {
         terminal_tid: t.terminal_tid.clone(),
         offline: t.offline,
         receipt_lines: t.lines.clone(),
+        poi_transaction_id: t.poi_transaction_id.clone(),
+        poi_time_stamp: t.poi_time_stamp.clone(),
+        // The payment's, from the store beside the result (`api`).
+        sale_id: String::new(),
+        service_id: String::new(),
     }
 }
 

@@ -160,13 +160,12 @@ fn start_lanes(cfg: &Config) -> anyhow::Result<Vec<Arc<Lane>>> {
             )),
             None => None,
         };
-        lanes.push(Lane::spawn(
-            l.id.clone(),
-            l.currency.clone(),
-            l.reader.device(&l.id, &l.currency)?,
-            l.offline_policy(&cfg.offline),
-            printer,
-        ));
+        let mut device = l.reader.device(&l.id, &l.currency)?;
+        if let crate::lane::CardDeviceSettings::Nexo(nexo) = &mut device {
+            // A nexo terminal is asked how it is as often as the gateway.
+            nexo.health_interval = cfg.offline.health_interval.0;
+        }
+        lanes.push(Lane::spawn(l.id.clone(), l.currency.clone(), device, l.offline_policy(&cfg.offline), printer));
     }
     Ok(lanes)
 }

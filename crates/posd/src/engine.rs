@@ -38,7 +38,7 @@ mod test_support;
 use crate::clock::{AgeClock, WallClock};
 use crate::convert;
 use crate::gateway::Gateway;
-use crate::lane::Lane;
+use crate::lane::{CardDevice, Lane};
 use crate::store::{Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
@@ -62,6 +62,20 @@ pub enum EngineError {
     DeadlineExceeded(&'static str, String),
     #[error("payment storage failed: {0}")]
     Store(#[from] StoreError),
+}
+
+/// The answer to a payment, refund, reversal or end of day asked of a nexo
+/// lane until its driver is wired.
+// TODO(#23): drive nexo payments by `pos_engine::nexo::NexoPayment` (through
+// `nexo::terminal::NexoTerminal`) and remove this refusal.
+pub(crate) fn nexo_not_wired(lane: &str) -> EngineError {
+    EngineError::FailedPrecondition(
+        "NEXO_NOT_WIRED",
+        format!(
+            "payments on nexo lanes are not wired yet: lane {lane} has a nexo terminal, which this posd configures \
+             and checks but does not take payments, refunds, reversals or end of day on"
+        ),
+    )
 }
 
 /// Why a step could not be taken.
@@ -398,6 +412,11 @@ impl Engine {
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let received = std::time::Instant::now();
         let lane = self.validate(&req)?;
+        match &lane.device {
+            // TODO(#23): `pos_engine::nexo::NexoPayment` will run these.
+            CardDevice::Nexo(_) => return Err(nexo_not_wired(&lane.id)),
+            CardDevice::Reader(_) | CardDevice::Zvt(_) => {}
+        }
         let _admission = self.admission[&lane.id].lock().await;
         if let Some(existing) = self.store.get_by_key(&req.idempotency_key)? {
             compare(&existing, &req)?;

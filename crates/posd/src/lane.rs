@@ -1,7 +1,8 @@
 //! One lane's card device, [`CardDevice`]: a card reader, whose link this
 //! module keeps up (reconnecting after an unplug), asks for device info, and
 //! whose messages it routes to the payment that is collecting; or a payment
-//! terminal that authorizes by itself (ZVT, driven by [`crate::zvt`]).
+//! terminal that authorizes by itself (ZVT, driven by [`crate::zvt`]; or
+//! nexo, spoken to by [`crate::nexo`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::line::{ReaderLine, ReaderState, Reconnect, open};
+use crate::nexo::terminal::{NexoSettings, NexoTerminal};
 use crate::store::DeviceKind;
 use crate::zvt::ZvtTerminal;
 
@@ -26,6 +28,9 @@ pub enum CardDeviceSettings {
     Reader(ReaderLine),
     /// A payment terminal that authorizes by itself (ZVT).
     Zvt(crate::zvt::ZvtSettings),
+    /// A payment terminal that authorizes by itself, spoken to in nexo
+    /// "Sale to POI" over HTTPS (Adyen's Terminal API, local).
+    Nexo(NexoSettings),
 }
 
 /// What the collecting payment hears from the reader. The reader's own
@@ -49,6 +54,8 @@ pub enum CardDevice {
     Reader(Reader),
     /// A payment terminal that authorizes by itself (ZVT).
     Zvt(Arc<ZvtTerminal>),
+    /// A payment terminal that authorizes by itself (nexo).
+    Nexo(Arc<NexoTerminal>),
 }
 
 impl CardDevice {
@@ -57,6 +64,7 @@ impl CardDevice {
         match self {
             CardDevice::Reader(_) => DeviceKind::Reader,
             CardDevice::Zvt(_) => DeviceKind::Zvt,
+            CardDevice::Nexo(_) => DeviceKind::Nexo,
         }
     }
 }
@@ -114,6 +122,10 @@ impl Lane {
                 let terminal = ZvtTerminal::spawn(id.clone(), settings.clone(), state.clone(), line_bytes.clone());
                 (settings.line, CardDevice::Zvt(terminal))
             }
+            CardDeviceSettings::Nexo(settings) => {
+                let line = ReaderLine::Https(settings.line.url().to_string());
+                (line, CardDevice::Nexo(NexoTerminal::spawn(id.clone(), settings, state.clone())))
+            }
         };
         Arc::new(Lane { id, currency, line, offline, printer, device, line_bytes, state })
     }
@@ -128,7 +140,15 @@ impl Lane {
     pub fn zvt(&self) -> Option<&Arc<ZvtTerminal>> {
         match &self.device {
             CardDevice::Zvt(terminal) => Some(terminal),
-            CardDevice::Reader(_) => None,
+            CardDevice::Reader(_) | CardDevice::Nexo(_) => None,
+        }
+    }
+
+    /// The lane's nexo payment terminal; `None` on any other card device.
+    pub fn nexo(&self) -> Option<&Arc<NexoTerminal>> {
+        match &self.device {
+            CardDevice::Nexo(terminal) => Some(terminal),
+            CardDevice::Reader(_) | CardDevice::Zvt(_) => None,
         }
     }
 
@@ -138,7 +158,7 @@ impl Lane {
     fn reader(&self) -> Option<&Reader> {
         match &self.device {
             CardDevice::Reader(reader) => Some(reader),
-            CardDevice::Zvt(_) => None,
+            CardDevice::Zvt(_) | CardDevice::Nexo(_) => None,
         }
     }
 

@@ -14,6 +14,9 @@ use pos_link::{LineCounters, Link, SerialLink, SerialTiming, TcpLink};
 pub enum ReaderLine {
     Serial(SerialSettings),
     Tcp(String),
+    /// A nexo terminal's URL: reached by one HTTPS request at a time
+    /// (`nexo::line`), never opened as a framed line.
+    Https(String),
 }
 
 impl std::fmt::Display for ReaderLine {
@@ -21,6 +24,7 @@ impl std::fmt::Display for ReaderLine {
         match self {
             ReaderLine::Serial(s) => write!(f, "serial {} @ {} baud", s.path.display(), s.baud),
             ReaderLine::Tcp(a) => write!(f, "tcp {a}"),
+            ReaderLine::Https(url) => f.write_str(url),
         }
     }
 }
@@ -68,6 +72,9 @@ pub(crate) async fn open(line: &ReaderLine, counters: &Arc<LineCounters>) -> Res
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
             Ok(Link::spawn_counted(stream, TcpLink::new(), counters.clone()))
+        }
+        ReaderLine::Https(url) => {
+            Err(format!("{url} is a nexo terminal, reached by HTTPS requests, not a framed line"))
         }
     }
 }

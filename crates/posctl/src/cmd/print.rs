@@ -174,6 +174,12 @@ pub(crate) fn payment_json(p: &pb::Payment) -> Value {
             "trace": (t.trace != 0).then_some(t.trace),
             "offline": t.offline,
             "receipt_lines": t.receipt_lines,
+            // nexo terminals.
+            "poi_transaction_id": (!t.poi_transaction_id.is_empty()).then_some(&t.poi_transaction_id),
+            "poi_time_stamp": (!t.poi_time_stamp.is_empty()).then_some(&t.poi_time_stamp),
+            "sale_id": (!t.sale_id.is_empty()).then_some(&t.sale_id),
+            "service_id": (!t.service_id.is_empty()).then_some(&t.service_id),
+            "approval_code": (!t.service_id.is_empty() && !p.auth_code.is_empty()).then_some(&p.auth_code),
         })),
     })
 }

@@ -33,7 +33,7 @@ pub use request::{TEXT_MAX, parse_day, quote, text};
 
 use crate::convert;
 use crate::engine::{Engine, EngineError};
-use crate::store::{PaymentRecord, StoreError};
+use crate::store::{DeviceKind, PaymentRecord, StoreError};
 use errors::{db_status, engine_status, rich};
 
 pub struct TerminalApi {
@@ -112,8 +112,17 @@ fn stored_payment(engine: &Engine, rec: &PaymentRecord) -> Result<pb::Payment, S
     let history = store.history(&rec.id).map_err(db)?;
     let refunds = store.refunds_of(&rec.id).map_err(db)?;
     let mut p = convert::with_refunds(convert::payment(rec, &history), &refunds);
-    if rec.on_terminal() {
-        p.terminal = store.terminal_result(&rec.id).map_err(db)?.map(|t| convert::terminal(&t));
+    match rec.device {
+        DeviceKind::Reader => {}
+        DeviceKind::Zvt => p.terminal = store.terminal_result(&rec.id).map_err(db)?.map(|t| convert::terminal(&t)),
+        DeviceKind::Nexo => {
+            p.terminal = store.terminal_result(&rec.id).map_err(db)?.map(|t| convert::terminal(&t));
+            if let Some((sale_id, service_id)) = store.nexo_service(&rec.id).map_err(db)? {
+                let terminal = p.terminal.get_or_insert_with(pb::TerminalAuthorization::default);
+                terminal.sale_id = sale_id;
+                terminal.service_id = service_id.to_string();
+            }
+        }
     }
     Ok(p)
 }

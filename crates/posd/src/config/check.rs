@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::model::{CREDENTIAL_PREFIX, CREDENTIALS_SOURCE, Config};
-use super::validate::{Seg, error_list, key, lane_key};
+use super::validate::{FileSetting, Holds, Seg, error_list, key, lane_key};
 
 impl Config {
     /// Reads a configuration file and validates it. The error lists every
@@ -256,6 +256,18 @@ pub fn check(path: &Path) -> Vec<Finding> {
                 fix: "plug the reader in, or check the udev rule that names it (systemd/60-posd.rules)".into(),
             });
         }
+        if lane.reader.kind == "nexo" && lane.reader.passphrase_file.is_none() {
+            findings.push(Finding {
+                error: false,
+                at: at(lane_key(i, &["reader", "url"])),
+                message: format!(
+                    "lane {}: the nexo terminal is spoken to unencrypted (no passphrase_file): anyone who can \
+                     reach it on this machine can send it requests",
+                    lane.id
+                ),
+                fix: "for a test terminal only; give passphrase_file, key_id and key_version for a real one".into(),
+            });
+        }
         if let Some(printer) = &lane.printer
             && let Some(p) = printer.path()
             && !p.exists()
@@ -279,7 +291,7 @@ pub fn check(path: &Path) -> Vec<Finding> {
                 .into(),
         });
     }
-    for (label, k, file) in cfg.file_settings() {
+    for FileSetting { label, at: k, file, holds } in cfg.file_settings() {
         if !file.well_formed() {
             continue; // an error above
         }
@@ -304,7 +316,11 @@ pub fn check(path: &Path) -> Vec<Finding> {
             Some(p) => match std::fs::File::open(&p) {
                 Ok(_) => continue,
                 Err(e) => (
-                    format!("{label}: cannot read {} here ({e}), so its PEM was not checked", p.display()),
+                    format!(
+                        "{label}: cannot read {} here ({e}), so {} not checked",
+                        p.display(),
+                        if holds == Holds::Passphrase { "the passphrase was" } else { "its PEM was" }
+                    ),
                     "run posd check-config as root to check it".into(),
                 ),
             },

@@ -390,7 +390,8 @@ impl LaneConfig {
 #[serde(deny_unknown_fields)]
 pub struct ReaderConfig {
     /// `reader` (default): a host-authorized card reader (pos.reader.v1);
-    /// `zvt`: a payment terminal that authorizes by itself.
+    /// `zvt`: a payment terminal that authorizes by itself; `nexo`: one
+    /// spoken to in nexo "Sale to POI" over HTTPS (Adyen's Terminal API).
     #[serde(default = "default_kind")]
     pub kind: String,
     /// Serial device path, e.g. /dev/pos/lane1-reader.
@@ -409,6 +410,60 @@ pub struct ReaderConfig {
     /// intermediate status (default 180 s).
     #[serde(default)]
     pub t4_ms: Option<u64>,
+    /// nexo: the terminal's URL, `https://HOST:8443/nexo`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// nexo: the terminal's POIID, `<model>-<serial>` (its certificate must
+    /// name `<poi_id>.test|live.terminal.adyen.com`).
+    #[serde(default)]
+    pub poi_id: Option<String>,
+    /// nexo: the CA that signs the terminal's certificate (PEM).
+    #[serde(default)]
+    pub ca_file: Option<FileRef>,
+    /// nexo: the shared key's identifier and version, as set up on the terminal.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub key_version: Option<u32>,
+    /// nexo: the file holding the shared key's passphrase (ASCII; a secret,
+    /// best given as `credential:NAME`). Absent: the unencrypted local API,
+    /// for a test terminal on this machine only.
+    #[serde(default)]
+    pub passphrase_file: Option<FileRef>,
+    /// nexo: the wait for a connection and for its TLS handshake, each (default 5s).
+    #[serde(default)]
+    pub connect_timeout: Option<Span>,
+    /// nexo: the wait for a whole answer once a request is sent; a payment's
+    /// lasts as long as the customer at the terminal (default 150s).
+    #[serde(default)]
+    pub answer_timeout: Option<Span>,
+}
+
+/// A nexo terminal's default `connect_timeout`.
+pub const DEFAULT_NEXO_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A nexo terminal's default `answer_timeout`.
+pub const DEFAULT_NEXO_ANSWER_TIMEOUT: Duration = Duration::from_secs(150);
+/// The largest passphrase file posd reads.
+pub(super) const MAX_PASSPHRASE_FILE: u64 = 4096;
+
+/// The passphrase a file holds: its text without a final line break; why
+/// not, as the end of a sentence (not ASCII, empty).
+pub(super) fn passphrase_text(bytes: &[u8]) -> Result<String, String> {
+    if !bytes.is_ascii() {
+        return Err("holds a character that is not ASCII; the terminal reads the passphrase as Latin-1 bytes, \
+                    so posd takes ASCII passphrases only"
+            .into());
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.is_empty() {
+        return Err("is empty".into());
+    }
+    if text.chars().any(|c| c.is_ascii_control()) {
+        return Err("holds a control character (a line break before its end?)".into());
+    }
+    Ok(text.to_string())
 }
 
 fn default_kind() -> String {
@@ -557,6 +612,9 @@ impl ReaderConfig {
     /// The lane's card device, checked.
     pub fn device(&self, lane: &str, currency: &str) -> anyhow::Result<crate::lane::CardDeviceSettings> {
         use crate::lane::CardDeviceSettings;
+        if self.kind == "nexo" {
+            return Ok(CardDeviceSettings::Nexo(self.nexo(lane)?));
+        }
         let line = self.line(lane)?;
         match self.kind.as_str() {
             "reader" => {
@@ -594,8 +652,60 @@ impl ReaderConfig {
                     commit_bound: t3 * 3 / 5,
                 }))
             }
-            other => anyhow::bail!("lane {lane}: reader kind must be \"reader\" or \"zvt\", not {other:?}"),
+            other => anyhow::bail!("lane {lane}: reader kind must be \"reader\" or \"zvt\" or \"nexo\", not {other:?}"),
         }
+    }
+
+    /// A nexo lane's terminal, loaded: its CA and passphrase files read,
+    /// the key derived once. At start only: check-config judges the same
+    /// settings one by one without reading secrets (`validate`).
+    pub fn nexo(&self, lane: &str) -> anyhow::Result<crate::nexo::terminal::NexoSettings> {
+        use crate::nexo::line::{LineSettings, TerminalLine, is_loopback_host, parse_url};
+        use crate::nexo::terminal::{DEFAULT_HEALTH_INTERVAL, NexoSettings, check_poi_id, sale_id};
+        let missing = |k: &str| anyhow::anyhow!("lane {lane}: reader kind = \"nexo\" needs {k}");
+        if self.device.is_some() || self.tcp.is_some() {
+            anyhow::bail!("lane {lane}: a nexo terminal is reached at its url, not by device or tcp");
+        }
+        let url = self.url.clone().ok_or_else(|| missing("url"))?;
+        let (host, _, _) = parse_url(&url).map_err(|e| anyhow::anyhow!("lane {lane}: reader url {e}"))?;
+        let poi_id = self.poi_id.clone().ok_or_else(|| missing("poi_id"))?;
+        check_poi_id(&poi_id).map_err(|why| anyhow::anyhow!("lane {lane}: reader poi_id {poi_id:?} {why}"))?;
+        let ca_pem =
+            self.ca_file.as_ref().ok_or_else(|| missing("ca_file"))?.read(&format!("lane {lane}: reader ca_file"))?;
+        let key = match &self.passphrase_file {
+            Some(file) => {
+                let passphrase = passphrase_text(&file.read(&format!("lane {lane}: reader passphrase_file"))?)
+                    .map_err(|why| anyhow::anyhow!("lane {lane}: reader passphrase_file {why}"))?;
+                let key_id = self.key_id.as_deref().ok_or_else(|| missing("key_id with passphrase_file"))?;
+                let version = self.key_version.unwrap_or(1);
+                if version == 0 {
+                    anyhow::bail!("lane {lane}: reader key_version is 0; key versions start at 1");
+                }
+                Some(
+                    pos_nexo::Key::derive(&passphrase, key_id, version)
+                        .map_err(|e| anyhow::anyhow!("lane {lane}: reader key: {e}"))?,
+                )
+            }
+            None if is_loopback_host(&host) => None,
+            None => anyhow::bail!(
+                "lane {lane}: without passphrase_file posd would speak to the terminal at {host} unencrypted, \
+                 which it does only on this machine (127.0.0.0/8, ::1, localhost)"
+            ),
+        };
+        let line = TerminalLine::new(LineSettings {
+            url,
+            ca_pem,
+            poi_id,
+            connect_timeout: self.connect_timeout.map_or(DEFAULT_NEXO_CONNECT_TIMEOUT, |s| s.0),
+            answer_timeout: self.answer_timeout.map_or(DEFAULT_NEXO_ANSWER_TIMEOUT, |s| s.0),
+        })
+        .map_err(|e| anyhow::anyhow!("lane {lane}: reader: {e}"))?;
+        Ok(NexoSettings {
+            line: std::sync::Arc::new(line),
+            key,
+            sale_id: sale_id(lane),
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+        })
     }
 
     /// Parses the `--reader` override: a device path, or `tcp:HOST:PORT`.
@@ -604,7 +714,23 @@ impl ReaderConfig {
             Some(addr) => (None, Some(addr.into())),
             None => (Some(arg.into()), None),
         };
-        Self { kind: default_kind(), device, tcp, baud: default_baud(), password: None, t3_ms: None, t4_ms: None }
+        Self {
+            kind: default_kind(),
+            device,
+            tcp,
+            baud: default_baud(),
+            password: None,
+            t3_ms: None,
+            t4_ms: None,
+            url: None,
+            poi_id: None,
+            ca_file: None,
+            key_id: None,
+            key_version: None,
+            passphrase_file: None,
+            connect_timeout: None,
+            answer_timeout: None,
+        }
     }
 }
 

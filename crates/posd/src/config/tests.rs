@@ -578,3 +578,148 @@ fn every_error_is_reported_at_once_each_at_its_place() {
     let errs = errors(&format!("{BASE}[offline]\nretry_first = \"1s\nretry_max = 3s\n"));
     assert!(errs.iter().any(|(l, _, _)| *l == 9) && errs.iter().any(|(l, _, _)| *l == 10), "{errs:#?}");
 }
+
+/// BASE with its lane's reader (line 7) replaced by `reader`.
+fn with_reader(reader: &str) -> String {
+    BASE.replace("reader = { tcp = \"127.0.0.1:20007\" }", &format!("reader = {{ {reader} }}"))
+}
+
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "terminal CA");
+    ca.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn a_nexo_lane_is_checked_setting_by_setting_each_refusal_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let ca = write("ca.pem", ca_pem().as_bytes());
+    let pass = write("passphrase", b"mysupersecretpassphrase\n");
+    let good = format!(
+        "kind = \"nexo\", url = \"https://192.0.2.30:8443/nexo\", poi_id = \"V400m-324688179\", ca_file = {ca:?}, \
+         key_id = \"posd\", key_version = 1, passphrase_file = {pass:?}"
+    );
+    assert_no_errors(&with_reader(&good));
+
+    // What the lane starts with: the files read, the key derived once.
+    let cfg = Config::parse(&with_reader(&good)).unwrap();
+    let crate::lane::CardDeviceSettings::Nexo(s) = cfg.lanes[0].reader.device("lane-1", "EUR").unwrap() else {
+        panic!("not nexo")
+    };
+    assert_eq!(
+        (s.sale_id.as_str(), s.line.poi_id(), s.line.url()),
+        ("POSD-lane-1", "V400m-324688179", "https://192.0.2.30:8443/nexo")
+    );
+    let key = s.key.expect("encrypted");
+    assert_eq!((key.key_identifier(), key.key_version()), ("posd", 1));
+    assert_eq!(super::model::passphrase_text(b"mysupersecretpassphrase\r\n").unwrap(), "mysupersecretpassphrase");
+
+    let not_ascii = write("latin1", "pässphrase".as_bytes());
+    let empty = write("empty", b"\n");
+    let der = write("ca.der", b"\x30\x82\x01\x0a\x02\x82\x01\x01\x00\xff");
+    let unencrypted = good.replace(&format!(", passphrase_file = {pass:?}"), "");
+    for (reader, message) in [
+        (
+            good.replace("\"V400m-324688179\"", "\"V400m324688179\""),
+            "lane lane-1: reader poi_id \"V400m324688179\" is not <model>-<serial>: it has no '-'".to_string(),
+        ),
+        (
+            good.replace("\"V400m-324688179\"", "\"V400m-32.4\""),
+            "lane lane-1: reader poi_id \"V400m-32.4\" is not <model>-<serial>: letters and digits with one '-' \
+             between them, e.g. V400m-324688179"
+                .into(),
+        ),
+        (
+            good.replace("https://", "http://"),
+            "lane lane-1: reader url \"http://192.0.2.30:8443/nexo\": a nexo terminal is reached over https".into(),
+        ),
+        (
+            good.replace("key_version = 1", "key_version = 0"),
+            "lane lane-1: reader key_version is 0; key versions start at 1".into(),
+        ),
+        (good.replace("key_id = \"posd\"", "key_id = \"\""), "lane lane-1: reader key_id is empty".into()),
+        (
+            good.replace(", key_id = \"posd\"", ""),
+            "lane lane-1: reader passphrase_file needs key_id, the shared key's identifier".into(),
+        ),
+        (
+            unencrypted.clone(),
+            "lane lane-1: without passphrase_file posd would speak to the terminal at 192.0.2.30 unencrypted, which \
+             it does only on this machine (127.0.0.0/8, ::1, localhost)"
+                .into(),
+        ),
+        (
+            good.replace(&format!("ca_file = {ca:?}, "), ""),
+            "lane lane-1: reader kind = \"nexo\" needs ca_file, the CA that signs the terminal's certificate".into(),
+        ),
+        (
+            good.replace("poi_id = \"V400m-324688179\", ", ""),
+            "lane lane-1: reader kind = \"nexo\" needs poi_id, the terminal's POIID".into(),
+        ),
+        (
+            format!("{good}, tcp = \"127.0.0.1:1\""),
+            "lane lane-1: reader tcp does not apply to kind = \"nexo\": the terminal is reached at its url".into(),
+        ),
+        (format!("{good}, answer_timeout = \"0s\""), "lane lane-1: reader answer_timeout is 0s".into()),
+        (format!("{good}, connect_timeout = \"0ms\""), "lane lane-1: reader connect_timeout is 0s".into()),
+        (
+            good.replace(&format!("{pass:?}"), &format!("{not_ascii:?}")),
+            format!(
+                "lane lane-1: reader passphrase_file: {} holds a character that is not ASCII; the terminal reads the \
+                 passphrase as Latin-1 bytes, so posd takes ASCII passphrases only",
+                not_ascii.display()
+            ),
+        ),
+        (
+            good.replace(&format!("{pass:?}"), &format!("{empty:?}")),
+            format!("lane lane-1: reader passphrase_file: {} is empty", empty.display()),
+        ),
+        (
+            good.replace(&format!("{ca:?}"), &format!("{der:?}")),
+            format!(
+                "lane lane-1: reader ca_file: {} is not PEM: it has no -----BEGIN CERTIFICATE----- block",
+                der.display()
+            ),
+        ),
+        (
+            "tcp = \"127.0.0.1:20007\", url = \"https://127.0.0.1:8443/nexo\"".into(),
+            "lane lane-1: reader url applies to kind = \"nexo\" only".into(),
+        ),
+        (
+            "kind = \"nexo\", password = 123456".into(),
+            "lane lane-1: reader password applies to kind = \"zvt\" only".into(),
+        ),
+    ] {
+        let text = with_reader(&reader);
+        let errs = errors(&text);
+        assert!(errs.iter().any(|(line, _, m)| *line == 7 && *m == message), "{message}\n{errs:#?}");
+        assert!(Config::parse(&text).is_err(), "start-up refuses it too: {reader}");
+    }
+
+    // Unencrypted: on this machine only, with a warning.
+    let local = unencrypted.replace("192.0.2.30", "127.0.0.2");
+    assert_no_errors(&with_reader(&local));
+    let cfg = Config::parse(&with_reader(&local)).unwrap();
+    let crate::lane::CardDeviceSettings::Nexo(s) = cfg.lanes[0].reader.device("lane-1", "EUR").unwrap() else {
+        panic!("not nexo")
+    };
+    assert!(s.key.is_none());
+    let path = write("posd.toml", with_reader(&local).as_bytes());
+    let warnings: Vec<_> = check(&path).into_iter().filter(|f| !f.error).collect();
+    assert!(
+        warnings.iter().any(|f| f.at.map(|(l, _)| l) == Some(7) && f.message.contains("spoken to unencrypted")),
+        "{warnings:#?}"
+    );
+    let e = cfg.lanes[0].reader.device("lane-1", "EUR");
+    assert!(e.is_ok());
+    let remote = ReaderConfig { url: Some("https://192.0.2.30:8443/nexo".into()), ..cfg.lanes[0].reader.clone() };
+    let e = remote.device("lane-1", "EUR").unwrap_err().to_string();
+    assert!(e.contains("unencrypted"), "the start refuses it as check-config does: {e}");
+}

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use super::duration::show;
 use super::model::{
-    Config, FileRef, LaneConfig, LaneOfflineConfig, OfflineConfig, PrinterConfig, default_connect_timeout_ms,
-    default_request_timeout_ms,
+    Config, DEFAULT_NEXO_ANSWER_TIMEOUT, DEFAULT_NEXO_CONNECT_TIMEOUT, FileRef, LaneConfig, LaneOfflineConfig,
+    MAX_PASSPHRASE_FILE, OfflineConfig, PrinterConfig, ReaderConfig, default_connect_timeout_ms,
+    default_request_timeout_ms, passphrase_text,
 };
+use crate::nexo::line::{is_loopback_host, parse_url};
+use crate::nexo::terminal::check_poi_id;
 
 impl Config {
     /// A warning when `capture_window` is set shorter than an hour: card
@@ -369,8 +372,8 @@ impl Config {
     /// the PEM its key needs. A file that cannot be read (a credential
     /// outside the service, say) is skipped: check-config warns about it.
     fn check_files(&self, p: &mut Problems) {
-        for (label, at, file) in self.file_settings() {
-            if let Err(e) = file.check_form(label) {
+        for FileSetting { label, at, file, holds } in self.file_settings() {
+            if let Err(e) = file.check_form(&label) {
                 p.add(
                     at,
                     e.to_string(),
@@ -380,12 +383,19 @@ impl Config {
                 continue;
             }
             let Some(path) = file.installed_path() else { continue };
-            let private_key = label.ends_with("key_file");
-            if let Some(why) = pem_problem(&path, private_key) {
+            let problem = match holds {
+                Holds::Passphrase => passphrase_problem(&path),
+                Holds::PrivateKey => pem_problem(&path, true),
+                Holds::Certificates => pem_problem(&path, false),
+            };
+            if let Some(why) = problem {
                 p.add(
                     at,
                     format!("{label}: {} {why}", path.display()),
-                    if private_key {
+                    if holds == Holds::Passphrase {
+                        "give the passphrase set up on the terminal as ASCII text in a file of its own (one final \
+                         line break is allowed)"
+                    } else if holds == Holds::PrivateKey {
                         "give the private key as unencrypted PEM (-----BEGIN PRIVATE KEY-----), e.g. converted with \
                          `openssl pkey -in KEY -out KEY.pem`"
                     } else {
@@ -397,35 +407,67 @@ impl Config {
         }
     }
 
-    /// Every file the configuration names: its name in messages, its key and the file.
-    pub(super) fn file_settings(&self) -> Vec<(&'static str, Vec<Seg>, &FileRef)> {
+    /// Every file the configuration names: its name in messages, its key,
+    /// the file and what it holds.
+    pub(super) fn file_settings(&self) -> Vec<FileSetting<'_>> {
         let g = &self.gateway;
         let mut files = Vec::new();
-        for (label, name, file) in [
-            ("[gateway] ca_file", "ca_file", &g.ca_file),
-            ("[gateway] client_cert_file", "client_cert_file", &g.client_cert_file),
-            ("[gateway] client_key_file", "client_key_file", &g.client_key_file),
+        for (label, name, file, holds) in [
+            ("[gateway] ca_file", "ca_file", &g.ca_file, Holds::Certificates),
+            ("[gateway] client_cert_file", "client_cert_file", &g.client_cert_file, Holds::Certificates),
+            ("[gateway] client_key_file", "client_key_file", &g.client_key_file, Holds::PrivateKey),
         ] {
             if let Some(f) = file {
-                files.push((label, key(&["gateway", name]), f));
+                files.push(FileSetting { label: label.into(), at: key(&["gateway", name]), file: f, holds });
             }
         }
         if let Some(t) = &self.api.tls {
-            for (label, name, file) in [
-                ("[api.tls] cert_file", "cert_file", &t.cert_file),
-                ("[api.tls] key_file", "key_file", &t.key_file),
-                ("[api.tls] client_ca_file", "client_ca_file", &t.client_ca_file),
+            for (label, name, file, holds) in [
+                ("[api.tls] cert_file", "cert_file", &t.cert_file, Holds::Certificates),
+                ("[api.tls] key_file", "key_file", &t.key_file, Holds::PrivateKey),
+                ("[api.tls] client_ca_file", "client_ca_file", &t.client_ca_file, Holds::Certificates),
             ] {
-                files.push((label, key(&["api", "tls", name]), file));
+                files.push(FileSetting { label: label.into(), at: key(&["api", "tls", name]), file, holds });
+            }
+        }
+        for (i, lane) in self.lanes.iter().enumerate().filter(|(_, l)| l.reader.kind == "nexo") {
+            let name = lane_name(lane, i);
+            let r = &lane.reader;
+            for (k, file, holds) in [
+                ("ca_file", &r.ca_file, Holds::Certificates),
+                ("passphrase_file", &r.passphrase_file, Holds::Passphrase),
+            ] {
+                if let Some(f) = file {
+                    let (label, at) = (format!("lane {name}: reader {k}"), lane_key(i, &["reader", k]));
+                    files.push(FileSetting { label, at, file: f, holds });
+                }
             }
         }
         files
     }
 
     /// Every file the configuration names, with its key.
-    pub fn files(&self) -> Vec<(&'static str, &FileRef)> {
-        self.file_settings().into_iter().map(|(label, _, file)| (label, file)).collect()
+    pub fn files(&self) -> Vec<(String, &FileRef)> {
+        self.file_settings().into_iter().map(|f| (f.label, f.file)).collect()
     }
+}
+
+/// A file the configuration names (see [`Config::file_settings`]).
+pub(super) struct FileSetting<'a> {
+    /// Its name in messages, e.g. `[gateway] ca_file`.
+    pub(super) label: String,
+    pub(super) at: Vec<Seg>,
+    pub(super) file: &'a FileRef,
+    pub(super) holds: Holds,
+}
+
+/// What a file must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holds {
+    Certificates,
+    PrivateKey,
+    /// A nexo key's passphrase: ASCII text.
+    Passphrase,
 }
 
 /// The log levels `[log] level` takes (in any case).
@@ -537,30 +579,44 @@ fn check_reader(p: &mut Problems, i: usize, name: &str, lane: &LaneConfig, curre
     let r = &lane.reader;
     let before = p.0.len();
     let at = |k: &'static str| lane_key(i, &["reader", k]);
-    match (&r.device, &r.tcp) {
-        (Some(_), Some(_)) => p.add(
-            at("tcp"),
-            format!("lane {name}: reader needs exactly one of `device` (serial) or `tcp`, not both"),
-            "keep one: device for a reader on a serial port, tcp for one on the network",
-        ),
-        (None, None) => p.add(
-            lane_key(i, &["reader"]),
-            format!("lane {name}: reader needs exactly one of `device` (serial) or `tcp`"),
-            "add device = \"/dev/pos/lane1-reader\" (serial) or tcp = \"HOST:PORT\"",
-        ),
-        _ => {}
-    }
-    if let Some(a) = &r.tcp
-        && let Err(why) = host_port(a)
-    {
-        p.add(
-            at("tcp"),
-            format!("lane {name}: reader tcp {a:?} {why}"),
-            "write the reader's address as HOST:PORT, e.g. \"192.0.2.10:20007\"",
-        );
+    let nexo = r.kind == "nexo";
+    if nexo {
+        check_nexo(p, i, name, r);
+    } else {
+        match (&r.device, &r.tcp) {
+            (Some(_), Some(_)) => p.add(
+                at("tcp"),
+                format!("lane {name}: reader needs exactly one of `device` (serial) or `tcp`, not both"),
+                "keep one: device for a reader on a serial port, tcp for one on the network",
+            ),
+            (None, None) => p.add(
+                lane_key(i, &["reader"]),
+                format!("lane {name}: reader needs exactly one of `device` (serial) or `tcp`"),
+                "add device = \"/dev/pos/lane1-reader\" (serial) or tcp = \"HOST:PORT\"",
+            ),
+            _ => {}
+        }
+        if let Some(a) = &r.tcp
+            && let Err(why) = host_port(a)
+        {
+            p.add(
+                at("tcp"),
+                format!("lane {name}: reader tcp {a:?} {why}"),
+                "write the reader's address as HOST:PORT, e.g. \"192.0.2.10:20007\"",
+            );
+        }
+        for (k, set) in nexo_keys(r) {
+            if set {
+                p.add(
+                    at(k),
+                    format!("lane {name}: reader {k} applies to kind = \"nexo\" only"),
+                    "remove it, or set kind = \"nexo\" when the lane's card device is a nexo payment terminal",
+                );
+            }
+        }
     }
     match r.kind.as_str() {
-        "reader" => {
+        "reader" | "nexo" => {
             for (k, set) in
                 [("password", r.password.is_some()), ("t3_ms", r.t3_ms.is_some()), ("t4_ms", r.t4_ms.is_some())]
             {
@@ -603,12 +659,16 @@ fn check_reader(p: &mut Problems, i: usize, name: &str, lane: &LaneConfig, curre
         }
         other => p.add(
             at("kind"),
-            format!("lane {name}: reader kind must be \"reader\" or \"zvt\", not {other:?}"),
-            "write kind = \"reader\" for a card reader posd authorizes for, or \"zvt\" for a ZVT payment terminal",
+            format!("lane {name}: reader kind must be \"reader\" or \"zvt\" or \"nexo\", not {other:?}"),
+            "write kind = \"reader\" for a card reader posd authorizes for, \"zvt\" for a ZVT payment terminal \
+             or \"nexo\" for a nexo (Adyen Terminal API) one",
         ),
     }
+    // A nexo terminal's start reads its secrets: its settings were judged
+    // one by one above, and its files with the others (`check_files`).
     if p.0.len() == before
         && currency_ok
+        && !nexo
         && let Err(e) = r.device(&lane.id, &lane.currency)
     {
         let message = e.to_string();
@@ -622,6 +682,130 @@ fn check_reader(p: &mut Problems, i: usize, name: &str, lane: &LaneConfig, curre
             p.add(lane_key(i, &["reader"]), message, "correct the reader's settings as the message says");
         }
     }
+}
+
+/// The settings only a nexo reader takes, and whether each is set.
+fn nexo_keys(r: &ReaderConfig) -> [(&'static str, bool); 8] {
+    [
+        ("url", r.url.is_some()),
+        ("poi_id", r.poi_id.is_some()),
+        ("ca_file", r.ca_file.is_some()),
+        ("key_id", r.key_id.is_some()),
+        ("key_version", r.key_version.is_some()),
+        ("passphrase_file", r.passphrase_file.is_some()),
+        ("connect_timeout", r.connect_timeout.is_some()),
+        ("answer_timeout", r.answer_timeout.is_some()),
+    ]
+}
+
+/// A nexo terminal's settings one by one, as its start judges them
+/// ([`ReaderConfig::nexo`]); what its files hold is judged with the other
+/// files ([`Config::check_files`]).
+fn check_nexo(p: &mut Problems, i: usize, name: &str, r: &ReaderConfig) {
+    let at = |k: &'static str| lane_key(i, &["reader", k]);
+    let reader = || lane_key(i, &["reader"]);
+    for (k, set) in [("device", r.device.is_some()), ("tcp", r.tcp.is_some())] {
+        if set {
+            p.add(
+                at(k),
+                format!(
+                    "lane {name}: reader {k} does not apply to kind = \"nexo\": the terminal is reached at its url"
+                ),
+                "remove it; give the terminal's address as url = \"https://HOST:8443/nexo\"",
+            );
+        }
+    }
+    match &r.url {
+        None => p.add(
+            reader(),
+            format!("lane {name}: reader kind = \"nexo\" needs url, the terminal's address"),
+            "add url = \"https://HOST:8443/nexo\" with the terminal's address, e.g. \"https://192.0.2.30:8443/nexo\"",
+        ),
+        Some(url) => match parse_url(url) {
+            Err(why) => p.add(
+                at("url"),
+                format!("lane {name}: reader url {why}"),
+                "write the terminal's address as https://HOST:8443/nexo, e.g. \"https://192.0.2.30:8443/nexo\"",
+            ),
+            Ok((host, _, _)) if r.passphrase_file.is_none() && !is_loopback_host(&host) => p.add(
+                at("url"),
+                format!(
+                    "lane {name}: without passphrase_file posd would speak to the terminal at {host} unencrypted, \
+                     which it does only on this machine (127.0.0.0/8, ::1, localhost)"
+                ),
+                "give passphrase_file, key_id and key_version as the shared key is set up on the terminal",
+            ),
+            Ok(_) => {}
+        },
+    }
+    match &r.poi_id {
+        None => p.add(
+            reader(),
+            format!("lane {name}: reader kind = \"nexo\" needs poi_id, the terminal's POIID"),
+            "add poi_id = \"<model>-<serial>\" as the terminal shows it, e.g. \"V400m-324688179\"",
+        ),
+        Some(id) => {
+            if let Err(why) = check_poi_id(id) {
+                p.add(
+                    at("poi_id"),
+                    format!("lane {name}: reader poi_id {id:?} {why}"),
+                    "write the POIID as the terminal shows it, e.g. \"V400m-324688179\"",
+                );
+            }
+        }
+    }
+    if r.ca_file.is_none() {
+        p.add(
+            reader(),
+            format!("lane {name}: reader kind = \"nexo\" needs ca_file, the CA that signs the terminal's certificate"),
+            "add ca_file = \"/etc/posd/nexo-ca.pem\" with the payment provider's terminal CA (PEM)",
+        );
+    }
+    match &r.key_id {
+        Some(id) if id.is_empty() => p.add(
+            at("key_id"),
+            format!("lane {name}: reader key_id is empty"),
+            "give the shared key's identifier as set up on the terminal",
+        ),
+        None if r.passphrase_file.is_some() => p.add(
+            reader(),
+            format!("lane {name}: reader passphrase_file needs key_id, the shared key's identifier"),
+            "add key_id and key_version as the shared key is set up on the terminal",
+        ),
+        _ => {}
+    }
+    if r.key_version == Some(0) {
+        p.add(
+            at("key_version"),
+            format!("lane {name}: reader key_version is 0; key versions start at 1"),
+            "give the shared key's version as set up on the terminal, e.g. 1",
+        );
+    }
+    for (k, span, default) in [
+        ("connect_timeout", r.connect_timeout, DEFAULT_NEXO_CONNECT_TIMEOUT),
+        ("answer_timeout", r.answer_timeout, DEFAULT_NEXO_ANSWER_TIMEOUT),
+    ] {
+        if span.is_some_and(|s| s.0.is_zero()) {
+            p.add(
+                at(k),
+                format!("lane {name}: reader {k} is 0s"),
+                format!("give a positive duration, e.g. \"{}\" (the default)", show(default)),
+            );
+        }
+    }
+}
+
+/// Why a passphrase file is not what a nexo key needs, as the end of a
+/// sentence; `None` when it is, or when it cannot be read here.
+fn passphrase_problem(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return Some("is not a regular file".into());
+    }
+    if meta.len() > MAX_PASSPHRASE_FILE {
+        return Some(format!("has {} bytes: far too many for a passphrase", meta.len()));
+    }
+    passphrase_text(&std::fs::read(path).ok()?).err()
 }
 
 /// The printer's settings one by one, then whatever else the lane's start

@@ -361,6 +361,8 @@ impl Engine {
         }
         match &self.lanes[terminal].device {
             CardDevice::Zvt(_) => return self.end_of_day_on_terminal(terminal, caller).await,
+            // TODO(#23): ReconciliationRequest through the nexo driver.
+            CardDevice::Nexo(_) => return Err(super::nexo_not_wired(terminal)),
             CardDevice::Reader(_) => {}
         }
         // One end of day per lane at a time; its key is committed before the

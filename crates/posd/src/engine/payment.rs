@@ -96,6 +96,15 @@ impl Engine {
     ) {
         match &lane.device {
             CardDevice::Zvt(zvt) => self.run_on_terminal(zvt, rec, &mut cancel).await,
+            // TODO(#23): wire `pos_engine::nexo::NexoPayment` here. Until then
+            // `take_payment` refuses nexo lanes before storing anything; a
+            // payment that got here anyway ends CANCELED, nothing sent.
+            CardDevice::Nexo(_) => {
+                let by = "posd: payments on nexo lanes are not wired yet".to_string();
+                if let Err(e) = self.step(&rec, pos_engine::Input::Cancel { by }, Update::default()).await {
+                    tracing::error!(payment = %rec.id, error = %e, "cannot end a payment on a nexo lane");
+                }
+            }
             CardDevice::Reader(_) => {
                 let id = rec.id.clone();
                 let payment = ReaderPayment::new(payment_of(&rec), self.reader_settings(lane.offline.clone()));

@@ -35,6 +35,7 @@ use super::payment::{register_cancel, until};
 use super::{Engine, EngineError, StepError, step_error};
 use crate::convert;
 use crate::failpoint;
+use crate::lane::CardDevice;
 use crate::store::{
     self, CardInfo, Durability, EventKind, NewEvent, PaymentRecord, RecordKind, RefundRecord, TerminalData,
     TerminalResult, Update,
@@ -115,6 +116,8 @@ fn terminal_result(o: &Outcome) -> TerminalResult {
         offline: o.offline,
         terminal_tid: o.terminal_tid.clone(),
         lines: vec![],
+        poi_transaction_id: String::new(),
+        poi_time_stamp: String::new(),
     }
 }
 
@@ -411,9 +414,17 @@ impl Engine {
         payment: Option<PaymentRecord>,
         refunds: Vec<(RefundRecord, PaymentRecord)>,
     ) {
-        let Some(zvt) = self.lanes.get(terminal).and_then(|l| l.zvt().cloned()) else {
-            tracing::error!(%terminal, "payments or refunds in doubt on a lane that has no payment terminal now");
-            return;
+        let zvt = match self.lanes.get(terminal).map(|l| &l.device) {
+            Some(CardDevice::Zvt(zvt)) => zvt.clone(),
+            // TODO(#23): `pos_engine::nexo` recovery (TransactionStatus) once the driver is wired.
+            Some(CardDevice::Nexo(_)) => {
+                tracing::error!(%terminal, "in doubt on a nexo lane, which is not wired yet: left as stored");
+                return;
+            }
+            Some(CardDevice::Reader(_)) | None => {
+                tracing::error!(%terminal, "payments or refunds in doubt on a lane that has no payment terminal now");
+                return;
+            }
         };
         let Some(what) = payment.as_ref().map(|p| p.id.clone()).or_else(|| refunds.first().map(|r| r.0.id.clone()))
         else {

@@ -95,6 +95,13 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), String> {
     Ok((host, uri.port_u16().unwrap_or(443), path))
 }
 
+/// Whether a URL's host is this machine (127.0.0.0/8, ::1, `localhost`):
+/// the only place posd speaks to a terminal without message encryption.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 impl TerminalLine {
     pub fn new(settings: LineSettings) -> Result<Self, String> {
         let (host, port, path) = parse_url(&settings.url)?;
@@ -113,6 +120,10 @@ impl TerminalLine {
 
     pub fn poi_id(&self) -> &str {
         &self.settings.poi_id
+    }
+
+    pub fn url(&self) -> &str {
+        &self.settings.url
     }
 
     /// POSTs one JSON document and returns the terminal's answer (a 2xx

@@ -6,9 +6,13 @@
 //! - [`line`]: one HTTPS POST per request, with the one distinction money
 //!   needs: a request that cannot have reached the terminal, against one
 //!   that may have.
+//! - [`terminal`]: one lane's terminal ([`terminal::NexoTerminal`]): the
+//!   envelope, the encryption, the checks of every answer against its
+//!   request, the exchange log, and the health check (DiagnosisRequest).
 //!
 //! The messages, the local encryption and the amounts are in the I/O-free
 //! crate `pos-nexo`.
 
 pub mod line;
+pub mod terminal;
 pub mod tls;

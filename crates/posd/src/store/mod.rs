@@ -19,6 +19,7 @@
 //! - `outbox`: offline payments waiting to be forwarded, and the operations
 //!   that may reach the gateway more than once;
 //! - `gateway`: records for the gateway's ledger, its events, end of day;
+//! - `nexo`: the ServiceID counter per SaleID and each payment's ServiceID;
 //! - `probe`: whether a failed database works again, and how a failure answers;
 //! - `lock`: the state directory's lock and the marker of a database to keep.
 
@@ -40,6 +41,7 @@ mod events;
 mod gateway;
 mod group;
 mod lock;
+mod nexo;
 mod outbox;
 mod payments;
 mod probe;

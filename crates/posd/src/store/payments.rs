@@ -67,14 +67,19 @@ text_enum! {
         Reader = "reader",
         /// A ZVT payment terminal: it authorizes by itself.
         Zvt = "zvt",
+        /// A nexo payment terminal (Adyen's Terminal API): it authorizes by itself.
+        Nexo = "nexo",
     }
 }
 
 impl PaymentRecord {
-    /// Taken on a payment terminal that authorizes by itself: refunds,
-    /// reversals and recovery go to the terminal, not the gateway.
+    /// Taken on a payment terminal that authorizes by itself (ZVT or nexo):
+    /// refunds, reversals and recovery go to the terminal, not the gateway.
     pub fn on_terminal(&self) -> bool {
-        self.device == DeviceKind::Zvt
+        match self.device {
+            DeviceKind::Reader => false,
+            DeviceKind::Zvt | DeviceKind::Nexo => true,
+        }
     }
 }
 
@@ -129,6 +134,10 @@ pub struct TerminalResult {
     /// The terminal's receipt lines as sent; receipts are separated by an
     /// empty string entry when more than one came.
     pub lines: Vec<String>,
+    /// nexo: the terminal's id of the transaction and its time stamp
+    /// (`POITransactionID`), what a reversal names; empty otherwise.
+    pub poi_transaction_id: String,
+    pub poi_time_stamp: String,
 }
 
 /// What a transition stores besides its status, its reason and its audit
@@ -166,6 +175,10 @@ pub enum Data {
     /// Starting on a payment terminal: the lane's last receipt number then
     /// (-1: none known), what the terminal's answers are judged against.
     TerminalStart { receipt_before: i64 },
+    /// Starting on a nexo terminal: the next ServiceID of the lane's SaleID
+    /// is reserved and kept with the payment in this same commit, before the
+    /// request leaves ([`Store::nexo_service`] reads it back).
+    NexoStart { sale_id: String },
     /// A payment terminal's result.
     Terminal(TerminalData),
     /// The payment terminal booked the payment: its record for the gateway's
@@ -465,8 +478,8 @@ impl Store {
         let conn = self.reader();
         Ok(conn
             .prepare_cached(
-                "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines FROM terminal_results \
-                 WHERE payment_id = ?1",
+                "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines, poi_transaction_id, \
+                 poi_time_stamp FROM terminal_results WHERE payment_id = ?1",
             )?
             .query_row([payment_id], |r| {
                 let lines: String = r.get(5)?;
@@ -477,6 +490,8 @@ impl Store {
                     offline: r.get(3)?,
                     terminal_tid: r.get::<_, Option<i64>>(4)?.map(|t| format!("{t:08}")).unwrap_or_default(),
                     lines: if lines.is_empty() { vec![] } else { lines.split('\n').map(str::to_string).collect() },
+                    poi_transaction_id: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    poi_time_stamp: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
                 })
             })
             .optional()?)
@@ -661,6 +676,14 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
         Data::TerminalStart { receipt_before } => {
             exec(tx, "UPDATE payments SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, receipt_before])?;
         }
+        Data::NexoStart { sale_id } => {
+            let service_id = super::nexo::reserve_service_id_in(tx, sale_id)?;
+            exec(
+                tx,
+                "UPDATE payments SET nexo_sale_id = ?2, nexo_service_id = ?3 WHERE id = ?1",
+                params![id, sale_id, service_id.as_str()],
+            )?;
+        }
         Data::Terminal(result) => store_terminal_data(tx, id, result, t.to)?,
         Data::Booked { result, last_receipt } => {
             if let Some(result) = result {
@@ -733,10 +756,13 @@ fn store_terminal_data(tx: &Connection, id: &str, d: &TerminalData, to: Status) 
     let r = &d.result;
     exec(
         tx,
-        "INSERT INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, terminal_tid, lines) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (payment_id) DO UPDATE SET \
+        "INSERT INTO terminal_results (payment_id, result_code, receipt_no, trace, offline, terminal_tid, lines, \
+         poi_transaction_id, poi_time_stamp) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULLIF(?8, ''), NULLIF(?9, '')) \
+         ON CONFLICT (payment_id) DO UPDATE SET \
          result_code = excluded.result_code, receipt_no = excluded.receipt_no, trace = excluded.trace, \
-         offline = excluded.offline, terminal_tid = excluded.terminal_tid",
+         offline = excluded.offline, terminal_tid = excluded.terminal_tid, \
+         poi_transaction_id = COALESCE(excluded.poi_transaction_id, poi_transaction_id), \
+         poi_time_stamp = COALESCE(excluded.poi_time_stamp, poi_time_stamp)",
         params![
             id,
             r.result_code,
@@ -744,7 +770,9 @@ fn store_terminal_data(tx: &Connection, id: &str, d: &TerminalData, to: Status) 
             r.trace,
             r.offline,
             r.terminal_tid.parse::<i64>().ok(),
-            r.lines.join("\n")
+            r.lines.join("\n"),
+            r.poi_transaction_id,
+            r.poi_time_stamp
         ],
     )?;
     Ok(())

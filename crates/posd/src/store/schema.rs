@@ -26,6 +26,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0008_history_in_row.sql"),
     include_str!("sql/0009_gateway_sends.sql"),
     include_str!("sql/0010_zvt_receipt_before.sql"),
+    include_str!("sql/0011_nexo_terminals.sql"),
 ];
 
 /// Every table the store reads or writes.
@@ -40,6 +41,7 @@ pub(super) const TABLES: &[&str] = &[
     "gateway_records",
     "gateway_sends",
     "batch_closes",
+    "nexo_service_ids",
 ];
 
 /// Runs the migrations the database at `path` has not had, each in a

@@ -93,7 +93,7 @@ fn values_kept_as_text_read_back_as_written_and_unknown_text_is_refused() {
     round_trip(&conn, EventKind::ALL);
     round_trip(&conn, SendKind::ALL);
     // Today's text, as earlier releases stored it.
-    assert_eq!(DeviceKind::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>(), ["reader", "zvt"]);
+    assert_eq!(DeviceKind::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>(), ["reader", "zvt", "nexo"]);
     assert_eq!(RefundStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["pending", "succeeded", "failed"]);
     assert_eq!(RecordKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["sale", "reversal", "refund"]);
     assert_eq!(EventKind::parse("gateway_dispute_opened"), Some(EventKind::GatewayDisputeOpened));
@@ -1050,4 +1050,74 @@ async fn a_batch_of_transitions_that_fails_otherwise_than_by_a_refusal_keeps_non
     assert_eq!(s.history("pay_a").unwrap().len(), 1);
     assert_eq!(s.get("pay_b").unwrap().unwrap().status, Status::Created);
     assert!(s.events_after(0, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn service_ids_are_reserved_in_the_commit_that_uses_them_and_never_repeat_per_sale_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("posd.db");
+    {
+        let s = Arc::new(Store::open(&path).unwrap());
+        let reserved = [
+            s.reserve_service_id("POSD-lane-1").await.unwrap(),
+            s.reserve_service_id("POSD-lane-1").await.unwrap(),
+            s.reserve_service_id("POSD-lane-2").await.unwrap(),
+        ];
+        let texts: Vec<&str> = reserved.iter().map(|id| id.as_str()).collect();
+        assert_eq!(texts, ["0000000001", "0000000002", "0000000001"], "one counter per SaleID");
+
+        // A payment started on a nexo terminal keeps the next one, in the same commit.
+        let nexo = PaymentRecord { device: DeviceKind::Nexo, ..sample("n") };
+        assert!(is_new(s.insert_or_get(&nexo, "test").await));
+        assert_eq!(s.nexo_service("pay_n").unwrap(), None, "not sent anywhere yet");
+        let t = next(Status::Created, &Input::StartOnTerminal).unwrap();
+        let start = Update { data: Data::NexoStart { sale_id: "POSD-lane-1".into() }, ..Update::default() };
+        let (rec, _) = s.apply("pay_n", &t, start, AT).await.unwrap();
+        assert!(rec.on_terminal() && rec.device == DeviceKind::Nexo);
+        let (sale_id, service_id) = s.nexo_service("pay_n").unwrap().unwrap();
+        assert_eq!((sale_id.as_str(), service_id.as_str()), ("POSD-lane-1", "0000000003"));
+
+        // A refused transition reserves nothing.
+        let again = Update { data: Data::NexoStart { sale_id: "POSD-lane-1".into() }, ..Update::default() };
+        assert!(matches!(s.apply("pay_n", &t, again, AT).await, Err(StoreError::Conflict { .. })));
+    }
+    // After a restart the counter goes on.
+    let s = Arc::new(Store::open(&path).unwrap());
+    assert_eq!(s.reserve_service_id("POSD-lane-1").await.unwrap().as_str(), "0000000004");
+    assert_eq!(s.get("pay_n").unwrap().unwrap().device, DeviceKind::Nexo);
+}
+
+#[test]
+fn a_nexo_terminal_s_transaction_id_is_kept_with_its_result() {
+    let (_d, s) = open();
+    let nexo = PaymentRecord { device: DeviceKind::Nexo, ..sample("x") };
+    assert!(is_new(s.insert_or_get_blocking(&nexo, "test")));
+    let result = TerminalResult {
+        poi_transaction_id: "BV0q001.8816178952380553".into(),
+        poi_time_stamp: "2026-01-01T10:00:05.000Z".into(),
+        ..TerminalResult::default()
+    };
+    let mut st = Status::Created;
+    for (input, data) in [
+        (Input::StartOnTerminal, Data::NexoStart { sale_id: "POSD-lane-1".into() }),
+        (
+            Input::TerminalApproved,
+            Data::Terminal(TerminalData { card: None, auth_code: Some("123456".into()), result }),
+        ),
+    ] {
+        let t = next(st, &input).unwrap();
+        st = s.apply_blocking("pay_x", &t, Update { data, ..Update::default() }, AT).unwrap().0.status;
+    }
+    let kept = s.terminal_result("pay_x").unwrap().unwrap();
+    assert_eq!(kept.poi_transaction_id, "BV0q001.8816178952380553");
+    assert_eq!(kept.poi_time_stamp, "2026-01-01T10:00:05.000Z");
+    assert_eq!(s.get("pay_x").unwrap().unwrap().auth_code, "123456");
+    // A ZVT result has none.
+    assert!(is_new(s.insert_or_get_blocking(&sample("z"), "test")));
+    let t = next(Status::Created, &Input::StartOnTerminal).unwrap();
+    s.apply_blocking("pay_z", &t, Update::default(), AT).unwrap();
+    let t = next(Status::Collecting, &Input::TerminalApproved).unwrap();
+    let zvt = TerminalData { card: None, auth_code: None, result: TerminalResult::default() };
+    s.apply_blocking("pay_z", &t, Update { data: Data::Terminal(zvt), ..Update::default() }, AT).unwrap();
+    assert_eq!(s.terminal_result("pay_z").unwrap().unwrap().poi_transaction_id, "");
 }

@@ -13,6 +13,7 @@ use pos_zvt::{Bmp, Bmps, Message, codes};
 use super::OneResult;
 use crate::engine::{Engine, EngineError, step_error};
 use crate::failpoint;
+use crate::lane::CardDevice;
 use crate::store::{Data, EventKind, NewEvent, PaymentRecord, RefundRecord, RefundStatus, SendKind, Update};
 use crate::zvt::{Ending, ZvtEvent, ZvtTerminal};
 
@@ -37,11 +38,13 @@ impl Engine {
     /// Takes the lane for an administrative command; checked and taken
     /// under the admission lock, as a new payment takes it.
     async fn hold_lane(&self, terminal: &str, what: &str) -> Result<(LaneHold<'_>, Arc<ZvtTerminal>), EngineError> {
-        let zvt = self
-            .lanes
-            .get(terminal)
-            .and_then(|l| l.zvt().cloned())
-            .ok_or_else(|| EngineError::NotFound(format!("terminal {terminal} has no payment terminal")))?;
+        let no_terminal = || EngineError::NotFound(format!("terminal {terminal} has no payment terminal"));
+        let zvt = match &self.lanes.get(terminal).ok_or_else(no_terminal)?.device {
+            CardDevice::Zvt(zvt) => zvt.clone(),
+            // TODO(#23): refunds and reversals through `pos_engine::nexo::NexoPayment`'s driver.
+            CardDevice::Nexo(_) => return Err(crate::engine::nexo_not_wired(terminal)),
+            CardDevice::Reader(_) => return Err(no_terminal()),
+        };
         let _admission = self.admission[terminal].lock().await;
         let mut busy = self.busy.lock().unwrap();
         if let Some(other) = busy.get(terminal) {

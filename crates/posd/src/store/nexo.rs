@@ -1,0 +1,58 @@
+//! What nexo terminals need kept: the ServiceID counter per SaleID, and the
+//! SaleID and ServiceID each payment went to its terminal under.
+//!
+//! A ServiceID is reserved inside the commit of the write that uses it
+//! ([`reserve_service_id_in`], e.g. by `Data::NexoStart` with the transition
+//! that starts a payment on the terminal): a write that fails takes its
+//! reservation with it, and one that commits leaves the counter past it, so
+//! no two requests of a SaleID share a ServiceID, across restarts too.
+
+use std::sync::Arc;
+
+use pos_nexo::ServiceId;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Store, StoreError, exec};
+
+/// Reserves the next ServiceID of `sale_id` in the caller's transaction.
+pub(super) fn reserve_service_id_in(conn: &Connection, sale_id: &str) -> Result<ServiceId, StoreError> {
+    exec(
+        conn,
+        "INSERT INTO nexo_service_ids (sale_id, last) VALUES (?1, 1) \
+         ON CONFLICT (sale_id) DO UPDATE SET last = last + 1",
+        params![sale_id],
+    )?;
+    let last: i64 = conn
+        .prepare_cached("SELECT last FROM nexo_service_ids WHERE sale_id = ?1")?
+        .query_row([sale_id], |r| r.get(0))?;
+    Ok(ServiceId::from_counter(last.unsigned_abs()))
+}
+
+/// A stored ServiceID, checked.
+fn service_id(text: String) -> Result<ServiceId, StoreError> {
+    ServiceId::parse(&text).map_err(|_| StoreError::Corrupt(text))
+}
+
+impl Store {
+    /// Reserves the next ServiceID of `sale_id` in a synced commit of its
+    /// own (a request that refers to no stored row, such as a
+    /// TransactionStatus or an end of day).
+    pub async fn reserve_service_id(self: &Arc<Self>, sale_id: &str) -> Result<ServiceId, StoreError> {
+        let sale_id = sale_id.to_string();
+        self.write(move |conn| reserve_service_id_in(conn, &sale_id)).await
+    }
+
+    /// The SaleID and ServiceID a payment went to its nexo terminal under;
+    /// `None` when it never did.
+    pub fn nexo_service(&self, payment_id: &str) -> Result<Option<(String, ServiceId)>, StoreError> {
+        let found: Option<(Option<String>, Option<String>)> = self
+            .reader()
+            .prepare_cached("SELECT nexo_sale_id, nexo_service_id FROM payments WHERE id = ?1")?
+            .query_row([payment_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match found {
+            Some((Some(sale_id), Some(id))) => Ok(Some((sale_id, service_id(id)?))),
+            _ => Ok(None),
+        }
+    }
+}
