@@ -27,6 +27,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 mod after_sale;
 mod background;
+mod nexo;
 mod payment;
 mod printing;
 mod queue;
