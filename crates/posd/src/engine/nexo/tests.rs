@@ -470,11 +470,16 @@ async fn the_registers_cancel_sends_one_abort_and_cancels_the_payment() {
     };
 
     assert_eq!(outcome, Outcome::Settled(Status::Canceled));
+    // The POST and the AbortRequest run side by side: either may reach the fake first.
+    let mut kinds = fake.kinds();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["abort", "payment"], "exactly one AbortRequest");
     let seen = fake.seen();
-    assert_eq!(fake.kinds(), ["payment", "abort"], "exactly one AbortRequest");
-    assert_eq!(referenced(&seen[1].body).as_deref(), Some(seen[0].service_id.as_str()));
-    assert_ne!(seen[1].service_id, seen[0].service_id);
-    let RequestBody::Abort(abort) = &seen[1].body else { panic!("an AbortRequest") };
+    let of = |kind: &str| seen.iter().find(|s| s.kind == kind).unwrap().clone();
+    let (posted, abort) = (of("payment"), of("abort"));
+    assert_eq!(referenced(&abort.body).as_deref(), Some(posted.service_id.as_str()));
+    assert_ne!(abort.service_id, posted.service_id);
+    let RequestBody::Abort(abort) = &abort.body else { panic!("an AbortRequest") };
     assert_eq!(abort.abort_reason, "MerchantAbort");
     assert_eq!(b.reason(), ("canceled".to_string(), "canceled by the register".to_string()));
     b.assert_lane_free();
