@@ -12,8 +12,8 @@
 //! `pos_engine::payment::ReaderPayment`, which decides), `recovery` (start-up
 //! recovery and the reversal worker), `background` (the monitor loop and the
 //! graceful stop), `queue` (the offline queue), `after_sale` (captures,
-//! voids, refunds, end of day), `printing` (receipts and the drawer) and
-//! `terminal` (ZVT lanes).
+//! voids, refunds, end of day), `printing` (receipts and the drawer),
+//! `terminal` (ZVT lanes) and `nexo` (nexo lanes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +39,7 @@ mod test_support;
 use crate::clock::{AgeClock, WallClock};
 use crate::convert;
 use crate::gateway::Gateway;
-use crate::lane::{CardDevice, Lane};
+use crate::lane::Lane;
 use crate::store::{Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
 
@@ -65,16 +65,16 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
-/// The answer to a payment, refund, reversal or end of day asked of a nexo
-/// lane until its driver is wired.
-// TODO(#23): drive nexo payments by `pos_engine::nexo::NexoPayment` (through
-// `nexo::terminal::NexoTerminal`) and remove this refusal.
+/// The answer to a refund, reversal or end of day asked of a nexo lane
+/// until their driver is wired (payments are: `nexo`).
+// TODO(#23): drive voids, refunds and end of day by `pos_engine::nexo::AfterSale`
+// and remove this refusal.
 pub(crate) fn nexo_not_wired(lane: &str) -> EngineError {
     EngineError::FailedPrecondition(
         "NEXO_NOT_WIRED",
         format!(
-            "payments on nexo lanes are not wired yet: lane {lane} has a nexo terminal, which this posd configures \
-             and checks but does not take payments, refunds, reversals or end of day on"
+            "refunds, voids and end of day on nexo lanes are not wired yet: lane {lane} has a nexo terminal, \
+             which this posd takes payments on but not refunds, reversals or end of day"
         ),
     )
 }
@@ -413,11 +413,6 @@ impl Engine {
     pub async fn take_payment(self: &Arc<Self>, req: NewPayment) -> Result<Attached, EngineError> {
         let received = std::time::Instant::now();
         let lane = self.validate(&req)?;
-        match &lane.device {
-            // TODO(#23): `pos_engine::nexo::NexoPayment` will run these.
-            CardDevice::Nexo(_) => return Err(nexo_not_wired(&lane.id)),
-            CardDevice::Reader(_) | CardDevice::Zvt(_) => {}
-        }
         let _admission = self.admission[&lane.id].lock().await;
         if let Some(existing) = self.store.get_by_key(&req.idempotency_key)? {
             compare(&existing, &req)?;

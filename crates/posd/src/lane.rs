@@ -167,6 +167,13 @@ impl Lane {
         self.state.lock().unwrap().clone()
     }
 
+    /// The card device is not the one configured (a nexo terminal whose
+    /// certificate names another POIID): shown disconnected with why, until
+    /// its health check finds the lane's own device.
+    pub fn mark_unavailable(&self, why: &str) {
+        self.state.lock().unwrap().lose(format!("unavailable: {why}"));
+    }
+
     /// Asks the reader for a card; the returned channel carries what follows.
     pub async fn collect(&self, req: CollectCard) -> Result<mpsc::UnboundedReceiver<ReaderEvent>, String> {
         let Some(reader) = self.reader() else {

@@ -7,8 +7,8 @@
 //! came of each. The machine's `now` is milliseconds of tokio's clock since
 //! the run began, so a paused clock drives its deadlines. The gateway and the
 //! reader are reached through [`Authorizer`] and [`CardReader`], so the
-//! driver runs against fakes in this module's tests. A payment terminal
-//! (ZVT) is driven by `terminal`, the same way.
+//! driver runs against fakes in this module's tests. A payment terminal is
+//! driven by `terminal` (ZVT) or `nexo`, the same way.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -87,7 +87,8 @@ impl CardReader for Lane {
 
 impl Engine {
     /// Runs a payment the register asked for to its end, on the lane's card
-    /// device: a payment terminal (ZVT) in `terminal`, a card reader here.
+    /// device: a payment terminal in `terminal` (ZVT) or `nexo`, a card
+    /// reader here.
     pub(super) async fn run_payment(
         self: Arc<Self>,
         lane: Arc<Lane>,
@@ -96,15 +97,7 @@ impl Engine {
     ) {
         match &lane.device {
             CardDevice::Zvt(zvt) => self.run_on_terminal(zvt, rec, &mut cancel).await,
-            // TODO(#23): wire `pos_engine::nexo::NexoPayment` here. Until then
-            // `take_payment` refuses nexo lanes before storing anything; a
-            // payment that got here anyway ends CANCELED, nothing sent.
-            CardDevice::Nexo(_) => {
-                let by = "posd: payments on nexo lanes are not wired yet".to_string();
-                if let Err(e) = self.step(&rec, pos_engine::Input::Cancel { by }, Update::default()).await {
-                    tracing::error!(payment = %rec.id, error = %e, "cannot end a payment on a nexo lane");
-                }
-            }
+            CardDevice::Nexo(nexo) => self.run_on_nexo(&**nexo, rec, &mut cancel).await,
             CardDevice::Reader(_) => {
                 let id = rec.id.clone();
                 let payment = ReaderPayment::new(payment_of(&rec), self.reader_settings(lane.offline.clone()));

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use pos_engine::nexo::{Recover as NexoRecover, recover as nexo_recovery};
 use pos_engine::payment::{Recover, Step, recover as reader_recovery};
 use pos_engine::terminal::{Recover as TerminalRecover, recover as terminal_recovery};
 use pos_engine::{Input, Status};
 use pos_proto::gateway::{Outcome, ReverseRequest};
 
 use super::{Engine, StepError};
-use crate::store::{Durability, EventKind, PaymentRecord, RefundRecord, Update};
+use crate::store::{DeviceKind, Durability, EventKind, PaymentRecord, RefundRecord, Update};
 
 impl Engine {
     /// Finishes what a previous run left: called once before serving.
@@ -45,6 +46,19 @@ impl Engine {
                     let left = self.store.has_event(EventKind::TerminalOutcomeUnknown, &rec.id, "");
                     left.map_err(StepError::from)
                 };
+                if rec.device == DeviceKind::Nexo {
+                    match nexo_recovery(rec.status, left)? {
+                        NexoRecover::Nothing => {}
+                        NexoRecover::Persist(step) => {
+                            self.commit_step(&rec, step).await?;
+                        }
+                        NexoRecover::Settle => {
+                            let terminal = rec.terminal_id.clone();
+                            on_terminal.entry(terminal).or_default().0 = Some(rec);
+                        }
+                    }
+                    continue;
+                }
                 match terminal_recovery(rec.status, left)? {
                     TerminalRecover::Nothing => {}
                     TerminalRecover::Persist(step) => {

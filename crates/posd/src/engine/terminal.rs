@@ -416,9 +416,14 @@ impl Engine {
     ) {
         let zvt = match self.lanes.get(terminal).map(|l| &l.device) {
             Some(CardDevice::Zvt(zvt)) => zvt.clone(),
-            // TODO(#23): `pos_engine::nexo` recovery (TransactionStatus) once the driver is wired.
-            Some(CardDevice::Nexo(_)) => {
-                tracing::error!(%terminal, "in doubt on a nexo lane, which is not wired yet: left as stored");
+            Some(CardDevice::Nexo(nexo)) => {
+                if let Some(rec) = payment {
+                    self.recover_on_nexo(terminal, nexo.clone(), rec);
+                }
+                if !refunds.is_empty() {
+                    // TODO(#23): refunds in doubt through `pos_engine::nexo::AfterSale::settling`.
+                    tracing::error!(%terminal, "refunds in doubt on a nexo lane, which are not wired yet: left as stored");
+                }
                 return;
             }
             Some(CardDevice::Reader(_)) | None => {

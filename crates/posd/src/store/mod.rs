@@ -53,6 +53,7 @@ pub use gateway::{GatewayRecord, RecordKind};
 pub use group::Durability;
 pub use history::HistoryEntry;
 pub use lock::{INITIALIZED_MARKER, StateLock, check_database_kept, mark_initialized};
+pub use nexo::OwedReversal;
 pub use outbox::{QueueSummary, SendKind};
 pub use payments::{
     Applied, CardInfo, Data, DeviceKind, Inserted, ListFilter, PaymentRecord, TerminalData, TerminalResult, Update,

@@ -177,17 +177,25 @@ pub enum Data {
     TerminalStart { receipt_before: i64 },
     /// Starting on a nexo terminal: the next ServiceID of the lane's SaleID
     /// is reserved and kept with the payment in this same commit, before the
-    /// request leaves ([`Store::nexo_service`] reads it back).
-    NexoStart { sale_id: String },
+    /// request leaves ([`Store::nexo_service`] reads it back). `service_id`:
+    /// the id the request goes out under, read before ([`Store::next_service_id`]);
+    /// a reservation that gives another one fails the commit.
+    NexoStart { sale_id: String, service_id: Option<String> },
     /// A payment terminal's result.
     Terminal(TerminalData),
+    /// A nexo terminal's answer: its result; `book`, the payment is booked
+    /// (its record for the gateway's ledger, a sale, is queued); `owed`, a
+    /// reversal of it posd owes, kept with its ServiceID (reserved in the same
+    /// commit) until the terminal books it.
+    NexoResult { result: TerminalData, book: bool, owed: Option<super::nexo::OwedReversal> },
     /// The payment terminal booked the payment: its record for the gateway's
     /// ledger (a sale) is queued; with the terminal's result when posd learns
     /// it only now, and the lane's last receipt number (a `meta` key and
     /// value).
     Booked { result: Option<TerminalData>, last_receipt: Option<(String, i64)> },
     /// The payment terminal reversed the payment: its record for the
-    /// gateway's ledger (a reversal) is queued.
+    /// gateway's ledger (a reversal) is queued, and a reversal of it posd
+    /// owed (nexo) is closed.
     Reversed,
 }
 
@@ -676,8 +684,9 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
         Data::TerminalStart { receipt_before } => {
             exec(tx, "UPDATE payments SET zvt_receipt_before = ?2 WHERE id = ?1", params![id, receipt_before])?;
         }
-        Data::NexoStart { sale_id } => {
+        Data::NexoStart { sale_id, service_id: expected } => {
             let service_id = super::nexo::reserve_service_id_in(tx, sale_id)?;
+            super::nexo::check_reserved(&service_id, expected.as_deref())?;
             exec(
                 tx,
                 "UPDATE payments SET nexo_sale_id = ?2, nexo_service_id = ?3 WHERE id = ?1",
@@ -694,7 +703,19 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
                 exec(tx, super::SET_META, params![key, value])?;
             }
         }
-        Data::Reversed => queue_record(tx, id, RecordKind::Reversal, at_ms)?,
+        Data::NexoResult { result, book, owed } => {
+            store_terminal_data(tx, id, result, t.to)?;
+            if *book {
+                queue_record(tx, id, RecordKind::Sale, at_ms)?;
+            }
+            if let Some(owed) = owed {
+                super::nexo::owe_reversal_in(tx, id, owed, at_ms)?;
+            }
+        }
+        Data::Reversed => {
+            queue_record(tx, id, RecordKind::Reversal, at_ms)?;
+            super::nexo::close_owed_reversal_in(tx, id, at_ms)?;
+        }
     }
     if t.to == Status::OfflineApproved {
         exec(tx, &ENTER_OUTBOX, params![id, queued_at_ms.unwrap_or(at_ms)])?;

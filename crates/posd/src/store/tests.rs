@@ -1071,14 +1071,16 @@ async fn service_ids_are_reserved_in_the_commit_that_uses_them_and_never_repeat_
         assert!(is_new(s.insert_or_get(&nexo, "test").await));
         assert_eq!(s.nexo_service("pay_n").unwrap(), None, "not sent anywhere yet");
         let t = next(Status::Created, &Input::StartOnTerminal).unwrap();
-        let start = Update { data: Data::NexoStart { sale_id: "POSD-lane-1".into() }, ..Update::default() };
+        let start =
+            Update { data: Data::NexoStart { sale_id: "POSD-lane-1".into(), service_id: None }, ..Update::default() };
         let (rec, _) = s.apply("pay_n", &t, start, AT).await.unwrap();
         assert!(rec.on_terminal() && rec.device == DeviceKind::Nexo);
         let (sale_id, service_id) = s.nexo_service("pay_n").unwrap().unwrap();
         assert_eq!((sale_id.as_str(), service_id.as_str()), ("POSD-lane-1", "0000000003"));
 
         // A refused transition reserves nothing.
-        let again = Update { data: Data::NexoStart { sale_id: "POSD-lane-1".into() }, ..Update::default() };
+        let again =
+            Update { data: Data::NexoStart { sale_id: "POSD-lane-1".into(), service_id: None }, ..Update::default() };
         assert!(matches!(s.apply("pay_n", &t, again, AT).await, Err(StoreError::Conflict { .. })));
     }
     // After a restart the counter goes on.
@@ -1099,7 +1101,7 @@ fn a_nexo_terminal_s_transaction_id_is_kept_with_its_result() {
     };
     let mut st = Status::Created;
     for (input, data) in [
-        (Input::StartOnTerminal, Data::NexoStart { sale_id: "POSD-lane-1".into() }),
+        (Input::StartOnTerminal, Data::NexoStart { sale_id: "POSD-lane-1".into(), service_id: None }),
         (
             Input::TerminalApproved,
             Data::Terminal(TerminalData { card: None, auth_code: Some("123456".into()), result }),
