@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pos_engine::nexo::{
@@ -137,8 +138,8 @@ impl Engine {
             engine: self,
             device,
             rec,
-            post: None,
-            aborting: None,
+            post: Mutex::new(None),
+            aborting: Mutex::new(None),
             extras: None,
             why: String::new(),
             began: Instant::now(),
@@ -158,9 +159,9 @@ impl Engine {
             }
             let deadline = payment.poll_timeout().map(|ms| run.began + Duration::from_millis(ms));
             let wake = {
-                let (post, aborting) = (&mut run.post, &mut run.aborting);
+                let (post, aborting) = (unshared(&mut run.post), unshared(&mut run.aborting));
                 tokio::select! {
-                    answer = next_answer(post) => Wake::Answer(answer),
+                    answer = next_answer(post) => Wake::Answer(Box::new(answer)),
                     () = abort_sent(aborting) => Wake::Aborted,
                     () = register_cancel(cancel.as_deref_mut()) => Wake::Cancel,
                     () = until(deadline) => Wake::Timer,
@@ -168,12 +169,12 @@ impl Engine {
             };
             let commands = match wake {
                 Wake::Answer(answer) => {
-                    run.post = None;
-                    let event = run.posted(answer);
+                    *unshared(&mut run.post) = None;
+                    let event = run.posted(*answer);
                     payment.handle(event, run.now())
                 }
                 Wake::Aborted => {
-                    run.aborting = None;
+                    *unshared(&mut run.aborting) = None;
                     Vec::new()
                 }
                 Wake::Cancel => payment.handle(Event::RegisterCancel, run.now()),
@@ -213,10 +214,15 @@ impl Engine {
 
 /// What woke a run waiting on the POST, the register or the machine's deadline.
 enum Wake {
-    Answer(Result<SaleToPoiResponse, NexoError>),
+    Answer(Box<Result<SaleToPoiResponse, NexoError>>),
     Aborted,
     Cancel,
     Timer,
+}
+
+/// The value in a `Mutex` that is never locked (see `NexoRun::post`).
+fn unshared<T>(m: &mut Mutex<T>) -> &mut T {
+    m.get_mut().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn next_answer(post: &mut Option<Exchange<'_>>) -> Result<SaleToPoiResponse, NexoError> {
@@ -240,10 +246,12 @@ struct NexoRun<'a, D: NexoDevice> {
     device: &'a D,
     /// The payment as last committed, or as read back after a failed commit.
     rec: PaymentRecord,
-    /// The POST, while it runs.
-    post: Option<Exchange<'a>>,
-    /// The register's AbortRequest, while it is sent.
-    aborting: Option<Aborting<'a>>,
+    /// The POST, while it runs. In a `Mutex` only so that the run is `Sync`
+    /// (its `&self` methods are awaited in a spawned task); it is reached
+    /// through `get_mut`, never locked.
+    post: Mutex<Option<Exchange<'a>>>,
+    /// The register's AbortRequest, while it is sent (a `Mutex` as `post`).
+    aborting: Mutex<Option<Aborting<'a>>>,
     /// What the store keeps of the last answer (from the POST or repeated
     /// by TransactionStatus) besides the machine's `Answer`.
     extras: Option<Extras>,
@@ -322,7 +330,7 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
         let request =
             PaymentRequest { sale_data, payment_transaction: PaymentTransaction { amounts_req }, payment_data: None };
         let device = self.device;
-        self.post = Some(Box::pin(async move { device.exchange(&id, request.into()).await }));
+        *unshared(&mut self.post) = Some(Box::pin(async move { device.exchange(&id, request.into()).await }));
         None
     }
 
@@ -359,7 +367,7 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
             sale_id: Some(device.sale_id().to_string()),
             ..MessageReference::default()
         };
-        self.aborting = Some(Box::pin(async move {
+        *unshared(&mut self.aborting) = Some(Box::pin(async move {
             let id = match engine.store.reserve_service_id(device.sale_id()).await {
                 Ok(id) => id,
                 Err(e) => {
