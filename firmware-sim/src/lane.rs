@@ -1,7 +1,12 @@
-//! One lane in a box: a card device (the native reader or a ZVT terminal)
-//! and a receipt printer, each on a PTY or a TCP port, driven by a scenario
-//! file and by a technician's commands (console or `firmware-sim ctl`),
-//! with every frame written to one transcript.
+//! One lane in a box: a card device (the native reader, a ZVT terminal, or
+//! a nexo terminal on HTTPS) and a receipt printer, each on a PTY or a TCP
+//! port, driven by a scenario file and by a technician's commands (console
+//! or `firmware-sim ctl`), with every frame written to one transcript.
+//!
+//! A nexo terminal listens on a free loopback port and speaks encrypted: the
+//! lane writes the CA that signed its certificate (`nexo-ca.pem`) and the
+//! shared key's passphrase (`nexo-passphrase`, made at random) into its
+//! directory, and posd's config names both.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::line::{Line, TapIo, linked_pty};
+use crate::nexo::{self, NexoOptions};
 use crate::printer::{self, Printer, PrinterOptions};
 use crate::reader::{self, Action, CardProfile, Desk, Ended, PinOutcome, ReaderOptions};
 use crate::scenario::{Device, ScenarioFile};
@@ -32,6 +38,8 @@ pub struct LaneOptions {
     pub printer_wire: Option<Wire>,
     pub reader: ReaderOptions,
     pub zvt: ZvtOptions,
+    /// The nexo terminal's settings; its key is made by the lane.
+    pub nexo: NexoOptions,
     pub printer_columns: u32,
     pub lane_id: String,
     pub currency: String,
@@ -76,6 +84,8 @@ pub struct SimLane {
     opts: LaneOptions,
     desk: Arc<Desk>,
     terminal: Arc<Terminal>,
+    /// The nexo terminal and its TLS side, on a nexo lane.
+    nexo: Option<(Arc<nexo::Terminal>, tokio_rustls::TlsAcceptor)>,
     printer: Option<Arc<Printer>>,
     card_plug: Arc<Plug>,
     printer_plug: Arc<Plug>,
@@ -96,6 +106,12 @@ impl SimLane {
         let transcript = Arc::new(Transcript::create(&opts.dir.join("transcript.log"), "lane")?);
         let desk = Desk::new(opts.reader.customer.clone());
         let terminal = Terminal::new(opts.zvt.clone(), Scenario::Approve);
+        let nexo = if opts.device == Device::Nexo {
+            let device_transcript = Some(Arc::new(transcript.device("terminal")));
+            Some(start_nexo(&opts.dir, &mut opts.nexo, device_transcript)?)
+        } else {
+            None
+        };
         let printer = opts.printer_wire.map(|_| {
             Printer::new(PrinterOptions {
                 columns: opts.printer_columns,
@@ -109,6 +125,7 @@ impl SimLane {
             opts,
             desk,
             terminal,
+            nexo,
             printer,
             card_plug: Arc::new(Plug::new()),
             printer_plug: Arc::new(Plug::new()),
@@ -142,7 +159,7 @@ impl SimLane {
         match s.device {
             Device::Native => self.desk.plan(s.customers(&self.opts.reader.customer).map_err(anyhow::Error::msg)?),
             Device::Zvt => self.terminal.plan(s.zvt_plans().map_err(anyhow::Error::msg)?),
-            Device::Nexo => anyhow::bail!("a nexo scenario is played by `firmware-sim nexo --scenario FILE`"),
+            Device::Nexo => self.nexo_terminal()?.plan(s.nexo_plans().map_err(anyhow::Error::msg)?),
         }
         let p = &s.printer;
         let mut commands = Vec::new();
@@ -182,7 +199,18 @@ impl SimLane {
                 place(self.opts.card_wire, &card_at),
                 pos_zvt::bcd::decode(&self.opts.zvt.password).unwrap_or_default()
             ),
-            Device::Nexo => format!("{{ kind = \"nexo\", url = \"https://{card_at}/nexo\" }}"),
+            Device::Nexo => {
+                let key = self.opts.nexo.key.as_ref();
+                format!(
+                    "{{ kind = \"nexo\", url = \"https://{card_at}/nexo\", poi_id = {:?}, ca_file = {:?}, \
+                     key_id = {:?}, key_version = {}, passphrase_file = {:?} }}",
+                    self.opts.nexo.poi_id,
+                    absolute(&self.opts.dir.join(NEXO_CA)),
+                    key.map_or("", |k| k.key_identifier()),
+                    key.map_or(1, |k| k.key_version()),
+                    absolute(&self.opts.dir.join(NEXO_PASSPHRASE)),
+                )
+            }
         };
         let mut out =
             format!("[[lane]]\nid = {:?}\ncurrency = {:?}\nreader = {reader}\n", self.opts.lane_id, self.opts.currency);
@@ -201,11 +229,34 @@ impl SimLane {
                 Ok(())
             } else {
                 Err(format!(
-                    "{what}: a ZVT terminal reads cards by itself; set its outcome (outcome approve|decline HEX|cancel|...)"
+                    "{what}: a payment terminal reads cards by itself; set its outcome (outcome approve|decline ...)"
                 ))
             }
         };
-        match words.as_slice() {
+        if let Some((terminal, _)) = &self.nexo {
+            match words.as_slice() {
+                ["outcome", rest @ ..] => terminal.command(&format!("scenario {}", rest.join(" ")))?,
+                ["card", name] => terminal.command(&format!("card {name}"))?,
+                ["reboot", rest @ ..] => terminal.command(&format!("restart {}", rest.join(" ")))?,
+                ["fault", _] => return Err("a nexo terminal takes no line faults; try outcome or reboot".into()),
+                _ => return self.common_command(line, &words, need_native),
+            }
+            self.transcript.note(&format!("technician: {}", line.trim()));
+            return Ok(self.status_line());
+        }
+        self.common_command(line, &words, need_native)
+    }
+
+    /// The commands every kind of card device takes the same way (and the
+    /// native reader's and ZVT terminal's own).
+    fn common_command(
+        &self,
+        line: &str,
+        words: &[&str],
+        need_native: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<String, String> {
+        let native = self.opts.device == Device::Native;
+        match words {
             [] | ["status"] => {}
             ["help"] => return Ok(HELP.trim().replace('\n', "; ")),
             ["tap"] => {
@@ -280,17 +331,17 @@ impl SimLane {
             }
             _ => return Err(format!("unknown command {line:?}; try help")),
         }
-        if !matches!(words.as_slice(), [] | ["status"]) {
+        if !matches!(words, [] | ["status"]) {
             self.transcript.note(&format!("technician: {}", line.trim()));
         }
         Ok(self.status_line())
     }
 
     pub fn status_line(&self) -> String {
-        let card = if self.opts.device == Device::Native {
-            self.desk.status_line()
-        } else {
-            format!("terminal {}", self.terminal.status_line())
+        let card = match (&self.nexo, self.opts.device) {
+            (Some((terminal, _)), _) => format!("terminal {}", terminal.status_line()),
+            (None, Device::Native) => self.desk.status_line(),
+            (None, _) => format!("terminal {}", self.terminal.status_line()),
         };
         let plug = |p: &Plug| if p.is_in() { "plugged in" } else { "unplugged" };
         let mut s = format!("{card}; card device {}", plug(&self.card_plug));
@@ -309,6 +360,50 @@ impl SimLane {
             tokio::spawn(crate::control::answer_lines(stream, move |line| lane.command(line)));
         }
     }
+
+    fn nexo_terminal(&self) -> anyhow::Result<&Arc<nexo::Terminal>> {
+        self.nexo.as_ref().map(|(t, _)| t).ok_or_else(|| anyhow::anyhow!("this lane has no nexo terminal"))
+    }
+}
+
+/// Where a nexo lane writes the CA of its terminal's certificate, and the
+/// shared key's passphrase.
+const NEXO_CA: &str = "nexo-ca.pem";
+const NEXO_PASSPHRASE: &str = "nexo-passphrase";
+
+/// Makes a nexo lane's terminal: a random passphrase (written to the
+/// lane's directory, readable by its owner only) for its key unless `opts`
+/// has one, and a certificate from a new CA (written there too).
+fn start_nexo(
+    dir: &Path,
+    opts: &mut NexoOptions,
+    transcript: Option<Arc<Transcript>>,
+) -> anyhow::Result<(Arc<nexo::Terminal>, tokio_rustls::TlsAcceptor)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if opts.key.is_none() {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no random passphrase: {e}"))?;
+        let passphrase: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(NEXO_PASSPHRASE);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{passphrase}"))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        opts.key = Some(pos_nexo::Key::derive(&passphrase, "firmware-sim-lane", 1)?);
+    }
+    let identity =
+        nexo::pki::issue(&opts.poi_id).map_err(|e| anyhow::anyhow!("cannot make the terminal's certificate: {e}"))?;
+    let ca = dir.join(NEXO_CA);
+    nexo::pki::write_atomically(&ca, identity.ca_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", ca.display()))?;
+    let tls = nexo::pki::server_config(&identity).map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+    let terminal = nexo::Terminal::new(opts.clone(), nexo::Scenario::Approve, transcript);
+    Ok((terminal, tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
 }
 
 pub const HELP: &str = "
@@ -318,9 +413,11 @@ cancel                       the customer presses cancel (native reader)
 card NAME                    the card of the next payments (visa, visa-apple-pay, mastercard, amex, girocard, ...)
 pin ok|wrong|abandon         how the next PIN entries end (native reader)
 manual on|off                cards only when tapped, or presented by themselves
-outcome WORDS                how the ZVT terminal ends the next sales (approve, decline 05, cancel, offline, ...)
-fault drop-ack|bad-crc|coalesce|silent|none   a fault on the card device's line
-reboot [MS]                  the card device restarts (default 3000 ms)
+outcome WORDS                how the terminal ends the next sales (ZVT: approve, decline 05, cancel, offline, ...;
+                             nexo: approve, decline, cancel, busy, slow, wrong-pin, partial, lost-answer, ...)
+card NAME                    nexo: the card of the next payments (visa, mc, maestro)
+fault drop-ack|bad-crc|coalesce|silent|none   a fault on the card device's line (not nexo)
+reboot [MS]                  the card device restarts (default 3000 ms; nexo: its journal of finished payments stays)
 unplug reader|printer        pull a plug; plug reader|printer puts it back
 paper ok|near-end|out        the printer's paper; paper out-after-lines N
 cover open|closed            the printer's cover; drawer open|closed
@@ -422,11 +519,7 @@ async fn card_device(lane: Arc<SimLane>, ready: Ready) {
     let name = match lane.opts.device {
         Device::Native => "reader",
         Device::Zvt => "terminal",
-        Device::Nexo => {
-            let refused = anyhow::anyhow!("firmware-sim lane has no nexo terminal yet; run firmware-sim nexo");
-            let _ = ready.send(Err(refused));
-            return;
-        }
+        Device::Nexo => return nexo_device(lane, ready).await,
     };
     let mut socket = Socket::new(name, lane.opts.card_wire, &lane.opts.dir, ready);
     while let Some(io) = socket.connect(&lane.card_plug, &lane.card_at).await {
@@ -440,7 +533,7 @@ async fn card_device(lane: Arc<SimLane>, ready: Ready) {
                     () = lane.card_plug.wait(false) => None,
                 }
             }
-            // Refused before the loop.
+            // Served by `nexo_device`.
             Device::Nexo => None,
             Device::Zvt => {
                 let line = Line::open(io, lane.terminal.faults.clone(), serial, transcript, zvt::describe);
@@ -465,6 +558,53 @@ async fn card_device(lane: Arc<SimLane>, ready: Ready) {
         if !lane.card_plug.is_in() {
             lane.transcript.note(&format!("{name} unplugged"));
             println!("firmware-sim lane {name} unplugged");
+        }
+    }
+}
+
+/// The nexo terminal on HTTPS: a loopback port (the same one each time it
+/// is plugged back), every connection served while it is plugged in.
+async fn nexo_device(lane: Arc<SimLane>, ready: Ready) {
+    let Some((terminal, acceptor)) = lane.nexo.clone() else {
+        let _ = ready.send(Err(anyhow::anyhow!("the lane has no nexo terminal")));
+        return;
+    };
+    let mut ready = Some(ready);
+    let mut addr: Option<std::net::SocketAddr> = None;
+    loop {
+        lane.card_plug.wait(true).await;
+        let bind = addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+        let listener = match tokio::net::TcpListener::bind(&bind).await {
+            Ok(l) => l,
+            Err(e) => {
+                let e = anyhow::anyhow!("cannot listen on {bind}: {e}");
+                match ready.take() {
+                    Some(r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    None => tracing::error!(error = %e, "lane: cannot plug the terminal back in"),
+                }
+                return;
+            }
+        };
+        let at = listener.local_addr().expect("a bound listener has an address");
+        addr = Some(at);
+        if let Some(r) = ready.take() {
+            println!("firmware-sim lane terminal listening on {at} (nexo, HTTPS)");
+            *lane.card_at.lock().unwrap() = at.to_string();
+            let _ = r.send(Ok(()));
+        }
+        tokio::select! {
+            served = nexo::serve(listener, acceptor.clone(), terminal.clone()) => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "lane: the terminal stopped taking connections");
+                }
+                return;
+            }
+            () = lane.card_plug.wait(false) => {
+                lane.transcript.note("terminal unplugged");
+                println!("firmware-sim lane terminal unplugged");
+            }
         }
     }
 }

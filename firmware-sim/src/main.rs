@@ -51,13 +51,14 @@ enum Command {
 
 #[derive(Args)]
 struct LaneArgs {
-    /// The card device: the native card reader or a ZVT payment terminal.
+    /// The card device: the native card reader, a ZVT payment terminal, or a nexo (Adyen Terminal
+    /// API) payment terminal on HTTPS (a free loopback port, encrypted; its CA and passphrase in DIR).
     #[arg(long, value_enum, default_value_t = ReaderKind::Native)]
     reader: ReaderKind,
     /// The receipt printer's line.
     #[arg(long, value_enum, default_value_t = PrinterWire::Pty)]
     printer: PrinterWire,
-    /// The card device listens on a TCP port (any free one) instead of a PTY.
+    /// The card device listens on a TCP port (any free one) instead of a PTY (a nexo terminal always does).
     #[arg(long)]
     tcp: bool,
     /// Where the device links, transcript.log, receipts/ and control.sock go.
@@ -84,9 +85,12 @@ struct LaneArgs {
     /// Cards are presented only when a technician taps them (`tap`).
     #[arg(long)]
     manual: bool,
-    /// ZVT: milliseconds between the customer's steps (card, PIN, host).
+    /// ZVT and nexo: milliseconds between the customer's steps (card, PIN, host); nexo: a payment's time.
     #[arg(long, default_value_t = 300)]
     step_ms: u64,
+    /// nexo: the terminal's POIID (its certificate names `<POIID>.test.terminal.adyen.com`).
+    #[arg(long, default_value = "V400m-324688179")]
+    poi_id: String,
     /// The lane's id in the printed posd config.
     #[arg(long, default_value = "lane-1")]
     lane_id: String,
@@ -98,6 +102,7 @@ struct LaneArgs {
 enum ReaderKind {
     Native,
     Zvt,
+    Nexo,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -621,8 +626,13 @@ async fn run_lane(args: LaneArgs) -> anyhow::Result<()> {
     use firmware_sim::lane::{LaneOptions, SimLane, Wire};
     use firmware_sim::scenario::{Device, ScenarioFile};
     let scenario = args.scenario.as_deref().map(ScenarioFile::load).transpose().map_err(anyhow::Error::msg)?;
+    let nexo = args.reader == ReaderKind::Nexo;
     let customer = Customer {
-        card: CardProfile::named(&args.card).map_err(|e| anyhow::anyhow!("--card: {e}"))?,
+        card: if nexo {
+            CardProfile::default()
+        } else {
+            CardProfile::named(&args.card).map_err(|e| anyhow::anyhow!("--card: {e}"))?
+        },
         present_after: (!args.manual).then(|| Duration::from_millis(args.present_after_ms)),
         pin_after: Duration::from_millis(args.pin_after_ms),
         ..Customer::default()
@@ -632,8 +642,9 @@ async fn run_lane(args: LaneArgs) -> anyhow::Result<()> {
         device: match args.reader {
             ReaderKind::Native => Device::Native,
             ReaderKind::Zvt => Device::Zvt,
+            ReaderKind::Nexo => Device::Nexo,
         },
-        card_wire: if args.tcp { Wire::Tcp } else { Wire::Pty },
+        card_wire: if args.tcp || nexo { Wire::Tcp } else { Wire::Pty },
         printer_wire: match args.printer {
             PrinterWire::Pty => Some(Wire::Pty),
             PrinterWire::Tcp => Some(Wire::Tcp),
@@ -641,6 +652,16 @@ async fn run_lane(args: LaneArgs) -> anyhow::Result<()> {
         },
         reader: ReaderOptions { customer, ..ReaderOptions::default() },
         zvt: firmware_sim::zvt::ZvtOptions { step: Duration::from_millis(args.step_ms), ..Default::default() },
+        nexo: firmware_sim::nexo::NexoOptions {
+            poi_id: args.poi_id.clone(),
+            step: Duration::from_millis(args.step_ms),
+            card: if nexo {
+                firmware_sim::nexo::answer::card(&args.card).map_err(|e| anyhow::anyhow!("--card: {e}"))?
+            } else {
+                firmware_sim::nexo::NexoOptions::default().card
+            },
+            ..Default::default()
+        },
         printer_columns: 48,
         lane_id: args.lane_id.clone(),
         currency: args.currency.clone(),

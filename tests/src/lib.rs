@@ -280,8 +280,10 @@ pub struct Lane {
     reader_addr: String,
     /// The lane's card device is a ZVT payment terminal (`firmware-sim zvt`).
     zvt: bool,
-    /// The ZVT terminal simulator's control address.
+    /// The ZVT or nexo terminal simulator's control address.
     pub terminal_control: String,
+    /// The lane's card device is a nexo terminal (`firmware-sim nexo`), set up so.
+    nexo: Option<NexoSetup>,
     /// TOML appended to posd's config (e.g. `[lane.offline]` limits).
     pub extra_config: String,
     /// Environment for the next posd start (e.g. `POSD_FAILPOINT`).
@@ -320,6 +322,66 @@ struct Device {
 
 impl Device {
     const PTY_READER: Device = Device { tcp: false, zvt: false, external: false };
+}
+
+/// How a lane's nexo terminal (`firmware-sim nexo`, HTTPS on a free
+/// loopback port, encrypted) and posd's settings for it are set up; by
+/// default they agree.
+#[derive(Debug, Clone)]
+pub struct NexoSetup {
+    /// `--scenario`: how payments end (a name), or a scenario file.
+    pub scenario: String,
+    /// More `firmware-sim nexo` arguments (`--slow-ms 3000`); they replace
+    /// the harness's defaults of the same name.
+    pub args: Vec<String>,
+    /// The POIID the terminal's certificate names.
+    pub terminal_poi_id: String,
+    /// The POIID in posd's lane config.
+    pub poi_id: String,
+    pub key_id: String,
+    pub key_version: u32,
+    /// The terminal's passphrase.
+    pub terminal_passphrase: String,
+    /// The passphrase in posd's `passphrase_file`.
+    pub passphrase: String,
+}
+
+impl NexoSetup {
+    /// The lane's terminal.
+    pub const POI_ID: &'static str = "V400m-324688179";
+    /// Another terminal (another model and serial).
+    pub const OTHER_POI_ID: &'static str = "P400Plus-275008565";
+
+    pub fn new(scenario: &str) -> NexoSetup {
+        NexoSetup {
+            scenario: scenario.into(),
+            args: Vec::new(),
+            terminal_poi_id: Self::POI_ID.into(),
+            poi_id: Self::POI_ID.into(),
+            key_id: "posd-e2e".into(),
+            key_version: 2,
+            terminal_passphrase: "e2e-Nexo-Passphrase.2026".into(),
+            passphrase: "e2e-Nexo-Passphrase.2026".into(),
+        }
+    }
+
+    /// More `firmware-sim nexo` arguments.
+    pub fn args(mut self, args: &[&str]) -> NexoSetup {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The terminal's certificate names another POIID than posd's config.
+    pub fn wrong_poi_id(mut self) -> NexoSetup {
+        self.terminal_poi_id = Self::OTHER_POI_ID.into();
+        self
+    }
+
+    /// posd's passphrase file holds another passphrase than the terminal's.
+    pub fn wrong_passphrase(mut self) -> NexoSetup {
+        self.passphrase = "not-the-Terminals-Passphrase".into();
+        self
+    }
 }
 
 /// A private certificate authority for tests, issuing PEM files.
@@ -421,9 +483,70 @@ impl Lane {
         lane
     }
 
-    /// Sends a technician command to the ZVT terminal simulator; returns its answer.
+    /// Sends a technician command to the ZVT or nexo terminal simulator; returns its answer.
     pub fn terminal(&self, command: &str) -> String {
         control(&self.terminal_control, command)
+    }
+
+    /// A lane whose card device is a nexo terminal (`firmware-sim nexo`
+    /// over HTTPS on a free loopback port, set up by `setup`), posd
+    /// configured for it; posd is not started yet.
+    pub fn prepare_nexo(setup: NexoSetup, extra_config: &str) -> Lane {
+        let device = Device { external: true, ..Device::PTY_READER };
+        let mut lane = Self::build_inner(tempfile::tempdir().unwrap(), &[], 1500, device, extra_config, true, &[]);
+        lane.nexo = Some(setup);
+        lane.start_reader();
+        lane
+    }
+
+    /// A nexo lane with posd running.
+    pub fn start_nexo(setup: NexoSetup) -> Lane {
+        let mut lane = Self::prepare_nexo(setup, "");
+        lane.start_posd();
+        lane
+    }
+
+    /// The nexo terminal's transcript so far: every request and answer,
+    /// decrypted (card numbers masked), and its notes.
+    pub fn nexo_transcript(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nexo-transcript.log")).unwrap_or_default()
+    }
+
+    /// The nexo terminal's journal file: one JSON line per finished payment.
+    pub fn nexo_journal(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("nexo-journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a journal line is JSON"))
+            .collect()
+    }
+
+    /// Starts the lane's nexo terminal: its passphrase file, posd's, and the
+    /// CA it writes, all in the lane's directory.
+    fn start_nexo_terminal(&mut self) {
+        let n = self.nexo.clone().expect("a nexo lane");
+        let dir = self.dir.path().to_path_buf();
+        let terminal_passphrase = dir.join("nexo-terminal-passphrase");
+        std::fs::write(&terminal_passphrase, format!("{}\n", n.terminal_passphrase)).unwrap();
+        std::fs::write(dir.join("nexo-passphrase"), format!("{}\n", n.passphrase)).unwrap();
+        let mut cmd = Command::new(bin("firmware-sim"));
+        cmd.arg("nexo").args(["--poi-id", &n.terminal_poi_id, "--key-id", &n.key_id]);
+        cmd.args(["--key-version", &n.key_version.to_string(), "--scenario", &n.scenario]);
+        cmd.arg("--passphrase-file").arg(&terminal_passphrase).arg("--ca-out").arg(dir.join("nexo-ca.pem"));
+        cmd.arg("--transcript").arg(dir.join("nexo-transcript.log"));
+        cmd.arg("--journal").arg(dir.join("nexo-journal.jsonl"));
+        let defaults = [("--listen", "127.0.0.1:0"), ("--control", "127.0.0.1:0"), ("--step-ms", "20")];
+        for (flag, value) in defaults {
+            if !n.args.iter().any(|a| a == flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(&n.args);
+        let log = dir.join("firmware-sim.log");
+        let (mut proc, control_addr) = Proc::start(cmd, &log, "firmware-sim nexo control on ");
+        self.terminal_control = control_addr;
+        self.reader_addr = proc.wait_line("firmware-sim nexo listening on ").expect("the terminal's address");
+        self.reader = Some(proc);
     }
 
     /// Everything but posd, which the test starts (after setting its
@@ -520,6 +643,7 @@ impl Lane {
             reader_addr: String::new(),
             zvt,
             terminal_control: String::new(),
+            nexo: None,
             extra_config: String::new(),
             posd_env: Vec::new(),
             gateway_scheme: "http",
@@ -565,6 +689,12 @@ impl Lane {
     }
 
     pub fn start_reader(&mut self) {
+        if self.nexo.is_some() {
+            // A new process makes a new CA and takes a new port: posd's
+            // config is written for them at its next start.
+            self.start_nexo_terminal();
+            return;
+        }
         let kind = if self.zvt { "zvt" } else { "reader" };
         let mut cmd = Command::new(bin("firmware-sim"));
         cmd.arg(kind);
@@ -645,6 +775,19 @@ impl Lane {
 
     /// The `reader = ...` value for the lane's own simulated card device.
     fn reader_line(&self) -> String {
+        if let Some(n) = &self.nexo {
+            let dir = self.dir.path();
+            return format!(
+                "{{ kind = \"nexo\", url = \"https://{addr}/nexo\", poi_id = {poi:?}, ca_file = {ca:?}, \
+                 key_id = {key:?}, key_version = {version}, passphrase_file = {pass:?} }}",
+                addr = self.reader_addr,
+                poi = n.poi_id,
+                ca = dir.join("nexo-ca.pem"),
+                key = n.key_id,
+                version = n.key_version,
+                pass = dir.join("nexo-passphrase"),
+            );
+        }
         match (self.reader_tcp, self.zvt) {
             (true, false) => format!("{{ tcp = {:?} }}", self.reader_addr),
             (false, false) => format!("{{ device = {:?} }}", self.reader_link()),

@@ -1,5 +1,7 @@
 //! Every scenario shipped in `firmware-sim/scenarios/` played against posd:
-//! `firmware-sim lane --scenario FILE` provides the lane's devices, posd is
+//! `firmware-sim lane --scenario FILE` provides the lane's devices (its card
+//! device the kind the file is written for: `device = "native"`, `"zvt"` or
+//! `"nexo"`), posd is
 //! configured with the `[[lane]]` table the lane printed, the register takes
 //! the scenario's payments, and `[expect]` is checked for the last: its final
 //! status and code, the register events, the printed receipt text, the
@@ -75,6 +77,15 @@ fn every_shipped_scenario_ends_as_it_expects() {
     assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), results.len(), failures.join("\n"));
 }
 
+/// `firmware-sim lane --reader` for the device a scenario is written for.
+fn reader_kind(device: Device) -> &'static str {
+    match device {
+        Device::Native => "native",
+        Device::Zvt => "zvt",
+        Device::Nexo => "nexo",
+    }
+}
+
 /// posd's name for a status, as the scenario files write it.
 fn status_name(p: &pb::Payment) -> String {
     let s = pb::PaymentStatus::try_from(p.status).unwrap();
@@ -134,7 +145,7 @@ async fn play(path: PathBuf) -> Result<(), String> {
     let sim_dir = lane.dir.path().join("lane-sim");
     let mut cmd = Command::new(bin("firmware-sim"));
     cmd.arg("lane").arg("--dir").arg(&sim_dir).arg("--scenario").arg(&path);
-    cmd.args(["--reader", if s.device == Device::Zvt { "zvt" } else { "native" }]);
+    cmd.args(["--reader", reader_kind(s.device)]);
     cmd.args(["--present-after-ms", "0", "--pin-after-ms", "0", "--step-ms", "20"]);
     let (_sim, _) = Proc::start(cmd, &lane.dir.path().join("lane-sim.log"), "firmware-sim lane ready");
     let table = std::fs::read_to_string(sim_dir.join("posd-lane.toml")).map_err(|e| format!("posd-lane.toml: {e}"))?;
@@ -205,7 +216,7 @@ async fn play(path: PathBuf) -> Result<(), String> {
     }
 
     let transcript = std::fs::read_to_string(sim_dir.join("transcript.log")).map_err(|e| format!("transcript: {e}"))?;
-    let device = if s.device == Device::Zvt { "terminal" } else { "reader" };
+    let device = if s.device == Device::Native { "reader" } else { "terminal" };
     for dir in ["in", "out"] {
         // time, device, direction, hex, |, meaning
         if !transcript.lines().any(|l| l.split_whitespace().skip(1).take(2).eq([device, dir])) {

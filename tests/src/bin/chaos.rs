@@ -1,9 +1,11 @@
 //! Crash-consistency chaos run: posd, gateway-sim and firmware-sim as
 //! separate processes; a random workload of payments and refunds on several
-//! lanes (three native readers on PTYs, one ZVT terminal on a PTY); at random
-//! moments posd is killed with SIGKILL and restarted, the gateway refuses,
-//! hangs, fails half its calls or loses answers after committing them, the
-//! ZVT line drops ACKs and corrupts CRCs, and another program holds posd's
+//! lanes (three native readers on PTYs, one ZVT terminal on a PTY, one nexo
+//! terminal on loopback HTTPS); at random moments posd is killed with SIGKILL
+//! and restarted (a nexo payment mid-POST is then settled by TransactionStatus),
+//! the gateway refuses, hangs, fails half its calls or loses answers after
+//! committing them, the ZVT line drops ACKs and corrupts CRCs, the nexo
+//! terminal cuts an answer after booking or restarts mid-payment, and another program holds posd's
 //! database write lock past posd's busy timeout (posd then refuses payments
 //! and, once the lock is gone, stops with exit 75 to be started again, as
 //! systemd does here). Afterwards posd's database and
@@ -100,6 +102,7 @@ struct Counts {
     startup_kills: AtomicU64,
     gateway_faults: AtomicU64,
     line_faults: AtomicU64,
+    nexo_faults: AtomicU64,
     db_locks: AtomicU64,
 }
 
@@ -109,8 +112,9 @@ const OFFLINE_LIMITS: &str = "offline = { max_payment_minor = 1000000, max_total
 async fn main() -> ExitCode {
     let o = <Options as clap::Parser>::parse();
     let started = Instant::now();
-    // Lane 1 comes with the harness; lanes 2.. get readers of their own, and
-    // lane "zvt" a ZVT terminal that keeps results it never saw confirmed.
+    // Lane 1 comes with the harness; lanes 2.. get readers of their own,
+    // lane "zvt" a ZVT terminal that keeps results it never saw confirmed,
+    // and lane "nexo" a nexo terminal (encrypted, its CA written here).
     let mut lane = Lane::prepare(&[], "");
     lane.lane_config = format!("{OFFLINE_LIMITS}\n");
     let dir = lane.dir.path().to_path_buf();
@@ -124,6 +128,9 @@ async fn main() -> ExitCode {
     extra += &format!(
         "[[lane]]\nid = \"zvt\"\ncurrency = \"EUR\"\nreader = {{ kind = \"zvt\", device = {zvt_link:?}, t3_ms = 1000, t4_ms = 3000 }}\n"
     );
+    let (nexo_proc, nexo_control, nexo_table) = nexo_terminal(&dir);
+    devices.push(nexo_proc);
+    extra += &nexo_table;
     lane.extra_config = extra;
     lane.start_posd();
     let addr = Arc::new(Mutex::new(lane.posd_addr.clone()));
@@ -133,6 +140,7 @@ async fn main() -> ExitCode {
 
     let mut lanes: Vec<String> = (1..=o.lanes).map(|i| format!("lane-{i}")).collect();
     lanes.push("zvt".into());
+    lanes.push("nexo".into());
     let mut workers = Vec::new();
     for (n, id) in lanes.iter().enumerate() {
         let (addr, told, stop, id) = (addr.clone(), told.clone(), stop.clone(), id.clone());
@@ -185,10 +193,17 @@ async fn main() -> ExitCode {
                     counts.gateway_faults.fetch_add(1, Ordering::SeqCst);
                 }
             }
-            _ => {
+            _ if rng.below(2) == 0 => {
                 let f = if rng.below(2) == 0 { "fault drop-ack" } else { "fault bad-crc" };
                 terminal(&zvt_control, f);
                 counts.line_faults.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => {
+                // The nexo terminal's next payment: its answer lost after
+                // booking, or the terminal restarting in the middle of it.
+                let f = if rng.below(2) == 0 { "next lost-answer" } else { "next restart" };
+                terminal(&nexo_control, f);
+                counts.nexo_faults.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -215,13 +230,19 @@ async fn main() -> ExitCode {
             Err(format!("unexpected exits: {}", unexpected.join(", ")))
         },
     ));
-    println!("chaos run: seed {}, {} lanes + 1 ZVT lane, {:.1} s", o.seed, o.lanes, started.elapsed().as_secs_f64());
     println!(
-        "  kills {}, of them {} again during start-up, gateway faults {}, ZVT line faults {}, database locks {}, payments {} ({} reported approved, {} ended without an outcome and were asked again), refunds asked {} ({} reported succeeded, {} failed, {} asked again)",
+        "chaos run: seed {}, {} lanes + 1 ZVT lane + 1 nexo lane, {:.1} s",
+        o.seed,
+        o.lanes,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  kills {}, of them {} again during start-up, gateway faults {}, ZVT line faults {}, nexo terminal faults {}, database locks {}, payments {} ({} reported approved, {} ended without an outcome and were asked again), refunds asked {} ({} reported succeeded, {} failed, {} asked again)",
         counts.kills.load(Ordering::SeqCst),
         counts.startup_kills.load(Ordering::SeqCst),
         counts.gateway_faults.load(Ordering::SeqCst),
         counts.line_faults.load(Ordering::SeqCst),
+        counts.nexo_faults.load(Ordering::SeqCst),
         counts.db_locks.load(Ordering::SeqCst),
         told.payments,
         told.approved.len(),
@@ -255,6 +276,27 @@ async fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Starts the nexo lane's terminal (`firmware-sim nexo` on a free loopback
+/// port, encrypted, quick: 5 ms a payment, 200 ms a restart) with its files
+/// in `dir`; returns it, its control address and posd's `[[lane]]` table.
+fn nexo_terminal(dir: &std::path::Path) -> (Proc, String, String) {
+    let passphrase = dir.join("nexo-passphrase");
+    std::fs::write(&passphrase, "chaos-Nexo-Passphrase\n").expect("the passphrase file");
+    let ca = dir.join("nexo-ca.pem");
+    let mut cmd = Command::new(bin("firmware-sim"));
+    cmd.args(["nexo", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0", "--poi-id", "V400m-324688179"]);
+    cmd.args(["--key-id", "chaos", "--key-version", "1", "--step-ms", "5", "--restart-ms", "200"]);
+    cmd.arg("--passphrase-file").arg(&passphrase).arg("--ca-out").arg(&ca);
+    let (mut proc, control) = Proc::start(cmd, &dir.join("nexo.log"), "firmware-sim nexo control on ");
+    let addr = proc.wait_line("firmware-sim nexo listening on ").expect("the nexo terminal's address");
+    let table = format!(
+        "[[lane]]\nid = \"nexo\"\ncurrency = \"EUR\"\nreader = {{ kind = \"nexo\", url = \"https://{addr}/nexo\", \
+         poi_id = \"V400m-324688179\", ca_file = {ca:?}, key_id = \"chaos\", key_version = 1, \
+         passphrase_file = {passphrase:?} }}\n"
+    );
+    (proc, control, table)
 }
 
 /// Starts posd and kills it `after` the start, whatever it is doing then.
@@ -488,7 +530,7 @@ async fn settle(lane: &Lane) -> Result<String, String> {
     loop {
         let not_final = "status NOT IN \
              ('captured','authorized','declined','canceled','failed','reversed','offline_declined','expired','voided')";
-        let parked = "status = 'unknown' AND device = 'zvt' AND id IN \
+        let parked = "status = 'unknown' AND device IN ('zvt', 'nexo') AND id IN \
              (SELECT payment_id FROM events WHERE kind = 'terminal_outcome_unknown')";
         // A refund the terminal's journal or the gateway could not settle
         // is left to a person too (posctl resolve), with its event.
@@ -508,7 +550,7 @@ async fn settle(lane: &Lane) -> Result<String, String> {
         match counts {
             Ok((0, left, 0, 0, refunds_left)) => {
                 return Ok(format!(
-                    "every payment and refund final, queues empty ({left} ZVT payments and {refunds_left} refunds \
+                    "every payment and refund final, queues empty ({left} terminal payments and {refunds_left} refunds \
                      the terminal could not confirm left to a person)"
                 ));
             }
