@@ -45,8 +45,10 @@ async fn transcribed(lane: &Lane, needles: &[&str]) -> String {
 
 /// Waits until the terminal runs a payment (posd's POST is in).
 async fn terminal_running_a_payment(lane: &Lane) {
-    eventually("the terminal to run the payment", async || lane.terminal("status").contains("; 1 running").then_some(()))
-        .await;
+    eventually("the terminal to run the payment", async || {
+        lane.terminal("status").contains("; 1 running").then_some(())
+    })
+    .await;
 }
 
 /// The gateway ledger's records of terminal payments of `amount_minor`,
@@ -150,7 +152,8 @@ async fn an_answer_lost_after_booking_is_settled_booked_by_transaction_status() 
     lane.ready().await;
     let p = final_payment(&lane.pay("nexo-lost", 1500).await);
     assert_eq!(status(&p), pb::PaymentStatus::Captured, "{}", reason(&p));
-    let transcript = transcribed(&lane, &["the scenario cuts the connection", "TransactionStatusResponse Success"]).await;
+    let transcript =
+        transcribed(&lane, &["the scenario cuts the connection", "TransactionStatusResponse Success"]).await;
     // Asked, never paid a second time.
     assert_eq!(received(&transcript, "PaymentRequest"), 1, "{transcript}");
     assert!(received(&transcript, "TransactionStatusRequest") >= 1, "{transcript}");
