@@ -13,6 +13,8 @@ use pos_nexo::{RequestBody, SaleToPoiResponse, ServiceId};
 
 use crate::nexo::terminal::{NexoError, NexoTerminal};
 
+mod after_sale;
+
 /// What the engine needs of a lane's nexo terminal.
 #[allow(dead_code)] // TODO(#23): the drivers below use it.
 pub(crate) trait NexoDevice: Sync {

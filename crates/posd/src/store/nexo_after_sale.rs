@@ -298,7 +298,9 @@ impl Store {
 
 fn reversal_in(conn: &Connection, sale_id: &str, service_id: &str) -> Result<NexoReversal, StoreError> {
     let raw = conn
-        .prepare_cached(&format!("SELECT {REVERSAL_COLUMNS} FROM nexo_reversals WHERE sale_id = ?1 AND service_id = ?2"))?
+        .prepare_cached(&format!(
+            "SELECT {REVERSAL_COLUMNS} FROM nexo_reversals WHERE sale_id = ?1 AND service_id = ?2"
+        ))?
         .query_row(params![sale_id, service_id], row_to_reversal)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("nexo reversal {service_id} of {sale_id}")))?;
