@@ -37,6 +37,8 @@ mod payment;
 #[cfg(test)]
 mod tests;
 
+mod after_sale;
+
 /// What the engine needs of a lane's nexo terminal.
 pub(crate) trait NexoDevice: Sync {
     /// The lane's SaleID (stable across restarts; ServiceIDs are unique per

@@ -618,7 +618,13 @@ fn insert_in(tx: &Connection, sql: &str, p: &PaymentRecord, caller: &str) -> Res
 /// [`Store::apply`]). A refused transition ([`StoreError::Conflict`],
 /// [`StoreError::NotFound`]) writes nothing: the status check is its first
 /// statement, and once it moved the row, nothing after it returns them.
-fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
+pub(super) fn apply_in(
+    tx: &Connection,
+    id: &str,
+    t: &Transition,
+    update: Update,
+    at_ms: i64,
+) -> Result<Applied, StoreError> {
     let Update { data, event, audit } = update;
     let captured = match &data {
         Data::Captured(amount) => Some(*amount),
