@@ -56,7 +56,6 @@ pub use gateway::{GatewayRecord, RecordKind};
 pub use group::Durability;
 pub use history::HistoryEntry;
 pub use lock::{INITIALIZED_MARKER, StateLock, check_database_kept, mark_initialized};
-pub use nexo::OwedReversal;
 pub use nexo_after_sale::{NexoReversal, ReversalKind, ReversalSettled, ReversalStatus, Settled};
 pub use outbox::{QueueSummary, SendKind};
 pub use payments::{

@@ -140,16 +140,6 @@ fn insert_reversal_in(conn: &Connection, r: &NexoReversal) -> Result<(), StoreEr
 }
 
 impl Store {
-    /// The ServiceID the counter of `sale_id` hands out next, not taken.
-    pub fn next_service_id(&self, sale_id: &str) -> Result<ServiceId, StoreError> {
-        let last: Option<i64> = self
-            .reader()
-            .prepare_cached("SELECT last FROM nexo_service_ids WHERE sale_id = ?1")?
-            .query_row([sale_id], |r| r.get(0))
-            .optional()?;
-        Ok(ServiceId::from_counter(last.unwrap_or(0).unsigned_abs() + 1))
-    }
-
     /// A pending refund goes to its nexo terminal under `service_id` of
     /// `sale_id`: kept with it, the counter moved past it, in one synced
     /// commit.
@@ -259,13 +249,15 @@ impl Store {
     /// What is open on the lane of `sale_id`, oldest first: every pending
     /// attempt (void or owed), and of each payment that owes a reversal and
     /// has no attempt pending, its last attempt (failed: to be made again).
+    /// A booked attempt of either kind ends what a payment owes: both
+    /// reverse its whole POI transaction.
     pub fn open_reversals(&self, sale_id: &str) -> Result<Vec<NexoReversal>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {REVERSAL_COLUMNS} FROM nexo_reversals r WHERE sale_id = ?1 AND (status = 'pending' OR (\
              kind = 'owed' AND rowid = (SELECT MAX(rowid) FROM nexo_reversals l WHERE l.payment_id = r.payment_id \
              AND l.kind = 'owed') AND NOT EXISTS (SELECT 1 FROM nexo_reversals b WHERE b.payment_id = r.payment_id \
-             AND b.kind = 'owed' AND b.status = 'booked'))) ORDER BY rowid"
+             AND b.status = 'booked'))) ORDER BY rowid"
         ))?;
         let rows = stmt.query_map([sale_id], row_to_reversal)?.collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(checked).collect()

@@ -6,25 +6,26 @@
 //! its own key (its SaleTransactionID) and its own ServiceID, committed with
 //! its record before the request leaves; an answer in doubt is asked about
 //! by TransactionStatus for that ServiceID only, never sent again. Every run
-//! holds the lane, so no payment starts on the terminal meanwhile.
+//! holds the lane, so no payment starts on the terminal meanwhile (an owed
+//! reversal run at once by the payment driver, in the payment's own hold).
+//! The terminal's answers are read by the mapping in `engine/nexo.rs`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use pos_engine::nexo::{
-    self as machine, AfterSale, AfterSaleCommand, AfterSaleError, AfterSaleEvent, AfterSaleOutcome, Answer, Category,
-    Condition, Log, Operation, PoiTransaction, Record, StatusAnswer, TerminalResult,
+    self as machine, AfterSale, AfterSaleCommand, AfterSaleError, AfterSaleEvent, AfterSaleOutcome, Category, Log,
+    Operation, PoiTransaction, Record, StatusAnswer,
 };
 use pos_engine::{Input, Status, next};
 use pos_nexo::codes::{MessageCategory, ReconciliationType, ResultType, ReversalReason, TransactionType};
-use pos_nexo::payment::{AmountsReq, PaymentData, PaymentRequest, PaymentResponse, PaymentTransaction, SaleData};
+use pos_nexo::payment::{AmountsReq, PaymentData, PaymentRequest, PaymentTransaction, SaleData};
 use pos_nexo::reconciliation::{ReconciliationRequest, ReconciliationResponse};
-use pos_nexo::reversal::{OriginalPoiTransaction, ReversalRequest, ReversalResponse};
-use pos_nexo::status::{TransactionStatusRequest, TransactionStatusResponse};
-use pos_nexo::{Decimal, MessageReference, RequestBody, Response, ResponseBody, ServiceId, TransactionIdentification};
+use pos_nexo::reversal::{OriginalPoiTransaction, ReversalRequest};
+use pos_nexo::{Decimal, RequestBody, Response, ResponseBody, ServiceId, TransactionIdentification};
 use pos_proto::terminal as pb;
 
-use super::NexoDevice;
+use super::{NexoDevice, payment_answer, payment_status, reversal_answer, reversal_status, status_request};
 use crate::engine::{Engine, EngineError, gateway_key};
 use crate::nexo::terminal::NexoError;
 use crate::store::{
@@ -238,6 +239,35 @@ impl Engine {
         (run, Subject::Reversal(subject))
     }
 
+    /// Runs at once the reversal posd owes that the payment driver committed
+    /// with the terminal's answer (`Data::NexoResult`, a pending attempt of
+    /// kind owed), under its ServiceID and key, never sent before
+    /// (`AfterSale::committed`), in the payment's hold of the lane. Booked:
+    /// the attempt booked, and a CAPTURED payment VOIDED in the same commit;
+    /// otherwise the attempt is left to the reversal worker's nexo pass.
+    pub(super) async fn run_owed_reversal<D: NexoDevice>(
+        &self,
+        device: &D,
+        rec: &PaymentRecord,
+        owed: NexoReversal,
+        why: String,
+        settings: machine::Settings,
+    ) -> AfterSaleOutcome {
+        let original = PoiTransaction { transaction_id: owed.poi_transaction_id, timestamp: owed.poi_time_stamp };
+        let operation = Operation::Reversal { original: original.clone(), reversed_minor: None };
+        let run =
+            AfterSale::committed(operation, owed.sale_transaction_id.clone(), settings, owed.service_id.to_string());
+        let subject = Reversing {
+            kind: owed.kind,
+            key: owed.sale_transaction_id,
+            original,
+            amount_minor: owed.amount_minor,
+            service_id: Some(owed.service_id),
+            why,
+        };
+        self.run_after_sale(device, rec, run, &mut Subject::Reversal(subject)).await
+    }
+
     /// Settles what is open on a nexo lane (the reversal worker's pass):
     /// reversal attempts and refunds that may be at the terminal are asked
     /// about by their ServiceIDs; a reversal posd owes whose last attempt
@@ -417,7 +447,7 @@ impl Engine {
                         self.ask_status(device, &service_id, category, &rec.currency).await,
                     )),
                     AfterSaleCommand::LaneUnavailable { message } => {
-                        tracing::error!(lane = %rec.terminal_id, %message, "the nexo terminal is not the lane's; nothing was sent to it");
+                        self.lane_unavailable(&rec.terminal_id, &message);
                         None
                     }
                     AfterSaleCommand::Log(Log::InDoubt { message }) => {
@@ -604,16 +634,16 @@ impl Engine {
             Err(NexoError::NotSent(message) | NexoError::Refused(message)) => return not_sent(message),
             Err(NexoError::InDoubt(message)) => return AfterSaleEvent::InDoubt { message },
         };
-        let read = match (operation, &answer) {
-            (Operation::Reversal { .. }, ResponseBody::Reversal(r)) => reversal_answer(r, currency),
-            (Operation::Refund { .. }, ResponseBody::Payment(p)) => payment_answer(p, currency),
-            _ => Err(format!("the terminal answered with {} instead", body_name(&answer))),
-        };
-        match read {
-            Ok(answer) => AfterSaleEvent::Answered(answer),
-            Err(message) => {
-                AfterSaleEvent::InDoubt { message: format!("the terminal's answer cannot be used: {message}") }
+        match (operation, &answer) {
+            (Operation::Reversal { .. }, ResponseBody::Reversal(r)) => {
+                AfterSaleEvent::Answered(reversal_answer(r, currency))
             }
+            (Operation::Refund { .. }, ResponseBody::Payment(p)) => {
+                AfterSaleEvent::Answered(payment_answer(p, currency))
+            }
+            _ => AfterSaleEvent::InDoubt {
+                message: format!("the terminal's answer cannot be used: it answered with {}", body_name(&answer)),
+            },
         }
     }
 
@@ -634,26 +664,12 @@ impl Engine {
                 return StatusAnswer::Unanswered { message: format!("posd could not reserve a ServiceID: {e}") };
             }
         };
-        let reference = MessageReference {
-            message_category: Some(match category {
-                Category::Payment => MessageCategory::Payment,
-                Category::Reversal => MessageCategory::Reversal,
-            }),
-            service_id: Some(service_id.to_string()),
-            sale_id: Some(device.sale_id().to_string()),
-            ..MessageReference::default()
+        let (category, read_as_reversal) = match category {
+            Category::Payment => (MessageCategory::Payment, false),
+            Category::Reversal => (MessageCategory::Reversal, true),
         };
-        let request =
-            TransactionStatusRequest { message_reference: Some(reference), ..TransactionStatusRequest::default() };
-        match device.exchange(&own, request.into()).await {
-            Ok(response) => match &response.body {
-                ResponseBody::TransactionStatus(s) => status_answer(s, category, currency),
-                other => StatusAnswer::Unanswered {
-                    message: format!("the terminal answered TransactionStatus with {}", body_name(other)),
-                },
-            },
-            Err(e) => StatusAnswer::Unanswered { message: e.to_string() },
-        }
+        let answer = device.exchange(&own, status_request(service_id, device.sale_id(), category)).await;
+        if read_as_reversal { reversal_status(answer, currency) } else { payment_status(answer, currency).0 }
     }
 
     /// Now on the wall clock, as nexo writes time stamps (ISO 8601, UTC).
@@ -792,12 +808,6 @@ fn decimal(minor_units: u64, currency: &str) -> Result<Decimal, String> {
     Decimal::from_minor(units, currency).map_err(|e| format!("the amount cannot be written: {e}"))
 }
 
-/// An amount the terminal wrote, in minor units of `currency`.
-fn read_minor(amount: Decimal, currency: &str) -> Result<u64, String> {
-    let minor_units = amount.to_minor(currency).map_err(|e| format!("amount {amount}: {e}"))?;
-    u64::try_from(minor_units).map_err(|e| e.to_string())
-}
-
 fn parse_service_id(text: &str) -> Result<ServiceId, StoreError> {
     ServiceId::parse(text).map_err(|_| StoreError::Corrupt(text.to_string()))
 }
@@ -806,94 +816,12 @@ fn no_service_id(payment_id: &str) -> StoreError {
     StoreError::Unusable(format!("a reversal of payment {payment_id} has no ServiceID recorded"))
 }
 
-fn terminal_result(result: &ResultType) -> TerminalResult {
-    match result {
-        ResultType::Success => TerminalResult::Success,
-        ResultType::Partial => TerminalResult::Partial,
-        ResultType::Failure | ResultType::Other(_) => TerminalResult::Failure,
-    }
-}
-
-/// The terminal's words on a failure: its `AdditionalResponse`, scrubbed.
-fn message(response: &Response) -> String {
-    let text = response.additional("message").or_else(|| response.additional("refusalReason"));
-    text.unwrap_or_else(|| pos_mask::scrub_with_limit(response.additional_response.as_deref().unwrap_or(""), 200))
-}
-
-/// A `Response` as the register is shown it.
+/// A `Response` as the register is shown it: its condition and the
+/// terminal's text (`engine/nexo.rs`'s reading of it).
 fn said(response: &Response) -> String {
     let condition = response.error_condition.as_ref().map_or("no ErrorCondition", |c| c.as_str());
-    let text = message(response);
+    let text = super::message(response);
     if text.is_empty() { condition.to_string() } else { format!("{condition}: {text}") }
-}
-
-/// The answer's common part.
-fn base_answer(response: &Response) -> Answer {
-    Answer {
-        result: terminal_result(&response.result),
-        condition: response.error_condition.as_ref().map(|c| Condition::parse(c.as_str())),
-        message: message(response),
-        ..Answer::default()
-    }
-}
-
-/// A ReversalResponse as the machine reads it (its ReversedAmount as the
-/// amount booked).
-fn reversal_answer(r: &ReversalResponse, currency: &str) -> Result<Answer, String> {
-    Ok(Answer {
-        authorized_minor: r.reversed_amount.map(|a| read_minor(a, currency)).transpose()?,
-        poi_transaction: r.poi_data.as_ref().map(|p| PoiTransaction {
-            transaction_id: p.poi_transaction_id.transaction_id.clone(),
-            timestamp: p.poi_transaction_id.time_stamp.clone(),
-        }),
-        signature_required: r.payment_receipt.iter().any(|x| x.required_signature_flag),
-        ..base_answer(&r.response)
-    })
-}
-
-/// A PaymentResponse (to a Refund) as the machine reads it.
-fn payment_answer(p: &PaymentResponse, currency: &str) -> Result<Answer, String> {
-    let result = p.payment_result.as_ref();
-    let amounts = result.and_then(|r| r.amounts_resp.as_ref());
-    let currency = amounts.and_then(|a| a.currency.as_deref()).unwrap_or(currency);
-    let card = result.and_then(|r| r.card());
-    Ok(Answer {
-        authorized_minor: amounts.and_then(|a| a.authorized_amount).map(|a| read_minor(a, currency)).transpose()?,
-        poi_transaction: p.poi_data.as_ref().map(|d| PoiTransaction {
-            transaction_id: d.poi_transaction_id.transaction_id.clone(),
-            timestamp: d.poi_transaction_id.time_stamp.clone(),
-        }),
-        approval_code: result
-            .and_then(|r| r.payment_acquirer_data.as_ref())
-            .and_then(|a| a.approval_code.as_deref())
-            .map(pos_mask::scrub)
-            .unwrap_or_default(),
-        masked_pan: card.and_then(|c| c.masked_pan.as_deref()).map(pos_mask::well_masked).unwrap_or_default(),
-        brand: card.and_then(|c| c.payment_brand.as_deref()).map(pos_mask::scrub).unwrap_or_default(),
-        signature_required: p.payment_receipt.iter().any(|x| x.required_signature_flag),
-        ..base_answer(&p.response)
-    })
-}
-
-/// What a TransactionStatusResponse says about the request asked for.
-fn status_answer(s: &TransactionStatusResponse, category: Category, currency: &str) -> StatusAnswer {
-    use pos_nexo::codes::ErrorCondition;
-    match (&s.response.result, &s.response.error_condition) {
-        (ResultType::Failure, Some(ErrorCondition::InProgress)) => return StatusAnswer::InProgress,
-        (ResultType::Failure, Some(ErrorCondition::NotFound)) => return StatusAnswer::NotFound,
-        (ResultType::Success, _) => {}
-        _ => return StatusAnswer::Unanswered { message: format!("TransactionStatus: {}", said(&s.response)) },
-    }
-    let body = s.repeated_message_response.as_ref().map(|r| &r.repeated_response_message_body);
-    let read = match category {
-        Category::Reversal => body.and_then(|b| b.reversal_response.as_ref()).map(|r| reversal_answer(r, currency)),
-        Category::Payment => body.and_then(|b| b.payment_response.as_ref()).map(|p| payment_answer(p, currency)),
-    };
-    match read {
-        Some(Ok(answer)) => StatusAnswer::Repeated(answer),
-        Some(Err(e)) => StatusAnswer::Unanswered { message: format!("the repeated answer cannot be used: {e}") },
-        None => StatusAnswer::Unanswered { message: "TransactionStatus repeated no answer to the request".into() },
-    }
 }
 
 fn body_name(body: &ResponseBody) -> String {

@@ -4,8 +4,10 @@
 -- the terminal under, written in the commit that moves the lane's counter
 -- past that ServiceID, before the request leaves. A 'pending' row may be at
 -- the terminal: only a TransactionStatus for its ServiceID settles it. A
--- payment owes a reversal while it has an 'owed' row and none of them is
--- 'booked'.
+-- payment owes a reversal while it has an 'owed' row and none of its rows
+-- (owed or void: each reverses the whole POI transaction) is 'booked'. The
+-- payment driver writes an owed row in the commit that stores the terminal's
+-- answer that makes it owed.
 CREATE TABLE nexo_reversals (
     sale_id TEXT NOT NULL,
     service_id TEXT NOT NULL,

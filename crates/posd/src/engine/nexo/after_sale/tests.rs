@@ -184,7 +184,7 @@ async fn booked_as(r: &Rig, n: u32, amount_minor: i64, poi: &str) -> PaymentReco
         ..TerminalResult::default()
     };
     let steps = [
-        (Input::StartOnTerminal, Data::NexoStart { sale_id: SALE_ID.into() }),
+        (Input::StartOnTerminal, Data::NexoStart { sale_id: SALE_ID.into(), service_id: None }),
         (
             Input::TerminalApproved,
             Data::Terminal(TerminalData { card: None, auth_code: Some("123456".into()), result }),
