@@ -65,20 +65,6 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
-/// The answer to a refund, reversal or end of day asked of a nexo lane
-/// until their driver is wired (payments are: `nexo`).
-// TODO(#23): drive voids, refunds and end of day by `pos_engine::nexo::AfterSale`
-// and remove this refusal.
-pub(crate) fn nexo_not_wired(lane: &str) -> EngineError {
-    EngineError::FailedPrecondition(
-        "NEXO_NOT_WIRED",
-        format!(
-            "refunds, voids and end of day on nexo lanes are not wired yet: lane {lane} has a nexo terminal, \
-             which this posd takes payments on but not refunds, reversals or end of day"
-        ),
-    )
-}
-
 /// Why a step could not be taken.
 #[derive(Debug, thiserror::Error)]
 enum StepError {

@@ -95,6 +95,23 @@ impl Engine {
         reason: &str,
         caller: &str,
     ) -> Result<RefundRecord, EngineError> {
+        match self.reserve_refund_for(key, payment_id, amount_minor, reason, caller).await? {
+            Reserved::Settled(r) => Ok(r),
+            Reserved::Send(r, rec) => self.send_refund(r, &rec).await,
+        }
+    }
+
+    /// The register's refund request checked and reserved against the
+    /// captured amount under its key: settled already (answered from the
+    /// store), or pending, to be sent (or settled) with its payment.
+    pub(super) async fn reserve_refund_for(
+        &self,
+        key: &str,
+        payment_id: &str,
+        amount_minor: i64,
+        reason: &str,
+        caller: &str,
+    ) -> Result<Reserved, EngineError> {
         use crate::store::Reservation;
         let key_len = key.chars().count();
         if key_len == 0 || key_len > 255 {
@@ -143,7 +160,7 @@ impl Engine {
                     )));
                 }
                 if r.status != RefundStatus::Pending {
-                    return Ok(r);
+                    return Ok(Reserved::Settled(r));
                 }
                 // Pending: settled by the gateway's record or the terminal's
                 // journal (never refunded a second time), see send_refund.
@@ -178,7 +195,7 @@ impl Engine {
                 ));
             }
         };
-        self.send_refund(refund, &rec).await
+        Ok(Reserved::Send(refund, rec))
     }
 
     /// The register's answer for a capture's or void's gateway call. A first
@@ -361,8 +378,10 @@ impl Engine {
         }
         match &self.lanes[terminal].device {
             CardDevice::Zvt(_) => return self.end_of_day_on_terminal(terminal, caller).await,
-            // TODO(#23): ReconciliationRequest through the nexo driver.
-            CardDevice::Nexo(_) => return Err(super::nexo_not_wired(terminal)),
+            CardDevice::Nexo(nexo) => {
+                let nexo = nexo.clone();
+                return self.end_of_day_on_nexo(terminal, caller, &*nexo).await;
+            }
             CardDevice::Reader(_) => {}
         }
         // One end of day per lane at a time; its key is committed before the
@@ -503,6 +522,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// What [`Engine::reserve_refund_for`] found.
+pub(super) enum Reserved {
+    /// Settled under the key before: the answer stands.
+    Settled(RefundRecord),
+    /// Pending: to be sent (or settled) for its payment.
+    Send(RefundRecord, PaymentRecord),
 }
 
 fn unknown_refund(why: &str, refund_id: &str) -> String {

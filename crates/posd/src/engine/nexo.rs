@@ -10,9 +10,10 @@
 //! This file holds the seam and what every nexo driver shares: the
 //! machines' settings and the mapping of `pos-nexo`'s messages to the
 //! machines' plain structs (`Answer`, `StatusAnswer`) and to what the store
-//! keeps (the card as the terminal masked it, its receipts). `payment` runs
-//! a payment (and the reversal it may owe at once) and settles one in doubt
-//! at start-up.
+//! keeps (the card as the terminal masked it, its receipts), used by both
+//! drivers. `payment` runs a payment and settles one in doubt at start-up;
+//! `after_sale` runs voids, refunds, end of day and the reversals posd owes
+//! (at once for the payment driver, and in the reversal worker's nexo pass).
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use super::Engine;
 use crate::nexo::terminal::{NexoError, NexoTerminal};
 use crate::store::{CardInfo, TerminalData, TerminalResult as StoredResult};
 
+mod after_sale;
 mod payment;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! After a restart and for the life of the process: finishing what the
 //! previous run left (payments in doubt, pending refunds, the offline queue)
-//! and sending queued reversals until the gateway acknowledges each.
+//! and sending queued reversals until the gateway acknowledges each, and on
+//! nexo lanes until the terminal confirms each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,11 @@ impl Engine {
         let mut on_terminal: BTreeMap<String, InDoubtOnTerminal> = BTreeMap::new();
         for refund in self.store.pending_refunds()? {
             if let Some(rec) = self.store.get(&refund.payment_id)? {
+                if rec.device == DeviceKind::Nexo {
+                    // Never sent: failed; maybe sent: the reversal worker asks.
+                    self.recover_nexo_refund(&refund, &rec).await;
+                    continue;
+                }
                 if rec.on_terminal() {
                     // Asked, never sent again: a second refund could pay twice.
                     on_terminal.entry(rec.terminal_id.clone()).or_default().1.push((refund, rec));
@@ -159,6 +165,16 @@ impl Engine {
                         tracing::warn!(payment = %rec.id, error = %e, "reversal not acknowledged; will retry");
                         failed = true;
                     }
+                }
+            }
+            // Nexo lanes: voids and refunds in doubt, and the reversals posd
+            // owes (a partial approval, an approval after the register's
+            // cancel), asked about or sent until the terminal confirms.
+            for lane in self.lanes.values() {
+                if let Some(nexo) = lane.nexo()
+                    && !self.settle_nexo_lane(&lane.id, &**nexo).await
+                {
+                    failed = true;
                 }
             }
             if failed {

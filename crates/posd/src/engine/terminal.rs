@@ -421,8 +421,10 @@ impl Engine {
                     self.recover_on_nexo(terminal, nexo.clone(), rec);
                 }
                 if !refunds.is_empty() {
-                    // TODO(#23): refunds in doubt through `pos_engine::nexo::AfterSale::settling`.
-                    tracing::error!(%terminal, "refunds in doubt on a nexo lane, which are not wired yet: left as stored");
+                    // A nexo payment's refunds never come here (`recover_nexo_refund`
+                    // and the reversal worker settle them): these were taken on
+                    // another kind of terminal than the lane has now.
+                    tracing::error!(%terminal, "refunds in doubt taken on another kind of terminal: left as stored");
                 }
                 return;
             }

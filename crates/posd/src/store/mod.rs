@@ -20,6 +20,8 @@
 //!   that may reach the gateway more than once;
 //! - `gateway`: records for the gateway's ledger, its events, end of day;
 //! - `nexo`: the ServiceID counter per SaleID and each payment's ServiceID;
+//!   `nexo_after_sale`: the ServiceIDs of nexo refunds, and reversals of nexo
+//!   payments (voids, and those posd owes);
 //! - `probe`: whether a failed database works again, and how a failure answers;
 //! - `lock`: the state directory's lock and the marker of a database to keep.
 
@@ -42,6 +44,7 @@ mod gateway;
 mod group;
 mod lock;
 mod nexo;
+mod nexo_after_sale;
 mod outbox;
 mod payments;
 mod probe;
@@ -53,7 +56,7 @@ pub use gateway::{GatewayRecord, RecordKind};
 pub use group::Durability;
 pub use history::HistoryEntry;
 pub use lock::{INITIALIZED_MARKER, StateLock, check_database_kept, mark_initialized};
-pub use nexo::OwedReversal;
+pub use nexo_after_sale::{NexoReversal, ReversalKind, ReversalSettled, ReversalStatus, Settled};
 pub use outbox::{QueueSummary, SendKind};
 pub use payments::{
     Applied, CardInfo, Data, DeviceKind, Inserted, ListFilter, PaymentRecord, TerminalData, TerminalResult, Update,

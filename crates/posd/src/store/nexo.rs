@@ -39,51 +39,6 @@ pub(super) fn check_reserved(reserved: &ServiceId, expected: Option<&str>) -> Re
     }
 }
 
-/// A reversal posd owes on a nexo terminal: of the payment's POI
-/// transaction, under its own ServiceID of the lane's SaleID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwedReversal {
-    pub sale_id: String,
-    pub service_id: String,
-    pub poi_transaction_id: String,
-    pub poi_time_stamp: String,
-    /// What the terminal booked (and the reversal gives back).
-    pub amount_minor: i64,
-}
-
-/// Keeps a reversal of payment `id` posd owes, reserving its ServiceID (the
-/// one in `owed`, checked) in the caller's transaction.
-pub(super) fn owe_reversal_in(conn: &Connection, id: &str, owed: &OwedReversal, at_ms: i64) -> Result<(), StoreError> {
-    let reserved = reserve_service_id_in(conn, &owed.sale_id)?;
-    check_reserved(&reserved, Some(&owed.service_id))?;
-    exec(
-        conn,
-        "INSERT INTO nexo_owed_reversals (payment_id, sale_id, service_id, poi_transaction_id, poi_time_stamp, \
-         amount_minor, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            id,
-            owed.sale_id,
-            owed.service_id,
-            owed.poi_transaction_id,
-            owed.poi_time_stamp,
-            owed.amount_minor,
-            at_ms
-        ],
-    )?;
-    Ok(())
-}
-
-/// Closes the reversal of payment `id` posd owed, if it owed one: the
-/// terminal booked it.
-pub(super) fn close_owed_reversal_in(conn: &Connection, id: &str, at_ms: i64) -> Result<(), StoreError> {
-    exec(
-        conn,
-        "UPDATE nexo_owed_reversals SET closed_at_ms = ?2 WHERE payment_id = ?1 AND closed_at_ms IS NULL",
-        params![id, at_ms],
-    )?;
-    Ok(())
-}
-
 /// A stored ServiceID, checked.
 fn service_id(text: String) -> Result<ServiceId, StoreError> {
     ServiceId::parse(&text).map_err(|_| StoreError::Corrupt(text))
@@ -100,7 +55,9 @@ impl Store {
 
     /// The ServiceID the next reservation for `sale_id` gives (the counter
     /// as stored, not moved): what a request goes out under once the commit
-    /// that reserves it is in (`Data::NexoStart`, an owed reversal).
+    /// that takes it is in (`Data::NexoStart`, an owed reversal with
+    /// `Data::NexoResult`, a void's or refund's record). The lane is held
+    /// meanwhile, so nothing else takes it.
     pub fn next_service_id(&self, sale_id: &str) -> Result<ServiceId, StoreError> {
         let last: Option<i64> = self
             .reader()
@@ -108,49 +65,6 @@ impl Store {
             .query_row([sale_id], |r| r.get(0))
             .optional()?;
         Ok(ServiceId::from_counter(last.unwrap_or(0).unsigned_abs() + 1))
-    }
-
-    /// The reversal posd owes for a payment, if one is open (not yet booked
-    /// by the terminal).
-    pub fn owed_reversal(&self, payment_id: &str) -> Result<Option<OwedReversal>, StoreError> {
-        Ok(self
-            .reader()
-            .prepare_cached(
-                "SELECT sale_id, service_id, poi_transaction_id, poi_time_stamp, amount_minor \
-                 FROM nexo_owed_reversals WHERE payment_id = ?1 AND closed_at_ms IS NULL",
-            )?
-            .query_row([payment_id], |r| {
-                Ok(OwedReversal {
-                    sale_id: r.get(0)?,
-                    service_id: r.get(1)?,
-                    poi_transaction_id: r.get(2)?,
-                    poi_time_stamp: r.get(3)?,
-                    amount_minor: r.get(4)?,
-                })
-            })
-            .optional()?)
-    }
-
-    /// Closes the reversal posd owed for a payment whose status does not
-    /// change with it (DECLINED): the terminal booked the reversal.
-    pub async fn close_owed_reversal(self: &Arc<Self>, payment_id: &str, at_ms: i64) -> Result<(), StoreError> {
-        let id = payment_id.to_string();
-        self.write(move |conn| close_owed_reversal_in(conn, &id, at_ms)).await
-    }
-
-    /// Notes why an owed reversal is still open (the terminal did not book
-    /// it, or could not tell), for the reversal worker and for support.
-    pub async fn note_owed_reversal(self: &Arc<Self>, payment_id: &str, error: &str) -> Result<(), StoreError> {
-        let (id, error) = (payment_id.to_string(), error.to_string());
-        self.write(move |conn| {
-            exec(
-                conn,
-                "UPDATE nexo_owed_reversals SET last_error = ?2 WHERE payment_id = ?1 AND closed_at_ms IS NULL",
-                params![id, error],
-            )?;
-            Ok(())
-        })
-        .await
     }
 
     /// The SaleID and ServiceID a payment went to its nexo terminal under;

@@ -185,17 +185,20 @@ pub enum Data {
     Terminal(TerminalData),
     /// A nexo terminal's answer: its result; `book`, the payment is booked
     /// (its record for the gateway's ledger, a sale, is queued); `owed`, a
-    /// reversal of it posd owes, kept with its ServiceID (reserved in the same
-    /// commit) until the terminal books it.
-    NexoResult { result: TerminalData, book: bool, owed: Option<super::nexo::OwedReversal> },
+    /// reversal of it posd owes, written to `nexo_reversals` as a pending
+    /// attempt (kind owed) under its ServiceID, which this same commit takes
+    /// from the lane's counter (it fails if the counter is elsewhere); its
+    /// time stamps are the commit's.
+    NexoResult { result: TerminalData, book: bool, owed: Option<super::nexo_after_sale::NexoReversal> },
     /// The payment terminal booked the payment: its record for the gateway's
     /// ledger (a sale) is queued; with the terminal's result when posd learns
     /// it only now, and the lane's last receipt number (a `meta` key and
     /// value).
     Booked { result: Option<TerminalData>, last_receipt: Option<(String, i64)> },
     /// The payment terminal reversed the payment: its record for the
-    /// gateway's ledger (a reversal) is queued, and a reversal of it posd
-    /// owed (nexo) is closed.
+    /// gateway's ledger (a reversal) is queued. On a nexo lane it is
+    /// committed with the reversal attempt it settles
+    /// ([`Store::settle_reversal`]).
     Reversed,
 }
 
@@ -618,7 +621,13 @@ fn insert_in(tx: &Connection, sql: &str, p: &PaymentRecord, caller: &str) -> Res
 /// [`Store::apply`]). A refused transition ([`StoreError::Conflict`],
 /// [`StoreError::NotFound`]) writes nothing: the status check is its first
 /// statement, and once it moved the row, nothing after it returns them.
-fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i64) -> Result<Applied, StoreError> {
+pub(super) fn apply_in(
+    tx: &Connection,
+    id: &str,
+    t: &Transition,
+    update: Update,
+    at_ms: i64,
+) -> Result<Applied, StoreError> {
     let Update { data, event, audit } = update;
     let captured = match &data {
         Data::Captured(amount) => Some(*amount),
@@ -709,13 +718,16 @@ fn apply_in(tx: &Connection, id: &str, t: &Transition, update: Update, at_ms: i6
                 queue_record(tx, id, RecordKind::Sale, at_ms)?;
             }
             if let Some(owed) = owed {
-                super::nexo::owe_reversal_in(tx, id, owed, at_ms)?;
+                let owed = super::nexo_after_sale::NexoReversal {
+                    payment_id: id.to_string(),
+                    created_at_ms: at_ms,
+                    updated_at_ms: at_ms,
+                    ..owed.clone()
+                };
+                super::nexo_after_sale::owe_reversal_in(tx, &owed)?;
             }
         }
-        Data::Reversed => {
-            queue_record(tx, id, RecordKind::Reversal, at_ms)?;
-            super::nexo::close_owed_reversal_in(tx, id, at_ms)?;
-        }
+        Data::Reversed => queue_record(tx, id, RecordKind::Reversal, at_ms)?,
     }
     if t.to == Status::OfflineApproved {
         exec(tx, &ENTER_OUTBOX, params![id, queued_at_ms.unwrap_or(at_ms)])?;

@@ -27,7 +27,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0009_gateway_sends.sql"),
     include_str!("sql/0010_zvt_receipt_before.sql"),
     include_str!("sql/0011_nexo_terminals.sql"),
-    include_str!("sql/0012_nexo_owed_reversals.sql"),
+    include_str!("sql/0012_nexo_reversals.sql"),
 ];
 
 /// Every table the store reads or writes.
@@ -43,7 +43,7 @@ pub(super) const TABLES: &[&str] = &[
     "gateway_sends",
     "batch_closes",
     "nexo_service_ids",
-    "nexo_owed_reversals",
+    "nexo_reversals",
 ];
 
 /// Runs the migrations the database at `path` has not had, each in a

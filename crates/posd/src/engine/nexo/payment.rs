@@ -5,9 +5,12 @@
 //! answer before the register hears it), the POST (read beside the
 //! register's cancel, which becomes one AbortRequest on a second
 //! connection), TransactionStatus for a payment in doubt, and the reversal
-//! the machine may owe at once (`AfterSale::committed`, run here while the
-//! lane is still held). At start-up, [`Engine::recover_on_nexo`] settles a
-//! payment in flight by TransactionStatus under the ServiceID stored with it.
+//! the machine may owe: committed with the answer as a pending attempt in
+//! `nexo_reversals` (kind owed) and run at once while the lane is still held
+//! (`Engine::run_owed_reversal` in `after_sale`, `AfterSale::committed`); one
+//! the terminal does not book there is left to the reversal worker. At
+//! start-up, [`Engine::recover_on_nexo`] settles a payment in flight by
+//! TransactionStatus under the ServiceID stored with it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,27 +19,24 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pos_engine::nexo::{
-    self as machine, AfterSale, AfterSaleCommand, AfterSaleEvent, AfterSaleOutcome, Category, Command, Data, Event,
-    Log, Millis, NexoPayment, Operation, PoiTransaction, Record, Step,
-};
-use pos_engine::{Input, Status, Transition};
-use pos_nexo::codes::{MessageCategory, ReversalReason};
+use pos_engine::nexo::{self as machine, AfterSaleOutcome, Command, Data, Event, Log, Millis, NexoPayment, Step};
+use pos_engine::{Status, Transition};
+use pos_nexo::codes::MessageCategory;
 use pos_nexo::payment::{AmountsReq, PaymentRequest, PaymentTransaction, SaleData};
-use pos_nexo::reversal::{OriginalPoiTransaction, ReversalRequest};
 use pos_nexo::status::{AbortRequest, MERCHANT_ABORT};
-use pos_nexo::{
-    Decimal, MessageReference, RequestBody, ResponseBody, SaleToPoiResponse, ServiceId, TransactionIdentification,
-};
+use pos_nexo::{MessageReference, ResponseBody, SaleToPoiResponse, ServiceId, TransactionIdentification};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Extras, NexoDevice, payment_answer, payment_status, reversal_answer, reversal_status, status_request};
+use super::{Extras, NexoDevice, payment_answer, payment_status, status_request};
 use crate::convert;
 use crate::engine::Engine;
 use crate::engine::payment::{register_cancel, until};
 use crate::nexo::terminal::{NexoError, NexoTerminal};
-use crate::store::{self, Durability, EventKind, EventRecord, OwedReversal, PaymentRecord, Update};
+use crate::store::{
+    self, Durability, EventKind, EventRecord, NexoReversal, PaymentRecord, ReversalKind, ReversalStatus, StoreError,
+    Update,
+};
 
 /// One exchange with the terminal in flight.
 type Exchange<'a> = Pin<Box<dyn Future<Output = Result<SaleToPoiResponse, NexoError>> + Send + 'a>>;
@@ -56,6 +56,12 @@ pub(super) fn payment_of(rec: &PaymentRecord) -> machine::Payment {
 /// ISO 8601 for `ms` since the epoch, as a SaleTransactionID's TimeStamp.
 fn iso(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// The SaleTransactionID of the reversal a payment owes: its own key, not
+/// the payment's.
+fn owed_key(rec: &PaymentRecord) -> String {
+    format!("{}-reversal", rec.gateway_key)
 }
 
 impl Engine {
@@ -204,7 +210,7 @@ impl Engine {
 
     /// The lane's terminal is not the one configured: the lane shows it
     /// unavailable (status, metrics) until its health check finds it again.
-    fn lane_unavailable(&self, lane: &str, message: &str) {
+    pub(super) fn lane_unavailable(&self, lane: &str, message: &str) {
         tracing::error!(%lane, error = %message, "the nexo terminal is not the lane's; lane unavailable");
         if let Some(l) = self.lanes.get(lane) {
             l.mark_unavailable(message);
@@ -292,9 +298,7 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
                 }
                 return Some(Event::Status(status));
             }
-            Command::Reverse { service_id, original, amount_minor } => {
-                self.reverse(service_id, original, amount_minor).await;
-            }
+            Command::Reverse { service_id, amount_minor, .. } => self.reverse(&service_id, amount_minor).await,
             Command::WakeRecorder => engine.record_wake.notify_one(),
             Command::LaneUnavailable { message } => engine.lane_unavailable(&self.rec.terminal_id, &message),
             Command::OutcomeUnknown { message } => {
@@ -404,13 +408,17 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
             machine::Durability::Synced => Durability::Synced,
             machine::Durability::Deferred => Durability::Deferred,
         };
-        let planned: Vec<(Transition, Update)> = steps
+        let planned: Result<Vec<(Transition, Update)>, StoreError> = steps
             .into_iter()
-            .map(|Step { transition, data }| {
-                let update = self.update(&transition, data);
-                (transition, update)
+            .map(|Step { transition, data }| -> Result<(Transition, Update), StoreError> {
+                let update = self.update(&transition, data)?;
+                Ok((transition, update))
             })
             .collect();
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(e) => return self.store_failed(e.to_string()),
+        };
         let owes = planned.iter().any(|(_, u)| matches!(&u.data, store::Data::NexoResult { owed: Some(_), .. }));
         let transitions: Vec<Transition> = planned.iter().map(|(t, _)| t.clone()).collect();
         let engine = self.engine;
@@ -444,8 +452,11 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
     }
 
     /// What a step stores besides its transition. A step into CAPTURED
-    /// queues the payment's record for the gateway's ledger.
-    fn update(&self, t: &Transition, data: Data) -> Update {
+    /// queues the payment's record for the gateway's ledger; a result that
+    /// owes a reversal writes its pending attempt (kind owed, under the
+    /// ServiceID the machine read, taken from the lane's counter in the same
+    /// commit; the time stamps are the commit's).
+    fn update(&self, t: &Transition, data: Data) -> Result<Update, StoreError> {
         let book = t.to == Status::Captured;
         let data = match data {
             Data::None if book => store::Data::Booked { result: None, last_receipt: None },
@@ -454,21 +465,32 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
                 store::Data::NexoStart { sale_id: self.device.sale_id().to_string(), service_id: Some(service_id) }
             }
             Data::Result { answer, reversal } => {
-                let owed = reversal.map(|service_id| {
-                    let poi = answer.poi_transaction.clone().unwrap_or_default();
-                    let booked = answer.authorized_minor.and_then(|m| i64::try_from(m).ok());
-                    OwedReversal {
-                        sale_id: self.device.sale_id().to_string(),
-                        service_id,
-                        poi_transaction_id: poi.transaction_id,
-                        poi_time_stamp: poi.timestamp,
-                        amount_minor: booked.unwrap_or(self.rec.amount_minor),
+                let owed = match reversal {
+                    Some(service_id) => {
+                        let service_id = ServiceId::parse(&service_id).map_err(|_| StoreError::Corrupt(service_id))?;
+                        let poi = answer.poi_transaction.clone().unwrap_or_default();
+                        let booked = answer.authorized_minor.and_then(|m| i64::try_from(m).ok());
+                        Some(NexoReversal {
+                            sale_id: self.device.sale_id().to_string(),
+                            service_id,
+                            payment_id: self.rec.id.clone(),
+                            kind: ReversalKind::Owed,
+                            sale_transaction_id: owed_key(&self.rec),
+                            poi_transaction_id: poi.transaction_id,
+                            poi_time_stamp: poi.timestamp,
+                            amount_minor: booked.unwrap_or(self.rec.amount_minor),
+                            status: ReversalStatus::Pending,
+                            message: String::new(),
+                            created_at_ms: 0,
+                            updated_at_ms: 0,
+                        })
                     }
-                });
+                    None => None,
+                };
                 store::Data::NexoResult { result: super::terminal_data(&answer, self.extras.as_ref()), book, owed }
             }
         };
-        Update { data, ..Update::default() }
+        Ok(Update { data, ..Update::default() })
     }
 
     fn log(&mut self, log: Log) {
@@ -484,167 +506,53 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
         }
     }
 
-    /// Runs the reversal the last commit stored as owed, under its
-    /// ServiceID, to its end (`AfterSale::committed`): booked, it closes
-    /// the owed reversal (and voids a CAPTURED payment); not booked or in
-    /// doubt, it stays owed, with why, for the reversal worker.
-    async fn reverse(&mut self, service_id: String, original: PoiTransaction, amount_minor: u64) {
+    /// Runs the reversal the last commit stored as owed (its pending
+    /// attempt under `service_id`) to its end, in the lane's hold
+    /// (`Engine::run_owed_reversal`): booked, the attempt is booked and a
+    /// CAPTURED payment VOIDED in one commit; not booked, in doubt or not
+    /// recorded, the attempt is left to the reversal worker, woken for it.
+    async fn reverse(&mut self, service_id: &str, amount_minor: u64) {
         let engine = self.engine;
-        let key = format!("{}-reversal", self.rec.gateway_key);
-        let operation = Operation::Reversal { original, reversed_minor: None };
-        let mut reversal = AfterSale::committed(operation, key, engine.nexo_settings(), service_id);
-        let began = Instant::now();
-        let now = || Millis::try_from(began.elapsed().as_millis()).unwrap_or(Millis::MAX);
-        let mut todo = VecDeque::from(reversal.start(now()));
-        loop {
-            while let Some(command) = todo.pop_front() {
-                let event = match command {
-                    AfterSaleCommand::Done(outcome) => return self.reversed(outcome, amount_minor).await,
-                    AfterSaleCommand::NextServiceId => {
-                        Some(match engine.store.next_service_id(self.device.sale_id()) {
-                            Ok(id) => AfterSaleEvent::ServiceId(id.as_str().to_string()),
-                            Err(e) => AfterSaleEvent::StoreFailed { error: e.to_string() },
-                        })
-                    }
-                    AfterSaleCommand::Persist { record, .. } => Some(self.reversal_record(record).await),
-                    AfterSaleCommand::Send { service_id, sale_transaction_id, operation } => {
-                        Some(self.send_reversal(&service_id, &sale_transaction_id, &operation).await)
-                    }
-                    AfterSaleCommand::AskStatus { service_id, category } => {
-                        let category = match category {
-                            Category::Payment => MessageCategory::Payment,
-                            Category::Reversal => MessageCategory::Reversal,
-                        };
-                        let answer = self.ask_status(&service_id, category).await;
-                        Some(AfterSaleEvent::Status(reversal_status(answer, &self.rec.currency)))
-                    }
-                    AfterSaleCommand::LaneUnavailable { message } => {
-                        engine.lane_unavailable(&self.rec.terminal_id, &message);
-                        None
-                    }
-                    AfterSaleCommand::Log(log) => {
-                        self.log(log);
-                        None
-                    }
-                };
-                if let Some(event) = event {
-                    todo.extend(reversal.handle(event, now()));
-                }
-            }
-            let Some(deadline) = reversal.poll_timeout() else {
-                // Not reached: the machine ends with `Done` or waits on its timer.
-                return;
-            };
-            tokio::time::sleep_until(began + Duration::from_millis(deadline)).await;
-            todo.extend(reversal.handle_timeout(now()));
-        }
-    }
-
-    /// POSTs the ReversalRequest (MerchantCancel) of the payment's POI
-    /// transaction, `key` its SaleTransactionID.
-    async fn send_reversal(&self, service_id: &str, key: &str, operation: &Operation) -> AfterSaleEvent {
-        let not_sent = |message: String| AfterSaleEvent::NotSent { message, identity: false };
-        let Operation::Reversal { original, reversed_minor } = operation else {
-            return not_sent("a payment's run owes reversals only".into());
-        };
-        let id = match ServiceId::parse(service_id) {
-            Ok(id) => id,
-            Err(e) => return not_sent(format!("the ServiceID {service_id:?} cannot be sent: {e}")),
-        };
-        let reversed_amount = match reversed_minor {
-            None => None,
-            Some(m) => match i64::try_from(*m)
-                .map_err(|e| e.to_string())
-                .and_then(|m| Decimal::from_minor(m, &self.rec.currency).map_err(|e| e.to_string()))
-            {
-                Ok(amount) => Some(amount),
-                Err(e) => return not_sent(format!("the amount cannot be written for the terminal: {e}")),
-            },
-        };
-        let original_poi_transaction = OriginalPoiTransaction {
-            poi_transaction_id: TransactionIdentification {
-                transaction_id: original.transaction_id.clone(),
-                time_stamp: original.timestamp.clone(),
-            },
-            ..OriginalPoiTransaction::default()
-        };
-        let request = ReversalRequest {
-            original_poi_transaction,
-            reversal_reason: ReversalReason::MerchantCancel,
-            reversed_amount,
-            sale_data: Some(SaleData { sale_transaction_id: self.sale_transaction(key), ..SaleData::default() }),
-        };
-        let body: RequestBody = request.into();
-        match self.device.exchange(&id, body).await {
-            Ok(response) => match &response.body {
-                ResponseBody::Reversal(r) => AfterSaleEvent::Answered(reversal_answer(r, &self.rec.currency)),
-                _ => AfterSaleEvent::InDoubt {
-                    message: "the terminal answered the ReversalRequest with another message".into(),
-                },
-            },
-            Err(NexoError::NotSent(message)) => AfterSaleEvent::NotSent { message, identity: false },
-            Err(NexoError::Identity(message)) => AfterSaleEvent::NotSent { message, identity: true },
-            Err(e @ NexoError::Refused(_)) => not_sent(e.to_string()),
-            Err(NexoError::InDoubt(message)) => AfterSaleEvent::InDoubt { message },
-        }
-    }
-
-    /// Commits what the owed reversal came to: booked, the payment VOIDED
-    /// with its record for the ledger (CAPTURED) or the reversal closed
-    /// (DECLINED); not booked, why, kept with it.
-    async fn reversal_record(&mut self, record: Record) -> AfterSaleEvent {
-        let engine = self.engine;
-        let stored = match record {
-            // Stored by the payment's own commit.
-            Record::Started { .. } => Ok(()),
-            Record::Booked(_) if self.rec.status == Status::Captured => {
-                let reason = if self.why.is_empty() { "owed by posd".to_string() } else { self.why.clone() };
-                let update = Update { data: store::Data::Reversed, ..Update::default() };
-                match engine.step(&self.rec, Input::TerminalReversed { reason }, update).await {
-                    Ok(new) => {
-                        self.rec = new;
-                        engine.record_wake.notify_one();
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Record::Booked(_) => engine.store.close_owed_reversal(&self.rec.id, engine.now_ms()).await.map_err(|e| {
+        let id = self.rec.id.clone();
+        let stored = match ServiceId::parse(service_id) {
+            Ok(service_id) => engine.store.reversal(self.device.sale_id(), &service_id).map_err(|e| {
                 engine.note_store_error(&e);
                 e.to_string()
             }),
-            Record::NotBooked { code, message } => {
-                engine.store.note_owed_reversal(&self.rec.id, &format!("{code}: {message}")).await.map_err(|e| {
-                    engine.note_store_error(&e);
-                    e.to_string()
-                })
+            Err(_) => Err(format!("the ServiceID {service_id:?} is not valid")),
+        };
+        let owed = match stored {
+            Ok(Some(owed)) => owed,
+            Ok(None) => {
+                tracing::error!(payment = %id, %service_id, "the owed reversal is not stored; left to the worker");
+                engine.reversals.notify_one();
+                return;
+            }
+            Err(error) => {
+                tracing::error!(payment = %id, %error, "the owed reversal cannot be read; left to the reversal worker");
+                engine.reversals.notify_one();
+                return;
             }
         };
-        match stored {
-            Ok(()) => AfterSaleEvent::Committed,
-            Err(error) => AfterSaleEvent::StoreFailed { error },
-        }
-    }
-
-    /// How the owed reversal ended, logged; one in doubt keeps why.
-    async fn reversed(&self, outcome: AfterSaleOutcome, amount_minor: u64) {
-        let id = &self.rec.id;
+        let why = if self.why.is_empty() { "owed by posd".to_string() } else { self.why.clone() };
+        let outcome = engine.run_owed_reversal(self.device, &self.rec, owed, why, engine.nexo_settings()).await;
         match outcome {
             AfterSaleOutcome::Booked(_) => {
                 tracing::info!(payment = %id, amount = amount_minor, "the nexo terminal reversed what it booked");
+                return;
             }
             AfterSaleOutcome::NotBooked { code, message } => tracing::error!(
                 payment = %id, %code, %message, "the nexo terminal did not reverse what it booked; left owed"
             ),
             AfterSaleOutcome::InDoubt { message } => {
                 tracing::error!(payment = %id, %message, "the owed reversal is in doubt; left owed");
-                if let Err(e) = self.engine.store.note_owed_reversal(id, &message).await {
-                    self.engine.note_store_error(&e);
-                }
             }
             AfterSaleOutcome::Unrecorded { error, sent } => {
                 tracing::error!(payment = %id, %error, sent, "what came of the owed reversal is not recorded");
             }
         }
+        // The worker's nexo pass asks about it or sends it again, once the
+        // lane is free.
+        engine.reversals.notify_one();
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pos_engine::Status;
 use pos_engine::nexo::{NexoPayment, Outcome};
@@ -30,7 +31,7 @@ use crate::convert;
 use crate::engine::gateway_key;
 use crate::engine::test_support::{LANE, Rig, rig_with_lane, settings};
 use crate::nexo::terminal::NexoError;
-use crate::store::{DeviceKind, Inserted, PaymentRecord, Store};
+use crate::store::{DeviceKind, Inserted, PaymentRecord, ReversalKind, ReversalStatus, Store};
 
 const SALE_ID: &str = "POSD-lane-1";
 
@@ -191,6 +192,11 @@ impl Bench {
 
     fn assert_lane_free(&self) {
         assert_eq!(self.rig.engine.busy_with(LANE), None, "the lane is free");
+    }
+
+    /// The reversal worker was woken (and not since): its permit is there.
+    async fn worker_woken(&self) -> bool {
+        tokio::time::timeout(Duration::ZERO, self.rig.engine.reversals.notified()).await.is_ok()
     }
 }
 
@@ -503,7 +509,14 @@ async fn a_partial_approval_is_reversed_once_and_declined() {
     assert_eq!(seen[1].stored_status, Status::Declined);
     let (reason, message) = b.reason();
     assert_eq!(reason, "partial_approval_not_allowed", "{message}");
-    assert_eq!(b.rig.engine.store.owed_reversal(&b.rec.id).unwrap(), None, "the owed reversal is closed");
+    let attempts = b.rig.engine.store.reversals_of(&b.rec.id).unwrap();
+    assert_eq!(attempts.len(), 1, "one attempt, the one sent");
+    let owed = &attempts[0];
+    assert_eq!((owed.kind, owed.status), (ReversalKind::Owed, ReversalStatus::Booked), "the owed reversal is booked");
+    assert_eq!(owed.service_id.as_str(), seen[1].service_id);
+    assert_eq!((owed.poi_transaction_id.as_str(), owed.amount_minor), (poi().transaction_id.as_str(), 1_250));
+    assert!(b.rig.engine.store.open_reversals(SALE_ID).unwrap().is_empty(), "nothing left for the worker");
+    assert!(!b.worker_woken().await);
     assert_eq!(b.records(), 0, "nothing booked stays with posd");
     b.assert_lane_free();
 }
@@ -527,9 +540,16 @@ async fn a_reversal_the_terminal_does_not_book_stays_owed() {
     assert_eq!(b.run(&fake).await, Outcome::Settled(Status::Declined));
 
     assert_eq!(fake.kinds(), ["payment", "reversal"]);
-    let owed = b.rig.engine.store.owed_reversal(&b.rec.id).unwrap().expect("still owed");
-    assert_eq!((owed.poi_transaction_id, owed.amount_minor), (poi().transaction_id, 1_500));
-    assert_eq!(owed.service_id, fake.seen()[1].service_id);
+    let attempts = b.rig.engine.store.reversals_of(&b.rec.id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    let owed = &attempts[0];
+    assert_eq!((owed.kind, owed.status), (ReversalKind::Owed, ReversalStatus::Failed));
+    assert_eq!((owed.poi_transaction_id.as_str(), owed.amount_minor), (poi().transaction_id.as_str(), 1_500));
+    assert_eq!(owed.service_id.as_str(), fake.seen()[1].service_id);
+    // Still owed: the reversal worker's nexo pass runs it again, and was woken for it.
+    let open = b.rig.engine.store.open_reversals(SALE_ID).unwrap();
+    assert_eq!(open, attempts, "left open for the reversal worker");
+    assert!(b.worker_woken().await);
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use crate::zvt::{Ending, ZvtEvent, ZvtTerminal};
 
 /// Holds a lane for an administrative command (refund, reversal,
 /// end-of-day) so no payment starts on the terminal meanwhile.
-struct LaneHold<'a> {
+pub(in crate::engine) struct LaneHold<'a> {
     engine: &'a Engine,
     terminal: String,
     what: String,
@@ -41,11 +41,18 @@ impl Engine {
         let no_terminal = || EngineError::NotFound(format!("terminal {terminal} has no payment terminal"));
         let zvt = match &self.lanes.get(terminal).ok_or_else(no_terminal)?.device {
             CardDevice::Zvt(zvt) => zvt.clone(),
-            // TODO(#23): refunds and reversals through `pos_engine::nexo::NexoPayment`'s driver.
-            CardDevice::Nexo(_) => return Err(crate::engine::nexo_not_wired(terminal)),
-            CardDevice::Reader(_) => return Err(no_terminal()),
+            CardDevice::Nexo(_) | CardDevice::Reader(_) => return Err(no_terminal()),
         };
-        let _admission = self.admission[terminal].lock().await;
+        Ok((self.hold(terminal, what).await?, zvt))
+    }
+
+    /// Takes the lane for `what`, whatever its card device; checked and
+    /// taken under the admission lock, as a new payment takes it.
+    pub(in crate::engine) async fn hold(&self, terminal: &str, what: &str) -> Result<LaneHold<'_>, EngineError> {
+        let Some(admission) = self.admission.get(terminal) else {
+            return Err(EngineError::NotFound(format!("unknown terminal {terminal:?}")));
+        };
+        let _admission = admission.lock().await;
         let mut busy = self.busy.lock().unwrap();
         if let Some(other) = busy.get(terminal) {
             return Err(EngineError::FailedPrecondition(
@@ -54,7 +61,7 @@ impl Engine {
             ));
         }
         busy.insert(terminal.to_string(), what.to_string());
-        Ok((LaneHold { engine: self, terminal: terminal.to_string(), what: what.to_string() }, zvt))
+        Ok(LaneHold { engine: self, terminal: terminal.to_string(), what: what.to_string() })
     }
 
     /// A refund or reversal was stored as done, but the terminal never had
@@ -76,6 +83,9 @@ impl Engine {
         refund: RefundRecord,
         rec: &PaymentRecord,
     ) -> Result<RefundRecord, EngineError> {
+        if let Some(nexo) = self.lanes.get(&rec.terminal_id).and_then(|l| l.nexo()).cloned() {
+            return self.refund_on_nexo(refund, rec, &*nexo).await;
+        }
         let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &refund.id).await?;
         self.refund_on_held_terminal(refund, rec, &zvt).await
     }
@@ -320,7 +330,7 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound(format!("no payment {}", refund.payment_id)))?;
         // While posd itself asks (a register's call, start-up), it goes first.
         let _claim = self.claim_when_free(id).await;
-        let hold = if rec.on_terminal() { Some(self.hold_lane(&rec.terminal_id, id).await?) } else { None };
+        let hold = if rec.on_terminal() { Some(self.hold(&rec.terminal_id, id).await?) } else { None };
         let refund = self.store.refund(id)?.ok_or_else(|| EngineError::NotFound(format!("no refund {id}")))?;
         if refund.status != RefundStatus::Pending {
             return Err(EngineError::FailedPrecondition(
@@ -377,6 +387,9 @@ impl Engine {
         rec: PaymentRecord,
         why: String,
     ) -> Result<PaymentRecord, EngineError> {
+        if let Some(nexo) = self.lanes.get(&rec.terminal_id).and_then(|l| l.nexo()).cloned() {
+            return self.void_on_nexo(&rec.id, why, &*nexo).await;
+        }
         let (_hold, zvt) = self.hold_lane(&rec.terminal_id, &rec.id).await?;
         let refunds = self.store.refunds_of(&rec.id)?;
         if let Some(r) = refunds.iter().find(|r| r.status != RefundStatus::Failed) {
