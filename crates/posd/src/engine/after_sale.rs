@@ -195,7 +195,7 @@ impl Engine {
                 ));
             }
         };
-        Ok(Reserved::Send(refund, rec))
+        Ok(Reserved::Send(refund, Box::new(rec)))
     }
 
     /// The register's answer for a capture's or void's gateway call. A first
@@ -529,7 +529,7 @@ pub(super) enum Reserved {
     /// Settled under the key before: the answer stands.
     Settled(RefundRecord),
     /// Pending: to be sent (or settled) for its payment.
-    Send(RefundRecord, PaymentRecord),
+    Send(RefundRecord, Box<PaymentRecord>),
 }
 
 fn unknown_refund(why: &str, refund_id: &str) -> String {
