@@ -81,3 +81,25 @@ impl Store {
         }
     }
 }
+
+/// A terminal's transaction reference as stored. Adyen's POITransactionID
+/// carries a 16-digit PSP reference that may pass the Luhn check, and posd's
+/// files never hold a run of digits a card-number scan would take for a PAN
+/// (ARCHITECTURE.md, invariants); the reference is not card data and must
+/// stay exact (a reversal names it), so it is kept base32-encoded (RFC 4648:
+/// letters and the digits 2-7, no run a scan could match) and decoded on
+/// reading.
+pub(super) fn stored_reference(reference: &str) -> String {
+    data_encoding::BASE32_NOPAD.encode(reference.as_bytes())
+}
+
+/// The reference [`stored_reference`] stored.
+pub(super) fn read_reference(stored: &str) -> Result<String, StoreError> {
+    data_encoding::BASE32_NOPAD
+        .decode(stored.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("a stored terminal transaction reference is not base32: {stored:?}"))
+        })
+}

@@ -91,6 +91,7 @@ fn row_to_reversal(r: &Row<'_>) -> rusqlite::Result<RawReversal> {
 /// A row with its stored ServiceID checked.
 fn checked((text, mut reversal): RawReversal) -> Result<NexoReversal, StoreError> {
     reversal.service_id = ServiceId::parse(&text).map_err(|_| StoreError::Corrupt(text))?;
+    reversal.poi_transaction_id = super::nexo::read_reference(&reversal.poi_transaction_id)?;
     Ok(reversal)
 }
 
@@ -127,7 +128,7 @@ fn insert_reversal_in(conn: &Connection, r: &NexoReversal) -> Result<(), StoreEr
             r.payment_id,
             r.kind,
             r.sale_transaction_id,
-            r.poi_transaction_id,
+            super::nexo::stored_reference(&r.poi_transaction_id),
             r.poi_time_stamp,
             r.amount_minor,
             r.status,

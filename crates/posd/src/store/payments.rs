@@ -487,7 +487,7 @@ impl Store {
     /// A payment terminal's result for a payment, with its receipt lines.
     pub fn terminal_result(&self, payment_id: &str) -> Result<Option<TerminalResult>, StoreError> {
         let conn = self.reader();
-        Ok(conn
+        let stored = conn
             .prepare_cached(
                 "SELECT result_code, receipt_no, trace, offline, terminal_tid, lines, poi_transaction_id, \
                  poi_time_stamp FROM terminal_results WHERE payment_id = ?1",
@@ -505,7 +505,13 @@ impl Store {
                     poi_time_stamp: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
                 })
             })
-            .optional()?)
+            .optional()?;
+        stored
+            .map(|mut t| {
+                t.poi_transaction_id = super::nexo::read_reference(&t.poi_transaction_id)?;
+                Ok(t)
+            })
+            .transpose()
     }
 
     /// Adds receipt lines the terminal sent after its result.
@@ -804,7 +810,7 @@ fn store_terminal_data(tx: &Connection, id: &str, d: &TerminalData, to: Status) 
             r.offline,
             r.terminal_tid.parse::<i64>().ok(),
             r.lines.join("\n"),
-            r.poi_transaction_id,
+            super::nexo::stored_reference(&r.poi_transaction_id),
             r.poi_time_stamp
         ],
     )?;

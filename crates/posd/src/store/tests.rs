@@ -1112,6 +1112,13 @@ fn a_nexo_terminal_s_transaction_id_is_kept_with_its_result() {
     }
     let kept = s.terminal_result("pay_x").unwrap().unwrap();
     assert_eq!(kept.poi_transaction_id, "BV0q001.8816178952380553");
+    // Kept base32-encoded: no run of digits a card-number scan of the file
+    // could take for a PAN (the PSP reference in it may pass the Luhn check).
+    let stored: String = s
+        .reader()
+        .query_row("SELECT poi_transaction_id FROM terminal_results WHERE payment_id = 'pay_x'", [], |r| r.get(0))
+        .unwrap();
+    assert!(!stored.as_bytes().windows(13).any(|w| w.iter().all(u8::is_ascii_digit)), "{stored}");
     assert_eq!(kept.poi_time_stamp, "2026-01-01T10:00:05.000Z");
     assert_eq!(s.get("pay_x").unwrap().unwrap().auth_code, "123456");
     // A ZVT result has none.
