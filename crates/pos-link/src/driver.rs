@@ -71,6 +71,13 @@ impl LineCounters {
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
+
+    /// Counts bytes moved by a caller that drives its line itself (posd's
+    /// nexo terminal: its requests' and answers' bodies).
+    pub fn count(&self, sent: u64, received: u64) {
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
+    }
 }
 
 /// A running link: both halves of the caller's side.

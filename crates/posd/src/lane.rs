@@ -124,7 +124,7 @@ impl Lane {
             }
             CardDeviceSettings::Nexo(settings) => {
                 let line = ReaderLine::Https(settings.line.url().to_string());
-                (line, CardDevice::Nexo(NexoTerminal::spawn(id.clone(), settings, state.clone())))
+                (line, CardDevice::Nexo(NexoTerminal::spawn(id.clone(), settings, state.clone(), line_bytes.clone())))
             }
         };
         Arc::new(Lane { id, currency, line, offline, printer, device, line_bytes, state })

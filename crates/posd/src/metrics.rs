@@ -217,7 +217,7 @@ impl Collector for Page {
         lane_gauge(e, &s.lanes, "posd_printer_ready", "1 while a lane's printer can print.", |l| l.printer_ready)?;
         let mut family = e.encode_descriptor(
             "posd_card_line_bytes",
-            "Bytes on a lane's card device line (frames, ACKs), by direction.",
+            "Bytes on a lane's card device line (frames and ACKs; a nexo terminal's request and answer bodies), by direction.",
             None,
             MetricType::Counter,
         )?;

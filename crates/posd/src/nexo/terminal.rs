@@ -33,6 +33,7 @@
 //! masked it), passed through [`pos_mask::scrub_with_limit`]. Never the
 //! passphrase, the key material, the ciphertext or the raw answer.
 
+use pos_link::LineCounters;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -163,6 +164,10 @@ pub struct NexoTerminal {
     /// Exchanges other than health checks in flight: the health check waits
     /// its turn rather than disturb a payment.
     busy: AtomicUsize,
+    /// The lane's card line counters: request and answer bodies as they
+    /// crossed the line (encrypted when encrypted; TLS and HTTP framing not
+    /// counted).
+    line_bytes: Arc<LineCounters>,
 }
 
 impl std::fmt::Debug for NexoTerminal {
@@ -194,14 +199,20 @@ impl NexoTerminal {
             key: settings.key.clone(),
             sale_id: settings.sale_id.clone(),
             busy: AtomicUsize::new(0),
+            line_bytes: Arc::default(),
         }
     }
 
     /// The terminal of `lane`, with its health check keeping `state`: up
     /// (it answered a DiagnosisRequest), down (no answer), or unavailable
     /// (it is not the lane's terminal, or it rejected posd's key).
-    pub fn spawn(lane: String, settings: NexoSettings, state: Arc<Mutex<ReaderState>>) -> Arc<NexoTerminal> {
-        let terminal = Arc::new(NexoTerminal::new(lane, &settings));
+    pub fn spawn(
+        lane: String,
+        settings: NexoSettings,
+        state: Arc<Mutex<ReaderState>>,
+        line_bytes: Arc<LineCounters>,
+    ) -> Arc<NexoTerminal> {
+        let terminal = Arc::new(NexoTerminal { line_bytes, ..NexoTerminal::new(lane, &settings) });
         if terminal.key.is_none() {
             tracing::warn!(
                 lane = %terminal.lane,
@@ -262,7 +273,14 @@ impl NexoTerminal {
             }
             None => clear,
         };
-        let answer = self.line.post(body).await.map_err(NexoError::from);
+        let sent = body.len() as u64;
+        let posted = self.line.post(body).await;
+        match &posted {
+            Ok(answer) => self.line_bytes.count(sent, answer.len() as u64),
+            Err(e) if !e.not_sent() => self.line_bytes.count(sent, 0),
+            Err(_) => {}
+        }
+        let answer = posted.map_err(NexoError::from);
         let answer = answer.and_then(|bytes| self.read_answer(&request.header, &bytes));
         match &answer {
             Ok(response) => match serde_json::to_vec(response) {

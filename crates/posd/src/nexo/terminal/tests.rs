@@ -263,6 +263,9 @@ async fn a_payment_goes_encrypted_and_its_answer_comes_back_decrypted_and_checke
     assert!(sent.contains("NexoBlob") && sent.contains("\"ServiceID\":\"0000000042\""), "{sent}");
     assert!(!sent.contains("RequestedAmount") && !sent.contains("GATEWAYKEY1"), "{sent}");
     assert_eq!(terminal.busy.load(Ordering::SeqCst), 0, "the exchange is no longer counted as in flight");
+    // The lane's line counters: the request's body out, the answer's in.
+    assert_eq!(terminal.line_bytes.sent(), wire[0].len() as u64);
+    assert!(terminal.line_bytes.received() > 0);
 }
 
 #[tokio::test]
@@ -291,6 +294,7 @@ async fn a_terminal_whose_certificate_names_another_poiid_gets_nothing() {
     assert!(matches!(&err, NexoError::Identity(m) if m.contains(POI) && m.contains("V400m-999999999")), "{err}");
     assert!(err.not_sent());
     assert!(t.wire.lock().unwrap().is_empty(), "not a byte of the request reached it");
+    assert_eq!((terminal.line_bytes.sent(), terminal.line_bytes.received()), (0, 0), "nothing counted as sent");
     assert!(matches!(terminal.diagnose().await, Health::Unavailable(_)));
 }
 
