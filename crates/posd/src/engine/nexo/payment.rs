@@ -148,6 +148,7 @@ impl Engine {
             aborting: Mutex::new(None),
             extras: None,
             why: String::new(),
+            held: None,
             began: Instant::now(),
         };
         let mut todo = VecDeque::from(payment.start(run.now()));
@@ -156,6 +157,11 @@ impl Engine {
                 if let Command::Done(outcome) = command {
                     if !matches!(outcome, machine::Outcome::Unrecorded { may_be_at_gateway: true, .. }) {
                         self.free_lane(&run.rec);
+                    }
+                    // The settled status held back while the run reversed
+                    // what the terminal booked: announced with the lane free.
+                    if let Some(held) = run.held.take() {
+                        self.announce(&held, convert::stage(held.status), convert::status_message(&held));
                     }
                     return outcome;
                 }
@@ -191,21 +197,21 @@ impl Engine {
     }
 
     /// [`Engine::publish_commit`] for a commit after which the run still
-    /// needs the lane (a reversal it owes): the register hears the settled
-    /// status and its stream ends, the lane is freed when the run ends.
-    fn publish_held(&self, t: &Transition, new: &PaymentRecord, event: Option<EventRecord>) {
+    /// needs the lane (a reversal it owes): logged and its event sent now; a
+    /// status the register takes as settled is returned to be announced when
+    /// the run ends, once the lane is free (as [`Engine::announce`] promises:
+    /// a register that starts its next payment on the final event never
+    /// finds the lane busy); any other is published now.
+    fn publish_held(&self, t: &Transition, new: &PaymentRecord, event: Option<EventRecord>) -> Option<PaymentRecord> {
         tracing::info!(payment = %new.id, from = %t.from, to = %t.to, cause = %t.cause, "payment transition");
         if let Some(e) = event {
             let _ = self.events.send(e);
         }
-        let settled = new.status.is_settled_for_register();
-        if settled && let Some(l) = self.live.lock().unwrap().get(&new.id) {
-            self.latencies.end_to_end.observe(l.received.elapsed());
+        if new.status.is_settled_for_register() {
+            return Some(new.clone());
         }
         self.publish(new, convert::stage(new.status), convert::status_message(new));
-        if settled {
-            self.end_live(&new.id);
-        }
+        None
     }
 
     /// The lane's terminal is not the one configured: the lane shows it
@@ -263,6 +269,9 @@ struct NexoRun<'a, D: NexoDevice> {
     extras: Option<Extras>,
     /// Why the machine reverses what the terminal booked, for the audit log.
     why: String,
+    /// A settled status committed with a reversal the run owes, announced to
+    /// the register when the run ends (see [`Engine::publish_held`]).
+    held: Option<PaymentRecord>,
     /// The machine's `now` counts from here.
     began: Instant,
 }
@@ -426,7 +435,9 @@ impl<'a, D: NexoDevice> NexoRun<'a, D> {
             Ok(applied) => {
                 for (t, (new, event)) in transitions.iter().zip(applied) {
                     if owes {
-                        engine.publish_held(t, &new, event);
+                        if let Some(settled) = engine.publish_held(t, &new, event) {
+                            self.held = Some(settled);
+                        }
                     } else {
                         engine.publish_commit(t, &new, event);
                     }
