@@ -223,15 +223,13 @@ impl SimLane {
     /// One technician command; the answer is the lane's state, or why not.
     pub fn command(&self, line: &str) -> Result<String, String> {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let native = self.opts.device == Device::Native;
         let need_native = |what: &str| {
-            if native {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{what}: a payment terminal reads cards by itself; set its outcome (outcome approve|decline ...)"
-                ))
-            }
+            let terminal = match self.opts.device {
+                Device::Native => return Ok(()),
+                Device::Zvt => "a ZVT terminal",
+                Device::Nexo => "a nexo terminal",
+            };
+            Err(format!("{what}: {terminal} reads cards by itself; set its outcome (outcome approve|decline ...)"))
         };
         if let Some((terminal, _)) = &self.nexo {
             match words.as_slice() {

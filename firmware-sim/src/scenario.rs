@@ -17,7 +17,7 @@ use crate::zvt::{Plan, Scenario as ZvtOutcome, Step as ZvtStep};
 pub enum Device {
     Native,
     Zvt,
-    /// A nexo terminal (`firmware-sim nexo --scenario FILE`; not in `firmware-sim lane` yet).
+    /// A nexo terminal (`firmware-sim nexo --scenario FILE`, or `firmware-sim lane --reader nexo`).
     Nexo,
 }
 
