@@ -207,4 +207,4 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

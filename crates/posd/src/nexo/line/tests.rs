@@ -17,14 +17,15 @@ use super::*;
 
 const POI: &str = "V400m-324688179";
 
-/// A CA and a terminal certificate it signed for the common name `cn`.
-struct Pki {
-    ca_pem: Vec<u8>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+/// A CA and a terminal certificate it signed for the common name `cn`
+/// (the nexo terminal's tests use them too).
+pub(crate) struct Pki {
+    pub(crate) ca_pem: Vec<u8>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
-fn issue(cn: &str) -> Pki {
+pub(crate) fn issue(cn: &str) -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -60,14 +61,19 @@ struct Terminal {
     requests: Arc<AtomicUsize>,
 }
 
-async fn terminal(pki: &Pki, behaviour: Behaviour) -> Terminal {
+/// A TLS acceptor presenting `pki`'s terminal certificate.
+pub(crate) fn acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(pki.chain.clone(), pki.key.clone_key())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn terminal(pki: &Pki, behaviour: Behaviour) -> Terminal {
+    let acceptor = acceptor(pki);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));

@@ -20,39 +20,14 @@ use pos_nexo::payment::{
     SaleData,
 };
 use pos_nexo::{Key, TransactionIdentification};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
 use super::*;
 use crate::nexo::line::LineSettings;
+use crate::nexo::line::tests::{Pki, acceptor, issue};
 
 const POI: &str = "V400m-324688179";
 const PASSPHRASE: &str = "mysupersecretpassphrase";
-
-/// A CA and a terminal certificate it signed for the common name `cn`.
-struct Pki {
-    ca_pem: Vec<u8>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-fn issue(cn: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "test terminal CA");
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem().into_bytes();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    leaf.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    Pki {
-        ca_pem,
-        chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    }
-}
 
 /// What the fake terminal answers a request it could read: the clear
 /// response, and optionally another clear header to send beside the
@@ -106,13 +81,7 @@ fn serve_one(key: Option<&Key>, body: &[u8], answer: &Answer) -> Option<Vec<u8>>
 }
 
 async fn fake(pki: &Pki, key: Option<Key>, answer: Answer) -> Fake {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(pki.chain.clone(), pki.key.clone_key())
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = acceptor(pki);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (answered, rejected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
