@@ -1,0 +1,1 @@
+//! (being written) An in-memory SQLite VFS that can lose power.
