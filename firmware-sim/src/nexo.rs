@@ -384,6 +384,7 @@ impl Terminal {
             _ => self.opts.step,
         };
         let interrupted = tokio::select! {
+            biased; // branches in a fixed order: a simulated run replays exactly
             () = tokio::time::sleep(takes) => None,
             got = stopped => Some(got.unwrap_or(Interrupt::Restart)),
         };

@@ -238,6 +238,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, printer: Arc<Pr
     while open || !buffer.is_empty() || !ops.is_empty() {
         let condition = *printer.condition.borrow();
         tokio::select! {
+            biased; // branches in a fixed order: a simulated run replays exactly
             r = rx.read(&mut chunk), if open => {
                 let n = r?;
                 if n == 0 {

@@ -534,6 +534,7 @@ pub async fn serve(mut line: Line, opts: &ReaderOptions, desk: &Desk) -> Ended {
     desk.doing("idle");
     loop {
         let out = tokio::select! {
+            biased; // branches in a fixed order: a simulated run replays exactly
             got = line.recv() => match got {
                 Err(e) => return Ended::Line(e),
                 Ok(bytes) => match decode_host(&bytes).and_then(|m| m.body) {

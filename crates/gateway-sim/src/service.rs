@@ -549,6 +549,7 @@ impl Gateway for GatewayService {
                 }
                 if caught_up {
                     tokio::select! {
+                        biased; // branches in a fixed order: a simulated run replays exactly
                         r = changed.changed() => if r.is_err() { return },
                         () = tx.closed() => return,
                     }

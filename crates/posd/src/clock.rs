@@ -17,14 +17,14 @@ use tokio::time::Instant;
 use crate::store::{Store, now_ms};
 
 /// The wall clock the engine reads its times from: Unix milliseconds, as
-/// [`crate::store::now_ms`] reads them. In test builds it can instead follow
-/// tokio's clock from a fixed epoch (`WallClock::following_tokio`), so a
-/// test under the paused clock moves the wall time by advancing tokio's
-/// (capture windows, the times in the audit log).
+/// [`crate::store::now_ms`] reads them. In process (the engine's tests, the
+/// simulator) it can instead follow tokio's clock from a given epoch
+/// ([`WallClock::following_tokio`]), so a run under the paused clock moves
+/// the wall time by advancing tokio's (capture windows, the times in the
+/// audit log).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WallClock {
     /// The epoch (ms) and the instant of tokio's clock it stands for.
-    #[cfg(test)]
     following: Option<(i64, Instant)>,
 }
 
@@ -34,21 +34,18 @@ impl WallClock {
         Self::default()
     }
 
-    /// A wall clock that reads `epoch_ms` now and advances with tokio's clock.
-    #[cfg(test)]
+    /// A wall clock that reads `epoch_ms` now and advances with tokio's
+    /// clock; posd itself never makes one.
     pub fn following_tokio(epoch_ms: i64) -> Self {
         Self { following: Some((epoch_ms, Instant::now())) }
     }
 
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> i64 {
-        #[cfg(test)]
-        {
-            if let Some((epoch_ms, at)) = self.following {
-                return epoch_ms + at.elapsed().as_millis() as i64;
-            }
+        match self.following {
+            Some((epoch_ms, at)) => epoch_ms + at.elapsed().as_millis() as i64,
+            None => now_ms(),
         }
-        now_ms()
     }
 }
 

@@ -77,7 +77,7 @@ pub async fn run(o: Options) -> anyhow::Result<Stopped> {
     }
     let engine = Engine::new(store, gateway, lanes, engine_settings(&cfg, o.demo, &reports));
     engine.recover().await?;
-    start_workers(&engine);
+    engine.start_workers();
 
     let metrics_addr = start_metrics(&cfg, &engine).await?;
     let api = &cfg.api;
@@ -197,17 +197,6 @@ fn engine_settings(cfg: &Config, demo: bool, reports: &crate::report::ReportSett
         },
         auto_print: cfg.receipt.auto_print.clone(),
     }
-}
-
-/// The engine's background tasks: reversals, the offline forwarder, the
-/// terminal records' forwarder, the monitor, gateway and printer events.
-fn start_workers(engine: &Arc<Engine>) {
-    tokio::spawn(engine.clone().reversal_worker());
-    tokio::spawn(engine.clone().forwarder());
-    tokio::spawn(engine.clone().record_forwarder());
-    tokio::spawn(engine.clone().monitor());
-    tokio::spawn(engine.clone().gateway_events());
-    tokio::spawn(engine.clone().printer_events());
 }
 
 /// The metrics page, when `[metrics] listen` names an address: the address

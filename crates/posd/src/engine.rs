@@ -27,6 +27,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 mod after_sale;
 mod background;
+mod environment;
 mod nexo;
 mod payment;
 mod printing;
@@ -36,7 +37,8 @@ mod terminal;
 #[cfg(test)]
 mod test_support;
 
-use crate::clock::{AgeClock, WallClock};
+use crate::clock::AgeClock;
+pub use environment::{Bug, Environment, Ids};
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
@@ -165,8 +167,9 @@ pub struct Engine {
     /// Wakes the gateway-records sender (terminal payments to record).
     record_wake: Notify,
     events: broadcast::Sender<EventRecord>,
-    /// The wall time of commits, events and capture windows.
-    wall: WallClock,
+    /// The wall clock (the time of commits, events and capture windows),
+    /// ids and planted bug ([`Environment`]).
+    env: Environment,
     clock: AgeClock,
     sync: Mutex<SyncState>,
     /// Set when the database failed (a write, or a read a decision needs): new payments are refused (fail closed).
@@ -192,18 +195,19 @@ pub struct Attached {
 
 impl Engine {
     pub fn new(store: Arc<Store>, gateway: Arc<Gateway>, lanes: Vec<Arc<Lane>>, settings: EngineSettings) -> Arc<Self> {
-        Self::with_wall_clock(store, gateway, lanes, settings, WallClock::system())
+        Self::in_environment(store, gateway, lanes, settings, Environment::system())
     }
 
-    /// [`Engine::new`] on the given wall clock (tests: one that follows
-    /// tokio's paused clock).
-    fn with_wall_clock(
+    /// [`Engine::new`] in the given environment (the engine's tests and the
+    /// simulator: a clock that follows tokio's paused one, counted ids).
+    pub fn in_environment(
         store: Arc<Store>,
         gateway: Arc<Gateway>,
         lanes: Vec<Arc<Lane>>,
         settings: EngineSettings,
-        wall: WallClock,
+        env: Environment,
     ) -> Arc<Self> {
+        let wall = env.wall;
         let clock = AgeClock::start(&store, wall);
         Arc::new(Self {
             store,
@@ -221,7 +225,7 @@ impl Engine {
             forward_wake: Notify::new(),
             record_wake: Notify::new(),
             events: broadcast::channel(1024).0,
-            wall,
+            env,
             clock,
             sync: Mutex::new(SyncState::default()),
             store_failed: AtomicBool::new(false),
@@ -257,7 +261,7 @@ impl Engine {
     /// Milliseconds since the Unix epoch on the engine's wall clock: the
     /// time of its commits and events, and what capture windows count on.
     fn now_ms(&self) -> i64 {
-        self.wall.now_ms()
+        self.env.wall.now_ms()
     }
 
     pub fn latencies(&self) -> &Latencies {
@@ -433,9 +437,9 @@ impl Engine {
             demo: self.settings.demo,
             device: lane.device_kind(),
             ..PaymentRecord::created(
-                format!("pay_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
+                self.env.ids.make("pay_"),
                 req.idempotency_key.clone(),
-                gateway_key(),
+                self.env.ids.gateway_key(),
                 req.terminal_id.clone(),
                 req.amount_minor,
                 req.currency.clone(),
@@ -701,12 +705,10 @@ impl Engine {
     }
 }
 
-/// A new key for the gateway: a UUIDv7 in Crockford base32, ending in a
-/// letter. The store keeps the payment's masked PAN right after its gateway
-/// key; a key ending in digits would run into the PAN's first six digits and
-/// make a digit run that looks like a card number in the database file.
+/// A new key for the gateway, as posd makes one ([`Ids::gateway_key`]).
+#[cfg(test)]
 fn gateway_key() -> String {
-    format!("{}K", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()))
+    Ids::Uuid.gateway_key()
 }
 
 /// A payment in hand (see [`Engine::claim`]).

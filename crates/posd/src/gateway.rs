@@ -175,16 +175,15 @@ pub struct Gateway {
     last_error: std::sync::Mutex<String>,
     /// See [`Gateway::local_faults`].
     local_faults: std::sync::atomic::AtomicU64,
-    /// Tests: connections come from here instead of the network.
-    #[cfg(test)]
+    /// In-process use (tests, the simulator): connections come from here
+    /// instead of the network.
     dial: Option<Dial>,
 }
 
-/// Tests: opens one connection to a gateway served in the same process
-/// (one end of an in-memory pipe), or refuses it as a gateway that is down
-/// would. See [`Gateway::in_process`].
-#[cfg(test)]
-pub(crate) type Dial = std::sync::Arc<dyn Fn() -> std::io::Result<tokio::io::DuplexStream> + Send + Sync>;
+/// In-process use (the engine's tests, the simulator): opens one connection
+/// to a gateway served in the same process (one end of an in-memory pipe),
+/// or refuses it as a gateway that is down would. See [`Gateway::in_process`].
+pub type Dial = std::sync::Arc<dyn Fn() -> std::io::Result<tokio::io::DuplexStream> + Send + Sync>;
 
 /// Why no connection to the gateway was made.
 #[derive(Debug)]
@@ -278,18 +277,17 @@ impl Gateway {
             online: watch::Sender::new(false),
             last_error: Default::default(),
             local_faults: Default::default(),
-            #[cfg(test)]
             dial: None,
         })
     }
 
-    /// Tests: a client whose connections `dial` makes (in-memory pipes to a
-    /// gateway service in the same process) instead of TCP. Everything from
+    /// A client whose connections `dial` makes (in-memory pipes to a gateway
+    /// service in the same process: the engine's tests, the simulator)
+    /// instead of TCP; posd itself never makes one. Everything from
     /// the connection on is [`Gateway::new`]'s: a connection per call, the
     /// timeouts, what counts as not sent, scrubbing. A refused dial is a
     /// refused TCP connect (not sent, the gateway unreachable).
-    #[cfg(test)]
-    pub(crate) fn in_process(settings: GatewaySettings, dial: Dial) -> anyhow::Result<Self> {
+    pub fn in_process(settings: GatewaySettings, dial: Dial) -> anyhow::Result<Self> {
         Ok(Self { dial: Some(dial), ..Self::new(settings)? })
     }
 
@@ -533,9 +531,8 @@ impl Gateway {
         }
     }
 
-    /// A new connection to the gateway (in tests, possibly through the dialer).
+    /// A new connection to the gateway (in process, through the dialer).
     async fn open(&self) -> Result<Channel, tonic::transport::Error> {
-        #[cfg(test)]
         if let Some(dial) = &self.dial {
             let dial = dial.clone();
             let connector = tower::service_fn(move |_: tonic::transport::Uri| {

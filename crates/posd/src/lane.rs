@@ -306,6 +306,7 @@ async fn run(
                 continue;
             }
             tokio::select! {
+                biased; // branches in a fixed order: a simulated run replays exactly
                 cmd = cmd_rx.recv() => match cmd {
                     Some(m) => pending.push_back(encode(m)),
                     None => return,

@@ -17,6 +17,26 @@ pub enum ReaderLine {
     /// A nexo terminal's URL: reached by one HTTPS request at a time
     /// (`nexo::line`), never opened as a framed line.
     Https(String),
+    /// A device served in the same process (the simulator): framed as TCP.
+    InProcess(InProcessLine),
+}
+
+/// Opens one connection to a device served in the same process: one end of
+/// an in-memory pipe, or an error as a device that cannot be reached gives.
+pub type DialDevice = Arc<dyn Fn() -> std::io::Result<tokio::io::DuplexStream> + Send + Sync>;
+
+/// A line to a device in the same process; posd's configuration never
+/// makes one.
+#[derive(Clone)]
+pub struct InProcessLine {
+    pub name: String,
+    pub dial: DialDevice,
+}
+
+impl std::fmt::Debug for InProcessLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InProcessLine({:?})", self.name)
+    }
 }
 
 impl std::fmt::Display for ReaderLine {
@@ -25,6 +45,7 @@ impl std::fmt::Display for ReaderLine {
             ReaderLine::Serial(s) => write!(f, "serial {} @ {} baud", s.path.display(), s.baud),
             ReaderLine::Tcp(a) => write!(f, "tcp {a}"),
             ReaderLine::Https(url) => f.write_str(url),
+            ReaderLine::InProcess(l) => write!(f, "in-process {}", l.name),
         }
     }
 }
@@ -75,6 +96,10 @@ pub(crate) async fn open(line: &ReaderLine, counters: &Arc<LineCounters>) -> Res
         }
         ReaderLine::Https(url) => {
             Err(format!("{url} is a nexo terminal, reached by HTTPS requests, not a framed line"))
+        }
+        ReaderLine::InProcess(l) => {
+            let pipe = (l.dial)().map_err(|e| format!("cannot reach {}: {e}", l.name))?;
+            Ok(Link::spawn_counted(pipe, TcpLink::new(), counters.clone()))
         }
     }
 }

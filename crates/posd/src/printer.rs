@@ -184,6 +184,7 @@ async fn run(line: PrinterLine, mut jobs: mpsc::Receiver<Job>, status: watch::Se
         tokio::pin!(deadline);
         loop {
             tokio::select! {
+                biased; // branches in a fixed order: a simulated run replays exactly
                 () = &mut deadline => break,
                 job = jobs.recv() => match job {
                     Some(j) => { let _ = j.reply.send(Err(PrintError::NotConnected(detail.clone()))); }
@@ -228,6 +229,7 @@ async fn session(
         io.query().await?;
         loop {
             tokio::select! {
+                biased; // branches in a fixed order: a simulated run replays exactly
                 job = io.replies.recv() => match job {
                     Some(r) => io.note(r),
                     None => return Err("the printer line closed".to_string()),

@@ -177,6 +177,7 @@ async fn run(
         });
         let reason = loop {
             tokio::select! {
+                biased; // branches in a fixed order: a simulated run replays exactly
                 job = jobs.recv() => {
                     let Some(mut job) = job else { return };
                     tracing::info!(%lane, command = job.command.name(), "payment terminal command");

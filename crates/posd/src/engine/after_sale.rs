@@ -4,7 +4,7 @@
 use pos_engine::{Input, Status};
 use pos_proto::terminal as pb;
 
-use super::{Engine, EngineError, gateway_key, human, step_error};
+use super::{Bug, Engine, EngineError, human, step_error};
 use crate::convert;
 use crate::gateway::{CallError, RefundStatusError};
 use crate::lane::CardDevice;
@@ -138,12 +138,12 @@ impl Engine {
         let amount = if amount_minor == 0 { rec.captured_minor - refunded } else { amount_minor };
         let now = self.now_ms();
         let candidate = RefundRecord {
-            id: format!("ref_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
+            id: self.env.ids.make("ref_"),
             idempotency_key: key.to_string(),
             payment_id: payment_id.to_string(),
             amount_minor: amount,
             currency: rec.currency.clone(),
-            refund_key: gateway_key(),
+            refund_key: self.env.ids.gateway_key(),
             status: RefundStatus::Pending,
             reason: reason.to_string(),
             failure_code: String::new(),
@@ -283,7 +283,8 @@ impl Engine {
         let outcome = match answer {
             Ok(answer) => Ok(answer),
             // Only a refund none of whose attempts can have been sent fails.
-            Err(CallError::NotSent(m)) if !earlier => Err((
+            // (The simulator's planted bug lets any "not sent" settle it.)
+            Err(CallError::NotSent(m)) if !earlier || self.env.planted(Bug::RefundNotSentSettles) => Err((
                 "gateway_unreachable".to_string(),
                 format!("refunds need the gateway and are never taken offline: {m}"),
             )),
@@ -388,7 +389,7 @@ impl Engine {
         // first attempt and reused until the gateway's answer is stored, so
         // a retry after an answer lost returns the batch already closed.
         let _claim = self.claim_when_free(&format!("close_batch:{terminal}")).await;
-        let candidate = format!("close_{}", gateway_key());
+        let candidate = format!("close_{}", self.env.ids.gateway_key());
         let (key, earlier) = self
             .store
             .begin_close(terminal, &candidate, self.now_ms())

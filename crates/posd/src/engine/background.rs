@@ -13,6 +13,18 @@ use super::{Engine, LAST_ONLINE};
 use crate::store::EventKind;
 
 impl Engine {
+    /// Starts the engine's background tasks: reversals, the offline
+    /// forwarder, the terminal records' forwarder, the monitor, gateway and
+    /// printer events.
+    pub fn start_workers(self: &Arc<Self>) {
+        tokio::spawn(self.clone().reversal_worker());
+        tokio::spawn(self.clone().forwarder());
+        tokio::spawn(self.clone().record_forwarder());
+        tokio::spawn(self.clone().monitor());
+        tokio::spawn(self.clone().gateway_events());
+        tokio::spawn(self.clone().printer_events());
+    }
+
     /// Gateway reachability (health checks plus real calls), queue ageing,
     /// reader events and the watchdog's heartbeat. The loop never waits for
     /// the gateway: health checks and capture windows run in tasks of their
@@ -35,6 +47,7 @@ impl Engine {
         let mut readers: HashMap<String, (bool, u64)> = HashMap::new();
         loop {
             tokio::select! {
+                biased; // branches in a fixed order: a simulated run replays exactly
                 _ = online.changed() => {}
                 _ = ageing.tick() => {
                     if helpers.iter().any(tokio::task::JoinHandle::is_finished) {

@@ -168,6 +168,7 @@ impl Engine {
             let wake = {
                 let collected = &mut run.collected;
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     event = next_reader_event(collected) => Wake::Reader(event),
                     () = register_cancel(cancel.as_deref_mut()) => Wake::Cancel,
                     () = until(deadline) => Wake::Timer,

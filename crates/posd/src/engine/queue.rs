@@ -82,6 +82,7 @@ impl Engine {
         loop {
             if let Some(d) = wait.take() {
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     () = self.forward_wake.notified() => backoff = f.retry_first,
                     () = tokio::time::sleep(jitter(d)) => {}
                 }
@@ -100,6 +101,7 @@ impl Engine {
             // the health checks wake the forwarder when it comes back.
             if batch.is_empty() || !self.gateway.is_online() {
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     () = self.forward_wake.notified() => {}
                     () = tokio::time::sleep(f.health_interval) => {}
                 }

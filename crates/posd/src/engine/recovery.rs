@@ -179,6 +179,7 @@ impl Engine {
             }
             if failed {
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     () = self.reversals.notified() => {}
                     () = tokio::time::sleep(backoff) => {}
                 }

@@ -283,6 +283,7 @@ impl Engine {
             let wake = {
                 let events = &mut run.events;
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     event = next_terminal_event(events) => Wake::Terminal(event),
                     () = register_cancel(cancel.as_deref_mut()) => Wake::Cancel,
                     () = until(deadline) => Wake::Timer,
@@ -479,6 +480,7 @@ impl Engine {
             };
             if pending.is_empty() {
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     () = self.record_wake.notified() => {}
                     () = tokio::time::sleep(f.retry_max) => {}
                 }
@@ -512,6 +514,7 @@ impl Engine {
             }
             if failed {
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     () = self.record_wake.notified() => {}
                     () = tokio::time::sleep(backoff) => {}
                 }

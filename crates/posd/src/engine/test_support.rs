@@ -31,7 +31,7 @@ use tokio::io::DuplexStream;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use super::payment::{Authorizer, CardReader, payment_of};
-use super::{Engine, EngineSettings, ForwardSettings, LAST_ONLINE, Live, gateway_key};
+use super::{Engine, EngineSettings, Environment, ForwardSettings, LAST_ONLINE, Live, gateway_key};
 use crate::clock::WallClock;
 use crate::convert;
 use crate::gateway::{AuthOutcome, Dial, Gateway, GatewaySettings};
@@ -241,8 +241,8 @@ async fn build(settings: EngineSettings, with_lane: bool) -> Rig {
     } else {
         (Vec::new(), None)
     };
-    let wall = WallClock::following_tokio(EPOCH_MS);
-    let engine = Engine::with_wall_clock(store, Arc::new(client), lanes, settings, wall);
+    let env = Environment { wall: WallClock::following_tokio(EPOCH_MS), ..Environment::system() };
+    let engine = Engine::in_environment(store, Arc::new(client), lanes, settings, env);
     // The gateway was reached a minute ago: offline approval is allowed.
     engine.store.set_meta(LAST_ONLINE, engine.now_ms() - 60_000).await.unwrap();
     Rig { engine, gateway, printer, paid: AtomicU32::new(0), _dir: dir }
@@ -292,7 +292,7 @@ impl Rig {
         let old = &self.engine;
         let lanes = old.lanes.values().cloned().collect();
         let engine =
-            Engine::with_wall_clock(old.store.clone(), old.gateway.clone(), lanes, old.settings.clone(), old.wall);
+            Engine::in_environment(old.store.clone(), old.gateway.clone(), lanes, old.settings.clone(), old.env.clone());
         self.engine = engine;
     }
 

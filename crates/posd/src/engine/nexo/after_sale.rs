@@ -26,7 +26,7 @@ use pos_nexo::{Decimal, RequestBody, Response, ResponseBody, ServiceId, Transact
 use pos_proto::terminal as pb;
 
 use super::{NexoDevice, payment_answer, payment_status, reversal_answer, reversal_status, status_request};
-use crate::engine::{Engine, EngineError, gateway_key};
+use crate::engine::{Engine, EngineError};
 use crate::nexo::terminal::NexoError;
 use crate::store::{
     Data, EventKind, NewEvent, NexoReversal, PaymentRecord, RefundRecord, RefundStatus, ReversalKind, ReversalStatus,
@@ -190,7 +190,7 @@ impl Engine {
                 };
                 let subject = Reversing {
                     kind: ReversalKind::Void,
-                    key: gateway_key(),
+                    key: self.env.ids.gateway_key(),
                     original: original.clone(),
                     amount_minor: rec.captured_minor,
                     service_id: None,
@@ -394,7 +394,7 @@ impl Engine {
         // Owed and not booked: made again, under a new ServiceID and key.
         let original = PoiTransaction { transaction_id: now.poi_transaction_id, timestamp: now.poi_time_stamp };
         let operation = Operation::Reversal { original: original.clone(), reversed_minor: None };
-        let key = gateway_key();
+        let key = self.env.ids.gateway_key();
         let run = AfterSale::new(operation, key.clone(), settings);
         let mut subject =
             Subject::Reversal(Reversing { kind, key, original, amount_minor: now.amount_minor, service_id: None, why });
@@ -726,7 +726,7 @@ impl Engine {
         let now = self.now_ms();
         let batch_id = match &reconciliation.poi_reconciliation_id {
             Some(id) if !id.is_empty() => format!("nexo_{}", pos_mask::scrub(id)),
-            _ => format!("nexo_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes())),
+            _ => self.env.ids.make("nexo_"),
         };
         let text: Vec<String> = totals
             .iter()

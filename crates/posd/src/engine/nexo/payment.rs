@@ -173,6 +173,7 @@ impl Engine {
             let wake = {
                 let (post, aborting) = (unshared(&mut run.post), unshared(&mut run.aborting));
                 tokio::select! {
+                    biased; // branches in a fixed order: a simulated run replays exactly
                     answer = next_answer(post) => Wake::Answer(Box::new(answer)),
                     () = abort_sent(aborting) => Wake::Aborted,
                     () = register_cancel(cancel.as_deref_mut()) => Wake::Cancel,

@@ -516,7 +516,7 @@ impl Engine {
             })?
             .len() as u32;
         self.store.set_meta(&key, now).await?;
-        let batch_id = format!("zvt_{}", pos_mask::crockford32(uuid::Uuid::now_v7().as_bytes()));
+        let batch_id = self.env.ids.make("zvt_");
         let captured = total.unwrap_or(0) as i64;
         self.emit(
             EventKind::BatchClosed,
