@@ -38,12 +38,12 @@ mod terminal;
 mod test_support;
 
 use crate::clock::AgeClock;
-pub use environment::{Bug, Environment, Ids};
 use crate::convert;
 use crate::gateway::Gateway;
 use crate::lane::Lane;
 use crate::store::{Durability, EventKind, EventRecord, Inserted, NewEvent, PaymentRecord, Store, StoreError, Update};
 use crate::telemetry::{LaneSnapshot, Latencies, Snapshot};
+pub use environment::{Bug, Environment, Ids, Random};
 
 /// Errors for the register, mapped once to gRPC codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +184,7 @@ pub struct Engine {
     heartbeat: std::sync::atomic::AtomicI64,
     latencies: Latencies,
     /// When the monitor last persisted the clock and checkpointed the WAL.
-    last_housekeeping: Mutex<Option<std::time::Instant>>,
+    last_housekeeping: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A register's view of a payment stream: the payment now, and what follows.
@@ -371,7 +371,7 @@ impl Engine {
         loop {
             tokio::time::sleep(wait).await;
             let (store, now) = (self.store.clone(), self.now_ms());
-            match tokio::task::spawn_blocking(move || store.probe(now)).await {
+            match self.env.blocking(move || store.probe(now)).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => tracing::warn!(error = %e, "the database still fails; new payments stay refused"),
                 Err(e) => tracing::error!(error = %e, "the database check stopped"),

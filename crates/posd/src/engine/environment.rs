@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::clock::WallClock;
 
@@ -18,12 +19,33 @@ pub struct Environment {
     pub ids: Ids,
     /// Set only by the simulator; never read from the environment or a file.
     pub planted: Option<Bug>,
+    /// Where the jitter of retry waits comes from.
+    pub random: Random,
+    /// Blocking work (a WAL checkpoint, a database probe) runs where it is
+    /// awaited instead of on tokio's blocking pool: the simulator's single
+    /// thread, whose runs must not depend on another thread's timing.
+    pub inline_blocking: bool,
 }
 
 impl Environment {
     /// What posd runs on: the system's wall clock, UUIDv7 ids, no bug.
     pub fn system() -> Self {
         Self::default()
+    }
+
+    /// Runs blocking work on tokio's blocking pool (or inline, see
+    /// [`Environment::inline_blocking`]).
+    pub(crate) async fn blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, tokio::task::JoinError> {
+        if self.inline_blocking { Ok(work()) } else { tokio::task::spawn_blocking(work).await }
+    }
+
+    /// `d` give or take 20 %, so that retries of many lanes (or stores) do
+    /// not fall into step.
+    pub(crate) fn jitter(&self, d: Duration) -> Duration {
+        d * (800 + (self.random.next() % 401) as u32) / 1000
     }
 
     /// Whether the simulator planted `bug` in this engine.
@@ -85,5 +107,36 @@ impl Bug {
 
     pub fn from_name(name: &str) -> Option<Bug> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+    }
+}
+
+/// A source of numbers that need not be secret (jitter).
+#[derive(Debug, Clone, Default)]
+pub enum Random {
+    /// Different in every process: what posd uses.
+    #[default]
+    System,
+    /// A sequence fixed by its start (the simulator's seed).
+    Seeded(Arc<AtomicU64>),
+}
+
+impl Random {
+    pub fn seeded(seed: u64) -> Self {
+        Random::Seeded(Arc::new(AtomicU64::new(seed)))
+    }
+
+    fn next(&self) -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        match self {
+            Random::System => RandomState::new().hash_one(std::time::Instant::now()),
+            // SplitMix64: a counter through a bijective mix.
+            Random::Seeded(state) => {
+                let mut z =
+                    state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            }
+        }
     }
 }

@@ -84,7 +84,7 @@ impl Engine {
                 tokio::select! {
                     biased; // branches in a fixed order: a simulated run replays exactly
                     () = self.forward_wake.notified() => backoff = f.retry_first,
-                    () = tokio::time::sleep(jitter(d)) => {}
+                    () = tokio::time::sleep(self.env.jitter(d)) => {}
                 }
             }
             // Between rounds, so no round sends card data deleted meanwhile.
@@ -515,7 +515,7 @@ impl Engine {
             let mut last = self.last_housekeeping.lock().unwrap();
             let due = last.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY);
             if due {
-                *last = Some(std::time::Instant::now());
+                *last = Some(tokio::time::Instant::now());
             }
             due
         };
@@ -523,7 +523,7 @@ impl Engine {
             self.clock.persist(&self.store).await;
             // The checkpoint syncs: on the blocking pool, not a worker.
             let store = Arc::clone(&self.store);
-            if let Err(e) = tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            if let Err(e) = self.env.blocking(move || store.checkpoint()).await {
                 tracing::debug!(error = %e, "WAL checkpoint not run");
             }
         }
@@ -563,7 +563,7 @@ impl Engine {
                 }
             };
             tracing::debug!(%reason, "gateway event stream interrupted; reconnecting");
-            tokio::time::sleep(jitter(backoff)).await;
+            tokio::time::sleep(self.env.jitter(backoff)).await;
             backoff = (backoff * 2).min(f.retry_max);
         }
     }
@@ -593,13 +593,6 @@ enum Unsettled {
     Quarantine(String, String),
 }
 use Unsettled::{Quarantine, Retry};
-
-/// Spreads retries: 80-120 % of `d`.
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, RandomState};
-    let r = RandomState::new().hash_one(std::time::Instant::now()) % 401;
-    d * (800 + r as u32) / 1000
-}
 
 #[cfg(test)]
 mod tests;

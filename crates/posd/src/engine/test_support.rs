@@ -291,8 +291,13 @@ impl Rig {
     pub(super) fn restart(&mut self) {
         let old = &self.engine;
         let lanes = old.lanes.values().cloned().collect();
-        let engine =
-            Engine::in_environment(old.store.clone(), old.gateway.clone(), lanes, old.settings.clone(), old.env.clone());
+        let engine = Engine::in_environment(
+            old.store.clone(),
+            old.gateway.clone(),
+            lanes,
+            old.settings.clone(),
+            old.env.clone(),
+        );
         self.engine = engine;
     }
 

@@ -1,0 +1,277 @@
+//! The invariants checked at the end of a seed, after a last start and an
+//! hour for posd to settle with a healthy gateway: what the registers were
+//! told, posd's store and the gateway's ledger must agree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use gateway_sim::ledger::{Charge, Ledger};
+use pos_engine::Status;
+use posd::store::{ListFilter, PaymentRecord, RefundStatus, Store};
+
+/// What a register was told, kept across posd's crashes.
+#[derive(Debug, Clone)]
+pub enum Told {
+    /// A payment's answer: the status it had when the register stopped waiting.
+    Payment { key: String, id: String, status: Status, manual_capture: bool },
+    /// The payment request was refused outright (not retried).
+    Refused { key: String },
+    /// A refund's answer.
+    Refund { key: String, payment_id: String, told: ToldRefund },
+    /// A capture's or void's answer: the payment as posd returned it.
+    AfterSale { id: String, status: Status },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToldRefund {
+    Succeeded(i64),
+    Failed,
+    /// Refused before anything was sent (over the captured amount, say).
+    Refused,
+}
+
+/// An invariant that did not hold, and how.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+pub fn violation(invariant: &'static str, detail: impl Into<String>) -> Violation {
+    Violation { invariant, detail: detail.into() }
+}
+
+/// What the checks found.
+pub struct Report {
+    pub violations: Vec<Violation>,
+    /// posd's payments by status.
+    pub statuses: BTreeMap<&'static str, u64>,
+    /// Payments and refunds left to a person by design.
+    pub left_to_person: u64,
+    /// The ledger, one line per charge and refund, for the trace.
+    pub ledger: Vec<String>,
+}
+
+/// The card numbers the simulated readers present: none may be anywhere
+/// in posd's files.
+const PANS: &[&str] = &["4242424242424242", "5555555555554444"];
+
+pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], db: &Path) -> Report {
+    let mut v = Vec::new();
+    let mut statuses = BTreeMap::new();
+    let mut left_to_person = 0;
+    let payments = match store.list(&ListFilter { limit: usize::MAX >> 1, oldest_first: true, ..Default::default() }) {
+        Ok(p) => p,
+        Err(e) => {
+            return Report {
+                violations: vec![violation("posd's store reads", e.to_string())],
+                statuses,
+                left_to_person,
+                ledger: vec![],
+            };
+        }
+    };
+    let charges: HashMap<String, Charge> = match ledger.all() {
+        Ok(all) => all.into_iter().map(|c| (c.key.clone(), c)).collect(),
+        Err(e) => {
+            return Report {
+                violations: vec![violation("the ledger reads", e.to_string())],
+                statuses,
+                left_to_person,
+                ledger: vec![],
+            };
+        }
+    };
+    let by_id: HashMap<&str, &PaymentRecord> = payments.iter().map(|p| (p.id.as_str(), p)).collect();
+    let by_key: HashMap<&str, &PaymentRecord> = payments.iter().map(|p| (p.gateway_key.as_str(), p)).collect();
+    let mut ledger_lines = Vec::new();
+
+    for p in &payments {
+        *statuses.entry(p.status.as_str()).or_default() += 1;
+        // Settled: nothing in between after an hour with a healthy gateway.
+        let settled = p.status.is_final() || matches!(p.status, Status::Authorized | Status::Captured);
+        if p.status == Status::Quarantined {
+            left_to_person += 1;
+        } else if !settled {
+            v.push(violation("nothing stuck after settling", format!("{} is {}", p.id, p.status)));
+        }
+        let charge = charges.get(&p.gateway_key).filter(|c| !c.tombstone);
+        let charged = charge.is_some_and(|c| c.status == "approved");
+        // posd's report and the gateway's ledger agree on every payment.
+        match p.status {
+            Status::Authorized | Status::Captured if !charged => v.push(violation(
+                "every approved payment is at the gateway",
+                format!("{} is {} in posd; the gateway has {}", p.id, p.status, describe(charge)),
+            )),
+            Status::Captured => {
+                let c = charge.expect("charged");
+                if c.captured_minor != p.captured_minor {
+                    v.push(violation(
+                        "posd's totals equal the gateway's",
+                        format!("{} captured {} in posd, {} at the gateway", p.id, p.captured_minor, c.captured_minor),
+                    ));
+                }
+            }
+            s if charged && !matches!(s, Status::Authorized | Status::Captured) => v.push(violation(
+                "no charge at the gateway that posd does not report",
+                format!("{} is {} in posd; the gateway holds {}", p.id, p.status, describe(charge)),
+            )),
+            _ => {}
+        }
+        // Refunds: what posd says equals what the gateway booked.
+        let refunds = store.refunds_of(&p.id).unwrap_or_default();
+        let mut refunded = 0;
+        for r in &refunds {
+            let booked = ledger.refund(&r.refund_key).ok().flatten();
+            let booked_ok = booked.as_ref().is_some_and(|b| b.succeeded);
+            match r.status {
+                RefundStatus::Succeeded => {
+                    refunded += r.amount_minor;
+                    if !booked_ok {
+                        v.push(violation(
+                            "every refund posd reports is at the gateway",
+                            format!("refund {} of {} succeeded in posd, not at the gateway", r.id, p.id),
+                        ));
+                    }
+                }
+                RefundStatus::Failed if booked_ok => v.push(violation(
+                    "no operation reported failed that exists at the gateway",
+                    format!("refund {} of {} ({}) failed in posd; the gateway booked it", r.id, p.id, r.amount_minor),
+                )),
+                RefundStatus::Pending => v.push(violation(
+                    "nothing stuck after settling",
+                    format!("refund {} of {} is still pending", r.id, p.id),
+                )),
+                _ => {}
+            }
+        }
+        if let Some(c) = charge {
+            if c.refunded_minor != refunded {
+                v.push(violation(
+                    "posd's totals equal the gateway's",
+                    format!("{} refunded {} in posd, {} at the gateway", p.id, refunded, c.refunded_minor),
+                ));
+            }
+            if c.refunded_minor > c.captured_minor {
+                v.push(violation(
+                    "refunded never exceeds captured",
+                    format!("{} at the gateway: refunded {} of {} captured", p.id, c.refunded_minor, c.captured_minor),
+                ));
+            }
+        }
+    }
+
+    // Every charge the gateway holds belongs to a payment posd reports.
+    let mut keys: Vec<&String> = charges.keys().collect();
+    keys.sort();
+    for key in keys {
+        let c = &charges[key];
+        ledger_lines.push(format!(
+            "ledger {} {} {} captured {} refunded {}{}",
+            c.key,
+            c.status,
+            c.amount_minor,
+            c.captured_minor,
+            c.refunded_minor,
+            if c.tombstone { " tombstone" } else { "" }
+        ));
+        if !c.tombstone && c.status == "approved" && !by_key.contains_key(key.as_str()) {
+            v.push(violation(
+                "no charge at the gateway that posd does not report",
+                format!("the gateway holds {} of {} that no payment of posd has", c.key, c.amount_minor),
+            ));
+        }
+    }
+
+    // What each register was told holds against both.
+    for t in told.iter().flatten() {
+        match t {
+            Told::Payment { key, id, status, .. } => {
+                let Some(p) = by_id.get(id.as_str()) else {
+                    v.push(violation("posd keeps every payment", format!("{key}: {id} is gone")));
+                    continue;
+                };
+                let charge = charges.get(&p.gateway_key).filter(|c| !c.tombstone);
+                if status.is_approved() {
+                    // Approved: at the gateway exactly once, or declined at
+                    // forwarding (offline), or voided by the register since.
+                    let fine = charge.is_some_and(|c| c.status == "approved")
+                        || matches!(p.status, Status::OfflineDeclined | Status::Expired | Status::Voided)
+                        || (p.offline && p.status == Status::Quarantined);
+                    if !fine {
+                        v.push(violation(
+                            "every payment the register was told approved is at the gateway",
+                            format!("{key}: told {status}; posd has {}, the gateway {}", p.status, describe(charge)),
+                        ));
+                    }
+                } else if charge.is_some_and(|c| c.status == "approved") {
+                    v.push(violation(
+                        "no charge at the gateway that posd does not report",
+                        format!("{key}: told {status}; the gateway holds {}", describe(charge)),
+                    ));
+                }
+            }
+            Told::Refund { key, payment_id, told } => {
+                let found =
+                    store.refunds_of(payment_id).unwrap_or_default().into_iter().find(|r| r.idempotency_key == *key);
+                let booked = found.as_ref().and_then(|r| ledger.refund(&r.refund_key).ok().flatten());
+                let booked_ok = booked.as_ref().is_some_and(|b| b.succeeded);
+                match told {
+                    ToldRefund::Succeeded(amount)
+                        if !booked.as_ref().is_some_and(|b| b.succeeded && b.amount_minor == *amount) =>
+                    {
+                        v.push(violation(
+                            "every refund posd reports is at the gateway",
+                            format!("{key}: told {amount} refunded; the gateway has {booked:?}"),
+                        ))
+                    }
+                    ToldRefund::Failed | ToldRefund::Refused if booked_ok => v.push(violation(
+                        "no operation reported failed that exists at the gateway",
+                        format!("{key}: told {told:?}; the gateway booked {booked:?}"),
+                    )),
+                    _ => {}
+                }
+            }
+            Told::AfterSale { id, status } => {
+                if let Some(p) = by_id.get(id.as_str())
+                    && p.status != *status
+                    && !(*status == Status::Captured && p.status == Status::Captured)
+                {
+                    // A captured or voided payment stays so.
+                    if matches!(status, Status::Captured | Status::Voided) {
+                        v.push(violation(
+                            "an answered capture or void stands",
+                            format!("{id}: told {status}; posd now has {}", p.status),
+                        ));
+                    }
+                }
+            }
+            Told::Refused { .. } => {}
+        }
+    }
+
+    // No card data in the database or its WAL.
+    for suffix in ["", "-wal"] {
+        let path = format!("{}{suffix}", db.display());
+        if let Ok(bytes) = std::fs::read(&path) {
+            for pan in PANS {
+                if contains(&bytes, pan.as_bytes()) {
+                    v.push(violation("no card data in the database", format!("{path} holds a card number")));
+                }
+            }
+        }
+    }
+
+    Report { violations: v, statuses, left_to_person, ledger: ledger_lines }
+}
+
+fn describe(charge: Option<&Charge>) -> String {
+    match charge {
+        Some(c) => format!("{} {} (captured {}, refunded {})", c.key, c.status, c.captured_minor, c.refunded_minor),
+        None => "no charge".into(),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

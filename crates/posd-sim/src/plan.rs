@@ -1,0 +1,172 @@
+//! A seed's store day, drawn before anything runs: the lanes, what each
+//! register will do, the gateway's faults and the crashes. Drawing it all up
+//! front keeps the plan independent of how the run interleaves; what is
+//! drawn during the run (a register's backoff) comes from generators seeded
+//! from the same seed, one per register.
+
+use std::time::Duration;
+
+use gateway_sim::Fault;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The span of the registers' busy day (simulated time) that faults and
+/// crashes fall into.
+pub const DAY: Duration = Duration::from_secs(20 * 60);
+
+/// The seed's day.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub lanes: Vec<LanePlan>,
+    /// The gateway's fault from each moment of the day on (ms since the
+    /// day began), in order; `Fault::None` from the start.
+    pub faults: Vec<(u64, Fault)>,
+    /// posd crashes at these moments (ms since the day began), each after
+    /// letting the scheduler run this many more polls.
+    pub crashes: Vec<(u64, u32)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LanePlan {
+    pub id: String,
+    pub ops: Vec<Op>,
+}
+
+/// One thing a register does.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Takes a payment.
+    Pay {
+        amount_minor: i64,
+        manual_capture: bool,
+        customer: CustomerPlan,
+        /// The register cancels this long after it asked, if still running.
+        cancel_after: Option<Duration>,
+    },
+    /// Refunds a payment this register took earlier (by its place among the
+    /// register's payments, modulo their number).
+    Refund { of: usize, amount: RefundAmount },
+    /// Captures a payment taken for manual capture.
+    Capture { of: usize },
+    /// Voids a payment taken for manual capture.
+    Void { of: usize },
+    /// Nothing for a while.
+    Idle(Duration),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RefundAmount {
+    /// Everything not refunded yet (amount 0).
+    Rest,
+    /// A part of the captured amount, in per mille.
+    Part(u16),
+    /// More than was captured.
+    Over,
+}
+
+/// The customer at the reader.
+#[derive(Debug, Clone)]
+pub struct CustomerPlan {
+    pub present_after: Duration,
+    pub pin: firmware_sim::reader::PinOutcome,
+    pub cancels_after: Option<Duration>,
+    pub card_error: bool,
+    pub fault: Option<(firmware_sim::reader::Step, firmware_sim::reader::Fault)>,
+}
+
+impl Plan {
+    pub fn draw(seed: u64) -> Plan {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let lanes = (1..=rng.gen_range(1..=3)).map(|n| lane(&mut rng, n)).collect();
+        let mut faults = Vec::new();
+        let mut at = 0u64;
+        while at < DAY.as_millis() as u64 {
+            at += rng.gen_range(5_000..180_000);
+            faults.push((at, fault(&mut rng)));
+        }
+        let mut crashes: Vec<(u64, u32)> = (0..rng.gen_range(0..=3))
+            .map(|_| (rng.gen_range(0..DAY.as_millis() as u64), rng.gen_range(0..200)))
+            .collect();
+        crashes.sort();
+        Plan { lanes, faults, crashes }
+    }
+}
+
+fn lane(rng: &mut ChaCha8Rng, n: usize) -> LanePlan {
+    let ops = (0..rng.gen_range(6..=24)).map(|_| op(rng)).collect();
+    LanePlan { id: format!("lane-{n}"), ops }
+}
+
+fn op(rng: &mut ChaCha8Rng) -> Op {
+    match rng.gen_range(0..100) {
+        0..=59 => Op::Pay {
+            amount_minor: amount(rng),
+            manual_capture: rng.gen_bool(0.2),
+            customer: customer(rng),
+            cancel_after: rng.gen_bool(0.05).then(|| Duration::from_millis(rng.gen_range(0..20_000))),
+        },
+        60..=74 => Op::Refund {
+            of: rng.gen_range(0..64),
+            amount: match rng.gen_range(0..10) {
+                0..=3 => RefundAmount::Rest,
+                4..=8 => RefundAmount::Part(rng.gen_range(1..=1000)),
+                _ => RefundAmount::Over,
+            },
+        },
+        75..=82 => Op::Capture { of: rng.gen_range(0..64) },
+        83..=87 => Op::Void { of: rng.gen_range(0..64) },
+        _ => Op::Idle(Duration::from_millis(rng.gen_range(1_000..900_000))),
+    }
+}
+
+/// Mostly plain amounts; some with the gateway's test endings (declines,
+/// an account mismatch).
+fn amount(rng: &mut ChaCha8Rng) -> i64 {
+    let euros = rng.gen_range(1..300);
+    let cents = match rng.gen_range(0..20) {
+        0 => 5,
+        1 => 1,
+        2 => gateway_sim::service::ACCOUNT_MISMATCH_CENTS,
+        _ => rng.gen_range(0..100).max(10).min(97),
+    };
+    euros * 100 + cents
+}
+
+fn customer(rng: &mut ChaCha8Rng) -> CustomerPlan {
+    use firmware_sim::reader::{Fault as ReaderFault, PinOutcome, Step};
+    let fault = match rng.gen_range(0..40) {
+        0 => {
+            Some((Step::Card, ReaderFault::Disconnect { back_after: Duration::from_millis(rng.gen_range(100..5_000)) }))
+        }
+        1 => Some((Step::Collect, ReaderFault::Reboot { takes: Duration::from_millis(rng.gen_range(100..5_000)) })),
+        2 => Some((
+            Step::Result,
+            ReaderFault::Disconnect { back_after: Duration::from_millis(rng.gen_range(100..5_000)) },
+        )),
+        _ => None,
+    };
+    CustomerPlan {
+        present_after: Duration::from_millis(rng.gen_range(200..8_000)),
+        pin: match rng.gen_range(0..30) {
+            0 => PinOutcome::Wrong,
+            1 => PinOutcome::Abandoned,
+            _ => PinOutcome::Entered,
+        },
+        cancels_after: rng.gen_bool(0.03).then(|| Duration::from_millis(rng.gen_range(0..10_000))),
+        card_error: rng.gen_bool(0.03),
+        fault,
+    }
+}
+
+fn fault(rng: &mut ChaCha8Rng) -> Fault {
+    match rng.gen_range(0..20) {
+        0..=8 => Fault::None,
+        9..=10 => Fault::Down,
+        11 => Fault::Hang,
+        12..=13 => Fault::Flaky(rng.gen_range(10..=90)),
+        14..=15 => Fault::LoseAnswers,
+        16..=17 => Fault::Latency(rng.gen_range(10..5_000)),
+        18 => Fault::ConflictOnRepeat,
+        _ => Fault::NoRefundStatus,
+    }
+}

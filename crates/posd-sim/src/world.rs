@@ -1,0 +1,667 @@
+//! One seed's run: posd's real engine and store, driven by simulated
+//! registers, readers (firmware-sim's, in process) and a gateway
+//! (gateway-sim's service, in process), all on one thread under tokio's
+//! paused clock.
+//!
+//! posd lives one life per tokio runtime. A crash drops the runtime, and
+//! with it every task of posd, of the reader and of the gateway's calls in
+//! flight, exactly where each stood; the next life opens the same database
+//! and recovers, as posd does after `kill -9`. What outlives a crash is
+//! what outlives posd in a store: the gateway's ledger, what each register
+//! was told, and the database.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway_sim::Fault;
+use gateway_sim::ledger::Ledger;
+use pos_engine::Status;
+use posd::engine::{Bug, Engine, EngineError, EngineSettings, Environment, ForwardSettings, Ids, NewPayment};
+use posd::gateway::{Gateway, GatewaySettings};
+use posd::lane::{CardDeviceSettings, Lane};
+use posd::line::ReaderLine;
+use posd::store::{RefundStatus, Store};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::check::{self, Told, ToldRefund};
+use crate::plan::{CustomerPlan, Op, Plan, RefundAmount};
+use crate::trace::Trace;
+
+/// What a run is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub seed: u64,
+    pub power_loss: bool,
+    pub plant: Option<Bug>,
+    /// Print the trace as it is written.
+    pub verbose: bool,
+}
+
+/// What a seed found.
+pub struct Outcome {
+    pub violations: Vec<check::Violation>,
+    pub trace_hash: [u8; 32],
+    pub stats: Stats,
+}
+
+/// What a seed exercised, for the coverage report.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub payments: u64,
+    pub refunds: u64,
+    pub crashes: u64,
+    /// Faults switched on at the gateway, by name.
+    pub faults: BTreeMap<String, u64>,
+    /// posd's payments at the end, by status.
+    pub statuses: BTreeMap<&'static str, u64>,
+    /// Left to a person by design (counted, not violations).
+    pub left_to_person: u64,
+}
+
+/// How long posd is left to settle after the day (the gateway healthy).
+const SETTLE: Duration = Duration::from_secs(3600);
+/// A register stops retrying an operation after this many attempts.
+const ATTEMPTS: u32 = 12;
+/// How long a register follows a payment before it asks again.
+const FOLLOW: Duration = Duration::from_secs(600);
+/// The wall clock when the day begins (2026-03-02 08:00 UTC).
+const EPOCH_MS: i64 = 1_772_438_400_000;
+
+/// Everything that outlives a crash.
+struct Shared {
+    trace: Trace,
+    registers: Vec<Register>,
+    /// When the current life began, and the day's time then (ms).
+    life: (Instant, u64),
+    stats: Stats,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.life.1 + self.life.0.elapsed().as_millis() as u64
+    }
+
+    fn note(&mut self, line: impl AsRef<str>) {
+        let at = self.now_ms();
+        self.trace.note(at, line);
+    }
+}
+
+/// A register: where it is in its plan, and what it was told.
+struct Register {
+    next_op: usize,
+    attempts: u32,
+    /// Whether the current payment's customer has stepped up to the reader.
+    customer_planned: bool,
+    rng: ChaCha8Rng,
+    told: Vec<Told>,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn run(opts: &Options) -> Outcome {
+    let plan = Arc::new(Plan::draw(opts.seed));
+    let dir = scratch_dir(opts.seed);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the seed's directory is made");
+    let db = dir.join("posd.db");
+    let ledger = Arc::new(Mutex::new(Ledger::open(&dir.join("gateway.db")).expect("the gateway's ledger opens")));
+    let registers = plan
+        .lanes
+        .iter()
+        .enumerate()
+        .map(|(i, _)| Register {
+            next_op: 0,
+            attempts: 0,
+            customer_planned: false,
+            rng: ChaCha8Rng::seed_from_u64(opts.seed.wrapping_mul(31).wrapping_add(i as u64 + 1)),
+            told: Vec::new(),
+        })
+        .collect();
+    let shared = Arc::new(Mutex::new(Shared {
+        trace: Trace::new(opts.verbose),
+        registers,
+        life: (Instant::now(), 0),
+        stats: Stats::default(),
+    }));
+    let ids = Arc::new(AtomicU64::new(0));
+    let mut violations = Vec::new();
+    let mut day_ms = 0u64;
+    let mut crashes = plan.crashes.iter().copied().peekable();
+    // The day, crash after crash, then one more start that settles.
+    loop {
+        let crash = crashes.next();
+        let life = Life { opts, plan: &plan, db: &db, ledger: &ledger, shared: &shared, ids: &ids, day_ms };
+        match life.run(match crash {
+            Some(c) => Until::Crash(c),
+            None => Until::DayDone,
+        }) {
+            Ended::Crashed(at) => {
+                lock(&shared).stats.crashes += 1;
+                // posd comes back within a minute.
+                day_ms = at + 1_000 + (opts.seed ^ at) % 60_000;
+            }
+            Ended::DayDone(at) => {
+                day_ms = at + 1_000;
+                break;
+            }
+            Ended::Broken(v) => {
+                violations.push(v);
+                break;
+            }
+        }
+    }
+    if violations.is_empty() {
+        let life = Life { opts, plan: &plan, db: &db, ledger: &ledger, shared: &shared, ids: &ids, day_ms };
+        violations.extend(life.settle_and_check());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let shared = Arc::try_unwrap(shared).ok().expect("no life is left").into_inner().unwrap_or_else(|e| e.into_inner());
+    Outcome { violations, trace_hash: shared.trace.finish(), stats: shared.stats }
+}
+
+/// Where a seed keeps its files: in memory when the machine has /dev/shm.
+fn scratch_dir(seed: u64) -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    let base = if shm.is_dir() { shm } else { std::env::temp_dir() };
+    base.join(format!("posd-sim-{}-{seed}", std::process::id()))
+}
+
+enum Until {
+    /// Crash at this time of the day, after this many more polls.
+    Crash((u64, u32)),
+    /// Run until every register has done its day.
+    DayDone,
+}
+
+enum Ended {
+    Crashed(u64),
+    DayDone(u64),
+    /// posd could not start (a violation in itself).
+    Broken(check::Violation),
+}
+
+/// One life of posd.
+struct Life<'a> {
+    opts: &'a Options,
+    plan: &'a Arc<Plan>,
+    db: &'a PathBuf,
+    ledger: &'a Arc<Mutex<Ledger>>,
+    shared: &'a SharedRef,
+    ids: &'a Arc<AtomicU64>,
+    /// The day's time when this life begins (ms).
+    day_ms: u64,
+}
+
+/// posd's engine in a life, with the gateway's fault switch.
+struct Running {
+    engine: Arc<Engine>,
+    faults: watch::Sender<Fault>,
+    hang: Arc<crate::gateway::Hang>,
+    desks: Vec<Arc<firmware_sim::reader::Desk>>,
+}
+
+impl Life<'_> {
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a runtime for the life")
+    }
+
+    fn run(&self, until: Until) -> Ended {
+        let rt = Self::runtime();
+        rt.block_on(async {
+            let running = match self.start(true).await {
+                Ok(r) => r,
+                Err(v) => return Ended::Broken(v),
+            };
+            let start = lock(self.shared).life.0;
+            let registers: Vec<_> = (0..self.plan.lanes.len())
+                .map(|i| {
+                    tokio::spawn(register(
+                        running.engine.clone(),
+                        i,
+                        running.desks[i].clone(),
+                        self.plan.clone(),
+                        self.shared.clone(),
+                    ))
+                })
+                .collect();
+            tokio::spawn(fault_schedule(
+                running.faults.clone(),
+                running.hang.clone(),
+                self.plan.clone(),
+                self.shared.clone(),
+                start,
+                self.day_ms,
+            ));
+            let day = async {
+                for r in registers {
+                    let _ = r.await;
+                }
+            };
+            match until {
+                Until::Crash((at, polls)) => {
+                    let crash = async {
+                        tokio::time::sleep_until(start + Duration::from_millis(at.saturating_sub(self.day_ms))).await;
+                        for _ in 0..polls {
+                            tokio::task::yield_now().await;
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        () = crash => {
+                            let mut s = lock(self.shared);
+                            s.note(format!("CRASH after {polls} polls"));
+                            Ended::Crashed(s.now_ms())
+                        }
+                        () = day => Ended::DayDone(lock(self.shared).now_ms()),
+                    }
+                }
+                Until::DayDone => {
+                    day.await;
+                    Ended::DayDone(lock(self.shared).now_ms())
+                }
+            }
+        })
+        // The runtime is dropped here: every task of this life stops where it stood.
+    }
+
+    /// posd starts: the store opens, the engine recovers and its workers run.
+    async fn start(&self, with_faults: bool) -> Result<Running, check::Violation> {
+        {
+            let mut s = lock(self.shared);
+            s.life = (Instant::now(), self.day_ms);
+            s.note("posd starts");
+        }
+        let store = Store::open(self.db).map_err(|e| check::violation("posd starts", format!("the store: {e}")))?;
+        let (faults, faults_rx) = watch::channel(Fault::None);
+        let hang = Arc::new(crate::gateway::Hang::default());
+        let dial = crate::gateway::serve(self.ledger.clone(), faults_rx, hang.clone());
+        let client = Gateway::in_process(
+            GatewaySettings {
+                url: "http://gateway.in-process".into(),
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(5),
+                ca_pem: None,
+                identity: None,
+            },
+            dial,
+        )
+        .map_err(|e| check::violation("posd starts", format!("the gateway client: {e}")))?;
+        let mut lanes = Vec::new();
+        let mut desks = Vec::new();
+        for lane in &self.plan.lanes {
+            let (line, desk) = crate::reader::serve(&lane.id);
+            lanes.push(Lane::spawn(
+                lane.id.clone(),
+                "EUR".into(),
+                CardDeviceSettings::Reader(ReaderLine::InProcess(line)),
+                pos_engine::offline::OfflinePolicy::defaults_for("EUR"),
+                None,
+            ));
+            desks.push(desk);
+        }
+        let env = Environment {
+            wall: posd::clock::WallClock::following_tokio(EPOCH_MS + self.day_ms as i64),
+            ids: Ids::Counter(self.ids.clone()),
+            planted: self.opts.plant,
+            random: posd::engine::Random::seeded(self.opts.seed ^ self.day_ms),
+            inline_blocking: true,
+        };
+        if with_faults && let Some((_, f)) = self.plan.faults.iter().rev().find(|(at, _)| *at <= self.day_ms) {
+            // The fault in force when this life begins.
+            hang.switch(&faults, *f);
+        }
+        let engine = Engine::in_environment(Arc::new(store), Arc::new(client), lanes, settings(), env);
+        engine.recover().await.map_err(|e| check::violation("posd starts", format!("recovery: {e:#}")))?;
+        engine.start_workers();
+        Ok(Running { engine, faults, hang, desks })
+    }
+
+    /// The last start: the gateway healthy, posd left to settle, then every
+    /// invariant checked against the gateway's ledger.
+    fn settle_and_check(&self) -> Vec<check::Violation> {
+        let rt = Self::runtime();
+        rt.block_on(async {
+            let running = match self.start(false).await {
+                Ok(r) => r,
+                Err(v) => return vec![v],
+            };
+            tokio::time::sleep(SETTLE).await;
+            lock(self.shared).note("settled");
+            let told: Vec<Vec<Told>> = lock(self.shared).registers.iter().map(|r| r.told.clone()).collect();
+            let report = check::all(
+                running.engine.store(),
+                &self.ledger.lock().unwrap_or_else(|e| e.into_inner()),
+                &told,
+                self.db,
+            );
+            let mut s = lock(self.shared);
+            for line in &report.ledger {
+                s.note(line);
+            }
+            s.stats.statuses = report.statuses;
+            s.stats.left_to_person = report.left_to_person;
+            report.violations
+        })
+    }
+}
+
+/// The engine's settings in the simulation: as configured in a store,
+/// with short retry intervals so a day settles within the run.
+fn settings() -> EngineSettings {
+    let s = Duration::from_secs;
+    EngineSettings {
+        store_id: "store-1".into(),
+        demo: false,
+        collect_timeout: s(60),
+        capture_window: None,
+        status_attempts: 3,
+        status_backoff: Duration::from_millis(500),
+        reversal_backoff: (s(1), s(60)),
+        forward: ForwardSettings {
+            batch_size: 10,
+            retry_first: s(1),
+            retry_max: s(60),
+            health_interval: s(10),
+            ageing_interval: s(60),
+            expire_after: s(72 * 3600),
+            alert_after: s(12 * 3600),
+            stop_after: s(24 * 3600),
+        },
+        receipt: posd::receipt::ReceiptSettings { header: vec![], footer: vec![], tz: jiff::tz::TimeZone::UTC },
+        auto_print: vec![],
+    }
+}
+
+/// Switches the gateway's faults as the plan has them, from this life's start on.
+async fn fault_schedule(
+    faults: watch::Sender<Fault>,
+    hang: Arc<crate::gateway::Hang>,
+    plan: Arc<Plan>,
+    shared: SharedRef,
+    start: Instant,
+    day_ms: u64,
+) {
+    for (at, fault) in plan.faults.iter().filter(|(at, _)| *at > day_ms) {
+        tokio::time::sleep_until(start + Duration::from_millis(at - day_ms)).await;
+        hang.switch(&faults, *fault);
+        let mut s = lock(&shared);
+        *s.stats.faults.entry(fault.to_string()).or_default() += 1;
+        s.note(format!("gateway fault {fault}"));
+    }
+}
+
+/// A register's day: its plan's operations in order, each retried with the
+/// same key after an error (and after posd's crash, in the next life) until
+/// it hears an answer or gives up.
+async fn register(
+    engine: Arc<Engine>,
+    i: usize,
+    desk: Arc<firmware_sim::reader::Desk>,
+    plan: Arc<Plan>,
+    shared: SharedRef,
+) {
+    let lane = &plan.lanes[i];
+    loop {
+        let idx = lock(&shared).registers[i].next_op;
+        let Some(op) = lane.ops.get(idx) else { return };
+        let key = format!("{}-{idx}", lane.id);
+        match op {
+            Op::Pay { amount_minor, manual_capture, customer, cancel_after } => {
+                pay(&engine, i, &lane.id, &key, *amount_minor, *manual_capture, customer, *cancel_after, &desk, &shared)
+                    .await
+            }
+            Op::Refund { of, amount } => refund(&engine, i, &key, *of, *amount, &shared).await,
+            Op::Capture { of } => after_sale(&engine, i, *of, AfterSale::Capture, &shared).await,
+            Op::Void { of } => after_sale(&engine, i, *of, AfterSale::Void, &shared).await,
+            Op::Idle(d) => tokio::time::sleep(*d).await,
+        }
+        let think = {
+            let mut s = lock(&shared);
+            let r = &mut s.registers[i];
+            r.next_op += 1;
+            r.attempts = 0;
+            r.customer_planned = false;
+            Duration::from_millis(r.rng.gen_range(500..30_000))
+        };
+        tokio::time::sleep(think).await;
+    }
+}
+
+/// Counts an attempt of the register's current operation; `false` once it
+/// has had all its attempts.
+fn attempt(shared: &SharedRef, i: usize) -> bool {
+    let mut s = lock(shared);
+    let r = &mut s.registers[i];
+    r.attempts += 1;
+    r.attempts <= ATTEMPTS
+}
+
+/// How long a register waits before it tries again.
+async fn backoff(shared: &SharedRef, i: usize) {
+    let d = {
+        let mut s = lock(shared);
+        let r = &mut s.registers[i];
+        let ceiling = 1_000u64 << r.attempts.min(6);
+        Duration::from_millis(r.rng.gen_range(500..=ceiling))
+    };
+    tokio::time::sleep(d).await;
+}
+
+/// Whether the register tries again after this error (as a real one does:
+/// posd or the gateway cannot answer now, or the outcome is unknown).
+fn retryable(e: &EngineError) -> bool {
+    matches!(e, EngineError::Unavailable(..) | EngineError::DeadlineExceeded(..) | EngineError::Store(_))
+        || matches!(e, EngineError::FailedPrecondition(code, _) if *code == "TERMINAL_BUSY" || *code == "PAYMENT_BUSY")
+}
+
+fn code(e: &EngineError) -> String {
+    match e {
+        EngineError::InvalidArgument { field, .. } => format!("INVALID_ARGUMENT({field})"),
+        EngineError::AlreadyExists(_) => "ALREADY_EXISTS".into(),
+        EngineError::NotFound(_) => "NOT_FOUND".into(),
+        EngineError::FailedPrecondition(c, _) => format!("FAILED_PRECONDITION({c})"),
+        EngineError::Unavailable(c, _) => format!("UNAVAILABLE({c})"),
+        EngineError::DeadlineExceeded(c, _) => format!("DEADLINE_EXCEEDED({c})"),
+        EngineError::Store(_) => "STORE".into(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pay(
+    engine: &Arc<Engine>,
+    i: usize,
+    lane: &str,
+    key: &str,
+    amount_minor: i64,
+    manual_capture: bool,
+    customer: &CustomerPlan,
+    cancel_after: Option<Duration>,
+    desk: &firmware_sim::reader::Desk,
+    shared: &SharedRef,
+) {
+    {
+        let mut s = lock(shared);
+        if !s.registers[i].customer_planned {
+            s.registers[i].customer_planned = true;
+            desk.plan(vec![crate::reader::customer(customer)]);
+            s.stats.payments += 1;
+            s.note(format!("{key} pay {amount_minor} manual={manual_capture}"));
+        }
+    }
+    while attempt(shared, i) {
+        let req = NewPayment {
+            idempotency_key: key.into(),
+            order_reference: format!("order {key}"),
+            amount_minor,
+            currency: "EUR".into(),
+            terminal_id: lane.into(),
+            manual_capture,
+            caller: "register".into(),
+        };
+        match engine.take_payment(req).await {
+            Ok(attached) => {
+                let id = attached.payment.id.clone();
+                if let Some(status) = follow(engine, &id, cancel_after).await {
+                    let mut s = lock(shared);
+                    s.note(format!("{key} told {status} ({id})"));
+                    s.registers[i].told.push(Told::Payment { key: key.into(), id, status, manual_capture });
+                    return;
+                }
+                lock(shared).note(format!("{key} still running after {}s; asks again", FOLLOW.as_secs()));
+            }
+            Err(e) if retryable(&e) => lock(shared).note(format!("{key} error {}", code(&e))),
+            Err(e) => {
+                let mut s = lock(shared);
+                s.note(format!("{key} refused {}", code(&e)));
+                s.registers[i].told.push(Told::Refused { key: key.into() });
+                return;
+            }
+        }
+        backoff(shared, i).await;
+    }
+    lock(shared).note(format!("{key} gives up"));
+}
+
+/// Follows a payment until the register has its answer (or [`FOLLOW`] has
+/// passed), canceling it once after `cancel_after` if it is still running.
+async fn follow(engine: &Arc<Engine>, id: &str, mut cancel_after: Option<Duration>) -> Option<Status> {
+    let began = Instant::now();
+    loop {
+        let rec = engine.store().get(id).ok().flatten()?;
+        if rec.status.is_settled_for_register() {
+            return Some(rec.status);
+        }
+        if began.elapsed() > FOLLOW {
+            return None;
+        }
+        if let Some(after) = cancel_after
+            && began.elapsed() >= after
+        {
+            cancel_after = None;
+            let _ = engine.cancel_payment(id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The register's payment `of` (modulo their number) that it was told
+/// approved, with its id, if it has any.
+fn approved(shared: &SharedRef, i: usize, of: usize, manual_only: bool) -> Option<(String, bool)> {
+    let s = lock(shared);
+    let paid: Vec<(String, bool)> = s.registers[i]
+        .told
+        .iter()
+        .filter_map(|t| match t {
+            Told::Payment { id, status, manual_capture, .. }
+                if status.is_approved() && (!manual_only || *manual_capture) =>
+            {
+                Some((id.clone(), *manual_capture))
+            }
+            _ => None,
+        })
+        .collect();
+    (!paid.is_empty()).then(|| paid[of % paid.len()].clone())
+}
+
+async fn refund(engine: &Arc<Engine>, i: usize, key: &str, of: usize, amount: RefundAmount, shared: &SharedRef) {
+    let Some((payment_id, _)) = approved(shared, i, of, false) else { return };
+    let Ok(Some(rec)) = engine.store().get(&payment_id) else { return };
+    let amount_minor = match amount {
+        RefundAmount::Rest => 0,
+        RefundAmount::Part(pm) => (rec.amount_minor * i64::from(pm) / 1000).max(1),
+        RefundAmount::Over => rec.amount_minor + 1 + (of as i64 % 500),
+    };
+    {
+        let mut s = lock(shared);
+        if s.registers[i].attempts == 0 {
+            s.stats.refunds += 1;
+        }
+        s.note(format!("{key} refund {amount_minor} of {payment_id}"));
+    }
+    while attempt(shared, i) {
+        let told = match engine.refund_payment(key, &payment_id, amount_minor, "simulated return", "register").await {
+            Ok(r) if r.status == RefundStatus::Succeeded => Some(ToldRefund::Succeeded(r.amount_minor)),
+            Ok(r) if r.status == RefundStatus::Failed => Some(ToldRefund::Failed),
+            Ok(_) => {
+                lock(shared).note(format!("{key} refund pending"));
+                None
+            }
+            Err(e) if retryable(&e) => {
+                lock(shared).note(format!("{key} error {}", code(&e)));
+                None
+            }
+            Err(e) => {
+                lock(shared).note(format!("{key} refused {}", code(&e)));
+                Some(ToldRefund::Refused)
+            }
+        };
+        if let Some(told) = told {
+            let mut s = lock(shared);
+            s.note(format!("{key} told {told:?}"));
+            s.registers[i].told.push(Told::Refund { key: key.into(), payment_id, told });
+            return;
+        }
+        backoff(shared, i).await;
+    }
+    lock(shared).note(format!("{key} gives up"));
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AfterSale {
+    Capture,
+    Void,
+}
+
+async fn after_sale(engine: &Arc<Engine>, i: usize, of: usize, what: AfterSale, shared: &SharedRef) {
+    let Some((id, _)) = approved(shared, i, of, true) else { return };
+    lock(shared).note(format!("{what:?} {id}"));
+    while attempt(shared, i) {
+        let answer = match what {
+            AfterSale::Capture => engine.capture_payment(&id, 0, "register").await,
+            AfterSale::Void => engine.void_payment(&id, "simulated void", "register").await,
+        };
+        match answer {
+            Ok(rec) => {
+                let mut s = lock(shared);
+                s.note(format!("{what:?} {id} told {}", rec.status));
+                s.registers[i].told.push(Told::AfterSale { id, status: rec.status });
+                return;
+            }
+            Err(e) if retryable(&e) => lock(shared).note(format!("{what:?} {id} error {}", code(&e))),
+            Err(e) => {
+                lock(shared).note(format!("{what:?} {id} refused {}", code(&e)));
+                return;
+            }
+        }
+        backoff(shared, i).await;
+    }
+    lock(shared).note(format!("{what:?} {id} gives up"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_is_the_same_for_the_same_seed() {
+        let a = format!("{:?}", Plan::draw(7));
+        let b = format!("{:?}", Plan::draw(7));
+        assert_eq!(a, b);
+        assert_ne!(a, format!("{:?}", Plan::draw(8)));
+    }
+}
