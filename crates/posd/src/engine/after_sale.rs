@@ -208,13 +208,90 @@ impl Engine {
         earlier: bool,
         answer: Result<T, CallError>,
     ) -> Result<T, EngineError> {
-        if !earlier
-            && matches!(answer, Err(CallError::NotSent(_)))
-            && let Err(e) = self.store.forget_send(kind, key).await
-        {
+        let first_not_sent = !earlier && matches!(answer, Err(CallError::NotSent(_)));
+        if first_not_sent && let Err(e) = self.store.forget_send(kind, key).await {
             tracing::warn!(error = %e, "cannot take back the note of an attempt that was not sent");
         }
+        if answer.is_err() && !first_not_sent {
+            // In doubt: settled from the gateway's record by the background
+            // if the register does not ask again.
+            self.reversals.notify_one();
+        }
         answer.map_err(|e| call_error(e, earlier))
+    }
+
+    /// Settles captures and voids that may have reached the gateway and that
+    /// the register did not ask about again after their answer was lost: the
+    /// gateway's record of the charge decides (voided, or captured), as the
+    /// register's next call would have. Returns false while one is still
+    /// open (the gateway could not be asked, or shows nothing yet while an
+    /// attempt may still arrive): the reversal worker comes back to it.
+    pub(super) async fn settle_after_sale_in_doubt(&self) -> bool {
+        /// How long after its first attempt a capture or void that the gateway
+        /// shows no trace of is still watched for.
+        const WATCH_MS: i64 = 3600 * 1000;
+        let in_doubt = match self.store.after_sale_in_doubt() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the captures and voids in doubt; will retry");
+                return false;
+            }
+        };
+        let mut open = false;
+        for (kind, rec, first_sent_ms) in in_doubt {
+            // The register (or another task) has the payment in hand: later.
+            let Some(_claim) = self.claim(&rec.id) else {
+                open = true;
+                continue;
+            };
+            let rec = match self.store.get(&rec.id) {
+                Ok(Some(r)) if r.status == Status::Authorized => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(payment = %rec.id, error = %e, "cannot read a payment in doubt; will retry");
+                    open = true;
+                    continue;
+                }
+            };
+            let tx = match self.gateway.transaction(&rec.gateway_key).await {
+                Ok(Some(tx)) => tx,
+                Ok(None) => {
+                    tracing::error!(payment = %rec.id, %kind, "ALERT: the gateway has no charge for an authorized payment");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(payment = %rec.id, %kind, error = %e, "cannot ask the gateway about a {kind} in doubt; will retry");
+                    open = true;
+                    continue;
+                }
+            };
+            let settled = match pos_proto::gateway::Outcome::try_from(tx.outcome) {
+                Ok(pos_proto::gateway::Outcome::Voided) => {
+                    let reason = "voided at the gateway; its answer to posd was lost".to_string();
+                    self.step(&rec, Input::Void { reason }, Update::default()).await
+                }
+                Ok(pos_proto::gateway::Outcome::Approved) if tx.captured || tx.captured_minor > 0 => {
+                    let captured = if tx.captured_minor > 0 { tx.captured_minor } else { rec.amount_minor };
+                    let update = Update { data: Data::Captured(captured), ..Default::default() };
+                    self.step(&rec, Input::Capture, update).await
+                }
+                _ => {
+                    // Nothing has landed; an attempt may still arrive for a while.
+                    open |= self.now_ms() - first_sent_ms < WATCH_MS;
+                    continue;
+                }
+            };
+            match settled {
+                Ok(now) => {
+                    tracing::info!(payment = %rec.id, %kind, status = %now.status, "a {kind} in doubt settled from the gateway's record")
+                }
+                Err(e) => {
+                    tracing::error!(payment = %rec.id, error = %e, "cannot record a {kind} in doubt; will retry");
+                    open = true;
+                }
+            }
+        }
+        !open
     }
 
     /// Sends a pending refund under its own key and stores the outcome.
@@ -249,6 +326,9 @@ impl Engine {
             .note_send(SendKind::Refund, &refund.refund_key, &rec.id, self.now_ms())
             .await
             .inspect_err(|e| self.note_store_error(e))?;
+        // The simulator's planted bug forgets the earlier attempts, so that
+        // a later "not sent" settles a refund that may have been sent.
+        let earlier = earlier && !self.env.planted(Bug::RefundNotSentSettles);
         if earlier {
             match self.gateway.refund_status(&refund.refund_key).await {
                 Ok(Some(answer)) => return self.settle_refund(&refund, rec, Ok(answer)).await,
@@ -283,8 +363,7 @@ impl Engine {
         let outcome = match answer {
             Ok(answer) => Ok(answer),
             // Only a refund none of whose attempts can have been sent fails.
-            // (The simulator's planted bug lets any "not sent" settle it.)
-            Err(CallError::NotSent(m)) if !earlier || self.env.planted(Bug::RefundNotSentSettles) => Err((
+            Err(CallError::NotSent(m)) if !earlier => Err((
                 "gateway_unreachable".to_string(),
                 format!("refunds need the gateway and are never taken offline: {m}"),
             )),

@@ -167,6 +167,11 @@ impl Engine {
                     }
                 }
             }
+            // Captures and voids whose answer was lost, unless the register
+            // asked again.
+            if !self.settle_after_sale_in_doubt().await {
+                failed = true;
+            }
             // Nexo lanes: voids and refunds in doubt, and the reversals posd
             // owes (a partial approval, an approval after the register's
             // cancel), asked about or sent until the terminal confirms.

@@ -190,6 +190,32 @@ impl Store {
         .await
     }
 
+    /// Captures and voids that may have reached the gateway while their
+    /// payment is still AUTHORIZED here (the answer was lost and the register
+    /// did not ask again), oldest first, with when each was first sent.
+    pub fn after_sale_in_doubt(&self) -> Result<Vec<(SendKind, PaymentRecord, i64)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS}, gateway_sends.kind, gateway_sends.first_sent_at_ms FROM gateway_sends \
+             JOIN payments ON payments.id = gateway_sends.payment_id \
+             WHERE gateway_sends.kind IN ('capture', 'void') AND payments.status = 'authorized' \
+             ORDER BY gateway_sends.first_sent_at_ms LIMIT 100"
+        ))?;
+        let n = COLUMNS.split(',').count();
+        let rows = stmt.query_map([], |r| {
+            let kind: String = r.get(n)?;
+            Ok((kind, row_to_payment(r)?, r.get::<_, i64>(n + 1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, rec, at) = row?;
+            if let Some(kind) = SendKind::parse(&kind) {
+                out.push((kind, rec, at));
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether an attempt of the operation may have reached the gateway.
     pub fn sent_before(&self, kind: SendKind, key: &str) -> Result<bool, StoreError> {
         let conn = self.reader();
