@@ -146,6 +146,8 @@ fn summary(results: &[(u64, Outcome)]) -> String {
     let mut payments = 0;
     let mut refunds = 0;
     let mut crashes = 0;
+    let mut power_losses = 0;
+    let mut syncs = 0;
     let mut left = 0;
     let mut faults = std::collections::BTreeMap::<String, u64>::new();
     let mut statuses = std::collections::BTreeMap::<&str, u64>::new();
@@ -153,6 +155,8 @@ fn summary(results: &[(u64, Outcome)]) -> String {
         payments += o.stats.payments;
         refunds += o.stats.refunds;
         crashes += o.stats.crashes;
+        power_losses += o.stats.power_losses;
+        syncs += o.stats.disk.syncs;
         left += o.stats.left_to_person;
         for (k, n) in &o.stats.faults {
             *faults.entry(k.split(' ').next().unwrap_or(k).to_string()).or_default() += n;
@@ -162,6 +166,7 @@ fn summary(results: &[(u64, Outcome)]) -> String {
         }
     }
     format!(
-        "payments {payments}, refunds {refunds}, crashes {crashes}, left to a person {left}\nfaults {faults:?}\nfinal statuses {statuses:?}"
+        "payments {payments}, refunds {refunds}, crashes {crashes} (power losses {power_losses}), disk syncs {syncs}, \
+         left to a person {left}\nfaults switched on {faults:?}\nfinal statuses {statuses:?}"
     )
 }

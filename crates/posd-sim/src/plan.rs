@@ -21,9 +21,20 @@ pub struct Plan {
     /// The gateway's fault from each moment of the day on (ms since the
     /// day began), in order; `Fault::None` from the start.
     pub faults: Vec<(u64, Fault)>,
-    /// posd crashes at these moments (ms since the day began), each after
-    /// letting the scheduler run this many more polls.
-    pub crashes: Vec<(u64, u32)>,
+    /// posd's crashes, in order.
+    pub crashes: Vec<Crash>,
+}
+
+/// posd stops dead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crash {
+    /// When (ms since the day began)...
+    pub at: u64,
+    /// ...after letting the scheduler run this many more polls.
+    pub polls: u32,
+    /// The machine loses power (unsynced writes are lost, as `Loss` says);
+    /// `None`: only posd's process dies (kill -9).
+    pub power: Option<crate::vfs::Loss>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +86,8 @@ pub struct CustomerPlan {
 }
 
 impl Plan {
-    pub fn draw(seed: u64) -> Plan {
+    /// The day of `seed`; with `power_loss`, some crashes are power losses.
+    pub fn draw(seed: u64, power_loss: bool) -> Plan {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let lanes = (1..=rng.gen_range(1..=3)).map(|n| lane(&mut rng, n)).collect();
         let mut faults = Vec::new();
@@ -84,10 +96,18 @@ impl Plan {
             at += rng.gen_range(5_000..180_000);
             faults.push((at, fault(&mut rng)));
         }
-        let mut crashes: Vec<(u64, u32)> = (0..rng.gen_range(0..=3))
-            .map(|_| (rng.gen_range(0..DAY.as_millis() as u64), rng.gen_range(0..200)))
+        let mut crashes: Vec<Crash> = (0..rng.gen_range(0..=3))
+            .map(|_| Crash {
+                at: rng.gen_range(0..DAY.as_millis() as u64),
+                polls: rng.gen_range(0..200),
+                power: (power_loss && rng.gen_bool(0.5)).then(|| match rng.gen_range(0..3) {
+                    0 => crate::vfs::Loss::All,
+                    1 => crate::vfs::Loss::Subset,
+                    _ => crate::vfs::Loss::TornLast,
+                }),
+            })
             .collect();
-        crashes.sort();
+        crashes.sort_by_key(|c| (c.at, c.polls));
         Plan { lanes, faults, crashes }
     }
 }

@@ -945,8 +945,10 @@ mod tests {
         let reader = open_reader(path);
         insert(&writer, 3, 10);
         assert_eq!(count(&reader), 3);
-        // A read transaction keeps its snapshot while the writer commits.
+        // A read transaction keeps its snapshot (taken at its first read)
+        // while the writer commits.
         reader.execute_batch("BEGIN").unwrap();
+        assert_eq!(count(&reader), 3);
         insert(&writer, 2, 10);
         assert_eq!(count(&reader), 3);
         reader.execute_batch("COMMIT").unwrap();

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::check::{self, Told, ToldRefund};
-use crate::plan::{CustomerPlan, Op, Plan, RefundAmount};
+use crate::plan::{self, CustomerPlan, Op, Plan, RefundAmount};
 use crate::trace::Trace;
 
 /// What a run is asked to do.
@@ -56,6 +56,10 @@ pub struct Stats {
     pub payments: u64,
     pub refunds: u64,
     pub crashes: u64,
+    /// Crashes that were power losses.
+    pub power_losses: u64,
+    /// posd's disk: syncs, writes, bytes.
+    pub disk: crate::vfs::DiskStats,
     /// Faults switched on at the gateway, by name.
     pub faults: BTreeMap<String, u64>,
     /// posd's payments at the end, by status.
@@ -110,11 +114,15 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 pub fn run(opts: &Options) -> Outcome {
-    let plan = Arc::new(Plan::draw(opts.seed));
+    let plan = Arc::new(Plan::draw(opts.seed, opts.power_loss));
     let dir = scratch_dir(opts.seed);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("the seed's directory is made");
-    let db = dir.join("posd.db");
+    // posd's database is on the simulated disk, which crashes and loses
+    // power; the gateway's ledger is on the machine's (another computer).
+    crate::vfs::register();
+    let disk = Disk { prefix: format!("/sim-{}/", opts.seed) };
+    let db = disk.db_uri();
     let ledger = Arc::new(Mutex::new(Ledger::open(&dir.join("gateway.db")).expect("the gateway's ledger opens")));
     let registers = plan
         .lanes
@@ -137,7 +145,7 @@ pub fn run(opts: &Options) -> Outcome {
     let ids = Arc::new(AtomicU64::new(0));
     let mut violations = Vec::new();
     let mut day_ms = 0u64;
-    let mut crashes = plan.crashes.iter().copied().peekable();
+    let mut crashes = plan.crashes.iter().copied();
     // The day, crash after crash, then one more start that settles.
     loop {
         let crash = crashes.next();
@@ -146,7 +154,10 @@ pub fn run(opts: &Options) -> Outcome {
             Some(c) => Until::Crash(c),
             None => Until::DayDone,
         }) {
-            Ended::Crashed(at) => {
+            Ended::Crashed(at, left) => {
+                // Every connection of the dead posd is closed by now; what
+                // its close wrote is undone: the disk is as the crash left it.
+                crate::vfs::restore(&disk.prefix, left);
                 lock(&shared).stats.crashes += 1;
                 // posd comes back within a minute.
                 day_ms = at + 1_000 + (opts.seed ^ at) % 60_000;
@@ -163,14 +174,37 @@ pub fn run(opts: &Options) -> Outcome {
     }
     if violations.is_empty() {
         let life = Life { opts, plan: &plan, db: &db, ledger: &ledger, shared: &shared, ids: &ids, day_ms };
-        violations.extend(life.settle_and_check());
+        violations.extend(life.settle_and_check(&disk));
     }
+    lock(&shared).stats.disk = crate::vfs::stats(&disk.prefix);
+    crate::vfs::remove(&disk.prefix);
     let _ = std::fs::remove_dir_all(&dir);
     let shared = Arc::try_unwrap(shared).ok().expect("no life is left").into_inner().unwrap_or_else(|e| e.into_inner());
     Outcome { violations, trace_hash: shared.trace.finish(), stats: shared.stats }
 }
 
-/// Where a seed keeps its files: in memory when the machine has /dev/shm.
+/// posd's disk in the simulation (see [`crate::vfs`]).
+struct Disk {
+    /// The disk's files are under this path.
+    prefix: String,
+}
+
+impl Disk {
+    fn db_uri(&self) -> PathBuf {
+        PathBuf::from(format!("file:{}posd.db?vfs={}", self.prefix, crate::vfs::NAME))
+    }
+
+    /// The database and its WAL as they are now.
+    fn files(&self) -> Vec<(String, Vec<u8>)> {
+        ["posd.db", "posd.db-wal"]
+            .iter()
+            .map(|f| format!("{}{f}", self.prefix))
+            .filter_map(|path| crate::vfs::file_contents(&path).map(|bytes| (path, bytes)))
+            .collect()
+    }
+}
+
+/// Where a seed keeps the gateway's ledger: in memory when the machine has /dev/shm.
 fn scratch_dir(seed: u64) -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
     let base = if shm.is_dir() { shm } else { std::env::temp_dir() };
@@ -178,14 +212,15 @@ fn scratch_dir(seed: u64) -> PathBuf {
 }
 
 enum Until {
-    /// Crash at this time of the day, after this many more polls.
-    Crash((u64, u32)),
+    /// Crash as planned.
+    Crash(plan::Crash),
     /// Run until every register has done its day.
     DayDone,
 }
 
 enum Ended {
-    Crashed(u64),
+    /// At this time of the day, leaving the disk so.
+    Crashed(u64, crate::vfs::Snapshot),
     DayDone(u64),
     /// posd could not start (a violation in itself).
     Broken(check::Violation),
@@ -253,19 +288,34 @@ impl Life<'_> {
                 }
             };
             match until {
-                Until::Crash((at, polls)) => {
+                Until::Crash(c) => {
                     let crash = async {
-                        tokio::time::sleep_until(start + Duration::from_millis(at.saturating_sub(self.day_ms))).await;
-                        for _ in 0..polls {
+                        tokio::time::sleep_until(start + Duration::from_millis(c.at.saturating_sub(self.day_ms))).await;
+                        for _ in 0..c.polls {
                             tokio::task::yield_now().await;
                         }
                     };
                     tokio::select! {
                         biased;
                         () = crash => {
+                            // Every other task stands still: the disk now is what the crash leaves.
+                            let prefix = format!("/sim-{}/", self.opts.seed);
+                            let left = match c.power {
+                                None => crate::vfs::crash(&prefix),
+                                Some(loss) => {
+                                    let mut rng = ChaCha8Rng::seed_from_u64(self.opts.seed ^ c.at.rotate_left(17));
+                                    crate::vfs::power_loss(&prefix, &mut rng, loss)
+                                }
+                            };
                             let mut s = lock(self.shared);
-                            s.note(format!("CRASH after {polls} polls"));
-                            Ended::Crashed(s.now_ms())
+                            match c.power {
+                                None => s.note(format!("CRASH after {} polls", c.polls)),
+                                Some(loss) => {
+                                    s.stats.power_losses += 1;
+                                    s.note(format!("POWER LOSS ({loss:?}) after {} polls", c.polls));
+                                }
+                            }
+                            Ended::Crashed(s.now_ms(), left)
                         }
                         () = day => Ended::DayDone(lock(self.shared).now_ms()),
                     }
@@ -333,7 +383,7 @@ impl Life<'_> {
 
     /// The last start: the gateway healthy, posd left to settle, then every
     /// invariant checked against the gateway's ledger.
-    fn settle_and_check(&self) -> Vec<check::Violation> {
+    fn settle_and_check(&self, disk: &Disk) -> Vec<check::Violation> {
         let rt = Self::runtime();
         rt.block_on(async {
             let running = match self.start(false).await {
@@ -343,12 +393,9 @@ impl Life<'_> {
             tokio::time::sleep(SETTLE).await;
             lock(self.shared).note("settled");
             let told: Vec<Vec<Told>> = lock(self.shared).registers.iter().map(|r| r.told.clone()).collect();
-            let report = check::all(
-                running.engine.store(),
-                &self.ledger.lock().unwrap_or_else(|e| e.into_inner()),
-                &told,
-                self.db,
-            );
+            let ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+            let report = check::all(running.engine.store(), &ledger, &told, &disk.files());
+            drop(ledger);
             let mut s = lock(self.shared);
             for line in &report.ledger {
                 s.note(line);
@@ -659,9 +706,9 @@ mod tests {
 
     #[test]
     fn a_plan_is_the_same_for_the_same_seed() {
-        let a = format!("{:?}", Plan::draw(7));
-        let b = format!("{:?}", Plan::draw(7));
+        let a = format!("{:?}", Plan::draw(7, true));
+        let b = format!("{:?}", Plan::draw(7, true));
         assert_eq!(a, b);
-        assert_ne!(a, format!("{:?}", Plan::draw(8)));
+        assert_ne!(a, format!("{:?}", Plan::draw(8, true)));
     }
 }

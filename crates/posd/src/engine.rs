@@ -208,6 +208,9 @@ impl Engine {
         env: Environment,
     ) -> Arc<Self> {
         let wall = env.wall;
+        if env.planted(Bug::SynchronousNormal) {
+            store.plant_synchronous_normal();
+        }
         let clock = AgeClock::start(&store, wall);
         Arc::new(Self {
             store,

@@ -95,11 +95,15 @@ pub enum Bug {
     /// A later "not sent" settles a refund that may have been sent: the
     /// double refund the money-safety issue fixed.
     RefundNotSentSettles,
+    /// Synced commits at `synchronous=NORMAL` instead of FULL: a power cut
+    /// undoes commits posd acted on (found only with `--power-loss`).
+    SynchronousNormal,
 }
 
 impl Bug {
     /// Every bug, by the name `--plant` takes.
-    pub const ALL: &[(&str, Bug)] = &[("refund-not-sent-settles", Bug::RefundNotSentSettles)];
+    pub const ALL: &[(&str, Bug)] =
+        &[("refund-not-sent-settles", Bug::RefundNotSentSettles), ("synchronous-normal", Bug::SynchronousNormal)];
 
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, b)| *b == self).map(|(n, _)| *n).expect("every bug is named")

@@ -102,6 +102,8 @@ pub struct Store {
     /// The writer connection is at `synchronous=NORMAL` (its last batch was
     /// deferred); changed only under the writer's lock.
     at_normal: AtomicBool,
+    /// The simulator's planted bug: synced writes commit at NORMAL.
+    planted_normal: AtomicBool,
     writes: AtomicU64,
     /// Of the writes, new payments and state changes.
     payment_writes: AtomicU64,
@@ -143,6 +145,7 @@ impl Store {
             commits: AtomicU64::new(0),
             unsynced_commits: AtomicU64::new(0),
             at_normal: AtomicBool::new(false),
+            planted_normal: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             payment_writes: AtomicU64::new(0),
         })
@@ -156,6 +159,12 @@ impl Store {
     /// The reading connection (`query_only`): every read outside a write.
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The simulator's planted bug: every commit at `synchronous=NORMAL`,
+    /// so a power cut can undo commits posd acted on. posd never calls it.
+    pub(crate) fn plant_synchronous_normal(&self) {
+        self.planted_normal.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
