@@ -191,7 +191,14 @@ pub struct Terminal {
     armed: Mutex<Vec<(Step, String)>>,
     state: Mutex<State>,
     pub faults: Arc<Mutex<LineFaults>>,
+    /// Called when the register confirms (80 00) an approved result, before
+    /// the terminal books it (the deterministic simulator checks there that
+    /// posd stored the result first).
+    on_confirmed: Mutex<Option<Confirmed>>,
 }
+
+/// See [`Terminal::on_confirmed`].
+pub type Confirmed = Arc<dyn Fn(&Txn) + Send + Sync>;
 
 /// Why a transaction stopped early.
 enum Stop {
@@ -230,7 +237,14 @@ impl Terminal {
             armed: Mutex::default(),
             state: Mutex::new(state),
             faults: Arc::new(Mutex::new(LineFaults::default())),
+            on_confirmed: Mutex::default(),
         })
+    }
+
+    /// Calls `watch` with each approved result the register confirms, as it
+    /// confirms it (replacing the one before).
+    pub fn on_confirmed(&self, watch: Confirmed) {
+        *self.on_confirmed.lock().unwrap() = Some(watch);
     }
 
     pub fn scenario(&self) -> Scenario {
@@ -604,7 +618,13 @@ async fn transaction(link: &mut Line, t: &Terminal, kind: Kind, amount: u64) -> 
         }
     };
     match answer {
-        Answer::Ack => {}
+        Answer::Ack => {
+            if rc == 0
+                && let Some(watch) = t.on_confirmed.lock().unwrap().clone()
+            {
+                watch(&txn);
+            }
+        }
         Answer::Nak(code) => {
             // "Goods not issued": the terminal reverses at once.
             tracing::warn!(code, "zvt: the register refused the result; reversing");

@@ -2,11 +2,12 @@
 //! hour for posd to settle with a healthy gateway: what the registers were
 //! told, posd's store and the gateway's ledger must agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use firmware_sim::zvt::{Kind, Txn};
 use gateway_sim::ledger::{Charge, Ledger};
 use pos_engine::Status;
-use posd::store::{ListFilter, PaymentRecord, RefundStatus, Store};
+use posd::store::{DeviceKind, EventKind, ListFilter, PaymentRecord, RefundStatus, Store};
 
 /// What a register was told, kept across posd's crashes.
 #[derive(Debug, Clone)]
@@ -55,8 +56,16 @@ pub struct Report {
 /// in posd's files.
 const PANS: &[&str] = &["4242424242424242", "5555555555554444"];
 
-/// Checks every invariant; `files` are posd's database files as they are now.
-pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], files: &[(String, Vec<u8>)]) -> Report {
+/// Checks every invariant: against the gateway's ledger, and each ZVT
+/// lane's terminal journal (`journals`, by lane); `files` are posd's
+/// database files as they are now.
+pub fn all(
+    store: &Store,
+    ledger: &Ledger,
+    told: &[Vec<Told>],
+    journals: &[(String, Vec<Txn>)],
+    files: &[(String, Vec<u8>)],
+) -> Report {
     let mut v = Vec::new();
     let mut statuses = BTreeMap::new();
     let mut left_to_person = 0;
@@ -90,10 +99,20 @@ pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], files: &[(String,
         *statuses.entry(p.status.as_str()).or_default() += 1;
         // Settled: nothing in between after an hour with a healthy gateway.
         let settled = p.status.is_final() || matches!(p.status, Status::Authorized | Status::Captured);
-        if p.status == Status::Quarantined {
+        // Left to a person by design: an offline payment the gateway refused
+        // as an item, and a terminal payment whose outcome the terminal
+        // could not tell (posd alerted: check the terminal's journal).
+        let alerted = p.device != DeviceKind::Reader
+            && p.status == Status::Unknown
+            && store.has_event(EventKind::TerminalOutcomeUnknown, &p.id, "").unwrap_or(false);
+        if p.status == Status::Quarantined || alerted {
             left_to_person += 1;
         } else if !settled {
             v.push(violation("nothing stuck after settling", format!("{} is {}", p.id, p.status)));
+        }
+        if p.device != DeviceKind::Reader {
+            // A terminal's payments are checked against its journal below.
+            continue;
         }
         let charge = charges.get(&p.gateway_key).filter(|c| !c.tombstone);
         let charged = charge.is_some_and(|c| c.status == "approved");
@@ -183,7 +202,20 @@ pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], files: &[(String,
         }
     }
 
+    // Payment terminals: posd's payments and each terminal's journal agree.
+    for (lane, journal) in journals {
+        check_terminal(store, &payments, lane, journal, &mut v);
+    }
+
     // What each register was told holds against both.
+    let voided_by_register: HashSet<&str> = told
+        .iter()
+        .flatten()
+        .filter_map(|t| match t {
+            Told::AfterSale { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
     for t in told.iter().flatten() {
         match t {
             Told::Payment { key, id, status, .. } => {
@@ -191,6 +223,18 @@ pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], files: &[(String,
                     v.push(violation("posd keeps every payment", format!("{key}: {id} is gone")));
                     continue;
                 };
+                if p.device != DeviceKind::Reader {
+                    let kept = matches!(p.status, Status::Captured)
+                        || (matches!(p.status, Status::Reversed | Status::Voided)
+                            && voided_by_register.contains(id.as_str()));
+                    if status.is_approved() && !kept {
+                        v.push(violation(
+                            "every payment the register was told approved is booked",
+                            format!("{key}: told {status}; posd has {} on its terminal", p.status),
+                        ));
+                    }
+                    continue;
+                }
                 let charge = charges.get(&p.gateway_key).filter(|c| !c.tombstone);
                 if status.is_approved() {
                     // Approved: at the gateway exactly once, or declined at
@@ -212,6 +256,10 @@ pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], files: &[(String,
                 }
             }
             Told::Refund { key, payment_id, told } => {
+                if by_id.get(payment_id.as_str()).is_some_and(|p| p.device != DeviceKind::Reader) {
+                    // Refunded at a terminal: its totals are checked against the journal.
+                    continue;
+                }
                 let found =
                     store.refunds_of(payment_id).unwrap_or_default().into_iter().find(|r| r.idempotency_key == *key);
                 let booked = found.as_ref().and_then(|r| ledger.refund(&r.refund_key).ok().flatten());
@@ -260,6 +308,70 @@ pub fn all(store: &Store, ledger: &Ledger, told: &[Vec<Told>], files: &[(String,
     }
 
     Report { violations: v, statuses, left_to_person, ledger: ledger_lines }
+}
+
+/// A ZVT lane: every sale posd reports captured is booked (not reversed) at
+/// the terminal under its receipt number, for its amount; the terminal
+/// holds no sale posd does not report; refunded totals agree.
+fn check_terminal(store: &Store, payments: &[PaymentRecord], lane: &str, journal: &[Txn], v: &mut Vec<Violation>) {
+    let sales: HashMap<u16, &Txn> =
+        journal.iter().filter(|t| t.kind == Kind::Sale && !t.reversed).map(|t| (t.receipt_no, t)).collect();
+    let mut reported = HashSet::new();
+    let mut refunded = 0;
+    for p in payments.iter().filter(|p| p.terminal_id == lane) {
+        let receipt = store.terminal_result(&p.id).ok().flatten().and_then(|r| r.receipt_no);
+        let booked = receipt.and_then(|r| sales.get(&r));
+        match (p.status, booked) {
+            (Status::Captured, Some(t)) => {
+                reported.insert(t.receipt_no);
+                if t.amount as i64 != p.amount_minor {
+                    v.push(violation(
+                        "posd's totals equal the terminal's",
+                        format!(
+                            "{}: {} in posd, {} at the terminal (receipt {})",
+                            p.id, p.amount_minor, t.amount, t.receipt_no
+                        ),
+                    ));
+                }
+            }
+            (Status::Captured, None) => v.push(violation(
+                "every approved payment is booked at its terminal",
+                format!("{} is captured in posd; {lane}'s terminal has no sale under receipt {receipt:?}", p.id),
+            )),
+            (status, Some(t)) => {
+                reported.insert(t.receipt_no);
+                v.push(violation(
+                    "no sale at a terminal that posd does not report",
+                    format!(
+                        "{} is {status} in posd; the terminal booked receipt {} ({})",
+                        p.id, t.receipt_no, t.amount
+                    ),
+                ));
+            }
+            (_, None) => {}
+        }
+        refunded += store
+            .refunds_of(&p.id)
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.status == RefundStatus::Succeeded)
+            .map(|r| r.amount_minor)
+            .sum::<i64>();
+    }
+    for t in sales.values().filter(|t| !reported.contains(&t.receipt_no)) {
+        v.push(violation(
+            "no sale at a terminal that posd does not report",
+            format!("{lane}'s terminal booked receipt {} ({}) that no payment of posd has", t.receipt_no, t.amount),
+        ));
+    }
+    let at_terminal: i64 =
+        journal.iter().filter(|t| t.kind == Kind::Refund && !t.reversed).map(|t| t.amount as i64).sum();
+    if at_terminal != refunded {
+        v.push(violation(
+            "posd's totals equal the terminal's",
+            format!("{lane}: refunded {refunded} in posd, {at_terminal} at the terminal"),
+        ));
+    }
 }
 
 fn describe(charge: Option<&Charge>) -> String {

@@ -10,5 +10,6 @@ pub mod reader;
 pub mod trace;
 pub mod vfs;
 pub mod world;
+pub mod zvt;
 
 pub use world::{Options, Outcome, run};

@@ -40,7 +40,17 @@ pub struct Crash {
 #[derive(Debug, Clone)]
 pub struct LanePlan {
     pub id: String,
+    pub kind: LaneKind,
     pub ops: Vec<Op>,
+}
+
+/// The lane's card device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneKind {
+    /// A card reader (firmware-sim's): the gateway authorizes.
+    Reader,
+    /// A ZVT payment terminal (firmware-sim's): it authorizes by itself.
+    Zvt,
 }
 
 /// One thing a register does.
@@ -53,6 +63,8 @@ pub enum Op {
         customer: CustomerPlan,
         /// The register cancels this long after it asked, if still running.
         cancel_after: Option<Duration>,
+        /// How the sale goes on a ZVT terminal.
+        terminal: firmware_sim::zvt::Plan,
     },
     /// Refunds a payment this register took earlier (by its place among the
     /// register's payments, modulo their number).
@@ -89,7 +101,18 @@ impl Plan {
     /// The day of `seed`; with `power_loss`, some crashes are power losses.
     pub fn draw(seed: u64, power_loss: bool) -> Plan {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let lanes = (1..=rng.gen_range(1..=3)).map(|n| lane(&mut rng, n)).collect();
+        // What terminal lanes add comes from a stream of its own, so that the
+        // reader lanes' plan of a seed stays as it was before they came.
+        let mut terminals = ChaCha8Rng::seed_from_u64(seed);
+        terminals.set_stream(1);
+        let mut lanes: Vec<LanePlan> =
+            (1..=rng.gen_range(1..=3)).map(|n| lane(&mut rng, &mut terminals, n, LaneKind::Reader)).collect();
+        let mut terminal_ops = ChaCha8Rng::seed_from_u64(seed);
+        terminal_ops.set_stream(2);
+        let readers = lanes.len();
+        for n in 1..=terminal_ops.gen_range(0..=2) {
+            lanes.push(lane(&mut terminal_ops, &mut terminals, readers + n, LaneKind::Zvt));
+        }
         let mut faults = Vec::new();
         let mut at = 0u64;
         while at < DAY.as_millis() as u64 {
@@ -112,18 +135,19 @@ impl Plan {
     }
 }
 
-fn lane(rng: &mut ChaCha8Rng, n: usize) -> LanePlan {
-    let ops = (0..rng.gen_range(6..=24)).map(|_| op(rng)).collect();
-    LanePlan { id: format!("lane-{n}"), ops }
+fn lane(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng, n: usize, kind: LaneKind) -> LanePlan {
+    let ops = (0..rng.gen_range(6..=24)).map(|_| op(rng, terminals)).collect();
+    LanePlan { id: format!("lane-{n}"), kind, ops }
 }
 
-fn op(rng: &mut ChaCha8Rng) -> Op {
+fn op(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng) -> Op {
     match rng.gen_range(0..100) {
         0..=59 => Op::Pay {
             amount_minor: amount(rng),
             manual_capture: rng.gen_bool(0.2),
             customer: customer(rng),
             cancel_after: rng.gen_bool(0.05).then(|| Duration::from_millis(rng.gen_range(0..20_000))),
+            terminal: terminal(terminals),
         },
         60..=74 => Op::Refund {
             of: rng.gen_range(0..64),
@@ -176,6 +200,33 @@ fn customer(rng: &mut ChaCha8Rng) -> CustomerPlan {
         card_error: rng.gen_bool(0.03),
         fault,
     }
+}
+
+/// How a sale goes on a ZVT terminal: mostly approved; declines, the
+/// customer's cancel, offline approvals, a busy or slow terminal, and lines
+/// that drop at each step (before the result, after it, before the
+/// register's 80 00 can arrive, after the receipt).
+fn terminal(rng: &mut ChaCha8Rng) -> firmware_sim::zvt::Plan {
+    use firmware_sim::zvt::{Scenario, Step};
+    let outcome = match rng.gen_range(0..100) {
+        0..=69 => Scenario::Approve,
+        70..=77 => Scenario::Decline(0x05),
+        78..=81 => Scenario::CustomerCancel,
+        82..=84 => Scenario::Offline,
+        85..=86 => Scenario::Busy,
+        87..=89 => Scenario::Slow,
+        90..=92 => Scenario::Disconnect,
+        93..=98 => Scenario::DropAfterResult,
+        _ => Scenario::InitRequired,
+    };
+    let faults = match rng.gen_range(0..30) {
+        0 => vec![(Step::Start, "disconnect".to_string())],
+        1 => vec![(Step::Result, "disconnect".to_string())],
+        2 => vec![(Step::Receipt, "disconnect".to_string())],
+        3 => vec![(Step::Completion, "disconnect".to_string())],
+        _ => vec![],
+    };
+    firmware_sim::zvt::Plan { outcome, faults }
 }
 
 fn fault(rng: &mut ChaCha8Rng) -> Fault {

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::check::{self, Told, ToldRefund};
-use crate::plan::{self, CustomerPlan, Op, Plan, RefundAmount};
+use crate::plan::{self, CustomerPlan, LaneKind, Op, Plan, RefundAmount};
 use crate::trace::Trace;
 
 /// What a run is asked to do.
@@ -84,6 +84,8 @@ struct Shared {
     /// When the current life began, and the day's time then (ms).
     life: (Instant, u64),
     stats: Stats,
+    /// Invariants checked while the day runs, that did not hold.
+    violations: Vec<check::Violation>,
 }
 
 impl Shared {
@@ -141,15 +143,28 @@ pub fn run(opts: &Options) -> Outcome {
         registers,
         life: (Instant::now(), 0),
         stats: Stats::default(),
+        violations: Vec::new(),
     }));
     let ids = Arc::new(AtomicU64::new(0));
+    // The lanes' payment terminals outlive posd's crashes.
+    let terminals: Vec<Option<Arc<firmware_sim::zvt::Terminal>>> =
+        plan.lanes.iter().map(|l| (l.kind == LaneKind::Zvt).then(crate::zvt::terminal)).collect();
     let mut violations = Vec::new();
     let mut day_ms = 0u64;
     let mut crashes = plan.crashes.iter().copied();
     // The day, crash after crash, then one more start that settles.
     loop {
         let crash = crashes.next();
-        let life = Life { opts, plan: &plan, db: &db, ledger: &ledger, shared: &shared, ids: &ids, day_ms };
+        let life = Life {
+            opts,
+            plan: &plan,
+            db: &db,
+            ledger: &ledger,
+            terminals: &terminals,
+            shared: &shared,
+            ids: &ids,
+            day_ms,
+        };
         match life.run(match crash {
             Some(c) => Until::Crash(c),
             None => Until::DayDone,
@@ -173,14 +188,25 @@ pub fn run(opts: &Options) -> Outcome {
         }
     }
     if violations.is_empty() {
-        let life = Life { opts, plan: &plan, db: &db, ledger: &ledger, shared: &shared, ids: &ids, day_ms };
+        let life = Life {
+            opts,
+            plan: &plan,
+            db: &db,
+            ledger: &ledger,
+            terminals: &terminals,
+            shared: &shared,
+            ids: &ids,
+            day_ms,
+        };
         violations.extend(life.settle_and_check(&disk));
     }
     lock(&shared).stats.disk = crate::vfs::stats(&disk.prefix);
     crate::vfs::remove(&disk.prefix);
     let _ = std::fs::remove_dir_all(&dir);
     let shared = Arc::try_unwrap(shared).ok().expect("no life is left").into_inner().unwrap_or_else(|e| e.into_inner());
-    Outcome { violations, trace_hash: shared.trace.finish(), stats: shared.stats }
+    let mut found = shared.violations;
+    found.extend(violations);
+    Outcome { violations: found, trace_hash: shared.trace.finish(), stats: shared.stats }
 }
 
 /// posd's disk in the simulation (see [`crate::vfs`]).
@@ -232,6 +258,7 @@ struct Life<'a> {
     plan: &'a Arc<Plan>,
     db: &'a PathBuf,
     ledger: &'a Arc<Mutex<Ledger>>,
+    terminals: &'a [Option<Arc<firmware_sim::zvt::Terminal>>],
     shared: &'a SharedRef,
     ids: &'a Arc<AtomicU64>,
     /// The day's time when this life begins (ms).
@@ -243,7 +270,24 @@ struct Running {
     engine: Arc<Engine>,
     faults: watch::Sender<Fault>,
     hang: Arc<crate::gateway::Hang>,
-    desks: Vec<Arc<firmware_sim::reader::Desk>>,
+    devices: Vec<Device>,
+}
+
+/// A lane's card device, as its register's customers meet it.
+#[derive(Clone)]
+enum Device {
+    Reader(Arc<firmware_sim::reader::Desk>),
+    Zvt(Arc<firmware_sim::zvt::Terminal>),
+}
+
+impl Device {
+    /// The next payment's customer steps up.
+    fn plan(&self, customer: &CustomerPlan, terminal: &firmware_sim::zvt::Plan) {
+        match self {
+            Device::Reader(desk) => desk.plan(vec![crate::reader::customer(customer)]),
+            Device::Zvt(t) => t.plan(vec![terminal.clone()]),
+        }
+    }
 }
 
 impl Life<'_> {
@@ -268,7 +312,7 @@ impl Life<'_> {
                     tokio::spawn(register(
                         running.engine.clone(),
                         i,
-                        running.desks[i].clone(),
+                        running.devices[i].clone(),
                         self.plan.clone(),
                         self.shared.clone(),
                     ))
@@ -352,17 +396,33 @@ impl Life<'_> {
         )
         .map_err(|e| check::violation("posd starts", format!("the gateway client: {e}")))?;
         let mut lanes = Vec::new();
-        let mut desks = Vec::new();
-        for lane in &self.plan.lanes {
-            let (line, desk) = crate::reader::serve(&lane.id);
+        let mut devices = Vec::new();
+        for (lane, terminal) in self.plan.lanes.iter().zip(self.terminals) {
+            let settings = match terminal {
+                None => {
+                    let (line, desk) = crate::reader::serve(&lane.id);
+                    devices.push(Device::Reader(desk));
+                    CardDeviceSettings::Reader(ReaderLine::InProcess(line))
+                }
+                Some(t) => {
+                    devices.push(Device::Zvt(t.clone()));
+                    CardDeviceSettings::Zvt(posd::zvt::ZvtSettings {
+                        line: ReaderLine::InProcess(crate::zvt::serve(&lane.id, t.clone())),
+                        password: pos_zvt::message::password(123_456).expect("a six-digit password"),
+                        currency: 978,
+                        t3: Duration::from_secs(5),
+                        t4: Duration::from_secs(180),
+                        commit_bound: Duration::from_secs(3),
+                    })
+                }
+            };
             lanes.push(Lane::spawn(
                 lane.id.clone(),
                 "EUR".into(),
-                CardDeviceSettings::Reader(ReaderLine::InProcess(line)),
+                settings,
                 pos_engine::offline::OfflinePolicy::defaults_for("EUR"),
                 None,
             ));
-            desks.push(desk);
         }
         let env = Environment {
             wall: posd::clock::WallClock::following_tokio(EPOCH_MS + self.day_ms as i64),
@@ -376,9 +436,14 @@ impl Life<'_> {
             hang.switch(&faults, *f);
         }
         let engine = Engine::in_environment(Arc::new(store), Arc::new(client), lanes, settings(), env);
+        for (lane, terminal) in self.plan.lanes.iter().zip(self.terminals) {
+            if let Some(t) = terminal {
+                t.on_confirmed(stored_before_confirmed(&engine, &lane.id, self.shared));
+            }
+        }
         engine.recover().await.map_err(|e| check::violation("posd starts", format!("recovery: {e:#}")))?;
         engine.start_workers();
-        Ok(Running { engine, faults, hang, desks })
+        Ok(Running { engine, faults, hang, devices })
     }
 
     /// The last start: the gateway healthy, posd left to settle, then every
@@ -394,7 +459,10 @@ impl Life<'_> {
             lock(self.shared).note("settled");
             let told: Vec<Vec<Told>> = lock(self.shared).registers.iter().map(|r| r.told.clone()).collect();
             let ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-            let report = check::all(running.engine.store(), &ledger, &told, &disk.files());
+            let journals: Vec<(String, Vec<firmware_sim::zvt::Txn>)> = (self.plan.lanes.iter().zip(self.terminals))
+                .filter_map(|(l, t)| t.as_ref().map(|t| (l.id.clone(), t.journal())))
+                .collect();
+            let report = check::all(running.engine.store(), &ledger, &told, &journals, &disk.files());
             drop(ledger);
             let mut s = lock(self.shared);
             for line in &report.ledger {
@@ -405,6 +473,29 @@ impl Life<'_> {
             report.violations
         })
     }
+}
+
+/// Checks, as the terminal hears posd's 80 00 for an approved result, that
+/// posd stored the result first (persist before act): otherwise a crash
+/// between the two leaves a sale the terminal booked and posd cannot show.
+fn stored_before_confirmed(engine: &Arc<Engine>, lane: &str, shared: &SharedRef) -> firmware_sim::zvt::Confirmed {
+    // Weak: the terminal outlives this life and the seed's shared state.
+    let (engine, lane, shared) = (Arc::downgrade(engine), lane.to_string(), Arc::downgrade(shared));
+    Arc::new(move |txn: &firmware_sim::zvt::Txn| {
+        let (Some(engine), Some(shared)) = (engine.upgrade(), shared.upgrade()) else { return };
+        // A sale's result (the terminal's refunds are checked by their totals).
+        if txn.kind != firmware_sim::zvt::Kind::Sale {
+            return;
+        }
+        let Some(id) = engine.busy_with(&lane) else { return };
+        let stored = engine.store().terminal_result(&id).ok().flatten().and_then(|r| r.receipt_no);
+        if stored != Some(txn.receipt_no) {
+            let mut s = lock(&shared);
+            let detail = format!("{lane}: {id} confirmed receipt {} with {stored:?} stored", txn.receipt_no);
+            s.note(format!("VIOLATION {detail}"));
+            s.violations.push(check::violation("a terminal's result is stored before posd confirms it", detail));
+        }
+    })
 }
 
 /// The engine's settings in the simulation: as configured in a store,
@@ -455,26 +546,27 @@ async fn fault_schedule(
 /// A register's day: its plan's operations in order, each retried with the
 /// same key after an error (and after posd's crash, in the next life) until
 /// it hears an answer or gives up.
-async fn register(
-    engine: Arc<Engine>,
-    i: usize,
-    desk: Arc<firmware_sim::reader::Desk>,
-    plan: Arc<Plan>,
-    shared: SharedRef,
-) {
+async fn register(engine: Arc<Engine>, i: usize, device: Device, plan: Arc<Plan>, shared: SharedRef) {
     let lane = &plan.lanes[i];
     loop {
         let idx = lock(&shared).registers[i].next_op;
         let Some(op) = lane.ops.get(idx) else { return };
         let key = format!("{}-{idx}", lane.id);
         match op {
-            Op::Pay { amount_minor, manual_capture, customer, cancel_after } => {
-                pay(&engine, i, &lane.id, &key, *amount_minor, *manual_capture, customer, *cancel_after, &desk, &shared)
-                    .await
+            Op::Pay { amount_minor, manual_capture, customer, cancel_after, terminal } => {
+                device.plan_once(&shared, i, customer, terminal);
+                let ask =
+                    Ask { lane: &lane.id, key: &key, amount_minor: *amount_minor, manual_capture: *manual_capture };
+                pay(&engine, i, ask, *cancel_after, &shared).await
             }
             Op::Refund { of, amount } => refund(&engine, i, &key, *of, *amount, &shared).await,
-            Op::Capture { of } => after_sale(&engine, i, *of, AfterSale::Capture, &shared).await,
-            Op::Void { of } => after_sale(&engine, i, *of, AfterSale::Void, &shared).await,
+            // A terminal's payments are captured with the sale.
+            Op::Capture { .. } if lane.kind == LaneKind::Zvt => {}
+            Op::Capture { of } => after_sale(&engine, i, *of, AfterSale::Capture, true, &shared).await,
+            // A terminal's sale is voided by a reversal at the terminal.
+            Op::Void { of } => {
+                after_sale(&engine, i, *of, AfterSale::Void, lane.kind == LaneKind::Reader, &shared).await
+            }
             Op::Idle(d) => tokio::time::sleep(*d).await,
         }
         let think = {
@@ -528,27 +620,31 @@ fn code(e: &EngineError) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pay(
-    engine: &Arc<Engine>,
-    i: usize,
-    lane: &str,
-    key: &str,
-    amount_minor: i64,
-    manual_capture: bool,
-    customer: &CustomerPlan,
-    cancel_after: Option<Duration>,
-    desk: &firmware_sim::reader::Desk,
-    shared: &SharedRef,
-) {
-    {
+impl Device {
+    /// The payment's customer steps up, once: not again when the register
+    /// asks again with the same key.
+    fn plan_once(&self, shared: &SharedRef, i: usize, customer: &CustomerPlan, terminal: &firmware_sim::zvt::Plan) {
         let mut s = lock(shared);
         if !s.registers[i].customer_planned {
             s.registers[i].customer_planned = true;
-            desk.plan(vec![crate::reader::customer(customer)]);
+            self.plan(customer, terminal);
             s.stats.payments += 1;
-            s.note(format!("{key} pay {amount_minor} manual={manual_capture}"));
         }
+    }
+}
+
+/// A payment as the register asks for it.
+struct Ask<'a> {
+    lane: &'a str,
+    key: &'a str,
+    amount_minor: i64,
+    manual_capture: bool,
+}
+
+async fn pay(engine: &Arc<Engine>, i: usize, ask: Ask<'_>, cancel_after: Option<Duration>, shared: &SharedRef) {
+    let Ask { lane, key, amount_minor, manual_capture } = ask;
+    if lock(shared).registers[i].attempts == 0 {
+        lock(shared).note(format!("{key} pay {amount_minor} manual={manual_capture}"));
     }
     while attempt(shared, i) {
         let req = NewPayment {
@@ -674,8 +770,8 @@ enum AfterSale {
     Void,
 }
 
-async fn after_sale(engine: &Arc<Engine>, i: usize, of: usize, what: AfterSale, shared: &SharedRef) {
-    let Some((id, _)) = approved(shared, i, of, true) else { return };
+async fn after_sale(engine: &Arc<Engine>, i: usize, of: usize, what: AfterSale, manual_only: bool, shared: &SharedRef) {
+    let Some((id, _)) = approved(shared, i, of, manual_only) else { return };
     lock(shared).note(format!("{what:?} {id}"));
     while attempt(shared, i) {
         let answer = match what {

@@ -98,12 +98,18 @@ pub enum Bug {
     /// Synced commits at `synchronous=NORMAL` instead of FULL: a power cut
     /// undoes commits posd acted on (found only with `--power-loss`).
     SynchronousNormal,
+    /// A ZVT result confirmed (80 00) before it is stored: a crash between
+    /// the two leaves a payment the terminal booked and posd cannot show.
+    ZvtConfirmBeforeStore,
 }
 
 impl Bug {
     /// Every bug, by the name `--plant` takes.
-    pub const ALL: &[(&str, Bug)] =
-        &[("refund-not-sent-settles", Bug::RefundNotSentSettles), ("synchronous-normal", Bug::SynchronousNormal)];
+    pub const ALL: &[(&str, Bug)] = &[
+        ("refund-not-sent-settles", Bug::RefundNotSentSettles),
+        ("synchronous-normal", Bug::SynchronousNormal),
+        ("zvt-confirm-before-store", Bug::ZvtConfirmBeforeStore),
+    ];
 
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, b)| *b == self).map(|(n, _)| *n).expect("every bug is named")

@@ -32,7 +32,7 @@ use pos_zvt::{Bmps, Message, codes};
 use tokio::sync::{mpsc, oneshot};
 
 use super::payment::{register_cancel, until};
-use super::{Engine, EngineError, StepError, step_error};
+use super::{Bug, Engine, EngineError, StepError, step_error};
 use crate::convert;
 use crate::failpoint;
 use crate::lane::CardDevice;
@@ -742,7 +742,17 @@ impl<T: PaymentTerminal> TerminalRun<'_, T> {
             ZvtEvent::Progress { code, text } => Event::Progress { stage: stage(code), text },
             ZvtEvent::Result { outcome, confirm } => {
                 let info = status_info(&outcome);
-                self.confirm = Some(confirm);
+                if self.engine.env.planted(Bug::ZvtConfirmBeforeStore) {
+                    // The simulator's planted bug: 80 00 before the result is
+                    // stored (the store's write comes after the terminal had
+                    // time to hear it).
+                    let _ = confirm.send(true);
+                    for _ in 0..64 {
+                        tokio::task::yield_now().await;
+                    }
+                } else {
+                    self.confirm = Some(confirm);
+                }
                 self.result = Some(outcome);
                 Event::Result(info)
             }
