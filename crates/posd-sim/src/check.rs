@@ -54,7 +54,7 @@ pub struct Report {
 
 /// The card numbers the simulated readers present: none may be anywhere
 /// in posd's files.
-const PANS: &[&str] = &["4242424242424242", "5555555555554444"];
+const PANS: &[&str] = &["4242424242424242", "5555555555554444", "378282246310005", "6799998900000060018"];
 
 /// Checks every invariant: against the gateway's ledger, and each ZVT
 /// lane's terminal journal (`journals`, by lane); `files` are posd's
@@ -383,4 +383,40 @@ fn describe(charge: Option<&Charge>) -> String {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The offline limits (the lanes' policy, store-wide as posd counts them)
+/// hold for the unsent payments now: checked whenever a register hears an
+/// offline approval.
+pub fn offline_limits(
+    store: &Store,
+    policy: &pos_engine::offline::OfflinePolicy,
+    p: &PaymentRecord,
+) -> Option<Violation> {
+    let queue = store.queue_summary().ok()?;
+    let total: i64 = queue.totals.iter().filter(|(c, _)| *c == p.currency).map(|(_, t)| *t).sum();
+    let per_card = match p.card.as_ref().map(|c| c.fingerprint.as_str()) {
+        Some(fp) if !fp.is_empty() => store.queued_for_card(fp).ok()?,
+        _ => 0,
+    };
+    let over = queue.count > policy.max_payments
+        || total > policy.max_total_minor
+        || per_card > policy.max_per_card
+        || (p.status.is_unsent() && p.amount_minor > policy.max_payment_minor);
+    over.then(|| {
+        violation(
+            "offline limits never exceeded",
+            format!(
+                "after {} ({}): {} unsent, {total} {} in all, {per_card} for its card; limits {}, {}, {} per card, {} each",
+                p.id,
+                p.amount_minor,
+                queue.count,
+                p.currency,
+                policy.max_payments,
+                policy.max_total_minor,
+                policy.max_per_card,
+                policy.max_payment_minor
+            ),
+        )
+    })
 }

@@ -23,6 +23,9 @@ pub struct Plan {
     pub faults: Vec<(u64, Fault)>,
     /// posd's crashes, in order.
     pub crashes: Vec<Crash>,
+    /// How many times other tasks run before each commit starts (the time
+    /// a commit takes on a disk).
+    pub commit_yields: u32,
 }
 
 /// posd stops dead.
@@ -35,6 +38,10 @@ pub struct Crash {
     /// The machine loses power (unsynced writes are lost, as `Loss` says);
     /// `None`: only posd's process dies (kill -9).
     pub power: Option<crate::vfs::Loss>,
+    /// How long posd stays down (ms): mostly under a minute; sometimes
+    /// days (a lane PC left off over a long weekend), which ages the
+    /// offline queue past its expiry.
+    pub down_for: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +97,8 @@ pub enum RefundAmount {
 /// The customer at the reader.
 #[derive(Debug, Clone)]
 pub struct CustomerPlan {
+    /// One of firmware-sim's named test cards.
+    pub card: &'static str,
     pub present_after: Duration,
     pub pin: firmware_sim::reader::PinOutcome,
     pub cancels_after: Option<Duration>,
@@ -128,10 +137,22 @@ impl Plan {
                     1 => crate::vfs::Loss::Subset,
                     _ => crate::vfs::Loss::TornLast,
                 }),
+                down_for: 0,
             })
             .collect();
         crashes.sort_by_key(|c| (c.at, c.polls));
-        Plan { lanes, faults, crashes }
+        // From a stream of its own, so the rest of a seed's plan stays.
+        let mut more = ChaCha8Rng::seed_from_u64(seed);
+        more.set_stream(3);
+        let commit_yields = more.gen_range(0..=6);
+        for c in &mut crashes {
+            c.down_for = if more.gen_bool(0.2) {
+                more.gen_range(73 * 3_600_000..100 * 3_600_000)
+            } else {
+                more.gen_range(1_000..60_000)
+            };
+        }
+        Plan { lanes, faults, crashes, commit_yields }
     }
 }
 
@@ -166,7 +187,8 @@ fn op(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng) -> Op {
 /// Mostly plain amounts; some with the gateway's test endings (declines,
 /// an account mismatch).
 fn amount(rng: &mut ChaCha8Rng) -> i64 {
-    let euros = rng.gen_range(1..300);
+    // Most within the offline limit of a single payment (100.00).
+    let euros = if rng.gen_bool(0.8) { rng.gen_range(1..100) } else { rng.gen_range(100..300) };
     let cents = match rng.gen_range(0..20) {
         0 => 5,
         1 => 1,
@@ -189,7 +211,9 @@ fn customer(rng: &mut ChaCha8Rng) -> CustomerPlan {
         )),
         _ => None,
     };
+    const CARDS: &[&str] = &["visa", "visa-contactless", "mastercard", "mastercard-google-pay", "amex", "girocard"];
     CustomerPlan {
+        card: CARDS[rng.gen_range(0..CARDS.len())],
         present_after: Duration::from_millis(rng.gen_range(200..8_000)),
         pin: match rng.gen_range(0..30) {
             0 => PinOutcome::Wrong,

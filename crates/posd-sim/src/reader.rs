@@ -59,7 +59,7 @@ pub fn serve(lane: &str) -> (InProcessLine, Arc<Desk>) {
 pub fn customer(plan: &CustomerPlan) -> Customer {
     let faults: Vec<(Step, firmware_sim::reader::Fault)> = plan.fault.clone().into_iter().collect();
     Customer {
-        card: CardProfile::default(),
+        card: CardProfile::named(plan.card).unwrap_or_default(),
         present_after: Some(plan.present_after),
         pin: plan.pin,
         pin_after: std::time::Duration::from_millis(800),

@@ -173,9 +173,11 @@ pub fn run(opts: &Options) -> Outcome {
                 // Every connection of the dead posd is closed by now; what
                 // its close wrote is undone: the disk is as the crash left it.
                 crate::vfs::restore(&disk.prefix, left);
-                lock(&shared).stats.crashes += 1;
-                // posd comes back within a minute.
-                day_ms = at + 1_000 + (opts.seed ^ at) % 60_000;
+                let down_for = crash.map_or(1_000, |c| c.down_for);
+                let mut s = lock(&shared);
+                s.stats.crashes += 1;
+                s.note(format!("posd down for {} s", down_for / 1000));
+                day_ms = at + down_for;
             }
             Ended::DayDone(at) => {
                 day_ms = at + 1_000;
@@ -381,6 +383,8 @@ impl Life<'_> {
             s.note("posd starts");
         }
         let store = Store::open(self.db).map_err(|e| check::violation("posd starts", format!("the store: {e}")))?;
+        // A commit takes time: other tasks run meanwhile (and share it).
+        store.set_commit_yields(self.plan.commit_yields);
         let (faults, faults_rx) = watch::channel(Fault::None);
         let hang = Arc::new(crate::gateway::Hang::default());
         let dial = crate::gateway::serve(self.ledger.clone(), faults_rx, hang.clone());
@@ -416,13 +420,7 @@ impl Life<'_> {
                     })
                 }
             };
-            lanes.push(Lane::spawn(
-                lane.id.clone(),
-                "EUR".into(),
-                settings,
-                pos_engine::offline::OfflinePolicy::defaults_for("EUR"),
-                None,
-            ));
+            lanes.push(Lane::spawn(lane.id.clone(), "EUR".into(), settings, offline_policy(), None));
         }
         let env = Environment {
             wall: posd::clock::WallClock::following_tokio(EPOCH_MS + self.day_ms as i64),
@@ -496,6 +494,11 @@ fn stored_before_confirmed(engine: &Arc<Engine>, lane: &str, shared: &SharedRef)
             s.violations.push(check::violation("a terminal's result is stored before posd confirms it", detail));
         }
     })
+}
+
+/// Every lane's offline limits: a store's defaults.
+fn offline_policy() -> pos_engine::offline::OfflinePolicy {
+    pos_engine::offline::OfflinePolicy::defaults_for("EUR")
 }
 
 /// The engine's settings in the simulation: as configured in a store,
@@ -660,6 +663,12 @@ async fn pay(engine: &Arc<Engine>, i: usize, ask: Ask<'_>, cancel_after: Option<
             Ok(attached) => {
                 let id = attached.payment.id.clone();
                 if let Some(status) = follow(engine, &id, cancel_after).await {
+                    if status.is_unsent()
+                        && let Ok(Some(rec)) = engine.store().get(&id)
+                        && let Some(v) = check::offline_limits(engine.store(), &offline_policy(), &rec)
+                    {
+                        lock(shared).violations.push(v);
+                    }
                     let mut s = lock(shared);
                     s.note(format!("{key} told {status} ({id})"));
                     s.registers[i].told.push(Told::Payment { key: key.into(), id, status, manual_capture });

@@ -101,6 +101,13 @@ pub enum Bug {
     /// A ZVT result confirmed (80 00) before it is stored: a crash between
     /// the two leaves a payment the terminal booked and posd cannot show.
     ZvtConfirmBeforeStore,
+    /// CARD_READ → AUTHORIZING committed after the authorization is sent
+    /// instead of before: a crash between leaves a charge posd never asks about.
+    AuthorizingAfterSend,
+    /// An offline payment forwarded before it is claimed (FORWARDING
+    /// committed): after a crash in between and a long stop, it expires as
+    /// never sent while the gateway charged it.
+    ForwardUnclaimed,
 }
 
 impl Bug {
@@ -109,6 +116,8 @@ impl Bug {
         ("refund-not-sent-settles", Bug::RefundNotSentSettles),
         ("synchronous-normal", Bug::SynchronousNormal),
         ("zvt-confirm-before-store", Bug::ZvtConfirmBeforeStore),
+        ("authorizing-after-send", Bug::AuthorizingAfterSend),
+        ("forward-unclaimed", Bug::ForwardUnclaimed),
     ];
 
     pub fn name(self) -> &'static str {

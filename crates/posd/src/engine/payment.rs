@@ -24,7 +24,7 @@ use pos_proto::reader::{CardResult, CollectCard, FailReason};
 use pos_proto::terminal as pb;
 use tokio::sync::{MutexGuard, mpsc};
 
-use super::{Engine, LAST_ONLINE};
+use super::{Bug, Engine, LAST_ONLINE};
 use crate::convert;
 use crate::failpoint;
 use crate::gateway::{AuthOutcome, Gateway};
@@ -151,6 +151,7 @@ impl Engine {
             card: None,
             collected: None,
             gate: None,
+            held: None,
             began: tokio::time::Instant::now(),
             asked: std::time::Instant::now(),
         };
@@ -248,6 +249,9 @@ struct Run<'a, G, R> {
     collected: Option<mpsc::UnboundedReceiver<ReaderEvent>>,
     /// The offline gate, from `ReadOfflineQueue` to `ReleaseOfflineGate`.
     gate: Option<MutexGuard<'a, ()>>,
+    /// The simulator's planted bug: the commit to AUTHORIZING, held back
+    /// until the authorization has been sent.
+    held: Option<(Vec<Step>, machine::Durability)>,
     /// The machine's `now` counts from here.
     began: tokio::time::Instant,
     /// When the reader took the request: the reader latency's start.
@@ -262,10 +266,21 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
     /// Carries out one command; returns what came of it when the machine waits for that.
     async fn perform(&mut self, command: Command) -> Option<Event> {
         match command {
+            Command::Persist { steps, durability }
+                if self.engine.env.planted(Bug::AuthorizingAfterSend)
+                    && steps.iter().any(|s| s.transition.to == Status::Authorizing) =>
+            {
+                self.held = Some((steps, durability));
+                return Some(Event::Committed);
+            }
             Command::Persist { steps, durability } => return Some(self.persist(steps, durability).await),
             Command::CollectCard => return Some(self.collect().await),
             Command::SendAuthorization { gateway_key, capture } => {
-                return Some(self.authorize(gateway_key, capture).await);
+                let answer = self.authorize(gateway_key, capture).await;
+                if let Some((steps, durability)) = self.held.take() {
+                    self.persist(steps, durability).await;
+                }
+                return Some(answer);
             }
             Command::ReadOfflineQueue { currency, fingerprint } => {
                 return Some(self.read_queue(&currency, &fingerprint).await);

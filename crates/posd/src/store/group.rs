@@ -179,6 +179,11 @@ impl Store {
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if self.enqueue(durability, work, Box::new(move |r| drop(reply.send(r)))) {
+            // The simulator's stand-in for a commit's time on a disk: other
+            // tasks run (and queue their writes) before it starts.
+            for _ in 0..self.commit_yields.load(Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
             let mut leader = Leader::new(Arc::clone(self));
             if let Some(batch) = leader.take_batch() {
                 self.commit_batch(batch);

@@ -104,6 +104,8 @@ pub struct Store {
     at_normal: AtomicBool,
     /// The simulator's planted bug: synced writes commit at NORMAL.
     planted_normal: AtomicBool,
+    /// See [`Store::set_commit_yields`].
+    commit_yields: std::sync::atomic::AtomicU32,
     writes: AtomicU64,
     /// Of the writes, new payments and state changes.
     payment_writes: AtomicU64,
@@ -146,6 +148,7 @@ impl Store {
             unsynced_commits: AtomicU64::new(0),
             at_normal: AtomicBool::new(false),
             planted_normal: AtomicBool::new(false),
+            commit_yields: std::sync::atomic::AtomicU32::new(0),
             writes: AtomicU64::new(0),
             payment_writes: AtomicU64::new(0),
         })
@@ -165,6 +168,14 @@ impl Store {
     /// so a power cut can undo commits posd acted on. posd never calls it.
     pub(crate) fn plant_synchronous_normal(&self) {
         self.planted_normal.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The simulator's stand-in for the time a commit takes: before a
+    /// commit starts, other tasks get to run this many times (and queue
+    /// their writes into it), as they would on other workers while a disk
+    /// syncs. posd's commits never yield (0).
+    pub fn set_commit_yields(&self, yields: u32) {
+        self.commit_yields.store(yields, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<i64>, StoreError> {
