@@ -177,7 +177,7 @@ async fn run<Io, C>(
             break LinkError::Closed;
         }
         let deadline = core.poll_timeout();
-        let sleep_until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let sleep_until = deadline.unwrap_or_else(|| now() + Duration::from_secs(3600));
         tokio::select! {
             // Bytes that already arrived are read before any timer fires, so a
             // slow task does not turn a good frame into a T1 or T2 error.
@@ -186,14 +186,14 @@ async fn run<Io, C>(
                 Ok(0) => break LinkError::Closed,
                 Ok(n) => {
                     counters.received.fetch_add(n as u64, Ordering::Relaxed);
-                    core.handle_input(&buf[..n], Instant::now());
+                    core.handle_input(&buf[..n], now());
                 }
                 Err(e) => break e.into(),
             },
             cmd = cmd_rx.recv(), if senders_open => match cmd {
                 Some(SendRequest { apdu, reply }) => {
                     next_id += 1;
-                    match core.send(next_id, apdu, Instant::now()) {
+                    match core.send(next_id, apdu, now()) {
                         Ok(()) => { pending.insert(next_id, reply); }
                         Err(e) => { let _ = reply.send(Err(e)); }
                     }
@@ -213,7 +213,7 @@ async fn run<Io, C>(
                 Err(e) => break e.into(),
             },
             _ = tokio::time::sleep_until(sleep_until.into()), if deadline.is_some() => {
-                core.handle_timeout(Instant::now());
+                core.handle_timeout(now());
             }
         }
     };
@@ -222,4 +222,11 @@ async fn run<Io, C>(
         let _ = reply.send(Err(end.clone()));
     }
     let _ = rx_tx.send(Err(end));
+}
+
+/// Now on tokio's clock (the system's, or a test's paused one), as the
+/// link's timers count time: T1/T2 deadlines are slept on with tokio, so
+/// they must be read from the same clock.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }

@@ -239,8 +239,15 @@ pub fn all(
                 if status.is_approved() {
                     // Approved: at the gateway exactly once, or declined at
                     // forwarding (offline), or voided by the register since.
+                    // An offline payment not confirmed in time is the merchant's
+                    // loss: expired, or (when it may have been sent) reversed so
+                    // that a late arrival cannot charge.
+                    let expired = p.offline
+                        && (p.status == Status::Expired
+                            || (p.status == Status::Reversed && p.reason_code == "expired"));
                     let fine = charge.is_some_and(|c| c.status == "approved")
-                        || matches!(p.status, Status::OfflineDeclined | Status::Expired | Status::Voided)
+                        || expired
+                        || matches!(p.status, Status::OfflineDeclined | Status::Voided)
                         || (p.offline && p.status == Status::Quarantined);
                     if !fine {
                         v.push(violation(

@@ -117,15 +117,14 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
 
 pub fn run(opts: &Options) -> Outcome {
     let plan = Arc::new(Plan::draw(opts.seed, opts.power_loss));
-    let dir = scratch_dir(opts.seed);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("the seed's directory is made");
     // posd's database is on the simulated disk, which crashes and loses
-    // power; the gateway's ledger is on the machine's (another computer).
+    // power; the gateway's ledger on a disk of its own that does neither
+    // (another computer's).
     crate::vfs::register();
     let disk = Disk { prefix: format!("/sim-{}/", opts.seed) };
-    let db = disk.db_uri();
-    let ledger = Arc::new(Mutex::new(Ledger::open(&dir.join("gateway.db")).expect("the gateway's ledger opens")));
+    let gateway_disk = Disk { prefix: format!("/sim-{}-gateway/", opts.seed) };
+    let ledger =
+        Arc::new(Mutex::new(Ledger::open(&gateway_disk.uri("ledger.db")).expect("the gateway's ledger opens")));
     let registers = plan
         .lanes
         .iter()
@@ -151,24 +150,19 @@ pub fn run(opts: &Options) -> Outcome {
         plan.lanes.iter().map(|l| (l.kind == LaneKind::Zvt).then(crate::zvt::terminal)).collect();
     let mut violations = Vec::new();
     let mut day_ms = 0u64;
-    let mut crashes = plan.crashes.iter().copied();
+    let life = |day_ms| Life {
+        opts,
+        plan: &plan,
+        disk: &disk,
+        ledger: &ledger,
+        terminals: &terminals,
+        shared: &shared,
+        ids: &ids,
+        day_ms,
+    };
     // The day, crash after crash, then one more start that settles.
-    loop {
-        let crash = crashes.next();
-        let life = Life {
-            opts,
-            plan: &plan,
-            db: &db,
-            ledger: &ledger,
-            terminals: &terminals,
-            shared: &shared,
-            ids: &ids,
-            day_ms,
-        };
-        match life.run(match crash {
-            Some(c) => Until::Crash(c),
-            None => Until::DayDone,
-        }) {
+    for crash in plan.crashes.iter().copied().map(Some).chain([None]) {
+        match life(day_ms).run(crash) {
             Ended::Crashed(at, left) => {
                 // Every connection of the dead posd is closed by now; what
                 // its close wrote is undone: the disk is as the crash left it.
@@ -176,7 +170,8 @@ pub fn run(opts: &Options) -> Outcome {
                 let down_for = crash.map_or(1_000, |c| c.down_for);
                 let mut s = lock(&shared);
                 s.stats.crashes += 1;
-                s.note(format!("posd down for {} s", down_for / 1000));
+                // Outside any runtime: stamped with the crash's time.
+                s.trace.note(at, format!("posd down for {} s", down_for / 1000));
                 day_ms = at + down_for;
             }
             Ended::DayDone(at) => {
@@ -190,21 +185,12 @@ pub fn run(opts: &Options) -> Outcome {
         }
     }
     if violations.is_empty() {
-        let life = Life {
-            opts,
-            plan: &plan,
-            db: &db,
-            ledger: &ledger,
-            terminals: &terminals,
-            shared: &shared,
-            ids: &ids,
-            day_ms,
-        };
-        violations.extend(life.settle_and_check(&disk));
+        violations.extend(life(day_ms).settle_and_check());
     }
     lock(&shared).stats.disk = crate::vfs::stats(&disk.prefix);
+    drop(ledger);
     crate::vfs::remove(&disk.prefix);
-    let _ = std::fs::remove_dir_all(&dir);
+    crate::vfs::remove(&gateway_disk.prefix);
     let shared = Arc::try_unwrap(shared).ok().expect("no life is left").into_inner().unwrap_or_else(|e| e.into_inner());
     let mut found = shared.violations;
     found.extend(violations);
@@ -218,8 +204,9 @@ struct Disk {
 }
 
 impl Disk {
-    fn db_uri(&self) -> PathBuf {
-        PathBuf::from(format!("file:{}posd.db?vfs={}", self.prefix, crate::vfs::NAME))
+    /// How SQLite opens a file of this disk.
+    fn uri(&self, file: &str) -> PathBuf {
+        PathBuf::from(format!("file:{}{file}?vfs={}", self.prefix, crate::vfs::NAME))
     }
 
     /// The database and its WAL as they are now.
@@ -230,20 +217,6 @@ impl Disk {
             .filter_map(|path| crate::vfs::file_contents(&path).map(|bytes| (path, bytes)))
             .collect()
     }
-}
-
-/// Where a seed keeps the gateway's ledger: in memory when the machine has /dev/shm.
-fn scratch_dir(seed: u64) -> PathBuf {
-    let shm = PathBuf::from("/dev/shm");
-    let base = if shm.is_dir() { shm } else { std::env::temp_dir() };
-    base.join(format!("posd-sim-{}-{seed}", std::process::id()))
-}
-
-enum Until {
-    /// Crash as planned.
-    Crash(plan::Crash),
-    /// Run until every register has done its day.
-    DayDone,
 }
 
 enum Ended {
@@ -258,7 +231,7 @@ enum Ended {
 struct Life<'a> {
     opts: &'a Options,
     plan: &'a Arc<Plan>,
-    db: &'a PathBuf,
+    disk: &'a Disk,
     ledger: &'a Arc<Mutex<Ledger>>,
     terminals: &'a [Option<Arc<firmware_sim::zvt::Terminal>>],
     shared: &'a SharedRef,
@@ -301,7 +274,9 @@ impl Life<'_> {
             .expect("a runtime for the life")
     }
 
-    fn run(&self, until: Until) -> Ended {
+    /// Runs the day until `crash` (or, without one, until every register
+    /// has done its day).
+    fn run(&self, crash: Option<plan::Crash>) -> Ended {
         let rt = Self::runtime();
         rt.block_on(async {
             let running = match self.start(true).await {
@@ -333,8 +308,8 @@ impl Life<'_> {
                     let _ = r.await;
                 }
             };
-            match until {
-                Until::Crash(c) => {
+            match crash {
+                Some(c) => {
                     let crash = async {
                         tokio::time::sleep_until(start + Duration::from_millis(c.at.saturating_sub(self.day_ms))).await;
                         for _ in 0..c.polls {
@@ -345,12 +320,12 @@ impl Life<'_> {
                         biased;
                         () = crash => {
                             // Every other task stands still: the disk now is what the crash leaves.
-                            let prefix = format!("/sim-{}/", self.opts.seed);
+                            let prefix = &self.disk.prefix;
                             let left = match c.power {
-                                None => crate::vfs::crash(&prefix),
+                                None => crate::vfs::crash(prefix),
                                 Some(loss) => {
                                     let mut rng = ChaCha8Rng::seed_from_u64(self.opts.seed ^ c.at.rotate_left(17));
-                                    crate::vfs::power_loss(&prefix, &mut rng, loss)
+                                    crate::vfs::power_loss(prefix, &mut rng, loss)
                                 }
                             };
                             let mut s = lock(self.shared);
@@ -366,7 +341,7 @@ impl Life<'_> {
                         () = day => Ended::DayDone(lock(self.shared).now_ms()),
                     }
                 }
-                Until::DayDone => {
+                None => {
                     day.await;
                     Ended::DayDone(lock(self.shared).now_ms())
                 }
@@ -382,7 +357,8 @@ impl Life<'_> {
             s.life = (Instant::now(), self.day_ms);
             s.note("posd starts");
         }
-        let store = Store::open(self.db).map_err(|e| check::violation("posd starts", format!("the store: {e}")))?;
+        let store = Store::open(&self.disk.uri("posd.db"))
+            .map_err(|e| check::violation("posd starts", format!("the store: {e}")))?;
         // A commit takes time: other tasks run meanwhile (and share it).
         store.set_commit_yields(self.plan.commit_yields);
         let (faults, faults_rx) = watch::channel(Fault::None);
@@ -446,7 +422,7 @@ impl Life<'_> {
 
     /// The last start: the gateway healthy, posd left to settle, then every
     /// invariant checked against the gateway's ledger.
-    fn settle_and_check(&self, disk: &Disk) -> Vec<check::Violation> {
+    fn settle_and_check(&self) -> Vec<check::Violation> {
         let rt = Self::runtime();
         rt.block_on(async {
             let running = match self.start(false).await {
@@ -460,7 +436,7 @@ impl Life<'_> {
             let journals: Vec<(String, Vec<firmware_sim::zvt::Txn>)> = (self.plan.lanes.iter().zip(self.terminals))
                 .filter_map(|(l, t)| t.as_ref().map(|t| (l.id.clone(), t.journal())))
                 .collect();
-            let report = check::all(running.engine.store(), &ledger, &told, &journals, &disk.files());
+            let report = check::all(running.engine.store(), &ledger, &told, &journals, &self.disk.files());
             drop(ledger);
             let mut s = lock(self.shared);
             for line in &report.ledger {

@@ -74,12 +74,13 @@ fn every_planted_bug_is_found() {
     assert_eq!(out.status.code(), Some(2), "an unknown bug is refused");
 }
 
-/// Found by the simulator (seed 56 of the plan as drawn since #25's first
-/// session): a void whose answer the gateway lost, and that the register gave
-/// up asking about, left the payment AUTHORIZED in posd while the gateway had
-/// voided it. posd now settles captures and voids in doubt from the
-/// gateway's record.
+/// Found by the simulator (seed 56 when found, in #25's first session; seed
+/// 28 of the plan as drawn since): a void whose answer the gateway lost, and
+/// that the register gave up asking about, left the payment AUTHORIZED in
+/// posd while the gateway had voided it. posd now settles captures and
+/// voids in doubt from the gateway's record. A change to how plans are drawn
+/// moves the case to another seed: find it again with the fix disabled.
 #[test]
-fn seed_56_a_void_whose_answer_was_lost_is_settled() {
-    assert_clean(&["--seed", "56"], 1);
+fn seed_28_a_void_whose_answer_was_lost_is_settled() {
+    assert_clean(&["--seed", "28"], 1);
 }

@@ -221,12 +221,16 @@ impl Engine {
     }
 
     /// Settles captures and voids that may have reached the gateway and that
-    /// the register did not ask about again after their answer was lost: the
+    /// the register did not ask about again within a minute of the first
+    /// attempt, after their answer was lost: the
     /// gateway's record of the charge decides (voided, or captured), as the
     /// register's next call would have. Returns false while one is still
     /// open (the gateway could not be asked, or shows nothing yet while an
     /// attempt may still arrive): the reversal worker comes back to it.
     pub(super) async fn settle_after_sale_in_doubt(&self) -> bool {
+        /// How long the register has to ask again itself before the
+        /// background asks the gateway.
+        const GRACE_MS: i64 = 60 * 1000;
         /// How long after its first attempt a capture or void that the gateway
         /// shows no trace of is still watched for.
         const WATCH_MS: i64 = 3600 * 1000;
@@ -239,6 +243,10 @@ impl Engine {
         };
         let mut open = false;
         for (kind, rec, first_sent_ms) in in_doubt {
+            if self.now_ms() - first_sent_ms < GRACE_MS {
+                open = true;
+                continue;
+            }
             // The register (or another task) has the payment in hand: later.
             let Some(_claim) = self.claim(&rec.id) else {
                 open = true;
