@@ -25,10 +25,12 @@ use tokio::io::DuplexStream;
 use tokio::sync::{oneshot, watch};
 use tower::ServiceExt;
 
-/// Calls held while the gateway hangs, released in the order they came.
+/// Calls held while the gateway hangs, released in the order they came;
+/// and the calls received so far in the life (what a crash may wait for).
 #[derive(Default)]
 pub struct Hang {
     held: Mutex<Option<VecDeque<oneshot::Sender<()>>>>,
+    calls: watch::Sender<u32>,
 }
 
 impl Hang {
@@ -47,8 +49,14 @@ impl Hang {
         }
     }
 
-    /// Returns once the gateway is not hanging.
+    /// Returns once the gateway has received `n` calls in this life.
+    pub async fn received(&self, n: u32) {
+        let _ = self.calls.subscribe().wait_for(|c| *c >= n).await;
+    }
+
+    /// Counts a call, then returns once the gateway is not hanging.
     async fn pass(&self) {
+        self.calls.send_modify(|c| *c += 1);
         let wait = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let Some(queue) = held.as_mut() else { return };

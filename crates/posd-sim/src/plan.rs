@@ -33,6 +33,10 @@ pub struct Plan {
 pub struct Crash {
     /// When (ms since the day began)...
     pub at: u64,
+    /// ...or, when set, once the gateway has received this many calls in the
+    /// life (a crash in the window between a call and what posd does with
+    /// its answer)...
+    pub after_calls: Option<u32>,
     /// ...after letting the scheduler run this many more polls.
     pub polls: u32,
     /// The machine loses power (unsynced writes are lost, as `Loss` says);
@@ -131,6 +135,7 @@ impl Plan {
         let mut crashes: Vec<Crash> = (0..rng.gen_range(0..=3))
             .map(|_| Crash {
                 at: rng.gen_range(0..DAY.as_millis() as u64),
+                after_calls: None,
                 polls: rng.gen_range(0..200),
                 power: (power_loss && rng.gen_bool(0.5)).then(|| match rng.gen_range(0..3) {
                     0 => crate::vfs::Loss::All,
@@ -146,6 +151,7 @@ impl Plan {
         more.set_stream(3);
         let commit_yields = more.gen_range(0..=6);
         for c in &mut crashes {
+            c.after_calls = more.gen_bool(0.5).then(|| more.gen_range(1..=40));
             c.down_for = if more.gen_bool(0.2) {
                 more.gen_range(73 * 3_600_000..100 * 3_600_000)
             } else {

@@ -310,8 +310,15 @@ impl Life<'_> {
             };
             match crash {
                 Some(c) => {
-                    let crash = async {
-                        tokio::time::sleep_until(start + Duration::from_millis(c.at.saturating_sub(self.day_ms))).await;
+                    let hang = running.hang.clone();
+                    let crash = async move {
+                        match c.after_calls {
+                            Some(n) => hang.received(n).await,
+                            None => {
+                                let at = start + Duration::from_millis(c.at.saturating_sub(self.day_ms));
+                                tokio::time::sleep_until(at).await;
+                            }
+                        }
                         for _ in 0..c.polls {
                             tokio::task::yield_now().await;
                         }
