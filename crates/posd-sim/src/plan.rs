@@ -199,7 +199,7 @@ fn amount(rng: &mut ChaCha8Rng) -> i64 {
         0 => 5,
         1 => 1,
         2 => gateway_sim::service::ACCOUNT_MISMATCH_CENTS,
-        _ => rng.gen_range(0..100).max(10).min(97),
+        _ => rng.gen_range(0..100).clamp(10, 97),
     };
     euros * 100 + cents
 }

@@ -104,10 +104,6 @@ pub enum Bug {
     /// CARD_READ → AUTHORIZING committed after the authorization is sent
     /// instead of before: a crash between leaves a charge posd never asks about.
     AuthorizingAfterSend,
-    /// An offline payment forwarded before it is claimed (FORWARDING
-    /// committed): after a crash in between and a long stop, it expires as
-    /// never sent while the gateway charged it.
-    ForwardUnclaimed,
 }
 
 impl Bug {
@@ -117,7 +113,6 @@ impl Bug {
         ("synchronous-normal", Bug::SynchronousNormal),
         ("zvt-confirm-before-store", Bug::ZvtConfirmBeforeStore),
         ("authorizing-after-send", Bug::AuthorizingAfterSend),
-        ("forward-unclaimed", Bug::ForwardUnclaimed),
     ];
 
     pub fn name(self) -> &'static str {

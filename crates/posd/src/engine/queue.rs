@@ -10,7 +10,7 @@ use pos_engine::offline::{self, AgeLevel};
 use pos_engine::{Input, Status, next};
 use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 
-use super::{Bug, Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
+use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
 use crate::store::{Data, EventKind, NewEvent, PaymentRecord, StoreError, Update};
@@ -135,9 +135,7 @@ impl Engine {
     /// credentials), or a payment's answer was unclear and it went back to
     /// the queue; either way the next round waits.
     async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        // The simulator's planted bug sends first and claims after.
-        let unclaimed = self.env.planted(Bug::ForwardUnclaimed);
-        let claimed = if unclaimed { batch } else { self.claim_for_forwarding(batch).await? };
+        let claimed = self.claim_for_forwarding(batch).await?;
         failpoint::hit("forward_after_claim");
         let requests = claimed
             .iter()
@@ -146,7 +144,6 @@ impl Engine {
         match self.gateway.forward_batch(requests).await {
             BatchOutcome::Results(results) => {
                 failpoint::hit("forward_after_response");
-                let claimed = if unclaimed { self.claim_for_forwarding(claimed).await? } else { claimed };
                 let requeued = self.apply_forward_results(claimed, results).await?;
                 let mut s = self.sync.lock().unwrap();
                 s.last_error.clear();
