@@ -1,10 +1,12 @@
 //! What the engine takes from the world besides its store, gateway and
-//! lanes: the wall clock, where new ids come from, and (in the simulator
-//! only) a planted bug. posd runs on the system's clock and UUIDv7 ids with
-//! nothing planted ([`Environment::system`]); the deterministic simulator
-//! (`crates/posd-sim`) passes a clock that follows tokio's paused one, ids
-//! from a counter, and the bug a run asks for, so that a seed replays
-//! exactly and the simulator can show it catches a known mistake.
+//! lanes: the wall clock, where new ids and the jitter of retries come
+//! from, where blocking work runs, and (in the simulator only) a planted
+//! bug. posd runs on the system's clock, UUIDv7 ids, the OS's randomness and
+//! tokio's blocking pool with nothing planted ([`Environment::system`]); the
+//! deterministic simulator (`crates/posd-sim`) passes a clock that follows
+//! tokio's paused one, ids from a counter, seeded jitter, blocking work
+//! inline and the bug a run asks for, so that a seed replays exactly and the
+//! simulator can show it catches a known mistake.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use crate::clock::WallClock;
 
-/// The engine's clock, ids and planted bug.
+/// The engine's clock, ids, randomness, blocking work and planted bug.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     pub wall: WallClock,
@@ -28,7 +30,8 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// What posd runs on: the system's wall clock, UUIDv7 ids, no bug.
+    /// What posd runs on: the system's wall clock, UUIDv7 ids, the OS's
+    /// randomness, tokio's blocking pool, no bug.
     pub fn system() -> Self {
         Self::default()
     }
