@@ -52,6 +52,13 @@ pub struct Report {
     pub ledger: Vec<String>,
 }
 
+impl Report {
+    /// Nothing could be checked: the one violation says why.
+    fn unreadable(v: Violation) -> Report {
+        Report { violations: vec![v], statuses: BTreeMap::new(), left_to_person: 0, ledger: vec![] }
+    }
+}
+
 /// The card numbers the simulated readers present: none may be anywhere
 /// in posd's files.
 const PANS: &[&str] = &["4242424242424242", "5555555555554444", "378282246310005", "6799998900000060018"];
@@ -71,25 +78,11 @@ pub fn all(
     let mut left_to_person = 0;
     let payments = match store.list(&ListFilter { limit: usize::MAX >> 1, oldest_first: true, ..Default::default() }) {
         Ok(p) => p,
-        Err(e) => {
-            return Report {
-                violations: vec![violation("posd's store reads", e.to_string())],
-                statuses,
-                left_to_person,
-                ledger: vec![],
-            };
-        }
+        Err(e) => return Report::unreadable(violation("posd's store reads", e.to_string())),
     };
     let charges: HashMap<String, Charge> = match ledger.all() {
         Ok(all) => all.into_iter().map(|c| (c.key.clone(), c)).collect(),
-        Err(e) => {
-            return Report {
-                violations: vec![violation("the ledger reads", e.to_string())],
-                statuses,
-                left_to_person,
-                ledger: vec![],
-            };
-        }
+        Err(e) => return Report::unreadable(violation("the ledger reads", e.to_string())),
     };
     let by_id: HashMap<&str, &PaymentRecord> = payments.iter().map(|p| (p.id.as_str(), p)).collect();
     let by_key: HashMap<&str, &PaymentRecord> = payments.iter().map(|p| (p.gateway_key.as_str(), p)).collect();

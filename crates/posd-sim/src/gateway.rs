@@ -28,12 +28,12 @@ use tower::ServiceExt;
 /// Calls held while the gateway hangs, released in the order they came;
 /// and the calls received so far in the life (what a crash may wait for).
 #[derive(Default)]
-pub struct Hang {
+pub struct Calls {
     held: Mutex<Option<VecDeque<oneshot::Sender<()>>>>,
     calls: watch::Sender<u32>,
 }
 
-impl Hang {
+impl Calls {
     /// Switches the gateway's fault: gateway-sim plays every fault but
     /// `hang`, which this plays.
     pub fn switch(&self, faults: &watch::Sender<Fault>, fault: Fault) {
@@ -70,7 +70,7 @@ impl Hang {
 
 /// Serves the gateway in this runtime; returns how posd's client reaches it.
 /// `down` refuses connections, as gateway-sim's closed listener does.
-pub fn serve(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, hang: Arc<Hang>) -> Dial {
+pub fn serve(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, hang: Arc<Calls>) -> Dial {
     let (events_tx, events) = watch::channel(0u64);
     // Every item is this merchant's: the account-mismatch amounts are
     // refused only while a scenario says so, and the plan does not.

@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod gateway;
+pub mod line;
 pub mod plan;
 pub mod reader;
 pub mod trace;

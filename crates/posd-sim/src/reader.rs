@@ -2,14 +2,11 @@
 //! in-memory pipes that posd's lane dials as it would a TCP reader, with a
 //! desk the registers' customers step up to.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use firmware_sim::line::{Line, LineFaults};
 use firmware_sim::reader::{CardProfile, Customer, Desk, ReaderOptions, Step};
 use posd::line::InProcessLine;
-use tokio::io::DuplexStream;
-use tokio::sync::mpsc;
 
 use crate::plan::CustomerPlan;
 
@@ -21,38 +18,21 @@ pub fn serve(lane: &str) -> (InProcessLine, Arc<Desk>) {
     let idle = Customer { present_after: None, ..Customer::default() };
     let desk = Desk::new(idle.clone());
     let opts = ReaderOptions { serial: format!("SIM-{lane}"), customer: idle, ..ReaderOptions::default() };
-    let (conns, mut incoming) = mpsc::unbounded_channel::<DuplexStream>();
+    let (line, mut incoming) = crate::line::pair(format!("reader of {lane}"));
     let served = desk.clone();
-    let unplugged = Arc::new(AtomicBool::new(false));
-    let plug = unplugged.clone();
     tokio::spawn(async move {
         // One connection at a time, as a reader on a serial line; a new one
         // (posd reconnecting) replaces the one before.
-        while let Some(pipe) = incoming.recv().await {
-            let line = Line::open(
-                pipe,
-                Arc::new(Mutex::new(LineFaults::default())),
-                false,
-                None,
-                firmware_sim::reader::describe,
-            );
+        while let Some(pipe) = incoming.next().await {
+            let faults = Arc::new(Mutex::new(LineFaults::default()));
+            let line = Line::open(pipe, faults, false, None, firmware_sim::reader::describe);
             let ended = firmware_sim::reader::serve(line, &opts, &served).await;
             if let firmware_sim::reader::Ended::Unplugged { back_after } = ended {
-                plug.store(true, Ordering::SeqCst);
-                tokio::time::sleep(back_after).await;
-                plug.store(false, Ordering::SeqCst);
+                incoming.unplug_for(back_after).await;
             }
         }
     });
-    let dial = Arc::new(move || -> std::io::Result<DuplexStream> {
-        if unplugged.load(Ordering::SeqCst) {
-            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        }
-        let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        conns.send(theirs).map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
-        Ok(ours)
-    });
-    (InProcessLine { name: format!("reader of {lane}"), dial }, desk)
+    (line, desk)
 }
 
 /// The planned customer as firmware-sim's reader plays one.

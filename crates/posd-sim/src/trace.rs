@@ -7,26 +7,20 @@ use sha2::{Digest, Sha256};
 pub struct Trace {
     hash: Sha256,
     print: bool,
-    lines: u64,
 }
 
 impl Trace {
     pub fn new(print: bool) -> Self {
-        Self { hash: Sha256::new(), print, lines: 0 }
+        Self { hash: Sha256::new(), print }
     }
 
     /// Adds one line, stamped with the simulated time (ms since the day began).
     pub fn note(&mut self, at_ms: u64, line: impl AsRef<str>) {
         let line = format!("{at_ms:>10} {}\n", line.as_ref());
         self.hash.update(line.as_bytes());
-        self.lines += 1;
         if self.print {
             print!("{line}");
         }
-    }
-
-    pub fn lines(&self) -> u64 {
-        self.lines
     }
 
     /// The hash of every line so far.

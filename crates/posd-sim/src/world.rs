@@ -244,7 +244,7 @@ struct Life<'a> {
 struct Running {
     engine: Arc<Engine>,
     faults: watch::Sender<Fault>,
-    hang: Arc<crate::gateway::Hang>,
+    hang: Arc<crate::gateway::Calls>,
     devices: Vec<Device>,
 }
 
@@ -369,7 +369,7 @@ impl Life<'_> {
         // A commit takes time: other tasks run meanwhile (and share it).
         store.set_commit_yields(self.plan.commit_yields);
         let (faults, faults_rx) = watch::channel(Fault::None);
-        let hang = Arc::new(crate::gateway::Hang::default());
+        let hang = Arc::new(crate::gateway::Calls::default());
         let dial = crate::gateway::serve(self.ledger.clone(), faults_rx, hang.clone());
         let client = Gateway::in_process(
             GatewaySettings {
@@ -514,7 +514,7 @@ fn settings() -> EngineSettings {
 /// Switches the gateway's faults as the plan has them, from this life's start on.
 async fn fault_schedule(
     faults: watch::Sender<Fault>,
-    hang: Arc<crate::gateway::Hang>,
+    hang: Arc<crate::gateway::Calls>,
     plan: Arc<Plan>,
     shared: SharedRef,
     start: Instant,

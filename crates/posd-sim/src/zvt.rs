@@ -8,27 +8,20 @@ use std::sync::Arc;
 use firmware_sim::line::Line;
 use firmware_sim::zvt::Terminal;
 use posd::line::InProcessLine;
-use tokio::io::DuplexStream;
-use tokio::sync::mpsc;
 
 /// Serves `terminal` for `lane` in this runtime: the line posd's lane opens.
 pub fn serve(lane: &str, terminal: Arc<Terminal>) -> InProcessLine {
-    let (conns, mut incoming) = mpsc::unbounded_channel::<DuplexStream>();
+    let (line, mut incoming) = crate::line::pair(format!("ZVT terminal of {lane}"));
     tokio::spawn(async move {
         // One register connection at a time; a new one (posd reconnecting)
         // is served once the one before has ended.
-        while let Some(pipe) = incoming.recv().await {
+        while let Some(pipe) = incoming.next().await {
             let line = Line::open(pipe, terminal.faults.clone(), false, None, firmware_sim::zvt::describe);
             let why = firmware_sim::zvt::serve(line, terminal.clone()).await;
             tracing::debug!(%why, "simulated terminal: connection ended");
         }
     });
-    let dial = Arc::new(move || -> std::io::Result<DuplexStream> {
-        let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        conns.send(theirs).map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
-        Ok(ours)
-    });
-    InProcessLine { name: format!("ZVT terminal of {lane}"), dial }
+    line
 }
 
 /// A new terminal for a seed, as a store sets one up.
