@@ -148,7 +148,7 @@ impl Store {
     pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT cursor, at_ms, kind, terminal_id, payment_id, message FROM events WHERE cursor > ?1 ORDER BY cursor LIMIT ?2",
+            "SELECT cursor, at_ms, kind, terminal_id, payment_id, message FROM events WHERE cursor > ?1 ORDER BY cursor LIMIT +?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
             Ok(EventRecord {

@@ -39,7 +39,7 @@ impl Store {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, record_key, payment_id, kind, amount_minor, currency, created_at_ms FROM gateway_records \
-             WHERE sent_at_ms IS NULL AND refused = 0 ORDER BY seq LIMIT ?1",
+             WHERE sent_at_ms IS NULL AND refused = 0 ORDER BY seq LIMIT +?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
             Ok(GatewayRecord {

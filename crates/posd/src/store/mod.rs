@@ -5,6 +5,10 @@
 //! commit's), reads through a second one (`query_only`): under WAL a read
 //! never waits for a commit's sync. Migrations are versioned with
 //! `PRAGMA user_version`.
+//! A bound `LIMIT` is written `LIMIT +?N`: SQLite plans around the value
+//! bound to a bare `LIMIT ?N`, so it re-prepares such a statement at every
+//! bind, which makes the statement cache useless for it; the unary `+` keeps
+//! the value out of the plan.
 //! [`StateLock`] keeps a second posd off the same state directory.
 //!
 //! This module holds [`Store`] (opening the database, its connections, `meta`)

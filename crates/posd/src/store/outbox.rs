@@ -73,7 +73,7 @@ impl Store {
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(PaymentRecord, Vec<u8>)>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT ?1"
+            "SELECT {COLUMNS}, encrypted_card FROM payments WHERE status = 'offline_approved' ORDER BY queue_seq LIMIT +?1"
         ))?;
         let rows = stmt.query_map([limit as i64], |r| {
             let blob: Option<Vec<u8>> = r.get(30)?;

@@ -432,7 +432,8 @@ impl Store {
         }
         args.push((f.limit as i64).into());
         let order = if f.oldest_first { "ASC" } else { "DESC" };
-        sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT ?{}", args.len());
+        // `LIMIT +?`: see the module docs of `store`.
+        sql += &format!(" ORDER BY created_at_ms {order}, id {order} LIMIT +?{}", args.len());
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_payment)?;
@@ -464,7 +465,7 @@ impl Store {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM payments WHERE status = 'authorized' AND updated_at_ms < ?1 \
-             ORDER BY updated_at_ms LIMIT ?2"
+             ORDER BY updated_at_ms LIMIT +?2"
         ))?;
         let rows = stmt.query_map(params![before_ms, limit as i64], row_to_payment)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -1130,3 +1130,37 @@ fn a_nexo_terminal_s_transaction_id_is_kept_with_its_result() {
     s.apply_blocking("pay_z", &t, Update { data: Data::Terminal(zvt), ..Update::default() }, AT).unwrap();
     assert_eq!(s.terminal_result("pay_z").unwrap().unwrap().poi_transaction_id, "");
 }
+
+/// The reads the background loops repeat (the forwarder's batch, the record
+/// forwarder, the event stream, the capture sweep, listings) run from the
+/// statement cache: no statement of the reading connection is re-prepared
+/// when it runs again after a commit.
+#[tokio::test]
+async fn repeated_reads_are_not_re_prepared() {
+    let (_dir, s) = open();
+    let s = Arc::new(s);
+    for round in 0..3 {
+        s.set_meta("k", round).await.unwrap();
+        s.outbox_batch(10).unwrap();
+        s.pending_records(10).unwrap();
+        s.events_after(0, 10).unwrap();
+        s.authorized_before(AT, 10).unwrap();
+        s.list(&ListFilter { limit: 10, ..Default::default() }).unwrap();
+    }
+    let reader = s.reader();
+    // SAFETY: the handle is the locked reader's; statements are only
+    // inspected, while the lock is held.
+    let (statements, re_prepared) = unsafe {
+        let db = reader.handle();
+        let (mut statements, mut re_prepared) = (0, 0);
+        let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !stmt.is_null() {
+            statements += 1;
+            re_prepared += rusqlite::ffi::sqlite3_stmt_status(stmt, rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE, 0);
+            stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
+        }
+        (statements, re_prepared)
+    };
+    assert!(statements >= 5, "the five reads are cached ({statements} statements)");
+    assert_eq!(re_prepared, 0, "statements re-prepared");
+}
