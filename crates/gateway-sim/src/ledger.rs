@@ -153,7 +153,10 @@ impl Ledger {
     }
 
     pub fn get(&self, key: &str) -> rusqlite::Result<Option<Charge>> {
-        self.conn.query_row(&format!("SELECT {COLUMNS} FROM charges WHERE key = ?1"), [key], row_to_charge).optional()
+        self.conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM charges WHERE key = ?1"))?
+            .query_row([key], row_to_charge)
+            .optional()
     }
 
     pub fn all(&self) -> rusqlite::Result<Vec<Charge>> {

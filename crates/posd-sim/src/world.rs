@@ -19,13 +19,14 @@ use std::time::Duration;
 use gateway_sim::Fault;
 use gateway_sim::ledger::Ledger;
 use pos_engine::Status;
-use posd::engine::{Bug, Engine, EngineError, EngineSettings, Environment, ForwardSettings, Ids, NewPayment};
+use posd::engine::{Attached, Bug, Engine, EngineError, EngineSettings, Environment, ForwardSettings, Ids, NewPayment};
 use posd::gateway::{Gateway, GatewaySettings};
 use posd::lane::{CardDeviceSettings, Lane};
 use posd::line::ReaderLine;
 use posd::store::{RefundStatus, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -645,7 +646,7 @@ async fn pay(engine: &Arc<Engine>, i: usize, ask: Ask<'_>, cancel_after: Option<
         match engine.take_payment(req).await {
             Ok(attached) => {
                 let id = attached.payment.id.clone();
-                if let Some(status) = follow(engine, &id, cancel_after).await {
+                if let Some(status) = follow(engine, attached, cancel_after).await {
                     if status.is_unsent()
                         && let Ok(Some(rec)) = engine.store().get(&id)
                         && let Some(v) = check::offline_limits(engine.store(), &offline_policy(), &rec)
@@ -674,23 +675,36 @@ async fn pay(engine: &Arc<Engine>, i: usize, ask: Ask<'_>, cancel_after: Option<
 
 /// Follows a payment until the register has its answer (or [`FOLLOW`] has
 /// passed), canceling it once after `cancel_after` if it is still running.
-async fn follow(engine: &Arc<Engine>, id: &str, mut cancel_after: Option<Duration>) -> Option<Status> {
-    let began = Instant::now();
+/// Like a register, it waits for the payment's events and reads the payment
+/// when one arrives; once the events end (or were never offered) it asks
+/// every second.
+async fn follow(engine: &Arc<Engine>, attached: Attached, cancel_after: Option<Duration>) -> Option<Status> {
+    let deadline = Instant::now() + FOLLOW;
+    let id = attached.payment.id;
+    let mut events = attached.events;
+    let mut cancel_at = cancel_after.map(|after| Instant::now() + after);
     loop {
-        let rec = engine.store().get(id).ok().flatten()?;
+        let rec = engine.store().get(&id).ok().flatten()?;
         if rec.status.is_settled_for_register() {
             return Some(rec.status);
         }
-        if began.elapsed() > FOLLOW {
+        let now = Instant::now();
+        if now >= deadline {
             return None;
         }
-        if let Some(after) = cancel_after
-            && began.elapsed() >= after
-        {
-            cancel_after = None;
-            let _ = engine.cancel_payment(id).await;
+        if cancel_at.is_some_and(|at| now >= at) {
+            cancel_at = None;
+            let _ = engine.cancel_payment(&id).await;
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let until = cancel_at.map_or(deadline, |at| at.min(deadline));
+        match events.as_mut() {
+            Some(rx) => match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+                Ok(Err(RecvError::Closed)) => events = None,
+            },
+            None => tokio::time::sleep(Duration::from_secs(1).min(until - now)).await,
+        }
     }
 }
 
