@@ -388,6 +388,31 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// The offline limits (the lanes' policy, store-wide as posd counts them)
 /// hold for the unsent payments now: checked whenever a register hears an
 /// offline approval.
+/// A queued offline payment posd holds as never sent (no forwarding
+/// attempt counted: it may expire as unsent, and is not asked about) has
+/// no record at the gateway. Checked on the disk a crash left, before posd
+/// recovers.
+pub fn never_sent(store: &Store, ledger: &Ledger) -> Vec<Violation> {
+    let queued = ListFilter { statuses: vec![Status::OfflineApproved], limit: usize::MAX, ..Default::default() };
+    let Ok(queued) = store.list(&queued) else {
+        return vec![violation("posd starts", "the offline queue cannot be read")];
+    };
+    queued
+        .iter()
+        .filter(|p| p.forward_attempts == 0)
+        .filter_map(|p| {
+            let charge = ledger.get(&p.gateway_key).ok().flatten()?;
+            Some(violation(
+                "a payment held as never sent is not at the gateway",
+                format!(
+                    "{} is queued with no forwarding attempt; the gateway holds {} ({})",
+                    p.id, charge.key, charge.status
+                ),
+            ))
+        })
+        .collect()
+}
+
 pub fn offline_limits(
     store: &Store,
     policy: &pos_engine::offline::OfflinePolicy,

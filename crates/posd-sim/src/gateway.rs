@@ -9,7 +9,7 @@
 //! released in the order they arrived (gateway-sim's own hang waits on a
 //! watch channel, whose waiters wake in an order tokio draws at random).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -26,12 +26,47 @@ use tokio::sync::{oneshot, watch};
 use tower::ServiceExt;
 
 /// Calls held while the gateway hangs, released in the order they came;
-/// and the calls received so far in the life (what a crash may wait for).
+/// and the calls received and answered so far in the life (what a crash may
+/// wait for).
 #[derive(Default)]
 pub struct Calls {
     held: Mutex<Option<VecDeque<oneshot::Sender<()>>>>,
-    calls: watch::Sender<u32>,
+    counts: watch::Sender<Counts>,
 }
+
+/// Calls so far, per method (gRPC method name) and in all.
+#[derive(Default)]
+struct Counts {
+    received: BTreeMap<String, u32>,
+    answered: BTreeMap<String, u32>,
+    received_in_all: u32,
+    answered_in_all: u32,
+}
+
+/// A moment a crash waits for: the `n`-th call of `method` (of any method
+/// when `None`) in the life, when the gateway receives it or, with
+/// `answered`, once it has carried it out and its answer is on the way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallMoment {
+    pub method: Option<&'static str>,
+    pub n: u32,
+    pub answered: bool,
+}
+
+/// The gateway's methods a crash may wait for (forwarding twice as often:
+/// it happens only after the gateway was away).
+pub const METHODS: &[&str] = &[
+    "Authorize",
+    "ForwardBatch",
+    "ForwardBatch",
+    "GetTransaction",
+    "Reverse",
+    "Capture",
+    "Void",
+    "Refund",
+    "GetRefund",
+    "RecordTerminalTransaction",
+];
 
 impl Calls {
     /// Switches the gateway's fault: gateway-sim plays every fault but
@@ -49,14 +84,35 @@ impl Calls {
         }
     }
 
-    /// Returns once the gateway has received `n` calls in this life.
-    pub async fn received(&self, n: u32) {
-        let _ = self.calls.subscribe().wait_for(|c| *c >= n).await;
+    /// Returns once the gateway has come to `moment` in this life.
+    pub async fn reached(&self, moment: CallMoment) {
+        let CallMoment { method, n, answered } = moment;
+        let _ = self
+            .counts
+            .subscribe()
+            .wait_for(|c| {
+                let (per_method, in_all) =
+                    if answered { (&c.answered, c.answered_in_all) } else { (&c.received, c.received_in_all) };
+                method.map_or(in_all, |m| per_method.get(m).copied().unwrap_or(0)) >= n
+            })
+            .await;
+    }
+
+    fn count(&self, method: &str, answered: bool) {
+        self.counts.send_modify(|c| {
+            let (per_method, in_all) = if answered {
+                (&mut c.answered, &mut c.answered_in_all)
+            } else {
+                (&mut c.received, &mut c.received_in_all)
+            };
+            *per_method.entry(method.to_string()).or_default() += 1;
+            *in_all += 1;
+        });
     }
 
     /// Counts a call, then returns once the gateway is not hanging.
-    async fn pass(&self) {
-        self.calls.send_modify(|c| *c += 1);
+    async fn pass(&self, method: &str) {
+        self.count(method, false);
         let wait = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             let Some(queue) = held.as_mut() else { return };
@@ -86,8 +142,11 @@ pub fn serve(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, hang: A
         let held = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let (service, hang) = (service.clone(), hang.clone());
             async move {
-                hang.pass().await;
-                service.oneshot(req).await
+                let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+                hang.pass(&method).await;
+                let answer = service.oneshot(req).await;
+                hang.count(&method, true);
+                answer
             }
         });
         let service = TowerToHyperService::new(held);

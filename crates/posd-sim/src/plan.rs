@@ -10,6 +10,8 @@ use gateway_sim::Fault;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::gateway::{CallMoment, METHODS};
+
 /// The span of the registers' busy day (simulated time) that faults and
 /// crashes fall into.
 pub const DAY: Duration = Duration::from_secs(20 * 60);
@@ -33,10 +35,10 @@ pub struct Plan {
 pub struct Crash {
     /// When (ms since the day began)...
     pub at: u64,
-    /// ...or, when set, once the gateway has received this many calls in the
-    /// life (a crash in the window between a call and what posd does with
-    /// its answer)...
-    pub after_calls: Option<u32>,
+    /// ...or, when set, once the gateway has received (or answered) the
+    /// n-th call (of a method) in the life: a crash in the window between a
+    /// call and what posd does with its answer...
+    pub after_calls: Option<CallMoment>,
     /// ...after letting the scheduler run this many more polls.
     pub polls: u32,
     /// The machine loses power (unsynced writes are lost, as `Loss` says);
@@ -76,6 +78,9 @@ pub enum Op {
         cancel_after: Option<Duration>,
         /// How the sale goes on a ZVT terminal.
         terminal: firmware_sim::zvt::Plan,
+        /// A rush: the register asks no earlier than this moment of the day
+        /// (ms), with no pause before it, as another lane's register does.
+        not_before: Option<u64>,
     },
     /// Refunds a payment this register took earlier (by its place among the
     /// register's payments, modulo their number).
@@ -151,14 +156,93 @@ impl Plan {
         more.set_stream(3);
         let commit_yields = more.gen_range(0..=6);
         for c in &mut crashes {
-            c.after_calls = more.gen_bool(0.5).then(|| more.gen_range(1..=40));
+            c.after_calls =
+                more.gen_bool(0.5).then(|| CallMoment { method: None, n: more.gen_range(1..=40), answered: false });
             c.down_for = if more.gen_bool(0.2) {
                 more.gen_range(73 * 3_600_000..100 * 3_600_000)
             } else {
                 more.gen_range(1_000..60_000)
             };
         }
+        let mut rushes = ChaCha8Rng::seed_from_u64(seed);
+        rushes.set_stream(4);
+        rush(&mut rushes, &mut lanes, &faults);
+        // Which calls a crash waits for, from a stream of its own: mostly one
+        // of a method, soon after the gateway carried it out (the window
+        // between the gateway's act and posd storing its answer is a few
+        // polls long), and then more often a long stop.
+        let mut calls = ChaCha8Rng::seed_from_u64(seed);
+        calls.set_stream(5);
+        for c in &mut crashes {
+            let Some(moment) = c.after_calls.as_mut() else { continue };
+            moment.answered = calls.gen_bool(0.7);
+            if calls.gen_bool(0.7) {
+                moment.method = Some(METHODS[calls.gen_range(0..METHODS.len())]);
+                moment.n = calls.gen_range(1..=3);
+                c.polls = calls.gen_range(0..8);
+                if calls.gen_bool(0.2) {
+                    c.down_for = calls.gen_range(73 * 3_600_000..100 * 3_600_000);
+                }
+            }
+        }
+
         Plan { lanes, faults, crashes, commit_yields }
+    }
+}
+
+impl Op {
+    /// A payment of a rush (see [`rush`]).
+    pub fn is_rush(&self) -> bool {
+        matches!(self, Op::Pay { not_before: Some(_), .. })
+    }
+}
+
+/// Time between the rounds of a rush.
+const RUSH_ROUND: u64 = 20_000;
+
+/// A rush while the gateway is down, on some days: two reader lanes take
+/// payments with the same card at the same moments, a few rounds in a row,
+/// so that both decide on an offline approval at once (the offline limits
+/// must hold for lanes deciding together: two rounds of two reach the
+/// per-card limit of 3 and pass it if both lanes see room for one more).
+/// Each lane's register reaches the rush among its first operations and
+/// waits for it.
+fn rush(rng: &mut ChaCha8Rng, lanes: &mut [LanePlan], faults: &[(u64, Fault)]) {
+    let readers: Vec<usize> = (0..lanes.len()).filter(|i| lanes[*i].kind == LaneKind::Reader).collect();
+    if readers.len() < 2 || !rng.gen_bool(0.5) {
+        return;
+    }
+    let rounds = rng.gen_range(2..=3u64);
+    let needs = 2_000 + rounds * RUSH_ROUND;
+    let downs: Vec<u64> =
+        faults.windows(2).filter(|w| w[0].1 == Fault::Down && w[1].0 - w[0].0 >= needs).map(|w| w[0].0).collect();
+    if downs.is_empty() {
+        return;
+    }
+    let start = downs[rng.gen_range(0..downs.len())] + 2_000;
+    let first = readers[rng.gen_range(0..readers.len())];
+    let second = loop {
+        let other = readers[rng.gen_range(0..readers.len())];
+        if other != first {
+            break other;
+        }
+    };
+    let mut customer = customer(rng);
+    (customer.pin, customer.cancels_after, customer.card_error, customer.fault) =
+        (firmware_sim::reader::PinOutcome::Entered, None, false, None);
+    let payments: Vec<Op> = (0..rounds)
+        .map(|round| Op::Pay {
+            amount_minor: rng.gen_range(100..10_000),
+            manual_capture: false,
+            customer: customer.clone(),
+            cancel_after: None,
+            terminal: firmware_sim::zvt::Plan { outcome: firmware_sim::zvt::Scenario::Approve, faults: vec![] },
+            not_before: Some(start + round * RUSH_ROUND),
+        })
+        .collect();
+    for lane in [first, second] {
+        let at = rng.gen_range(0..=lanes[lane].ops.len().min(2));
+        lanes[lane].ops.splice(at..at, payments.iter().cloned());
     }
 }
 
@@ -175,6 +259,7 @@ fn op(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng) -> Op {
             customer: customer(rng),
             cancel_after: rng.gen_bool(0.05).then(|| Duration::from_millis(rng.gen_range(0..20_000))),
             terminal: terminal(terminals),
+            not_before: None,
         },
         60..=74 => Op::Refund {
             of: rng.gen_range(0..64),

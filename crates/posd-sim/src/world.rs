@@ -314,7 +314,7 @@ impl Life<'_> {
                     let hang = running.hang.clone();
                     let crash = async move {
                         match c.after_calls {
-                            Some(n) => hang.received(n).await,
+                            Some(moment) => hang.reached(moment).await,
                             None => {
                                 let at = start + Duration::from_millis(c.at.saturating_sub(self.day_ms));
                                 tokio::time::sleep_until(at).await;
@@ -337,11 +337,20 @@ impl Life<'_> {
                                 }
                             };
                             let mut s = lock(self.shared);
+                            let when = match c.after_calls {
+                                Some(m) => format!(
+                                    "at the {} call {} {}",
+                                    m.n,
+                                    m.method.unwrap_or("of any kind"),
+                                    if m.answered { "answered" } else { "received" }
+                                ),
+                                None => "at its time".into(),
+                            };
                             match c.power {
-                                None => s.note(format!("CRASH after {} polls", c.polls)),
+                                None => s.note(format!("CRASH {when}, after {} polls", c.polls)),
                                 Some(loss) => {
                                     s.stats.power_losses += 1;
-                                    s.note(format!("POWER LOSS ({loss:?}) after {} polls", c.polls));
+                                    s.note(format!("POWER LOSS ({loss:?}) {when}, after {} polls", c.polls));
                                 }
                             }
                             Ended::Crashed(s.now_ms(), left)
@@ -367,6 +376,9 @@ impl Life<'_> {
         }
         let store = Store::open(&self.disk.uri("posd.db"))
             .map_err(|e| check::violation("posd starts", format!("the store: {e}")))?;
+        // What the crash left: nothing posd holds as never sent is at the gateway.
+        let never_sent = check::never_sent(&store, &self.ledger.lock().unwrap_or_else(|e| e.into_inner()));
+        lock(self.shared).violations.extend(never_sent);
         // A commit takes time: other tasks run meanwhile (and share it).
         store.set_commit_yields(self.plan.commit_yields);
         let (faults, faults_rx) = watch::channel(Fault::None);
@@ -540,7 +552,11 @@ async fn register(engine: Arc<Engine>, i: usize, device: Device, plan: Arc<Plan>
         let Some(op) = lane.ops.get(idx) else { return };
         let key = format!("{}-{idx}", lane.id);
         match op {
-            Op::Pay { amount_minor, manual_capture, customer, cancel_after, terminal } => {
+            Op::Pay { amount_minor, manual_capture, customer, cancel_after, terminal, not_before } => {
+                if let Some(at) = not_before {
+                    let wait = at.saturating_sub(lock(&shared).now_ms());
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
                 device.plan_once(&shared, i, customer, terminal);
                 let ask =
                     Ask { lane: &lane.id, key: &key, amount_minor: *amount_minor, manual_capture: *manual_capture };
@@ -564,7 +580,10 @@ async fn register(engine: Arc<Engine>, i: usize, device: Device, plan: Arc<Plan>
             r.customer_planned = false;
             Duration::from_millis(r.rng.gen_range(500..30_000))
         };
-        tokio::time::sleep(think).await;
+        // Into a rush without a pause: its moment is set.
+        if !lane.ops.get(idx + 1).is_some_and(Op::is_rush) {
+            tokio::time::sleep(think).await;
+        }
     }
 }
 

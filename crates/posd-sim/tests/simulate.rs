@@ -60,6 +60,8 @@ const PLANTED: &[(&str, &str)] = &[
     ("synchronous-normal", "1"),
     ("zvt-confirm-before-store", "0"),
     ("authorizing-after-send", "356"),
+    ("forward-unclaimed", "48"),
+    ("offline-counted-after-approval", "2"),
 ];
 
 #[test]

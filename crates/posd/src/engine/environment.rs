@@ -107,6 +107,16 @@ pub enum Bug {
     /// CARD_READ → AUTHORIZING committed after the authorization is sent
     /// instead of before: a crash between leaves a charge posd never asks about.
     AuthorizingAfterSend,
+    /// An offline payment forwarded before it is claimed (FORWARDING, its
+    /// attempt counted) instead of after: a crash during the call leaves a
+    /// payment that looks never sent, which expires while the gateway holds
+    /// its charge.
+    ForwardUnclaimed,
+    /// The offline gate released once the queue is read instead of after the
+    /// approval is stored: an offline approval counts against the limits
+    /// only after it was given, so lanes deciding at the same moment all see
+    /// room for one more payment.
+    OfflineCountedAfterApproval,
 }
 
 impl Bug {
@@ -116,6 +126,8 @@ impl Bug {
         ("synchronous-normal", Bug::SynchronousNormal),
         ("zvt-confirm-before-store", Bug::ZvtConfirmBeforeStore),
         ("authorizing-after-send", Bug::AuthorizingAfterSend),
+        ("forward-unclaimed", Bug::ForwardUnclaimed),
+        ("offline-counted-after-approval", Bug::OfflineCountedAfterApproval),
     ];
 
     pub fn name(self) -> &'static str {

@@ -483,7 +483,13 @@ impl<G: Authorizer, R: CardReader> Run<'_, G, R> {
         let engine = self.engine;
         self.gate = Some(engine.offline_gate.lock().await);
         let now = engine.clock.now_ms();
-        match engine.queue_state(currency, fingerprint, now) {
+        let queue = engine.queue_state(currency, fingerprint, now);
+        if engine.env.planted(Bug::OfflineCountedAfterApproval) {
+            // The simulator's planted bug: the gate opens before the approval
+            // it guards is stored.
+            self.gate = None;
+        }
+        match queue {
             Ok(queue) => Event::OfflineQueue { queue, queued_at_ms: now },
             Err(e) => {
                 tracing::error!(payment = %self.rec.id, error = %e, "cannot read the offline queue; offline approval refused");

@@ -10,7 +10,7 @@ use pos_engine::offline::{self, AgeLevel};
 use pos_engine::{Input, Status, next};
 use pos_proto::gateway::{ForwardResult, Outcome, Transaction};
 
-use super::{Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
+use super::{Bug, Engine, EngineError, ForwardSettings, LAST_ONLINE, StepError, human, step_error};
 use crate::failpoint;
 use crate::gateway::{BatchOutcome, Scrubbed};
 use crate::store::{Data, EventKind, NewEvent, PaymentRecord, StoreError, Update};
@@ -135,13 +135,23 @@ impl Engine {
     /// credentials), or a payment's answer was unclear and it went back to
     /// the queue; either way the next round waits.
     async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        let claimed = self.claim_for_forwarding(batch).await?;
-        failpoint::hit("forward_after_claim");
-        let requests = claimed
-            .iter()
-            .map(|(rec, blob)| self.authorize_request(rec, &rec.card.clone().unwrap_or_default(), blob.clone()))
-            .collect();
-        match self.gateway.forward_batch(requests).await {
+        let request = |batch: &[(PaymentRecord, Vec<u8>)]| {
+            batch
+                .iter()
+                .map(|(rec, blob)| self.authorize_request(rec, &rec.card.clone().unwrap_or_default(), blob.clone()))
+                .collect()
+        };
+        let (claimed, outcome) = if self.env.planted(Bug::ForwardUnclaimed) {
+            // The simulator's planted bug: sent first, claimed after.
+            let outcome = self.gateway.forward_batch(request(&batch)).await;
+            (self.claim_for_forwarding(batch).await?, outcome)
+        } else {
+            let claimed = self.claim_for_forwarding(batch).await?;
+            failpoint::hit("forward_after_claim");
+            let outcome = self.gateway.forward_batch(request(&claimed)).await;
+            (claimed, outcome)
+        };
+        match outcome {
             BatchOutcome::Results(results) => {
                 failpoint::hit("forward_after_response");
                 let requeued = self.apply_forward_results(claimed, results).await?;
