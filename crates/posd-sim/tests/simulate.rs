@@ -56,10 +56,10 @@ fn a_seed_replays_to_the_same_trace_hash() {
 /// each takes. A change to how plans are drawn moves them: find them again
 /// with that command.
 const PLANTED: &[(&str, &str)] = &[
-    ("refund-not-sent-settles", "58"),
+    ("refund-not-sent-settles", "33"),
     ("synchronous-normal", "1"),
     ("zvt-confirm-before-store", "0"),
-    ("authorizing-after-send", "356"),
+    ("authorizing-after-send", "135"),
     ("forward-unclaimed", "48"),
     ("offline-counted-after-approval", "2"),
 ];
