@@ -31,16 +31,8 @@ use tower::ServiceExt;
 #[derive(Default)]
 pub struct Calls {
     held: Mutex<Option<VecDeque<oneshot::Sender<()>>>>,
-    counts: watch::Sender<Counts>,
-}
-
-/// Calls so far, per method (gRPC method name) and in all.
-#[derive(Default)]
-struct Counts {
-    received: BTreeMap<String, u32>,
-    answered: BTreeMap<String, u32>,
-    received_in_all: u32,
-    answered_in_all: u32,
+    /// Calls so far by (answered, method); method `None`: of any method.
+    counts: watch::Sender<BTreeMap<(bool, Option<String>), u32>>,
 }
 
 /// A moment a crash waits for: the `n`-th call of `method` (of any method
@@ -86,27 +78,14 @@ impl Calls {
 
     /// Returns once the gateway has come to `moment` in this life.
     pub async fn reached(&self, moment: CallMoment) {
-        let CallMoment { method, n, answered } = moment;
-        let _ = self
-            .counts
-            .subscribe()
-            .wait_for(|c| {
-                let (per_method, in_all) =
-                    if answered { (&c.answered, c.answered_in_all) } else { (&c.received, c.received_in_all) };
-                method.map_or(in_all, |m| per_method.get(m).copied().unwrap_or(0)) >= n
-            })
-            .await;
+        let key = (moment.answered, moment.method.map(str::to_string));
+        let _ = self.counts.subscribe().wait_for(|c| c.get(&key).is_some_and(|n| *n >= moment.n)).await;
     }
 
     fn count(&self, method: &str, answered: bool) {
         self.counts.send_modify(|c| {
-            let (per_method, in_all) = if answered {
-                (&mut c.answered, &mut c.answered_in_all)
-            } else {
-                (&mut c.received, &mut c.received_in_all)
-            };
-            *per_method.entry(method.to_string()).or_default() += 1;
-            *in_all += 1;
+            *c.entry((answered, Some(method.to_string()))).or_default() += 1;
+            *c.entry((answered, None)).or_default() += 1;
         });
     }
 

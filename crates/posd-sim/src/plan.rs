@@ -185,7 +185,6 @@ impl Plan {
                 }
             }
         }
-
         Plan { lanes, faults, crashes, commit_yields }
     }
 }

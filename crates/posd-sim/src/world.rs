@@ -339,9 +339,9 @@ impl Life<'_> {
                             let mut s = lock(self.shared);
                             let when = match c.after_calls {
                                 Some(m) => format!(
-                                    "at the {} call {} {}",
+                                    "at call {} of {} ({})",
                                     m.n,
-                                    m.method.unwrap_or("of any kind"),
+                                    m.method.unwrap_or("any method"),
                                     if m.answered { "answered" } else { "received" }
                                 ),
                                 None => "at its time".into(),
