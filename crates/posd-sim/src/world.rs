@@ -698,10 +698,11 @@ async fn pay(engine: &Arc<Engine>, i: usize, ask: Ask<'_>, cancel_after: Option<
 /// when one arrives; once the events end (or were never offered) it asks
 /// every second.
 async fn follow(engine: &Arc<Engine>, attached: Attached, cancel_after: Option<Duration>) -> Option<Status> {
-    let deadline = Instant::now() + FOLLOW;
+    let began = Instant::now();
+    let deadline = began + FOLLOW;
     let id = attached.payment.id;
     let mut events = attached.events;
-    let mut cancel_at = cancel_after.map(|after| Instant::now() + after);
+    let mut cancel_at = cancel_after.map(|after| began + after);
     loop {
         let rec = engine.store().get(&id).ok().flatten()?;
         if rec.status.is_settled_for_register() {

@@ -135,22 +135,18 @@ impl Engine {
     /// credentials), or a payment's answer was unclear and it went back to
     /// the queue; either way the next round waits.
     async fn forward_once(&self, batch: Vec<(PaymentRecord, Vec<u8>)>) -> Result<Option<bool>, StepError> {
-        let request = |batch: &[(PaymentRecord, Vec<u8>)]| {
-            batch
-                .iter()
-                .map(|(rec, blob)| self.authorize_request(rec, &rec.card.clone().unwrap_or_default(), blob.clone()))
-                .collect()
-        };
-        let (claimed, outcome) = if self.env.planted(Bug::ForwardUnclaimed) {
-            // The simulator's planted bug: sent first, claimed after.
-            let outcome = self.gateway.forward_batch(request(&batch)).await;
-            (self.claim_for_forwarding(batch).await?, outcome)
-        } else {
-            let claimed = self.claim_for_forwarding(batch).await?;
-            failpoint::hit("forward_after_claim");
-            let outcome = self.gateway.forward_batch(request(&claimed)).await;
-            (claimed, outcome)
-        };
+        // The simulator's planted bug sends first and claims after.
+        let unclaimed = self.env.planted(Bug::ForwardUnclaimed);
+        let mut claimed = if unclaimed { batch } else { self.claim_for_forwarding(batch).await? };
+        failpoint::hit("forward_after_claim");
+        let requests = claimed
+            .iter()
+            .map(|(rec, blob)| self.authorize_request(rec, &rec.card.clone().unwrap_or_default(), blob.clone()))
+            .collect();
+        let outcome = self.gateway.forward_batch(requests).await;
+        if unclaimed {
+            claimed = self.claim_for_forwarding(claimed).await?;
+        }
         match outcome {
             BatchOutcome::Results(results) => {
                 failpoint::hit("forward_after_response");
