@@ -141,6 +141,18 @@ pub struct NexoOptions {
     pub card: Card,
     /// Every finished payment appended as a JSON line (SaleID, ServiceID, answer).
     pub journal_file: Option<PathBuf>,
+    /// Where the terminal's time stamps come from; `None`: the system's clock.
+    pub clock: Option<Clock>,
+}
+
+/// A clock the terminal reads its time stamps from (the simulator's).
+#[derive(Clone)]
+pub struct Clock(pub Arc<dyn Fn() -> jiff::Timestamp + Send + Sync>);
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 impl Default for NexoOptions {
@@ -154,6 +166,7 @@ impl Default for NexoOptions {
             restart_takes: Duration::from_secs(3),
             card: answer::card("visa").expect("a known card"),
             journal_file: None,
+            clock: None,
         }
     }
 }
@@ -167,6 +180,16 @@ enum Interrupt {
     Restart,
 }
 
+/// A payment the customer is at: what its end needs.
+#[derive(Debug, Clone)]
+struct Started {
+    header: MessageHeader,
+    request: PaymentRequest,
+    outcome: Scenario,
+    requested: i64,
+    card: Card,
+}
+
 #[derive(Debug)]
 struct State {
     scenario: Scenario,
@@ -174,8 +197,9 @@ struct State {
     planned: VecDeque<Scenario>,
     card: Card,
     journal: Journal,
-    /// The payments running now, each with the way to stop it.
-    running: HashMap<PaymentKey, oneshot::Sender<Interrupt>>,
+    /// The payments running now, each with the way to stop it and what it
+    /// needs to end without its Sale system.
+    running: HashMap<PaymentKey, (oneshot::Sender<Interrupt>, Box<Started>)>,
     /// While the terminal restarts.
     restarting_until: Option<tokio::time::Instant>,
 }
@@ -184,7 +208,7 @@ impl State {
     /// Drops the payments in flight and keeps the terminal away for `takes`.
     fn restart(&mut self, takes: Duration) {
         self.restarting_until = Some(tokio::time::Instant::now() + takes);
-        for (key, stop) in self.running.drain() {
+        for (key, (stop, _)) in self.running.drain() {
             self.journal.forget(&key);
             let _ = stop.send(Interrupt::Restart);
         }
@@ -368,16 +392,19 @@ impl Terminal {
                     Err(ErrorCondition::Busy)
                 } else {
                     let (stop, stopped) = oneshot::channel();
-                    s.running.insert(key.clone(), stop);
+                    let started =
+                        Started { header: header.clone(), request: req.clone(), outcome, requested, card: s.card.clone() };
+                    s.running.insert(key.clone(), (stop, Box::new(started.clone())));
                     s.journal.start(key.clone());
-                    Ok((outcome, stopped, s.card.clone()))
+                    Ok((started, stopped))
                 }
             }
         };
-        let (outcome, stopped, card) = match started {
+        let (started, stopped) = match started {
             Ok(started) => started,
             Err(condition) => return self.respond(header, answer::payment_refused(req, condition).into()),
         };
+        let outcome = started.outcome;
         let takes = match outcome {
             Scenario::Slow => self.opts.slow,
             Scenario::LongDelay => self.opts.long_delay,
@@ -406,22 +433,11 @@ impl Terminal {
         } else {
             decide(outcome, requested)
         };
-        let time_stamp = now();
+        let at = self.now();
         let response = {
-            let mut guard = self.state.lock().unwrap();
-            let s = &mut *guard;
+            let mut s = self.state.lock().unwrap();
             s.running.remove(&key);
-            let poi = s.journal.next_transaction(&time_stamp);
-            let response = answer::payment_response(req, &decision, &card, poi.clone(), &self.opts.poi_id);
-            let booked = decision.authorized.map(|amount| Booked {
-                poi_transaction_id: poi.transaction_id.clone(),
-                refund: req.payment_type() == PaymentType::Refund,
-                brand: card.brand.to_owned(),
-                currency: amounts.currency.clone(),
-                amount,
-            });
-            s.journal.finish(key.clone(), header.response(), response.clone(), booked);
-            response
+            self.conclude(&mut s, &key, &started, &decision, &at)
         };
         self.append_to_journal_file(&key, &response);
         if outcome == Scenario::LostAnswer && !aborted {
@@ -431,6 +447,63 @@ impl Terminal {
             return Reply::Cut;
         }
         self.respond(header, response.into())
+    }
+
+    /// Ends payment `key` as `decision` says, stamped `at`: journaled, and
+    /// booked when authorized. The answer it gets.
+    fn conclude(
+        &self,
+        s: &mut State,
+        key: &PaymentKey,
+        started: &Started,
+        decision: &Decision,
+        at: &str,
+    ) -> pos_nexo::payment::PaymentResponse {
+        let req = &started.request;
+        let poi = s.journal.next_transaction(at);
+        let response = answer::payment_response(req, decision, &started.card, poi.clone(), &self.opts.poi_id);
+        let booked = decision.authorized.map(|amount| Booked {
+            poi_transaction_id: poi.transaction_id.clone(),
+            sale_transaction_id: req.sale_data.sale_transaction_id.transaction_id.clone(),
+            refund: req.payment_type() == PaymentType::Refund,
+            brand: started.card.brand.to_owned(),
+            currency: req.payment_transaction.amounts_req.currency.clone(),
+            amount,
+        });
+        s.journal.finish(key.clone(), started.header.response(), response.clone(), booked);
+        response
+    }
+
+    /// The Sale system went away in the middle of a payment together with
+    /// the task answering it (the simulator drops posd and every task of
+    /// its life at once): each running payment ends now, at `at`, as its
+    /// customer would have ended it, and is journaled, as a terminal that
+    /// runs on by itself does. A payment meant to restart the terminal is
+    /// forgotten.
+    pub fn sale_system_gone(&self, at: jiff::Timestamp) {
+        let mut guard = self.state.lock().unwrap();
+        let s = &mut *guard;
+        let mut running: Vec<(PaymentKey, Box<Started>)> = s.running.drain().map(|(k, (_, st))| (k, st)).collect();
+        running.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, started) in running {
+            if started.outcome == Scenario::Restart {
+                s.journal.forget(&key);
+                continue;
+            }
+            let decision = decide(started.outcome, started.requested);
+            let response = self.conclude(s, &key, &started, &decision, &time_stamp(at));
+            self.append_to_journal_file(&key, &response);
+        }
+    }
+
+    /// Every booked transaction, in order, with the amount reversed.
+    pub fn booked(&self) -> Vec<(Booked, Option<i64>)> {
+        self.state.lock().unwrap().journal.booked().to_vec()
+    }
+
+    /// Now, as the terminal stamps it.
+    fn now(&self) -> String {
+        time_stamp(self.opts.clock.as_ref().map_or_else(jiff::Timestamp::now, |c| (c.0)()))
     }
 
     /// TransactionStatus: what became of a payment request (the last one of
@@ -491,7 +564,7 @@ impl Terminal {
         let key = (sale_id, r.service_id.clone().unwrap_or_default());
         let stop = self.state.lock().unwrap().running.remove(&key);
         match stop {
-            Some(stop) => {
+            Some((stop, _)) => {
                 let _ = stop.send(Interrupt::Abort);
                 self.note(&format!("abort ({}): payment {} stops", req.abort_reason, key.1));
             }
@@ -507,7 +580,7 @@ impl Terminal {
         let reversed = self.state.lock().unwrap().journal.reverse(
             &original.poi_transaction_id.transaction_id,
             req.reversed_amount,
-            &now(),
+            &self.now(),
         );
         let response = match reversed {
             Ok(r) => ReversalResponse {
@@ -728,9 +801,9 @@ fn describe_response(response: &SaleToPoiResponse) -> String {
     }
 }
 
-/// Now, as nexo time stamps are written (UTC, milliseconds).
-fn now() -> String {
-    format!("{:.3}", jiff::Timestamp::now())
+/// `at`, as nexo time stamps are written (UTC, milliseconds).
+fn time_stamp(at: jiff::Timestamp) -> String {
+    format!("{at:.3}")
 }
 
 /// Serves HTTPS on `listener` until it fails: POST `/nexo` or `/nexo/`,
@@ -752,13 +825,21 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| answer_http(t.clone(), req));
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = connection.await {
+            if let Err(e) = serve_connection(tls, t).await {
                 tracing::debug!(%peer, error = %e, "nexo: connection ended");
             }
         });
     }
+}
+
+/// Serves one connection (HTTP/1 on `io`, after TLS or, in the simulator,
+/// on an in-memory pipe) until the Sale system closes it.
+pub async fn serve_connection<IO>(io: IO, t: Arc<Terminal>) -> hyper::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| answer_http(t.clone(), req));
+    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).await
 }
 
 /// One HTTP request. The document is handled in a task of its own, so a

@@ -9,6 +9,13 @@ use gateway_sim::ledger::{Charge, Ledger};
 use pos_engine::Status;
 use posd::store::{DeviceKind, EventKind, ListFilter, PaymentRecord, RefundStatus, Store};
 
+/// What a lane's payment terminal booked, as its journal has it.
+pub enum Journal {
+    Zvt(Vec<Txn>),
+    /// Each booked transaction with the amount reversed.
+    Nexo(Vec<(firmware_sim::nexo::journal::Booked, Option<i64>)>),
+}
+
 /// What a register was told, kept across posd's crashes.
 #[derive(Debug, Clone)]
 pub enum Told {
@@ -63,14 +70,14 @@ impl Report {
 /// in posd's files.
 const PANS: &[&str] = &["4242424242424242", "5555555555554444", "378282246310005", "6799998900000060018"];
 
-/// Checks every invariant: against the gateway's ledger, and each ZVT
-/// lane's terminal journal (`journals`, by lane); `files` are posd's
+/// Checks every invariant: against the gateway's ledger, and each
+/// terminal lane's journal (`journals`, by lane); `files` are posd's
 /// database files as they are now.
 pub fn all(
     store: &Store,
     ledger: &Ledger,
     told: &[Vec<Told>],
-    journals: &[(String, Vec<Txn>)],
+    journals: &[(String, Journal)],
     files: &[(String, Vec<u8>)],
 ) -> Report {
     let mut v = Vec::new();
@@ -197,7 +204,10 @@ pub fn all(
 
     // Payment terminals: posd's payments and each terminal's journal agree.
     for (lane, journal) in journals {
-        check_terminal(store, &payments, lane, journal, &mut v);
+        match journal {
+            Journal::Zvt(journal) => check_terminal(store, &payments, lane, journal, &mut v),
+            Journal::Nexo(booked) => check_nexo(store, &payments, lane, booked, &mut v),
+        }
     }
 
     // What each register was told holds against both.
@@ -370,6 +380,51 @@ fn check_terminal(store: &Store, payments: &[PaymentRecord], lane: &str, journal
         v.push(violation(
             "posd's totals equal the terminal's",
             format!("{lane}: refunded {refunded} in posd, {at_terminal} at the terminal"),
+        ));
+    }
+}
+
+/// A nexo lane: what each payment nets at the terminal (booked less
+/// reversed, found by its SaleTransactionID, the payment's gateway key)
+/// equals what posd reports: its amount less what was refunded when
+/// captured, nothing otherwise; nothing is booked that no payment of posd
+/// has, and no refund is left pending.
+fn check_nexo(
+    store: &Store,
+    payments: &[PaymentRecord],
+    lane: &str,
+    booked: &[(firmware_sim::nexo::journal::Booked, Option<i64>)],
+    v: &mut Vec<Violation>,
+) {
+    let mut net: BTreeMap<&str, i64> = BTreeMap::new();
+    for (b, reversed) in booked {
+        *net.entry(b.sale_transaction_id.as_str()).or_default() += b.amount - reversed.unwrap_or(0);
+    }
+    for p in payments.iter().filter(|p| p.terminal_id == lane) {
+        let at_terminal = net.remove(p.gateway_key.as_str()).unwrap_or(0);
+        let refunds = store.refunds_of(&p.id).unwrap_or_default();
+        for r in refunds.iter().filter(|r| r.status == RefundStatus::Pending) {
+            v.push(violation("nothing stuck after settling", format!("refund {} of {} is still pending", r.id, p.id)));
+        }
+        let refunded: i64 =
+            refunds.iter().filter(|r| r.status == RefundStatus::Succeeded).map(|r| r.amount_minor).sum();
+        let in_posd = match p.status {
+            Status::Captured => p.amount_minor - refunded,
+            // Left to a person: posd alerted that the terminal could not tell.
+            Status::Unknown => continue,
+            _ => 0,
+        };
+        if in_posd != at_terminal {
+            v.push(violation(
+                "posd's totals equal the terminal's",
+                format!("{} is {} in posd ({in_posd} net); {lane}'s terminal nets {at_terminal}", p.id, p.status),
+            ));
+        }
+    }
+    for (key, left) in net.into_iter().filter(|(_, n)| *n != 0) {
+        v.push(violation(
+            "no sale at a terminal that posd does not report",
+            format!("{lane}'s terminal booked {left} net under {key}, which no payment of posd has"),
         ));
     }
 }

@@ -64,6 +64,17 @@ pub enum LaneKind {
     Reader,
     /// A ZVT payment terminal (firmware-sim's): it authorizes by itself.
     Zvt,
+    /// A nexo terminal (firmware-sim's, Adyen's local Terminal API): it
+    /// authorizes by itself.
+    Nexo,
+}
+
+impl LaneKind {
+    /// A payment terminal that authorizes by itself (captured with the
+    /// sale; voided by a reversal at the terminal).
+    pub fn is_terminal(self) -> bool {
+        self != LaneKind::Reader
+    }
 }
 
 /// One thing a register does.
@@ -78,6 +89,8 @@ pub enum Op {
         cancel_after: Option<Duration>,
         /// How the sale goes on a ZVT terminal.
         terminal: firmware_sim::zvt::Plan,
+        /// How it goes on a nexo terminal.
+        nexo: firmware_sim::nexo::Scenario,
         /// A rush: the register asks no earlier than this moment of the day
         /// (ms), with no pause before it, as another lane's register does.
         not_before: Option<u64>,
@@ -119,17 +132,24 @@ impl Plan {
     /// The day of `seed`; with `power_loss`, some crashes are power losses.
     pub fn draw(seed: u64, power_loss: bool) -> Plan {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        // What terminal lanes add comes from a stream of its own, so that the
-        // reader lanes' plan of a seed stays as it was before they came.
+        // How the terminals' sales go, from a stream of its own.
         let mut terminals = ChaCha8Rng::seed_from_u64(seed);
         terminals.set_stream(1);
-        let mut lanes: Vec<LanePlan> =
-            (1..=rng.gen_range(1..=3)).map(|n| lane(&mut rng, &mut terminals, n, LaneKind::Reader)).collect();
-        let mut terminal_ops = ChaCha8Rng::seed_from_u64(seed);
-        terminal_ops.set_stream(2);
-        let readers = lanes.len();
-        for n in 1..=terminal_ops.gen_range(0..=2) {
-            lanes.push(lane(&mut terminal_ops, &mut terminals, readers + n, LaneKind::Zvt));
+        // How many lanes of each kind: mostly one or two, up to eight. A
+        // lane's register does less the more lanes there are, so that a day
+        // stays about the same size (and a seed as cheap).
+        let mut shape = ChaCha8Rng::seed_from_u64(seed);
+        shape.set_stream(6);
+        let kinds = [LaneKind::Reader, LaneKind::Zvt, LaneKind::Nexo];
+        let counts = kinds.map(|_| if shape.gen_bool(0.8) { shape.gen_range(1..=2) } else { shape.gen_range(3..=8) });
+        let all: usize = counts.iter().sum();
+        let ops = (24 / all).max(3)..=(72 / all).max(8);
+        let mut lanes: Vec<LanePlan> = Vec::new();
+        for (kind, count) in kinds.into_iter().zip(counts) {
+            for _ in 0..count {
+                let n = lanes.len() + 1;
+                lanes.push(lane(&mut rng, &mut terminals, n, kind, ops.clone()));
+            }
         }
         let mut faults = Vec::new();
         let mut at = 0u64;
@@ -236,6 +256,7 @@ fn rush(rng: &mut ChaCha8Rng, lanes: &mut [LanePlan], faults: &[(u64, Fault)]) {
             customer: customer.clone(),
             cancel_after: None,
             terminal: firmware_sim::zvt::Plan { outcome: firmware_sim::zvt::Scenario::Approve, faults: vec![] },
+            nexo: firmware_sim::nexo::Scenario::Approve,
             not_before: Some(start + round * RUSH_ROUND),
         })
         .collect();
@@ -245,8 +266,14 @@ fn rush(rng: &mut ChaCha8Rng, lanes: &mut [LanePlan], faults: &[(u64, Fault)]) {
     }
 }
 
-fn lane(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng, n: usize, kind: LaneKind) -> LanePlan {
-    let ops = (0..rng.gen_range(6..=24)).map(|_| op(rng, terminals)).collect();
+fn lane(
+    rng: &mut ChaCha8Rng,
+    terminals: &mut ChaCha8Rng,
+    n: usize,
+    kind: LaneKind,
+    count: std::ops::RangeInclusive<usize>,
+) -> LanePlan {
+    let ops = (0..rng.gen_range(count)).map(|_| op(rng, terminals)).collect();
     LanePlan { id: format!("lane-{n}"), kind, ops }
 }
 
@@ -258,6 +285,7 @@ fn op(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng) -> Op {
             customer: customer(rng),
             cancel_after: rng.gen_bool(0.05).then(|| Duration::from_millis(rng.gen_range(0..20_000))),
             terminal: terminal(terminals),
+            nexo: nexo(terminals),
             not_before: None,
         },
         60..=74 => Op::Refund {
@@ -341,6 +369,27 @@ fn terminal(rng: &mut ChaCha8Rng) -> firmware_sim::zvt::Plan {
         _ => vec![],
     };
     firmware_sim::zvt::Plan { outcome, faults }
+}
+
+/// How a sale goes on a nexo terminal: mostly approved; declines, the
+/// customer's cancel, a wrong PIN, a busy or slow terminal, a partial
+/// approval (posd reverses it), an answer lost after booking, one past
+/// posd's patience, a restart in the middle, a receipt to sign.
+fn nexo(rng: &mut ChaCha8Rng) -> firmware_sim::nexo::Scenario {
+    use firmware_sim::nexo::Scenario;
+    match rng.gen_range(0..100) {
+        0..=59 => Scenario::Approve,
+        60..=67 => Scenario::Decline,
+        68..=71 => Scenario::CustomerCancel,
+        72..=74 => Scenario::WrongPin,
+        75..=77 => Scenario::Busy,
+        78..=81 => Scenario::Slow,
+        82..=85 => Scenario::Partial,
+        86..=90 => Scenario::LostAnswer,
+        91..=93 => Scenario::LongDelay,
+        94..=96 => Scenario::Restart,
+        _ => Scenario::Signature,
+    }
 }
 
 fn fault(rng: &mut ChaCha8Rng) -> Fault {

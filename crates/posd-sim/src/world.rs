@@ -23,6 +23,8 @@ use posd::engine::{Attached, Bug, Engine, EngineError, EngineSettings, Environme
 use posd::gateway::{Gateway, GatewaySettings};
 use posd::lane::{CardDeviceSettings, Lane};
 use posd::line::ReaderLine;
+use posd::nexo::line::{LineSettings, TerminalLine};
+use posd::nexo::terminal::NexoSettings;
 use posd::store::{RefundStatus, Store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -147,8 +149,21 @@ pub fn run(opts: &Options) -> Outcome {
     }));
     let ids = Arc::new(AtomicU64::new(0));
     // The lanes' payment terminals outlive posd's crashes.
-    let terminals: Vec<Option<Arc<firmware_sim::zvt::Terminal>>> =
-        plan.lanes.iter().map(|l| (l.kind == LaneKind::Zvt).then(crate::zvt::terminal)).collect();
+    let terminals: Vec<Terminal> = plan
+        .lanes
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match l.kind {
+            LaneKind::Reader => Terminal::None,
+            LaneKind::Zvt => Terminal::Zvt(crate::zvt::terminal()),
+            LaneKind::Nexo => {
+                let shared = Arc::downgrade(&shared);
+                let now_ms = move || EPOCH_MS + shared.upgrade().map_or(0, |s| lock(&s).now_ms() as i64);
+                Terminal::Nexo(crate::nexo::terminal(i + 1, now_ms))
+            }
+        })
+        .collect();
+    let health_ids = Arc::new(AtomicU64::new(0));
     let mut violations = Vec::new();
     let mut day_ms = 0u64;
     let life = |day_ms| Life {
@@ -159,6 +174,7 @@ pub fn run(opts: &Options) -> Outcome {
         terminals: &terminals,
         shared: &shared,
         ids: &ids,
+        health_ids: &health_ids,
         day_ms,
     };
     // The day, crash after crash, then one more start that settles.
@@ -168,6 +184,14 @@ pub fn run(opts: &Options) -> Outcome {
                 // Every connection of the dead posd is closed by now; what
                 // its close wrote is undone: the disk is as the crash left it.
                 crate::vfs::restore(&disk.prefix, left);
+                // A nexo terminal's payment runs on without posd (its task
+                // died with the life): it ends as its customer ends it.
+                for t in &terminals {
+                    if let Terminal::Nexo(t) = t {
+                        let at = jiff::Timestamp::from_millisecond(EPOCH_MS + at as i64);
+                        t.sale_system_gone(at.unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+                    }
+                }
                 let down_for = crash.map_or(1_000, |c| c.down_for);
                 let mut s = lock(&shared);
                 s.stats.crashes += 1;
@@ -196,6 +220,14 @@ pub fn run(opts: &Options) -> Outcome {
     let mut found = shared.violations;
     found.extend(violations);
     Outcome { violations: found, trace_hash: shared.trace.finish(), stats: shared.stats }
+}
+
+/// A lane's payment terminal, which outlives posd's crashes.
+enum Terminal {
+    /// A card reader's lane: the reader is posd's, made anew each life.
+    None,
+    Zvt(Arc<firmware_sim::zvt::Terminal>),
+    Nexo(Arc<firmware_sim::nexo::Terminal>),
 }
 
 /// posd's disk in the simulation (see [`crate::vfs`]).
@@ -234,9 +266,11 @@ struct Life<'a> {
     plan: &'a Arc<Plan>,
     disk: &'a Disk,
     ledger: &'a Arc<Mutex<Ledger>>,
-    terminals: &'a [Option<Arc<firmware_sim::zvt::Terminal>>],
+    terminals: &'a [Terminal],
     shared: &'a SharedRef,
     ids: &'a Arc<AtomicU64>,
+    /// Where the nexo lanes' health checks take their ServiceIDs.
+    health_ids: &'a Arc<AtomicU64>,
     /// The day's time when this life begins (ms).
     day_ms: u64,
 }
@@ -254,14 +288,23 @@ struct Running {
 enum Device {
     Reader(Arc<firmware_sim::reader::Desk>),
     Zvt(Arc<firmware_sim::zvt::Terminal>),
+    Nexo(Arc<firmware_sim::nexo::Terminal>),
+}
+
+/// How a payment goes, on each kind of device.
+struct Sale<'a> {
+    customer: &'a CustomerPlan,
+    zvt: &'a firmware_sim::zvt::Plan,
+    nexo: firmware_sim::nexo::Scenario,
 }
 
 impl Device {
     /// The next payment's customer steps up.
-    fn plan(&self, customer: &CustomerPlan, terminal: &firmware_sim::zvt::Plan) {
+    fn plan(&self, sale: &Sale<'_>) {
         match self {
-            Device::Reader(desk) => desk.plan(vec![crate::reader::customer(customer)]),
-            Device::Zvt(t) => t.plan(vec![terminal.clone()]),
+            Device::Reader(desk) => desk.plan(vec![crate::reader::customer(sale.customer)]),
+            Device::Zvt(t) => t.plan(vec![sale.zvt.clone()]),
+            Device::Nexo(t) => t.plan(vec![sale.nexo]),
         }
     }
 }
@@ -397,14 +440,14 @@ impl Life<'_> {
         .map_err(|e| check::violation("posd starts", format!("the gateway client: {e}")))?;
         let mut lanes = Vec::new();
         let mut devices = Vec::new();
-        for (lane, terminal) in self.plan.lanes.iter().zip(self.terminals) {
+        for (n, (lane, terminal)) in self.plan.lanes.iter().zip(self.terminals).enumerate() {
             let settings = match terminal {
-                None => {
+                Terminal::None => {
                     let (line, desk) = crate::reader::serve(&lane.id);
                     devices.push(Device::Reader(desk));
                     CardDeviceSettings::Reader(ReaderLine::InProcess(line))
                 }
-                Some(t) => {
+                Terminal::Zvt(t) => {
                     devices.push(Device::Zvt(t.clone()));
                     CardDeviceSettings::Zvt(posd::zvt::ZvtSettings {
                         line: ReaderLine::InProcess(crate::zvt::serve(&lane.id, t.clone())),
@@ -413,6 +456,25 @@ impl Life<'_> {
                         t3: Duration::from_secs(5),
                         t4: Duration::from_secs(180),
                         commit_bound: Duration::from_secs(3),
+                    })
+                }
+                Terminal::Nexo(t) => {
+                    devices.push(Device::Nexo(t.clone()));
+                    let line = LineSettings {
+                        url: format!("https://127.0.0.{}:8443/nexo", n + 1),
+                        ca_pem: Vec::new(),
+                        poi_id: crate::nexo::poi_id(n + 1),
+                        connect_timeout: Duration::from_secs(5),
+                        answer_timeout: Duration::from_secs(150),
+                    };
+                    let line = TerminalLine::in_process(line, crate::nexo::serve(&lane.id, t.clone()))
+                        .map_err(|e| check::violation("posd starts", format!("{}'s nexo line: {e}", lane.id)))?;
+                    CardDeviceSettings::Nexo(NexoSettings {
+                        line: Arc::new(line),
+                        key: None,
+                        sale_id: posd::nexo::terminal::sale_id(&lane.id),
+                        health_interval: Duration::from_secs(60),
+                        health_ids: Some(self.health_ids.clone()),
                     })
                 }
             };
@@ -431,7 +493,7 @@ impl Life<'_> {
         }
         let engine = Engine::in_environment(Arc::new(store), Arc::new(client), lanes, settings(), env);
         for (lane, terminal) in self.plan.lanes.iter().zip(self.terminals) {
-            if let Some(t) = terminal {
+            if let Terminal::Zvt(t) = terminal {
                 t.on_confirmed(stored_before_confirmed(&engine, &lane.id, self.shared));
             }
         }
@@ -453,8 +515,15 @@ impl Life<'_> {
             lock(self.shared).note("settled");
             let told: Vec<Vec<Told>> = lock(self.shared).registers.iter().map(|r| r.told.clone()).collect();
             let ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-            let journals: Vec<(String, Vec<firmware_sim::zvt::Txn>)> = (self.plan.lanes.iter().zip(self.terminals))
-                .filter_map(|(l, t)| t.as_ref().map(|t| (l.id.clone(), t.journal())))
+            let journals: Vec<(String, check::Journal)> = (self.plan.lanes.iter().zip(self.terminals))
+                .filter_map(|(l, t)| {
+                    let journal = match t {
+                        Terminal::None => return None,
+                        Terminal::Zvt(t) => check::Journal::Zvt(t.journal()),
+                        Terminal::Nexo(t) => check::Journal::Nexo(t.booked()),
+                    };
+                    Some((l.id.clone(), journal))
+                })
                 .collect();
             let report = check::all(running.engine.store(), &ledger, &told, &journals, &self.disk.files());
             drop(ledger);
@@ -552,19 +621,19 @@ async fn register(engine: Arc<Engine>, i: usize, device: Device, plan: Arc<Plan>
         let Some(op) = lane.ops.get(idx) else { return };
         let key = format!("{}-{idx}", lane.id);
         match op {
-            Op::Pay { amount_minor, manual_capture, customer, cancel_after, terminal, not_before } => {
+            Op::Pay { amount_minor, manual_capture, customer, cancel_after, terminal, nexo, not_before } => {
                 if let Some(at) = not_before {
                     let wait = at.saturating_sub(lock(&shared).now_ms());
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
-                device.plan_once(&shared, i, customer, terminal);
+                device.plan_once(&shared, i, &Sale { customer, zvt: terminal, nexo: *nexo });
                 let ask =
                     Ask { lane: &lane.id, key: &key, amount_minor: *amount_minor, manual_capture: *manual_capture };
                 pay(&engine, i, ask, *cancel_after, &shared).await
             }
             Op::Refund { of, amount } => refund(&engine, i, &key, *of, *amount, &shared).await,
             // A terminal's payments are captured with the sale.
-            Op::Capture { .. } if lane.kind == LaneKind::Zvt => {}
+            Op::Capture { .. } if lane.kind.is_terminal() => {}
             Op::Capture { of } => after_sale(&engine, i, *of, AfterSale::Capture, true, &shared).await,
             // A terminal's sale is voided by a reversal at the terminal.
             Op::Void { of } => {
@@ -629,11 +698,11 @@ fn code(e: &EngineError) -> String {
 impl Device {
     /// The payment's customer steps up, once: not again when the register
     /// asks again with the same key.
-    fn plan_once(&self, shared: &SharedRef, i: usize, customer: &CustomerPlan, terminal: &firmware_sim::zvt::Plan) {
+    fn plan_once(&self, shared: &SharedRef, i: usize, sale: &Sale<'_>) {
         let mut s = lock(shared);
         if !s.registers[i].customer_planned {
             s.registers[i].customer_planned = true;
-            self.plan(customer, terminal);
+            self.plan(sale);
             s.stats.payments += 1;
         }
     }

@@ -29,6 +29,8 @@ pub enum Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Booked {
     pub poi_transaction_id: String,
+    /// The Sale system's id of the transaction (`SaleTransactionID`).
+    pub sale_transaction_id: String,
     /// An unreferenced refund (PaymentType Refund), not a sale.
     pub refund: bool,
     pub brand: String,
@@ -65,8 +67,8 @@ pub struct Journal {
     payments: HashMap<PaymentKey, Entry>,
     /// The last payment request of each SaleID (TransactionStatus without a reference).
     last: HashMap<String, String>,
-    /// Booked transactions, with whether they were reversed.
-    booked: Vec<(Booked, bool)>,
+    /// Booked transactions, each with the amount reversed (once at most).
+    booked: Vec<(Booked, Option<i64>)>,
     /// Movements since the last SaleReconciliation.
     period: Vec<Movement>,
     transactions: u64,
@@ -116,10 +118,15 @@ impl Journal {
         if let Some(b) = booked {
             let kind = if b.refund { TransactionType::Credit } else { TransactionType::Debit };
             self.period.push(Movement { brand: b.brand.clone(), currency: b.currency.clone(), kind, amount: b.amount });
-            self.booked.push((b, false));
+            self.booked.push((b, None));
         }
         self.last.insert(key.0.clone(), key.1.clone());
         self.payments.insert(key, Entry::Done { header, response: Box::new(response) });
+    }
+
+    /// Every booked transaction, in order, with the amount reversed.
+    pub fn booked(&self) -> &[(Booked, Option<i64>)] {
+        &self.booked
     }
 
     /// What the journal knows of a payment request; `None`: never seen.
@@ -146,7 +153,7 @@ impl Journal {
             .iter_mut()
             .find(|(b, _)| b.poi_transaction_id == poi_transaction_id)
             .ok_or(ErrorCondition::NotFound)?;
-        if *reversed {
+        if reversed.is_some() {
             return Err(ErrorCondition::NotAllowed);
         }
         let amount = match amount {
@@ -156,7 +163,7 @@ impl Journal {
         if amount <= 0 || amount > booked.amount {
             return Err(ErrorCondition::NotAllowed);
         }
-        *reversed = true;
+        *reversed = Some(amount);
         let kind = if booked.refund { TransactionType::ReverseCredit } else { TransactionType::ReverseDebit };
         let movement = Movement { brand: booked.brand.clone(), currency: booked.currency.clone(), kind, amount };
         let currency = booked.currency.clone();

@@ -705,6 +705,7 @@ impl ReaderConfig {
             key,
             sale_id: sale_id(lane),
             health_interval: DEFAULT_HEALTH_INTERVAL,
+            health_ids: None,
         })
     }
 

@@ -20,6 +20,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::line::InProcessLine;
+
 /// The largest answer posd reads from a terminal (receipts included).
 pub const MAX_ANSWER: usize = 1 << 20;
 
@@ -69,9 +71,17 @@ pub struct TerminalLine {
     address: String,
     authority: String,
     path: String,
-    server_name: ServerName<'static>,
-    connector: TlsConnector,
+    transport: Transport,
     settings: LineSettings,
+}
+
+/// How a POST reaches the terminal.
+enum Transport {
+    /// TCP, then TLS with the terminal's identity checked: a real terminal.
+    Tls { server_name: ServerName<'static>, connector: TlsConnector },
+    /// A terminal served in the same process (the simulator): HTTP/1 on an
+    /// in-memory pipe, without TLS. posd's configuration never makes one.
+    InProcess(InProcessLine),
 }
 
 impl std::fmt::Debug for TerminalLine {
@@ -112,10 +122,17 @@ impl TerminalLine {
             authority: address.clone(),
             address,
             path,
-            server_name,
-            connector: TlsConnector::from(Arc::new(tls)),
+            transport: Transport::Tls { server_name, connector: TlsConnector::from(Arc::new(tls)) },
             settings,
         })
+    }
+
+    /// A line to a terminal served in this process on `line` (the
+    /// simulator); `settings.url` names it (its CA is not used).
+    pub fn in_process(settings: LineSettings, line: InProcessLine) -> Result<Self, String> {
+        let (host, port, path) = parse_url(&settings.url)?;
+        let address = format!("{host}:{port}");
+        Ok(Self { authority: address.clone(), address, path, transport: Transport::InProcess(line), settings })
     }
 
     pub fn poi_id(&self) -> &str {
@@ -129,6 +146,25 @@ impl TerminalLine {
     /// POSTs one JSON document and returns the terminal's answer (a 2xx
     /// status's body).
     pub async fn post(&self, body: Vec<u8>) -> Result<Bytes, PostError> {
+        match &self.transport {
+            Transport::Tls { server_name, connector } => {
+                let tls = self.connect_tls(server_name, connector).await?;
+                self.exchange(tls, body).await
+            }
+            Transport::InProcess(line) => {
+                let pipe = (line.dial)()
+                    .map_err(|e| PostError::NotSent(format!("cannot connect to {}: {e}", self.address)))?;
+                self.exchange(pipe, body).await
+            }
+        }
+    }
+
+    /// A TLS session with the terminal, its identity checked.
+    async fn connect_tls(
+        &self,
+        server_name: &ServerName<'static>,
+        connector: &TlsConnector,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, PostError> {
         let s = &self.settings;
         let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&self.address)).await {
             Err(_) => {
@@ -141,20 +177,25 @@ impl TerminalLine {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(s.connect_timeout, self.connector.connect(self.server_name.clone(), tcp))
-            .await
-        {
-            Err(_) => {
-                return Err(PostError::NotSent(format!(
-                    "no TLS session with {} within {:?}",
-                    self.address, s.connect_timeout
-                )));
-            }
-            Ok(Err(e)) => return Err(handshake_error(&self.address, &e)),
-            Ok(Ok(tls)) => tls,
-        };
+        match tokio::time::timeout(s.connect_timeout, connector.connect(server_name.clone(), tcp)).await {
+            Err(_) => Err(PostError::NotSent(format!(
+                "no TLS session with {} within {:?}",
+                self.address, s.connect_timeout
+            ))),
+            Ok(Err(e)) => Err(handshake_error(&self.address, &e)),
+            Ok(Ok(tls)) => Ok(tls),
+        }
+    }
+
+    /// One HTTP/1 POST of `body` on the connection `io`, bounded by the
+    /// answer timeout.
+    async fn exchange<IO>(&self, io: IO, body: Vec<u8>) -> Result<Bytes, PostError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.settings;
         // The HTTP/1 handshake only sets up the connection's state.
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| PostError::NotSent(format!("HTTP set-up with {} failed: {e}", self.address)))?;
         let connection = AbortOnDrop(tokio::spawn(connection));

@@ -34,7 +34,7 @@
 //! passphrase, the key material, the ciphertext or the raw answer.
 
 use pos_link::LineCounters;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +66,9 @@ pub struct NexoSettings {
     pub sale_id: String,
     /// How often the health check asks the terminal (DiagnosisRequest).
     pub health_interval: Duration,
+    /// Where health checks' ServiceIDs come from: `None`, the OS's
+    /// randomness (posd); a counter in the simulator, so a seed replays exactly.
+    pub health_ids: Option<Arc<AtomicU64>>,
 }
 
 /// Why an exchange brought no answer posd can use (see the module's notes).
@@ -132,11 +135,22 @@ pub fn check_poi_id(poi_id: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A health check's ServiceID: `H` and nine random letters or digits.
-pub fn health_service_id() -> ServiceId {
+/// A health check's ServiceID: `H` and nine random letters or digits (or,
+/// with a counter, the counter's next value's).
+pub fn health_service_id(counter: Option<&AtomicU64>) -> ServiceId {
     const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut random = [0u8; 9];
-    getrandom::fill(&mut random).expect("the operating system's random source works");
+    match counter {
+        // The counter's value in base 36, most significant digit first.
+        Some(n) => {
+            let mut n = n.fetch_add(1, Ordering::Relaxed);
+            for digit in random.iter_mut().rev() {
+                *digit = (n % 36) as u8;
+                n /= 36;
+            }
+        }
+        None => getrandom::fill(&mut random).expect("the operating system's random source works"),
+    }
     let text: String =
         std::iter::once('H').chain(random.iter().map(|b| char::from(ALPHABET[usize::from(*b) % 36]))).collect();
     ServiceId::parse(&text).expect("ten letters and digits")
@@ -161,6 +175,7 @@ pub struct NexoTerminal {
     line: Arc<TerminalLine>,
     key: Option<Key>,
     sale_id: String,
+    health_ids: Option<Arc<AtomicU64>>,
     /// Exchanges other than health checks in flight: the health check waits
     /// its turn rather than disturb a payment.
     busy: AtomicUsize,
@@ -198,6 +213,7 @@ impl NexoTerminal {
             line: settings.line.clone(),
             key: settings.key.clone(),
             sale_id: settings.sale_id.clone(),
+            health_ids: settings.health_ids.clone(),
             busy: AtomicUsize::new(0),
             line_bytes: Arc::default(),
         }
@@ -330,7 +346,7 @@ impl NexoTerminal {
     /// Asks the terminal how it is (DiagnosisRequest) and judges its answer.
     pub async fn diagnose(&self) -> Health {
         let body = DiagnosisRequest { host_diagnosis_flag: Some(false), poi_id: None };
-        match self.send(&self.request(&health_service_id(), body.into())).await {
+        match self.send(&self.request(&health_service_id(self.health_ids.as_deref()), body.into())).await {
             Ok(response) => judge(&response),
             Err(e @ (NexoError::Identity(_) | NexoError::Refused(_))) => Health::Unavailable(e.to_string()),
             Err(e) => Health::Down(e.to_string()),

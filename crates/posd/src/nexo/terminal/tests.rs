@@ -132,7 +132,7 @@ fn lane_terminal(ca_pem: &[u8], addr: SocketAddr, key: Option<Key>) -> NexoTermi
     })
     .unwrap();
     let settings =
-        NexoSettings { line: Arc::new(line), key, sale_id: sale_id("lane-1"), health_interval: Duration::from_secs(5) };
+        NexoSettings { line: Arc::new(line), key, sale_id: sale_id("lane-1"), health_interval: Duration::from_secs(5), health_ids: None };
     NexoTerminal::new("lane-1".into(), &settings)
 }
 
@@ -208,8 +208,12 @@ async fn a_healthy_terminal_answers_the_diagnosis_and_the_lane_shows_it_up() {
     assert_eq!(t.answered.load(Ordering::SeqCst), 1);
 
     // A health check's ServiceID is never one the counter hands out.
-    let id = health_service_id();
+    let id = health_service_id(None);
     assert!(id.as_str().starts_with('H') && id.as_str().len() == 10, "{id}");
+    // The simulator's: the counter's values in base 36, each once.
+    let counter = std::sync::atomic::AtomicU64::new(36 + 1);
+    assert_eq!(health_service_id(Some(&counter)).as_str(), "H000000011");
+    assert_eq!(health_service_id(Some(&counter)).as_str(), "H000000012");
 }
 
 #[tokio::test]
