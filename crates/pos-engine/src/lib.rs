@@ -15,6 +15,8 @@
 //! - [`nexo`]: one payment on a nexo terminal (Adyen's local Terminal API), the same
 //!   way, its start-up decision, and its voids and refunds (reversals, unreferenced refunds).
 //! - [`offline`]: the offline approval rules.
+//! - [`transitions`]: every status change posd may make ([`transitions::ALLOWED`], [`allowed`]),
+//!   each with where posd makes it.
 //! - [`money`]: currencies and minor units.
 //!
 //! ```text
@@ -45,6 +47,9 @@ pub mod nexo;
 pub mod offline;
 pub mod payment;
 pub mod terminal;
+pub mod transitions;
+
+pub use transitions::allowed;
 
 use std::fmt;
 
