@@ -335,26 +335,32 @@ async fn void_partial_refund_and_end_of_day_run_on_the_terminal_and_the_totals_a
     lane.finish();
 }
 
-/// What the register heard of a payment on a lane whose terminal posd
-/// refuses to talk to: the refusal of TakePayment, or the payment's end.
-async fn refused_payment(lane: &mut Lane, key: &str) -> String {
+/// What the register hears of a payment on a lane whose terminal posd
+/// refuses to talk to: TakePayment is taken (the gRPC call and its stream
+/// end OK) and the payment ends FAILED with the code docs/api.md gives a
+/// terminal that is not reachable or not the lane's, `terminal_unavailable`
+/// (`pos_engine::nexo`, `NexoPayment::not_sent`: the lane's `NexoError`
+/// `Identity` or `Refused` becomes `NotSent`), nothing charged. Returns the
+/// failure, as GetPayment shows it too.
+async fn refused_payment(lane: &mut Lane, key: &str) -> pb::Failure {
     let mut client = lane.client().await;
-    let said = match take(&mut client, key, 1000).await {
-        Err(e) => format!("{:?}: {}", e.code(), e.message()),
-        Ok(events) => {
-            let p = final_payment(&events);
-            assert!(!p.approved, "{p:?}");
-            assert!(
-                matches!(status(&p), pb::PaymentStatus::Failed | pb::PaymentStatus::Declined),
-                "{:?}: {}",
-                status(&p),
-                reason(&p)
-            );
-            reason(&p)
-        }
+    let events = match take(&mut client, key, 1000).await {
+        Ok(events) => events,
+        Err(e) => panic!("TakePayment refused ({:?}: {}); expected a payment that ends FAILED", e.code(), e.message()),
     };
-    lane.responses.push(said.clone());
-    said
+    let p = final_payment(&events);
+    lane.responses.push(format!("{p:?}"));
+    assert_eq!(events.last().map(|e| e.stage), Some(pb::PaymentStage::Failed as i32), "{events:?}");
+    assert!(!p.approved, "{p:?}");
+    assert_eq!(status(&p), pb::PaymentStatus::Failed, "{}", reason(&p));
+    assert!(p.decline.is_none(), "{}", reason(&p));
+    let failure = p.failure.clone().unwrap_or_else(|| panic!("no failure: {p:?}"));
+    assert_eq!(failure.code, "terminal_unavailable", "{}", reason(&p));
+    assert!(failure.message.ends_with("; nothing was sent to it. Nothing was charged."), "{}", failure.message);
+    let shown = payment(lane, &p.payment_id).await;
+    assert_eq!(status(&shown), pb::PaymentStatus::Failed, "{}", reason(&shown));
+    assert_eq!(shown.failure.as_ref(), Some(&failure), "{}", reason(&shown));
+    failure
 }
 
 /// Waits until posd's log says the lane's terminal is unavailable and
@@ -382,11 +388,17 @@ async fn a_terminal_whose_certificate_names_another_poiid_is_refused_before_anyt
     let log = logged_unavailable(&lane, NexoSetup::OTHER_POI_ID).await;
     assert!(log.contains(NexoSetup::POI_ID), "the expected POIID is named: {log}");
     reader_disconnected(&lane).await;
-    let said = refused_payment(&mut lane, "nexo-wrong-poi").await;
-    assert!(
-        said.contains("not the one configured") || said.contains("POIID") || said.contains("unavailable"),
-        "a clear error: {said}"
+    // The register hears which terminal answered and which one the lane
+    // expects (posd's TLS verifier refuses the certificate: `IdentityError`).
+    let said = refused_payment(&mut lane, "nexo-wrong-poi").await.message;
+    assert!(said.starts_with("The payment terminal is not the one configured for this lane ("), "{said}");
+    let names = format!(
+        "the terminal's certificate names \"{}.test.terminal.adyen.com\", not POIID {} (expected {}.test|live.",
+        NexoSetup::OTHER_POI_ID,
+        NexoSetup::POI_ID,
+        NexoSetup::POI_ID
     );
+    assert!(said.contains(&names), "a clear error: {said}");
     // Not a byte of a request reached the terminal.
     let transcript = lane.nexo_transcript();
     assert_eq!(
@@ -405,11 +417,12 @@ async fn a_wrong_passphrase_is_refused_with_a_clear_error_and_nothing_is_booked(
     lane.start_posd();
     logged_unavailable(&lane, "crypto error").await;
     reader_disconnected(&lane).await;
-    let said = refused_payment(&mut lane, "nexo-wrong-key").await;
-    assert!(
-        said.contains("rejected") || said.contains("crypto") || said.contains("unavailable"),
-        "a clear error: {said}"
-    );
+    // The register hears that the terminal rejected the request, with the
+    // terminal's own crypto error (HTTP 401, `NexoError::Refused`).
+    let said = refused_payment(&mut lane, "nexo-wrong-key").await.message;
+    let rejected = "The payment terminal could not be reached (the terminal rejected the request: HTTP 401: ";
+    assert!(said.starts_with(rejected), "a clear error: {said}");
+    assert!(said.contains("Nexo Service: crypto error"), "a clear error: {said}");
     // The terminal could decrypt nothing: it took no request and booked nothing.
     let transcript = lane.nexo_transcript();
     assert_eq!(received(&transcript, "PaymentRequest"), 0, "{transcript}");

@@ -15,6 +15,8 @@
 //! - [`nexo`]: one payment on a nexo terminal (Adyen's local Terminal API), the same
 //!   way, its start-up decision, and its voids and refunds (reversals, unreferenced refunds).
 //! - [`offline`]: the offline approval rules.
+//! - [`transitions`]: every status change posd may make ([`transitions::ALLOWED`], [`allowed`]),
+//!   each with where posd makes it.
 //! - [`money`]: currencies and minor units.
 //!
 //! ```text
@@ -26,18 +28,29 @@
 //! CARD_READ | AUTHORIZING -(not sent, eligible)-> OFFLINE_APPROVED (queued)
 //! OFFLINE_APPROVED -> FORWARDING -> CAPTURED | AUTHORIZED | OFFLINE_DECLINED | QUARANTINED
 //!                                 | OFFLINE_APPROVED (link error: retried under the same key)
-//! OFFLINE_APPROVED -(too old)-> EXPIRED
+//! OFFLINE_APPROVED | QUARANTINED -(too old)-> EXPIRED
+//! QUARANTINED -(requeued by a person)-> OFFLINE_APPROVED
+//! FORWARDING -(past the expiry age, the gateway has no record)-> REVERSAL_PENDING (reversed under its key)
+//! AUTHORIZED -> CAPTURED (captured) | VOIDED (voided) | REVERSAL_PENDING (capture window passed)
+//! CREATED | COLLECTING | CARD_READ -(posd restarted, nothing sent)-> FAILED
 //!
 //! A payment terminal that authorizes by itself (ZVT):
 //! CREATED -> COLLECTING -(result stored, before 80 00)-> CONFIRMING -(80 00 sent)-> CAPTURED -(reversed)-> VOIDED
 //! COLLECTING -> DECLINED | CANCELED | FAILED
 //! COLLECTING | CONFIRMING -(line lost)-> UNKNOWN -(asked the terminal)-> CAPTURED | FAILED (not booked)
-//! (a stored approval is never failed: CONFIRMING settles as CAPTURED or stays in doubt)
+//! CONFIRMING -(posd could not confirm it in time and told the terminal not to book it)-> FAILED
+//! (otherwise a stored approval is never failed: CONFIRMING settles as CAPTURED or stays in doubt)
+//! CREATED -(posd restarted)-> FAILED
 //!
 //! A nexo terminal (one POST per payment, its answer final):
 //! CREATED -(ServiceID stored, before the POST)-> COLLECTING -(answer stored)-> CONFIRMING -> CAPTURED (one commit)
 //! COLLECTING -> DECLINED (also a partial approval, reversed) | CANCELED | FAILED
 //! COLLECTING -(TransactionStatus could not tell)-> UNKNOWN -> CAPTURED | FAILED (not booked)
+//! CREATED -> CANCELED (before the POST) | FAILED (posd restarted)
+//! CAPTURED -(reversed: a void, or approved after the register's cancel)-> VOIDED
+//!
+//! On a payment terminal (ZVT or nexo), a person who checked its journal settles an
+//! UNKNOWN payment posd left in doubt (resolve_payment): UNKNOWN -> CAPTURED | FAILED.
 //! ```
 
 pub mod money;
@@ -45,6 +58,9 @@ pub mod nexo;
 pub mod offline;
 pub mod payment;
 pub mod terminal;
+pub mod transitions;
+
+pub use transitions::allowed;
 
 use std::fmt;
 

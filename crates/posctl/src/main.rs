@@ -123,8 +123,9 @@ enum Command {
     Cancel { id: String },
     /// Captures an authorized payment (manual capture); without AMOUNT, all of it.
     Capture { id: String, amount: Option<String> },
-    /// Voids an authorized payment before capture; on a ZVT lane, reverses
-    /// a captured payment at the payment terminal (before its end-of-day).
+    /// Voids an authorized payment before capture; on a ZVT or nexo lane,
+    /// reverses a captured payment at the payment terminal (ZVT: before its
+    /// end-of-day; nexo: a ReversalRequest).
     Void {
         id: String,
         #[arg(long, default_value = "")]
@@ -187,8 +188,8 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
-    /// End of day: closes the lane's batch with the gateway (or the ZVT
-    /// payment terminal), prints the totals and the lane's slip.
+    /// End of day: closes the lane's batch with the gateway (or the ZVT or
+    /// nexo payment terminal), prints the totals and the lane's slip.
     EndOfDay {
         #[arg(long, default_value = "lane-1")]
         terminal: String,

@@ -1,5 +1,5 @@
 //! `posctl end-of-day`: closes the lane's batch with the gateway (or the ZVT
-//! payment terminal) and prints the totals.
+//! or nexo payment terminal) and prints the totals.
 
 use pos_proto::terminal::{self as pb};
 use serde_json::{Value, json};

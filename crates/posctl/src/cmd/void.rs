@@ -1,5 +1,5 @@
 //! `posctl void ID`: voids an authorized payment before capture; on a ZVT
-//! lane, reverses a captured payment at the payment terminal.
+//! or nexo lane, reverses a captured payment at the payment terminal.
 
 use pos_proto::terminal::{self as pb};
 
