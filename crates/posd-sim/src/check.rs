@@ -57,12 +57,20 @@ pub struct Report {
     pub left_to_person: u64,
     /// The ledger, one line per charge and refund, for the trace.
     pub ledger: Vec<String>,
+    /// The status changes posd's payments went through, and how often.
+    pub transitions: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl Report {
     /// Nothing could be checked: the one violation says why.
     fn unreadable(v: Violation) -> Report {
-        Report { violations: vec![v], statuses: BTreeMap::new(), left_to_person: 0, ledger: vec![] }
+        Report {
+            violations: vec![v],
+            statuses: BTreeMap::new(),
+            left_to_person: 0,
+            ledger: vec![],
+            transitions: BTreeMap::new(),
+        }
     }
 }
 
@@ -94,9 +102,11 @@ pub fn all(
     let by_id: HashMap<&str, &PaymentRecord> = payments.iter().map(|p| (p.id.as_str(), p)).collect();
     let by_key: HashMap<&str, &PaymentRecord> = payments.iter().map(|p| (p.gateway_key.as_str(), p)).collect();
     let mut ledger_lines = Vec::new();
+    let mut transitions = BTreeMap::new();
 
     for p in &payments {
         *statuses.entry(p.status.as_str()).or_default() += 1;
+        check_history(store, p, &mut transitions, &mut v);
         // Settled: nothing in between after an hour with a healthy gateway.
         let settled = p.status.is_final() || matches!(p.status, Status::Authorized | Status::Captured);
         // Left to a person by design: an offline payment the gateway refused
@@ -248,8 +258,11 @@ pub fn all(
                     let expired = p.offline
                         && (p.status == Status::Expired
                             || (p.status == Status::Reversed && p.reason_code == "expired"));
+                    // An authorization not captured in time is reversed.
+                    let window_passed = p.status == Status::Reversed && p.reason_code == "capture_window_passed";
                     let fine = charge.is_some_and(|c| c.status == "approved")
                         || expired
+                        || window_passed
                         || matches!(p.status, Status::OfflineDeclined | Status::Voided)
                         || (p.offline && p.status == Status::Quarantined);
                     if !fine {
@@ -317,7 +330,50 @@ pub fn all(
         }
     }
 
-    Report { violations: v, statuses, left_to_person, ledger: ledger_lines }
+    Report { violations: v, statuses, left_to_person, ledger: ledger_lines, transitions }
+}
+
+/// Payment `p`'s history: created in CREATED, then only the status changes
+/// pos-engine's state machine allows ([`pos_engine::transitions`]), each
+/// counted in `seen`.
+fn check_history(
+    store: &Store,
+    p: &PaymentRecord,
+    seen: &mut BTreeMap<(&'static str, &'static str), u64>,
+    v: &mut Vec<Violation>,
+) {
+    let history = match store.history(&p.id) {
+        Ok(h) => h,
+        Err(e) => return v.push(violation("posd's store reads", format!("{}'s history: {e}", p.id))),
+    };
+    let mut now = None;
+    for entry in &history {
+        match (entry.from, now) {
+            (None, None) if entry.to == Status::Created => {}
+            (Some(from), Some(was)) if from == was => {
+                if from != entry.to {
+                    *seen.entry((from.as_str(), entry.to.as_str())).or_default() += 1;
+                    if !pos_engine::transitions::allowed(from, entry.to) {
+                        v.push(violation(
+                            "every transition allowed by pos-engine's state machine",
+                            format!("{} went from {from} to {} ({})", p.id, entry.to, entry.cause),
+                        ));
+                    }
+                }
+            }
+            _ => v.push(violation(
+                "every transition allowed by pos-engine's state machine",
+                format!("{}: entry {:?} -> {} follows {now:?} ({})", p.id, entry.from, entry.to, entry.cause),
+            )),
+        }
+        now = Some(entry.to);
+    }
+    if now != Some(p.status) {
+        v.push(violation(
+            "every transition allowed by pos-engine's state machine",
+            format!("{} is {} but its history ends in {now:?}", p.id, p.status),
+        ));
+    }
 }
 
 /// A ZVT lane: every sale posd reports captured is booked (not reversed) at

@@ -107,9 +107,9 @@ impl Calls {
 /// `down` refuses connections, as gateway-sim's closed listener does.
 pub fn serve(ledger: Arc<Mutex<Ledger>>, faults: watch::Receiver<Fault>, hang: Arc<Calls>) -> Dial {
     let (events_tx, events) = watch::channel(0u64);
-    // Every item is this merchant's: the account-mismatch amounts are
-    // refused only while a scenario says so, and the plan does not.
-    let account_mismatch = Arc::new(AtomicBool::new(false));
+    // Amounts ending in .98 are refused as another merchant's (declined
+    // online; quarantined when forwarded, left to a person).
+    let account_mismatch = Arc::new(AtomicBool::new(true));
     let service =
         GatewayServer::new(GatewayService::new(ledger, faults.clone(), BaseKey::test_key(), events, account_mismatch));
     Arc::new(move || -> std::io::Result<DuplexStream> {

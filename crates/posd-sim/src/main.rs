@@ -151,6 +151,7 @@ fn summary(results: &[(u64, Outcome)]) -> String {
     let mut left = 0;
     let mut faults = std::collections::BTreeMap::<String, u64>::new();
     let mut statuses = std::collections::BTreeMap::<&str, u64>::new();
+    let mut transitions = std::collections::BTreeMap::<(&str, &str), u64>::new();
     for (_, o) in results {
         payments += o.stats.payments;
         refunds += o.stats.refunds;
@@ -164,9 +165,27 @@ fn summary(results: &[(u64, Outcome)]) -> String {
         for (k, n) in &o.stats.statuses {
             *statuses.entry(k).or_default() += n;
         }
+        for (k, n) in &o.stats.transitions {
+            *transitions.entry(*k).or_default() += n;
+        }
     }
+    // pos-engine's status changes: which the seeds went through, which not.
+    let made: Vec<(pos_engine::Status, pos_engine::Status)> = pos_engine::transitions::ALLOWED
+        .iter()
+        .filter(|t| !pos_engine::transitions::NOT_MADE_BY_POSD.contains(t))
+        .copied()
+        .collect();
+    let name = |(from, to): &(pos_engine::Status, pos_engine::Status)| format!("{}->{}", from.as_str(), to.as_str());
+    let visited = made.iter().filter(|(f, t)| transitions.contains_key(&(f.as_str(), t.as_str()))).count();
+    let missed: Vec<String> =
+        made.iter().filter(|(f, t)| !transitions.contains_key(&(f.as_str(), t.as_str()))).map(name).collect();
+    let counts: Vec<String> = transitions.iter().map(|((f, t), n)| format!("{f}->{t} {n}")).collect();
     format!(
         "payments {payments}, refunds {refunds}, crashes {crashes} (power losses {power_losses}), disk syncs {syncs}, \
-         left to a person {left}\nfaults switched on {faults:?}\nfinal statuses {statuses:?}"
+         left to a person {left}\nfaults switched on {faults:?}\nfinal statuses {statuses:?}\n\
+         transitions visited {visited} of the {} posd makes; not visited: [{}]\ntransitions {}",
+        made.len(),
+        missed.join(", "),
+        counts.join(", ")
     )
 }

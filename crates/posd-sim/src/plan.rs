@@ -283,7 +283,11 @@ fn op(rng: &mut ChaCha8Rng, terminals: &mut ChaCha8Rng) -> Op {
             amount_minor: amount(rng),
             manual_capture: rng.gen_bool(0.2),
             customer: customer(rng),
-            cancel_after: rng.gen_bool(0.05).then(|| Duration::from_millis(rng.gen_range(0..20_000))),
+            // Some registers cancel at once (before the request can reach a
+            // nexo terminal), most while the customer is at the device.
+            cancel_after: rng
+                .gen_bool(0.05)
+                .then(|| Duration::from_millis(if rng.gen_bool(0.25) { 0 } else { rng.gen_range(0..20_000) })),
             terminal: terminal(terminals),
             nexo: nexo(terminals),
             not_before: None,

@@ -69,10 +69,15 @@ pub struct Stats {
     pub statuses: BTreeMap<&'static str, u64>,
     /// Left to a person by design (counted, not violations).
     pub left_to_person: u64,
+    /// The status changes posd's payments went through (from, to), and how often.
+    pub transitions: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// How long posd is left to settle after the day (the gateway healthy).
 const SETTLE: Duration = Duration::from_secs(3600);
+/// How long a life may run before posd is taken for stuck: a register
+/// gives up on an operation after [`ATTEMPTS`] of at most [`FOLLOW`] each.
+const LIFE_BOUND: Duration = Duration::from_secs(7 * 86_400);
 /// A register stops retrying an operation after this many attempts.
 const ATTEMPTS: u32 = 12;
 /// How long a register follows a payment before it asks again.
@@ -118,7 +123,28 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+thread_local! {
+    /// The panics on this thread (a seed's) since it last looked.
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records every panic on the thread it happens on (a seed's runtime runs
+/// on one thread), then reports it as Rust does: tokio catches a task's
+/// panic, and a seed must not take that for a quiet end.
+fn record_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            report(info);
+        }));
+    });
+}
+
 pub fn run(opts: &Options) -> Outcome {
+    record_panics();
+    PANICS.with(|p| p.borrow_mut().clear());
     let plan = Arc::new(Plan::draw(opts.seed, opts.power_loss));
     // posd's database is on the simulated disk, which crashes and loses
     // power; the gateway's ledger on a disk of its own that does neither
@@ -219,6 +245,8 @@ pub fn run(opts: &Options) -> Outcome {
     let shared = Arc::try_unwrap(shared).ok().expect("no life is left").into_inner().unwrap_or_else(|e| e.into_inner());
     let mut found = shared.violations;
     found.extend(violations);
+    let panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    found.extend(panics.into_iter().map(|p| check::violation("posd never panics", p)));
     Outcome { violations: found, trace_hash: shared.trace.finish(), stats: shared.stats }
 }
 
@@ -347,10 +375,15 @@ impl Life<'_> {
                 start,
                 self.day_ms,
             ));
+            // Every register's day ends: each gives up on an operation after
+            // its attempts, so a life that runs on for days has posd stuck.
             let day = async {
-                for r in registers {
-                    let _ = r.await;
-                }
+                let stuck = tokio::time::timeout(LIFE_BOUND, async {
+                    for r in registers {
+                        let _ = r.await;
+                    }
+                });
+                stuck.await.is_err()
             };
             match crash {
                 Some(c) => {
@@ -398,16 +431,27 @@ impl Life<'_> {
                             }
                             Ended::Crashed(s.now_ms(), left)
                         }
-                        () = day => Ended::DayDone(lock(self.shared).now_ms()),
+                        stuck = day => self.day_ended(stuck),
                     }
                 }
                 None => {
-                    day.await;
-                    Ended::DayDone(lock(self.shared).now_ms())
+                    let stuck = day.await;
+                    self.day_ended(stuck)
                 }
             }
         })
         // The runtime is dropped here: every task of this life stops where it stood.
+    }
+
+    /// The registers' day ended, or (`stuck`) did not within [`LIFE_BOUND`].
+    fn day_ended(&self, stuck: bool) -> Ended {
+        let mut s = lock(self.shared);
+        if stuck {
+            let detail = format!("a register still waits on posd {} days into a life", LIFE_BOUND.as_secs() / 86_400);
+            s.note(format!("VIOLATION {detail}"));
+            return Ended::Broken(check::violation("every register's day ends", detail));
+        }
+        Ended::DayDone(s.now_ms())
     }
 
     /// posd starts: the store opens, the engine recovers and its workers run.
@@ -491,7 +535,7 @@ impl Life<'_> {
             // The fault in force when this life begins.
             hang.switch(&faults, *f);
         }
-        let engine = Engine::in_environment(Arc::new(store), Arc::new(client), lanes, settings(), env);
+        let engine = Engine::in_environment(Arc::new(store), Arc::new(client), lanes, settings(with_faults), env);
         for (lane, terminal) in self.plan.lanes.iter().zip(self.terminals) {
             if let Terminal::Zvt(t) = terminal {
                 t.on_confirmed(stored_before_confirmed(&engine, &lane.id, self.shared));
@@ -533,6 +577,7 @@ impl Life<'_> {
             }
             s.stats.statuses = report.statuses;
             s.stats.left_to_person = report.left_to_person;
+            s.stats.transitions = report.transitions;
             report.violations
         })
     }
@@ -567,14 +612,18 @@ fn offline_policy() -> pos_engine::offline::OfflinePolicy {
 }
 
 /// The engine's settings in the simulation: as configured in a store,
-/// with short retry intervals so a day settles within the run.
-fn settings() -> EngineSettings {
+/// with short retry intervals so a day settles within the run. While the
+/// day runs (`day`) posd asks the gateway how it is every 10 s; in the hour
+/// it settles, with the gateway healthy from its start, every minute.
+fn settings(day: bool) -> EngineSettings {
     let s = Duration::from_secs;
     EngineSettings {
         store_id: "store-1".into(),
         demo: false,
         collect_timeout: s(60),
-        capture_window: None,
+        // Manual captures the register does not make within a quarter of an
+        // hour are reversed (a late capture is refused).
+        capture_window: Some(Duration::from_secs(15 * 60)),
         status_attempts: 3,
         status_backoff: Duration::from_millis(500),
         reversal_backoff: (s(1), s(60)),
@@ -582,7 +631,7 @@ fn settings() -> EngineSettings {
             batch_size: 10,
             retry_first: s(1),
             retry_max: s(60),
-            health_interval: s(10),
+            health_interval: if day { s(10) } else { s(60) },
             ageing_interval: s(60),
             expire_after: s(72 * 3600),
             alert_after: s(12 * 3600),
@@ -653,6 +702,27 @@ async fn register(engine: Arc<Engine>, i: usize, device: Device, plan: Arc<Plan>
         if !lane.ops.get(idx + 1).is_some_and(Op::is_rush) {
             tokio::time::sleep(think).await;
         }
+    }
+}
+
+/// How long a register waits for posd to answer a call (its gRPC deadline).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Calls posd as the register API does, in a task of its own that runs to
+/// its end, with the register's deadline: past it the register hears
+/// DEADLINE_EXCEEDED, as a gRPC client does, and posd carries on.
+async fn call<T, Fut>(engine: &Arc<Engine>, f: impl FnOnce(Arc<Engine>) -> Fut) -> Result<T, EngineError>
+where
+    Fut: std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let task = tokio::spawn(f(engine.clone()));
+    match tokio::time::timeout(DEADLINE, task).await {
+        Ok(Ok(answer)) => answer,
+        // A panic is recorded by the seed's panic hook (a violation); the
+        // register hears what a gRPC client hears of a failed handler.
+        Ok(Err(e)) => Err(EngineError::Unavailable("INTERNAL", format!("the call's task ended: {e}"))),
+        Err(_) => Err(EngineError::DeadlineExceeded("DEADLINE", format!("no answer within {DEADLINE:?}"))),
     }
 }
 
@@ -731,7 +801,7 @@ async fn pay(engine: &Arc<Engine>, i: usize, ask: Ask<'_>, cancel_after: Option<
             manual_capture,
             caller: "register".into(),
         };
-        match engine.take_payment(req).await {
+        match call(engine, move |engine| async move { engine.take_payment(req).await }).await {
             Ok(attached) => {
                 let id = attached.payment.id.clone();
                 if let Some(status) = follow(engine, attached, cancel_after).await {
@@ -832,7 +902,11 @@ async fn refund(engine: &Arc<Engine>, i: usize, key: &str, of: usize, amount: Re
         s.note(format!("{key} refund {amount_minor} of {payment_id}"));
     }
     while attempt(shared, i) {
-        let told = match engine.refund_payment(key, &payment_id, amount_minor, "simulated return", "register").await {
+        let (k, id) = (key.to_string(), payment_id.clone());
+        let refunded = call(engine, move |engine| async move {
+            engine.refund_payment(&k, &id, amount_minor, "simulated return", "register").await
+        });
+        let told = match refunded.await {
             Ok(r) if r.status == RefundStatus::Succeeded => Some(ToldRefund::Succeeded(r.amount_minor)),
             Ok(r) if r.status == RefundStatus::Failed => Some(ToldRefund::Failed),
             Ok(_) => {
@@ -869,10 +943,14 @@ async fn after_sale(engine: &Arc<Engine>, i: usize, of: usize, what: AfterSale, 
     let Some((id, _)) = approved(shared, i, of, manual_only) else { return };
     lock(shared).note(format!("{what:?} {id}"));
     while attempt(shared, i) {
-        let answer = match what {
-            AfterSale::Capture => engine.capture_payment(&id, 0, "register").await,
-            AfterSale::Void => engine.void_payment(&id, "simulated void", "register").await,
-        };
+        let payment = id.clone();
+        let answer = call(engine, move |engine| async move {
+            match what {
+                AfterSale::Capture => engine.capture_payment(&payment, 0, "register").await,
+                AfterSale::Void => engine.void_payment(&payment, "simulated void", "register").await,
+            }
+        })
+        .await;
         match answer {
             Ok(rec) => {
                 let mut s = lock(shared);

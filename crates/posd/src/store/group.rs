@@ -179,10 +179,21 @@ impl Store {
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if self.enqueue(durability, work, Box::new(move |r| drop(reply.send(r)))) {
-            // The simulator's stand-in for a commit's time on a disk: other
-            // tasks run (and queue their writes) before it starts.
-            for _ in 0..self.commit_yields.load(Ordering::Relaxed) {
-                tokio::task::yield_now().await;
+            let yields = self.commit_yields.load(Ordering::Relaxed);
+            if yields > 0 {
+                // The simulator's stand-in for a commit's time on a disk:
+                // other tasks run (and queue their writes) before it starts.
+                // The commit waits in a task of its own: a caller held
+                // unpolled (a future beside others in a `select!`) or
+                // dropped must not hold up the writes queued behind it.
+                let store = Arc::clone(self);
+                tokio::spawn(async move {
+                    for _ in 0..yields {
+                        tokio::task::yield_now().await;
+                    }
+                    Leader::new(store).commit_queued();
+                });
+                return answer.await.unwrap_or_else(|_| abandoned());
             }
             let mut leader = Leader::new(Arc::clone(self));
             if let Some(batch) = leader.take_batch() {
