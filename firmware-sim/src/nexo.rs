@@ -392,8 +392,13 @@ impl Terminal {
                     Err(ErrorCondition::Busy)
                 } else {
                     let (stop, stopped) = oneshot::channel();
-                    let started =
-                        Started { header: header.clone(), request: req.clone(), outcome, requested, card: s.card.clone() };
+                    let started = Started {
+                        header: header.clone(),
+                        request: req.clone(),
+                        outcome,
+                        requested,
+                        card: s.card.clone(),
+                    };
                     s.running.insert(key.clone(), (stop, Box::new(started.clone())));
                     s.journal.start(key.clone());
                     Ok((started, stopped))

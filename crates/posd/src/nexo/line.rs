@@ -178,10 +178,9 @@ impl TerminalLine {
         };
         let _ = tcp.set_nodelay(true);
         match tokio::time::timeout(s.connect_timeout, connector.connect(server_name.clone(), tcp)).await {
-            Err(_) => Err(PostError::NotSent(format!(
-                "no TLS session with {} within {:?}",
-                self.address, s.connect_timeout
-            ))),
+            Err(_) => {
+                Err(PostError::NotSent(format!("no TLS session with {} within {:?}", self.address, s.connect_timeout)))
+            }
             Ok(Err(e)) => Err(handshake_error(&self.address, &e)),
             Ok(Ok(tls)) => Ok(tls),
         }

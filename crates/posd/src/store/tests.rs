@@ -1164,3 +1164,32 @@ async fn repeated_reads_are_not_re_prepared() {
     assert!(statements >= 5, "the five reads are cached ({statements} statements)");
     assert_eq!(re_prepared, 0, "statements re-prepared");
 }
+
+/// With the simulator's commit time (`set_commit_yields`), a write that
+/// leads a group commit and is then held unpolled (a future beside others
+/// in a `select!`, as a nexo payment's AbortRequest reserving its
+/// ServiceID was) or dropped must not hold up the writes queued behind it:
+/// the commit waits in a task of its own. Before, every later write of
+/// posd waited forever (simulator seed 205 when found).
+#[tokio::test(start_paused = true)]
+async fn a_commit_led_by_a_caller_held_unpolled_still_happens() {
+    use std::future::Future;
+    let (_dir, store) = open();
+    let store = Arc::new(store);
+    store.set_commit_yields(3);
+    // The leader: polled once (it queues its write and takes the duty),
+    // then neither polled nor dropped.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut held = Box::pin(store.set_meta("held", 1));
+    assert!(held.as_mut().poll(&mut cx).is_pending(), "the leader waits for its commit");
+    let behind = tokio::time::timeout(std::time::Duration::from_secs(5), store.set_meta("behind", 2));
+    behind.await.expect("the write queued behind an unpolled leader is committed").unwrap();
+    assert_eq!(store.meta("behind").unwrap(), Some(2));
+    assert_eq!(store.meta("held").unwrap(), Some(1), "the held caller's write is committed too");
+    // And a leader dropped during the commit's wait.
+    let mut dropped = Box::pin(store.set_meta("dropped", 3));
+    assert!(dropped.as_mut().poll(&mut cx).is_pending());
+    drop(dropped);
+    store.set_meta("after", 4).await.unwrap();
+    assert_eq!((store.meta("dropped").unwrap(), store.meta("after").unwrap()), (Some(3), Some(4)));
+}

@@ -131,8 +131,13 @@ fn lane_terminal(ca_pem: &[u8], addr: SocketAddr, key: Option<Key>) -> NexoTermi
         answer_timeout: Duration::from_secs(30),
     })
     .unwrap();
-    let settings =
-        NexoSettings { line: Arc::new(line), key, sale_id: sale_id("lane-1"), health_interval: Duration::from_secs(5), health_ids: None };
+    let settings = NexoSettings {
+        line: Arc::new(line),
+        key,
+        sale_id: sale_id("lane-1"),
+        health_interval: Duration::from_secs(5),
+        health_ids: None,
+    };
     NexoTerminal::new("lane-1".into(), &settings)
 }
 
