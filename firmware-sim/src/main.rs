@@ -596,6 +596,7 @@ async fn run_nexo(args: NexoArgs) -> anyhow::Result<()> {
             restart_takes: Duration::from_millis(args.restart_ms),
             card,
             journal_file: args.journal.clone(),
+            clock: None,
         },
         standing,
         transcript,
