@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use firmware_sim::zvt::{Kind, Txn};
 use gateway_sim::ledger::{Charge, Ledger};
 use pos_engine::Status;
-use posd::store::{DeviceKind, EventKind, ListFilter, PaymentRecord, RefundStatus, Store};
+use posd::store::{DeviceKind, EventKind, HistoryEntry, ListFilter, PaymentRecord, RefundStatus, Store};
 
 /// What a lane's payment terminal booked, as its journal has it.
 pub enum Journal {
@@ -106,7 +106,13 @@ pub fn all(
 
     for p in &payments {
         *statuses.entry(p.status.as_str()).or_default() += 1;
-        check_history(store, p, &mut transitions, &mut v);
+        match store.history(&p.id) {
+            Ok(history) => {
+                check_history(p, &history, &mut transitions, &mut v);
+                check_api_answer(store, p, &history, &mut v);
+            }
+            Err(e) => v.push(violation("posd's store reads", format!("{}'s history: {e}", p.id))),
+        }
         // Settled: nothing in between after an hour with a healthy gateway.
         let settled = p.status.is_final() || matches!(p.status, Status::Authorized | Status::Captured);
         // Left to a person by design: an offline payment the gateway refused
@@ -337,17 +343,13 @@ pub fn all(
 /// pos-engine's state machine allows ([`pos_engine::transitions`]), each
 /// counted in `seen`.
 fn check_history(
-    store: &Store,
     p: &PaymentRecord,
+    history: &[HistoryEntry],
     seen: &mut BTreeMap<(&'static str, &'static str), u64>,
     v: &mut Vec<Violation>,
 ) {
-    let history = match store.history(&p.id) {
-        Ok(h) => h,
-        Err(e) => return v.push(violation("posd's store reads", format!("{}'s history: {e}", p.id))),
-    };
     let mut now = None;
-    for entry in &history {
+    for entry in history {
         match (entry.from, now) {
             (None, None) if entry.to == Status::Created => {}
             (Some(from), Some(was)) if from == was => {
@@ -482,6 +484,18 @@ fn check_nexo(
             "no sale at a terminal that posd does not report",
             format!("{lane}'s terminal booked {left} net under {key}, which no payment of posd has"),
         ));
+    }
+}
+
+/// Payment `p` as the register API answers it (GetPayment: the payment, its
+/// history, refunds and terminal result) holds no card number.
+fn check_api_answer(store: &Store, p: &PaymentRecord, history: &[HistoryEntry], v: &mut Vec<Violation>) {
+    let refunds = store.refunds_of(&p.id).unwrap_or_default();
+    let answer = posd::convert::with_refunds(posd::convert::payment(p, history), &refunds);
+    let terminal = store.terminal_result(&p.id).ok().flatten().map(|t| posd::convert::terminal(&t));
+    let text = format!("{answer:?} {terminal:?}");
+    if PANS.iter().any(|pan| text.contains(pan)) {
+        v.push(violation("no card data in API answers", format!("{}'s answer holds a card number", p.id)));
     }
 }
 
