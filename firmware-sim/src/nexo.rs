@@ -197,9 +197,10 @@ struct State {
     planned: VecDeque<Scenario>,
     card: Card,
     journal: Journal,
-    /// The payments running now, each with the way to stop it and what it
-    /// needs to end without its Sale system.
-    running: HashMap<PaymentKey, (oneshot::Sender<Interrupt>, Box<Started>)>,
+    /// The payments running now (one at most), each with the way to stop
+    /// it (taken once an abort has stopped it) and what it needs to end
+    /// without its Sale system.
+    running: HashMap<PaymentKey, (Option<oneshot::Sender<Interrupt>>, Box<Started>)>,
     /// While the terminal restarts.
     restarting_until: Option<tokio::time::Instant>,
 }
@@ -210,7 +211,9 @@ impl State {
         self.restarting_until = Some(tokio::time::Instant::now() + takes);
         for (key, (stop, _)) in self.running.drain() {
             self.journal.forget(&key);
-            let _ = stop.send(Interrupt::Restart);
+            if let Some(stop) = stop {
+                let _ = stop.send(Interrupt::Restart);
+            }
         }
     }
 }
@@ -399,7 +402,7 @@ impl Terminal {
                         requested,
                         card: s.card.clone(),
                     };
-                    s.running.insert(key.clone(), (stop, Box::new(started.clone())));
+                    s.running.insert(key.clone(), (Some(stop), Box::new(started.clone())));
                     s.journal.start(key.clone());
                     Ok((started, stopped))
                 }
@@ -479,23 +482,27 @@ impl Terminal {
         response
     }
 
-    /// The Sale system went away in the middle of a payment together with
-    /// the task answering it (the simulator drops posd and every task of
-    /// its life at once): each running payment ends now, at `at`, as its
-    /// customer would have ended it, and is journaled, as a terminal that
-    /// runs on by itself does. A payment meant to restart the terminal is
-    /// forgotten.
+    /// The Sale system went away together with the tasks answering it (the
+    /// simulator drops posd and every task of its life at once, at `at`):
+    /// the payment running, if any, ends now as its customer ends it (or
+    /// Aborted, when an abort stopped it), and is journaled, as a terminal
+    /// that runs on by itself does; one meant to restart the terminal is
+    /// forgotten. A restart under way is over: its deadline was on the
+    /// ended life's clock.
     pub fn sale_system_gone(&self, at: jiff::Timestamp) {
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
-        let mut running: Vec<(PaymentKey, Box<Started>)> = s.running.drain().map(|(k, (_, st))| (k, st)).collect();
-        running.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, started) in running {
-            if started.outcome == Scenario::Restart {
-                s.journal.forget(&key);
-                continue;
-            }
-            let decision = decide(started.outcome, started.requested);
+        s.restarting_until = None;
+        let running: Vec<_> = s.running.drain().collect();
+        for (key, (stop, started)) in running {
+            let decision = match (stop, started.outcome) {
+                (None, _) => Decision::failed(ErrorCondition::Aborted, false, None),
+                (Some(_), Scenario::Restart) => {
+                    s.journal.forget(&key);
+                    continue;
+                }
+                (Some(_), outcome) => decide(outcome, started.requested),
+            };
             let response = self.conclude(s, &key, &started, &decision, &time_stamp(at));
             self.append_to_journal_file(&key, &response);
         }
@@ -567,9 +574,10 @@ impl Terminal {
         let r = &req.message_reference;
         let sale_id = r.sale_id.clone().or_else(|| header.sale_id.clone()).unwrap_or_default();
         let key = (sale_id, r.service_id.clone().unwrap_or_default());
-        let stop = self.state.lock().unwrap().running.remove(&key);
+        // The payment stays running until its task ends it Aborted.
+        let stop = self.state.lock().unwrap().running.get_mut(&key).and_then(|(stop, _)| stop.take());
         match stop {
-            Some((stop, _)) => {
+            Some(stop) => {
                 let _ = stop.send(Interrupt::Abort);
                 self.note(&format!("abort ({}): payment {} stops", req.abort_reason, key.1));
             }
@@ -582,10 +590,11 @@ impl Terminal {
     /// Reversal of a booked transaction, in full or in part, once.
     fn reversal(&self, header: &MessageHeader, req: &ReversalRequest) -> Reply {
         let original = &req.original_poi_transaction;
+        let at = self.now();
         let reversed = self.state.lock().unwrap().journal.reverse(
             &original.poi_transaction_id.transaction_id,
             req.reversed_amount,
-            &self.now(),
+            &at,
         );
         let response = match reversed {
             Ok(r) => ReversalResponse {

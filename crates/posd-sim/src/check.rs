@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use firmware_sim::zvt::{Kind, Txn};
 use gateway_sim::ledger::{Charge, Ledger};
 use pos_engine::Status;
-use posd::store::{DeviceKind, EventKind, HistoryEntry, ListFilter, PaymentRecord, RefundStatus, Store};
+use posd::store::{DeviceKind, EventKind, HistoryEntry, ListFilter, PaymentRecord, RefundRecord, RefundStatus, Store};
 
 /// What a lane's payment terminal booked, as its journal has it.
 pub enum Journal {
@@ -76,7 +76,7 @@ impl Report {
 
 /// The card numbers the simulated readers present: none may be anywhere
 /// in posd's files.
-const PANS: &[&str] = &["4242424242424242", "5555555555554444", "378282246310005", "6799998900000060018"];
+pub(crate) const PANS: &[&str] = &["4242424242424242", "5555555555554444", "378282246310005", "6799998900000060018"];
 
 /// Checks every invariant: against the gateway's ledger, and each
 /// terminal lane's journal (`journals`, by lane); `files` are posd's
@@ -355,7 +355,9 @@ fn check_history(
             (Some(from), Some(was)) if from == was => {
                 if from != entry.to {
                     *seen.entry((from.as_str(), entry.to.as_str())).or_default() += 1;
-                    if !pos_engine::transitions::allowed(from, entry.to) {
+                    // Allowed by `next`, but posd commits CARD_READ with AUTHORIZING.
+                    let unmade = pos_engine::transitions::NOT_MADE_BY_POSD.contains(&(from, entry.to));
+                    if !pos_engine::transitions::allowed(from, entry.to) || unmade {
                         v.push(violation(
                             "every transition allowed by pos-engine's state machine",
                             format!("{} went from {from} to {} ({})", p.id, entry.to, entry.cause),
@@ -454,13 +456,27 @@ fn check_nexo(
     booked: &[(firmware_sim::nexo::journal::Booked, Option<i64>)],
     v: &mut Vec<Violation>,
 ) {
+    let lane_payments: Vec<(&PaymentRecord, Vec<RefundRecord>)> = payments
+        .iter()
+        .filter(|p| p.terminal_id == lane)
+        .map(|p| (p, store.refunds_of(&p.id).unwrap_or_default()))
+        .collect();
+    // An unreferenced refund (PaymentType Refund) is booked under its own
+    // key: it counts against the payment it refunds.
+    let refunded_by: HashMap<&str, &str> = lane_payments
+        .iter()
+        .flat_map(|(p, refunds)| refunds.iter().map(|r| (r.refund_key.as_str(), p.gateway_key.as_str())))
+        .collect();
     let mut net: BTreeMap<&str, i64> = BTreeMap::new();
     for (b, reversed) in booked {
-        *net.entry(b.sale_transaction_id.as_str()).or_default() += b.amount - reversed.unwrap_or(0);
+        let left = b.amount - reversed.unwrap_or(0);
+        match refunded_by.get(b.sale_transaction_id.as_str()) {
+            Some(key) if b.refund => *net.entry(*key).or_default() -= left,
+            _ => *net.entry(b.sale_transaction_id.as_str()).or_default() += left,
+        }
     }
-    for p in payments.iter().filter(|p| p.terminal_id == lane) {
+    for (p, refunds) in &lane_payments {
         let at_terminal = net.remove(p.gateway_key.as_str()).unwrap_or(0);
-        let refunds = store.refunds_of(&p.id).unwrap_or_default();
         for r in refunds.iter().filter(|r| r.status == RefundStatus::Pending) {
             v.push(violation("nothing stuck after settling", format!("refund {} of {} is still pending", r.id, p.id)));
         }

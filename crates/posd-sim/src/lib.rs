@@ -6,6 +6,7 @@
 pub mod check;
 pub mod gateway;
 pub mod line;
+pub mod logscan;
 pub mod nexo;
 pub mod plan;
 pub mod reader;

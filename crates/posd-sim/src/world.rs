@@ -76,7 +76,8 @@ pub struct Stats {
 /// How long posd is left to settle after the day (the gateway healthy).
 const SETTLE: Duration = Duration::from_secs(3600);
 /// How long a life may run before posd is taken for stuck: a register
-/// gives up on an operation after [`ATTEMPTS`] of at most [`FOLLOW`] each.
+/// gives up on an operation after [`ATTEMPTS`] of at most [`DEADLINE`],
+/// [`FOLLOW`] and a backoff each (some 53 hours for the longest day).
 const LIFE_BOUND: Duration = Duration::from_secs(7 * 86_400);
 /// A register stops retrying an operation after this many attempts.
 const ATTEMPTS: u32 = 12;
@@ -145,6 +146,7 @@ fn record_panics() {
 pub fn run(opts: &Options) -> Outcome {
     record_panics();
     PANICS.with(|p| p.borrow_mut().clear());
+    let log = crate::logscan::install();
     let plan = Arc::new(Plan::draw(opts.seed, opts.power_loss));
     // posd's database is on the simulated disk, which crashes and loses
     // power; the gateway's ledger on a disk of its own that does neither
@@ -205,19 +207,22 @@ pub fn run(opts: &Options) -> Outcome {
     };
     // The day, crash after crash, then one more start that settles.
     for crash in plan.crashes.iter().copied().map(Some).chain([None]) {
-        match life(day_ms).run(crash) {
+        let ended = life(day_ms).run(crash);
+        // A nexo terminal's payment runs on without posd (its task died
+        // with the life): it ends as its customer ends it.
+        if let Ended::Crashed(at, _) | Ended::DayDone(at) = ended {
+            let at = jiff::Timestamp::from_millisecond(EPOCH_MS + at as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+            for t in &terminals {
+                if let Terminal::Nexo(t) = t {
+                    t.sale_system_gone(at);
+                }
+            }
+        }
+        match ended {
             Ended::Crashed(at, left) => {
                 // Every connection of the dead posd is closed by now; what
                 // its close wrote is undone: the disk is as the crash left it.
                 crate::vfs::restore(&disk.prefix, left);
-                // A nexo terminal's payment runs on without posd (its task
-                // died with the life): it ends as its customer ends it.
-                for t in &terminals {
-                    if let Terminal::Nexo(t) = t {
-                        let at = jiff::Timestamp::from_millisecond(EPOCH_MS + at as i64);
-                        t.sale_system_gone(at.unwrap_or(jiff::Timestamp::UNIX_EPOCH));
-                    }
-                }
                 let down_for = crash.map_or(1_000, |c| c.down_for);
                 let mut s = lock(&shared);
                 s.stats.crashes += 1;
@@ -247,6 +252,8 @@ pub fn run(opts: &Options) -> Outcome {
     found.extend(violations);
     let panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
     found.extend(panics.into_iter().map(|p| check::violation("posd never panics", p)));
+    drop(log);
+    found.extend(crate::logscan::found().into_iter().map(|l| check::violation("no card data in posd's log", l)));
     Outcome { violations: found, trace_hash: shared.trace.finish(), stats: shared.stats }
 }
 
@@ -853,7 +860,8 @@ async fn follow(engine: &Arc<Engine>, attached: Attached, cancel_after: Option<D
         }
         if cancel_at.is_some_and(|at| now >= at) {
             cancel_at = None;
-            let _ = engine.cancel_payment(&id).await;
+            let payment = id.clone();
+            let _ = call(engine, move |engine| async move { engine.cancel_payment(&payment).await }).await;
             continue;
         }
         let until = cancel_at.map_or(deadline, |at| at.min(deadline));

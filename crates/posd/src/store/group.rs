@@ -10,8 +10,8 @@ use rusqlite::Connection;
 
 use super::{Store, StoreError};
 
-/// Writes queued for the next group commit, and whether a caller is
-/// committing batches now.
+/// Writes queued for the next group commit, and whether a caller (or a
+/// task committing for it) is committing batches now.
 #[derive(Default)]
 pub(super) struct Group {
     pub(super) queue: Vec<Box<dyn Job>>,
@@ -102,7 +102,8 @@ fn abandoned<R>() -> Result<R, StoreError> {
 }
 
 /// The duty to commit the queued writes, held by one caller (or one
-/// blocking task) at a time. Dropped before the queue is empty (a panic
+/// blocking task, or with the simulator's commit time one async task) at a
+/// time. Dropped before the queue is empty (a panic
 /// mid-batch, or a runtime that shut down before the blocking task ran), it
 /// clears the flag so later writes find a leader; the writes it held are
 /// dropped, and their callers get an error.
@@ -161,7 +162,9 @@ impl Store {
     /// wait without holding their workers, so the other lanes' tasks keep
     /// running and queue theirs; those are committed together on tokio's
     /// blocking pool. A caller that stops waiting does not stop the write:
-    /// once queued, it commits or fails as if awaited.
+    /// once queued, it commits or fails as if awaited. With the simulator's
+    /// commit time ([`Store::set_commit_yields`]) the commit a caller leads
+    /// waits in a task of its own.
     pub(super) async fn write<R, F>(self: &Arc<Self>, work: F) -> Result<R, StoreError>
     where
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
@@ -186,12 +189,12 @@ impl Store {
                 // The commit waits in a task of its own: a caller held
                 // unpolled (a future beside others in a `select!`) or
                 // dropped must not hold up the writes queued behind it.
-                let store = Arc::clone(self);
+                let leader = Leader::new(Arc::clone(self));
                 tokio::spawn(async move {
                     for _ in 0..yields {
                         tokio::task::yield_now().await;
                     }
-                    Leader::new(store).commit_queued();
+                    leader.commit_queued();
                 });
                 return answer.await.unwrap_or_else(|_| abandoned());
             }
