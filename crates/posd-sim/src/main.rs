@@ -175,15 +175,15 @@ fn summary(results: &[(u64, Outcome)]) -> String {
         .filter(|t| !pos_engine::transitions::NOT_MADE_BY_POSD.contains(t))
         .copied()
         .collect();
-    let name = |(from, to): &(pos_engine::Status, pos_engine::Status)| format!("{}->{}", from.as_str(), to.as_str());
-    let visited = made.iter().filter(|(f, t)| transitions.contains_key(&(f.as_str(), t.as_str()))).count();
-    let missed: Vec<String> =
-        made.iter().filter(|(f, t)| !transitions.contains_key(&(f.as_str(), t.as_str()))).map(name).collect();
+    let (visited, missed): (Vec<_>, Vec<_>) =
+        made.iter().partition(|(f, t)| transitions.contains_key(&(f.as_str(), t.as_str())));
+    let missed: Vec<String> = missed.iter().map(|(f, t)| format!("{}->{}", f.as_str(), t.as_str())).collect();
     let counts: Vec<String> = transitions.iter().map(|((f, t), n)| format!("{f}->{t} {n}")).collect();
     format!(
         "payments {payments}, refunds {refunds}, crashes {crashes} (power losses {power_losses}), disk syncs {syncs}, \
          left to a person {left}\nfaults switched on {faults:?}\nfinal statuses {statuses:?}\n\
-         transitions visited {visited} of the {} posd makes; not visited: [{}]\ntransitions {}",
+         transitions visited {} of the {} posd makes; not visited: [{}]\ntransitions {}",
+        visited.len(),
         made.len(),
         missed.join(", "),
         counts.join(", ")

@@ -139,20 +139,20 @@ pub fn check_poi_id(poi_id: &str) -> Result<(), &'static str> {
 /// with a counter, the counter's next value's).
 pub fn health_service_id(counter: Option<&AtomicU64>) -> ServiceId {
     const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut random = [0u8; 9];
+    let mut digits = [0u8; 9];
     match counter {
         // The counter's value in base 36, most significant digit first.
         Some(n) => {
             let mut n = n.fetch_add(1, Ordering::Relaxed);
-            for digit in random.iter_mut().rev() {
+            for digit in digits.iter_mut().rev() {
                 *digit = (n % 36) as u8;
                 n /= 36;
             }
         }
-        None => getrandom::fill(&mut random).expect("the operating system's random source works"),
+        None => getrandom::fill(&mut digits).expect("the operating system's random source works"),
     }
     let text: String =
-        std::iter::once('H').chain(random.iter().map(|b| char::from(ALPHABET[usize::from(*b) % 36]))).collect();
+        std::iter::once('H').chain(digits.iter().map(|b| char::from(ALPHABET[usize::from(*b) % 36]))).collect();
     ServiceId::parse(&text).expect("ten letters and digits")
 }
 
