@@ -515,8 +515,9 @@ impl Life<'_> {
                         url: format!("https://127.0.0.{}:8443/nexo", n + 1),
                         ca_pem: Vec::new(),
                         poi_id: crate::nexo::poi_id(n + 1),
-                        connect_timeout: Duration::from_secs(5),
-                        answer_timeout: Duration::from_secs(150),
+                        // As a store's lane has them by default.
+                        connect_timeout: posd::config::DEFAULT_NEXO_CONNECT_TIMEOUT,
+                        answer_timeout: posd::config::DEFAULT_NEXO_ANSWER_TIMEOUT,
                     };
                     let line = TerminalLine::in_process(line, crate::nexo::serve(&lane.id, t.clone()))
                         .map_err(|e| check::violation("posd starts", format!("{}'s nexo line: {e}", lane.id)))?;

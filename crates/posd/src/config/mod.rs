@@ -24,8 +24,9 @@ pub use check::{Finding, check};
 pub use duration::{Span, parse_span};
 pub use model::{
     ApiConfig, ApiTlsConfig, CREDENTIALS_DIRECTORY, Config, DEFAULT_CAPTURE_WINDOW, DEFAULT_CARD_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT, FileRef, GatewayConfig, LaneConfig, LaneOfflineConfig, LogConfig, MetricsConfig,
-    OfflineConfig, PrinterConfig, ReaderConfig, ReceiptConfig, ReportConfig, StoreConfig, log_level, lowercase_scheme,
+    DEFAULT_NEXO_ANSWER_TIMEOUT, DEFAULT_NEXO_CONNECT_TIMEOUT, DEFAULT_STOP_TIMEOUT, FileRef, GatewayConfig,
+    LaneConfig, LaneOfflineConfig, LogConfig, MetricsConfig, OfflineConfig, PrinterConfig, ReaderConfig, ReceiptConfig,
+    ReportConfig, StoreConfig, log_level, lowercase_scheme,
 };
 pub use overrides::{NO_CONFIG, Options, checked_overrides, resolve};
 pub use validate::{Problem, Seg, check_gateway_url};
